@@ -1,0 +1,117 @@
+//! Builds the device crate (`kernels-gpu`) to PTX with rustc's nvptx64 backend, once per target
+//! architecture (sm_80, sm_90), and embeds the results (`OUT_DIR/kernels_sm80.ptx`, ...).
+//!
+//! The nested cargo runs with its own target dir (the outer build holds `target/`'s lock),
+//! `RUSTC_BOOTSTRAP=1` for itself only (the device crate needs `abi_ptx`, `asm_experimental_arch`
+//! and `-Zbuild-std=core`), and without `CARGO_ENCODED_RUSTFLAGS` (inherited by build scripts; if
+//! set, even empty, cargo ignores `RUSTFLAGS` and the PTX silently comes out as sm_30).
+//!
+//! When a project-local `ptxas` exists (scripts/install-ptxas.sh puts it in `.tools/`, or
+//! `FERRINFER_PTXAS` names one), each PTX is also assembled to a cubin for its architecture and
+//! embedded, so the runtime can skip the driver's JIT; without it only PTX is embedded.
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+
+/// LLVM's default full-unroll threshold leaves the per-head register arrays of the larger
+/// query groups in local memory; this makes every const-trip-count loop in the kernels unroll.
+const UNROLL_THRESHOLD: u32 = 4000;
+
+fn main() {
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().expect("host/ has a parent").to_path_buf();
+    let kernels = root.join("kernels-gpu");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo:rerun-if-changed={}", kernels.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        kernels.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
+    println!("cargo:rerun-if-env-changed=FERRINFER_PTXAS");
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = root.join("target").join("device");
+    let ptxas = find_ptxas(&root);
+    if let Some(p) = &ptxas {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+
+    for arch in ARCHS {
+        let arch_dir = target_dir.join(arch);
+        let output = Command::new(&cargo)
+            .current_dir(&kernels)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("RUSTC_WRAPPER")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env(
+                "RUSTFLAGS",
+                format!("-C target-cpu={arch} -C llvm-args=-unroll-threshold={UNROLL_THRESHOLD}"),
+            )
+            .args([
+                "rustc",
+                "--profile",
+                "device",
+                "--target",
+                "nvptx64-nvidia-cuda",
+                "-Zbuild-std=core",
+                "--crate-type",
+                "cdylib",
+                "--target-dir",
+            ])
+            .arg(&arch_dir)
+            .output()
+            .expect("failed to spawn cargo for the device build");
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            for line in stderr.lines() {
+                println!("cargo:warning={line}");
+            }
+            panic!("the device crate (kernels-gpu) failed to compile for {arch}:\n{stderr}");
+        }
+        let ptx = arch_dir.join("nvptx64-nvidia-cuda/device/ferrinfer_kernels.ptx");
+        let dest = out.join(format!("kernels_{}.ptx", arch.replace('_', "")));
+        std::fs::copy(&ptx, &dest)
+            .unwrap_or_else(|e| panic!("device build produced no PTX at {}: {e}", ptx.display()));
+
+        let cubin = out.join(format!("kernels_{}.cubin", arch.replace('_', "")));
+        let _ = std::fs::remove_file(&cubin);
+        match &ptxas {
+            Some(p) => assemble(p, arch, &dest, &cubin),
+            None => std::fs::write(&cubin, b"").expect("write empty cubin marker"),
+        }
+    }
+}
+
+fn find_ptxas(root: &Path) -> Option<PathBuf> {
+    if let Ok(p) = env::var("FERRINFER_PTXAS") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let p = root.join(".tools/cuda/nvidia/cu13/bin/ptxas");
+    p.is_file().then_some(p)
+}
+
+/// Assembles one PTX to a cubin; a failure here is a hard error (the PTX is invalid).
+fn assemble(ptxas: &Path, arch: &str, ptx: &Path, cubin: &Path) {
+    let out = Command::new(ptxas)
+        .args(["-arch", arch, "-O3"])
+        .arg(ptx)
+        .arg("-o")
+        .arg(cubin)
+        .output()
+        .expect("failed to spawn ptxas");
+    if !out.status.success() {
+        panic!(
+            "ptxas rejected the {arch} PTX:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The crate's one error type. Every fallible public function returns [`Result`]; nothing
+//! reachable from the public API panics on bad input.
+
+/// Errors of ferrinfer, grouped by kind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No usable CUDA GPU: no driver library, no driver, or no device.
+    #[error("no CUDA device: {0}")]
+    NoGpu(String),
+    /// A CUDA driver call failed.
+    #[error("cuda driver error: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// The device's compute capability has no kernels in this build.
+    #[error(
+        "unsupported compute capability {major}.{minor}: ferrinfer kernels need sm_80 or newer"
+    )]
+    UnsupportedArch {
+        /// Major version.
+        major: i32,
+        /// Minor version.
+        minor: i32,
+    },
+    /// A kernel symbol is missing from the loaded module.
+    #[error("kernel `{0}` not found in the loaded module")]
+    KernelMissing(String),
+    /// A tensor or buffer has the wrong size/shape.
+    #[error("{op}: {what}: expected {expected}, got {got}")]
+    Shape {
+        /// The op that rejected the input.
+        op: &'static str,
+        /// Which argument.
+        what: &'static str,
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// A configuration (dtype, head dim, group size, option) this op does not support.
+    #[error("{op}: unsupported {what}: {detail}")]
+    Unsupported {
+        /// The op.
+        op: &'static str,
+        /// What is unsupported.
+        what: &'static str,
+        /// Details.
+        detail: String,
+    },
+    /// An invalid argument value.
+    #[error("{op}: invalid {what}: {detail}")]
+    InvalidArgument {
+        /// The op.
+        op: &'static str,
+        /// Which argument.
+        what: &'static str,
+        /// Details.
+        detail: String,
+    },
+    /// Size arithmetic overflowed.
+    #[error("{op}: size overflow computing {what}")]
+    Overflow {
+        /// The op.
+        op: &'static str,
+        /// What was being computed.
+        what: &'static str,
+    },
+    /// Buffers from another GPU context were passed.
+    #[error("{op}: buffer belongs to another device context")]
+    WrongContext {
+        /// The op.
+        op: &'static str,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for [`Error::Shape`].
+    pub fn shape(
+        op: &'static str,
+        what: &'static str,
+        expected: impl std::fmt::Display,
+        got: impl std::fmt::Display,
+    ) -> Self {
+        Error::Shape {
+            op,
+            what,
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unsupported`].
+    pub fn unsupported(
+        op: &'static str,
+        what: &'static str,
+        detail: impl std::fmt::Display,
+    ) -> Self {
+        Error::Unsupported {
+            op,
+            what,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(op: &'static str, what: &'static str, detail: impl std::fmt::Display) -> Self {
+        Error::InvalidArgument {
+            op,
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}

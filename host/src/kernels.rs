@@ -1,0 +1,135 @@
+//! The kernels embedded at build time (`host/build.rs` → `OUT_DIR`), and the list of entry
+//! points the host may request.
+//!
+//! Each architecture has a PTX image (always) and a cubin (when the build found the
+//! project-local `ptxas`; empty otherwise). The runtime prefers the cubin of the device's exact
+//! architecture (no driver JIT at module load) and falls back to PTX.
+
+/// PTX for sm_80 (Ampere and newer 8.x).
+pub static PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm80.ptx"));
+/// PTX for sm_90 (Hopper).
+pub static PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm90.ptx"));
+/// cubin for sm_80, or empty when the build had no ptxas.
+pub static CUBIN_SM80: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm80.cubin"));
+/// cubin for sm_90, or empty when the build had no ptxas.
+pub static CUBIN_SM90: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm90.cubin"));
+
+/// A target architecture of the embedded kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// `sm_80`.
+    Sm80,
+    /// `sm_90`.
+    Sm90,
+}
+
+impl Arch {
+    /// All embedded architectures.
+    pub const ALL: [Arch; 2] = [Arch::Sm80, Arch::Sm90];
+
+    /// The PTX target name (`sm_80`, `sm_90`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+        }
+    }
+
+    /// The embedded PTX text.
+    pub fn ptx(self) -> &'static str {
+        match self {
+            Arch::Sm80 => PTX_SM80,
+            Arch::Sm90 => PTX_SM90,
+        }
+    }
+
+    /// The embedded cubin, if the build produced one.
+    pub fn cubin(self) -> Option<&'static [u8]> {
+        let c = match self {
+            Arch::Sm80 => CUBIN_SM80,
+            Arch::Sm90 => CUBIN_SM90,
+        };
+        (!c.is_empty()).then_some(c)
+    }
+
+    /// The PTX architecture for a device of compute capability `major.minor`: 8.x → sm_80,
+    /// 9.x and newer → sm_90 (PTX is forward compatible); older → `None`.
+    pub fn for_compute_capability(major: i32, _minor: i32) -> Option<Arch> {
+        match major {
+            8 => Some(Arch::Sm80),
+            m if m >= 9 => Some(Arch::Sm90),
+            _ => None,
+        }
+    }
+
+    /// Whether this arch's cubin runs natively on `major.minor` (same major; the cubin's minor
+    /// no newer than the device's, and sm_90 cubins only on 9.0 since 9.x minors differ).
+    pub fn cubin_runs_on(self, major: i32, minor: i32) -> bool {
+        match self {
+            Arch::Sm80 => major == 8,
+            Arch::Sm90 => major == 9 && minor == 0,
+        }
+    }
+}
+
+/// Names of every `.entry` in a PTX text, in order of appearance.
+pub fn entry_names(ptx: &str) -> Vec<&str> {
+    ptx.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l
+                .strip_prefix(".visible .entry ")
+                .or_else(|| l.strip_prefix(".entry "))?;
+            Some(rest.split('(').next().unwrap_or(rest).trim())
+        })
+        .collect()
+}
+
+/// The size in bytes of each entry's single by-value parameter blob, by entry name.
+pub fn entry_param_sizes(ptx: &str) -> Vec<(&str, Option<usize>)> {
+    let mut out = Vec::new();
+    let mut lines = ptx.lines().peekable();
+    while let Some(l) = lines.next() {
+        let t = l.trim_start();
+        if let Some(rest) = t
+            .strip_prefix(".visible .entry ")
+            .or_else(|| t.strip_prefix(".entry "))
+        {
+            let name = rest.split('(').next().unwrap_or(rest).trim();
+            let size = lines.peek().and_then(|p| {
+                let p = p.trim();
+                let open = p.rfind('[')?;
+                let close = p.rfind(']')?;
+                p.get(open + 1..close)?.parse::<usize>().ok()
+            });
+            out.push((name, size));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_archs_embed_the_same_entries() {
+        let a = entry_names(PTX_SM80);
+        let b = entry_names(PTX_SM90);
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
+        assert!(PTX_SM80.contains(".target sm_80"));
+        assert!(PTX_SM90.contains(".target sm_90"));
+    }
+
+    #[test]
+    fn arch_selection() {
+        assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90));
+        assert_eq!(Arch::for_compute_capability(8, 6), Some(Arch::Sm80));
+        assert_eq!(Arch::for_compute_capability(10, 0), Some(Arch::Sm90));
+        assert_eq!(Arch::for_compute_capability(7, 5), None);
+        assert!(Arch::Sm90.cubin_runs_on(9, 0));
+        assert!(!Arch::Sm90.cubin_runs_on(10, 0));
+        assert!(Arch::Sm80.cubin_runs_on(8, 9));
+    }
+}

@@ -1,0 +1,43 @@
+//! # ferrinfer
+//!
+//! FlashInfer-class attention kernels for LLM inference, written entirely in Rust: the GPU
+//! kernels are Rust compiled to PTX by rustc (`ferrinfer-kernels`), this crate launches them
+//! through `cudarc`, and a CPU backend implements the same ops for machines without a GPU.
+//!
+//! | concept                     | type / function                         | file                          |
+//! |-----------------------------|-----------------------------------------|-------------------------------|
+//! | a GPU (context + stream)    | [`Gpu`]                                 | `runtime/context.rs`          |
+//! | device memory               | [`DeviceBuffer<T>`]                     | `runtime/buffer.rs`           |
+//! | embedded kernels            | [`kernels`]                             | `kernels.rs`                  |
+//! | element types               | [`DType`], [`Float16`]                  | `dtype.rs`                    |
+//! | head geometry               | [`HeadConfig`]                          | `heads.rs`                    |
+//! | attention options           | [`AttentionOptions`]                    | `options.rs`                  |
+//! | single-request decode (GPU) | [`ops::SingleDecode`]                   | `ops/single_decode.rs`        |
+//! | CPU backend                 | [`cpu`]                                 | `cpu/*.rs`                    |
+//! | f64 oracle                  | [`reference`]                           | `reference.rs`                |
+//! | errors                      | [`Error`], [`Result`]                   | `error.rs`                    |
+//!
+//! Without a CUDA driver everything except the GPU ops works: [`Gpu::discover`] returns
+//! `Ok(None)` ("no GPU"), never an error or a panic, and the CPU backend takes over.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod cpu;
+pub mod dtype;
+pub mod error;
+pub mod heads;
+pub mod kernels;
+pub mod ops;
+pub mod options;
+pub mod reference;
+pub mod runtime;
+
+pub use dtype::{DType, Float16};
+pub use error::{Error, Result};
+pub use heads::HeadConfig;
+pub use options::AttentionOptions;
+pub use runtime::{DeviceBuffer, Gpu};

@@ -1,0 +1,318 @@
+//! Device discovery, context, stream and the loaded kernel module.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys::{self, CUdevice_attribute_enum as Attr};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::buffer::DeviceBuffer;
+use crate::error::{Error, Result};
+use crate::kernels::Arch;
+
+/// Which image the module was loaded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleImage {
+    /// A cubin assembled at build time for the device's exact architecture (no JIT).
+    Cubin,
+    /// PTX, compiled by the driver's JIT at load time.
+    Ptx,
+}
+
+/// Facts about the device, read once at start-up.
+#[derive(Clone, Debug)]
+pub struct GpuInfo {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Marketing name.
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Total device memory in bytes.
+    pub total_memory: usize,
+    /// Opt-in maximum dynamic shared memory per block, bytes.
+    pub max_smem_per_block: u32,
+    /// Driver API version (e.g. 13000 for CUDA 13.0).
+    pub driver_version: i32,
+    /// Kernel architecture chosen for this device.
+    pub arch: Arch,
+    /// Image the module was loaded from.
+    pub image: ModuleImage,
+    /// Wall time of the module load (JIT included for PTX).
+    pub module_load: Duration,
+    /// Why the cubin was not used, when it was not.
+    pub cubin_fallback: Option<String>,
+}
+
+/// Result of looking for a GPU: found, or the reason there is none.
+pub enum Discovery {
+    /// A usable GPU with ferrinfer's kernels loaded.
+    Found(Gpu),
+    /// No usable GPU; the string says why (no driver library, no device, ...).
+    NotFound(String),
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    info: GpuInfo,
+    functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
+}
+
+/// A CUDA device with ferrinfer's kernel module loaded and a stream to launch on. Cheap to
+/// clone (shared handle); every op launches on this stream in order.
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("info", &self.inner.info)
+            .finish()
+    }
+}
+
+fn no_gpu_code(e: &cudarc::driver::DriverError) -> bool {
+    matches!(
+        e.0,
+        sys::cudaError_enum::CUDA_ERROR_NO_DEVICE
+            | sys::cudaError_enum::CUDA_ERROR_NOT_INITIALIZED
+            | sys::cudaError_enum::CUDA_ERROR_INVALID_DEVICE
+            | sys::cudaError_enum::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+            | sys::cudaError_enum::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE
+            | sys::cudaError_enum::CUDA_ERROR_SYSTEM_NOT_READY
+            | sys::cudaError_enum::CUDA_ERROR_DEVICE_UNAVAILABLE
+    )
+}
+
+impl Gpu {
+    /// Looks for GPU `ordinal` and loads the kernels on it. "No driver library", "no driver"
+    /// and "no device" are [`Discovery::NotFound`], not errors; a device that exists but
+    /// cannot be used (too old, module load failure) is an error.
+    pub fn discover(ordinal: usize) -> Result<Discovery> {
+        // SAFETY: only probes whether libcuda can be dlopen'ed.
+        if !unsafe { sys::is_culib_present() } {
+            return Ok(Discovery::NotFound(
+                "no CUDA driver library (libcuda.so) on this machine".into(),
+            ));
+        }
+        let ctx = match CudaContext::new(ordinal) {
+            Ok(c) => c,
+            Err(e) if no_gpu_code(&e) => {
+                return Ok(Discovery::NotFound(format!(
+                    "CUDA driver reports no usable device: {e}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Discovery::Found(Self::with_context(ctx)?))
+    }
+
+    /// Like [`Gpu::discover`], but "no GPU" is [`Error::NoGpu`].
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        match Self::discover(ordinal)? {
+            Discovery::Found(g) => Ok(g),
+            Discovery::NotFound(why) => Err(Error::NoGpu(why)),
+        }
+    }
+
+    /// Loads the kernels into an existing context (e.g. one shared with candle).
+    pub fn with_context(ctx: Arc<CudaContext>) -> Result<Gpu> {
+        let (major, minor) = ctx.compute_capability()?;
+        let arch = Arch::for_compute_capability(major, minor)
+            .ok_or(Error::UnsupportedArch { major, minor })?;
+        let name = ctx.name()?;
+        let sm_count = ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+        let max_smem_per_block =
+            ctx.attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
+        let total_memory = ctx.total_mem()?;
+        let mut driver_version = 0i32;
+        // SAFETY: writes one int; the library is loaded (context exists).
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }.result()?;
+
+        let t0 = Instant::now();
+        let mut cubin_fallback = None;
+        let mut loaded = None;
+        match arch.cubin() {
+            Some(c) if arch.cubin_runs_on(major, minor) => {
+                match ctx.load_module(Ptx::from_binary(c.to_vec())) {
+                    Ok(m) => loaded = Some((m, ModuleImage::Cubin)),
+                    Err(e) => cubin_fallback = Some(format!("cubin load failed: {e}")),
+                }
+            }
+            Some(_) => {
+                cubin_fallback = Some(format!(
+                    "no native cubin for compute capability {major}.{minor}"
+                ))
+            }
+            None => {
+                cubin_fallback =
+                    Some("this build embedded no cubin (no ptxas at build time)".into())
+            }
+        }
+        let (module, image) = match loaded {
+            Some(x) => x,
+            None => (
+                ctx.load_module(Ptx::from_src(arch.ptx()))?,
+                ModuleImage::Ptx,
+            ),
+        };
+        let module_load = t0.elapsed();
+        let stream = ctx.default_stream();
+        let info = GpuInfo {
+            ordinal: ctx.ordinal(),
+            name,
+            compute_capability: (major, minor),
+            sm_count,
+            total_memory,
+            max_smem_per_block,
+            driver_version,
+            arch,
+            image,
+            module_load,
+            cubin_fallback,
+        };
+        Ok(Gpu {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                module,
+                info,
+                functions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Device facts.
+    pub fn info(&self) -> &GpuInfo {
+        &self.inner.info
+    }
+
+    /// The cudarc context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// The stream every op launches on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    pub(crate) fn ctx_id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Looks up a kernel (cached), raising its dynamic shared memory limit to `smem_bytes` when
+    /// that exceeds the 48 KiB default.
+    pub(crate) fn function(&self, name: &str, smem_bytes: u32) -> Result<CudaFunction> {
+        let mut map = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !map.contains_key(name) {
+            let f = self
+                .inner
+                .module
+                .load_function(name)
+                .map_err(|_| Error::KernelMissing(name.to_string()))?;
+            map.insert(name.to_string(), (f, 48 * 1024));
+        }
+        let Some(entry) = map.get_mut(name) else {
+            return Err(Error::KernelMissing(name.to_string()));
+        };
+        if smem_bytes > entry.1 {
+            if smem_bytes > self.inner.info.max_smem_per_block {
+                return Err(Error::unsupported(
+                    "launch",
+                    "shared memory",
+                    format!(
+                        "{name} needs {smem_bytes} bytes, device allows {}",
+                        self.inner.info.max_smem_per_block
+                    ),
+                ));
+            }
+            entry.0.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_bytes as i32,
+            )?;
+            entry.1 = smem_bytes;
+        }
+        Ok(entry.0.clone())
+    }
+
+    /// Registers used per thread by kernel `name` (from the loaded module).
+    pub fn kernel_registers(&self, name: &str) -> Result<i32> {
+        let f = self.function(name, 0)?;
+        // SAFETY: reads one attribute of a loaded function.
+        let mut v = 0i32;
+        unsafe {
+            sys::cuFuncGetAttribute(
+                &mut v,
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NUM_REGS,
+                f.cu_function(),
+            )
+        }
+        .result()?;
+        Ok(v)
+    }
+
+    /// Allocates `len` zeroed elements.
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        Ok(DeviceBuffer {
+            slice: self.inner.stream.alloc_zeros::<T>(len)?,
+            ctx_id: self.ctx_id(),
+        })
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        Ok(DeviceBuffer {
+            slice: self.inner.stream.clone_htod(host)?,
+            ctx_id: self.ctx_id(),
+        })
+    }
+
+    /// Overwrites a device buffer with a host slice of the same length.
+    pub fn write<T: DeviceRepr>(&self, dst: &mut DeviceBuffer<T>, host: &[T]) -> Result<()> {
+        if host.len() != dst.len() {
+            return Err(Error::shape(
+                "write",
+                "host slice length",
+                dst.len(),
+                host.len(),
+            ));
+        }
+        self.inner.stream.memcpy_htod(host, &mut dst.slice)?;
+        Ok(())
+    }
+
+    /// Copies a device buffer back to the host (synchronises the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        buf: &DeviceBuffer<T>,
+    ) -> Result<Vec<T>> {
+        Ok(self.inner.stream.clone_dtoh(&buf.slice)?)
+    }
+
+    /// Waits for all work queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.stream.synchronize()?;
+        Ok(())
+    }
+
+    pub(crate) fn check_buffer<T>(&self, op: &'static str, b: &DeviceBuffer<T>) -> Result<()> {
+        if b.ctx_id != self.ctx_id() {
+            return Err(Error::WrongContext { op });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! The CUDA runtime layer on `cudarc` (driver API, loaded at run time): device discovery,
+//! context + stream, the kernel module, typed device buffers and the one typed launch path.
+//!
+//! No libcuda is needed to build or to run on a machine without a GPU: [`Gpu::discover`] checks
+//! `is_culib_present()` before any driver call and reports "no GPU" as a value.
+mod buffer;
+mod context;
+mod launch;
+
+pub use buffer::DeviceBuffer;
+pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
+pub use launch::LaunchDims;

@@ -1,0 +1,104 @@
+//! Global-memory vector accesses (16 bytes per thread).
+use core::arch::asm;
+
+/// `ld.global.nc.v4.b32`: a 16-byte load through the read-only (non-coherent) path.
+///
+/// # Safety
+/// `addr` must be a 16-byte aligned device address of memory that no thread writes during the
+/// kernel.
+#[inline(always)]
+pub unsafe fn ld_nc_u32x4(addr: u64) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("ld.global.nc.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+             out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) addr,
+             options(nostack, readonly))
+    };
+    [a, b, c, d]
+}
+
+/// `ld.global.v4.b32`: a coherent 16-byte load.
+///
+/// # Safety
+/// `addr` must be a 16-byte aligned device address.
+#[inline(always)]
+pub unsafe fn ld_u32x4(addr: u64) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("ld.global.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+             out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) addr,
+             options(nostack))
+    };
+    [a, b, c, d]
+}
+
+/// `st.global.v4.b32`: a 16-byte store.
+///
+/// # Safety
+/// `addr` must be a 16-byte aligned, writable device address.
+#[inline(always)]
+pub unsafe fn st_u32x4(addr: u64, v: [u32; 4]) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("st.global.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};", in(reg64) addr,
+             in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack))
+    };
+}
+
+/// `ld.global.nc.f32`: a scalar read-only load.
+///
+/// # Safety
+/// `addr` must be a 4-byte aligned device address not written during the kernel.
+#[inline(always)]
+pub unsafe fn ld_nc_f32(addr: u64) -> f32 {
+    let r: f32;
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("ld.global.nc.f32 {0}, [{1}];", out(reg32) r, in(reg64) addr, options(nostack, readonly))
+    };
+    r
+}
+
+/// `ld.global.b32`.
+///
+/// # Safety
+/// `addr` must be a 4-byte aligned device address.
+#[inline(always)]
+pub unsafe fn ld_u32(addr: u64) -> u32 {
+    let r: u32;
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("ld.global.b32 {0}, [{1}];", out(reg32) r, in(reg64) addr, options(nostack)) };
+    r
+}
+
+/// `st.global.b32`.
+///
+/// # Safety
+/// `addr` must be a 4-byte aligned, writable device address.
+#[inline(always)]
+pub unsafe fn st_u32(addr: u64, v: u32) {
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("st.global.b32 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack)) };
+}
+
+/// `st.global.f32`.
+///
+/// # Safety
+/// As [`st_u32`].
+#[inline(always)]
+pub unsafe fn st_f32(addr: u64, v: f32) {
+    // SAFETY: forwarded contract.
+    unsafe { st_u32(addr, v.to_bits()) }
+}
+
+/// `st.global.b16`.
+///
+/// # Safety
+/// `addr` must be a 2-byte aligned, writable device address.
+#[inline(always)]
+pub unsafe fn st_u16(addr: u64, v: u16) {
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("st.global.b16 [{0}], {1};", in(reg64) addr, in(reg16) v, options(nostack)) };
+}

@@ -1,0 +1,90 @@
+//! Launch geometry per kernel family, as `const fn`s used by both the kernel bodies and the host
+//! launcher, so a shape formula exists exactly once.
+
+/// Head dimensions the attention kernels are instantiated for.
+pub const HEAD_DIMS: [u32; 3] = [64, 128, 256];
+
+/// Single-request decode (`kernels-gpu/src/decode.rs`).
+pub mod single_decode {
+    /// Threads per CTA (4 warps).
+    pub const THREADS: u32 = 128;
+    /// Elements each thread loads per K/V row: one 16-byte vector of 16-bit values.
+    pub const VEC: u32 = 8;
+    /// Rows each thread keeps in flight per loop iteration (independent 16-byte loads).
+    pub const UNROLL: u32 = 4;
+    /// Compile-time query-group capacities; a runtime group `g` runs on the smallest `G >= g`.
+    pub const GROUPS: [u32; 4] = [1, 2, 4, 8];
+    /// Below this many tokens per chunk, splitting the KV costs more than it gains.
+    pub const MIN_CHUNK: u32 = 256;
+
+    /// Lanes that cooperate on one K/V row of `head_dim` elements.
+    pub const fn lanes_per_row(head_dim: u32) -> u32 {
+        head_dim / VEC
+    }
+
+    /// Row slots per CTA: how many rows the CTA reads at once (per unrolled step).
+    pub const fn slots(head_dim: u32) -> u32 {
+        THREADS / lanes_per_row(head_dim)
+    }
+
+    /// Tokens a CTA consumes per loop iteration.
+    pub const fn tokens_per_iter(head_dim: u32) -> u32 {
+        slots(head_dim) * UNROLL
+    }
+
+    /// Dynamic shared memory for the end-of-CTA reduction of per-slot states:
+    /// `o[slots][group][head_dim]` then `m[slots][group]`, `d[slots][group]` (all f32).
+    pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {
+        let s = slots(head_dim);
+        s * group * head_dim * 4 + 2 * s * group * 4
+    }
+
+    /// The compile-time group capacity that serves runtime group `g` (None above 8).
+    pub const fn group_capacity(g: u32) -> Option<u32> {
+        match g {
+            1 => Some(1),
+            2 => Some(2),
+            3..=4 => Some(4),
+            5..=8 => Some(8),
+            _ => None,
+        }
+    }
+}
+
+/// Split-KV merge (`kernels-gpu/src/merge.rs`).
+pub mod merge {
+    /// Threads per CTA; one CTA per head.
+    pub const THREADS: u32 = 128;
+
+    /// Dynamic shared memory: one f32 weight per partial state.
+    pub const fn smem_bytes(num_chunks: u32) -> u32 {
+        num_chunks * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_geometry_is_consistent() {
+        for d in HEAD_DIMS {
+            let lpr = single_decode::lanes_per_row(d);
+            assert!(
+                lpr.is_power_of_two() && lpr <= 32,
+                "row lanes stay inside a warp"
+            );
+            assert_eq!(32 % lpr, 0);
+            assert_eq!(single_decode::slots(d) * lpr, single_decode::THREADS);
+            for g in single_decode::GROUPS {
+                assert!(single_decode::smem_bytes(d, g) <= 48 * 1024);
+            }
+        }
+        for g in 1..=8 {
+            let cap = single_decode::group_capacity(g).unwrap();
+            assert!(cap >= g && single_decode::GROUPS.contains(&cap));
+        }
+        assert_eq!(single_decode::group_capacity(9), None);
+        assert_eq!(single_decode::group_capacity(0), None);
+    }
+}

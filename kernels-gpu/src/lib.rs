@@ -1,0 +1,45 @@
+//! ferrinfer's device crate: attention kernels written in Rust and compiled to PTX by rustc's
+//! `nvptx64-nvidia-cuda` backend, plus the pure math the kernels share with the host.
+//!
+//! | module      | built for      | holds                                                         |
+//! |-------------|----------------|---------------------------------------------------------------|
+//! | [`abi`]     | host + device  | `#[repr(C)]` kernel parameter blocks (the launch contract)     |
+//! | [`dtype`]   | host + device  | element types (f16/bf16) as zero-sized markers                 |
+//! | [`math`]    | host + device  | online softmax, state merge, chunking arithmetic                |
+//! | `arch`      | device only    | thin intrinsics layer over inline PTX                           |
+//! | `decode`... | device only    | kernel bodies and their `extern "ptx-kernel"` entry points      |
+//!
+//! The host crate (`ferrinfer`) links this crate with feature `std` for the ABI structs and the
+//! math; `host/build.rs` builds it a second time for nvptx64 (once for sm_80, once for sm_90) and
+//! embeds the PTX. Anything under `cfg(target_arch = "nvptx64")` never exists on the host, so a
+//! device-only function called from host code is a compile error, not a runtime panic.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(
+    target_arch = "nvptx64",
+    feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod config;
+pub mod dtype;
+pub mod math;
+
+#[cfg(target_arch = "nvptx64")]
+pub mod arch;
+#[cfg(target_arch = "nvptx64")]
+mod decode;
+#[cfg(target_arch = "nvptx64")]
+mod merge;
+#[cfg(target_arch = "nvptx64")]
+mod selftest;
+
+/// Device panics cannot unwind: any panic path that survives optimisation becomes `trap`,
+/// which the PTX check (scripts/ptx-check.sh) rejects in release PTX.
+#[cfg(target_arch = "nvptx64")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: `trap` aborts the kernel; nothing after it runs.
+    unsafe { core::arch::nvptx::trap() }
+}

@@ -1,0 +1,85 @@
+//! Special functions used by the kernels: `exp2`, `log2`, reciprocal, `tanh`.
+//!
+//! Device: one PTX instruction each (`ex2.approx.ftz.f32`, `lg2.approx.ftz.f32`,
+//! `rcp.approx.ftz.f32`, `tanh.approx.f32`; see `arch::fast`). Host (feature `std` or tests):
+//! the `std` functions, so the CPU backend computes the same formulas with correctly rounded
+//! building blocks. The approximations' errors (2 ulp for ex2, ~2^-11 relative for tanh) are far
+//! below bf16 resolution.
+
+/// 2^x. `exp2(-inf) = 0`.
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::ex2_approx(x)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        x.exp2()
+    }
+}
+
+/// log2(x). `log2(0) = -inf`.
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::lg2_approx(x)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        x.log2()
+    }
+}
+
+/// 1/x.
+#[inline(always)]
+pub fn rcp(x: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::rcp_approx(x)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        1.0 / x
+    }
+}
+
+/// tanh(x).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::tanh_approx(x)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        x.tanh()
+    }
+}
+
+/// max without NaN special-casing (`max.f32` on the device; inputs here are never NaN).
+#[inline(always)]
+pub fn fmax(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp2_log2_edges() {
+        assert_eq!(exp2(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp2(0.0), 1.0);
+        assert_eq!(log2(0.0), f32::NEG_INFINITY);
+        assert_eq!(log2(8.0), 3.0);
+        assert_eq!(rcp(4.0), 0.25);
+        assert!((tanh(0.5) - 0.462_117_16).abs() < 1e-6);
+        assert_eq!(fmax(f32::NEG_INFINITY, -3.0), -3.0);
+    }
+}

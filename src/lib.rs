@@ -1,0 +1,2 @@
+//! ferrinfer-harness: helpers shared by the GPU-vs-oracle tests (`tests/`) and the benchmarks
+//! (`benches/`).
