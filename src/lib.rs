@@ -1,2 +1,155 @@
 //! ferrinfer-harness: helpers shared by the GPU-vs-oracle tests (`tests/`) and the benchmarks
-//! (`benches/`).
+//! (`benches/`): GPU discovery with the skip/require policy, random data, the one tolerance
+//! table, and error statistics.
+use std::sync::OnceLock;
+
+use ferrinfer::reference::{max_abs, rel_l2};
+use ferrinfer::runtime::Discovery;
+use ferrinfer::{DType, Float16, Gpu};
+use rand::{Rng, SeedableRng};
+
+/// Environment variable that turns a missing GPU into a test failure.
+pub const REQUIRE_GPU_ENV: &str = "FERRINFER_REQUIRE_GPU";
+
+/// Whether `FERRINFER_REQUIRE_GPU=1` is set.
+pub fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1")
+}
+
+static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+
+/// The test GPU, discovered once per process.
+///
+/// Without a GPU this prints `skipped: no CUDA device (<reason>)` and returns `None`, or
+/// panics when `FERRINFER_REQUIRE_GPU=1` (so a GPU run can never pass by skipping).
+pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    let found = GPU.get_or_init(|| match Gpu::discover(0) {
+        Ok(Discovery::Found(g)) => Ok(g),
+        Ok(Discovery::NotFound(why)) => Err(why),
+        Err(e) => Err(format!("GPU discovery failed: {e}")),
+    });
+    match found {
+        Ok(g) => Some(g.clone()),
+        Err(why) => {
+            if gpu_required() {
+                panic!("{test}: {REQUIRE_GPU_ENV}=1 but there is no usable GPU: {why}");
+            }
+            println!("{test}: skipped: no CUDA device ({why})");
+            None
+        }
+    }
+}
+
+/// Accuracy bounds for an output of `dtype` computed with f32 accumulation, against the f64
+/// oracle fed the *same rounded inputs*.
+///
+/// Why these numbers: the output is rounded to the storage type once (relative step 2^-8 for
+/// bf16, 2^-11 for f16, i.e. RMS relative error ≈ 2^-9.8 / 2^-12.8 ≈ 1.1e-3 / 1.4e-4), and the
+/// f32 pipeline adds `ex2.approx` (2 ulp) and summation error far below that. The bounds leave
+/// about 5× headroom over the rounding floor (FlashInfer's own bf16 decode measured 2.5e-3 on
+/// the H100): relative L2 ≤ 5e-3 (bf16) / 1e-3 (f16); max abs ≤ 3e-2 / 4e-3 for outputs of
+/// magnitude ≤ 1. lse is f32 and never rounded to 16 bits: |Δlse| ≤ 1e-3 + 1e-4·|lse|
+/// (`lg2.approx` and the f32 dot products).
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// Bound on ‖out − ref‖ / ‖ref‖.
+    pub rel_l2: f64,
+    /// Bound on max |out − ref|.
+    pub max_abs: f64,
+}
+
+/// The tolerance for outputs stored as `dtype` (see [`Tolerance`]).
+pub fn tolerance(dtype: DType) -> Tolerance {
+    match dtype {
+        DType::Bf16 => Tolerance {
+            rel_l2: 5e-3,
+            max_abs: 3e-2,
+        },
+        DType::F16 => Tolerance {
+            rel_l2: 1e-3,
+            max_abs: 4e-3,
+        },
+    }
+}
+
+/// Bound on the absolute lse error for a reference value `lse` (see [`Tolerance`]).
+pub fn lse_tolerance(lse: f64) -> f64 {
+    1e-3 + 1e-4 * lse.abs()
+}
+
+/// A seeded RNG (`rand::rngs::StdRng`).
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in `[-scale, scale]`, rounded to `T`; returns the rounded values and their
+/// exact f64 images (what the oracle must be fed). Never all zeros.
+pub fn random_values<T: Float16>(rng: &mut impl Rng, n: usize, scale: f32) -> (Vec<T>, Vec<f64>) {
+    let v: Vec<T> = (0..n)
+        .map(|_| T::from_f32(rng.random_range(-scale..=scale)))
+        .collect();
+    let f = v.iter().map(|x| x.to_f32() as f64).collect();
+    (v, f)
+}
+
+/// f64 images of 16-bit values.
+pub fn to_f64<T: Float16>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f32() as f64).collect()
+}
+
+/// Errors of one output against the oracle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ErrorStats {
+    /// ‖out − ref‖ / ‖ref‖.
+    pub rel_l2: f64,
+    /// max |out − ref|.
+    pub max_abs: f64,
+    /// max |lse − lse_ref| (0 when lse is not compared).
+    pub lse_abs: f64,
+    /// Whether any output or lse value was NaN (unwritten poison or a real NaN).
+    pub has_nan: bool,
+    /// Whether every lse value is within [`lse_tolerance`] of its reference (−inf must match
+    /// exactly).
+    pub lse_ok: bool,
+}
+
+impl ErrorStats {
+    /// Compares `out` (and optionally `lse`) with the oracle.
+    pub fn compare(out: &[f64], reference: &[f64], lse: Option<(&[f64], &[f64])>) -> ErrorStats {
+        let mut s = ErrorStats {
+            rel_l2: rel_l2(out, reference),
+            max_abs: max_abs(out, reference),
+            has_nan: out.iter().any(|x| x.is_nan()),
+            lse_ok: true,
+            ..Default::default()
+        };
+        if let Some((l, r)) = lse {
+            s.has_nan |= l.iter().any(|x| x.is_nan());
+            s.lse_abs = max_abs(l, r);
+            s.lse_ok = l.iter().zip(r).all(|(&a, &b)| {
+                if b.is_finite() {
+                    (a - b).abs() <= lse_tolerance(b)
+                } else {
+                    a == b
+                }
+            });
+        }
+        s
+    }
+
+    /// Whether these errors are within `tol` (and the lse bound, when lse was compared).
+    pub fn within(&self, tol: Tolerance) -> bool {
+        !self.has_nan && self.lse_ok && self.rel_l2 <= tol.rel_l2 && self.max_abs <= tol.max_abs
+    }
+
+    /// Folds another case into a worst-case summary.
+    pub fn worst(self, o: ErrorStats) -> ErrorStats {
+        ErrorStats {
+            rel_l2: self.rel_l2.max(o.rel_l2),
+            max_abs: self.max_abs.max(o.max_abs),
+            lse_abs: self.lse_abs.max(o.lse_abs),
+            has_nan: self.has_nan || o.has_nan,
+            lse_ok: self.lse_ok && o.lse_ok,
+        }
+    }
+}
