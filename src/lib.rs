@@ -1,6 +1,7 @@
 //! ferrinfer-harness: helpers shared by the GPU-vs-oracle tests (`tests/`) and the benchmarks
 //! (`benches/`): GPU discovery with the skip/require policy, random data, the one tolerance
 //! table, and error statistics.
+use std::io::Write;
 use std::sync::OnceLock;
 
 use ferrinfer::reference::{max_abs, rel_l2};
@@ -34,7 +35,9 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
             if gpu_required() {
                 panic!("{test}: {REQUIRE_GPU_ENV}=1 but there is no usable GPU: {why}");
             }
-            println!("{test}: skipped: no CUDA device ({why})");
+            // Written straight to the process's stderr: libtest captures `println!`/`eprintln!`,
+            // and a skip must be visible in every test log.
+            let _ = writeln!(std::io::stderr(), "{test}: skipped: no CUDA device ({why})");
             None
         }
     }

@@ -36,6 +36,9 @@ pub mod options;
 pub mod reference;
 pub mod runtime;
 
+/// The device crate's shared definitions (ABI parameter blocks, launch geometry, math).
+pub use ferrinfer_kernels as kernels_abi;
+
 pub use dtype::{DType, Float16};
 pub use error::{Error, Result};
 pub use heads::HeadConfig;
