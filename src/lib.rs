@@ -4,9 +4,10 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
+pub use ferrinfer::reference::{lse_tolerance, tolerance, Tolerance};
 use ferrinfer::reference::{max_abs, rel_l2};
 use ferrinfer::runtime::Discovery;
-use ferrinfer::{DType, Float16, Gpu};
+use ferrinfer::{Float16, Gpu};
 use rand::{Rng, SeedableRng};
 
 /// Environment variable that turns a missing GPU into a test failure.
@@ -41,43 +42,6 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
             None
         }
     }
-}
-
-/// Accuracy bounds for an output of `dtype` computed with f32 accumulation, against the f64
-/// oracle fed the *same rounded inputs*.
-///
-/// Why these numbers: the output is rounded to the storage type once (relative step 2^-8 for
-/// bf16, 2^-11 for f16, i.e. RMS relative error ≈ 2^-9.8 / 2^-12.8 ≈ 1.1e-3 / 1.4e-4), and the
-/// f32 pipeline adds `ex2.approx` (2 ulp) and summation error far below that. The bounds leave
-/// about 5× headroom over the rounding floor (FlashInfer's own bf16 decode measured 2.5e-3 on
-/// the H100): relative L2 ≤ 5e-3 (bf16) / 1e-3 (f16); max abs ≤ 3e-2 / 4e-3 for outputs of
-/// magnitude ≤ 1. lse is f32 and never rounded to 16 bits: |Δlse| ≤ 1e-3 + 1e-4·|lse|
-/// (`lg2.approx` and the f32 dot products).
-#[derive(Clone, Copy, Debug)]
-pub struct Tolerance {
-    /// Bound on ‖out − ref‖ / ‖ref‖.
-    pub rel_l2: f64,
-    /// Bound on max |out − ref|.
-    pub max_abs: f64,
-}
-
-/// The tolerance for outputs stored as `dtype` (see [`Tolerance`]).
-pub fn tolerance(dtype: DType) -> Tolerance {
-    match dtype {
-        DType::Bf16 => Tolerance {
-            rel_l2: 5e-3,
-            max_abs: 3e-2,
-        },
-        DType::F16 => Tolerance {
-            rel_l2: 1e-3,
-            max_abs: 4e-3,
-        },
-    }
-}
-
-/// Bound on the absolute lse error for a reference value `lse` (see [`Tolerance`]).
-pub fn lse_tolerance(lse: f64) -> f64 {
-    1e-3 + 1e-4 * lse.abs()
 }
 
 /// A seeded RNG (`rand::rngs::StdRng`).

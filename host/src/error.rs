@@ -64,6 +64,34 @@ pub enum Error {
         /// What was being computed.
         what: &'static str,
     },
+    /// A sequence id that the page table does not know.
+    #[error("{op}: unknown sequence {id}")]
+    UnknownSequence {
+        /// The op.
+        op: &'static str,
+        /// The id.
+        id: u64,
+    },
+    /// Not enough free pages in the pool.
+    #[error("{op}: out of pages: need {needed}, {free} free")]
+    OutOfPages {
+        /// The op.
+        op: &'static str,
+        /// Pages needed.
+        needed: usize,
+        /// Pages free.
+        free: usize,
+    },
+    /// A page index outside the pool.
+    #[error("{op}: page index {page} out of range (pool has {num_pages} pages)")]
+    PageOutOfRange {
+        /// The op.
+        op: &'static str,
+        /// The offending index.
+        page: i64,
+        /// Pool size.
+        num_pages: usize,
+    },
     /// Buffers from another GPU context were passed.
     #[error("{op}: buffer belongs to another device context")]
     WrongContext {

@@ -26,11 +26,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
 pub mod heads;
 pub mod kernels;
+pub mod kv;
 pub mod ops;
 pub mod options;
 pub mod reference;

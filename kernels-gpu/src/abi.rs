@@ -102,6 +102,52 @@ pub struct SelfTestParams {
     pub arg: u32,
 }
 
+/// Parameters of the paged-KV copy kernels: `append_kv_*` (ragged rows → pages) and
+/// `gather_kv_*` (pages → contiguous rows). Grid-stride over tokens; block `(head_dim/8, hy)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AppendParams {
+    /// Contiguous-side K rows: element `(n, h, d)` at `k_rows + n*rows_stride_n + h*rows_stride_h + d`.
+    pub k_rows: u64,
+    /// Contiguous-side V rows (same strides as K for gather; `v_rows_stride_*` for append).
+    pub v_rows: u64,
+    /// K page pool.
+    pub k_pool: u64,
+    /// V page pool.
+    pub v_pool: u64,
+    /// i32 `[nnz]` batch entry of each row (append only; 0 for gather).
+    pub batch_indices: u64,
+    /// i32 `[nnz]` absolute position of each row (append only; 0 for gather).
+    pub positions: u64,
+    /// i32 `[batch + 1]` page-list offsets.
+    pub kv_indptr: u64,
+    /// i32 page ids.
+    pub kv_indices: u64,
+    /// Rows to copy.
+    pub nnz: u32,
+    /// KV heads.
+    pub num_heads: u32,
+    /// Row strides of the contiguous side, K (elements).
+    pub k_rows_stride_n: u32,
+    /// Head stride of the contiguous side, K.
+    pub k_rows_stride_h: u32,
+    /// Row strides of the contiguous side, V.
+    pub v_rows_stride_n: u32,
+    /// Head stride of the contiguous side, V.
+    pub v_rows_stride_h: u32,
+    /// Pool layout.
+    pub pool: crate::math::layout::PageStrides,
+    /// Batch entry used by gather (its page list is `kv_indptr[seq]..`).
+    pub seq: u32,
+    /// Keeps 8-byte alignment explicit; must be 0.
+    pub reserved: u32,
+}
+
+// SAFETY: #[repr(C)] of u64/u32 fields and a #[repr(C)] struct of u32s; same layout on host and
+// nvptx64.
+unsafe impl Abi for AppendParams {}
+const _: () = assert!(core::mem::size_of::<AppendParams>() == 8 * 8 + 6 * 4 + 16 + 8);
+
 // SAFETY: all three are #[repr(C)] structs of u64/u32/f32 fields (LogitTransform is #[repr(C)]
 // of f32s), laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for SingleDecodeParams {}

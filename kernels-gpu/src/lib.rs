@@ -29,6 +29,8 @@ pub mod math;
 #[cfg(target_arch = "nvptx64")]
 pub mod arch;
 #[cfg(target_arch = "nvptx64")]
+mod append;
+#[cfg(target_arch = "nvptx64")]
 mod decode;
 #[cfg(target_arch = "nvptx64")]
 mod merge;

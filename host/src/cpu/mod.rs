@@ -1,2 +1,23 @@
 //! CPU backend: the public ops implemented with rayon and f32 accumulation, for machines
 //! without a GPU (and as the embedded default the CLI falls back to).
+//!
+//! The CPU ops have the GPU ops' semantics (../shared/DESIGN.md §1.2, §6) and share their math:
+//! logits go through `ferrinfer_kernels::math::softmax::LogitTransform` into the base-2 domain
+//! and are folded with the same online-softmax `State`, and states merge with the same
+//! `merge_weights`, so a difference between backends is a difference in rounding, never in
+//! formulas. They accept more shapes than the GPU kernels (any head dim and group size, any
+//! in-bounds strides) and validate every input before writing anything, returning a typed
+//! [`crate::Error`] instead of panicking.
+//!
+//! | op                           | function                                         |
+//! |------------------------------|--------------------------------------------------|
+//! | single-request decode        | [`single_decode`], [`single_decode_contiguous`]  |
+//! | decode to an f32 state       | [`single_decode_state`]                          |
+//! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
+//! | merge `n` states             | [`merge_states`]                                 |
+pub mod decode;
+pub mod merge;
+
+pub use crate::ops::single_decode::KvStrides;
+pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
+pub use merge::{merge_state, merge_state_in_place, merge_states};

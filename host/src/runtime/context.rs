@@ -295,6 +295,42 @@ impl Gpu {
         Ok(())
     }
 
+    /// Writes `host` into the first `host.len()` elements of `dst`.
+    pub fn write_prefix<T: DeviceRepr>(&self, dst: &mut DeviceBuffer<T>, host: &[T]) -> Result<()> {
+        let have = dst.len();
+        let mut view = dst
+            .slice
+            .try_slice_mut(0..host.len())
+            .ok_or_else(|| Error::shape("write_prefix", "destination length", format!(">= {}", host.len()), have))?;
+        self.inner.stream.memcpy_htod(host, &mut view)?;
+        Ok(())
+    }
+
+    /// Copies `len` elements inside one buffer, from offset `src` to offset `dst` (ranges must
+    /// not overlap), on the stream.
+    pub fn copy_within<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, src: usize, dst: usize, len: usize) -> Result<()> {
+        let end = |o: usize| o.checked_add(len).filter(|&e| e <= buf.len());
+        if end(src).is_none() || end(dst).is_none() {
+            return Err(Error::shape("copy_within", "range", format!("within {}", buf.len()), format!("{src}/{dst}+{len}")));
+        }
+        if src < dst + len && dst < src + len && len > 0 {
+            return Err(Error::invalid("copy_within", "range", "source and destination overlap"));
+        }
+        let size = std::mem::size_of::<T>();
+        let base = buf.addr();
+        // SAFETY: both ranges are inside `buf` (checked above), do not overlap, and the copy is
+        // ordered on this GPU's stream with every other use of `buf`.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                base + (dst * size) as u64,
+                base + (src * size) as u64,
+                len * size,
+                self.inner.stream.cu_stream(),
+            )
+        }?;
+        Ok(())
+    }
+
     /// Copies a device buffer back to the host (synchronises the stream).
     pub fn download<T: DeviceRepr + Default + Clone>(
         &self,

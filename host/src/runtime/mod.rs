@@ -6,7 +6,9 @@
 mod buffer;
 mod context;
 mod launch;
+mod timing;
 
 pub use buffer::DeviceBuffer;
 pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
 pub use launch::LaunchDims;
+pub use timing::Timing;

@@ -5,4 +5,6 @@
 //! approximations on the device and to `std` on the host.
 pub mod chunk;
 pub mod fast;
+pub mod layout;
+pub mod frag;
 pub mod softmax;

@@ -1,0 +1,537 @@
+//! The page pool: one allocation of `num_pages` pages for K and one for V, on the GPU or in
+//! host memory (the CPU backend), plus the raw append/gather copies over FlashInfer-style
+//! metadata, validated on the host before any launch.
+//!
+//! Device side: `kernels-gpu/src/append.rs` (`append_kv_b16`, `gather_kv_b16`).
+use ferrinfer_kernels::abi::AppendParams;
+use ferrinfer_kernels::math::layout::PageStrides;
+
+use super::page_table::{BatchPages, PageCopy};
+use crate::dtype::Float16;
+use crate::error::{Error, Result};
+use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+
+const OP: &str = "kv_pool";
+
+/// Page layout (FlashInfer's two): NHD `[page, P, heads, D]` or HND `[page, heads, P, D]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvLayout {
+    /// `[page_size, num_kv_heads, head_dim]` per page.
+    Nhd,
+    /// `[num_kv_heads, page_size, head_dim]` per page.
+    Hnd,
+}
+
+/// How large to make the pool.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PoolSize {
+    /// Exactly this many pages.
+    Pages(usize),
+    /// As many pages as fit in this many bytes (K and V together).
+    Bytes(usize),
+    /// This fraction of the GPU's currently free memory (GPU pools only).
+    FreeMemoryFraction(f64),
+}
+
+/// Geometry of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvPoolConfig {
+    /// Pages in the pool.
+    pub num_pages: usize,
+    /// Tokens per page.
+    pub page_size: usize,
+    /// KV heads.
+    pub num_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Page layout.
+    pub layout: KvLayout,
+}
+
+impl KvPoolConfig {
+    /// Elements per page (one of K or V).
+    pub fn page_elems(&self) -> usize {
+        self.page_size * self.num_kv_heads * self.head_dim
+    }
+
+    /// Bytes of one page of K plus one of V (16-bit elements).
+    pub fn page_bytes(&self) -> usize {
+        2 * self.page_elems() * 2
+    }
+
+    /// Capacity in tokens.
+    pub fn capacity_tokens(&self) -> usize {
+        self.num_pages * self.page_size
+    }
+
+    /// Kernel-side strides.
+    pub fn strides(&self) -> PageStrides {
+        let (p, h, d) = (self.page_size as u32, self.num_kv_heads as u32, self.head_dim as u32);
+        match self.layout {
+            KvLayout::Nhd => PageStrides::nhd(p, h, d),
+            KvLayout::Hnd => PageStrides::hnd(p, h, d),
+        }
+    }
+
+    /// Element offset of `(page, entry, head)`.
+    pub fn offset(&self, page: usize, entry: usize, head: usize) -> usize {
+        let s = self.strides();
+        page * s.stride_page as usize + entry * s.stride_n as usize + head * s.stride_h as usize
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.page_size == 0 || self.num_kv_heads == 0 || self.num_pages == 0 {
+            return Err(Error::invalid(OP, "config", format!("{self:?}: sizes must be positive")));
+        }
+        if !matches!(self.head_dim, 64 | 128 | 256) {
+            return Err(Error::unsupported(OP, "head_dim", format!("{} (supported: 64, 128, 256)", self.head_dim)));
+        }
+        if u32::try_from(self.page_elems()).is_err() || self.num_pages > i32::MAX as usize {
+            return Err(Error::Overflow { op: OP, what: "page size" });
+        }
+        self.num_pages
+            .checked_mul(self.page_elems())
+            .ok_or(Error::Overflow { op: OP, what: "pool size" })?;
+        Ok(())
+    }
+}
+
+/// Element strides of contiguous-side K/V rows `[n, heads, head_dim]`: element `(n, h, d)` at
+/// `n*stride_n + h*stride_h + d` (a fused QKV projection leaves wider strides).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowStrides {
+    /// Between rows (tokens).
+    pub stride_n: usize,
+    /// Between heads.
+    pub stride_h: usize,
+}
+
+impl RowStrides {
+    /// Dense `[n, heads, head_dim]`.
+    pub fn contiguous(num_kv_heads: usize, head_dim: usize) -> Self {
+        Self {
+            stride_n: num_kv_heads * head_dim,
+            stride_h: head_dim,
+        }
+    }
+}
+
+/// Rows on the contiguous side of an append/gather: device memory for GPU pools, host memory
+/// for CPU pools.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a, T> {
+    /// Device buffer.
+    Device(&'a DeviceBuffer<T>),
+    /// Host slice.
+    Host(&'a [T]),
+}
+
+impl<T: cudarc::driver::DeviceRepr> Rows<'_, T> {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Device(b) => b.len(),
+            Rows::Host(s) => s.len(),
+        }
+    }
+}
+
+enum Storage<T> {
+    Cuda {
+        gpu: Gpu,
+        k: DeviceBuffer<T>,
+        v: DeviceBuffer<T>,
+        meta: Option<DeviceBuffer<i32>>,
+    },
+    Cpu {
+        k: Vec<T>,
+        v: Vec<T>,
+    },
+}
+
+/// A pool of K and V pages.
+pub struct KvPool<T> {
+    cfg: KvPoolConfig,
+    storage: Storage<T>,
+    staging: Vec<i32>,
+}
+
+/// Ragged append metadata as FlashInfer's `append_paged_kv_cache` takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendMeta<'a> {
+    /// Batch entry of each new row.
+    pub batch_indices: &'a [i32],
+    /// Absolute position of each new row (must lie inside its sequence's reserved length).
+    pub positions: &'a [i32],
+    /// Page tables of the batch.
+    pub pages: &'a BatchPages,
+}
+
+impl<T: Float16> KvPool<T> {
+    fn resolve(size: PoolSize, page_bytes: usize, free_bytes: Option<usize>) -> Result<usize> {
+        match size {
+            PoolSize::Pages(n) => Ok(n),
+            PoolSize::Bytes(b) => Ok(b / page_bytes),
+            PoolSize::FreeMemoryFraction(f) => {
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(Error::invalid(OP, "free memory fraction", format!("{f} not in (0, 1]")));
+                }
+                let free = free_bytes.ok_or_else(|| Error::invalid(OP, "pool size", "a free-memory fraction needs a GPU pool"))?;
+                Ok((free as f64 * f) as usize / page_bytes)
+            }
+        }
+    }
+
+    /// A pool on the GPU. `cfg.num_pages` is ignored in favour of `size`.
+    pub fn new_gpu(gpu: &Gpu, mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
+        let (free, _total) = gpu.context().mem_get_info()?;
+        cfg.num_pages = Self::resolve(size, cfg.page_bytes().max(1), Some(free))?;
+        cfg.validate()?;
+        let n = cfg.num_pages * cfg.page_elems();
+        Ok(Self {
+            cfg,
+            storage: Storage::Cuda {
+                gpu: gpu.clone(),
+                k: gpu.alloc::<T>(n)?,
+                v: gpu.alloc::<T>(n)?,
+                meta: None,
+            },
+            staging: Vec::new(),
+        })
+    }
+
+    /// A pool in host memory for the CPU backend. `cfg.num_pages` is ignored in favour of `size`.
+    pub fn new_cpu(mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
+        cfg.num_pages = Self::resolve(size, cfg.page_bytes().max(1), None)?;
+        cfg.validate()?;
+        let n = cfg.num_pages * cfg.page_elems();
+        Ok(Self {
+            cfg,
+            storage: Storage::Cpu {
+                k: vec![T::default(); n],
+                v: vec![T::default(); n],
+            },
+            staging: Vec::new(),
+        })
+    }
+
+    /// The pool's geometry.
+    pub fn config(&self) -> &KvPoolConfig {
+        &self.cfg
+    }
+
+    /// The GPU holding the pool, if it is a device pool.
+    pub fn gpu(&self) -> Option<&Gpu> {
+        match &self.storage {
+            Storage::Cuda { gpu, .. } => Some(gpu),
+            Storage::Cpu { .. } => None,
+        }
+    }
+
+    /// Device K and V pools (for attention kernels), if this is a device pool.
+    pub fn device_buffers(&self) -> Option<(&DeviceBuffer<T>, &DeviceBuffer<T>)> {
+        match &self.storage {
+            Storage::Cuda { k, v, .. } => Some((k, v)),
+            Storage::Cpu { .. } => None,
+        }
+    }
+
+    /// Host K and V pools, if this is a CPU pool.
+    pub fn host_buffers(&self) -> Option<(&[T], &[T])> {
+        match &self.storage {
+            Storage::Cpu { k, v } => Some((k, v)),
+            Storage::Cuda { .. } => None,
+        }
+    }
+
+    /// Validates CSR page tables against this pool: monotone `kv_indptr` from 0, matching
+    /// lengths, page ids in range, last-page lengths in `[1, page_size]` for non-empty entries.
+    pub fn validate_pages(&self, pages: &BatchPages) -> Result<()> {
+        let b = pages.kv_last_page_len.len();
+        if pages.kv_indptr.len() != b + 1 {
+            return Err(Error::shape(OP, "kv_indptr length", b + 1, pages.kv_indptr.len()));
+        }
+        if pages.kv_indptr[0] != 0 || pages.kv_indptr.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::invalid(OP, "kv_indptr", "must start at 0 and be non-decreasing"));
+        }
+        if pages.kv_indptr[b] as usize != pages.kv_indices.len() {
+            return Err(Error::shape(OP, "kv_indices length", pages.kv_indptr[b], pages.kv_indices.len()));
+        }
+        if let Some(&bad) = pages
+            .kv_indices
+            .iter()
+            .find(|&&p| p < 0 || p as usize >= self.cfg.num_pages)
+        {
+            return Err(Error::PageOutOfRange { op: OP, page: bad as i64, num_pages: self.cfg.num_pages });
+        }
+        for i in 0..b {
+            let n = pages.kv_indptr[i + 1] - pages.kv_indptr[i];
+            let last = pages.kv_last_page_len[i];
+            let ok = if n == 0 { last == 0 } else { last >= 1 && last as usize <= self.cfg.page_size };
+            if !ok {
+                return Err(Error::invalid(OP, "kv_last_page_len", format!("entry {i}: {last} with {n} pages")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>, s: RowStrides, n: usize) -> Result<()> {
+        let (h, d) = (self.cfg.num_kv_heads, self.cfg.head_dim);
+        if s.stride_n % 8 != 0 || s.stride_h % 8 != 0 {
+            return Err(Error::invalid(OP, "row strides", format!("{what}: ({}, {}) must be multiples of 8 elements", s.stride_n, s.stride_h)));
+        }
+        if u32::try_from(s.stride_n).is_err() || u32::try_from(s.stride_h).is_err() {
+            return Err(Error::Overflow { op: OP, what: "row strides" });
+        }
+        if h > 1 && s.stride_h < d {
+            return Err(Error::invalid(OP, "row strides", format!("{what}: head stride {} < head_dim {d}", s.stride_h)));
+        }
+        let need = if n == 0 {
+            0
+        } else {
+            (n - 1)
+                .checked_mul(s.stride_n)
+                .and_then(|x| x.checked_add((h - 1) * s.stride_h + d))
+                .ok_or(Error::Overflow { op: OP, what: "row extent" })?
+        };
+        if rows.len() < need {
+            return Err(Error::shape(OP, what, format!(">= {need} elements"), rows.len()));
+        }
+        match (&self.storage, rows) {
+            (Storage::Cuda { gpu, .. }, Rows::Device(b)) => gpu.check_buffer(OP, b),
+            (Storage::Cpu { .. }, Rows::Host(_)) => Ok(()),
+            _ => Err(Error::invalid(OP, what, "rows must live where the pool lives (device rows for a GPU pool, host rows for a CPU pool)")),
+        }
+    }
+
+    /// Validates an append: metadata consistent with the pool and the rows.
+    pub fn validate_append(&self, meta: &AppendMeta<'_>, k: &Rows<'_, T>, ks: RowStrides, v: &Rows<'_, T>, vs: RowStrides) -> Result<()> {
+        self.validate_pages(meta.pages)?;
+        let nnz = meta.batch_indices.len();
+        if meta.positions.len() != nnz {
+            return Err(Error::shape(OP, "positions length", nnz, meta.positions.len()));
+        }
+        if nnz > i32::MAX as usize {
+            return Err(Error::Overflow { op: OP, what: "rows" });
+        }
+        let b = meta.pages.batch_size();
+        for (&bi, &pos) in meta.batch_indices.iter().zip(meta.positions) {
+            if bi < 0 || bi as usize >= b {
+                return Err(Error::invalid(OP, "batch_indices", format!("{bi} not in [0, {b})")));
+            }
+            let len = meta.pages.kv_len(bi as usize, self.cfg.page_size);
+            if pos < 0 || pos as usize >= len {
+                return Err(Error::invalid(OP, "positions", format!("{pos} outside the reserved length {len} of entry {bi}")));
+            }
+        }
+        self.check_rows("k rows", k, ks, nnz)?;
+        self.check_rows("v rows", v, vs, nnz)
+    }
+
+    fn upload_meta(&mut self, parts: &[&[i32]]) -> Result<[u64; 4]> {
+        self.staging.clear();
+        let mut offs = [0usize; 4];
+        for (i, p) in parts.iter().enumerate() {
+            offs[i] = self.staging.len();
+            self.staging.extend_from_slice(p);
+        }
+        let Storage::Cuda { gpu, meta, .. } = &mut self.storage else {
+            return Err(Error::invalid(OP, "storage", "not a device pool"));
+        };
+        let need = self.staging.len().max(1);
+        if meta.as_ref().is_none_or(|m| m.len() < need) {
+            *meta = Some(gpu.alloc::<i32>(need.next_power_of_two())?);
+        }
+        let Some(m) = meta.as_mut() else {
+            return Err(Error::invalid(OP, "storage", "metadata buffer"));
+        };
+        gpu.write_prefix(m, &self.staging)?;
+        let base = m.addr();
+        Ok(offs.map(|o| base + (o * 4) as u64))
+    }
+
+    fn launch_dims(&self, gpu: &Gpu, rows: usize) -> LaunchDims {
+        let lanes = (self.cfg.head_dim / 8) as u32;
+        let hy = (self.cfg.num_kv_heads as u32).min((256 / lanes).max(1));
+        let grid = (rows as u32).clamp(1, gpu.info().sm_count * 16);
+        LaunchDims { grid: (grid, 1, 1), block: (lanes, hy, 1), smem_bytes: 0 }
+    }
+
+    /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`
+    /// goes to position `positions[n]` of batch entry `batch_indices[n]`. Validated first.
+    pub fn append(&mut self, meta: &AppendMeta<'_>, k: Rows<'_, T>, ks: RowStrides, v: Rows<'_, T>, vs: RowStrides) -> Result<()> {
+        self.validate_append(meta, &k, ks, &v, vs)?;
+        let nnz = meta.batch_indices.len();
+        if nnz == 0 {
+            return Ok(());
+        }
+        let cfg = self.cfg;
+        match (&self.storage, k, v) {
+            (Storage::Cuda { .. }, Rows::Device(kb), Rows::Device(vb)) => {
+                let [bi, pos, indptr, indices] = self.upload_meta(&[meta.batch_indices, meta.positions, &meta.pages.kv_indptr, &meta.pages.kv_indices])?;
+                let Storage::Cuda { gpu, k: kp, v: vp, .. } = &self.storage else { unreachable_storage()? };
+                let p = AppendParams {
+                    k_rows: kb.addr(),
+                    v_rows: vb.addr(),
+                    k_pool: kp.addr(),
+                    v_pool: vp.addr(),
+                    batch_indices: bi,
+                    positions: pos,
+                    kv_indptr: indptr,
+                    kv_indices: indices,
+                    nnz: nnz as u32,
+                    num_heads: cfg.num_kv_heads as u32,
+                    k_rows_stride_n: ks.stride_n as u32,
+                    k_rows_stride_h: ks.stride_h as u32,
+                    v_rows_stride_n: vs.stride_n as u32,
+                    v_rows_stride_h: vs.stride_h as u32,
+                    pool: cfg.strides(),
+                    seq: 0,
+                    reserved: 0,
+                };
+                let dims = self.launch_dims(gpu, nnz);
+                // SAFETY: validate_append checked every batch index, position and page id
+                // against the pool and the page tables, the row extents and 16-byte strides.
+                unsafe { gpu.launch("append_kv_b16", dims, p) }
+            }
+            (Storage::Cpu { .. }, Rows::Host(kh), Rows::Host(vh)) => {
+                let Storage::Cpu { k: kp, v: vp } = &mut self.storage else { unreachable_storage()? };
+                for (n, (&b, &pos)) in meta.batch_indices.iter().zip(meta.positions).enumerate() {
+                    let (page, entry) = page_of(meta.pages, b as usize, pos as usize, cfg.page_size);
+                    for h in 0..cfg.num_kv_heads {
+                        let dst = cfg.offset(page, entry, h);
+                        let sk = n * ks.stride_n + h * ks.stride_h;
+                        let sv = n * vs.stride_n + h * vs.stride_h;
+                        kp[dst..dst + cfg.head_dim].copy_from_slice(&kh[sk..sk + cfg.head_dim]);
+                        vp[dst..dst + cfg.head_dim].copy_from_slice(&vh[sv..sv + cfg.head_dim]);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Error::invalid(OP, "rows", "rows must live where the pool lives")),
+        }
+    }
+
+    /// Copies entry `b` of `pages` out to contiguous rows `[len, heads, head_dim]` (strided).
+    pub fn gather(&mut self, pages: &BatchPages, b: usize, k_out: RowsMut<'_, T>, ks: RowStrides, v_out: RowsMut<'_, T>, vs: RowStrides) -> Result<()> {
+        self.validate_pages(pages)?;
+        if b >= pages.batch_size() {
+            return Err(Error::invalid(OP, "batch entry", format!("{b} not in [0, {})", pages.batch_size())));
+        }
+        let len = pages.kv_len(b, self.cfg.page_size);
+        self.check_rows("k out", &k_out.as_rows(), ks, len)?;
+        self.check_rows("v out", &v_out.as_rows(), vs, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let cfg = self.cfg;
+        match (k_out, v_out) {
+            (RowsMut::Device(kb), RowsMut::Device(vb)) => {
+                let [_, _, indptr, indices] = self.upload_meta(&[&[], &[], &pages.kv_indptr, &pages.kv_indices])?;
+                let Storage::Cuda { gpu, k: kp, v: vp, .. } = &self.storage else { unreachable_storage()? };
+                let p = AppendParams {
+                    k_rows: kb.addr(),
+                    v_rows: vb.addr(),
+                    k_pool: kp.addr(),
+                    v_pool: vp.addr(),
+                    batch_indices: 0,
+                    positions: 0,
+                    kv_indptr: indptr,
+                    kv_indices: indices,
+                    nnz: len as u32,
+                    num_heads: cfg.num_kv_heads as u32,
+                    k_rows_stride_n: ks.stride_n as u32,
+                    k_rows_stride_h: ks.stride_h as u32,
+                    v_rows_stride_n: vs.stride_n as u32,
+                    v_rows_stride_h: vs.stride_h as u32,
+                    pool: cfg.strides(),
+                    seq: b as u32,
+                    reserved: 0,
+                };
+                let dims = self.launch_dims(gpu, len);
+                // SAFETY: pages validated against the pool; outputs sized for `len` rows.
+                unsafe { gpu.launch("gather_kv_b16", dims, p) }
+            }
+            (RowsMut::Host(kh), RowsMut::Host(vh)) => {
+                let Storage::Cpu { k: kp, v: vp } = &self.storage else { unreachable_storage()? };
+                for t in 0..len {
+                    let (page, entry) = page_of(pages, b, t, cfg.page_size);
+                    for h in 0..cfg.num_kv_heads {
+                        let src = cfg.offset(page, entry, h);
+                        let dk = t * ks.stride_n + h * ks.stride_h;
+                        let dv = t * vs.stride_n + h * vs.stride_h;
+                        kh[dk..dk + cfg.head_dim].copy_from_slice(&kp[src..src + cfg.head_dim]);
+                        vh[dv..dv + cfg.head_dim].copy_from_slice(&vp[src..src + cfg.head_dim]);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Error::invalid(OP, "rows", "k and v outputs must both be device or both host")),
+        }
+    }
+
+    /// Performs copy-on-write page copies (rows `[0, rows)` of every head, K and V).
+    pub fn copy_pages(&mut self, copies: &[PageCopy]) -> Result<()> {
+        let cfg = self.cfg;
+        for c in copies {
+            for p in [c.src, c.dst] {
+                if p as usize >= cfg.num_pages {
+                    return Err(Error::PageOutOfRange { op: OP, page: p as i64, num_pages: cfg.num_pages });
+                }
+            }
+            if c.rows as usize > cfg.page_size {
+                return Err(Error::invalid(OP, "page copy rows", c.rows));
+            }
+        }
+        // (offset in page, length) runs that hold rows [0, rows) of every head.
+        let runs = |rows: usize| -> Vec<(usize, usize)> {
+            match cfg.layout {
+                KvLayout::Nhd => vec![(0, rows * cfg.num_kv_heads * cfg.head_dim)],
+                KvLayout::Hnd => (0..cfg.num_kv_heads).map(|h| (cfg.offset(0, 0, h), rows * cfg.head_dim)).collect(),
+            }
+        };
+        let pe = cfg.page_elems();
+        for c in copies {
+            let (s, d) = (c.src as usize * pe, c.dst as usize * pe);
+            for (off, len) in runs(c.rows as usize) {
+                match &mut self.storage {
+                    Storage::Cuda { gpu, k, v, .. } => {
+                        gpu.copy_within(k, s + off, d + off, len)?;
+                        gpu.copy_within(v, s + off, d + off, len)?;
+                    }
+                    Storage::Cpu { k, v } => {
+                        k.copy_within(s + off..s + off + len, d + off);
+                        v.copy_within(s + off..s + off + len, d + off);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mutable rows on the contiguous side of a gather.
+#[derive(Debug)]
+pub enum RowsMut<'a, T> {
+    /// Device buffer.
+    Device(&'a mut DeviceBuffer<T>),
+    /// Host slice.
+    Host(&'a mut [T]),
+}
+
+impl<'a, T> RowsMut<'a, T> {
+    fn as_rows(&self) -> Rows<'_, T> {
+        match self {
+            RowsMut::Device(b) => Rows::Device(b),
+            RowsMut::Host(s) => Rows::Host(s),
+        }
+    }
+}
+
+fn page_of(pages: &BatchPages, b: usize, pos: usize, page_size: usize) -> (usize, usize) {
+    let slot = pages.kv_indptr[b] as usize + pos / page_size;
+    (pages.kv_indices[slot] as usize, pos % page_size)
+}
+
+fn unreachable_storage<T>() -> Result<T> {
+    Err(Error::invalid(OP, "storage", "rows/pool kind mismatch"))
+}

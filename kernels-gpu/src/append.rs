@@ -1,0 +1,115 @@
+//! Paged-KV copies: `append_kv_b16` writes a ragged batch of new K/V rows into their pages,
+//! `gather_kv_b16` copies one sequence's pages back out to contiguous rows.
+//!
+//! Host twin: `host/src/kv/cache.rs`. The copy does not depend on the 16-bit element type, so
+//! one instance serves f16 and bf16. Block `(head_dim/8, hy)`: lane x moves the 16-byte vector
+//! `[8x, 8x+8)` of a head row, y walks heads; blocks grid-stride over rows, [`ROWS`] rows per
+//! iteration so each thread has `2·ROWS` independent 16-byte loads in flight.
+use core::num::NonZeroU32;
+
+use crate::abi::AppendParams;
+use crate::arch::{global, thread};
+use crate::math::layout::page_and_entry;
+
+/// Rows per thread per iteration.
+const ROWS: usize = 4;
+
+#[inline(always)]
+unsafe fn ld_i32(base: u64, i: u32) -> u32 {
+    // SAFETY: caller guarantees `i` indexes the array.
+    unsafe { global::ld_u32(base + (i as u64) * 4) }
+}
+
+/// # Safety
+/// Block `(head_dim/8, hy)`, any grid; host-validated metadata: every batch index, position
+/// and page id in range, pools sized for the page count, 16-byte aligned rows.
+#[inline(always)]
+unsafe fn copy_rows<const APPEND: bool>(p: &AppendParams) {
+    let x = thread::thread_idx_x();
+    let hy = thread::block_dim_y();
+    let vec_off = (x * 8) as u64;
+    let page_size = NonZeroU32::new(p.pool.page_size).unwrap_or(NonZeroU32::MIN);
+    let stride = thread::grid_dim_x();
+    let mut n0 = thread::block_idx_x();
+    while n0 < p.nnz {
+        let mut h = thread::thread_idx_y();
+        while h < p.num_heads {
+            let mut pool_off = [0u64; ROWS];
+            let mut row_k = [0u64; ROWS];
+            let mut row_v = [0u64; ROWS];
+            let mut valid = [false; ROWS];
+            for r in 0..ROWS {
+                let n = n0 + (r as u32) * stride;
+                valid[r] = n < p.nnz;
+                if valid[r] {
+                    // SAFETY: n < nnz; the host validated indices/positions/page ids.
+                    let (b, pos) = unsafe {
+                        if APPEND {
+                            (ld_i32(p.batch_indices, n), ld_i32(p.positions, n))
+                        } else {
+                            (p.seq, n)
+                        }
+                    };
+                    let (slot, entry) = page_and_entry(pos, page_size);
+                    // SAFETY: as above.
+                    let page = unsafe { ld_i32(p.kv_indices, ld_i32(p.kv_indptr, b) + slot) };
+                    pool_off[r] = p.pool.offset(page, entry, h) + vec_off;
+                    row_k[r] = n as u64 * p.k_rows_stride_n as u64 + (h * p.k_rows_stride_h) as u64 + vec_off;
+                    row_v[r] = n as u64 * p.v_rows_stride_n as u64 + (h * p.v_rows_stride_h) as u64 + vec_off;
+                }
+            }
+            let mut kd = [[0u32; 4]; ROWS];
+            let mut vd = [[0u32; 4]; ROWS];
+            for r in 0..ROWS {
+                if valid[r] {
+                    // SAFETY: offsets computed from validated metadata; 16-byte aligned.
+                    unsafe {
+                        if APPEND {
+                            kd[r] = global::ld_nc_u32x4(p.k_rows + row_k[r] * 2);
+                            vd[r] = global::ld_nc_u32x4(p.v_rows + row_v[r] * 2);
+                        } else {
+                            kd[r] = global::ld_u32x4(p.k_pool + pool_off[r] * 2);
+                            vd[r] = global::ld_u32x4(p.v_pool + pool_off[r] * 2);
+                        }
+                    }
+                }
+            }
+            for r in 0..ROWS {
+                if valid[r] {
+                    // SAFETY: as above.
+                    unsafe {
+                        if APPEND {
+                            global::st_u32x4(p.k_pool + pool_off[r] * 2, kd[r]);
+                            global::st_u32x4(p.v_pool + pool_off[r] * 2, vd[r]);
+                        } else {
+                            global::st_u32x4(p.k_rows + row_k[r] * 2, kd[r]);
+                            global::st_u32x4(p.v_rows + row_v[r] * 2, vd[r]);
+                        }
+                    }
+                }
+            }
+            h += hy;
+        }
+        n0 += stride * ROWS as u32;
+    }
+}
+
+/// Entry point: append ragged K/V rows (16-bit elements) into their pages.
+///
+/// # Safety
+/// See the body's launch contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn append_kv_b16(p: AppendParams) {
+    // SAFETY: forwarded launch contract.
+    unsafe { copy_rows::<true>(&p) }
+}
+
+/// Entry point: gather one sequence's K/V pages (16-bit elements) into contiguous rows.
+///
+/// # Safety
+/// See the body's launch contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gather_kv_b16(p: AppendParams) {
+    // SAFETY: forwarded launch contract.
+    unsafe { copy_rows::<false>(&p) }
+}
