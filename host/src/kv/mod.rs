@@ -1,6 +1,8 @@
 //! The KV-cache engine: host-owned page tables over a pool of fixed-size pages.
+pub mod cache;
 pub mod page_table;
 pub mod pool;
 
+pub use cache::PagedKvCache;
 pub use page_table::{AppendPlan, BatchPages, PageCopy, PageTable, SeqId};
 pub use pool::{AppendMeta, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows, RowsMut};

@@ -274,7 +274,8 @@ impl<T: Float16> KvPool<T> {
         Ok(())
     }
 
-    fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>, s: RowStrides, n: usize) -> Result<()> {
+    /// Checks that `rows` hold `n` rows with strides `s` where this pool can read them.
+    pub(crate) fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>, s: RowStrides, n: usize) -> Result<()> {
         let (h, d) = (self.cfg.num_kv_heads, self.cfg.head_dim);
         if s.stride_n % 8 != 0 || s.stride_h % 8 != 0 {
             return Err(Error::invalid(OP, "row strides", format!("{what}: ({}, {}) must be multiples of 8 elements", s.stride_n, s.stride_h)));
