@@ -1,13 +1,14 @@
-//! Single-request decode benchmark: median kernel time (CUDA events, warm-up, ≥100 calls,
-//! K/V rotated over enough copies to exceed the 50 MB L2 several times), KV bytes read,
-//! achieved TB/s, and the device-to-device copy roofline measured in the same run.
+//! Single-request decode benchmark: median GPU time of one call (CUDA events, 10 warm-up calls,
+//! median of 200, L2 flushed and a 100 µs spin queued before each call so host launch gaps stay
+//! out — FlashInfer's benchmark method), KV bytes read, achieved TB/s, and the device-to-device
+//! copy roofline measured in the same run.
 //!
 //! Run: `cargo bench --bench decode` (or the stripped executable from gpu-bundle/ on the GPU
 //! machine). `--json PATH` also writes the rows as JSON.
 use std::io::Write;
 
 use ferrinfer::ops::single_decode::SingleDecode;
-use ferrinfer::runtime::Discovery;
+use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
 
@@ -28,8 +29,9 @@ fn bench_one<T: Float16>(gpu: &Gpu, name: &str, heads: HeadConfig, kv_len: usize
     let d = heads.head_dim;
     let kv_elems = kv_len * heads.num_kv_heads * d;
     let kv_bytes = 2 * kv_elems * 2;
-    // Enough independent K/V copies that consecutive calls never hit in L2 (4 × 50 MB).
-    let copies = (200_000_000usize).div_ceil(kv_bytes).clamp(1, 64);
+    // Two K/V copies alternate, and the L2 is flushed before every timed call (cold L2, as
+    // FlashInfer's benchmark measures).
+    let copies = 2;
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         x ^= x << 13;
@@ -48,7 +50,8 @@ fn bench_one<T: Float16>(gpu: &Gpu, name: &str, heads: HeadConfig, kv_len: usize
     let mut o = gpu.alloc::<T>(heads.num_qo_heads * d)?;
     let mut lse = gpu.alloc::<f32>(heads.num_qo_heads)?;
     let mut op = SingleDecode::new(gpu, heads, T::DTYPE, AttentionOptions::default())?;
-    let t = gpu.time(10, iters, |i| {
+    let opts = TimeOpts { warmup: 10, iters, flush_bytes: 100 << 20, spin_us: 100 };
+    let t = gpu.time_with(opts, |i| {
         let c = i % copies;
         op.run(&q, &ks[c], &vs[c], kv_len, &mut o, Some(&mut lse))
     })?;

@@ -148,6 +148,17 @@ pub struct AppendParams {
 unsafe impl Abi for AppendParams {}
 const _: () = assert!(core::mem::size_of::<AppendParams>() == 8 * 8 + 6 * 4 + 16 + 8);
 
+/// Parameters of `util_spin`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpinParams {
+    /// Nanoseconds to spin.
+    pub ns: u64,
+}
+
+// SAFETY: #[repr(C)] single u64.
+unsafe impl Abi for SpinParams {}
+
 // SAFETY: all three are #[repr(C)] structs of u64/u32/f32 fields (LogitTransform is #[repr(C)]
 // of f32s), laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for SingleDecodeParams {}

@@ -36,6 +36,8 @@ mod decode;
 mod merge;
 #[cfg(target_arch = "nvptx64")]
 mod selftest;
+#[cfg(target_arch = "nvptx64")]
+mod util;
 
 /// Device panics cannot unwind: any panic path that survives optimisation becomes `trap`,
 /// which the PTX check (scripts/ptx-check.sh) rejects in release PTX.

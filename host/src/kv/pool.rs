@@ -155,6 +155,15 @@ pub struct KvPool<T> {
     staging: Vec<i32>,
 }
 
+/// Append metadata validated and uploaded to the device once, for repeated launches (one per
+/// layer in a serving step, or a benchmark loop). Only valid for the pool that made it.
+pub struct DeviceAppendMeta {
+    buf: DeviceBuffer<i32>,
+    offs: [usize; 4],
+    nnz: usize,
+    pool_id: usize,
+}
+
 /// Ragged append metadata as FlashInfer's `append_paged_kv_cache` takes it.
 #[derive(Clone, Copy, Debug)]
 pub struct AppendMeta<'a> {
@@ -306,6 +315,15 @@ impl<T: Float16> KvPool<T> {
 
     /// Validates an append: metadata consistent with the pool and the rows.
     pub fn validate_append(&self, meta: &AppendMeta<'_>, k: &Rows<'_, T>, ks: RowStrides, v: &Rows<'_, T>, vs: RowStrides) -> Result<()> {
+        self.validate_meta(meta)?;
+        let nnz = meta.batch_indices.len();
+        self.check_rows("k rows", k, ks, nnz)?;
+        self.check_rows("v rows", v, vs, nnz)
+    }
+
+    /// Validates append metadata against the pool: page tables, batch indices, and positions
+    /// inside each entry's reserved length.
+    pub fn validate_meta(&self, meta: &AppendMeta<'_>) -> Result<()> {
         self.validate_pages(meta.pages)?;
         let nnz = meta.batch_indices.len();
         if meta.positions.len() != nnz {
@@ -324,8 +342,7 @@ impl<T: Float16> KvPool<T> {
                 return Err(Error::invalid(OP, "positions", format!("{pos} outside the reserved length {len} of entry {bi}")));
             }
         }
-        self.check_rows("k rows", k, ks, nnz)?;
-        self.check_rows("v rows", v, vs, nnz)
+        Ok(())
     }
 
     fn upload_meta(&mut self, parts: &[&[i32]]) -> Result<[u64; 4]> {
@@ -357,6 +374,71 @@ impl<T: Float16> KvPool<T> {
         LaunchDims { grid: (grid, 1, 1), block: (lanes, hy, 1), smem_bytes: 0 }
     }
 
+    /// Validates `meta` for `nnz` rows and uploads it (one host-to-device copy).
+    pub fn upload_append_meta(&self, meta: &AppendMeta<'_>) -> Result<DeviceAppendMeta> {
+        let Storage::Cuda { gpu, .. } = &self.storage else {
+            return Err(Error::invalid(OP, "storage", "device metadata needs a GPU pool"));
+        };
+        self.validate_meta(meta)?;
+        let mut host = Vec::new();
+        let mut offs = [0usize; 4];
+        for (i, p) in [meta.batch_indices, meta.positions, &meta.pages.kv_indptr, &meta.pages.kv_indices].iter().enumerate() {
+            offs[i] = host.len();
+            host.extend_from_slice(p);
+        }
+        host.push(0);
+        Ok(DeviceAppendMeta {
+            buf: gpu.upload(&host)?,
+            offs,
+            nnz: meta.batch_indices.len(),
+            pool_id: self as *const Self as usize,
+        })
+    }
+
+    /// Appends with metadata uploaded by [`KvPool::upload_append_meta`]: one kernel launch, no
+    /// host-to-device copy.
+    pub fn append_uploaded(&mut self, meta: &DeviceAppendMeta, k: &DeviceBuffer<T>, ks: RowStrides, v: &DeviceBuffer<T>, vs: RowStrides) -> Result<()> {
+        if meta.pool_id != self as *const Self as usize {
+            return Err(Error::invalid(OP, "metadata", "uploaded for another pool"));
+        }
+        self.check_rows("k rows", &Rows::Device(k), ks, meta.nnz)?;
+        self.check_rows("v rows", &Rows::Device(v), vs, meta.nnz)?;
+        if meta.nnz == 0 {
+            return Ok(());
+        }
+        let base = meta.buf.addr();
+        let a = meta.offs.map(|o| base + (o * 4) as u64);
+        self.launch_append(a, meta.nnz, k, ks, v, vs)
+    }
+
+    fn launch_append(&self, a: [u64; 4], nnz: usize, kb: &DeviceBuffer<T>, ks: RowStrides, vb: &DeviceBuffer<T>, vs: RowStrides) -> Result<()> {
+        let cfg = self.cfg;
+        let Storage::Cuda { gpu, k: kp, v: vp, .. } = &self.storage else { unreachable_storage()? };
+        let p = AppendParams {
+            k_rows: kb.addr(),
+            v_rows: vb.addr(),
+            k_pool: kp.addr(),
+            v_pool: vp.addr(),
+            batch_indices: a[0],
+            positions: a[1],
+            kv_indptr: a[2],
+            kv_indices: a[3],
+            nnz: nnz as u32,
+            num_heads: cfg.num_kv_heads as u32,
+            k_rows_stride_n: ks.stride_n as u32,
+            k_rows_stride_h: ks.stride_h as u32,
+            v_rows_stride_n: vs.stride_n as u32,
+            v_rows_stride_h: vs.stride_h as u32,
+            pool: cfg.strides(),
+            seq: 0,
+            reserved: 0,
+        };
+        let dims = self.launch_dims(gpu, nnz);
+        // SAFETY: callers validated every batch index, position and page id against the pool
+        // and the page tables, the row extents and 16-byte strides.
+        unsafe { gpu.launch("append_kv_b16", dims, p) }
+    }
+
     /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`
     /// goes to position `positions[n]` of batch entry `batch_indices[n]`. Validated first.
     pub fn append(&mut self, meta: &AppendMeta<'_>, k: Rows<'_, T>, ks: RowStrides, v: Rows<'_, T>, vs: RowStrides) -> Result<()> {
@@ -368,31 +450,8 @@ impl<T: Float16> KvPool<T> {
         let cfg = self.cfg;
         match (&self.storage, k, v) {
             (Storage::Cuda { .. }, Rows::Device(kb), Rows::Device(vb)) => {
-                let [bi, pos, indptr, indices] = self.upload_meta(&[meta.batch_indices, meta.positions, &meta.pages.kv_indptr, &meta.pages.kv_indices])?;
-                let Storage::Cuda { gpu, k: kp, v: vp, .. } = &self.storage else { unreachable_storage()? };
-                let p = AppendParams {
-                    k_rows: kb.addr(),
-                    v_rows: vb.addr(),
-                    k_pool: kp.addr(),
-                    v_pool: vp.addr(),
-                    batch_indices: bi,
-                    positions: pos,
-                    kv_indptr: indptr,
-                    kv_indices: indices,
-                    nnz: nnz as u32,
-                    num_heads: cfg.num_kv_heads as u32,
-                    k_rows_stride_n: ks.stride_n as u32,
-                    k_rows_stride_h: ks.stride_h as u32,
-                    v_rows_stride_n: vs.stride_n as u32,
-                    v_rows_stride_h: vs.stride_h as u32,
-                    pool: cfg.strides(),
-                    seq: 0,
-                    reserved: 0,
-                };
-                let dims = self.launch_dims(gpu, nnz);
-                // SAFETY: validate_append checked every batch index, position and page id
-                // against the pool and the page tables, the row extents and 16-byte strides.
-                unsafe { gpu.launch("append_kv_b16", dims, p) }
+                let a = self.upload_meta(&[meta.batch_indices, meta.positions, &meta.pages.kv_indptr, &meta.pages.kv_indices])?;
+                self.launch_append(a, nnz, kb, ks, vb, vs)
             }
             (Storage::Cpu { .. }, Rows::Host(kh), Rows::Host(vh)) => {
                 let Storage::Cpu { k: kp, v: vp } = &mut self.storage else { unreachable_storage()? };

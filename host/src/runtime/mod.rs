@@ -11,4 +11,4 @@ mod timing;
 pub use buffer::DeviceBuffer;
 pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
 pub use launch::LaunchDims;
-pub use timing::Timing;
+pub use timing::{TimeOpts, Timing};

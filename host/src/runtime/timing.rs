@@ -35,7 +35,54 @@ impl Timing {
     }
 }
 
+/// How [`Gpu::time_with`] isolates each timed call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeOpts {
+    /// Warm-up calls (untimed).
+    pub warmup: usize,
+    /// Timed calls.
+    pub iters: usize,
+    /// Bytes of a buffer zeroed before each call to evict L2 (0 = no flush).
+    pub flush_bytes: usize,
+    /// Microseconds of GPU spin queued before each start event, so host launch gaps stay out
+    /// of the figure (0 = none).
+    pub spin_us: u32,
+}
+
 impl Gpu {
+    /// Times `f(i)` per [`TimeOpts`]: optional L2 flush and spin before each start event, one
+    /// event pair per call.
+    pub fn time_with<F>(&self, o: TimeOpts, mut f: F) -> Result<Timing>
+    where
+        F: FnMut(usize) -> Result<()>,
+    {
+        let mut flush = if o.flush_bytes > 0 { Some(self.alloc::<u8>(o.flush_bytes)?) } else { None };
+        for i in 0..o.warmup {
+            f(i)?;
+        }
+        self.synchronize()?;
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let mut samples = Vec::with_capacity(o.iters);
+        for i in 0..o.iters {
+            if let Some(b) = flush.as_mut() {
+                self.stream().memset_zeros(&mut b.slice)?;
+            }
+            if o.spin_us > 0 {
+                let dims = super::LaunchDims { grid: (1, 1, 1), block: (1, 1, 1), smem_bytes: 0 };
+                let p = ferrinfer_kernels::abi::SpinParams { ns: o.spin_us as u64 * 1000 };
+                // SAFETY: util_spin touches no memory.
+                unsafe { self.launch("util_spin", dims, p)? };
+            }
+            let a = self.context().new_event(flags)?;
+            let b = self.context().new_event(flags)?;
+            a.record(self.stream())?;
+            f(o.warmup + i)?;
+            b.record(self.stream())?;
+            samples.push(a.elapsed_ms(&b)? as f64 * 1e3);
+        }
+        Timing::from_samples(samples).ok_or(Error::invalid("time", "iters", "must be > 0"))
+    }
+
     /// Times `f(i)` on this GPU's stream: `warmup` untimed calls, then `iters` calls each
     /// bracketed by its own event pair. `i` counts calls, so the caller can rotate inputs.
     pub fn time<F>(&self, warmup: usize, iters: usize, mut f: F) -> Result<Timing>
