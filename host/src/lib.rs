@@ -38,6 +38,7 @@ pub mod ops;
 pub mod options;
 pub mod reference;
 pub mod runtime;
+pub mod selftest;
 
 /// The device crate's shared definitions (ABI parameter blocks, launch geometry, math).
 pub use ferrinfer_kernels as kernels_abi;

@@ -13,7 +13,7 @@
 //! math; `host/build.rs` builds it a second time for nvptx64 (once for sm_80, once for sm_90) and
 //! embeds the PTX. Anything under `cfg(target_arch = "nvptx64")` never exists on the host, so a
 //! device-only function called from host code is a compile error, not a runtime panic.
-#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(target_arch = "nvptx64", no_std)]
 #![cfg_attr(
     target_arch = "nvptx64",
     feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)
