@@ -36,6 +36,7 @@ pub mod kernels;
 pub mod kv;
 pub mod ops;
 pub mod options;
+pub mod plan;
 pub mod reference;
 pub mod runtime;
 pub mod selftest;

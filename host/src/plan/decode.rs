@@ -1,0 +1,221 @@
+//! The batch-decode planner (host, pure): decides the split-KV work partition once per step;
+//! every layer's `run` reuses it. Learned from FlashInfer's `DecodePlan` (scheduler.cuh), in our
+//! own form: see ../shared/DESIGN.md §4.1.
+//!
+//! A *work item* is (request, KV chunk). Without split there is one item per request; with
+//! split, request `b` of `L_b` tokens gets `ceil(L_b / chunk)` items, so that
+//! `num_kv_heads × items ≤ max_ctas` and the CTAs are balanced (no item longer than `chunk`).
+//! Items of one request are contiguous; `merge_indptr[b]..merge_indptr[b+1]` lists them, and the
+//! merge kernel folds their partial states (only for requests with more than one item).
+
+use crate::error::{Error, Result};
+
+const OP: &str = "decode_plan";
+
+/// What the planner needs to know about one step.
+#[derive(Clone, Debug)]
+pub struct DecodeProblem<'a> {
+    /// Tokens attended by each request (after any sliding-window clipping).
+    pub kv_lens: &'a [usize],
+    /// KV heads (CTAs per work item).
+    pub num_kv_heads: usize,
+    /// CTAs the device runs at once for this kernel (SMs × resident CTAs per SM).
+    pub max_ctas: usize,
+    /// Smallest chunk worth splitting into (tokens).
+    pub min_chunk: usize,
+    /// Chunk lengths are rounded up to a multiple of this (tokens per CTA iteration).
+    pub chunk_align: usize,
+    /// Fixed chunk length (deterministic results independent of batch composition), if set.
+    pub fixed_chunk: Option<usize>,
+    /// CUDA-graph mode: the grid is padded to this many work items (≥ what any batch of the
+    /// wrapper's maximum size needs); padded items are skipped in the kernel.
+    pub graph_items: Option<usize>,
+}
+
+/// The work partition of one step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecodePlan {
+    /// Chunk length in tokens (∞ = `usize::MAX` when not split).
+    pub chunk_len: usize,
+    /// Whether any request is split.
+    pub split: bool,
+    /// `[items]` request of each work item.
+    pub request: Vec<u32>,
+    /// `[items]` first token of each work item.
+    pub kv_begin: Vec<u32>,
+    /// `[items]` one past the last token of each work item.
+    pub kv_end: Vec<u32>,
+    /// `[batch + 1]` work items of each request (contiguous runs).
+    pub merge_indptr: Vec<u32>,
+    /// Grid size in work items (≥ `request.len()`; larger in graph mode).
+    pub grid_items: usize,
+}
+
+impl DecodePlan {
+    /// Number of real work items.
+    pub fn num_items(&self) -> usize {
+        self.request.len()
+    }
+}
+
+fn items_for(lens: &[usize], chunk: usize) -> usize {
+    lens.iter().map(|&l| l.div_ceil(chunk).max(1)).sum()
+}
+
+/// Plans one step. O(B log max_len).
+pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
+    let b = p.kv_lens.len();
+    if p.num_kv_heads == 0 || p.max_ctas == 0 || p.chunk_align == 0 {
+        return Err(Error::invalid(OP, "problem", "num_kv_heads, max_ctas and chunk_align must be positive"));
+    }
+    if b > u32::MAX as usize || p.kv_lens.iter().any(|&l| l > i32::MAX as usize) {
+        return Err(Error::Overflow { op: OP, what: "batch or kv_len" });
+    }
+    let max_len = p.kv_lens.iter().copied().max().unwrap_or(0);
+    let align = |c: usize| c.div_ceil(p.chunk_align).max(1) * p.chunk_align;
+    let chunk = match p.fixed_chunk {
+        Some(c) => align(c.max(1)),
+        None => {
+            let budget = p.max_ctas / p.num_kv_heads;
+            if b >= budget || max_len <= p.min_chunk {
+                usize::MAX
+            } else {
+                // Smallest chunk (in units of `chunk_align`, at least `min_chunk`) whose item
+                // count fits the CTA budget; the predicate is monotone in the chunk length.
+                let a = p.chunk_align;
+                let fits = |k: usize| items_for(p.kv_lens, k * a) <= budget;
+                let (mut lo, mut hi) = (p.min_chunk.div_ceil(a).max(1), max_len.div_ceil(a));
+                if lo >= hi || !fits(hi) {
+                    usize::MAX
+                } else {
+                    while lo < hi {
+                        let mid = lo + (hi - lo) / 2;
+                        if fits(mid) {
+                            hi = mid;
+                        } else {
+                            lo = mid + 1;
+                        }
+                    }
+                    hi * a
+                }
+            }
+        }
+    };
+    let mut plan = DecodePlan {
+        chunk_len: chunk,
+        merge_indptr: Vec::with_capacity(b + 1),
+        ..Default::default()
+    };
+    plan.merge_indptr.push(0);
+    for (r, &len) in p.kv_lens.iter().enumerate() {
+        let n = if chunk == usize::MAX { 1 } else { len.div_ceil(chunk).max(1) };
+        for c in 0..n {
+            let begin = if chunk == usize::MAX { 0 } else { c * chunk };
+            let end = if chunk == usize::MAX { len } else { (begin + chunk).min(len) };
+            plan.request.push(r as u32);
+            plan.kv_begin.push(begin as u32);
+            plan.kv_end.push(end as u32);
+        }
+        plan.split |= n > 1;
+        plan.merge_indptr.push(plan.request.len() as u32);
+    }
+    plan.grid_items = plan.request.len();
+    if let Some(g) = p.graph_items {
+        if g < plan.grid_items {
+            return Err(Error::invalid(OP, "graph_items", format!("{g} < {} items this batch needs", plan.grid_items)));
+        }
+        plan.grid_items = g;
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn problem(lens: &[usize], heads: usize, ctas: usize) -> DecodeProblem<'_> {
+        DecodeProblem { kv_lens: lens, num_kv_heads: heads, max_ctas: ctas, min_chunk: 256, chunk_align: 64, fixed_chunk: None, graph_items: None }
+    }
+
+    fn check_cover(p: &DecodeProblem<'_>, plan: &DecodePlan) {
+        // Every token of every request covered exactly once, items contiguous per request.
+        for (r, &len) in p.kv_lens.iter().enumerate() {
+            let (a, z) = (plan.merge_indptr[r] as usize, plan.merge_indptr[r + 1] as usize);
+            assert!(z > a, "request {r} has no work item");
+            let mut next = 0u32;
+            for i in a..z {
+                assert_eq!(plan.request[i] as usize, r);
+                assert_eq!(plan.kv_begin[i], next);
+                assert!(plan.kv_end[i] >= plan.kv_begin[i]);
+                if plan.chunk_len != usize::MAX {
+                    assert!((plan.kv_end[i] - plan.kv_begin[i]) as usize <= plan.chunk_len);
+                }
+                next = plan.kv_end[i];
+            }
+            assert_eq!(next as usize, len);
+        }
+        assert_eq!(*plan.merge_indptr.last().unwrap() as usize, plan.num_items());
+    }
+
+    #[test]
+    fn small_batch_splits_to_fill_the_gpu() {
+        let lens = [4096usize];
+        let p = problem(&lens, 8, 264);
+        let plan = plan(&p).unwrap();
+        check_cover(&p, &plan);
+        assert!(plan.split);
+        assert!(plan.num_items() * 8 <= 264);
+        assert!(plan.num_items() >= 8, "got {} items", plan.num_items());
+    }
+
+    #[test]
+    fn big_batch_does_not_split() {
+        let lens = vec![1024usize; 256];
+        let p = problem(&lens, 8, 264);
+        let plan = plan(&p).unwrap();
+        assert!(!plan.split);
+        assert_eq!(plan.num_items(), 256);
+        check_cover(&p, &plan);
+    }
+
+    #[test]
+    fn empty_and_tiny_requests_get_one_item() {
+        let lens = [0usize, 1, 0, 5000];
+        let p = problem(&lens, 2, 264);
+        let plan = plan(&p).unwrap();
+        check_cover(&p, &plan);
+        assert_eq!(plan.merge_indptr[1] - plan.merge_indptr[0], 1);
+    }
+
+    #[test]
+    fn graph_mode_pads_the_grid() {
+        let lens = [100usize, 200];
+        let mut p = problem(&lens, 8, 264);
+        p.graph_items = Some(33);
+        let plan = plan(&p).unwrap();
+        assert_eq!(plan.grid_items, 33);
+        p.graph_items = Some(1);
+        assert!(super::plan(&p).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn plans_cover_every_token_and_respect_the_cap(
+            lens in prop::collection::vec(prop_oneof![Just(0usize), Just(1), 1usize..70000], 1..80),
+            heads in 1usize..16,
+            ctas in 16usize..600,
+            fixed in prop_oneof![Just(None), (1usize..5000).prop_map(Some)],
+        ) {
+            let mut p = problem(&lens, heads, ctas);
+            p.fixed_chunk = fixed;
+            let plan = plan(&p).unwrap();
+            check_cover(&p, &plan);
+            if fixed.is_none() && plan.split {
+                // The cap holds whenever splitting was chosen.
+                prop_assert!(plan.num_items() * heads <= ctas.max(heads * lens.len()));
+                prop_assert!(plan.chunk_len >= 256);
+            }
+        }
+    }
+}
