@@ -148,6 +148,79 @@ pub struct AppendParams {
 unsafe impl Abi for AppendParams {}
 const _: () = assert!(core::mem::size_of::<AppendParams>() == 8 * 8 + 6 * 4 + 16 + 8);
 
+/// Parameters of the batch decode kernel (`decode_*`) and its merge (`decode_merge_*`).
+///
+/// K/V are read through page tables with generic strides, so one kernel serves the paged cache
+/// (NHD/HND) and contiguous single-request K/V (one "page" holding the whole sequence).
+/// Element `(token t, head h, d)` of request b lives at
+/// `pool + page*stride_page + entry*stride_n + h*stride_h + d` with
+/// `(slot, entry) = page_size.divmod(t)` and `page = kv_indices[kv_indptr[b] + slot]`.
+/// Work item i (grid.x) is `(request, kv_begin, kv_end) = work[{0,1,2}*work_stride + i]`;
+/// `counts = [num_items, batch]` live on the device so a captured graph replays with new plans.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeParams {
+    /// q `[batch, num_qo_heads, D]` (strides `q_stride_b`, `q_stride_h`).
+    pub q: u64,
+    /// o, laid out like q (strides `o_stride_b`, `o_stride_h`).
+    pub o: u64,
+    /// f32 lse `[batch, num_qo_heads]`; 0 = not requested.
+    pub lse: u64,
+    /// K pool.
+    pub k_pool: u64,
+    /// V pool.
+    pub v_pool: u64,
+    /// K elements per page.
+    pub k_stride_page: u64,
+    /// V elements per page.
+    pub v_stride_page: u64,
+    /// i32 `[batch + 1]`.
+    pub kv_indptr: u64,
+    /// i32 page ids.
+    pub kv_indices: u64,
+    /// i32 `[3, work_stride]`: request, kv_begin, kv_end per work item.
+    pub work: u64,
+    /// i32 `[batch + 1]`: work items of each request.
+    pub merge_indptr: u64,
+    /// i32 `[2]`: number of work items, batch size.
+    pub counts: u64,
+    /// f32 partial outputs `[work_stride, num_qo_heads, D]`.
+    pub part_o: u64,
+    /// f32 partial lse `[work_stride, num_qo_heads]`.
+    pub part_lse: u64,
+    /// q request stride.
+    pub q_stride_b: u32,
+    /// q head stride.
+    pub q_stride_h: u32,
+    /// o request stride.
+    pub o_stride_b: u32,
+    /// o head stride.
+    pub o_stride_h: u32,
+    /// K token stride inside a page.
+    pub k_stride_n: u32,
+    /// K head stride inside a page.
+    pub k_stride_h: u32,
+    /// V token stride inside a page.
+    pub v_stride_n: u32,
+    /// V head stride inside a page.
+    pub v_stride_h: u32,
+    /// Tokens per page, as a fast divider.
+    pub page_size: crate::math::fastdiv::FastDiv,
+    /// Query heads.
+    pub num_qo_heads: u32,
+    /// Query heads per KV head (≤ the kernel's group capacity).
+    pub group: u32,
+    /// Stride of the `work` arrays (= grid items).
+    pub work_stride: u32,
+    /// Logit transform.
+    pub logit: crate::math::softmax::LogitTransform,
+}
+
+// SAFETY: #[repr(C)] of u64/u32 fields and #[repr(C)] structs of u32/f32; same layout on the
+// host and nvptx64.
+unsafe impl Abi for DecodeParams {}
+const _: () = assert!(core::mem::size_of::<DecodeParams>() == 14 * 8 + 14 * 4 + 16);
+
 /// Parameters of `util_spin`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

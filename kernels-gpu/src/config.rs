@@ -51,6 +51,32 @@ pub mod single_decode {
     }
 }
 
+/// Batch decode over page tables (`kernels-gpu/src/batch_decode.rs`): the single-decode row
+/// geometry (`single_decode::{THREADS, VEC, UNROLL, lanes_per_row, slots}`) plus a cp.async
+/// pipeline of `STAGES` tiles, each thread staging the rows it will itself consume.
+pub mod batch_decode {
+    use super::single_decode as sd;
+
+    /// Pipeline depth (tiles in flight per CTA, including the one being computed).
+    pub const STAGES: u32 = 4;
+
+    /// Bytes of staging per stage: every thread stages `UNROLL` K and V vectors of 16 bytes.
+    pub const fn stage_bytes() -> u32 {
+        sd::THREADS * sd::UNROLL * 2 * 16
+    }
+
+    /// Dynamic shared memory: the staging ring, reused for the cross-slot merge at the end.
+    pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {
+        let staging = STAGES * stage_bytes();
+        let merge = sd::smem_bytes(head_dim, group);
+        if staging > merge {
+            staging
+        } else {
+            merge
+        }
+    }
+}
+
 /// Split-KV merge (`kernels-gpu/src/merge.rs`).
 pub mod merge {
     /// Threads per CTA; one CTA per head.

@@ -31,6 +31,8 @@ pub mod arch;
 #[cfg(target_arch = "nvptx64")]
 mod append;
 #[cfg(target_arch = "nvptx64")]
+mod batch_decode;
+#[cfg(target_arch = "nvptx64")]
 mod decode;
 #[cfg(target_arch = "nvptx64")]
 mod merge;

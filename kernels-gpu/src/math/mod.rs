@@ -5,6 +5,7 @@
 //! approximations on the device and to `std` on the host.
 pub mod chunk;
 pub mod fast;
+pub mod fastdiv;
 pub mod layout;
 pub mod frag;
 pub mod softmax;
