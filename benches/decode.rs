@@ -55,7 +55,7 @@ fn bench_one<T: Float16>(gpu: &Gpu, name: &str, heads: HeadConfig, kv_len: usize
         let c = i % copies;
         op.run(&q, &ks[c], &vs[c], kv_len, &mut o, Some(&mut lse))
     })?;
-    let chunks = op.last_split().map_or(1, |s| s.num_chunks);
+    let chunks = op.last_plan().map_or(1, |p| p.num_items());
     let bytes = (kv_bytes + 2 * heads.num_qo_heads * d * 2) as f64;
     Ok(Row {
         name: name.to_string(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ferrinfer::kv::{AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
 use ferrinfer::{Error, Gpu};
-use ferrinfer_harness::{gpu_or_skip, rng};
+use ferrinfer_harness::{gpu_or_skip, proptest_cases, rng};
 use half::bf16;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -188,7 +188,7 @@ fn layout(hnd: bool) -> KvLayout {
 
 #[test]
 fn state_machine_cpu() {
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(128));
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(proptest_cases(128)));
     runner
         .run(&arb_machine(), |(p, hnd, pages, ops)| {
             run_machine(Where::Cpu, p, layout(hnd), pages, &ops);
@@ -202,7 +202,7 @@ fn state_machine_gpu() {
     let Some(gpu) = gpu_or_skip("state_machine_gpu") else {
         return;
     };
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(48));
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(proptest_cases(48)));
     runner
         .run(&arb_machine(), |(p, hnd, pages, ops)| {
             run_machine(Where::Gpu(&gpu), p, layout(hnd), pages, &ops);

@@ -6,7 +6,7 @@
 use ferrinfer::ops::single_decode::{KvStrides, SingleDecode};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::{gpu_or_skip, random_values, rng, to_f64, tolerance, ErrorStats};
+use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -187,7 +187,7 @@ fn decode_random_matches_oracle() {
     let Some(gpu) = gpu_or_skip("decode_random_matches_oracle") else {
         return;
     };
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(64));
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(proptest_cases(64)));
     let worst = std::cell::Cell::new(ErrorStats::default());
     runner
         .run(&arb_case(), |(case, bf)| {

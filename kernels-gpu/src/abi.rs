@@ -15,79 +15,6 @@
 /// no padding-dependent invariants), and have the same layout on the host and on nvptx64.
 pub unsafe trait Abi: Copy + 'static {}
 
-/// Parameters of the single-request decode kernel (`single_decode_*`).
-///
-/// One CTA handles one (KV chunk, KV head) pair: grid = (num_chunks, num_kv_heads), 128 threads.
-/// With `num_chunks == 1` the kernel writes `o`/`lse` directly; otherwise it writes f32 partial
-/// states to `part_o`/`part_lse` and the merge kernel ([`MergeParams`]) finishes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct SingleDecodeParams {
-    /// q `[num_qo_heads, D]` (row stride `q_stride_h` elements), element type of the kernel.
-    pub q: u64,
-    /// K rows: element `(t, h, d)` at `k + t*k_stride_n + h*k_stride_h + d`.
-    pub k: u64,
-    /// V rows, addressed like K with the V strides.
-    pub v: u64,
-    /// Output `[num_qo_heads, D]` (row stride `o_stride_h`), element type of the kernel.
-    pub o: u64,
-    /// Log-sum-exp (base 2) `[num_qo_heads]` f32; 0 = not requested.
-    pub lse: u64,
-    /// f32 partial outputs `[num_chunks, num_qo_heads, D]` (used when `num_chunks > 1`).
-    pub part_o: u64,
-    /// f32 partial lse `[num_chunks, num_qo_heads]` (used when `num_chunks > 1`).
-    pub part_lse: u64,
-    /// First KV position attended (sliding window start; 0 without a window).
-    pub kv_begin: u32,
-    /// One past the last KV position attended (= kv_len).
-    pub kv_end: u32,
-    /// Tokens per chunk (a multiple of the kernel's row-slot count, see `config`).
-    pub chunk_len: u32,
-    /// Number of chunks = grid.x.
-    pub num_chunks: u32,
-    /// Query heads in total.
-    pub num_qo_heads: u32,
-    /// Query heads per KV head (runtime group, at most the kernel's compile-time group).
-    pub group: u32,
-    /// q head stride (elements).
-    pub q_stride_h: u32,
-    /// o head stride (elements).
-    pub o_stride_h: u32,
-    /// K token stride (elements).
-    pub k_stride_n: u32,
-    /// K head stride (elements).
-    pub k_stride_h: u32,
-    /// V token stride (elements).
-    pub v_stride_n: u32,
-    /// V head stride (elements).
-    pub v_stride_h: u32,
-    /// Logit transform, see [`crate::math::softmax::LogitTransform`].
-    pub logit: crate::math::softmax::LogitTransform,
-}
-
-/// Parameters of the split-KV merge kernel (`merge_states_*`): for every query head, fold
-/// `num_chunks` partial states into the final output.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct MergeParams {
-    /// f32 partial outputs `[num_chunks, num_heads, head_dim]`.
-    pub part_o: u64,
-    /// f32 partial lse `[num_chunks, num_heads]`.
-    pub part_lse: u64,
-    /// Output `[num_heads, head_dim]` in the kernel's element type (row stride `o_stride_h`).
-    pub o: u64,
-    /// f32 lse `[num_heads]`; 0 = not requested.
-    pub lse: u64,
-    /// Number of partial states per head.
-    pub num_chunks: u32,
-    /// Number of heads (grid.x).
-    pub num_heads: u32,
-    /// Elements per head.
-    pub head_dim: u32,
-    /// o head stride (elements).
-    pub o_stride_h: u32,
-}
-
 /// Parameters of the intrinsics self-test kernels (`selftest_*`): generic in/out buffers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -232,14 +159,7 @@ pub struct SpinParams {
 // SAFETY: #[repr(C)] single u64.
 unsafe impl Abi for SpinParams {}
 
-// SAFETY: all three are #[repr(C)] structs of u64/u32/f32 fields (LogitTransform is #[repr(C)]
-// of f32s), laid out identically on x86_64 and nvptx64.
-unsafe impl Abi for SingleDecodeParams {}
-// SAFETY: as above.
-unsafe impl Abi for MergeParams {}
-// SAFETY: as above.
+// SAFETY: #[repr(C)] struct of u64/u32 fields, laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for SelfTestParams {}
 
-const _: () = assert!(core::mem::size_of::<SingleDecodeParams>() == 7 * 8 + 12 * 4 + 16);
-const _: () = assert!(core::mem::size_of::<MergeParams>() == 4 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<SelfTestParams>() == 2 * 8 + 2 * 4);

@@ -4,7 +4,8 @@
 /// Head dimensions the attention kernels are instantiated for.
 pub const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
-/// Single-request decode (`kernels-gpu/src/decode.rs`).
+/// Decode row geometry (`kernels-gpu/src/batch_decode.rs`): lanes per K/V row, row slots,
+/// tokens per iteration, group capacities.
 pub mod single_decode {
     /// Threads per CTA (4 warps).
     pub const THREADS: u32 = 128;
@@ -74,17 +75,6 @@ pub mod batch_decode {
         } else {
             merge
         }
-    }
-}
-
-/// Split-KV merge (`kernels-gpu/src/merge.rs`).
-pub mod merge {
-    /// Threads per CTA; one CTA per head.
-    pub const THREADS: u32 = 128;
-
-    /// Dynamic shared memory: one f32 weight per partial state.
-    pub const fn smem_bytes(num_chunks: u32) -> u32 {
-        num_chunks * 4
     }
 }
 

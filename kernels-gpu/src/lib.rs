@@ -33,10 +33,6 @@ mod append;
 #[cfg(target_arch = "nvptx64")]
 mod batch_decode;
 #[cfg(target_arch = "nvptx64")]
-mod decode;
-#[cfg(target_arch = "nvptx64")]
-mod merge;
-#[cfg(target_arch = "nvptx64")]
 mod selftest;
 #[cfg(target_arch = "nvptx64")]
 mod util;

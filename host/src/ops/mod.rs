@@ -1,4 +1,6 @@
 //! GPU ops: validation on the host, parameter blocks, launches.
+pub mod batch_decode;
 pub mod single_decode;
 
+pub use batch_decode::{BatchDecode, BatchDecodePlan, GraphLimits};
 pub use single_decode::SingleDecode;

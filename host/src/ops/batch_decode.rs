@@ -1,0 +1,452 @@
+//! Batch decode attention on the paged KV cache, with FlashInfer's plan/run split.
+//!
+//! `BatchDecode::plan` runs once per step on the host (pure planner `plan::decode` + one upload
+//! of every index array); `run` only launches, once per layer, and never allocates or
+//! synchronises. In CUDA-graph mode ([`BatchDecode::new_graph`]) every buffer is sized for the
+//! maximum batch at construction, the grid is fixed, and padded work items exit early, so a
+//! captured `run` replays correctly after any later `plan_into`.
+//!
+//! Device side: `kernels-gpu/src/batch_decode.rs`. Single-request decode on contiguous K/V is the
+//! same kernel with one page spanning the sequence ([`crate::ops::SingleDecode`]).
+use ferrinfer_kernels::abi::DecodeParams;
+use ferrinfer_kernels::config::{batch_decode as bcfg, single_decode as cfg};
+use ferrinfer_kernels::math::fastdiv::FastDiv;
+use ferrinfer_kernels::math::softmax::LogitTransform;
+
+use crate::dtype::{DType, Float16};
+use crate::error::{Error, Result};
+use crate::heads::HeadConfig;
+use crate::kv::{BatchPages, KvPool, KvPoolConfig};
+use crate::options::AttentionOptions;
+use crate::plan::decode::{plan as plan_decode, DecodePlan, DecodeProblem};
+use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+
+const OP: &str = "batch_decode";
+
+/// Sizes fixed at construction in CUDA-graph mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphLimits {
+    /// Largest batch any plan may have.
+    pub max_batch: usize,
+    /// Largest total page-list length (Σ pages over the batch) any plan may have.
+    pub max_pages: usize,
+}
+
+/// Where K/V rows live for one launch (a paged pool, or contiguous tensors as one big page).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvSource {
+    pub k: u64,
+    pub v: u64,
+    pub k_stride_page: u64,
+    pub v_stride_page: u64,
+    pub k_stride_n: u32,
+    pub k_stride_h: u32,
+    pub v_stride_n: u32,
+    pub v_stride_h: u32,
+    pub page_size: u32,
+    /// Single-request decode (buffers may be longer than needed).
+    pub single: bool,
+}
+
+/// A step's plan: the host partition plus its device copy and the split-KV workspace.
+pub struct BatchDecodePlan {
+    host: DecodePlan,
+    batch: usize,
+    page_size: usize,
+    num_pages_seen: usize,
+    /// Device i32: `[counts 2 | work 3·ws | merge_indptr mb+1 | kv_indptr mb+1 | kv_indices]`.
+    meta: DeviceBuffer<i32>,
+    staging: Vec<i32>,
+    work_stride: usize,
+    max_batch: usize,
+    max_pages: usize,
+    part_o: DeviceBuffer<f32>,
+    part_lse: DeviceBuffer<f32>,
+    max_items_per_request: usize,
+    uploaded_plan_id: u64,
+}
+
+impl BatchDecodePlan {
+    /// The host-side partition (work items, chunk length, merge runs).
+    pub fn partition(&self) -> &DecodePlan {
+        &self.host
+    }
+
+    /// Device addresses of the plan's buffers (metadata, partial o, partial lse). In graph mode
+    /// they never change across `plan_into` calls — what a captured graph relies on.
+    pub fn buffer_addresses(&self) -> [u64; 3] {
+        [self.meta.addr(), self.part_o.addr(), self.part_lse.addr()]
+    }
+
+    /// Requests in this plan.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn off_work(&self) -> usize {
+        2
+    }
+    fn off_merge(&self) -> usize {
+        2 + 3 * self.work_stride
+    }
+    fn off_indptr(&self) -> usize {
+        self.off_merge() + self.max_batch + 1
+    }
+    fn off_indices(&self) -> usize {
+        self.off_indptr() + self.max_batch + 1
+    }
+}
+
+/// Batch decode for one head configuration, dtype and option set.
+pub struct BatchDecode {
+    gpu: Gpu,
+    heads: HeadConfig,
+    dtype: DType,
+    opts: AttentionOptions,
+    kernel: String,
+    merge_kernel: String,
+    group_cap: u32,
+    max_ctas: usize,
+    graph: Option<GraphLimits>,
+    plan_counter: std::cell::Cell<u64>,
+}
+
+impl BatchDecode {
+    /// Validates the configuration (head dim 64/128/256, group 1–8, f16/bf16, options) and
+    /// resolves the kernels.
+    pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
+        Self::build(gpu, heads, dtype, opts, None)
+    }
+
+    /// CUDA-graph-safe variant: plans never exceed `limits`, all buffers are allocated by the
+    /// first plan with those sizes, and `run` launches a grid independent of the batch.
+    pub fn new_graph(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions, limits: GraphLimits) -> Result<Self> {
+        if limits.max_batch == 0 {
+            return Err(Error::invalid(OP, "max_batch", "must be positive"));
+        }
+        Self::build(gpu, heads, dtype, opts, Some(limits))
+    }
+
+    fn build(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions, graph: Option<GraphLimits>) -> Result<Self> {
+        heads.validate(OP)?;
+        opts.validate(OP)?;
+        if !matches!(heads.head_dim, 64 | 128 | 256) {
+            return Err(Error::unsupported(OP, "head_dim", format!("{} (supported: 64, 128, 256)", heads.head_dim)));
+        }
+        let g = heads.group();
+        let group_cap = u32::try_from(g)
+            .ok()
+            .and_then(cfg::group_capacity)
+            .ok_or_else(|| Error::unsupported(OP, "group size", format!("{g} (supported: 1..=8)")))?;
+        if u32::try_from(heads.num_qo_heads * heads.head_dim).is_err() {
+            return Err(Error::Overflow { op: OP, what: "heads" });
+        }
+        let kernel = format!("decode_{}_d{}_g{}", dtype.name(), heads.head_dim, group_cap);
+        let merge_kernel = format!("decode_merge_{}_d{}", dtype.name(), heads.head_dim);
+        let smem = bcfg::smem_bytes(heads.head_dim as u32, group_cap);
+        let f = gpu.function(&kernel, smem)?;
+        gpu.function(&merge_kernel, 0)?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(cfg::THREADS, smem as usize, None)?
+            .max(1) as usize;
+        let max_ctas = per_sm * gpu.info().sm_count as usize;
+        Ok(Self {
+            gpu: gpu.clone(),
+            heads,
+            dtype,
+            opts,
+            kernel,
+            merge_kernel,
+            group_cap,
+            max_ctas,
+            graph,
+            plan_counter: std::cell::Cell::new(0),
+        })
+    }
+
+    /// CTAs the device runs concurrently for this kernel (occupancy × SMs).
+    pub fn max_ctas(&self) -> usize {
+        self.max_ctas
+    }
+
+    /// The decode kernel symbol.
+    pub fn kernel_name(&self) -> &str {
+        &self.kernel
+    }
+
+    fn kv_lens(&self, pages: &BatchPages, page_size: usize) -> Vec<(usize, usize)> {
+        (0..pages.batch_size())
+            .map(|b| {
+                let len = pages.kv_len(b, page_size);
+                let begin = match self.opts.window_left {
+                    Some(w) => len.saturating_sub(w.saturating_add(1)),
+                    None => 0,
+                };
+                (begin, len)
+            })
+            .collect()
+    }
+
+    /// Plans a step for the batch described by `pages` over a pool of geometry `pool`.
+    pub fn plan(&self, pages: &BatchPages, pool: &KvPoolConfig) -> Result<BatchDecodePlan> {
+        self.plan_for_page_size(pages, pool.page_size, Some(pool))
+    }
+
+    pub(crate) fn plan_for_page_size(&self, pages: &BatchPages, page_size: usize, pool: Option<&KvPoolConfig>) -> Result<BatchDecodePlan> {
+        let (max_batch, max_pages) = match self.graph {
+            Some(l) => (l.max_batch, l.max_pages),
+            None => (pages.batch_size(), pages.kv_indices.len()),
+        };
+        let budget_items = (self.max_ctas / self.heads.num_kv_heads).max(1);
+        let work_stride = match self.graph {
+            Some(l) => budget_items.max(l.max_batch),
+            None => 0,
+        };
+        let mut plan = BatchDecodePlan {
+            host: DecodePlan::default(),
+            batch: 0,
+            page_size,
+            num_pages_seen: 0,
+            meta: self.gpu.alloc::<i32>(1)?,
+            staging: Vec::new(),
+            work_stride,
+            max_batch,
+            max_pages,
+            part_o: self.gpu.alloc::<f32>(1)?,
+            part_lse: self.gpu.alloc::<f32>(1)?,
+            max_items_per_request: 1,
+            uploaded_plan_id: 0,
+        };
+        if let Some(l) = self.graph {
+            let ws = plan.work_stride;
+            plan.meta = self.gpu.alloc::<i32>(2 + 3 * ws + 2 * (l.max_batch + 1) + l.max_pages.max(1))?;
+            plan.part_o = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads * self.heads.head_dim)?;
+            plan.part_lse = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?;
+        }
+        self.plan_into_inner(pages, page_size, pool, &mut plan)?;
+        Ok(plan)
+    }
+
+    /// Re-plans into an existing plan's buffers (no allocation in graph mode): the serving
+    /// loop's per-step call.
+    pub fn plan_into(&self, pages: &BatchPages, pool: &KvPoolConfig, plan: &mut BatchDecodePlan) -> Result<()> {
+        self.plan_into_inner(pages, pool.page_size, Some(pool), plan)
+    }
+
+    pub(crate) fn replan(&self, pages: &BatchPages, page_size: usize, plan: &mut BatchDecodePlan) -> Result<()> {
+        self.plan_into_inner(pages, page_size, None, plan)
+    }
+
+    fn validate_pages(&self, pages: &BatchPages, page_size: usize, pool: Option<&KvPoolConfig>) -> Result<()> {
+        let b = pages.kv_last_page_len.len();
+        if pages.kv_indptr.len() != b + 1 || pages.kv_indptr.first() != Some(&0) || pages.kv_indptr.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::invalid(OP, "kv_indptr", "must have batch+1 entries, start at 0 and be non-decreasing"));
+        }
+        if pages.kv_indptr[b] as usize != pages.kv_indices.len() {
+            return Err(Error::shape(OP, "kv_indices length", pages.kv_indptr[b], pages.kv_indices.len()));
+        }
+        for i in 0..b {
+            let n = pages.kv_indptr[i + 1] - pages.kv_indptr[i];
+            let last = pages.kv_last_page_len[i];
+            let ok = if n == 0 { last == 0 } else { last >= 1 && last as usize <= page_size };
+            if !ok {
+                return Err(Error::invalid(OP, "kv_last_page_len", format!("entry {i}: {last} with {n} pages")));
+            }
+        }
+        if let Some(pool) = pool {
+            if pool.num_kv_heads != self.heads.num_kv_heads || pool.head_dim != self.heads.head_dim {
+                return Err(Error::shape(
+                    OP,
+                    "pool heads/head_dim",
+                    format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim),
+                    format!("{}/{}", pool.num_kv_heads, pool.head_dim),
+                ));
+            }
+            if let Some(&bad) = pages.kv_indices.iter().find(|&&p| p < 0 || p as usize >= pool.num_pages) {
+                return Err(Error::PageOutOfRange { op: OP, page: bad as i64, num_pages: pool.num_pages });
+            }
+        }
+        Ok(())
+    }
+
+    fn plan_into_inner(&self, pages: &BatchPages, page_size: usize, pool: Option<&KvPoolConfig>, plan: &mut BatchDecodePlan) -> Result<()> {
+        self.validate_pages(pages, page_size, pool)?;
+        let batch = pages.batch_size();
+        if batch > plan.max_batch || pages.kv_indices.len() > plan.max_pages {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                format!(
+                    "batch {batch} / {} pages exceed the plan's capacity {} / {}",
+                    pages.kv_indices.len(),
+                    plan.max_batch,
+                    plan.max_pages
+                ),
+            ));
+        }
+        let ranges = self.kv_lens(pages, page_size);
+        let lens: Vec<usize> = ranges.iter().map(|&(b, e)| e - b).collect();
+        let graph_items = self.graph.map(|_| plan.work_stride);
+        let host = plan_decode(&DecodeProblem {
+            kv_lens: &lens,
+            num_kv_heads: self.heads.num_kv_heads,
+            max_ctas: self.max_ctas,
+            min_chunk: cfg::MIN_CHUNK as usize,
+            chunk_align: cfg::tokens_per_iter(self.heads.head_dim as u32) as usize,
+            fixed_chunk: None,
+            graph_items,
+        })?;
+        let ws = host.grid_items.max(1);
+        if self.graph.is_none() {
+            plan.work_stride = ws;
+            plan.max_batch = batch;
+            plan.max_pages = pages.kv_indices.len();
+        }
+        let n_items = host.num_items();
+        let s = &mut plan.staging;
+        s.clear();
+        s.extend_from_slice(&[n_items as i32, batch as i32]);
+        let mut work = vec![0i32; 3 * plan.work_stride];
+        for i in 0..n_items {
+            let r = host.request[i] as usize;
+            work[i] = r as i32;
+            work[plan.work_stride + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
+            work[2 * plan.work_stride + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
+        }
+        s.extend_from_slice(&work);
+        let pad = |s: &mut Vec<i32>, v: &[i32], n: usize| {
+            s.extend_from_slice(v);
+            s.extend(std::iter::repeat_n(0, n - v.len()));
+        };
+        let merge: Vec<i32> = host.merge_indptr.iter().map(|&x| x as i32).collect();
+        pad(s, &merge, plan.max_batch + 1);
+        pad(s, &pages.kv_indptr, plan.max_batch + 1);
+        s.extend_from_slice(&pages.kv_indices);
+        let max_items = host.merge_indptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+        if self.graph.is_none() {
+            if plan.meta.len() < s.len() {
+                plan.meta = self.gpu.alloc::<i32>(s.len())?;
+            }
+            let need_o = ws * self.heads.num_qo_heads * self.heads.head_dim;
+            if host.split && plan.part_o.len() < need_o {
+                plan.part_o = self.gpu.alloc::<f32>(need_o)?;
+                plan.part_lse = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?;
+            }
+        }
+        self.gpu.write_prefix(&mut plan.meta, &plan.staging)?;
+        plan.host = host;
+        plan.batch = batch;
+        plan.page_size = page_size;
+        plan.num_pages_seen = pool.map_or(0, |p| p.num_pages);
+        plan.max_items_per_request = max_items;
+        let id = self.plan_counter.get() + 1;
+        self.plan_counter.set(id);
+        plan.uploaded_plan_id = id;
+        Ok(())
+    }
+
+    /// Runs decode for the planned batch on one layer's pool: q and out `[batch, Hq, D]`, lse
+    /// `[batch, Hq]` (base 2) when given. Launch only: no allocation, no synchronisation.
+    pub fn run<T: Float16>(&self, plan: &BatchDecodePlan, q: &DeviceBuffer<T>, pool: &KvPool<T>, out: &mut DeviceBuffer<T>, lse: Option<&mut DeviceBuffer<f32>>) -> Result<()> {
+        let c = pool.config();
+        if c.page_size != plan.page_size || c.num_pages != plan.num_pages_seen {
+            return Err(Error::invalid(OP, "plan", "the plan was made for a pool of another geometry"));
+        }
+        if c.num_kv_heads != self.heads.num_kv_heads || c.head_dim != self.heads.head_dim {
+            return Err(Error::shape(OP, "pool heads/head_dim", format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim), format!("{}/{}", c.num_kv_heads, c.head_dim)));
+        }
+        let (k, v) = pool.device_buffers().ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
+        self.gpu.check_buffer(OP, k)?;
+        let st = c.strides();
+        let src = KvSource {
+            k: k.addr(),
+            v: v.addr(),
+            k_stride_page: st.stride_page as u64,
+            v_stride_page: st.stride_page as u64,
+            k_stride_n: st.stride_n,
+            k_stride_h: st.stride_h,
+            v_stride_n: st.stride_n,
+            v_stride_h: st.stride_h,
+            page_size: c.page_size as u32,
+            single: false,
+        };
+        self.launch(plan, src, q, out, lse)
+    }
+
+    pub(crate) fn launch<T: Float16>(&self, plan: &BatchDecodePlan, src: KvSource, q: &DeviceBuffer<T>, out: &mut DeviceBuffer<T>, lse: Option<&mut DeviceBuffer<f32>>) -> Result<()> {
+        let h = self.heads;
+        if T::DTYPE != self.dtype {
+            return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
+        }
+        self.gpu.check_buffer(OP, q)?;
+        self.gpu.check_buffer(OP, out)?;
+        let n = plan.batch * h.num_qo_heads * h.head_dim;
+        // Outside graph mode the buffers must match the planned batch exactly: a plan reused
+        // for another batch is an error, not a silent partial result.
+        if self.graph.is_none() && !src.single && (q.len() != n || out.len() != n) {
+            return Err(Error::shape(OP, "q/out elements (plan batch × heads × head_dim)", n, format!("{}/{}", q.len(), out.len())));
+        }
+        if q.len() < n {
+            return Err(Error::shape(OP, "q elements (plan batch × heads × head_dim)", format!(">= {n}"), q.len()));
+        }
+        if out.len() < n {
+            return Err(Error::shape(OP, "out elements", format!(">= {n}"), out.len()));
+        }
+        if let Some(l) = lse.as_deref() {
+            self.gpu.check_buffer(OP, l)?;
+            if l.len() < plan.batch * h.num_qo_heads {
+                return Err(Error::shape(OP, "lse elements", format!(">= {}", plan.batch * h.num_qo_heads), l.len()));
+            }
+        }
+        let base = plan.meta.addr();
+        let at = |o: usize| base + (o * 4) as u64;
+        let d = h.head_dim as u32;
+        let p = DecodeParams {
+            q: q.addr(),
+            o: out.addr(),
+            lse: lse.as_deref().map_or(0, |l| l.addr()),
+            k_pool: src.k,
+            v_pool: src.v,
+            k_stride_page: src.k_stride_page,
+            v_stride_page: src.v_stride_page,
+            kv_indptr: at(plan.off_indptr()),
+            kv_indices: at(plan.off_indices()),
+            work: at(plan.off_work()),
+            merge_indptr: at(plan.off_merge()),
+            counts: at(0),
+            part_o: plan.part_o.addr(),
+            part_lse: plan.part_lse.addr(),
+            q_stride_b: h.num_qo_heads as u32 * d,
+            q_stride_h: d,
+            o_stride_b: h.num_qo_heads as u32 * d,
+            o_stride_h: d,
+            k_stride_n: src.k_stride_n,
+            k_stride_h: src.k_stride_h,
+            v_stride_n: src.v_stride_n,
+            v_stride_h: src.v_stride_h,
+            page_size: FastDiv::new(src.page_size),
+            num_qo_heads: h.num_qo_heads as u32,
+            group: h.group() as u32,
+            work_stride: plan.work_stride as u32,
+            logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+        };
+        let dims = LaunchDims {
+            grid: (plan.work_stride.max(1) as u32, h.num_kv_heads as u32, 1),
+            block: (cfg::THREADS, 1, 1),
+            smem_bytes: bcfg::smem_bytes(d, self.group_cap),
+        };
+        // SAFETY: the plan's metadata was validated (page tables vs the pool, lengths) and
+        // uploaded by plan_into; q/out/lse extents checked above; partial buffers sized for the
+        // plan's work items.
+        unsafe { self.gpu.launch(&self.kernel, dims, p)? };
+        let merge_needed = self.graph.is_some() || plan.host.split;
+        if merge_needed && plan.batch > 0 {
+            let rows = if self.graph.is_some() { plan.max_batch } else { plan.batch };
+            let items = if self.graph.is_some() { plan.work_stride } else { plan.max_items_per_request };
+            let dims = LaunchDims { grid: (rows as u32, h.num_qo_heads as u32, 1), block: (cfg::THREADS, 1, 1), smem_bytes: (items * 4) as u32 };
+            // SAFETY: as above; smem holds one weight per work item of the longest request.
+            unsafe { self.gpu.launch(&self.merge_kernel, dims, p)? };
+        }
+        Ok(())
+    }
+}
