@@ -14,10 +14,11 @@ use crate::math::layout::page_and_entry;
 /// Rows per thread per iteration.
 const ROWS: usize = 4;
 
+/// Read-only metadata load (`ld.global.nc`): the index arrays are never written by the kernel.
 #[inline(always)]
 unsafe fn ld_i32(base: u64, i: u32) -> u32 {
     // SAFETY: caller guarantees `i` indexes the array.
-    unsafe { global::ld_u32(base + (i as u64) * 4) }
+    unsafe { global::ld_nc_f32(base + (i as u64) * 4) }.to_bits()
 }
 
 /// # Safety

@@ -15,8 +15,9 @@ pub mod single_decode {
     pub const UNROLL: u32 = 4;
     /// Compile-time query-group capacities; a runtime group `g` runs on the smallest `G >= g`.
     pub const GROUPS: [u32; 4] = [1, 2, 4, 8];
-    /// Below this many tokens per chunk, splitting the KV costs more than it gains.
-    pub const MIN_CHUNK: u32 = 256;
+    /// Shortest chunk a request is split into (two tiles at D = 128): shorter chunks spend more
+    /// on the per-CTA prologue and partial-state traffic than they gain in parallelism.
+    pub const MIN_CHUNK: u32 = 64;
 
     /// Lanes that cooperate on one K/V row of `head_dim` elements.
     pub const fn lanes_per_row(head_dim: u32) -> u32 {
@@ -59,7 +60,7 @@ pub mod batch_decode {
     use super::single_decode as sd;
 
     /// Pipeline depth (tiles in flight per CTA, including the one being computed).
-    pub const STAGES: u32 = 4;
+    pub const STAGES: u32 = 3;
 
     /// Bytes of staging per stage: every thread stages `UNROLL` K and V vectors of 16 bytes.
     pub const fn stage_bytes() -> u32 {

@@ -153,6 +153,7 @@ pub struct KvPool<T> {
     cfg: KvPoolConfig,
     storage: Storage<T>,
     staging: Vec<i32>,
+    resident_blocks: std::cell::Cell<Option<u32>>,
 }
 
 /// Append metadata validated and uploaded to the device once, for repeated launches (one per
@@ -205,6 +206,7 @@ impl<T: Float16> KvPool<T> {
                 meta: None,
             },
             staging: Vec::new(),
+            resident_blocks: std::cell::Cell::new(None),
         })
     }
 
@@ -220,7 +222,44 @@ impl<T: Float16> KvPool<T> {
                 v: vec![T::default(); n],
             },
             staging: Vec::new(),
+            resident_blocks: std::cell::Cell::new(None),
         })
+    }
+
+    /// Fills the whole pool by repeating `pattern_k` / `pattern_v` (benchmarks and demos that
+    /// need non-zero KV without uploading gigabytes from the host).
+    pub fn fill_tiled(&mut self, pattern_k: &[T], pattern_v: &[T]) -> Result<()> {
+        if pattern_k.is_empty() || pattern_k.len() != pattern_v.len() {
+            return Err(Error::invalid(OP, "fill pattern", "k and v patterns must be non-empty and of equal length"));
+        }
+        match &mut self.storage {
+            Storage::Cuda { gpu, k, v, .. } => {
+                let (pk, pv) = (gpu.upload(pattern_k)?, gpu.upload(pattern_v)?);
+                let n = k.len();
+                let mut off = 0;
+                while off < n {
+                    let len = pattern_k.len().min(n - off);
+                    if len == pattern_k.len() {
+                        gpu.copy_into(&pk, k, off)?;
+                        gpu.copy_into(&pv, v, off)?;
+                    } else {
+                        gpu.write_range(k, off, &pattern_k[..len])?;
+                        gpu.write_range(v, off, &pattern_v[..len])?;
+                    }
+                    off += len;
+                }
+                gpu.synchronize()
+            }
+            Storage::Cpu { k, v } => {
+                for (c, p) in k.chunks_mut(pattern_k.len()).zip(std::iter::repeat(pattern_k)) {
+                    c.copy_from_slice(&p[..c.len()]);
+                }
+                for (c, p) in v.chunks_mut(pattern_v.len()).zip(std::iter::repeat(pattern_v)) {
+                    c.copy_from_slice(&p[..c.len()]);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The pool's geometry.
@@ -367,11 +406,24 @@ impl<T: Float16> KvPool<T> {
         Ok(offs.map(|o| base + (o * 4) as u64))
     }
 
-    fn launch_dims(&self, gpu: &Gpu, rows: usize) -> LaunchDims {
+    /// Block `(head_dim/8, heads ≤ 256 threads)`; grid = one wave of resident blocks (from the
+    /// occupancy query, cached), or fewer when there are fewer row groups: blocks then
+    /// grid-stride, 4 rows per thread per iteration.
+    fn launch_dims(&self, gpu: &Gpu, rows: usize) -> Result<LaunchDims> {
         let lanes = (self.cfg.head_dim / 8) as u32;
         let hy = (self.cfg.num_kv_heads as u32).min((256 / lanes).max(1));
-        let grid = (rows as u32).clamp(1, gpu.info().sm_count * 16);
-        LaunchDims { grid: (grid, 1, 1), block: (lanes, hy, 1), smem_bytes: 0 }
+        let resident = match self.resident_blocks.get() {
+            Some(r) => r,
+            None => {
+                let f = gpu.function("append_kv_b16", 0)?;
+                let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(lanes * hy, 0, None)?.max(1);
+                let r = per_sm * gpu.info().sm_count;
+                self.resident_blocks.set(Some(r));
+                r
+            }
+        };
+        let grid = (rows.div_ceil(4) as u32).clamp(1, resident);
+        Ok(LaunchDims { grid: (grid, 1, 1), block: (lanes, hy, 1), smem_bytes: 0 })
     }
 
     /// Validates `meta` for `nnz` rows and uploads it (one host-to-device copy).
@@ -433,7 +485,7 @@ impl<T: Float16> KvPool<T> {
             seq: 0,
             reserved: 0,
         };
-        let dims = self.launch_dims(gpu, nnz);
+        let dims = self.launch_dims(gpu, nnz)?;
         // SAFETY: callers validated every batch index, position and page id against the pool
         // and the page tables, the row extents and 16-byte strides.
         unsafe { gpu.launch("append_kv_b16", dims, p) }
@@ -507,7 +559,7 @@ impl<T: Float16> KvPool<T> {
                     seq: b as u32,
                     reserved: 0,
                 };
-                let dims = self.launch_dims(gpu, len);
+                let dims = self.launch_dims(gpu, len)?;
                 // SAFETY: pages validated against the pool; outputs sized for `len` rows.
                 unsafe { gpu.launch("gather_kv_b16", dims, p) }
             }

@@ -62,7 +62,48 @@ fn items_for(lens: &[usize], chunk: usize) -> usize {
     lens.iter().map(|&l| l.div_ceil(chunk).max(1)).sum()
 }
 
-/// Plans one step. O(B log max_len).
+/// Extra cost (in tokens of the critical path) charged to a split plan: the merge launch and
+/// the partial-state traffic.
+const SPLIT_PENALTY_TOKENS: usize = 64;
+
+/// Most chunks a request is cut into.
+const MAX_SPLIT: usize = 64;
+
+/// Fixed per-CTA cost in tokens (q load, cross-slot merge, output writes), so that the model
+/// does not cut requests into ever smaller chunks.
+const CTA_OVERHEAD_TOKENS: usize = 64;
+
+/// Picks the chunk length minimising a wave model of the kernel's time:
+/// `ceil(num_kv_heads × items / max_ctas) × (min(chunk, max_len) + CTA_OVERHEAD_TOKENS)` — the
+/// number of waves of resident CTAs times what each CTA of the critical path streams — plus
+/// [`SPLIT_PENALTY_TOKENS`] when anything is split. This both splits small batches until every
+/// SM is busy and avoids a nearly empty last wave (e.g. 512 CTAs on 396 slots). Ties go to
+/// fewer work items. `usize::MAX` means no split.
+fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
+    let a = p.chunk_align;
+    let mut best = (usize::MAX, usize::MAX, usize::MAX); // (cost, items, chunk)
+    for n in 1..=MAX_SPLIT {
+        let chunk = if n == 1 { usize::MAX } else { max_len.div_ceil(n).div_ceil(a).max(1) * a };
+        if n > 1 && (chunk < p.min_chunk || chunk >= max_len) {
+            continue;
+        }
+        if n > 1 && n * p.kv_lens.len() * p.num_kv_heads > 8 * p.max_ctas {
+            break; // every further candidate needs more than 8 waves
+        }
+        let items = if n == 1 { p.kv_lens.len().max(1) } else { items_for(p.kv_lens, chunk) };
+        if p.graph_items.is_some_and(|g| items > g) {
+            continue;
+        }
+        let waves = (items * p.num_kv_heads).div_ceil(p.max_ctas);
+        let cost = waves * (chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS) + if n > 1 { SPLIT_PENALTY_TOKENS } else { 0 };
+        if (cost, items) < (best.0, best.1) {
+            best = (cost, items, chunk);
+        }
+    }
+    best.2
+}
+
+/// Plans one step: O(B · MAX_SPLIT).
 pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
     let b = p.kv_lens.len();
     if p.num_kv_heads == 0 || p.max_ctas == 0 || p.chunk_align == 0 {
@@ -75,31 +116,7 @@ pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
     let align = |c: usize| c.div_ceil(p.chunk_align).max(1) * p.chunk_align;
     let chunk = match p.fixed_chunk {
         Some(c) => align(c.max(1)),
-        None => {
-            let budget = p.max_ctas / p.num_kv_heads;
-            if b >= budget || max_len <= p.min_chunk {
-                usize::MAX
-            } else {
-                // Smallest chunk (in units of `chunk_align`, at least `min_chunk`) whose item
-                // count fits the CTA budget; the predicate is monotone in the chunk length.
-                let a = p.chunk_align;
-                let fits = |k: usize| items_for(p.kv_lens, k * a) <= budget;
-                let (mut lo, mut hi) = (p.min_chunk.div_ceil(a).max(1), max_len.div_ceil(a));
-                if lo >= hi || !fits(hi) {
-                    usize::MAX
-                } else {
-                    while lo < hi {
-                        let mid = lo + (hi - lo) / 2;
-                        if fits(mid) {
-                            hi = mid;
-                        } else {
-                            lo = mid + 1;
-                        }
-                    }
-                    hi * a
-                }
-            }
-        }
+        None => choose_chunk(p, max_len),
     };
     let mut plan = DecodePlan {
         chunk_len: chunk,
@@ -170,6 +187,21 @@ mod tests {
     }
 
     #[test]
+    fn wave_model_fills_one_wave_and_avoids_tails() {
+        // 16 × 4096 on 528 slots, 8 heads: 4 chunks each = 512 CTAs, one wave.
+        let lens = vec![4096usize; 16];
+        let plan16 = plan(&problem(&lens, 8, 528)).unwrap();
+        assert_eq!(plan16.num_items(), 64);
+        // 64 × 4096 on 528 slots: 512 CTAs already fit one wave; no split.
+        let lens = vec![4096usize; 64];
+        assert!(!plan(&problem(&lens, 8, 528)).unwrap().split);
+        // ... but on 396 slots, 512 CTAs leave a 116-CTA tail wave: splitting in 3 is cheaper.
+        let p = plan(&problem(&lens, 8, 396)).unwrap();
+        assert!(p.split);
+        assert_eq!(p.num_items(), 192);
+    }
+
+    #[test]
     fn big_batch_does_not_split() {
         let lens = vec![1024usize; 256];
         let p = problem(&lens, 8, 264);
@@ -212,9 +244,8 @@ mod tests {
             let plan = plan(&p).unwrap();
             check_cover(&p, &plan);
             if fixed.is_none() && plan.split {
-                // The cap holds whenever splitting was chosen.
-                prop_assert!(plan.num_items() * heads <= ctas.max(heads * lens.len()));
                 prop_assert!(plan.chunk_len >= 256);
+                prop_assert!(plan.num_items() <= lens.len() * MAX_SPLIT);
             }
         }
     }

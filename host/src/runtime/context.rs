@@ -206,6 +206,14 @@ impl Gpu {
         &self.inner.stream
     }
 
+    /// Makes this GPU's context current on the calling thread. cudarc binds for its own calls;
+    /// ours that go to the raw driver API (function lookup, attributes, occupancy, raw copies)
+    /// bind first, so any thread may use a `Gpu` (libtest runs tests on many threads).
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.inner.ctx.bind_to_thread()?;
+        Ok(())
+    }
+
     pub(crate) fn ctx_id(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize
     }
@@ -213,6 +221,7 @@ impl Gpu {
     /// Looks up a kernel (cached), raising its dynamic shared memory limit to `smem_bytes` when
     /// that exceeds the 48 KiB default.
     pub(crate) fn function(&self, name: &str, smem_bytes: u32) -> Result<CudaFunction> {
+        self.bind()?;
         let mut map = self
             .inner
             .functions
@@ -306,6 +315,21 @@ impl Gpu {
         Ok(())
     }
 
+    /// Writes `host` into `dst[offset..offset + host.len()]`.
+    pub fn write_range<T: DeviceRepr>(&self, dst: &mut DeviceBuffer<T>, offset: usize, host: &[T]) -> Result<()> {
+        let have = dst.len();
+        let end = offset.checked_add(host.len()).filter(|&e| e <= have);
+        let Some(end) = end else {
+            return Err(Error::shape("write_range", "destination range", format!("{offset}+{} within {have}", host.len()), have));
+        };
+        let mut view = dst
+            .slice
+            .try_slice_mut(offset..end)
+            .ok_or_else(|| Error::shape("write_range", "destination range", format!("{offset}..{end}"), have))?;
+        self.inner.stream.memcpy_htod(host, &mut view)?;
+        Ok(())
+    }
+
     /// Copies `len` elements inside one buffer, from offset `src` to offset `dst` (ranges must
     /// not overlap), on the stream.
     pub fn copy_within<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, src: usize, dst: usize, len: usize) -> Result<()> {
@@ -316,6 +340,7 @@ impl Gpu {
         if src < dst + len && dst < src + len && len > 0 {
             return Err(Error::invalid("copy_within", "range", "source and destination overlap"));
         }
+        self.bind()?;
         let size = std::mem::size_of::<T>();
         let base = buf.addr();
         // SAFETY: both ranges are inside `buf` (checked above), do not overlap, and the copy is
@@ -325,6 +350,27 @@ impl Gpu {
                 base + (dst * size) as u64,
                 base + (src * size) as u64,
                 len * size,
+                self.inner.stream.cu_stream(),
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Copies all of `src` into `dst` starting at element `dst_offset`.
+    pub fn copy_into<T: DeviceRepr>(&self, src: &DeviceBuffer<T>, dst: &mut DeviceBuffer<T>, dst_offset: usize) -> Result<()> {
+        let end = dst_offset.checked_add(src.len()).filter(|&e| e <= dst.len());
+        if end.is_none() {
+            return Err(Error::shape("copy_into", "destination range", format!("{}+{} within {}", dst_offset, src.len(), dst.len()), dst.len()));
+        }
+        self.bind()?;
+        let size = std::mem::size_of::<T>();
+        // SAFETY: the destination range lies inside `dst` (checked), `src` is a whole buffer of
+        // another allocation (two live DeviceBuffers never alias), ordered on this stream.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst.addr() + (dst_offset * size) as u64,
+                src.addr(),
+                src.len() * size,
                 self.inner.stream.cu_stream(),
             )
         }?;

@@ -39,7 +39,7 @@ impl Gpu {
         dims: LaunchDims,
         params: P,
     ) -> Result<()> {
-        let f = self.function(name, dims.smem_bytes)?;
+        let f = self.function(name, dims.smem_bytes)?; // binds the context to this thread
         let arg = KernelArg(params);
         let cfg = LaunchConfig {
             grid_dim: dims.grid,

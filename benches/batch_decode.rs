@@ -1,0 +1,137 @@
+//! Batch decode benchmark, the shapes: bf16, D = 128, 32 query heads, 8 KV heads, page
+//! size 16, pages in random order; (batch, kv_len) = (1, 4096), (16, 4096), (64, 4096),
+//! (128, 2048), (32, 32768), (256, 1024). Per shape: median GPU time of one `run` (CUDA events,
+//! 10 warm-up calls, median of 100, L2 flushed and a 100 µs spin before each call — FlashInfer's
+//! benchmark method), bytes = K+V read + q read + o written, TB/s and % of the device-to-device
+//! copy measured in the same run; plan host time (median of 50) reported separately; launch
+//! overhead (host time to enqueue one `run`).
+use std::time::Instant;
+
+use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
+use ferrinfer::ops::BatchDecode;
+use ferrinfer::runtime::{Discovery, TimeOpts};
+use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
+use half::bf16;
+
+fn shuffle(v: &mut [i32], mut x: u64) {
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+fn pages_for(batch: usize, len: usize, p: usize, seed: u64) -> (BatchPages, usize) {
+    let per = len.div_ceil(p);
+    let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
+    shuffle(&mut ids, seed);
+    (
+        BatchPages {
+            kv_indptr: (0..=batch).map(|b| (b * per) as i32).collect(),
+            kv_indices: ids,
+            kv_last_page_len: vec![((len - 1) % p + 1) as i32; batch],
+        },
+        batch * per,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
+    let (copy_tbps, ct) = gpu.copy_bandwidth(1 << 30, 20)?;
+    println!("device: {}; roofline: D2D copy 1 GiB {:.1} us = {copy_tbps:.3} TB/s (read+write)", gpu.info().name, ct.median_us);
+    let heads = HeadConfig::new(32, 8, 128)?;
+    let op = BatchDecode::new(gpu, heads, DType::Bf16, AttentionOptions::default())?;
+    println!("kernel {}: {} CTAs resident", op.kernel_name(), op.max_ctas());
+    println!("\n| batch | kv_len | KV MiB | items | median us | p10 | p90 | TB/s | % copy | host run() us |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let pattern: Vec<bf16> = (0..(1 << 22)).map(|i| bf16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0)).collect();
+    for &(batch, len) in &[(1usize, 4096usize), (16, 4096), (64, 4096), (128, 2048), (32, 32768), (256, 1024)] {
+        let (pages, num_pages) = pages_for(batch, len, 16, 0x2545_f491 + batch as u64);
+        let cfg = KvPoolConfig { num_pages: 0, page_size: 16, num_kv_heads: 8, head_dim: 128, layout: KvLayout::Nhd };
+        let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
+        pool.fill_tiled(&pattern, &pattern[1..].iter().chain(&pattern[..1]).copied().collect::<Vec<_>>())?;
+        let plan = op.plan(&pages, pool.config())?;
+        let n = batch * 32 * 128;
+        let q = gpu.upload(&pattern[..n])?;
+        let mut o = gpu.alloc::<bf16>(n)?;
+        let mut lse = gpu.alloc::<f32>(batch * 32)?;
+        let t = gpu.time_with(TimeOpts { warmup: 10, iters: 100, flush_bytes: 100 << 20, spin_us: 100 }, |_| op.run(&plan, &q, &pool, &mut o, Some(&mut lse)))?;
+        // Host time to enqueue one run (launch overhead), median of 50.
+        let mut host = Vec::new();
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            op.run(&plan, &q, &pool, &mut o, Some(&mut lse))?;
+            host.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        gpu.synchronize()?;
+        let kv = (batch * len * 8 * 128 * 2 * 2) as f64;
+        let bytes = kv + (2 * n * 2) as f64;
+        let tbps = bytes / (t.median_us * 1e-6) / 1e12;
+        println!(
+            "| {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
+            kv / (1 << 20) as f64,
+            plan.partition().num_items(),
+            t.median_us,
+            t.p10_us,
+            t.p90_us,
+            tbps,
+            100.0 * tbps / copy_tbps,
+            median(host)
+        );
+    }
+    // Planner host time at batch 256 × 1024 (FlashInfer's plan(): 200–440 us).
+    let (pages, num_pages) = pages_for(256, 1024, 16, 7);
+    let cfg = KvPoolConfig { num_pages, page_size: 16, num_kv_heads: 8, head_dim: 128, layout: KvLayout::Nhd };
+    let mut plan = op.plan(&pages, &cfg)?;
+    let mut ts = Vec::new();
+    for _ in 0..50 {
+        gpu.synchronize()?;
+        let t0 = Instant::now();
+        op.plan_into(&pages, &cfg, &mut plan)?;
+        ts.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut pure = Vec::new();
+    for _ in 0..50 {
+        let lens = vec![1024usize; 256];
+        let t0 = Instant::now();
+        let p = ferrinfer::plan::plan_decode(&ferrinfer::plan::DecodeProblem {
+            kv_lens: &lens,
+            num_kv_heads: 8,
+            max_ctas: op.max_ctas(),
+            min_chunk: 256,
+            chunk_align: 32,
+            fixed_chunk: None,
+            graph_items: None,
+        })?;
+        pure.push(t0.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(p);
+    }
+    println!("\nplan() host time, batch 256 x kv 1024: {:.1} us median of 50 (partition alone {:.1} us; the rest is building and uploading the index arrays)", median(ts), median(pure));
+    Ok(())
+}
+
+fn main() {
+    match Gpu::discover(0) {
+        Ok(Discovery::Found(g)) => {
+            if let Err(e) = run(&g) {
+                eprintln!("batch decode bench failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok(Discovery::NotFound(why)) => {
+            println!("batch decode bench: skipped: no CUDA device ({why})");
+            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("batch decode bench: GPU discovery failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
