@@ -21,9 +21,51 @@ unsafe fn ld_i32(base: u64, i: u32) -> u32 {
     unsafe { global::ld_nc_f32(base + (i as u64) * 4) }.to_bits()
 }
 
+/// Offsets of the `ROWS` rows a thread moves in one iteration (element units), and which exist.
+#[derive(Clone, Copy)]
+struct RowOffsets {
+    pool: [u64; ROWS],
+    k: [u64; ROWS],
+    v: [u64; ROWS],
+    valid: [bool; ROWS],
+}
+
+/// Resolves rows `n0 + r·stride` (r < ROWS) of head `h`: metadata loads only.
+///
+/// # Safety
+/// Host-validated metadata (see [`copy_rows`]).
+#[inline(always)]
+unsafe fn offsets<const APPEND: bool>(p: &AppendParams, n0: u32, stride: u32, h: u32, vec_off: u64, page_size: NonZeroU32) -> RowOffsets {
+    let mut o = RowOffsets { pool: [0; ROWS], k: [0; ROWS], v: [0; ROWS], valid: [false; ROWS] };
+    for r in 0..ROWS {
+        let n = n0 + (r as u32) * stride;
+        o.valid[r] = n < p.nnz;
+        if o.valid[r] {
+            // SAFETY: n < nnz; the host validated indices/positions/page ids.
+            let (b, pos) = unsafe {
+                if APPEND {
+                    (ld_i32(p.batch_indices, n), ld_i32(p.positions, n))
+                } else {
+                    (p.seq, n)
+                }
+            };
+            let (slot, entry) = page_and_entry(pos, page_size);
+            // SAFETY: as above.
+            let page = unsafe { ld_i32(p.kv_indices, ld_i32(p.kv_indptr, b) + slot) };
+            o.pool[r] = p.pool.offset(page, entry, h) + vec_off;
+            o.k[r] = n as u64 * p.k_rows_stride_n as u64 + (h * p.k_rows_stride_h) as u64 + vec_off;
+            o.v[r] = n as u64 * p.v_rows_stride_n as u64 + (h * p.v_rows_stride_h) as u64 + vec_off;
+        }
+    }
+    o
+}
+
 /// # Safety
 /// Block `(head_dim/8, hy)`, any grid; host-validated metadata: every batch index, position
 /// and page id in range, pools sized for the page count, 16-byte aligned rows.
+///
+/// Software-pipelined: the metadata of the next iteration (two dependent index loads per row)
+/// is resolved while this iteration's data loads are in flight.
 #[inline(always)]
 unsafe fn copy_rows<const APPEND: bool>(p: &AppendParams) {
     let x = thread::thread_idx_x();
@@ -31,67 +73,49 @@ unsafe fn copy_rows<const APPEND: bool>(p: &AppendParams) {
     let vec_off = (x * 8) as u64;
     let page_size = NonZeroU32::new(p.pool.page_size).unwrap_or(NonZeroU32::MIN);
     let stride = thread::grid_dim_x();
-    let mut n0 = thread::block_idx_x();
-    while n0 < p.nnz {
-        let mut h = thread::thread_idx_y();
-        while h < p.num_heads {
-            let mut pool_off = [0u64; ROWS];
-            let mut row_k = [0u64; ROWS];
-            let mut row_v = [0u64; ROWS];
-            let mut valid = [false; ROWS];
-            for r in 0..ROWS {
-                let n = n0 + (r as u32) * stride;
-                valid[r] = n < p.nnz;
-                if valid[r] {
-                    // SAFETY: n < nnz; the host validated indices/positions/page ids.
-                    let (b, pos) = unsafe {
-                        if APPEND {
-                            (ld_i32(p.batch_indices, n), ld_i32(p.positions, n))
-                        } else {
-                            (p.seq, n)
-                        }
-                    };
-                    let (slot, entry) = page_and_entry(pos, page_size);
-                    // SAFETY: as above.
-                    let page = unsafe { ld_i32(p.kv_indices, ld_i32(p.kv_indptr, b) + slot) };
-                    pool_off[r] = p.pool.offset(page, entry, h) + vec_off;
-                    row_k[r] = n as u64 * p.k_rows_stride_n as u64 + (h * p.k_rows_stride_h) as u64 + vec_off;
-                    row_v[r] = n as u64 * p.v_rows_stride_n as u64 + (h * p.v_rows_stride_h) as u64 + vec_off;
-                }
-            }
+    let step = stride * ROWS as u32;
+    let mut h = thread::thread_idx_y();
+    while h < p.num_heads {
+        let mut n0 = thread::block_idx_x();
+        // SAFETY: forwarded contract.
+        let mut next = unsafe { offsets::<APPEND>(p, n0, stride, h, vec_off, page_size) };
+        while n0 < p.nnz {
+            let cur = next;
             let mut kd = [[0u32; 4]; ROWS];
             let mut vd = [[0u32; 4]; ROWS];
             for r in 0..ROWS {
-                if valid[r] {
-                    // SAFETY: offsets computed from validated metadata; 16-byte aligned.
+                if cur.valid[r] {
+                    // SAFETY: offsets from validated metadata; 16-byte aligned.
                     unsafe {
                         if APPEND {
-                            kd[r] = global::ld_nc_u32x4(p.k_rows + row_k[r] * 2);
-                            vd[r] = global::ld_nc_u32x4(p.v_rows + row_v[r] * 2);
+                            kd[r] = global::ld_nc_u32x4(p.k_rows + cur.k[r] * 2);
+                            vd[r] = global::ld_nc_u32x4(p.v_rows + cur.v[r] * 2);
                         } else {
-                            kd[r] = global::ld_u32x4(p.k_pool + pool_off[r] * 2);
-                            vd[r] = global::ld_u32x4(p.v_pool + pool_off[r] * 2);
+                            kd[r] = global::ld_u32x4(p.k_pool + cur.pool[r] * 2);
+                            vd[r] = global::ld_u32x4(p.v_pool + cur.pool[r] * 2);
                         }
                     }
                 }
             }
+            // SAFETY: forwarded contract (rows past nnz resolve to invalid).
+            next = unsafe { offsets::<APPEND>(p, n0 + step, stride, h, vec_off, page_size) };
             for r in 0..ROWS {
-                if valid[r] {
+                if cur.valid[r] {
                     // SAFETY: as above.
                     unsafe {
                         if APPEND {
-                            global::st_u32x4(p.k_pool + pool_off[r] * 2, kd[r]);
-                            global::st_u32x4(p.v_pool + pool_off[r] * 2, vd[r]);
+                            global::st_u32x4(p.k_pool + cur.pool[r] * 2, kd[r]);
+                            global::st_u32x4(p.v_pool + cur.pool[r] * 2, vd[r]);
                         } else {
-                            global::st_u32x4(p.k_rows + row_k[r] * 2, kd[r]);
-                            global::st_u32x4(p.v_rows + row_v[r] * 2, vd[r]);
+                            global::st_u32x4(p.k_rows + cur.k[r] * 2, kd[r]);
+                            global::st_u32x4(p.v_rows + cur.v[r] * 2, vd[r]);
                         }
                     }
                 }
             }
-            h += hy;
+            n0 += step;
         }
-        n0 += stride * ROWS as u32;
+        h += hy;
     }
 }
 

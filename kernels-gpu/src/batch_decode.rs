@@ -298,14 +298,22 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
 /// Merge of split requests: CTA = (request, query head). Requests with one work item were
 /// written by the decode kernel and are skipped.
 ///
+/// Warp 0 turns the partial lse values into normalised weights (smem). Then the four warps
+/// split the partials (warp w takes chunks w, w+4, ...), each lane owning `D/32` consecutive
+/// elements, with [`MERGE_UNROLL`] independent 16-byte loads in flight per lane; the four warp
+/// sums meet in shared memory. (A serial loop over the partials exposed one memory latency per
+/// chunk: ~45 µs for 64 chunks.)
+///
 /// # Safety
-/// Grid `(max_batch, num_qo_heads)`, block `(128)`, dynamic smem = 4 × (max items per
-/// request); D % 4 == 0.
+/// Grid `(max_batch, num_qo_heads)`, block `(128)`, dynamic smem =
+/// `4 × (max items per request) + 4 warps × D × 4` bytes; D ∈ {64, 128, 256}.
 #[inline(always)]
 unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
     let b = thread::block_idx_x();
     let h = thread::block_idx_y();
     let tid = thread::thread_idx_x();
+    let lane = tid % 32;
+    let warp_id = tid / 32;
     // SAFETY: counts[1] = batch; b < batch indexes merge_indptr.
     if b >= unsafe { ld_i32(p.counts, 1) } {
         return;
@@ -318,9 +326,9 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
     }
     let wb = shared::dyn_smem_base();
     let lse_at = |c: u32| p.part_lse + (((first + c) * p.num_qo_heads + h) as u64) * 4;
-    if tid < 32 {
+    if warp_id == 0 {
         let mut m = f32::NEG_INFINITY;
-        let mut c = tid;
+        let mut c = lane;
         while c < n {
             // SAFETY: c < n partials of this request.
             m = fmax(m, unsafe { global::ld_nc_f32(lse_at(c)) });
@@ -329,7 +337,7 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
         let m = warp::group_max_f32(m, 32);
         let mr = clamp_ref(m);
         let mut sum = 0.0f32;
-        let mut c = tid;
+        let mut c = lane;
         while c < n {
             // SAFETY: as above; smem holds ≥ n weights.
             unsafe {
@@ -341,41 +349,84 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
         }
         let sum = warp::group_sum_f32(sum, 32);
         let inv = if sum > 0.0 { rcp(sum) } else { 0.0 };
-        let mut c = tid;
+        let mut c = lane;
         while c < n {
             // SAFETY: as above.
             unsafe { shared::st_f32(wb + c * 4, shared::ld_f32(wb + c * 4) * inv) };
             c += 32;
         }
-        if tid == 0 && p.lse != 0 {
+        if lane == 0 && p.lse != 0 {
             let lse = if sum > 0.0 { m + log2(sum) } else { f32::NEG_INFINITY };
             // SAFETY: lse [batch, Hq].
             unsafe { global::st_f32(p.lse + ((b * p.num_qo_heads + h) as u64) * 4, lse) };
         }
     }
     thread::sync_threads();
-    let mut e0 = tid * 4;
-    while e0 < D {
-        let mut acc = [0.0f32; 4];
-        for c in 0..n {
-            // SAFETY: partial rows of this request; 16-byte aligned.
-            unsafe {
-                let w = shared::ld_f32(wb + c * 4);
-                let v = global::ld_nc_u32x4(p.part_o + ((((first + c) * p.num_qo_heads + h) * D + e0) as u64) * 4);
-                for jj in 0..4 {
-                    acc[jj] += w * f32::from_bits(v[jj]);
+
+    // Each lane owns EPL = D/32 consecutive elements (2, 4 or 8): one or two 16-byte groups.
+    const fn epl(d: u32) -> u32 {
+        d / 32
+    }
+    let e0 = lane * epl(D);
+    let mut acc = [0.0f32; 8];
+    let row = |c: u32| p.part_o + ((((first + c) * p.num_qo_heads + h) * D + e0) as u64) * 4;
+    let mut c = warp_id;
+    while c < n {
+        let mut w = [0.0f32; MERGE_UNROLL];
+        let mut v = [[0u32; 8]; MERGE_UNROLL];
+        for u in 0..MERGE_UNROLL {
+            let cc = c + 4 * u as u32;
+            if cc < n {
+                // SAFETY: partial rows of this request, 8/16-byte aligned (e0 multiple of 2).
+                unsafe {
+                    w[u] = shared::ld_f32(wb + cc * 4);
+                    if epl(D) >= 4 {
+                        let x = global::ld_nc_u32x4(row(cc));
+                        v[u][..4].copy_from_slice(&x);
+                        if epl(D) == 8 {
+                            let y = global::ld_nc_u32x4(row(cc) + 16);
+                            v[u][4..].copy_from_slice(&y);
+                        }
+                    } else {
+                        v[u][0] = global::ld_u32(row(cc));
+                        v[u][1] = global::ld_u32(row(cc) + 4);
+                    }
                 }
             }
         }
-        let a = p.o + ((b as u64) * (p.o_stride_b as u64) + (h * p.o_stride_h + e0) as u64) * 2;
-        // SAFETY: o extent validated; 8-byte aligned.
-        unsafe {
-            global::st_u32(a, E::pack2(acc[0], acc[1]));
-            global::st_u32(a + 4, E::pack2(acc[2], acc[3]));
+        for u in 0..MERGE_UNROLL {
+            for e in 0..8 {
+                acc[e] += w[u] * f32::from_bits(v[u][e]);
+            }
         }
-        e0 += cfg::THREADS * 4;
+        c += 4 * MERGE_UNROLL as u32;
+    }
+    // Cross-warp sum through smem (after the weights).
+    let red = wb + ((n + 3) / 4) * 16;
+    for e in 0..epl(D) {
+        // SAFETY: inside the reduction area (4 warps × D floats).
+        unsafe { shared::st_f32(red + (warp_id * D + e0 + e) * 4, acc[e as usize]) };
+    }
+    thread::sync_threads();
+    let mut e = tid * 2;
+    while e < D {
+        let mut o = [0.0f32; 2];
+        for w in 0..4 {
+            // SAFETY: as above.
+            unsafe {
+                o[0] += shared::ld_f32(red + (w * D + e) * 4);
+                o[1] += shared::ld_f32(red + (w * D + e + 1) * 4);
+            }
+        }
+        let a = p.o + ((b as u64) * (p.o_stride_b as u64) + (h * p.o_stride_h + e) as u64) * 2;
+        // SAFETY: o extent validated; 4-byte aligned.
+        unsafe { global::st_u32(a, E::pack2(o[0], o[1])) };
+        e += cfg::THREADS * 2;
     }
 }
+
+/// Partials each merge lane keeps in flight.
+const MERGE_UNROLL: usize = 4;
 
 macro_rules! decode_entries {
     ($($name:ident => $e:ty, $d:literal, $g:literal;)*) => {$(

@@ -67,6 +67,12 @@ pub mod batch_decode {
         sd::THREADS * sd::UNROLL * 2 * 16
     }
 
+    /// Dynamic shared memory of the merge kernel: one weight per partial (16-byte aligned), then
+    /// a 4-warp × `head_dim` f32 reduction area.
+    pub const fn merge_smem_bytes(head_dim: u32, max_items: u32) -> u32 {
+        max_items.div_ceil(4) * 16 + 4 * head_dim * 4
+    }
+
     /// Dynamic shared memory: the staging ring, reused for the cross-slot merge at the end.
     pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {
         let staging = STAGES * stage_bytes();

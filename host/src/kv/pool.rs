@@ -406,9 +406,9 @@ impl<T: Float16> KvPool<T> {
         Ok(offs.map(|o| base + (o * 4) as u64))
     }
 
-    /// Block `(head_dim/8, heads ≤ 256 threads)`; grid = one wave of resident blocks (from the
-    /// occupancy query, cached), or fewer when there are fewer row groups: blocks then
-    /// grid-stride, 4 rows per thread per iteration.
+    /// Block `(head_dim/8, heads ≤ 256 threads)`; grid = one block per row up to one wave of
+    /// resident blocks (occupancy query, cached). Small appends (a decode step) thus get one
+    /// row per block; large ones grid-stride, 4 rows per thread per iteration.
     fn launch_dims(&self, gpu: &Gpu, rows: usize) -> Result<LaunchDims> {
         let lanes = (self.cfg.head_dim / 8) as u32;
         let hy = (self.cfg.num_kv_heads as u32).min((256 / lanes).max(1));
@@ -422,7 +422,7 @@ impl<T: Float16> KvPool<T> {
                 r
             }
         };
-        let grid = (rows.div_ceil(4) as u32).clamp(1, resident);
+        let grid = (rows as u32).clamp(1, resident);
         Ok(LaunchDims { grid: (grid, 1, 1), block: (lanes, hy, 1), smem_bytes: 0 })
     }
 

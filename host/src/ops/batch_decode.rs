@@ -443,7 +443,11 @@ impl BatchDecode {
         if merge_needed && plan.batch > 0 {
             let rows = if self.graph.is_some() { plan.max_batch } else { plan.batch };
             let items = if self.graph.is_some() { plan.work_stride } else { plan.max_items_per_request };
-            let dims = LaunchDims { grid: (rows as u32, h.num_qo_heads as u32, 1), block: (cfg::THREADS, 1, 1), smem_bytes: (items * 4) as u32 };
+            let dims = LaunchDims {
+                grid: (rows as u32, h.num_qo_heads as u32, 1),
+                block: (cfg::THREADS, 1, 1),
+                smem_bytes: bcfg::merge_smem_bytes(d, items as u32),
+            };
             // SAFETY: as above; smem holds one weight per work item of the longest request.
             unsafe { self.gpu.launch(&self.merge_kernel, dims, p)? };
         }
