@@ -31,7 +31,13 @@ fn bench(gpu: &Gpu, s: &Shape, copy_tbps: f64) -> ferrinfer::Result<(f64, f64)> 
     let len = s.cached + s.tokens;
     let pages_per = len.div_ceil(p);
     let num_pages = s.seqs * pages_per;
-    let cfg = KvPoolConfig { num_pages: 0, page_size: p, num_kv_heads: heads, head_dim: d, layout: KvLayout::Nhd };
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: p,
+        num_kv_heads: heads,
+        head_dim: d,
+        layout: KvLayout::Nhd,
+    };
     let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
     shuffle(&mut ids, 0x9e37_79b9_7f4a_7c15);
@@ -48,15 +54,27 @@ fn bench(gpu: &Gpu, s: &Shape, copy_tbps: f64) -> ferrinfer::Result<(f64, f64)> 
             pos.push((s.cached + t) as i32);
         }
     }
-    let meta = pool.upload_append_meta(&AppendMeta { batch_indices: &bi, positions: &pos, pages: &pages })?;
+    let meta = pool.upload_append_meta(&AppendMeta {
+        batch_indices: &bi,
+        positions: &pos,
+        pages: &pages,
+    })?;
     let n = s.seqs * s.tokens * heads * d;
-    let host: Vec<bf16> = (0..n).map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
+    let host: Vec<bf16> = (0..n)
+        .map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0))
+        .collect();
     let k = gpu.upload(&host)?;
     let v = gpu.upload(&host)?;
     let rs = RowStrides::contiguous(heads, d);
-    let t = gpu.time_with(TimeOpts { warmup: 10, iters: 100, flush_bytes: 100 << 20, spin_us: 100 }, |_| {
-        pool.append_uploaded(&meta, &k, rs, &v, rs)
-    })?;
+    let t = gpu.time_with(
+        TimeOpts {
+            warmup: 10,
+            iters: 100,
+            flush_bytes: 100 << 20,
+            spin_us: 100,
+        },
+        |_| pool.append_uploaded(&meta, &k, rs, &v, rs),
+    )?;
     let bytes = (2 * n * 2 * 2) as f64;
     let gbps = bytes / (t.median_us * 1e-6) / 1e9;
     println!(
@@ -91,11 +109,35 @@ fn main() {
     };
     let run = || -> ferrinfer::Result<()> {
         let (copy_tbps, ct) = gpu.copy_bandwidth(1 << 30, 20)?;
-        println!("device: {}; roofline: D2D copy 1 GiB {:.1} us = {copy_tbps:.3} TB/s (read+write)", gpu.info().name, ct.median_us);
-        println!("\n| shape | seqs x tokens | cached | MiB moved | median us | p90 us | GB/s | % copy |");
+        println!(
+            "device: {}; roofline: D2D copy 1 GiB {:.1} us = {copy_tbps:.3} TB/s (read+write)",
+            gpu.info().name,
+            ct.median_us
+        );
+        println!(
+            "\n| shape | seqs x tokens | cached | MiB moved | median us | p90 us | GB/s | % copy |"
+        );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-        bench(&gpu, &Shape { name: "decode step", seqs: 256, tokens: 1, cached: 1023 }, copy_tbps)?;
-        bench(&gpu, &Shape { name: "prefill chunk", seqs: 8, tokens: 2048, cached: 0 }, copy_tbps)?;
+        bench(
+            &gpu,
+            &Shape {
+                name: "decode step",
+                seqs: 256,
+                tokens: 1,
+                cached: 1023,
+            },
+            copy_tbps,
+        )?;
+        bench(
+            &gpu,
+            &Shape {
+                name: "prefill chunk",
+                seqs: 8,
+                tokens: 2048,
+                cached: 0,
+            },
+            copy_tbps,
+        )?;
         Ok(())
     };
     if let Err(e) = run() {

@@ -43,24 +43,62 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     let (copy_tbps, ct) = gpu.copy_bandwidth(1 << 30, 20)?;
-    println!("device: {}; roofline: D2D copy 1 GiB {:.1} us = {copy_tbps:.3} TB/s (read+write)", gpu.info().name, ct.median_us);
+    println!(
+        "device: {}; roofline: D2D copy 1 GiB {:.1} us = {copy_tbps:.3} TB/s (read+write)",
+        gpu.info().name,
+        ct.median_us
+    );
     let heads = HeadConfig::new(32, 8, 128)?;
     let op = BatchDecode::new(gpu, heads, DType::Bf16, AttentionOptions::default())?;
-    println!("kernel {}: {} CTAs resident", op.kernel_name(), op.max_ctas());
+    println!(
+        "kernel {}: {} CTAs resident",
+        op.kernel_name(),
+        op.max_ctas()
+    );
     println!("\n| batch | kv_len | KV MiB | items | median us | p10 | p90 | TB/s | % copy | host run() us |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let pattern: Vec<bf16> = (0..(1 << 22)).map(|i| bf16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0)).collect();
-    for &(batch, len) in &[(1usize, 4096usize), (16, 4096), (64, 4096), (128, 2048), (32, 32768), (256, 1024)] {
+    let pattern: Vec<bf16> = (0..(1 << 22))
+        .map(|i| bf16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
+        .collect();
+    for &(batch, len) in &[
+        (1usize, 4096usize),
+        (16, 4096),
+        (64, 4096),
+        (128, 2048),
+        (32, 32768),
+        (256, 1024),
+    ] {
         let (pages, num_pages) = pages_for(batch, len, 16, 0x2545_f491 + batch as u64);
-        let cfg = KvPoolConfig { num_pages: 0, page_size: 16, num_kv_heads: 8, head_dim: 128, layout: KvLayout::Nhd };
+        let cfg = KvPoolConfig {
+            num_pages: 0,
+            page_size: 16,
+            num_kv_heads: 8,
+            head_dim: 128,
+            layout: KvLayout::Nhd,
+        };
         let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
-        pool.fill_tiled(&pattern, &pattern[1..].iter().chain(&pattern[..1]).copied().collect::<Vec<_>>())?;
+        pool.fill_tiled(
+            &pattern,
+            &pattern[1..]
+                .iter()
+                .chain(&pattern[..1])
+                .copied()
+                .collect::<Vec<_>>(),
+        )?;
         let plan = op.plan(&pages, pool.config())?;
         let n = batch * 32 * 128;
         let q = gpu.upload(&pattern[..n])?;
         let mut o = gpu.alloc::<bf16>(n)?;
         let mut lse = gpu.alloc::<f32>(batch * 32)?;
-        let t = gpu.time_with(TimeOpts { warmup: 10, iters: 100, flush_bytes: 100 << 20, spin_us: 100 }, |_| op.run(&plan, &q, &pool, &mut o, Some(&mut lse)))?;
+        let t = gpu.time_with(
+            TimeOpts {
+                warmup: 10,
+                iters: 100,
+                flush_bytes: 100 << 20,
+                spin_us: 100,
+            },
+            |_| op.run(&plan, &q, &pool, &mut o, Some(&mut lse)),
+        )?;
         // Host time to enqueue one run (launch overhead), median of 50.
         let mut host = Vec::new();
         for _ in 0..50 {
@@ -86,7 +124,13 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     }
     // Planner host time at batch 256 × 1024 (FlashInfer's plan(): 200–440 us).
     let (pages, num_pages) = pages_for(256, 1024, 16, 7);
-    let cfg = KvPoolConfig { num_pages, page_size: 16, num_kv_heads: 8, head_dim: 128, layout: KvLayout::Nhd };
+    let cfg = KvPoolConfig {
+        num_pages,
+        page_size: 16,
+        num_kv_heads: 8,
+        head_dim: 128,
+        layout: KvLayout::Nhd,
+    };
     let mut plan = op.plan(&pages, &cfg)?;
     let mut ts = Vec::new();
     for _ in 0..50 {

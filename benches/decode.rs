@@ -25,7 +25,13 @@ struct Row {
     tbps: f64,
 }
 
-fn bench_one<T: Float16>(gpu: &Gpu, name: &str, heads: HeadConfig, kv_len: usize, iters: usize) -> ferrinfer::Result<Row> {
+fn bench_one<T: Float16>(
+    gpu: &Gpu,
+    name: &str,
+    heads: HeadConfig,
+    kv_len: usize,
+    iters: usize,
+) -> ferrinfer::Result<Row> {
     let d = heads.head_dim;
     let kv_elems = kv_len * heads.num_kv_heads * d;
     let kv_bytes = 2 * kv_elems * 2;
@@ -46,11 +52,20 @@ fn bench_one<T: Float16>(gpu: &Gpu, name: &str, heads: HeadConfig, kv_len: usize
         ks.push(gpu.upload(&host)?);
         vs.push(gpu.upload(&host)?);
     }
-    let q = gpu.upload(&(0..heads.num_qo_heads * d).map(|_| next()).collect::<Vec<T>>())?;
+    let q = gpu.upload(
+        &(0..heads.num_qo_heads * d)
+            .map(|_| next())
+            .collect::<Vec<T>>(),
+    )?;
     let mut o = gpu.alloc::<T>(heads.num_qo_heads * d)?;
     let mut lse = gpu.alloc::<f32>(heads.num_qo_heads)?;
     let mut op = SingleDecode::new(gpu, heads, T::DTYPE, AttentionOptions::default())?;
-    let opts = TimeOpts { warmup: 10, iters, flush_bytes: 100 << 20, spin_us: 100 };
+    let opts = TimeOpts {
+        warmup: 10,
+        iters,
+        flush_bytes: 100 << 20,
+        spin_us: 100,
+    };
     let t = gpu.time_with(opts, |i| {
         let c = i % copies;
         op.run(&q, &ks[c], &vs[c], kv_len, &mut o, Some(&mut lse))
@@ -73,7 +88,11 @@ fn bench_one<T: Float16>(gpu: &Gpu, name: &str, heads: HeadConfig, kv_len: usize
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let gpu = match Gpu::discover(0) {
         Ok(Discovery::Found(g)) => g,
         Ok(Discovery::NotFound(why)) => {
@@ -107,7 +126,10 @@ fn run(gpu: &Gpu, json: Option<String>) -> ferrinfer::Result<()> {
         info.module_load.as_secs_f64() * 1e3
     );
     let (copy_tbps, copy_t) = gpu.copy_bandwidth(1 << 30, 20)?;
-    println!("roofline: D2D copy 1 GiB: {:.1} us, {copy_tbps:.3} TB/s (read+write)", copy_t.median_us);
+    println!(
+        "roofline: D2D copy 1 GiB: {:.1} us, {copy_tbps:.3} TB/s (read+write)",
+        copy_t.median_us
+    );
 
     let gqa = HeadConfig::new(32, 8, 128)?;
     let mha = HeadConfig::new(32, 32, 128)?;
@@ -158,7 +180,9 @@ fn run(gpu: &Gpu, json: Option<String>) -> ferrinfer::Result<()> {
             ));
         }
         s.push_str("]}\n");
-        std::fs::File::create(&path).and_then(|mut f| f.write_all(s.as_bytes())).map_err(|e| ferrinfer::Error::invalid("bench", "json path", e))?;
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(s.as_bytes()))
+            .map_err(|e| ferrinfer::Error::invalid("bench", "json path", e))?;
     }
     Ok(())
 }

@@ -47,7 +47,10 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
 /// Proptest case count: `PROPTEST_CASES` when set (the GPU bundle lowers it under the
 /// sanitizer), else `default`.
 pub fn proptest_cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A seeded RNG (`rand::rngs::StdRng`).

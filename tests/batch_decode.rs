@@ -2,11 +2,15 @@
 //! batches (sizes 1–64, lengths 1–5000 including 1 and page-size multiples ±1, random page
 //! permutations, groups, head dims, dtypes, layouts, options), empty requests, very long
 //! contexts, CUDA-graph-mode plan reuse, and bad input.
-use ferrinfer::kv::{AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows};
+use ferrinfer::kv::{
+    AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
+};
 use ferrinfer::ops::{BatchDecode, GraphLimits};
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats};
+use ferrinfer_harness::{
+    gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats,
+};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -44,14 +48,21 @@ fn make<T: Float16>(c: &Case) -> Data<T> {
     let num_pages = total + 3;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
     ids.shuffle(&mut r);
-    let mut pages = BatchPages { kv_indptr: vec![0], ..Default::default() };
+    let mut pages = BatchPages {
+        kv_indptr: vec![0],
+        ..Default::default()
+    };
     let mut next = 0;
     for (b, &np) in n_pages.iter().enumerate() {
         pages.kv_indices.extend_from_slice(&ids[next..next + np]);
         next += np;
         pages.kv_indptr.push(next as i32);
         let l = c.lens[b];
-        pages.kv_last_page_len.push(if l == 0 { 0 } else { ((l - 1) % c.page_size + 1) as i32 });
+        pages.kv_last_page_len.push(if l == 0 {
+            0
+        } else {
+            ((l - 1) % c.page_size + 1) as i32
+        });
     }
     let row = h.num_kv_heads * h.head_dim;
     let n_rows: usize = c.lens.iter().sum();
@@ -72,22 +83,58 @@ fn make<T: Float16>(c: &Case) -> Data<T> {
         }
         off += l;
     }
-    Data { pages, num_pages, q, qf, rows_k, rows_v, batch_indices, positions, kf, vf }
+    Data {
+        pages,
+        num_pages,
+        q,
+        qf,
+        rows_k,
+        rows_v,
+        batch_indices,
+        positions,
+        kf,
+        vf,
+    }
 }
 
 fn pool_cfg(c: &Case) -> KvPoolConfig {
-    KvPoolConfig { num_pages: 0, page_size: c.page_size, num_kv_heads: c.heads.num_kv_heads, head_dim: c.heads.head_dim, layout: c.layout }
+    KvPoolConfig {
+        num_pages: 0,
+        page_size: c.page_size,
+        num_kv_heads: c.heads.num_kv_heads,
+        head_dim: c.heads.head_dim,
+        layout: c.layout,
+    }
 }
 
 fn compare<T: Float16>(c: &Case, d: &Data<T>, out: &[T], lse: &[f32]) -> ErrorStats {
     let h = c.heads;
     let row = h.num_qo_heads * h.head_dim;
-    let mut worst = ErrorStats { lse_ok: true, ..Default::default() };
+    let mut worst = ErrorStats {
+        lse_ok: true,
+        ..Default::default()
+    };
     for (b, &l) in c.lens.iter().enumerate() {
-        let reference = attention(&d.qf[b * row..(b + 1) * row], &d.kf[b], &d.vf[b], &h, 1, l, &c.opts).unwrap();
+        let reference = attention(
+            &d.qf[b * row..(b + 1) * row],
+            &d.kf[b],
+            &d.vf[b],
+            &h,
+            1,
+            l,
+            &c.opts,
+        )
+        .unwrap();
         let o = to_f64(&out[b * row..(b + 1) * row]);
-        let ls: Vec<f64> = lse[b * h.num_qo_heads..(b + 1) * h.num_qo_heads].iter().map(|&x| x as f64).collect();
-        worst = worst.worst(ErrorStats::compare(&o, &reference.o, Some((&ls, &reference.lse))));
+        let ls: Vec<f64> = lse[b * h.num_qo_heads..(b + 1) * h.num_qo_heads]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        worst = worst.worst(ErrorStats::compare(
+            &o,
+            &reference.o,
+            Some((&ls, &reference.lse)),
+        ));
     }
     worst
 }
@@ -98,18 +145,33 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
     let mut pool = KvPool::<T>::new_gpu(gpu, pool_cfg(c), PoolSize::Pages(d.num_pages)).unwrap();
     let rs = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
     if !d.batch_indices.is_empty() {
-        let (kd, vd) = (gpu.upload(&d.rows_k).unwrap(), gpu.upload(&d.rows_v).unwrap());
-        let meta = AppendMeta { batch_indices: &d.batch_indices, positions: &d.positions, pages: &d.pages };
-        pool.append(&meta, Rows::Device(&kd), rs, Rows::Device(&vd), rs).unwrap();
+        let (kd, vd) = (
+            gpu.upload(&d.rows_k).unwrap(),
+            gpu.upload(&d.rows_v).unwrap(),
+        );
+        let meta = AppendMeta {
+            batch_indices: &d.batch_indices,
+            positions: &d.positions,
+            pages: &d.pages,
+        };
+        pool.append(&meta, Rows::Device(&kd), rs, Rows::Device(&vd), rs)
+            .unwrap();
     }
     let op = BatchDecode::new(gpu, h, T::DTYPE, c.opts).unwrap();
     let plan = op.plan(&d.pages, pool.config()).unwrap();
     let qd = gpu.upload(&d.q).unwrap();
     let n = c.lens.len() * h.num_qo_heads * h.head_dim;
     let mut od = gpu.upload(&vec![T::nan(); n]).unwrap();
-    let mut ld = gpu.upload(&vec![f32::NAN; c.lens.len() * h.num_qo_heads]).unwrap();
+    let mut ld = gpu
+        .upload(&vec![f32::NAN; c.lens.len() * h.num_qo_heads])
+        .unwrap();
     op.run(&plan, &qd, &pool, &mut od, Some(&mut ld)).unwrap();
-    compare(c, &d, &gpu.download(&od).unwrap(), &gpu.download(&ld).unwrap())
+    compare(
+        c,
+        &d,
+        &gpu.download(&od).unwrap(),
+        &gpu.download(&ld).unwrap(),
+    )
 }
 
 fn run_cpu<T: Float16>(c: &Case) -> ErrorStats {
@@ -117,8 +179,13 @@ fn run_cpu<T: Float16>(c: &Case) -> ErrorStats {
     let h = c.heads;
     let mut pool = KvPool::<T>::new_cpu(pool_cfg(c), PoolSize::Pages(d.num_pages)).unwrap();
     let rs = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
-    let meta = AppendMeta { batch_indices: &d.batch_indices, positions: &d.positions, pages: &d.pages };
-    pool.append(&meta, Rows::Host(&d.rows_k), rs, Rows::Host(&d.rows_v), rs).unwrap();
+    let meta = AppendMeta {
+        batch_indices: &d.batch_indices,
+        positions: &d.positions,
+        pages: &d.pages,
+    };
+    pool.append(&meta, Rows::Host(&d.rows_k), rs, Rows::Host(&d.rows_v), rs)
+        .unwrap();
     let n = c.lens.len() * h.num_qo_heads * h.head_dim;
     let mut out = vec![T::nan(); n];
     let mut lse = vec![f32::NAN; c.lens.len() * h.num_qo_heads];
@@ -133,14 +200,29 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
         1usize..=2,
         prop::sample::select(vec![1usize, 8, 16, 32]),
         any::<bool>(),
-        prop::collection::vec(prop_oneof![Just(0usize), Just(1), 1usize..max_len, Just(16), Just(17), Just(15), Just(32)], 1..max_batch),
+        prop::collection::vec(
+            prop_oneof![
+                Just(0usize),
+                Just(1),
+                1usize..max_len,
+                Just(16),
+                Just(17),
+                Just(15),
+                Just(32)
+            ],
+            1..max_batch,
+        ),
         prop_oneof![Just(None), (1.0f32..50.0).prop_map(Some)],
         prop_oneof![Just(None), (0usize..3000).prop_map(Some)],
         any::<u64>(),
         any::<bool>(),
     )
         .prop_map(|(d, g, hkv, p, hnd, lens, cap, win, seed, bf)| {
-            let opts = AttentionOptions { soft_cap: cap, window_left: win, ..Default::default() };
+            let opts = AttentionOptions {
+                soft_cap: cap,
+                window_left: win,
+                ..Default::default()
+            };
             let case = Case {
                 heads: HeadConfig::new(hkv * g, hkv, d).unwrap(),
                 page_size: p,
@@ -154,7 +236,11 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
 }
 
 fn check(s: ErrorStats, dtype: DType, c: &Case) {
-    assert!(s.within(tolerance(dtype)), "{dtype} {c:?}: {s:?} exceeds {:?}", tolerance(dtype));
+    assert!(
+        s.within(tolerance(dtype)),
+        "{dtype} {c:?}: {s:?} exceeds {:?}",
+        tolerance(dtype)
+    );
 }
 
 #[test]
@@ -163,16 +249,26 @@ fn gpu_batch_decode_random_matches_oracle() {
         return;
     };
     let cases = proptest_cases(48);
-    let worst = std::cell::Cell::new(ErrorStats { lse_ok: true, ..Default::default() });
+    let worst = std::cell::Cell::new(ErrorStats {
+        lse_ok: true,
+        ..Default::default()
+    });
     TestRunner::new(ProptestConfig::with_cases(cases))
         .run(&arb_case(64, 5000), |(c, bf)| {
-            let (dt, s) = if bf { (DType::Bf16, run_gpu::<bf16>(&gpu, &c)) } else { (DType::F16, run_gpu::<f16>(&gpu, &c)) };
+            let (dt, s) = if bf {
+                (DType::Bf16, run_gpu::<bf16>(&gpu, &c))
+            } else {
+                (DType::F16, run_gpu::<f16>(&gpu, &c))
+            };
             check(s, dt, &c);
             worst.set(worst.get().worst(s));
             Ok(())
         })
         .unwrap();
-    println!("gpu batch decode: {cases} random batches, worst {:?}", worst.get());
+    println!(
+        "gpu batch decode: {cases} random batches, worst {:?}",
+        worst.get()
+    );
 }
 
 #[test]
@@ -223,19 +319,55 @@ fn gpu_graph_mode_reuses_plan_buffers() {
         return;
     };
     let heads = HeadConfig::new(16, 4, 128).unwrap();
-    let limits = GraphLimits { max_batch: 16, max_pages: 4096 };
-    let op = BatchDecode::new_graph(&gpu, heads, DType::Bf16, AttentionOptions::default(), limits).unwrap();
-    let batches = [vec![3000usize, 17, 1], vec![5; 16], vec![0, 4096, 200, 9000], vec![1]];
+    let limits = GraphLimits {
+        max_batch: 16,
+        max_pages: 4096,
+    };
+    let op = BatchDecode::new_graph(
+        &gpu,
+        heads,
+        DType::Bf16,
+        AttentionOptions::default(),
+        limits,
+    )
+    .unwrap();
+    let batches = [
+        vec![3000usize, 17, 1],
+        vec![5; 16],
+        vec![0, 4096, 200, 9000],
+        vec![1],
+    ];
     let mut plan = None;
     let mut addrs = None;
     for (i, lens) in batches.iter().enumerate() {
-        let c = Case { heads, page_size: 16, layout: KvLayout::Hnd, lens: lens.clone(), opts: AttentionOptions::default(), seed: i as u64 };
+        let c = Case {
+            heads,
+            page_size: 16,
+            layout: KvLayout::Hnd,
+            lens: lens.clone(),
+            opts: AttentionOptions::default(),
+            seed: i as u64,
+        };
         let d = make::<bf16>(&c);
         let mut pool = KvPool::<bf16>::new_gpu(&gpu, pool_cfg(&c), PoolSize::Pages(1024)).unwrap();
         let rs = RowStrides::contiguous(4, 128);
         if !d.batch_indices.is_empty() {
-            let (kd, vd) = (gpu.upload(&d.rows_k).unwrap(), gpu.upload(&d.rows_v).unwrap());
-            pool.append(&AppendMeta { batch_indices: &d.batch_indices, positions: &d.positions, pages: &d.pages }, Rows::Device(&kd), rs, Rows::Device(&vd), rs).unwrap();
+            let (kd, vd) = (
+                gpu.upload(&d.rows_k).unwrap(),
+                gpu.upload(&d.rows_v).unwrap(),
+            );
+            pool.append(
+                &AppendMeta {
+                    batch_indices: &d.batch_indices,
+                    positions: &d.positions,
+                    pages: &d.pages,
+                },
+                Rows::Device(&kd),
+                rs,
+                Rows::Device(&vd),
+                rs,
+            )
+            .unwrap();
         }
         match plan.as_mut() {
             None => plan = Some(op.plan(&d.pages, pool.config()).unwrap()),
@@ -251,13 +383,31 @@ fn gpu_graph_mode_reuses_plan_buffers() {
         let mut od = gpu.upload(&vec![bf16::NAN; 16 * 16 * 128]).unwrap();
         let mut ld = gpu.upload(&vec![f32::NAN; 16 * 16]).unwrap();
         op.run(p, &qd, &pool, &mut od, Some(&mut ld)).unwrap();
-        let s = compare(&c, &d, &gpu.download(&od).unwrap(), &gpu.download(&ld).unwrap());
+        let s = compare(
+            &c,
+            &d,
+            &gpu.download(&od).unwrap(),
+            &gpu.download(&ld).unwrap(),
+        );
         check(s, DType::Bf16, &c);
     }
     // Beyond the limits is a typed error.
-    let big = BatchPages { kv_indptr: vec![0; 18], kv_indices: vec![], kv_last_page_len: vec![0; 17] };
-    let cfg = KvPoolConfig { num_pages: 1024, page_size: 16, num_kv_heads: 4, head_dim: 128, layout: KvLayout::Hnd };
-    assert!(matches!(op.plan_into(&big, &cfg, plan.as_mut().unwrap()), Err(Error::InvalidArgument { .. })));
+    let big = BatchPages {
+        kv_indptr: vec![0; 18],
+        kv_indices: vec![],
+        kv_last_page_len: vec![0; 17],
+    };
+    let cfg = KvPoolConfig {
+        num_pages: 1024,
+        page_size: 16,
+        num_kv_heads: 4,
+        head_dim: 128,
+        layout: KvLayout::Hnd,
+    };
+    assert!(matches!(
+        op.plan_into(&big, &cfg, plan.as_mut().unwrap()),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 #[test]
@@ -266,36 +416,87 @@ fn gpu_bad_input_is_a_typed_error() {
         return;
     };
     let heads = HeadConfig::new(8, 2, 64).unwrap();
-    let cfg = KvPoolConfig { num_pages: 0, page_size: 16, num_kv_heads: 2, head_dim: 64, layout: KvLayout::Nhd };
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: 2,
+        head_dim: 64,
+        layout: KvLayout::Nhd,
+    };
     let pool = KvPool::<f16>::new_gpu(&gpu, cfg, PoolSize::Pages(8)).unwrap();
     let op = BatchDecode::new(&gpu, heads, DType::F16, AttentionOptions::default()).unwrap();
-    let good = BatchPages { kv_indptr: vec![0, 2, 3], kv_indices: vec![4, 1, 7], kv_last_page_len: vec![3, 16] };
+    let good = BatchPages {
+        kv_indptr: vec![0, 2, 3],
+        kv_indices: vec![4, 1, 7],
+        kv_last_page_len: vec![3, 16],
+    };
     let pc = pool.config();
     // Metadata inconsistent with the cache.
-    let bad_indptr = BatchPages { kv_indptr: vec![0, 2, 1], ..good.clone() };
-    assert!(matches!(op.plan(&bad_indptr, pc), Err(Error::InvalidArgument { .. })));
-    let bad_last = BatchPages { kv_last_page_len: vec![0, 16], ..good.clone() };
-    assert!(matches!(op.plan(&bad_last, pc), Err(Error::InvalidArgument { .. })));
-    let bad_count = BatchPages { kv_indices: vec![4, 1], ..good.clone() };
+    let bad_indptr = BatchPages {
+        kv_indptr: vec![0, 2, 1],
+        ..good.clone()
+    };
+    assert!(matches!(
+        op.plan(&bad_indptr, pc),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let bad_last = BatchPages {
+        kv_last_page_len: vec![0, 16],
+        ..good.clone()
+    };
+    assert!(matches!(
+        op.plan(&bad_last, pc),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let bad_count = BatchPages {
+        kv_indices: vec![4, 1],
+        ..good.clone()
+    };
     assert!(matches!(op.plan(&bad_count, pc), Err(Error::Shape { .. })));
     // Page index out of range.
-    let oob = BatchPages { kv_indices: vec![4, 1, 8], ..good.clone() };
-    assert!(matches!(op.plan(&oob, pc), Err(Error::PageOutOfRange { page: 8, .. })));
+    let oob = BatchPages {
+        kv_indices: vec![4, 1, 8],
+        ..good.clone()
+    };
+    assert!(matches!(
+        op.plan(&oob, pc),
+        Err(Error::PageOutOfRange { page: 8, .. })
+    ));
     // q shape mismatch / plan used with a different batch.
     let plan = op.plan(&good, pc).unwrap();
     let q3 = gpu.upload(&vec![f16::ONE; 3 * 8 * 64]).unwrap();
     let q2 = gpu.upload(&vec![f16::ONE; 2 * 8 * 64]).unwrap();
     let mut o2 = gpu.upload(&vec![f16::from_f32(7.0); 2 * 8 * 64]).unwrap();
     let mut o3 = gpu.upload(&vec![f16::ONE; 3 * 8 * 64]).unwrap();
-    assert!(matches!(op.run(&plan, &q3, &pool, &mut o3, None), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&plan, &q3, &pool, &mut o3, None),
+        Err(Error::Shape { .. })
+    ));
     let mut short_lse = gpu.upload(&[0.0f32; 3]).unwrap();
-    assert!(matches!(op.run(&plan, &q2, &pool, &mut o2, Some(&mut short_lse)), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&plan, &q2, &pool, &mut o2, Some(&mut short_lse)),
+        Err(Error::Shape { .. })
+    ));
     // A pool of another geometry.
-    let other = KvPool::<f16>::new_gpu(&gpu, KvPoolConfig { page_size: 8, ..cfg }, PoolSize::Pages(8)).unwrap();
-    assert!(matches!(op.run(&plan, &q2, &other, &mut o2, None), Err(Error::InvalidArgument { .. })));
+    let other = KvPool::<f16>::new_gpu(
+        &gpu,
+        KvPoolConfig {
+            page_size: 8,
+            ..cfg
+        },
+        PoolSize::Pages(8),
+    )
+    .unwrap();
+    assert!(matches!(
+        op.run(&plan, &q2, &other, &mut o2, None),
+        Err(Error::InvalidArgument { .. })
+    ));
     // Wrong dtype for the op.
     let op_bf = BatchDecode::new(&gpu, heads, DType::Bf16, AttentionOptions::default()).unwrap();
-    assert!(matches!(op_bf.run(&plan, &q2, &pool, &mut o2, None), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op_bf.run(&plan, &q2, &pool, &mut o2, None),
+        Err(Error::Shape { .. })
+    ));
     // Nothing was written.
     assert!(gpu.download(&o2).unwrap().iter().all(|x| x.to_f32() == 7.0));
 }

@@ -4,7 +4,10 @@
 //! state.
 use std::collections::BTreeMap;
 
-use ferrinfer::kv::{AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use ferrinfer::kv::{
+    AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PagedKvCache, PoolSize, RowStrides,
+    Rows, SeqId,
+};
 use ferrinfer::{Error, Gpu};
 use ferrinfer_harness::{gpu_or_skip, proptest_cases, rng};
 use half::bf16;
@@ -52,7 +55,9 @@ fn fresh_rows(next: &mut u32, n: usize) -> Vec<bf16> {
         .map(|_| {
             *next = next.wrapping_add(1);
             // Distinct, non-zero, exactly representable values.
-            bf16::from_f32(((*next % 251) as f32 + 1.0) * if *next % 2 == 0 { 1.0 } else { -1.0 })
+            bf16::from_f32(
+                ((*next % 251) as f32 + 1.0) * if (*next).is_multiple_of(2) { 1.0 } else { -1.0 },
+            )
         })
         .collect()
 }
@@ -88,11 +93,26 @@ impl Machine {
                 let s = RowStrides::contiguous(HEADS, D);
                 let before = self.snapshot();
                 let r = match w {
-                    Where::Cpu => self.cache.append(&reqs, Rows::Host(&k), s, Rows::Host(&v), s),
+                    Where::Cpu => self
+                        .cache
+                        .append(&reqs, Rows::Host(&k), s, Rows::Host(&v), s),
                     Where::Gpu(g) => {
-                        let kd = g.upload(&if k.is_empty() { vec![bf16::ONE; 8] } else { k.clone() }).unwrap();
-                        let vd = g.upload(&if v.is_empty() { vec![bf16::ONE; 8] } else { v.clone() }).unwrap();
-                        self.cache.append(&reqs, Rows::Device(&kd), s, Rows::Device(&vd), s)
+                        let kd = g
+                            .upload(&if k.is_empty() {
+                                vec![bf16::ONE; 8]
+                            } else {
+                                k.clone()
+                            })
+                            .unwrap();
+                        let vd = g
+                            .upload(&if v.is_empty() {
+                                vec![bf16::ONE; 8]
+                            } else {
+                                v.clone()
+                            })
+                            .unwrap();
+                        self.cache
+                            .append(&reqs, Rows::Device(&kd), s, Rows::Device(&vd), s)
                     }
                 };
                 match r {
@@ -105,7 +125,9 @@ impl Machine {
                             off += n;
                         }
                     }
-                    Err(Error::OutOfPages { .. }) => assert_eq!(before, self.snapshot(), "failed append changed the tables"),
+                    Err(Error::OutOfPages { .. }) => {
+                        assert_eq!(before, self.snapshot(), "failed append changed the tables")
+                    }
                     Err(e) => panic!("unexpected append error: {e}"),
                 }
             }
@@ -136,7 +158,12 @@ impl Machine {
 
     fn snapshot(&self) -> (Vec<BatchPages>, usize) {
         let ids = self.live();
-        (ids.iter().map(|&i| self.cache.batch_pages(&[i]).unwrap()).collect(), self.cache.table().free_pages())
+        (
+            ids.iter()
+                .map(|&i| self.cache.batch_pages(&[i]).unwrap())
+                .collect(),
+            self.cache.table().free_pages(),
+        )
     }
 
     fn check(&mut self) {
@@ -151,18 +178,31 @@ impl Machine {
         for id in self.live() {
             let (k, v) = self.cache.gather(id).unwrap();
             let m = &self.model[&id];
-            assert!(k == m.0 && v == m.1, "gathered KV of {id:?} differs from the model");
+            assert!(
+                k == m.0 && v == m.1,
+                "gathered KV of {id:?} differs from the model"
+            );
         }
     }
 }
 
 fn run_machine(w: Where, page_size: usize, layout: KvLayout, num_pages: usize, ops: &[Op]) {
-    let cfg = KvPoolConfig { num_pages: 0, page_size, num_kv_heads: HEADS, head_dim: D, layout };
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size,
+        num_kv_heads: HEADS,
+        head_dim: D,
+        layout,
+    };
     let cache = match w {
         Where::Cpu => PagedKvCache::new_cpu(cfg, PoolSize::Pages(num_pages)).unwrap(),
         Where::Gpu(g) => PagedKvCache::new_gpu(g, cfg, PoolSize::Pages(num_pages)).unwrap(),
     };
-    let mut m = Machine { cache, model: BTreeMap::new(), next_val: 0 };
+    let mut m = Machine {
+        cache,
+        model: BTreeMap::new(),
+        next_val: 0,
+    };
     for op in ops {
         m.step(op, &w);
         m.check();
@@ -226,18 +266,39 @@ fn gpu_append_matches_cpu() {
         for lay in [KvLayout::Nhd, KvLayout::Hnd] {
             for d in [64usize, 128, 256] {
                 let heads = 3;
-                let cfg = KvPoolConfig { num_pages: 0, page_size, num_kv_heads: heads, head_dim: d, layout: lay };
+                let cfg = KvPoolConfig {
+                    num_pages: 0,
+                    page_size,
+                    num_kv_heads: heads,
+                    head_dim: d,
+                    layout: lay,
+                };
                 let pages = 4096 / page_size + 64;
-                let mut gc = PagedKvCache::<bf16>::new_gpu(&gpu, cfg, PoolSize::Pages(pages)).unwrap();
+                let mut gc =
+                    PagedKvCache::<bf16>::new_gpu(&gpu, cfg, PoolSize::Pages(pages)).unwrap();
                 let mut cc = PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(pages)).unwrap();
-                let ids: Vec<_> = (0..5).map(|_| (gc.add_sequence(), cc.add_sequence())).collect();
+                let ids: Vec<_> = (0..5)
+                    .map(|_| (gc.add_sequence(), cc.add_sequence()))
+                    .collect();
                 // Fused QKV-style rows: per token [q heads | k heads | v heads], K and V views.
                 let stride_n = (4 + 2 * heads) * d + 8;
                 for round in 0..3 {
-                    let reqs: Vec<(usize, usize)> = (0..5).map(|i| (i, r.random_range(0..(page_size * 2 + 3)) + (round == 0) as usize * 17)).collect();
+                    let reqs: Vec<(usize, usize)> = (0..5)
+                        .map(|i| {
+                            (
+                                i,
+                                r.random_range(0..(page_size * 2 + 3)) + (round == 0) as usize * 17,
+                            )
+                        })
+                        .collect();
                     let total: usize = reqs.iter().map(|x| x.1).sum();
-                    let fused: Vec<bf16> = (0..(total.max(1)) * stride_n).map(|_| bf16::from_f32(r.random_range(-4.0f32..4.0))).collect();
-                    let s = RowStrides { stride_n, stride_h: d };
+                    let fused: Vec<bf16> = (0..(total.max(1)) * stride_n)
+                        .map(|_| bf16::from_f32(r.random_range(-4.0f32..4.0)))
+                        .collect();
+                    let s = RowStrides {
+                        stride_n,
+                        stride_h: d,
+                    };
                     let (ko, vo) = (4 * d, (4 + heads) * d);
                     let fd = gpu.upload(&fused).unwrap();
                     let kd = gpu.upload(&fused[ko..]).unwrap();
@@ -245,14 +306,28 @@ fn gpu_append_matches_cpu() {
                     drop(fd);
                     let gr: Vec<_> = reqs.iter().map(|&(i, n)| (ids[i].0, n)).collect();
                     let cr: Vec<_> = reqs.iter().map(|&(i, n)| (ids[i].1, n)).collect();
-                    gc.append(&gr, Rows::Device(&kd), s, Rows::Device(&vd), s).unwrap();
-                    cc.append(&cr, Rows::Host(&fused[ko..]), s, Rows::Host(&fused[vo..]), s).unwrap();
+                    gc.append(&gr, Rows::Device(&kd), s, Rows::Device(&vd), s)
+                        .unwrap();
+                    cc.append(
+                        &cr,
+                        Rows::Host(&fused[ko..]),
+                        s,
+                        Rows::Host(&fused[vo..]),
+                        s,
+                    )
+                    .unwrap();
                     cases += 1;
                 }
                 let (gk, gv) = gc.pool().device_buffers().unwrap();
                 let (ck, cv) = cc.pool().host_buffers().unwrap();
-                assert!(gpu.download(gk).unwrap() == ck, "K pool differs: page {page_size} {lay:?} D {d}");
-                assert!(gpu.download(gv).unwrap() == cv, "V pool differs: page {page_size} {lay:?} D {d}");
+                assert!(
+                    gpu.download(gk).unwrap() == ck,
+                    "K pool differs: page {page_size} {lay:?} D {d}"
+                );
+                assert!(
+                    gpu.download(gv).unwrap() == cv,
+                    "V pool differs: page {page_size} {lay:?} D {d}"
+                );
                 for (g, c) in &ids {
                     assert_eq!(gc.gather(*g).unwrap(), cc.gather(*c).unwrap());
                 }
@@ -263,14 +338,22 @@ fn gpu_append_matches_cpu() {
 }
 
 fn bad_inputs(w: Where) {
-    let cfg = KvPoolConfig { num_pages: 0, page_size: 16, num_kv_heads: HEADS, head_dim: D, layout: KvLayout::Nhd };
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: HEADS,
+        head_dim: D,
+        layout: KvLayout::Nhd,
+    };
     let mut cache = match w {
         Where::Cpu => PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(4)).unwrap(),
         Where::Gpu(g) => PagedKvCache::<bf16>::new_gpu(g, cfg, PoolSize::Pages(4)).unwrap(),
     };
     let a = cache.add_sequence();
     let s = RowStrides::contiguous(HEADS, D);
-    let rows: Vec<bf16> = (0..100 * ROW).map(|i| bf16::from_f32((i % 13) as f32 + 1.0)).collect();
+    let rows: Vec<bf16> = (0..100 * ROW)
+        .map(|i| bf16::from_f32((i % 13) as f32 + 1.0))
+        .collect();
     let dev = match w {
         Where::Gpu(g) => Some(g.upload(&rows).unwrap()),
         Where::Cpu => None,
@@ -281,53 +364,137 @@ fn bad_inputs(w: Where) {
             None => Rows::Host(&rows[..n * ROW]),
         }
     };
-    cache.append(&[(a, 20)], rows_of(20), s, rows_of(20), s).unwrap();
-    let snap = |c: &mut PagedKvCache<bf16>| (c.batch_pages(&[a]).unwrap(), c.table().free_pages(), c.gather(a).unwrap());
+    cache
+        .append(&[(a, 20)], rows_of(20), s, rows_of(20), s)
+        .unwrap();
+    let snap = |c: &mut PagedKvCache<bf16>| {
+        (
+            c.batch_pages(&[a]).unwrap(),
+            c.table().free_pages(),
+            c.gather(a).unwrap(),
+        )
+    };
     let before = snap(&mut cache);
 
     // Unknown sequence.
-    let e = cache.append(&[(SeqId(999), 1)], rows_of(1), s, rows_of(1), s).unwrap_err();
+    let e = cache
+        .append(&[(SeqId(999), 1)], rows_of(1), s, rows_of(1), s)
+        .unwrap_err();
     assert!(matches!(e, Error::UnknownSequence { .. }), "{e}");
-    assert!(matches!(cache.fork(SeqId(999)), Err(Error::UnknownSequence { .. })));
-    assert!(matches!(cache.free(SeqId(999)), Err(Error::UnknownSequence { .. })));
+    assert!(matches!(
+        cache.fork(SeqId(999)),
+        Err(Error::UnknownSequence { .. })
+    ));
+    assert!(matches!(
+        cache.free(SeqId(999)),
+        Err(Error::UnknownSequence { .. })
+    ));
     // Out of pages (4 pages × 16 = 64 tokens; 20 used).
-    let e = cache.append(&[(a, 45)], rows_of(45), s, rows_of(45), s).unwrap_err();
+    let e = cache
+        .append(&[(a, 45)], rows_of(45), s, rows_of(45), s)
+        .unwrap_err();
     assert!(matches!(e, Error::OutOfPages { .. }), "{e}");
     // K/V rows shorter than the metadata asks for (host rows are cut to 5 rows; device rows hold
     // 100, so ask for 101).
     let (n_ok, n_bad) = if dev.is_some() { (100, 101) } else { (5, 6) };
-    let e = cache.append(&[(a, n_bad)], rows_of(n_ok), s, rows_of(n_ok), s).unwrap_err();
-    assert!(matches!(e, Error::Shape { .. } | Error::OutOfPages { .. }), "{e}");
+    let e = cache
+        .append(&[(a, n_bad)], rows_of(n_ok), s, rows_of(n_ok), s)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. } | Error::OutOfPages { .. }),
+        "{e}"
+    );
     if dev.is_none() {
         assert!(matches!(e, Error::Shape { .. }), "{e}");
     }
     // Head count / head dim mismatch with the pool: rows laid out for 1 head of 128 give a head
     // stride the pool cannot use (or, for D=128 rows of 2 heads, rows that are too short).
-    let e = cache.append(&[(a, 1)], rows_of(1), RowStrides { stride_n: 128, stride_h: 32 }, rows_of(1), s).unwrap_err();
+    let e = cache
+        .append(
+            &[(a, 1)],
+            rows_of(1),
+            RowStrides {
+                stride_n: 128,
+                stride_h: 32,
+            },
+            rows_of(1),
+            s,
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-    let wide = RowStrides { stride_n: 2 * 128, stride_h: 128 };
-    let e = cache.append(&[(a, n_ok)], rows_of(n_ok), wide, rows_of(n_ok), wide).unwrap_err();
-    assert!(matches!(e, Error::Shape { .. } | Error::OutOfPages { .. }), "{e}");
+    let wide = RowStrides {
+        stride_n: 2 * 128,
+        stride_h: 128,
+    };
+    let e = cache
+        .append(&[(a, n_ok)], rows_of(n_ok), wide, rows_of(n_ok), wide)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. } | Error::OutOfPages { .. }),
+        "{e}"
+    );
     // Hand-made metadata with a page index out of range.
-    let pages = BatchPages { kv_indptr: vec![0, 2], kv_indices: vec![0, 7], kv_last_page_len: vec![4] };
-    let meta = AppendMeta { batch_indices: &[0], positions: &[3], pages: &pages };
+    let pages = BatchPages {
+        kv_indptr: vec![0, 2],
+        kv_indices: vec![0, 7],
+        kv_last_page_len: vec![4],
+    };
+    let meta = AppendMeta {
+        batch_indices: &[0],
+        positions: &[3],
+        pages: &pages,
+    };
     let before_pool = match &dev {
         Some(_) => None,
         None => Some(cache.pool().host_buffers().unwrap().0.to_vec()),
     };
     let pool: &mut KvPool<bf16> = raw_pool(&mut cache);
-    let e = pool.append(&meta, rows_of(1), s, rows_of(1), s).unwrap_err();
+    let e = pool
+        .append(&meta, rows_of(1), s, rows_of(1), s)
+        .unwrap_err();
     assert!(matches!(e, Error::PageOutOfRange { page: 7, .. }), "{e}");
     // Position outside the reserved length, and a batch index out of range.
-    let pages = BatchPages { kv_indptr: vec![0, 1], kv_indices: vec![0], kv_last_page_len: vec![4] };
-    let e = pool.append(&AppendMeta { batch_indices: &[0], positions: &[4], pages: &pages }, rows_of(1), s, rows_of(1), s).unwrap_err();
+    let pages = BatchPages {
+        kv_indptr: vec![0, 1],
+        kv_indices: vec![0],
+        kv_last_page_len: vec![4],
+    };
+    let e = pool
+        .append(
+            &AppendMeta {
+                batch_indices: &[0],
+                positions: &[4],
+                pages: &pages,
+            },
+            rows_of(1),
+            s,
+            rows_of(1),
+            s,
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-    let e = pool.append(&AppendMeta { batch_indices: &[1], positions: &[0], pages: &pages }, rows_of(1), s, rows_of(1), s).unwrap_err();
+    let e = pool
+        .append(
+            &AppendMeta {
+                batch_indices: &[1],
+                positions: &[0],
+                pages: &pages,
+            },
+            rows_of(1),
+            s,
+            rows_of(1),
+            s,
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     if let Some(p) = before_pool {
         assert_eq!(p, cache.pool().host_buffers().unwrap().0);
     }
-    assert_eq!(before, snap(&mut cache), "a rejected call changed the cache");
+    assert_eq!(
+        before,
+        snap(&mut cache),
+        "a rejected call changed the cache"
+    );
 }
 
 /// The raw pool of a cache, for the hand-made-metadata tests.

@@ -6,7 +6,9 @@
 use ferrinfer::ops::single_decode::{KvStrides, SingleDecode};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats};
+use ferrinfer_harness::{
+    gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats,
+};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -46,7 +48,16 @@ fn run_case<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
         }
         out
     };
-    let reference = attention(&qf, &gather(&kf_strided), &gather(&vf_strided), &h, 1, c.kv_len, &c.opts).unwrap();
+    let reference = attention(
+        &qf,
+        &gather(&kf_strided),
+        &gather(&vf_strided),
+        &h,
+        1,
+        c.kv_len,
+        &c.opts,
+    )
+    .unwrap();
 
     let mut op = SingleDecode::new(gpu, h, T::DTYPE, c.opts).unwrap();
     let qd = gpu.upload(&q).unwrap();
@@ -54,9 +65,15 @@ fn run_case<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
     let vd = gpu.upload(&v).unwrap();
     let mut od = gpu.upload(&vec![T::nan(); h.num_qo_heads * d]).unwrap();
     let mut ld = gpu.upload(&vec![f32::NAN; h.num_qo_heads]).unwrap();
-    op.run_strided(&qd, &kd, st, &vd, st, c.kv_len, &mut od, Some(&mut ld)).unwrap();
+    op.run_strided(&qd, &kd, st, &vd, st, c.kv_len, &mut od, Some(&mut ld))
+        .unwrap();
     let o = to_f64(&gpu.download(&od).unwrap());
-    let l: Vec<f64> = gpu.download(&ld).unwrap().iter().map(|&x| x as f64).collect();
+    let l: Vec<f64> = gpu
+        .download(&ld)
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
     ErrorStats::compare(&o, &reference.o, Some((&l, &reference.lse)))
 }
 
@@ -65,7 +82,11 @@ fn check(gpu: &Gpu, dtype: DType, c: &Case) -> ErrorStats {
         DType::F16 => run_case::<f16>(gpu, c),
         DType::Bf16 => run_case::<bf16>(gpu, c),
     };
-    assert!(s.within(tolerance(dtype)), "{dtype} {c:?}: {s:?} exceeds {:?}", tolerance(dtype));
+    assert!(
+        s.within(tolerance(dtype)),
+        "{dtype} {c:?}: {s:?} exceeds {:?}",
+        tolerance(dtype)
+    );
     s
 }
 
@@ -111,7 +132,10 @@ fn decode_options_match_oracle() {
         AttentionOptions::default().with_window_left(0),
         AttentionOptions::default().with_window_left(100),
         AttentionOptions::default().with_window_left(5000),
-        AttentionOptions::default().with_sm_scale(0.3).with_soft_cap(5.0).with_window_left(700),
+        AttentionOptions::default()
+            .with_sm_scale(0.3)
+            .with_soft_cap(5.0)
+            .with_window_left(700),
     ];
     let mut cases = 0;
     for (i, o) in opts.iter().enumerate() {
@@ -148,7 +172,11 @@ fn empty_kv_gives_zeros_and_neg_inf() {
     let mut l = gpu.upload(&[f32::NAN; 4]).unwrap();
     op.run(&q, &k, &v, 0, &mut o, Some(&mut l)).unwrap();
     assert!(gpu.download(&o).unwrap().iter().all(|x| x.to_f32() == 0.0));
-    assert!(gpu.download(&l).unwrap().iter().all(|&x| x == f32::NEG_INFINITY));
+    assert!(gpu
+        .download(&l)
+        .unwrap()
+        .iter()
+        .all(|&x| x == f32::NEG_INFINITY));
 }
 
 fn arb_case() -> impl Strategy<Value = (Case, bool)> {
@@ -209,12 +237,24 @@ fn bad_input_is_a_typed_error() {
     let opts = AttentionOptions::default();
     // Configuration errors at construction.
     let bad_d = HeadConfig::new(8, 2, 96).unwrap();
-    assert!(matches!(SingleDecode::new(&gpu, bad_d, DType::F16, opts), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        SingleDecode::new(&gpu, bad_d, DType::F16, opts),
+        Err(Error::Unsupported { .. })
+    ));
     let bad_g = HeadConfig::new(18, 2, 128).unwrap();
-    assert!(matches!(SingleDecode::new(&gpu, bad_g, DType::F16, opts), Err(Error::Unsupported { .. })));
-    assert!(matches!(HeadConfig::new(9, 2, 128), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        SingleDecode::new(&gpu, bad_g, DType::F16, opts),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        HeadConfig::new(9, 2, 128),
+        Err(Error::InvalidArgument { .. })
+    ));
     let bad_cap = AttentionOptions::default().with_soft_cap(-1.0);
-    assert!(matches!(SingleDecode::new(&gpu, h, DType::F16, bad_cap), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        SingleDecode::new(&gpu, h, DType::F16, bad_cap),
+        Err(Error::InvalidArgument { .. })
+    ));
 
     let mut op = SingleDecode::new(&gpu, h, DType::F16, opts).unwrap();
     let kv_len = 100;
@@ -224,25 +264,46 @@ fn bad_input_is_a_typed_error() {
     let poison = vec![f16::from_f32(7.0); 8 * 128];
     let mut out = gpu.upload(&poison).unwrap();
     let short_q = gpu.upload(&vec![f16::ONE; 8 * 128 - 1]).unwrap();
-    let mut short_out = gpu.upload(&vec![f16::ONE; 100]).unwrap();
+    let mut short_out = gpu.upload(&[f16::ONE; 100]).unwrap();
     let mut short_lse = gpu.upload(&[0.0f32; 3]).unwrap();
     let wrong_dtype = gpu.upload(&vec![bf16::ONE; 8 * 128]).unwrap();
     let mut wrong_out = gpu.upload(&vec![bf16::ONE; 8 * 128]).unwrap();
 
     // q too short
-    assert!(matches!(op.run(&short_q, &k, &v, kv_len, &mut out, None), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&short_q, &k, &v, kv_len, &mut out, None),
+        Err(Error::Shape { .. })
+    ));
     // K/V shorter than kv_len rows
-    assert!(matches!(op.run(&q, &k, &v, kv_len + 1, &mut out, None), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&q, &k, &v, kv_len + 1, &mut out, None),
+        Err(Error::Shape { .. })
+    ));
     // output too short
-    assert!(matches!(op.run(&q, &k, &v, kv_len, &mut short_out, None), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&q, &k, &v, kv_len, &mut short_out, None),
+        Err(Error::Shape { .. })
+    ));
     // lse too short
-    assert!(matches!(op.run(&q, &k, &v, kv_len, &mut out, Some(&mut short_lse)), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&q, &k, &v, kv_len, &mut out, Some(&mut short_lse)),
+        Err(Error::Shape { .. })
+    ));
     // dtype mismatch with the op
     let kb = gpu.upload(&vec![bf16::ONE; kv_len * 2 * 128]).unwrap();
-    assert!(matches!(op.run(&wrong_dtype, &kb, &kb, kv_len, &mut wrong_out, None), Err(Error::Shape { .. })));
+    assert!(matches!(
+        op.run(&wrong_dtype, &kb, &kb, kv_len, &mut wrong_out, None),
+        Err(Error::Shape { .. })
+    ));
     // misaligned strides
-    let st = KvStrides { stride_n: 2 * 128 + 4, stride_h: 128 };
-    assert!(matches!(op.run_strided(&q, &k, st, &v, st, 10, &mut out, None), Err(Error::InvalidArgument { .. })));
+    let st = KvStrides {
+        stride_n: 2 * 128 + 4,
+        stride_h: 128,
+    };
+    assert!(matches!(
+        op.run_strided(&q, &k, st, &v, st, 10, &mut out, None),
+        Err(Error::InvalidArgument { .. })
+    ));
     // nothing was written
     assert_eq!(gpu.download(&out).unwrap(), poison);
 }

@@ -35,7 +35,7 @@ impl HeadConfig {
         if self.num_kv_heads == 0 || self.num_qo_heads == 0 {
             return Err(Error::invalid(op, "heads", "head counts must be positive"));
         }
-        if self.num_qo_heads % self.num_kv_heads != 0 {
+        if !self.num_qo_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::invalid(
                 op,
                 "heads",

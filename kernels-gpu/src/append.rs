@@ -35,8 +35,20 @@ struct RowOffsets {
 /// # Safety
 /// Host-validated metadata (see [`copy_rows`]).
 #[inline(always)]
-unsafe fn offsets<const APPEND: bool>(p: &AppendParams, n0: u32, stride: u32, h: u32, vec_off: u64, page_size: NonZeroU32) -> RowOffsets {
-    let mut o = RowOffsets { pool: [0; ROWS], k: [0; ROWS], v: [0; ROWS], valid: [false; ROWS] };
+unsafe fn offsets<const APPEND: bool>(
+    p: &AppendParams,
+    n0: u32,
+    stride: u32,
+    h: u32,
+    vec_off: u64,
+    page_size: NonZeroU32,
+) -> RowOffsets {
+    let mut o = RowOffsets {
+        pool: [0; ROWS],
+        k: [0; ROWS],
+        v: [0; ROWS],
+        valid: [false; ROWS],
+    };
     for r in 0..ROWS {
         let n = n0 + (r as u32) * stride;
         o.valid[r] = n < p.nnz;

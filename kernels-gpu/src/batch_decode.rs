@@ -43,7 +43,12 @@ fn unpack8<E: Elem>(raw: [u32; 4]) -> [f32; VEC] {
 
 #[inline(always)]
 fn pack8<E: Elem>(v: [f32; VEC]) -> [u32; 4] {
-    [E::pack2(v[0], v[1]), E::pack2(v[2], v[3]), E::pack2(v[4], v[5]), E::pack2(v[6], v[7])]
+    [
+        E::pack2(v[0], v[1]),
+        E::pack2(v[2], v[3]),
+        E::pack2(v[4], v[5]),
+        E::pack2(v[6], v[7]),
+    ]
 }
 
 /// Shared address of this thread's staged vector `(stage, u, kv)`.
@@ -63,7 +68,16 @@ struct Item {
 
 /// Issues the cp.async copies of tile `j` into stage `s` and commits them as one group.
 #[inline(always)]
-unsafe fn issue_tile(p: &DecodeParams, it: &Item, j: u32, s: u32, slot: u32, slots: u32, tid: u32, smem: u32) {
+unsafe fn issue_tile(
+    p: &DecodeParams,
+    it: &Item,
+    j: u32,
+    s: u32,
+    slot: u32,
+    slots: u32,
+    tid: u32,
+    smem: u32,
+) {
     let tile = slots * cfg::UNROLL;
     for u in 0..cfg::UNROLL {
         let t = it.begin + j * tile + slot + u * slots;
@@ -74,8 +88,10 @@ unsafe fn issue_tile(p: &DecodeParams, it: &Item, j: u32, s: u32, slot: u32, slo
             // SAFETY: t < kv_end ≤ the request's length, so the page slot exists (host-validated
             // page tables).
             let page = unsafe { ld_i32(p.kv_indices, it.page_base + pslot) } as u64;
-            ka = p.k_pool + (page * p.k_stride_page + (entry * p.k_stride_n) as u64 + it.k_head) * 2;
-            va = p.v_pool + (page * p.v_stride_page + (entry * p.v_stride_n) as u64 + it.v_head) * 2;
+            ka =
+                p.k_pool + (page * p.k_stride_page + (entry * p.k_stride_n) as u64 + it.k_head) * 2;
+            va =
+                p.v_pool + (page * p.v_stride_page + (entry * p.v_stride_n) as u64 + it.v_head) * 2;
         }
         let n = if valid { 16 } else { 0 };
         // SAFETY: staging addresses lie in the ring (smem_bytes); sources are valid rows or
@@ -109,9 +125,21 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     }
     let ws = p.work_stride;
     // SAFETY: i < num_items ≤ work_stride.
-    let (b, begin, end) = unsafe { (ld_i32(p.work, i), ld_i32(p.work, ws + i), ld_i32(p.work, 2 * ws + i)) };
+    let (b, begin, end) = unsafe {
+        (
+            ld_i32(p.work, i),
+            ld_i32(p.work, ws + i),
+            ld_i32(p.work, 2 * ws + i),
+        )
+    };
     // SAFETY: b < batch, so b + 1 indexes merge_indptr / kv_indptr.
-    let (first, last, page_base) = unsafe { (ld_i32(p.merge_indptr, b), ld_i32(p.merge_indptr, b + 1), ld_i32(p.kv_indptr, b)) };
+    let (first, last, page_base) = unsafe {
+        (
+            ld_i32(p.merge_indptr, b),
+            ld_i32(p.merge_indptr, b + 1),
+            ld_i32(p.kv_indptr, b),
+        )
+    };
     let split = last - first > 1;
     let g = p.group;
     let tf = p.logit;
@@ -182,7 +210,11 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
                     d += q[h][e] * kf[e];
                 }
                 let d = warp::group_sum_f32(d, lpr);
-                let xv = if tf.soft_cap != 0 { tf.post * tanh(d) } else { d };
+                let xv = if tf.soft_cap != 0 {
+                    tf.post * tanh(d)
+                } else {
+                    d
+                };
                 x[h][u] = if t < end { xv } else { f32::NEG_INFINITY };
             }
         }
@@ -216,8 +248,24 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
         let a = acc[h];
         // SAFETY: inside smem_bytes(D, G); 16-byte aligned.
         unsafe {
-            shared::st_u32x4(o_addr, [a[0].to_bits(), a[1].to_bits(), a[2].to_bits(), a[3].to_bits()]);
-            shared::st_u32x4(o_addr + 16, [a[4].to_bits(), a[5].to_bits(), a[6].to_bits(), a[7].to_bits()]);
+            shared::st_u32x4(
+                o_addr,
+                [
+                    a[0].to_bits(),
+                    a[1].to_bits(),
+                    a[2].to_bits(),
+                    a[3].to_bits(),
+                ],
+            );
+            shared::st_u32x4(
+                o_addr + 16,
+                [
+                    a[4].to_bits(),
+                    a[5].to_bits(),
+                    a[6].to_bits(),
+                    a[7].to_bits(),
+                ],
+            );
             if sub == 0 {
                 shared::st_f32(m_off + (slot * g_cap + h as u32) * 4, st[h].m);
                 shared::st_f32(d_off + (slot * g_cap + h as u32) * 4, st[h].d);
@@ -238,7 +286,12 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
         let mut tot = 0.0f32;
         for s in 0..slots {
             // SAFETY: inside m_s / d_s.
-            let (ms, ds) = unsafe { (shared::ld_f32(m_off + (s * g_cap + h) * 4), shared::ld_f32(d_off + (s * g_cap + h) * 4)) };
+            let (ms, ds) = unsafe {
+                (
+                    shared::ld_f32(m_off + (s * g_cap + h) * 4),
+                    shared::ld_f32(d_off + (s * g_cap + h) * 4),
+                )
+            };
             tot += ds * exp2(ms - mr);
         }
         let inv = if tot > 0.0 { rcp(tot) } else { 0.0 };
@@ -247,7 +300,11 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
             // SAFETY: inside m_s; entry (s, h) is owned by this thread here.
             unsafe { shared::st_f32(a, exp2(shared::ld_f32(a) - mr) * inv) };
         }
-        let lse = if tot > 0.0 { m + log2(tot) } else { f32::NEG_INFINITY };
+        let lse = if tot > 0.0 {
+            m + log2(tot)
+        } else {
+            f32::NEG_INFINITY
+        };
         let hq = hq0 + h;
         // SAFETY: host-sized lse [batch, Hq] and part_lse [work_stride, Hq].
         unsafe {
@@ -284,10 +341,27 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
         unsafe {
             if split {
                 let a = p.part_o + (((i * p.num_qo_heads + hq) * D + e0) as u64) * 4;
-                global::st_u32x4(a, [out[0].to_bits(), out[1].to_bits(), out[2].to_bits(), out[3].to_bits()]);
-                global::st_u32x4(a + 16, [out[4].to_bits(), out[5].to_bits(), out[6].to_bits(), out[7].to_bits()]);
+                global::st_u32x4(
+                    a,
+                    [
+                        out[0].to_bits(),
+                        out[1].to_bits(),
+                        out[2].to_bits(),
+                        out[3].to_bits(),
+                    ],
+                );
+                global::st_u32x4(
+                    a + 16,
+                    [
+                        out[4].to_bits(),
+                        out[5].to_bits(),
+                        out[6].to_bits(),
+                        out[7].to_bits(),
+                    ],
+                );
             } else {
-                let a = p.o + ((b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
+                let a = p.o
+                    + ((b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
                 global::st_u32x4(a, pack8::<E>(out));
             }
         }
@@ -356,7 +430,11 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
             c += 32;
         }
         if lane == 0 && p.lse != 0 {
-            let lse = if sum > 0.0 { m + log2(sum) } else { f32::NEG_INFINITY };
+            let lse = if sum > 0.0 {
+                m + log2(sum)
+            } else {
+                f32::NEG_INFINITY
+            };
             // SAFETY: lse [batch, Hq].
             unsafe { global::st_f32(p.lse + ((b * p.num_qo_heads + h) as u64) * 4, lse) };
         }

@@ -27,9 +27,9 @@ pub mod dtype;
 pub mod math;
 
 #[cfg(target_arch = "nvptx64")]
-pub mod arch;
-#[cfg(target_arch = "nvptx64")]
 mod append;
+#[cfg(target_arch = "nvptx64")]
+pub mod arch;
 #[cfg(target_arch = "nvptx64")]
 mod batch_decode;
 #[cfg(target_arch = "nvptx64")]

@@ -4,7 +4,11 @@ use ferrinfer::cli;
 use ferrinfer::HeadConfig;
 
 #[derive(Parser)]
-#[command(name = "ferrinfer", version, about = "Rust attention kernels for LLM inference")]
+#[command(
+    name = "ferrinfer",
+    version,
+    about = "Rust attention kernels for LLM inference"
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,18 +58,33 @@ fn main() {
     let r = match args.cmd {
         Cmd::Info => cli::info::run().map(|_| true),
         Cmd::Check { cases, seed } => cli::check::run(cases, seed),
-        Cmd::Demo { requests, context, steps, layers, qo_heads, kv_heads, head_dim } => {
+        Cmd::Demo {
+            requests,
+            context,
+            steps,
+            layers,
+            qo_heads,
+            kv_heads,
+            head_dim,
+        } => {
             // Smaller defaults on the CPU backend keep the demo to a few seconds there.
             cli::discover_or_say().and_then(|gpu| {
-                let (dr, dc, ds) = if gpu.is_some() { (16, 4096, 32) } else { (4, 1024, 4) };
+                let (dr, dc, ds) = if gpu.is_some() {
+                    (16, 4096, 32)
+                } else {
+                    (4, 1024, 4)
+                };
                 let heads = HeadConfig::new(qo_heads, kv_heads, head_dim)?;
-                cli::demo::run(gpu, cli::demo::DemoConfig {
-                    requests: requests.unwrap_or(dr),
-                    context: context.unwrap_or(dc),
-                    steps: steps.unwrap_or(ds),
-                    layers,
-                    heads,
-                })
+                cli::demo::run(
+                    gpu,
+                    cli::demo::DemoConfig {
+                        requests: requests.unwrap_or(dr),
+                        context: context.unwrap_or(dc),
+                        steps: steps.unwrap_or(ds),
+                        layers,
+                        heads,
+                    },
+                )
                 .map(|_| true)
             })
         }

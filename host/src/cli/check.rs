@@ -62,20 +62,39 @@ fn draw(r: &mut XorShift) -> Case {
         },
         kv_len,
         opts,
-        dtype: if r.range(0, 1) == 0 { DType::F16 } else { DType::Bf16 },
+        dtype: if r.range(0, 1) == 0 {
+            DType::F16
+        } else {
+            DType::Bf16
+        },
     }
 }
 
-fn run_case<T: Float16>(gpu: Option<&Gpu>, c: &Case, r: &mut XorShift, w: &mut Worst) -> Result<()> {
+fn run_case<T: Float16>(
+    gpu: Option<&Gpu>,
+    c: &Case,
+    r: &mut XorShift,
+    w: &mut Worst,
+) -> Result<()> {
     let h = c.heads;
     let n_q = h.num_qo_heads * h.head_dim;
     let n_kv = c.kv_len * h.num_kv_heads * h.head_dim;
-    let gen = |r: &mut XorShift, n: usize, s: f32| -> Vec<T> { (0..n).map(|_| T::from_f32(r.uniform(-s, s))).collect() };
+    let gen = |r: &mut XorShift, n: usize, s: f32| -> Vec<T> {
+        (0..n).map(|_| T::from_f32(r.uniform(-s, s))).collect()
+    };
     let q = gen(r, n_q, 2.0);
     let k = gen(r, n_kv.max(1), 2.0);
     let v = gen(r, n_kv.max(1), 1.0);
     let f = |x: &[T]| x.iter().map(|y| y.to_f32() as f64).collect::<Vec<f64>>();
-    let reference = attention(&f(&q), &f(&k[..n_kv]), &f(&v[..n_kv]), &h, 1, c.kv_len, &c.opts)?;
+    let reference = attention(
+        &f(&q),
+        &f(&k[..n_kv]),
+        &f(&v[..n_kv]),
+        &h,
+        1,
+        c.kv_len,
+        &c.opts,
+    )?;
     let (out, lse) = match gpu {
         Some(gpu) => {
             let mut op = SingleDecode::new(gpu, h, T::DTYPE, c.opts)?;
@@ -89,7 +108,18 @@ fn run_case<T: Float16>(gpu: Option<&Gpu>, c: &Case, r: &mut XorShift, w: &mut W
             let mut out = vec![T::nan(); n_q];
             let mut lse = vec![f32::NAN; h.num_qo_heads];
             let s = KvStrides::contiguous(&h);
-            crate::cpu::decode::single_decode(&h, &c.opts, &q, &k, s, &v, s, c.kv_len, &mut out, Some(&mut lse))?;
+            crate::cpu::decode::single_decode(
+                &h,
+                &c.opts,
+                &q,
+                &k,
+                s,
+                &v,
+                s,
+                c.kv_len,
+                &mut out,
+                Some(&mut lse),
+            )?;
             (out, lse)
         }
     };
@@ -140,7 +170,11 @@ pub fn sweep(gpu: Option<&Gpu>, cases: usize, seed: u64) -> Result<Worst> {
 /// The `check` command. Returns whether everything passed.
 pub fn run(cases: usize, seed: u64) -> Result<bool> {
     let gpu = super::discover_or_say()?;
-    let backend = if gpu.is_some() { "GPU" } else { "CPU backend (no GPU)" };
+    let backend = if gpu.is_some() {
+        "GPU"
+    } else {
+        "CPU backend (no GPU)"
+    };
     println!("checking single_decode (+ split-KV merge) on the {backend} against the f64 oracle: {cases} random cases, seed {seed}");
     let w = sweep(gpu.as_ref(), cases, seed)?;
     println!(

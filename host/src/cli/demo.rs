@@ -37,7 +37,9 @@ pub struct DemoConfig {
 
 fn random_host(n: usize, seed: u64) -> Vec<bf16> {
     let mut r = XorShift::new(seed);
-    (0..n).map(|_| bf16::from_f32(r.uniform(-1.0, 1.0))).collect()
+    (0..n)
+        .map(|_| bf16::from_f32(r.uniform(-1.0, 1.0)))
+        .collect()
 }
 
 /// Runs the demo on `gpu`, or on the CPU backend when `None`; returns tokens/s.
@@ -58,11 +60,17 @@ pub fn run(gpu: Option<Gpu>, cfg: DemoConfig) -> Result<f64> {
     let q = random_host(h.num_qo_heads * h.head_dim, 11);
     let seconds = match gpu {
         Some(gpu) => {
-            println!("backend: GPU {} ({} SMs)", gpu.info().name, gpu.info().sm_count);
+            println!(
+                "backend: GPU {} ({} SMs)",
+                gpu.info().name,
+                gpu.info().sm_count
+            );
             run_gpu(&gpu, &cfg, &host_kv, &q)?
         }
         None => {
-            println!("backend: CPU (rayon) -- no GPU found, running the embedded CPU backend instead");
+            println!(
+                "backend: CPU (rayon) -- no GPU found, running the embedded CPU backend instead"
+            );
             run_cpu(&cfg, &host_kv, &q)?
         }
     };
@@ -81,7 +89,8 @@ pub fn run(gpu: Option<Gpu>, cfg: DemoConfig) -> Result<f64> {
 fn run_gpu(gpu: &Gpu, cfg: &DemoConfig, host_kv: &[bf16], q: &[bf16]) -> Result<f64> {
     let h = cfg.heads;
     let mut ops = SingleDecode::new(gpu, h, bf16::DTYPE, AttentionOptions::default())?;
-    let mut kv: Vec<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)> = Vec::with_capacity(cfg.requests * cfg.layers);
+    let mut kv: Vec<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)> =
+        Vec::with_capacity(cfg.requests * cfg.layers);
     for _ in 0..cfg.requests * cfg.layers {
         kv.push((gpu.upload(host_kv)?, gpu.upload(host_kv)?));
     }
@@ -89,10 +98,21 @@ fn run_gpu(gpu: &Gpu, cfg: &DemoConfig, host_kv: &[bf16], q: &[bf16]) -> Result<
     let mut out = gpu.alloc::<bf16>(h.num_qo_heads * h.head_dim)?;
     let mut lse = gpu.alloc::<f32>(h.num_qo_heads)?;
     // Warm-up (module JIT, workspace allocation).
-    ops.run(&qd, &kv[0].0, &kv[0].1, cfg.context + cfg.steps, &mut out, Some(&mut lse))?;
+    ops.run(
+        &qd,
+        &kv[0].0,
+        &kv[0].1,
+        cfg.context + cfg.steps,
+        &mut out,
+        Some(&mut lse),
+    )?;
     gpu.synchronize()?;
-    let start = gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-    let end = gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let start = gpu
+        .context()
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let end = gpu
+        .context()
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
     start.record(gpu.stream())?;
     for step in 0..cfg.steps {
         let kv_len = cfg.context + step + 1;
@@ -115,7 +135,18 @@ fn run_cpu(cfg: &DemoConfig, host_kv: &[bf16], q: &[bf16]) -> Result<f64> {
     for step in 0..cfg.steps {
         let kv_len = cfg.context + step + 1;
         for _ in 0..cfg.requests * cfg.layers {
-            crate::cpu::decode::single_decode(&h, &opts, q, host_kv, s, host_kv, s, kv_len, &mut out, Some(&mut lse))?;
+            crate::cpu::decode::single_decode(
+                &h,
+                &opts,
+                q,
+                host_kv,
+                s,
+                host_kv,
+                s,
+                kv_len,
+                &mut out,
+                Some(&mut lse),
+            )?;
         }
     }
     Ok(t0.elapsed().as_secs_f64())

@@ -26,22 +26,44 @@ pub fn batch_decode<T: Float16>(
     opts.validate(OP)?;
     let c = *pool.config();
     if c.num_kv_heads != heads.num_kv_heads || c.head_dim != heads.head_dim {
-        return Err(Error::shape(OP, "pool heads/head_dim", format!("{}/{}", heads.num_kv_heads, heads.head_dim), format!("{}/{}", c.num_kv_heads, c.head_dim)));
+        return Err(Error::shape(
+            OP,
+            "pool heads/head_dim",
+            format!("{}/{}", heads.num_kv_heads, heads.head_dim),
+            format!("{}/{}", c.num_kv_heads, c.head_dim),
+        ));
     }
     pool.validate_pages(pages)?;
-    let (kp, vp) = pool.host_buffers().ok_or_else(|| Error::invalid(OP, "pool", "a host-memory (CPU) pool is required"))?;
+    let (kp, vp) = pool
+        .host_buffers()
+        .ok_or_else(|| Error::invalid(OP, "pool", "a host-memory (CPU) pool is required"))?;
     let b = pages.batch_size();
     let row = heads.num_qo_heads * heads.head_dim;
     if q.len() < b * row {
-        return Err(Error::shape(OP, "q elements", format!(">= {}", b * row), q.len()));
+        return Err(Error::shape(
+            OP,
+            "q elements",
+            format!(">= {}", b * row),
+            q.len(),
+        ));
     }
     if out.len() < b * row {
-        return Err(Error::shape(OP, "out elements", format!(">= {}", b * row), out.len()));
+        return Err(Error::shape(
+            OP,
+            "out elements",
+            format!(">= {}", b * row),
+            out.len(),
+        ));
     }
-    let mut lse = lse;
+    let lse = lse;
     if let Some(l) = lse.as_deref() {
         if l.len() < b * heads.num_qo_heads {
-            return Err(Error::shape(OP, "lse elements", format!(">= {}", b * heads.num_qo_heads), l.len()));
+            return Err(Error::shape(
+                OP,
+                "lse elements",
+                format!(">= {}", b * heads.num_qo_heads),
+                l.len(),
+            ));
         }
     }
     let strides = super::KvStrides::contiguous(heads);
@@ -61,14 +83,25 @@ pub fn batch_decode<T: Float16>(
         (len, k, v)
     };
     let hq = heads.num_qo_heads;
-    let results: Vec<Result<()>> = match lse.as_deref_mut() {
+    let results: Vec<Result<()>> = match lse {
         Some(l) => out[..b * row]
             .par_chunks_mut(row)
             .zip(l[..b * hq].par_chunks_mut(hq))
             .enumerate()
             .map(|(bi, (o, l))| {
                 let (len, k, v) = gather(bi);
-                super::single_decode(heads, opts, &q[bi * row..(bi + 1) * row], &k, strides, &v, strides, len, o, Some(l))
+                super::single_decode(
+                    heads,
+                    opts,
+                    &q[bi * row..(bi + 1) * row],
+                    &k,
+                    strides,
+                    &v,
+                    strides,
+                    len,
+                    o,
+                    Some(l),
+                )
             })
             .collect(),
         None => out[..b * row]
@@ -76,7 +109,18 @@ pub fn batch_decode<T: Float16>(
             .enumerate()
             .map(|(bi, o)| {
                 let (len, k, v) = gather(bi);
-                super::single_decode(heads, opts, &q[bi * row..(bi + 1) * row], &k, strides, &v, strides, len, o, None)
+                super::single_decode(
+                    heads,
+                    opts,
+                    &q[bi * row..(bi + 1) * row],
+                    &k,
+                    strides,
+                    &v,
+                    strides,
+                    len,
+                    o,
+                    None,
+                )
             })
             .collect(),
     };

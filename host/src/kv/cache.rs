@@ -105,11 +105,21 @@ impl<T: Float16> PagedKvCache<T> {
     /// `k`/`v` (`[total, heads, head_dim]` with the given strides) go to the end of sequence b.
     /// All-or-nothing: on any error (unknown sequence, out of pages, rows too short) the tables
     /// and the pool are unchanged.
-    pub fn append(&mut self, reqs: &[(SeqId, usize)], k: Rows<'_, T>, ks: RowStrides, v: Rows<'_, T>, vs: RowStrides) -> Result<()> {
+    pub fn append(
+        &mut self,
+        reqs: &[(SeqId, usize)],
+        k: Rows<'_, T>,
+        ks: RowStrides,
+        v: Rows<'_, T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         let total = reqs
             .iter()
             .try_fold(0usize, |a, r| a.checked_add(r.1))
-            .ok_or(Error::Overflow { op: OP, what: "append rows" })?;
+            .ok_or(Error::Overflow {
+                op: OP,
+                what: "append rows",
+            })?;
         // Rows first (they do not depend on the tables), then the all-or-nothing reservation:
         // after it succeeds the metadata is ours and valid by construction.
         self.pool.check_rows("k rows", &k, ks, total)?;
@@ -125,7 +135,14 @@ impl<T: Float16> PagedKvCache<T> {
     }
 
     /// Copies a sequence's K and V out to contiguous rows `[len, heads, head_dim]`.
-    pub fn gather_into(&mut self, id: SeqId, k: RowsMut<'_, T>, ks: RowStrides, v: RowsMut<'_, T>, vs: RowStrides) -> Result<()> {
+    pub fn gather_into(
+        &mut self,
+        id: SeqId,
+        k: RowsMut<'_, T>,
+        ks: RowStrides,
+        v: RowsMut<'_, T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         let pages = self.table.batch_pages(&[id])?;
         self.pool.gather(&pages, 0, k, ks, v, vs)
     }

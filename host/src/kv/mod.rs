@@ -5,4 +5,7 @@ pub mod pool;
 
 pub use cache::PagedKvCache;
 pub use page_table::{AppendPlan, BatchPages, PageCopy, PageTable, SeqId};
-pub use pool::{AppendMeta, DeviceAppendMeta, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows, RowsMut};
+pub use pool::{
+    AppendMeta, DeviceAppendMeta, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
+    RowsMut,
+};

@@ -102,7 +102,11 @@ impl PageTable {
             return Err(Error::invalid(OP, "page_size", "must be positive"));
         }
         if num_pages > i32::MAX as usize {
-            return Err(Error::invalid(OP, "num_pages", format!("{num_pages} exceeds 2^31-1")));
+            return Err(Error::invalid(
+                OP,
+                "num_pages",
+                format!("{num_pages} exceeds 2^31-1"),
+            ));
         }
         Ok(Self {
             page_size,
@@ -140,7 +144,9 @@ impl PageTable {
     }
 
     fn seq(&self, id: SeqId) -> Result<&Sequence> {
-        self.seqs.get(&id).ok_or(Error::UnknownSequence { op: OP, id: id.0 })
+        self.seqs
+            .get(&id)
+            .ok_or(Error::UnknownSequence { op: OP, id: id.0 })
     }
 
     /// Length of a sequence in tokens.
@@ -170,10 +176,14 @@ impl PageTable {
     /// last page must be copied first (shared and partially filled).
     fn needs(&self, s: &Sequence, n: usize) -> Result<(usize, bool)> {
         let p = self.page_size;
-        let new_len = s.len.checked_add(n).ok_or(Error::Overflow { op: OP, what: "sequence length" })?;
+        let new_len = s.len.checked_add(n).ok_or(Error::Overflow {
+            op: OP,
+            what: "sequence length",
+        })?;
         let have = s.pages.len();
         let want = new_len.div_ceil(p);
-        let cow = n > 0 && s.len % p != 0 && self.refcount[s.pages[have - 1] as usize] > 1;
+        let cow =
+            n > 0 && !s.len.is_multiple_of(p) && self.refcount[s.pages[have - 1] as usize] > 1;
         Ok((want - have + cow as usize, cow))
     }
 
@@ -185,13 +195,21 @@ impl PageTable {
         let mut seen = std::collections::BTreeSet::new();
         for &(id, n) in reqs {
             if !seen.insert(id) {
-                return Err(Error::invalid(OP, "reserve", format!("sequence {} listed twice", id.0)));
+                return Err(Error::invalid(
+                    OP,
+                    "reserve",
+                    format!("sequence {} listed twice", id.0),
+                ));
             }
             let (need, _) = self.needs(self.seq(id)?, n)?;
             total += need;
         }
         if total > self.free.len() {
-            return Err(Error::OutOfPages { op: OP, needed: total, free: self.free.len() });
+            return Err(Error::OutOfPages {
+                op: OP,
+                needed: total,
+                free: self.free.len(),
+            });
         }
         let mut copies = Vec::new();
         for &(id, n) in reqs {
@@ -199,10 +217,16 @@ impl PageTable {
             let fresh: Vec<u32> = (0..need).filter_map(|_| self.free.pop()).collect();
             let mut fresh = fresh.into_iter();
             let p = self.page_size;
-            let Some(s) = self.seqs.get_mut(&id) else { continue };
+            let Some(s) = self.seqs.get_mut(&id) else {
+                continue;
+            };
             if cow {
                 if let (Some(last), Some(dst)) = (s.pages.last_mut(), fresh.next()) {
-                    copies.push(PageCopy { src: *last, dst, rows: (s.len % p) as u32 });
+                    copies.push(PageCopy {
+                        src: *last,
+                        dst,
+                        rows: (s.len % p) as u32,
+                    });
                     self.refcount[*last as usize] -= 1;
                     self.refcount[dst as usize] = 1;
                     *last = dst;
@@ -224,7 +248,10 @@ impl PageTable {
 
     /// Frees a sequence: drops one reference on each of its pages.
     pub fn free(&mut self, id: SeqId) -> Result<()> {
-        let s = self.seqs.remove(&id).ok_or(Error::UnknownSequence { op: OP, id: id.0 })?;
+        let s = self
+            .seqs
+            .remove(&id)
+            .ok_or(Error::UnknownSequence { op: OP, id: id.0 })?;
         for p in s.pages {
             self.release(p);
         }
@@ -256,7 +283,11 @@ impl PageTable {
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
         let s = self.seq(id)?;
         if len > s.len {
-            return Err(Error::invalid(OP, "truncate", format!("length {len} > current length {}", s.len)));
+            return Err(Error::invalid(
+                OP,
+                "truncate",
+                format!("length {len} > current length {}", s.len),
+            ));
         }
         let keep = len.div_ceil(self.page_size);
         let dropped: Vec<u32> = s.pages[keep..].to_vec();
@@ -283,7 +314,11 @@ impl PageTable {
             let s = &self.seqs[&id];
             out.kv_indices.extend(s.pages.iter().map(|&p| p as i32));
             out.kv_indptr.push(out.kv_indices.len() as i32);
-            let last = if s.len == 0 { 0 } else { (s.len - 1) % self.page_size + 1 };
+            let last = if s.len == 0 {
+                0
+            } else {
+                (s.len - 1) % self.page_size + 1
+            };
             out.kv_last_page_len.push(last as i32);
         }
         Ok(())
@@ -300,10 +335,16 @@ impl PageTable {
     /// (rows of the new K/V, in request order) plus the batch's page tables after reservation.
     /// All-or-nothing.
     pub fn plan_append(&mut self, reqs: &[(SeqId, usize)]) -> Result<AppendPlan> {
-        let old: Vec<usize> = reqs.iter().map(|&(id, _)| self.len(id)).collect::<Result<_>>()?;
+        let old: Vec<usize> = reqs
+            .iter()
+            .map(|&(id, _)| self.len(id))
+            .collect::<Result<_>>()?;
         let total: usize = reqs.iter().map(|r| r.1).sum();
         if total > i32::MAX as usize {
-            return Err(Error::Overflow { op: OP, what: "append rows" });
+            return Err(Error::Overflow {
+                op: OP,
+                what: "append rows",
+            });
         }
         let copies = self.reserve_many(reqs)?;
         let mut plan = AppendPlan {
@@ -328,7 +369,12 @@ impl PageTable {
         let mut count = vec![0u32; self.refcount.len()];
         for (id, s) in &self.seqs {
             if s.pages.len() != s.len.div_ceil(self.page_size) {
-                return Err(format!("seq {} has {} pages for {} tokens", id.0, s.pages.len(), s.len));
+                return Err(format!(
+                    "seq {} has {} pages for {} tokens",
+                    id.0,
+                    s.pages.len(),
+                    s.len
+                ));
             }
             for &p in &s.pages {
                 count[p as usize] += 1;
@@ -345,7 +391,10 @@ impl PageTable {
                 return Err(format!("page {p}: refcount {rc} but {c} owners"));
             }
             if (rc == 0) != on_free[p] {
-                return Err(format!("page {p}: refcount {rc}, on free list {}", on_free[p]));
+                return Err(format!(
+                    "page {p}: refcount {rc}, on free list {}",
+                    on_free[p]
+                ));
             }
         }
         Ok(())
@@ -382,9 +431,19 @@ mod tests {
         t.reserve(a, 3).unwrap();
         let before = (t.free.clone(), t.refcount.clone(), t.seqs.clone());
         let e = t.reserve_many(&[(b, 1), (a, 3)]).unwrap_err();
-        assert!(matches!(e, Error::OutOfPages { needed: 2, free: 1, .. }));
+        assert!(matches!(
+            e,
+            Error::OutOfPages {
+                needed: 2,
+                free: 1,
+                ..
+            }
+        ));
         assert_eq!(before, (t.free.clone(), t.refcount.clone(), t.seqs.clone()));
-        assert!(matches!(t.reserve(SeqId(99), 1), Err(Error::UnknownSequence { .. })));
+        assert!(matches!(
+            t.reserve(SeqId(99), 1),
+            Err(Error::UnknownSequence { .. })
+        ));
     }
 
     #[test]
@@ -396,7 +455,14 @@ mod tests {
         assert_eq!(t.refcount(0), Some(2));
         assert_eq!(t.refcount(1), Some(2));
         let copies = t.reserve(c, 1).unwrap();
-        assert_eq!(copies, vec![PageCopy { src: 1, dst: 2, rows: 2 }]);
+        assert_eq!(
+            copies,
+            vec![PageCopy {
+                src: 1,
+                dst: 2,
+                rows: 2
+            }]
+        );
         assert_eq!(t.pages(c).unwrap(), &[0, 2]);
         assert_eq!(t.refcount(1), Some(1));
         // The parent now owns page 1 alone and writes in place.

@@ -66,7 +66,11 @@ impl KvPoolConfig {
 
     /// Kernel-side strides.
     pub fn strides(&self) -> PageStrides {
-        let (p, h, d) = (self.page_size as u32, self.num_kv_heads as u32, self.head_dim as u32);
+        let (p, h, d) = (
+            self.page_size as u32,
+            self.num_kv_heads as u32,
+            self.head_dim as u32,
+        );
         match self.layout {
             KvLayout::Nhd => PageStrides::nhd(p, h, d),
             KvLayout::Hnd => PageStrides::hnd(p, h, d),
@@ -81,17 +85,31 @@ impl KvPoolConfig {
 
     fn validate(&self) -> Result<()> {
         if self.page_size == 0 || self.num_kv_heads == 0 || self.num_pages == 0 {
-            return Err(Error::invalid(OP, "config", format!("{self:?}: sizes must be positive")));
+            return Err(Error::invalid(
+                OP,
+                "config",
+                format!("{self:?}: sizes must be positive"),
+            ));
         }
         if !matches!(self.head_dim, 64 | 128 | 256) {
-            return Err(Error::unsupported(OP, "head_dim", format!("{} (supported: 64, 128, 256)", self.head_dim)));
+            return Err(Error::unsupported(
+                OP,
+                "head_dim",
+                format!("{} (supported: 64, 128, 256)", self.head_dim),
+            ));
         }
         if u32::try_from(self.page_elems()).is_err() || self.num_pages > i32::MAX as usize {
-            return Err(Error::Overflow { op: OP, what: "page size" });
+            return Err(Error::Overflow {
+                op: OP,
+                what: "page size",
+            });
         }
         self.num_pages
             .checked_mul(self.page_elems())
-            .ok_or(Error::Overflow { op: OP, what: "pool size" })?;
+            .ok_or(Error::Overflow {
+                op: OP,
+                what: "pool size",
+            })?;
         Ok(())
     }
 }
@@ -183,9 +201,15 @@ impl<T: Float16> KvPool<T> {
             PoolSize::Bytes(b) => Ok(b / page_bytes),
             PoolSize::FreeMemoryFraction(f) => {
                 if !(f > 0.0 && f <= 1.0) {
-                    return Err(Error::invalid(OP, "free memory fraction", format!("{f} not in (0, 1]")));
+                    return Err(Error::invalid(
+                        OP,
+                        "free memory fraction",
+                        format!("{f} not in (0, 1]"),
+                    ));
                 }
-                let free = free_bytes.ok_or_else(|| Error::invalid(OP, "pool size", "a free-memory fraction needs a GPU pool"))?;
+                let free = free_bytes.ok_or_else(|| {
+                    Error::invalid(OP, "pool size", "a free-memory fraction needs a GPU pool")
+                })?;
                 Ok((free as f64 * f) as usize / page_bytes)
             }
         }
@@ -230,7 +254,11 @@ impl<T: Float16> KvPool<T> {
     /// need non-zero KV without uploading gigabytes from the host).
     pub fn fill_tiled(&mut self, pattern_k: &[T], pattern_v: &[T]) -> Result<()> {
         if pattern_k.is_empty() || pattern_k.len() != pattern_v.len() {
-            return Err(Error::invalid(OP, "fill pattern", "k and v patterns must be non-empty and of equal length"));
+            return Err(Error::invalid(
+                OP,
+                "fill pattern",
+                "k and v patterns must be non-empty and of equal length",
+            ));
         }
         match &mut self.storage {
             Storage::Cuda { gpu, k, v, .. } => {
@@ -251,10 +279,16 @@ impl<T: Float16> KvPool<T> {
                 gpu.synchronize()
             }
             Storage::Cpu { k, v } => {
-                for (c, p) in k.chunks_mut(pattern_k.len()).zip(std::iter::repeat(pattern_k)) {
+                for (c, p) in k
+                    .chunks_mut(pattern_k.len())
+                    .zip(std::iter::repeat(pattern_k))
+                {
                     c.copy_from_slice(&p[..c.len()]);
                 }
-                for (c, p) in v.chunks_mut(pattern_v.len()).zip(std::iter::repeat(pattern_v)) {
+                for (c, p) in v
+                    .chunks_mut(pattern_v.len())
+                    .zip(std::iter::repeat(pattern_v))
+                {
                     c.copy_from_slice(&p[..c.len()]);
                 }
                 Ok(())
@@ -296,43 +330,89 @@ impl<T: Float16> KvPool<T> {
     pub fn validate_pages(&self, pages: &BatchPages) -> Result<()> {
         let b = pages.kv_last_page_len.len();
         if pages.kv_indptr.len() != b + 1 {
-            return Err(Error::shape(OP, "kv_indptr length", b + 1, pages.kv_indptr.len()));
+            return Err(Error::shape(
+                OP,
+                "kv_indptr length",
+                b + 1,
+                pages.kv_indptr.len(),
+            ));
         }
         if pages.kv_indptr[0] != 0 || pages.kv_indptr.windows(2).any(|w| w[1] < w[0]) {
-            return Err(Error::invalid(OP, "kv_indptr", "must start at 0 and be non-decreasing"));
+            return Err(Error::invalid(
+                OP,
+                "kv_indptr",
+                "must start at 0 and be non-decreasing",
+            ));
         }
         if pages.kv_indptr[b] as usize != pages.kv_indices.len() {
-            return Err(Error::shape(OP, "kv_indices length", pages.kv_indptr[b], pages.kv_indices.len()));
+            return Err(Error::shape(
+                OP,
+                "kv_indices length",
+                pages.kv_indptr[b],
+                pages.kv_indices.len(),
+            ));
         }
         if let Some(&bad) = pages
             .kv_indices
             .iter()
             .find(|&&p| p < 0 || p as usize >= self.cfg.num_pages)
         {
-            return Err(Error::PageOutOfRange { op: OP, page: bad as i64, num_pages: self.cfg.num_pages });
+            return Err(Error::PageOutOfRange {
+                op: OP,
+                page: bad as i64,
+                num_pages: self.cfg.num_pages,
+            });
         }
         for i in 0..b {
             let n = pages.kv_indptr[i + 1] - pages.kv_indptr[i];
             let last = pages.kv_last_page_len[i];
-            let ok = if n == 0 { last == 0 } else { last >= 1 && last as usize <= self.cfg.page_size };
+            let ok = if n == 0 {
+                last == 0
+            } else {
+                last >= 1 && last as usize <= self.cfg.page_size
+            };
             if !ok {
-                return Err(Error::invalid(OP, "kv_last_page_len", format!("entry {i}: {last} with {n} pages")));
+                return Err(Error::invalid(
+                    OP,
+                    "kv_last_page_len",
+                    format!("entry {i}: {last} with {n} pages"),
+                ));
             }
         }
         Ok(())
     }
 
     /// Checks that `rows` hold `n` rows with strides `s` where this pool can read them.
-    pub(crate) fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>, s: RowStrides, n: usize) -> Result<()> {
+    pub(crate) fn check_rows(
+        &self,
+        what: &'static str,
+        rows: &Rows<'_, T>,
+        s: RowStrides,
+        n: usize,
+    ) -> Result<()> {
         let (h, d) = (self.cfg.num_kv_heads, self.cfg.head_dim);
-        if s.stride_n % 8 != 0 || s.stride_h % 8 != 0 {
-            return Err(Error::invalid(OP, "row strides", format!("{what}: ({}, {}) must be multiples of 8 elements", s.stride_n, s.stride_h)));
+        if !s.stride_n.is_multiple_of(8) || !s.stride_h.is_multiple_of(8) {
+            return Err(Error::invalid(
+                OP,
+                "row strides",
+                format!(
+                    "{what}: ({}, {}) must be multiples of 8 elements",
+                    s.stride_n, s.stride_h
+                ),
+            ));
         }
         if u32::try_from(s.stride_n).is_err() || u32::try_from(s.stride_h).is_err() {
-            return Err(Error::Overflow { op: OP, what: "row strides" });
+            return Err(Error::Overflow {
+                op: OP,
+                what: "row strides",
+            });
         }
         if h > 1 && s.stride_h < d {
-            return Err(Error::invalid(OP, "row strides", format!("{what}: head stride {} < head_dim {d}", s.stride_h)));
+            return Err(Error::invalid(
+                OP,
+                "row strides",
+                format!("{what}: head stride {} < head_dim {d}", s.stride_h),
+            ));
         }
         let need = if n == 0 {
             0
@@ -340,10 +420,18 @@ impl<T: Float16> KvPool<T> {
             (n - 1)
                 .checked_mul(s.stride_n)
                 .and_then(|x| x.checked_add((h - 1) * s.stride_h + d))
-                .ok_or(Error::Overflow { op: OP, what: "row extent" })?
+                .ok_or(Error::Overflow {
+                    op: OP,
+                    what: "row extent",
+                })?
         };
         if rows.len() < need {
-            return Err(Error::shape(OP, what, format!(">= {need} elements"), rows.len()));
+            return Err(Error::shape(
+                OP,
+                what,
+                format!(">= {need} elements"),
+                rows.len(),
+            ));
         }
         match (&self.storage, rows) {
             (Storage::Cuda { gpu, .. }, Rows::Device(b)) => gpu.check_buffer(OP, b),
@@ -353,7 +441,14 @@ impl<T: Float16> KvPool<T> {
     }
 
     /// Validates an append: metadata consistent with the pool and the rows.
-    pub fn validate_append(&self, meta: &AppendMeta<'_>, k: &Rows<'_, T>, ks: RowStrides, v: &Rows<'_, T>, vs: RowStrides) -> Result<()> {
+    pub fn validate_append(
+        &self,
+        meta: &AppendMeta<'_>,
+        k: &Rows<'_, T>,
+        ks: RowStrides,
+        v: &Rows<'_, T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         self.validate_meta(meta)?;
         let nnz = meta.batch_indices.len();
         self.check_rows("k rows", k, ks, nnz)?;
@@ -366,19 +461,35 @@ impl<T: Float16> KvPool<T> {
         self.validate_pages(meta.pages)?;
         let nnz = meta.batch_indices.len();
         if meta.positions.len() != nnz {
-            return Err(Error::shape(OP, "positions length", nnz, meta.positions.len()));
+            return Err(Error::shape(
+                OP,
+                "positions length",
+                nnz,
+                meta.positions.len(),
+            ));
         }
         if nnz > i32::MAX as usize {
-            return Err(Error::Overflow { op: OP, what: "rows" });
+            return Err(Error::Overflow {
+                op: OP,
+                what: "rows",
+            });
         }
         let b = meta.pages.batch_size();
         for (&bi, &pos) in meta.batch_indices.iter().zip(meta.positions) {
             if bi < 0 || bi as usize >= b {
-                return Err(Error::invalid(OP, "batch_indices", format!("{bi} not in [0, {b})")));
+                return Err(Error::invalid(
+                    OP,
+                    "batch_indices",
+                    format!("{bi} not in [0, {b})"),
+                ));
             }
             let len = meta.pages.kv_len(bi as usize, self.cfg.page_size);
             if pos < 0 || pos as usize >= len {
-                return Err(Error::invalid(OP, "positions", format!("{pos} outside the reserved length {len} of entry {bi}")));
+                return Err(Error::invalid(
+                    OP,
+                    "positions",
+                    format!("{pos} outside the reserved length {len} of entry {bi}"),
+                ));
             }
         }
         Ok(())
@@ -416,25 +527,43 @@ impl<T: Float16> KvPool<T> {
             Some(r) => r,
             None => {
                 let f = gpu.function("append_kv_b16", 0)?;
-                let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(lanes * hy, 0, None)?.max(1);
+                let per_sm = f
+                    .occupancy_max_active_blocks_per_multiprocessor(lanes * hy, 0, None)?
+                    .max(1);
                 let r = per_sm * gpu.info().sm_count;
                 self.resident_blocks.set(Some(r));
                 r
             }
         };
         let grid = (rows as u32).clamp(1, resident);
-        Ok(LaunchDims { grid: (grid, 1, 1), block: (lanes, hy, 1), smem_bytes: 0 })
+        Ok(LaunchDims {
+            grid: (grid, 1, 1),
+            block: (lanes, hy, 1),
+            smem_bytes: 0,
+        })
     }
 
     /// Validates `meta` for `nnz` rows and uploads it (one host-to-device copy).
     pub fn upload_append_meta(&self, meta: &AppendMeta<'_>) -> Result<DeviceAppendMeta> {
         let Storage::Cuda { gpu, .. } = &self.storage else {
-            return Err(Error::invalid(OP, "storage", "device metadata needs a GPU pool"));
+            return Err(Error::invalid(
+                OP,
+                "storage",
+                "device metadata needs a GPU pool",
+            ));
         };
         self.validate_meta(meta)?;
         let mut host = Vec::new();
         let mut offs = [0usize; 4];
-        for (i, p) in [meta.batch_indices, meta.positions, &meta.pages.kv_indptr, &meta.pages.kv_indices].iter().enumerate() {
+        for (i, p) in [
+            meta.batch_indices,
+            meta.positions,
+            &meta.pages.kv_indptr,
+            &meta.pages.kv_indices,
+        ]
+        .iter()
+        .enumerate()
+        {
             offs[i] = host.len();
             host.extend_from_slice(p);
         }
@@ -449,7 +578,14 @@ impl<T: Float16> KvPool<T> {
 
     /// Appends with metadata uploaded by [`KvPool::upload_append_meta`]: one kernel launch, no
     /// host-to-device copy.
-    pub fn append_uploaded(&mut self, meta: &DeviceAppendMeta, k: &DeviceBuffer<T>, ks: RowStrides, v: &DeviceBuffer<T>, vs: RowStrides) -> Result<()> {
+    pub fn append_uploaded(
+        &mut self,
+        meta: &DeviceAppendMeta,
+        k: &DeviceBuffer<T>,
+        ks: RowStrides,
+        v: &DeviceBuffer<T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         if meta.pool_id != self as *const Self as usize {
             return Err(Error::invalid(OP, "metadata", "uploaded for another pool"));
         }
@@ -463,9 +599,22 @@ impl<T: Float16> KvPool<T> {
         self.launch_append(a, meta.nnz, k, ks, v, vs)
     }
 
-    fn launch_append(&self, a: [u64; 4], nnz: usize, kb: &DeviceBuffer<T>, ks: RowStrides, vb: &DeviceBuffer<T>, vs: RowStrides) -> Result<()> {
+    fn launch_append(
+        &self,
+        a: [u64; 4],
+        nnz: usize,
+        kb: &DeviceBuffer<T>,
+        ks: RowStrides,
+        vb: &DeviceBuffer<T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         let cfg = self.cfg;
-        let Storage::Cuda { gpu, k: kp, v: vp, .. } = &self.storage else { unreachable_storage()? };
+        let Storage::Cuda {
+            gpu, k: kp, v: vp, ..
+        } = &self.storage
+        else {
+            unreachable_storage()?
+        };
         let p = AppendParams {
             k_rows: kb.addr(),
             v_rows: vb.addr(),
@@ -493,7 +642,14 @@ impl<T: Float16> KvPool<T> {
 
     /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`
     /// goes to position `positions[n]` of batch entry `batch_indices[n]`. Validated first.
-    pub fn append(&mut self, meta: &AppendMeta<'_>, k: Rows<'_, T>, ks: RowStrides, v: Rows<'_, T>, vs: RowStrides) -> Result<()> {
+    pub fn append(
+        &mut self,
+        meta: &AppendMeta<'_>,
+        k: Rows<'_, T>,
+        ks: RowStrides,
+        v: Rows<'_, T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         self.validate_append(meta, &k, ks, &v, vs)?;
         let nnz = meta.batch_indices.len();
         if nnz == 0 {
@@ -502,13 +658,21 @@ impl<T: Float16> KvPool<T> {
         let cfg = self.cfg;
         match (&self.storage, k, v) {
             (Storage::Cuda { .. }, Rows::Device(kb), Rows::Device(vb)) => {
-                let a = self.upload_meta(&[meta.batch_indices, meta.positions, &meta.pages.kv_indptr, &meta.pages.kv_indices])?;
+                let a = self.upload_meta(&[
+                    meta.batch_indices,
+                    meta.positions,
+                    &meta.pages.kv_indptr,
+                    &meta.pages.kv_indices,
+                ])?;
                 self.launch_append(a, nnz, kb, ks, vb, vs)
             }
             (Storage::Cpu { .. }, Rows::Host(kh), Rows::Host(vh)) => {
-                let Storage::Cpu { k: kp, v: vp } = &mut self.storage else { unreachable_storage()? };
+                let Storage::Cpu { k: kp, v: vp } = &mut self.storage else {
+                    unreachable_storage()?
+                };
                 for (n, (&b, &pos)) in meta.batch_indices.iter().zip(meta.positions).enumerate() {
-                    let (page, entry) = page_of(meta.pages, b as usize, pos as usize, cfg.page_size);
+                    let (page, entry) =
+                        page_of(meta.pages, b as usize, pos as usize, cfg.page_size);
                     for h in 0..cfg.num_kv_heads {
                         let dst = cfg.offset(page, entry, h);
                         let sk = n * ks.stride_n + h * ks.stride_h;
@@ -519,15 +683,31 @@ impl<T: Float16> KvPool<T> {
                 }
                 Ok(())
             }
-            _ => Err(Error::invalid(OP, "rows", "rows must live where the pool lives")),
+            _ => Err(Error::invalid(
+                OP,
+                "rows",
+                "rows must live where the pool lives",
+            )),
         }
     }
 
     /// Copies entry `b` of `pages` out to contiguous rows `[len, heads, head_dim]` (strided).
-    pub fn gather(&mut self, pages: &BatchPages, b: usize, k_out: RowsMut<'_, T>, ks: RowStrides, v_out: RowsMut<'_, T>, vs: RowStrides) -> Result<()> {
+    pub fn gather(
+        &mut self,
+        pages: &BatchPages,
+        b: usize,
+        k_out: RowsMut<'_, T>,
+        ks: RowStrides,
+        v_out: RowsMut<'_, T>,
+        vs: RowStrides,
+    ) -> Result<()> {
         self.validate_pages(pages)?;
         if b >= pages.batch_size() {
-            return Err(Error::invalid(OP, "batch entry", format!("{b} not in [0, {})", pages.batch_size())));
+            return Err(Error::invalid(
+                OP,
+                "batch entry",
+                format!("{b} not in [0, {})", pages.batch_size()),
+            ));
         }
         let len = pages.kv_len(b, self.cfg.page_size);
         self.check_rows("k out", &k_out.as_rows(), ks, len)?;
@@ -538,8 +718,14 @@ impl<T: Float16> KvPool<T> {
         let cfg = self.cfg;
         match (k_out, v_out) {
             (RowsMut::Device(kb), RowsMut::Device(vb)) => {
-                let [_, _, indptr, indices] = self.upload_meta(&[&[], &[], &pages.kv_indptr, &pages.kv_indices])?;
-                let Storage::Cuda { gpu, k: kp, v: vp, .. } = &self.storage else { unreachable_storage()? };
+                let [_, _, indptr, indices] =
+                    self.upload_meta(&[&[], &[], &pages.kv_indptr, &pages.kv_indices])?;
+                let Storage::Cuda {
+                    gpu, k: kp, v: vp, ..
+                } = &self.storage
+                else {
+                    unreachable_storage()?
+                };
                 let p = AppendParams {
                     k_rows: kb.addr(),
                     v_rows: vb.addr(),
@@ -564,7 +750,9 @@ impl<T: Float16> KvPool<T> {
                 unsafe { gpu.launch("gather_kv_b16", dims, p) }
             }
             (RowsMut::Host(kh), RowsMut::Host(vh)) => {
-                let Storage::Cpu { k: kp, v: vp } = &self.storage else { unreachable_storage()? };
+                let Storage::Cpu { k: kp, v: vp } = &self.storage else {
+                    unreachable_storage()?
+                };
                 for t in 0..len {
                     let (page, entry) = page_of(pages, b, t, cfg.page_size);
                     for h in 0..cfg.num_kv_heads {
@@ -577,7 +765,11 @@ impl<T: Float16> KvPool<T> {
                 }
                 Ok(())
             }
-            _ => Err(Error::invalid(OP, "rows", "k and v outputs must both be device or both host")),
+            _ => Err(Error::invalid(
+                OP,
+                "rows",
+                "k and v outputs must both be device or both host",
+            )),
         }
     }
 
@@ -587,7 +779,11 @@ impl<T: Float16> KvPool<T> {
         for c in copies {
             for p in [c.src, c.dst] {
                 if p as usize >= cfg.num_pages {
-                    return Err(Error::PageOutOfRange { op: OP, page: p as i64, num_pages: cfg.num_pages });
+                    return Err(Error::PageOutOfRange {
+                        op: OP,
+                        page: p as i64,
+                        num_pages: cfg.num_pages,
+                    });
                 }
             }
             if c.rows as usize > cfg.page_size {
@@ -598,7 +794,9 @@ impl<T: Float16> KvPool<T> {
         let runs = |rows: usize| -> Vec<(usize, usize)> {
             match cfg.layout {
                 KvLayout::Nhd => vec![(0, rows * cfg.num_kv_heads * cfg.head_dim)],
-                KvLayout::Hnd => (0..cfg.num_kv_heads).map(|h| (cfg.offset(0, 0, h), rows * cfg.head_dim)).collect(),
+                KvLayout::Hnd => (0..cfg.num_kv_heads)
+                    .map(|h| (cfg.offset(0, 0, h), rows * cfg.head_dim))
+                    .collect(),
             }
         };
         let pe = cfg.page_elems();

@@ -120,26 +120,47 @@ impl BatchDecode {
 
     /// CUDA-graph-safe variant: plans never exceed `limits`, all buffers are allocated by the
     /// first plan with those sizes, and `run` launches a grid independent of the batch.
-    pub fn new_graph(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions, limits: GraphLimits) -> Result<Self> {
+    pub fn new_graph(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        dtype: DType,
+        opts: AttentionOptions,
+        limits: GraphLimits,
+    ) -> Result<Self> {
         if limits.max_batch == 0 {
             return Err(Error::invalid(OP, "max_batch", "must be positive"));
         }
         Self::build(gpu, heads, dtype, opts, Some(limits))
     }
 
-    fn build(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions, graph: Option<GraphLimits>) -> Result<Self> {
+    fn build(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        dtype: DType,
+        opts: AttentionOptions,
+        graph: Option<GraphLimits>,
+    ) -> Result<Self> {
         heads.validate(OP)?;
         opts.validate(OP)?;
         if !matches!(heads.head_dim, 64 | 128 | 256) {
-            return Err(Error::unsupported(OP, "head_dim", format!("{} (supported: 64, 128, 256)", heads.head_dim)));
+            return Err(Error::unsupported(
+                OP,
+                "head_dim",
+                format!("{} (supported: 64, 128, 256)", heads.head_dim),
+            ));
         }
         let g = heads.group();
         let group_cap = u32::try_from(g)
             .ok()
             .and_then(cfg::group_capacity)
-            .ok_or_else(|| Error::unsupported(OP, "group size", format!("{g} (supported: 1..=8)")))?;
+            .ok_or_else(|| {
+                Error::unsupported(OP, "group size", format!("{g} (supported: 1..=8)"))
+            })?;
         if u32::try_from(heads.num_qo_heads * heads.head_dim).is_err() {
-            return Err(Error::Overflow { op: OP, what: "heads" });
+            return Err(Error::Overflow {
+                op: OP,
+                what: "heads",
+            });
         }
         let kernel = format!("decode_{}_d{}_g{}", dtype.name(), heads.head_dim, group_cap);
         let merge_kernel = format!("decode_merge_{}_d{}", dtype.name(), heads.head_dim);
@@ -192,7 +213,12 @@ impl BatchDecode {
         self.plan_for_page_size(pages, pool.page_size, Some(pool))
     }
 
-    pub(crate) fn plan_for_page_size(&self, pages: &BatchPages, page_size: usize, pool: Option<&KvPoolConfig>) -> Result<BatchDecodePlan> {
+    pub(crate) fn plan_for_page_size(
+        &self,
+        pages: &BatchPages,
+        page_size: usize,
+        pool: Option<&KvPoolConfig>,
+    ) -> Result<BatchDecodePlan> {
         let (max_batch, max_pages) = match self.graph {
             Some(l) => (l.max_batch, l.max_pages),
             None => (pages.batch_size(), pages.kv_indices.len()),
@@ -219,8 +245,12 @@ impl BatchDecode {
         };
         if let Some(l) = self.graph {
             let ws = plan.work_stride;
-            plan.meta = self.gpu.alloc::<i32>(2 + 3 * ws + 2 * (l.max_batch + 1) + l.max_pages.max(1))?;
-            plan.part_o = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads * self.heads.head_dim)?;
+            plan.meta = self
+                .gpu
+                .alloc::<i32>(2 + 3 * ws + 2 * (l.max_batch + 1) + l.max_pages.max(1))?;
+            plan.part_o = self
+                .gpu
+                .alloc::<f32>(ws * self.heads.num_qo_heads * self.heads.head_dim)?;
             plan.part_lse = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?;
         }
         self.plan_into_inner(pages, page_size, pool, &mut plan)?;
@@ -229,32 +259,68 @@ impl BatchDecode {
 
     /// Re-plans into an existing plan's buffers (no allocation in graph mode): the serving
     /// loop's per-step call.
-    pub fn plan_into(&self, pages: &BatchPages, pool: &KvPoolConfig, plan: &mut BatchDecodePlan) -> Result<()> {
+    pub fn plan_into(
+        &self,
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        plan: &mut BatchDecodePlan,
+    ) -> Result<()> {
         self.plan_into_inner(pages, pool.page_size, Some(pool), plan)
     }
 
-    pub(crate) fn replan(&self, pages: &BatchPages, page_size: usize, plan: &mut BatchDecodePlan) -> Result<()> {
+    pub(crate) fn replan(
+        &self,
+        pages: &BatchPages,
+        page_size: usize,
+        plan: &mut BatchDecodePlan,
+    ) -> Result<()> {
         self.plan_into_inner(pages, page_size, None, plan)
     }
 
-    fn validate_pages(&self, pages: &BatchPages, page_size: usize, pool: Option<&KvPoolConfig>) -> Result<()> {
+    fn validate_pages(
+        &self,
+        pages: &BatchPages,
+        page_size: usize,
+        pool: Option<&KvPoolConfig>,
+    ) -> Result<()> {
         let b = pages.kv_last_page_len.len();
-        if pages.kv_indptr.len() != b + 1 || pages.kv_indptr.first() != Some(&0) || pages.kv_indptr.windows(2).any(|w| w[1] < w[0]) {
-            return Err(Error::invalid(OP, "kv_indptr", "must have batch+1 entries, start at 0 and be non-decreasing"));
+        if pages.kv_indptr.len() != b + 1
+            || pages.kv_indptr.first() != Some(&0)
+            || pages.kv_indptr.windows(2).any(|w| w[1] < w[0])
+        {
+            return Err(Error::invalid(
+                OP,
+                "kv_indptr",
+                "must have batch+1 entries, start at 0 and be non-decreasing",
+            ));
         }
         if pages.kv_indptr[b] as usize != pages.kv_indices.len() {
-            return Err(Error::shape(OP, "kv_indices length", pages.kv_indptr[b], pages.kv_indices.len()));
+            return Err(Error::shape(
+                OP,
+                "kv_indices length",
+                pages.kv_indptr[b],
+                pages.kv_indices.len(),
+            ));
         }
         for i in 0..b {
             let n = pages.kv_indptr[i + 1] - pages.kv_indptr[i];
             let last = pages.kv_last_page_len[i];
-            let ok = if n == 0 { last == 0 } else { last >= 1 && last as usize <= page_size };
+            let ok = if n == 0 {
+                last == 0
+            } else {
+                last >= 1 && last as usize <= page_size
+            };
             if !ok {
-                return Err(Error::invalid(OP, "kv_last_page_len", format!("entry {i}: {last} with {n} pages")));
+                return Err(Error::invalid(
+                    OP,
+                    "kv_last_page_len",
+                    format!("entry {i}: {last} with {n} pages"),
+                ));
             }
         }
         if let Some(pool) = pool {
-            if pool.num_kv_heads != self.heads.num_kv_heads || pool.head_dim != self.heads.head_dim {
+            if pool.num_kv_heads != self.heads.num_kv_heads || pool.head_dim != self.heads.head_dim
+            {
                 return Err(Error::shape(
                     OP,
                     "pool heads/head_dim",
@@ -262,14 +328,28 @@ impl BatchDecode {
                     format!("{}/{}", pool.num_kv_heads, pool.head_dim),
                 ));
             }
-            if let Some(&bad) = pages.kv_indices.iter().find(|&&p| p < 0 || p as usize >= pool.num_pages) {
-                return Err(Error::PageOutOfRange { op: OP, page: bad as i64, num_pages: pool.num_pages });
+            if let Some(&bad) = pages
+                .kv_indices
+                .iter()
+                .find(|&&p| p < 0 || p as usize >= pool.num_pages)
+            {
+                return Err(Error::PageOutOfRange {
+                    op: OP,
+                    page: bad as i64,
+                    num_pages: pool.num_pages,
+                });
             }
         }
         Ok(())
     }
 
-    fn plan_into_inner(&self, pages: &BatchPages, page_size: usize, pool: Option<&KvPoolConfig>, plan: &mut BatchDecodePlan) -> Result<()> {
+    fn plan_into_inner(
+        &self,
+        pages: &BatchPages,
+        page_size: usize,
+        pool: Option<&KvPoolConfig>,
+        plan: &mut BatchDecodePlan,
+    ) -> Result<()> {
         self.validate_pages(pages, page_size, pool)?;
         let batch = pages.batch_size();
         if batch > plan.max_batch || pages.kv_indices.len() > plan.max_pages {
@@ -322,7 +402,12 @@ impl BatchDecode {
         pad(s, &merge, plan.max_batch + 1);
         pad(s, &pages.kv_indptr, plan.max_batch + 1);
         s.extend_from_slice(&pages.kv_indices);
-        let max_items = host.merge_indptr.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
+        let max_items = host
+            .merge_indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(1);
         if self.graph.is_none() {
             if plan.meta.len() < s.len() {
                 plan.meta = self.gpu.alloc::<i32>(s.len())?;
@@ -347,15 +432,33 @@ impl BatchDecode {
 
     /// Runs decode for the planned batch on one layer's pool: q and out `[batch, Hq, D]`, lse
     /// `[batch, Hq]` (base 2) when given. Launch only: no allocation, no synchronisation.
-    pub fn run<T: Float16>(&self, plan: &BatchDecodePlan, q: &DeviceBuffer<T>, pool: &KvPool<T>, out: &mut DeviceBuffer<T>, lse: Option<&mut DeviceBuffer<f32>>) -> Result<()> {
+    pub fn run<T: Float16>(
+        &self,
+        plan: &BatchDecodePlan,
+        q: &DeviceBuffer<T>,
+        pool: &KvPool<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
         let c = pool.config();
         if c.page_size != plan.page_size || c.num_pages != plan.num_pages_seen {
-            return Err(Error::invalid(OP, "plan", "the plan was made for a pool of another geometry"));
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan was made for a pool of another geometry",
+            ));
         }
         if c.num_kv_heads != self.heads.num_kv_heads || c.head_dim != self.heads.head_dim {
-            return Err(Error::shape(OP, "pool heads/head_dim", format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim), format!("{}/{}", c.num_kv_heads, c.head_dim)));
+            return Err(Error::shape(
+                OP,
+                "pool heads/head_dim",
+                format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim),
+                format!("{}/{}", c.num_kv_heads, c.head_dim),
+            ));
         }
-        let (k, v) = pool.device_buffers().ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
+        let (k, v) = pool
+            .device_buffers()
+            .ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
         self.gpu.check_buffer(OP, k)?;
         let st = c.strides();
         let src = KvSource {
@@ -373,7 +476,14 @@ impl BatchDecode {
         self.launch(plan, src, q, out, lse)
     }
 
-    pub(crate) fn launch<T: Float16>(&self, plan: &BatchDecodePlan, src: KvSource, q: &DeviceBuffer<T>, out: &mut DeviceBuffer<T>, lse: Option<&mut DeviceBuffer<f32>>) -> Result<()> {
+    pub(crate) fn launch<T: Float16>(
+        &self,
+        plan: &BatchDecodePlan,
+        src: KvSource,
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
         let h = self.heads;
         if T::DTYPE != self.dtype {
             return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
@@ -384,18 +494,38 @@ impl BatchDecode {
         // Outside graph mode the buffers must match the planned batch exactly: a plan reused
         // for another batch is an error, not a silent partial result.
         if self.graph.is_none() && !src.single && (q.len() != n || out.len() != n) {
-            return Err(Error::shape(OP, "q/out elements (plan batch × heads × head_dim)", n, format!("{}/{}", q.len(), out.len())));
+            return Err(Error::shape(
+                OP,
+                "q/out elements (plan batch × heads × head_dim)",
+                n,
+                format!("{}/{}", q.len(), out.len()),
+            ));
         }
         if q.len() < n {
-            return Err(Error::shape(OP, "q elements (plan batch × heads × head_dim)", format!(">= {n}"), q.len()));
+            return Err(Error::shape(
+                OP,
+                "q elements (plan batch × heads × head_dim)",
+                format!(">= {n}"),
+                q.len(),
+            ));
         }
         if out.len() < n {
-            return Err(Error::shape(OP, "out elements", format!(">= {n}"), out.len()));
+            return Err(Error::shape(
+                OP,
+                "out elements",
+                format!(">= {n}"),
+                out.len(),
+            ));
         }
         if let Some(l) = lse.as_deref() {
             self.gpu.check_buffer(OP, l)?;
             if l.len() < plan.batch * h.num_qo_heads {
-                return Err(Error::shape(OP, "lse elements", format!(">= {}", plan.batch * h.num_qo_heads), l.len()));
+                return Err(Error::shape(
+                    OP,
+                    "lse elements",
+                    format!(">= {}", plan.batch * h.num_qo_heads),
+                    l.len(),
+                ));
             }
         }
         let base = plan.meta.addr();
@@ -441,8 +571,16 @@ impl BatchDecode {
         unsafe { self.gpu.launch(&self.kernel, dims, p)? };
         let merge_needed = self.graph.is_some() || plan.host.split;
         if merge_needed && plan.batch > 0 {
-            let rows = if self.graph.is_some() { plan.max_batch } else { plan.batch };
-            let items = if self.graph.is_some() { plan.work_stride } else { plan.max_items_per_request };
+            let rows = if self.graph.is_some() {
+                plan.max_batch
+            } else {
+                plan.batch
+            };
+            let items = if self.graph.is_some() {
+                plan.work_stride
+            } else {
+                plan.max_items_per_request
+            };
             let dims = LaunchDims {
                 grid: (rows as u32, h.num_qo_heads as u32, 1),
                 block: (cfg::THREADS, 1, 1),

@@ -59,8 +59,13 @@ impl SingleDecode {
     /// Validates the configuration and resolves the kernel. Head dims 64/128/256, groups 1–8,
     /// f16/bf16.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
-        let inner = BatchDecode::new(gpu, heads, dtype, opts).map_err(|e| rename(e))?;
-        Ok(Self { gpu: gpu.clone(), heads, inner, plan: None })
+        let inner = BatchDecode::new(gpu, heads, dtype, opts).map_err(rename)?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            heads,
+            inner,
+            plan: None,
+        })
     }
 
     /// The kernel symbol this op launches.
@@ -111,44 +116,92 @@ impl SingleDecode {
             return Err(Error::shape(OP, "q elements", format!(">= {qo}"), q.len()));
         }
         if out.len() < qo {
-            return Err(Error::shape(OP, "out elements", format!(">= {qo}"), out.len()));
+            return Err(Error::shape(
+                OP,
+                "out elements",
+                format!(">= {qo}"),
+                out.len(),
+            ));
         }
         if kv_len > i32::MAX as usize {
-            return Err(Error::invalid(OP, "kv_len", format!("{kv_len} exceeds 2^31-1")));
+            return Err(Error::invalid(
+                OP,
+                "kv_len",
+                format!("{kv_len} exceeds 2^31-1"),
+            ));
         }
         for (name, st, buf) in [("k", k_strides, k), ("v", v_strides, v)] {
             if st.stride_n % 8 != 0 || st.stride_h % 8 != 0 {
                 return Err(Error::invalid(
                     OP,
                     "strides",
-                    format!("{name} strides ({}, {}) must be multiples of 8 elements (16-byte rows)", st.stride_n, st.stride_h),
+                    format!(
+                        "{name} strides ({}, {}) must be multiples of 8 elements (16-byte rows)",
+                        st.stride_n, st.stride_h
+                    ),
                 ));
             }
             if u32::try_from(st.stride_n).is_err() || u32::try_from(st.stride_h).is_err() {
-                return Err(Error::Overflow { op: OP, what: "kv strides" });
+                return Err(Error::Overflow {
+                    op: OP,
+                    what: "kv strides",
+                });
             }
             if st.stride_h < h.head_dim && h.num_kv_heads > 1 {
-                return Err(Error::invalid(OP, "strides", format!("{name} head stride {} < head_dim", st.stride_h)));
+                return Err(Error::invalid(
+                    OP,
+                    "strides",
+                    format!("{name} head stride {} < head_dim", st.stride_h),
+                ));
             }
-            let need = st.required_len(&h, kv_len).ok_or(Error::Overflow { op: OP, what: "kv extent" })?;
+            let need = st.required_len(&h, kv_len).ok_or(Error::Overflow {
+                op: OP,
+                what: "kv extent",
+            })?;
             if buf.len() < need {
-                return Err(Error::shape(OP, if name == "k" { "k elements" } else { "v elements" }, format!(">= {need}"), buf.len()));
+                return Err(Error::shape(
+                    OP,
+                    if name == "k" {
+                        "k elements"
+                    } else {
+                        "v elements"
+                    },
+                    format!(">= {need}"),
+                    buf.len(),
+                ));
             }
             // In-page offsets are 32-bit: the whole sequence is one page here.
             if u32::try_from(need).is_err() {
-                return Err(Error::Overflow { op: OP, what: "kv extent (2^32 elements per tensor)" });
+                return Err(Error::Overflow {
+                    op: OP,
+                    what: "kv extent (2^32 elements per tensor)",
+                });
             }
         }
         // One page spanning the sequence.
         let page_size = kv_len.max(1);
         let pages = if kv_len == 0 {
-            BatchPages { kv_indptr: vec![0, 0], kv_indices: vec![], kv_last_page_len: vec![0] }
+            BatchPages {
+                kv_indptr: vec![0, 0],
+                kv_indices: vec![],
+                kv_last_page_len: vec![0],
+            }
         } else {
-            BatchPages { kv_indptr: vec![0, 1], kv_indices: vec![0], kv_last_page_len: vec![kv_len as i32] }
+            BatchPages {
+                kv_indptr: vec![0, 1],
+                kv_indices: vec![0],
+                kv_last_page_len: vec![kv_len as i32],
+            }
         };
         match self.plan.as_mut() {
             Some(p) => self.inner.replan(&pages, page_size, p).map_err(rename)?,
-            None => self.plan = Some(self.inner.plan_for_page_size(&pages, page_size, None).map_err(rename)?),
+            None => {
+                self.plan = Some(
+                    self.inner
+                        .plan_for_page_size(&pages, page_size, None)
+                        .map_err(rename)?,
+                )
+            }
         }
         let Some(plan) = self.plan.as_ref() else {
             return Err(Error::invalid(OP, "plan", "missing"));
@@ -172,9 +225,27 @@ impl SingleDecode {
 /// Errors from the shared batch path keep naming this op.
 fn rename(e: Error) -> Error {
     match e {
-        Error::Shape { what, expected, got, .. } => Error::Shape { op: OP, what, expected, got },
-        Error::Unsupported { what, detail, .. } => Error::Unsupported { op: OP, what, detail },
-        Error::InvalidArgument { what, detail, .. } => Error::InvalidArgument { op: OP, what, detail },
+        Error::Shape {
+            what,
+            expected,
+            got,
+            ..
+        } => Error::Shape {
+            op: OP,
+            what,
+            expected,
+            got,
+        },
+        Error::Unsupported { what, detail, .. } => Error::Unsupported {
+            op: OP,
+            what,
+            detail,
+        },
+        Error::InvalidArgument { what, detail, .. } => Error::InvalidArgument {
+            op: OP,
+            what,
+            detail,
+        },
         other => other,
     }
 }

@@ -83,19 +83,28 @@ fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
     let a = p.chunk_align;
     let mut best = (usize::MAX, usize::MAX, usize::MAX); // (cost, items, chunk)
     for n in 1..=MAX_SPLIT {
-        let chunk = if n == 1 { usize::MAX } else { max_len.div_ceil(n).div_ceil(a).max(1) * a };
+        let chunk = if n == 1 {
+            usize::MAX
+        } else {
+            max_len.div_ceil(n).div_ceil(a).max(1) * a
+        };
         if n > 1 && (chunk < p.min_chunk || chunk >= max_len) {
             continue;
         }
         if n > 1 && n * p.kv_lens.len() * p.num_kv_heads > 8 * p.max_ctas {
             break; // every further candidate needs more than 8 waves
         }
-        let items = if n == 1 { p.kv_lens.len().max(1) } else { items_for(p.kv_lens, chunk) };
+        let items = if n == 1 {
+            p.kv_lens.len().max(1)
+        } else {
+            items_for(p.kv_lens, chunk)
+        };
         if p.graph_items.is_some_and(|g| items > g) {
             continue;
         }
         let waves = (items * p.num_kv_heads).div_ceil(p.max_ctas);
-        let cost = waves * (chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS) + if n > 1 { SPLIT_PENALTY_TOKENS } else { 0 };
+        let cost = waves * (chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS)
+            + if n > 1 { SPLIT_PENALTY_TOKENS } else { 0 };
         if (cost, items) < (best.0, best.1) {
             best = (cost, items, chunk);
         }
@@ -107,10 +116,17 @@ fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
 pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
     let b = p.kv_lens.len();
     if p.num_kv_heads == 0 || p.max_ctas == 0 || p.chunk_align == 0 {
-        return Err(Error::invalid(OP, "problem", "num_kv_heads, max_ctas and chunk_align must be positive"));
+        return Err(Error::invalid(
+            OP,
+            "problem",
+            "num_kv_heads, max_ctas and chunk_align must be positive",
+        ));
     }
     if b > u32::MAX as usize || p.kv_lens.iter().any(|&l| l > i32::MAX as usize) {
-        return Err(Error::Overflow { op: OP, what: "batch or kv_len" });
+        return Err(Error::Overflow {
+            op: OP,
+            what: "batch or kv_len",
+        });
     }
     let max_len = p.kv_lens.iter().copied().max().unwrap_or(0);
     let align = |c: usize| c.div_ceil(p.chunk_align).max(1) * p.chunk_align;
@@ -125,10 +141,18 @@ pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
     };
     plan.merge_indptr.push(0);
     for (r, &len) in p.kv_lens.iter().enumerate() {
-        let n = if chunk == usize::MAX { 1 } else { len.div_ceil(chunk).max(1) };
+        let n = if chunk == usize::MAX {
+            1
+        } else {
+            len.div_ceil(chunk).max(1)
+        };
         for c in 0..n {
             let begin = if chunk == usize::MAX { 0 } else { c * chunk };
-            let end = if chunk == usize::MAX { len } else { (begin + chunk).min(len) };
+            let end = if chunk == usize::MAX {
+                len
+            } else {
+                (begin + chunk).min(len)
+            };
             plan.request.push(r as u32);
             plan.kv_begin.push(begin as u32);
             plan.kv_end.push(end as u32);
@@ -139,7 +163,11 @@ pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
     plan.grid_items = plan.request.len();
     if let Some(g) = p.graph_items {
         if g < plan.grid_items {
-            return Err(Error::invalid(OP, "graph_items", format!("{g} < {} items this batch needs", plan.grid_items)));
+            return Err(Error::invalid(
+                OP,
+                "graph_items",
+                format!("{g} < {} items this batch needs", plan.grid_items),
+            ));
         }
         plan.grid_items = g;
     }
@@ -152,13 +180,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn problem(lens: &[usize], heads: usize, ctas: usize) -> DecodeProblem<'_> {
-        DecodeProblem { kv_lens: lens, num_kv_heads: heads, max_ctas: ctas, min_chunk: 256, chunk_align: 64, fixed_chunk: None, graph_items: None }
+        DecodeProblem {
+            kv_lens: lens,
+            num_kv_heads: heads,
+            max_ctas: ctas,
+            min_chunk: 256,
+            chunk_align: 64,
+            fixed_chunk: None,
+            graph_items: None,
+        }
     }
 
     fn check_cover(p: &DecodeProblem<'_>, plan: &DecodePlan) {
         // Every token of every request covered exactly once, items contiguous per request.
         for (r, &len) in p.kv_lens.iter().enumerate() {
-            let (a, z) = (plan.merge_indptr[r] as usize, plan.merge_indptr[r + 1] as usize);
+            let (a, z) = (
+                plan.merge_indptr[r] as usize,
+                plan.merge_indptr[r + 1] as usize,
+            );
             assert!(z > a, "request {r} has no work item");
             let mut next = 0u32;
             for i in a..z {
@@ -172,7 +211,10 @@ mod tests {
             }
             assert_eq!(next as usize, len);
         }
-        assert_eq!(*plan.merge_indptr.last().unwrap() as usize, plan.num_items());
+        assert_eq!(
+            *plan.merge_indptr.last().unwrap() as usize,
+            plan.num_items()
+        );
     }
 
     #[test]

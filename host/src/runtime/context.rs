@@ -307,38 +307,71 @@ impl Gpu {
     /// Writes `host` into the first `host.len()` elements of `dst`.
     pub fn write_prefix<T: DeviceRepr>(&self, dst: &mut DeviceBuffer<T>, host: &[T]) -> Result<()> {
         let have = dst.len();
-        let mut view = dst
-            .slice
-            .try_slice_mut(0..host.len())
-            .ok_or_else(|| Error::shape("write_prefix", "destination length", format!(">= {}", host.len()), have))?;
+        let mut view = dst.slice.try_slice_mut(0..host.len()).ok_or_else(|| {
+            Error::shape(
+                "write_prefix",
+                "destination length",
+                format!(">= {}", host.len()),
+                have,
+            )
+        })?;
         self.inner.stream.memcpy_htod(host, &mut view)?;
         Ok(())
     }
 
     /// Writes `host` into `dst[offset..offset + host.len()]`.
-    pub fn write_range<T: DeviceRepr>(&self, dst: &mut DeviceBuffer<T>, offset: usize, host: &[T]) -> Result<()> {
+    pub fn write_range<T: DeviceRepr>(
+        &self,
+        dst: &mut DeviceBuffer<T>,
+        offset: usize,
+        host: &[T],
+    ) -> Result<()> {
         let have = dst.len();
         let end = offset.checked_add(host.len()).filter(|&e| e <= have);
         let Some(end) = end else {
-            return Err(Error::shape("write_range", "destination range", format!("{offset}+{} within {have}", host.len()), have));
+            return Err(Error::shape(
+                "write_range",
+                "destination range",
+                format!("{offset}+{} within {have}", host.len()),
+                have,
+            ));
         };
-        let mut view = dst
-            .slice
-            .try_slice_mut(offset..end)
-            .ok_or_else(|| Error::shape("write_range", "destination range", format!("{offset}..{end}"), have))?;
+        let mut view = dst.slice.try_slice_mut(offset..end).ok_or_else(|| {
+            Error::shape(
+                "write_range",
+                "destination range",
+                format!("{offset}..{end}"),
+                have,
+            )
+        })?;
         self.inner.stream.memcpy_htod(host, &mut view)?;
         Ok(())
     }
 
     /// Copies `len` elements inside one buffer, from offset `src` to offset `dst` (ranges must
     /// not overlap), on the stream.
-    pub fn copy_within<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, src: usize, dst: usize, len: usize) -> Result<()> {
+    pub fn copy_within<T: DeviceRepr>(
+        &self,
+        buf: &mut DeviceBuffer<T>,
+        src: usize,
+        dst: usize,
+        len: usize,
+    ) -> Result<()> {
         let end = |o: usize| o.checked_add(len).filter(|&e| e <= buf.len());
         if end(src).is_none() || end(dst).is_none() {
-            return Err(Error::shape("copy_within", "range", format!("within {}", buf.len()), format!("{src}/{dst}+{len}")));
+            return Err(Error::shape(
+                "copy_within",
+                "range",
+                format!("within {}", buf.len()),
+                format!("{src}/{dst}+{len}"),
+            ));
         }
         if src < dst + len && dst < src + len && len > 0 {
-            return Err(Error::invalid("copy_within", "range", "source and destination overlap"));
+            return Err(Error::invalid(
+                "copy_within",
+                "range",
+                "source and destination overlap",
+            ));
         }
         self.bind()?;
         let size = std::mem::size_of::<T>();
@@ -357,10 +390,22 @@ impl Gpu {
     }
 
     /// Copies all of `src` into `dst` starting at element `dst_offset`.
-    pub fn copy_into<T: DeviceRepr>(&self, src: &DeviceBuffer<T>, dst: &mut DeviceBuffer<T>, dst_offset: usize) -> Result<()> {
-        let end = dst_offset.checked_add(src.len()).filter(|&e| e <= dst.len());
+    pub fn copy_into<T: DeviceRepr>(
+        &self,
+        src: &DeviceBuffer<T>,
+        dst: &mut DeviceBuffer<T>,
+        dst_offset: usize,
+    ) -> Result<()> {
+        let end = dst_offset
+            .checked_add(src.len())
+            .filter(|&e| e <= dst.len());
         if end.is_none() {
-            return Err(Error::shape("copy_into", "destination range", format!("{}+{} within {}", dst_offset, src.len(), dst.len()), dst.len()));
+            return Err(Error::shape(
+                "copy_into",
+                "destination range",
+                format!("{}+{} within {}", dst_offset, src.len(), dst.len()),
+                dst.len(),
+            ));
         }
         self.bind()?;
         let size = std::mem::size_of::<T>();

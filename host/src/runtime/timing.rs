@@ -56,7 +56,11 @@ impl Gpu {
     where
         F: FnMut(usize) -> Result<()>,
     {
-        let mut flush = if o.flush_bytes > 0 { Some(self.alloc::<u8>(o.flush_bytes)?) } else { None };
+        let mut flush = if o.flush_bytes > 0 {
+            Some(self.alloc::<u8>(o.flush_bytes)?)
+        } else {
+            None
+        };
         for i in 0..o.warmup {
             f(i)?;
         }
@@ -68,8 +72,14 @@ impl Gpu {
                 self.stream().memset_zeros(&mut b.slice)?;
             }
             if o.spin_us > 0 {
-                let dims = super::LaunchDims { grid: (1, 1, 1), block: (1, 1, 1), smem_bytes: 0 };
-                let p = ferrinfer_kernels::abi::SpinParams { ns: o.spin_us as u64 * 1000 };
+                let dims = super::LaunchDims {
+                    grid: (1, 1, 1),
+                    block: (1, 1, 1),
+                    smem_bytes: 0,
+                };
+                let p = ferrinfer_kernels::abi::SpinParams {
+                    ns: o.spin_us as u64 * 1000,
+                };
                 // SAFETY: util_spin touches no memory.
                 unsafe { self.launch("util_spin", dims, p)? };
             }
@@ -111,7 +121,11 @@ impl Gpu {
     }
 
     /// Device-to-device copy of `src` into `dst` (same length) on this GPU's stream.
-    pub fn copy<T: cudarc::driver::DeviceRepr>(&self, src: &DeviceBuffer<T>, dst: &mut DeviceBuffer<T>) -> Result<()> {
+    pub fn copy<T: cudarc::driver::DeviceRepr>(
+        &self,
+        src: &DeviceBuffer<T>,
+        dst: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
         if src.len() != dst.len() {
             return Err(Error::shape("copy", "dst length", src.len(), dst.len()));
         }

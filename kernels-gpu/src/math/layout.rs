@@ -44,7 +44,8 @@ impl PageStrides {
     /// pools can exceed 2^32 elements.
     #[inline(always)]
     pub fn offset(&self, page: u32, entry: u32, head: u32) -> u64 {
-        page as u64 * self.stride_page as u64 + (entry * self.stride_n + head * self.stride_h) as u64
+        page as u64 * self.stride_page as u64
+            + (entry * self.stride_n + head * self.stride_h) as u64
     }
 }
 

@@ -6,6 +6,6 @@
 pub mod chunk;
 pub mod fast;
 pub mod fastdiv;
-pub mod layout;
 pub mod frag;
+pub mod layout;
 pub mod softmax;
