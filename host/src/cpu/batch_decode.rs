@@ -55,7 +55,6 @@ pub fn batch_decode<T: Float16>(
             out.len(),
         ));
     }
-    let lse = lse;
     if let Some(l) = lse.as_deref() {
         if l.len() < b * heads.num_qo_heads {
             return Err(Error::shape(
