@@ -176,7 +176,7 @@ impl Machine {
         }
         assert_eq!(used.len() + t.free_pages(), t.num_pages());
         for id in self.live() {
-            let (k, v) = self.cache.gather(id).unwrap();
+            let (k, v) = self.cache.gather(0, id).unwrap();
             let m = &self.model[&id];
             assert!(
                 k == m.0 && v == m.1,
@@ -318,8 +318,8 @@ fn gpu_append_matches_cpu() {
                     .unwrap();
                     cases += 1;
                 }
-                let (gk, gv) = gc.pool().device_buffers().unwrap();
-                let (ck, cv) = cc.pool().host_buffers().unwrap();
+                let (gk, gv) = gc.pool(0).unwrap().device_buffers().unwrap();
+                let (ck, cv) = cc.pool(0).unwrap().host_buffers().unwrap();
                 assert!(
                     gpu.download(gk).unwrap() == ck,
                     "K pool differs: page {page_size} {lay:?} D {d}"
@@ -329,7 +329,7 @@ fn gpu_append_matches_cpu() {
                     "V pool differs: page {page_size} {lay:?} D {d}"
                 );
                 for (g, c) in &ids {
-                    assert_eq!(gc.gather(*g).unwrap(), cc.gather(*c).unwrap());
+                    assert_eq!(gc.gather(0, *g).unwrap(), cc.gather(0, *c).unwrap());
                 }
             }
         }
@@ -371,7 +371,7 @@ fn bad_inputs(w: Where) {
         (
             c.batch_pages(&[a]).unwrap(),
             c.table().free_pages(),
-            c.gather(a).unwrap(),
+            c.gather(0, a).unwrap(),
         )
     };
     let before = snap(&mut cache);
@@ -446,7 +446,7 @@ fn bad_inputs(w: Where) {
     };
     let before_pool = match &dev {
         Some(_) => None,
-        None => Some(cache.pool().host_buffers().unwrap().0.to_vec()),
+        None => Some(cache.pool(0).unwrap().host_buffers().unwrap().0.to_vec()),
     };
     let pool: &mut KvPool<bf16> = raw_pool(&mut cache);
     let e = pool
@@ -488,7 +488,7 @@ fn bad_inputs(w: Where) {
         .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     if let Some(p) = before_pool {
-        assert_eq!(p, cache.pool().host_buffers().unwrap().0);
+        assert_eq!(p, cache.pool(0).unwrap().host_buffers().unwrap().0);
     }
     assert_eq!(
         before,
@@ -499,7 +499,7 @@ fn bad_inputs(w: Where) {
 
 /// The raw pool of a cache, for the hand-made-metadata tests.
 fn raw_pool(c: &mut PagedKvCache<bf16>) -> &mut KvPool<bf16> {
-    c.pool_mut()
+    c.pool_mut(0).unwrap()
 }
 
 #[test]

@@ -180,7 +180,10 @@ pub struct DeviceAppendMeta {
     buf: DeviceBuffer<i32>,
     offs: [usize; 4],
     nnz: usize,
-    pool_id: usize,
+    /// Geometry and context the metadata was validated against: any pool with both (every layer
+    /// of a cache) may use it.
+    cfg: KvPoolConfig,
+    ctx_id: usize,
 }
 
 /// Ragged append metadata as FlashInfer's `append_paged_kv_cache` takes it.
@@ -572,7 +575,8 @@ impl<T: Float16> KvPool<T> {
             buf: gpu.upload(&host)?,
             offs,
             nnz: meta.batch_indices.len(),
-            pool_id: self as *const Self as usize,
+            cfg: self.cfg,
+            ctx_id: gpu.ctx_id(),
         })
     }
 
@@ -586,8 +590,14 @@ impl<T: Float16> KvPool<T> {
         v: &DeviceBuffer<T>,
         vs: RowStrides,
     ) -> Result<()> {
-        if meta.pool_id != self as *const Self as usize {
-            return Err(Error::invalid(OP, "metadata", "uploaded for another pool"));
+        let same_ctx =
+            matches!(&self.storage, Storage::Cuda { gpu, .. } if gpu.ctx_id() == meta.ctx_id);
+        if meta.cfg != self.cfg || !same_ctx {
+            return Err(Error::invalid(
+                OP,
+                "metadata",
+                "uploaded for a pool of another geometry or device",
+            ));
         }
         self.check_rows("k rows", &Rows::Device(k), ks, meta.nnz)?;
         self.check_rows("v rows", &Rows::Device(v), vs, meta.nnz)?;
