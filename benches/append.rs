@@ -118,26 +118,32 @@ fn main() {
             "\n| shape | seqs x tokens | cached | MiB moved | median us | p90 us | GB/s | % copy |"
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-        bench(
-            &gpu,
-            &Shape {
-                name: "decode step",
-                seqs: 256,
-                tokens: 1,
-                cached: 1023,
-            },
-            copy_tbps,
-        )?;
-        bench(
-            &gpu,
-            &Shape {
-                name: "prefill chunk",
-                seqs: 8,
-                tokens: 2048,
-                cached: 0,
-            },
-            copy_tbps,
-        )?;
+        // FERRINFER_BENCH_ONLY=prefill|decode runs one shape (profiling runs).
+        let only = std::env::var("FERRINFER_BENCH_ONLY").unwrap_or_default();
+        if !only.starts_with("prefill") {
+            bench(
+                &gpu,
+                &Shape {
+                    name: "decode step",
+                    seqs: 256,
+                    tokens: 1,
+                    cached: 1023,
+                },
+                copy_tbps,
+            )?;
+        }
+        if !only.starts_with("decode") {
+            bench(
+                &gpu,
+                &Shape {
+                    name: "prefill chunk",
+                    seqs: 8,
+                    tokens: 2048,
+                    cached: 0,
+                },
+                copy_tbps,
+            )?;
+        }
         Ok(())
     };
     if let Err(e) = run() {

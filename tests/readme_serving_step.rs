@@ -7,8 +7,8 @@ use ferrinfer::DeviceBuffer;
 use half::bf16;
 
 fn step(
-    cache: &mut PagedKvCache<bf16>,   // PagedKvCache::new_gpu_layers(gpu, cfg, size, 30)
-    decode: &BatchDecode,             // BatchDecode::new(gpu, heads, DType::Bf16, opts)
+    cache: &mut PagedKvCache<bf16>, // PagedKvCache::new_gpu_layers(gpu, cfg, size, 30)
+    decode: &BatchDecode,           // BatchDecode::new(gpu, heads, DType::Bf16, opts)
     seqs: &[ferrinfer::kv::SeqId],
     new_kv: &[(DeviceBuffer<bf16>, DeviceBuffer<bf16>)], // per layer: [batch, kv_heads, D]
     q: &[DeviceBuffer<bf16>],                            // per layer: [batch, q_heads, D]
@@ -19,7 +19,14 @@ fn step(
     let c = *cache.config();
     let rows = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
     for (layer, (k, v)) in new_kv.iter().enumerate() {
-        cache.append_layer(layer, &appended, Rows::Device(k), rows, Rows::Device(v), rows)?;
+        cache.append_layer(
+            layer,
+            &appended,
+            Rows::Device(k),
+            rows,
+            Rows::Device(v),
+            rows,
+        )?;
     }
     let plan = decode.plan(&cache.batch_pages(seqs)?, &c)?; // host planner, once per step
     for (layer, o) in out.iter_mut().enumerate() {
@@ -36,13 +43,31 @@ fn readme_serving_step_runs() {
         return;
     };
     let heads = HeadConfig::new(9, 3, 64).unwrap();
-    let cfg = KvPoolConfig { num_pages: 0, page_size: 16, num_kv_heads: 3, head_dim: 64, layout: KvLayout::Nhd };
-    let mut cache = PagedKvCache::<bf16>::new_gpu_layers(&gpu, cfg, PoolSize::Pages(64), 2).unwrap();
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: 3,
+        head_dim: 64,
+        layout: KvLayout::Nhd,
+    };
+    let mut cache =
+        PagedKvCache::<bf16>::new_gpu_layers(&gpu, cfg, PoolSize::Pages(64), 2).unwrap();
     let decode = BatchDecode::new(&gpu, heads, DType::Bf16, AttentionOptions::default()).unwrap();
     let seqs: Vec<_> = (0..4).map(|_| cache.add_sequence()).collect();
-    let kv: Vec<_> = (0..2).map(|_| (gpu.upload(&vec![bf16::ONE; 4 * 192]).unwrap(), gpu.upload(&vec![bf16::ONE; 4 * 192]).unwrap())).collect();
-    let q: Vec<_> = (0..2).map(|_| gpu.upload(&vec![bf16::ONE; 4 * 576]).unwrap()).collect();
-    let mut out: Vec<_> = (0..2).map(|_| gpu.alloc::<bf16>(4 * 576).unwrap()).collect();
+    let kv: Vec<_> = (0..2)
+        .map(|_| {
+            (
+                gpu.upload(&vec![bf16::ONE; 4 * 192]).unwrap(),
+                gpu.upload(&vec![bf16::ONE; 4 * 192]).unwrap(),
+            )
+        })
+        .collect();
+    let q: Vec<_> = (0..2)
+        .map(|_| gpu.upload(&vec![bf16::ONE; 4 * 576]).unwrap())
+        .collect();
+    let mut out: Vec<_> = (0..2)
+        .map(|_| gpu.alloc::<bf16>(4 * 576).unwrap())
+        .collect();
     for _ in 0..3 {
         step(&mut cache, &decode, &seqs, &kv, &q, &mut out).unwrap();
     }

@@ -118,28 +118,19 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     let sub = tid % lpr;
     let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
-    // SAFETY: counts has 2 entries; work items below num_items are valid.
-    let num_items = unsafe { ld_i32(p.counts, 0) };
+    // The prologue is a chain of dependent loads that the L2 rarely holds (one per launch), so
+    // it is kept to three levels: {counts, work item} → {merge_indptr, kv_indptr, q} → pages.
+    // The work item is read before the bounds check: i < work_stride always holds.
+    let ws = p.work_stride;
+    // SAFETY: counts has 2 entries; i < work_stride indexes the work arrays.
+    let (num_items, b, begin, end) =
+        unsafe { (ld_i32(p.counts, 0), ld_i32(p.work, i), ld_i32(p.work, ws + i), ld_i32(p.work, 2 * ws + i)) };
     if i >= num_items {
         return;
     }
-    let ws = p.work_stride;
-    // SAFETY: i < num_items ≤ work_stride.
-    let (b, begin, end) = unsafe {
-        (
-            ld_i32(p.work, i),
-            ld_i32(p.work, ws + i),
-            ld_i32(p.work, 2 * ws + i),
-        )
-    };
     // SAFETY: b < batch, so b + 1 indexes merge_indptr / kv_indptr.
-    let (first, last, page_base) = unsafe {
-        (
-            ld_i32(p.merge_indptr, b),
-            ld_i32(p.merge_indptr, b + 1),
-            ld_i32(p.kv_indptr, b),
-        )
-    };
+    let (first, last, page_base) =
+        unsafe { (ld_i32(p.merge_indptr, b), ld_i32(p.merge_indptr, b + 1), ld_i32(p.kv_indptr, b)) };
     let split = last - first > 1;
     let g = p.group;
     let tf = p.logit;
