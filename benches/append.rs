@@ -26,7 +26,12 @@ fn shuffle(v: &mut [i32], mut x: u64) {
     }
 }
 
-fn bench(gpu: &Gpu, s: &Shape, copy_tbps: f64) -> ferrinfer::Result<(f64, f64)> {
+fn bench(
+    gpu: &Gpu,
+    s: &Shape,
+    copy_tbps: f64,
+    rows_per_thread: usize,
+) -> ferrinfer::Result<(f64, f64)> {
     let (heads, d, p) = (8usize, 128usize, 16usize);
     let len = s.cached + s.tokens;
     let pages_per = len.div_ceil(p);
@@ -39,6 +44,7 @@ fn bench(gpu: &Gpu, s: &Shape, copy_tbps: f64) -> ferrinfer::Result<(f64, f64)> 
         layout: KvLayout::Nhd,
     };
     let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
+    pool.set_append_rows_per_thread(rows_per_thread)?;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
     shuffle(&mut ids, 0x9e37_79b9_7f4a_7c15);
     let pages = BatchPages {
@@ -78,7 +84,7 @@ fn bench(gpu: &Gpu, s: &Shape, copy_tbps: f64) -> ferrinfer::Result<(f64, f64)> 
     let bytes = (2 * n * 2 * 2) as f64;
     let gbps = bytes / (t.median_us * 1e-6) / 1e9;
     println!(
-        "| {} | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
+        "| {} ({rows_per_thread} rows/thread) | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
         s.name,
         s.seqs,
         s.tokens,
@@ -120,29 +126,25 @@ fn main() {
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         // FERRINFER_BENCH_ONLY=prefill|decode runs one shape (profiling runs).
         let only = std::env::var("FERRINFER_BENCH_ONLY").unwrap_or_default();
-        if !only.starts_with("prefill") {
-            bench(
-                &gpu,
-                &Shape {
-                    name: "decode step",
-                    seqs: 256,
-                    tokens: 1,
-                    cached: 1023,
-                },
-                copy_tbps,
-            )?;
-        }
-        if !only.starts_with("decode") {
-            bench(
-                &gpu,
-                &Shape {
-                    name: "prefill chunk",
-                    seqs: 8,
-                    tokens: 2048,
-                    cached: 0,
-                },
-                copy_tbps,
-            )?;
+        let decode = Shape {
+            name: "decode step",
+            seqs: 256,
+            tokens: 1,
+            cached: 1023,
+        };
+        let prefill = Shape {
+            name: "prefill chunk",
+            seqs: 8,
+            tokens: 2048,
+            cached: 0,
+        };
+        for rows in [4, 8] {
+            if !only.starts_with("prefill") {
+                bench(&gpu, &decode, copy_tbps, rows)?;
+            }
+            if !only.starts_with("decode") {
+                bench(&gpu, &prefill, copy_tbps, rows)?;
+            }
         }
         Ok(())
     };

@@ -75,7 +75,7 @@ pub struct AppendParams {
 unsafe impl Abi for AppendParams {}
 const _: () = assert!(core::mem::size_of::<AppendParams>() == 8 * 8 + 6 * 4 + 16 + 8);
 
-/// Parameters of the batch decode kernel (`decode_*`) and its merge (`decode_merge_*`).
+/// Parameters of the batch decode kernels (`decode_*`).
 ///
 /// K/V are read through page tables with generic strides, so one kernel serves the paged cache
 /// (NHD/HND) and contiguous single-request K/V (one "page" holding the whole sequence).
@@ -115,6 +115,9 @@ pub struct DecodeParams {
     pub part_o: u64,
     /// f32 partial lse `[work_stride, num_qo_heads]`.
     pub part_lse: u64,
+    /// u32 `[batch, num_kv_heads]` arrival counters of split requests (zero between launches:
+    /// the CTA that merges a request resets its counter).
+    pub counters: u64,
     /// q request stride.
     pub q_stride_b: u32,
     /// q head stride.
@@ -146,7 +149,7 @@ pub struct DecodeParams {
 // SAFETY: #[repr(C)] of u64/u32 fields and #[repr(C)] structs of u32/f32; same layout on the
 // host and nvptx64.
 unsafe impl Abi for DecodeParams {}
-const _: () = assert!(core::mem::size_of::<DecodeParams>() == 14 * 8 + 14 * 4 + 16);
+const _: () = assert!(core::mem::size_of::<DecodeParams>() == 15 * 8 + 14 * 4 + 16);
 
 /// Parameters of `util_spin`.
 #[repr(C)]

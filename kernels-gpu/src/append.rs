@@ -11,7 +11,8 @@ use crate::abi::AppendParams;
 use crate::arch::{global, thread};
 use crate::math::layout::page_and_entry;
 
-/// Rows per thread per iteration.
+/// Rows per thread per iteration of the default instances (`append_kv_b16`, `gather_kv_b16`);
+/// `append_kv_b16_r8` moves 8 (more bytes in flight per thread, fewer resident threads).
 const ROWS: usize = 4;
 
 /// Read-only metadata load (`ld.global.nc`): the index arrays are never written by the kernel.
@@ -21,35 +22,32 @@ unsafe fn ld_i32(base: u64, i: u32) -> u32 {
     unsafe { global::ld_nc_f32(base + (i as u64) * 4) }.to_bits()
 }
 
-/// Offsets of the `ROWS` rows a thread moves in one iteration (element units), and which exist.
+/// Where the `ROWS` rows of one iteration live in the pool: page id and entry per row (8 bytes
+/// of state per row, so prefetching the next iteration's costs few registers).
 #[derive(Clone, Copy)]
-struct RowOffsets {
-    pool: [u64; ROWS],
-    k: [u64; ROWS],
-    v: [u64; ROWS],
-    valid: [bool; ROWS],
+struct RowPages<const R: usize> {
+    page: [u32; R],
+    entry: [u32; R],
+    valid: [bool; R],
 }
 
-/// Resolves rows `n0 + r·stride` (r < ROWS) of head `h`: metadata loads only.
+/// Resolves rows `n0 + r·stride` (r < ROWS): metadata loads only.
 ///
 /// # Safety
 /// Host-validated metadata (see [`copy_rows`]).
 #[inline(always)]
-unsafe fn offsets<const APPEND: bool>(
+unsafe fn resolve<const APPEND: bool, const R: usize>(
     p: &AppendParams,
     n0: u32,
     stride: u32,
-    h: u32,
-    vec_off: u64,
     page_size: NonZeroU32,
-) -> RowOffsets {
-    let mut o = RowOffsets {
-        pool: [0; ROWS],
-        k: [0; ROWS],
-        v: [0; ROWS],
-        valid: [false; ROWS],
+) -> RowPages<R> {
+    let mut o = RowPages {
+        page: [0; R],
+        entry: [0; R],
+        valid: [false; R],
     };
-    for r in 0..ROWS {
+    for r in 0..R {
         let n = n0 + (r as u32) * stride;
         o.valid[r] = n < p.nnz;
         if o.valid[r] {
@@ -63,10 +61,8 @@ unsafe fn offsets<const APPEND: bool>(
             };
             let (slot, entry) = page_and_entry(pos, page_size);
             // SAFETY: as above.
-            let page = unsafe { ld_i32(p.kv_indices, ld_i32(p.kv_indptr, b) + slot) };
-            o.pool[r] = p.pool.offset(page, entry, h) + vec_off;
-            o.k[r] = n as u64 * p.k_rows_stride_n as u64 + (h * p.k_rows_stride_h) as u64 + vec_off;
-            o.v[r] = n as u64 * p.v_rows_stride_n as u64 + (h * p.v_rows_stride_h) as u64 + vec_off;
+            o.page[r] = unsafe { ld_i32(p.kv_indices, ld_i32(p.kv_indptr, b) + slot) };
+            o.entry[r] = entry;
         }
     }
     o
@@ -76,51 +72,67 @@ unsafe fn offsets<const APPEND: bool>(
 /// Block `(head_dim/8, hy)`, any grid; host-validated metadata: every batch index, position
 /// and page id in range, pools sized for the page count, 16-byte aligned rows.
 ///
-/// Software-pipelined: the metadata of the next iteration (two dependent index loads per row)
-/// is resolved while this iteration's data loads are in flight.
+/// Software-pipelined: the page lookups of the next iteration (two dependent index loads per
+/// row) are resolved while this iteration's data loads are in flight.
 #[inline(always)]
-unsafe fn copy_rows<const APPEND: bool>(p: &AppendParams) {
+unsafe fn copy_rows<const APPEND: bool, const R: usize>(p: &AppendParams) {
     let x = thread::thread_idx_x();
     let hy = thread::block_dim_y();
     let vec_off = (x * 8) as u64;
     let page_size = NonZeroU32::new(p.pool.page_size).unwrap_or(NonZeroU32::MIN);
     let stride = thread::grid_dim_x();
-    let step = stride * ROWS as u32;
+    let step = stride * R as u32;
     let mut h = thread::thread_idx_y();
     while h < p.num_heads {
+        let k_head = (h * p.k_rows_stride_h) as u64 + vec_off;
+        let v_head = (h * p.v_rows_stride_h) as u64 + vec_off;
         let mut n0 = thread::block_idx_x();
         // SAFETY: forwarded contract.
-        let mut next = unsafe { offsets::<APPEND>(p, n0, stride, h, vec_off, page_size) };
+        let mut next = unsafe { resolve::<APPEND, R>(p, n0, stride, page_size) };
         while n0 < p.nnz {
             let cur = next;
-            let mut kd = [[0u32; 4]; ROWS];
-            let mut vd = [[0u32; 4]; ROWS];
-            for r in 0..ROWS {
+            let mut kd = [[0u32; 4]; R];
+            let mut vd = [[0u32; 4]; R];
+            for r in 0..R {
                 if cur.valid[r] {
+                    let n = (n0 + r as u32 * stride) as u64;
+                    let pool = p.pool.offset(cur.page[r], cur.entry[r], h) + vec_off;
                     // SAFETY: offsets from validated metadata; 16-byte aligned.
                     unsafe {
                         if APPEND {
-                            kd[r] = global::ld_nc_u32x4(p.k_rows + cur.k[r] * 2);
-                            vd[r] = global::ld_nc_u32x4(p.v_rows + cur.v[r] * 2);
+                            kd[r] = global::ld_nc_u32x4(
+                                p.k_rows + (n * p.k_rows_stride_n as u64 + k_head) * 2,
+                            );
+                            vd[r] = global::ld_nc_u32x4(
+                                p.v_rows + (n * p.v_rows_stride_n as u64 + v_head) * 2,
+                            );
                         } else {
-                            kd[r] = global::ld_u32x4(p.k_pool + cur.pool[r] * 2);
-                            vd[r] = global::ld_u32x4(p.v_pool + cur.pool[r] * 2);
+                            kd[r] = global::ld_u32x4(p.k_pool + pool * 2);
+                            vd[r] = global::ld_u32x4(p.v_pool + pool * 2);
                         }
                     }
                 }
             }
             // SAFETY: forwarded contract (rows past nnz resolve to invalid).
-            next = unsafe { offsets::<APPEND>(p, n0 + step, stride, h, vec_off, page_size) };
-            for r in 0..ROWS {
+            next = unsafe { resolve::<APPEND, R>(p, n0 + step, stride, page_size) };
+            for r in 0..R {
                 if cur.valid[r] {
+                    let n = (n0 + r as u32 * stride) as u64;
+                    let pool = p.pool.offset(cur.page[r], cur.entry[r], h) + vec_off;
                     // SAFETY: as above.
                     unsafe {
                         if APPEND {
-                            global::st_u32x4(p.k_pool + cur.pool[r] * 2, kd[r]);
-                            global::st_u32x4(p.v_pool + cur.pool[r] * 2, vd[r]);
+                            global::st_u32x4(p.k_pool + pool * 2, kd[r]);
+                            global::st_u32x4(p.v_pool + pool * 2, vd[r]);
                         } else {
-                            global::st_u32x4(p.k_rows + cur.k[r] * 2, kd[r]);
-                            global::st_u32x4(p.v_rows + cur.v[r] * 2, vd[r]);
+                            global::st_u32x4(
+                                p.k_rows + (n * p.k_rows_stride_n as u64 + k_head) * 2,
+                                kd[r],
+                            );
+                            global::st_u32x4(
+                                p.v_rows + (n * p.v_rows_stride_n as u64 + v_head) * 2,
+                                vd[r],
+                            );
                         }
                     }
                 }
@@ -138,7 +150,7 @@ unsafe fn copy_rows<const APPEND: bool>(p: &AppendParams) {
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn append_kv_b16(p: AppendParams) {
     // SAFETY: forwarded launch contract.
-    unsafe { copy_rows::<true>(&p) }
+    unsafe { copy_rows::<true, ROWS>(&p) }
 }
 
 /// Entry point: gather one sequence's K/V pages (16-bit elements) into contiguous rows.
@@ -148,5 +160,15 @@ pub unsafe extern "ptx-kernel" fn append_kv_b16(p: AppendParams) {
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn gather_kv_b16(p: AppendParams) {
     // SAFETY: forwarded launch contract.
-    unsafe { copy_rows::<false>(&p) }
+    unsafe { copy_rows::<false, ROWS>(&p) }
+}
+
+/// Entry point: append with 8 rows per thread per iteration (tuning variant, see `ROWS`).
+///
+/// # Safety
+/// See the body's launch contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn append_kv_b16_r8(p: AppendParams) {
+    // SAFETY: forwarded launch contract.
+    unsafe { copy_rows::<true, 8>(&p) }
 }

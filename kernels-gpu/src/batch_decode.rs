@@ -11,8 +11,9 @@
 //! are zero-filled (`src_size = 0`), so a stale value can never meet a zero weight.
 //!
 //! All `g` query heads of the KV head share every loaded row (GQA). Requests covered by one
-//! work item write o/lse directly; split requests write f32 partials that `decode_merge_*`
-//! folds along `merge_indptr`.
+//! work item write o/lse directly; split requests write f32 partials, and the last CTA of the
+//! request (per KV head) to finish — found with an atomic ticket after a device-scope fence —
+//! merges them in the same launch (no second kernel).
 use crate::abi::DecodeParams;
 use crate::arch::{global, pipeline, shared, thread, warp};
 use crate::config::{batch_decode as bcfg, single_decode as cfg};
@@ -123,14 +124,25 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     // The work item is read before the bounds check: i < work_stride always holds.
     let ws = p.work_stride;
     // SAFETY: counts has 2 entries; i < work_stride indexes the work arrays.
-    let (num_items, b, begin, end) =
-        unsafe { (ld_i32(p.counts, 0), ld_i32(p.work, i), ld_i32(p.work, ws + i), ld_i32(p.work, 2 * ws + i)) };
+    let (num_items, b, begin, end) = unsafe {
+        (
+            ld_i32(p.counts, 0),
+            ld_i32(p.work, i),
+            ld_i32(p.work, ws + i),
+            ld_i32(p.work, 2 * ws + i),
+        )
+    };
     if i >= num_items {
         return;
     }
     // SAFETY: b < batch, so b + 1 indexes merge_indptr / kv_indptr.
-    let (first, last, page_base) =
-        unsafe { (ld_i32(p.merge_indptr, b), ld_i32(p.merge_indptr, b + 1), ld_i32(p.kv_indptr, b)) };
+    let (first, last, page_base) = unsafe {
+        (
+            ld_i32(p.merge_indptr, b),
+            ld_i32(p.merge_indptr, b + 1),
+            ld_i32(p.kv_indptr, b),
+        )
+    };
     let split = last - first > 1;
     let g = p.group;
     let tf = p.logit;
@@ -358,45 +370,67 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
         }
         w += cfg::THREADS;
     }
+
+    if split {
+        // Split request: the last of its CTAs (per KV head) to finish merges the partials.
+        // Every thread fences its partial writes before thread 0 takes a ticket.
+        global::fence_gpu();
+        thread::sync_threads();
+        let counter = p.counters + ((b * thread::grid_dim_y() + kvh) as u64) * 4;
+        if tid == 0 {
+            // SAFETY: counters has batch × num_kv_heads entries.
+            let old = unsafe { global::atomic_add_u32(counter, 1) };
+            // SAFETY: smem is at least 4 bytes.
+            unsafe { shared::st_u32(smem, (old + 1 == last - first) as u32) };
+        }
+        thread::sync_threads();
+        // SAFETY: written above, before the barrier.
+        if unsafe { shared::ld_u32(smem) } == 0 {
+            return;
+        }
+        global::fence_gpu();
+        // SAFETY: all partials of (b, kvh) are written and fenced; smem is free again.
+        unsafe { merge_partials::<E, D>(p, b, kvh, first, last - first, tid, smem + 16) };
+        if tid == 0 {
+            // SAFETY: as above; resets the counter for the next launch.
+            unsafe { global::st_u32(counter, 0) };
+        }
+    }
 }
 
-/// Merge of split requests: CTA = (request, query head). Requests with one work item were
-/// written by the decode kernel and are skipped.
-///
-/// Warp 0 turns the partial lse values into normalised weights (smem). Then the four warps
-/// split the partials (warp w takes chunks w, w+4, ...), each lane owning `D/32` consecutive
-/// elements, with [`MERGE_UNROLL`] independent 16-byte loads in flight per lane; the four warp
-/// sums meet in shared memory. (A serial loop over the partials exposed one memory latency per
-/// chunk: ~45 µs for 64 chunks.)
+/// Partials each thread keeps in flight while merging.
+const MERGE_UNROLL: usize = 8;
+
+/// Folds the `n` partial states of request `b` for the query heads of KV head `kvh` into o/lse.
+/// Warps take heads (normalised weights into smem); then each thread produces 4 output
+/// elements with [`MERGE_UNROLL`] independent 16-byte loads in flight. Loads are `.cg`: the
+/// partials were written by other CTAs of this launch.
 ///
 /// # Safety
-/// Grid `(max_batch, num_qo_heads)`, block `(128)`, dynamic smem =
-/// `4 × (max items per request) + 4 warps × D × 4` bytes; D ∈ {64, 128, 256}.
+/// Called by all 128 threads of the CTA; `smem` has room for `group × n` f32 weights
+/// (the host bounds n by [`crate::config::batch_decode::MAX_ITEMS_PER_REQUEST`]).
 #[inline(always)]
-unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
-    let b = thread::block_idx_x();
-    let h = thread::block_idx_y();
-    let tid = thread::thread_idx_x();
+unsafe fn merge_partials<E: Elem, const D: u32>(
+    p: &DecodeParams,
+    b: u32,
+    kvh: u32,
+    first: u32,
+    n: u32,
+    tid: u32,
+    smem: u32,
+) {
+    let g = p.group;
+    let hq0 = kvh * g;
     let lane = tid % 32;
-    let warp_id = tid / 32;
-    // SAFETY: counts[1] = batch; b < batch indexes merge_indptr.
-    if b >= unsafe { ld_i32(p.counts, 1) } {
-        return;
-    }
-    // SAFETY: as above.
-    let (first, last) = unsafe { (ld_i32(p.merge_indptr, b), ld_i32(p.merge_indptr, b + 1)) };
-    let n = last - first;
-    if n <= 1 {
-        return;
-    }
-    let wb = shared::dyn_smem_base();
-    let lse_at = |c: u32| p.part_lse + (((first + c) * p.num_qo_heads + h) as u64) * 4;
-    if warp_id == 0 {
+    let mut h = tid / 32;
+    while h < g {
+        let hq = hq0 + h;
+        let lse_at = |c: u32| p.part_lse + (((first + c) * p.num_qo_heads + hq) as u64) * 4;
         let mut m = f32::NEG_INFINITY;
         let mut c = lane;
         while c < n {
             // SAFETY: c < n partials of this request.
-            m = fmax(m, unsafe { global::ld_nc_f32(lse_at(c)) });
+            m = fmax(m, unsafe { global::ld_cg_f32(lse_at(c)) });
             c += 32;
         }
         let m = warp::group_max_f32(m, 32);
@@ -404,10 +438,10 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
         let mut sum = 0.0f32;
         let mut c = lane;
         while c < n {
-            // SAFETY: as above; smem holds ≥ n weights.
+            // SAFETY: as above; weights of head h at smem[h·n ..].
             unsafe {
-                let w = exp2(global::ld_nc_f32(lse_at(c)) - mr);
-                shared::st_f32(wb + c * 4, w);
+                let w = exp2(global::ld_cg_f32(lse_at(c)) - mr);
+                shared::st_f32(smem + (h * n + c) * 4, w);
                 sum += w;
             }
             c += 32;
@@ -417,7 +451,12 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
         let mut c = lane;
         while c < n {
             // SAFETY: as above.
-            unsafe { shared::st_f32(wb + c * 4, shared::ld_f32(wb + c * 4) * inv) };
+            unsafe {
+                shared::st_f32(
+                    smem + (h * n + c) * 4,
+                    shared::ld_f32(smem + (h * n + c) * 4) * inv,
+                )
+            };
             c += 32;
         }
         if lane == 0 && p.lse != 0 {
@@ -427,75 +466,49 @@ unsafe fn batch_merge<E: Elem, const D: u32>(p: &DecodeParams) {
                 f32::NEG_INFINITY
             };
             // SAFETY: lse [batch, Hq].
-            unsafe { global::st_f32(p.lse + ((b * p.num_qo_heads + h) as u64) * 4, lse) };
+            unsafe { global::st_f32(p.lse + ((b * p.num_qo_heads + hq) as u64) * 4, lse) };
         }
+        h += 4;
     }
     thread::sync_threads();
-
-    // Each lane owns EPL = D/32 consecutive elements (2, 4 or 8): one or two 16-byte groups.
-    const fn epl(d: u32) -> u32 {
-        d / 32
-    }
-    let e0 = lane * epl(D);
-    let mut acc = [0.0f32; 8];
-    let row = |c: u32| p.part_o + ((((first + c) * p.num_qo_heads + h) * D + e0) as u64) * 4;
-    let mut c = warp_id;
-    while c < n {
-        let mut w = [0.0f32; MERGE_UNROLL];
-        let mut v = [[0u32; 8]; MERGE_UNROLL];
-        for u in 0..MERGE_UNROLL {
-            let cc = c + 4 * u as u32;
-            if cc < n {
-                // SAFETY: partial rows of this request, 8/16-byte aligned (e0 multiple of 2).
-                unsafe {
-                    w[u] = shared::ld_f32(wb + cc * 4);
-                    if epl(D) >= 4 {
-                        let x = global::ld_nc_u32x4(row(cc));
-                        v[u][..4].copy_from_slice(&x);
-                        if epl(D) == 8 {
-                            let y = global::ld_nc_u32x4(row(cc) + 16);
-                            v[u][4..].copy_from_slice(&y);
-                        }
-                    } else {
-                        v[u][0] = global::ld_u32(row(cc));
-                        v[u][1] = global::ld_u32(row(cc) + 4);
+    let items = g * (D / 4);
+    let mut it = tid;
+    while it < items {
+        let h = it / (D / 4);
+        let e0 = (it % (D / 4)) * 4;
+        let hq = hq0 + h;
+        let row = |c: u32| p.part_o + ((((first + c) * p.num_qo_heads + hq) * D + e0) as u64) * 4;
+        let mut acc = [0.0f32; 4];
+        let mut c = 0;
+        while c < n {
+            let mut w = [0.0f32; MERGE_UNROLL];
+            let mut v = [[0u32; 4]; MERGE_UNROLL];
+            for u in 0..MERGE_UNROLL {
+                let cc = c + u as u32;
+                if cc < n {
+                    // SAFETY: partial rows of this request; 16-byte aligned.
+                    unsafe {
+                        w[u] = shared::ld_f32(smem + (h * n + cc) * 4);
+                        v[u] = global::ld_cg_u32x4(row(cc));
                     }
                 }
             }
-        }
-        for u in 0..MERGE_UNROLL {
-            for e in 0..8 {
-                acc[e] += w[u] * f32::from_bits(v[u][e]);
+            for u in 0..MERGE_UNROLL {
+                for e in 0..4 {
+                    acc[e] += w[u] * f32::from_bits(v[u][e]);
+                }
             }
+            c += MERGE_UNROLL as u32;
         }
-        c += 4 * MERGE_UNROLL as u32;
-    }
-    // Cross-warp sum through smem (after the weights).
-    let red = wb + ((n + 3) / 4) * 16;
-    for e in 0..epl(D) {
-        // SAFETY: inside the reduction area (4 warps × D floats).
-        unsafe { shared::st_f32(red + (warp_id * D + e0 + e) * 4, acc[e as usize]) };
-    }
-    thread::sync_threads();
-    let mut e = tid * 2;
-    while e < D {
-        let mut o = [0.0f32; 2];
-        for w in 0..4 {
-            // SAFETY: as above.
-            unsafe {
-                o[0] += shared::ld_f32(red + (w * D + e) * 4);
-                o[1] += shared::ld_f32(red + (w * D + e + 1) * 4);
-            }
+        let a = p.o + ((b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
+        // SAFETY: o extent validated; 8-byte aligned.
+        unsafe {
+            global::st_u32(a, E::pack2(acc[0], acc[1]));
+            global::st_u32(a + 4, E::pack2(acc[2], acc[3]));
         }
-        let a = p.o + ((b as u64) * (p.o_stride_b as u64) + (h * p.o_stride_h + e) as u64) * 2;
-        // SAFETY: o extent validated; 4-byte aligned.
-        unsafe { global::st_u32(a, E::pack2(o[0], o[1])) };
-        e += cfg::THREADS * 2;
+        it += cfg::THREADS;
     }
 }
-
-/// Partials each merge lane keeps in flight.
-const MERGE_UNROLL: usize = 4;
 
 macro_rules! decode_entries {
     ($($name:ident => $e:ty, $d:literal, $g:literal;)*) => {$(
@@ -507,20 +520,6 @@ macro_rules! decode_entries {
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
             // SAFETY: forwarded launch contract.
             unsafe { batch_decode::<$e, $d, $g>(&p) }
-        }
-    )*};
-}
-
-macro_rules! merge_entries {
-    ($($name:ident => $e:ty, $d:literal;)*) => {$(
-        #[doc = concat!("Entry point: batch decode merge, ", stringify!($e), ", D = ", $d, ".")]
-        ///
-        /// # Safety
-        /// See the generic body's launch contract.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
-            // SAFETY: forwarded launch contract.
-            unsafe { batch_merge::<$e, $d>(&p) }
         }
     )*};
 }
@@ -550,13 +549,4 @@ decode_entries! {
     decode_bf16_d256_g2 => Bf16, 256, 2;
     decode_bf16_d256_g4 => Bf16, 256, 4;
     decode_bf16_d256_g8 => Bf16, 256, 8;
-}
-
-merge_entries! {
-    decode_merge_f16_d64 => F16, 64;
-    decode_merge_f16_d128 => F16, 128;
-    decode_merge_f16_d256 => F16, 256;
-    decode_merge_bf16_d64 => Bf16, 64;
-    decode_merge_bf16_d128 => Bf16, 128;
-    decode_merge_bf16_d256 => Bf16, 256;
 }

@@ -67,11 +67,9 @@ pub mod batch_decode {
         sd::THREADS * sd::UNROLL * 2 * 16
     }
 
-    /// Dynamic shared memory of the merge kernel: one weight per partial (16-byte aligned), then
-    /// a 4-warp × `head_dim` f32 reduction area.
-    pub const fn merge_smem_bytes(head_dim: u32, max_items: u32) -> u32 {
-        max_items.div_ceil(4) * 16 + 4 * head_dim * 4
-    }
+    /// Most work items one request may be split into: the fused merge keeps `group × items`
+    /// f32 weights in shared memory (8 × 1024 × 4 = 32 KB ≤ the 48 KB ring).
+    pub const MAX_ITEMS_PER_REQUEST: u32 = 1024;
 
     /// Dynamic shared memory: the staging ring, reused for the cross-slot merge at the end.
     pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {

@@ -172,6 +172,7 @@ pub struct KvPool<T> {
     storage: Storage<T>,
     staging: Vec<i32>,
     resident_blocks: std::cell::Cell<Option<u32>>,
+    append_kernel: &'static str,
 }
 
 /// Append metadata validated and uploaded to the device once, for repeated launches (one per
@@ -234,6 +235,7 @@ impl<T: Float16> KvPool<T> {
             },
             staging: Vec::new(),
             resident_blocks: std::cell::Cell::new(None),
+            append_kernel: "append_kv_b16",
         })
     }
 
@@ -250,6 +252,7 @@ impl<T: Float16> KvPool<T> {
             },
             staging: Vec::new(),
             resident_blocks: std::cell::Cell::new(None),
+            append_kernel: "append_kv_b16",
         })
     }
 
@@ -297,6 +300,24 @@ impl<T: Float16> KvPool<T> {
                 Ok(())
             }
         }
+    }
+
+    /// Tuning knob: rows each thread of the append kernel moves per iteration (4, the default, or
+    /// 8). Benchmarks compare both; the default is the faster on the H100.
+    pub fn set_append_rows_per_thread(&mut self, rows: usize) -> Result<()> {
+        self.append_kernel = match rows {
+            4 => "append_kv_b16",
+            8 => "append_kv_b16_r8",
+            _ => {
+                return Err(Error::unsupported(
+                    OP,
+                    "append rows per thread",
+                    format!("{rows} (supported: 4, 8)"),
+                ))
+            }
+        };
+        self.resident_blocks.set(None);
+        Ok(())
     }
 
     /// The pool's geometry.
@@ -529,7 +550,7 @@ impl<T: Float16> KvPool<T> {
         let resident = match self.resident_blocks.get() {
             Some(r) => r,
             None => {
-                let f = gpu.function("append_kv_b16", 0)?;
+                let f = gpu.function(self.append_kernel, 0)?;
                 let per_sm = f
                     .occupancy_max_active_blocks_per_multiprocessor(lanes * hy, 0, None)?
                     .max(1);
@@ -538,6 +559,7 @@ impl<T: Float16> KvPool<T> {
                 r
             }
         };
+        // One row per block while rows are few; beyond, a wave of resident blocks.
         let grid = (rows as u32).clamp(1, resident);
         Ok(LaunchDims {
             grid: (grid, 1, 1),
@@ -647,7 +669,7 @@ impl<T: Float16> KvPool<T> {
         let dims = self.launch_dims(gpu, nnz)?;
         // SAFETY: callers validated every batch index, position and page id against the pool
         // and the page tables, the row extents and 16-byte strides.
-        unsafe { gpu.launch("append_kv_b16", dims, p) }
+        unsafe { gpu.launch(self.append_kernel, dims, p) }
     }
 
     /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`

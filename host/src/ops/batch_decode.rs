@@ -54,7 +54,8 @@ pub struct BatchDecodePlan {
     batch: usize,
     page_size: usize,
     num_pages_seen: usize,
-    /// Device i32: `[counts 2 | work 3·ws | merge_indptr mb+1 | kv_indptr mb+1 | kv_indices]`.
+    /// Device i32: `[counts 2 | work 3·ws | merge_indptr mb+1 | kv_indptr mb+1 | kv_indices mp |
+    /// merge counters mb·Hkv]`.
     meta: DeviceBuffer<i32>,
     staging: Vec<i32>,
     work_stride: usize,
@@ -95,6 +96,9 @@ impl BatchDecodePlan {
     fn off_indices(&self) -> usize {
         self.off_indptr() + self.max_batch + 1
     }
+    fn off_counters(&self) -> usize {
+        self.off_indices() + self.max_pages
+    }
 }
 
 /// Batch decode for one head configuration, dtype and option set.
@@ -104,7 +108,6 @@ pub struct BatchDecode {
     dtype: DType,
     opts: AttentionOptions,
     kernel: String,
-    merge_kernel: String,
     group_cap: u32,
     max_ctas: usize,
     graph: Option<GraphLimits>,
@@ -163,10 +166,8 @@ impl BatchDecode {
             });
         }
         let kernel = format!("decode_{}_d{}_g{}", dtype.name(), heads.head_dim, group_cap);
-        let merge_kernel = format!("decode_merge_{}_d{}", dtype.name(), heads.head_dim);
         let smem = bcfg::smem_bytes(heads.head_dim as u32, group_cap);
         let f = gpu.function(&kernel, smem)?;
-        gpu.function(&merge_kernel, 0)?;
         let per_sm = f
             .occupancy_max_active_blocks_per_multiprocessor(cfg::THREADS, smem as usize, None)?
             .max(1) as usize;
@@ -177,7 +178,6 @@ impl BatchDecode {
             dtype,
             opts,
             kernel,
-            merge_kernel,
             group_cap,
             max_ctas,
             graph,
@@ -245,9 +245,13 @@ impl BatchDecode {
         };
         if let Some(l) = self.graph {
             let ws = plan.work_stride;
-            plan.meta = self
-                .gpu
-                .alloc::<i32>(2 + 3 * ws + 2 * (l.max_batch + 1) + l.max_pages.max(1))?;
+            plan.meta = self.gpu.alloc::<i32>(
+                2 + 3 * ws
+                    + 2 * (l.max_batch + 1)
+                    + l.max_pages
+                    + l.max_batch * self.heads.num_kv_heads
+                    + 1,
+            )?;
             plan.part_o = self
                 .gpu
                 .alloc::<f32>(ws * self.heads.num_qo_heads * self.heads.head_dim)?;
@@ -402,12 +406,32 @@ impl BatchDecode {
         pad(s, &merge, plan.max_batch + 1);
         pad(s, &pages.kv_indptr, plan.max_batch + 1);
         s.extend_from_slice(&pages.kv_indices);
+        // Arrival counters of the fused merge, zeroed by every plan (the kernel also resets
+        // them after each merge, so replays without re-planning stay consistent).
+        s.extend(std::iter::repeat_n(
+            0,
+            plan.max_pages - pages.kv_indices.len(),
+        ));
+        s.extend(std::iter::repeat_n(
+            0,
+            plan.max_batch * self.heads.num_kv_heads,
+        ));
         let max_items = host
             .merge_indptr
             .windows(2)
             .map(|w| (w[1] - w[0]) as usize)
             .max()
             .unwrap_or(1);
+        if max_items > bcfg::MAX_ITEMS_PER_REQUEST as usize {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                format!(
+                    "{max_items} work items for one request (at most {})",
+                    bcfg::MAX_ITEMS_PER_REQUEST
+                ),
+            ));
+        }
         if self.graph.is_none() {
             if plan.meta.len() < s.len() {
                 plan.meta = self.gpu.alloc::<i32>(s.len())?;
@@ -543,6 +567,7 @@ impl BatchDecode {
             kv_indices: at(plan.off_indices()),
             work: at(plan.off_work()),
             merge_indptr: at(plan.off_merge()),
+            counters: at(plan.off_counters()),
             counts: at(0),
             part_o: plan.part_o.addr(),
             part_lse: plan.part_lse.addr(),
@@ -569,26 +594,6 @@ impl BatchDecode {
         // uploaded by plan_into; q/out/lse extents checked above; partial buffers sized for the
         // plan's work items.
         unsafe { self.gpu.launch(&self.kernel, dims, p)? };
-        let merge_needed = self.graph.is_some() || plan.host.split;
-        if merge_needed && plan.batch > 0 {
-            let rows = if self.graph.is_some() {
-                plan.max_batch
-            } else {
-                plan.batch
-            };
-            let items = if self.graph.is_some() {
-                plan.work_stride
-            } else {
-                plan.max_items_per_request
-            };
-            let dims = LaunchDims {
-                grid: (rows as u32, h.num_qo_heads as u32, 1),
-                block: (cfg::THREADS, 1, 1),
-                smem_bytes: bcfg::merge_smem_bytes(d, items as u32),
-            };
-            // SAFETY: as above; smem holds one weight per work item of the longest request.
-            unsafe { self.gpu.launch(&self.merge_kernel, dims, p)? };
-        }
         Ok(())
     }
 }

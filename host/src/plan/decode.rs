@@ -62,9 +62,12 @@ fn items_for(lens: &[usize], chunk: usize) -> usize {
     lens.iter().map(|&l| l.div_ceil(chunk).max(1)).sum()
 }
 
-/// Extra cost (in tokens of the critical path) charged to a split plan: the merge launch and
-/// the partial-state traffic.
+/// Extra cost (in tokens of the critical path) charged to a split plan: the fused merge's
+/// fence and ticket, plus [`SPLIT_PENALTY_PER_CHUNK`] per partial it folds.
 const SPLIT_PENALTY_TOKENS: usize = 64;
+
+/// Per-partial share of the split penalty (tokens).
+const SPLIT_PENALTY_PER_CHUNK: usize = 2;
 
 /// Most chunks a request is cut into.
 const MAX_SPLIT: usize = 64;
@@ -104,7 +107,7 @@ fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
         }
         let waves = (items * p.num_kv_heads).div_ceil(p.max_ctas);
         let cost = waves * (chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS)
-            + if n > 1 { SPLIT_PENALTY_TOKENS } else { 0 };
+            + if n > 1 { SPLIT_PENALTY_TOKENS + SPLIT_PENALTY_PER_CHUNK * n } else { 0 };
         if (cost, items) < (best.0, best.1) {
             best = (cost, items, chunk);
         }

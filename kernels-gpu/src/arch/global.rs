@@ -102,3 +102,54 @@ pub unsafe fn st_u16(addr: u64, v: u16) {
     // SAFETY: per the caller's contract.
     unsafe { asm!("st.global.b16 [{0}], {1};", in(reg64) addr, in(reg16) v, options(nostack)) };
 }
+
+/// `ld.global.cg.v4.b32`: a 16-byte load cached in L2 only — for data other CTAs of the same
+/// launch wrote (after a fence), which L1 or the non-coherent path could serve stale.
+///
+/// # Safety
+/// `addr` must be a 16-byte aligned device address.
+#[inline(always)]
+pub unsafe fn ld_cg_u32x4(addr: u64) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("ld.global.cg.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+             out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) addr,
+             options(nostack))
+    };
+    [a, b, c, d]
+}
+
+/// `ld.global.cg.f32` (see [`ld_cg_u32x4`]).
+///
+/// # Safety
+/// `addr` must be a 4-byte aligned device address.
+#[inline(always)]
+pub unsafe fn ld_cg_f32(addr: u64) -> f32 {
+    let r: f32;
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("ld.global.cg.f32 {0}, [{1}];", out(reg32) r, in(reg64) addr, options(nostack)) };
+    r
+}
+
+/// `atom.global.add.u32`: adds `v` and returns the old value (relaxed, device scope).
+///
+/// # Safety
+/// `addr` must be a 4-byte aligned, writable device address.
+#[inline(always)]
+pub unsafe fn atomic_add_u32(addr: u64, v: u32) -> u32 {
+    let r: u32;
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("atom.global.add.u32 {0}, [{1}], {2};", out(reg32) r, in(reg64) addr, in(reg32) v, options(nostack))
+    };
+    r
+}
+
+/// `fence.acq_rel.gpu` (CUDA's `__threadfence`): orders this thread's memory accesses before
+/// and after it for every thread of the device.
+#[inline(always)]
+pub fn fence_gpu() {
+    // SAFETY: no operands.
+    unsafe { asm!("fence.acq_rel.gpu;", options(nostack)) };
+}
