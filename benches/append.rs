@@ -138,7 +138,7 @@ fn main() {
             tokens: 2048,
             cached: 0,
         };
-        for rows in [4, 8] {
+        for rows in [4, 1, 2, 8] {
             if !only.starts_with("prefill") {
                 bench(&gpu, &decode, copy_tbps, rows)?;
             }

@@ -163,12 +163,22 @@ pub unsafe extern "ptx-kernel" fn gather_kv_b16(p: AppendParams) {
     unsafe { copy_rows::<false, ROWS>(&p) }
 }
 
-/// Entry point: append with 8 rows per thread per iteration (tuning variant, see `ROWS`).
-///
-/// # Safety
-/// See the body's launch contract.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn append_kv_b16_r8(p: AppendParams) {
-    // SAFETY: forwarded launch contract.
-    unsafe { copy_rows::<true, 8>(&p) }
+macro_rules! append_variants {
+    ($($name:ident => $rows:literal;)*) => {$(
+        #[doc = concat!("Entry point: append with ", $rows, " rows per thread per iteration (tuning variant, see `ROWS`).")]
+        ///
+        /// # Safety
+        /// See the body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: AppendParams) {
+            // SAFETY: forwarded launch contract.
+            unsafe { copy_rows::<true, $rows>(&p) }
+        }
+    )*};
+}
+
+append_variants! {
+    append_kv_b16_r1 => 1;
+    append_kv_b16_r2 => 2;
+    append_kv_b16_r8 => 8;
 }

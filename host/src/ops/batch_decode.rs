@@ -58,6 +58,7 @@ pub struct BatchDecodePlan {
     /// merge counters mb·Hkv]`.
     meta: DeviceBuffer<i32>,
     staging: Vec<i32>,
+    pinned: Option<crate::runtime::PinnedStaging>,
     work_stride: usize,
     max_batch: usize,
     max_pages: usize,
@@ -235,6 +236,7 @@ impl BatchDecode {
             num_pages_seen: 0,
             meta: self.gpu.alloc::<i32>(1)?,
             staging: Vec::new(),
+            pinned: None,
             work_stride,
             max_batch,
             max_pages,
@@ -390,14 +392,16 @@ impl BatchDecode {
         let s = &mut plan.staging;
         s.clear();
         s.extend_from_slice(&[n_items as i32, batch as i32]);
-        let mut work = vec![0i32; 3 * plan.work_stride];
+        let ws_ = plan.work_stride;
+        let base = s.len();
+        s.resize(base + 3 * ws_, 0);
+        let work = &mut s[base..];
         for i in 0..n_items {
             let r = host.request[i] as usize;
             work[i] = r as i32;
-            work[plan.work_stride + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
-            work[2 * plan.work_stride + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
+            work[ws_ + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
+            work[2 * ws_ + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
         }
-        s.extend_from_slice(&work);
         let pad = |s: &mut Vec<i32>, v: &[i32], n: usize| {
             s.extend_from_slice(v);
             s.extend(std::iter::repeat_n(0, n - v.len()));
@@ -442,7 +446,8 @@ impl BatchDecode {
                 plan.part_lse = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?;
             }
         }
-        self.gpu.write_prefix(&mut plan.meta, &plan.staging)?;
+        self.gpu
+            .upload_pinned(&mut plan.pinned, &plan.staging, &mut plan.meta)?;
         plan.host = host;
         plan.batch = batch;
         plan.page_size = page_size;

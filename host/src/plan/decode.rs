@@ -107,7 +107,11 @@ fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
         }
         let waves = (items * p.num_kv_heads).div_ceil(p.max_ctas);
         let cost = waves * (chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS)
-            + if n > 1 { SPLIT_PENALTY_TOKENS + SPLIT_PENALTY_PER_CHUNK * n } else { 0 };
+            + if n > 1 {
+                SPLIT_PENALTY_TOKENS + SPLIT_PENALTY_PER_CHUNK * n
+            } else {
+                0
+            };
         if (cost, items) < (best.0, best.1) {
             best = (cost, items, chunk);
         }

@@ -6,9 +6,11 @@
 mod buffer;
 mod context;
 mod launch;
+mod staging;
 mod timing;
 
 pub use buffer::DeviceBuffer;
 pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
 pub use launch::LaunchDims;
+pub use staging::PinnedStaging;
 pub use timing::{TimeOpts, Timing};
