@@ -302,17 +302,20 @@ impl<T: Float16> KvPool<T> {
         }
     }
 
-    /// Tuning knob: rows each thread of the append kernel moves per iteration (4, the default, or
-    /// 8). Benchmarks compare both; the default is the faster on the H100.
+    /// Tuning knob: rows each thread of the append kernel moves per iteration (1, 2, 4 — the
+    /// default — or 8): more rows keep more loads in flight per thread but need more registers,
+    /// so fewer threads are resident. `benches/append.rs` compares them.
     pub fn set_append_rows_per_thread(&mut self, rows: usize) -> Result<()> {
         self.append_kernel = match rows {
+            1 => "append_kv_b16_r1",
+            2 => "append_kv_b16_r2",
             4 => "append_kv_b16",
             8 => "append_kv_b16_r8",
             _ => {
                 return Err(Error::unsupported(
                     OP,
                     "append rows per thread",
-                    format!("{rows} (supported: 4, 8)"),
+                    format!("{rows} (supported: 1, 2, 4, 8)"),
                 ))
             }
         };
