@@ -31,6 +31,7 @@ fn bench(
     s: &Shape,
     copy_tbps: f64,
     rows_per_thread: usize,
+    streaming: bool,
 ) -> ferrinfer::Result<(f64, f64)> {
     let (heads, d, p) = (8usize, 128usize, 16usize);
     let len = s.cached + s.tokens;
@@ -44,7 +45,7 @@ fn bench(
         layout: KvLayout::Nhd,
     };
     let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
-    pool.set_append_rows_per_thread(rows_per_thread)?;
+    pool.set_append_variant(rows_per_thread, streaming)?;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
     shuffle(&mut ids, 0x9e37_79b9_7f4a_7c15);
     let pages = BatchPages {
@@ -84,8 +85,9 @@ fn bench(
     let bytes = (2 * n * 2 * 2) as f64;
     let gbps = bytes / (t.median_us * 1e-6) / 1e9;
     println!(
-        "| {} ({rows_per_thread} rows/thread) | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
+        "| {} ({rows_per_thread} row(s)/thread{}) | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
         s.name,
+        if streaming { ", .cs stores" } else { "" },
         s.seqs,
         s.tokens,
         s.cached,
@@ -138,12 +140,13 @@ fn main() {
             tokens: 2048,
             cached: 0,
         };
-        for rows in [4, 1, 2, 8] {
+        // The default (1 row per thread) first, then the tuning variants.
+        for (rows, streaming) in [(1, false), (1, true), (2, false), (4, false), (8, false)] {
             if !only.starts_with("prefill") {
-                bench(&gpu, &decode, copy_tbps, rows)?;
+                bench(&gpu, &decode, copy_tbps, rows, streaming)?;
             }
             if !only.starts_with("decode") {
-                bench(&gpu, &prefill, copy_tbps, rows)?;
+                bench(&gpu, &prefill, copy_tbps, rows, streaming)?;
             }
         }
         Ok(())

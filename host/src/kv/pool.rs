@@ -302,20 +302,22 @@ impl<T: Float16> KvPool<T> {
         }
     }
 
-    /// Tuning knob: rows each thread of the append kernel moves per iteration (1, 2, 4 — the
-    /// default — or 8): more rows keep more loads in flight per thread but need more registers,
-    /// so fewer threads are resident. `benches/append.rs` compares them.
-    pub fn set_append_rows_per_thread(&mut self, rows: usize) -> Result<()> {
-        self.append_kernel = match rows {
-            1 => "append_kv_b16_r1",
-            2 => "append_kv_b16_r2",
-            4 => "append_kv_b16",
-            8 => "append_kv_b16_r8",
+    /// Tuning knob for the append kernel: rows each thread moves per iteration (1 — the
+    /// default — 2, 4 or 8; more rows keep more loads in flight per thread but need more
+    /// registers, so fewer threads are resident) and, for 1 row, streaming (`.cs`) stores.
+    /// `benches/append.rs` compares them.
+    pub fn set_append_variant(&mut self, rows: usize, streaming_stores: bool) -> Result<()> {
+        self.append_kernel = match (rows, streaming_stores) {
+            (1, false) => "append_kv_b16",
+            (1, true) => "append_kv_b16_cs",
+            (2, false) => "append_kv_b16_r2",
+            (4, false) => "append_kv_b16_r4",
+            (8, false) => "append_kv_b16_r8",
             _ => {
                 return Err(Error::unsupported(
                     OP,
-                    "append rows per thread",
-                    format!("{rows} (supported: 1, 2, 4, 8)"),
+                    "append variant",
+                    format!("{rows} rows, streaming {streaming_stores} (supported: 1/2/4/8 rows; streaming with 1 row)"),
                 ))
             }
         };
@@ -546,7 +548,7 @@ impl<T: Float16> KvPool<T> {
 
     /// Block `(head_dim/8, heads ≤ 256 threads)`; grid = one block per row up to one wave of
     /// resident blocks (occupancy query, cached). Small appends (a decode step) thus get one
-    /// row per block; large ones grid-stride, 4 rows per thread per iteration.
+    /// row per block; large ones grid-stride, one row per thread per iteration (see `set_append_variant`).
     fn launch_dims(&self, gpu: &Gpu, rows: usize) -> Result<LaunchDims> {
         let lanes = (self.cfg.head_dim / 8) as u32;
         let hy = (self.cfg.num_kv_heads as u32).min((256 / lanes).max(1));

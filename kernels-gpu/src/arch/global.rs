@@ -153,3 +153,17 @@ pub fn fence_gpu() {
     // SAFETY: no operands.
     unsafe { asm!("fence.acq_rel.gpu;", options(nostack)) };
 }
+
+/// `st.global.cs.v4.b32`: a 16-byte streaming store (evict-first: the line is not expected to
+/// be read again soon).
+///
+/// # Safety
+/// `addr` must be a 16-byte aligned, writable device address.
+#[inline(always)]
+pub unsafe fn st_cs_u32x4(addr: u64, v: [u32; 4]) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("st.global.cs.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};", in(reg64) addr,
+             in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack))
+    };
+}
