@@ -64,6 +64,72 @@ pub struct BatchPages {
 }
 
 impl BatchPages {
+    /// Checks the CSR invariants for op `op`: `kv_indptr` has `batch + 1` entries, starts at 0
+    /// and never decreases, its last entry is the length of `kv_indices`, each last-page length
+    /// is in `[1, page_size]` (0 exactly for sequences without pages), and — when `num_pages`
+    /// is given — every page id lies in `[0, num_pages)`.
+    pub fn validate(
+        &self,
+        op: &'static str,
+        page_size: usize,
+        num_pages: Option<usize>,
+    ) -> Result<()> {
+        let b = self.kv_last_page_len.len();
+        if self.kv_indptr.len() != b + 1 {
+            return Err(Error::shape(
+                op,
+                "kv_indptr length",
+                b + 1,
+                self.kv_indptr.len(),
+            ));
+        }
+        if self.kv_indptr[0] != 0 || self.kv_indptr.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::invalid(
+                op,
+                "kv_indptr",
+                "must start at 0 and be non-decreasing",
+            ));
+        }
+        if self.kv_indptr[b] as usize != self.kv_indices.len() {
+            return Err(Error::shape(
+                op,
+                "kv_indices length",
+                self.kv_indptr[b],
+                self.kv_indices.len(),
+            ));
+        }
+        for i in 0..b {
+            let n = self.kv_indptr[i + 1] - self.kv_indptr[i];
+            let last = self.kv_last_page_len[i];
+            let ok = if n == 0 {
+                last == 0
+            } else {
+                last >= 1 && last as usize <= page_size
+            };
+            if !ok {
+                return Err(Error::invalid(
+                    op,
+                    "kv_last_page_len",
+                    format!("entry {i}: {last} with {n} pages"),
+                ));
+            }
+        }
+        if let Some(num_pages) = num_pages {
+            if let Some(&bad) = self
+                .kv_indices
+                .iter()
+                .find(|&&p| p < 0 || p as usize >= num_pages)
+            {
+                return Err(Error::PageOutOfRange {
+                    op,
+                    page: bad as i64,
+                    num_pages,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Number of sequences.
     pub fn batch_size(&self) -> usize {
         self.kv_last_page_len.len()

@@ -357,58 +357,7 @@ impl<T: Float16> KvPool<T> {
     /// Validates CSR page tables against this pool: monotone `kv_indptr` from 0, matching
     /// lengths, page ids in range, last-page lengths in `[1, page_size]` for non-empty entries.
     pub fn validate_pages(&self, pages: &BatchPages) -> Result<()> {
-        let b = pages.kv_last_page_len.len();
-        if pages.kv_indptr.len() != b + 1 {
-            return Err(Error::shape(
-                OP,
-                "kv_indptr length",
-                b + 1,
-                pages.kv_indptr.len(),
-            ));
-        }
-        if pages.kv_indptr[0] != 0 || pages.kv_indptr.windows(2).any(|w| w[1] < w[0]) {
-            return Err(Error::invalid(
-                OP,
-                "kv_indptr",
-                "must start at 0 and be non-decreasing",
-            ));
-        }
-        if pages.kv_indptr[b] as usize != pages.kv_indices.len() {
-            return Err(Error::shape(
-                OP,
-                "kv_indices length",
-                pages.kv_indptr[b],
-                pages.kv_indices.len(),
-            ));
-        }
-        if let Some(&bad) = pages
-            .kv_indices
-            .iter()
-            .find(|&&p| p < 0 || p as usize >= self.cfg.num_pages)
-        {
-            return Err(Error::PageOutOfRange {
-                op: OP,
-                page: bad as i64,
-                num_pages: self.cfg.num_pages,
-            });
-        }
-        for i in 0..b {
-            let n = pages.kv_indptr[i + 1] - pages.kv_indptr[i];
-            let last = pages.kv_last_page_len[i];
-            let ok = if n == 0 {
-                last == 0
-            } else {
-                last >= 1 && last as usize <= self.cfg.page_size
-            };
-            if !ok {
-                return Err(Error::invalid(
-                    OP,
-                    "kv_last_page_len",
-                    format!("entry {i}: {last} with {n} pages"),
-                ));
-            }
-        }
-        Ok(())
+        pages.validate(OP, self.cfg.page_size, Some(self.cfg.num_pages))
     }
 
     /// Checks that `rows` hold `n` rows with strides `s` where this pool can read them.

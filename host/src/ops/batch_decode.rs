@@ -289,41 +289,7 @@ impl BatchDecode {
         page_size: usize,
         pool: Option<&KvPoolConfig>,
     ) -> Result<()> {
-        let b = pages.kv_last_page_len.len();
-        if pages.kv_indptr.len() != b + 1
-            || pages.kv_indptr.first() != Some(&0)
-            || pages.kv_indptr.windows(2).any(|w| w[1] < w[0])
-        {
-            return Err(Error::invalid(
-                OP,
-                "kv_indptr",
-                "must have batch+1 entries, start at 0 and be non-decreasing",
-            ));
-        }
-        if pages.kv_indptr[b] as usize != pages.kv_indices.len() {
-            return Err(Error::shape(
-                OP,
-                "kv_indices length",
-                pages.kv_indptr[b],
-                pages.kv_indices.len(),
-            ));
-        }
-        for i in 0..b {
-            let n = pages.kv_indptr[i + 1] - pages.kv_indptr[i];
-            let last = pages.kv_last_page_len[i];
-            let ok = if n == 0 {
-                last == 0
-            } else {
-                last >= 1 && last as usize <= page_size
-            };
-            if !ok {
-                return Err(Error::invalid(
-                    OP,
-                    "kv_last_page_len",
-                    format!("entry {i}: {last} with {n} pages"),
-                ));
-            }
-        }
+        pages.validate(OP, page_size, pool.map(|p| p.num_pages))?;
         if let Some(pool) = pool {
             if pool.num_kv_heads != self.heads.num_kv_heads || pool.head_dim != self.heads.head_dim
             {
@@ -333,17 +299,6 @@ impl BatchDecode {
                     format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim),
                     format!("{}/{}", pool.num_kv_heads, pool.head_dim),
                 ));
-            }
-            if let Some(&bad) = pages
-                .kv_indices
-                .iter()
-                .find(|&&p| p < 0 || p as usize >= pool.num_pages)
-            {
-                return Err(Error::PageOutOfRange {
-                    op: OP,
-                    page: bad as i64,
-                    num_pages: pool.num_pages,
-                });
             }
         }
         Ok(())
