@@ -85,8 +85,13 @@ fn bench(
     let bytes = (2 * n * 2 * 2) as f64;
     let gbps = bytes / (t.median_us * 1e-6) / 1e9;
     println!(
-        "| {} ({rows_per_thread} row(s)/thread{}) | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
+        "| {} ({}{}) | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
         s.name,
+        if rows_per_thread > 100 {
+            format!("cp.async, {} rows/thread", rows_per_thread - 100)
+        } else {
+            format!("{rows_per_thread} row(s)/thread")
+        },
         if streaming { ", .cs stores" } else { "" },
         s.seqs,
         s.tokens,
@@ -141,7 +146,14 @@ fn main() {
             cached: 0,
         };
         // The default (1 row per thread) first, then the tuning variants.
-        for (rows, streaming) in [(1, false), (1, true), (2, false), (4, false), (8, false)] {
+        for (rows, streaming) in [
+            (1, false),
+            (102, false),
+            (104, false),
+            (1, true),
+            (2, false),
+            (4, false),
+        ] {
             if !only.starts_with("prefill") {
                 bench(&gpu, &decode, copy_tbps, rows, streaming)?;
             }

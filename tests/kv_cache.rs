@@ -514,3 +514,77 @@ fn bad_input_is_a_typed_error_gpu() {
     };
     bad_inputs(Where::Gpu(&gpu));
 }
+
+/// Every append kernel variant (the tuning knob's choices) writes exactly what the CPU backend
+/// writes: ragged rows straddling pages, strided input, both layouts.
+#[test]
+fn gpu_append_variants_match_cpu() {
+    let Some(gpu) = gpu_or_skip("gpu_append_variants_match_cpu") else {
+        return;
+    };
+    let mut r = rng(11);
+    let mut cases = 0;
+    for lay in [KvLayout::Nhd, KvLayout::Hnd] {
+        for (rows, streaming) in [
+            (1usize, false),
+            (1, true),
+            (2, false),
+            (4, false),
+            (8, false),
+            (102, false),
+            (104, false),
+        ] {
+            let (heads, d, page) = (4usize, 128usize, 16usize);
+            let cfg = KvPoolConfig {
+                num_pages: 0,
+                page_size: page,
+                num_kv_heads: heads,
+                head_dim: d,
+                layout: lay,
+            };
+            let mut gc = PagedKvCache::<bf16>::new_gpu(&gpu, cfg, PoolSize::Pages(600)).unwrap();
+            let mut cc = PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(600)).unwrap();
+            gc.pool_mut(0)
+                .unwrap()
+                .set_append_variant(rows, streaming)
+                .unwrap();
+            let ids: Vec<_> = (0..7)
+                .map(|_| (gc.add_sequence(), cc.add_sequence()))
+                .collect();
+            let stride_n = heads * d + 16;
+            for round in 0..3 {
+                let reqs: Vec<(usize, usize)> = (0..7)
+                    .map(|i| (i, r.random_range(0..300) * (round + 1) % 700))
+                    .collect();
+                let total: usize = reqs.iter().map(|x| x.1).sum();
+                let host: Vec<bf16> = (0..total.max(1) * stride_n)
+                    .map(|_| bf16::from_f32(r.random_range(-3.0f32..3.0)))
+                    .collect();
+                let s = RowStrides {
+                    stride_n,
+                    stride_h: d,
+                };
+                let kd = gpu.upload(&host).unwrap();
+                let vd = gpu.upload(&host[8..]).unwrap();
+                let gr: Vec<_> = reqs.iter().map(|&(i, n)| (ids[i].0, n)).collect();
+                let cr: Vec<_> = reqs.iter().map(|&(i, n)| (ids[i].1, n)).collect();
+                gc.append(&gr, Rows::Device(&kd), s, Rows::Device(&vd), s)
+                    .unwrap();
+                cc.append(&cr, Rows::Host(&host), s, Rows::Host(&host[8..]), s)
+                    .unwrap();
+                cases += 1;
+            }
+            let (gk, gv) = gc.pool(0).unwrap().device_buffers().unwrap();
+            let (ck, cv) = cc.pool(0).unwrap().host_buffers().unwrap();
+            assert!(
+                gpu.download(gk).unwrap() == ck,
+                "K differs: {lay:?} rows {rows} streaming {streaming}"
+            );
+            assert!(
+                gpu.download(gv).unwrap() == cv,
+                "V differs: {lay:?} rows {rows} streaming {streaming}"
+            );
+        }
+    }
+    println!("append variants vs cpu: {cases} rounds bit-exact");
+}

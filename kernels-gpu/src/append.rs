@@ -8,7 +8,7 @@
 use core::num::NonZeroU32;
 
 use crate::abi::AppendParams;
-use crate::arch::{global, thread};
+use crate::arch::{global, pipeline, shared, thread};
 use crate::math::layout::page_and_entry;
 
 /// Rows per thread per iteration of the default instances (`append_kv_b16`, `gather_kv_b16`).
@@ -146,6 +146,112 @@ unsafe fn copy_rows<const APPEND: bool, const R: usize, const STREAM: bool>(p: &
         }
         h += hy;
     }
+}
+
+/// Append through shared memory: each thread `cp.async`-copies its `R` rows of K and V into a
+/// private double buffer, so the loads in flight hold no registers; the next iteration's copies
+/// are issued before this iteration's rows are stored. Dynamic smem: `2 × R × 32` bytes per
+/// thread.
+///
+/// # Safety
+/// As [`copy_rows`] (append direction), plus dynamic shared memory of
+/// `2 · R · 32 · blockDim.x · blockDim.y` bytes.
+#[inline(always)]
+unsafe fn append_rows_async<const R: usize>(p: &AppendParams) {
+    let x = thread::thread_idx_x();
+    let hy = thread::block_dim_y();
+    let nthreads = thread::block_dim_x() * hy;
+    let tid = thread::thread_idx_y() * thread::block_dim_x() + x;
+    let vec_off = (x * 8) as u64;
+    let page_size = NonZeroU32::new(p.pool.page_size).unwrap_or(NonZeroU32::MIN);
+    let stride = thread::grid_dim_x();
+    let step = stride * R as u32;
+    let smem = shared::dyn_smem_base();
+    // Staged vector (buffer, row, k|v) of this thread.
+    let slot =
+        |buf: u32, r: u32, kv: u32| smem + (((buf * R as u32 + r) * 2 + kv) * nthreads + tid) * 16;
+    let mut h = thread::thread_idx_y();
+    while h < p.num_heads {
+        let k_head = (h * p.k_rows_stride_h) as u64 + vec_off;
+        let v_head = (h * p.v_rows_stride_h) as u64 + vec_off;
+        let issue = |pages: &RowPages<R>, n0: u32, buf: u32| {
+            for r in 0..R {
+                if pages.valid[r] {
+                    let n = (n0 + r as u32 * stride) as u64;
+                    // SAFETY: validated rows; staging slots inside the dynamic smem.
+                    unsafe {
+                        pipeline::cp_async_cg_16(
+                            slot(buf, r as u32, 0),
+                            p.k_rows + (n * p.k_rows_stride_n as u64 + k_head) * 2,
+                            16,
+                        );
+                        pipeline::cp_async_cg_16(
+                            slot(buf, r as u32, 1),
+                            p.v_rows + (n * p.v_rows_stride_n as u64 + v_head) * 2,
+                            16,
+                        );
+                    }
+                }
+            }
+            pipeline::commit_group();
+        };
+        let mut n0 = thread::block_idx_x();
+        // SAFETY: forwarded contract.
+        let mut cur = unsafe { resolve::<true, R>(p, n0, stride, page_size) };
+        issue(&cur, n0, 0);
+        // SAFETY: as above.
+        let mut nxt = unsafe { resolve::<true, R>(p, n0 + step, stride, page_size) };
+        let mut buf = 0u32;
+        while n0 < p.nnz {
+            issue(&nxt, n0 + step, buf ^ 1);
+            // SAFETY: as above (rows past nnz resolve to invalid).
+            let after = unsafe { resolve::<true, R>(p, n0 + 2 * step, stride, page_size) };
+            pipeline::wait_group::<1>();
+            for r in 0..R {
+                if cur.valid[r] {
+                    let pool = p.pool.offset(cur.page[r], cur.entry[r], h) + vec_off;
+                    // SAFETY: this thread's own completed copies; validated pool offsets.
+                    unsafe {
+                        global::st_u32x4(
+                            p.k_pool + pool * 2,
+                            shared::ld_u32x4(slot(buf, r as u32, 0)),
+                        );
+                        global::st_u32x4(
+                            p.v_pool + pool * 2,
+                            shared::ld_u32x4(slot(buf, r as u32, 1)),
+                        );
+                    }
+                }
+            }
+            cur = nxt;
+            nxt = after;
+            n0 += step;
+            buf ^= 1;
+        }
+        pipeline::wait_all();
+        h += hy;
+    }
+}
+
+/// Entry point: append through a shared-memory `cp.async` double buffer, 2 rows per thread
+/// (tuning variant).
+///
+/// # Safety
+/// See [`append_rows_async`].
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn append_kv_b16_async2(p: AppendParams) {
+    // SAFETY: forwarded launch contract.
+    unsafe { append_rows_async::<2>(&p) }
+}
+
+/// Entry point: as `append_kv_b16_async2` with 4 rows per thread.
+///
+/// # Safety
+/// See [`append_rows_async`].
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn append_kv_b16_async4(p: AppendParams) {
+    // SAFETY: forwarded launch contract.
+    unsafe { append_rows_async::<4>(&p) }
 }
 
 /// Entry point: append ragged K/V rows (16-bit elements) into their pages.

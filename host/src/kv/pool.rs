@@ -173,6 +173,8 @@ pub struct KvPool<T> {
     staging: Vec<i32>,
     resident_blocks: std::cell::Cell<Option<u32>>,
     append_kernel: &'static str,
+    /// Dynamic shared memory per thread of the selected append kernel (cp.async variants).
+    append_smem_per_thread: u32,
 }
 
 /// Append metadata validated and uploaded to the device once, for repeated launches (one per
@@ -236,6 +238,7 @@ impl<T: Float16> KvPool<T> {
             staging: Vec::new(),
             resident_blocks: std::cell::Cell::new(None),
             append_kernel: "append_kv_b16",
+            append_smem_per_thread: 0,
         })
     }
 
@@ -253,6 +256,7 @@ impl<T: Float16> KvPool<T> {
             staging: Vec::new(),
             resident_blocks: std::cell::Cell::new(None),
             append_kernel: "append_kv_b16",
+            append_smem_per_thread: 0,
         })
     }
 
@@ -313,6 +317,9 @@ impl<T: Float16> KvPool<T> {
             (2, false) => "append_kv_b16_r2",
             (4, false) => "append_kv_b16_r4",
             (8, false) => "append_kv_b16_r8",
+            (102, false) => "append_kv_b16_async2",
+            (104, false) => "append_kv_b16_async4",
+            // (rows + 100: cp.async double-buffered variants, see kernels-gpu/src/append.rs)
             _ => {
                 return Err(Error::unsupported(
                     OP,
@@ -320,6 +327,11 @@ impl<T: Float16> KvPool<T> {
                     format!("{rows} rows, streaming {streaming_stores} (supported: 1/2/4/8 rows; streaming with 1 row)"),
                 ))
             }
+        };
+        self.append_smem_per_thread = match rows {
+            102 => 2 * 2 * 32,
+            104 => 2 * 4 * 32,
+            _ => 0,
         };
         self.resident_blocks.set(None);
         Ok(())
@@ -498,15 +510,20 @@ impl<T: Float16> KvPool<T> {
     /// Block `(head_dim/8, heads ≤ 256 threads)`; grid = one block per row up to one wave of
     /// resident blocks (occupancy query, cached). Small appends (a decode step) thus get one
     /// row per block; large ones grid-stride, one row per thread per iteration (see `set_append_variant`).
-    fn launch_dims(&self, gpu: &Gpu, rows: usize) -> Result<LaunchDims> {
+    fn launch_dims(&self, gpu: &Gpu, rows: usize, smem_per_thread: u32) -> Result<LaunchDims> {
         let lanes = (self.cfg.head_dim / 8) as u32;
         let hy = (self.cfg.num_kv_heads as u32).min((256 / lanes).max(1));
+        let smem = smem_per_thread * lanes * hy;
         let resident = match self.resident_blocks.get() {
             Some(r) => r,
             None => {
-                let f = gpu.function(self.append_kernel, 0)?;
+                let f = gpu.function(self.append_kernel, smem)?;
                 let per_sm = f
-                    .occupancy_max_active_blocks_per_multiprocessor(lanes * hy, 0, None)?
+                    .occupancy_max_active_blocks_per_multiprocessor(
+                        lanes * hy,
+                        smem as usize,
+                        None,
+                    )?
                     .max(1);
                 let r = per_sm * gpu.info().sm_count;
                 self.resident_blocks.set(Some(r));
@@ -518,7 +535,7 @@ impl<T: Float16> KvPool<T> {
         Ok(LaunchDims {
             grid: (grid, 1, 1),
             block: (lanes, hy, 1),
-            smem_bytes: 0,
+            smem_bytes: smem,
         })
     }
 
@@ -620,7 +637,7 @@ impl<T: Float16> KvPool<T> {
             seq: 0,
             reserved: 0,
         };
-        let dims = self.launch_dims(gpu, nnz)?;
+        let dims = self.launch_dims(gpu, nnz, self.append_smem_per_thread)?;
         // SAFETY: callers validated every batch index, position and page id against the pool
         // and the page tables, the row extents and 16-byte strides.
         unsafe { gpu.launch(self.append_kernel, dims, p) }
@@ -731,7 +748,7 @@ impl<T: Float16> KvPool<T> {
                     seq: b as u32,
                     reserved: 0,
                 };
-                let dims = self.launch_dims(gpu, len)?;
+                let dims = self.launch_dims(gpu, len, 0)?;
                 // SAFETY: pages validated against the pool; outputs sized for `len` rows.
                 unsafe { gpu.launch("gather_kv_b16", dims, p) }
             }
