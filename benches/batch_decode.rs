@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
-use ferrinfer::ops::BatchDecode;
+use ferrinfer::ops::{BatchDecode, DecodeKernel};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
@@ -49,69 +49,84 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         ct.median_us
     );
     let heads = HeadConfig::new(32, 8, 128)?;
-    let op = BatchDecode::new(gpu, heads, DType::Bf16, AttentionOptions::default())?;
-    println!(
-        "kernel {}: {} CTAs resident",
-        op.kernel_name(),
-        op.max_ctas()
-    );
-    println!("\n| batch | kv_len | KV MiB | items | median us | p10 | p90 | TB/s | % copy | host run() us |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut op = BatchDecode::new(gpu, heads, DType::Bf16, AttentionOptions::default())?;
+    let default_kind = op.kernel_kind();
+    println!("default kernel for group 4: {:?}", default_kind);
+    println!("\n| kernel | batch | kv_len | KV MiB | items | median us | p10 | p90 | TB/s | % copy | host run() us |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let pattern: Vec<bf16> = (0..(1 << 22))
         .map(|i| bf16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
         .collect();
-    for &(batch, len) in &[
-        (1usize, 4096usize),
-        (16, 4096),
-        (64, 4096),
-        (128, 2048),
-        (32, 32768),
-        (256, 1024),
-    ] {
-        let (pages, num_pages) = pages_for(batch, len, 16, 0x2545_f491 + batch as u64);
-        let cfg = KvPoolConfig {
-            num_pages: 0,
-            page_size: 16,
-            num_kv_heads: 8,
-            head_dim: 128,
-            layout: KvLayout::Nhd,
-        };
-        let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
-        pool.fill_tiled(
-            &pattern,
-            &pattern[1..]
-                .iter()
-                .chain(&pattern[..1])
-                .copied()
-                .collect::<Vec<_>>(),
-        )?;
-        let plan = op.plan(&pages, pool.config())?;
-        let n = batch * 32 * 128;
-        let q = gpu.upload(&pattern[..n])?;
-        let mut o = gpu.alloc::<bf16>(n)?;
-        let mut lse = gpu.alloc::<f32>(batch * 32)?;
-        let t = gpu.time_with(
-            TimeOpts {
-                warmup: 10,
-                iters: 100,
-                flush_bytes: 100 << 20,
-                spin_us: 100,
-            },
-            |_| op.run(&plan, &q, &pool, &mut o, Some(&mut lse)),
-        )?;
-        // Host time to enqueue one run (launch overhead), median of 50.
-        let mut host = Vec::new();
-        for _ in 0..50 {
-            let t0 = Instant::now();
-            op.run(&plan, &q, &pool, &mut o, Some(&mut lse))?;
-            host.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-        gpu.synchronize()?;
-        let kv = (batch * len * 8 * 128 * 2 * 2) as f64;
-        let bytes = kv + (2 * n * 2) as f64;
-        let tbps = bytes / (t.median_us * 1e-6) / 1e12;
-        println!(
-            "| {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
+    // FERRINFER_BENCH_SHAPES="1x4096,16x4096" limits the shapes (profiling runs).
+    let shapes: Vec<(usize, usize)> = match std::env::var("FERRINFER_BENCH_SHAPES") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|s| {
+                let (b, l) = s.split_once('x')?;
+                Some((b.trim().parse().ok()?, l.trim().parse().ok()?))
+            })
+            .collect(),
+        Err(_) => vec![
+            (1, 4096),
+            (16, 4096),
+            (64, 4096),
+            (128, 2048),
+            (32, 32768),
+            (256, 1024),
+        ],
+    };
+    let iters: usize = std::env::var("FERRINFER_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for kind in [DecodeKernel::TensorCore, DecodeKernel::CudaCore] {
+        op.set_kernel(kind)?;
+        for &(batch, len) in &shapes {
+            let (pages, num_pages) = pages_for(batch, len, 16, 0x2545_f491 + batch as u64);
+            let cfg = KvPoolConfig {
+                num_pages: 0,
+                page_size: 16,
+                num_kv_heads: 8,
+                head_dim: 128,
+                layout: KvLayout::Nhd,
+            };
+            let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
+            pool.fill_tiled(
+                &pattern,
+                &pattern[1..]
+                    .iter()
+                    .chain(&pattern[..1])
+                    .copied()
+                    .collect::<Vec<_>>(),
+            )?;
+            let plan = op.plan(&pages, pool.config())?;
+            let n = batch * 32 * 128;
+            let q = gpu.upload(&pattern[..n])?;
+            let mut o = gpu.alloc::<bf16>(n)?;
+            let mut lse = gpu.alloc::<f32>(batch * 32)?;
+            let t = gpu.time_with(
+                TimeOpts {
+                    warmup: 10,
+                    iters,
+                    flush_bytes: 100 << 20,
+                    spin_us: 100,
+                },
+                |_| op.run(&plan, &q, &pool, &mut o, Some(&mut lse)),
+            )?;
+            // Host time to enqueue one run (launch overhead), median of 50.
+            let mut host = Vec::new();
+            for _ in 0..50 {
+                let t0 = Instant::now();
+                op.run(&plan, &q, &pool, &mut o, Some(&mut lse))?;
+                host.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            gpu.synchronize()?;
+            let kv = (batch * len * 8 * 128 * 2 * 2) as f64;
+            let bytes = kv + (2 * n * 2) as f64;
+            let tbps = bytes / (t.median_us * 1e-6) / 1e12;
+            println!(
+            "| {} | {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
+            op.kernel_name(),
             kv / (1 << 20) as f64,
             plan.partition().num_items(),
             t.median_us,
@@ -121,7 +136,9 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             100.0 * tbps / copy_tbps,
             median(host)
         );
+        }
     }
+    op.set_kernel(default_kind)?;
     // Planner host time at batch 256 × 1024 (FlashInfer's plan(): 200–440 us).
     let (pages, num_pages) = pages_for(256, 1024, 16, 7);
     let cfg = KvPoolConfig {

@@ -5,7 +5,7 @@
 use ferrinfer::kv::{
     AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
 };
-use ferrinfer::ops::{BatchDecode, GraphLimits};
+use ferrinfer::ops::{BatchDecode, DecodeKernel, GraphLimits};
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
 use ferrinfer_harness::{
@@ -139,7 +139,7 @@ fn compare<T: Float16>(c: &Case, d: &Data<T>, out: &[T], lse: &[f32]) -> ErrorSt
     worst
 }
 
-fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
+fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case, kind: Option<DecodeKernel>) -> ErrorStats {
     let d = make::<T>(c);
     let h = c.heads;
     let mut pool = KvPool::<T>::new_gpu(gpu, pool_cfg(c), PoolSize::Pages(d.num_pages)).unwrap();
@@ -157,7 +157,10 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
         pool.append(&meta, Rows::Device(&kd), rs, Rows::Device(&vd), rs)
             .unwrap();
     }
-    let op = BatchDecode::new(gpu, h, T::DTYPE, c.opts).unwrap();
+    let mut op = BatchDecode::new(gpu, h, T::DTYPE, c.opts).unwrap();
+    if let Some(k) = kind {
+        op.set_kernel(k).unwrap();
+    }
     let plan = op.plan(&d.pages, pool.config()).unwrap();
     let qd = gpu.upload(&d.q).unwrap();
     let n = c.lens.len() * h.num_qo_heads * h.head_dim;
@@ -256,9 +259,9 @@ fn gpu_batch_decode_random_matches_oracle() {
     TestRunner::new(ProptestConfig::with_cases(cases))
         .run(&arb_case(64, 5000), |(c, bf)| {
             let (dt, s) = if bf {
-                (DType::Bf16, run_gpu::<bf16>(&gpu, &c))
+                (DType::Bf16, run_gpu::<bf16>(&gpu, &c, None))
             } else {
-                (DType::F16, run_gpu::<f16>(&gpu, &c))
+                (DType::F16, run_gpu::<f16>(&gpu, &c, None))
             };
             check(s, dt, &c);
             worst.set(worst.get().worst(s));
@@ -306,9 +309,42 @@ fn gpu_batch_decode_edges() {
         mk(vec![4096; 3], 16, 32, 8),
         mk(vec![1; 64], 1, 32, 8),
     ] {
-        check(run_gpu::<bf16>(&gpu, &c), DType::Bf16, &c);
-        check(run_gpu::<f16>(&gpu, &c), DType::F16, &c);
+        for kind in [DecodeKernel::CudaCore, DecodeKernel::TensorCore] {
+            check(run_gpu::<bf16>(&gpu, &c, Some(kind)), DType::Bf16, &c);
+            check(run_gpu::<f16>(&gpu, &c, Some(kind)), DType::F16, &c);
+        }
     }
+}
+
+/// Both kernel families on the same random batches (head dims the tensor-core path supports).
+#[test]
+fn gpu_both_kernels_match_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_both_kernels_match_oracle") else {
+        return;
+    };
+    let cases = proptest_cases(32);
+    let worst = std::cell::Cell::new(ErrorStats::default());
+    TestRunner::new(ProptestConfig::with_cases(cases))
+        .run(&arb_case(32, 5000), |(mut c, bf)| {
+            if c.heads.head_dim == 256 {
+                c.heads = HeadConfig::new(c.heads.num_qo_heads, c.heads.num_kv_heads, 128).unwrap();
+            }
+            for kind in [DecodeKernel::CudaCore, DecodeKernel::TensorCore] {
+                let (dt, s) = if bf {
+                    (DType::Bf16, run_gpu::<bf16>(&gpu, &c, Some(kind)))
+                } else {
+                    (DType::F16, run_gpu::<f16>(&gpu, &c, Some(kind)))
+                };
+                check(s, dt, &c);
+                worst.set(worst.get().worst(s));
+            }
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "both decode kernels: {cases} random batches each, worst {:?}",
+        worst.get()
+    );
 }
 
 /// CUDA-graph mode: one plan object re-planned for different batches keeps its buffers and

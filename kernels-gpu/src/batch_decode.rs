@@ -26,7 +26,7 @@ const UNROLL: usize = cfg::UNROLL as usize;
 const STAGES: u32 = bcfg::STAGES;
 
 #[inline(always)]
-unsafe fn ld_i32(base: u64, i: u32) -> u32 {
+pub(crate) unsafe fn ld_i32(base: u64, i: u32) -> u32 {
     // SAFETY: caller guarantees `i` indexes the array.
     unsafe { global::ld_u32(base + (i as u64) * 4) }
 }
@@ -372,29 +372,48 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     }
 
     if split {
-        // Split request: the last of its CTAs (per KV head) to finish merges the partials.
-        // Every thread fences its partial writes before thread 0 takes a ticket.
-        global::fence_gpu();
-        thread::sync_threads();
-        let counter = p.counters + ((b * thread::grid_dim_y() + kvh) as u64) * 4;
-        if tid == 0 {
-            // SAFETY: counters has batch × num_kv_heads entries.
-            let old = unsafe { global::atomic_add_u32(counter, 1) };
-            // SAFETY: smem is at least 4 bytes.
-            unsafe { shared::st_u32(smem, (old + 1 == last - first) as u32) };
-        }
-        thread::sync_threads();
-        // SAFETY: written above, before the barrier.
-        if unsafe { shared::ld_u32(smem) } == 0 {
-            return;
-        }
-        global::fence_gpu();
-        // SAFETY: all partials of (b, kvh) are written and fenced; smem is free again.
-        unsafe { merge_partials::<E, D>(p, b, kvh, first, last - first, tid, smem + 16) };
-        if tid == 0 {
-            // SAFETY: as above; resets the counter for the next launch.
-            unsafe { global::st_u32(counter, 0) };
-        }
+        // SAFETY: partials of this CTA are written; smem is no longer read by any thread after
+        // the barrier inside.
+        unsafe { merge_if_last::<E, D>(p, b, kvh, first, last, tid, smem) };
+    }
+}
+
+/// Split requests: after a CTA has written its partial states, the last of the request's CTAs
+/// (per KV head) to arrive — found with an atomic ticket after a device-scope fence — merges
+/// all of them into o/lse and resets the ticket counter for the next launch.
+///
+/// # Safety
+/// Called by all threads of the CTA after its partial writes; `smem` is reusable.
+pub(crate) unsafe fn merge_if_last<E: Elem, const D: u32>(
+    p: &DecodeParams,
+    b: u32,
+    kvh: u32,
+    first: u32,
+    last: u32,
+    tid: u32,
+    smem: u32,
+) {
+    // Every thread fences its partial writes before thread 0 takes a ticket.
+    global::fence_gpu();
+    thread::sync_threads();
+    let counter = p.counters + ((b * thread::grid_dim_y() + kvh) as u64) * 4;
+    if tid == 0 {
+        // SAFETY: counters has batch × num_kv_heads entries.
+        let old = unsafe { global::atomic_add_u32(counter, 1) };
+        // SAFETY: smem is at least 4 bytes.
+        unsafe { shared::st_u32(smem, (old + 1 == last - first) as u32) };
+    }
+    thread::sync_threads();
+    // SAFETY: written above, before the barrier.
+    if unsafe { shared::ld_u32(smem) } == 0 {
+        return;
+    }
+    global::fence_gpu();
+    // SAFETY: all partials of (b, kvh) are written and fenced; smem is free again.
+    unsafe { merge_partials::<E, D>(p, b, kvh, first, last - first, tid, smem + 16) };
+    if tid == 0 {
+        // SAFETY: as above; resets the counter for the next launch.
+        unsafe { global::st_u32(counter, 0) };
     }
 }
 
@@ -410,7 +429,7 @@ const MERGE_UNROLL: usize = 8;
 /// Called by all 128 threads of the CTA; `smem` has room for `group × n` f32 weights
 /// (the host bounds n by [`crate::config::batch_decode::MAX_ITEMS_PER_REQUEST`]).
 #[inline(always)]
-unsafe fn merge_partials<E: Elem, const D: u32>(
+pub(crate) unsafe fn merge_partials<E: Elem, const D: u32>(
     p: &DecodeParams,
     b: u32,
     kvh: u32,

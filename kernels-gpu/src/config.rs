@@ -4,6 +4,36 @@
 /// Head dimensions the attention kernels are instantiated for.
 pub const HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
+/// Tensor-core decode (`kernels-gpu/src/decode_tc.rs`): the query heads of a KV head are the
+/// rows of one 16-row mma tile; 4 warps split each KV tile of [`decode_tc::TILE`] tokens.
+pub mod decode_tc {
+    /// Threads per CTA.
+    pub const THREADS: u32 = 128;
+    /// KV tokens per pipeline stage (16 per warp).
+    pub const TILE: u32 = 64;
+    /// Pipeline stages.
+    pub const STAGES: u32 = 2;
+    /// Largest query group (rows of the mma tile).
+    pub const MAX_GROUP: u32 = 16;
+
+    /// Bytes of one stage: K and V tiles of `TILE × head_dim` 16-bit elements.
+    pub const fn stage_bytes(head_dim: u32) -> u32 {
+        2 * TILE * head_dim * 2
+    }
+
+    /// Dynamic shared memory: the staging ring, reused for the cross-warp merge (4 warps × 16
+    /// rows × head_dim f32 outputs + their m and d) and the fused split merge.
+    pub const fn smem_bytes(head_dim: u32) -> u32 {
+        let staging = STAGES * stage_bytes(head_dim);
+        let merge = 4 * 16 * head_dim * 4 + 4 * 16 * 2 * 4 + 16;
+        if staging > merge {
+            staging
+        } else {
+            merge
+        }
+    }
+}
+
 /// Decode row geometry (`kernels-gpu/src/batch_decode.rs`): lanes per K/V row, row slots,
 /// tokens per iteration, group capacities.
 pub mod single_decode {

@@ -15,6 +15,10 @@ pub trait Elem: Copy + 'static {
     /// Packs two f32 values (round to nearest even), `lo` in the low half.
     #[cfg(target_arch = "nvptx64")]
     fn pack2(lo: f32, hi: f32) -> u32;
+
+    /// `mma.sync.m16n8k16` with this element type for A and B, f32 accumulate.
+    #[cfg(target_arch = "nvptx64")]
+    fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
 }
 
 /// IEEE binary16.
@@ -39,6 +43,12 @@ impl Elem for F16 {
     fn pack2(lo: f32, hi: f32) -> u32 {
         crate::arch::convert::f32x2_to_f16x2(lo, hi)
     }
+
+    #[cfg(target_arch = "nvptx64")]
+    #[inline(always)]
+    fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        crate::arch::mma::mma_m16n8k16_f16(a, b, c)
+    }
 }
 
 impl Elem for Bf16 {
@@ -54,5 +64,11 @@ impl Elem for Bf16 {
     #[inline(always)]
     fn pack2(lo: f32, hi: f32) -> u32 {
         crate::arch::convert::f32x2_to_bf16x2(lo, hi)
+    }
+
+    #[cfg(target_arch = "nvptx64")]
+    #[inline(always)]
+    fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        crate::arch::mma::mma_m16n8k16_bf16(a, b, c)
     }
 }

@@ -33,6 +33,8 @@ pub mod arch;
 #[cfg(target_arch = "nvptx64")]
 mod batch_decode;
 #[cfg(target_arch = "nvptx64")]
+mod decode_tc;
+#[cfg(target_arch = "nvptx64")]
 mod selftest;
 #[cfg(target_arch = "nvptx64")]
 mod util;

@@ -9,7 +9,7 @@
 //! Device side: `kernels-gpu/src/batch_decode.rs`. Single-request decode on contiguous K/V is the
 //! same kernel with one page spanning the sequence ([`crate::ops::SingleDecode`]).
 use ferrinfer_kernels::abi::DecodeParams;
-use ferrinfer_kernels::config::{batch_decode as bcfg, single_decode as cfg};
+use ferrinfer_kernels::config::{batch_decode as bcfg, decode_tc as tccfg, single_decode as cfg};
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
@@ -102,14 +102,30 @@ impl BatchDecodePlan {
     }
 }
 
+/// Which decode kernel family runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// CUDA cores: `D/8` lanes per K/V row, shuffles for the dot products
+    /// (`kernels-gpu/src/batch_decode.rs`); every head dim and group size 1–8.
+    CudaCore,
+    /// Tensor cores: the group's query heads are the rows of one `mma.m16n8k16` tile
+    /// (`kernels-gpu/src/decode_tc.rs`); head dims 64 and 128.
+    TensorCore,
+}
+
+/// Query groups from which [`DecodeKernel::TensorCore`] is the default (where supported).
+pub const TENSOR_CORE_MIN_GROUP: usize = 4;
+
 /// Batch decode for one head configuration, dtype and option set.
 pub struct BatchDecode {
     gpu: Gpu,
     heads: HeadConfig,
     dtype: DType,
     opts: AttentionOptions,
+    kind: DecodeKernel,
     kernel: String,
-    group_cap: u32,
+    smem_bytes: u32,
+    chunk_align: usize,
     max_ctas: usize,
     graph: Option<GraphLimits>,
     plan_counter: std::cell::Cell<u64>,
@@ -154,36 +170,104 @@ impl BatchDecode {
             ));
         }
         let g = heads.group();
-        let group_cap = u32::try_from(g)
+        if u32::try_from(g)
             .ok()
             .and_then(cfg::group_capacity)
-            .ok_or_else(|| {
-                Error::unsupported(OP, "group size", format!("{g} (supported: 1..=8)"))
-            })?;
+            .is_none()
+        {
+            return Err(Error::unsupported(
+                OP,
+                "group size",
+                format!("{g} (supported: 1..=8)"),
+            ));
+        }
         if u32::try_from(heads.num_qo_heads * heads.head_dim).is_err() {
             return Err(Error::Overflow {
                 op: OP,
                 what: "heads",
             });
         }
-        let kernel = format!("decode_{}_d{}_g{}", dtype.name(), heads.head_dim, group_cap);
-        let smem = bcfg::smem_bytes(heads.head_dim as u32, group_cap);
-        let f = gpu.function(&kernel, smem)?;
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(cfg::THREADS, smem as usize, None)?
-            .max(1) as usize;
-        let max_ctas = per_sm * gpu.info().sm_count as usize;
-        Ok(Self {
+        let kind = if g >= TENSOR_CORE_MIN_GROUP && Self::tensor_cores_support(&heads) {
+            DecodeKernel::TensorCore
+        } else {
+            DecodeKernel::CudaCore
+        };
+        let mut op = Self {
             gpu: gpu.clone(),
             heads,
             dtype,
             opts,
-            kernel,
-            group_cap,
-            max_ctas,
+            kind,
+            kernel: String::new(),
+            smem_bytes: 0,
+            chunk_align: 1,
+            max_ctas: 1,
             graph,
             plan_counter: std::cell::Cell::new(0),
-        })
+        };
+        op.select(kind)?;
+        Ok(op)
+    }
+
+    fn tensor_cores_support(heads: &HeadConfig) -> bool {
+        matches!(heads.head_dim, 64 | 128) && heads.group() <= tccfg::MAX_GROUP as usize
+    }
+
+    /// Chooses the kernel family (the default is [`DecodeKernel::TensorCore`] for groups of at
+    /// least [`TENSOR_CORE_MIN_GROUP`] where supported). Plans made before the switch must be
+    /// remade.
+    pub fn set_kernel(&mut self, kind: DecodeKernel) -> Result<()> {
+        self.select(kind)
+    }
+
+    /// The kernel family in use.
+    pub fn kernel_kind(&self) -> DecodeKernel {
+        self.kind
+    }
+
+    fn select(&mut self, kind: DecodeKernel) -> Result<()> {
+        let h = &self.heads;
+        let d = h.head_dim as u32;
+        let (kernel, smem, threads, align) = match kind {
+            DecodeKernel::CudaCore => {
+                let cap = u32::try_from(h.group())
+                    .ok()
+                    .and_then(cfg::group_capacity)
+                    .unwrap_or(8);
+                (
+                    format!("decode_{}_d{}_g{}", self.dtype.name(), d, cap),
+                    bcfg::smem_bytes(d, cap),
+                    cfg::THREADS,
+                    cfg::tokens_per_iter(d) as usize,
+                )
+            }
+            DecodeKernel::TensorCore => {
+                if !Self::tensor_cores_support(h) {
+                    return Err(Error::unsupported(
+                        OP,
+                        "tensor-core decode",
+                        format!("head_dim {} (supported: 64, 128)", h.head_dim),
+                    ));
+                }
+                (
+                    format!("decode_tc_{}_d{}", self.dtype.name(), d),
+                    tccfg::smem_bytes(d),
+                    tccfg::THREADS,
+                    tccfg::TILE as usize,
+                )
+            }
+        };
+        let f = self.gpu.function(&kernel, smem)?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?
+            .max(1) as usize;
+        self.max_ctas = per_sm * self.gpu.info().sm_count as usize;
+        self.kind = kind;
+        self.kernel = kernel;
+        self.smem_bytes = smem;
+        self.chunk_align = align;
+        self.plan_counter.set(self.plan_counter.get() + 1);
+        Ok(())
     }
 
     /// CTAs the device runs concurrently for this kernel (occupancy × SMs).
@@ -333,7 +417,7 @@ impl BatchDecode {
             num_kv_heads: self.heads.num_kv_heads,
             max_ctas: self.max_ctas,
             min_chunk: cfg::MIN_CHUNK as usize,
-            chunk_align: cfg::tokens_per_iter(self.heads.head_dim as u32) as usize,
+            chunk_align: self.chunk_align,
             fixed_chunk: None,
             graph_items,
         })?;
@@ -548,7 +632,7 @@ impl BatchDecode {
         let dims = LaunchDims {
             grid: (plan.work_stride.max(1) as u32, h.num_kv_heads as u32, 1),
             block: (cfg::THREADS, 1, 1),
-            smem_bytes: bcfg::smem_bytes(d, self.group_cap),
+            smem_bytes: self.smem_bytes,
         };
         // SAFETY: the plan's metadata was validated (page tables vs the pool, lengths) and
         // uploaded by plan_into; q/out/lse extents checked above; partial buffers sized for the

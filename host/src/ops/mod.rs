@@ -2,5 +2,5 @@
 pub mod batch_decode;
 pub mod single_decode;
 
-pub use batch_decode::{BatchDecode, BatchDecodePlan, GraphLimits};
+pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
 pub use single_decode::SingleDecode;

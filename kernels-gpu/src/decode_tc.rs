@@ -1,0 +1,367 @@
+//! Tensor-core batch decode (`decode_tc_*`): the `g` query heads of a KV head are the rows of
+//! one 16-row `mma.m16n8k16` tile (rows ≥ g are zero and never written), so every K/V element is
+//! read from shared memory once and the per-token work is two mma per warp instead of ~70
+//! CUDA-core instructions. Same parameters, plan and fused split merge as the CUDA-core kernel
+//! (`batch_decode.rs`); host twin `host/src/ops/batch_decode.rs` picks the kernel.
+//!
+//! CTA = (work item, KV head), 4 warps. A stage is a tile of [`TILE`] tokens of K and V,
+//! loaded with 16-byte `cp.async` by all threads through the page table into a swizzled layout
+//! (16-byte chunk `c` of row `r` stored at `c ^ (r % 8)`, so the 8 rows of every `ldmatrix`
+//! phase hit distinct banks); warp `w` owns tokens `[16w, 16w + 16)` of each tile:
+//! S = Q·Kᵀ (K rows through `ldmatrix`, no transpose), online softmax on the accumulator
+//! fragments (row max over the 4-lane quad), P re-packed in registers as the A operand, and
+//! O += P·V (V through `ldmatrix.trans`). The warps' states meet in shared memory at the end.
+use crate::abi::DecodeParams;
+use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
+use crate::batch_decode::{ld_i32, merge_if_last};
+use crate::config::decode_tc as cfg;
+use crate::dtype::{Bf16, Elem, F16};
+use crate::math::fast::{exp2, fmax, log2, rcp, tanh};
+use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
+use crate::math::softmax::clamp_ref;
+
+const TILE: u32 = cfg::TILE;
+const STAGES: u32 = cfg::STAGES;
+
+/// Byte offset of 16-byte chunk `c` of row `r` in a swizzled `[rows][D]` tile.
+#[inline(always)]
+const fn swz<const D: u32>(r: u32, c: u32) -> u32 {
+    r * D * 2 + ((c ^ (r % 8)) * 16)
+}
+
+/// Issues the cp.async copies of K and V tile `j` into stage `s` (one commit group).
+///
+/// # Safety
+/// As the kernel's contract; `smem` is the dynamic shared memory base.
+#[inline(always)]
+unsafe fn issue_tile<const D: u32>(
+    p: &DecodeParams,
+    kvh: u32,
+    begin: u32,
+    end: u32,
+    page_base: u32,
+    j: u32,
+    s: u32,
+    tid: u32,
+    smem: u32,
+) {
+    let chunks = D / 8;
+    let per_thread = TILE * chunks / cfg::THREADS;
+    let k_base = smem + s * cfg::stage_bytes(D);
+    let v_base = k_base + TILE * D * 2;
+    for i in 0..per_thread {
+        let idx = tid + i * cfg::THREADS;
+        let r = idx / chunks;
+        let c = idx % chunks;
+        let t = begin + j * TILE + r;
+        let valid = t < end;
+        let (mut ka, mut va) = (p.k_pool, p.v_pool);
+        if valid {
+            let (slot, entry) = p.page_size.divmod(t);
+            // SAFETY: t < end ≤ the request's length: its page slot exists.
+            let page = unsafe { ld_i32(p.kv_indices, page_base + slot) } as u64;
+            ka = p.k_pool
+                + (page * p.k_stride_page
+                    + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)
+                    * 2;
+            va = p.v_pool
+                + (page * p.v_stride_page
+                    + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64)
+                    * 2;
+        }
+        let n = if valid { 16 } else { 0 };
+        // SAFETY: destinations inside the stage; sources valid or zero-byte.
+        unsafe {
+            pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, n);
+            pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, n);
+        }
+    }
+    pipeline::commit_group();
+}
+
+/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps).
+///
+/// # Safety
+/// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
+/// `config::decode_tc::smem_bytes(D)`; `group ≤ 16`; plan validated by the host.
+#[inline(always)]
+unsafe fn decode_tc<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &DecodeParams) {
+    let tid = thread::thread_idx_x();
+    let lane = tid % 32;
+    let w = tid / 32;
+    let i = thread::block_idx_x();
+    let kvh = thread::block_idx_y();
+    let ws = p.work_stride;
+    // SAFETY: counts has 2 entries; i < work_stride.
+    let (num_items, b, begin, end) = unsafe {
+        (
+            ld_i32(p.counts, 0),
+            ld_i32(p.work, i),
+            ld_i32(p.work, ws + i),
+            ld_i32(p.work, 2 * ws + i),
+        )
+    };
+    if i >= num_items {
+        return;
+    }
+    // SAFETY: b < batch.
+    let (first, last, page_base) = unsafe {
+        (
+            ld_i32(p.merge_indptr, b),
+            ld_i32(p.merge_indptr, b + 1),
+            ld_i32(p.kv_indptr, b),
+        )
+    };
+    let split = last - first > 1;
+    let g = p.group;
+    let tf = p.logit;
+    let smem = shared::dyn_smem_base();
+    let tiles = (end - begin).div_ceil(TILE);
+    if tiles > 0 {
+        // SAFETY: see issue_tile.
+        unsafe { issue_tile::<D>(p, kvh, begin, end, page_base, 0, 0, tid, smem) };
+    }
+
+    // Q as mma A fragments: row = head of the group (zero past g), KS k-steps of 16 columns.
+    let mut qa = [[0u32; 4]; KS];
+    for (kk, a) in qa.iter_mut().enumerate() {
+        for (reg, v) in a.iter_mut().enumerate() {
+            let (row, col) = mma_a(lane, reg as u32, 0);
+            if row < g {
+                let off = (b as u64) * (p.q_stride_b as u64)
+                    + ((kvh * g + row) * p.q_stride_h + kk as u32 * 16 + col) as u64;
+                // SAFETY: in-range q element pair, 4-byte aligned (col even).
+                *v = unsafe { global::ld_u32(p.q + off * 2) };
+            }
+        }
+    }
+
+    let mut o = [[0.0f32; 4]; NT];
+    // Running state of the lane's two rows (g_ = lane/4 and g_ + 8): max and partial sum.
+    let mut m = [f32::NEG_INFINITY; 2];
+    let mut d = [0.0f32; 2];
+    let (gq, tq) = (lane / 4, lane % 4);
+    let mut j = 0;
+    while j < tiles {
+        if j + 1 < tiles {
+            // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j−1.
+            unsafe {
+                issue_tile::<D>(
+                    p,
+                    kvh,
+                    begin,
+                    end,
+                    page_base,
+                    j + 1,
+                    (j + 1) % STAGES,
+                    tid,
+                    smem,
+                )
+            };
+        } else {
+            pipeline::commit_group();
+        }
+        pipeline::wait_group::<1>();
+        thread::sync_threads();
+        let k_base = smem + (j % STAGES) * cfg::stage_bytes(D);
+        let v_base = k_base + TILE * D * 2;
+        let row0 = w * 16;
+
+        // S = Q·Kᵀ for this warp's 16 tokens (two n-tiles of 8).
+        let mut s0 = [0.0f32; 4];
+        let mut s1 = [0.0f32; 4];
+        let (bn, bk) = ldmatrix_bt_x4_src(lane);
+        for (kk, a) in qa.iter().enumerate() {
+            let r = row0 + bn;
+            let addr = k_base + swz::<D>(r, (kk as u32 * 16 + bk) / 8);
+            // SAFETY: inside the stage; warp-convergent.
+            let kb = unsafe { ldmatrix::ldmatrix_x4(addr) };
+            s0 = E::mma(*a, [kb[0], kb[1]], s0);
+            s1 = E::mma(*a, [kb[2], kb[3]], s1);
+        }
+
+        // Online softmax on the fragments: element e of s0/s1 is row gq + 8(e/2), token
+        // 2tq + (e%2) (+8 for s1).
+        let tok0 = begin + j * TILE + row0;
+        let mut x = [[0.0f32; 4]; 2]; // [row half][4 tokens]
+        for e in 0..4 {
+            let half = e / 2;
+            let c = (e % 2) as u32;
+            let raw = [s0[e], s1[e]];
+            for (nt, &sv) in raw.iter().enumerate() {
+                let tok = tok0 + 2 * tq + c + 8 * nt as u32;
+                let v = if tf.soft_cap != 0 {
+                    tf.post * tanh(sv * tf.pre)
+                } else {
+                    sv * tf.pre
+                };
+                x[half][(nt * 2) + c as usize] = if tok < end { v } else { f32::NEG_INFINITY };
+            }
+        }
+        let mut r_scale = [1.0f32; 2];
+        let mut pv = [[0.0f32; 4]; 2];
+        for h in 0..2 {
+            let mut mx = fmax(fmax(x[h][0], x[h][1]), fmax(x[h][2], x[h][3]));
+            mx = fmax(mx, warp::shfl_xor_f32(mx, 1));
+            mx = fmax(mx, warp::shfl_xor_f32(mx, 2));
+            let m_new = fmax(m[h], mx);
+            let mr = clamp_ref(m_new);
+            r_scale[h] = exp2(m[h] - mr);
+            let mut sum = 0.0f32;
+            for t in 0..4 {
+                pv[h][t] = exp2(x[h][t] - mr);
+                sum += pv[h][t];
+            }
+            d[h] = d[h] * r_scale[h] + sum;
+            m[h] = m_new;
+        }
+        for ot in o.iter_mut() {
+            ot[0] *= r_scale[0];
+            ot[1] *= r_scale[0];
+            ot[2] *= r_scale[1];
+            ot[3] *= r_scale[1];
+        }
+        // P as the A operand: reg0 (row gq, tokens 2tq..), reg1 (row gq+8, ..), reg2 (row gq,
+        // tokens 8+2tq..), reg3 (row gq+8, 8+2tq..).
+        let pa = [
+            E::pack2(pv[0][0], pv[0][1]),
+            E::pack2(pv[1][0], pv[1][1]),
+            E::pack2(pv[0][2], pv[0][3]),
+            E::pack2(pv[1][2], pv[1][3]),
+        ];
+        // O += P·V, two n-tiles per ldmatrix.x4.trans.
+        let (vk, vn) = ldmatrix_b_x4_trans_src(lane);
+        let mut np = 0;
+        while np < NT / 2 {
+            let r = row0 + vk;
+            let addr = v_base + swz::<D>(r, (np as u32 * 16 + vn) / 8);
+            // SAFETY: inside the stage; warp-convergent.
+            let vb = unsafe { ldmatrix::ldmatrix_x4_trans(addr) };
+            o[2 * np] = E::mma(pa, [vb[0], vb[1]], o[2 * np]);
+            o[2 * np + 1] = E::mma(pa, [vb[2], vb[3]], o[2 * np + 1]);
+            np += 1;
+        }
+        // Every warp is done with this stage before the next iteration refills it.
+        thread::sync_threads();
+        j += 1;
+    }
+    pipeline::wait_all();
+
+    // Full row sums over the quad.
+    for dh in d.iter_mut() {
+        *dh += warp::shfl_xor_f32(*dh, 1);
+        *dh += warp::shfl_xor_f32(*dh, 2);
+    }
+    // Cross-warp merge through smem: o_w[4][16][D] f32, then m_w[4][16], d_w[4][16].
+    thread::sync_threads();
+    let m_off = smem + 4 * 16 * D * 4;
+    let d_off = m_off + 4 * 16 * 4;
+    for (nt, ot) in o.iter().enumerate() {
+        for e in 0..4 {
+            let row = gq + 8 * (e as u32 / 2);
+            let col = nt as u32 * 8 + 2 * tq + (e as u32 % 2);
+            // SAFETY: inside the merge area.
+            unsafe { shared::st_f32(smem + ((w * 16 + row) * D + col) * 4, ot[e]) };
+        }
+    }
+    if tq == 0 {
+        for h in 0..2u32 {
+            let row = gq + 8 * h;
+            // SAFETY: as above.
+            unsafe {
+                shared::st_f32(m_off + (w * 16 + row) * 4, m[h as usize]);
+                shared::st_f32(d_off + (w * 16 + row) * 4, d[h as usize]);
+            }
+        }
+    }
+    thread::sync_threads();
+
+    let hq0 = kvh * g;
+    let items = g * (D / 4);
+    let mut it = tid;
+    while it < items {
+        let row = it / (D / 4);
+        let e0 = (it % (D / 4)) * 4;
+        let mut mm = f32::NEG_INFINITY;
+        for ww in 0..4 {
+            // SAFETY: inside the merge area.
+            mm = fmax(mm, unsafe { shared::ld_f32(m_off + (ww * 16 + row) * 4) });
+        }
+        let mr = clamp_ref(mm);
+        let mut tot = 0.0f32;
+        let mut acc = [0.0f32; 4];
+        for ww in 0..4 {
+            // SAFETY: as above.
+            unsafe {
+                let f = exp2(shared::ld_f32(m_off + (ww * 16 + row) * 4) - mr);
+                tot += f * shared::ld_f32(d_off + (ww * 16 + row) * 4);
+                let v = shared::ld_u32x4(smem + ((ww * 16 + row) * D + e0) * 4);
+                for e in 0..4 {
+                    acc[e] += f * f32::from_bits(v[e]);
+                }
+            }
+        }
+        let inv = if tot > 0.0 { rcp(tot) } else { 0.0 };
+        for a in acc.iter_mut() {
+            *a *= inv;
+        }
+        let lse = if tot > 0.0 {
+            mm + log2(tot)
+        } else {
+            f32::NEG_INFINITY
+        };
+        let hq = hq0 + row;
+        // SAFETY: host-validated extents; 16-byte (partials) / 8-byte (o) aligned.
+        unsafe {
+            if split {
+                let a = p.part_o + (((i * p.num_qo_heads + hq) * D + e0) as u64) * 4;
+                global::st_u32x4(
+                    a,
+                    [
+                        acc[0].to_bits(),
+                        acc[1].to_bits(),
+                        acc[2].to_bits(),
+                        acc[3].to_bits(),
+                    ],
+                );
+                if e0 == 0 {
+                    global::st_f32(p.part_lse + ((i * p.num_qo_heads + hq) as u64) * 4, lse);
+                }
+            } else {
+                let a = p.o
+                    + ((b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
+                global::st_u32(a, E::pack2(acc[0], acc[1]));
+                global::st_u32(a + 4, E::pack2(acc[2], acc[3]));
+                if e0 == 0 && p.lse != 0 {
+                    global::st_f32(p.lse + ((b * p.num_qo_heads + hq) as u64) * 4, lse);
+                }
+            }
+        }
+        it += cfg::THREADS;
+    }
+    if split {
+        // SAFETY: partials written; smem reusable after the barrier inside.
+        unsafe { merge_if_last::<E, D>(p, b, kvh, first, last, tid, smem) };
+    }
+}
+
+macro_rules! decode_tc_entries {
+    ($($name:ident => $e:ty, $d:literal, $nt:literal, $ks:literal;)*) => {$(
+        #[doc = concat!("Entry point: tensor-core batch decode, ", stringify!($e), ", D = ", $d, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
+            // SAFETY: forwarded launch contract.
+            unsafe { decode_tc::<$e, $d, $nt, $ks>(&p) }
+        }
+    )*};
+}
+
+decode_tc_entries! {
+    decode_tc_f16_d64 => F16, 64, 8, 4;
+    decode_tc_f16_d128 => F16, 128, 16, 8;
+    decode_tc_bf16_d64 => Bf16, 64, 8, 4;
+    decode_tc_bf16_d128 => Bf16, 128, 16, 8;
+}
