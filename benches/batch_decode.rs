@@ -79,8 +79,15 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    for kind in [DecodeKernel::TensorCore, DecodeKernel::CudaCore] {
+    // (kernel, fixed split): the planner's choice for both families, then the tensor-core
+    // kernel with splitting off, to check the planner's wave model.
+    for (kind, fixed) in [
+        (DecodeKernel::TensorCore, None),
+        (DecodeKernel::CudaCore, None),
+        (DecodeKernel::TensorCore, Some(usize::MAX)),
+    ] {
         op.set_kernel(kind)?;
+        op.set_fixed_split_size(fixed);
         for &(batch, len) in &shapes {
             let (pages, num_pages) = pages_for(batch, len, 16, 0x2545_f491 + batch as u64);
             let cfg = KvPoolConfig {
@@ -126,7 +133,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             let tbps = bytes / (t.median_us * 1e-6) / 1e12;
             println!(
             "| {} | {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
-            op.kernel_name(),
+            format!("{}{}", op.kernel_name(), if fixed.is_some() { " (no split)" } else { "" }),
             kv / (1 << 20) as f64,
             plan.partition().num_items(),
             t.median_us,
@@ -139,6 +146,48 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         }
     }
     op.set_kernel(default_kind)?;
+    op.set_fixed_split_size(None);
+
+    // Where the tensor-core path starts to win: groups 1–4 at 64 × 4096 (8 KV heads, D = 128).
+    println!("\n| group | kernel | median us | TB/s |");
+    println!("| ---: | --- | ---: | ---: |");
+    let (pages, num_pages) = pages_for(64, 4096, 16, 3);
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: 8,
+        head_dim: 128,
+        layout: KvLayout::Nhd,
+    };
+    let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
+    pool.fill_tiled(&pattern, &pattern)?;
+    for g in [1usize, 2, 3, 4] {
+        let heads = HeadConfig::new(8 * g, 8, 128)?;
+        let mut op = BatchDecode::new(gpu, heads, DType::Bf16, AttentionOptions::default())?;
+        let n = 64 * 8 * g * 128;
+        let q = gpu.upload(&pattern[..n])?;
+        let mut o = gpu.alloc::<bf16>(n)?;
+        for kind in [DecodeKernel::CudaCore, DecodeKernel::TensorCore] {
+            op.set_kernel(kind)?;
+            let plan = op.plan(&pages, pool.config())?;
+            let t = gpu.time_with(
+                TimeOpts {
+                    warmup: 10,
+                    iters: 50,
+                    flush_bytes: 100 << 20,
+                    spin_us: 100,
+                },
+                |_| op.run(&plan, &q, &pool, &mut o, None),
+            )?;
+            let bytes = (64 * 4096 * 8 * 128 * 2 * 2 + 2 * n * 2) as f64;
+            println!(
+                "| {g} | {} | {:.1} | {:.3} |",
+                op.kernel_name(),
+                t.median_us,
+                bytes / (t.median_us * 1e-6) / 1e12
+            );
+        }
+    }
     // Planner host time at batch 256 × 1024 (FlashInfer's plan(): 200–440 us).
     let (pages, num_pages) = pages_for(256, 1024, 16, 7);
     let cfg = KvPoolConfig {

@@ -127,6 +127,7 @@ pub struct BatchDecode {
     smem_bytes: u32,
     chunk_align: usize,
     max_ctas: usize,
+    fixed_split: Option<usize>,
     graph: Option<GraphLimits>,
     plan_counter: std::cell::Cell<u64>,
 }
@@ -202,6 +203,7 @@ impl BatchDecode {
             smem_bytes: 0,
             chunk_align: 1,
             max_ctas: 1,
+            fixed_split: None,
             graph,
             plan_counter: std::cell::Cell::new(0),
         };
@@ -218,6 +220,13 @@ impl BatchDecode {
     /// remade.
     pub fn set_kernel(&mut self, kind: DecodeKernel) -> Result<()> {
         self.select(kind)
+    }
+
+    /// Fixes the split-KV chunk length (tokens; FlashInfer's `fixed_split_size`): results then
+    /// do not depend on the batch composition or the device, at some cost in balance. `None`
+    /// (the default) lets the planner choose; `Some(usize::MAX)` never splits.
+    pub fn set_fixed_split_size(&mut self, tokens: Option<usize>) {
+        self.fixed_split = tokens;
     }
 
     /// The kernel family in use.
@@ -418,7 +427,7 @@ impl BatchDecode {
             max_ctas: self.max_ctas,
             min_chunk: cfg::MIN_CHUNK as usize,
             chunk_align: self.chunk_align,
-            fixed_chunk: None,
+            fixed_chunk: self.fixed_split,
             graph_items,
         })?;
         let ws = host.grid_items.max(1);
