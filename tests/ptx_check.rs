@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ferrinfer::kernels::{entry_names, entry_param_sizes, Arch};
-use ferrinfer::kernels_abi::abi::{AppendParams, DecodeParams, SelfTestParams, SpinParams};
+use ferrinfer::kernels_abi::abi::{AppendParams, DecodeParams, PrefillParams, SelfTestParams, SpinParams};
 
 /// The project-local ptxas, relative to the workspace root.
 const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
@@ -28,9 +28,10 @@ const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
 /// The ABI struct size each kernel family must take, by entry-name prefix.
 fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     use std::mem::size_of;
-    const FAMILIES: [(&str, &str, usize); 5] = [
+    const FAMILIES: [(&str, &str, usize); 6] = [
         // `decode_*` and `decode_merge_*` (batch decode and its split-KV merge).
         ("decode_", "DecodeParams", size_of::<DecodeParams>()),
+        ("prefill_", "PrefillParams", size_of::<PrefillParams>()),
         ("append_kv_", "AppendParams", size_of::<AppendParams>()),
         ("gather_kv_", "AppendParams", size_of::<AppendParams>()),
         ("selftest_", "SelfTestParams", size_of::<SelfTestParams>()),

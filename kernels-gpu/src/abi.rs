@@ -151,6 +151,60 @@ pub struct DecodeParams {
 unsafe impl Abi for DecodeParams {}
 const _: () = assert!(core::mem::size_of::<DecodeParams>() == 15 * 8 + 14 * 4 + 16);
 
+/// Parameters of the single-request prefill kernels (`prefill_*`): `qo_len` query tokens against
+/// `kv_len` contiguous (strided) K/V tokens; query token `t` sits at position
+/// `kv_len − qo_len + t`. CTA = (tile of 64 packed rows, KV head); packed row `r` is query
+/// token `r / group`, head `r % group` of the KV head's group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PrefillParams {
+    /// q `[qo_len, num_qo_heads, D]` (strides `q_stride_n`, `q_stride_h`).
+    pub q: u64,
+    /// o, like q (strides `o_stride_n`, `o_stride_h`).
+    pub o: u64,
+    /// f32 lse `[qo_len, num_qo_heads]`; 0 = not requested.
+    pub lse: u64,
+    /// K: element `(t, h, d)` at `k + t*k_stride_n + h*k_stride_h + d`.
+    pub k: u64,
+    /// V, addressed like K with the V strides.
+    pub v: u64,
+    /// q token stride.
+    pub q_stride_n: u32,
+    /// q head stride.
+    pub q_stride_h: u32,
+    /// o token stride.
+    pub o_stride_n: u32,
+    /// o head stride.
+    pub o_stride_h: u32,
+    /// K token stride.
+    pub k_stride_n: u32,
+    /// K head stride.
+    pub k_stride_h: u32,
+    /// V token stride.
+    pub v_stride_n: u32,
+    /// V head stride.
+    pub v_stride_h: u32,
+    /// Query tokens.
+    pub qo_len: u32,
+    /// Key/value tokens.
+    pub kv_len: u32,
+    /// Query heads in total.
+    pub num_qo_heads: u32,
+    /// Query heads per KV head, as a fast divider.
+    pub group: crate::math::fastdiv::FastDiv,
+    /// Sliding window (keys `j ≥ pos − window_left`); `u32::MAX` = none.
+    pub window_left: u32,
+    /// 1 = causal mask (`j ≤ pos`).
+    pub causal: u32,
+    /// Logit transform.
+    pub logit: crate::math::softmax::LogitTransform,
+}
+
+// SAFETY: #[repr(C)] of u64/u32 fields and #[repr(C)] structs of u32/f32; same layout on the
+// host and nvptx64.
+unsafe impl Abi for PrefillParams {}
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 5 * 8 + 16 * 4 + 16);
+
 /// Parameters of `util_spin`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

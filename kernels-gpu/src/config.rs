@@ -34,6 +34,24 @@ pub mod decode_tc {
     }
 }
 
+/// Single prefill on tensor cores (`kernels-gpu/src/prefill.rs`): 4 warps × 16 packed query
+/// rows per CTA, KV tiles of [`prefill::TILE`] tokens in a 2-stage swizzled cp.async ring.
+pub mod prefill {
+    /// Threads per CTA.
+    pub const THREADS: u32 = 128;
+    /// Packed query rows (token × head-in-group) per CTA.
+    pub const ROWS: u32 = 64;
+    /// KV tokens per stage.
+    pub const TILE: u32 = 64;
+    /// Pipeline stages.
+    pub const STAGES: u32 = 2;
+
+    /// Dynamic shared memory: `STAGES` K and V tiles.
+    pub const fn smem_bytes(head_dim: u32) -> u32 {
+        STAGES * 2 * TILE * head_dim * 2
+    }
+}
+
 /// Decode row geometry (`kernels-gpu/src/batch_decode.rs`): lanes per K/V row, row slots,
 /// tokens per iteration, group capacities.
 pub mod single_decode {

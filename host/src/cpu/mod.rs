@@ -14,13 +14,16 @@
 //! | batch decode on a page pool  | [`batch_decode`]                                 |
 //! | single-request decode        | [`single_decode`], [`single_decode_contiguous`]  |
 //! | decode to an f32 state       | [`single_decode_state`]                          |
+//! | single-request prefill       | [`single_prefill`]                               |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
 pub mod batch_decode;
 pub mod decode;
 pub mod merge;
+pub mod prefill;
 
 pub use crate::ops::single_decode::KvStrides;
 pub use batch_decode::batch_decode;
 pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
+pub use prefill::single_prefill;
