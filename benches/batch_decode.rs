@@ -132,8 +132,9 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             let bytes = kv + (2 * n * 2) as f64;
             let tbps = bytes / (t.median_us * 1e-6) / 1e12;
             println!(
-            "| {} | {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
-            format!("{}{}", op.kernel_name(), if fixed.is_some() { " (no split)" } else { "" }),
+            "| {}{} | {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
+            op.kernel_name(),
+            if fixed.is_some() { " (no split)" } else { "" },
             kv / (1 << 20) as f64,
             plan.partition().num_items(),
             t.median_us,

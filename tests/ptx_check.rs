@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ferrinfer::kernels::{entry_names, entry_param_sizes, Arch};
-use ferrinfer::kernels_abi::abi::{AppendParams, DecodeParams, PrefillParams, SelfTestParams, SpinParams};
+use ferrinfer::kernels_abi::abi::{
+    AppendParams, DecodeParams, PrefillParams, SelfTestParams, SpinParams,
+};
 
 /// The project-local ptxas, relative to the workspace root.
 const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";

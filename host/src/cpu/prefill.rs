@@ -57,7 +57,7 @@ pub fn single_prefill<T: Float16>(
         ));
     }
     let hq = heads.num_qo_heads;
-    let mut lse = lse;
+
     if let Some(l) = lse.as_deref() {
         if l.len() < qo_len * hq {
             return Err(Error::shape(
@@ -81,7 +81,7 @@ pub fn single_prefill<T: Float16>(
         };
         super::single_decode(heads, &o2, &q[t * row..(t + 1) * row], k, s, v, s, hi, o, l)
     };
-    let results: Vec<Result<()>> = match lse.as_deref_mut() {
+    let results: Vec<Result<()>> = match lse {
         Some(l) => out[..n]
             .par_chunks_mut(row)
             .zip(l[..qo_len * hq].par_chunks_mut(hq))
