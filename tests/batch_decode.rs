@@ -536,3 +536,82 @@ fn gpu_bad_input_is_a_typed_error() {
     // Nothing was written.
     assert!(gpu.download(&o2).unwrap().iter().all(|x| x.to_f32() == 7.0));
 }
+
+/// Outside graph mode a plan object is re-planned for bigger batches (growing its buffers), and
+/// a plan of another op is refused before any launch.
+#[test]
+fn gpu_plan_into_grows_and_rejects_foreign_plans() {
+    let Some(gpu) = gpu_or_skip("gpu_plan_into_grows_and_rejects_foreign_plans") else {
+        return;
+    };
+    let heads = HeadConfig::new(16, 4, 128).unwrap();
+    let op = BatchDecode::new(&gpu, heads, DType::Bf16, AttentionOptions::default()).unwrap();
+    let mut plan = None;
+    for (i, lens) in [vec![0usize], vec![17, 1], vec![3000, 40, 5000, 1, 16]]
+        .iter()
+        .enumerate()
+    {
+        let c = Case {
+            heads,
+            page_size: 16,
+            layout: KvLayout::Nhd,
+            lens: lens.clone(),
+            opts: AttentionOptions::default(),
+            seed: 50 + i as u64,
+        };
+        let d = make::<bf16>(&c);
+        let mut pool =
+            KvPool::<bf16>::new_gpu(&gpu, pool_cfg(&c), PoolSize::Pages(d.num_pages)).unwrap();
+        let rs = RowStrides::contiguous(4, 128);
+        if !d.batch_indices.is_empty() {
+            let (kd, vd) = (
+                gpu.upload(&d.rows_k).unwrap(),
+                gpu.upload(&d.rows_v).unwrap(),
+            );
+            pool.append(
+                &AppendMeta {
+                    batch_indices: &d.batch_indices,
+                    positions: &d.positions,
+                    pages: &d.pages,
+                },
+                Rows::Device(&kd),
+                rs,
+                Rows::Device(&vd),
+                rs,
+            )
+            .unwrap();
+        }
+        match plan.as_mut() {
+            None => plan = Some(op.plan(&d.pages, pool.config()).unwrap()),
+            Some(p) => op.plan_into(&d.pages, pool.config(), p).unwrap(),
+        }
+        let p = plan.as_ref().unwrap();
+        let n = lens.len() * 16 * 128;
+        let qd = gpu.upload(&d.q).unwrap();
+        let mut od = gpu.upload(&vec![bf16::NAN; n]).unwrap();
+        let mut ld = gpu.upload(&vec![f32::NAN; lens.len() * 16]).unwrap();
+        op.run(p, &qd, &pool, &mut od, Some(&mut ld)).unwrap();
+        check(
+            compare(
+                &c,
+                &d,
+                &gpu.download(&od).unwrap(),
+                &gpu.download(&ld).unwrap(),
+            ),
+            DType::Bf16,
+            &c,
+        );
+        // Another op (other head geometry) refuses this plan.
+        let other = BatchDecode::new(
+            &gpu,
+            HeadConfig::new(16, 2, 128).unwrap(),
+            DType::Bf16,
+            AttentionOptions::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            other.run(p, &qd, &pool, &mut od, None),
+            Err(Error::InvalidArgument { .. }) | Err(Error::Shape { .. })
+        ));
+    }
+}

@@ -22,14 +22,17 @@ pub mod decode_tc {
     }
 
     /// Dynamic shared memory: the staging ring, reused for the cross-warp merge (4 warps × 16
-    /// rows × head_dim f32 outputs + their m and d) and the fused split merge.
+    /// rows × head_dim f32 outputs + their m and d) and the fused split merge (a 16-byte flag,
+    /// then up to 8 heads × `MAX_ITEMS_PER_REQUEST` f32 weights).
     pub const fn smem_bytes(head_dim: u32) -> u32 {
         let staging = STAGES * stage_bytes(head_dim);
         let merge = 4 * 16 * head_dim * 4 + 4 * 16 * 2 * 4 + 16;
-        if staging > merge {
-            staging
+        let split = 16 + 8 * super::batch_decode::MAX_ITEMS_PER_REQUEST * 4;
+        let m = if staging > merge { staging } else { merge };
+        if m > split {
+            m
         } else {
-            merge
+            split
         }
     }
 }
@@ -119,7 +122,8 @@ pub mod batch_decode {
     /// f32 weights in shared memory (8 × 1024 × 4 = 32 KB ≤ the 48 KB ring).
     pub const MAX_ITEMS_PER_REQUEST: u32 = 1024;
 
-    /// Dynamic shared memory: the staging ring, reused for the cross-slot merge at the end.
+    /// Dynamic shared memory: the staging ring, reused for the cross-slot merge at the end (and
+    /// the fused split merge's flag and weights, which it always covers: checked below).
     pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {
         let staging = STAGES * stage_bytes();
         let merge = sd::smem_bytes(head_dim, group);
@@ -130,6 +134,11 @@ pub mod batch_decode {
         }
     }
 }
+
+const _: () = assert!(
+    batch_decode::STAGES * batch_decode::stage_bytes()
+        >= 16 + 8 * batch_decode::MAX_ITEMS_PER_REQUEST * 4
+);
 
 #[cfg(test)]
 mod tests {

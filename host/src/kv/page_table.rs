@@ -159,6 +159,9 @@ pub struct AppendPlan {
     pub pages: BatchPages,
     /// Copy-on-write page copies to perform before writing.
     pub copies: Vec<PageCopy>,
+    /// Per request: (sequence, length, page count, last page) before the reservation, for
+    /// [`PageTable::rollback`].
+    undo: Vec<(SeqId, usize, usize, Option<u32>)>,
 }
 
 impl PageTable {
@@ -268,7 +271,10 @@ impl PageTable {
                 ));
             }
             let (need, _) = self.needs(self.seq(id)?, n)?;
-            total += need;
+            total = total.checked_add(need).ok_or(Error::Overflow {
+                op: OP,
+                what: "pages needed",
+            })?;
         }
         if total > self.free.len() {
             return Err(Error::OutOfPages {
@@ -405,7 +411,20 @@ impl PageTable {
             .iter()
             .map(|&(id, _)| self.len(id))
             .collect::<Result<_>>()?;
-        let total: usize = reqs.iter().map(|r| r.1).sum();
+        let undo = reqs
+            .iter()
+            .map(|&(id, _)| {
+                let s = &self.seqs[&id];
+                (id, s.len, s.pages.len(), s.pages.last().copied())
+            })
+            .collect();
+        let total = reqs
+            .iter()
+            .try_fold(0usize, |a, r| a.checked_add(r.1))
+            .ok_or(Error::Overflow {
+                op: OP,
+                what: "append rows",
+            })?;
         if total > i32::MAX as usize {
             return Err(Error::Overflow {
                 op: OP,
@@ -415,6 +434,7 @@ impl PageTable {
         let copies = self.reserve_many(reqs)?;
         let mut plan = AppendPlan {
             copies,
+            undo,
             ..Default::default()
         };
         plan.append_indptr.push(0);
@@ -428,6 +448,33 @@ impl PageTable {
         let ids: Vec<SeqId> = reqs.iter().map(|r| r.0).collect();
         self.batch_pages_into(&ids, &mut plan.pages)?;
         Ok(plan)
+    }
+
+    /// Undoes the reservation of `plan` (the last `plan_append` on this table): releases the
+    /// pages it allocated, puts back pages it replaced by copy-on-write, restores lengths. For
+    /// callers whose device work after a reservation failed.
+    pub fn rollback(&mut self, plan: &AppendPlan) {
+        for &(id, len, np, last) in plan.undo.iter().rev() {
+            let Some(s) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            let added: Vec<u32> = s.pages.split_off(np.min(s.pages.len()));
+            let mut restore = None;
+            if np > 0 && s.pages.get(np - 1).copied() != last {
+                if let (Some(cur), Some(old)) = (s.pages.get_mut(np - 1), last) {
+                    restore = Some(*cur);
+                    *cur = old;
+                }
+            }
+            s.len = len;
+            for p in added {
+                self.release(p);
+            }
+            if let (Some(copy), Some(old)) = (restore, last) {
+                self.release(copy);
+                self.refcount[old as usize] += 1;
+            }
+        }
     }
 
     /// Checks every invariant of the module docs; returns a description of the first violation.
@@ -580,5 +627,22 @@ mod tests {
         assert_eq!(p.pages.kv_len(0, 4), 5);
         assert_eq!(p.pages.kv_len(1, 4), 3);
         assert!(t.plan_append(&[(a, 1), (a, 1)]).is_err());
+    }
+
+    #[test]
+    fn rollback_restores_the_tables() {
+        let mut t = PageTable::new(16, 4).unwrap();
+        let a = t.add_sequence();
+        t.reserve(a, 6).unwrap();
+        let c = t.fork(a).unwrap();
+        let before = (t.free.len(), t.refcount.clone(), t.seqs.clone());
+        // Writes into the shared partial page (copy-on-write) and allocates more pages.
+        let p = t.plan_append(&[(c, 7), (a, 1)]).unwrap();
+        assert!(!p.copies.is_empty());
+        t.rollback(&p);
+        t.check_invariants().unwrap();
+        assert_eq!(before.1, t.refcount);
+        assert_eq!(before.2, t.seqs);
+        assert_eq!(before.0, t.free.len());
     }
 }

@@ -64,8 +64,18 @@ pub struct BatchDecodePlan {
     max_pages: usize,
     part_o: DeviceBuffer<f32>,
     part_lse: DeviceBuffer<f32>,
-    max_items_per_request: usize,
-    uploaded_plan_id: u64,
+    owner: PlanOwner,
+}
+
+/// What a plan was made for: the op's device context and head geometry. `run` refuses a plan
+/// of another owner (its counters and partial buffers are sized for the owner's heads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PlanOwner {
+    ctx_id: usize,
+    num_qo_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    graph: Option<GraphLimits>,
 }
 
 impl BatchDecodePlan {
@@ -131,7 +141,6 @@ pub struct BatchDecode {
     max_ctas: usize,
     fixed_split: Option<usize>,
     graph: Option<GraphLimits>,
-    plan_counter: std::cell::Cell<u64>,
 }
 
 impl BatchDecode {
@@ -207,7 +216,6 @@ impl BatchDecode {
             max_ctas: 1,
             fixed_split: None,
             graph,
-            plan_counter: std::cell::Cell::new(0),
         };
         op.select(kind)?;
         Ok(op)
@@ -277,7 +285,6 @@ impl BatchDecode {
         self.kernel = kernel;
         self.smem_bytes = smem;
         self.chunk_align = align;
-        self.plan_counter.set(self.plan_counter.get() + 1);
         Ok(())
     }
 
@@ -337,8 +344,7 @@ impl BatchDecode {
             max_pages,
             part_o: self.gpu.alloc::<f32>(1)?,
             part_lse: self.gpu.alloc::<f32>(1)?,
-            max_items_per_request: 1,
-            uploaded_plan_id: 0,
+            owner: self.owner(),
         };
         if let Some(l) = self.graph {
             let ws = plan.work_stride;
@@ -367,6 +373,16 @@ impl BatchDecode {
         plan: &mut BatchDecodePlan,
     ) -> Result<()> {
         self.plan_into_inner(pages, pool.page_size, Some(pool), plan)
+    }
+
+    fn owner(&self) -> PlanOwner {
+        PlanOwner {
+            ctx_id: self.gpu.ctx_id(),
+            num_qo_heads: self.heads.num_qo_heads,
+            num_kv_heads: self.heads.num_kv_heads,
+            head_dim: self.heads.head_dim,
+            graph: self.graph,
+        }
     }
 
     pub(crate) fn replan(
@@ -406,17 +422,23 @@ impl BatchDecode {
         pool: Option<&KvPoolConfig>,
         plan: &mut BatchDecodePlan,
     ) -> Result<()> {
+        if plan.owner != self.owner() {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan belongs to another op or head configuration",
+            ));
+        }
         self.validate_pages(pages, page_size, pool)?;
         let batch = pages.batch_size();
-        if batch > plan.max_batch || pages.kv_indices.len() > plan.max_pages {
+        let n_pages = pages.kv_indices.len();
+        if self.graph.is_some() && (batch > plan.max_batch || n_pages > plan.max_pages) {
             return Err(Error::invalid(
                 OP,
                 "plan",
                 format!(
-                    "batch {batch} / {} pages exceed the plan's capacity {} / {}",
-                    pages.kv_indices.len(),
-                    plan.max_batch,
-                    plan.max_pages
+                    "batch {batch} / {n_pages} pages exceed the graph-mode limits {} / {}",
+                    plan.max_batch, plan.max_pages
                 ),
             ));
         }
@@ -432,44 +454,6 @@ impl BatchDecode {
             fixed_chunk: self.fixed_split,
             graph_items,
         })?;
-        let ws = host.grid_items.max(1);
-        if self.graph.is_none() {
-            plan.work_stride = ws;
-            plan.max_batch = batch;
-            plan.max_pages = pages.kv_indices.len();
-        }
-        let n_items = host.num_items();
-        let s = &mut plan.staging;
-        s.clear();
-        s.extend_from_slice(&[n_items as i32, batch as i32]);
-        let ws_ = plan.work_stride;
-        let base = s.len();
-        s.resize(base + 3 * ws_, 0);
-        let work = &mut s[base..];
-        for i in 0..n_items {
-            let r = host.request[i] as usize;
-            work[i] = r as i32;
-            work[ws_ + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
-            work[2 * ws_ + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
-        }
-        let pad = |s: &mut Vec<i32>, v: &[i32], n: usize| {
-            s.extend_from_slice(v);
-            s.extend(std::iter::repeat_n(0, n - v.len()));
-        };
-        let merge: Vec<i32> = host.merge_indptr.iter().map(|&x| x as i32).collect();
-        pad(s, &merge, plan.max_batch + 1);
-        pad(s, &pages.kv_indptr, plan.max_batch + 1);
-        s.extend_from_slice(&pages.kv_indices);
-        // Arrival counters of the fused merge, zeroed by every plan (the kernel also resets
-        // them after each merge, so replays without re-planning stay consistent).
-        s.extend(std::iter::repeat_n(
-            0,
-            plan.max_pages - pages.kv_indices.len(),
-        ));
-        s.extend(std::iter::repeat_n(
-            0,
-            plan.max_batch * self.heads.num_kv_heads,
-        ));
         let max_items = host
             .merge_indptr
             .windows(2)
@@ -486,26 +470,79 @@ impl BatchDecode {
                 ),
             ));
         }
+        // The new sizes stay local until every fallible step has succeeded, so a failed
+        // re-plan leaves the previous plan intact and usable.
+        let (ws, mb, mp) = match self.graph {
+            Some(_) => (plan.work_stride, plan.max_batch, plan.max_pages),
+            None => (host.grid_items.max(1), batch, n_pages),
+        };
+        let per_item = self.heads.num_qo_heads * self.heads.head_dim;
+        if ws
+            .checked_mul(per_item)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "split-KV partial outputs",
+            });
+        }
+        let n_items = host.num_items();
+        let s = &mut plan.staging;
+        s.clear();
+        s.extend_from_slice(&[n_items as i32, batch as i32]);
+        let base = s.len();
+        s.resize(base + 3 * ws, 0);
+        let work = &mut s[base..];
+        for i in 0..n_items {
+            let r = host.request[i] as usize;
+            work[i] = r as i32;
+            work[ws + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
+            work[2 * ws + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
+        }
+        let pad = |s: &mut Vec<i32>, v: &[i32], n: usize| {
+            s.extend_from_slice(v);
+            s.extend(std::iter::repeat_n(0, n - v.len()));
+        };
+        let merge: Vec<i32> = host.merge_indptr.iter().map(|&x| x as i32).collect();
+        pad(s, &merge, mb + 1);
+        pad(s, &pages.kv_indptr, mb + 1);
+        s.extend_from_slice(&pages.kv_indices);
+        // Arrival counters of the fused merge, zeroed by every plan (the kernel also resets
+        // them after each merge, so replays without re-planning stay consistent).
+        s.extend(std::iter::repeat_n(0, mp - n_pages));
+        s.extend(std::iter::repeat_n(0, mb * self.heads.num_kv_heads));
+        let mut new_meta = None;
+        let mut new_parts = None;
         if self.graph.is_none() {
             if plan.meta.len() < s.len() {
-                plan.meta = self.gpu.alloc::<i32>(s.len())?;
+                new_meta = Some(self.gpu.alloc::<i32>(s.len())?);
             }
-            let need_o = ws * self.heads.num_qo_heads * self.heads.head_dim;
-            if host.split && plan.part_o.len() < need_o {
-                plan.part_o = self.gpu.alloc::<f32>(need_o)?;
-                plan.part_lse = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?;
+            if host.split && plan.part_o.len() < ws * per_item {
+                new_parts = Some((
+                    self.gpu.alloc::<f32>(ws * per_item)?,
+                    self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?,
+                ));
             }
         }
-        self.gpu
-            .upload_pinned(&mut plan.pinned, &plan.staging, &mut plan.meta)?;
+        {
+            let meta = new_meta.as_mut().unwrap_or(&mut plan.meta);
+            self.gpu
+                .upload_pinned(&mut plan.pinned, &plan.staging, meta)?;
+        }
+        if let Some(m) = new_meta {
+            plan.meta = m;
+        }
+        if let Some((o, l)) = new_parts {
+            plan.part_o = o;
+            plan.part_lse = l;
+        }
+        plan.work_stride = ws;
+        plan.max_batch = mb;
+        plan.max_pages = mp;
         plan.host = host;
         plan.batch = batch;
         plan.page_size = page_size;
         plan.num_pages_seen = pool.map_or(0, |p| p.num_pages);
-        plan.max_items_per_request = max_items;
-        let id = self.plan_counter.get() + 1;
-        self.plan_counter.set(id);
-        plan.uploaded_plan_id = id;
         Ok(())
     }
 
@@ -566,6 +603,13 @@ impl BatchDecode {
         let h = self.heads;
         if T::DTYPE != self.dtype {
             return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
+        }
+        if plan.owner != self.owner() {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan belongs to another op or head configuration",
+            ));
         }
         self.gpu.check_buffer(OP, q)?;
         self.gpu.check_buffer(OP, out)?;

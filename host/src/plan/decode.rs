@@ -153,7 +153,7 @@ pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
     let max_len = p.kv_lens.iter().copied().max().unwrap_or(0);
     let align = |c: usize| c.div_ceil(p.chunk_align).max(1) * p.chunk_align;
     let chunk = match p.fixed_chunk {
-        Some(usize::MAX) => usize::MAX,
+        Some(c) if c >= i32::MAX as usize => usize::MAX,
         Some(c) => align(c.max(1)),
         None => choose_chunk(p, max_len),
     };

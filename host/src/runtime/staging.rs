@@ -40,6 +40,10 @@ impl Gpu {
         }
         self.bind()?;
         if staging.as_ref().is_none_or(|s| s.buf.len() < host.len()) {
+            // The old buffer may still feed an async copy: wait for it before it is freed.
+            if let Some(old) = staging.as_ref() {
+                old.done.synchronize()?;
+            }
             // SAFETY: the buffer is written before any copy reads it (below).
             let buf = unsafe {
                 self.context()
