@@ -12,9 +12,13 @@
 //! | element types               | [`DType`], [`Float16`]                  | `dtype.rs`                    |
 //! | head geometry               | [`HeadConfig`]                          | `heads.rs`                    |
 //! | attention options           | [`AttentionOptions`]                    | `options.rs`                  |
+//! | paged KV cache              | [`kv::PagedKvCache`], [`kv::PageTable`] | `kv/*.rs`                     |
+//! | batch decode (GPU, plan/run)| [`ops::BatchDecode`]                    | `ops/batch_decode.rs`         |
+//! | decode planner (pure)       | [`plan::plan_decode`]                   | `plan/decode.rs`              |
 //! | single-request decode (GPU) | [`ops::SingleDecode`]                   | `ops/single_decode.rs`        |
+//! | single-request prefill (GPU)| [`ops::SinglePrefill`]                  | `ops/single_prefill.rs`       |
 //! | CPU backend                 | [`cpu`]                                 | `cpu/*.rs`                    |
-//! | f64 oracle                  | [`reference`]                           | `reference.rs`                |
+//! | f64 oracle                  | [`reference`](mod@reference)            | `reference.rs`                |
 //! | errors                      | [`Error`], [`Result`]                   | `error.rs`                    |
 //!
 //! Without a CUDA driver everything except the GPU ops works: [`Gpu::discover`] returns

@@ -11,7 +11,7 @@
 //!
 //! | op                           | function                                         |
 //! |------------------------------|--------------------------------------------------|
-//! | batch decode on a page pool  | [`batch_decode`]                                 |
+//! | batch decode on a page pool  | [`batch_decode()`]                               |
 //! | single-request decode        | [`single_decode`], [`single_decode_contiguous`]  |
 //! | decode to an f32 state       | [`single_decode_state`]                          |
 //! | single-request prefill       | [`single_prefill`]                               |
