@@ -15,6 +15,8 @@
 //! | single-request decode        | [`single_decode`], [`single_decode_contiguous`]  |
 //! | decode to an f32 state       | [`single_decode_state`]                          |
 //! | single-request prefill       | [`single_prefill`]                               |
+//! | batch prefill, ragged KV     | [`batch_prefill_ragged`]                         |
+//! | batch prefill, paged KV      | [`batch_prefill_paged`]                          |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
 pub mod batch_decode;
@@ -26,4 +28,4 @@ pub use crate::ops::single_decode::KvStrides;
 pub use batch_decode::batch_decode;
 pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
-pub use prefill::single_prefill;
+pub use prefill::{batch_prefill_paged, batch_prefill_ragged, single_prefill};

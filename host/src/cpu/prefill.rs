@@ -96,3 +96,154 @@ pub fn single_prefill<T: Float16>(
     };
     results.into_iter().collect()
 }
+
+fn check_indptr(what: &'static str, indptr: &[i32], len: usize) -> Result<()> {
+    if indptr.first() != Some(&0) || indptr.windows(2).any(|w| w[1] < w[0]) {
+        return Err(Error::invalid(
+            OP,
+            what,
+            "must start at 0 and be non-decreasing",
+        ));
+    }
+    if indptr.last().is_some_and(|&l| l as usize > len) {
+        return Err(Error::shape(
+            OP,
+            what,
+            format!("last entry ≤ {len} rows"),
+            indptr.last().copied().unwrap_or(0),
+        ));
+    }
+    Ok(())
+}
+
+/// Batch prefill over ragged (packed) K/V, FlashInfer's ragged wrapper: request `b` has query
+/// rows `qo_indptr[b]..qo_indptr[b+1]` of q `[nnz_q, Hq, D]` and K/V rows
+/// `kv_indptr[b]..kv_indptr[b+1]` of k, v `[nnz_kv, Hkv, D]`; out like q, lse `[nnz_q, Hq]`.
+/// Each request must have `qo_len ≤ kv_len`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_ragged<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    k: &[T],
+    v: &[T],
+    kv_indptr: &[i32],
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    heads.validate(OP)?;
+    let qrow = heads.num_qo_heads * heads.head_dim;
+    let kvrow = heads.num_kv_heads * heads.head_dim;
+    if qo_indptr.len() != kv_indptr.len() || qo_indptr.is_empty() {
+        return Err(Error::shape(
+            OP,
+            "indptr lengths",
+            qo_indptr.len(),
+            kv_indptr.len(),
+        ));
+    }
+    check_indptr("qo_indptr", qo_indptr, q.len().min(out.len()) / qrow.max(1))?;
+    check_indptr("kv_indptr", kv_indptr, k.len().min(v.len()) / kvrow.max(1))?;
+    for b in 0..qo_indptr.len() - 1 {
+        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
+        let (k0, k1) = (kv_indptr[b] as usize, kv_indptr[b + 1] as usize);
+        if q1 - q0 > k1 - k0 {
+            return Err(Error::invalid(
+                OP,
+                "qo_len",
+                format!("request {b}: {} > kv_len {}", q1 - q0, k1 - k0),
+            ));
+        }
+    }
+    if let Some(l) = lse.as_deref() {
+        let rows = *qo_indptr.last().unwrap_or(&0) as usize;
+        if l.len() < rows * heads.num_qo_heads {
+            return Err(Error::shape(
+                OP,
+                "lse elements",
+                format!(">= {}", rows * heads.num_qo_heads),
+                l.len(),
+            ));
+        }
+    }
+    let mut lse = lse;
+    for b in 0..qo_indptr.len() - 1 {
+        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
+        let (k0, k1) = (kv_indptr[b] as usize, kv_indptr[b + 1] as usize);
+        let l = lse
+            .as_deref_mut()
+            .map(|l| &mut l[q0 * heads.num_qo_heads..q1 * heads.num_qo_heads]);
+        single_prefill(
+            heads,
+            opts,
+            &q[q0 * qrow..q1 * qrow],
+            &k[k0 * kvrow..k1 * kvrow],
+            &v[k0 * kvrow..k1 * kvrow],
+            q1 - q0,
+            k1 - k0,
+            &mut out[q0 * qrow..q1 * qrow],
+            l,
+        )?;
+    }
+    Ok(())
+}
+
+/// Batch prefill (append attention) over a host-memory page pool: request `b` has query rows
+/// `qo_indptr[b]..qo_indptr[b+1]` and the KV of entry `b` of `pages` (its last `qo_len` tokens
+/// are the queries' own keys, as after an append).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_paged<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    pool: &crate::kv::KvPool<T>,
+    pages: &crate::kv::BatchPages,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    heads.validate(OP)?;
+    let c = *pool.config();
+    if c.num_kv_heads != heads.num_kv_heads || c.head_dim != heads.head_dim {
+        return Err(Error::shape(
+            OP,
+            "pool heads/head_dim",
+            format!("{}/{}", heads.num_kv_heads, heads.head_dim),
+            format!("{}/{}", c.num_kv_heads, c.head_dim),
+        ));
+    }
+    pool.validate_pages(pages)?;
+    if qo_indptr.len() != pages.batch_size() + 1 {
+        return Err(Error::shape(
+            OP,
+            "qo_indptr length",
+            pages.batch_size() + 1,
+            qo_indptr.len(),
+        ));
+    }
+    let (kp, vp) = pool
+        .host_buffers()
+        .ok_or_else(|| Error::invalid(OP, "pool", "a host-memory (CPU) pool is required"))?;
+    // Gather every request's KV to packed rows, then run the ragged path.
+    let kvrow = heads.num_kv_heads * heads.head_dim;
+    let mut kv_indptr = vec![0i32];
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    for b in 0..pages.batch_size() {
+        let len = pages.kv_len(b, c.page_size);
+        for t in 0..len {
+            let page = pages.kv_indices[pages.kv_indptr[b] as usize + t / c.page_size] as usize;
+            for h in 0..c.num_kv_heads {
+                let o = c.offset(page, t % c.page_size, h);
+                k.extend_from_slice(&kp[o..o + c.head_dim]);
+                v.extend_from_slice(&vp[o..o + c.head_dim]);
+            }
+        }
+        let total = i32::try_from(k.len() / kvrow).map_err(|_| Error::Overflow {
+            op: OP,
+            what: "kv rows",
+        })?;
+        kv_indptr.push(total);
+    }
+    batch_prefill_ragged(heads, opts, q, qo_indptr, &k, &v, &kv_indptr, out, lse)
+}
