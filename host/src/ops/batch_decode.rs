@@ -443,6 +443,12 @@ impl BatchDecode {
             ));
         }
         let ranges = self.kv_lens(pages, page_size);
+        if ranges.iter().any(|&(_, e)| e > i32::MAX as usize) {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "kv_len (2^31 tokens per request)",
+            });
+        }
         let lens: Vec<usize> = ranges.iter().map(|&(b, e)| e - b).collect();
         let graph_items = self.graph.map(|_| plan.work_stride);
         let host = plan_decode(&DecodeProblem {

@@ -45,6 +45,12 @@ impl SinglePrefill {
                 format!("{} (supported: 1..=8)", heads.group()),
             ));
         }
+        if heads.num_kv_heads > 65_535 {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "heads (grid.y holds at most 65535 KV heads)",
+            });
+        }
         if let Some(w) = opts.window_left {
             if w >= u32::MAX as usize {
                 return Err(Error::invalid(OP, "window_left", format!("{w} too large")));
