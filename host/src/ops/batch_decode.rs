@@ -193,10 +193,12 @@ impl BatchDecode {
                 format!("{g} (supported: 1..=8)"),
             ));
         }
-        if u32::try_from(heads.num_qo_heads * heads.head_dim).is_err() {
+        if u32::try_from(heads.num_qo_heads * heads.head_dim).is_err()
+            || heads.num_kv_heads > 65_535
+        {
             return Err(Error::Overflow {
                 op: OP,
-                what: "heads",
+                what: "heads (grid.y holds at most 65535 KV heads)",
             });
         }
         let kind = if g >= TENSOR_CORE_MIN_GROUP && Self::tensor_cores_support(&heads) {
