@@ -24,19 +24,8 @@ pub fn batch_decode<T: Float16>(
 ) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
-    let c = *pool.config();
-    if c.num_kv_heads != heads.num_kv_heads || c.head_dim != heads.head_dim {
-        return Err(Error::shape(
-            OP,
-            "pool heads/head_dim",
-            format!("{}/{}", heads.num_kv_heads, heads.head_dim),
-            format!("{}/{}", c.num_kv_heads, c.head_dim),
-        ));
-    }
+    pool.check_heads(OP, heads)?;
     pool.validate_pages(pages)?;
-    let (kp, vp) = pool
-        .host_buffers()
-        .ok_or_else(|| Error::invalid(OP, "pool", "a host-memory (CPU) pool is required"))?;
     let b = pages.batch_size();
     let row = heads.num_qo_heads * heads.head_dim;
     if q.len() < b * row {
@@ -66,20 +55,9 @@ pub fn batch_decode<T: Float16>(
         }
     }
     let strides = super::KvStrides::contiguous(heads);
-    let kv_row = heads.num_kv_heads * heads.head_dim;
-    let gather = |bi: usize| {
-        let len = pages.kv_len(bi, c.page_size);
-        let mut k = Vec::with_capacity(len * kv_row);
-        let mut v = Vec::with_capacity(len * kv_row);
-        for t in 0..len {
-            let page = pages.kv_indices[pages.kv_indptr[bi] as usize + t / c.page_size] as usize;
-            for h in 0..c.num_kv_heads {
-                let o = c.offset(page, t % c.page_size, h);
-                k.extend_from_slice(&kp[o..o + c.head_dim]);
-                v.extend_from_slice(&vp[o..o + c.head_dim]);
-            }
-        }
-        (len, k, v)
+    let gather = |bi: usize| -> Result<(usize, Vec<T>, Vec<T>)> {
+        let (k, v) = pool.gather_host(pages, bi)?;
+        Ok((pages.kv_len(bi, pool.config().page_size), k, v))
     };
     let hq = heads.num_qo_heads;
     let results: Vec<Result<()>> = match lse {
@@ -88,7 +66,7 @@ pub fn batch_decode<T: Float16>(
             .zip(l[..b * hq].par_chunks_mut(hq))
             .enumerate()
             .map(|(bi, (o, l))| {
-                let (len, k, v) = gather(bi);
+                let (len, k, v) = gather(bi)?;
                 super::single_decode(
                     heads,
                     opts,
@@ -107,7 +85,7 @@ pub fn batch_decode<T: Float16>(
             .par_chunks_mut(row)
             .enumerate()
             .map(|(bi, o)| {
-                let (len, k, v) = gather(bi);
+                let (len, k, v) = gather(bi)?;
                 super::single_decode(
                     heads,
                     opts,

@@ -204,15 +204,7 @@ pub fn batch_prefill_paged<T: Float16>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     heads.validate(OP)?;
-    let c = *pool.config();
-    if c.num_kv_heads != heads.num_kv_heads || c.head_dim != heads.head_dim {
-        return Err(Error::shape(
-            OP,
-            "pool heads/head_dim",
-            format!("{}/{}", heads.num_kv_heads, heads.head_dim),
-            format!("{}/{}", c.num_kv_heads, c.head_dim),
-        ));
-    }
+    pool.check_heads(OP, heads)?;
     pool.validate_pages(pages)?;
     if qo_indptr.len() != pages.batch_size() + 1 {
         return Err(Error::shape(
@@ -222,28 +214,18 @@ pub fn batch_prefill_paged<T: Float16>(
             qo_indptr.len(),
         ));
     }
-    let (kp, vp) = pool
-        .host_buffers()
-        .ok_or_else(|| Error::invalid(OP, "pool", "a host-memory (CPU) pool is required"))?;
     // Gather every request's KV to packed rows, then run the ragged path.
-    let kvrow = heads.num_kv_heads * heads.head_dim;
     let mut kv_indptr = vec![0i32];
     let (mut k, mut v) = (Vec::new(), Vec::new());
     for b in 0..pages.batch_size() {
-        let len = pages.kv_len(b, c.page_size);
-        for t in 0..len {
-            let page = pages.kv_indices[pages.kv_indptr[b] as usize + t / c.page_size] as usize;
-            for h in 0..c.num_kv_heads {
-                let o = c.offset(page, t % c.page_size, h);
-                k.extend_from_slice(&kp[o..o + c.head_dim]);
-                v.extend_from_slice(&vp[o..o + c.head_dim]);
-            }
-        }
-        let total = i32::try_from(k.len() / kvrow).map_err(|_| Error::Overflow {
+        let (kb, vb) = pool.gather_host(pages, b)?;
+        k.extend_from_slice(&kb);
+        v.extend_from_slice(&vb);
+        let rows = k.len() / (heads.num_kv_heads * heads.head_dim);
+        kv_indptr.push(i32::try_from(rows).map_err(|_| Error::Overflow {
             op: OP,
             what: "kv rows",
-        })?;
-        kv_indptr.push(total);
+        })?);
     }
     batch_prefill_ragged(heads, opts, q, qo_indptr, &k, &v, &kv_indptr, out, lse)
 }

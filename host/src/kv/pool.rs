@@ -171,7 +171,9 @@ pub struct KvPool<T> {
     cfg: KvPoolConfig,
     storage: Storage<T>,
     staging: Vec<i32>,
-    resident_blocks: std::cell::Cell<Option<u32>>,
+    /// Resident append blocks per wave (occupancy query, cached; 0 = not queried yet). Atomic so
+    /// that a pool can be shared across threads.
+    resident_blocks: std::sync::atomic::AtomicU32,
     append_kernel: &'static str,
     /// Dynamic shared memory per thread of the selected append kernel (cp.async variants).
     append_smem_per_thread: u32,
@@ -236,7 +238,7 @@ impl<T: Float16> KvPool<T> {
                 meta: None,
             },
             staging: Vec::new(),
-            resident_blocks: std::cell::Cell::new(None),
+            resident_blocks: std::sync::atomic::AtomicU32::new(0),
             append_kernel: "append_kv_b16",
             append_smem_per_thread: 0,
         })
@@ -254,7 +256,7 @@ impl<T: Float16> KvPool<T> {
                 v: vec![T::default(); n],
             },
             staging: Vec::new(),
-            resident_blocks: std::cell::Cell::new(None),
+            resident_blocks: std::sync::atomic::AtomicU32::new(0),
             append_kernel: "append_kv_b16",
             append_smem_per_thread: 0,
         })
@@ -333,7 +335,8 @@ impl<T: Float16> KvPool<T> {
             104 => 2 * 4 * 32,
             _ => 0,
         };
-        self.resident_blocks.set(None);
+        self.resident_blocks
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -514,9 +517,12 @@ impl<T: Float16> KvPool<T> {
         let lanes = (self.cfg.head_dim / 8) as u32;
         let hy = (self.cfg.num_kv_heads as u32).min((256 / lanes).max(1));
         let smem = smem_per_thread * lanes * hy;
-        let resident = match self.resident_blocks.get() {
-            Some(r) => r,
-            None => {
+        let resident = match self
+            .resident_blocks
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            r if r > 0 => r,
+            _ => {
                 let f = gpu.function(self.append_kernel, smem)?;
                 let per_sm = f
                     .occupancy_max_active_blocks_per_multiprocessor(
@@ -526,7 +532,8 @@ impl<T: Float16> KvPool<T> {
                     )?
                     .max(1);
                 let r = per_sm * gpu.info().sm_count;
-                self.resident_blocks.set(Some(r));
+                self.resident_blocks
+                    .store(r, std::sync::atomic::Ordering::Relaxed);
                 r
             }
         };
@@ -756,16 +763,7 @@ impl<T: Float16> KvPool<T> {
                 let Storage::Cpu { k: kp, v: vp } = &self.storage else {
                     unreachable_storage()?
                 };
-                for t in 0..len {
-                    let (page, entry) = page_of(pages, b, t, cfg.page_size);
-                    for h in 0..cfg.num_kv_heads {
-                        let src = cfg.offset(page, entry, h);
-                        let dk = t * ks.stride_n + h * ks.stride_h;
-                        let dv = t * vs.stride_n + h * vs.stride_h;
-                        kh[dk..dk + cfg.head_dim].copy_from_slice(&kp[src..src + cfg.head_dim]);
-                        vh[dv..dv + cfg.head_dim].copy_from_slice(&vp[src..src + cfg.head_dim]);
-                    }
-                }
+                host_rows_out(&cfg, kp, vp, pages, b, len, kh, ks, vh, vs);
                 Ok(())
             }
             _ => Err(Error::invalid(
@@ -774,6 +772,39 @@ impl<T: Float16> KvPool<T> {
                 "k and v outputs must both be device or both host",
             )),
         }
+    }
+
+    /// Checks that this pool holds the KV heads and head dim of `heads` (for op `op`).
+    pub fn check_heads(&self, op: &'static str, heads: &crate::heads::HeadConfig) -> Result<()> {
+        let c = &self.cfg;
+        if c.num_kv_heads != heads.num_kv_heads || c.head_dim != heads.head_dim {
+            return Err(Error::shape(
+                op,
+                "pool heads/head_dim",
+                format!("{}/{}", heads.num_kv_heads, heads.head_dim),
+                format!("{}/{}", c.num_kv_heads, c.head_dim),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Entry `b` of `pages` as new contiguous host rows `[len, heads, head_dim]` (K, V) — the
+    /// CPU backend's view of one request. Host pools only; `pages` must be validated.
+    pub(crate) fn gather_host(&self, pages: &BatchPages, b: usize) -> Result<(Vec<T>, Vec<T>)> {
+        let Storage::Cpu { k: kp, v: vp } = &self.storage else {
+            return Err(Error::invalid(
+                OP,
+                "pool",
+                "a host-memory (CPU) pool is required",
+            ));
+        };
+        let c = self.cfg;
+        let len = pages.kv_len(b, c.page_size);
+        let n = len * c.num_kv_heads * c.head_dim;
+        let (mut k, mut v) = (vec![T::default(); n], vec![T::default(); n]);
+        let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
+        host_rows_out(&c, kp, vp, pages, b, len, &mut k, s, &mut v, s);
+        Ok((k, v))
     }
 
     /// Performs copy-on-write page copies (rows `[0, rows)` of every head, K and V).
@@ -836,6 +867,33 @@ impl<'a, T> RowsMut<'a, T> {
         match self {
             RowsMut::Device(b) => Rows::Device(b),
             RowsMut::Host(s) => Rows::Host(s),
+        }
+    }
+}
+
+/// Copies tokens `[0, len)` of entry `b` from host pools into strided rows (bounds validated by
+/// the callers).
+#[allow(clippy::too_many_arguments)]
+fn host_rows_out<T: Copy>(
+    cfg: &KvPoolConfig,
+    kp: &[T],
+    vp: &[T],
+    pages: &BatchPages,
+    b: usize,
+    len: usize,
+    kh: &mut [T],
+    ks: RowStrides,
+    vh: &mut [T],
+    vs: RowStrides,
+) {
+    for t in 0..len {
+        let (page, entry) = page_of(pages, b, t, cfg.page_size);
+        for h in 0..cfg.num_kv_heads {
+            let src = cfg.offset(page, entry, h);
+            let dk = t * ks.stride_n + h * ks.stride_h;
+            let dv = t * vs.stride_n + h * vs.stride_h;
+            kh[dk..dk + cfg.head_dim].copy_from_slice(&kp[src..src + cfg.head_dim]);
+            vh[dv..dv + cfg.head_dim].copy_from_slice(&vp[src..src + cfg.head_dim]);
         }
     }
 }
