@@ -5,6 +5,7 @@
 //!   out of bounds, an `unwrap`, an overflow check...);
 //! - every `.entry` takes exactly one by-value parameter blob whose size is `size_of` the ABI
 //!   struct its family is launched with (`decode_*` and `decode_merge_*` → `DecodeParams`,
+//!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
 //!   `util_spin` → `SpinParams`); an entry of no known family fails, so each new family gets its
 //!   line in `expected_param_size`;
@@ -21,7 +22,7 @@ use std::process::Command;
 
 use ferrinfer::kernels::{entry_names, entry_param_sizes, Arch};
 use ferrinfer::kernels_abi::abi::{
-    AppendParams, DecodeParams, PrefillParams, SelfTestParams, SpinParams,
+    AppendParams, DecodeParams, MergeParams, PrefillParams, SelfTestParams, SpinParams,
 };
 
 /// The project-local ptxas, relative to the workspace root.
@@ -30,10 +31,11 @@ const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
 /// The ABI struct size each kernel family must take, by entry-name prefix.
 fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     use std::mem::size_of;
-    const FAMILIES: [(&str, &str, usize); 6] = [
+    const FAMILIES: [(&str, &str, usize); 7] = [
         // `decode_*` and `decode_merge_*` (batch decode and its split-KV merge).
         ("decode_", "DecodeParams", size_of::<DecodeParams>()),
         ("prefill_", "PrefillParams", size_of::<PrefillParams>()),
+        ("merge_", "MergeParams", size_of::<MergeParams>()),
         ("append_kv_", "AppendParams", size_of::<AppendParams>()),
         ("gather_kv_", "AppendParams", size_of::<AppendParams>()),
         ("selftest_", "SelfTestParams", size_of::<SelfTestParams>()),

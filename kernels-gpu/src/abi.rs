@@ -151,23 +151,83 @@ pub struct DecodeParams {
 unsafe impl Abi for DecodeParams {}
 const _: () = assert!(core::mem::size_of::<DecodeParams>() == 15 * 8 + 14 * 4 + 16);
 
-/// Parameters of the single-request prefill kernels (`prefill_*`): `qo_len` query tokens against
-/// `kv_len` contiguous (strided) K/V tokens; query token `t` sits at position
-/// `kv_len − qo_len + t`. CTA = (tile of 64 packed rows, KV head); packed row `r` is query
-/// token `r / group`, head `r % group` of the KV head's group.
+/// One prefill work item (`u32 × 8` in device memory): query tokens `[t0, t0 + tile_tokens)` of
+/// `request` against the KV chunk `[kv_begin, kv_end)` (intersected in the kernel with the keys
+/// the tile's rows may see). `part = u32::MAX`: the item owns its rows' whole KV range and
+/// writes `o`/`lse` directly; otherwise it writes split-KV partial states to slots
+/// `part + (t − t0) · nchunks + chunk` of `part_o`/`part_lse`, merged afterwards by `merge_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefillItem {
+    /// Request index (row of the request table).
+    pub request: u32,
+    /// First query token of the tile, relative to the request.
+    pub t0: u32,
+    /// First key of the chunk.
+    pub kv_begin: u32,
+    /// One past the last key of the chunk.
+    pub kv_end: u32,
+    /// First partial slot of the tile, or `u32::MAX` (not split).
+    pub part: u32,
+    /// Index of this chunk among the tile's chunks.
+    pub chunk: u32,
+    /// Chunks the tile's KV range is split into.
+    pub nchunks: u32,
+    /// Padding to 32 bytes (two 16-byte loads).
+    pub pad: u32,
+}
+
+/// One request of a prefill batch (`u32 × 4` in device memory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefillRequest {
+    /// First query token of the request in q/o (ragged `qo_indptr[b]`).
+    pub qo_begin: u32,
+    /// Query tokens (the last `qo_len` positions of the context).
+    pub qo_len: u32,
+    /// Ragged KV: first K/V token in the packed k/v; paged: first entry of the page list.
+    pub kv_begin: u32,
+    /// Key/value tokens.
+    pub kv_len: u32,
+}
+
+/// Parameters of the prefill kernels (`prefill_{ragged,paged}_*`): for each work item, the
+/// item's query tile (GQA rows packed: packed row `r` is token `t0 + r / group`, head
+/// `r % group` of the KV head's group) against a chunk of its request's K/V. Query token `t` of a
+/// request sits at position `kv_len − qo_len + t`. Grid `(items, num_kv_heads)`.
+///
+/// `items == 0` is single-request mode: request `{0, qo_len, 0, kv_len}`, item
+/// `{t0 = blockIdx.x · tile_tokens, whole KV, not split}`, no device metadata at all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PrefillParams {
-    /// q `[qo_len, num_qo_heads, D]` (strides `q_stride_n`, `q_stride_h`).
+    /// q: element `(token, head, d)` at `q + token*q_stride_n + head*q_stride_h + d`.
     pub q: u64,
     /// o, like q (strides `o_stride_n`, `o_stride_h`).
     pub o: u64,
-    /// f32 lse `[qo_len, num_qo_heads]`; 0 = not requested.
+    /// f32 lse `[tokens, num_qo_heads]` (base 2); 0 = not requested.
     pub lse: u64,
-    /// K: element `(t, h, d)` at `k + t*k_stride_n + h*k_stride_h + d`.
+    /// K: ragged `k + token*k_stride_n + head*k_stride_h + d`; paged, the page pool
+    /// `k + page*k_stride_page + entry*k_stride_n + head*k_stride_h + d`.
     pub k: u64,
     /// V, addressed like K with the V strides.
     pub v: u64,
+    /// Elements per K page (paged kernels).
+    pub k_stride_page: u64,
+    /// Elements per V page (paged kernels).
+    pub v_stride_page: u64,
+    /// [`PrefillItem`] array; 0 = single-request mode.
+    pub items: u64,
+    /// u32: number of valid items (grid.x may be larger in CUDA-graph mode).
+    pub num_items: u64,
+    /// [`PrefillRequest`] array.
+    pub requests: u64,
+    /// i32 page ids (paged kernels).
+    pub kv_indices: u64,
+    /// f32 partial outputs `[slots, num_qo_heads, D]` of split items.
+    pub part_o: u64,
+    /// f32 partial lse `[slots, num_qo_heads]`.
+    pub part_lse: u64,
     /// q token stride.
     pub q_stride_n: u32,
     /// q head stride.
@@ -176,22 +236,26 @@ pub struct PrefillParams {
     pub o_stride_n: u32,
     /// o head stride.
     pub o_stride_h: u32,
-    /// K token stride.
+    /// K token (entry) stride.
     pub k_stride_n: u32,
     /// K head stride.
     pub k_stride_h: u32,
-    /// V token stride.
+    /// V token (entry) stride.
     pub v_stride_n: u32,
     /// V head stride.
     pub v_stride_h: u32,
-    /// Query tokens.
+    /// Tokens per page (paged kernels; 1 otherwise).
+    pub page_size: crate::math::fastdiv::FastDiv,
+    /// Single-request mode: query tokens.
     pub qo_len: u32,
-    /// Key/value tokens.
+    /// Single-request mode: key/value tokens.
     pub kv_len: u32,
     /// Query heads in total.
     pub num_qo_heads: u32,
     /// Query heads per KV head, as a fast divider.
     pub group: crate::math::fastdiv::FastDiv,
+    /// Query tokens per tile (`ROWS / group`, rounded down: tiles hold whole tokens).
+    pub tile_tokens: u32,
     /// Sliding window (keys `j ≥ pos − window_left`); `u32::MAX` = none.
     pub window_left: u32,
     /// 1 = causal mask (`j ≤ pos`).
@@ -200,10 +264,66 @@ pub struct PrefillParams {
     pub logit: crate::math::softmax::LogitTransform,
 }
 
-// SAFETY: #[repr(C)] of u64/u32 fields and #[repr(C)] structs of u32/f32; same layout on the
-// host and nvptx64.
+// SAFETY: #[repr(C)] struct of u64/u32/f32 fields (FastDiv and LogitTransform are #[repr(C)]
+// u32/f32 fields), laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for PrefillParams {}
-const _: () = assert!(core::mem::size_of::<PrefillParams>() == 5 * 8 + 16 * 4 + 16);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 13 * 8 + 8 * 4 + 4 * 12 + 16);
+const _: () = assert!(core::mem::size_of::<PrefillItem>() == 32);
+const _: () = assert!(core::mem::size_of::<PrefillRequest>() == 16);
+
+/// Parameters of the state-merge kernels (`merge_*`): for each output row and head, merges the
+/// row's attention states `(v_j, s_j)` (values and base-2 lse) into `o`, `lse`:
+/// `o = Σ 2^(s_j − m) v_j / Σ 2^(s_j − m)`, `lse = m + log2 Σ 2^(s_j − m)`, `m = max s_j`.
+///
+/// Row `i`'s state `j` lives at `v + i*v_stride_row + j*v_stride_state` (fixed mode, `rows == 0`)
+/// or, from the row list `rows[i] = (out_row, first, count)`, at `v + (first + j)*v_stride_state`
+/// with output row `out_row` (variable mode: split-KV prefill). Strides are signed element
+/// counts, so two unrelated buffers `a`, `b` are states 0 and 1 with `v_stride_state = b − a`.
+/// Grid `(ceil(rows / 4), num_heads)`, block 128: one warp per (row, head).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MergeParams {
+    /// State values (f32 or the 16-bit type, per kernel).
+    pub v: u64,
+    /// f32 state lse (base 2).
+    pub s: u64,
+    /// Merged values (16-bit).
+    pub o: u64,
+    /// f32 merged lse; 0 = not requested.
+    pub lse: u64,
+    /// u32 `[rows][3]` row list; 0 = fixed mode.
+    pub rows: u64,
+    /// u32: number of rows, read on the device (CUDA-graph mode); 0 = `num_rows`.
+    pub num_rows_dev: u64,
+    /// Value stride between rows (fixed mode), elements.
+    pub v_stride_row: i64,
+    /// Value stride between states, elements.
+    pub v_stride_state: i64,
+    /// lse stride between rows (fixed mode).
+    pub s_stride_row: i64,
+    /// lse stride between states.
+    pub s_stride_state: i64,
+    /// Value head stride.
+    pub v_stride_h: u32,
+    /// lse head stride.
+    pub s_stride_h: u32,
+    /// Output row stride.
+    pub o_stride_row: u32,
+    /// Output head stride.
+    pub o_stride_h: u32,
+    /// Merged lse row stride (its head stride is 1).
+    pub lse_stride_row: u32,
+    /// Rows (host count; an upper bound in CUDA-graph mode).
+    pub num_rows: u32,
+    /// States per row (fixed mode).
+    pub num_states: u32,
+    /// Heads.
+    pub num_heads: u32,
+}
+
+// SAFETY: #[repr(C)] struct of u64/i64/u32 fields, same layout on x86_64 and nvptx64.
+unsafe impl Abi for MergeParams {}
+const _: () = assert!(core::mem::size_of::<MergeParams>() == 10 * 8 + 8 * 4);
 
 /// Parameters of `util_spin`.
 #[repr(C)]

@@ -37,13 +37,15 @@ pub mod decode_tc {
     }
 }
 
-/// Single prefill on tensor cores (`kernels-gpu/src/prefill.rs`): 4 warps × 16 packed query
-/// rows per CTA, KV tiles of [`prefill::TILE`] tokens in a 2-stage swizzled cp.async ring.
+/// Prefill on tensor cores (`kernels-gpu/src/prefill.rs`): [`prefill::WARPS`] warps × 16 packed
+/// query rows per CTA, KV tiles of [`prefill::TILE`] tokens in a 2-stage swizzled cp.async ring.
 pub mod prefill {
+    /// Warps per CTA, each owning 16 packed query rows.
+    pub const WARPS: u32 = 4;
     /// Threads per CTA.
-    pub const THREADS: u32 = 128;
+    pub const THREADS: u32 = 32 * WARPS;
     /// Packed query rows (token × head-in-group) per CTA.
-    pub const ROWS: u32 = 64;
+    pub const ROWS: u32 = 16 * WARPS;
     /// KV tokens per stage.
     pub const TILE: u32 = 64;
     /// Pipeline stages.
@@ -52,6 +54,12 @@ pub mod prefill {
     /// Dynamic shared memory: `STAGES` K and V tiles.
     pub const fn smem_bytes(head_dim: u32) -> u32 {
         STAGES * 2 * TILE * head_dim * 2
+    }
+
+    /// Query tokens per CTA tile for query group `group`: whole tokens only, so every token's
+    /// heads sit in one tile (a split-KV partial slot is per token).
+    pub const fn tile_tokens(group: u32) -> u32 {
+        ROWS / group
     }
 }
 

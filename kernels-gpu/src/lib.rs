@@ -35,6 +35,8 @@ mod batch_decode;
 #[cfg(target_arch = "nvptx64")]
 mod decode_tc;
 #[cfg(target_arch = "nvptx64")]
+mod merge;
+#[cfg(target_arch = "nvptx64")]
 mod prefill;
 #[cfg(target_arch = "nvptx64")]
 mod selftest;

@@ -9,7 +9,7 @@
 //! (`ldmatrix.trans` V). K/V tiles come through the same swizzled 2-stage `cp.async` ring as
 //! the tensor-core decode. Causal CTAs stop at the last key their last row may see; windowed
 //! CTAs start at the first key their first row may see (tiles outside are never loaded).
-use crate::abi::PrefillParams;
+use crate::abi::{PrefillItem, PrefillParams, PrefillRequest};
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
 use crate::config::prefill as cfg;
 use crate::dtype::{Bf16, Elem, F16};
@@ -25,13 +25,56 @@ const fn swz<const D: u32>(r: u32, c: u32) -> u32 {
     r * D * 2 + ((c ^ (r % 8)) * 16)
 }
 
-/// Issues the copies of K/V tokens `[base, base + TILE)` (zero-filled past `end`) into stage `s`.
+/// Where a request's K/V rows live: packed ragged tensors or the paged pool.
+trait KvRows {
+    /// Byte addresses of K and V of key `t` of the request whose KV starts at `kv_begin`
+    /// (ragged: token offset; paged: page-list offset), head `kvh`, element 0.
+    ///
+    /// # Safety
+    /// `t` must be a key of the request; the host validated the tables.
+    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64);
+}
+
+/// Packed (ragged) K/V: token `kv_begin + t` of `k`/`v` with their strides.
+struct Ragged;
+
+impl KvRows for Ragged {
+    #[inline(always)]
+    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64) {
+        let n = (kv_begin + t) as u64;
+        (
+            p.k + (n * p.k_stride_n as u64 + (kvh * p.k_stride_h) as u64) * 2,
+            p.v + (n * p.v_stride_n as u64 + (kvh * p.v_stride_h) as u64) * 2,
+        )
+    }
+}
+
+/// Paged K/V: entry `t % page_size` of page `kv_indices[kv_begin + t / page_size]`.
+struct Paged;
+
+impl KvRows for Paged {
+    #[inline(always)]
+    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64) {
+        let (slot, entry) = p.page_size.divmod(t);
+        // SAFETY: slot < the request's page count (host-validated tables).
+        let page = unsafe { global::ld_u32(p.kv_indices + ((kv_begin + slot) as u64) * 4) } as u64;
+        (
+            p.k + (page * p.k_stride_page + (entry * p.k_stride_n + kvh * p.k_stride_h) as u64) * 2,
+            p.v + (page * p.v_stride_page + (entry * p.v_stride_n + kvh * p.v_stride_h) as u64) * 2,
+        )
+    }
+}
+
+/// Issues the copies of K/V keys `[base, base + TILE)` (zero-filled past `end`) into stage `s`.
 ///
 /// # Safety
 /// As the kernel's contract.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn issue_tile<const D: u32>(
+unsafe fn issue_tile<R: KvRows, const D: u32>(
     p: &PrefillParams,
+    threads: u32,
+    kv_off: u32,
     kvh: u32,
     base: u32,
     end: u32,
@@ -42,18 +85,18 @@ unsafe fn issue_tile<const D: u32>(
     let chunks = D / 8;
     let k_base = smem + s * 2 * TILE * D * 2;
     let v_base = k_base + TILE * D * 2;
-    for i in 0..(TILE * chunks / cfg::THREADS) {
-        let idx = tid + i * cfg::THREADS;
+    for i in 0..(TILE * chunks / threads) {
+        let idx = tid + i * threads;
         let r = idx / chunks;
         let c = idx % chunks;
         let t = base + r;
         let valid = t < end;
         let (mut ka, mut va) = (p.k, p.v);
         if valid {
-            ka = p.k
-                + ((t as u64) * (p.k_stride_n as u64) + (kvh * p.k_stride_h + c * 8) as u64) * 2;
-            va = p.v
-                + ((t as u64) * (p.v_stride_n as u64) + (kvh * p.v_stride_h + c * 8) as u64) * 2;
+            // SAFETY: t is a key of the request (t < end ≤ kv_len).
+            let (k, v) = unsafe { R::row(p, kv_off, t, kvh) };
+            ka = k + (c * 16) as u64;
+            va = v + (c * 16) as u64;
         }
         let n = if valid { 16 } else { 0 };
         // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
@@ -65,47 +108,107 @@ unsafe fn issue_tile<const D: u32>(
     pipeline::commit_group();
 }
 
-/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps).
+/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps, `W` warps of 16 rows).
 ///
 /// # Safety
-/// Grid `(ceil(qo_len·g / 64), num_kv_heads)`, block `(128)`, dynamic smem
-/// `config::prefill::smem_bytes(D)`; extents validated by the host (`qo_len ≤ kv_len` when
-/// causal).
+/// Grid `(items, num_kv_heads)` (single mode: `(ceil(qo_len / tile_tokens), num_kv_heads)`),
+/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(D)`; every table and extent the
+/// parameters address validated by the host (`qo_len ≤ kv_len` per request).
 #[inline(always)]
-unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &PrefillParams) {
+unsafe fn prefill<
+    R: KvRows,
+    E: Elem,
+    const D: u32,
+    const NT: usize,
+    const KS: usize,
+    const W: u32,
+>(
+    p: &PrefillParams,
+) {
+    let threads = 32 * W;
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
     let w = tid / 32;
-    let tile_idx = thread::block_idx_x();
     let kvh = thread::block_idx_y();
     let g = p.group.d;
-    let rows_total = p.qo_len * g;
-    let cta_row0 = tile_idx * cfg::ROWS;
-    let row0 = cta_row0 + w * 16;
-    let offset = p.kv_len - p.qo_len; // position of query token 0 (host: qo_len ≤ kv_len)
+    let (req, item) = if p.items == 0 {
+        (
+            PrefillRequest {
+                qo_begin: 0,
+                qo_len: p.qo_len,
+                kv_begin: 0,
+                kv_len: p.kv_len,
+            },
+            PrefillItem {
+                request: 0,
+                t0: thread::block_idx_x() * p.tile_tokens,
+                kv_begin: 0,
+                kv_end: u32::MAX,
+                part: u32::MAX,
+                chunk: 0,
+                nchunks: 1,
+                pad: 0,
+            },
+        )
+    } else {
+        let i = thread::block_idx_x();
+        // SAFETY: host-provided count; CUDA-graph grids pad past it (CTA-uniform exit).
+        if i >= unsafe { global::ld_u32(p.num_items) } {
+            return;
+        }
+        // SAFETY: item i and its request exist (host contract); 16-byte aligned arrays.
+        let (a, b) = unsafe {
+            (
+                global::ld_u32x4(p.items + i as u64 * 32),
+                global::ld_u32x4(p.items + i as u64 * 32 + 16),
+            )
+        };
+        // SAFETY: as above.
+        let r = unsafe { global::ld_u32x4(p.requests + a[0] as u64 * 16) };
+        (
+            PrefillRequest {
+                qo_begin: r[0],
+                qo_len: r[1],
+                kv_begin: r[2],
+                kv_len: r[3],
+            },
+            PrefillItem {
+                request: a[0],
+                t0: a[1],
+                kv_begin: a[2],
+                kv_end: a[3],
+                part: b[0],
+                chunk: b[1],
+                nchunks: b[2],
+                pad: 0,
+            },
+        )
+    };
+    let t0 = item.t0;
+    let tokens = p.tile_tokens.min(req.qo_len - t0);
+    let rows_total = tokens * g;
+    let row0 = w * 16;
+    let offset = req.kv_len - req.qo_len; // position of query token 0 (host: qo_len ≤ kv_len)
     let tf = p.logit;
     let causal = p.causal != 0;
     let window = p.window_left;
 
-    // KV range this CTA needs: keys up to the last row's position (causal), from the first
-    // row's window start.
-    let last_row = if cta_row0 + cfg::ROWS < rows_total {
-        cta_row0 + cfg::ROWS - 1
+    // Keys this tile's rows may see (causal: up to the last token's position; window: from the
+    // first token's window start), intersected with the item's chunk.
+    let pos_first = offset + t0;
+    let pos_last = offset + t0 + tokens - 1;
+    let nat_end = if causal {
+        (pos_last + 1).min(req.kv_len)
     } else {
-        rows_total - 1
+        req.kv_len
     };
-    let t_min = p.group.div(cta_row0);
-    let t_max = p.group.div(last_row);
-    let kv_end = if causal {
-        (offset + t_max + 1).min(p.kv_len)
-    } else {
-        p.kv_len
-    };
-    let kv_begin = if window != u32::MAX {
-        (offset + t_min).saturating_sub(window)
+    let nat_begin = if window != u32::MAX {
+        pos_first.saturating_sub(window)
     } else {
         0
     };
+    let kv_end = nat_end.min(item.kv_end);
+    let kv_begin = nat_begin.max(item.kv_begin);
     let smem = shared::dyn_smem_base();
     let tiles = if kv_end > kv_begin {
         (kv_end - kv_begin).div_ceil(TILE)
@@ -114,8 +217,26 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
     };
     if tiles > 0 {
         // SAFETY: see issue_tile.
-        unsafe { issue_tile::<D>(p, kvh, kv_begin, kv_end, 0, tid, smem) };
+        unsafe {
+            issue_tile::<R, D>(
+                p,
+                threads,
+                req.kv_begin,
+                kvh,
+                kv_begin,
+                kv_end,
+                0,
+                tid,
+                smem,
+            )
+        };
     }
+    // The most restrictive window start (the last token's); keys before it need the mask.
+    let win_last = if window != u32::MAX {
+        pos_last.saturating_sub(window)
+    } else {
+        0
+    };
 
     // Q fragments and this lane's two rows (gq and gq + 8 of the warp's 16).
     let (gq, tq) = (lane / 4, lane % 4);
@@ -126,20 +247,18 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
             let r = row0 + row;
             if r < rows_total {
                 let (t, h) = p.group.divmod(r);
-                let off = (t as u64) * (p.q_stride_n as u64)
+                let off = ((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
                     + ((kvh * g + h) * p.q_stride_h + kk as u32 * 16 + col) as u64;
                 // SAFETY: in-range q element pair, 4-byte aligned (col even).
                 *v = unsafe { global::ld_u32(p.q + off * 2) };
             }
         }
     }
-    // Query positions of the lane's two rows (rows past the end get a position that masks all).
+    // Query positions of the lane's two rows (rows past the end take the last row's).
     let mut pos = [0i64; 2];
-    let mut live = [false; 2];
-    for hh in 0..2 {
-        let r = row0 + gq + 8 * hh as u32;
-        live[hh] = r < rows_total;
-        pos[hh] = (offset + p.group.div(r.min(rows_total.saturating_sub(1)))) as i64;
+    for (hh, ph) in pos.iter_mut().enumerate() {
+        let r = (row0 + gq + 8 * hh as u32).min(rows_total - 1);
+        *ph = (pos_first + p.group.div(r)) as i64;
     }
 
     let mut o = [[0.0f32; 4]; NT];
@@ -151,8 +270,10 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
         if j + 1 < tiles {
             // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j − 1.
             unsafe {
-                issue_tile::<D>(
+                issue_tile::<R, D>(
                     p,
+                    threads,
+                    req.kv_begin,
                     kvh,
                     base + TILE,
                     kv_end,
@@ -169,7 +290,7 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
         let k_base = smem + (j % cfg::STAGES) * 2 * TILE * D * 2;
         let v_base = k_base + TILE * D * 2;
 
-        // S = Q·Kᵀ: 8 n-tiles of 8 tokens, two per ldmatrix.x4.
+        // S = Q·Kᵀ: 8 n-tiles of 8 keys, two per ldmatrix.x4.
         let mut s = [[0.0f32; 4]; 8];
         let (bn, bk) = ldmatrix_bt_x4_src(lane);
         for (kk, a) in qa.iter().enumerate() {
@@ -183,23 +304,31 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
                 s[2 * np + 1] = E::mma(*a, [kb[2], kb[3]], s[2 * np + 1]);
             }
         }
-        // Transform and mask: element e of s[nt] is row gq + 8(e/2), key base + 8nt + 2tq + e%2.
+        // Transform, and mask only where some key of the tile is invisible to some row: the
+        // tile crosses the chunk end, the first token's causal limit or the last token's
+        // window start (CTA-uniform, so interior tiles skip the per-element tests).
+        let need_mask =
+            base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last;
         let mut mx = [f32::NEG_INFINITY; 2];
         for (nt, st) in s.iter_mut().enumerate() {
             for e in 0..4 {
                 let hh = e / 2;
-                let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
-                let kj = key as i64;
-                let ok = live[hh]
-                    && key < kv_end
-                    && (!causal || kj <= pos[hh])
-                    && (window == u32::MAX || kj >= pos[hh] - window as i64);
                 let v = if tf.soft_cap != 0 {
                     tf.post * tanh(st[e] * tf.pre)
                 } else {
                     st[e] * tf.pre
                 };
-                st[e] = if ok { v } else { f32::NEG_INFINITY };
+                st[e] = v;
+                if need_mask {
+                    let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
+                    let kj = key as i64;
+                    let ok = key < kv_end
+                        && (!causal || kj <= pos[hh])
+                        && (window == u32::MAX || kj >= pos[hh] - window as i64);
+                    if !ok {
+                        st[e] = f32::NEG_INFINITY;
+                    }
+                }
                 mx[hh] = fmax(mx[hh], st[e]);
             }
         }
@@ -260,14 +389,40 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
         *dh += warp::shfl_xor_f32(*dh, 2);
     }
     for hh in 0..2 {
-        if !live[hh] {
+        let r = row0 + gq + 8 * hh as u32;
+        if r >= rows_total {
             continue;
         }
-        let r = row0 + gq + 8 * hh as u32;
         let (t, h) = p.group.divmod(r);
         let hq = kvh * g + h;
         let inv = if d[hh] > 0.0 { rcp(d[hh]) } else { 0.0 };
-        let obase = (t as u64) * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
+        let lse = if d[hh] > 0.0 {
+            m[hh] + log2(d[hh])
+        } else {
+            f32::NEG_INFINITY
+        };
+        if item.part != u32::MAX {
+            // Split-KV: normalised partial state of this chunk, merged by `merge_f32_*`.
+            let slot = item.part + t * item.nchunks + item.chunk;
+            let obase = ((slot * p.num_qo_heads + hq) as u64) * D as u64;
+            for (nt, ot) in o.iter().enumerate() {
+                let col = (nt as u32 * 8 + 2 * tq) as u64;
+                // SAFETY: slot < the plan's slot count (host contract).
+                unsafe {
+                    global::st_f32(p.part_o + (obase + col) * 4, ot[2 * hh] * inv);
+                    global::st_f32(p.part_o + (obase + col + 1) * 4, ot[2 * hh + 1] * inv);
+                }
+            }
+            if tq == 0 {
+                // SAFETY: as above.
+                unsafe {
+                    global::st_f32(p.part_lse + ((slot * p.num_qo_heads + hq) as u64) * 4, lse)
+                };
+            }
+            continue;
+        }
+        let tok = (req.qo_begin + t0 + t) as u64;
+        let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
         for (nt, ot) in o.iter().enumerate() {
             let col = nt as u32 * 8 + 2 * tq;
             // SAFETY: host-validated o extent; 4-byte aligned (col even).
@@ -279,34 +434,34 @@ unsafe fn prefill<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &P
             };
         }
         if tq == 0 && p.lse != 0 {
-            let lse = if d[hh] > 0.0 {
-                m[hh] + log2(d[hh])
-            } else {
-                f32::NEG_INFINITY
-            };
-            // SAFETY: lse [qo_len, Hq].
-            unsafe { global::st_f32(p.lse + ((t * p.num_qo_heads + hq) as u64) * 4, lse) };
+            // SAFETY: lse [tokens, Hq].
+            unsafe { global::st_f32(p.lse + (tok * p.num_qo_heads as u64 + hq as u64) * 4, lse) };
         }
     }
 }
 
 macro_rules! prefill_entries {
-    ($($name:ident => $e:ty, $d:literal, $nt:literal, $ks:literal;)*) => {$(
-        #[doc = concat!("Entry point: single prefill, ", stringify!($e), ", D = ", $d, ".")]
+    ($($name:ident => $r:ty, $e:ty, $d:literal, $nt:literal, $ks:literal;)*) => {$(
+        #[doc = concat!("Entry point: prefill, ", stringify!($r), " K/V, ", stringify!($e),
+                        ", D = ", $d, ".")]
         ///
         /// # Safety
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { prefill::<$e, $d, $nt, $ks>(&p) }
+            unsafe { prefill::<$r, $e, $d, $nt, $ks, { cfg::WARPS }>(&p) }
         }
     )*};
 }
 
 prefill_entries! {
-    prefill_f16_d64 => F16, 64, 8, 4;
-    prefill_f16_d128 => F16, 128, 16, 8;
-    prefill_bf16_d64 => Bf16, 64, 8, 4;
-    prefill_bf16_d128 => Bf16, 128, 16, 8;
+    prefill_ragged_f16_d64 => Ragged, F16, 64, 8, 4;
+    prefill_ragged_f16_d128 => Ragged, F16, 128, 16, 8;
+    prefill_ragged_bf16_d64 => Ragged, Bf16, 64, 8, 4;
+    prefill_ragged_bf16_d128 => Ragged, Bf16, 128, 16, 8;
+    prefill_paged_f16_d64 => Paged, F16, 64, 8, 4;
+    prefill_paged_f16_d128 => Paged, F16, 128, 16, 8;
+    prefill_paged_bf16_d64 => Paged, Bf16, 64, 8, 4;
+    prefill_paged_bf16_d128 => Paged, Bf16, 128, 16, 8;
 }

@@ -1,8 +1,12 @@
 //! GPU ops: validation on the host, parameter blocks, launches.
 pub mod batch_decode;
+pub mod batch_prefill;
+pub mod merge;
 pub mod single_decode;
 pub mod single_prefill;
 
 pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
+pub use batch_prefill::{BatchPrefill, BatchPrefillPlan, PrefillGraphLimits};
+pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
 pub use single_decode::SingleDecode;
 pub use single_prefill::SinglePrefill;

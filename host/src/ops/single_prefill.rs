@@ -2,8 +2,10 @@
 //! `kv_len` contiguous K/V tokens (the query tokens are the last `qo_len` of the context),
 //! causal or not, with sliding window, soft-cap and lse.
 //!
-//! Device side: `kernels-gpu/src/prefill.rs`. This is the first step of the prefill issue: one
-//! request, contiguous K/V, head dims 64 and 128, no split-KV (a CTA streams its whole KV range).
+//! Device side: `kernels-gpu/src/prefill.rs`. One
+//! request, contiguous (strided) K/V, head dims 64 and 128, no split-KV: the prefill kernel's
+//! single-request mode, which needs no plan or device tables (a CTA per query tile streams its
+//! whole KV range). Batches, paged KV and split-KV: [`crate::ops::BatchPrefill`].
 use ferrinfer_kernels::abi::PrefillParams;
 use ferrinfer_kernels::config::prefill as cfg;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
@@ -12,6 +14,8 @@ use ferrinfer_kernels::math::softmax::LogitTransform;
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
+use crate::ops::batch_prefill::check_prefill_heads;
+use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
 
@@ -31,32 +35,13 @@ impl SinglePrefill {
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         heads.validate(OP)?;
         opts.validate(OP)?;
-        if !matches!(heads.head_dim, 64 | 128) {
-            return Err(Error::unsupported(
-                OP,
-                "head_dim",
-                format!("{} (supported: 64, 128)", heads.head_dim),
-            ));
-        }
-        if !(1..=8).contains(&heads.group()) {
-            return Err(Error::unsupported(
-                OP,
-                "group size",
-                format!("{} (supported: 1..=8)", heads.group()),
-            ));
-        }
-        if heads.num_kv_heads > 65_535 {
-            return Err(Error::Overflow {
-                op: OP,
-                what: "heads (grid.y holds at most 65535 KV heads)",
-            });
-        }
+        check_prefill_heads(OP, &heads)?;
         if let Some(w) = opts.window_left {
             if w >= u32::MAX as usize {
                 return Err(Error::invalid(OP, "window_left", format!("{w} too large")));
             }
         }
-        let kernel = format!("prefill_{}_d{}", dtype.name(), heads.head_dim);
+        let kernel = format!("prefill_ragged_{}_d{}", dtype.name(), heads.head_dim);
         gpu.function(&kernel, cfg::smem_bytes(heads.head_dim as u32))?;
         Ok(Self {
             gpu: gpu.clone(),
@@ -76,6 +61,26 @@ impl SinglePrefill {
         q: &DeviceBuffer<T>,
         k: &DeviceBuffer<T>,
         v: &DeviceBuffer<T>,
+        qo_len: usize,
+        kv_len: usize,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        let s = KvStrides::contiguous(&self.heads);
+        self.run_strided(q, k, s, v, s, qo_len, kv_len, out, lse)
+    }
+
+    /// Runs prefill with explicit K and V strides (e.g. views into a fused QKV projection's
+    /// output, `stride_n = (Hq + 2·Hkv)·D`). Strides must keep rows 16-byte aligned
+    /// (multiples of 8 elements).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_strided<T: Float16>(
+        &self,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        k_strides: KvStrides,
+        v: &DeviceBuffer<T>,
+        v_strides: KvStrides,
         qo_len: usize,
         kv_len: usize,
         out: &mut DeviceBuffer<T>,
@@ -111,7 +116,24 @@ impl SinglePrefill {
             });
         }
         let nq = rows * h.head_dim;
-        let nkv = kv_len * h.num_kv_heads * h.head_dim;
+        for st in [k_strides, v_strides] {
+            if st.stride_n % 8 != 0
+                || st.stride_h % 8 != 0
+                || st.stride_n > u32::MAX as usize
+                || st.stride_h > u32::MAX as usize
+            {
+                return Err(Error::invalid(
+                    OP,
+                    "k/v strides",
+                    format!(
+                        "{}/{} (multiples of 8 elements below 2^32 required)",
+                        st.stride_n, st.stride_h
+                    ),
+                ));
+            }
+        }
+        let need_k = k_strides.required_len(&h, kv_len);
+        let need_v = v_strides.required_len(&h, kv_len);
         if q.len() < nq {
             return Err(Error::shape(OP, "q elements", format!(">= {nq}"), q.len()));
         }
@@ -123,13 +145,20 @@ impl SinglePrefill {
                 out.len(),
             ));
         }
-        if k.len() < nkv || v.len() < nkv {
-            return Err(Error::shape(
-                OP,
-                "k/v elements",
-                format!(">= {nkv}"),
-                k.len().min(v.len()),
-            ));
+        for (name, need, len) in [
+            ("k elements", need_k, k.len()),
+            ("v elements", need_v, v.len()),
+        ] {
+            match need {
+                Some(n) if n <= len => {}
+                Some(n) => return Err(Error::shape(OP, name, format!(">= {n}"), len)),
+                None => {
+                    return Err(Error::Overflow {
+                        op: OP,
+                        what: "k/v extent",
+                    })
+                }
+            }
         }
         if let Some(l) = lse.as_deref() {
             self.gpu.check_buffer(OP, l)?;
@@ -157,21 +186,25 @@ impl SinglePrefill {
             q_stride_h: d,
             o_stride_n: h.num_qo_heads as u32 * d,
             o_stride_h: d,
-            k_stride_n: h.num_kv_heads as u32 * d,
-            k_stride_h: d,
-            v_stride_n: h.num_kv_heads as u32 * d,
-            v_stride_h: d,
+            k_stride_n: k_strides.stride_n as u32,
+            k_stride_h: k_strides.stride_h as u32,
+            v_stride_n: v_strides.stride_n as u32,
+            v_stride_h: v_strides.stride_h as u32,
+            page_size: FastDiv::new(1),
             qo_len: qo_len as u32,
             kv_len: kv_len as u32,
             num_qo_heads: h.num_qo_heads as u32,
             group: FastDiv::new(g),
+            tile_tokens: cfg::tile_tokens(g),
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+            // Single-request mode: no work items, tables or partial buffers.
+            ..PrefillParams::default()
         };
         let dims = LaunchDims {
             grid: (
-                (qo_len as u32 * g).div_ceil(cfg::ROWS),
+                (qo_len as u32).div_ceil(cfg::tile_tokens(g)),
                 h.num_kv_heads as u32,
                 1,
             ),

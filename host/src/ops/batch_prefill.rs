@@ -1,0 +1,806 @@
+//! Batch prefill / append attention on tensor cores, over ragged (packed) K/V or the paged KV
+//! cache, with the plan/run split of batch decode.
+//!
+//! `plan_ragged`/`plan_paged` run once per step on the host: validation, the pure planner
+//! ([`crate::plan::prefill`]: query tiles × KV chunks, split-KV for small batches) and one upload
+//! of the work items, request table, merge rows and page list. `run_*` only launches: the
+//! prefill kernel, then — when the plan split some tile — the variable-length state merge
+//! (`merge_f32_*`). In CUDA-graph mode ([`BatchPrefill::new_graph`]) every buffer is sized
+//! from [`PrefillGraphLimits`] at the first plan, both grids are fixed and the kernels read the
+//! item and merge-row counts from device memory, so a captured `run` stays valid after any
+//! later `plan_*_into`.
+//!
+//! Device side: `kernels-gpu/src/prefill.rs`, `kernels-gpu/src/merge.rs`.
+use ferrinfer_kernels::abi::{MergeParams, PrefillItem, PrefillParams};
+use ferrinfer_kernels::config::prefill as cfg;
+use ferrinfer_kernels::math::fastdiv::FastDiv;
+use ferrinfer_kernels::math::softmax::LogitTransform;
+
+use crate::dtype::{DType, Float16};
+use crate::error::{Error, Result};
+use crate::heads::HeadConfig;
+use crate::kv::{BatchPages, KvPool, KvPoolConfig};
+use crate::ops::merge;
+use crate::options::AttentionOptions;
+use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
+use crate::runtime::{DeviceBuffer, Gpu, LaunchDims, PinnedStaging};
+
+const OP: &str = "batch_prefill";
+
+/// Shortest KV chunk the planner splits to (keys): shorter chunks cost more in prologue and
+/// partial-state traffic than the parallelism gains.
+pub const MIN_CHUNK: usize = 2 * cfg::TILE as usize;
+
+/// Sizes fixed at construction in CUDA-graph mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillGraphLimits {
+    /// Largest batch any plan may have.
+    pub max_batch: usize,
+    /// Largest total number of query tokens (Σ qo_len).
+    pub max_qo_tokens: usize,
+    /// Largest page list (Σ pages; paged plans).
+    pub max_pages: usize,
+}
+
+/// Where a plan's K/V comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KvKind {
+    Ragged,
+    Paged,
+}
+
+/// What a plan was made for (see batch decode's `PlanOwner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PlanOwner {
+    ctx_id: usize,
+    num_qo_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    graph: Option<PrefillGraphLimits>,
+}
+
+/// Capacities of a plan's buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Caps {
+    items: usize,
+    batch: usize,
+    rows: usize,
+    pages: usize,
+    slots: usize,
+}
+
+impl Caps {
+    fn off_items(&self) -> usize {
+        4
+    }
+    fn off_requests(&self) -> usize {
+        4 + 8 * self.items
+    }
+    fn off_rows(&self) -> usize {
+        self.off_requests() + 4 * self.batch
+    }
+    fn off_pages(&self) -> usize {
+        self.off_rows() + 3 * self.rows
+    }
+    fn meta_len(&self) -> usize {
+        self.off_pages() + self.pages
+    }
+}
+
+/// A step's plan: the host partition, its device copy and the split-KV workspace.
+pub struct BatchPrefillPlan {
+    host: PrefillPlan,
+    kind: KvKind,
+    batch: usize,
+    qo_tokens: usize,
+    kv_tokens: usize,
+    page_size: usize,
+    num_pages_seen: usize,
+    /// Device u32 (as i32): `[num_items, num_merge_rows, 0, 0 | items 8·ci | requests 4·cb |
+    /// merge rows 3·cr | page ids cp]`.
+    meta: DeviceBuffer<i32>,
+    caps: Caps,
+    staging: Vec<i32>,
+    pinned: Option<PinnedStaging>,
+    part_o: DeviceBuffer<f32>,
+    part_lse: DeviceBuffer<f32>,
+    owner: PlanOwner,
+}
+
+impl BatchPrefillPlan {
+    /// The host-side partition (items, merge rows, chunk length).
+    pub fn partition(&self) -> &PrefillPlan {
+        &self.host
+    }
+
+    /// Requests in this plan.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Query tokens in this plan (Σ qo_len).
+    pub fn qo_tokens(&self) -> usize {
+        self.qo_tokens
+    }
+
+    /// Device addresses of the plan's buffers (metadata, partial o, partial lse): constant
+    /// across `plan_*_into` calls in graph mode.
+    pub fn buffer_addresses(&self) -> [u64; 3] {
+        [self.meta.addr(), self.part_o.addr(), self.part_lse.addr()]
+    }
+}
+
+/// Batch prefill for one head configuration, dtype and option set.
+pub struct BatchPrefill {
+    gpu: Gpu,
+    heads: HeadConfig,
+    dtype: DType,
+    opts: AttentionOptions,
+    max_ctas: usize,
+    fixed_split: Option<usize>,
+    graph: Option<PrefillGraphLimits>,
+}
+
+/// Checks a CSR offset array: starts at 0, never decreases, `len` entries.
+fn check_indptr(what: &'static str, indptr: &[i32], len: usize) -> Result<()> {
+    if indptr.len() != len {
+        return Err(Error::shape(OP, what, len, indptr.len()));
+    }
+    if indptr.first() != Some(&0) || indptr.windows(2).any(|w| w[1] < w[0]) {
+        return Err(Error::invalid(
+            OP,
+            what,
+            "must start at 0 and be non-decreasing",
+        ));
+    }
+    Ok(())
+}
+
+impl BatchPrefill {
+    /// Validates the configuration: head dims 64 and 128, groups 1–8, f16/bf16, options.
+    pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
+        Self::build(gpu, heads, dtype, opts, None)
+    }
+
+    /// CUDA-graph-safe variant: plans never exceed `limits`; buffers are allocated once, grids
+    /// are fixed, `run_*` never allocates or synchronises.
+    pub fn new_graph(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        dtype: DType,
+        opts: AttentionOptions,
+        limits: PrefillGraphLimits,
+    ) -> Result<Self> {
+        if limits.max_batch == 0 || limits.max_qo_tokens == 0 {
+            return Err(Error::invalid(
+                OP,
+                "graph limits",
+                "max_batch and max_qo_tokens must be positive",
+            ));
+        }
+        Self::build(gpu, heads, dtype, opts, Some(limits))
+    }
+
+    fn build(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        dtype: DType,
+        opts: AttentionOptions,
+        graph: Option<PrefillGraphLimits>,
+    ) -> Result<Self> {
+        heads.validate(OP)?;
+        opts.validate(OP)?;
+        check_prefill_heads(OP, &heads)?;
+        if let Some(w) = opts.window_left {
+            if w >= u32::MAX as usize {
+                return Err(Error::invalid(OP, "window_left", format!("{w} too large")));
+            }
+        }
+        let mut op = Self {
+            gpu: gpu.clone(),
+            heads,
+            dtype,
+            opts,
+            max_ctas: 1,
+            fixed_split: None,
+            graph,
+        };
+        let smem = cfg::smem_bytes(heads.head_dim as u32);
+        let f = gpu.function(&op.kernel(KvKind::Ragged), smem)?;
+        gpu.function(&op.kernel(KvKind::Paged), smem)?;
+        gpu.function(&op.merge_kernel(), 0)?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(cfg::THREADS, smem as usize, None)?
+            .max(1) as usize;
+        op.max_ctas = per_sm * gpu.info().sm_count as usize;
+        Ok(op)
+    }
+
+    fn kernel(&self, kind: KvKind) -> String {
+        let k = match kind {
+            KvKind::Ragged => "ragged",
+            KvKind::Paged => "paged",
+        };
+        format!("prefill_{k}_{}_d{}", self.dtype.name(), self.heads.head_dim)
+    }
+
+    fn merge_kernel(&self) -> String {
+        merge::kernel_name(None, self.dtype, self.heads.head_dim)
+    }
+
+    /// Fixes the split-KV chunk length (keys): results then do not depend on the batch or the
+    /// device. `None` (default) lets the planner choose; `Some(usize::MAX)` never splits.
+    pub fn set_fixed_split_size(&mut self, keys: Option<usize>) {
+        self.fixed_split = keys;
+    }
+
+    /// CTAs the device runs concurrently for the prefill kernel (occupancy × SMs).
+    pub fn max_ctas(&self) -> usize {
+        self.max_ctas
+    }
+
+    fn tile_tokens(&self) -> usize {
+        cfg::tile_tokens(self.heads.group() as u32) as usize
+    }
+
+    fn owner(&self) -> PlanOwner {
+        PlanOwner {
+            ctx_id: self.gpu.ctx_id(),
+            num_qo_heads: self.heads.num_qo_heads,
+            num_kv_heads: self.heads.num_kv_heads,
+            head_dim: self.heads.head_dim,
+            graph: self.graph,
+        }
+    }
+
+    /// Buffer capacities in graph mode (fixed by the limits).
+    fn graph_caps(&self, l: &PrefillGraphLimits) -> Caps {
+        let tile = self.tile_tokens();
+        let budget = (self.max_ctas / self.heads.num_kv_heads).max(1);
+        let items = l.max_qo_tokens.div_ceil(tile) + l.max_batch + budget;
+        Caps {
+            items,
+            batch: l.max_batch,
+            rows: l.max_qo_tokens,
+            pages: l.max_pages,
+            slots: 2 * budget * tile,
+        }
+    }
+
+    fn empty_plan(&self, kind: KvKind) -> Result<BatchPrefillPlan> {
+        let mut plan = BatchPrefillPlan {
+            host: PrefillPlan::default(),
+            kind,
+            batch: 0,
+            qo_tokens: 0,
+            kv_tokens: 0,
+            page_size: 0,
+            num_pages_seen: 0,
+            meta: self.gpu.alloc::<i32>(4)?,
+            caps: Caps::default(),
+            staging: Vec::new(),
+            pinned: None,
+            part_o: self.gpu.alloc::<f32>(1)?,
+            part_lse: self.gpu.alloc::<f32>(1)?,
+            owner: self.owner(),
+        };
+        if let Some(l) = self.graph {
+            let caps = self.graph_caps(&l);
+            plan.meta = self.gpu.alloc::<i32>(caps.meta_len())?;
+            plan.part_o = self
+                .gpu
+                .alloc::<f32>(caps.slots * self.heads.num_qo_heads * self.heads.head_dim)?;
+            plan.part_lse = self
+                .gpu
+                .alloc::<f32>(caps.slots * self.heads.num_qo_heads)?;
+            plan.caps = caps;
+        }
+        Ok(plan)
+    }
+
+    /// Plans a step over ragged K/V: request `b` has query tokens `qo_indptr[b]..qo_indptr[b+1]`
+    /// of q and K/V tokens `kv_indptr[b]..kv_indptr[b+1]` of k/v (`qo_len ≤ kv_len`).
+    pub fn plan_ragged(&self, qo_indptr: &[i32], kv_indptr: &[i32]) -> Result<BatchPrefillPlan> {
+        let mut plan = self.empty_plan(KvKind::Ragged)?;
+        self.plan_ragged_into(qo_indptr, kv_indptr, &mut plan)?;
+        Ok(plan)
+    }
+
+    /// Re-plans a ragged step into an existing plan (no allocation in graph mode).
+    pub fn plan_ragged_into(
+        &self,
+        qo_indptr: &[i32],
+        kv_indptr: &[i32],
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        if qo_indptr.is_empty() {
+            return Err(Error::shape(OP, "qo_indptr length", ">= 1", 0));
+        }
+        check_indptr("qo_indptr", qo_indptr, qo_indptr.len())?;
+        check_indptr("kv_indptr", kv_indptr, qo_indptr.len())?;
+        let batch = qo_indptr.len() - 1;
+        let kv_lens: Vec<usize> = kv_indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .collect();
+        let kv_begin: Vec<u32> = kv_indptr[..batch].iter().map(|&x| x as u32).collect();
+        self.plan_inner(
+            KvKind::Ragged,
+            qo_indptr,
+            &kv_lens,
+            &kv_begin,
+            &[],
+            0,
+            None,
+            plan,
+        )?;
+        plan.kv_tokens = kv_indptr[batch] as usize;
+        Ok(())
+    }
+
+    /// Plans a step over the paged cache: request `b` has query tokens
+    /// `qo_indptr[b]..qo_indptr[b+1]` and the KV of entry `b` of `pages` (already appended:
+    /// its last `qo_len` tokens are the queries' own keys).
+    pub fn plan_paged(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+    ) -> Result<BatchPrefillPlan> {
+        let mut plan = self.empty_plan(KvKind::Paged)?;
+        self.plan_paged_into(qo_indptr, pages, pool, &mut plan)?;
+        Ok(plan)
+    }
+
+    /// Re-plans a paged step into an existing plan (no allocation in graph mode).
+    pub fn plan_paged_into(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        pages.validate(OP, pool.page_size, Some(pool.num_pages))?;
+        if pool.num_kv_heads != self.heads.num_kv_heads || pool.head_dim != self.heads.head_dim {
+            return Err(Error::shape(
+                OP,
+                "pool heads/head_dim",
+                format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim),
+                format!("{}/{}", pool.num_kv_heads, pool.head_dim),
+            ));
+        }
+        check_indptr("qo_indptr", qo_indptr, pages.batch_size() + 1)?;
+        let batch = pages.batch_size();
+        let kv_lens: Vec<usize> = (0..batch)
+            .map(|b| pages.kv_len(b, pool.page_size))
+            .collect();
+        let kv_begin: Vec<u32> = pages.kv_indptr[..batch].iter().map(|&x| x as u32).collect();
+        self.plan_inner(
+            KvKind::Paged,
+            qo_indptr,
+            &kv_lens,
+            &kv_begin,
+            &pages.kv_indices,
+            pool.page_size,
+            Some(pool.num_pages),
+            plan,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan_inner(
+        &self,
+        kind: KvKind,
+        qo_indptr: &[i32],
+        kv_lens: &[usize],
+        kv_begin: &[u32],
+        kv_indices: &[i32],
+        page_size: usize,
+        num_pages: Option<usize>,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        if plan.owner != self.owner() {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan belongs to another op or head configuration",
+            ));
+        }
+        if plan.kind != kind {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "a ragged plan cannot be re-planned as paged, or the reverse",
+            ));
+        }
+        let batch = kv_lens.len();
+        let qo_lens: Vec<usize> = qo_indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .collect();
+        let qo_tokens = qo_indptr[batch] as usize;
+        if let Some(l) = self.graph {
+            if batch > l.max_batch || qo_tokens > l.max_qo_tokens || kv_indices.len() > l.max_pages
+            {
+                return Err(Error::invalid(
+                    OP,
+                    "plan",
+                    format!(
+                        "batch {batch} / {qo_tokens} query tokens / {} pages exceed the graph-mode \
+                         limits {} / {} / {}",
+                        kv_indices.len(),
+                        l.max_batch,
+                        l.max_qo_tokens,
+                        l.max_pages
+                    ),
+                ));
+            }
+        }
+        let per_token = self.heads.num_qo_heads * self.heads.head_dim;
+        if qo_tokens
+            .checked_mul(per_token)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "query tokens × heads × head_dim",
+            });
+        }
+        let tile = self.tile_tokens();
+        let graph_caps = self.graph.map(|l| self.graph_caps(&l));
+        let host = plan_prefill(&PrefillProblem {
+            qo_lens: &qo_lens,
+            kv_lens,
+            tile_tokens: tile,
+            causal: self.opts.causal,
+            window_left: self.opts.window_left,
+            num_kv_heads: self.heads.num_kv_heads,
+            max_ctas: self.max_ctas,
+            min_chunk: MIN_CHUNK,
+            chunk_align: cfg::TILE as usize,
+            fixed_chunk: self.fixed_split,
+            max_items: graph_caps.map(|c| c.items),
+            max_slots: graph_caps.map(|c| c.slots),
+        })?;
+        let caps = graph_caps.unwrap_or(Caps {
+            items: host.items.len().max(1),
+            batch,
+            rows: host.merge_rows.len(),
+            pages: kv_indices.len(),
+            slots: host.num_slots,
+        });
+        if host
+            .num_slots
+            .checked_mul(per_token)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "split-KV partial outputs",
+            });
+        }
+        // Device metadata, staged in one host vector and uploaded once.
+        let s = &mut plan.staging;
+        s.clear();
+        s.extend_from_slice(&[host.items.len() as i32, host.merge_rows.len() as i32, 0, 0]);
+        let pad = |s: &mut Vec<i32>, to: usize| s.resize(to, 0);
+        for it in &host.items {
+            let PrefillItem {
+                request,
+                t0,
+                kv_begin,
+                kv_end,
+                part,
+                chunk,
+                nchunks,
+                pad: _,
+            } = *it;
+            s.extend([request, t0, kv_begin, kv_end, part, chunk, nchunks, 0].map(|x| x as i32));
+        }
+        pad(s, caps.off_requests());
+        for b in 0..batch {
+            s.extend([
+                qo_indptr[b],
+                qo_lens[b] as i32,
+                kv_begin[b] as i32,
+                kv_lens[b] as i32,
+            ]);
+        }
+        pad(s, caps.off_rows());
+        for r in &host.merge_rows {
+            s.extend(r.map(|x| x as i32));
+        }
+        pad(s, caps.off_pages());
+        s.extend_from_slice(kv_indices);
+        // New buffers stay local until every fallible step succeeded (a failed re-plan leaves
+        // the previous plan usable).
+        let mut new_meta = None;
+        let mut new_parts = None;
+        if self.graph.is_none() {
+            if plan.meta.len() < s.len() {
+                new_meta = Some(self.gpu.alloc::<i32>(s.len())?);
+            }
+            if plan.part_lse.len() < host.num_slots * self.heads.num_qo_heads {
+                new_parts = Some((
+                    self.gpu.alloc::<f32>(host.num_slots * per_token)?,
+                    self.gpu
+                        .alloc::<f32>(host.num_slots * self.heads.num_qo_heads)?,
+                ));
+            }
+        }
+        {
+            let meta = new_meta.as_mut().unwrap_or(&mut plan.meta);
+            self.gpu
+                .upload_pinned(&mut plan.pinned, &plan.staging, meta)?;
+        }
+        if let Some(m) = new_meta {
+            plan.meta = m;
+        }
+        if let Some((o, l)) = new_parts {
+            plan.part_o = o;
+            plan.part_lse = l;
+        }
+        plan.caps = caps;
+        plan.host = host;
+        plan.batch = batch;
+        plan.qo_tokens = qo_tokens;
+        plan.page_size = page_size;
+        plan.num_pages_seen = num_pages.unwrap_or(0);
+        Ok(())
+    }
+
+    /// Runs a ragged plan: q and out `[Σ qo_len, Hq, D]`, k and v `[Σ kv_len, Hkv, D]`
+    /// (contiguous), lse `[Σ qo_len, Hq]` (base 2) when given. Launch only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_ragged<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        if plan.kind != KvKind::Ragged {
+            return Err(Error::invalid(OP, "plan", "a paged plan run on ragged K/V"));
+        }
+        let h = self.heads;
+        self.gpu.check_buffer(OP, k)?;
+        self.gpu.check_buffer(OP, v)?;
+        let need = plan.kv_tokens * h.num_kv_heads * h.head_dim;
+        if k.len() < need || v.len() < need {
+            return Err(Error::shape(
+                OP,
+                "k/v elements (Σ kv_len × heads × head_dim)",
+                format!(">= {need}"),
+                k.len().min(v.len()),
+            ));
+        }
+        let d = h.head_dim as u32;
+        let kv = KvAddr {
+            k: k.addr(),
+            v: v.addr(),
+            stride_page: 0,
+            stride_n: h.num_kv_heads as u32 * d,
+            stride_h: d,
+            page_size: 1,
+        };
+        self.launch(plan, KvKind::Ragged, kv, q, out, lse)
+    }
+
+    /// Runs a paged plan on one layer's pool: q and out `[Σ qo_len, Hq, D]`, lse
+    /// `[Σ qo_len, Hq]` (base 2) when given. Launch only.
+    pub fn run_paged<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: &DeviceBuffer<T>,
+        pool: &KvPool<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        if plan.kind != KvKind::Paged {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "a ragged plan run on a paged pool",
+            ));
+        }
+        let c = pool.config();
+        if c.page_size != plan.page_size || c.num_pages != plan.num_pages_seen {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan was made for a pool of another geometry",
+            ));
+        }
+        pool.check_heads(OP, &self.heads)?;
+        let (k, v) = pool
+            .device_buffers()
+            .ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
+        self.gpu.check_buffer(OP, k)?;
+        let st = c.strides();
+        let kv = KvAddr {
+            k: k.addr(),
+            v: v.addr(),
+            stride_page: st.stride_page as u64,
+            stride_n: st.stride_n,
+            stride_h: st.stride_h,
+            page_size: c.page_size as u32,
+        };
+        self.launch(plan, KvKind::Paged, kv, q, out, lse)
+    }
+
+    fn launch<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        kind: KvKind,
+        kv: KvAddr,
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        let h = self.heads;
+        if T::DTYPE != self.dtype {
+            return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
+        }
+        if plan.owner != self.owner() {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan belongs to another op or head configuration",
+            ));
+        }
+        self.gpu.check_buffer(OP, q)?;
+        self.gpu.check_buffer(OP, out)?;
+        let n = plan.qo_tokens * h.num_qo_heads * h.head_dim;
+        // Outside graph mode q/out must match the planned batch exactly: a plan reused for
+        // another batch is an error, not a silent partial result.
+        if self.graph.is_none() && (q.len() != n || out.len() != n) {
+            return Err(Error::shape(
+                OP,
+                "q/out elements (planned Σ qo_len × heads × head_dim)",
+                n,
+                format!("{}/{}", q.len(), out.len()),
+            ));
+        }
+        if q.len() < n || out.len() < n {
+            return Err(Error::shape(
+                OP,
+                "q/out elements (planned Σ qo_len × heads × head_dim)",
+                format!(">= {n}"),
+                q.len().min(out.len()),
+            ));
+        }
+        if let Some(l) = lse.as_deref() {
+            self.gpu.check_buffer(OP, l)?;
+            if l.len() < plan.qo_tokens * h.num_qo_heads {
+                return Err(Error::shape(
+                    OP,
+                    "lse elements",
+                    format!(">= {}", plan.qo_tokens * h.num_qo_heads),
+                    l.len(),
+                ));
+            }
+        }
+        let grid_items = match self.graph {
+            Some(_) => plan.caps.items,
+            None => plan.host.items.len(),
+        };
+        let merge_rows = match self.graph {
+            Some(_) => plan.caps.rows,
+            None => plan.host.merge_rows.len(),
+        };
+        if grid_items == 0 {
+            return Ok(());
+        }
+        let base = plan.meta.addr();
+        let at = |o: usize| base + (o * 4) as u64;
+        let d = h.head_dim as u32;
+        let g = h.group() as u32;
+        let hq = h.num_qo_heads as u32;
+        let lse_addr = lse.as_deref().map_or(0, |l| l.addr());
+        let p = PrefillParams {
+            q: q.addr(),
+            o: out.addr(),
+            lse: lse_addr,
+            k: kv.k,
+            v: kv.v,
+            k_stride_page: kv.stride_page,
+            v_stride_page: kv.stride_page,
+            items: at(plan.caps.off_items()),
+            num_items: at(0),
+            requests: at(plan.caps.off_requests()),
+            kv_indices: at(plan.caps.off_pages()),
+            part_o: plan.part_o.addr(),
+            part_lse: plan.part_lse.addr(),
+            q_stride_n: hq * d,
+            q_stride_h: d,
+            o_stride_n: hq * d,
+            o_stride_h: d,
+            k_stride_n: kv.stride_n,
+            k_stride_h: kv.stride_h,
+            v_stride_n: kv.stride_n,
+            v_stride_h: kv.stride_h,
+            page_size: FastDiv::new(kv.page_size),
+            qo_len: 0,
+            kv_len: 0,
+            num_qo_heads: hq,
+            group: FastDiv::new(g),
+            tile_tokens: cfg::tile_tokens(g),
+            window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
+            causal: self.opts.causal as u32,
+            logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+        };
+        let dims = LaunchDims {
+            grid: (grid_items as u32, h.num_kv_heads as u32, 1),
+            block: (cfg::THREADS, 1, 1),
+            smem_bytes: cfg::smem_bytes(d),
+        };
+        // SAFETY: the plan's tables were validated against the batch (and the pool's page
+        // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial
+        // buffers hold the plan's slots.
+        unsafe { self.gpu.launch(&self.kernel(kind), dims, p)? };
+        if merge_rows > 0 {
+            let mp = MergeParams {
+                v: plan.part_o.addr(),
+                s: plan.part_lse.addr(),
+                o: out.addr(),
+                lse: lse_addr,
+                rows: at(plan.caps.off_rows()),
+                num_rows_dev: at(1),
+                v_stride_row: 0,
+                v_stride_state: (hq * d) as i64,
+                s_stride_row: 0,
+                s_stride_state: hq as i64,
+                v_stride_h: d,
+                s_stride_h: 1,
+                o_stride_row: hq * d,
+                o_stride_h: d,
+                lse_stride_row: hq,
+                num_rows: merge_rows as u32,
+                num_states: 0,
+                num_heads: hq,
+            };
+            // SAFETY: merge rows address partial slots the prefill kernel wrote in this
+            // stream, and output tokens of q's extent.
+            unsafe { merge::launch(&self.gpu, &self.merge_kernel(), mp)? };
+        }
+        Ok(())
+    }
+}
+
+/// K/V addressing of one launch.
+#[derive(Clone, Copy, Debug)]
+struct KvAddr {
+    k: u64,
+    v: u64,
+    stride_page: u64,
+    stride_n: u32,
+    stride_h: u32,
+    page_size: u32,
+}
+
+/// The head geometries the prefill kernels support: D 64/128, groups 1–8, ≤ 65535 KV heads.
+pub(crate) fn check_prefill_heads(op: &'static str, heads: &HeadConfig) -> Result<()> {
+    if !matches!(heads.head_dim, 64 | 128) {
+        return Err(Error::unsupported(
+            op,
+            "head_dim",
+            format!("{} (supported: 64, 128)", heads.head_dim),
+        ));
+    }
+    if !(1..=8).contains(&heads.group()) {
+        return Err(Error::unsupported(
+            op,
+            "group size",
+            format!("{} (supported: 1..=8)", heads.group()),
+        ));
+    }
+    if heads.num_kv_heads > 65_535 || u32::try_from(heads.num_qo_heads * heads.head_dim).is_err() {
+        return Err(Error::Overflow {
+            op,
+            what: "heads (grid.y holds at most 65535 KV heads)",
+        });
+    }
+    Ok(())
+}

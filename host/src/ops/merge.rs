@@ -1,0 +1,267 @@
+//! Attention-state merge on the GPU: `merge_state(a, b)`, its in-place form and the n-ary
+//! `merge_states` over `(v, lse)` pairs (FlashInfer's cascade building blocks), plus the
+//! variable-length merge that combines split-KV prefill partials.
+//!
+//! A state is the normalised attention output `v` of a key subset with its base-2 log-sum-exp
+//! `s`; merging states of disjoint key sets gives the state of their union (DESIGN.md §1,
+//! CPU twin `cpu::merge`). Empty states (`s = −inf`) weigh nothing; if every state of a row is
+//! empty the result is `v = 0`, `s = −inf`. NaN lse inputs are not detected on the device.
+//!
+//! Device side: `kernels-gpu/src/merge.rs` (one warp per row and head).
+use ferrinfer_kernels::abi::MergeParams;
+
+use crate::dtype::{DType, Float16};
+use crate::error::{Error, Result};
+use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+
+const OP: &str = "merge_states";
+
+/// Geometry of a merge: `seq_len` rows (tokens) of `num_heads` heads × `head_dim` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergeShape {
+    /// Rows.
+    pub seq_len: usize,
+    /// Heads per row.
+    pub num_heads: usize,
+    /// Values per head: 64, 128 or 256.
+    pub head_dim: usize,
+}
+
+impl MergeShape {
+    fn validate(&self, op: &'static str) -> Result<()> {
+        if !matches!(self.head_dim, 64 | 128 | 256) {
+            return Err(Error::unsupported(
+                op,
+                "head_dim",
+                format!("{} (supported: 64, 128, 256)", self.head_dim),
+            ));
+        }
+        if self.num_heads == 0 || self.num_heads > 65_535 {
+            return Err(Error::invalid(
+                op,
+                "num_heads",
+                format!("{} (must be in 1..=65535)", self.num_heads),
+            ));
+        }
+        // Offsets are u32 row × stride products in the kernel.
+        if self
+            .seq_len
+            .checked_mul(self.num_heads * self.head_dim)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err(Error::Overflow {
+                op,
+                what: "rows × heads × head_dim",
+            });
+        }
+        Ok(())
+    }
+
+    fn values(&self) -> usize {
+        self.seq_len * self.num_heads * self.head_dim
+    }
+
+    fn lses(&self) -> usize {
+        self.seq_len * self.num_heads
+    }
+}
+
+fn need(op: &'static str, what: &'static str, want: usize, len: usize) -> Result<()> {
+    if len < want {
+        return Err(Error::shape(op, what, format!(">= {want}"), len));
+    }
+    Ok(())
+}
+
+/// Kernel symbol merging states stored as `input` into outputs of `out`.
+pub(crate) fn kernel_name(input: Option<DType>, out: DType, head_dim: usize) -> String {
+    match input {
+        Some(_) => format!("merge_{}_d{head_dim}", out.name()),
+        None => format!("merge_f32_{}_d{head_dim}", out.name()),
+    }
+}
+
+/// Launches a merge kernel over `rows` rows and `num_heads` heads.
+///
+/// # Safety
+/// Every address and stride in `p` must describe existing memory for `p.num_rows` rows.
+pub(crate) unsafe fn launch(gpu: &Gpu, kernel: &str, p: MergeParams) -> Result<()> {
+    if p.num_rows == 0 {
+        return Ok(());
+    }
+    gpu.function(kernel, 0)?;
+    let dims = LaunchDims {
+        grid: (p.num_rows.div_ceil(4), p.num_heads, 1),
+        block: (128, 1, 1),
+        smem_bytes: 0,
+    };
+    // SAFETY: forwarded contract.
+    unsafe { gpu.launch(kernel, dims, p) }
+}
+
+/// Element-offset difference `b − a` of two buffers of `T` (signed: the kernel addresses state
+/// `j` at `a + j·(b − a)`, which is how two unrelated buffers become states 0 and 1).
+fn stride_between(a: u64, b: u64, elem: u64) -> i64 {
+    (b as i64).wrapping_sub(a as i64) / elem as i64
+}
+
+/// `(v_out, s_out) = (v_a, s_a) ⊕ (v_b, s_b)`: values `[seq_len, num_heads, head_dim]`, lse
+/// `[seq_len, num_heads]` (base 2). `s_out` is optional.
+#[allow(clippy::too_many_arguments)]
+pub fn merge_state<T: Float16>(
+    gpu: &Gpu,
+    shape: MergeShape,
+    v_a: &DeviceBuffer<T>,
+    s_a: &DeviceBuffer<f32>,
+    v_b: &DeviceBuffer<T>,
+    s_b: &DeviceBuffer<f32>,
+    v_out: &mut DeviceBuffer<T>,
+    s_out: Option<&mut DeviceBuffer<f32>>,
+) -> Result<()> {
+    const OP2: &str = "merge_state";
+    shape.validate(OP2)?;
+    for b in [v_a, v_b] {
+        gpu.check_buffer(OP2, b)?;
+        need(OP2, "state values", shape.values(), b.len())?;
+    }
+    for b in [s_a, s_b] {
+        gpu.check_buffer(OP2, b)?;
+        need(OP2, "state lse", shape.lses(), b.len())?;
+    }
+    gpu.check_buffer(OP2, v_out)?;
+    need(OP2, "v_out elements", shape.values(), v_out.len())?;
+    if let Some(s) = s_out.as_deref() {
+        gpu.check_buffer(OP2, s)?;
+        need(OP2, "s_out elements", shape.lses(), s.len())?;
+    }
+    let hd = (shape.num_heads * shape.head_dim) as u32;
+    let p = MergeParams {
+        v: v_a.addr(),
+        s: s_a.addr(),
+        o: v_out.addr(),
+        lse: s_out.as_deref().map_or(0, |s| s.addr()),
+        rows: 0,
+        num_rows_dev: 0,
+        v_stride_row: hd as i64,
+        v_stride_state: stride_between(v_a.addr(), v_b.addr(), 2),
+        s_stride_row: shape.num_heads as i64,
+        s_stride_state: stride_between(s_a.addr(), s_b.addr(), 4),
+        v_stride_h: shape.head_dim as u32,
+        s_stride_h: 1,
+        o_stride_row: hd,
+        o_stride_h: shape.head_dim as u32,
+        lse_stride_row: shape.num_heads as u32,
+        num_rows: shape.seq_len as u32,
+        num_states: 2,
+        num_heads: shape.num_heads as u32,
+    };
+    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    // SAFETY: both states, the output and the lse were checked to hold `shape`; each lane reads
+    // its elements of both states before writing the same elements of the output, so v_out may
+    // alias v_a or v_b.
+    unsafe { launch(gpu, &kernel, p) }
+}
+
+/// In place: `(v, s) ← (v, s) ⊕ (v_other, s_other)`.
+pub fn merge_state_in_place<T: Float16>(
+    gpu: &Gpu,
+    shape: MergeShape,
+    v: &mut DeviceBuffer<T>,
+    s: &mut DeviceBuffer<f32>,
+    v_other: &DeviceBuffer<T>,
+    s_other: &DeviceBuffer<f32>,
+) -> Result<()> {
+    const OP2: &str = "merge_state_in_place";
+    shape.validate(OP2)?;
+    gpu.check_buffer(OP2, v)?;
+    gpu.check_buffer(OP2, s)?;
+    gpu.check_buffer(OP2, v_other)?;
+    gpu.check_buffer(OP2, s_other)?;
+    need(OP2, "v elements", shape.values(), v.len())?;
+    need(OP2, "v_other elements", shape.values(), v_other.len())?;
+    need(OP2, "s elements", shape.lses(), s.len())?;
+    need(OP2, "s_other elements", shape.lses(), s_other.len())?;
+    let hd = (shape.num_heads * shape.head_dim) as u32;
+    let p = MergeParams {
+        v: v.addr(),
+        s: s.addr(),
+        o: v.addr(),
+        lse: s.addr(),
+        rows: 0,
+        num_rows_dev: 0,
+        v_stride_row: hd as i64,
+        v_stride_state: stride_between(v.addr(), v_other.addr(), 2),
+        s_stride_row: shape.num_heads as i64,
+        s_stride_state: stride_between(s.addr(), s_other.addr(), 4),
+        v_stride_h: shape.head_dim as u32,
+        s_stride_h: 1,
+        o_stride_row: hd,
+        o_stride_h: shape.head_dim as u32,
+        lse_stride_row: shape.num_heads as u32,
+        num_rows: shape.seq_len as u32,
+        num_states: 2,
+        num_heads: shape.num_heads as u32,
+    };
+    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    // SAFETY: as merge_state: each lane reads its value elements of both states before writing
+    // the same elements, and the kernel's shuffle orders every lane's lse reads before lane 0
+    // stores the merged lse.
+    unsafe { launch(gpu, &kernel, p) }
+}
+
+/// `(v_out, s_out) = ⊕_j (v[:, j], s[:, j])`: `v` `[seq_len, num_states, num_heads, head_dim]`,
+/// `s` `[seq_len, num_states, num_heads]`; outputs `[seq_len, num_heads, head_dim]` and
+/// `[seq_len, num_heads]`. `num_states = 0` gives `v_out = 0`, `s_out = −inf`.
+pub fn merge_states<T: Float16>(
+    gpu: &Gpu,
+    shape: MergeShape,
+    num_states: usize,
+    v: &DeviceBuffer<T>,
+    s: &DeviceBuffer<f32>,
+    v_out: &mut DeviceBuffer<T>,
+    s_out: Option<&mut DeviceBuffer<f32>>,
+) -> Result<()> {
+    shape.validate(OP)?;
+    gpu.check_buffer(OP, v)?;
+    gpu.check_buffer(OP, s)?;
+    gpu.check_buffer(OP, v_out)?;
+    let nv = shape
+        .values()
+        .checked_mul(num_states)
+        .filter(|&n| n <= u32::MAX as usize)
+        .ok_or(Error::Overflow {
+            op: OP,
+            what: "states × rows × heads × head_dim",
+        })?;
+    need(OP, "v elements", nv, v.len())?;
+    need(OP, "s elements", shape.lses() * num_states, s.len())?;
+    need(OP, "v_out elements", shape.values(), v_out.len())?;
+    if let Some(l) = s_out.as_deref() {
+        gpu.check_buffer(OP, l)?;
+        need(OP, "s_out elements", shape.lses(), l.len())?;
+    }
+    let hd = shape.num_heads * shape.head_dim;
+    let p = MergeParams {
+        v: v.addr(),
+        s: s.addr(),
+        o: v_out.addr(),
+        lse: s_out.as_deref().map_or(0, |l| l.addr()),
+        rows: 0,
+        num_rows_dev: 0,
+        v_stride_row: (num_states * hd) as i64,
+        v_stride_state: hd as i64,
+        s_stride_row: (num_states * shape.num_heads) as i64,
+        s_stride_state: shape.num_heads as i64,
+        v_stride_h: shape.head_dim as u32,
+        s_stride_h: 1,
+        o_stride_row: hd as u32,
+        o_stride_h: shape.head_dim as u32,
+        lse_stride_row: shape.num_heads as u32,
+        num_rows: shape.seq_len as u32,
+        num_states: num_states as u32,
+        num_heads: shape.num_heads as u32,
+    };
+    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    // SAFETY: the state tensors hold num_states states of `shape`, the outputs hold `shape`.
+    unsafe { launch(gpu, &kernel, p) }
+}
