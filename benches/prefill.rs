@@ -1,49 +1,111 @@
-//! Single-request causal prefill benchmark (bf16, D = 128, 32 query / 8 KV heads): median GPU
-//! time of one call (CUDA events, L2 flushed, 100 µs spin, 5 warm-up calls, median of 30),
-//! TFLOP/s with FLOPs = 4 · D · Hq · L(L+1)/2 (the causal (q, k) pairs incl. the diagonal, two
-//! GEMMs of 2 FLOPs each — FlashInfer's benchmark formula).
-use ferrinfer::ops::SinglePrefill;
+//! Prefill benchmark, the shapes: bf16, D = 128, 32 query / 8 KV heads, causal.
+//! Ragged (contiguous K/V) and paged (page size 16, random page order) batches with
+//! qo_len = kv_len ∈ {(1, 4096), (1, 16384), (8, 2048), (16, 1024)}, and paged appends
+//! (batch, qo_len, kv_len) ∈ {(8, 512, 4096), (64, 16, 2048)}; each with both CTA tiles.
+//!
+//! Per row: median GPU time of one `run` (CUDA events, 5 warm-up calls, median of 50, L2
+//! flushed and a 100 µs spin before each call — FlashInfer's method), plan excluded.
+//! FLOPs = 4 · D · Hq · Σ pairs, pairs = the causal (query, key) pairs incl. the diagonal:
+//! `qo · (kv − qo) + qo (qo + 1) / 2` per request (FlashInfer's formula for qo = kv).
+use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
+use ferrinfer::ops::{BatchPrefill, PrefillTile};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
 
+fn shuffle(v: &mut [i32], mut x: u64) {
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+fn pattern(n: usize, salt: usize) -> Vec<bf16> {
+    (0..n)
+        .map(|i| bf16::from_f32((((i + salt) * 7919) % 2001) as f32 / 1000.0 - 1.0))
+        .collect()
+}
+
+const OPTS: TimeOpts = TimeOpts {
+    warmup: 5,
+    iters: 50,
+    flush_bytes: 100 << 20,
+    spin_us: 100,
+};
+
 fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     let heads = HeadConfig::new(32, 8, 128)?;
-    let op = SinglePrefill::new(
-        gpu,
-        heads,
-        DType::Bf16,
-        AttentionOptions::default().with_causal(true),
-    )?;
-    println!("| len | median us | p10 | p90 | TFLOP/s |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
-    for &len in &[4096usize, 16384] {
-        let nq = len * 32 * 128;
-        let nkv = len * 8 * 128;
-        let host: Vec<bf16> = (0..nq)
-            .map(|i| bf16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
-            .collect();
-        let q = gpu.upload(&host)?;
-        let k = gpu.upload(&host[..nkv])?;
-        let v = gpu.upload(&host[nkv..2 * nkv])?;
-        let mut o = gpu.alloc::<bf16>(nq)?;
-        let t = gpu.time_with(
-            TimeOpts {
-                warmup: 5,
-                iters: 30,
-                flush_bytes: 100 << 20,
-                spin_us: 100,
-            },
-            |_| op.run(&q, &k, &v, len, len, &mut o, None),
-        )?;
-        let flops = 4.0 * 128.0 * 32.0 * (len as f64) * (len as f64 + 1.0) / 2.0;
-        println!(
-            "| {len} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            t.median_us,
-            t.p10_us,
-            t.p90_us,
-            flops / (t.median_us * 1e-6) / 1e12
-        );
+    let opts = AttentionOptions::default().with_causal(true);
+    let (qrow, krow) = (32 * 128, 8 * 128);
+    println!("| kv | tile | batch | qo_len | kv_len | TFLOP | median us | p10 | p90 | TFLOP/s | items | plan us |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let shapes: [(usize, usize, usize, bool); 10] = [
+        (1, 4096, 4096, false),
+        (1, 16384, 16384, false),
+        (8, 2048, 2048, false),
+        (16, 1024, 1024, false),
+        (1, 4096, 4096, true),
+        (1, 16384, 16384, true),
+        (8, 2048, 2048, true),
+        (16, 1024, 1024, true),
+        (8, 512, 4096, true),
+        (64, 16, 2048, true),
+    ];
+    for (batch, qo, kv, paged) in shapes {
+        let pairs = (qo * (kv - qo) + qo * (qo + 1) / 2) * batch;
+        let flops = 4.0 * 128.0 * 32.0 * pairs as f64;
+        let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
+        let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
+        let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
+        for tile in [PrefillTile::Rows64, PrefillTile::Rows128] {
+            let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
+            op.set_tile(tile)?;
+            let (t, items, plan_us) = if paged {
+                let per = kv.div_ceil(16);
+                let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
+                shuffle(&mut ids, 0x9e37 + batch as u64);
+                let pages = BatchPages {
+                    kv_indptr: (0..=batch).map(|b| (b * per) as i32).collect(),
+                    kv_indices: ids,
+                    kv_last_page_len: vec![((kv - 1) % 16 + 1) as i32; batch],
+                };
+                let cfg = KvPoolConfig {
+                    num_pages: 0,
+                    page_size: 16,
+                    num_kv_heads: 8,
+                    head_dim: 128,
+                    layout: KvLayout::Nhd,
+                };
+                let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(batch * per))?;
+                pool.fill_tiled(&pattern(4096 * 3, 2), &pattern(4096 * 3, 3))?;
+                let t0 = std::time::Instant::now();
+                let plan = op.plan_paged(&qo_indptr, &pages, pool.config())?;
+                let plan_us = t0.elapsed().as_secs_f64() * 1e6;
+                let t = gpu.time_with(OPTS, |_| op.run_paged(&plan, &q, &pool, &mut o, None))?;
+                (t, plan.partition().items.len(), plan_us)
+            } else {
+                let kv_indptr: Vec<i32> = (0..=batch).map(|b| (b * kv) as i32).collect();
+                let k = gpu.upload(&pattern(batch * kv * krow, 2))?;
+                let v = gpu.upload(&pattern(batch * kv * krow, 3))?;
+                let t0 = std::time::Instant::now();
+                let plan = op.plan_ragged(&qo_indptr, &kv_indptr)?;
+                let plan_us = t0.elapsed().as_secs_f64() * 1e6;
+                let t = gpu.time_with(OPTS, |_| op.run_ragged(&plan, &q, &k, &v, &mut o, None))?;
+                (t, plan.partition().items.len(), plan_us)
+            };
+            println!(
+                "| {} | {:?} | {batch} | {qo} | {kv} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {items} | {plan_us:.0} |",
+                if paged { "paged" } else { "ragged" },
+                tile,
+                flops / 1e12,
+                t.median_us,
+                t.p10_us,
+                t.p90_us,
+                flops / (t.median_us * 1e-6) / 1e12
+            );
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 #   --bench          also run the bench executables
 #   --demo           also run `ferrinfer demo`
 #   --only NAME      run only the test executable NAME (repeatable; also limits --sanitize)
+#   --bench-only NAME  with --bench, run only the bench executable NAME (repeatable)
 #   --pack           finally move the logs into $OUT/logs.tar.gz (for transports that return
 #                    few files); summary.txt stays beside it
 #   -h, --help       this text
@@ -38,6 +39,7 @@ bench=0
 demo=0
 pack=0
 only=()
+bench_only=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --sanitize) [[ -n "$sanitize" ]] || sanitize=all ;;
@@ -45,6 +47,7 @@ while [[ $# -gt 0 ]]; do
         --demo) demo=1 ;;
         --pack) pack=1 ;;
         --only) shift; only+=("${1:?--only needs a name}") ;;
+        --bench-only) shift; bench_only+=("${1:?--bench-only needs a name}") ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -194,6 +197,7 @@ if [[ $bench -eq 1 ]]; then
     for exe in "$bindir"/benches/*; do
         [[ -e "$exe" ]] || continue
         name="$(basename "$exe")"
+        if [[ ${#bench_only[@]} -gt 0 && " ${bench_only[*]} " != *" $name "* ]]; then continue; fi
         step "bench: $name" "$OUT/bench-$name.log" "$exe" --bench
     done
 fi

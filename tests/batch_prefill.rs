@@ -6,7 +6,7 @@
 use ferrinfer::kv::{
     AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
 };
-use ferrinfer::ops::{BatchDecode, BatchPrefill, PrefillGraphLimits};
+use ferrinfer::ops::{BatchDecode, BatchPrefill, PrefillGraphLimits, PrefillTile};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
 use ferrinfer_harness::{
@@ -26,6 +26,7 @@ struct Case {
     paged: Option<(usize, KvLayout)>,
     opts: AttentionOptions,
     fixed_split: Option<usize>,
+    tile: PrefillTile,
     seed: u64,
 }
 
@@ -139,6 +140,7 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
     let h = c.heads;
     let mut op = BatchPrefill::new(gpu, h, T::DTYPE, c.opts).unwrap();
     op.set_fixed_split_size(c.fixed_split);
+    op.set_tile(c.tile).unwrap();
     let qd = gpu.upload(&d.q).unwrap();
     let mut od = gpu.upload(&vec![T::nan(); d.q.len()]).unwrap();
     let nq = *d.qo_indptr.last().unwrap() as usize;
@@ -195,11 +197,10 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
         prop_oneof![Just(None), (1.0f32..50.0).prop_map(Some)],
         prop_oneof![Just(None), (0usize..600).prop_map(Some)],
         prop_oneof![Just(None), Just(Some(64usize)), Just(Some(200))],
-        any::<u64>(),
-        any::<bool>(),
+        (any::<u64>(), any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(d, g, hkv, reqs, paged, causal, cap, win, split, seed, bf)| {
+            |(d, g, hkv, reqs, paged, causal, cap, win, split, (seed, bf, wide))| {
                 let case = Case {
                     heads: HeadConfig::new(hkv * g, hkv, d).unwrap(),
                     reqs: reqs.into_iter().map(|(q, extra)| (q, q + extra)).collect(),
@@ -211,6 +212,11 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
                         ..Default::default()
                     },
                     fixed_split: split,
+                    tile: if wide {
+                        PrefillTile::Rows128
+                    } else {
+                        PrefillTile::Rows64
+                    },
                     seed,
                 };
                 (case, bf)
@@ -281,17 +287,20 @@ fn gpu_batch_prefill_long_and_split_shapes() {
         ),
     ];
     for (i, (reqs, paged, opts)) in cases.into_iter().enumerate() {
-        let c = Case {
-            heads,
-            reqs,
-            paged,
-            opts,
-            fixed_split: None,
-            seed: 40 + i as u64,
-        };
-        let s = run_gpu::<bf16>(&gpu, &c);
-        check(s, DType::Bf16, &c);
-        println!("{c:?}: {s:?}");
+        for tile in [PrefillTile::Rows64, PrefillTile::Rows128] {
+            let c = Case {
+                heads,
+                reqs: reqs.clone(),
+                paged,
+                opts,
+                fixed_split: None,
+                tile,
+                seed: 40 + i as u64,
+            };
+            let s = run_gpu::<bf16>(&gpu, &c);
+            check(s, DType::Bf16, &c);
+            println!("{c:?}: {s:?}");
+        }
     }
 }
 
@@ -310,6 +319,7 @@ fn gpu_prefill_of_one_token_equals_decode() {
             ..Default::default()
         },
         fixed_split: None,
+        tile: PrefillTile::default(),
         seed: 7,
     };
     let d = make::<bf16>(&c);
@@ -355,6 +365,7 @@ fn gpu_chunked_prefill_equals_one_prefill() {
         paged: Some((16, KvLayout::Nhd)),
         opts,
         fixed_split: None,
+        tile: PrefillTile::default(),
         seed: 11,
     };
     let d = make::<f16>(&full);
@@ -448,6 +459,7 @@ fn gpu_graph_mode_plan_reuse() {
             paged: Some((16, KvLayout::Nhd)),
             opts,
             fixed_split: None,
+            tile: PrefillTile::default(),
             seed: 100 + i as u64,
         };
         let d = make::<bf16>(&c);

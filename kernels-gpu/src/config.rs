@@ -40,12 +40,9 @@ pub mod decode_tc {
 /// Prefill on tensor cores (`kernels-gpu/src/prefill.rs`): [`prefill::WARPS`] warps × 16 packed
 /// query rows per CTA, KV tiles of [`prefill::TILE`] tokens in a 2-stage swizzled cp.async ring.
 pub mod prefill {
-    /// Warps per CTA, each owning 16 packed query rows.
+    /// Warps per CTA of the default kernels, each owning 16 packed query rows (the `_w8`
+    /// entries have 8).
     pub const WARPS: u32 = 4;
-    /// Threads per CTA.
-    pub const THREADS: u32 = 32 * WARPS;
-    /// Packed query rows (token × head-in-group) per CTA.
-    pub const ROWS: u32 = 16 * WARPS;
     /// KV tokens per stage.
     pub const TILE: u32 = 64;
     /// Pipeline stages.
@@ -56,10 +53,10 @@ pub mod prefill {
         STAGES * 2 * TILE * head_dim * 2
     }
 
-    /// Query tokens per CTA tile for query group `group`: whole tokens only, so every token's
-    /// heads sit in one tile (a split-KV partial slot is per token).
-    pub const fn tile_tokens(group: u32) -> u32 {
-        ROWS / group
+    /// Query tokens per CTA tile of `warps` warps for query group `group`: whole tokens only,
+    /// so every token's heads sit in one tile (a split-KV partial slot is per token).
+    pub const fn tile_tokens(warps: u32, group: u32) -> u32 {
+        16 * warps / group
     }
 }
 

@@ -441,7 +441,7 @@ unsafe fn prefill<
 }
 
 macro_rules! prefill_entries {
-    ($($name:ident => $r:ty, $e:ty, $d:literal, $nt:literal, $ks:literal;)*) => {$(
+    ($($name:ident => $r:ty, $e:ty, $d:literal, $nt:literal, $ks:literal, $w:expr;)*) => {$(
         #[doc = concat!("Entry point: prefill, ", stringify!($r), " K/V, ", stringify!($e),
                         ", D = ", $d, ".")]
         ///
@@ -450,18 +450,29 @@ macro_rules! prefill_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { prefill::<$r, $e, $d, $nt, $ks, { cfg::WARPS }>(&p) }
+            unsafe { prefill::<$r, $e, $d, $nt, $ks, { $w }>(&p) }
         }
     )*};
 }
 
+// `_w8`: 8 warps, 128 query rows per CTA (K/V tiles shared by twice the rows: half the L2
+// traffic per FLOP, one CTA per SM at D = 128). The default is chosen by measurement
+// (`config::prefill::WARPS`, docs/perf-notes.md).
 prefill_entries! {
-    prefill_ragged_f16_d64 => Ragged, F16, 64, 8, 4;
-    prefill_ragged_f16_d128 => Ragged, F16, 128, 16, 8;
-    prefill_ragged_bf16_d64 => Ragged, Bf16, 64, 8, 4;
-    prefill_ragged_bf16_d128 => Ragged, Bf16, 128, 16, 8;
-    prefill_paged_f16_d64 => Paged, F16, 64, 8, 4;
-    prefill_paged_f16_d128 => Paged, F16, 128, 16, 8;
-    prefill_paged_bf16_d64 => Paged, Bf16, 64, 8, 4;
-    prefill_paged_bf16_d128 => Paged, Bf16, 128, 16, 8;
+    prefill_ragged_f16_d64 => Ragged, F16, 64, 8, 4, 4;
+    prefill_ragged_f16_d128 => Ragged, F16, 128, 16, 8, 4;
+    prefill_ragged_bf16_d64 => Ragged, Bf16, 64, 8, 4, 4;
+    prefill_ragged_bf16_d128 => Ragged, Bf16, 128, 16, 8, 4;
+    prefill_paged_f16_d64 => Paged, F16, 64, 8, 4, 4;
+    prefill_paged_f16_d128 => Paged, F16, 128, 16, 8, 4;
+    prefill_paged_bf16_d64 => Paged, Bf16, 64, 8, 4, 4;
+    prefill_paged_bf16_d128 => Paged, Bf16, 128, 16, 8, 4;
+    prefill_ragged_f16_d64_w8 => Ragged, F16, 64, 8, 4, 8;
+    prefill_ragged_f16_d128_w8 => Ragged, F16, 128, 16, 8, 8;
+    prefill_ragged_bf16_d64_w8 => Ragged, Bf16, 64, 8, 4, 8;
+    prefill_ragged_bf16_d128_w8 => Ragged, Bf16, 128, 16, 8, 8;
+    prefill_paged_f16_d64_w8 => Paged, F16, 64, 8, 4, 8;
+    prefill_paged_f16_d128_w8 => Paged, F16, 128, 16, 8, 8;
+    prefill_paged_bf16_d64_w8 => Paged, Bf16, 64, 8, 4, 8;
+    prefill_paged_bf16_d128_w8 => Paged, Bf16, 128, 16, 8, 8;
 }

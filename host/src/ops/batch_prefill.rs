@@ -31,6 +31,41 @@ const OP: &str = "batch_prefill";
 /// partial-state traffic than the parallelism gains.
 pub const MIN_CHUNK: usize = 2 * cfg::TILE as usize;
 
+/// The CTA tile of the prefill kernels: query rows per CTA (16 per warp). Both read each K/V
+/// tile once per CTA; the larger tile halves the L2 traffic per FLOP at the cost of coarser
+/// work items (the choice is measured, docs/perf-notes.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefillTile {
+    /// 64 packed query rows, 4 warps (the `prefill_*` entries).
+    #[default]
+    Rows64,
+    /// 128 packed query rows, 8 warps (the `prefill_*_w8` entries).
+    Rows128,
+}
+
+impl PrefillTile {
+    /// Warps per CTA.
+    pub fn warps(self) -> u32 {
+        match self {
+            Self::Rows64 => 4,
+            Self::Rows128 => 8,
+        }
+    }
+
+    /// Kernel-name suffix.
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            Self::Rows64 => "",
+            Self::Rows128 => "_w8",
+        }
+    }
+
+    /// Query tokens per tile for query group `group`.
+    pub fn tokens(self, group: usize) -> usize {
+        cfg::tile_tokens(self.warps(), group as u32) as usize
+    }
+}
+
 /// Sizes fixed at construction in CUDA-graph mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefillGraphLimits {
@@ -57,6 +92,7 @@ struct PlanOwner {
     num_kv_heads: usize,
     head_dim: usize,
     graph: Option<PrefillGraphLimits>,
+    tile: PrefillTile,
 }
 
 /// Capacities of a plan's buffers.
@@ -139,6 +175,7 @@ pub struct BatchPrefill {
     max_ctas: usize,
     fixed_split: Option<usize>,
     graph: Option<PrefillGraphLimits>,
+    tile: PrefillTile,
 }
 
 /// Checks a CSR offset array: starts at 0, never decreases, `len` entries.
@@ -204,24 +241,39 @@ impl BatchPrefill {
             max_ctas: 1,
             fixed_split: None,
             graph,
+            tile: PrefillTile::default(),
         };
-        let smem = cfg::smem_bytes(heads.head_dim as u32);
-        let f = gpu.function(&op.kernel(KvKind::Ragged), smem)?;
-        gpu.function(&op.kernel(KvKind::Paged), smem)?;
         gpu.function(&op.merge_kernel(), 0)?;
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(cfg::THREADS, smem as usize, None)?
-            .max(1) as usize;
-        op.max_ctas = per_sm * gpu.info().sm_count as usize;
+        op.set_tile(PrefillTile::default())?;
         Ok(op)
     }
 
+    /// Chooses the CTA tile (default [`PrefillTile::Rows64`]). Plans made before must be remade
+    /// (`run` rejects them).
+    pub fn set_tile(&mut self, tile: PrefillTile) -> Result<()> {
+        let smem = cfg::smem_bytes(self.heads.head_dim as u32);
+        let threads = 32 * tile.warps();
+        let ragged = kernel_name(KvKind::Ragged, self.dtype, self.heads.head_dim, tile);
+        let f = self.gpu.function(&ragged, smem)?;
+        self.gpu.function(
+            &kernel_name(KvKind::Paged, self.dtype, self.heads.head_dim, tile),
+            smem,
+        )?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?
+            .max(1) as usize;
+        self.max_ctas = per_sm * self.gpu.info().sm_count as usize;
+        self.tile = tile;
+        Ok(())
+    }
+
+    /// The CTA tile in use.
+    pub fn tile(&self) -> PrefillTile {
+        self.tile
+    }
+
     fn kernel(&self, kind: KvKind) -> String {
-        let k = match kind {
-            KvKind::Ragged => "ragged",
-            KvKind::Paged => "paged",
-        };
-        format!("prefill_{k}_{}_d{}", self.dtype.name(), self.heads.head_dim)
+        kernel_name(kind, self.dtype, self.heads.head_dim, self.tile)
     }
 
     fn merge_kernel(&self) -> String {
@@ -240,7 +292,7 @@ impl BatchPrefill {
     }
 
     fn tile_tokens(&self) -> usize {
-        cfg::tile_tokens(self.heads.group() as u32) as usize
+        self.tile.tokens(self.heads.group())
     }
 
     fn owner(&self) -> PlanOwner {
@@ -250,6 +302,7 @@ impl BatchPrefill {
             num_kv_heads: self.heads.num_kv_heads,
             head_dim: self.heads.head_dim,
             graph: self.graph,
+            tile: self.tile,
         }
     }
 
@@ -726,14 +779,14 @@ impl BatchPrefill {
             kv_len: 0,
             num_qo_heads: hq,
             group: FastDiv::new(g),
-            tile_tokens: cfg::tile_tokens(g),
+            tile_tokens: self.tile_tokens() as u32,
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
         };
         let dims = LaunchDims {
             grid: (grid_items as u32, h.num_kv_heads as u32, 1),
-            block: (cfg::THREADS, 1, 1),
+            block: (32 * self.tile.warps(), 1, 1),
             smem_bytes: cfg::smem_bytes(d),
         };
         // SAFETY: the plan's tables were validated against the batch (and the pool's page
@@ -767,6 +820,20 @@ impl BatchPrefill {
         }
         Ok(())
     }
+}
+
+/// The prefill kernel symbol for a K/V kind, dtype, head dim and tile.
+fn kernel_name(kind: KvKind, dtype: DType, head_dim: usize, tile: PrefillTile) -> String {
+    let k = match kind {
+        KvKind::Ragged => "ragged",
+        KvKind::Paged => "paged",
+    };
+    format!("prefill_{k}_{}_d{head_dim}{}", dtype.name(), tile.suffix())
+}
+
+/// The single-request (ragged) kernel symbol.
+pub(crate) fn ragged_kernel_name(dtype: DType, head_dim: usize, tile: PrefillTile) -> String {
+    kernel_name(KvKind::Ragged, dtype, head_dim, tile)
 }
 
 /// K/V addressing of one launch.

@@ -14,7 +14,7 @@ use ferrinfer_kernels::math::softmax::LogitTransform;
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
-use crate::ops::batch_prefill::check_prefill_heads;
+use crate::ops::batch_prefill::{check_prefill_heads, ragged_kernel_name, PrefillTile};
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
@@ -28,6 +28,7 @@ pub struct SinglePrefill {
     dtype: DType,
     opts: AttentionOptions,
     kernel: String,
+    tile: PrefillTile,
 }
 
 impl SinglePrefill {
@@ -41,15 +42,26 @@ impl SinglePrefill {
                 return Err(Error::invalid(OP, "window_left", format!("{w} too large")));
             }
         }
-        let kernel = format!("prefill_ragged_{}_d{}", dtype.name(), heads.head_dim);
-        gpu.function(&kernel, cfg::smem_bytes(heads.head_dim as u32))?;
-        Ok(Self {
+        let mut op = Self {
             gpu: gpu.clone(),
             heads,
             dtype,
             opts,
-            kernel,
-        })
+            kernel: String::new(),
+            tile: PrefillTile::default(),
+        };
+        op.set_tile(PrefillTile::default())?;
+        Ok(op)
+    }
+
+    /// Chooses the CTA tile (default [`PrefillTile::Rows64`]).
+    pub fn set_tile(&mut self, tile: PrefillTile) -> Result<()> {
+        let kernel = ragged_kernel_name(self.dtype, self.heads.head_dim, tile);
+        self.gpu
+            .function(&kernel, cfg::smem_bytes(self.heads.head_dim as u32))?;
+        self.kernel = kernel;
+        self.tile = tile;
+        Ok(())
     }
 
     /// Runs prefill: q and out `[qo_len, num_qo_heads, D]`, K and V `[kv_len, num_kv_heads, D]`
@@ -195,7 +207,7 @@ impl SinglePrefill {
             kv_len: kv_len as u32,
             num_qo_heads: h.num_qo_heads as u32,
             group: FastDiv::new(g),
-            tile_tokens: cfg::tile_tokens(g),
+            tile_tokens: self.tile.tokens(g as usize) as u32,
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
@@ -204,11 +216,11 @@ impl SinglePrefill {
         };
         let dims = LaunchDims {
             grid: (
-                (qo_len as u32).div_ceil(cfg::tile_tokens(g)),
+                (qo_len as u32).div_ceil(self.tile.tokens(g as usize) as u32),
                 h.num_kv_heads as u32,
                 1,
             ),
-            block: (cfg::THREADS, 1, 1),
+            block: (32 * self.tile.warps(), 1, 1),
             smem_bytes: cfg::smem_bytes(d),
         };
         // SAFETY: every extent above was checked against the kernel's contract (q/out/k/v/lse
