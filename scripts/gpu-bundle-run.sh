@@ -165,7 +165,8 @@ step "cli: ferrinfer info" "$OUT/cli-info.log" "$bindir/ferrinfer" info
 for exe in "$bindir"/tests/*; do
     name="$(basename "$exe")"
     selected "$name" || continue
-    step "test: $name" "$OUT/tests-$name.log" "$exe"
+    # --show-output: the tests' printed figures (cases, worst errors) land in the log.
+    step "test: $name" "$OUT/tests-$name.log" "$exe" --show-output
 done
 
 if [[ ${#only[@]} -eq 0 ]]; then

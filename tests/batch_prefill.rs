@@ -197,7 +197,7 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
         prop_oneof![Just(None), (1.0f32..50.0).prop_map(Some)],
         prop_oneof![Just(None), (0usize..600).prop_map(Some)],
         prop_oneof![Just(None), Just(Some(64usize)), Just(Some(200))],
-        (any::<u64>(), any::<bool>(), any::<bool>()),
+        (any::<u64>(), any::<bool>(), 0u8..3),
     )
         .prop_map(
             |(d, g, hkv, reqs, paged, causal, cap, win, split, (seed, bf, wide))| {
@@ -212,11 +212,11 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
                         ..Default::default()
                     },
                     fixed_split: split,
-                    tile: if wide {
-                        PrefillTile::Rows128
-                    } else {
-                        PrefillTile::Rows64
-                    },
+                    tile: [
+                        PrefillTile::Rows64,
+                        PrefillTile::Rows128,
+                        PrefillTile::Rows128Wide,
+                    ][wide as usize],
                     seed,
                 };
                 (case, bf)
@@ -287,7 +287,11 @@ fn gpu_batch_prefill_long_and_split_shapes() {
         ),
     ];
     for (i, (reqs, paged, opts)) in cases.into_iter().enumerate() {
-        for tile in [PrefillTile::Rows64, PrefillTile::Rows128] {
+        for tile in [
+            PrefillTile::Rows64,
+            PrefillTile::Rows128,
+            PrefillTile::Rows128Wide,
+        ] {
             let c = Case {
                 heads,
                 reqs: reqs.clone(),
@@ -476,7 +480,7 @@ fn gpu_graph_mode_plan_reuse() {
         };
         let a = p.buffer_addresses();
         assert_eq!(*addrs.get_or_insert(a), a, "graph-mode buffers moved");
-        gpu.write(&mut qd, &d.q).unwrap();
+        gpu.write_prefix(&mut qd, &d.q).unwrap();
         gpu.write(&mut od, &vec![bf16::NAN; limits.max_qo_tokens * qrow])
             .unwrap();
         op.run_paged(p, &qd, &pool, &mut od, None).unwrap();

@@ -53,10 +53,15 @@ pub mod prefill {
         STAGES * 2 * TILE * head_dim * 2
     }
 
-    /// Query tokens per CTA tile of `warps` warps for query group `group`: whole tokens only,
-    /// so every token's heads sit in one tile (a split-KV partial slot is per token).
-    pub const fn tile_tokens(warps: u32, group: u32) -> u32 {
-        16 * warps / group
+    /// Shared memory of the Q tile of the kernels with several m-tiles per warp (`_m2`).
+    pub const fn q_smem_bytes(rows: u32, head_dim: u32) -> u32 {
+        rows * head_dim * 2
+    }
+
+    /// Query tokens per CTA tile of `rows` packed rows for query group `group`: whole tokens
+    /// only, so every token's heads sit in one tile (a split-KV partial slot is per token).
+    pub const fn tile_tokens(rows: u32, group: u32) -> u32 {
+        rows / group
     }
 }
 

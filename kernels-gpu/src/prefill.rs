@@ -10,11 +10,12 @@
 //! the tensor-core decode. Causal CTAs stop at the last key their last row may see; windowed
 //! CTAs start at the first key their first row may see (tiles outside are never loaded).
 use crate::abi::{PrefillItem, PrefillParams, PrefillRequest};
+use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
 use crate::config::prefill as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax, log2, rcp, tanh};
-use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
+use crate::math::frag::{ldmatrix_a_x4_src, ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::clamp_ref;
 
 const TILE: u32 = cfg::TILE;
@@ -122,6 +123,7 @@ unsafe fn prefill<
     const NT: usize,
     const KS: usize,
     const W: u32,
+    const MT: usize,
 >(
     p: &PrefillParams,
 ) {
@@ -187,7 +189,6 @@ unsafe fn prefill<
     let t0 = item.t0;
     let tokens = p.tile_tokens.min(req.qo_len - t0);
     let rows_total = tokens * g;
-    let row0 = w * 16;
     let offset = req.kv_len - req.qo_len; // position of query token 0 (host: qo_len ≤ kv_len)
     let tf = p.logit;
     let causal = p.causal != 0;
@@ -210,12 +211,47 @@ unsafe fn prefill<
     let kv_end = nat_end.min(item.kv_end);
     let kv_begin = nat_begin.max(item.kv_begin);
     let smem = shared::dyn_smem_base();
+    // Q tile in shared memory first when each warp owns several m-tiles (their A fragments are
+    // re-read per KV tile instead of held in registers), then the K/V stages.
+    let q_smem = smem;
+    let kv_smem = smem
+        + if MT > 1 {
+            cfg::q_smem_bytes(16 * MT as u32 * W, D)
+        } else {
+            0
+        };
     let tiles = if kv_end > kv_begin {
         (kv_end - kv_begin).div_ceil(TILE)
     } else {
         0
     };
+    let (gq, tq) = (lane / 4, lane % 4);
+    let q_row_addr = |r: u32, c: u32| -> u64 {
+        let (t, h) = p.group.divmod(r);
+        p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
+            + ((kvh * g + h) * p.q_stride_h + c) as u64)
+            * 2
+    };
     if tiles > 0 {
+        if MT > 1 {
+            // Q rows (zero past the tile's rows) join the first K/V tile's copy group.
+            let chunks = D / 8;
+            let rows = 16 * MT as u32 * W;
+            for i in 0..(rows * chunks / threads) {
+                let idx = tid + i * threads;
+                let (r, c) = (idx / chunks, idx % chunks);
+                let live = r < rows_total;
+                let src = if live { q_row_addr(r, c * 8) } else { p.q };
+                // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
+                unsafe {
+                    pipeline::cp_async_cg_16(
+                        q_smem + swz::<D>(r, c),
+                        src,
+                        if live { 16 } else { 0 },
+                    )
+                };
+            }
+        }
         // SAFETY: see issue_tile.
         unsafe {
             issue_tile::<R, D>(
@@ -227,7 +263,7 @@ unsafe fn prefill<
                 kv_end,
                 0,
                 tid,
-                smem,
+                kv_smem,
             )
         };
     }
@@ -238,35 +274,41 @@ unsafe fn prefill<
         0
     };
 
-    // Q fragments and this lane's two rows (gq and gq + 8 of the warp's 16).
-    let (gq, tq) = (lane / 4, lane % 4);
+    // Warp w owns rows [w·16·MT, (w+1)·16·MT): m-tile mt is rows row0(mt) .. +16; this lane
+    // holds rows gq and gq + 8 of each m-tile.
+    let row0 = |mt: usize| w * 16 * MT as u32 + 16 * mt as u32;
+    // Single m-tile: Q fragments stay in registers for the whole KV range.
     let mut qa = [[0u32; 4]; KS];
-    for (kk, a) in qa.iter_mut().enumerate() {
-        for (reg, v) in a.iter_mut().enumerate() {
-            let (row, col) = mma_a(lane, reg as u32, 0);
-            let r = row0 + row;
-            if r < rows_total {
-                let (t, h) = p.group.divmod(r);
-                let off = ((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
-                    + ((kvh * g + h) * p.q_stride_h + kk as u32 * 16 + col) as u64;
-                // SAFETY: in-range q element pair, 4-byte aligned (col even).
-                *v = unsafe { global::ld_u32(p.q + off * 2) };
+    if MT == 1 {
+        for (kk, a) in qa.iter_mut().enumerate() {
+            for (reg, v) in a.iter_mut().enumerate() {
+                let (row, col) = mma_a(lane, reg as u32, 0);
+                let r = row0(0) + row;
+                if r < rows_total {
+                    // SAFETY: in-range q element pair, 4-byte aligned (col even).
+                    *v = unsafe { global::ld_u32(q_row_addr(r, kk as u32 * 16 + col)) };
+                }
             }
         }
     }
-    // Query positions of the lane's two rows (rows past the end take the last row's).
-    let mut pos = [0i64; 2];
-    for (hh, ph) in pos.iter_mut().enumerate() {
-        let r = (row0 + gq + 8 * hh as u32).min(rows_total - 1);
-        *ph = (pos_first + p.group.div(r)) as i64;
+    // Query positions of the lane's rows (rows past the end take the last row's).
+    let mut pos = [[0u32; 2]; MT];
+    for (mt, pm) in pos.iter_mut().enumerate() {
+        for (hh, ph) in pm.iter_mut().enumerate() {
+            let r = (row0(mt) + gq + 8 * hh as u32).min(rows_total - 1);
+            *ph = pos_first + p.group.div(r);
+        }
     }
 
-    let mut o = [[0.0f32; 4]; NT];
-    let mut m = [f32::NEG_INFINITY; 2];
-    let mut d = [0.0f32; 2];
+    let mut o = [[[0.0f32; 4]; NT]; MT];
+    let mut m = [[f32::NEG_INFINITY; 2]; MT];
+    let mut d = [[0.0f32; 2]; MT];
     let mut j = 0;
     while j < tiles {
         let base = kv_begin + j * TILE;
+        // Lane-derived addresses are recomputed each iteration (see arch::opaque).
+        let lane = opaque_u32(lane);
+        let tid = opaque_u32(tid);
         if j + 1 < tiles {
             // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j − 1.
             unsafe {
@@ -279,7 +321,7 @@ unsafe fn prefill<
                     kv_end,
                     (j + 1) % cfg::STAGES,
                     tid,
-                    smem,
+                    kv_smem,
                 )
             };
         } else {
@@ -287,21 +329,42 @@ unsafe fn prefill<
         }
         pipeline::wait_group::<1>();
         thread::sync_threads();
-        let k_base = smem + (j % cfg::STAGES) * 2 * TILE * D * 2;
+        let k_base = kv_smem + (j % cfg::STAGES) * 2 * TILE * D * 2;
         let v_base = k_base + TILE * D * 2;
 
-        // S = Q·Kᵀ: 8 n-tiles of 8 keys, two per ldmatrix.x4.
-        let mut s = [[0.0f32; 4]; 8];
+        // S = Q·Kᵀ: 8 n-tiles of 8 keys per m-tile; each K fragment (ldmatrix.x4: two n-tiles)
+        // feeds every m-tile of the warp.
+        let mut s = [[[0.0f32; 4]; 8]; MT];
         let (bn, bk) = ldmatrix_bt_x4_src(lane);
-        for (kk, a) in qa.iter().enumerate() {
+        let (ar, ac) = ldmatrix_a_x4_src(lane);
+        for kk in 0..KS {
+            let mut a = [[0u32; 4]; MT];
+            for (mt, am) in a.iter_mut().enumerate() {
+                *am = if MT == 1 {
+                    qa[kk]
+                } else {
+                    // SAFETY: inside the Q tile; warp-convergent.
+                    unsafe {
+                        ldmatrix::ldmatrix_x4(
+                            q_smem
+                                + swz::<D>(
+                                    (tid / 32) * 16 * MT as u32 + 16 * mt as u32 + ar,
+                                    (kk as u32 * 16 + ac) / 8,
+                                ),
+                        )
+                    }
+                };
+            }
             for np in 0..4 {
                 let r = np as u32 * 16 + bn;
                 // SAFETY: inside the stage; warp-convergent.
                 let kb = unsafe {
                     ldmatrix::ldmatrix_x4(k_base + swz::<D>(r, (kk as u32 * 16 + bk) / 8))
                 };
-                s[2 * np] = E::mma(*a, [kb[0], kb[1]], s[2 * np]);
-                s[2 * np + 1] = E::mma(*a, [kb[2], kb[3]], s[2 * np + 1]);
+                for mt in 0..MT {
+                    s[mt][2 * np] = E::mma(a[mt], [kb[0], kb[1]], s[mt][2 * np]);
+                    s[mt][2 * np + 1] = E::mma(a[mt], [kb[2], kb[3]], s[mt][2 * np + 1]);
+                }
             }
         }
         // Transform, and mask only where some key of the tile is invisible to some row: the
@@ -309,64 +372,70 @@ unsafe fn prefill<
         // window start (CTA-uniform, so interior tiles skip the per-element tests).
         let need_mask =
             base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last;
-        let mut mx = [f32::NEG_INFINITY; 2];
-        for (nt, st) in s.iter_mut().enumerate() {
-            for e in 0..4 {
-                let hh = e / 2;
-                let v = if tf.soft_cap != 0 {
-                    tf.post * tanh(st[e] * tf.pre)
-                } else {
-                    st[e] * tf.pre
-                };
-                st[e] = v;
-                if need_mask {
-                    let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
-                    let kj = key as i64;
-                    let ok = key < kv_end
-                        && (!causal || kj <= pos[hh])
-                        && (window == u32::MAX || kj >= pos[hh] - window as i64);
-                    if !ok {
-                        st[e] = f32::NEG_INFINITY;
+        let mut pa = [[[0u32; 4]; 4]; MT];
+        for mt in 0..MT {
+            let mut mx = [f32::NEG_INFINITY; 2];
+            for (nt, st) in s[mt].iter_mut().enumerate() {
+                for e in 0..4 {
+                    let hh = e / 2;
+                    let v = if tf.soft_cap != 0 {
+                        tf.post * tanh(st[e] * tf.pre)
+                    } else {
+                        st[e] * tf.pre
+                    };
+                    st[e] = v;
+                    if need_mask {
+                        let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
+                        let ph = pos[mt][hh];
+                        let ok = key < kv_end
+                            && (!causal || key <= ph)
+                            && (window == u32::MAX || key as u64 + window as u64 >= ph as u64);
+                        if !ok {
+                            st[e] = f32::NEG_INFINITY;
+                        }
                     }
+                    mx[hh] = fmax(mx[hh], st[e]);
                 }
-                mx[hh] = fmax(mx[hh], st[e]);
+            }
+            let mut r_scale = [1.0f32; 2];
+            let mut mref = [0.0f32; 2];
+            for hh in 0..2 {
+                let mut v = mx[hh];
+                v = fmax(v, warp::shfl_xor_f32(v, 1));
+                v = fmax(v, warp::shfl_xor_f32(v, 2));
+                let m_new = fmax(m[mt][hh], v);
+                mref[hh] = clamp_ref(m_new);
+                r_scale[hh] = exp2(m[mt][hh] - mref[hh]);
+                m[mt][hh] = m_new;
+                d[mt][hh] *= r_scale[hh];
+            }
+            for st in s[mt].iter_mut() {
+                for e in 0..4 {
+                    let hh = e / 2;
+                    st[e] = exp2(st[e] - mref[hh]);
+                    d[mt][hh] += st[e];
+                }
+            }
+            for ot in o[mt].iter_mut() {
+                ot[0] *= r_scale[0];
+                ot[1] *= r_scale[0];
+                ot[2] *= r_scale[1];
+                ot[3] *= r_scale[1];
+            }
+            // P as the A operand of P·V: k-step ks covers keys 16ks .. 16ks + 16.
+            for (ks, pk) in pa[mt].iter_mut().enumerate() {
+                let (lo, hi) = (s[mt][2 * ks], s[mt][2 * ks + 1]);
+                *pk = [
+                    E::pack2(lo[0], lo[1]),
+                    E::pack2(lo[2], lo[3]),
+                    E::pack2(hi[0], hi[1]),
+                    E::pack2(hi[2], hi[3]),
+                ];
             }
         }
-        let mut r_scale = [1.0f32; 2];
-        let mut mref = [0.0f32; 2];
-        for hh in 0..2 {
-            let mut v = mx[hh];
-            v = fmax(v, warp::shfl_xor_f32(v, 1));
-            v = fmax(v, warp::shfl_xor_f32(v, 2));
-            let m_new = fmax(m[hh], v);
-            mref[hh] = clamp_ref(m_new);
-            r_scale[hh] = exp2(m[hh] - mref[hh]);
-            m[hh] = m_new;
-            d[hh] *= r_scale[hh];
-        }
-        for st in s.iter_mut() {
-            for e in 0..4 {
-                let hh = e / 2;
-                st[e] = exp2(st[e] - mref[hh]);
-                d[hh] += st[e];
-            }
-        }
-        for ot in o.iter_mut() {
-            ot[0] *= r_scale[0];
-            ot[1] *= r_scale[0];
-            ot[2] *= r_scale[1];
-            ot[3] *= r_scale[1];
-        }
-        // O += P·V over 4 k-steps of 16 keys.
+        // O += P·V over 4 k-steps of 16 keys; each V fragment feeds every m-tile.
         let (vk, vn) = ldmatrix_b_x4_trans_src(lane);
         for ks in 0..4 {
-            let (lo, hi) = (s[2 * ks], s[2 * ks + 1]);
-            let pa = [
-                E::pack2(lo[0], lo[1]),
-                E::pack2(lo[2], lo[3]),
-                E::pack2(hi[0], hi[1]),
-                E::pack2(hi[2], hi[3]),
-            ];
             let mut np = 0;
             while np < NT / 2 {
                 let r = ks as u32 * 16 + vk;
@@ -374,8 +443,10 @@ unsafe fn prefill<
                 let vb = unsafe {
                     ldmatrix::ldmatrix_x4_trans(v_base + swz::<D>(r, (np as u32 * 16 + vn) / 8))
                 };
-                o[2 * np] = E::mma(pa, [vb[0], vb[1]], o[2 * np]);
-                o[2 * np + 1] = E::mma(pa, [vb[2], vb[3]], o[2 * np + 1]);
+                for mt in 0..MT {
+                    o[mt][2 * np] = E::mma(pa[mt][ks], [vb[0], vb[1]], o[mt][2 * np]);
+                    o[mt][2 * np + 1] = E::mma(pa[mt][ks], [vb[2], vb[3]], o[mt][2 * np + 1]);
+                }
                 np += 1;
             }
         }
@@ -384,64 +455,69 @@ unsafe fn prefill<
     }
     pipeline::wait_all();
 
-    for dh in d.iter_mut() {
-        *dh += warp::shfl_xor_f32(*dh, 1);
-        *dh += warp::shfl_xor_f32(*dh, 2);
-    }
-    for hh in 0..2 {
-        let r = row0 + gq + 8 * hh as u32;
-        if r >= rows_total {
-            continue;
+    for mt in 0..MT {
+        for dh in d[mt].iter_mut() {
+            *dh += warp::shfl_xor_f32(*dh, 1);
+            *dh += warp::shfl_xor_f32(*dh, 2);
         }
-        let (t, h) = p.group.divmod(r);
-        let hq = kvh * g + h;
-        let inv = if d[hh] > 0.0 { rcp(d[hh]) } else { 0.0 };
-        let lse = if d[hh] > 0.0 {
-            m[hh] + log2(d[hh])
-        } else {
-            f32::NEG_INFINITY
-        };
-        if item.part != u32::MAX {
-            // Split-KV: normalised partial state of this chunk, merged by `merge_f32_*`.
-            let slot = item.part + t * item.nchunks + item.chunk;
-            let obase = ((slot * p.num_qo_heads + hq) as u64) * D as u64;
-            for (nt, ot) in o.iter().enumerate() {
-                let col = (nt as u32 * 8 + 2 * tq) as u64;
-                // SAFETY: slot < the plan's slot count (host contract).
-                unsafe {
-                    global::st_f32(p.part_o + (obase + col) * 4, ot[2 * hh] * inv);
-                    global::st_f32(p.part_o + (obase + col + 1) * 4, ot[2 * hh + 1] * inv);
-                }
+        for hh in 0..2 {
+            let r = row0(mt) + gq + 8 * hh as u32;
+            if r >= rows_total {
+                continue;
             }
-            if tq == 0 {
-                // SAFETY: as above.
+            let (t, h) = p.group.divmod(r);
+            let hq = kvh * g + h;
+            let dv = d[mt][hh];
+            let inv = if dv > 0.0 { rcp(dv) } else { 0.0 };
+            let lse = if dv > 0.0 {
+                m[mt][hh] + log2(dv)
+            } else {
+                f32::NEG_INFINITY
+            };
+            if item.part != u32::MAX {
+                // Split-KV: normalised partial state of this chunk, merged by `merge_f32_*`.
+                let slot = item.part + t * item.nchunks + item.chunk;
+                let obase = ((slot * p.num_qo_heads + hq) as u64) * D as u64;
+                for (nt, ot) in o[mt].iter().enumerate() {
+                    let col = (nt as u32 * 8 + 2 * tq) as u64;
+                    // SAFETY: slot < the plan's slot count (host contract).
+                    unsafe {
+                        global::st_f32(p.part_o + (obase + col) * 4, ot[2 * hh] * inv);
+                        global::st_f32(p.part_o + (obase + col + 1) * 4, ot[2 * hh + 1] * inv);
+                    }
+                }
+                if tq == 0 {
+                    // SAFETY: as above.
+                    unsafe {
+                        global::st_f32(p.part_lse + ((slot * p.num_qo_heads + hq) as u64) * 4, lse)
+                    };
+                }
+                continue;
+            }
+            let tok = (req.qo_begin + t0 + t) as u64;
+            let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
+            for (nt, ot) in o[mt].iter().enumerate() {
+                let col = nt as u32 * 8 + 2 * tq;
+                // SAFETY: host-validated o extent; 4-byte aligned (col even).
                 unsafe {
-                    global::st_f32(p.part_lse + ((slot * p.num_qo_heads + hq) as u64) * 4, lse)
+                    global::st_u32(
+                        p.o + (obase + col as u64) * 2,
+                        E::pack2(ot[2 * hh] * inv, ot[2 * hh + 1] * inv),
+                    )
                 };
             }
-            continue;
-        }
-        let tok = (req.qo_begin + t0 + t) as u64;
-        let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
-        for (nt, ot) in o.iter().enumerate() {
-            let col = nt as u32 * 8 + 2 * tq;
-            // SAFETY: host-validated o extent; 4-byte aligned (col even).
-            unsafe {
-                global::st_u32(
-                    p.o + (obase + col as u64) * 2,
-                    E::pack2(ot[2 * hh] * inv, ot[2 * hh + 1] * inv),
-                )
-            };
-        }
-        if tq == 0 && p.lse != 0 {
-            // SAFETY: lse [tokens, Hq].
-            unsafe { global::st_f32(p.lse + (tok * p.num_qo_heads as u64 + hq as u64) * 4, lse) };
+            if tq == 0 && p.lse != 0 {
+                // SAFETY: lse [tokens, Hq].
+                unsafe {
+                    global::st_f32(p.lse + (tok * p.num_qo_heads as u64 + hq as u64) * 4, lse)
+                };
+            }
         }
     }
 }
 
 macro_rules! prefill_entries {
-    ($($name:ident => $r:ty, $e:ty, $d:literal, $nt:literal, $ks:literal, $w:expr;)*) => {$(
+    ($($name:ident => $r:ty, $e:ty, $d:literal, $nt:literal, $ks:literal, $w:expr, $mt:expr;)*) => {$(
         #[doc = concat!("Entry point: prefill, ", stringify!($r), " K/V, ", stringify!($e),
                         ", D = ", $d, ".")]
         ///
@@ -450,29 +526,39 @@ macro_rules! prefill_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { prefill::<$r, $e, $d, $nt, $ks, { $w }>(&p) }
+            unsafe { prefill::<$r, $e, $d, $nt, $ks, { $w }, { $mt }>(&p) }
         }
     )*};
 }
 
-// `_w8`: 8 warps, 128 query rows per CTA (K/V tiles shared by twice the rows: half the L2
-// traffic per FLOP, one CTA per SM at D = 128). The default is chosen by measurement
-// (`config::prefill::WARPS`, docs/perf-notes.md).
+// Tiles (rows per CTA = 16 · warps · m-tiles per warp): default 4 warps × 16 rows; `_w8`
+// 8 warps × 16 rows (each K/V tile shared by twice the rows: half the L2 traffic per FLOP);
+// `_m2` 4 warps × 32 rows (each K/V fragment read from shared memory feeds two mma: ~60 % of the
+// shared-memory traffic per FLOP, Q re-read from shared memory). Chosen by measurement
+// (docs/perf-notes.md).
 prefill_entries! {
-    prefill_ragged_f16_d64 => Ragged, F16, 64, 8, 4, 4;
-    prefill_ragged_f16_d128 => Ragged, F16, 128, 16, 8, 4;
-    prefill_ragged_bf16_d64 => Ragged, Bf16, 64, 8, 4, 4;
-    prefill_ragged_bf16_d128 => Ragged, Bf16, 128, 16, 8, 4;
-    prefill_paged_f16_d64 => Paged, F16, 64, 8, 4, 4;
-    prefill_paged_f16_d128 => Paged, F16, 128, 16, 8, 4;
-    prefill_paged_bf16_d64 => Paged, Bf16, 64, 8, 4, 4;
-    prefill_paged_bf16_d128 => Paged, Bf16, 128, 16, 8, 4;
-    prefill_ragged_f16_d64_w8 => Ragged, F16, 64, 8, 4, 8;
-    prefill_ragged_f16_d128_w8 => Ragged, F16, 128, 16, 8, 8;
-    prefill_ragged_bf16_d64_w8 => Ragged, Bf16, 64, 8, 4, 8;
-    prefill_ragged_bf16_d128_w8 => Ragged, Bf16, 128, 16, 8, 8;
-    prefill_paged_f16_d64_w8 => Paged, F16, 64, 8, 4, 8;
-    prefill_paged_f16_d128_w8 => Paged, F16, 128, 16, 8, 8;
-    prefill_paged_bf16_d64_w8 => Paged, Bf16, 64, 8, 4, 8;
-    prefill_paged_bf16_d128_w8 => Paged, Bf16, 128, 16, 8, 8;
+    prefill_ragged_f16_d64 => Ragged, F16, 64, 8, 4, 4, 1;
+    prefill_ragged_f16_d128 => Ragged, F16, 128, 16, 8, 4, 1;
+    prefill_ragged_bf16_d64 => Ragged, Bf16, 64, 8, 4, 4, 1;
+    prefill_ragged_bf16_d128 => Ragged, Bf16, 128, 16, 8, 4, 1;
+    prefill_paged_f16_d64 => Paged, F16, 64, 8, 4, 4, 1;
+    prefill_paged_f16_d128 => Paged, F16, 128, 16, 8, 4, 1;
+    prefill_paged_bf16_d64 => Paged, Bf16, 64, 8, 4, 4, 1;
+    prefill_paged_bf16_d128 => Paged, Bf16, 128, 16, 8, 4, 1;
+    prefill_ragged_f16_d64_w8 => Ragged, F16, 64, 8, 4, 8, 1;
+    prefill_ragged_f16_d128_w8 => Ragged, F16, 128, 16, 8, 8, 1;
+    prefill_ragged_bf16_d64_w8 => Ragged, Bf16, 64, 8, 4, 8, 1;
+    prefill_ragged_bf16_d128_w8 => Ragged, Bf16, 128, 16, 8, 8, 1;
+    prefill_paged_f16_d64_w8 => Paged, F16, 64, 8, 4, 8, 1;
+    prefill_paged_f16_d128_w8 => Paged, F16, 128, 16, 8, 8, 1;
+    prefill_paged_bf16_d64_w8 => Paged, Bf16, 64, 8, 4, 8, 1;
+    prefill_paged_bf16_d128_w8 => Paged, Bf16, 128, 16, 8, 8, 1;
+    prefill_ragged_f16_d64_m2 => Ragged, F16, 64, 8, 4, 4, 2;
+    prefill_ragged_f16_d128_m2 => Ragged, F16, 128, 16, 8, 4, 2;
+    prefill_ragged_bf16_d64_m2 => Ragged, Bf16, 64, 8, 4, 4, 2;
+    prefill_ragged_bf16_d128_m2 => Ragged, Bf16, 128, 16, 8, 4, 2;
+    prefill_paged_f16_d64_m2 => Paged, F16, 64, 8, 4, 4, 2;
+    prefill_paged_f16_d128_m2 => Paged, F16, 128, 16, 8, 4, 2;
+    prefill_paged_bf16_d64_m2 => Paged, Bf16, 64, 8, 4, 4, 2;
+    prefill_paged_bf16_d128_m2 => Paged, Bf16, 128, 16, 8, 4, 2;
 }

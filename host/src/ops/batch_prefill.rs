@@ -31,24 +31,36 @@ const OP: &str = "batch_prefill";
 /// partial-state traffic than the parallelism gains.
 pub const MIN_CHUNK: usize = 2 * cfg::TILE as usize;
 
-/// The CTA tile of the prefill kernels: query rows per CTA (16 per warp). Both read each K/V
-/// tile once per CTA; the larger tile halves the L2 traffic per FLOP at the cost of coarser
-/// work items (the choice is measured, docs/perf-notes.md).
+/// The CTA tile of the prefill kernels: packed query rows per CTA and how the warps share them.
+/// Every variant reads each K/V tile once per CTA; they trade L2 traffic (rows per CTA),
+/// shared-memory traffic (rows per warp) and registers. The default is chosen by measurement
+/// (docs/perf-notes.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PrefillTile {
-    /// 64 packed query rows, 4 warps (the `prefill_*` entries).
+    /// 64 rows: 4 warps × 16 rows, Q fragments in registers (the `prefill_*` entries).
     #[default]
     Rows64,
-    /// 128 packed query rows, 8 warps (the `prefill_*_w8` entries).
+    /// 128 rows: 8 warps × 16 rows, Q fragments in registers (`prefill_*_w8`).
     Rows128,
+    /// 128 rows: 4 warps × 32 rows (two m-tiles per warp share every K/V fragment), Q re-read
+    /// from shared memory (`prefill_*_m2`).
+    Rows128Wide,
 }
 
 impl PrefillTile {
     /// Warps per CTA.
     pub fn warps(self) -> u32 {
         match self {
-            Self::Rows64 => 4,
+            Self::Rows64 | Self::Rows128Wide => 4,
             Self::Rows128 => 8,
+        }
+    }
+
+    /// Packed query rows per CTA.
+    pub fn rows(self) -> u32 {
+        match self {
+            Self::Rows64 => 64,
+            Self::Rows128 | Self::Rows128Wide => 128,
         }
     }
 
@@ -57,12 +69,23 @@ impl PrefillTile {
         match self {
             Self::Rows64 => "",
             Self::Rows128 => "_w8",
+            Self::Rows128Wide => "_m2",
         }
+    }
+
+    /// Dynamic shared memory of the kernel for head dim `head_dim`.
+    pub fn smem_bytes(self, head_dim: usize) -> u32 {
+        let d = head_dim as u32;
+        let q = match self {
+            Self::Rows128Wide => cfg::q_smem_bytes(self.rows(), d),
+            _ => 0,
+        };
+        cfg::smem_bytes(d) + q
     }
 
     /// Query tokens per tile for query group `group`.
     pub fn tokens(self, group: usize) -> usize {
-        cfg::tile_tokens(self.warps(), group as u32) as usize
+        cfg::tile_tokens(self.rows(), group as u32) as usize
     }
 }
 
@@ -251,7 +274,7 @@ impl BatchPrefill {
     /// Chooses the CTA tile (default [`PrefillTile::Rows64`]). Plans made before must be remade
     /// (`run` rejects them).
     pub fn set_tile(&mut self, tile: PrefillTile) -> Result<()> {
-        let smem = cfg::smem_bytes(self.heads.head_dim as u32);
+        let smem = tile.smem_bytes(self.heads.head_dim);
         let threads = 32 * tile.warps();
         let ragged = kernel_name(KvKind::Ragged, self.dtype, self.heads.head_dim, tile);
         let f = self.gpu.function(&ragged, smem)?;
@@ -787,7 +810,7 @@ impl BatchPrefill {
         let dims = LaunchDims {
             grid: (grid_items as u32, h.num_kv_heads as u32, 1),
             block: (32 * self.tile.warps(), 1, 1),
-            smem_bytes: cfg::smem_bytes(d),
+            smem_bytes: self.tile.smem_bytes(h.head_dim),
         };
         // SAFETY: the plan's tables were validated against the batch (and the pool's page
         // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial

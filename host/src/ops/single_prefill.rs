@@ -7,7 +7,6 @@
 //! single-request mode, which needs no plan or device tables (a CTA per query tile streams its
 //! whole KV range). Batches, paged KV and split-KV: [`crate::ops::BatchPrefill`].
 use ferrinfer_kernels::abi::PrefillParams;
-use ferrinfer_kernels::config::prefill as cfg;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
@@ -58,7 +57,7 @@ impl SinglePrefill {
     pub fn set_tile(&mut self, tile: PrefillTile) -> Result<()> {
         let kernel = ragged_kernel_name(self.dtype, self.heads.head_dim, tile);
         self.gpu
-            .function(&kernel, cfg::smem_bytes(self.heads.head_dim as u32))?;
+            .function(&kernel, tile.smem_bytes(self.heads.head_dim))?;
         self.kernel = kernel;
         self.tile = tile;
         Ok(())
@@ -221,7 +220,7 @@ impl SinglePrefill {
                 1,
             ),
             block: (32 * self.tile.warps(), 1, 1),
-            smem_bytes: cfg::smem_bytes(d),
+            smem_bytes: self.tile.smem_bytes(h.head_dim),
         };
         // SAFETY: every extent above was checked against the kernel's contract (q/out/k/v/lse
         // lengths, qo_len ≤ kv_len, contiguous 16-byte rows from whole allocations).

@@ -10,6 +10,7 @@ pub mod fast;
 pub mod global;
 pub mod ldmatrix;
 pub mod mma;
+pub mod opaque;
 pub mod pipeline;
 pub mod shared;
 pub mod thread;
