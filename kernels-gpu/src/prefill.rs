@@ -14,7 +14,7 @@ use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
 use crate::config::prefill as cfg;
 use crate::dtype::{Bf16, Elem, F16};
-use crate::math::fast::{exp2, fmax, log2, rcp, tanh};
+use crate::math::fast::{exp2, fma, fmax, log2, rcp, tanh};
 use crate::math::frag::{ldmatrix_a_x4_src, ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::clamp_ref;
 
@@ -67,6 +67,9 @@ impl KvRows for Paged {
 }
 
 /// Issues the copies of K/V keys `[base, base + TILE)` (zero-filled past `end`) into stage `s`.
+/// Thread `tid` copies 16-byte chunk `tid % (D/8)` of rows `tid / (D/8) + i · threads / (D/8)`;
+/// `dst` is its first chunk's swizzled offset (the swizzle only depends on `row % 8`, the same
+/// for all its rows), so each row costs one add.
 ///
 /// # Safety
 /// As the kernel's contract.
@@ -81,16 +84,19 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
     end: u32,
     s: u32,
     tid: u32,
+    dst: u32,
     smem: u32,
 ) {
     let chunks = D / 8;
-    let k_base = smem + s * 2 * TILE * D * 2;
+    let step = threads / chunks;
+    let k_base = smem + s * 2 * TILE * D * 2 + dst;
     let v_base = k_base + TILE * D * 2;
-    for i in 0..(TILE * chunks / threads) {
-        let idx = tid + i * threads;
-        let r = idx / chunks;
-        let c = idx % chunks;
-        let t = base + r;
+    let (r0, c) = (tid / chunks, tid % chunks);
+    // Opaque: otherwise LLVM turns every row's global address into its own 64-bit induction
+    // variable across the KV loop (two per row: up to 32 registers held for the whole loop).
+    let base = opaque_u32(base);
+    for i in 0..(TILE / step) {
+        let t = base + r0 + i * step;
         let valid = t < end;
         let (mut ka, mut va) = (p.k, p.v);
         if valid {
@@ -100,13 +106,51 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
             va = v + (c * 16) as u64;
         }
         let n = if valid { 16 } else { 0 };
+        let row = i * step * D * 2;
         // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
         unsafe {
-            pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, n);
-            pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, n);
+            pipeline::cp_async_cg_16(k_base + row, ka, n);
+            pipeline::cp_async_cg_16(v_base + row, va, n);
         }
     }
     pipeline::commit_group();
+}
+
+/// Per-lane shared-memory offsets of the fragments a warp reads, at k-step (or V n-pair) 0 of
+/// 16-row block 0. In the swizzled layout chunk `c` of a row with `row % 8 = y` sits at
+/// `16·(c ^ y)`; the fragment of step `i` reads chunks `2i + x` (`x` ∈ {0, 1}), so its offset is
+/// `(off ^ 32·(i % 4)) + 128·(i / 4)` and block `b` adds `16·b·D·2`: three registers per lane
+/// instead of one per unrolled `ldmatrix` ([`frag_at`]).
+#[derive(Clone, Copy)]
+struct FragOffsets {
+    /// K (`ldmatrix.x4`, Kᵀ as the B operand): row `bn`, chunk `bk/8`.
+    k: u32,
+    /// V (`ldmatrix.x4.trans`): row `vk`, chunk `vn/8`.
+    v: u32,
+    /// Q (`ldmatrix.x4`, the A operand) of the warp's first m-tile: row `q_row0 + ar`, chunk
+    /// `ac/8`.
+    q: u32,
+}
+
+impl FragOffsets {
+    #[inline(always)]
+    fn new<const D: u32>(lane: u32, q_row0: u32) -> Self {
+        let (bn, bk) = ldmatrix_bt_x4_src(lane);
+        let (vk, vn) = ldmatrix_b_x4_trans_src(lane);
+        let (ar, ac) = ldmatrix_a_x4_src(lane);
+        Self {
+            k: swz::<D>(bn, bk / 8),
+            v: swz::<D>(vk, vn / 8),
+            q: swz::<D>(q_row0 + ar, ac / 8),
+        }
+    }
+}
+
+/// Address of step `i`'s fragment from `base + off` (`base` a multiple of 256, so the XOR only
+/// touches the in-row bits of `off`).
+#[inline(always)]
+fn frag_at(base_off: u32, i: u32) -> u32 {
+    (base_off ^ (32 * (i % 4))) + 128 * (i / 4)
 }
 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps, `W` warps of 16 rows).
@@ -226,6 +270,8 @@ unsafe fn prefill<
         0
     };
     let (gq, tq) = (lane / 4, lane % 4);
+    let copy_dst = swz::<D>(tid / (D / 8), tid % (D / 8));
+    let fo = FragOffsets::new::<D>(lane, w * 16 * MT as u32);
     let q_row_addr = |r: u32, c: u32| -> u64 {
         let (t, h) = p.group.divmod(r);
         p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
@@ -263,6 +309,7 @@ unsafe fn prefill<
                 kv_end,
                 0,
                 tid,
+                copy_dst,
                 kv_smem,
             )
         };
@@ -306,9 +353,6 @@ unsafe fn prefill<
     let mut j = 0;
     while j < tiles {
         let base = kv_begin + j * TILE;
-        // Lane-derived addresses are recomputed each iteration (see arch::opaque).
-        let lane = opaque_u32(lane);
-        let tid = opaque_u32(tid);
         if j + 1 < tiles {
             // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j − 1.
             unsafe {
@@ -321,6 +365,7 @@ unsafe fn prefill<
                     kv_end,
                     (j + 1) % cfg::STAGES,
                     tid,
+                    copy_dst,
                     kv_smem,
                 )
             };
@@ -335,8 +380,7 @@ unsafe fn prefill<
         // S = Q·Kᵀ: 8 n-tiles of 8 keys per m-tile; each K fragment (ldmatrix.x4: two n-tiles)
         // feeds every m-tile of the warp.
         let mut s = [[[0.0f32; 4]; 8]; MT];
-        let (bn, bk) = ldmatrix_bt_x4_src(lane);
-        let (ar, ac) = ldmatrix_a_x4_src(lane);
+        let (qb, kb0, vb0) = (q_smem + fo.q, k_base + fo.k, v_base + fo.v);
         for kk in 0..KS {
             let mut a = [[0u32; 4]; MT];
             for (mt, am) in a.iter_mut().enumerate() {
@@ -345,22 +389,16 @@ unsafe fn prefill<
                 } else {
                     // SAFETY: inside the Q tile; warp-convergent.
                     unsafe {
-                        ldmatrix::ldmatrix_x4(
-                            q_smem
-                                + swz::<D>(
-                                    (tid / 32) * 16 * MT as u32 + 16 * mt as u32 + ar,
-                                    (kk as u32 * 16 + ac) / 8,
-                                ),
-                        )
+                        ldmatrix::ldmatrix_x4(frag_at(qb, kk as u32) + mt as u32 * 16 * D * 2)
                     }
                 };
             }
-            for np in 0..4 {
-                let r = np as u32 * 16 + bn;
+            for np in 0..4u32 {
                 // SAFETY: inside the stage; warp-convergent.
                 let kb = unsafe {
-                    ldmatrix::ldmatrix_x4(k_base + swz::<D>(r, (kk as u32 * 16 + bk) / 8))
+                    ldmatrix::ldmatrix_x4(frag_at(kb0, kk as u32) + np * 16 * D * 2)
                 };
+                let np = np as usize;
                 for mt in 0..MT {
                     s[mt][2 * np] = E::mma(a[mt], [kb[0], kb[1]], s[mt][2 * np]);
                     s[mt][2 * np + 1] = E::mma(a[mt], [kb[2], kb[3]], s[mt][2 * np + 1]);
@@ -373,48 +411,76 @@ unsafe fn prefill<
         let need_mask =
             base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last;
         let mut pa = [[[0u32; 4]; 4]; MT];
+        // Plain softmax with a positive scale: the max of raw scores is the max of logits, and
+        // `exp2(s·scale − m)` is one FFMA + ex2 per score (no separate scaling pass).
+        let fold = tf.soft_cap == 0 && tf.pre > 0.0;
+        let scale = if fold { tf.pre } else { 1.0 };
         for mt in 0..MT {
-            let mut mx = [f32::NEG_INFINITY; 2];
-            for (nt, st) in s[mt].iter_mut().enumerate() {
-                for e in 0..4 {
-                    let hh = e / 2;
-                    let v = if tf.soft_cap != 0 {
-                        tf.post * tanh(st[e] * tf.pre)
-                    } else {
-                        st[e] * tf.pre
-                    };
-                    st[e] = v;
-                    if need_mask {
+            // Branches at tile level around whole loops (not per score): per-score branches
+            // split the unrolled tile into hundreds of basic blocks ptxas cannot schedule across.
+            if tf.soft_cap != 0 {
+                for st in s[mt].iter_mut() {
+                    for x in st.iter_mut() {
+                        *x = tf.post * tanh(*x * tf.pre);
+                    }
+                }
+            } else if !fold {
+                for st in s[mt].iter_mut() {
+                    for x in st.iter_mut() {
+                        *x *= tf.pre;
+                    }
+                }
+            }
+            if need_mask {
+                for (nt, st) in s[mt].iter_mut().enumerate() {
+                    for (e, x) in st.iter_mut().enumerate() {
                         let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
-                        let ph = pos[mt][hh];
+                        let ph = pos[mt][e / 2];
                         let ok = key < kv_end
                             && (!causal || key <= ph)
                             && (window == u32::MAX || key as u64 + window as u64 >= ph as u64);
-                        if !ok {
-                            st[e] = f32::NEG_INFINITY;
-                        }
+                        *x = if ok { *x } else { f32::NEG_INFINITY };
                     }
-                    mx[hh] = fmax(mx[hh], st[e]);
                 }
             }
+            // Row max and row sum as trees over the lane's 16 scores per row: sequential chains
+            // of dependent fmax/add were the kernel's main latency stall.
+            let mut mx = [f32::NEG_INFINITY; 2];
+            for (hh, mh) in mx.iter_mut().enumerate() {
+                let mut t = [0.0f32; 8];
+                for (nt, tv) in t.iter_mut().enumerate() {
+                    *tv = fmax(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]);
+                }
+                *mh = fmax(
+                    fmax(fmax(t[0], t[1]), fmax(t[2], t[3])),
+                    fmax(fmax(t[4], t[5]), fmax(t[6], t[7])),
+                );
+            }
+            // Scores are raw (fold: the scale goes into the exp2's FFMA) or already base-2
+            // logits (scale 1).
             let mut r_scale = [1.0f32; 2];
             let mut mref = [0.0f32; 2];
             for hh in 0..2 {
                 let mut v = mx[hh];
                 v = fmax(v, warp::shfl_xor_f32(v, 1));
                 v = fmax(v, warp::shfl_xor_f32(v, 2));
-                let m_new = fmax(m[mt][hh], v);
+                let m_new = fmax(m[mt][hh], v * scale);
                 mref[hh] = clamp_ref(m_new);
                 r_scale[hh] = exp2(m[mt][hh] - mref[hh]);
                 m[mt][hh] = m_new;
-                d[mt][hh] *= r_scale[hh];
             }
             for st in s[mt].iter_mut() {
                 for e in 0..4 {
-                    let hh = e / 2;
-                    st[e] = exp2(st[e] - mref[hh]);
-                    d[mt][hh] += st[e];
+                    st[e] = exp2(fma(st[e], scale, -mref[e / 2]));
                 }
+            }
+            for hh in 0..2 {
+                let mut t = [0.0f32; 8];
+                for (nt, tv) in t.iter_mut().enumerate() {
+                    *tv = s[mt][nt][2 * hh] + s[mt][nt][2 * hh + 1];
+                }
+                let sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+                d[mt][hh] = fma(d[mt][hh], r_scale[hh], sum);
             }
             for ot in o[mt].iter_mut() {
                 ot[0] *= r_scale[0];
@@ -434,18 +500,17 @@ unsafe fn prefill<
             }
         }
         // O += P·V over 4 k-steps of 16 keys; each V fragment feeds every m-tile.
-        let (vk, vn) = ldmatrix_b_x4_trans_src(lane);
-        for ks in 0..4 {
+        for ks in 0..4u32 {
             let mut np = 0;
             while np < NT / 2 {
-                let r = ks as u32 * 16 + vk;
                 // SAFETY: inside the stage; warp-convergent.
                 let vb = unsafe {
-                    ldmatrix::ldmatrix_x4_trans(v_base + swz::<D>(r, (np as u32 * 16 + vn) / 8))
+                    ldmatrix::ldmatrix_x4_trans(frag_at(vb0, np as u32) + ks * 16 * D * 2)
                 };
                 for mt in 0..MT {
-                    o[mt][2 * np] = E::mma(pa[mt][ks], [vb[0], vb[1]], o[mt][2 * np]);
-                    o[mt][2 * np + 1] = E::mma(pa[mt][ks], [vb[2], vb[3]], o[mt][2 * np + 1]);
+                    let pk = pa[mt][ks as usize];
+                    o[mt][2 * np] = E::mma(pk, [vb[0], vb[1]], o[mt][2 * np]);
+                    o[mt][2 * np + 1] = E::mma(pk, [vb[2], vb[3]], o[mt][2 * np + 1]);
                 }
                 np += 1;
             }

@@ -58,6 +58,19 @@ pub fn tanh(x: f32) -> f32 {
     }
 }
 
+/// `a·b + c` with one rounding (`fma.rn.f32` on the device).
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::fma(a, b, c)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        a.mul_add(b, c)
+    }
+}
+
 /// max without NaN special-casing (`max.f32` on the device; inputs here are never NaN).
 #[inline(always)]
 pub fn fmax(a: f32, b: f32) -> f32 {
