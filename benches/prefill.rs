@@ -66,7 +66,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             PrefillTile::Rows128Wide,
         ] {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
-            op.set_tile(tile)?;
+            op.set_tile(Some(tile));
             let (t, items, plan_us) = if paged {
                 let per = kv.div_ceil(16);
                 let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
@@ -112,6 +112,33 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 t.median_us,
                 t.p10_us,
                 t.p90_us,
+                flops / (t.median_us * 1e-6) / 1e12
+            );
+        }
+    }
+    // SmolLM2-135M's attention geometry (9 query / 3 KV heads, D = 64): a batch of prompts.
+    println!();
+    println!("SmolLM2-135M geometry (Hq 9, Hkv 3, D 64), ragged causal, qo_len = kv_len:");
+    println!("| tile | batch | len | median us | TFLOP/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let small = HeadConfig::new(9, 3, 64)?;
+    for (batch, len) in [(8usize, 512usize), (1, 4096)] {
+        let (qrow, krow) = (9 * 64, 3 * 64);
+        let pairs = batch * len * (len + 1) / 2;
+        let flops = 4.0 * 64.0 * 9.0 * pairs as f64;
+        let indptr: Vec<i32> = (0..=batch).map(|b| (b * len) as i32).collect();
+        let q = gpu.upload(&pattern(batch * len * qrow, 1))?;
+        let k = gpu.upload(&pattern(batch * len * krow, 2))?;
+        let v = gpu.upload(&pattern(batch * len * krow, 3))?;
+        let mut o = gpu.alloc::<bf16>(batch * len * qrow)?;
+        for tile in PrefillTile::ALL {
+            let mut op = BatchPrefill::new(gpu, small, DType::Bf16, opts)?;
+            op.set_tile(Some(tile));
+            let plan = op.plan_ragged(&indptr, &indptr)?;
+            let t = gpu.time_with(OPTS, |_| op.run_ragged(&plan, &q, &k, &v, &mut o, None))?;
+            println!(
+                "| {tile:?} | {batch} | {len} | {:.1} | {:.1} |",
+                t.median_us,
                 flops / (t.median_us * 1e-6) / 1e12
             );
         }

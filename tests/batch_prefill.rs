@@ -140,7 +140,7 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
     let h = c.heads;
     let mut op = BatchPrefill::new(gpu, h, T::DTYPE, c.opts).unwrap();
     op.set_fixed_split_size(c.fixed_split);
-    op.set_tile(c.tile).unwrap();
+    op.set_tile(Some(c.tile));
     let qd = gpu.upload(&d.q).unwrap();
     let mut od = gpu.upload(&vec![T::nan(); d.q.len()]).unwrap();
     let nq = *d.qo_indptr.last().unwrap() as usize;

@@ -153,31 +153,15 @@ fn frag_at(base_off: u32, i: u32) -> u32 {
     (base_off ^ (32 * (i % 4))) + 128 * (i / 4)
 }
 
-/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps, `W` warps of 16 rows).
+/// This CTA's request and work item (single-request mode: derived from the launch), or `None`
+/// for a padded CTA of a CUDA-graph grid. Called again after the KV loop instead of keeping
+/// the fields live in registers across it.
 ///
 /// # Safety
-/// Grid `(items, num_kv_heads)` (single mode: `(ceil(qo_len / tile_tokens), num_kv_heads)`),
-/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(D)`; every table and extent the
-/// parameters address validated by the host (`qo_len ≤ kv_len` per request).
+/// As the kernel's contract.
 #[inline(always)]
-unsafe fn prefill<
-    R: KvRows,
-    E: Elem,
-    const D: u32,
-    const NT: usize,
-    const KS: usize,
-    const W: u32,
-    const MT: usize,
->(
-    p: &PrefillParams,
-) {
-    let threads = 32 * W;
-    let tid = thread::thread_idx_x();
-    let lane = tid % 32;
-    let w = tid / 32;
-    let kvh = thread::block_idx_y();
-    let g = p.group.d;
-    let (req, item) = if p.items == 0 {
+unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> {
+    Some(if p.items == 0 {
         (
             PrefillRequest {
                 qo_begin: 0,
@@ -200,7 +184,7 @@ unsafe fn prefill<
         let i = thread::block_idx_x();
         // SAFETY: host-provided count; CUDA-graph grids pad past it (CTA-uniform exit).
         if i >= unsafe { global::ld_u32(p.num_items) } {
-            return;
+            return None;
         }
         // SAFETY: item i and its request exist (host contract); 16-byte aligned arrays.
         let (a, b) = unsafe {
@@ -229,6 +213,36 @@ unsafe fn prefill<
                 pad: 0,
             },
         )
+    })
+}
+
+/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps, `W` warps of 16 rows).
+///
+/// # Safety
+/// Grid `(items, num_kv_heads)` (single mode: `(ceil(qo_len / tile_tokens), num_kv_heads)`),
+/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(D)`; every table and extent the
+/// parameters address validated by the host (`qo_len ≤ kv_len` per request).
+#[inline(always)]
+unsafe fn prefill<
+    R: KvRows,
+    E: Elem,
+    const D: u32,
+    const NT: usize,
+    const KS: usize,
+    const W: u32,
+    const MT: usize,
+>(
+    p: &PrefillParams,
+) {
+    let threads = 32 * W;
+    let tid = thread::thread_idx_x();
+    let lane = tid % 32;
+    let w = tid / 32;
+    let kvh = thread::block_idx_y();
+    let g = p.group.d;
+    // SAFETY: as the kernel's contract.
+    let Some((req, item)) = (unsafe { load_work(p) }) else {
+        return;
     };
     let t0 = item.t0;
     let tokens = p.tile_tokens.min(req.qo_len - t0);
@@ -338,14 +352,6 @@ unsafe fn prefill<
             }
         }
     }
-    // Query positions of the lane's rows (rows past the end take the last row's).
-    let mut pos = [[0u32; 2]; MT];
-    for (mt, pm) in pos.iter_mut().enumerate() {
-        for (hh, ph) in pm.iter_mut().enumerate() {
-            let r = (row0(mt) + gq + 8 * hh as u32).min(rows_total - 1);
-            *ph = pos_first + p.group.div(r);
-        }
-    }
 
     let mut o = [[[0.0f32; 4]; NT]; MT];
     let mut m = [[f32::NEG_INFINITY; 2]; MT];
@@ -395,9 +401,8 @@ unsafe fn prefill<
             }
             for np in 0..4u32 {
                 // SAFETY: inside the stage; warp-convergent.
-                let kb = unsafe {
-                    ldmatrix::ldmatrix_x4(frag_at(kb0, kk as u32) + np * 16 * D * 2)
-                };
+                let kb =
+                    unsafe { ldmatrix::ldmatrix_x4(frag_at(kb0, kk as u32) + np * 16 * D * 2) };
                 let np = np as usize;
                 for mt in 0..MT {
                     s[mt][2 * np] = E::mma(a[mt], [kb[0], kb[1]], s[mt][2 * np]);
@@ -432,10 +437,17 @@ unsafe fn prefill<
                 }
             }
             if need_mask {
+                // Query positions of the lane's two rows (rows past the end take the last
+                // row's), recomputed here rather than held across the loop.
+                let mut pos = [0u32; 2];
+                for (hh, ph) in pos.iter_mut().enumerate() {
+                    let r = (row0(mt) + gq + 8 * hh as u32).min(rows_total - 1);
+                    *ph = pos_first + p.group.div(r);
+                }
                 for (nt, st) in s[mt].iter_mut().enumerate() {
                     for (e, x) in st.iter_mut().enumerate() {
                         let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
-                        let ph = pos[mt][e / 2];
+                        let ph = pos[e / 2];
                         let ok = key < kv_end
                             && (!causal || key <= ph)
                             && (window == u32::MAX || key as u64 + window as u64 >= ph as u64);
@@ -519,6 +531,10 @@ unsafe fn prefill<
         j += 1;
     }
     pipeline::wait_all();
+    // SAFETY: as above (the same work as at the start).
+    let Some((req, item)) = (unsafe { load_work(p) }) else {
+        return;
+    };
 
     for mt in 0..MT {
         for dh in d[mt].iter_mut() {

@@ -48,6 +48,30 @@ pub enum PrefillTile {
 }
 
 impl PrefillTile {
+    /// Every tile, in `index` order.
+    pub const ALL: [PrefillTile; 3] = [Self::Rows64, Self::Rows128, Self::Rows128Wide];
+
+    fn index(self) -> usize {
+        match self {
+            Self::Rows64 => 0,
+            Self::Rows128 => 1,
+            Self::Rows128Wide => 2,
+        }
+    }
+
+    /// The tile chosen when the op has none fixed: [`PrefillTile::Rows128Wide`] when requests
+    /// average at least 128 packed query rows (`qo_len × group`), else [`PrefillTile::Rows64`]
+    /// (a short append would leave most of a 128-row tile empty). Measured on the H100 at
+    /// D = 128, group 4 (docs/perf-notes.md): the wide tile is 1.1–1.3× faster from 512 query
+    /// tokens per request, the 64-row tile 1.24× faster at 16.
+    pub fn auto(qo_tokens: usize, batch: usize, group: usize) -> Self {
+        if qo_tokens * group >= 128 * batch.max(1) {
+            Self::Rows128Wide
+        } else {
+            Self::Rows64
+        }
+    }
+
     /// Warps per CTA.
     pub fn warps(self) -> u32 {
         match self {
@@ -115,7 +139,6 @@ struct PlanOwner {
     num_kv_heads: usize,
     head_dim: usize,
     graph: Option<PrefillGraphLimits>,
-    tile: PrefillTile,
 }
 
 /// Capacities of a plan's buffers.
@@ -149,6 +172,7 @@ impl Caps {
 /// A step's plan: the host partition, its device copy and the split-KV workspace.
 pub struct BatchPrefillPlan {
     host: PrefillPlan,
+    tile: PrefillTile,
     kind: KvKind,
     batch: usize,
     qo_tokens: usize,
@@ -177,6 +201,11 @@ impl BatchPrefillPlan {
         self.batch
     }
 
+    /// The CTA tile the plan runs with.
+    pub fn tile(&self) -> PrefillTile {
+        self.tile
+    }
+
     /// Query tokens in this plan (Σ qo_len).
     pub fn qo_tokens(&self) -> usize {
         self.qo_tokens
@@ -195,10 +224,12 @@ pub struct BatchPrefill {
     heads: HeadConfig,
     dtype: DType,
     opts: AttentionOptions,
-    max_ctas: usize,
+    /// CTAs resident at once, per tile (`PrefillTile::index`).
+    max_ctas: [usize; 3],
     fixed_split: Option<usize>,
     graph: Option<PrefillGraphLimits>,
-    tile: PrefillTile,
+    /// `None`: chosen per plan ([`PrefillTile::auto`]).
+    tile: Option<PrefillTile>,
 }
 
 /// Checks a CSR offset array: starts at 0, never decreases, `len` entries.
@@ -261,42 +292,43 @@ impl BatchPrefill {
             heads,
             dtype,
             opts,
-            max_ctas: 1,
+            max_ctas: [1; 3],
             fixed_split: None,
             graph,
-            tile: PrefillTile::default(),
+            tile: None,
         };
         gpu.function(&op.merge_kernel(), 0)?;
-        op.set_tile(PrefillTile::default())?;
+        for tile in PrefillTile::ALL {
+            let smem = tile.smem_bytes(heads.head_dim);
+            let f = gpu.function(
+                &kernel_name(KvKind::Ragged, dtype, heads.head_dim, tile),
+                smem,
+            )?;
+            gpu.function(
+                &kernel_name(KvKind::Paged, dtype, heads.head_dim, tile),
+                smem,
+            )?;
+            let per_sm = f
+                .occupancy_max_active_blocks_per_multiprocessor(
+                    32 * tile.warps(),
+                    smem as usize,
+                    None,
+                )?
+                .max(1) as usize;
+            op.max_ctas[tile.index()] = per_sm * gpu.info().sm_count as usize;
+        }
         Ok(op)
     }
 
-    /// Chooses the CTA tile (default [`PrefillTile::Rows64`]). Plans made before must be remade
-    /// (`run` rejects them).
-    pub fn set_tile(&mut self, tile: PrefillTile) -> Result<()> {
-        let smem = tile.smem_bytes(self.heads.head_dim);
-        let threads = 32 * tile.warps();
-        let ragged = kernel_name(KvKind::Ragged, self.dtype, self.heads.head_dim, tile);
-        let f = self.gpu.function(&ragged, smem)?;
-        self.gpu.function(
-            &kernel_name(KvKind::Paged, self.dtype, self.heads.head_dim, tile),
-            smem,
-        )?;
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?
-            .max(1) as usize;
-        self.max_ctas = per_sm * self.gpu.info().sm_count as usize;
+    /// Fixes the CTA tile for every later plan; `None` (the default) chooses per plan with
+    /// [`PrefillTile::auto`]. Plans made before keep the tile they were made with.
+    pub fn set_tile(&mut self, tile: Option<PrefillTile>) {
         self.tile = tile;
-        Ok(())
     }
 
-    /// The CTA tile in use.
-    pub fn tile(&self) -> PrefillTile {
+    /// The fixed CTA tile, if any.
+    pub fn tile(&self) -> Option<PrefillTile> {
         self.tile
-    }
-
-    fn kernel(&self, kind: KvKind) -> String {
-        kernel_name(kind, self.dtype, self.heads.head_dim, self.tile)
     }
 
     fn merge_kernel(&self) -> String {
@@ -309,13 +341,9 @@ impl BatchPrefill {
         self.fixed_split = keys;
     }
 
-    /// CTAs the device runs concurrently for the prefill kernel (occupancy × SMs).
-    pub fn max_ctas(&self) -> usize {
-        self.max_ctas
-    }
-
-    fn tile_tokens(&self) -> usize {
-        self.tile.tokens(self.heads.group())
+    /// CTAs the device runs concurrently with `tile` (occupancy × SMs).
+    pub fn max_ctas(&self, tile: PrefillTile) -> usize {
+        self.max_ctas[tile.index()]
     }
 
     fn owner(&self) -> PlanOwner {
@@ -325,15 +353,27 @@ impl BatchPrefill {
             num_kv_heads: self.heads.num_kv_heads,
             head_dim: self.heads.head_dim,
             graph: self.graph,
-            tile: self.tile,
         }
     }
 
     /// Buffer capacities in graph mode (fixed by the limits).
+    /// Buffer capacities in graph mode: enough for any tile (the smallest tile has the most
+    /// items, the largest the most partial slots per item).
     fn graph_caps(&self, l: &PrefillGraphLimits) -> Caps {
-        let tile = self.tile_tokens();
-        let budget = (self.max_ctas / self.heads.num_kv_heads).max(1);
-        let items = l.max_qo_tokens.div_ceil(tile) + l.max_batch + budget;
+        let g = self.heads.group();
+        let min_tile = PrefillTile::ALL
+            .iter()
+            .map(|t| t.tokens(g))
+            .min()
+            .unwrap_or(1);
+        let tile = PrefillTile::ALL
+            .iter()
+            .map(|t| t.tokens(g))
+            .max()
+            .unwrap_or(1);
+        let budget =
+            (self.max_ctas.iter().max().copied().unwrap_or(1) / self.heads.num_kv_heads).max(1);
+        let items = l.max_qo_tokens.div_ceil(min_tile.max(1)) + l.max_batch + budget;
         Caps {
             items,
             batch: l.max_batch,
@@ -346,6 +386,7 @@ impl BatchPrefill {
     fn empty_plan(&self, kind: KvKind) -> Result<BatchPrefillPlan> {
         let mut plan = BatchPrefillPlan {
             host: PrefillPlan::default(),
+            tile: PrefillTile::default(),
             kind,
             batch: 0,
             qo_tokens: 0,
@@ -522,16 +563,18 @@ impl BatchPrefill {
                 what: "query tokens × heads × head_dim",
             });
         }
-        let tile = self.tile_tokens();
+        let tile = self
+            .tile
+            .unwrap_or_else(|| PrefillTile::auto(qo_tokens, batch, self.heads.group()));
         let graph_caps = self.graph.map(|l| self.graph_caps(&l));
         let host = plan_prefill(&PrefillProblem {
             qo_lens: &qo_lens,
             kv_lens,
-            tile_tokens: tile,
+            tile_tokens: tile.tokens(self.heads.group()),
             causal: self.opts.causal,
             window_left: self.opts.window_left,
             num_kv_heads: self.heads.num_kv_heads,
-            max_ctas: self.max_ctas,
+            max_ctas: self.max_ctas[tile.index()],
             min_chunk: MIN_CHUNK,
             chunk_align: cfg::TILE as usize,
             fixed_chunk: self.fixed_split,
@@ -618,6 +661,7 @@ impl BatchPrefill {
         }
         plan.caps = caps;
         plan.host = host;
+        plan.tile = tile;
         plan.batch = batch;
         plan.qo_tokens = qo_tokens;
         plan.page_size = page_size;
@@ -802,20 +846,21 @@ impl BatchPrefill {
             kv_len: 0,
             num_qo_heads: hq,
             group: FastDiv::new(g),
-            tile_tokens: self.tile_tokens() as u32,
+            tile_tokens: plan.tile.tokens(h.group()) as u32,
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
         };
         let dims = LaunchDims {
             grid: (grid_items as u32, h.num_kv_heads as u32, 1),
-            block: (32 * self.tile.warps(), 1, 1),
-            smem_bytes: self.tile.smem_bytes(h.head_dim),
+            block: (32 * plan.tile.warps(), 1, 1),
+            smem_bytes: plan.tile.smem_bytes(h.head_dim),
         };
+        let kernel = kernel_name(kind, self.dtype, h.head_dim, plan.tile);
         // SAFETY: the plan's tables were validated against the batch (and the pool's page
         // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial
         // buffers hold the plan's slots.
-        unsafe { self.gpu.launch(&self.kernel(kind), dims, p)? };
+        unsafe { self.gpu.launch(&kernel, dims, p)? };
         if merge_rows > 0 {
             let mp = MergeParams {
                 v: plan.part_o.addr(),

@@ -26,8 +26,7 @@ pub struct SinglePrefill {
     heads: HeadConfig,
     dtype: DType,
     opts: AttentionOptions,
-    kernel: String,
-    tile: PrefillTile,
+    tile: Option<PrefillTile>,
 }
 
 impl SinglePrefill {
@@ -41,26 +40,25 @@ impl SinglePrefill {
                 return Err(Error::invalid(OP, "window_left", format!("{w} too large")));
             }
         }
-        let mut op = Self {
+        let op = Self {
             gpu: gpu.clone(),
             heads,
             dtype,
             opts,
-            kernel: String::new(),
-            tile: PrefillTile::default(),
+            tile: None,
         };
-        op.set_tile(PrefillTile::default())?;
+        for tile in PrefillTile::ALL {
+            gpu.function(
+                &ragged_kernel_name(dtype, heads.head_dim, tile),
+                tile.smem_bytes(heads.head_dim),
+            )?;
+        }
         Ok(op)
     }
 
-    /// Chooses the CTA tile (default [`PrefillTile::Rows64`]).
-    pub fn set_tile(&mut self, tile: PrefillTile) -> Result<()> {
-        let kernel = ragged_kernel_name(self.dtype, self.heads.head_dim, tile);
-        self.gpu
-            .function(&kernel, tile.smem_bytes(self.heads.head_dim))?;
-        self.kernel = kernel;
+    /// Fixes the CTA tile; `None` (the default) chooses per call with [`PrefillTile::auto`].
+    pub fn set_tile(&mut self, tile: Option<PrefillTile>) {
         self.tile = tile;
-        Ok(())
     }
 
     /// Runs prefill: q and out `[qo_len, num_qo_heads, D]`, K and V `[kv_len, num_kv_heads, D]`
@@ -187,6 +185,9 @@ impl SinglePrefill {
         }
         let d = h.head_dim as u32;
         let g = h.group() as u32;
+        let tile = self
+            .tile
+            .unwrap_or_else(|| PrefillTile::auto(qo_len, 1, h.group()));
         let p = PrefillParams {
             q: q.addr(),
             o: out.addr(),
@@ -206,7 +207,7 @@ impl SinglePrefill {
             kv_len: kv_len as u32,
             num_qo_heads: h.num_qo_heads as u32,
             group: FastDiv::new(g),
-            tile_tokens: self.tile.tokens(g as usize) as u32,
+            tile_tokens: tile.tokens(g as usize) as u32,
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
@@ -215,15 +216,18 @@ impl SinglePrefill {
         };
         let dims = LaunchDims {
             grid: (
-                (qo_len as u32).div_ceil(self.tile.tokens(g as usize) as u32),
+                (qo_len as u32).div_ceil(tile.tokens(g as usize) as u32),
                 h.num_kv_heads as u32,
                 1,
             ),
-            block: (32 * self.tile.warps(), 1, 1),
-            smem_bytes: self.tile.smem_bytes(h.head_dim),
+            block: (32 * tile.warps(), 1, 1),
+            smem_bytes: tile.smem_bytes(h.head_dim),
         };
         // SAFETY: every extent above was checked against the kernel's contract (q/out/k/v/lse
         // lengths, qo_len ≤ kv_len, contiguous 16-byte rows from whole allocations).
-        unsafe { self.gpu.launch(&self.kernel, dims, p) }
+        unsafe {
+            self.gpu
+                .launch(&ragged_kernel_name(self.dtype, h.head_dim, tile), dims, p)
+        }
     }
 }
