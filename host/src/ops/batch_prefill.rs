@@ -59,13 +59,15 @@ impl PrefillTile {
         }
     }
 
-    /// The tile chosen when the op has none fixed: [`PrefillTile::Rows128Wide`] when requests
-    /// average at least 128 packed query rows (`qo_len × group`), else [`PrefillTile::Rows64`]
-    /// (a short append would leave most of a 128-row tile empty). Measured on the H100 at
-    /// D = 128, group 4 (docs/perf-notes.md): the wide tile is 1.1–1.3× faster from 512 query
-    /// tokens per request, the 64-row tile 1.24× faster at 16.
-    pub fn auto(qo_tokens: usize, batch: usize, group: usize) -> Self {
-        if qo_tokens * group >= 128 * batch.max(1) {
+    /// The tile chosen when the op has none fixed: at head dim 128, [`PrefillTile::Rows128Wide`]
+    /// when requests average at least 128 packed query rows (`qo_len × group`), else
+    /// [`PrefillTile::Rows64`] (a short append would leave most of a 128-row tile empty); at
+    /// head dim 64 always [`PrefillTile::Rows64`]. Measured on the H100 (docs/perf-notes.md):
+    /// D = 128, group 4: the wide tile 1.1–1.3× faster from 512 query tokens per request, the
+    /// 64-row tile 1.24× faster at 16; D = 64 (SmolLM2, group 3): the 64-row tile fastest at
+    /// 8 × 512 and 1 × 4096.
+    pub fn auto(qo_tokens: usize, batch: usize, group: usize, head_dim: usize) -> Self {
+        if head_dim > 64 && qo_tokens * group >= 128 * batch.max(1) {
             Self::Rows128Wide
         } else {
             Self::Rows64
@@ -563,9 +565,9 @@ impl BatchPrefill {
                 what: "query tokens × heads × head_dim",
             });
         }
-        let tile = self
-            .tile
-            .unwrap_or_else(|| PrefillTile::auto(qo_tokens, batch, self.heads.group()));
+        let tile = self.tile.unwrap_or_else(|| {
+            PrefillTile::auto(qo_tokens, batch, self.heads.group(), self.heads.head_dim)
+        });
         let graph_caps = self.graph.map(|l| self.graph_caps(&l));
         let host = plan_prefill(&PrefillProblem {
             qo_lens: &qo_lens,

@@ -187,7 +187,7 @@ impl SinglePrefill {
         let g = h.group() as u32;
         let tile = self
             .tile
-            .unwrap_or_else(|| PrefillTile::auto(qo_len, 1, h.group()));
+            .unwrap_or_else(|| PrefillTile::auto(qo_len, 1, h.group(), h.head_dim));
         let p = PrefillParams {
             q: q.addr(),
             o: out.addr(),
