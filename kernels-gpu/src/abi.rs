@@ -210,11 +210,12 @@ pub struct PrefillParams {
     /// K: ragged `k + token*k_stride_n + head*k_stride_h + d`; paged, the page pool
     /// `k + page*k_stride_page + entry*k_stride_n + head*k_stride_h + d`.
     pub k: u64,
-    /// V, addressed like K with the V strides.
+    /// V, addressed like K with the V strides (paged kernels: with the K strides — the pools of
+    /// a cache share one geometry).
     pub v: u64,
     /// Elements per K page (paged kernels).
     pub k_stride_page: u64,
-    /// Elements per V page (paged kernels).
+    /// Elements per V page (equal to `k_stride_page`; paged kernels read only the latter).
     pub v_stride_page: u64,
     /// [`PrefillItem`] array; 0 = single-request mode.
     pub items: u64,

@@ -59,10 +59,10 @@ impl KvRows for Paged {
         let (slot, entry) = p.page_size.divmod(t);
         // SAFETY: slot < the request's page count (host-validated tables).
         let page = unsafe { global::ld_u32(p.kv_indices + ((kv_begin + slot) as u64) * 4) } as u64;
-        (
-            p.k + (page * p.k_stride_page + (entry * p.k_stride_n + kvh * p.k_stride_h) as u64) * 2,
-            p.v + (page * p.v_stride_page + (entry * p.v_stride_n + kvh * p.v_stride_h) as u64) * 2,
-        )
+        // The K and V pools of a cache share one geometry (`KvPool`), so one element offset
+        // serves both (the host passes equal K and V strides; fewer live registers per row).
+        let off = (page * p.k_stride_page + (entry * p.k_stride_n + kvh * p.k_stride_h) as u64) * 2;
+        (p.k + off, p.v + off)
     }
 }
 
@@ -448,9 +448,10 @@ unsafe fn prefill<
                     for (e, x) in st.iter_mut().enumerate() {
                         let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
                         let ph = pos[e / 2];
-                        let ok = key < kv_end
-                            && (!causal || key <= ph)
-                            && (window == u32::MAX || key as u64 + window as u64 >= ph as u64);
+                        // Non-short-circuit `&`/`|`: predicate logic, no branches.
+                        let ok = (key < kv_end)
+                            & (!causal | (key <= ph))
+                            & ((window == u32::MAX) | (key as u64 + window as u64 >= ph as u64));
                         *x = if ok { *x } else { f32::NEG_INFINITY };
                     }
                 }
