@@ -1,8 +1,8 @@
 //! The README's serving-step example, compiled and run (GPU when present), so the documented
 //! API cannot drift from the real one.
 #![allow(clippy::too_many_arguments)]
-use ferrinfer::kv::{PagedKvCache, RowStrides, Rows};
-use ferrinfer::ops::BatchDecode;
+use ferrinfer::kv::{PagedKvCache, RowStrides, Rows, SeqId};
+use ferrinfer::ops::{BatchDecode, BatchPrefill};
 use ferrinfer::DeviceBuffer;
 use half::bf16;
 
@@ -31,6 +31,21 @@ fn step(
     let plan = decode.plan(&cache.batch_pages(seqs)?, &c)?; // host planner, once per step
     for (layer, o) in out.iter_mut().enumerate() {
         decode.run(&plan, &q[layer], cache.pool(layer)?, o, None)?; // launch only
+    }
+    Ok(())
+}
+
+fn prefill_step(
+    cache: &PagedKvCache<bf16>, // the new tokens' K/V already appended (begin_append/append_layer)
+    prefill: &BatchPrefill, // BatchPrefill::new(gpu, heads, DType::Bf16, opts.with_causal(true))
+    seqs: &[SeqId],
+    qo_indptr: &[i32],        // [0, n0, n0 + n1, ...]: new tokens per request
+    q: &[DeviceBuffer<bf16>], // per layer: [Σ n, q_heads, D]
+    out: &mut [DeviceBuffer<bf16>],
+) -> ferrinfer::Result<()> {
+    let plan = prefill.plan_paged(qo_indptr, &cache.batch_pages(seqs)?, cache.config())?;
+    for (layer, o) in out.iter_mut().enumerate() {
+        prefill.run_paged(&plan, &q[layer], cache.pool(layer)?, o, None)?; // launch only
     }
     Ok(())
 }
@@ -72,6 +87,21 @@ fn readme_serving_step_runs() {
         step(&mut cache, &decode, &seqs, &kv, &q, &mut out).unwrap();
     }
     // V rows are all ones, so every output is one.
+    for o in &out {
+        assert!(gpu.download(o).unwrap().iter().all(|x| x.to_f32() == 1.0));
+    }
+    // The last appended token of each sequence as a one-token causal prefill.
+    let prefill = BatchPrefill::new(
+        &gpu,
+        heads,
+        DType::Bf16,
+        AttentionOptions::default().with_causal(true),
+    )
+    .unwrap();
+    for o in out.iter_mut() {
+        gpu.write(o, &vec![bf16::NAN; 4 * 576]).unwrap();
+    }
+    prefill_step(&cache, &prefill, &seqs, &[0, 1, 2, 3, 4], &q, &mut out).unwrap();
     for o in &out {
         assert!(gpu.download(o).unwrap().iter().all(|x| x.to_f32() == 1.0));
     }
