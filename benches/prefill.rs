@@ -66,7 +66,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             PrefillTile::Rows128Wide,
         ] {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
-            op.set_tile(Some(tile));
+            op.set_tile(Some(tile))?;
             let (t, items, plan_us) = if paged {
                 let per = kv.div_ceil(16);
                 let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
@@ -133,7 +133,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let mut o = gpu.alloc::<bf16>(batch * len * qrow)?;
         for tile in PrefillTile::ALL {
             let mut op = BatchPrefill::new(gpu, small, DType::Bf16, opts)?;
-            op.set_tile(Some(tile));
+            op.set_tile(Some(tile))?;
             let plan = op.plan_ragged(&indptr, &indptr)?;
             let t = gpu.time_with(OPTS, |_| op.run_ragged(&plan, &q, &k, &v, &mut o, None))?;
             println!(

@@ -140,7 +140,7 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
     let h = c.heads;
     let mut op = BatchPrefill::new(gpu, h, T::DTYPE, c.opts).unwrap();
     op.set_fixed_split_size(c.fixed_split);
-    op.set_tile(Some(c.tile));
+    op.set_tile(Some(c.tile)).unwrap();
     let qd = gpu.upload(&d.q).unwrap();
     let mut od = gpu.upload(&vec![T::nan(); d.q.len()]).unwrap();
     let nq = *d.qo_indptr.last().unwrap() as usize;
@@ -184,7 +184,7 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
         prop_oneof![Just(0usize), Just(1), 0usize..max_len],
     );
     (
-        prop::sample::select(vec![64usize, 128]),
+        prop::sample::select(vec![64usize, 128, 256]),
         prop::sample::select(vec![1usize, 2, 3, 4, 5, 8]),
         1usize..=2,
         prop::collection::vec(req, 1..max_batch),
@@ -212,11 +212,16 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
                         ..Default::default()
                     },
                     fixed_split: split,
-                    tile: [
-                        PrefillTile::Rows64,
-                        PrefillTile::Rows128,
-                        PrefillTile::Rows128Wide,
-                    ][wide as usize],
+                    // D = 256 has only the 64-row tile.
+                    tile: if d == 256 {
+                        PrefillTile::Rows64
+                    } else {
+                        [
+                            PrefillTile::Rows64,
+                            PrefillTile::Rows128,
+                            PrefillTile::Rows128Wide,
+                        ][wide as usize]
+                    },
                     seed,
                 };
                 (case, bf)
@@ -501,14 +506,21 @@ fn bad_input_is_a_typed_error() {
         ..Default::default()
     };
     assert!(matches!(
-        BatchPrefill::new(&gpu, HeadConfig::new(8, 2, 256).unwrap(), DType::F16, opts),
+        BatchPrefill::new(&gpu, HeadConfig::new(8, 2, 96).unwrap(), DType::F16, opts),
         Err(Error::Unsupported { .. })
     ));
     assert!(matches!(
         BatchPrefill::new(&gpu, HeadConfig::new(16, 1, 64).unwrap(), DType::F16, opts),
         Err(Error::Unsupported { .. })
     ));
-    let op = BatchPrefill::new(&gpu, heads, DType::F16, opts).unwrap();
+    let mut op = BatchPrefill::new(&gpu, heads, DType::F16, opts).unwrap();
+    let mut wide =
+        BatchPrefill::new(&gpu, HeadConfig::new(8, 2, 256).unwrap(), DType::F16, opts).unwrap();
+    assert!(matches!(
+        wide.set_tile(Some(PrefillTile::Rows128Wide)),
+        Err(Error::Unsupported { .. })
+    ));
+    op.set_tile(None).unwrap();
     // qo_len > kv_len, indptr not monotone, lengths inconsistent.
     assert!(op.plan_ragged(&[0, 5], &[0, 4]).is_err());
     assert!(op.plan_ragged(&[0, 5, 3], &[0, 5, 9]).is_err());

@@ -81,7 +81,7 @@ fn run_cpu<T: Float16>(c: &Case) -> ErrorStats {
 
 fn arb_case(max_len: usize) -> impl Strategy<Value = (Case, bool)> {
     (
-        prop::sample::select(vec![64usize, 128]),
+        prop::sample::select(vec![64usize, 128, 256]),
         1usize..=8,
         1usize..=2,
         prop_oneof![Just(1usize), Just(63), Just(64), Just(65), 1usize..max_len],
@@ -270,7 +270,7 @@ fn prefill_bad_input_is_a_typed_error() {
         return;
     };
     assert!(matches!(
-        SinglePrefill::new(&gpu, HeadConfig::new(8, 2, 256).unwrap(), DType::Bf16, opts),
+        SinglePrefill::new(&gpu, HeadConfig::new(8, 2, 96).unwrap(), DType::Bf16, opts),
         Err(Error::Unsupported { .. })
     ));
     let op = SinglePrefill::new(&gpu, h, DType::Bf16, opts).unwrap();

@@ -106,7 +106,13 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
             va = v + (c * 16) as u64;
         }
         let n = if valid { 16 } else { 0 };
-        let row = i * step * D * 2;
+        // Rows `step` apart share `row % 8` (one precomputed swizzle) when `step` is a multiple
+        // of 8; otherwise (D = 256: 4 rows per pass) each row is swizzled on its own.
+        let row = if step % 8 == 0 {
+            i * step * D * 2
+        } else {
+            swz::<D>(r0 + i * step, c).wrapping_sub(dst)
+        };
         // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
         unsafe {
             pipeline::cp_async_cg_16(k_base + row, ka, n);
@@ -151,6 +157,13 @@ impl FragOffsets {
 #[inline(always)]
 fn frag_at(base_off: u32, i: u32) -> u32 {
     (base_off ^ (32 * (i % 4))) + 128 * (i / 4)
+}
+
+/// Whether the kernel with `mt` m-tiles per warp at head dim `d` stages Q in shared memory
+/// (`config::prefill::q_smem_bytes`; the host twin is `PrefillTile::smem_bytes`).
+#[inline(always)]
+const fn q_in_smem(mt: usize, d: u32) -> bool {
+    mt > 1 || d > 128
 }
 
 /// This CTA's request and work item (single-request mode: derived from the launch), or `None`
@@ -235,6 +248,9 @@ unsafe fn prefill<
     p: &PrefillParams,
 ) {
     let threads = 32 * W;
+    // Q lives in shared memory (re-read per KV tile) with several m-tiles per warp or at
+    // D = 256 (its fragments would take 64 registers); otherwise in registers.
+    let q_smem_on = q_in_smem(MT, D);
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
     let w = tid / 32;
@@ -273,7 +289,7 @@ unsafe fn prefill<
     // re-read per KV tile instead of held in registers), then the K/V stages.
     let q_smem = smem;
     let kv_smem = smem
-        + if MT > 1 {
+        + if q_smem_on {
             cfg::q_smem_bytes(16 * MT as u32 * W, D)
         } else {
             0
@@ -293,7 +309,7 @@ unsafe fn prefill<
             * 2
     };
     if tiles > 0 {
-        if MT > 1 {
+        if q_smem_on {
             // Q rows (zero past the tile's rows) join the first K/V tile's copy group.
             let chunks = D / 8;
             let rows = 16 * MT as u32 * W;
@@ -340,7 +356,7 @@ unsafe fn prefill<
     let row0 = |mt: usize| w * 16 * MT as u32 + 16 * mt as u32;
     // Single m-tile: Q fragments stay in registers for the whole KV range.
     let mut qa = [[0u32; 4]; KS];
-    if MT == 1 {
+    if !q_smem_on {
         for (kk, a) in qa.iter_mut().enumerate() {
             for (reg, v) in a.iter_mut().enumerate() {
                 let (row, col) = mma_a(lane, reg as u32, 0);
@@ -390,7 +406,7 @@ unsafe fn prefill<
         for kk in 0..KS {
             let mut a = [[0u32; 4]; MT];
             for (mt, am) in a.iter_mut().enumerate() {
-                *am = if MT == 1 {
+                *am = if !q_smem_on {
                     qa[kk]
                 } else {
                     // SAFETY: inside the Q tile; warp-convergent.
@@ -643,4 +659,8 @@ prefill_entries! {
     prefill_paged_f16_d128_m2 => Paged, F16, 128, 16, 8, 4, 2;
     prefill_paged_bf16_d64_m2 => Paged, Bf16, 64, 8, 4, 4, 2;
     prefill_paged_bf16_d128_m2 => Paged, Bf16, 128, 16, 8, 4, 2;
+    prefill_ragged_f16_d256 => Ragged, F16, 256, 32, 16, 4, 1;
+    prefill_ragged_bf16_d256 => Ragged, Bf16, 256, 32, 16, 4, 1;
+    prefill_paged_f16_d256 => Paged, F16, 256, 32, 16, 4, 1;
+    prefill_paged_bf16_d256 => Paged, Bf16, 256, 32, 16, 4, 1;
 }

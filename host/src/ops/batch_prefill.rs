@@ -67,10 +67,19 @@ impl PrefillTile {
     /// 64-row tile 1.24× faster at 16; D = 64 (SmolLM2, group 3): the 64-row tile fastest at
     /// 8 × 512 and 1 × 4096.
     pub fn auto(qo_tokens: usize, batch: usize, group: usize, head_dim: usize) -> Self {
-        if head_dim > 64 && qo_tokens * group >= 128 * batch.max(1) {
+        if head_dim == 128 && qo_tokens * group >= 128 * batch.max(1) {
             Self::Rows128Wide
         } else {
             Self::Rows64
+        }
+    }
+
+    /// The tiles built for head dim `head_dim`: all three at 64 and 128, the 64-row tile at 256
+    /// (Q in shared memory, 160 KB of it per CTA).
+    pub fn available(head_dim: usize) -> &'static [PrefillTile] {
+        match head_dim {
+            256 => &[Self::Rows64],
+            _ => &Self::ALL,
         }
     }
 
@@ -102,8 +111,11 @@ impl PrefillTile {
     /// Dynamic shared memory of the kernel for head dim `head_dim`.
     pub fn smem_bytes(self, head_dim: usize) -> u32 {
         let d = head_dim as u32;
+        // Q is staged in shared memory with two m-tiles per warp, and at D = 256 (mirrors
+        // `q_in_smem` in kernels-gpu/src/prefill.rs).
         let q = match self {
             Self::Rows128Wide => cfg::q_smem_bytes(self.rows(), d),
+            _ if d > 128 => cfg::q_smem_bytes(self.rows(), d),
             _ => 0,
         };
         cfg::smem_bytes(d) + q
@@ -250,7 +262,7 @@ fn check_indptr(what: &'static str, indptr: &[i32], len: usize) -> Result<()> {
 }
 
 impl BatchPrefill {
-    /// Validates the configuration: head dims 64 and 128, groups 1–8, f16/bf16, options.
+    /// Validates the configuration: head dims 64, 128 and 256, groups 1–8, f16/bf16, options.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         Self::build(gpu, heads, dtype, opts, None)
     }
@@ -300,7 +312,7 @@ impl BatchPrefill {
             tile: None,
         };
         gpu.function(&op.merge_kernel(), 0)?;
-        for tile in PrefillTile::ALL {
+        for &tile in PrefillTile::available(heads.head_dim) {
             let smem = tile.smem_bytes(heads.head_dim);
             let f = gpu.function(
                 &kernel_name(KvKind::Ragged, dtype, heads.head_dim, tile),
@@ -324,8 +336,18 @@ impl BatchPrefill {
 
     /// Fixes the CTA tile for every later plan; `None` (the default) chooses per plan with
     /// [`PrefillTile::auto`]. Plans made before keep the tile they were made with.
-    pub fn set_tile(&mut self, tile: Option<PrefillTile>) {
+    pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
+        if let Some(t) = tile {
+            if !PrefillTile::available(self.heads.head_dim).contains(&t) {
+                return Err(Error::unsupported(
+                    OP,
+                    "prefill tile",
+                    format!("{t:?} at head_dim {}", self.heads.head_dim),
+                ));
+            }
+        }
         self.tile = tile;
+        Ok(())
     }
 
     /// The fixed CTA tile, if any.
@@ -917,13 +939,13 @@ struct KvAddr {
     page_size: u32,
 }
 
-/// The head geometries the prefill kernels support: D 64/128, groups 1–8, ≤ 65535 KV heads.
+/// The head geometries the prefill kernels support: D 64/128/256, groups 1–8, ≤ 65535 KV heads.
 pub(crate) fn check_prefill_heads(op: &'static str, heads: &HeadConfig) -> Result<()> {
-    if !matches!(heads.head_dim, 64 | 128) {
+    if !matches!(heads.head_dim, 64 | 128 | 256) {
         return Err(Error::unsupported(
             op,
             "head_dim",
-            format!("{} (supported: 64, 128)", heads.head_dim),
+            format!("{} (supported: 64, 128, 256)", heads.head_dim),
         ));
     }
     if !(1..=8).contains(&heads.group()) {

@@ -3,7 +3,7 @@
 //! causal or not, with sliding window, soft-cap and lse.
 //!
 //! Device side: `kernels-gpu/src/prefill.rs`. One
-//! request, contiguous (strided) K/V, head dims 64 and 128, no split-KV: the prefill kernel's
+//! request, contiguous (strided) K/V, head dims 64, 128 and 256, no split-KV: the prefill kernel's
 //! single-request mode, which needs no plan or device tables (a CTA per query tile streams its
 //! whole KV range). Batches, paged KV and split-KV: [`crate::ops::BatchPrefill`].
 use ferrinfer_kernels::abi::PrefillParams;
@@ -30,7 +30,7 @@ pub struct SinglePrefill {
 }
 
 impl SinglePrefill {
-    /// Validates the configuration: head dims 64 and 128, groups 1–8, f16/bf16.
+    /// Validates the configuration: head dims 64, 128 and 256, groups 1–8, f16/bf16.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         heads.validate(OP)?;
         opts.validate(OP)?;
@@ -47,7 +47,7 @@ impl SinglePrefill {
             opts,
             tile: None,
         };
-        for tile in PrefillTile::ALL {
+        for &tile in PrefillTile::available(heads.head_dim) {
             gpu.function(
                 &ragged_kernel_name(dtype, heads.head_dim, tile),
                 tile.smem_bytes(heads.head_dim),
@@ -57,8 +57,18 @@ impl SinglePrefill {
     }
 
     /// Fixes the CTA tile; `None` (the default) chooses per call with [`PrefillTile::auto`].
-    pub fn set_tile(&mut self, tile: Option<PrefillTile>) {
+    pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
+        if let Some(t) = tile {
+            if !PrefillTile::available(self.heads.head_dim).contains(&t) {
+                return Err(Error::unsupported(
+                    OP,
+                    "prefill tile",
+                    format!("{t:?} at head_dim {}", self.heads.head_dim),
+                ));
+            }
+        }
         self.tile = tile;
+        Ok(())
     }
 
     /// Runs prefill: q and out `[qo_len, num_qo_heads, D]`, K and V `[kv_len, num_kv_heads, D]`
