@@ -194,10 +194,11 @@ pub struct PrefillRequest {
 /// Parameters of the prefill kernels (`prefill_{ragged,paged}_*`): for each work item, the
 /// item's query tile (GQA rows packed: packed row `r` is token `t0 + r / group`, head
 /// `r % group` of the KV head's group) against a chunk of its request's K/V. Query token `t` of a
-/// request sits at position `kv_len − qo_len + t`. Grid `(items, num_kv_heads)`.
+/// request sits at position `kv_len − qo_len + t`. Grid `(num_kv_heads, items)` (KV head
+/// fastest in launch order; see `cta_work` in kernels-gpu/src/prefill.rs).
 ///
-/// `items == 0` is single-request mode: request `{0, qo_len, 0, kv_len}`, item
-/// `{t0 = blockIdx.x · tile_tokens, whole KV, not split}`, no device metadata at all.
+/// `items == 0` is single-request mode: request `{0, qo_len, 0, kv_len}`, one item per query
+/// tile (last tile first), whole KV, not split; no device metadata at all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PrefillParams {

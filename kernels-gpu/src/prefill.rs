@@ -159,6 +159,21 @@ fn frag_at(base_off: u32, i: u32) -> u32 {
     (base_off ^ (32 * (i % 4))) + 128 * (i / 4)
 }
 
+/// The CTA's work index: grid `(num_kv_heads, items)`, so the KV heads of one work item are
+/// neighbours in launch order and the items' longest-first order holds across the whole grid
+/// (with the heads in `y`, the last head's long items would start last). Both indices are
+/// special registers, which ptxas rematerialises instead of keeping them live.
+#[inline(always)]
+fn cta_work() -> u32 {
+    thread::block_idx_y()
+}
+
+/// The CTA's KV head (see [`cta_work`]).
+#[inline(always)]
+fn cta_kv_head() -> u32 {
+    thread::block_idx_x()
+}
+
 /// Whether the kernel with `mt` m-tiles per warp at head dim `d` stages Q in shared memory
 /// (`config::prefill::q_smem_bytes`; the host twin is `PrefillTile::smem_bytes`).
 #[inline(always)]
@@ -184,7 +199,10 @@ unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> 
             },
             PrefillItem {
                 request: 0,
-                t0: thread::block_idx_x() * p.tile_tokens,
+                // Last tiles first: under the causal mask they see the most keys.
+                t0: (p.qo_len.wrapping_sub(1) / p.tile_tokens.max(1))
+                    .wrapping_sub(cta_work())
+                    .wrapping_mul(p.tile_tokens),
                 kv_begin: 0,
                 kv_end: u32::MAX,
                 part: u32::MAX,
@@ -194,7 +212,7 @@ unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> 
             },
         )
     } else {
-        let i = thread::block_idx_x();
+        let i = cta_work();
         // SAFETY: host-provided count; CUDA-graph grids pad past it (CTA-uniform exit).
         if i >= unsafe { global::ld_u32(p.num_items) } {
             return None;
@@ -232,7 +250,7 @@ unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps, `W` warps of 16 rows).
 ///
 /// # Safety
-/// Grid `(items, num_kv_heads)` (single mode: `(ceil(qo_len / tile_tokens), num_kv_heads)`),
+/// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
 /// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(D)`; every table and extent the
 /// parameters address validated by the host (`qo_len ≤ kv_len` per request).
 #[inline(always)]
@@ -254,7 +272,7 @@ unsafe fn prefill<
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
     let w = tid / 32;
-    let kvh = thread::block_idx_y();
+    let kvh = cta_kv_head();
     let g = p.group.d;
     // SAFETY: as the kernel's contract.
     let Some((req, item)) = (unsafe { load_work(p) }) else {

@@ -837,6 +837,15 @@ impl BatchPrefill {
         if grid_items == 0 {
             return Ok(());
         }
+        // Grid (KV heads, items): KV head fastest in launch order (kernels-gpu/src/prefill.rs
+        // `cta_work`); grid.y holds at most 65535 items.
+        let items_y = u32::try_from(grid_items)
+            .ok()
+            .filter(|&n| n <= 65_535)
+            .ok_or(Error::Overflow {
+                op: OP,
+                what: "work items (grid.y holds at most 65535; split the step)",
+            })?;
         let base = plan.meta.addr();
         let at = |o: usize| base + (o * 4) as u64;
         let d = h.head_dim as u32;
@@ -876,7 +885,7 @@ impl BatchPrefill {
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
         };
         let dims = LaunchDims {
-            grid: (grid_items as u32, h.num_kv_heads as u32, 1),
+            grid: (h.num_kv_heads as u32, items_y, 1),
             block: (32 * plan.tile.warps(), 1, 1),
             smem_bytes: plan.tile.smem_bytes(h.head_dim),
         };

@@ -224,12 +224,17 @@ impl SinglePrefill {
             // Single-request mode: no work items, tables or partial buffers.
             ..PrefillParams::default()
         };
+        // Grid (KV heads, query tiles): KV head fastest in launch order, last tile first in the
+        // kernel; grid.y holds at most 65535 tiles.
+        let tiles = u32::try_from(qo_len.div_ceil(tile.tokens(g as usize)))
+            .ok()
+            .filter(|&n| n <= 65_535)
+            .ok_or(Error::Overflow {
+                op: OP,
+                what: "query tiles (grid.y holds at most 65535)",
+            })?;
         let dims = LaunchDims {
-            grid: (
-                (qo_len as u32).div_ceil(tile.tokens(g as usize) as u32),
-                h.num_kv_heads as u32,
-                1,
-            ),
+            grid: (h.num_kv_heads as u32, tiles, 1),
             block: (32 * tile.warps(), 1, 1),
             smem_bytes: tile.smem_bytes(h.head_dim),
         };
