@@ -17,6 +17,7 @@ use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool, KvPoolConfig};
+use crate::ops::io_check::PlannedIo;
 use crate::options::AttentionOptions;
 use crate::plan::decode::{plan as plan_decode, DecodePlan, DecodeProblem};
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
@@ -619,46 +620,15 @@ impl BatchDecode {
                 "the plan belongs to another op or head configuration",
             ));
         }
-        self.gpu.check_buffer(OP, q)?;
-        self.gpu.check_buffer(OP, out)?;
-        let n = plan.batch * h.num_qo_heads * h.head_dim;
-        // Outside graph mode the buffers must match the planned batch exactly: a plan reused
-        // for another batch is an error, not a silent partial result.
-        if self.graph.is_none() && !src.single && (q.len() != n || out.len() != n) {
-            return Err(Error::shape(
-                OP,
-                "q/out elements (plan batch × heads × head_dim)",
-                n,
-                format!("{}/{}", q.len(), out.len()),
-            ));
+        PlannedIo {
+            op: OP,
+            what: "q/out elements (plan batch × heads × head_dim)",
+            elems: plan.batch * h.num_qo_heads * h.head_dim,
+            lse_elems: plan.batch * h.num_qo_heads,
+            exact: self.graph.is_none() && !src.single,
+            gpu: &self.gpu,
         }
-        if q.len() < n {
-            return Err(Error::shape(
-                OP,
-                "q elements (plan batch × heads × head_dim)",
-                format!(">= {n}"),
-                q.len(),
-            ));
-        }
-        if out.len() < n {
-            return Err(Error::shape(
-                OP,
-                "out elements",
-                format!(">= {n}"),
-                out.len(),
-            ));
-        }
-        if let Some(l) = lse.as_deref() {
-            self.gpu.check_buffer(OP, l)?;
-            if l.len() < plan.batch * h.num_qo_heads {
-                return Err(Error::shape(
-                    OP,
-                    "lse elements",
-                    format!(">= {}", plan.batch * h.num_qo_heads),
-                    l.len(),
-                ));
-            }
-        }
+        .check(q, out, lse.as_deref())?;
         let base = plan.meta.addr();
         let at = |o: usize| base + (o * 4) as u64;
         let d = h.head_dim as u32;

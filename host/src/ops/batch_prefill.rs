@@ -20,6 +20,7 @@ use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool, KvPoolConfig};
+use crate::ops::io_check::PlannedIo;
 use crate::ops::merge;
 use crate::options::AttentionOptions;
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
@@ -80,6 +81,18 @@ impl PrefillTile {
         match head_dim {
             256 => &[Self::Rows64],
             _ => &Self::ALL,
+        }
+    }
+
+    /// `Err(Unsupported)` unless `tile` (when fixed) is built for `head_dim`.
+    pub(crate) fn check(op: &'static str, tile: Option<Self>, head_dim: usize) -> Result<()> {
+        match tile {
+            Some(t) if !Self::available(head_dim).contains(&t) => Err(Error::unsupported(
+                op,
+                "prefill tile",
+                format!("{t:?} at head_dim {head_dim}"),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -337,15 +350,7 @@ impl BatchPrefill {
     /// Fixes the CTA tile for every later plan; `None` (the default) chooses per plan with
     /// [`PrefillTile::auto`]. Plans made before keep the tile they were made with.
     pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
-        if let Some(t) = tile {
-            if !PrefillTile::available(self.heads.head_dim).contains(&t) {
-                return Err(Error::unsupported(
-                    OP,
-                    "prefill tile",
-                    format!("{t:?} at head_dim {}", self.heads.head_dim),
-                ));
-            }
-        }
+        PrefillTile::check(OP, tile, self.heads.head_dim)?;
         self.tile = tile;
         Ok(())
     }
@@ -794,38 +799,15 @@ impl BatchPrefill {
                 "the plan belongs to another op or head configuration",
             ));
         }
-        self.gpu.check_buffer(OP, q)?;
-        self.gpu.check_buffer(OP, out)?;
-        let n = plan.qo_tokens * h.num_qo_heads * h.head_dim;
-        // Outside graph mode q/out must match the planned batch exactly: a plan reused for
-        // another batch is an error, not a silent partial result.
-        if self.graph.is_none() && (q.len() != n || out.len() != n) {
-            return Err(Error::shape(
-                OP,
-                "q/out elements (planned Σ qo_len × heads × head_dim)",
-                n,
-                format!("{}/{}", q.len(), out.len()),
-            ));
+        PlannedIo {
+            op: OP,
+            what: "q/out elements (planned Σ qo_len × heads × head_dim)",
+            elems: plan.qo_tokens * h.num_qo_heads * h.head_dim,
+            lse_elems: plan.qo_tokens * h.num_qo_heads,
+            exact: self.graph.is_none(),
+            gpu: &self.gpu,
         }
-        if q.len() < n || out.len() < n {
-            return Err(Error::shape(
-                OP,
-                "q/out elements (planned Σ qo_len × heads × head_dim)",
-                format!(">= {n}"),
-                q.len().min(out.len()),
-            ));
-        }
-        if let Some(l) = lse.as_deref() {
-            self.gpu.check_buffer(OP, l)?;
-            if l.len() < plan.qo_tokens * h.num_qo_heads {
-                return Err(Error::shape(
-                    OP,
-                    "lse elements",
-                    format!(">= {}", plan.qo_tokens * h.num_qo_heads),
-                    l.len(),
-                ));
-            }
-        }
+        .check(q, out, lse.as_deref())?;
         let grid_items = match self.graph {
             Some(_) => plan.caps.items,
             None => plan.host.items.len(),

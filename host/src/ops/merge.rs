@@ -105,6 +105,32 @@ fn stride_between(a: u64, b: u64, elem: u64) -> i64 {
     (b as i64).wrapping_sub(a as i64) / elem as i64
 }
 
+/// Parameters merging two state tensors `v[0..2]`/`s[0..2]` (16-bit values, f32 lse) of
+/// `shape` into `o`/`lse` (`lse` 0: not written).
+fn pair_params(shape: MergeShape, v: [u64; 2], s: [u64; 2], o: u64, lse: u64) -> MergeParams {
+    let hd = (shape.num_heads * shape.head_dim) as u32;
+    MergeParams {
+        v: v[0],
+        s: s[0],
+        o,
+        lse,
+        rows: 0,
+        num_rows_dev: 0,
+        v_stride_row: hd as i64,
+        v_stride_state: stride_between(v[0], v[1], 2),
+        s_stride_row: shape.num_heads as i64,
+        s_stride_state: stride_between(s[0], s[1], 4),
+        v_stride_h: shape.head_dim as u32,
+        s_stride_h: 1,
+        o_stride_row: hd,
+        o_stride_h: shape.head_dim as u32,
+        lse_stride_row: shape.num_heads as u32,
+        num_rows: shape.seq_len as u32,
+        num_states: 2,
+        num_heads: shape.num_heads as u32,
+    }
+}
+
 /// `(v_out, s_out) = (v_a, s_a) ⊕ (v_b, s_b)`: values `[seq_len, num_heads, head_dim]`, lse
 /// `[seq_len, num_heads]` (base 2). `s_out` is optional.
 #[allow(clippy::too_many_arguments)]
@@ -134,27 +160,13 @@ pub fn merge_state<T: Float16>(
         gpu.check_buffer(OP2, s)?;
         need(OP2, "s_out elements", shape.lses(), s.len())?;
     }
-    let hd = (shape.num_heads * shape.head_dim) as u32;
-    let p = MergeParams {
-        v: v_a.addr(),
-        s: s_a.addr(),
-        o: v_out.addr(),
-        lse: s_out.as_deref().map_or(0, |s| s.addr()),
-        rows: 0,
-        num_rows_dev: 0,
-        v_stride_row: hd as i64,
-        v_stride_state: stride_between(v_a.addr(), v_b.addr(), 2),
-        s_stride_row: shape.num_heads as i64,
-        s_stride_state: stride_between(s_a.addr(), s_b.addr(), 4),
-        v_stride_h: shape.head_dim as u32,
-        s_stride_h: 1,
-        o_stride_row: hd,
-        o_stride_h: shape.head_dim as u32,
-        lse_stride_row: shape.num_heads as u32,
-        num_rows: shape.seq_len as u32,
-        num_states: 2,
-        num_heads: shape.num_heads as u32,
-    };
+    let p = pair_params(
+        shape,
+        [v_a.addr(), v_b.addr()],
+        [s_a.addr(), s_b.addr()],
+        v_out.addr(),
+        s_out.as_deref().map_or(0, |s| s.addr()),
+    );
     let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
     // SAFETY: both states, the output and the lse were checked to hold `shape`; each lane reads
     // its elements of both states before writing the same elements of the output, so v_out may
@@ -181,27 +193,13 @@ pub fn merge_state_in_place<T: Float16>(
     need(OP2, "v_other elements", shape.values(), v_other.len())?;
     need(OP2, "s elements", shape.lses(), s.len())?;
     need(OP2, "s_other elements", shape.lses(), s_other.len())?;
-    let hd = (shape.num_heads * shape.head_dim) as u32;
-    let p = MergeParams {
-        v: v.addr(),
-        s: s.addr(),
-        o: v.addr(),
-        lse: s.addr(),
-        rows: 0,
-        num_rows_dev: 0,
-        v_stride_row: hd as i64,
-        v_stride_state: stride_between(v.addr(), v_other.addr(), 2),
-        s_stride_row: shape.num_heads as i64,
-        s_stride_state: stride_between(s.addr(), s_other.addr(), 4),
-        v_stride_h: shape.head_dim as u32,
-        s_stride_h: 1,
-        o_stride_row: hd,
-        o_stride_h: shape.head_dim as u32,
-        lse_stride_row: shape.num_heads as u32,
-        num_rows: shape.seq_len as u32,
-        num_states: 2,
-        num_heads: shape.num_heads as u32,
-    };
+    let p = pair_params(
+        shape,
+        [v.addr(), v_other.addr()],
+        [s.addr(), s_other.addr()],
+        v.addr(),
+        s.addr(),
+    );
     let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
     // SAFETY: as merge_state: each lane reads its value elements of both states before writing
     // the same elements, and the kernel's shuffle orders every lane's lse reads before lane 0

@@ -1,6 +1,7 @@
 //! GPU ops: validation on the host, parameter blocks, launches.
 pub mod batch_decode;
 pub mod batch_prefill;
+mod io_check;
 pub mod merge;
 pub mod single_decode;
 pub mod single_prefill;

@@ -58,15 +58,7 @@ impl SinglePrefill {
 
     /// Fixes the CTA tile; `None` (the default) chooses per call with [`PrefillTile::auto`].
     pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
-        if let Some(t) = tile {
-            if !PrefillTile::available(self.heads.head_dim).contains(&t) {
-                return Err(Error::unsupported(
-                    OP,
-                    "prefill tile",
-                    format!("{t:?} at head_dim {}", self.heads.head_dim),
-                ));
-            }
-        }
+        PrefillTile::check(OP, tile, self.heads.head_dim)?;
         self.tile = tile;
         Ok(())
     }

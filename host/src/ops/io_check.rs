@@ -1,0 +1,64 @@
+//! Launch-time checks shared by the planned ops (batch decode, batch prefill): the query,
+//! output and lse buffers against what the plan was made for.
+use crate::dtype::Float16;
+use crate::error::{Error, Result};
+use crate::runtime::{DeviceBuffer, Gpu};
+
+/// What q/out/lse must hold for a planned launch.
+pub(crate) struct PlannedIo<'a> {
+    /// The op, for errors.
+    pub op: &'static str,
+    /// What the element count is, for errors (e.g. "plan batch × heads × head_dim").
+    pub what: &'static str,
+    /// q and out elements the plan covers.
+    pub elems: usize,
+    /// lse elements the plan covers.
+    pub lse_elems: usize,
+    /// q and out must hold exactly `elems` (outside CUDA-graph mode a plan reused for another
+    /// batch is an error, not a silent partial result); otherwise at least.
+    pub exact: bool,
+    /// The device the op runs on.
+    pub gpu: &'a Gpu,
+}
+
+impl PlannedIo<'_> {
+    /// Checks context, lengths and (when given) the lse buffer.
+    pub(crate) fn check<T: Float16>(
+        &self,
+        q: &DeviceBuffer<T>,
+        out: &DeviceBuffer<T>,
+        lse: Option<&DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        let (op, n) = (self.op, self.elems);
+        self.gpu.check_buffer(op, q)?;
+        self.gpu.check_buffer(op, out)?;
+        if self.exact && (q.len() != n || out.len() != n) {
+            return Err(Error::shape(
+                op,
+                self.what,
+                n,
+                format!("{}/{}", q.len(), out.len()),
+            ));
+        }
+        if q.len() < n || out.len() < n {
+            return Err(Error::shape(
+                op,
+                self.what,
+                format!(">= {n}"),
+                format!("{}/{}", q.len(), out.len()),
+            ));
+        }
+        if let Some(l) = lse {
+            self.gpu.check_buffer(op, l)?;
+            if l.len() < self.lse_elems {
+                return Err(Error::shape(
+                    op,
+                    "lse elements",
+                    format!(">= {}", self.lse_elems),
+                    l.len(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
