@@ -27,12 +27,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// The main job: a multi-request decode workload (SmolLM2-135M attention geometry by default).
+    /// The main job: a multi-request serving loop (prompt prefill, then decode) through the paged
+    /// KV cache (SmolLM2-135M attention geometry by default).
     Demo {
         /// Concurrent requests.
         #[arg(long)]
         requests: Option<usize>,
-        /// Context tokens per request at the start.
+        /// Prompt tokens per request (prefilled before decoding).
         #[arg(long)]
         context: Option<usize>,
         /// Tokens generated per request.
@@ -72,7 +73,7 @@ fn main() {
                 let (dr, dc, ds) = if gpu.is_some() {
                     (16, 4096, 32)
                 } else {
-                    (4, 1024, 4)
+                    (4, 256, 8)
                 };
                 let heads = HeadConfig::new(qo_heads, kv_heads, head_dim)?;
                 cli::demo::run(

@@ -1,38 +1,56 @@
-//! `ferrinfer demo`, the main job for now: a multi-request decode workload with the attention
-//! geometry of SmolLM2-135M (9 query heads, 3 KV heads, head dim 64, 30 layers) by default.
+//! `ferrinfer demo`, the main job: a multi-request serving loop through the paged KV cache with
+//! the attention geometry of SmolLM2-135M (9 query heads, 3 KV heads, head dim 64, 30 layers) by
+//! default — the attention side of generating text for many concurrent requests.
 //!
-//! Every step, each request decodes one token: for every layer, one attention call over that
-//! request's context, which grows by one token per step. Runs on the GPU, or on the CPU backend
-//! (saying so) when there is none. Prints tokens/s and the achieved KV-read bandwidth.
-//! Not yet part of it: the KV append of the new token (issue: KV-cache engine) and batching the
-//! requests into one launch (issue: batch decode) — so the GPU figure is launch-bound for small
-//! contexts.
+//! 1. Prefill: every request's prompt (`context` tokens) is appended to the cache (one
+//!    `begin_append`, one append per layer) and attended causally with `BatchPrefill` (one plan,
+//!    one launch per layer).
+//! 2. Decode: `steps` times, every request appends one token per layer and attends to its whole
+//!    context with `BatchDecode` (one plan per step, one launch per layer).
+//!
+//! The projections and MLP of a real model are not part of it (random q/K/V rows stand in for
+//! them), so the figures are the attention + KV-cache share of a step. Runs on the GPU, or on
+//! the CPU backend (saying so) when there is none.
 use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 
 use super::rand::XorShift;
-use crate::dtype::Float16;
 use crate::error::Result;
 use crate::heads::HeadConfig;
-use crate::ops::single_decode::{KvStrides, SingleDecode};
+use crate::kv::{KvLayout, KvPoolConfig, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use crate::ops::{BatchDecode, BatchPrefill};
 use crate::options::AttentionOptions;
-use crate::runtime::{DeviceBuffer, Gpu};
+use crate::runtime::Gpu;
+
+/// Tokens per KV page in the demo's cache.
+const PAGE_SIZE: usize = 16;
 
 /// Demo workload shape.
 #[derive(Clone, Copy, Debug)]
 pub struct DemoConfig {
     /// Concurrent requests.
     pub requests: usize,
-    /// Tokens already in each request's context at the start.
+    /// Prompt tokens per request (prefilled first).
     pub context: usize,
     /// Decode steps (tokens generated per request).
     pub steps: usize,
-    /// Transformer layers (one attention call per layer per token).
+    /// Transformer layers (one attention call per layer per step).
     pub layers: usize,
     /// Head geometry.
     pub heads: HeadConfig,
+}
+
+/// Measured phases.
+struct Times {
+    /// Prefill of all prompts, all layers (append + attention), seconds.
+    prefill: f64,
+    /// All decode steps, seconds (GPU time on the GPU).
+    decode: f64,
+    /// Host time of all decode steps (page tables, plans, launches), seconds; GPU runs only
+    /// (on the CPU backend it is the decode time itself).
+    decode_host: Option<f64>,
 }
 
 fn random_host(n: usize, seed: u64) -> Vec<bf16> {
@@ -42,112 +60,250 @@ fn random_host(n: usize, seed: u64) -> Vec<bf16> {
         .collect()
 }
 
-/// Runs the demo on `gpu`, or on the CPU backend when `None`; returns tokens/s.
+/// Random stand-ins for one phase's projections: q, K and V rows for `tokens` tokens.
+struct Rows3 {
+    q: Vec<bf16>,
+    k: Vec<bf16>,
+    v: Vec<bf16>,
+}
+
+fn rows3(h: &HeadConfig, tokens: usize, seed: u64) -> Rows3 {
+    let kv = tokens * h.num_kv_heads * h.head_dim;
+    Rows3 {
+        q: random_host(tokens * h.num_qo_heads * h.head_dim, seed),
+        k: random_host(kv, seed + 1),
+        v: random_host(kv, seed + 2),
+    }
+}
+
+/// Runs the demo on `gpu`, or on the CPU backend when `None`; returns decode tokens/s.
 pub fn run(gpu: Option<Gpu>, cfg: DemoConfig) -> Result<f64> {
     let h = cfg.heads;
-    let max_len = cfg.context + cfg.steps;
-    let per_seq = max_len * h.num_kv_heads * h.head_dim;
     println!(
-        "workload: {} requests x {} steps, context {} -> {}, {} layers, heads {}q/{}kv, head_dim {}, bf16",
-        cfg.requests, cfg.steps, cfg.context, max_len, cfg.layers, h.num_qo_heads, h.num_kv_heads, h.head_dim
+        "workload: {} requests, prompt {} tokens, then {} decode steps ({} -> {} tokens of context), \
+         {} layers, heads {}q/{}kv, head_dim {}, bf16, paged KV (page {PAGE_SIZE})",
+        cfg.requests,
+        cfg.context,
+        cfg.steps,
+        cfg.context,
+        cfg.context + cfg.steps,
+        cfg.layers,
+        h.num_qo_heads,
+        h.num_kv_heads,
+        h.head_dim
     );
-    let calls = cfg.requests * cfg.steps * cfg.layers;
-    let kv_bytes: f64 = (0..cfg.steps)
-        .map(|s| ((cfg.context + s + 1) * h.num_kv_heads * h.head_dim * 2 * 2) as f64)
-        .sum::<f64>()
-        * (cfg.requests * cfg.layers) as f64;
-    let host_kv = random_host(per_seq, 7);
-    let q = random_host(h.num_qo_heads * h.head_dim, 11);
-    let seconds = match gpu {
+    let t = match gpu {
         Some(gpu) => {
             println!(
                 "backend: GPU {} ({} SMs)",
                 gpu.info().name,
                 gpu.info().sm_count
             );
-            run_gpu(&gpu, &cfg, &host_kv, &q)?
+            run_gpu(&gpu, &cfg)?
         }
         None => {
             println!(
                 "backend: CPU (rayon) -- no GPU found, running the embedded CPU backend instead"
             );
-            run_cpu(&cfg, &host_kv, &q)?
+            run_cpu(&cfg)?
         }
     };
-    let tokens = (cfg.requests * cfg.steps) as f64;
-    let tps = tokens / seconds;
+    let prompt_tokens = (cfg.requests * cfg.context) as f64;
+    let new_tokens = (cfg.requests * cfg.steps) as f64;
     println!(
-        "{calls} attention calls in {:.3} ms: {:.1} tokens/s ({:.1} us per call), KV read {:.2} GB/s",
-        seconds * 1e3,
+        "prefill: {} prompt tokens x {} layers in {:.3} ms: {:.0} tokens/s",
+        prompt_tokens,
+        cfg.layers,
+        t.prefill * 1e3,
+        prompt_tokens / t.prefill.max(1e-12)
+    );
+    let tps = new_tokens / t.decode.max(1e-12);
+    let per_step = |s: f64| s * 1e6 / cfg.steps.max(1) as f64;
+    println!(
+        "decode: {} steps x {} requests x {} layers in {:.3} ms: {:.1} tokens/s ({:.1} us per step{})",
+        cfg.steps,
+        cfg.requests,
+        cfg.layers,
+        t.decode * 1e3,
         tps,
-        seconds * 1e6 / calls as f64,
-        kv_bytes / seconds / 1e9
+        per_step(t.decode),
+        t.decode_host.map_or(String::new(), |hs| format!(
+            "; host {:.1} us per step for page tables, plans and launches",
+            per_step(hs)
+        ))
     );
     Ok(tps)
 }
 
-fn run_gpu(gpu: &Gpu, cfg: &DemoConfig, host_kv: &[bf16], q: &[bf16]) -> Result<f64> {
-    let h = cfg.heads;
-    let mut ops = SingleDecode::new(gpu, h, bf16::DTYPE, AttentionOptions::default())?;
-    let mut kv: Vec<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)> =
-        Vec::with_capacity(cfg.requests * cfg.layers);
-    for _ in 0..cfg.requests * cfg.layers {
-        kv.push((gpu.upload(host_kv)?, gpu.upload(host_kv)?));
+fn cache_config(h: &HeadConfig) -> KvPoolConfig {
+    KvPoolConfig {
+        num_pages: 0,
+        page_size: PAGE_SIZE,
+        num_kv_heads: h.num_kv_heads,
+        head_dim: h.head_dim,
+        layout: KvLayout::Nhd,
     }
-    let qd = gpu.upload(q)?;
-    let mut out = gpu.alloc::<bf16>(h.num_qo_heads * h.head_dim)?;
-    let mut lse = gpu.alloc::<f32>(h.num_qo_heads)?;
-    // Warm-up (module JIT, workspace allocation).
-    ops.run(
-        &qd,
-        &kv[0].0,
-        &kv[0].1,
-        cfg.context + cfg.steps,
-        &mut out,
-        Some(&mut lse),
-    )?;
-    gpu.synchronize()?;
-    let start = gpu
-        .context()
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-    let end = gpu
-        .context()
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-    start.record(gpu.stream())?;
-    for step in 0..cfg.steps {
-        let kv_len = cfg.context + step + 1;
-        for (k, v) in &kv {
-            ops.run(&qd, k, v, kv_len, &mut out, Some(&mut lse))?;
-        }
-    }
-    end.record(gpu.stream())?;
-    let ms = start.elapsed_ms(&end)?;
-    Ok(ms as f64 / 1e3)
 }
 
-fn run_cpu(cfg: &DemoConfig, host_kv: &[bf16], q: &[bf16]) -> Result<f64> {
+/// Pages for every request's whole context (plus one spare each).
+fn pages_needed(cfg: &DemoConfig) -> usize {
+    cfg.requests * ((cfg.context + cfg.steps).div_ceil(PAGE_SIZE) + 1)
+}
+
+fn prompt_indptr(cfg: &DemoConfig) -> Vec<i32> {
+    (0..=cfg.requests)
+        .map(|b| (b * cfg.context) as i32)
+        .collect()
+}
+
+fn run_gpu(gpu: &Gpu, cfg: &DemoConfig) -> Result<Times> {
     let h = cfg.heads;
-    let s = KvStrides::contiguous(&h);
+    let rows = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
+    let mut cache = PagedKvCache::<bf16>::new_gpu_layers(
+        gpu,
+        cache_config(&h),
+        PoolSize::Pages(pages_needed(cfg)),
+        cfg.layers,
+    )?;
+    let seqs: Vec<SeqId> = (0..cfg.requests).map(|_| cache.add_sequence()).collect();
+    let prefill = BatchPrefill::new(
+        gpu,
+        h,
+        crate::DType::Bf16,
+        AttentionOptions::default().with_causal(true),
+    )?;
+    let decode = BatchDecode::new(gpu, h, crate::DType::Bf16, AttentionOptions::default())?;
+    let p = rows3(&h, cfg.requests * cfg.context, 7);
+    let d = rows3(&h, cfg.requests, 11);
+    let (qp, kp, vp) = (gpu.upload(&p.q)?, gpu.upload(&p.k)?, gpu.upload(&p.v)?);
+    let (qd, kd, vd) = (gpu.upload(&d.q)?, gpu.upload(&d.k)?, gpu.upload(&d.v)?);
+    let mut op = gpu.alloc::<bf16>(p.q.len().max(1))?;
+    let mut od = gpu.alloc::<bf16>(d.q.len())?;
+    let event = || {
+        gpu.context()
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+    };
+    let (e0, e1, e2) = (event()?, event()?, event()?);
+    gpu.synchronize()?;
+
+    // Prefill: all prompts in one step.
+    e0.record(gpu.stream())?;
+    if cfg.context > 0 {
+        let reqs: Vec<_> = seqs.iter().map(|&s| (s, cfg.context)).collect();
+        let step = cache.begin_append(&reqs)?;
+        for layer in 0..cfg.layers {
+            cache.append_layer(
+                layer,
+                &step,
+                Rows::Device(&kp),
+                rows,
+                Rows::Device(&vp),
+                rows,
+            )?;
+        }
+        let plan = prefill.plan_paged(
+            &prompt_indptr(cfg),
+            &cache.batch_pages(&seqs)?,
+            cache.config(),
+        )?;
+        for layer in 0..cfg.layers {
+            prefill.run_paged(&plan, &qp, cache.pool(layer)?, &mut op, None)?;
+        }
+    }
+    e1.record(gpu.stream())?;
+
+    // Decode: one token per request per step.
+    let host = Instant::now();
+    let reqs: Vec<_> = seqs.iter().map(|&s| (s, 1)).collect();
+    let mut plan = None;
+    for _ in 0..cfg.steps {
+        let step = cache.begin_append(&reqs)?;
+        for layer in 0..cfg.layers {
+            cache.append_layer(
+                layer,
+                &step,
+                Rows::Device(&kd),
+                rows,
+                Rows::Device(&vd),
+                rows,
+            )?;
+        }
+        let pages = cache.batch_pages(&seqs)?;
+        let plan = match plan.as_mut() {
+            None => plan.insert(decode.plan(&pages, cache.config())?),
+            Some(p) => {
+                decode.plan_into(&pages, cache.config(), p)?;
+                p
+            }
+        };
+        for layer in 0..cfg.layers {
+            decode.run(plan, &qd, cache.pool(layer)?, &mut od, None)?;
+        }
+    }
+    let decode_host = host.elapsed().as_secs_f64();
+    e2.record(gpu.stream())?;
+    Ok(Times {
+        prefill: e0.elapsed_ms(&e1)? as f64 / 1e3,
+        decode: e1.elapsed_ms(&e2)? as f64 / 1e3,
+        decode_host: Some(decode_host),
+    })
+}
+
+fn run_cpu(cfg: &DemoConfig) -> Result<Times> {
+    let h = cfg.heads;
     let opts = AttentionOptions::default();
-    let mut out = vec![bf16::ZERO; h.num_qo_heads * h.head_dim];
-    let mut lse = vec![0.0f32; h.num_qo_heads];
+    let rows = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
+    let mut cache = PagedKvCache::<bf16>::new_cpu_layers(
+        cache_config(&h),
+        PoolSize::Pages(pages_needed(cfg)),
+        cfg.layers,
+    )?;
+    let seqs: Vec<SeqId> = (0..cfg.requests).map(|_| cache.add_sequence()).collect();
+    let p = rows3(&h, cfg.requests * cfg.context, 7);
+    let d = rows3(&h, cfg.requests, 11);
+    let mut op = vec![bf16::ZERO; p.q.len()];
+    let mut od = vec![bf16::ZERO; d.q.len()];
+
     let t0 = Instant::now();
-    for step in 0..cfg.steps {
-        let kv_len = cfg.context + step + 1;
-        for _ in 0..cfg.requests * cfg.layers {
-            crate::cpu::decode::single_decode(
+    if cfg.context > 0 {
+        let reqs: Vec<_> = seqs.iter().map(|&s| (s, cfg.context)).collect();
+        let step = cache.begin_append(&reqs)?;
+        for layer in 0..cfg.layers {
+            cache.append_layer(layer, &step, Rows::Host(&p.k), rows, Rows::Host(&p.v), rows)?;
+        }
+        let pages = cache.batch_pages(&seqs)?;
+        let causal = opts.with_causal(true);
+        for layer in 0..cfg.layers {
+            crate::cpu::prefill::batch_prefill_paged(
                 &h,
-                &opts,
-                q,
-                host_kv,
-                s,
-                host_kv,
-                s,
-                kv_len,
-                &mut out,
-                Some(&mut lse),
+                &causal,
+                &p.q,
+                &prompt_indptr(cfg),
+                cache.pool(layer)?,
+                &pages,
+                &mut op,
+                None,
             )?;
         }
     }
-    Ok(t0.elapsed().as_secs_f64())
+    let prefill = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let reqs: Vec<_> = seqs.iter().map(|&s| (s, 1)).collect();
+    for _ in 0..cfg.steps {
+        let step = cache.begin_append(&reqs)?;
+        for layer in 0..cfg.layers {
+            cache.append_layer(layer, &step, Rows::Host(&d.k), rows, Rows::Host(&d.v), rows)?;
+        }
+        let pages = cache.batch_pages(&seqs)?;
+        for layer in 0..cfg.layers {
+            crate::cpu::batch_decode(&h, &opts, &d.q, cache.pool(layer)?, &pages, &mut od, None)?;
+        }
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    Ok(Times {
+        prefill,
+        decode,
+        decode_host: None,
+    })
 }
