@@ -159,6 +159,10 @@ enum Storage<T> {
         k: DeviceBuffer<T>,
         v: DeviceBuffer<T>,
         meta: Option<DeviceBuffer<i32>>,
+        /// Pinned staging for metadata uploads: the copies are asynchronous, so a serving loop's
+        /// host work for step n+1 overlaps the GPU's work for step n (a pageable upload would
+        /// wait for the stream to drain). A mutex because `upload_append_meta` takes `&self`.
+        pinned: std::sync::Mutex<Option<crate::runtime::PinnedStaging>>,
     },
     Cpu {
         k: Vec<T>,
@@ -236,6 +240,7 @@ impl<T: Float16> KvPool<T> {
                 k: gpu.alloc::<T>(n)?,
                 v: gpu.alloc::<T>(n)?,
                 meta: None,
+                pinned: std::sync::Mutex::new(None),
             },
             staging: Vec::new(),
             resident_blocks: std::sync::atomic::AtomicU32::new(0),
@@ -495,7 +500,10 @@ impl<T: Float16> KvPool<T> {
             offs[i] = self.staging.len();
             self.staging.extend_from_slice(p);
         }
-        let Storage::Cuda { gpu, meta, .. } = &mut self.storage else {
+        let Storage::Cuda {
+            gpu, meta, pinned, ..
+        } = &mut self.storage
+        else {
             return Err(Error::invalid(OP, "storage", "not a device pool"));
         };
         let need = self.staging.len().max(1);
@@ -505,7 +513,8 @@ impl<T: Float16> KvPool<T> {
         let Some(m) = meta.as_mut() else {
             return Err(Error::invalid(OP, "storage", "metadata buffer"));
         };
-        gpu.write_prefix(m, &self.staging)?;
+        let pinned = pinned.get_mut().unwrap_or_else(|p| p.into_inner());
+        gpu.upload_pinned(pinned, &self.staging, m)?;
         let base = m.addr();
         Ok(offs.map(|o| base + (o * 4) as u64))
     }
@@ -548,7 +557,7 @@ impl<T: Float16> KvPool<T> {
 
     /// Validates `meta` for `nnz` rows and uploads it (one host-to-device copy).
     pub fn upload_append_meta(&self, meta: &AppendMeta<'_>) -> Result<DeviceAppendMeta> {
-        let Storage::Cuda { gpu, .. } = &self.storage else {
+        let Storage::Cuda { gpu, pinned, .. } = &self.storage else {
             return Err(Error::invalid(
                 OP,
                 "storage",
@@ -571,8 +580,15 @@ impl<T: Float16> KvPool<T> {
             host.extend_from_slice(p);
         }
         host.push(0);
+        // Stream-ordered allocation plus an async copy from pinned memory: nothing here waits
+        // for the GPU (see `Storage::Cuda::pinned`).
+        let mut buf = gpu.alloc::<i32>(host.len())?;
+        {
+            let mut staging = pinned.lock().unwrap_or_else(|p| p.into_inner());
+            gpu.upload_pinned(&mut staging, &host, &mut buf)?;
+        }
         Ok(DeviceAppendMeta {
-            buf: gpu.upload(&host)?,
+            buf,
             offs,
             nnz: meta.batch_indices.len(),
             cfg: self.cfg,
