@@ -162,7 +162,7 @@ enum Storage<T> {
         /// Pinned staging for metadata uploads: the copies are asynchronous, so a serving loop's
         /// host work for step n+1 overlaps the GPU's work for step n (a pageable upload would
         /// wait for the stream to drain). A mutex because `upload_append_meta` takes `&self`.
-        pinned: std::sync::Mutex<Option<crate::runtime::PinnedStaging>>,
+        pinned: Box<std::sync::Mutex<Option<crate::runtime::PinnedStaging>>>,
     },
     Cpu {
         k: Vec<T>,
@@ -240,7 +240,7 @@ impl<T: Float16> KvPool<T> {
                 k: gpu.alloc::<T>(n)?,
                 v: gpu.alloc::<T>(n)?,
                 meta: None,
-                pinned: std::sync::Mutex::new(None),
+                pinned: Box::new(std::sync::Mutex::new(None)),
             },
             staging: Vec::new(),
             resident_blocks: std::sync::atomic::AtomicU32::new(0),
