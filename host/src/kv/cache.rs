@@ -25,6 +25,9 @@ pub struct PagedKvCache<T> {
     pools: Vec<KvPool<T>>,
     /// Bumped by every change of the tables, so a stale [`AppendStep`] is refused.
     generation: u64,
+    /// Device copy of the current step's append metadata (GPU caches), rewritten by every
+    /// `begin_append`.
+    meta_buf: Option<crate::runtime::DeviceBuffer<i32>>,
 }
 
 /// One step's reservation, made by [`PagedKvCache::begin_append`]: where each new row goes,
@@ -85,6 +88,7 @@ impl<T: Float16> PagedKvCache<T> {
             table: PageTable::new(c.num_pages, c.page_size)?,
             pools,
             generation: 0,
+            meta_buf: None,
         })
     }
 
@@ -108,6 +112,7 @@ impl<T: Float16> PagedKvCache<T> {
             table: PageTable::new(c.num_pages, c.page_size)?,
             pools,
             generation: 0,
+            meta_buf: None,
         })
     }
 
@@ -214,7 +219,10 @@ impl<T: Float16> PagedKvCache<T> {
                 positions: &plan.positions,
                 pages: &plan.pages,
             };
-            Some(self.pools[0].upload_append_meta(&meta)?)
+            // Into the cache's own buffer, reused every step: no per-step allocation (a freed
+            // device buffer can synchronise the device). Valid until the next begin_append,
+            // which bumps the generation that append_layer checks.
+            Some(self.pools[0].upload_append_meta_into(&meta, &mut self.meta_buf)?)
         } else {
             None
         };

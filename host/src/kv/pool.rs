@@ -186,7 +186,12 @@ pub struct KvPool<T> {
 /// Append metadata validated and uploaded to the device once, for repeated launches (one per
 /// layer in a serving step, or a benchmark loop). Only valid for the pool that made it.
 pub struct DeviceAppendMeta {
-    buf: DeviceBuffer<i32>,
+    /// Device address of the metadata.
+    addr: u64,
+    /// The buffer holding it when this value owns it (`upload_append_meta`); `None` when it
+    /// lives in a buffer the caller keeps alive and unchanged while the value is in use (the
+    /// KV cache's per-step buffer, guarded by its generation check).
+    _owned: Option<DeviceBuffer<i32>>,
     offs: [usize; 4],
     nnz: usize,
     /// Geometry and context the metadata was validated against: any pool with both (every layer
@@ -555,8 +560,24 @@ impl<T: Float16> KvPool<T> {
         })
     }
 
-    /// Validates `meta` for `nnz` rows and uploads it (one host-to-device copy).
+    /// Validates `meta` for `nnz` rows and uploads it (one asynchronous host-to-device copy into
+    /// a new device buffer the result owns).
     pub fn upload_append_meta(&self, meta: &AppendMeta<'_>) -> Result<DeviceAppendMeta> {
+        let mut buf = None;
+        let mut m = self.upload_append_meta_into(meta, &mut buf)?;
+        m._owned = buf;
+        Ok(m)
+    }
+
+    /// As [`KvPool::upload_append_meta`], into `buf` (grown when too small). The result points
+    /// into `buf`: the caller must keep `buf` alive and not rewrite it while using the result.
+    /// Stream-ordered allocation and an async copy from pinned memory: nothing here waits for
+    /// the GPU (see `Storage::Cuda::pinned`).
+    pub(crate) fn upload_append_meta_into(
+        &self,
+        meta: &AppendMeta<'_>,
+        buf: &mut Option<DeviceBuffer<i32>>,
+    ) -> Result<DeviceAppendMeta> {
         let Storage::Cuda { gpu, pinned, .. } = &self.storage else {
             return Err(Error::invalid(
                 OP,
@@ -580,15 +601,19 @@ impl<T: Float16> KvPool<T> {
             host.extend_from_slice(p);
         }
         host.push(0);
-        // Stream-ordered allocation plus an async copy from pinned memory: nothing here waits
-        // for the GPU (see `Storage::Cuda::pinned`).
-        let mut buf = gpu.alloc::<i32>(host.len())?;
+        if buf.as_ref().is_none_or(|b| b.len() < host.len()) {
+            *buf = Some(gpu.alloc::<i32>(host.len().next_power_of_two())?);
+        }
+        let Some(b) = buf.as_mut() else {
+            return Err(Error::invalid(OP, "storage", "metadata buffer"));
+        };
         {
             let mut staging = pinned.lock().unwrap_or_else(|p| p.into_inner());
-            gpu.upload_pinned(&mut staging, &host, &mut buf)?;
+            gpu.upload_pinned(&mut staging, &host, b)?;
         }
         Ok(DeviceAppendMeta {
-            buf,
+            addr: b.addr(),
+            _owned: None,
             offs,
             nnz: meta.batch_indices.len(),
             cfg: self.cfg,
@@ -620,7 +645,7 @@ impl<T: Float16> KvPool<T> {
         if meta.nnz == 0 {
             return Ok(());
         }
-        let base = meta.buf.addr();
+        let base = meta.addr;
         let a = meta.offs.map(|o| base + (o * 4) as u64);
         self.launch_append(a, meta.nnz, k, ks, v, vs)
     }
