@@ -51,6 +51,12 @@ enum Cmd {
         /// Head dimension.
         #[arg(long, default_value_t = 64)]
         head_dim: usize,
+        /// Fixed split-KV chunk for decode, in tokens (default: the planner's choice).
+        #[arg(long)]
+        decode_split: Option<usize>,
+        /// Decode kernel family: `cuda-core` or `tensor-core` (default: by group size).
+        #[arg(long)]
+        decode_kernel: Option<String>,
     },
 }
 
@@ -67,6 +73,8 @@ fn main() {
             qo_heads,
             kv_heads,
             head_dim,
+            decode_split,
+            decode_kernel,
         } => {
             // Smaller defaults on the CPU backend keep the demo to a few seconds there.
             cli::discover_or_say().and_then(|gpu| {
@@ -76,6 +84,18 @@ fn main() {
                     (4, 256, 8)
                 };
                 let heads = HeadConfig::new(qo_heads, kv_heads, head_dim)?;
+                let decode_kernel = match decode_kernel.as_deref() {
+                    None => None,
+                    Some("cuda-core") => Some(ferrinfer::ops::DecodeKernel::CudaCore),
+                    Some("tensor-core") => Some(ferrinfer::ops::DecodeKernel::TensorCore),
+                    Some(other) => {
+                        return Err(ferrinfer::Error::invalid(
+                            "demo",
+                            "--decode-kernel",
+                            format!("{other} (cuda-core or tensor-core)"),
+                        ))
+                    }
+                };
                 cli::demo::run(
                     gpu,
                     cli::demo::DemoConfig {
@@ -84,6 +104,8 @@ fn main() {
                         steps: steps.unwrap_or(ds),
                         layers,
                         heads,
+                        decode_split,
+                        decode_kernel,
                     },
                 )
                 .map(|_| true)

@@ -40,6 +40,10 @@ pub struct DemoConfig {
     pub layers: usize,
     /// Head geometry.
     pub heads: HeadConfig,
+    /// Fixed split-KV chunk for decode (tokens); `None`: the planner decides.
+    pub decode_split: Option<usize>,
+    /// Decode kernel family; `None`: the op's default for the group size.
+    pub decode_kernel: Option<crate::ops::DecodeKernel>,
 }
 
 /// Measured phases.
@@ -172,7 +176,12 @@ fn run_gpu(gpu: &Gpu, cfg: &DemoConfig) -> Result<Times> {
         crate::DType::Bf16,
         AttentionOptions::default().with_causal(true),
     )?;
-    let decode = BatchDecode::new(gpu, h, crate::DType::Bf16, AttentionOptions::default())?;
+    let mut decode = BatchDecode::new(gpu, h, crate::DType::Bf16, AttentionOptions::default())?;
+    decode.set_fixed_split_size(cfg.decode_split);
+    if let Some(k) = cfg.decode_kernel {
+        decode.set_kernel(k)?;
+    }
+    println!("decode kernel: {}", decode.kernel_name());
     let p = rows3(&h, cfg.requests * cfg.context, 7);
     let d = rows3(&h, cfg.requests, 11);
     let (qp, kp, vp) = (gpu.upload(&p.q)?, gpu.upload(&p.k)?, gpu.upload(&p.v)?);
