@@ -11,8 +11,15 @@ pub mod decode_tc {
     pub const THREADS: u32 = 128;
     /// KV tokens per pipeline stage (16 per warp).
     pub const TILE: u32 = 64;
-    /// Pipeline stages.
-    pub const STAGES: u32 = 2;
+    /// Pipeline stages at head dim `head_dim`: 4 at D ≤ 64 (a 64-token stage is only 16 KB
+    /// there, too few bytes in flight per CTA to saturate HBM with 2), else 2.
+    pub const fn stages(head_dim: u32) -> u32 {
+        if head_dim <= 64 {
+            4
+        } else {
+            2
+        }
+    }
     /// Largest query group (rows of the mma tile).
     pub const MAX_GROUP: u32 = 16;
 
@@ -25,7 +32,7 @@ pub mod decode_tc {
     /// rows × head_dim f32 outputs + their m and d) and the fused split merge (a 16-byte flag,
     /// then up to 8 heads × `MAX_ITEMS_PER_REQUEST` f32 weights).
     pub const fn smem_bytes(head_dim: u32) -> u32 {
-        let staging = STAGES * stage_bytes(head_dim);
+        let staging = stages(head_dim) * stage_bytes(head_dim);
         let merge = 4 * 16 * head_dim * 4 + 4 * 16 * 2 * 4 + 16;
         let split = 16 + 8 * super::batch_decode::MAX_ITEMS_PER_REQUEST * 4;
         let m = if staging > merge { staging } else { merge };

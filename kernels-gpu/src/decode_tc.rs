@@ -21,7 +21,6 @@ use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::clamp_ref;
 
 const TILE: u32 = cfg::TILE;
-const STAGES: u32 = cfg::STAGES;
 
 /// Byte offset of 16-byte chunk `c` of row `r` in a swizzled `[rows][D]` tile.
 #[inline(always)]
@@ -85,7 +84,16 @@ unsafe fn issue_tile<const D: u32>(
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
 /// `config::decode_tc::smem_bytes(D)`; `group ≤ 16`; plan validated by the host.
 #[inline(always)]
-unsafe fn decode_tc<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: &DecodeParams) {
+unsafe fn decode_tc<
+    E: Elem,
+    const D: u32,
+    const NT: usize,
+    const KS: usize,
+    const STAGES: u32,
+    const IN_FLIGHT: u32,
+>(
+    p: &DecodeParams,
+) {
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
     let w = tid / 32;
@@ -117,9 +125,17 @@ unsafe fn decode_tc<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: 
     let tf = p.logit;
     let smem = shared::dyn_smem_base();
     let tiles = (end - begin).div_ceil(TILE);
+    // Prologue: the first STAGES − 1 tiles in flight (one commit group each, empty past the
+    // end, so the wait count below is the same every iteration).
     if tiles > 0 {
-        // SAFETY: see issue_tile.
-        unsafe { issue_tile::<D>(p, kvh, begin, end, page_base, 0, 0, tid, smem) };
+        for t in 0..STAGES - 1 {
+            if t < tiles {
+                // SAFETY: see issue_tile.
+                unsafe { issue_tile::<D>(p, kvh, begin, end, page_base, t, t, tid, smem) };
+            } else {
+                pipeline::commit_group();
+            }
+        }
     }
 
     // Q as mma A fragments: row = head of the group (zero past g), KS k-steps of 16 columns.
@@ -143,8 +159,10 @@ unsafe fn decode_tc<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: 
     let (gq, tq) = (lane / 4, lane % 4);
     let mut j = 0;
     while j < tiles {
-        if j + 1 < tiles {
-            // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j−1.
+        let ahead = j + STAGES - 1;
+        if ahead < tiles {
+            // SAFETY: see issue_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
+            // the barrier ending iteration j − 1.
             unsafe {
                 issue_tile::<D>(
                     p,
@@ -152,8 +170,8 @@ unsafe fn decode_tc<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: 
                     begin,
                     end,
                     page_base,
-                    j + 1,
-                    (j + 1) % STAGES,
+                    ahead,
+                    ahead % STAGES,
                     tid,
                     smem,
                 )
@@ -161,7 +179,8 @@ unsafe fn decode_tc<E: Elem, const D: u32, const NT: usize, const KS: usize>(p: 
         } else {
             pipeline::commit_group();
         }
-        pipeline::wait_group::<1>();
+        // Tile j's group is complete once at most IN_FLIGHT = STAGES − 1 newer groups remain.
+        pipeline::wait_group::<IN_FLIGHT>();
         thread::sync_threads();
         let k_base = smem + (j % STAGES) * cfg::stage_bytes(D);
         let v_base = k_base + TILE * D * 2;
@@ -354,7 +373,7 @@ macro_rules! decode_tc_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { decode_tc::<$e, $d, $nt, $ks>(&p) }
+            unsafe { decode_tc::<$e, $d, $nt, $ks, { cfg::stages($d) }, { cfg::stages($d) - 1 }>(&p) }
         }
     )*};
 }
