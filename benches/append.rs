@@ -17,15 +17,6 @@ struct Shape {
     cached: usize,
 }
 
-fn shuffle(v: &mut [i32], mut x: u64) {
-    for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-}
-
 fn bench(
     gpu: &Gpu,
     s: &Shape,
@@ -47,7 +38,7 @@ fn bench(
     let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
     pool.set_append_variant(rows_per_thread, streaming)?;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
-    shuffle(&mut ids, 0x9e37_79b9_7f4a_7c15);
+    ferrinfer_harness::shuffle_pages(&mut ids, 0x9e37_79b9_7f4a_7c15);
     let pages = BatchPages {
         kv_indptr: (0..=s.seqs).map(|b| (b * pages_per) as i32).collect(),
         kv_indices: ids,

@@ -7,34 +7,11 @@
 //! overhead (host time to enqueue one `run`).
 use std::time::Instant;
 
-use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
+use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, DecodeKernel};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
-
-fn shuffle(v: &mut [i32], mut x: u64) {
-    for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-}
-
-fn pages_for(batch: usize, len: usize, p: usize, seed: u64) -> (BatchPages, usize) {
-    let per = len.div_ceil(p);
-    let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
-    shuffle(&mut ids, seed);
-    (
-        BatchPages {
-            kv_indptr: (0..=batch).map(|b| (b * per) as i32).collect(),
-            kv_indices: ids,
-            kv_last_page_len: vec![((len - 1) % p + 1) as i32; batch],
-        },
-        batch * per,
-    )
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -89,7 +66,8 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         op.set_kernel(kind)?;
         op.set_fixed_split_size(fixed);
         for &(batch, len) in &shapes {
-            let (pages, num_pages) = pages_for(batch, len, 16, 0x2545_f491 + batch as u64);
+            let (pages, num_pages) =
+                ferrinfer_harness::random_page_tables(batch, len, 16, 0x2545_f491 + batch as u64);
             let cfg = KvPoolConfig {
                 num_pages: 0,
                 page_size: 16,
@@ -152,7 +130,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     // Where the tensor-core path starts to win: groups 1–4 at 64 × 4096 (8 KV heads, D = 128).
     println!("\n| group | kernel | median us | TB/s |");
     println!("| ---: | --- | ---: | ---: |");
-    let (pages, num_pages) = pages_for(64, 4096, 16, 3);
+    let (pages, num_pages) = ferrinfer_harness::random_page_tables(64, 4096, 16, 3);
     let cfg = KvPoolConfig {
         num_pages: 0,
         page_size: 16,
@@ -190,7 +168,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         }
     }
     // Planner host time at batch 256 × 1024 (FlashInfer's plan(): 200–440 us).
-    let (pages, num_pages) = pages_for(256, 1024, 16, 7);
+    let (pages, num_pages) = ferrinfer_harness::random_page_tables(256, 1024, 16, 7);
     let cfg = KvPoolConfig {
         num_pages,
         page_size: 16,

@@ -8,20 +8,11 @@
 //! reported separately (host time of a re-plan into the existing plan).
 //! FLOPs = 4 · D · Hq · Σ pairs, pairs = the causal (query, key) pairs incl. the diagonal:
 //! `qo · (kv − qo) + qo (qo + 1) / 2` per request (FlashInfer's formula for qo = kv).
-use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
+use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchPrefill, PrefillTile};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
-
-fn shuffle(v: &mut [i32], mut x: u64) {
-    for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-}
 
 fn pattern(n: usize, salt: usize) -> Vec<bf16> {
     (0..n)
@@ -68,14 +59,8 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
             op.set_tile(Some(tile))?;
             let (t, items, plan_us) = if paged {
-                let per = kv.div_ceil(16);
-                let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
-                shuffle(&mut ids, 0x9e37 + batch as u64);
-                let pages = BatchPages {
-                    kv_indptr: (0..=batch).map(|b| (b * per) as i32).collect(),
-                    kv_indices: ids,
-                    kv_last_page_len: vec![((kv - 1) % 16 + 1) as i32; batch],
-                };
+                let (pages, num_pages) =
+                    ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + batch as u64);
                 let cfg = KvPoolConfig {
                     num_pages: 0,
                     page_size: 16,
@@ -83,7 +68,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                     head_dim: 128,
                     layout: KvLayout::Nhd,
                 };
-                let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(batch * per))?;
+                let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
                 pool.fill_tiled(&pattern(4096 * 3, 2), &pattern(4096 * 3, 3))?;
                 let mut plan = op.plan_paged(&qo_indptr, &pages, pool.config())?;
                 // Steady state: a re-plan into the step's existing plan (buffers and pinned

@@ -130,6 +130,15 @@ impl ErrorStats {
         !self.has_nan && self.lse_ok && self.rel_l2 <= tol.rel_l2 && self.max_abs <= tol.max_abs
     }
 
+    /// Panics (naming `case`) unless these errors are within the tolerance of `dtype`.
+    pub fn assert_within(&self, dtype: ferrinfer::DType, case: &dyn std::fmt::Debug) {
+        let tol = tolerance(dtype);
+        assert!(
+            self.within(tol),
+            "{dtype} {case:?}: {self:?} exceeds {tol:?}"
+        );
+    }
+
     /// Folds another case into a worst-case summary.
     pub fn worst(self, o: ErrorStats) -> ErrorStats {
         ErrorStats {
@@ -140,4 +149,37 @@ impl ErrorStats {
             lse_ok: self.lse_ok && o.lse_ok,
         }
     }
+}
+
+/// Benchmarks: shuffles page ids in place, deterministically (xorshift64 seeded with `x`), so
+/// every run reads the pool in the same random page order.
+pub fn shuffle_pages(v: &mut [i32], mut x: u64) {
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Benchmarks: page tables for `batch` sequences of `len` tokens each over pages of
+/// `page_size`, pages in random order ([`shuffle_pages`] with `seed`); returns the tables and
+/// the number of pages the pool needs.
+pub fn random_page_tables(
+    batch: usize,
+    len: usize,
+    page_size: usize,
+    seed: u64,
+) -> (ferrinfer::kv::BatchPages, usize) {
+    let per = len.div_ceil(page_size);
+    let mut ids: Vec<i32> = (0..(batch * per) as i32).collect();
+    shuffle_pages(&mut ids, seed);
+    (
+        ferrinfer::kv::BatchPages {
+            kv_indptr: (0..=batch).map(|b| (b * per) as i32).collect(),
+            kv_indices: ids,
+            kv_last_page_len: vec![((len.max(1) - 1) % page_size + 1) as i32; batch],
+        },
+        batch * per,
+    )
 }

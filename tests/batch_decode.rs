@@ -8,9 +8,7 @@ use ferrinfer::kv::{
 use ferrinfer::ops::{BatchDecode, DecodeKernel, GraphLimits};
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::{
-    gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats,
-};
+use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -239,11 +237,7 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
 }
 
 fn check(s: ErrorStats, dtype: DType, c: &Case) {
-    assert!(
-        s.within(tolerance(dtype)),
-        "{dtype} {c:?}: {s:?} exceeds {:?}",
-        tolerance(dtype)
-    );
+    s.assert_within(dtype, c);
 }
 
 #[test]

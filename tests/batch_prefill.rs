@@ -9,9 +9,7 @@ use ferrinfer::kv::{
 use ferrinfer::ops::{BatchDecode, BatchPrefill, PrefillGraphLimits, PrefillTile};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::{
-    gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats,
-};
+use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -235,11 +233,7 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
 }
 
 fn check(s: ErrorStats, dtype: DType, c: &Case) {
-    assert!(
-        s.within(tolerance(dtype)),
-        "{dtype} {c:?}: {s:?} exceeds {:?}",
-        tolerance(dtype)
-    );
+    s.assert_within(dtype, c);
 }
 
 #[test]

@@ -5,9 +5,7 @@
 use ferrinfer::ops::{SingleDecode, SinglePrefill};
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::{
-    gpu_or_skip, proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats,
-};
+use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -111,11 +109,7 @@ fn arb_case(max_len: usize) -> impl Strategy<Value = (Case, bool)> {
 }
 
 fn check(s: ErrorStats, dtype: DType, c: &Case) {
-    assert!(
-        s.within(tolerance(dtype)),
-        "{dtype} {c:?}: {s:?} exceeds {:?}",
-        tolerance(dtype)
-    );
+    s.assert_within(dtype, c);
 }
 
 #[test]

@@ -31,6 +31,58 @@ pub(crate) unsafe fn ld_i32(base: u64, i: u32) -> u32 {
     unsafe { global::ld_u32(base + (i as u64) * 4) }
 }
 
+/// A CTA's decode work item: request `b`, its KV range `[begin, end)`, its request's work items
+/// `[first, last)` (the split-KV merge group) and page-list start.
+pub(crate) struct Work {
+    pub(crate) b: u32,
+    pub(crate) begin: u32,
+    pub(crate) end: u32,
+    pub(crate) first: u32,
+    pub(crate) last: u32,
+    pub(crate) page_base: u32,
+}
+
+/// Loads the work item of CTA `blockIdx.x` (shared by both decode kernel families), or `None`
+/// for a padded CTA of a CUDA-graph grid. The loads are a dependent chain the L2 rarely holds
+/// (one per launch), so it is kept to two levels: {counts, work item} → {merge_indptr,
+/// kv_indptr}; the work item is read before the bounds check (`i < work_stride` always holds).
+///
+/// # Safety
+/// Grid x = `work_stride`; the plan's arrays as the host uploaded them.
+#[inline(always)]
+pub(crate) unsafe fn load_work(p: &DecodeParams) -> Option<Work> {
+    let i = thread::block_idx_x();
+    let ws = p.work_stride;
+    // SAFETY: counts has 2 entries; i < work_stride indexes the work arrays.
+    let (num_items, b, begin, end) = unsafe {
+        (
+            ld_i32(p.counts, 0),
+            ld_i32(p.work, i),
+            ld_i32(p.work, ws + i),
+            ld_i32(p.work, 2 * ws + i),
+        )
+    };
+    if i >= num_items {
+        return None;
+    }
+    // SAFETY: b < batch, so b + 1 indexes merge_indptr / kv_indptr.
+    let (first, last, page_base) = unsafe {
+        (
+            ld_i32(p.merge_indptr, b),
+            ld_i32(p.merge_indptr, b + 1),
+            ld_i32(p.kv_indptr, b),
+        )
+    };
+    Some(Work {
+        b,
+        begin,
+        end,
+        first,
+        last,
+        page_base,
+    })
+}
+
 #[inline(always)]
 fn unpack8<E: Elem>(raw: [u32; 4]) -> [f32; VEC] {
     let mut out = [0.0f32; VEC];
@@ -119,29 +171,17 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     let sub = tid % lpr;
     let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
-    // The prologue is a chain of dependent loads that the L2 rarely holds (one per launch), so
-    // it is kept to three levels: {counts, work item} → {merge_indptr, kv_indptr, q} → pages.
-    // The work item is read before the bounds check: i < work_stride always holds.
-    let ws = p.work_stride;
-    // SAFETY: counts has 2 entries; i < work_stride indexes the work arrays.
-    let (num_items, b, begin, end) = unsafe {
-        (
-            ld_i32(p.counts, 0),
-            ld_i32(p.work, i),
-            ld_i32(p.work, ws + i),
-            ld_i32(p.work, 2 * ws + i),
-        )
-    };
-    if i >= num_items {
+    // SAFETY: as the kernel's contract.
+    let Some(Work {
+        b,
+        begin,
+        end,
+        first,
+        last,
+        page_base,
+    }) = (unsafe { load_work(p) })
+    else {
         return;
-    }
-    // SAFETY: b < batch, so b + 1 indexes merge_indptr / kv_indptr.
-    let (first, last, page_base) = unsafe {
-        (
-            ld_i32(p.merge_indptr, b),
-            ld_i32(p.merge_indptr, b + 1),
-            ld_i32(p.kv_indptr, b),
-        )
     };
     let split = last - first > 1;
     let g = p.group;

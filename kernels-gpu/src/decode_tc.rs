@@ -13,7 +13,7 @@
 //! O += P·V (V through `ldmatrix.trans`). The warps' states meet in shared memory at the end.
 use crate::abi::DecodeParams;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
-use crate::batch_decode::{ld_i32, merge_if_last};
+use crate::batch_decode::{ld_i32, load_work, merge_if_last, Work};
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax, log2, rcp, tanh};
@@ -99,26 +99,17 @@ unsafe fn decode_tc<
     let w = tid / 32;
     let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
-    let ws = p.work_stride;
-    // SAFETY: counts has 2 entries; i < work_stride.
-    let (num_items, b, begin, end) = unsafe {
-        (
-            ld_i32(p.counts, 0),
-            ld_i32(p.work, i),
-            ld_i32(p.work, ws + i),
-            ld_i32(p.work, 2 * ws + i),
-        )
-    };
-    if i >= num_items {
+    // SAFETY: as the kernel's contract.
+    let Some(Work {
+        b,
+        begin,
+        end,
+        first,
+        last,
+        page_base,
+    }) = (unsafe { load_work(p) })
+    else {
         return;
-    }
-    // SAFETY: b < batch.
-    let (first, last, page_base) = unsafe {
-        (
-            ld_i32(p.merge_indptr, b),
-            ld_i32(p.merge_indptr, b + 1),
-            ld_i32(p.kv_indptr, b),
-        )
     };
     let split = last - first > 1;
     let g = p.group;

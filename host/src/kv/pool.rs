@@ -186,13 +186,12 @@ pub struct KvPool<T> {
 /// Append metadata validated and uploaded to the device once, for repeated launches (one per
 /// layer in a serving step, or a benchmark loop). Only valid for the pool that made it.
 pub struct DeviceAppendMeta {
-    /// Device address of the metadata.
-    addr: u64,
+    /// Device addresses of the batch indices, positions, kv_indptr and kv_indices.
+    addrs: [u64; 4],
     /// The buffer holding it when this value owns it (`upload_append_meta`); `None` when it
     /// lives in a buffer the caller keeps alive and unchanged while the value is in use (the
     /// KV cache's per-step buffer, guarded by its generation check).
     _owned: Option<DeviceBuffer<i32>>,
-    offs: [usize; 4],
     nnz: usize,
     /// Geometry and context the metadata was validated against: any pool with both (every layer
     /// of a cache) may use it.
@@ -498,30 +497,14 @@ impl<T: Float16> KvPool<T> {
         Ok(())
     }
 
-    fn upload_meta(&mut self, parts: &[&[i32]]) -> Result<[u64; 4]> {
-        self.staging.clear();
-        let mut offs = [0usize; 4];
-        for (i, p) in parts.iter().enumerate() {
-            offs[i] = self.staging.len();
-            self.staging.extend_from_slice(p);
-        }
+    fn upload_meta(&mut self, parts: &[&[i32]; 4]) -> Result<[u64; 4]> {
         let Storage::Cuda {
             gpu, meta, pinned, ..
         } = &mut self.storage
         else {
             return Err(Error::invalid(OP, "storage", "not a device pool"));
         };
-        let need = self.staging.len().max(1);
-        if meta.as_ref().is_none_or(|m| m.len() < need) {
-            *meta = Some(gpu.alloc::<i32>(need.next_power_of_two())?);
-        }
-        let Some(m) = meta.as_mut() else {
-            return Err(Error::invalid(OP, "storage", "metadata buffer"));
-        };
-        let pinned = pinned.get_mut().unwrap_or_else(|p| p.into_inner());
-        gpu.upload_pinned(pinned, &self.staging, m)?;
-        let base = m.addr();
-        Ok(offs.map(|o| base + (o * 4) as u64))
+        upload_parts(gpu, pinned, parts, &mut self.staging, meta)
     }
 
     /// Block `(head_dim/8, heads ≤ 256 threads)`; grid = one block per row up to one wave of
@@ -586,35 +569,21 @@ impl<T: Float16> KvPool<T> {
             ));
         };
         self.validate_meta(meta)?;
-        let mut host = Vec::new();
-        let mut offs = [0usize; 4];
-        for (i, p) in [
-            meta.batch_indices,
-            meta.positions,
-            &meta.pages.kv_indptr,
-            &meta.pages.kv_indices,
-        ]
-        .iter()
-        .enumerate()
-        {
-            offs[i] = host.len();
-            host.extend_from_slice(p);
-        }
-        host.push(0);
-        if buf.as_ref().is_none_or(|b| b.len() < host.len()) {
-            *buf = Some(gpu.alloc::<i32>(host.len().next_power_of_two())?);
-        }
-        let Some(b) = buf.as_mut() else {
-            return Err(Error::invalid(OP, "storage", "metadata buffer"));
-        };
-        {
-            let mut staging = pinned.lock().unwrap_or_else(|p| p.into_inner());
-            gpu.upload_pinned(&mut staging, &host, b)?;
-        }
+        let addrs = upload_parts(
+            gpu,
+            pinned,
+            &[
+                meta.batch_indices,
+                meta.positions,
+                &meta.pages.kv_indptr,
+                &meta.pages.kv_indices,
+            ],
+            &mut Vec::new(),
+            buf,
+        )?;
         Ok(DeviceAppendMeta {
-            addr: b.addr(),
+            addrs,
             _owned: None,
-            offs,
             nnz: meta.batch_indices.len(),
             cfg: self.cfg,
             ctx_id: gpu.ctx_id(),
@@ -645,9 +614,7 @@ impl<T: Float16> KvPool<T> {
         if meta.nnz == 0 {
             return Ok(());
         }
-        let base = meta.addr;
-        let a = meta.offs.map(|o| base + (o * 4) as u64);
-        self.launch_append(a, meta.nnz, k, ks, v, vs)
+        self.launch_append(meta.addrs, meta.nnz, k, ks, v, vs)
     }
 
     fn launch_append(
@@ -942,6 +909,37 @@ fn host_rows_out<T: Copy>(
 fn page_of(pages: &BatchPages, b: usize, pos: usize, page_size: usize) -> (usize, usize) {
     let slot = pages.kv_indptr[b] as usize + pos / page_size;
     (pages.kv_indices[slot] as usize, pos % page_size)
+}
+
+/// Concatenates the four metadata arrays into `host`, grows `buf` to hold them and uploads them
+/// asynchronously through the pool's pinned staging (stream-ordered: nothing waits for the
+/// GPU). Returns each array's device address.
+fn upload_parts(
+    gpu: &Gpu,
+    pinned: &std::sync::Mutex<Option<crate::runtime::PinnedStaging>>,
+    parts: &[&[i32]; 4],
+    host: &mut Vec<i32>,
+    buf: &mut Option<DeviceBuffer<i32>>,
+) -> Result<[u64; 4]> {
+    host.clear();
+    let mut offs = [0usize; 4];
+    for (o, p) in offs.iter_mut().zip(parts) {
+        *o = host.len();
+        host.extend_from_slice(p);
+    }
+    let need = host.len().max(1);
+    if buf.as_ref().is_none_or(|b| b.len() < need) {
+        *buf = Some(gpu.alloc::<i32>(need.next_power_of_two())?);
+    }
+    let Some(b) = buf.as_mut() else {
+        return Err(Error::invalid(OP, "storage", "metadata buffer"));
+    };
+    {
+        let mut staging = pinned.lock().unwrap_or_else(|p| p.into_inner());
+        gpu.upload_pinned(&mut staging, host, b)?;
+    }
+    let base = b.addr();
+    Ok(offs.map(|o| base + (o * 4) as u64))
 }
 
 fn unreachable_storage<T>() -> Result<T> {

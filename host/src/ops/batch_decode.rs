@@ -610,9 +610,6 @@ impl BatchDecode {
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
         let h = self.heads;
-        if T::DTYPE != self.dtype {
-            return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
-        }
         if plan.owner != self.owner() {
             return Err(Error::invalid(
                 OP,
@@ -627,6 +624,7 @@ impl BatchDecode {
             lse_elems: plan.batch * h.num_qo_heads,
             exact: self.graph.is_none() && !src.single,
             gpu: &self.gpu,
+            dtype: self.dtype,
         }
         .check(q, out, lse.as_deref())?;
         let base = plan.meta.addr();

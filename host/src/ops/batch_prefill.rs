@@ -789,9 +789,6 @@ impl BatchPrefill {
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
         let h = self.heads;
-        if T::DTYPE != self.dtype {
-            return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
-        }
         if plan.owner != self.owner() {
             return Err(Error::invalid(
                 OP,
@@ -806,6 +803,7 @@ impl BatchPrefill {
             lse_elems: plan.qo_tokens * h.num_qo_heads,
             exact: self.graph.is_none(),
             gpu: &self.gpu,
+            dtype: self.dtype,
         }
         .check(q, out, lse.as_deref())?;
         let grid_items = match self.graph {

@@ -1,6 +1,6 @@
 //! Launch-time checks shared by the planned ops (batch decode, batch prefill): the query,
-//! output and lse buffers against what the plan was made for.
-use crate::dtype::Float16;
+//! element type, output and lse buffers against what the op and plan were made for.
+use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::runtime::{DeviceBuffer, Gpu};
 
@@ -19,10 +19,12 @@ pub(crate) struct PlannedIo<'a> {
     pub exact: bool,
     /// The device the op runs on.
     pub gpu: &'a Gpu,
+    /// The element type the op was made for.
+    pub dtype: DType,
 }
 
 impl PlannedIo<'_> {
-    /// Checks context, lengths and (when given) the lse buffer.
+    /// Checks the element type, context, lengths and (when given) the lse buffer.
     pub(crate) fn check<T: Float16>(
         &self,
         q: &DeviceBuffer<T>,
@@ -30,6 +32,9 @@ impl PlannedIo<'_> {
         lse: Option<&DeviceBuffer<f32>>,
     ) -> Result<()> {
         let (op, n) = (self.op, self.elems);
+        if T::DTYPE != self.dtype {
+            return Err(Error::shape(op, "element type", self.dtype, T::DTYPE));
+        }
         self.gpu.check_buffer(op, q)?;
         self.gpu.check_buffer(op, out)?;
         if self.exact && (q.len() != n || out.len() != n) {
