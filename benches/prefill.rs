@@ -51,11 +51,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
         let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
         let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
-        for tile in [
-            PrefillTile::Rows64,
-            PrefillTile::Rows128,
-            PrefillTile::Rows128Wide,
-        ] {
+        for &tile in PrefillTile::available(128, gpu.info().arch) {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
             op.set_tile(Some(tile))?;
             let (t, items, plan_us) = if paged {
@@ -119,7 +115,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let k = gpu.upload(&pattern(batch * len * krow, 2))?;
         let v = gpu.upload(&pattern(batch * len * krow, 3))?;
         let mut o = gpu.alloc::<bf16>(batch * len * qrow)?;
-        for tile in PrefillTile::ALL {
+        for &tile in PrefillTile::available(64, gpu.info().arch) {
             let mut op = BatchPrefill::new(gpu, small, DType::Bf16, opts)?;
             op.set_tile(Some(tile))?;
             let plan = op.plan_ragged(&indptr, &indptr)?;

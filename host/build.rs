@@ -1,5 +1,5 @@
 //! Builds the device crate (`kernels-gpu`) to PTX with rustc's nvptx64 backend, once per target
-//! architecture (sm_80, sm_90), and embeds the results (`OUT_DIR/kernels_sm80.ptx`, ...).
+//! architecture (sm_80, sm_90, sm_90a), and embeds the results (`OUT_DIR/kernels_sm80.ptx`, ...).
 //!
 //! The nested cargo runs with its own target dir (the outer build holds `target/`'s lock),
 //! `RUSTC_BOOTSTRAP=1` for itself only (the device crate needs `abi_ptx`, `asm_experimental_arch`
@@ -13,7 +13,9 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+/// sm_90a is sm_90 plus the architecture-specific `wgmma` kernels (`cfg(target_feature =
+/// "sm_90a")` in the device crate); its PTX loads on compute capability 9.0 only.
+const ARCHS: [&str; 3] = ["sm_80", "sm_90", "sm_90a"];
 
 /// LLVM's default full-unroll threshold leaves the per-head register arrays of the larger
 /// query groups in local memory; this makes every const-trip-count loop in the kernels unroll.

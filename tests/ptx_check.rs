@@ -389,3 +389,8 @@ fn ptxas_sm80() {
 fn ptxas_sm90() {
     check_with_ptxas(Arch::Sm90);
 }
+
+#[test]
+fn ptxas_sm90a() {
+    check_with_ptxas(Arch::Sm90a);
+}

@@ -9,29 +9,37 @@
 pub static PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm80.ptx"));
 /// PTX for sm_90 (Hopper).
 pub static PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm90.ptx"));
+/// PTX for sm_90a (compute capability 9.0 exactly: everything of sm_90 plus the `wgmma`
+/// kernels, which exist only for the architecture-specific target).
+pub static PTX_SM90A: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm90a.ptx"));
 /// cubin for sm_80, or empty when the build had no ptxas.
 pub static CUBIN_SM80: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm80.cubin"));
 /// cubin for sm_90, or empty when the build had no ptxas.
 pub static CUBIN_SM90: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm90.cubin"));
+/// cubin for sm_90a, or empty when the build had no ptxas.
+pub static CUBIN_SM90A: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm90a.cubin"));
 
 /// A target architecture of the embedded kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
     /// `sm_80`.
     Sm80,
-    /// `sm_90`.
+    /// `sm_90` (portable to every newer GPU through the driver's JIT).
     Sm90,
+    /// `sm_90a`: Hopper's architecture-specific features (`wgmma`); runs on 9.0 only.
+    Sm90a,
 }
 
 impl Arch {
     /// All embedded architectures.
-    pub const ALL: [Arch; 2] = [Arch::Sm80, Arch::Sm90];
+    pub const ALL: [Arch; 3] = [Arch::Sm80, Arch::Sm90, Arch::Sm90a];
 
     /// The PTX target name (`sm_80`, `sm_90`).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Sm80 => "sm_80",
             Arch::Sm90 => "sm_90",
+            Arch::Sm90a => "sm_90a",
         }
     }
 
@@ -40,6 +48,7 @@ impl Arch {
         match self {
             Arch::Sm80 => PTX_SM80,
             Arch::Sm90 => PTX_SM90,
+            Arch::Sm90a => PTX_SM90A,
         }
     }
 
@@ -48,18 +57,26 @@ impl Arch {
         let c = match self {
             Arch::Sm80 => CUBIN_SM80,
             Arch::Sm90 => CUBIN_SM90,
+            Arch::Sm90a => CUBIN_SM90A,
         };
         (!c.is_empty()).then_some(c)
     }
 
     /// The PTX architecture for a device of compute capability `major.minor`: 8.x → sm_80,
-    /// 9.x and newer → sm_90 (PTX is forward compatible); older → `None`.
-    pub fn for_compute_capability(major: i32, _minor: i32) -> Option<Arch> {
-        match major {
-            8 => Some(Arch::Sm80),
-            m if m >= 9 => Some(Arch::Sm90),
+    /// 9.0 → sm_90a (Hopper: the `wgmma` kernels too), other 9.x and newer → sm_90 (PTX is
+    /// forward compatible; `sm_90a` PTX is not); older → `None`.
+    pub fn for_compute_capability(major: i32, minor: i32) -> Option<Arch> {
+        match (major, minor) {
+            (8, _) => Some(Arch::Sm80),
+            (9, 0) => Some(Arch::Sm90a),
+            (m, _) if m >= 9 => Some(Arch::Sm90),
             _ => None,
         }
+    }
+
+    /// Whether this architecture's image holds the Hopper (`wgmma`) kernels.
+    pub fn has_wgmma(self) -> bool {
+        self == Arch::Sm90a
     }
 
     /// Whether this arch's cubin runs natively on `major.minor` (same major; the cubin's minor
@@ -67,7 +84,7 @@ impl Arch {
     pub fn cubin_runs_on(self, major: i32, minor: i32) -> bool {
         match self {
             Arch::Sm80 => major == 8,
-            Arch::Sm90 => major == 9 && minor == 0,
+            Arch::Sm90 | Arch::Sm90a => major == 9 && minor == 0,
         }
     }
 }
@@ -120,11 +137,19 @@ mod tests {
         assert_eq!(a, b);
         assert!(PTX_SM80.contains(".target sm_80"));
         assert!(PTX_SM90.contains(".target sm_90"));
+        // sm_90a: the same entries plus the Hopper prefill kernels (suffix `_h`).
+        let c = entry_names(PTX_SM90A);
+        assert!(PTX_SM90A.contains(".target sm_90a"));
+        let (hopper, rest): (Vec<&str>, Vec<&str>) = c.iter().partition(|n| n.ends_with("_h"));
+        assert_eq!(rest, b);
+        assert_eq!(hopper.len(), 8);
+        assert!(b.iter().all(|n| !n.ends_with("_h")));
     }
 
     #[test]
     fn arch_selection() {
-        assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90));
+        assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90a));
+        assert_eq!(Arch::for_compute_capability(9, 1), Some(Arch::Sm90));
         assert_eq!(Arch::for_compute_capability(8, 6), Some(Arch::Sm80));
         assert_eq!(Arch::for_compute_capability(10, 0), Some(Arch::Sm90));
         assert_eq!(Arch::for_compute_capability(7, 5), None);

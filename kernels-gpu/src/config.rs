@@ -72,6 +72,25 @@ pub mod prefill {
     }
 }
 
+/// The Hopper prefill kernel (`kernels-gpu/src/prefill_hopper.rs`, sm_90a): two consumer
+/// warpgroups of 64 packed query rows each, `wgmma` on K/V tiles of [`prefill_hopper::TILE`]
+/// keys in the 128-byte-swizzled layout (`math::wgmma_layout`).
+pub mod prefill_hopper {
+    /// Packed query rows per CTA (2 warpgroups × 64).
+    pub const ROWS: u32 = 128;
+    /// Threads per CTA.
+    pub const THREADS: u32 = 256;
+    /// KV tokens per stage (the N of the score product).
+    pub const TILE: u32 = 128;
+    /// Pipeline stages.
+    pub const STAGES: u32 = 2;
+
+    /// Dynamic shared memory: the Q tile, then `STAGES` K and V tiles.
+    pub const fn smem_bytes(head_dim: u32) -> u32 {
+        ROWS * head_dim * 2 + STAGES * 2 * TILE * head_dim * 2
+    }
+}
+
 /// Decode row geometry (`kernels-gpu/src/batch_decode.rs`): lanes per K/V row, row slots,
 /// tokens per iteration, group capacities.
 pub mod single_decode {

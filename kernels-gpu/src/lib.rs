@@ -38,6 +38,8 @@ mod decode_tc;
 mod merge;
 #[cfg(target_arch = "nvptx64")]
 mod prefill;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod prefill_hopper;
 #[cfg(target_arch = "nvptx64")]
 mod selftest;
 #[cfg(target_arch = "nvptx64")]

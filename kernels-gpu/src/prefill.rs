@@ -27,7 +27,7 @@ const fn swz<const D: u32>(r: u32, c: u32) -> u32 {
 }
 
 /// Where a request's K/V rows live: packed ragged tensors or the paged pool.
-trait KvRows {
+pub(crate) trait KvRows {
     /// Byte addresses of K and V of key `t` of the request whose KV starts at `kv_begin`
     /// (ragged: token offset; paged: page-list offset), head `kvh`, element 0.
     ///
@@ -37,7 +37,7 @@ trait KvRows {
 }
 
 /// Packed (ragged) K/V: token `kv_begin + t` of `k`/`v` with their strides.
-struct Ragged;
+pub(crate) struct Ragged;
 
 impl KvRows for Ragged {
     #[inline(always)]
@@ -51,7 +51,7 @@ impl KvRows for Ragged {
 }
 
 /// Paged K/V: entry `t % page_size` of page `kv_indices[kv_begin + t / page_size]`.
-struct Paged;
+pub(crate) struct Paged;
 
 impl KvRows for Paged {
     #[inline(always)]
@@ -170,7 +170,7 @@ fn cta_work() -> u32 {
 
 /// The CTA's KV head (see [`cta_work`]).
 #[inline(always)]
-fn cta_kv_head() -> u32 {
+pub(crate) fn cta_kv_head() -> u32 {
     thread::block_idx_x()
 }
 
@@ -188,7 +188,7 @@ const fn q_in_smem(mt: usize, d: u32) -> bool {
 /// # Safety
 /// As the kernel's contract.
 #[inline(always)]
-unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> {
+pub(crate) unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> {
     Some(if p.items == 0 {
         (
             PrefillRequest {

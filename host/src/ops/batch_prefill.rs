@@ -13,12 +13,14 @@
 //! Device side: `kernels-gpu/src/prefill.rs`, `kernels-gpu/src/merge.rs`.
 use ferrinfer_kernels::abi::{MergeParams, PrefillItem, PrefillParams};
 use ferrinfer_kernels::config::prefill as cfg;
+use ferrinfer_kernels::config::prefill_hopper as hopper_cfg;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
+use crate::kernels::Arch;
 use crate::kv::{BatchPages, KvPool, KvPoolConfig};
 use crate::ops::io_check::PlannedIo;
 use crate::ops::merge;
@@ -46,51 +48,73 @@ pub enum PrefillTile {
     /// 128 rows: 4 warps × 32 rows (two m-tiles per warp share every K/V fragment), Q re-read
     /// from shared memory (`prefill_*_m2`).
     Rows128Wide,
+    /// 128 rows on Hopper's warpgroup tensor cores: 2 warpgroups × 64 rows, `wgmma` with Q, K
+    /// and V read from shared memory through descriptors, 128-key tiles (`prefill_*_h`,
+    /// `kernels-gpu/src/prefill_hopper.rs`). Built only into the sm_90a image: compute
+    /// capability 9.0, head dims 64 and 128.
+    Rows128Wgmma,
 }
 
 impl PrefillTile {
     /// Every tile, in `index` order.
-    pub const ALL: [PrefillTile; 3] = [Self::Rows64, Self::Rows128, Self::Rows128Wide];
+    pub const ALL: [PrefillTile; 4] = [
+        Self::Rows64,
+        Self::Rows128,
+        Self::Rows128Wide,
+        Self::Rows128Wgmma,
+    ];
 
     fn index(self) -> usize {
         match self {
             Self::Rows64 => 0,
             Self::Rows128 => 1,
             Self::Rows128Wide => 2,
+            Self::Rows128Wgmma => 3,
         }
     }
 
-    /// The tile chosen when the op has none fixed: at head dim 128, [`PrefillTile::Rows128Wide`]
-    /// when requests average at least 128 packed query rows (`qo_len × group`), else
-    /// [`PrefillTile::Rows64`] (a short append would leave most of a 128-row tile empty); at
-    /// head dim 64 always [`PrefillTile::Rows64`]. Measured on the H100 (docs/perf-notes.md):
-    /// D = 128, group 4: the wide tile 1.1–1.3× faster from 512 query tokens per request, the
-    /// 64-row tile 1.24× faster at 16; D = 64 (SmolLM2, group 3): the 64-row tile fastest at
-    /// 8 × 512 and 1 × 4096.
-    pub fn auto(qo_tokens: usize, batch: usize, group: usize, head_dim: usize) -> Self {
-        if head_dim == 128 && qo_tokens * group >= 128 * batch.max(1) {
+    /// The tile chosen when the op has none fixed. With 128 packed query rows or more per
+    /// request on average (`qo_tokens × group ≥ 128 × batch`): on a `wgmma` image at head dims
+    /// 64 and 128 [`PrefillTile::Rows128Wgmma`], else at head dim 128
+    /// [`PrefillTile::Rows128Wide`]; otherwise [`PrefillTile::Rows64`] (a short append would
+    /// leave most of a 128-row tile empty). Measured on the H100 (docs/perf-notes.md): D = 128,
+    /// group 4: the wide tile 1.1–1.3× faster than 64 rows from 512 query tokens per request,
+    /// the 64-row tile 1.24× faster at 16; D = 64 (SmolLM2, group 3): the 64-row tile fastest
+    /// of the `mma.sync` tiles at 8 × 512 and 1 × 4096.
+    pub fn auto(qo_tokens: usize, batch: usize, group: usize, head_dim: usize, arch: Arch) -> Self {
+        let long = qo_tokens * group >= 128 * batch.max(1);
+        if long && arch.has_wgmma() && head_dim <= 128 {
+            Self::Rows128Wgmma
+        } else if long && head_dim == 128 {
             Self::Rows128Wide
         } else {
             Self::Rows64
         }
     }
 
-    /// The tiles built for head dim `head_dim`: all three at 64 and 128, the 64-row tile at 256
-    /// (Q in shared memory, 160 KB of it per CTA).
-    pub fn available(head_dim: usize) -> &'static [PrefillTile] {
+    /// The tiles built for head dim `head_dim` in the image of `arch`: the three `mma.sync`
+    /// tiles at 64 and 128 (plus [`PrefillTile::Rows128Wgmma`] on sm_90a), the 64-row tile at
+    /// 256 (Q in shared memory, 160 KB of it per CTA).
+    pub fn available(head_dim: usize, arch: Arch) -> &'static [PrefillTile] {
         match head_dim {
             256 => &[Self::Rows64],
-            _ => &Self::ALL,
+            _ if arch.has_wgmma() => &Self::ALL,
+            _ => &[Self::Rows64, Self::Rows128, Self::Rows128Wide],
         }
     }
 
-    /// `Err(Unsupported)` unless `tile` (when fixed) is built for `head_dim`.
-    pub(crate) fn check(op: &'static str, tile: Option<Self>, head_dim: usize) -> Result<()> {
+    /// `Err(Unsupported)` unless `tile` (when fixed) is built for `head_dim` on `arch`.
+    pub(crate) fn check(
+        op: &'static str,
+        tile: Option<Self>,
+        head_dim: usize,
+        arch: Arch,
+    ) -> Result<()> {
         match tile {
-            Some(t) if !Self::available(head_dim).contains(&t) => Err(Error::unsupported(
+            Some(t) if !Self::available(head_dim, arch).contains(&t) => Err(Error::unsupported(
                 op,
                 "prefill tile",
-                format!("{t:?} at head_dim {head_dim}"),
+                format!("{t:?} at head_dim {head_dim} on {}", arch.name()),
             )),
             _ => Ok(()),
         }
@@ -100,7 +124,7 @@ impl PrefillTile {
     pub fn warps(self) -> u32 {
         match self {
             Self::Rows64 | Self::Rows128Wide => 4,
-            Self::Rows128 => 8,
+            Self::Rows128 | Self::Rows128Wgmma => 8,
         }
     }
 
@@ -108,7 +132,7 @@ impl PrefillTile {
     pub fn rows(self) -> u32 {
         match self {
             Self::Rows64 => 64,
-            Self::Rows128 | Self::Rows128Wide => 128,
+            Self::Rows128 | Self::Rows128Wide | Self::Rows128Wgmma => 128,
         }
     }
 
@@ -118,6 +142,7 @@ impl PrefillTile {
             Self::Rows64 => "",
             Self::Rows128 => "_w8",
             Self::Rows128Wide => "_m2",
+            Self::Rows128Wgmma => "_h",
         }
     }
 
@@ -127,6 +152,7 @@ impl PrefillTile {
         // Q is staged in shared memory with two m-tiles per warp, and at D = 256 (mirrors
         // `q_in_smem` in kernels-gpu/src/prefill.rs).
         let q = match self {
+            Self::Rows128Wgmma => return hopper_cfg::smem_bytes(d),
             Self::Rows128Wide => cfg::q_smem_bytes(self.rows(), d),
             _ if d > 128 => cfg::q_smem_bytes(self.rows(), d),
             _ => 0,
@@ -252,7 +278,7 @@ pub struct BatchPrefill {
     dtype: DType,
     opts: AttentionOptions,
     /// CTAs resident at once, per tile (`PrefillTile::index`).
-    max_ctas: [usize; 3],
+    max_ctas: [usize; 4],
     fixed_split: Option<usize>,
     graph: Option<PrefillGraphLimits>,
     /// `None`: chosen per plan ([`PrefillTile::auto`]).
@@ -319,13 +345,13 @@ impl BatchPrefill {
             heads,
             dtype,
             opts,
-            max_ctas: [1; 3],
+            max_ctas: [1; 4],
             fixed_split: None,
             graph,
             tile: None,
         };
         gpu.function(&op.merge_kernel(), 0)?;
-        for &tile in PrefillTile::available(heads.head_dim) {
+        for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
             let smem = tile.smem_bytes(heads.head_dim);
             let f = gpu.function(
                 &kernel_name(KvKind::Ragged, dtype, heads.head_dim, tile),
@@ -350,7 +376,7 @@ impl BatchPrefill {
     /// Fixes the CTA tile for every later plan; `None` (the default) chooses per plan with
     /// [`PrefillTile::auto`]. Plans made before keep the tile they were made with.
     pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
-        PrefillTile::check(OP, tile, self.heads.head_dim)?;
+        PrefillTile::check(OP, tile, self.heads.head_dim, self.gpu.info().arch)?;
         self.tile = tile;
         Ok(())
     }
@@ -593,7 +619,13 @@ impl BatchPrefill {
             });
         }
         let tile = self.tile.unwrap_or_else(|| {
-            PrefillTile::auto(qo_tokens, batch, self.heads.group(), self.heads.head_dim)
+            PrefillTile::auto(
+                qo_tokens,
+                batch,
+                self.heads.group(),
+                self.heads.head_dim,
+                self.gpu.info().arch,
+            )
         });
         let graph_caps = self.graph.map(|l| self.graph_caps(&l));
         let host = plan_prefill(&PrefillProblem {

@@ -47,7 +47,7 @@ impl SinglePrefill {
             opts,
             tile: None,
         };
-        for &tile in PrefillTile::available(heads.head_dim) {
+        for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
             gpu.function(
                 &ragged_kernel_name(dtype, heads.head_dim, tile),
                 tile.smem_bytes(heads.head_dim),
@@ -58,7 +58,7 @@ impl SinglePrefill {
 
     /// Fixes the CTA tile; `None` (the default) chooses per call with [`PrefillTile::auto`].
     pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
-        PrefillTile::check(OP, tile, self.heads.head_dim)?;
+        PrefillTile::check(OP, tile, self.heads.head_dim, self.gpu.info().arch)?;
         self.tile = tile;
         Ok(())
     }
@@ -187,9 +187,9 @@ impl SinglePrefill {
         }
         let d = h.head_dim as u32;
         let g = h.group() as u32;
-        let tile = self
-            .tile
-            .unwrap_or_else(|| PrefillTile::auto(qo_len, 1, h.group(), h.head_dim));
+        let tile = self.tile.unwrap_or_else(|| {
+            PrefillTile::auto(qo_len, 1, h.group(), h.head_dim, self.gpu.info().arch)
+        });
         let p = PrefillParams {
             q: q.addr(),
             o: out.addr(),

@@ -15,3 +15,5 @@ pub mod pipeline;
 pub mod shared;
 pub mod thread;
 pub mod warp;
+#[cfg(target_feature = "sm_90a")]
+pub mod wgmma;

@@ -6,7 +6,8 @@
 //! loads, and LLVM cannot see the address space through inline asm.
 use core::arch::{asm, global_asm};
 
-global_asm!(".extern .shared .align 16 .b8 SMEM[];");
+// 1024-byte alignment: the 128-byte-swizzled `wgmma` operands need 1024-byte aligned groups.
+global_asm!(".extern .shared .align 1024 .b8 SMEM[];");
 
 /// The 32-bit shared-window address of the block's dynamic shared memory (16-byte aligned).
 #[inline(always)]

@@ -9,3 +9,4 @@ pub mod fastdiv;
 pub mod frag;
 pub mod layout;
 pub mod softmax;
+pub mod wgmma_layout;

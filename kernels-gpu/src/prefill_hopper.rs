@@ -1,0 +1,437 @@
+//! Prefill attention on Hopper's warpgroup tensor cores (`wgmma`, sm_90a only): the same work
+//! items, masks and outputs as `prefill.rs`, with both matrix products issued per warpgroup.
+//!
+//! CTA = (128 packed query rows, KV head), two warpgroups of 64 rows (warp `w` owns rows
+//! `16w .. 16w + 16`, as in the 8-warp tile of `prefill.rs`). Per K/V tile of 128 keys:
+//! S = Q·Kᵀ as `D/16` `wgmma.m64n128k16` with Q and K both read from shared memory through
+//! descriptors; masks and the online softmax on the accumulator registers (the `mma.m16n8k16`
+//! C layout); P packed to 16 bits in registers as the A operand of O += P·V, 8 `wgmma`
+//! (16 keys each) with V read N-major (transposed) from shared memory. Q, K and V sit in the
+//! 128-byte-swizzled layout `math::wgmma_layout` (K and V tiles alike: the K-major B operand of
+//! the score product and the N-major B operand of P·V read the same bytes differently). All
+//! 256 threads feed a 2-stage `cp.async` ring, made visible to the tensor cores' proxy with
+//! `fence.proxy.async` before the barrier.
+use crate::abi::PrefillParams;
+use crate::arch::{global, pipeline, shared, thread, warp, wgmma};
+use crate::config::prefill_hopper as cfg;
+use crate::dtype::{Bf16, Elem, F16};
+use crate::math::fast::{exp2, fma, fmax, log2, rcp, tanh};
+use crate::math::softmax::clamp_ref;
+use crate::math::wgmma_layout::{chunk_offset, GROUP_BYTES, ROW_BYTES};
+use crate::prefill::{cta_kv_head, load_work, KvRows, Paged, Ragged};
+
+const TILE: u32 = cfg::TILE;
+const ROWS: u32 = cfg::ROWS;
+const THREADS: u32 = cfg::THREADS;
+
+/// The element types' `wgmma` instructions.
+trait WgmmaElem: Elem {
+    /// S(64×128) (+)= A·B, A and B K-major in shared memory.
+    ///
+    /// # Safety
+    /// As [`wgmma::mma_ss_n128_bf16`].
+    unsafe fn scores(d: &mut [f32; 64], a: u64, b: u64, acc: bool);
+    /// O(64×`2·ON`) += P·V, P from registers, V N-major in shared memory (`ON` = 32 or 64).
+    ///
+    /// # Safety
+    /// As [`wgmma::mma_rs_n128_bf16`].
+    unsafe fn pv<const ON: usize>(o: &mut [f32; ON], a: [u32; 4], b: u64);
+}
+
+macro_rules! wgmma_elem {
+    ($e:ty, $ss:ident, $rs128:ident, $rs64:ident) => {
+        impl WgmmaElem for $e {
+            #[inline(always)]
+            unsafe fn scores(d: &mut [f32; 64], a: u64, b: u64, acc: bool) {
+                // SAFETY: forwarded contract.
+                unsafe { wgmma::$ss(d, a, b, acc) }
+            }
+
+            #[inline(always)]
+            unsafe fn pv<const ON: usize>(o: &mut [f32; ON], a: [u32; 4], b: u64) {
+                // The accumulator count is fixed by the head dim; the casts below are between
+                // identical array types (ON is 64 or 32, checked at compile time by the branch).
+                if ON == 64 {
+                    // SAFETY: same type ([f32; 64]); forwarded contract.
+                    unsafe { wgmma::$rs128(&mut *(o as *mut [f32; ON] as *mut [f32; 64]), a, b, true) }
+                } else if ON == 32 {
+                    // SAFETY: same type ([f32; 32]); forwarded contract.
+                    unsafe { wgmma::$rs64(&mut *(o as *mut [f32; ON] as *mut [f32; 32]), a, b, true) }
+                }
+            }
+        }
+    };
+}
+
+wgmma_elem!(F16, mma_ss_n128_f16, mma_rs_n128_f16, mma_rs_n64_f16);
+wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
+
+/// Issues the copies of K/V keys `[base, base + TILE)` (zero-filled past `end`) into stage `s`.
+/// Thread `tid` copies chunk `tid % (D/8)` of rows `tid / (D/8) + i · 256 / (D/8)`: rows 16 or
+/// 32 apart share `row % 8`, so one swizzled offset `dst` serves all of them.
+///
+/// # Safety
+/// As the kernel's contract.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn issue_tile<R: KvRows, const D: u32>(
+    p: &PrefillParams,
+    kv_off: u32,
+    kvh: u32,
+    base: u32,
+    end: u32,
+    stage: u32,
+    tid: u32,
+    kv_smem: u32,
+) {
+    let chunks = D / 8;
+    let step = THREADS / chunks;
+    let (r0, c) = (tid / chunks, tid % chunks);
+    let k_base = kv_smem + stage * 2 * TILE * D * 2 + chunk_offset(TILE, r0, c);
+    let v_base = k_base + TILE * D * 2;
+    let base = crate::arch::opaque::opaque_u32(base);
+    for i in 0..(TILE / step) {
+        let t = base + r0 + i * step;
+        let valid = t < end;
+        let (mut ka, mut va) = (p.k, p.v);
+        if valid {
+            // SAFETY: t is a key of the request (t < end ≤ kv_len).
+            let (k, v) = unsafe { R::row(p, kv_off, t, kvh) };
+            ka = k + (c * 16) as u64;
+            va = v + (c * 16) as u64;
+        }
+        let n = if valid { 16 } else { 0 };
+        let row = i * step * ROW_BYTES;
+        // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
+        unsafe {
+            pipeline::cp_async_cg_16(k_base + row, ka, n);
+            pipeline::cp_async_cg_16(v_base + row, va, n);
+        }
+    }
+    pipeline::commit_group();
+}
+
+/// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score
+/// product).
+///
+/// # Safety
+/// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
+/// block 256, dynamic smem `config::prefill_hopper::smem_bytes(D)`; every table and extent the
+/// parameters address validated by the host (`qo_len ≤ kv_len` per request).
+#[inline(always)]
+unsafe fn prefill<R: KvRows, E: WgmmaElem, const D: u32, const ON: usize, const KS: usize>(
+    p: &PrefillParams,
+) {
+    let tid = thread::thread_idx_x();
+    let lane = tid % 32;
+    let w = tid / 32;
+    let wg = w / 4;
+    let kvh = cta_kv_head();
+    let g = p.group.d;
+    // SAFETY: as the kernel's contract.
+    let Some((req, item)) = (unsafe { load_work(p) }) else {
+        return;
+    };
+    let t0 = item.t0;
+    let tokens = p.tile_tokens.min(req.qo_len - t0);
+    let rows_total = tokens * g;
+    let offset = req.kv_len - req.qo_len;
+    let tf = p.logit;
+    let causal = p.causal != 0;
+    let window = p.window_left;
+    let pos_first = offset + t0;
+    let pos_last = offset + t0 + tokens - 1;
+    let nat_end = if causal {
+        (pos_last + 1).min(req.kv_len)
+    } else {
+        req.kv_len
+    };
+    let nat_begin = if window != u32::MAX {
+        pos_first.saturating_sub(window)
+    } else {
+        0
+    };
+    let kv_end = nat_end.min(item.kv_end);
+    let kv_begin = nat_begin.max(item.kv_begin);
+    let q_smem = shared::dyn_smem_base();
+    let kv_smem = q_smem + ROWS * D * 2;
+    let tiles = if kv_end > kv_begin {
+        (kv_end - kv_begin).div_ceil(TILE)
+    } else {
+        0
+    };
+    let (gq, tq) = (lane / 4, lane % 4);
+    if tiles > 0 {
+        // Q rows (zero past the tile's rows) join the first K/V tile's copy group.
+        let chunks = D / 8;
+        for i in 0..(ROWS * chunks / THREADS) {
+            let idx = tid + i * THREADS;
+            let (r, c) = (idx / chunks, idx % chunks);
+            let live = r < rows_total;
+            let src = if live {
+                let (t, h) = p.group.divmod(r);
+                p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
+                    + ((kvh * g + h) * p.q_stride_h + c * 8) as u64)
+                    * 2
+            } else {
+                p.q
+            };
+            // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
+            unsafe {
+                pipeline::cp_async_cg_16(
+                    q_smem + chunk_offset(ROWS, r, c),
+                    src,
+                    if live { 16 } else { 0 },
+                )
+            };
+        }
+        // SAFETY: see issue_tile.
+        unsafe { issue_tile::<R, D>(p, req.kv_begin, kvh, kv_begin, kv_end, 0, tid, kv_smem) };
+    }
+    let win_last = if window != u32::MAX {
+        pos_last.saturating_sub(window)
+    } else {
+        0
+    };
+    let row0 = w * 16;
+    // The warpgroup's 64 Q rows: rows 64·wg .. of every column block.
+    let q_wg = q_smem + wg * 64 * ROW_BYTES;
+
+    let mut o = [0.0f32; ON];
+    let mut m = [f32::NEG_INFINITY; 2];
+    let mut d = [0.0f32; 2];
+    let mut j = 0;
+    while j < tiles {
+        let base = kv_begin + j * TILE;
+        if j + 1 < tiles {
+            // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j − 1.
+            unsafe {
+                issue_tile::<R, D>(
+                    p,
+                    req.kv_begin,
+                    kvh,
+                    base + TILE,
+                    kv_end,
+                    (j + 1) % cfg::STAGES,
+                    tid,
+                    kv_smem,
+                )
+            };
+        } else {
+            pipeline::commit_group();
+        }
+        pipeline::wait_group::<1>();
+        wgmma::fence_proxy_async();
+        thread::sync_threads();
+        let k_base = kv_smem + (j % cfg::STAGES) * 2 * TILE * D * 2;
+        let v_base = k_base + TILE * D * 2;
+
+        // S = Q·Kᵀ: k-step kk reads values 16kk .. of block kk/4 (32 bytes per step in a row).
+        let mut s = [[0.0f32; 4]; 16];
+        wgmma::fence();
+        for kk in 0..KS as u32 {
+            let step = (kk % 4) * 32;
+            let a = wgmma::desc_k_major(q_wg + (kk / 4) * ROWS * ROW_BYTES + step);
+            let b = wgmma::desc_k_major(k_base + (kk / 4) * TILE * ROW_BYTES + step);
+            // SAFETY: warpgroup-convergent; descriptors inside the Q tile and the stage.
+            unsafe {
+                E::scores(
+                    &mut *(&mut s as *mut [[f32; 4]; 16] as *mut [f32; 64]),
+                    a,
+                    b,
+                    kk > 0,
+                )
+            };
+        }
+        wgmma::commit_group();
+        wgmma::wait_group::<0>();
+
+        let need_mask =
+            base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last;
+        let fold = tf.soft_cap == 0 && tf.pre > 0.0;
+        let scale = if fold { tf.pre } else { 1.0 };
+        if tf.soft_cap != 0 {
+            for st in s.iter_mut() {
+                for x in st.iter_mut() {
+                    *x = tf.post * tanh(*x * tf.pre);
+                }
+            }
+        } else if !fold {
+            for st in s.iter_mut() {
+                for x in st.iter_mut() {
+                    *x *= tf.pre;
+                }
+            }
+        }
+        if need_mask {
+            let mut pos = [0u32; 2];
+            for (hh, ph) in pos.iter_mut().enumerate() {
+                let r = (row0 + gq + 8 * hh as u32).min(rows_total - 1);
+                *ph = pos_first + p.group.div(r);
+            }
+            for (nt, st) in s.iter_mut().enumerate() {
+                for (e, x) in st.iter_mut().enumerate() {
+                    let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
+                    let ph = pos[e / 2];
+                    let ok = (key < kv_end)
+                        & (!causal | (key <= ph))
+                        & ((window == u32::MAX) | (key as u64 + window as u64 >= ph as u64));
+                    *x = if ok { *x } else { f32::NEG_INFINITY };
+                }
+            }
+        }
+        let mut mx = [f32::NEG_INFINITY; 2];
+        for (hh, mh) in mx.iter_mut().enumerate() {
+            let mut t = [0.0f32; 16];
+            for (nt, tv) in t.iter_mut().enumerate() {
+                *tv = fmax(s[nt][2 * hh], s[nt][2 * hh + 1]);
+            }
+            *mh = tree16(t, fmax);
+        }
+        let mut r_scale = [1.0f32; 2];
+        let mut mref = [0.0f32; 2];
+        for hh in 0..2 {
+            let mut v = mx[hh];
+            v = fmax(v, warp::shfl_xor_f32(v, 1));
+            v = fmax(v, warp::shfl_xor_f32(v, 2));
+            let m_new = fmax(m[hh], v * scale);
+            mref[hh] = clamp_ref(m_new);
+            r_scale[hh] = exp2(m[hh] - mref[hh]);
+            m[hh] = m_new;
+        }
+        for st in s.iter_mut() {
+            for e in 0..4 {
+                st[e] = exp2(fma(st[e], scale, -mref[e / 2]));
+            }
+        }
+        for hh in 0..2 {
+            let mut t = [0.0f32; 16];
+            for (nt, tv) in t.iter_mut().enumerate() {
+                *tv = s[nt][2 * hh] + s[nt][2 * hh + 1];
+            }
+            d[hh] = fma(d[hh], r_scale[hh], tree16(t, |a, b| a + b));
+        }
+        for (i, x) in o.iter_mut().enumerate() {
+            *x *= r_scale[(i % 4) / 2];
+        }
+        // O += P·V: k-step ks covers keys 16ks .. 16ks + 16 (two 8-row groups of the stage).
+        wgmma::fence();
+        for ks in 0..(TILE / 16) as usize {
+            let (lo, hi) = (s[2 * ks], s[2 * ks + 1]);
+            let a = [
+                E::pack2(lo[0], lo[1]),
+                E::pack2(lo[2], lo[3]),
+                E::pack2(hi[0], hi[1]),
+                E::pack2(hi[2], hi[3]),
+            ];
+            let b = wgmma::desc_mn_major(v_base + ks as u32 * 2 * GROUP_BYTES, TILE * ROW_BYTES);
+            // SAFETY: warpgroup-convergent; descriptor inside the stage.
+            unsafe { E::pv::<ON>(&mut o, a, b) };
+        }
+        wgmma::commit_group();
+        wgmma::wait_group::<0>();
+        thread::sync_threads();
+        j += 1;
+    }
+    pipeline::wait_all();
+    // SAFETY: as above (the same work as at the start).
+    let Some((req, item)) = (unsafe { load_work(p) }) else {
+        return;
+    };
+    for dh in d.iter_mut() {
+        *dh += warp::shfl_xor_f32(*dh, 1);
+        *dh += warp::shfl_xor_f32(*dh, 2);
+    }
+    for hh in 0..2 {
+        let r = row0 + gq + 8 * hh as u32;
+        if r >= rows_total {
+            continue;
+        }
+        let (t, h) = p.group.divmod(r);
+        let hq = kvh * g + h;
+        let dv = d[hh];
+        let inv = if dv > 0.0 { rcp(dv) } else { 0.0 };
+        let lse = if dv > 0.0 {
+            m[hh] + log2(dv)
+        } else {
+            f32::NEG_INFINITY
+        };
+        let pair = |nt: usize| (o[4 * nt + 2 * hh] * inv, o[4 * nt + 2 * hh + 1] * inv);
+        if item.part != u32::MAX {
+            // Split-KV: normalised partial state of this chunk, merged by `merge_f32_*`.
+            let slot = item.part + t * item.nchunks + item.chunk;
+            let obase = ((slot * p.num_qo_heads + hq) as u64) * D as u64;
+            for nt in 0..ON / 4 {
+                let col = (nt as u32 * 8 + 2 * tq) as u64;
+                let (x, y) = pair(nt);
+                // SAFETY: slot < the plan's slot count (host contract).
+                unsafe {
+                    global::st_f32(p.part_o + (obase + col) * 4, x);
+                    global::st_f32(p.part_o + (obase + col + 1) * 4, y);
+                }
+            }
+            if tq == 0 {
+                // SAFETY: as above.
+                unsafe {
+                    global::st_f32(p.part_lse + ((slot * p.num_qo_heads + hq) as u64) * 4, lse)
+                };
+            }
+            continue;
+        }
+        let tok = (req.qo_begin + t0 + t) as u64;
+        let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
+        for nt in 0..ON / 4 {
+            let col = nt as u32 * 8 + 2 * tq;
+            let (x, y) = pair(nt);
+            // SAFETY: host-validated o extent; 4-byte aligned (col even).
+            unsafe { global::st_u32(p.o + (obase + col as u64) * 2, E::pack2(x, y)) };
+        }
+        if tq == 0 && p.lse != 0 {
+            // SAFETY: lse [tokens, Hq].
+            unsafe { global::st_f32(p.lse + (tok * p.num_qo_heads as u64 + hq as u64) * 4, lse) };
+        }
+    }
+}
+
+/// A balanced reduction tree over 16 values (short dependency chains).
+#[inline(always)]
+fn tree16(t: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let a = [
+        f(t[0], t[1]),
+        f(t[2], t[3]),
+        f(t[4], t[5]),
+        f(t[6], t[7]),
+        f(t[8], t[9]),
+        f(t[10], t[11]),
+        f(t[12], t[13]),
+        f(t[14], t[15]),
+    ];
+    let b = [f(a[0], a[1]), f(a[2], a[3]), f(a[4], a[5]), f(a[6], a[7])];
+    f(f(b[0], b[1]), f(b[2], b[3]))
+}
+
+macro_rules! hopper_entries {
+    ($($name:ident => $r:ty, $e:ty, $d:literal, $on:literal, $ks:literal;)*) => {$(
+        #[doc = concat!("Entry point: Hopper (wgmma) prefill, ", stringify!($r), " K/V, ",
+                        stringify!($e), ", D = ", $d, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
+            // SAFETY: forwarded launch contract.
+            unsafe { prefill::<$r, $e, $d, $on, $ks>(&p) }
+        }
+    )*};
+}
+
+hopper_entries! {
+    prefill_ragged_f16_d64_h => Ragged, F16, 64, 32, 4;
+    prefill_ragged_f16_d128_h => Ragged, F16, 128, 64, 8;
+    prefill_ragged_bf16_d64_h => Ragged, Bf16, 64, 32, 4;
+    prefill_ragged_bf16_d128_h => Ragged, Bf16, 128, 64, 8;
+    prefill_paged_f16_d64_h => Paged, F16, 64, 32, 4;
+    prefill_paged_f16_d128_h => Paged, F16, 128, 64, 8;
+    prefill_paged_bf16_d64_h => Paged, Bf16, 64, 32, 4;
+    prefill_paged_bf16_d128_h => Paged, Bf16, 128, 64, 8;
+}
