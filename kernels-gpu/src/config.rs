@@ -82,8 +82,10 @@ pub mod prefill_hopper {
     pub const THREADS: u32 = 256;
     /// KV tokens per stage (the N of the score product).
     pub const TILE: u32 = 128;
-    /// Pipeline stages.
-    pub const STAGES: u32 = 2;
+    /// Pipeline stages: tile j's K and tile j−1's V are read in the same step (the score
+    /// product of one tile overlaps P·V of the previous), so a third stage holds the copies in
+    /// flight. 224 KB at D = 128.
+    pub const STAGES: u32 = 3;
 
     /// Dynamic shared memory: the Q tile, then `STAGES` K and V tiles.
     pub const fn smem_bytes(head_dim: u32) -> u32 {

@@ -9,8 +9,9 @@
 //! (16 keys each) with V read N-major (transposed) from shared memory. Q, K and V sit in the
 //! 128-byte-swizzled layout `math::wgmma_layout` (K and V tiles alike: the K-major B operand of
 //! the score product and the N-major B operand of P·V read the same bytes differently). All
-//! 256 threads feed a 2-stage `cp.async` ring, made visible to the tensor cores' proxy with
-//! `fence.proxy.async` before the barrier.
+//! 256 threads feed a 3-stage `cp.async` ring, made visible to the tensor cores' proxy with
+//! `fence.proxy.async` before the barrier; each step overlaps the softmax of tile j with
+//! P·V of tile j−1 on the tensor cores (see the loop).
 use crate::abi::PrefillParams;
 use crate::arch::{global, pipeline, shared, thread, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
@@ -112,14 +113,21 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
 }
 
 /// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score
-/// product).
+/// product; `FOLD`: plain softmax with a positive scale, see [`softmax`]).
 ///
 /// # Safety
 /// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
 /// block 256, dynamic smem `config::prefill_hopper::smem_bytes(D)`; every table and extent the
 /// parameters address validated by the host (`qo_len ≤ kv_len` per request).
 #[inline(always)]
-unsafe fn prefill<R: KvRows, E: WgmmaElem, const D: u32, const ON: usize, const KS: usize>(
+unsafe fn prefill<
+    R: KvRows,
+    E: WgmmaElem,
+    const D: u32,
+    const ON: usize,
+    const KS: usize,
+    const FOLD: bool,
+>(
     p: &PrefillParams,
 ) {
     let tid = thread::thread_idx_x();
@@ -197,142 +205,111 @@ unsafe fn prefill<R: KvRows, E: WgmmaElem, const D: u32, const ON: usize, const 
     // The warpgroup's 64 Q rows: rows 64·wg .. of every column block.
     let q_wg = q_smem + wg * 64 * ROW_BYTES;
 
-    let mut o = [0.0f32; ON];
-    let mut m = [f32::NEG_INFINITY; 2];
-    let mut d = [0.0f32; 2];
+    let t = TileCtx {
+        kv_end,
+        pos_first,
+        rows_total,
+        row0,
+        gq,
+        tq,
+        causal,
+        window,
+        tf,
+        group: p.group,
+    };
+    let masked = |j: u32| {
+        let base = kv_begin + j * TILE;
+        base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last
+    };
+    let mut acc = Acc {
+        o: [0.0f32; ON],
+        m: [f32::NEG_INFINITY; 2],
+        d: [0.0f32; 2],
+        s: [[0.0f32; 4]; 16],
+        r: [1.0f32; 2],
+        pa: [[0u32; 4]; 8],
+    };
+    // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
+    // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
     let mut j = 0;
     while j < tiles {
-        let base = kv_begin + j * TILE;
-        if j + 1 < tiles {
-            // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j − 1.
-            unsafe {
-                issue_tile::<R, D>(
+        let next = if j + 1 < tiles {
+            kv_begin + (j + 1) * TILE
+        } else {
+            u32::MAX
+        };
+        let st = Step {
+            base: kv_begin + j * TILE,
+            next,
+            stage: j % cfg::STAGES,
+            prev_stage: (j + cfg::STAGES - 1) % cfg::STAGES,
+        };
+        // SAFETY: as the kernel's contract; CTA-uniform branches.
+        unsafe {
+            match (j == 0, masked(j)) {
+                (true, true) => step::<R, E, D, ON, KS, FOLD, true, true>(
                     p,
+                    &t,
+                    &st,
+                    &mut acc,
                     req.kv_begin,
                     kvh,
-                    base + TILE,
-                    kv_end,
-                    (j + 1) % cfg::STAGES,
                     tid,
+                    q_wg,
                     kv_smem,
-                )
-            };
-        } else {
-            pipeline::commit_group();
-        }
-        pipeline::wait_group::<1>();
-        wgmma::fence_proxy_async();
-        thread::sync_threads();
-        let k_base = kv_smem + (j % cfg::STAGES) * 2 * TILE * D * 2;
-        let v_base = k_base + TILE * D * 2;
-
-        // S = Q·Kᵀ: k-step kk reads values 16kk .. of block kk/4 (32 bytes per step in a row).
-        let mut s = [[0.0f32; 4]; 16];
-        wgmma::fence();
-        for kk in 0..KS as u32 {
-            let step = (kk % 4) * 32;
-            let a = wgmma::desc_k_major(q_wg + (kk / 4) * ROWS * ROW_BYTES + step);
-            let b = wgmma::desc_k_major(k_base + (kk / 4) * TILE * ROW_BYTES + step);
-            // SAFETY: warpgroup-convergent; descriptors inside the Q tile and the stage.
-            unsafe {
-                E::scores(
-                    &mut *(&mut s as *mut [[f32; 4]; 16] as *mut [f32; 64]),
-                    a,
-                    b,
-                    kk > 0,
-                )
-            };
-        }
-        wgmma::commit_group();
-        wgmma::wait_group::<0>();
-
-        let need_mask =
-            base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last;
-        let fold = tf.soft_cap == 0 && tf.pre > 0.0;
-        let scale = if fold { tf.pre } else { 1.0 };
-        if tf.soft_cap != 0 {
-            for st in s.iter_mut() {
-                for x in st.iter_mut() {
-                    *x = tf.post * tanh(*x * tf.pre);
-                }
-            }
-        } else if !fold {
-            for st in s.iter_mut() {
-                for x in st.iter_mut() {
-                    *x *= tf.pre;
-                }
+                ),
+                (true, false) => step::<R, E, D, ON, KS, FOLD, false, true>(
+                    p,
+                    &t,
+                    &st,
+                    &mut acc,
+                    req.kv_begin,
+                    kvh,
+                    tid,
+                    q_wg,
+                    kv_smem,
+                ),
+                (false, true) => step::<R, E, D, ON, KS, FOLD, true, false>(
+                    p,
+                    &t,
+                    &st,
+                    &mut acc,
+                    req.kv_begin,
+                    kvh,
+                    tid,
+                    q_wg,
+                    kv_smem,
+                ),
+                (false, false) => step::<R, E, D, ON, KS, FOLD, false, false>(
+                    p,
+                    &t,
+                    &st,
+                    &mut acc,
+                    req.kv_begin,
+                    kvh,
+                    tid,
+                    q_wg,
+                    kv_smem,
+                ),
             }
         }
-        if need_mask {
-            let mut pos = [0u32; 2];
-            for (hh, ph) in pos.iter_mut().enumerate() {
-                let r = (row0 + gq + 8 * hh as u32).min(rows_total - 1);
-                *ph = pos_first + p.group.div(r);
-            }
-            for (nt, st) in s.iter_mut().enumerate() {
-                for (e, x) in st.iter_mut().enumerate() {
-                    let key = base + nt as u32 * 8 + 2 * tq + (e % 2) as u32;
-                    let ph = pos[e / 2];
-                    let ok = (key < kv_end)
-                        & (!causal | (key <= ph))
-                        & ((window == u32::MAX) | (key as u64 + window as u64 >= ph as u64));
-                    *x = if ok { *x } else { f32::NEG_INFINITY };
-                }
-            }
-        }
-        let mut mx = [f32::NEG_INFINITY; 2];
-        for (hh, mh) in mx.iter_mut().enumerate() {
-            let mut t = [0.0f32; 16];
-            for (nt, tv) in t.iter_mut().enumerate() {
-                *tv = fmax(s[nt][2 * hh], s[nt][2 * hh + 1]);
-            }
-            *mh = tree16(t, fmax);
-        }
-        let mut r_scale = [1.0f32; 2];
-        let mut mref = [0.0f32; 2];
-        for hh in 0..2 {
-            let mut v = mx[hh];
-            v = fmax(v, warp::shfl_xor_f32(v, 1));
-            v = fmax(v, warp::shfl_xor_f32(v, 2));
-            let m_new = fmax(m[hh], v * scale);
-            mref[hh] = clamp_ref(m_new);
-            r_scale[hh] = exp2(m[hh] - mref[hh]);
-            m[hh] = m_new;
-        }
-        for st in s.iter_mut() {
-            for e in 0..4 {
-                st[e] = exp2(fma(st[e], scale, -mref[e / 2]));
-            }
-        }
-        for hh in 0..2 {
-            let mut t = [0.0f32; 16];
-            for (nt, tv) in t.iter_mut().enumerate() {
-                *tv = s[nt][2 * hh] + s[nt][2 * hh + 1];
-            }
-            d[hh] = fma(d[hh], r_scale[hh], tree16(t, |a, b| a + b));
-        }
-        for (i, x) in o.iter_mut().enumerate() {
-            *x *= r_scale[(i % 4) / 2];
-        }
-        // O += P·V: k-step ks covers keys 16ks .. 16ks + 16 (two 8-row groups of the stage).
-        wgmma::fence();
-        for ks in 0..(TILE / 16) as usize {
-            let (lo, hi) = (s[2 * ks], s[2 * ks + 1]);
-            let a = [
-                E::pack2(lo[0], lo[1]),
-                E::pack2(lo[2], lo[3]),
-                E::pack2(hi[0], hi[1]),
-                E::pack2(hi[2], hi[3]),
-            ];
-            let b = wgmma::desc_mn_major(v_base + ks as u32 * 2 * GROUP_BYTES, TILE * ROW_BYTES);
-            // SAFETY: warpgroup-convergent; descriptor inside the stage.
-            unsafe { E::pv::<ON>(&mut o, a, b) };
-        }
-        wgmma::commit_group();
-        wgmma::wait_group::<0>();
-        thread::sync_threads();
         j += 1;
     }
+    // Unconditional: on every path out of the loop nothing may stay in flight (ptxas cannot
+    // tell that `tiles > 0` below holds whenever the loop ran, and otherwise serialises every
+    // `wgmma` of the kernel).
+    wgmma::wait_group::<0>();
+    if tiles > 0 {
+        acc.settle::<E>();
+        wgmma::fence();
+        let v_base = stage_v(kv_smem, (tiles - 1) % cfg::STAGES, D);
+        // SAFETY: warpgroup-convergent; V of the last tile is in its stage.
+        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, v_base) };
+        wgmma::commit_group();
+        wgmma::wait_group::<0>();
+        wgmma::fence_operands(&mut acc.o);
+    }
+    let Acc { o, m, mut d, .. } = acc;
     pipeline::wait_all();
     // SAFETY: as above (the same work as at the start).
     let Some((req, item)) = (unsafe { load_work(p) }) else {
@@ -393,6 +370,255 @@ unsafe fn prefill<R: KvRows, E: WgmmaElem, const D: u32, const ON: usize, const 
     }
 }
 
+/// Per-CTA constants of the masks and the softmax.
+struct TileCtx {
+    kv_end: u32,
+    pos_first: u32,
+    rows_total: u32,
+    row0: u32,
+    gq: u32,
+    tq: u32,
+    causal: bool,
+    window: u32,
+    tf: crate::math::softmax::LogitTransform,
+    group: crate::math::fastdiv::FastDiv,
+}
+
+/// Running state of a warpgroup's rows across the KV loop.
+struct Acc<const ON: usize> {
+    /// Output accumulators (the `wgmma` D layout).
+    o: [f32; ON],
+    /// Running max (base-2 logits) and sum of the lane's two rows.
+    m: [f32; 2],
+    d: [f32; 2],
+    /// The last tile's probabilities (f32, the score layout) and the factor the output rows
+    /// must be rescaled by before its P·V is added.
+    s: [[f32; 4]; 16],
+    r: [f32; 2],
+    /// Probabilities packed as the A operand of P·V.
+    pa: [[u32; 4]; 8],
+}
+
+impl<const ON: usize> Acc<ON> {
+    /// Waits for the P·V in flight, rescales O to the last tile's max and packs its
+    /// probabilities as the next P·V's A operand.
+    #[inline(always)]
+    fn settle<E: WgmmaElem>(&mut self) {
+        wgmma::wait_group::<0>();
+        wgmma::fence_operands(&mut self.o);
+        for (i, x) in self.o.iter_mut().enumerate() {
+            *x *= self.r[(i % 4) / 2];
+        }
+        for (ks, a) in self.pa.iter_mut().enumerate() {
+            let (lo, hi) = (self.s[2 * ks], self.s[2 * ks + 1]);
+            *a = [
+                E::pack2(lo[0], lo[1]),
+                E::pack2(lo[2], lo[3]),
+                E::pack2(hi[0], hi[1]),
+                E::pack2(hi[2], hi[3]),
+            ];
+        }
+    }
+}
+
+/// Where one step of the KV loop reads and what it prefetches.
+struct Step {
+    /// First key of this step's tile.
+    base: u32,
+    /// First key of the next tile, `u32::MAX` when this is the last.
+    next: u32,
+    /// Stage holding this tile; stage of the previous tile (its V feeds this step's P·V).
+    stage: u32,
+    prev_stage: u32,
+}
+
+/// Shared address of the K tile of stage `s`.
+#[inline(always)]
+fn stage_k(kv_smem: u32, s: u32, d: u32) -> u32 {
+    kv_smem + s * 2 * TILE * d * 2
+}
+
+/// Shared address of the V tile of stage `s`.
+#[inline(always)]
+fn stage_v(kv_smem: u32, s: u32, d: u32) -> u32 {
+    stage_k(kv_smem, s, d) + TILE * d * 2
+}
+
+/// Issues S = Q·Kᵀ (k-step kk reads values 16kk .. of column block kk/4: 32 bytes per step
+/// inside a row).
+///
+/// # Safety
+/// Warpgroup-convergent, between `wgmma::fence` and `commit_group`; Q and K in place.
+#[inline(always)]
+unsafe fn issue_scores<E: WgmmaElem, const KS: usize>(s: &mut [[f32; 4]; 16], q_wg: u32, k: u32) {
+    for kk in 0..KS as u32 {
+        let step = (kk % 4) * 32;
+        let a = wgmma::desc_k_major(q_wg + (kk / 4) * ROWS * ROW_BYTES + step);
+        let b = wgmma::desc_k_major(k + (kk / 4) * TILE * ROW_BYTES + step);
+        // SAFETY: per the caller's contract.
+        unsafe { E::scores(as_flat(s), a, b, kk > 0) };
+    }
+}
+
+/// Issues O += P·V (k-step ks: keys 16ks .. 16ks + 16, two 8-row groups of the V tile).
+///
+/// # Safety
+/// Warpgroup-convergent, between `wgmma::fence` and `commit_group`; V in place.
+#[inline(always)]
+unsafe fn issue_pv<E: WgmmaElem, const ON: usize>(o: &mut [f32; ON], pa: &[[u32; 4]; 8], v: u32) {
+    for (ks, a) in pa.iter().enumerate() {
+        let b = wgmma::desc_mn_major(v + ks as u32 * 2 * GROUP_BYTES, TILE * ROW_BYTES);
+        // SAFETY: per the caller's contract.
+        unsafe { E::pv::<ON>(o, *a, b) };
+    }
+}
+
+/// Scores of the tile at `base` → probabilities (f32, in place), updating the running max and
+/// sum; returns the factor the earlier output rows must be rescaled by. `FOLD` (plain softmax,
+/// positive scale): the max of raw scores is the max of logits and the scale goes into the
+/// exp2's FFMA; otherwise every score is first turned into its base-2 logit (soft-cap or scale,
+/// branch-free: the cap's `tanh` is computed and discarded without a cap). `MASK`: the tile
+/// crosses the chunk end, the first row's causal limit or the last row's window start.
+#[inline(always)]
+fn softmax<const FOLD: bool, const MASK: bool>(
+    t: &TileCtx,
+    s: &mut [[f32; 4]; 16],
+    base: u32,
+    m: &mut [f32; 2],
+    d: &mut [f32; 2],
+) -> [f32; 2] {
+    let tf = t.tf;
+    if !FOLD {
+        let (lin, cap) = if tf.soft_cap != 0 {
+            (0.0, tf.post)
+        } else {
+            (1.0, 0.0)
+        };
+        for st in s.iter_mut() {
+            for x in st.iter_mut() {
+                let y = *x * tf.pre;
+                *x = fma(y, lin, cap * tanh(y));
+            }
+        }
+    }
+    if MASK {
+        let mut pos = [0u32; 2];
+        for (hh, ph) in pos.iter_mut().enumerate() {
+            let r = (t.row0 + t.gq + 8 * hh as u32).min(t.rows_total - 1);
+            *ph = t.pos_first + t.group.div(r);
+        }
+        for (nt, st) in s.iter_mut().enumerate() {
+            for (e, x) in st.iter_mut().enumerate() {
+                let key = base + nt as u32 * 8 + 2 * t.tq + (e % 2) as u32;
+                let ph = pos[e / 2];
+                let ok = (key < t.kv_end)
+                    & (!t.causal | (key <= ph))
+                    & ((t.window == u32::MAX) | (key as u64 + t.window as u64 >= ph as u64));
+                *x = if ok { *x } else { f32::NEG_INFINITY };
+            }
+        }
+    }
+    let scale = if FOLD { tf.pre } else { 1.0 };
+    let mut r_scale = [1.0f32; 2];
+    let mut mref = [0.0f32; 2];
+    for hh in 0..2 {
+        let mut v16 = [0.0f32; 16];
+        for (nt, tv) in v16.iter_mut().enumerate() {
+            *tv = fmax(s[nt][2 * hh], s[nt][2 * hh + 1]);
+        }
+        let mut v = tree16(v16, fmax);
+        v = fmax(v, warp::shfl_xor_f32(v, 1));
+        v = fmax(v, warp::shfl_xor_f32(v, 2));
+        let m_new = fmax(m[hh], v * scale);
+        mref[hh] = clamp_ref(m_new);
+        r_scale[hh] = exp2(m[hh] - mref[hh]);
+        m[hh] = m_new;
+    }
+    for st in s.iter_mut() {
+        for e in 0..4 {
+            st[e] = exp2(fma(st[e], scale, -mref[e / 2]));
+        }
+    }
+    for hh in 0..2 {
+        let mut v16 = [0.0f32; 16];
+        for (nt, tv) in v16.iter_mut().enumerate() {
+            *tv = s[nt][2 * hh] + s[nt][2 * hh + 1];
+        }
+        d[hh] = fma(d[hh], r_scale[hh], tree16(v16, |a, b| a + b));
+    }
+    r_scale
+}
+
+/// One step of the software pipeline (FA3's intra-warpgroup overlap) for tile j: wait for
+/// P_{j−2}·V_{j−2}, rescale O and pack P_{j−1} ([`Acc::settle`]); wait for tile j's copies and
+/// make them visible to `wgmma`; start tile j+1's copies (its stage was last read by
+/// P_{j−2}·V_{j−2}, finished by every warp at the barrier); issue S_j and P_{j−1}·V_{j−1}
+/// back to back; wait for S_j only and run its softmax while P·V runs. The wait for that P·V
+/// opens the next step, in the next basic block: within one block ptxas hoisted it above the
+/// softmax (seen in the SASS), serialising the two again.
+///
+/// # Safety
+/// As the kernel's contract; every thread of the CTA calls it with the same step.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn step<
+    R: KvRows,
+    E: WgmmaElem,
+    const D: u32,
+    const ON: usize,
+    const KS: usize,
+    const FOLD: bool,
+    const MASK: bool,
+    const FIRST: bool,
+>(
+    p: &PrefillParams,
+    t: &TileCtx,
+    st: &Step,
+    acc: &mut Acc<ON>,
+    kv_off: u32,
+    kvh: u32,
+    tid: u32,
+    q_wg: u32,
+    kv_smem: u32,
+) {
+    if !FIRST {
+        acc.settle::<E>();
+    }
+    pipeline::wait_group::<0>();
+    wgmma::fence_proxy_async();
+    thread::sync_threads();
+    if st.next != u32::MAX {
+        let stage = (st.stage + 1) % cfg::STAGES;
+        // SAFETY: see issue_tile; the stage is free (above).
+        unsafe { issue_tile::<R, D>(p, kv_off, kvh, st.next, t.kv_end, stage, tid, kv_smem) };
+    }
+    wgmma::fence();
+    // SAFETY: warpgroup-convergent; the tile is in its stage (barrier above).
+    unsafe { issue_scores::<E, KS>(&mut acc.s, q_wg, stage_k(kv_smem, st.stage, D)) };
+    wgmma::commit_group();
+    if FIRST {
+        wgmma::wait_group::<0>();
+    } else {
+        // SAFETY: as above; the previous tile's V stays in its stage until the next barrier.
+        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, stage_v(kv_smem, st.prev_stage, D)) };
+        wgmma::commit_group();
+        wgmma::wait_group::<1>();
+    }
+    wgmma::fence_operands(as_flat(&mut acc.s));
+    acc.r = softmax::<FOLD, MASK>(t, &mut acc.s, st.base, &mut acc.m, &mut acc.d);
+    // Pinned here: the exp2 and sums are pure to LLVM, which otherwise sinks them to their
+    // first use after the wait (seen in the PTX).
+    wgmma::fence_operands(as_flat(&mut acc.s));
+    wgmma::fence_operands(&mut acc.d);
+}
+
+/// The score tile as the flat accumulator array `wgmma` writes (register `4·nt + e`).
+#[inline(always)]
+fn as_flat(s: &mut [[f32; 4]; 16]) -> &mut [f32; 64] {
+    // SAFETY: [[f32; 4]; 16] and [f32; 64] have the same size, alignment and element order.
+    unsafe { &mut *(s as *mut [[f32; 4]; 16] as *mut [f32; 64]) }
+}
+
 /// A balanced reduction tree over 16 values (short dependency chains).
 #[inline(always)]
 fn tree16(t: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
@@ -419,8 +645,15 @@ macro_rules! hopper_entries {
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
+            // One body per softmax mode (see `softmax`), chosen once per launch.
             // SAFETY: forwarded launch contract.
-            unsafe { prefill::<$r, $e, $d, $on, $ks>(&p) }
+            unsafe {
+                if p.logit.soft_cap == 0 && p.logit.pre > 0.0 {
+                    prefill::<$r, $e, $d, $on, $ks, true>(&p)
+                } else {
+                    prefill::<$r, $e, $d, $on, $ks, false>(&p)
+                }
+            }
         }
     )*};
 }

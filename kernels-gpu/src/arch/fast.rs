@@ -36,3 +36,15 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     };
     r
 }
+
+/// `max.f32`: the larger of `a` and `b` (`FMNMX`).
+#[inline(always)]
+pub fn max(a: f32, b: f32) -> f32 {
+    let r: f32;
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        asm!("max.f32 {0}, {1}, {2};", out(reg32) r, in(reg32) a, in(reg32) b,
+             options(pure, nomem, nostack))
+    };
+    r
+}

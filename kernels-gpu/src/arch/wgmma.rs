@@ -64,6 +64,17 @@ pub fn wait_group<const N: u32>() {
     unsafe { asm!("wgmma.wait_group.sync.aligned {n};", n = const N, options(nostack)) };
 }
 
+/// Pins `regs` at this point of the program: an empty `asm` that reads and rewrites each value.
+/// Call it after [`wait_group`] on the accumulators the finished MMAs wrote, so the compiler
+/// cannot hoist their readers above the wait (to LLVM the MMA's outputs exist at its issue).
+#[inline(always)]
+pub fn fence_operands<const N: usize>(regs: &mut [f32; N]) {
+    for r in regs.iter_mut() {
+        // SAFETY: a PTX comment; the value is unchanged.
+        unsafe { asm!("// pin {0}", inout(reg32) * r, options(nostack)) };
+    }
+}
+
 /// `fence.proxy.async.shared::cta`: makes this thread's ordinary (generic-proxy) shared-memory
 /// writes, `cp.async` included, visible to the async proxy that `wgmma` reads through.
 #[inline(always)]

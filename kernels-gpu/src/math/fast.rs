@@ -71,13 +71,21 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// max without NaN special-casing (`max.f32` on the device; inputs here are never NaN).
+/// max without NaN special-casing (inputs here are never NaN). On the device one `max.f32`
+/// (`FMNMX`): written as a compare and select, LLVM kept both (`FSETP` + `FSEL` in SASS).
 #[inline(always)]
 pub fn fmax(a: f32, b: f32) -> f32 {
-    if a > b {
-        a
-    } else {
-        b
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::max(a, b)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        if a > b {
+            a
+        } else {
+            b
+        }
     }
 }
 
