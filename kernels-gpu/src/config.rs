@@ -87,9 +87,13 @@ pub mod prefill_hopper {
     /// flight. 224 KB at D = 128.
     pub const STAGES: u32 = 3;
 
-    /// Dynamic shared memory: the Q tile, then `STAGES` K and V tiles.
+    /// Bytes of the stage barriers (a "full" and an "empty" `mbarrier` per stage, 8 bytes
+    /// each), after the K/V stages.
+    pub const BARRIER_BYTES: u32 = 64;
+
+    /// Dynamic shared memory: the Q tile, then `STAGES` K and V tiles, then the barriers.
     pub const fn smem_bytes(head_dim: u32) -> u32 {
-        ROWS * head_dim * 2 + STAGES * 2 * TILE * head_dim * 2
+        ROWS * head_dim * 2 + STAGES * 2 * TILE * head_dim * 2 + BARRIER_BYTES
     }
 }
 

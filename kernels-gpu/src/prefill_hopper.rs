@@ -9,11 +9,13 @@
 //! (16 keys each) with V read N-major (transposed) from shared memory. Q, K and V sit in the
 //! 128-byte-swizzled layout `math::wgmma_layout` (K and V tiles alike: the K-major B operand of
 //! the score product and the N-major B operand of P·V read the same bytes differently). All
-//! 256 threads feed a 3-stage `cp.async` ring, made visible to the tensor cores' proxy with
-//! `fence.proxy.async` before the barrier; each step overlaps the softmax of tile j with
-//! P·V of tile j−1 on the tensor cores (see the loop).
+//! 256 threads feed a 3-stage `cp.async` ring tracked by `mbarrier`s instead of a CTA
+//! barrier (a stage's "full" barrier completes when every thread's copies have landed, its
+//! "empty" barrier when every warp's last `wgmma` reading it has finished), so the two
+//! warpgroups run apart; `fence.proxy.async` makes the copies visible to `wgmma`. Each step
+//! overlaps the softmax of tile j with P·V of tile j−1 on the tensor cores (see [`step`]).
 use crate::abi::PrefillParams;
-use crate::arch::{global, pipeline, shared, thread, warp, wgmma};
+use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fma, fmax, log2, rcp, tanh};
@@ -67,7 +69,9 @@ macro_rules! wgmma_elem {
 wgmma_elem!(F16, mma_ss_n128_f16, mma_rs_n128_f16, mma_rs_n64_f16);
 wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 
-/// Issues the copies of K/V keys `[base, base + TILE)` (zero-filled past `end`) into stage `s`.
+/// Issues the copies of K/V keys `[base, base + TILE)` (zero-filled past `end`) into stage `s`;
+/// the stage's `full` barrier gets this thread's arrival when they (and its earlier copies)
+/// have landed.
 /// Thread `tid` copies chunk `tid % (D/8)` of rows `tid / (D/8) + i · 256 / (D/8)`: rows 16 or
 /// 32 apart share `row % 8`, so one swizzled offset `dst` serves all of them.
 ///
@@ -77,6 +81,7 @@ wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 #[inline(always)]
 unsafe fn issue_tile<R: KvRows, const D: u32>(
     p: &PrefillParams,
+    full: u32,
     kv_off: u32,
     kvh: u32,
     base: u32,
@@ -109,7 +114,8 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
             pipeline::cp_async_cg_16(v_base + row, va, n);
         }
     }
-    pipeline::commit_group();
+    // SAFETY: `full` is the stage's initialised barrier.
+    unsafe { mbarrier::cp_async_arrive(full) };
 }
 
 /// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score
@@ -163,6 +169,20 @@ unsafe fn prefill<
     let kv_begin = nat_begin.max(item.kv_begin);
     let q_smem = shared::dyn_smem_base();
     let kv_smem = q_smem + ROWS * D * 2;
+    let bars = Barriers {
+        base: kv_smem + cfg::STAGES * 2 * TILE * D * 2,
+    };
+    if tid == 0 {
+        for st in 0..cfg::STAGES {
+            // SAFETY: inside the barrier area; nobody uses them before the barrier below.
+            unsafe {
+                mbarrier::init(bars.full(st), THREADS);
+                mbarrier::init(bars.empty(st), THREADS / 32);
+            }
+        }
+        mbarrier::fence_init();
+    }
+    thread::sync_threads();
     let tiles = if kv_end > kv_begin {
         (kv_end - kv_begin).div_ceil(TILE)
     } else {
@@ -194,7 +214,19 @@ unsafe fn prefill<
             };
         }
         // SAFETY: see issue_tile.
-        unsafe { issue_tile::<R, D>(p, req.kv_begin, kvh, kv_begin, kv_end, 0, tid, kv_smem) };
+        unsafe {
+            issue_tile::<R, D>(
+                p,
+                bars.full(0),
+                req.kv_begin,
+                kvh,
+                kv_begin,
+                kv_end,
+                0,
+                tid,
+                kv_smem,
+            )
+        };
     }
     let win_last = if window != u32::MAX {
         pos_last.saturating_sub(window)
@@ -239,6 +271,7 @@ unsafe fn prefill<
             u32::MAX
         };
         let st = Step {
+            j,
             base: kv_begin + j * TILE,
             next,
             stage: j % cfg::STAGES,
@@ -423,6 +456,8 @@ impl<const ON: usize> Acc<ON> {
 
 /// Where one step of the KV loop reads and what it prefetches.
 struct Step {
+    /// Index of this step's tile.
+    j: u32,
     /// First key of this step's tile.
     base: u32,
     /// First key of the next tile, `u32::MAX` when this is the last.
@@ -430,6 +465,26 @@ struct Step {
     /// Stage holding this tile; stage of the previous tile (its V feeds this step's P·V).
     stage: u32,
     prev_stage: u32,
+}
+
+/// The stage barriers: `full(s)` completes a phase when all 256 threads' copies of the tile in
+/// stage `s` have landed (tile n: phase n / STAGES); `empty(s)` when all 8 warps have finished
+/// the last `wgmma` reading it (the P·V of its tile), so it may be refilled.
+#[derive(Clone, Copy)]
+struct Barriers {
+    base: u32,
+}
+
+impl Barriers {
+    #[inline(always)]
+    fn full(self, s: u32) -> u32 {
+        self.base + 8 * s
+    }
+
+    #[inline(always)]
+    fn empty(self, s: u32) -> u32 {
+        self.base + 8 * (cfg::STAGES + s)
+    }
 }
 
 /// Shared address of the K tile of stage `s`.
@@ -581,19 +636,46 @@ unsafe fn step<
     q_wg: u32,
     kv_smem: u32,
 ) {
+    let bars = Barriers {
+        base: kv_smem + cfg::STAGES * 2 * TILE * D * 2,
+    };
+    let j = st.j;
     if !FIRST {
         acc.settle::<E>();
+        if j >= 2 && tid % 32 == 0 {
+            // This warp's P_{j−2}·V_{j−2} is done: the stage of tile j−2 may be refilled.
+            // SAFETY: initialised barrier.
+            unsafe { mbarrier::arrive(bars.empty((j - 2) % cfg::STAGES)) };
+        }
     }
-    pipeline::wait_group::<0>();
-    wgmma::fence_proxy_async();
-    thread::sync_threads();
     if st.next != u32::MAX {
-        let stage = (st.stage + 1) % cfg::STAGES;
+        let n = j + 1;
+        let stage = n % cfg::STAGES;
+        if n >= cfg::STAGES {
+            // SAFETY: initialised barrier; phase of tile n − STAGES's release.
+            unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
+        }
         // SAFETY: see issue_tile; the stage is free (above).
-        unsafe { issue_tile::<R, D>(p, kv_off, kvh, st.next, t.kv_end, stage, tid, kv_smem) };
+        unsafe {
+            issue_tile::<R, D>(
+                p,
+                bars.full(stage),
+                kv_off,
+                kvh,
+                st.next,
+                t.kv_end,
+                stage,
+                tid,
+                kv_smem,
+            )
+        };
     }
+    // SAFETY: initialised barrier; phase of tile j.
+    unsafe { mbarrier::wait(bars.full(st.stage), (j / cfg::STAGES) % 2) };
+    // The copies were written through the generic proxy; `wgmma` reads through the async one.
+    wgmma::fence_proxy_async();
     wgmma::fence();
-    // SAFETY: warpgroup-convergent; the tile is in its stage (barrier above).
+    // SAFETY: warpgroup-convergent; the tile is in its stage (full barrier above).
     unsafe { issue_scores::<E, KS>(&mut acc.s, q_wg, stage_k(kv_smem, st.stage, D)) };
     wgmma::commit_group();
     if FIRST {

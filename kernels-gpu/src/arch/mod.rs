@@ -9,6 +9,8 @@ pub mod convert;
 pub mod fast;
 pub mod global;
 pub mod ldmatrix;
+#[cfg(target_feature = "sm_90a")]
+pub mod mbarrier;
 pub mod mma;
 pub mod opaque;
 pub mod pipeline;
