@@ -73,17 +73,27 @@ impl PrefillTile {
         }
     }
 
-    /// The tile chosen when the op has none fixed. With 128 packed query rows or more per
-    /// request on average (`qo_tokens × group ≥ 128 × batch`): on a `wgmma` image at head dims
-    /// 64 and 128 [`PrefillTile::Rows128Wgmma`], else at head dim 128
-    /// [`PrefillTile::Rows128Wide`]; otherwise [`PrefillTile::Rows64`] (a short append would
-    /// leave most of a 128-row tile empty). Measured on the H100 (docs/perf-notes.md): D = 128,
-    /// group 4: the wide tile 1.1–1.3× faster than 64 rows from 512 query tokens per request,
-    /// the 64-row tile 1.24× faster at 16; D = 64 (SmolLM2, group 3): the 64-row tile fastest
-    /// of the `mma.sync` tiles at 8 × 512 and 1 × 4096.
-    pub fn auto(qo_tokens: usize, batch: usize, group: usize, head_dim: usize, arch: Arch) -> Self {
+    /// The tile chosen when the op has none fixed, from the batch's shape: `qo_tokens` query
+    /// tokens over `batch` requests, each query attending `keys_per_query` keys on average
+    /// ([`mean_keys_per_query`]). Below 128 packed query rows per request on average
+    /// (`qo_tokens × group < 128 × batch`: short appends) [`PrefillTile::Rows64`], which
+    /// leaves fewer rows of a tile empty. Otherwise, on a `wgmma` image at head dims 64 and
+    /// 128 with at least [`WGMMA_MIN_KEYS`] keys per query, [`PrefillTile::Rows128Wgmma`]
+    /// (its per-CTA start-up costs more, so it needs long KV ranges to win); else at head dim
+    /// 128 [`PrefillTile::Rows128Wide`], else [`PrefillTile::Rows64`]. Measured on the H100
+    /// (docs/perf-notes.md, session 4): bf16 D 128, group 4: wgmma ahead at 1×4096, 1×16384,
+    /// 8×2048 (1024 keys per query) and the 8×512/4096 append, behind the wide tile at 16×1024
+    /// (512); D 64 (SmolLM2, group 3): wgmma ahead at 1×4096, the 64-row tile at 8×512.
+    pub fn auto(
+        qo_tokens: usize,
+        batch: usize,
+        keys_per_query: usize,
+        group: usize,
+        head_dim: usize,
+        arch: Arch,
+    ) -> Self {
         let long = qo_tokens * group >= 128 * batch.max(1);
-        if long && arch.has_wgmma() && head_dim <= 128 {
+        if long && arch.has_wgmma() && head_dim <= 128 && keys_per_query >= WGMMA_MIN_KEYS {
             Self::Rows128Wgmma
         } else if long && head_dim == 128 {
             Self::Rows128Wide
@@ -163,6 +173,31 @@ impl PrefillTile {
     /// Query tokens per tile for query group `group`.
     pub fn tokens(self, group: usize) -> usize {
         cfg::tile_tokens(self.rows(), group as u32) as usize
+    }
+}
+
+/// Keys per query from which [`PrefillTile::auto`] picks the `wgmma` tile (measured: 1024 keys
+/// per query won, 512 lost).
+pub const WGMMA_MIN_KEYS: usize = 1024;
+
+/// The mean number of keys a query of the batch attends: `kv_len` without a causal mask,
+/// `kv_len − qo_len + i + 1` for query `i` with it, at most `window_left + 1` with a window.
+pub fn mean_keys_per_query(qo_lens: &[usize], kv_lens: &[usize], opts: &AttentionOptions) -> usize {
+    let mut pairs = 0u128;
+    let mut queries = 0u128;
+    for (&q, &k) in qo_lens.iter().zip(kv_lens) {
+        let (q, k) = (q as u128, k as u128);
+        pairs += if opts.causal {
+            q * (k - q.min(k)) + q * (q + 1) / 2
+        } else {
+            q * k
+        };
+        queries += q;
+    }
+    let mean = (pairs / queries.max(1)) as usize;
+    match opts.window_left {
+        Some(w) => mean.min(w + 1),
+        None => mean,
     }
 }
 
@@ -622,6 +657,7 @@ impl BatchPrefill {
             PrefillTile::auto(
                 qo_tokens,
                 batch,
+                mean_keys_per_query(&qo_lens, kv_lens, &self.opts),
                 self.heads.group(),
                 self.heads.head_dim,
                 self.gpu.info().arch,
@@ -983,4 +1019,75 @@ pub(crate) fn check_prefill_heads(op: &'static str, heads: &HeadConfig) -> Resul
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_per_query_counts_the_visible_pairs() {
+        let causal = AttentionOptions {
+            causal: true,
+            ..Default::default()
+        };
+        let full = AttentionOptions::default();
+        // One square causal request: (1 + … + n) / n = (n + 1) / 2.
+        assert_eq!(mean_keys_per_query(&[4096], &[4096], &causal), 2048);
+        // An append of 512 over 4096: 3584 earlier keys plus (1 + … + 512) / 512.
+        assert_eq!(mean_keys_per_query(&[512], &[4096], &causal), 3584 + 256);
+        assert_eq!(mean_keys_per_query(&[512, 512], &[4096, 4096], &full), 4096);
+        let win = AttentionOptions {
+            window_left: Some(100),
+            ..causal
+        };
+        assert_eq!(mean_keys_per_query(&[4096], &[4096], &win), 101);
+        assert_eq!(mean_keys_per_query(&[], &[], &causal), 0);
+    }
+
+    #[test]
+    fn auto_tile_follows_the_measured_crossovers() {
+        let (h, a) = (Arch::Sm90a, Arch::Sm80);
+        // bf16 D 128 group 4: 16×1024 (512 keys/query) stays on the wide tile, 8×2048 (1024)
+        // and the 8×512/4096 append go to wgmma; short appends to 64 rows everywhere.
+        assert_eq!(
+            PrefillTile::auto(16 * 1024, 16, 512, 4, 128, h),
+            PrefillTile::Rows128Wide
+        );
+        assert_eq!(
+            PrefillTile::auto(8 * 2048, 8, 1024, 4, 128, h),
+            PrefillTile::Rows128Wgmma
+        );
+        assert_eq!(
+            PrefillTile::auto(8 * 512, 8, 3840, 4, 128, h),
+            PrefillTile::Rows128Wgmma
+        );
+        assert_eq!(
+            PrefillTile::auto(64 * 16, 64, 2040, 4, 128, h),
+            PrefillTile::Rows64
+        );
+        assert_eq!(
+            PrefillTile::auto(8 * 2048, 8, 1024, 4, 128, a),
+            PrefillTile::Rows128Wide
+        );
+        // D 64 group 3 (SmolLM2): wgmma for long prompts, 64 rows for 8×512; D 256: 64 rows.
+        assert_eq!(
+            PrefillTile::auto(4096, 1, 2048, 3, 64, h),
+            PrefillTile::Rows128Wgmma
+        );
+        assert_eq!(
+            PrefillTile::auto(8 * 512, 8, 256, 3, 64, h),
+            PrefillTile::Rows64
+        );
+        assert_eq!(
+            PrefillTile::auto(4096, 1, 2048, 4, 256, h),
+            PrefillTile::Rows64
+        );
+        for head_dim in [64, 128, 256] {
+            for arch in Arch::ALL {
+                let t = PrefillTile::auto(4096, 1, 2048, 4, head_dim, arch);
+                assert!(PrefillTile::available(head_dim, arch).contains(&t));
+            }
+        }
+    }
 }

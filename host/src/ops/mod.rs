@@ -7,7 +7,10 @@ pub mod single_decode;
 pub mod single_prefill;
 
 pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
-pub use batch_prefill::{BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile};
+pub use batch_prefill::{
+    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile,
+    WGMMA_MIN_KEYS,
+};
 pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
 pub use single_decode::SingleDecode;
 pub use single_prefill::SinglePrefill;

@@ -13,7 +13,9 @@ use ferrinfer_kernels::math::softmax::LogitTransform;
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
-use crate::ops::batch_prefill::{check_prefill_heads, ragged_kernel_name, PrefillTile};
+use crate::ops::batch_prefill::{
+    check_prefill_heads, mean_keys_per_query, ragged_kernel_name, PrefillTile,
+};
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
@@ -188,7 +190,14 @@ impl SinglePrefill {
         let d = h.head_dim as u32;
         let g = h.group() as u32;
         let tile = self.tile.unwrap_or_else(|| {
-            PrefillTile::auto(qo_len, 1, h.group(), h.head_dim, self.gpu.info().arch)
+            PrefillTile::auto(
+                qo_len,
+                1,
+                mean_keys_per_query(&[qo_len], &[kv_len], &self.opts),
+                h.group(),
+                h.head_dim,
+                self.gpu.info().arch,
+            )
         });
         let p = PrefillParams {
             q: q.addr(),
