@@ -80,8 +80,9 @@ fn main() {
         }
         let ptx = arch_dir.join("nvptx64-nvidia-cuda/device/ferrinfer_kernels.ptx");
         let dest = out.join(format!("kernels_{}.ptx", arch.replace('_', "")));
-        std::fs::copy(&ptx, &dest)
+        let text = std::fs::read_to_string(&ptx)
             .unwrap_or_else(|e| panic!("device build produced no PTX at {}: {e}", ptx.display()));
+        std::fs::write(&dest, add_launch_bounds(&text)).expect("write the PTX to OUT_DIR");
 
         let cubin = out.join(format!("kernels_{}.cubin", arch.replace('_', "")));
         let _ = std::fs::remove_file(&cubin);
@@ -90,6 +91,36 @@ fn main() {
             None => std::fs::write(&cubin, b"").expect("write empty cubin marker"),
         }
     }
+}
+
+/// Threads per CTA of the Hopper prefill kernels (`kernels-gpu/src/config.rs`,
+/// `prefill_hopper::THREADS`; `tests/ptx_check.rs` checks the two agree).
+const HOPPER_PREFILL_THREADS: u32 = 384;
+
+/// Adds `.maxntid` to the entries that need a register cap at entry: the Hopper prefill
+/// kernels (suffix `_h`) hand registers between warpgroups with `setmaxnreg`, which ptxas only
+/// honours when the kernel declares its block size. Rust has no attribute for PTX launch
+/// bounds, so the directive is written here, between an entry's parameter list and its body.
+fn add_launch_bounds(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len() + 1024);
+    let mut pending = false;
+    for line in ptx.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t
+            .strip_prefix(".visible .entry ")
+            .or_else(|| t.strip_prefix(".entry "))
+        {
+            let name = rest.split('(').next().unwrap_or(rest).trim();
+            pending = name.ends_with("_h");
+        }
+        if pending && line.trim() == "{" {
+            out.push_str(&format!(".maxntid {HOPPER_PREFILL_THREADS}, 1, 1\n"));
+            pending = false;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 fn find_ptxas(root: &Path) -> Option<PathBuf> {

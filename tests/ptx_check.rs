@@ -394,3 +394,32 @@ fn ptxas_sm90() {
 fn ptxas_sm90a() {
     check_with_ptxas(Arch::Sm90a);
 }
+
+/// The Hopper prefill kernels carry `.maxntid` (written by `host/build.rs`) equal to their block
+/// size: `setmaxnreg` is ignored without a register cap at entry, and a launch with more
+/// threads than declared would fail.
+#[test]
+fn hopper_prefill_entries_declare_their_block_size() {
+    let ptx = Arch::Sm90a.ptx();
+    let want = format!(
+        ".maxntid {}, 1, 1",
+        ferrinfer::kernels_abi::config::prefill_hopper::THREADS
+    );
+    let mut seen = 0;
+    let mut lines = ptx.lines();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l.trim_start().strip_prefix(".visible .entry ") else {
+            continue;
+        };
+        let name = rest.split('(').next().unwrap_or(rest).trim();
+        let body_start: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "{").collect();
+        let declared = body_start.iter().any(|l| l.trim() == want);
+        assert_eq!(
+            declared,
+            name.ends_with("_h"),
+            "{name}: `{want}` expected only on `_h` entries"
+        );
+        seen += declared as usize;
+    }
+    assert_eq!(seen, 8);
+}

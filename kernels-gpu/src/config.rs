@@ -78,8 +78,16 @@ pub mod prefill {
 pub mod prefill_hopper {
     /// Packed query rows per CTA (2 warpgroups × 64).
     pub const ROWS: u32 = 128;
-    /// Threads per CTA.
-    pub const THREADS: u32 = 256;
+    /// Consumer warps (two warpgroups); a third warpgroup produces (copies K/V into the ring).
+    pub const CONSUMER_WARPS: u32 = 8;
+    /// Threads per CTA: two consumer warpgroups and the producer warpgroup. `host/build.rs`
+    /// writes this into the kernels' PTX as `.maxntid` (the register cap `setmaxnreg` needs).
+    pub const THREADS: u32 = 384;
+    /// Registers per thread after `setmaxnreg`: the producer gives its share to the consumers
+    /// (128·40 + 256·232 = 64 512 ≤ 65 536).
+    pub const PRODUCER_REGS: u32 = 40;
+    /// See [`PRODUCER_REGS`].
+    pub const CONSUMER_REGS: u32 = 232;
     /// KV tokens per stage (the N of the score product).
     pub const TILE: u32 = 128;
     /// Pipeline stages: tile j's K and tile j−1's V are read in the same step (the score

@@ -14,7 +14,7 @@
 //! "empty" barrier when every warp's last `wgmma` reading it has finished), so the two
 //! warpgroups run apart; `fence.proxy.async` makes the copies visible to `wgmma`. Each step
 //! overlaps the softmax of tile j with P·V of tile j−1 on the tensor cores (see [`step`]).
-use crate::abi::PrefillParams;
+use crate::abi::{PrefillParams, PrefillRequest};
 use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
 use crate::dtype::{Bf16, Elem, F16};
@@ -25,7 +25,9 @@ use crate::prefill::{cta_kv_head, load_work, KvRows, Paged, Ragged};
 
 const TILE: u32 = cfg::TILE;
 const ROWS: u32 = cfg::ROWS;
-const THREADS: u32 = cfg::THREADS;
+/// Warps 0–7 consume (two warpgroups); warps 8–11 produce.
+const CONSUMER_WARPS: u32 = cfg::CONSUMER_WARPS;
+const PRODUCER_THREADS: u32 = cfg::THREADS - 32 * CONSUMER_WARPS;
 
 /// The element types' `wgmma` instructions.
 trait WgmmaElem: Elem {
@@ -69,53 +71,89 @@ macro_rules! wgmma_elem {
 wgmma_elem!(F16, mma_ss_n128_f16, mma_rs_n128_f16, mma_rs_n64_f16);
 wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 
-/// Issues the copies of K/V keys `[base, base + TILE)` (zero-filled past `end`) into stage `s`;
-/// the stage's `full` barrier gets this thread's arrival when they (and its earlier copies)
-/// have landed.
-/// Thread `tid` copies chunk `tid % (D/8)` of rows `tid / (D/8) + i · 256 / (D/8)`: rows 16 or
-/// 32 apart share `row % 8`, so one swizzled offset `dst` serves all of them.
+/// The producer warpgroup: copies the Q tile and then every K/V tile of the CTA's range into
+/// the stage ring, waiting on a stage's "empty" barrier before refilling it; each stage's
+/// "full" barrier gets the producers' 128 arrivals when their copies have landed. Producer
+/// thread `i` copies 16-byte chunk `i % (D/8)` of rows `i / (D/8) + k · 128/(D/8)`: rows 8 or
+/// 16 apart share `row % 8`, so one swizzled offset serves all of them.
 ///
 /// # Safety
-/// As the kernel's contract.
+/// As the kernel's contract; called by the third warpgroup only, after the barriers were
+/// initialised.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn issue_tile<R: KvRows, const D: u32>(
+unsafe fn produce<R: KvRows, const D: u32>(
     p: &PrefillParams,
-    full: u32,
-    kv_off: u32,
+    req: &PrefillRequest,
+    t0: u32,
+    rows_total: u32,
     kvh: u32,
-    base: u32,
-    end: u32,
-    stage: u32,
-    tid: u32,
+    kv_begin: u32,
+    kv_end: u32,
+    tiles: u32,
+    pid: u32,
+    q_smem: u32,
     kv_smem: u32,
+    bars: Barriers,
 ) {
     let chunks = D / 8;
-    let step = THREADS / chunks;
-    let (r0, c) = (tid / chunks, tid % chunks);
-    let k_base = kv_smem + stage * 2 * TILE * D * 2 + chunk_offset(TILE, r0, c);
-    let v_base = k_base + TILE * D * 2;
-    let base = crate::arch::opaque::opaque_u32(base);
-    for i in 0..(TILE / step) {
-        let t = base + r0 + i * step;
-        let valid = t < end;
-        let (mut ka, mut va) = (p.k, p.v);
-        if valid {
-            // SAFETY: t is a key of the request (t < end ≤ kv_len).
-            let (k, v) = unsafe { R::row(p, kv_off, t, kvh) };
-            ka = k + (c * 16) as u64;
-            va = v + (c * 16) as u64;
-        }
-        let n = if valid { 16 } else { 0 };
-        let row = i * step * ROW_BYTES;
-        // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
+    let rows_per_pass = PRODUCER_THREADS / chunks;
+    let (r0, c) = (pid / chunks, pid % chunks);
+    let g = p.group.d;
+    // Q rows (zero past the tile's rows) complete with the first K/V tile.
+    for i in 0..ROWS / rows_per_pass {
+        let r = r0 + i * rows_per_pass;
+        let live = r < rows_total;
+        let src = if live {
+            let (t, h) = p.group.divmod(r);
+            p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
+                + ((kvh * g + h) * p.q_stride_h + c * 8) as u64)
+                * 2
+        } else {
+            p.q
+        };
+        // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
         unsafe {
-            pipeline::cp_async_cg_16(k_base + row, ka, n);
-            pipeline::cp_async_cg_16(v_base + row, va, n);
-        }
+            pipeline::cp_async_cg_16(
+                q_smem + chunk_offset(ROWS, r, c),
+                src,
+                if live { 16 } else { 0 },
+            )
+        };
     }
-    // SAFETY: `full` is the stage's initialised barrier.
-    unsafe { mbarrier::cp_async_arrive(full) };
+    let mut n = 0;
+    while n < tiles {
+        let stage = n % cfg::STAGES;
+        if n >= cfg::STAGES {
+            // SAFETY: initialised barrier; the phase of tile n − STAGES's release.
+            unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
+        }
+        let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
+        let k_dst = stage_k(kv_smem, stage, D) + chunk_offset(TILE, r0, c);
+        for i in 0..TILE / rows_per_pass {
+            let r = r0 + i * rows_per_pass;
+            let t = base + r;
+            let valid = t < kv_end;
+            let (mut ka, mut va) = (p.k, p.v);
+            if valid {
+                // SAFETY: t is a key of the request (t < kv_end ≤ kv_len).
+                let (k, v) = unsafe { R::row(p, req.kv_begin, t, kvh) };
+                ka = k + (c * 16) as u64;
+                va = v + (c * 16) as u64;
+            }
+            let dst = k_dst + i * rows_per_pass * ROW_BYTES;
+            let bytes = if valid { 16 } else { 0 };
+            // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
+            unsafe {
+                pipeline::cp_async_cg_16(dst, ka, bytes);
+                pipeline::cp_async_cg_16(dst + TILE * D * 2, va, bytes);
+            }
+        }
+        // SAFETY: initialised barrier.
+        unsafe { mbarrier::cp_async_arrive(bars.full(stage)) };
+        n += 1;
+    }
+    pipeline::wait_all();
 }
 
 /// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score
@@ -176,8 +214,8 @@ unsafe fn prefill<
         for st in 0..cfg::STAGES {
             // SAFETY: inside the barrier area; nobody uses them before the barrier below.
             unsafe {
-                mbarrier::init(bars.full(st), THREADS);
-                mbarrier::init(bars.empty(st), THREADS / 32);
+                mbarrier::init(bars.full(st), PRODUCER_THREADS);
+                mbarrier::init(bars.empty(st), CONSUMER_WARPS);
             }
         }
         mbarrier::fence_init();
@@ -188,46 +226,31 @@ unsafe fn prefill<
     } else {
         0
     };
-    let (gq, tq) = (lane / 4, lane % 4);
-    if tiles > 0 {
-        // Q rows (zero past the tile's rows) join the first K/V tile's copy group.
-        let chunks = D / 8;
-        for i in 0..(ROWS * chunks / THREADS) {
-            let idx = tid + i * THREADS;
-            let (r, c) = (idx / chunks, idx % chunks);
-            let live = r < rows_total;
-            let src = if live {
-                let (t, h) = p.group.divmod(r);
-                p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
-                    + ((kvh * g + h) * p.q_stride_h + c * 8) as u64)
-                    * 2
-            } else {
-                p.q
-            };
-            // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
-            unsafe {
-                pipeline::cp_async_cg_16(
-                    q_smem + chunk_offset(ROWS, r, c),
-                    src,
-                    if live { 16 } else { 0 },
-                )
-            };
-        }
-        // SAFETY: see issue_tile.
+    // Warp-specialised roles, one branch each (what `setmaxnreg` needs): the third warpgroup
+    // produces with few registers, the first two consume with the rest.
+    if w >= CONSUMER_WARPS {
+        wgmma::setmaxnreg_dec::<{ cfg::PRODUCER_REGS }>();
+        // SAFETY: as the kernel's contract; the barriers are initialised (above).
         unsafe {
-            issue_tile::<R, D>(
+            produce::<R, D>(
                 p,
-                bars.full(0),
-                req.kv_begin,
+                &req,
+                t0,
+                rows_total,
                 kvh,
                 kv_begin,
                 kv_end,
-                0,
-                tid,
+                tiles,
+                tid - 32 * CONSUMER_WARPS,
+                q_smem,
                 kv_smem,
+                bars,
             )
         };
+        return;
     }
+    wgmma::setmaxnreg_inc::<{ cfg::CONSUMER_REGS }>();
+    let (gq, tq) = (lane / 4, lane % 4);
     let win_last = if window != u32::MAX {
         pos_last.saturating_sub(window)
     } else {
@@ -265,65 +288,27 @@ unsafe fn prefill<
     // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
     let mut j = 0;
     while j < tiles {
-        let next = if j + 1 < tiles {
-            kv_begin + (j + 1) * TILE
-        } else {
-            u32::MAX
-        };
         let st = Step {
             j,
             base: kv_begin + j * TILE,
-            next,
             stage: j % cfg::STAGES,
             prev_stage: (j + cfg::STAGES - 1) % cfg::STAGES,
         };
         // SAFETY: as the kernel's contract; CTA-uniform branches.
         unsafe {
             match (j == 0, masked(j)) {
-                (true, true) => step::<R, E, D, ON, KS, FOLD, true, true>(
-                    p,
-                    &t,
-                    &st,
-                    &mut acc,
-                    req.kv_begin,
-                    kvh,
-                    tid,
-                    q_wg,
-                    kv_smem,
-                ),
-                (true, false) => step::<R, E, D, ON, KS, FOLD, false, true>(
-                    p,
-                    &t,
-                    &st,
-                    &mut acc,
-                    req.kv_begin,
-                    kvh,
-                    tid,
-                    q_wg,
-                    kv_smem,
-                ),
-                (false, true) => step::<R, E, D, ON, KS, FOLD, true, false>(
-                    p,
-                    &t,
-                    &st,
-                    &mut acc,
-                    req.kv_begin,
-                    kvh,
-                    tid,
-                    q_wg,
-                    kv_smem,
-                ),
-                (false, false) => step::<R, E, D, ON, KS, FOLD, false, false>(
-                    p,
-                    &t,
-                    &st,
-                    &mut acc,
-                    req.kv_begin,
-                    kvh,
-                    tid,
-                    q_wg,
-                    kv_smem,
-                ),
+                (true, true) => {
+                    step::<E, D, ON, KS, FOLD, true, true>(&t, &st, &mut acc, tid, q_wg, kv_smem)
+                }
+                (true, false) => {
+                    step::<E, D, ON, KS, FOLD, false, true>(&t, &st, &mut acc, tid, q_wg, kv_smem)
+                }
+                (false, true) => {
+                    step::<E, D, ON, KS, FOLD, true, false>(&t, &st, &mut acc, tid, q_wg, kv_smem)
+                }
+                (false, false) => {
+                    step::<E, D, ON, KS, FOLD, false, false>(&t, &st, &mut acc, tid, q_wg, kv_smem)
+                }
             }
         }
         j += 1;
@@ -460,8 +445,6 @@ struct Step {
     j: u32,
     /// First key of this step's tile.
     base: u32,
-    /// First key of the next tile, `u32::MAX` when this is the last.
-    next: u32,
     /// Stage holding this tile; stage of the previous tile (its V feeds this step's P·V).
     stage: u32,
     prev_stage: u32,
@@ -604,11 +587,10 @@ fn softmax<const FOLD: bool, const MASK: bool>(
     r_scale
 }
 
-/// One step of the software pipeline (FA3's intra-warpgroup overlap) for tile j: wait for
-/// P_{j−2}·V_{j−2}, rescale O and pack P_{j−1} ([`Acc::settle`]); wait for tile j's copies and
-/// make them visible to `wgmma`; start tile j+1's copies (its stage was last read by
-/// P_{j−2}·V_{j−2}, finished by every warp at the barrier); issue S_j and P_{j−1}·V_{j−1}
-/// back to back; wait for S_j only and run its softmax while P·V runs. The wait for that P·V
+/// One consumer step of the software pipeline (FA3's intra-warpgroup overlap) for tile j: wait
+/// for P_{j−2}·V_{j−2}, rescale O and pack P_{j−1} ([`Acc::settle`]) and release tile j−2's
+/// stage to the producer; wait for tile j's copies and make them visible to `wgmma`; issue S_j
+/// and P_{j−1}·V_{j−1} back to back; wait for S_j only and run its softmax while P·V runs. The wait for that P·V
 /// opens the next step, in the next basic block: within one block ptxas hoisted it above the
 /// softmax (seen in the SASS), serialising the two again.
 ///
@@ -617,7 +599,6 @@ fn softmax<const FOLD: bool, const MASK: bool>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn step<
-    R: KvRows,
     E: WgmmaElem,
     const D: u32,
     const ON: usize,
@@ -626,12 +607,9 @@ unsafe fn step<
     const MASK: bool,
     const FIRST: bool,
 >(
-    p: &PrefillParams,
     t: &TileCtx,
     st: &Step,
     acc: &mut Acc<ON>,
-    kv_off: u32,
-    kvh: u32,
     tid: u32,
     q_wg: u32,
     kv_smem: u32,
@@ -647,28 +625,6 @@ unsafe fn step<
             // SAFETY: initialised barrier.
             unsafe { mbarrier::arrive(bars.empty((j - 2) % cfg::STAGES)) };
         }
-    }
-    if st.next != u32::MAX {
-        let n = j + 1;
-        let stage = n % cfg::STAGES;
-        if n >= cfg::STAGES {
-            // SAFETY: initialised barrier; phase of tile n − STAGES's release.
-            unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
-        }
-        // SAFETY: see issue_tile; the stage is free (above).
-        unsafe {
-            issue_tile::<R, D>(
-                p,
-                bars.full(stage),
-                kv_off,
-                kvh,
-                st.next,
-                t.kv_end,
-                stage,
-                tid,
-                kv_smem,
-            )
-        };
     }
     // SAFETY: initialised barrier; phase of tile j.
     unsafe { mbarrier::wait(bars.full(st.stage), (j / cfg::STAGES) % 2) };

@@ -48,8 +48,9 @@ pub enum PrefillTile {
     /// 128 rows: 4 warps × 32 rows (two m-tiles per warp share every K/V fragment), Q re-read
     /// from shared memory (`prefill_*_m2`).
     Rows128Wide,
-    /// 128 rows on Hopper's warpgroup tensor cores: 2 warpgroups × 64 rows, `wgmma` with Q, K
-    /// and V read from shared memory through descriptors, 128-key tiles (`prefill_*_h`,
+    /// 128 rows on Hopper's warpgroup tensor cores: 2 consumer warpgroups × 64 rows and a
+    /// producer warpgroup copying K/V, `wgmma` with Q, K and V read from shared memory through
+    /// descriptors, 128-key tiles (`prefill_*_h`,
     /// `kernels-gpu/src/prefill_hopper.rs`). Built only into the sm_90a image: compute
     /// capability 9.0, head dims 64 and 128.
     Rows128Wgmma,
@@ -130,11 +131,12 @@ impl PrefillTile {
         }
     }
 
-    /// Warps per CTA.
+    /// Warps per CTA (the `wgmma` tile: two consumer warpgroups and a producer warpgroup).
     pub fn warps(self) -> u32 {
         match self {
             Self::Rows64 | Self::Rows128Wide => 4,
-            Self::Rows128 | Self::Rows128Wgmma => 8,
+            Self::Rows128 => 8,
+            Self::Rows128Wgmma => hopper_cfg::THREADS / 32,
         }
     }
 

@@ -75,6 +75,23 @@ pub fn fence_operands<const N: usize>(regs: &mut [f32; N]) {
     }
 }
 
+/// `setmaxnreg.inc.sync.aligned.u32 N`: raises this warpgroup's per-thread register allocation
+/// to `N` (waiting until the registers are free). Takes effect only in a kernel compiled with
+/// a register cap at entry (`.maxntid`, added to the PTX by `host/build.rs`).
+#[inline(always)]
+pub fn setmaxnreg_inc<const N: u32>() {
+    // SAFETY: an allocation hint; executed by whole warpgroups (the callers' branches).
+    unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 {n};", n = const N, options(nostack)) };
+}
+
+/// `setmaxnreg.dec.sync.aligned.u32 N`: releases this warpgroup's registers down to `N` per
+/// thread, for other warpgroups' [`setmaxnreg_inc`].
+#[inline(always)]
+pub fn setmaxnreg_dec<const N: u32>() {
+    // SAFETY: as above.
+    unsafe { asm!("setmaxnreg.dec.sync.aligned.u32 {n};", n = const N, options(nostack)) };
+}
+
 /// `fence.proxy.async.shared::cta`: makes this thread's ordinary (generic-proxy) shared-memory
 /// writes, `cp.async` included, visible to the async proxy that `wgmma` reads through.
 #[inline(always)]
