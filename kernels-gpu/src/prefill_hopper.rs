@@ -28,6 +28,8 @@ const ROWS: u32 = cfg::ROWS;
 /// Warps 0–7 consume (two warpgroups); warps 8–11 produce.
 const CONSUMER_WARPS: u32 = cfg::CONSUMER_WARPS;
 const PRODUCER_THREADS: u32 = cfg::THREADS - 32 * CONSUMER_WARPS;
+/// Named barriers 1 and 2: warpgroup w waits at `PINGPONG_BAR + w` for its turn to issue.
+const PINGPONG_BAR: u32 = 1;
 
 /// The element types' `wgmma` instructions.
 trait WgmmaElem: Elem {
@@ -284,6 +286,12 @@ unsafe fn prefill<
         r: [1.0f32; 2],
         pa: [[0u32; 4]; 8],
     };
+    // Turn order: warpgroup 0 issues first (warpgroup 1 gives it the first turn); every step
+    // of each ends by handing the turn to the other.
+    if wg == 1 {
+        // SAFETY: consumed by warpgroup 0's first turn (or its final wait below).
+        unsafe { thread::named_barrier_arrive(PINGPONG_BAR, 256) };
+    }
     // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
     // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
     let mut j = 0;
@@ -317,6 +325,12 @@ unsafe fn prefill<
     // tell that `tiles > 0` below holds whenever the loop ran, and otherwise serialises every
     // `wgmma` of the kernel).
     wgmma::wait_group::<0>();
+    if wg == 0 {
+        // Takes warpgroup 1's last hand-over (or its first, when there were no tiles): the
+        // named barriers end balanced.
+        // SAFETY: warpgroup 1 arrives once more than warpgroup 0 waited in the loop.
+        unsafe { thread::named_barrier_sync(PINGPONG_BAR, 256) };
+    }
     if tiles > 0 {
         acc.settle::<E>();
         wgmma::fence();
@@ -630,16 +644,25 @@ unsafe fn step<
     unsafe { mbarrier::wait(bars.full(st.stage), (j / cfg::STAGES) % 2) };
     // The copies were written through the generic proxy; `wgmma` reads through the async one.
     wgmma::fence_proxy_async();
+    // Pingpong (FA3): the warpgroups take turns issuing their products, so that one's softmax
+    // runs while the other's products hold the tensor cores (see `pingpong_*`).
+    let wg = tid / 128;
+    // SAFETY: both consumer warpgroups run the same steps (the turn protocol's counts match).
+    unsafe { thread::named_barrier_sync(PINGPONG_BAR + wg, 256) };
     wgmma::fence();
     // SAFETY: warpgroup-convergent; the tile is in its stage (full barrier above).
     unsafe { issue_scores::<E, KS>(&mut acc.s, q_wg, stage_k(kv_smem, st.stage, D)) };
     wgmma::commit_group();
+    if !FIRST {
+        // SAFETY: as above; the previous tile's V stays in its stage until released.
+        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, stage_v(kv_smem, st.prev_stage, D)) };
+        wgmma::commit_group();
+    }
+    // SAFETY: as above.
+    unsafe { thread::named_barrier_arrive(PINGPONG_BAR + 1 - wg, 256) };
     if FIRST {
         wgmma::wait_group::<0>();
     } else {
-        // SAFETY: as above; the previous tile's V stays in its stage until the next barrier.
-        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, stage_v(kv_smem, st.prev_stage, D)) };
-        wgmma::commit_group();
         wgmma::wait_group::<1>();
     }
     wgmma::fence_operands(as_flat(&mut acc.s));

@@ -63,3 +63,14 @@ pub unsafe fn named_barrier_sync(id: u32, n: u32) {
     // SAFETY: per the caller's contract.
     unsafe { asm!("bar.sync {0}, {1};", in(reg32) id, in(reg32) n, options(nostack)) };
 }
+
+/// `bar.arrive id, n`: arrives at named barrier `id` without waiting (the producer side of a
+/// `bar.sync id, n` by other warps).
+///
+/// # Safety
+/// As [`named_barrier_sync`]: the arrivals and waits at `id` add up to `n` threads per phase.
+#[inline(always)]
+pub unsafe fn named_barrier_arrive(id: u32, n: u32) {
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("bar.arrive {0}, {1};", in(reg32) id, in(reg32) n, options(nostack)) };
+}
