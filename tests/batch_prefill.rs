@@ -577,3 +577,67 @@ fn bad_input_is_a_typed_error() {
     op.run_paged(&plan_p, &q3, &pool, &mut o3, None).unwrap();
     op.run_ragged(&plan, &q, &k, &k, &mut o, None).unwrap();
 }
+
+/// The Hopper tile on its own, with shapes small enough for `compute-sanitizer --tool
+/// racecheck` (its producer/consumer stages and turn barriers are the kernel's only
+/// synchronisation): both head dims, f16 and bf16, ragged and paged (both layouts), causal,
+/// windowed, soft-capped and split-KV, several tiles per CTA so every stage is refilled. On a GPU
+/// without the `wgmma` image it runs the same cases on the 8-warp 128-row tile.
+#[test]
+fn gpu_wgmma_tile_small_shapes() {
+    let Some(gpu) = gpu_or_skip("gpu_wgmma_tile_small_shapes") else {
+        return;
+    };
+    let causal = AttentionOptions {
+        causal: true,
+        ..Default::default()
+    };
+    let cases = [
+        (64, vec![(300, 700), (5, 900)], None, causal, None),
+        (
+            128,
+            vec![(200, 600)],
+            Some((16, KvLayout::Nhd)),
+            causal,
+            Some(256),
+        ),
+        (
+            128,
+            vec![(130, 520), (1, 1)],
+            Some((5, KvLayout::Hnd)),
+            AttentionOptions {
+                soft_cap: Some(30.0),
+                window_left: Some(300),
+                ..causal
+            },
+            None,
+        ),
+        (
+            64,
+            vec![(257, 257)],
+            Some((16, KvLayout::Hnd)),
+            AttentionOptions::default(),
+            None,
+        ),
+    ];
+    let mut worst = ErrorStats::default();
+    for (i, (d, reqs, paged, opts, split)) in cases.into_iter().enumerate() {
+        let c = Case {
+            heads: HeadConfig::new(8, 2, d).unwrap(),
+            reqs,
+            paged,
+            opts,
+            fixed_split: split,
+            tile: PrefillTile::Rows128Wgmma,
+            seed: 90 + i as u64,
+        };
+        let s = if i % 2 == 0 {
+            run_gpu::<bf16>(&gpu, &c)
+        } else {
+            run_gpu::<f16>(&gpu, &c)
+        };
+        check(s, if i % 2 == 0 { DType::Bf16 } else { DType::F16 }, &c);
+        worst = worst.worst(s);
+    }
+    println!("wgmma tile, 4 small cases: worst {worst:?}");
+}
