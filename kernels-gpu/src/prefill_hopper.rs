@@ -438,8 +438,12 @@ impl<const ON: usize> Acc<ON> {
     fn settle<E: WgmmaElem>(&mut self) {
         wgmma::wait_group::<0>();
         wgmma::fence_operands(&mut self.o);
-        for (i, x) in self.o.iter_mut().enumerate() {
-            *x *= self.r[(i % 4) / 2];
+        // Once the running max settles (most tiles of a long row) the factor is exactly 1
+        // (exp2(0)); the warp skips the 64 multiplies when it is on all its rows.
+        if !warp::all(self.r[0] == 1.0 && self.r[1] == 1.0) {
+            for (i, x) in self.o.iter_mut().enumerate() {
+                *x *= self.r[(i % 4) / 2];
+            }
         }
         for (ks, a) in self.pa.iter_mut().enumerate() {
             let (lo, hi) = (self.s[2 * ks], self.s[2 * ks + 1]);
@@ -503,10 +507,13 @@ fn stage_v(kv_smem: u32, s: u32, d: u32) -> u32 {
 /// Warpgroup-convergent, between `wgmma::fence` and `commit_group`; Q and K in place.
 #[inline(always)]
 unsafe fn issue_scores<E: WgmmaElem, const KS: usize>(s: &mut [[f32; 4]; 16], q_wg: u32, k: u32) {
+    // One descriptor each, advanced by compile-time offsets (an add per product instead of
+    // rebuilding the descriptor from the address).
+    let (a0, b0) = (wgmma::desc_k_major(q_wg), wgmma::desc_k_major(k));
     for kk in 0..KS as u32 {
         let step = (kk % 4) * 32;
-        let a = wgmma::desc_k_major(q_wg + (kk / 4) * ROWS * ROW_BYTES + step);
-        let b = wgmma::desc_k_major(k + (kk / 4) * TILE * ROW_BYTES + step);
+        let a = wgmma::desc_advance(a0, (kk / 4) * ROWS * ROW_BYTES + step);
+        let b = wgmma::desc_advance(b0, (kk / 4) * TILE * ROW_BYTES + step);
         // SAFETY: per the caller's contract.
         unsafe { E::scores(as_flat(s), a, b, kk > 0) };
     }
@@ -518,8 +525,9 @@ unsafe fn issue_scores<E: WgmmaElem, const KS: usize>(s: &mut [[f32; 4]; 16], q_
 /// Warpgroup-convergent, between `wgmma::fence` and `commit_group`; V in place.
 #[inline(always)]
 unsafe fn issue_pv<E: WgmmaElem, const ON: usize>(o: &mut [f32; ON], pa: &[[u32; 4]; 8], v: u32) {
+    let b0 = wgmma::desc_mn_major(v, TILE * ROW_BYTES);
     for (ks, a) in pa.iter().enumerate() {
-        let b = wgmma::desc_mn_major(v + ks as u32 * 2 * GROUP_BYTES, TILE * ROW_BYTES);
+        let b = wgmma::desc_advance(b0, ks as u32 * 2 * GROUP_BYTES);
         // SAFETY: per the caller's contract.
         unsafe { E::pv::<ON>(o, *a, b) };
     }

@@ -42,6 +42,14 @@ pub fn desc_mn_major(addr: u32, block_bytes: u32) -> u64 {
         | SWIZZLE_128B
 }
 
+/// The descriptor of the operand `bytes` (a multiple of 16) further on: the start address is
+/// the descriptor's low 14 bits in 16-byte units, so an in-range advance is one add (shared
+/// addresses stay below 2^18 bytes, so the field cannot carry into the next one).
+#[inline(always)]
+pub const fn desc_advance(desc: u64, bytes: u32) -> u64 {
+    desc + (bytes >> 4) as u64
+}
+
 /// `wgmma.fence.sync.aligned`: orders the warpgroup's earlier register and shared-memory
 /// accesses before the MMAs that follow.
 #[inline(always)]
