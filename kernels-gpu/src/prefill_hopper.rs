@@ -1,19 +1,23 @@
 //! Prefill attention on Hopper's warpgroup tensor cores (`wgmma`, sm_90a only): the same work
 //! items, masks and outputs as `prefill.rs`, with both matrix products issued per warpgroup.
 //!
-//! CTA = (128 packed query rows, KV head), two warpgroups of 64 rows (warp `w` owns rows
-//! `16w .. 16w + 16`, as in the 8-warp tile of `prefill.rs`). Per K/V tile of 128 keys:
-//! S = Q·Kᵀ as `D/16` `wgmma.m64n128k16` with Q and K both read from shared memory through
-//! descriptors; masks and the online softmax on the accumulator registers (the `mma.m16n8k16`
-//! C layout); P packed to 16 bits in registers as the A operand of O += P·V, 8 `wgmma`
-//! (16 keys each) with V read N-major (transposed) from shared memory. Q, K and V sit in the
-//! 128-byte-swizzled layout `math::wgmma_layout` (K and V tiles alike: the K-major B operand of
-//! the score product and the N-major B operand of P·V read the same bytes differently). All
-//! 256 threads feed a 3-stage `cp.async` ring tracked by `mbarrier`s instead of a CTA
-//! barrier (a stage's "full" barrier completes when every thread's copies have landed, its
-//! "empty" barrier when every warp's last `wgmma` reading it has finished), so the two
-//! warpgroups run apart; `fence.proxy.async` makes the copies visible to `wgmma`. Each step
-//! overlaps the softmax of tile j with P·V of tile j−1 on the tensor cores (see [`step`]).
+//! CTA = (128 packed query rows, KV head), 384 threads in three warpgroups. Warpgroups 0 and 1
+//! consume, 64 rows each (warp `w` owns rows `16w .. 16w + 16`, as in the 8-warp tile of
+//! `prefill.rs`); warpgroup 2 produces: it copies Q and the K/V tiles of 128 keys into a 3-stage
+//! `cp.async` ring whose stages are tracked by `mbarrier`s ("full" when the producers' copies
+//! have landed, "empty" when all 8 consumer warps' last `wgmma` reading the stage has
+//! finished). `setmaxnreg` moves registers from the producer (40) to the consumers (232); the
+//! register cap at entry that it needs is the `.maxntid` `host/build.rs` writes into the PTX.
+//! Per tile the consumers wait for "full", make the copies visible to `wgmma`
+//! (`fence.proxy.async`) and compute S = Q·Kᵀ as `D/16` `wgmma.m64n128k16` with Q and K both
+//! read from shared memory through descriptors; masks and the online softmax on the
+//! accumulator registers (the `mma.m16n8k16` C layout); P packed to 16 bits in registers as
+//! the A operand of O += P·V, 8 `wgmma` (16 keys each) with V read N-major (transposed) from
+//! shared memory. Q, K and V sit in the 128-byte-swizzled layout `math::wgmma_layout` (K and V
+//! tiles alike: the K-major B operand of the score product and the N-major B operand of P·V
+//! read the same bytes differently). Each step overlaps the softmax of tile j with P·V of tile
+//! j−1 (see [`step`]), and the consumer warpgroups take turns issuing their products
+//! (pingpong), so one's softmax runs under the other's products.
 use crate::abi::{PrefillParams, PrefillRequest};
 use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
