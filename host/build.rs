@@ -13,6 +13,8 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ferrinfer_kernels::config::prefill_hopper;
+
 /// sm_90a is sm_90 plus the architecture-specific `wgmma` kernels (`cfg(target_feature =
 /// "sm_90a")` in the device crate); its PTX loads on compute capability 9.0 only.
 const ARCHS: [&str; 3] = ["sm_80", "sm_90", "sm_90a"];
@@ -93,10 +95,6 @@ fn main() {
     }
 }
 
-/// Threads per CTA of the Hopper prefill kernels (`kernels-gpu/src/config.rs`,
-/// `prefill_hopper::THREADS`; `tests/ptx_check.rs` checks the two agree).
-const HOPPER_PREFILL_THREADS: u32 = 384;
-
 /// Adds `.maxntid` to the entries that need a register cap at entry: the Hopper prefill
 /// kernels (suffix `_h`) hand registers between warpgroups with `setmaxnreg`, which ptxas only
 /// honours when the kernel declares its block size. Rust has no attribute for PTX launch
@@ -114,7 +112,7 @@ fn add_launch_bounds(ptx: &str) -> String {
             pending = name.ends_with("_h");
         }
         if pending && line.trim() == "{" {
-            out.push_str(&format!(".maxntid {HOPPER_PREFILL_THREADS}, 1, 1\n"));
+            out.push_str(&format!(".maxntid {}, 1, 1\n", prefill_hopper::THREADS));
             pending = false;
         }
         out.push_str(line);

@@ -161,15 +161,14 @@ impl PrefillTile {
     /// Dynamic shared memory of the kernel for head dim `head_dim`.
     pub fn smem_bytes(self, head_dim: usize) -> u32 {
         let d = head_dim as u32;
-        // Q is staged in shared memory with two m-tiles per warp, and at D = 256 (mirrors
-        // `q_in_smem` in kernels-gpu/src/prefill.rs).
-        let q = match self {
-            Self::Rows128Wgmma => return hopper_cfg::smem_bytes(d),
-            Self::Rows128Wide => cfg::q_smem_bytes(self.rows(), d),
-            _ if d > 128 => cfg::q_smem_bytes(self.rows(), d),
-            _ => 0,
-        };
-        cfg::smem_bytes(d) + q
+        // The `mma.sync` tiles stage Q in shared memory with two m-tiles per warp and at
+        // D = 256 (mirrors `q_in_smem` in kernels-gpu/src/prefill.rs).
+        match self {
+            Self::Rows128Wgmma => hopper_cfg::smem_bytes(d),
+            Self::Rows128Wide => cfg::smem_bytes(d) + cfg::q_smem_bytes(self.rows(), d),
+            _ if d > 128 => cfg::smem_bytes(d) + cfg::q_smem_bytes(self.rows(), d),
+            _ => cfg::smem_bytes(d),
+        }
     }
 
     /// Query tokens per tile for query group `group`.
