@@ -45,19 +45,32 @@ pub mod decode_tc {
 }
 
 /// Prefill on tensor cores (`kernels-gpu/src/prefill.rs`): [`prefill::WARPS`] warps × 16 packed
-/// query rows per CTA, KV tiles of [`prefill::TILE`] tokens in a 2-stage swizzled cp.async ring.
+/// query rows per CTA, KV tiles of [`prefill::TILE`] tokens in a swizzled cp.async ring of
+/// [`prefill::stages`] stages.
 pub mod prefill {
     /// Warps per CTA of the default kernels, each owning 16 packed query rows (the `_w8`
     /// entries have 8).
     pub const WARPS: u32 = 4;
     /// KV tokens per stage.
     pub const TILE: u32 = 64;
-    /// Pipeline stages.
-    pub const STAGES: u32 = 2;
 
-    /// Dynamic shared memory: `STAGES` K and V tiles.
-    pub const fn smem_bytes(head_dim: u32) -> u32 {
-        STAGES * 2 * TILE * head_dim * 2
+    /// Pipeline stages of the K/V ring for a tile of `warps` warps × `m_tiles` m-tiles at
+    /// `head_dim`: three for the 64-row tile at head dim 128 (two tiles in flight while one is
+    /// computed; 96 KB, two CTAs per SM as before, which its registers limit anyway): 2–7 %
+    /// faster on the H200 (docs/perf-notes.md, session 5). Two otherwise: at D = 64 the third
+    /// stage cost 2–4 %, and the wider tiles' Q and the D = 256 tiles leave no room for it at
+    /// the same occupancy.
+    pub const fn stages(warps: u32, m_tiles: u32, head_dim: u32) -> u32 {
+        if warps == 4 && m_tiles == 1 && head_dim == 128 {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Dynamic shared memory of the K/V ring: `stages` K and V tiles (see [`stages`]).
+    pub const fn smem_bytes(stages: u32, head_dim: u32) -> u32 {
+        stages * 2 * TILE * head_dim * 2
     }
 
     /// Shared memory of the Q tile of the kernels with several m-tiles per warp (`_m2`).

@@ -6,8 +6,8 @@
 //! `r % g` of the group (GQA packing, so a few query tokens still fill the tile). Each warp owns
 //! 16 rows for the whole KV range: per 64-token tile, S = Q·Kᵀ (8 n-tiles, `ldmatrix` K),
 //! masks, online softmax on the accumulator fragments, P re-packed as the A operand, O += P·V
-//! (`ldmatrix.trans` V). K/V tiles come through the same swizzled 2-stage `cp.async` ring as
-//! the tensor-core decode. Causal CTAs stop at the last key their last row may see; windowed
+//! (`ldmatrix.trans` V). K/V tiles come through a swizzled `cp.async` ring like the tensor-core
+//! decode's (3 stages for the 64-row tile at D = 128, else 2: `config::prefill::stages`). Causal CTAs stop at the last key their last row may see; windowed
 //! CTAs start at the first key their first row may see (tiles outside are never loaded).
 use crate::abi::{PrefillItem, PrefillParams, PrefillRequest};
 use crate::arch::opaque::opaque_u32;
@@ -251,7 +251,8 @@ pub(crate) unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, Pre
 ///
 /// # Safety
 /// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
-/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(D)`; every table and extent the
+/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(stages, D)` (plus the Q tile when
+/// it is staged, see [`q_in_smem`]); every table and extent the
 /// parameters address validated by the host (`qo_len ≤ kv_len` per request).
 #[inline(always)]
 unsafe fn prefill<
@@ -266,6 +267,8 @@ unsafe fn prefill<
     p: &PrefillParams,
 ) {
     let threads = 32 * W;
+    // K/V ring depth, fixed per instantiation (host twin: `PrefillTile::smem_bytes`).
+    let stages = cfg::stages(W, MT as u32, D);
     // Q lives in shared memory (re-read per KV tile) with several m-tiles per warp or at
     // D = 256 (its fragments would take 64 registers); otherwise in registers.
     let q_smem_on = q_in_smem(MT, D);
@@ -361,6 +364,28 @@ unsafe fn prefill<
                 kv_smem,
             )
         };
+        if stages == 3 {
+            if tiles > 1 {
+                // SAFETY: see issue_tile.
+                unsafe {
+                    issue_tile::<R, D>(
+                        p,
+                        threads,
+                        req.kv_begin,
+                        kvh,
+                        kv_begin + TILE,
+                        kv_end,
+                        1,
+                        tid,
+                        copy_dst,
+                        kv_smem,
+                    )
+                };
+            } else {
+                // An empty group keeps the count the loop's waits assume.
+                pipeline::commit_group();
+            }
+        }
     }
     // The most restrictive window start (the last token's); keys before it need the mask.
     let win_last = if window != u32::MAX {
@@ -393,17 +418,19 @@ unsafe fn prefill<
     let mut j = 0;
     while j < tiles {
         let base = kv_begin + j * TILE;
-        if j + 1 < tiles {
-            // SAFETY: see issue_tile; stage (j+1)%2 was released by the barrier ending j − 1.
+        // Tile j + stages − 1 goes into the stage of tile j − 1, released by the barrier that
+        // ended step j − 1; `stages − 1` tiles are in flight while tile j is computed.
+        if j + stages - 1 < tiles {
+            // SAFETY: see issue_tile.
             unsafe {
                 issue_tile::<R, D>(
                     p,
                     threads,
                     req.kv_begin,
                     kvh,
-                    base + TILE,
+                    base + (stages - 1) * TILE,
                     kv_end,
-                    (j + 1) % cfg::STAGES,
+                    (j + stages - 1) % stages,
                     tid,
                     copy_dst,
                     kv_smem,
@@ -412,9 +439,13 @@ unsafe fn prefill<
         } else {
             pipeline::commit_group();
         }
-        pipeline::wait_group::<1>();
+        if stages == 3 {
+            pipeline::wait_group::<2>();
+        } else {
+            pipeline::wait_group::<1>();
+        }
         thread::sync_threads();
-        let k_base = kv_smem + (j % cfg::STAGES) * 2 * TILE * D * 2;
+        let k_base = kv_smem + (j % stages) * 2 * TILE * D * 2;
         let v_base = k_base + TILE * D * 2;
 
         // S = Q·Kᵀ: 8 n-tiles of 8 keys per m-tile; each K fragment (ldmatrix.x4: two n-tiles)

@@ -140,6 +140,14 @@ impl PrefillTile {
         }
     }
 
+    /// m-tiles (16 rows each) per warp of the `mma.sync` tiles (the `_m2` entries have two).
+    fn m_tiles(self) -> u32 {
+        match self {
+            Self::Rows128Wide => 2,
+            _ => 1,
+        }
+    }
+
     /// Packed query rows per CTA.
     pub fn rows(self) -> u32 {
         match self {
@@ -163,11 +171,12 @@ impl PrefillTile {
         let d = head_dim as u32;
         // The `mma.sync` tiles stage Q in shared memory with two m-tiles per warp and at
         // D = 256 (mirrors `q_in_smem` in kernels-gpu/src/prefill.rs).
+        let kv = cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d);
         match self {
             Self::Rows128Wgmma => hopper_cfg::smem_bytes(d),
-            Self::Rows128Wide => cfg::smem_bytes(d) + cfg::q_smem_bytes(self.rows(), d),
-            _ if d > 128 => cfg::smem_bytes(d) + cfg::q_smem_bytes(self.rows(), d),
-            _ => cfg::smem_bytes(d),
+            Self::Rows128Wide => kv + cfg::q_smem_bytes(self.rows(), d),
+            _ if d > 128 => kv + cfg::q_smem_bytes(self.rows(), d),
+            _ => kv,
         }
     }
 
