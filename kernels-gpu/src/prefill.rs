@@ -7,8 +7,9 @@
 //! 16 rows for the whole KV range: per 64-token tile, S = Q·Kᵀ (8 n-tiles, `ldmatrix` K),
 //! masks, online softmax on the accumulator fragments, P re-packed as the A operand, O += P·V
 //! (`ldmatrix.trans` V). K/V tiles come through a swizzled `cp.async` ring like the tensor-core
-//! decode's (3 stages for the 64-row tile at D = 128, else 2: `config::prefill::stages`). Causal CTAs stop at the last key their last row may see; windowed
-//! CTAs start at the first key their first row may see (tiles outside are never loaded).
+//! decode's (3 stages for the 64-row tile at D = 128, else 2: `config::prefill::stages`).
+//! Causal CTAs stop at the last key their last row may see; windowed CTAs start at the first
+//! key their first row may see (tiles outside are never loaded).
 use crate::abi::{PrefillItem, PrefillParams, PrefillRequest};
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
@@ -364,8 +365,10 @@ unsafe fn prefill<
                 kv_smem,
             )
         };
-        if stages == 3 {
-            if tiles > 1 {
+        // The rest of the prologue, tiles 1 .. stages − 1 (an empty group for a missing tile
+        // keeps the group count the loop's waits assume).
+        for s in 1..stages - 1 {
+            if s < tiles {
                 // SAFETY: see issue_tile.
                 unsafe {
                     issue_tile::<R, D>(
@@ -373,16 +376,15 @@ unsafe fn prefill<
                         threads,
                         req.kv_begin,
                         kvh,
-                        kv_begin + TILE,
+                        kv_begin + s * TILE,
                         kv_end,
-                        1,
+                        s,
                         tid,
                         copy_dst,
                         kv_smem,
                     )
                 };
             } else {
-                // An empty group keeps the count the loop's waits assume.
                 pipeline::commit_group();
             }
         }
