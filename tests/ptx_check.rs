@@ -366,15 +366,17 @@ fn report_and_check(test: &str, arch: Arch, ptxas: &Path, out: &str) {
 }
 
 /// Local-memory bytes a kernel may use (each of stack frame, spill stores, spill loads). Zero
-/// everywhere except one measured case: on sm_80 only, ptxas spills one 8-byte value of the
-/// paged wide-tile prefill at D = 128 (`prefill_paged_*_d128_m2`: 128 f32 accumulators + 64
-/// scores per lane at the 255-register limit; 0 bytes on sm_90, the target the tile was tuned
-/// on). The cap keeps it from growing unnoticed.
+/// everywhere except one measured case: on sm_80 only, ptxas spills a few values of the paged
+/// wide-tile prefill at D = 128 (`prefill_paged_*_d128_m2`: 128 f32 accumulators + 64 scores
+/// per lane at the 255-register limit; 0 bytes on sm_90, the target the tile was tuned on):
+/// 8 bytes before the paged copies looked rows up once per lane (`KvRows::LOOKUP`), 24–32
+/// since (the looked-up offset is live across the copies). The cap keeps it from growing
+/// unnoticed.
 fn local_memory_allowance(arch: Arch, name: &str) -> u64 {
     let sm80_wide_paged =
         arch == Arch::Sm80 && name.starts_with("prefill_paged_") && name.ends_with("_d128_m2");
     if sm80_wide_paged {
-        16
+        32
     } else {
         0
     }

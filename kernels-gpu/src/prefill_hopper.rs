@@ -79,9 +79,10 @@ wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 
 /// The producer warpgroup: copies the Q tile and then every K/V tile of the CTA's range into
 /// the stage ring, waiting on a stage's "empty" barrier before refilling it; each stage's
-/// "full" barrier gets the producers' 128 arrivals when their copies have landed. Producer
-/// thread `i` copies 16-byte chunk `i % (D/8)` of rows `i / (D/8) + k · 128/(D/8)`: rows 8 or
-/// 16 apart share `row % 8`, so one swizzled offset serves all of them.
+/// "full" barrier gets the producers' 128 arrivals when their copies have landed (K/V tiles:
+/// [`copy_kv`]). For Q, producer thread `i` copies 16-byte chunk `i % (D/8)` of rows
+/// `i / (D/8) + k · 128/(D/8)`: rows 8 or 16 apart share `row % 8`, so one swizzled offset
+/// serves all of them.
 ///
 /// # Safety
 /// As the kernel's contract; called by the third warpgroup only, after the barriers were
@@ -129,37 +130,89 @@ unsafe fn produce<R: KvRows, const D: u32>(
     }
     let mut n = 0;
     while n < tiles {
-        let stage = n % cfg::STAGES;
-        if n >= cfg::STAGES {
-            // SAFETY: initialised barrier; the phase of tile n − STAGES's release.
-            unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
-        }
         let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
-        let k_dst = stage_k(kv_smem, stage, D) + chunk_offset(TILE, r0, c);
-        for i in 0..TILE / rows_per_pass {
-            let r = r0 + i * rows_per_pass;
-            let t = base + r;
-            let valid = t < kv_end;
-            let (mut ka, mut va) = (p.k, p.v);
-            if valid {
-                // SAFETY: t is a key of the request (t < kv_end ≤ kv_len).
-                let (k, v) = unsafe { R::row(p, req.kv_begin, t, kvh) };
-                ka = k + (c * 16) as u64;
-                va = v + (c * 16) as u64;
-            }
-            let dst = k_dst + i * rows_per_pass * ROW_BYTES;
-            let bytes = if valid { 16 } else { 0 };
-            // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
-            unsafe {
-                pipeline::cp_async_cg_16(dst, ka, bytes);
-                pipeline::cp_async_cg_16(dst + TILE * D * 2, va, bytes);
-            }
-        }
-        // SAFETY: initialised barrier.
-        unsafe { mbarrier::cp_async_arrive(bars.full(stage)) };
+        // SAFETY: as the kernel's contract; the barriers are initialised.
+        unsafe { copy_kv::<R, D>(p, req.kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
         n += 1;
     }
     pipeline::wait_all();
+}
+
+/// Copies the CTA's `n`-th K/V tile, keys `[base, base + TILE)` (zero past `kv_end`), into its
+/// stage once the stage's previous tile was released, then arrives on the stage's "full"
+/// barrier. Producer warp `w` copies rows `32w .. 32w + 32`, `32 / (D/8)` rows per pass (lane
+/// `l`: chunk `l % (D/8)` of row `l / (D/8)` of the pass). With `R::LOOKUP` (paged) lane `l`
+/// first resolves row `32w + l` (one page-table load per lane and tile, issued before the
+/// wait for the stage), and each pass takes its rows' offsets from their lanes by shuffles:
+/// a load per copied row made the copies wait on a chain of page-table loads, ~19 % slower
+/// than ragged on long paged prefills (docs/perf-notes.md).
+///
+/// # Safety
+/// As the kernel's contract; the barriers are initialised.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn copy_kv<R: KvRows, const D: u32>(
+    p: &PrefillParams,
+    req_kv_begin: u32,
+    kvh: u32,
+    base: u32,
+    kv_end: u32,
+    n: u32,
+    pid: u32,
+    kv_smem: u32,
+    bars: Barriers,
+) {
+    let chunks = D / 8;
+    let rows_per_pass = 32 / chunks;
+    let (w, lane) = (pid / 32, pid % 32);
+    let (h, c) = (lane / chunks, lane % chunks);
+    let row_w = 32 * w;
+    let mut own = 0u64;
+    if R::LOOKUP && base + row_w + lane < kv_end {
+        // SAFETY: a key of the request (< kv_end ≤ kv_len).
+        own = unsafe { R::offset(p, req_kv_begin, base + row_w + lane, kvh) };
+    }
+    let stage = n % cfg::STAGES;
+    if n >= cfg::STAGES {
+        // SAFETY: initialised barrier; the phase of tile n − STAGES's release.
+        unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
+    }
+    // Row `row_w + i·rows_per_pass + h` has `row % 8 = (i·rows_per_pass) % 8 | h` (row_w is a
+    // multiple of 8, h < rows_per_pass, a power of two), so its swizzled chunk is
+    // `(c % 8) ^ h ^ (i·rows_per_pass % 8)`: one lane constant and one compile-time one.
+    let dst0 = stage_k(kv_smem, stage, D) + (c / 8) * TILE * ROW_BYTES + (row_w + h) * ROW_BYTES;
+    let cx = (c % 8) ^ h;
+    // Opaque inside the tile loop: otherwise LLVM hoists the 16 source lanes `r + h` out of it,
+    // 16 registers of the producer's 40 (a spill at the role split).
+    let h_lane = crate::arch::opaque::opaque_u32(h);
+    for i in 0..chunks {
+        let r = i * rows_per_pass; // the row's index in the warp's 32, less h
+        let key = base + row_w + r + h;
+        let valid = key < kv_end;
+        let (ka, va) = if R::LOOKUP {
+            let off = warp::shfl_idx_u64(own, r + h_lane);
+            (p.k + off, p.v + off)
+        } else if valid {
+            // SAFETY: a key of the request.
+            unsafe { R::row(p, req_kv_begin, key, kvh) }
+        } else {
+            (p.k, p.v)
+        };
+        let (ka, va) = if valid {
+            (ka + (c * 16) as u64, va + (c * 16) as u64)
+        } else {
+            (p.k, p.v)
+        };
+        let dst = dst0 + r * ROW_BYTES + (cx ^ (r % 8)) * 16;
+        let bytes = if valid { 16 } else { 0 };
+        // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
+        unsafe {
+            pipeline::cp_async_cg_16(dst, ka, bytes);
+            pipeline::cp_async_cg_16(dst + TILE * D * 2, va, bytes);
+        }
+    }
+    // SAFETY: initialised barrier.
+    unsafe { mbarrier::cp_async_arrive(bars.full(stage)) };
 }
 
 /// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score

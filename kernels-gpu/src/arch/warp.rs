@@ -27,6 +27,14 @@ pub fn shfl_idx_u32(v: u32, src: u32) -> u32 {
     r
 }
 
+/// [`shfl_idx_u32`] of a 64-bit value (two shuffles).
+#[inline(always)]
+pub fn shfl_idx_u64(v: u64, src: u32) -> u64 {
+    let lo = shfl_idx_u32(v as u32, src) as u64;
+    let hi = shfl_idx_u32((v >> 32) as u32, src) as u64;
+    lo | (hi << 32)
+}
+
 /// `shfl.sync.down.b32`: the value of lane `lane + delta` (own value past lane 31).
 #[inline(always)]
 pub fn shfl_down_u32(v: u32, delta: u32) -> u32 {
