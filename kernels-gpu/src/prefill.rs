@@ -41,6 +41,10 @@ pub(crate) trait KvRows {
     /// `t` must be a key of the request; the host validated the tables.
     unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64);
 
+    /// Bytes between the K rows and between the V rows of consecutive keys (ragged; the
+    /// `LOOKUP` layouts have no fixed step).
+    fn key_step(p: &PrefillParams) -> (u64, u64);
+
     /// Byte offset of key `t`'s K row from `p.k`; for the `LOOKUP` layouts also that of its V
     /// row from `p.v` (one geometry for both pools).
     ///
@@ -65,6 +69,11 @@ impl KvRows for Ragged {
     }
 
     #[inline(always)]
+    fn key_step(p: &PrefillParams) -> (u64, u64) {
+        (p.k_stride_n as u64 * 2, p.v_stride_n as u64 * 2)
+    }
+
+    #[inline(always)]
     unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> u64 {
         ((kv_begin + t) as u64 * p.k_stride_n as u64 + (kvh * p.k_stride_h) as u64) * 2
     }
@@ -81,6 +90,11 @@ impl KvRows for Paged {
         // SAFETY: forwarded contract.
         let off = unsafe { Self::offset(p, kv_begin, t, kvh) };
         (p.k + off, p.v + off)
+    }
+
+    #[inline(always)]
+    fn key_step(_: &PrefillParams) -> (u64, u64) {
+        (0, 0)
     }
 
     #[inline(always)]

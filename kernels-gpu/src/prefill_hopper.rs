@@ -181,35 +181,37 @@ unsafe fn copy_kv<R: KvRows, const D: u32>(
     // multiple of 8, h < rows_per_pass, a power of two), so its swizzled chunk is
     // `(c % 8) ^ h ^ (i·rows_per_pass % 8)`: one lane constant and one compile-time one.
     let dst0 = stage_k(kv_smem, stage, D) + (c / 8) * TILE * ROW_BYTES + (row_w + h) * ROW_BYTES;
-    let cx = (c % 8) ^ h;
-    // Opaque inside the tile loop: otherwise LLVM hoists the 16 source lanes `r + h` out of it,
-    // 16 registers of the producer's 40 (a spill at the role split).
+    // Opaque inside the tile loop: otherwise LLVM hoists the 16 source lanes `r + h` and the
+    // swizzled offsets out of it, up to 32 of the producer's 40 registers.
+    let cx = crate::arch::opaque::opaque_u32((c % 8) ^ h);
     let h_lane = crate::arch::opaque::opaque_u32(h);
+    // Ragged: the lane's first row, then a fixed step per pass (a multiply-add chain per row
+    // cost ~30 instructions, a third of the SM's issue slots next to the consumers').
+    let (mut ka, mut va) = (p.k, p.v);
+    let (dk, dv) = R::key_step(p);
+    if !R::LOOKUP {
+        // SAFETY: not `LOOKUP`, so address arithmetic only (rows past kv_end are not read:
+        // zero-fill below).
+        let (k, v) = unsafe { R::row(p, req_kv_begin, base + row_w + h, kvh) };
+        (ka, va) = (k + (c * 16) as u64, v + (c * 16) as u64);
+    }
     for i in 0..chunks {
         let r = i * rows_per_pass; // the row's index in the warp's 32, less h
-        let key = base + row_w + r + h;
-        let valid = key < kv_end;
-        let (ka, va) = if R::LOOKUP {
-            let off = warp::shfl_idx_u64(own, r + h_lane);
+        let valid = base + row_w + r + h < kv_end;
+        let (src_k, src_v) = if R::LOOKUP {
+            let off = warp::shfl_idx_u64(own, r + h_lane) + (c * 16) as u64;
             (p.k + off, p.v + off)
-        } else if valid {
-            // SAFETY: a key of the request.
-            unsafe { R::row(p, req_kv_begin, key, kvh) }
         } else {
-            (p.k, p.v)
-        };
-        let (ka, va) = if valid {
-            (ka + (c * 16) as u64, va + (c * 16) as u64)
-        } else {
-            (p.k, p.v)
+            (ka, va)
         };
         let dst = dst0 + r * ROW_BYTES + (cx ^ (r % 8)) * 16;
-        let bytes = if valid { 16 } else { 0 };
-        // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
+        // SAFETY: destinations inside the stage; sources valid rows, or not read (zero-fill).
         unsafe {
-            pipeline::cp_async_cg_16(dst, ka, bytes);
-            pipeline::cp_async_cg_16(dst + TILE * D * 2, va, bytes);
+            pipeline::cp_async_cg_16_or_zero(dst, src_k, !valid);
+            pipeline::cp_async_cg_16_or_zero(dst + TILE * D * 2, src_v, !valid);
         }
+        ka += rows_per_pass as u64 * dk;
+        va += rows_per_pass as u64 * dv;
     }
     // SAFETY: initialised barrier.
     unsafe { mbarrier::cp_async_arrive(bars.full(stage)) };

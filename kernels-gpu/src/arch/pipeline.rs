@@ -21,6 +21,29 @@ pub unsafe fn cp_async_cg_16(dst: u32, src: u64, src_size: u32) {
     };
 }
 
+/// `cp.async.cg.shared.global [dst], [src], 16, ignore_src`: copies 16 bytes, or with `zero`
+/// reads nothing and writes 16 zero bytes. The same as [`cp_async_cg_16`] with a size of 0 or
+/// 16, but as a predicate: ptxas then emits the predicated copy alone (a run-time size costs
+/// ~4 more instructions per copy to turn it back into one). The predicate operand needs PTX
+/// 7.5; the sm_80 image is PTX 7.0 (rustc's default there), so it keeps the size form.
+///
+/// # Safety
+/// As [`cp_async_cg_16`]; `src` is not read when `zero`.
+#[inline(always)]
+pub unsafe fn cp_async_cg_16_or_zero(dst: u32, src: u64, zero: bool) {
+    #[cfg(any(target_feature = "sm_90", target_feature = "sm_90a"))]
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {2}, 0; cp.async.cg.shared.global [{0}], [{1}], 16, p; }}",
+             in(reg32) dst, in(reg64) src, in(reg32) zero as u32, options(nostack))
+    };
+    #[cfg(not(any(target_feature = "sm_90", target_feature = "sm_90a")))]
+    // SAFETY: per the caller's contract.
+    unsafe {
+        cp_async_cg_16(dst, src, if zero { 0 } else { 16 })
+    };
+}
+
 /// `cp.async.commit_group`: closes the copies issued since the last commit into one group.
 #[inline(always)]
 pub fn commit_group() {
