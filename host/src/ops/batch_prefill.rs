@@ -81,10 +81,10 @@ impl PrefillTile {
     /// leaves fewer rows of a tile empty. Otherwise, on a `wgmma` image at head dims 64 and
     /// 128 with at least [`WGMMA_MIN_KEYS`] keys per query, [`PrefillTile::Rows128Wgmma`]
     /// (its per-CTA start-up costs more, so it needs long KV ranges to win); else at head dim
-    /// 128 [`PrefillTile::Rows128Wide`], else [`PrefillTile::Rows64`]. Measured on the H100
-    /// (docs/perf-notes.md, session 4): bf16 D 128, group 4: wgmma ahead at 1×4096, 1×16384,
-    /// 8×2048 (1024 keys per query) and the 8×512/4096 append, behind the wide tile at 16×1024
-    /// (512); D 64 (SmolLM2, group 3): wgmma ahead at 1×4096, the 64-row tile at 8×512.
+    /// 128 [`PrefillTile::Rows128Wide`], else [`PrefillTile::Rows64`]. Measured on the H200
+    /// (docs/perf-notes.md, session 6): bf16 D 128, group 4: wgmma ahead at 1×4096, 1×16384,
+    /// 8×2048, 16×1024 (512 keys per query) and the 8×512/4096 append; D 64 (SmolLM2, group
+    /// 3): wgmma ahead at 1×4096, the 64-row tile at 8×512 (256 keys per query).
     pub fn auto(
         qo_tokens: usize,
         batch: usize,
@@ -186,9 +186,12 @@ impl PrefillTile {
     }
 }
 
-/// Keys per query from which [`PrefillTile::auto`] picks the `wgmma` tile (measured: 1024 keys
-/// per query won, 512 lost).
-pub const WGMMA_MIN_KEYS: usize = 1024;
+/// Keys per query from which [`PrefillTile::auto`] picks the `wgmma` tile. Measured on the
+/// H200 (session 6, after the producer's copy fixes): 512 keys per query (16 × 1024, D 128)
+/// wins (ragged 453.1 vs 493.0 µs for the wide tile, paged 486.4 vs 495.0), 256 (SmolLM2's
+/// 8 × 512, D 64) loses to the 64-row tile (28.0 vs 24.2 µs). Before those fixes (session 4,
+/// H100) 512 lost.
+pub const WGMMA_MIN_KEYS: usize = 512;
 
 /// The mean number of keys a query of the batch attends: `kv_len` without a causal mask,
 /// `kv_len − qo_len + i + 1` for query `i` with it, at most `window_left + 1` with a window.
@@ -1058,10 +1061,15 @@ mod tests {
     #[test]
     fn auto_tile_follows_the_measured_crossovers() {
         let (h, a) = (Arch::Sm90a, Arch::Sm80);
-        // bf16 D 128 group 4: 16×1024 (512 keys/query) stays on the wide tile, 8×2048 (1024)
-        // and the 8×512/4096 append go to wgmma; short appends to 64 rows everywhere.
+        // bf16 D 128 group 4: 16×1024 (512 keys/query), 8×2048 (1024) and the 8×512/4096
+        // append go to wgmma, fewer keys per query to the wide tile; short appends to 64 rows
+        // everywhere.
         assert_eq!(
             PrefillTile::auto(16 * 1024, 16, 512, 4, 128, h),
+            PrefillTile::Rows128Wgmma
+        );
+        assert_eq!(
+            PrefillTile::auto(16 * 512, 16, 256, 4, 128, h),
             PrefillTile::Rows128Wide
         );
         assert_eq!(
