@@ -51,9 +51,26 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
         let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
         let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
-        for &tile in PrefillTile::available(128, gpu.info().arch) {
+        // The Hopper tile twice: persistent CTAs and one CTA per unit.
+        let variants: Vec<(PrefillTile, Option<bool>)> = PrefillTile::available(128, gpu.info().arch)
+            .iter()
+            .flat_map(|&t| {
+                if t == PrefillTile::Rows128Wgmma {
+                    vec![(t, Some(true)), (t, Some(false))]
+                } else {
+                    vec![(t, None)]
+                }
+            })
+            .collect();
+        for (tile, persistent) in variants {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
             op.set_tile(Some(tile))?;
+            op.set_persistent(persistent);
+            let label = match persistent {
+                Some(true) => format!("{tile:?} persistent"),
+                Some(false) => format!("{tile:?} per-unit"),
+                None => format!("{tile:?}"),
+            };
             let (t, items, plan_us) = if paged {
                 let (pages, num_pages) =
                     ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + batch as u64);
@@ -89,9 +106,8 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 (t, plan.partition().items.len(), plan_us)
             };
             println!(
-                "| {} | {:?} | {batch} | {qo} | {kv} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {items} | {plan_us:.0} |",
+                "| {} | {label} | {batch} | {qo} | {kv} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {items} | {plan_us:.0} |",
                 if paged { "paged" } else { "ragged" },
-                tile,
                 flops / 1e12,
                 t.median_us,
                 t.p10_us,
@@ -121,7 +137,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             let plan = op.plan_ragged(&indptr, &indptr)?;
             let t = gpu.time_with(OPTS, |_| op.run_ragged(&plan, &q, &k, &v, &mut o, None))?;
             println!(
-                "| {tile:?} | {batch} | {len} | {:.1} | {:.1} |",
+                "| {tile:?} (auto persistence) | {batch} | {len} | {:.1} | {:.1} |",
                 t.median_us,
                 flops / (t.median_us * 1e-6) / 1e12
             );

@@ -230,6 +230,11 @@ pub struct PrefillParams {
     pub part_o: u64,
     /// f32 partial lse `[slots, num_qo_heads]`.
     pub part_lse: u64,
+    /// Persistent CTAs (the Hopper kernel's batch mode): u32 `[grid.x + 1]` offsets, then the
+    /// work units each CTA runs in order (`units[grid.x + 1 + k]`, unit
+    /// `item · num_kv_heads + kv_head`): CTA `c` runs units `offsets[c] .. offsets[c + 1]`.
+    /// 0 = one unit per CTA, from the grid `(num_kv_heads, items)`.
+    pub units: u64,
     /// q token stride.
     pub q_stride_n: u32,
     /// q head stride.
@@ -269,7 +274,7 @@ pub struct PrefillParams {
 // SAFETY: #[repr(C)] struct of u64/u32/f32 fields (FastDiv and LogitTransform are #[repr(C)]
 // u32/f32 fields), laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for PrefillParams {}
-const _: () = assert!(core::mem::size_of::<PrefillParams>() == 13 * 8 + 8 * 4 + 4 * 12 + 16);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 14 * 8 + 8 * 4 + 4 * 12 + 16);
 const _: () = assert!(core::mem::size_of::<PrefillItem>() == 32);
 const _: () = assert!(core::mem::size_of::<PrefillRequest>() == 16);
 

@@ -97,8 +97,9 @@ pub mod prefill_hopper {
     /// writes this into the kernels' PTX as `.maxntid` (the register cap `setmaxnreg` needs).
     pub const THREADS: u32 = 384;
     /// Registers per thread after `setmaxnreg`: the producer gives its share to the consumers
-    /// (128·40 + 256·232 = 64 512 ≤ 65 536).
-    pub const PRODUCER_REGS: u32 = 40;
+    /// (128·48 + 256·232 = 65 536, the whole register file: one CTA per SM). 40 left the
+    /// persistent producer's unit state spilling ~90 bytes per tile.
+    pub const PRODUCER_REGS: u32 = 48;
     /// See [`PRODUCER_REGS`].
     pub const CONSUMER_REGS: u32 = 232;
     /// KV tokens per stage (the N of the score product).
@@ -108,9 +109,9 @@ pub mod prefill_hopper {
     /// flight. 224 KB at D = 128.
     pub const STAGES: u32 = 3;
 
-    /// Bytes of the stage barriers (a "full" and an "empty" `mbarrier` per stage, 8 bytes
-    /// each), after the K/V stages.
-    pub const BARRIER_BYTES: u32 = 64;
+    /// Bytes of the `mbarrier`s (8 each), after the K/V stages: a "full" and an "empty" one
+    /// per stage, and the Q tile's pair.
+    pub const BARRIER_BYTES: u32 = 8 * (2 * STAGES + 2);
 
     /// Dynamic shared memory: the Q tile, then `STAGES` K and V tiles, then the barriers.
     pub const fn smem_bytes(head_dim: u32) -> u32 {

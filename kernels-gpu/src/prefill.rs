@@ -228,7 +228,7 @@ fn frag_at(base_off: u32, i: u32) -> u32 {
 /// (with the heads in `y`, the last head's long items would start last). Both indices are
 /// special registers, which ptxas rematerialises instead of keeping them live.
 #[inline(always)]
-fn cta_work() -> u32 {
+pub(crate) fn cta_work() -> u32 {
     thread::block_idx_y()
 }
 
@@ -253,6 +253,21 @@ const fn q_in_smem(mt: usize, d: u32) -> bool {
 /// As the kernel's contract.
 #[inline(always)]
 pub(crate) unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, PrefillItem)> {
+    // SAFETY: forwarded contract.
+    unsafe { load_item(p, cta_work()) }
+}
+
+/// Work item `i` and its request (single-request mode: query tile `i` counted from the last),
+/// or `None` past the device-side item count (a padded CUDA-graph grid).
+///
+/// # Safety
+/// As the kernel's contract; `i` an item index of the launch (`< grid.y` without persistent
+/// units, a listed unit's item with them).
+#[inline(always)]
+pub(crate) unsafe fn load_item(
+    p: &PrefillParams,
+    i: u32,
+) -> Option<(PrefillRequest, PrefillItem)> {
     Some(if p.items == 0 {
         (
             PrefillRequest {
@@ -265,7 +280,7 @@ pub(crate) unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, Pre
                 request: 0,
                 // Last tiles first: under the causal mask they see the most keys.
                 t0: (p.qo_len.wrapping_sub(1) / p.tile_tokens.max(1))
-                    .wrapping_sub(cta_work())
+                    .wrapping_sub(i)
                     .wrapping_mul(p.tile_tokens),
                 kv_begin: 0,
                 kv_end: u32::MAX,
@@ -276,7 +291,6 @@ pub(crate) unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, Pre
             },
         )
     } else {
-        let i = cta_work();
         // SAFETY: host-provided count; CUDA-graph grids pad past it (CTA-uniform exit).
         if i >= unsafe { global::ld_u32(p.num_items) } {
             return None;

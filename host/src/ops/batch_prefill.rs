@@ -26,6 +26,7 @@ use crate::ops::io_check::PlannedIo;
 use crate::ops::merge;
 use crate::options::AttentionOptions;
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
+use crate::plan::units::schedule as schedule_units;
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims, PinnedStaging};
 
 const OP: &str = "batch_prefill";
@@ -250,6 +251,9 @@ struct Caps {
     rows: usize,
     pages: usize,
     slots: usize,
+    /// Persistent CTAs (the Hopper tile's unit schedule; 0: none) and their units.
+    ctas: usize,
+    units: usize,
 }
 
 impl Caps {
@@ -265,8 +269,16 @@ impl Caps {
     fn off_pages(&self) -> usize {
         self.off_rows() + 3 * self.rows
     }
-    fn meta_len(&self) -> usize {
+    fn off_units(&self) -> usize {
         self.off_pages() + self.pages
+    }
+    fn meta_len(&self) -> usize {
+        self.off_units()
+            + if self.ctas > 0 {
+                self.ctas + 1 + 2 * self.units
+            } else {
+                0
+            }
     }
 }
 
@@ -281,9 +293,12 @@ pub struct BatchPrefillPlan {
     page_size: usize,
     num_pages_seen: usize,
     /// Device u32 (as i32): `[num_items, num_merge_rows, 0, 0 | items 8·ci | requests 4·cb |
-    /// merge rows 3·cr | page ids cp]`.
+    /// merge rows 3·cr | page ids cp | persistent CTAs' unit offsets (ctas + 1) and units
+    /// 2·cu]` (the last part only for the Hopper tile, see [`crate::plan::units`]).
     meta: DeviceBuffer<i32>,
     caps: Caps,
+    /// Persistent grid of the plan's kernel (0: one CTA per unit, grid `(kv heads, items)`).
+    ctas: usize,
     staging: Vec<i32>,
     pinned: Option<PinnedStaging>,
     part_o: DeviceBuffer<f32>,
@@ -331,6 +346,26 @@ pub struct BatchPrefill {
     graph: Option<PrefillGraphLimits>,
     /// `None`: chosen per plan ([`PrefillTile::auto`]).
     tile: Option<PrefillTile>,
+    /// Persistent CTAs for the Hopper tile: `None` chosen per plan ([`persistent_auto`]).
+    persistent: Option<bool>,
+}
+
+/// Mean K/V tiles per work item up to which a Hopper-tile plan runs persistent CTAs: short
+/// items are dominated by each CTA's start-up (Q and first tile loads, epilogue), which a
+/// persistent CTA's producer hides under the previous unit; long items gain nothing from it
+/// and lose to its extra per-step bookkeeping. Measured on the H200 (docs/perf-notes.md,
+/// session 5): persistent ahead at 16 × 1024 (4–5 tiles per item), level at 8 × 2048 (~8.5),
+/// behind from 1 × 4096 (~16) on.
+pub const PERSISTENT_MAX_MEAN_TILES: usize = 6;
+
+/// Whether a plan of `items` runs persistent CTAs by default ([`PERSISTENT_MAX_MEAN_TILES`]).
+pub fn persistent_auto(items: &[PrefillItem]) -> bool {
+    let tile = hopper_cfg::TILE as usize;
+    let tiles: usize = items
+        .iter()
+        .map(|i| (i.kv_end.saturating_sub(i.kv_begin) as usize).div_ceil(tile).max(1))
+        .sum();
+    !items.is_empty() && tiles <= PERSISTENT_MAX_MEAN_TILES * items.len()
 }
 
 /// Checks a CSR offset array: starts at 0, never decreases, `len` entries.
@@ -397,6 +432,7 @@ impl BatchPrefill {
             fixed_split: None,
             graph,
             tile: None,
+            persistent: None,
         };
         gpu.function(&op.merge_kernel(), 0)?;
         for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
@@ -432,6 +468,13 @@ impl BatchPrefill {
     /// The fixed CTA tile, if any.
     pub fn tile(&self) -> Option<PrefillTile> {
         self.tile
+    }
+
+    /// Fixes whether plans with the Hopper tile run persistent CTAs (one wave of CTAs, each
+    /// working through a list of units, [`crate::plan::units`]) or one CTA per unit; `None`
+    /// (the default) chooses per plan with [`persistent_auto`]. Other tiles ignore it.
+    pub fn set_persistent(&mut self, persistent: Option<bool>) {
+        self.persistent = persistent;
     }
 
     fn merge_kernel(&self) -> String {
@@ -477,12 +520,31 @@ impl BatchPrefill {
         let budget =
             (self.max_ctas.iter().max().copied().unwrap_or(1) / self.heads.num_kv_heads).max(1);
         let items = l.max_qo_tokens.div_ceil(min_tile.max(1)) + l.max_batch + budget;
+        let ctas = self.persistent_ctas(PrefillTile::Rows128Wgmma);
         Caps {
             items,
             batch: l.max_batch,
             rows: l.max_qo_tokens,
             pages: l.max_pages,
             slots: 2 * budget * tile,
+            ctas,
+            units: if ctas > 0 {
+                items * self.heads.num_kv_heads
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The persistent grid of `tile` (its CTAs run lists of units, [`crate::plan::units`]):
+    /// one wave of CTAs for the Hopper tile where it is built, 0 (one unit per CTA) otherwise.
+    fn persistent_ctas(&self, tile: PrefillTile) -> usize {
+        let built = PrefillTile::available(self.heads.head_dim, self.gpu.info().arch)
+            .contains(&PrefillTile::Rows128Wgmma);
+        if tile == PrefillTile::Rows128Wgmma && built {
+            self.max_ctas[tile.index()]
+        } else {
+            0
         }
     }
 
@@ -498,6 +560,7 @@ impl BatchPrefill {
             num_pages_seen: 0,
             meta: self.gpu.alloc::<i32>(4)?,
             caps: Caps::default(),
+            ctas: 0,
             staging: Vec::new(),
             pinned: None,
             part_o: self.gpu.alloc::<f32>(1)?,
@@ -691,12 +754,34 @@ impl BatchPrefill {
             max_items: graph_caps.map(|c| c.items),
             max_slots: graph_caps.map(|c| c.slots),
         })?;
+        // Persistent CTAs (the Hopper tile): one wave of CTAs, each running its list of
+        // (item, KV head) units; in graph mode the grid is the capacity's, fixed.
+        let units_total = host.items.len() * self.heads.num_kv_heads;
+        let wanted = self
+            .persistent
+            .unwrap_or_else(|| persistent_auto(&host.items));
+        let ctas = match (self.persistent_ctas(tile), graph_caps) {
+            (0, _) => 0,
+            _ if !wanted => 0,
+            (_, Some(c)) => c.ctas,
+            (n, None) => n.min(units_total).max(1),
+        };
+        let schedule = (ctas > 0).then(|| {
+            schedule_units(
+                &host.items,
+                self.heads.num_kv_heads,
+                ctas,
+                hopper_cfg::TILE as usize,
+            )
+        });
         let caps = graph_caps.unwrap_or(Caps {
             items: host.items.len().max(1),
             batch,
             rows: host.merge_rows.len(),
             pages: kv_indices.len(),
             slots: host.num_slots,
+            ctas,
+            units: units_total,
         });
         if host
             .num_slots
@@ -741,6 +826,11 @@ impl BatchPrefill {
         }
         pad(s, caps.off_pages());
         s.extend_from_slice(kv_indices);
+        if let Some(sc) = &schedule {
+            pad(s, caps.off_units());
+            s.extend(sc.offsets.iter().map(|&x| x as i32));
+            s.extend(sc.units.iter().flat_map(|u| u.map(|x| x as i32)));
+        }
         // New buffers stay local until every fallible step succeeded (a failed re-plan leaves
         // the previous plan usable).
         let mut new_meta = None;
@@ -772,6 +862,7 @@ impl BatchPrefill {
         plan.caps = caps;
         plan.host = host;
         plan.tile = tile;
+        plan.ctas = ctas;
         plan.batch = batch;
         plan.qo_tokens = qo_tokens;
         plan.page_size = page_size;
@@ -898,15 +989,21 @@ impl BatchPrefill {
         if grid_items == 0 {
             return Ok(());
         }
-        // Grid (KV heads, items): KV head fastest in launch order (kernels-gpu/src/prefill.rs
-        // `cta_work`); grid.y holds at most 65535 items.
-        let items_y = u32::try_from(grid_items)
-            .ok()
-            .filter(|&n| n <= 65_535)
-            .ok_or(Error::Overflow {
-                op: OP,
-                what: "work items (grid.y holds at most 65535; split the step)",
-            })?;
+        // Persistent plans: one CTA per scheduled unit list. Otherwise grid (KV heads, items):
+        // KV head fastest in launch order (kernels-gpu/src/prefill.rs `cta_work`); grid.y holds
+        // at most 65535 items.
+        let grid = if plan.ctas > 0 {
+            (plan.ctas as u32, 1, 1)
+        } else {
+            let items_y = u32::try_from(grid_items)
+                .ok()
+                .filter(|&n| n <= 65_535)
+                .ok_or(Error::Overflow {
+                    op: OP,
+                    what: "work items (grid.y holds at most 65535; split the step)",
+                })?;
+            (h.num_kv_heads as u32, items_y, 1)
+        };
         let base = plan.meta.addr();
         let at = |o: usize| base + (o * 4) as u64;
         let d = h.head_dim as u32;
@@ -927,6 +1024,11 @@ impl BatchPrefill {
             kv_indices: at(plan.caps.off_pages()),
             part_o: plan.part_o.addr(),
             part_lse: plan.part_lse.addr(),
+            units: if plan.ctas > 0 {
+                at(plan.caps.off_units())
+            } else {
+                0
+            },
             q_stride_n: hq * d,
             q_stride_h: d,
             o_stride_n: hq * d,
@@ -946,7 +1048,7 @@ impl BatchPrefill {
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
         };
         let dims = LaunchDims {
-            grid: (h.num_kv_heads as u32, items_y, 1),
+            grid,
             block: (32 * plan.tile.warps(), 1, 1),
             smem_bytes: plan.tile.smem_bytes(h.head_dim),
         };

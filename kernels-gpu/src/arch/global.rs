@@ -83,6 +83,30 @@ pub unsafe fn st_u32(addr: u64, v: u32) {
     unsafe { asm!("st.global.b32 [{0}], {1};", in(reg64) addr, in(reg32) v, options(nostack)) };
 }
 
+/// `@p st.global.b32`: stores only when `pred` (a predicated store, so that a row loop with
+/// skipped rows stays straight-line code).
+///
+/// # Safety
+/// When `pred`, as [`st_u32`]; otherwise `addr` is not accessed.
+#[inline(always)]
+pub unsafe fn st_u32_if(addr: u64, v: u32, pred: bool) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.b32 p, {2}, 0; @p st.global.b32 [{0}], {1}; }}",
+             in(reg64) addr, in(reg32) v, in(reg32) pred as u32, options(nostack))
+    };
+}
+
+/// `@p st.global.f32` (see [`st_u32_if`]).
+///
+/// # Safety
+/// As [`st_u32_if`].
+#[inline(always)]
+pub unsafe fn st_f32_if(addr: u64, v: f32, pred: bool) {
+    // SAFETY: forwarded contract.
+    unsafe { st_u32_if(addr, v.to_bits(), pred) }
+}
+
 /// `st.global.f32`.
 ///
 /// # Safety

@@ -77,6 +77,21 @@ pub fn ballot(pred: bool) -> u32 {
     r
 }
 
+/// `redux.sync.min.u32` over the full warp: for a value every lane already holds alike, the
+/// same value, but one ptxas knows is warp-uniform (it lands in a uniform register). Loop
+/// bounds loaded from memory are not uniform to ptxas, and a value carried out of a loop
+/// whose exit it thinks divergent cannot live in a uniform register (sm_80+).
+#[inline(always)]
+pub fn uniform_u32(v: u32) -> u32 {
+    let r: u32;
+    // SAFETY: register-only; every lane of the warp executes it (callers' contract of `sync`).
+    unsafe {
+        asm!("redux.sync.min.u32 {0}, {1}, 0xffffffff;",
+             out(reg32) r, in(reg32) v, options(nostack, nomem))
+    };
+    r
+}
+
 /// `vote.sync.all.pred`: true when the predicate is true on every lane.
 #[inline(always)]
 pub fn all(pred: bool) -> bool {
