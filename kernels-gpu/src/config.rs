@@ -97,11 +97,12 @@ pub mod prefill_hopper {
     /// writes this into the kernels' PTX as `.maxntid` (the register cap `setmaxnreg` needs).
     pub const THREADS: u32 = 384;
     /// Registers per thread after `setmaxnreg`: the producer gives its share to the consumers
-    /// (128·48 + 256·232 = 65 536, the whole register file: one CTA per SM). 40 left the
-    /// persistent producer's unit state spilling ~90 bytes per tile.
-    pub const PRODUCER_REGS: u32 = 48;
+    /// (128·56 + 256·224 = 64 512 ≤ 65 536). The persistent producer's unit state spilled
+    /// ~110 bytes at 40 (with 232 for the consumers); 48 + 232 (the whole 65 536) hung: the
+    /// consumers' `setmaxnreg.inc` never completed (H200, session 6).
+    pub const PRODUCER_REGS: u32 = 56;
     /// See [`PRODUCER_REGS`].
-    pub const CONSUMER_REGS: u32 = 232;
+    pub const CONSUMER_REGS: u32 = 224;
     /// KV tokens per stage (the N of the score product).
     pub const TILE: u32 = 128;
     /// Pipeline stages: tile j's K and tile j−1's V are read in the same step (the score
