@@ -52,16 +52,17 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
         let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
         // The Hopper tile twice: persistent CTAs and one CTA per unit.
-        let variants: Vec<(PrefillTile, Option<bool>)> = PrefillTile::available(128, gpu.info().arch)
-            .iter()
-            .flat_map(|&t| {
-                if t == PrefillTile::Rows128Wgmma {
-                    vec![(t, Some(true)), (t, Some(false))]
-                } else {
-                    vec![(t, None)]
-                }
-            })
-            .collect();
+        let variants: Vec<(PrefillTile, Option<bool>)> =
+            PrefillTile::available(128, gpu.info().arch)
+                .iter()
+                .flat_map(|&t| {
+                    if t == PrefillTile::Rows128Wgmma {
+                        vec![(t, Some(true)), (t, Some(false))]
+                    } else {
+                        vec![(t, None)]
+                    }
+                })
+                .collect();
         for (tile, persistent) in variants {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
             op.set_tile(Some(tile))?;

@@ -96,7 +96,7 @@ fn main() {
 }
 
 /// Adds `.maxntid` to the entries that need a register cap at entry: the Hopper prefill
-/// kernels (suffix `_h`) hand registers between warpgroups with `setmaxnreg`, which ptxas only
+/// kernels (suffix `_h`, persistent `_hp`) hand registers between warpgroups with `setmaxnreg`, which ptxas only
 /// honours when the kernel declares its block size. Rust has no attribute for PTX launch
 /// bounds, so the directive is written here, between an entry's parameter list and its body.
 fn add_launch_bounds(ptx: &str) -> String {
@@ -109,7 +109,7 @@ fn add_launch_bounds(ptx: &str) -> String {
             .or_else(|| t.strip_prefix(".entry "))
         {
             let name = rest.split('(').next().unwrap_or(rest).trim();
-            pending = name.ends_with("_h");
+            pending = name.ends_with("_h") || name.ends_with("_hp");
         }
         if pending && line.trim() == "{" {
             out.push_str(&format!(".maxntid {}, 1, 1\n", prefill_hopper::THREADS));

@@ -663,7 +663,12 @@ fn gpu_wgmma_persistent_many_units() {
     let varied: Vec<(usize, usize)> = (0..96).map(|i| (64, 64 + (i * 37) % 340)).collect();
     let cases = [
         (64, varied, None, None),
-        (128, vec![(70, 300); 48], Some((16, KvLayout::Nhd)), Some(192)),
+        (
+            128,
+            vec![(70, 300); 48],
+            Some((16, KvLayout::Nhd)),
+            Some(192),
+        ),
     ];
     let mut worst = ErrorStats::default();
     for (i, (d, reqs, paged, split)) in cases.into_iter().enumerate() {
@@ -701,7 +706,11 @@ fn gpu_wgmma_persistent_many_units() {
     let mut qd = gpu.alloc::<bf16>(limits.max_qo_tokens * qrow).unwrap();
     let mut od = gpu.alloc::<bf16>(limits.max_qo_tokens * qrow).unwrap();
     let mut plan = None;
-    let batches = [vec![(40, 200); 64], vec![(5, 900), (300, 300)], vec![(100, 700); 30]];
+    let batches = [
+        vec![(40, 200); 64],
+        vec![(5, 900), (300, 300)],
+        vec![(100, 700); 30],
+    ];
     for (i, reqs) in batches.into_iter().enumerate() {
         let c = Case {
             heads,

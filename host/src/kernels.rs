@@ -137,13 +137,16 @@ mod tests {
         assert_eq!(a, b);
         assert!(PTX_SM80.contains(".target sm_80"));
         assert!(PTX_SM90.contains(".target sm_90"));
-        // sm_90a: the same entries plus the Hopper prefill kernels (suffix `_h`).
+        // sm_90a: the same entries plus the Hopper prefill kernels (suffix `_h`, persistent
+        // `_hp`).
         let c = entry_names(PTX_SM90A);
         assert!(PTX_SM90A.contains(".target sm_90a"));
-        let (hopper, rest): (Vec<&str>, Vec<&str>) = c.iter().partition(|n| n.ends_with("_h"));
+        let (hopper, rest): (Vec<&str>, Vec<&str>) = c
+            .iter()
+            .partition(|n| n.ends_with("_h") || n.ends_with("_hp"));
         assert_eq!(rest, b);
-        assert_eq!(hopper.len(), 8);
-        assert!(b.iter().all(|n| !n.ends_with("_h")));
+        assert_eq!(hopper.len(), 16);
+        assert!(b.iter().all(|n| !n.ends_with("_h") && !n.ends_with("_hp")));
     }
 
     #[test]

@@ -96,13 +96,17 @@ pub mod prefill_hopper {
     /// Threads per CTA: two consumer warpgroups and the producer warpgroup. `host/build.rs`
     /// writes this into the kernels' PTX as `.maxntid` (the register cap `setmaxnreg` needs).
     pub const THREADS: u32 = 384;
-    /// Registers per thread after `setmaxnreg`: the producer gives its share to the consumers
-    /// (128·56 + 256·224 = 64 512 ≤ 65 536). The persistent producer's unit state spilled
-    /// ~110 bytes at 40 (with 232 for the consumers); 48 + 232 (the whole 65 536) hung: the
-    /// consumers' `setmaxnreg.inc` never completed (H200, session 6).
-    pub const PRODUCER_REGS: u32 = 56;
+    /// Registers per thread after `setmaxnreg` (the merged kernel, `prefill_hopper`): the
+    /// producer gives its share to the consumers (128·40 + 256·232 = 64 512 ≤ 65 536).
+    pub const PRODUCER_REGS: u32 = 40;
     /// See [`PRODUCER_REGS`].
-    pub const CONSUMER_REGS: u32 = 224;
+    pub const CONSUMER_REGS: u32 = 232;
+    /// The same for the persistent kernel (`prefill_hopper_persistent`): 128·56 + 256·224 =
+    /// 64 512. Its producer's unit state spilled ~110 bytes at 40; 48 + 232 (the whole 65 536
+    /// registers) hung on the H200: the consumers' `setmaxnreg.inc` never completed.
+    pub const PERSISTENT_PRODUCER_REGS: u32 = 56;
+    /// See [`PERSISTENT_PRODUCER_REGS`].
+    pub const PERSISTENT_CONSUMER_REGS: u32 = 224;
     /// KV tokens per stage (the N of the score product).
     pub const TILE: u32 = 128;
     /// Pipeline stages: tile j's K and tile j−1's V are read in the same step (the score

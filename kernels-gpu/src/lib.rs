@@ -40,6 +40,8 @@ mod merge;
 mod prefill;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
 mod prefill_hopper;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod prefill_hopper_persistent;
 #[cfg(target_arch = "nvptx64")]
 mod selftest;
 #[cfg(target_arch = "nvptx64")]

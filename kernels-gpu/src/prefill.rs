@@ -264,10 +264,7 @@ pub(crate) unsafe fn load_work(p: &PrefillParams) -> Option<(PrefillRequest, Pre
 /// As the kernel's contract; `i` an item index of the launch (`< grid.y` without persistent
 /// units, a listed unit's item with them).
 #[inline(always)]
-pub(crate) unsafe fn load_item(
-    p: &PrefillParams,
-    i: u32,
-) -> Option<(PrefillRequest, PrefillItem)> {
+pub(crate) unsafe fn load_item(p: &PrefillParams, i: u32) -> Option<(PrefillRequest, PrefillItem)> {
     Some(if p.items == 0 {
         (
             PrefillRequest {

@@ -25,18 +25,18 @@ use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fma, fmax, log2, rcp, tanh};
 use crate::math::softmax::clamp_ref;
 use crate::math::wgmma_layout::{chunk_offset, GROUP_BYTES, ROW_BYTES};
-use crate::prefill::{cta_kv_head, cta_work, load_item, KvRows, Paged, Ragged};
+use crate::prefill::{cta_kv_head, load_work, KvRows, Paged, Ragged};
 
-const TILE: u32 = cfg::TILE;
-const ROWS: u32 = cfg::ROWS;
+pub(crate) const TILE: u32 = cfg::TILE;
+pub(crate) const ROWS: u32 = cfg::ROWS;
 /// Warps 0–7 consume (two warpgroups); warps 8–11 produce.
-const CONSUMER_WARPS: u32 = cfg::CONSUMER_WARPS;
-const PRODUCER_THREADS: u32 = cfg::THREADS - 32 * CONSUMER_WARPS;
+pub(crate) const CONSUMER_WARPS: u32 = cfg::CONSUMER_WARPS;
+pub(crate) const PRODUCER_THREADS: u32 = cfg::THREADS - 32 * CONSUMER_WARPS;
 /// Named barriers 1 and 2: warpgroup w waits at `PINGPONG_BAR + w` for its turn to issue.
-const PINGPONG_BAR: u32 = 1;
+pub(crate) const PINGPONG_BAR: u32 = 1;
 
 /// The element types' `wgmma` instructions.
-trait WgmmaElem: Elem {
+pub(crate) trait WgmmaElem: Elem {
     /// S(64×128) (+)= A·B, A and B K-major in shared memory.
     ///
     /// # Safety
@@ -77,237 +77,44 @@ macro_rules! wgmma_elem {
 wgmma_elem!(F16, mma_ss_n128_f16, mma_rs_n128_f16, mma_rs_n64_f16);
 wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 
-/// A CTA's work units: with persistent units (`PrefillParams::units`) the CTA's slice of the
-/// planner's list, run in order; otherwise the one unit of the grid `(num_kv_heads, items)`.
-#[derive(Clone, Copy)]
-struct Units {
-    begin: u32,
-    end: u32,
-}
-
-impl Units {
-    /// # Safety
-    /// As the kernel's contract (`units` holds `grid.x + 1` offsets when set).
-    #[inline(always)]
-    unsafe fn of_cta(p: &PrefillParams) -> Self {
-        if p.units == 0 {
-            return Self { begin: 0, end: 1 };
-        }
-        let at = p.units + 4 * thread::block_idx_x() as u64;
-        // SAFETY: offsets c and c + 1 exist (host contract).
-        unsafe {
-            Self {
-                begin: global::ld_u32(at),
-                end: global::ld_u32(at + 4),
-            }
-        }
-    }
-
-    /// Unit `k` of the CTA as (KV head, work index).
-    ///
-    /// # Safety
-    /// `begin ≤ k < end`.
-    #[inline(always)]
-    unsafe fn get(p: &PrefillParams, k: u32) -> (u32, u32) {
-        if p.units == 0 {
-            return (cta_kv_head(), cta_work());
-        }
-        // `(work, kv_head)` pairs after the offsets (no division here: a run-time `div` in
-        // the kernel made ptxas serialise every `wgmma`, docs/perf-notes.md).
-        let at = p.units + 4 * (thread::grid_dim_x() + 1) as u64 + 8 * k as u64;
-        // SAFETY: unit k is listed (host contract).
-        unsafe { (global::ld_u32(at + 4), global::ld_u32(at)) }
-    }
-}
-
-/// One unit's query tile and key range (both roles derive it from the same tables).
-#[derive(Clone, Copy)]
-struct Unit {
-    /// Query tile: first token (relative to the request), packed rows.
-    t0: u32,
-    rows_total: u32,
-    /// Positions of the tile's first and last query tokens.
-    pos_first: u32,
-    pos_last: u32,
-    /// Keys the tile reads, `[kv_begin, kv_end)` (natural range ∩ the item's chunk), in
-    /// `tiles` K/V tiles.
-    kv_begin: u32,
-    kv_end: u32,
-    tiles: u32,
-}
-
-impl Unit {
-    /// # Safety
-    /// As [`load_item`].
-    #[inline(always)]
-    unsafe fn load(p: &PrefillParams, work: u32) -> Option<(PrefillRequest, Self)> {
-        // SAFETY: forwarded contract.
-        let (req, item) = unsafe { load_item(p, work) }?;
-        let t0 = item.t0;
-        let tokens = p.tile_tokens.min(req.qo_len - t0);
-        let offset = req.kv_len - req.qo_len;
-        let pos_first = offset + t0;
-        let pos_last = offset + t0 + tokens - 1;
-        let nat_end = if p.causal != 0 {
-            (pos_last + 1).min(req.kv_len)
-        } else {
-            req.kv_len
-        };
-        let nat_begin = if p.window_left != u32::MAX {
-            pos_first.saturating_sub(p.window_left)
-        } else {
-            0
-        };
-        let kv_end = nat_end.min(item.kv_end);
-        let kv_begin = nat_begin.max(item.kv_begin);
-        // At least one tile: an empty range (never planned, but possible in principle) runs one
-        // fully masked tile, so every unit has the same shape of pipeline (see `consume_unit`).
-        let tiles = if kv_end > kv_begin {
-            (kv_end - kv_begin).div_ceil(TILE)
-        } else {
-            1
-        };
-        Some((
-            req,
-            Self {
-                t0,
-                rows_total: tokens * p.group.d,
-                pos_first,
-                pos_last,
-                kv_begin,
-                kv_end,
-                tiles,
-            },
-        ))
-    }
-}
-
-/// Ring position of the CTA's `n`-th K/V tile: its stage and the parity of the stage's
-/// barrier phase that tile uses (tile n is the stage's `n / STAGES`-th fill).
-#[inline(always)]
-fn ring(n: u32) -> (u32, u32) {
-    (n % cfg::STAGES, (n / cfg::STAGES) % 2)
-}
-
-/// The consumers' ring position as a wrapping counter: the stage of the next tile and the
-/// parity of its "full" phase, advanced by one per tile. Never derived from the tile counts
-/// the units load: a stage index computed from loaded data (`(n + j) % 3`, n the sum of the
-/// earlier units' tiles) is not warp-uniform to ptxas, which then builds every K/V `wgmma`
-/// descriptor in ordinary registers and moves it with `R2UR` before each product (~10 % per
-/// step, docs/perf-notes.md); a counter that only ever starts at 0 and steps by one stays on
-/// the uniform datapath.
-#[derive(Clone, Copy)]
-struct Ring {
-    stage: u32,
-    phase: u32,
-}
-
-impl Ring {
-    /// The stage before `s` in ring order.
-    #[inline(always)]
-    fn before(s: u32) -> u32 {
-        if s == 0 {
-            cfg::STAGES - 1
-        } else {
-            s - 1
-        }
-    }
-
-    /// Moves to the next tile (a select, not a `%`: LLVM cannot fold it back into a function
-    /// of the loop count).
-    #[inline(always)]
-    fn advance(&mut self) {
-        if self.stage == cfg::STAGES - 1 {
-            self.stage = 0;
-            self.phase ^= 1;
-        } else {
-            self.stage += 1;
-        }
-    }
-}
-
-/// The producer warpgroup: for each of the CTA's units, in order, copies the unit's first K/V
-/// tile, then its Q tile (once the consumers have released the previous unit's Q), then the
-/// remaining K/V tiles, into the stage ring; it waits on a stage's "empty" barrier before
-/// refilling it, and each stage's "full" barrier (Q's: `q_full`) gets the producers' 128
-/// arrivals when their copies have landed. The ring runs on across units, so the next unit's
-/// first tiles and Q load while the consumers finish the current one (persistent CTAs).
-/// Producer thread `i` copies 16-byte chunk `i % (D/8)` of rows `i / (D/8) + k · 128/(D/8)`:
-/// rows 8 or 16 apart share `row % 8`, so one swizzled offset serves all of them.
+/// The producer warpgroup: copies the Q tile and then every K/V tile of the CTA's range into
+/// the stage ring, waiting on a stage's "empty" barrier before refilling it; each stage's
+/// "full" barrier gets the producers' 128 arrivals when their copies have landed (K/V tiles:
+/// [`copy_kv`]). For Q, producer thread `i` copies 16-byte chunk `i % (D/8)` of rows
+/// `i / (D/8) + k · 128/(D/8)`: rows 8 or 16 apart share `row % 8`, so one swizzled offset
+/// serves all of them.
 ///
 /// # Safety
 /// As the kernel's contract; called by the third warpgroup only, after the barriers were
 /// initialised.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn produce<R: KvRows, const D: u32>(p: &PrefillParams, pid: u32, q_smem: u32, bars: Barriers) {
-    let kv_smem = q_smem + ROWS * D * 2;
-    let mut n = 0; // K/V tiles issued by this CTA so far (the ring position)
-    // SAFETY: as the kernel's contract.
-    let mut k = unsafe { Units::of_cta(p) }.begin;
-    loop {
-        // Reloaded per unit (cached), so that no register holds them across the unit.
-        // SAFETY: as the kernel's contract.
-        let units = unsafe { Units::of_cta(p) };
-        if k >= units.end {
-            break;
-        }
-        // SAFETY: k is one of the CTA's units.
-        let (kvh, work) = unsafe { Units::get(p, k) };
-        // SAFETY: as the kernel's contract (the consumers stop at the same unit).
-        let Some((req, u)) = (unsafe { Unit::load(p, work) }) else {
-            break;
-        };
-        // The unit's first K/V tile goes ahead of its Q (it only needs a free stage; Q waits
-        // for the consumers to finish the previous unit's score products).
-        if u.tiles > 0 {
-            // SAFETY: as the kernel's contract.
-            unsafe { copy_kv::<R, D>(p, &req, &u, kvh, 0, n, pid, kv_smem, bars) };
-            n += 1;
-        }
-        let it = k - units.begin; // units started before this one (the Q barriers' phase)
-        if it > 0 {
-            // SAFETY: initialised barrier; the consumers' release of the previous unit's Q.
-            unsafe { mbarrier::wait(bars.q_empty(), (it - 1) % 2) };
-        }
-        // SAFETY: as the kernel's contract.
-        unsafe { copy_q::<D>(p, &req, &u, kvh, pid, q_smem) };
-        // SAFETY: initialised barrier.
-        unsafe { mbarrier::cp_async_arrive(bars.q_full()) };
-        let mut t = 1;
-        while t < u.tiles {
-            // SAFETY: as the kernel's contract.
-            unsafe { copy_kv::<R, D>(p, &req, &u, kvh, t, n, pid, kv_smem, bars) };
-            n += 1;
-            t += 1;
-        }
-        k += 1;
-    }
-    pipeline::wait_all();
-}
-
-/// Copies the unit's Q rows (zero past the tile's rows) into the Q tile.
-///
-/// # Safety
-/// As the kernel's contract; the consumers no longer read the Q tile.
-#[inline(always)]
-unsafe fn copy_q<const D: u32>(
+unsafe fn produce<R: KvRows, const D: u32>(
     p: &PrefillParams,
     req: &PrefillRequest,
-    u: &Unit,
+    t0: u32,
+    rows_total: u32,
     kvh: u32,
+    kv_begin: u32,
+    kv_end: u32,
+    tiles: u32,
     pid: u32,
     q_smem: u32,
+    kv_smem: u32,
+    bars: Barriers,
 ) {
     let chunks = D / 8;
     let rows_per_pass = PRODUCER_THREADS / chunks;
     let (r0, c) = (pid / chunks, pid % chunks);
+    let g = p.group.d;
+    // Q rows (zero past the tile's rows) complete with the first K/V tile.
     for i in 0..ROWS / rows_per_pass {
         let r = r0 + i * rows_per_pass;
-        let live = r < u.rows_total;
+        let live = r < rows_total;
         let src = if live {
             let (t, h) = p.group.divmod(r);
-            p.q + (((req.qo_begin + u.t0 + t) as u64) * (p.q_stride_n as u64)
-                + ((kvh * p.group.d + h) * p.q_stride_h + c * 8) as u64)
+            p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
+                + ((kvh * g + h) * p.q_stride_h + c * 8) as u64)
                 * 2
         } else {
             p.q
@@ -321,24 +128,35 @@ unsafe fn copy_q<const D: u32>(
             )
         };
     }
+    let mut n = 0;
+    while n < tiles {
+        let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
+        // SAFETY: as the kernel's contract; the barriers are initialised.
+        unsafe { copy_kv::<R, D>(p, req.kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
+        n += 1;
+    }
+    pipeline::wait_all();
 }
 
-/// Copies K/V tile `t` of the unit (zero past its keys) into the stage of ring position `n`,
-/// after that stage's previous tile was released, and arrives on the stage's "full" barrier.
-/// Producer warp `w` copies rows `32w .. 32w + 32` of the tile, `32 / (D/8)` rows per pass;
-/// with `R::LOOKUP` (paged) lane `l` resolves row `32w + l` before the wait for the stage and
-/// the copying lanes take its offset by shuffles (one page-table load per lane and tile).
+/// Copies the CTA's `n`-th K/V tile, keys `[base, base + TILE)` (zero past `kv_end`), into its
+/// stage once the stage's previous tile was released, then arrives on the stage's "full"
+/// barrier. Producer warp `w` copies rows `32w .. 32w + 32`, `32 / (D/8)` rows per pass (lane
+/// `l`: chunk `l % (D/8)` of row `l / (D/8)` of the pass). With `R::LOOKUP` (paged) lane `l`
+/// first resolves row `32w + l` (one page-table load per lane and tile, issued before the
+/// wait for the stage), and each pass takes its rows' offsets from their lanes by shuffles:
+/// a load per copied row made the copies wait on a chain of page-table loads, ~19 % slower
+/// than ragged on long paged prefills (docs/perf-notes.md).
 ///
 /// # Safety
-/// As the kernel's contract; barriers initialised.
+/// As the kernel's contract; the barriers are initialised.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn copy_kv<R: KvRows, const D: u32>(
+pub(crate) unsafe fn copy_kv<R: KvRows, const D: u32>(
     p: &PrefillParams,
-    req: &PrefillRequest,
-    u: &Unit,
+    req_kv_begin: u32,
     kvh: u32,
-    t: u32,
+    base: u32,
+    kv_end: u32,
     n: u32,
     pid: u32,
     kv_smem: u32,
@@ -349,27 +167,22 @@ unsafe fn copy_kv<R: KvRows, const D: u32>(
     let (w, lane) = (pid / 32, pid % 32);
     let (h, c) = (lane / chunks, lane % chunks);
     let row_w = 32 * w;
-    // Opaque: otherwise LLVM turns every row's address into its own induction variable across
-    // the unit's tiles (two 64-bit registers per row; the producer has 40).
-    let base = crate::arch::opaque::opaque_u32(u.kv_begin + t * TILE);
-    let kv_end = u.kv_end;
     let mut own = 0u64;
     if R::LOOKUP && base + row_w + lane < kv_end {
         // SAFETY: a key of the request (< kv_end ≤ kv_len).
-        own = unsafe { R::offset(p, req.kv_begin, base + row_w + lane, kvh) };
+        own = unsafe { R::offset(p, req_kv_begin, base + row_w + lane, kvh) };
     }
-    let (stage, parity) = ring(n);
+    let stage = n % cfg::STAGES;
     if n >= cfg::STAGES {
-        // SAFETY: initialised barrier; the release of the stage's previous fill (tile
-        // n − STAGES, phase parity 1 − parity).
-        unsafe { mbarrier::wait(bars.empty(stage), 1 - parity) };
+        // SAFETY: initialised barrier; the phase of tile n − STAGES's release.
+        unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
     }
     // Row `row_w + i·rows_per_pass + h` has `row % 8 = (i·rows_per_pass) % 8 | h` (row_w is a
     // multiple of 8, h < rows_per_pass, a power of two), so its swizzled chunk is
     // `(c % 8) ^ h ^ (i·rows_per_pass % 8)`: one lane constant and one compile-time one.
     let dst0 = stage_k(kv_smem, stage, D) + (c / 8) * TILE * ROW_BYTES + (row_w + h) * ROW_BYTES;
     // Opaque inside the tile loop: otherwise LLVM hoists the 16 source lanes `r + h` and the
-    // swizzled offsets out of it, up to 32 of the producer's registers.
+    // swizzled offsets out of it, up to 32 of the producer's 40 registers.
     let cx = crate::arch::opaque::opaque_u32((c % 8) ^ h);
     let h_lane = crate::arch::opaque::opaque_u32(h);
     // Ragged: the lane's first row, then a fixed step per pass (a multiply-add chain per row
@@ -379,7 +192,7 @@ unsafe fn copy_kv<R: KvRows, const D: u32>(
     if !R::LOOKUP {
         // SAFETY: not `LOOKUP`, so address arithmetic only (rows past kv_end are not read:
         // zero-fill below).
-        let (k, v) = unsafe { R::row(p, req.kv_begin, base + row_w + h, kvh) };
+        let (k, v) = unsafe { R::row(p, req_kv_begin, base + row_w + h, kvh) };
         (ka, va) = (k + (c * 16) as u64, v + (c * 16) as u64);
     }
     for i in 0..chunks {
@@ -408,10 +221,9 @@ unsafe fn copy_kv<R: KvRows, const D: u32>(
 /// product; `FOLD`: plain softmax with a positive scale, see [`softmax`]).
 ///
 /// # Safety
-/// Block 384, dynamic smem `config::prefill_hopper::smem_bytes(D)`; grid `(num_kv_heads,
-/// items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`) or, with persistent
-/// units, `(ctas)` with `ctas + 1` offsets in `units`; every table and extent the parameters
-/// address validated by the host (`qo_len ≤ kv_len` per request).
+/// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
+/// block 256, dynamic smem `config::prefill_hopper::smem_bytes(D)`; every table and extent the
+/// parameters address validated by the host (`qo_len ≤ kv_len` per request).
 #[inline(always)]
 unsafe fn prefill<
     R: KvRows,
@@ -427,6 +239,33 @@ unsafe fn prefill<
     let lane = tid % 32;
     let w = tid / 32;
     let wg = w / 4;
+    let kvh = cta_kv_head();
+    let g = p.group.d;
+    // SAFETY: as the kernel's contract.
+    let Some((req, item)) = (unsafe { load_work(p) }) else {
+        return;
+    };
+    let t0 = item.t0;
+    let tokens = p.tile_tokens.min(req.qo_len - t0);
+    let rows_total = tokens * g;
+    let offset = req.kv_len - req.qo_len;
+    let tf = p.logit;
+    let causal = p.causal != 0;
+    let window = p.window_left;
+    let pos_first = offset + t0;
+    let pos_last = offset + t0 + tokens - 1;
+    let nat_end = if causal {
+        (pos_last + 1).min(req.kv_len)
+    } else {
+        req.kv_len
+    };
+    let nat_begin = if window != u32::MAX {
+        pos_first.saturating_sub(window)
+    } else {
+        0
+    };
+    let kv_end = nat_end.min(item.kv_end);
+    let kv_begin = nat_begin.max(item.kv_begin);
     let q_smem = shared::dyn_smem_base();
     let kv_smem = q_smem + ROWS * D * 2;
     let bars = Barriers {
@@ -440,116 +279,63 @@ unsafe fn prefill<
                 mbarrier::init(bars.empty(st), CONSUMER_WARPS);
             }
         }
-        // SAFETY: as above.
-        unsafe {
-            mbarrier::init(bars.q_full(), PRODUCER_THREADS);
-            mbarrier::init(bars.q_empty(), CONSUMER_WARPS);
-        }
         mbarrier::fence_init();
     }
     thread::sync_threads();
+    let tiles = if kv_end > kv_begin {
+        (kv_end - kv_begin).div_ceil(TILE)
+    } else {
+        0
+    };
     // Warp-specialised roles, one branch each (what `setmaxnreg` needs): the third warpgroup
     // produces with few registers, the first two consume with the rest.
     if w >= CONSUMER_WARPS {
         wgmma::setmaxnreg_dec::<{ cfg::PRODUCER_REGS }>();
         // SAFETY: as the kernel's contract; the barriers are initialised (above).
-        unsafe { produce::<R, D>(p, tid - 32 * CONSUMER_WARPS, q_smem, bars) };
+        unsafe {
+            produce::<R, D>(
+                p,
+                &req,
+                t0,
+                rows_total,
+                kvh,
+                kv_begin,
+                kv_end,
+                tiles,
+                tid - 32 * CONSUMER_WARPS,
+                q_smem,
+                kv_smem,
+                bars,
+            )
+        };
         return;
     }
     wgmma::setmaxnreg_inc::<{ cfg::CONSUMER_REGS }>();
-    // The warpgroup's 64 Q rows: rows 64·wg .. of every column block.
-    let q_wg = q_smem + wg * 64 * ROW_BYTES;
-    // Turn order: warpgroup 0 issues first (warpgroup 1 gives it the first turn); every step
-    // of each ends by handing the turn to the other, across units: both warpgroups run the same
-    // steps, so the hand-overs pair up in order.
-    if wg == 1 {
-        // SAFETY: consumed by warpgroup 0's first turn (or its final wait below).
-        unsafe { thread::named_barrier_arrive(PINGPONG_BAR, 256) };
-    }
-    let mut ring = Ring { stage: 0, phase: 0 }; // position of the next unit's first tile
-    // SAFETY: as the kernel's contract.
-    let units = unsafe { Units::of_cta(p) };
-    let mut k = units.begin;
-    while k < units.end {
-        // SAFETY: k is one of the CTA's units.
-        let (kvh, work) = unsafe { Units::get(p, k) };
-        // SAFETY: as the kernel's contract.
-        let Some((_, u)) = (unsafe { Unit::load(p, work) }) else {
-            break;
-        };
-        // SAFETY: initialised barrier; the producers' Q copies of this unit.
-        unsafe { mbarrier::wait(bars.q_full(), (k - units.begin) % 2) };
-        // SAFETY: as the kernel's contract; n is the producer's ring position at this unit.
-        unsafe {
-            consume_unit::<R, E, D, ON, KS, FOLD>(p, &u, kvh, work, &mut ring, tid, q_wg, bars)
-        };
-        k += 1;
-    }
-    if wg == 0 {
-        // Takes warpgroup 1's last hand-over (or its first, when there were no tiles): the
-        // named barriers end balanced.
-        // SAFETY: warpgroup 1 arrives once more than warpgroup 0 waited.
-        unsafe { thread::named_barrier_sync(PINGPONG_BAR, 256) };
-    }
-}
-
-/// One unit on the consumer warpgroups: the KV loop, the release of the Q tile and of the
-/// unit's last stages, and the output rows (or split partial states).
-///
-/// # Safety
-/// As the kernel's contract; called by all 256 consumer threads with the same unit, its Q
-/// copies landed (`q_full`), `ring` the position of its first tile (advanced past its last).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn consume_unit<
-    R: KvRows,
-    E: WgmmaElem,
-    const D: u32,
-    const ON: usize,
-    const KS: usize,
-    const FOLD: bool,
->(
-    p: &PrefillParams,
-    u: &Unit,
-    kvh: u32,
-    work: u32,
-    ring: &mut Ring,
-    tid: u32,
-    q_wg: u32,
-    bars: Barriers,
-) {
-    let lane = tid % 32;
-    let w = tid / 32;
     let (gq, tq) = (lane / 4, lane % 4);
-    let g = p.group.d;
-    let window = p.window_left;
-    let causal = p.causal != 0;
     let win_last = if window != u32::MAX {
-        u.pos_last.saturating_sub(window)
+        pos_last.saturating_sub(window)
     } else {
         0
     };
     let row0 = w * 16;
-    let kv_smem = bars.base - cfg::STAGES * 2 * TILE * D * 2;
-    // Warp-uniform to ptxas (see `Ring`): the KV loop's exit then is, and the ring position
-    // carried out of it stays in uniform registers.
-    let tiles = warp::uniform_u32(u.tiles);
-    let kv_begin = u.kv_begin;
+    // The warpgroup's 64 Q rows: rows 64·wg .. of every column block.
+    let q_wg = q_smem + wg * 64 * ROW_BYTES;
+
     let t = TileCtx {
-        kv_end: u.kv_end,
-        pos_first: u.pos_first,
-        rows_total: u.rows_total,
+        kv_end,
+        pos_first,
+        rows_total,
         row0,
         gq,
         tq,
         causal,
         window,
-        tf: p.logit,
+        tf,
         group: p.group,
     };
     let masked = |j: u32| {
         let base = kv_begin + j * TILE;
-        base + TILE > u.kv_end || (causal && base + TILE - 1 > u.pos_first) || base < win_last
+        base + TILE > kv_end || (causal && base + TILE - 1 > pos_first) || base < win_last
     };
     let mut acc = Acc {
         o: [0.0f32; ON],
@@ -559,18 +345,23 @@ unsafe fn consume_unit<
         r: [1.0f32; 2],
         pa: [[0u32; 4]; 8],
     };
+    // Turn order: warpgroup 0 issues first (warpgroup 1 gives it the first turn); every step
+    // of each ends by handing the turn to the other.
+    if wg == 1 {
+        // SAFETY: consumed by warpgroup 0's first turn (or its final wait below).
+        unsafe { thread::named_barrier_arrive(PINGPONG_BAR, 256) };
+    }
     // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
     // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
     let mut j = 0;
     while j < tiles {
-        let prev_stage = Ring::before(ring.stage);
         let st = Step {
             base: kv_begin + j * TILE,
-            stage: ring.stage,
-            phase: ring.phase,
-            prev_stage,
+            stage: j % cfg::STAGES,
+            phase: (j / cfg::STAGES) % 2,
+            prev_stage: (j + cfg::STAGES - 1) % cfg::STAGES,
             release: if j >= 2 {
-                Ring::before(prev_stage)
+                (j - 2) % cfg::STAGES
             } else {
                 u32::MAX
             },
@@ -592,74 +383,53 @@ unsafe fn consume_unit<
                 }
             }
         }
-        ring.advance();
         j += 1;
     }
-    let last = Ring::before(ring.stage);
     // Unconditional: on every path out of the loop nothing may stay in flight (ptxas cannot
     // tell that `tiles > 0` below holds whenever the loop ran, and otherwise serialises every
     // `wgmma` of the kernel).
     wgmma::wait_group::<0>();
-    if lane == 0 {
-        // Every score product of the unit is done: the producers may load the next Q; and
-        // P·V of the second-to-last tile: its stage may be refilled.
-        // SAFETY: initialised barriers; each tile's stage is released exactly once.
-        unsafe {
-            mbarrier::arrive(bars.q_empty());
-            if tiles >= 2 {
-                mbarrier::arrive(bars.empty(Ring::before(last)));
-            }
-        }
+    if wg == 0 {
+        // Takes warpgroup 1's last hand-over (or its first, when there were no tiles): the
+        // named barriers end balanced.
+        // SAFETY: warpgroup 1 arrives once more than warpgroup 0 waited in the loop.
+        unsafe { thread::named_barrier_sync(PINGPONG_BAR, 256) };
     }
-    {
+    if tiles > 0 {
         acc.settle::<E>();
         wgmma::fence();
+        let v_base = stage_v(kv_smem, (tiles - 1) % cfg::STAGES, D);
         // SAFETY: warpgroup-convergent; V of the last tile is in its stage.
-        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, stage_v(kv_smem, last, D)) };
+        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, v_base) };
         wgmma::commit_group();
         wgmma::wait_group::<0>();
         wgmma::fence_operands(&mut acc.o);
-        if lane == 0 {
-            // SAFETY: as above.
-            unsafe { mbarrier::arrive(bars.empty(last)) };
-        }
     }
-    let Acc { mut o, m, mut d, .. } = acc;
-    // SAFETY: as above (the same unit as at the start; reloaded instead of kept live).
-    let Some((req, item)) = (unsafe { load_item(p, work) }) else {
+    let Acc { o, m, mut d, .. } = acc;
+    pipeline::wait_all();
+    // SAFETY: as above (the same work as at the start).
+    let Some((req, item)) = (unsafe { load_work(p) }) else {
         return;
     };
-    let t0 = item.t0;
-    let rows_total = u.rows_total;
-    // The output addresses derive from the lane through an opaque move: otherwise LLVM hoists
-    // their lane-only parts out of the unit loop, dozens of registers live across it.
-    let lane = crate::arch::opaque::opaque_u32(tid % 32);
-    let (gq, tq, row0) = (lane / 4, lane % 4, (tid / 32) * 16);
     for dh in d.iter_mut() {
         *dh += warp::shfl_xor_f32(*dh, 1);
         *dh += warp::shfl_xor_f32(*dh, 2);
     }
-    // Straight-line from here (rows past the tile are predicated stores, not branches): with
-    // branches around the stores the unit loop kept O and the addresses live across them, and
-    // ptxas spilled and serialised the `wgmma`s.
-    let mut inv = [0.0f32; 2];
-    let mut lse = [f32::NEG_INFINITY; 2];
-    for hh in 0..2 {
-        if d[hh] > 0.0 {
-            inv[hh] = rcp(d[hh]);
-            lse[hh] = m[hh] + log2(d[hh]);
-        }
-    }
-    // Normalised in place; a unit that saw no key writes zeros (d = 0, inv = 0).
-    for (i, x) in o.iter_mut().enumerate() {
-        *x *= inv[(i % 4) / 2];
-    }
     for hh in 0..2 {
         let r = row0 + gq + 8 * hh as u32;
-        let live = r < rows_total;
+        if r >= rows_total {
+            continue;
+        }
         let (t, h) = p.group.divmod(r);
         let hq = kvh * g + h;
-        let pair = |nt: usize| (o[4 * nt + 2 * hh], o[4 * nt + 2 * hh + 1]);
+        let dv = d[hh];
+        let inv = if dv > 0.0 { rcp(dv) } else { 0.0 };
+        let lse = if dv > 0.0 {
+            m[hh] + log2(dv)
+        } else {
+            f32::NEG_INFINITY
+        };
+        let pair = |nt: usize| (o[4 * nt + 2 * hh] * inv, o[4 * nt + 2 * hh + 1] * inv);
         if item.part != u32::MAX {
             // Split-KV: normalised partial state of this chunk, merged by `merge_f32_*`.
             let slot = item.part + t * item.nchunks + item.chunk;
@@ -667,75 +437,69 @@ unsafe fn consume_unit<
             for nt in 0..ON / 4 {
                 let col = (nt as u32 * 8 + 2 * tq) as u64;
                 let (x, y) = pair(nt);
-                // SAFETY: slot < the plan's slot count for live rows (host contract).
+                // SAFETY: slot < the plan's slot count (host contract).
                 unsafe {
-                    global::st_f32_if(p.part_o + (obase + col) * 4, x, live);
-                    global::st_f32_if(p.part_o + (obase + col + 1) * 4, y, live);
+                    global::st_f32(p.part_o + (obase + col) * 4, x);
+                    global::st_f32(p.part_o + (obase + col + 1) * 4, y);
                 }
             }
-            // SAFETY: as above.
-            unsafe {
-                global::st_f32_if(
-                    p.part_lse + ((slot * p.num_qo_heads + hq) as u64) * 4,
-                    lse[hh],
-                    live & (tq == 0),
-                )
-            };
-        } else {
-            let tok = (req.qo_begin + t0 + t) as u64;
-            let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
-            for nt in 0..ON / 4 {
-                let col = nt as u32 * 8 + 2 * tq;
-                let (x, y) = pair(nt);
-                // SAFETY: host-validated o extent for live rows; 4-byte aligned (col even).
-                unsafe { global::st_u32_if(p.o + (obase + col as u64) * 2, E::pack2(x, y), live) };
+            if tq == 0 {
+                // SAFETY: as above.
+                unsafe {
+                    global::st_f32(p.part_lse + ((slot * p.num_qo_heads + hq) as u64) * 4, lse)
+                };
             }
+            continue;
+        }
+        let tok = (req.qo_begin + t0 + t) as u64;
+        let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
+        for nt in 0..ON / 4 {
+            let col = nt as u32 * 8 + 2 * tq;
+            let (x, y) = pair(nt);
+            // SAFETY: host-validated o extent; 4-byte aligned (col even).
+            unsafe { global::st_u32(p.o + (obase + col as u64) * 2, E::pack2(x, y)) };
+        }
+        if tq == 0 && p.lse != 0 {
             // SAFETY: lse [tokens, Hq].
-            unsafe {
-                global::st_f32_if(
-                    p.lse + (tok * p.num_qo_heads as u64 + hq as u64) * 4,
-                    lse[hh],
-                    live & (tq == 0) & (p.lse != 0),
-                )
-            };
+            unsafe { global::st_f32(p.lse + (tok * p.num_qo_heads as u64 + hq as u64) * 4, lse) };
         }
     }
 }
 
 /// Per-CTA constants of the masks and the softmax.
-struct TileCtx {
-    kv_end: u32,
-    pos_first: u32,
-    rows_total: u32,
-    row0: u32,
-    gq: u32,
-    tq: u32,
-    causal: bool,
-    window: u32,
-    tf: crate::math::softmax::LogitTransform,
-    group: crate::math::fastdiv::FastDiv,
+pub(crate) struct TileCtx {
+    pub(crate) kv_end: u32,
+    pub(crate) pos_first: u32,
+    pub(crate) rows_total: u32,
+    pub(crate) row0: u32,
+    pub(crate) gq: u32,
+    pub(crate) tq: u32,
+    pub(crate) causal: bool,
+    pub(crate) window: u32,
+    pub(crate) tf: crate::math::softmax::LogitTransform,
+    pub(crate) group: crate::math::fastdiv::FastDiv,
 }
 
 /// Running state of a warpgroup's rows across the KV loop.
-struct Acc<const ON: usize> {
+pub(crate) struct Acc<const ON: usize> {
     /// Output accumulators (the `wgmma` D layout).
-    o: [f32; ON],
+    pub(crate) o: [f32; ON],
     /// Running max (base-2 logits) and sum of the lane's two rows.
-    m: [f32; 2],
-    d: [f32; 2],
+    pub(crate) m: [f32; 2],
+    pub(crate) d: [f32; 2],
     /// The last tile's probabilities (f32, the score layout) and the factor the output rows
     /// must be rescaled by before its P·V is added.
-    s: [[f32; 4]; 16],
-    r: [f32; 2],
+    pub(crate) s: [[f32; 4]; 16],
+    pub(crate) r: [f32; 2],
     /// Probabilities packed as the A operand of P·V.
-    pa: [[u32; 4]; 8],
+    pub(crate) pa: [[u32; 4]; 8],
 }
 
 impl<const ON: usize> Acc<ON> {
     /// Waits for the P·V in flight, rescales O to the last tile's max and packs its
     /// probabilities as the next P·V's A operand.
     #[inline(always)]
-    fn settle<E: WgmmaElem>(&mut self) {
+    pub(crate) fn settle<E: WgmmaElem>(&mut self) {
         wgmma::wait_group::<0>();
         wgmma::fence_operands(&mut self.o);
         // Once the running max settles (most tiles of a long row) the factor is exactly 1
@@ -758,16 +522,16 @@ impl<const ON: usize> Acc<ON> {
 }
 
 /// Where one step of the KV loop reads and which stage it releases.
-struct Step {
+pub(crate) struct Step {
     /// First key of this step's tile.
-    base: u32,
+    pub(crate) base: u32,
     /// Stage holding this tile and the parity of its "full" phase; stage of the previous tile
     /// (its V feeds this step's P·V).
-    stage: u32,
-    phase: u32,
-    prev_stage: u32,
+    pub(crate) stage: u32,
+    pub(crate) phase: u32,
+    pub(crate) prev_stage: u32,
     /// Stage of the tile two steps back, whose P·V this step waits for (`u32::MAX`: none).
-    release: u32,
+    pub(crate) release: u32,
 }
 
 /// The CTA's `mbarrier`s: `full(s)` completes a phase when the producers' copies of the tile in
@@ -776,41 +540,41 @@ struct Step {
 /// refilled; `q_full` when a unit's Q tile has landed, `q_empty` when the consumers' score
 /// products of the unit are done (one phase per unit each).
 #[derive(Clone, Copy)]
-struct Barriers {
-    base: u32,
+pub(crate) struct Barriers {
+    pub(crate) base: u32,
 }
 
 impl Barriers {
     #[inline(always)]
-    fn full(self, s: u32) -> u32 {
+    pub(crate) fn full(self, s: u32) -> u32 {
         self.base + 8 * s
     }
 
     #[inline(always)]
-    fn empty(self, s: u32) -> u32 {
+    pub(crate) fn empty(self, s: u32) -> u32 {
         self.base + 8 * (cfg::STAGES + s)
     }
 
     #[inline(always)]
-    fn q_full(self) -> u32 {
+    pub(crate) fn q_full(self) -> u32 {
         self.base + 16 * cfg::STAGES
     }
 
     #[inline(always)]
-    fn q_empty(self) -> u32 {
+    pub(crate) fn q_empty(self) -> u32 {
         self.base + 16 * cfg::STAGES + 8
     }
 }
 
 /// Shared address of the K tile of stage `s`.
 #[inline(always)]
-fn stage_k(kv_smem: u32, s: u32, d: u32) -> u32 {
+pub(crate) fn stage_k(kv_smem: u32, s: u32, d: u32) -> u32 {
     kv_smem + s * 2 * TILE * d * 2
 }
 
 /// Shared address of the V tile of stage `s`.
 #[inline(always)]
-fn stage_v(kv_smem: u32, s: u32, d: u32) -> u32 {
+pub(crate) fn stage_v(kv_smem: u32, s: u32, d: u32) -> u32 {
     stage_k(kv_smem, s, d) + TILE * d * 2
 }
 
@@ -838,7 +602,11 @@ unsafe fn issue_scores<E: WgmmaElem, const KS: usize>(s: &mut [[f32; 4]; 16], q_
 /// # Safety
 /// Warpgroup-convergent, between `wgmma::fence` and `commit_group`; V in place.
 #[inline(always)]
-unsafe fn issue_pv<E: WgmmaElem, const ON: usize>(o: &mut [f32; ON], pa: &[[u32; 4]; 8], v: u32) {
+pub(crate) unsafe fn issue_pv<E: WgmmaElem, const ON: usize>(
+    o: &mut [f32; ON],
+    pa: &[[u32; 4]; 8],
+    v: u32,
+) {
     let b0 = wgmma::desc_mn_major(v, TILE * ROW_BYTES);
     for (ks, a) in pa.iter().enumerate() {
         let b = wgmma::desc_advance(b0, ks as u32 * 2 * GROUP_BYTES);
@@ -934,7 +702,7 @@ fn softmax<const FOLD: bool, const MASK: bool>(
 /// As the kernel's contract; every thread of the CTA calls it with the same step.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn step<
+pub(crate) unsafe fn step<
     E: WgmmaElem,
     const D: u32,
     const ON: usize,

@@ -350,20 +350,25 @@ pub struct BatchPrefill {
     persistent: Option<bool>,
 }
 
-/// Mean K/V tiles per work item up to which a Hopper-tile plan runs persistent CTAs: short
-/// items are dominated by each CTA's start-up (Q and first tile loads, epilogue), which a
-/// persistent CTA's producer hides under the previous unit; long items gain nothing from it
-/// and lose to its extra per-step bookkeeping. Measured on the H200 (docs/perf-notes.md,
-/// session 5): persistent ahead at 16 × 1024 (4–5 tiles per item), level at 8 × 2048 (~8.5),
-/// behind from 1 × 4096 (~16) on.
-pub const PERSISTENT_MAX_MEAN_TILES: usize = 6;
+/// Mean K/V tiles per work item up to which a Hopper-tile plan runs persistent CTAs (the
+/// `_hp` kernels): short items are dominated by each CTA's start-up (Q and first tile loads,
+/// epilogue), which a persistent CTA's producer hides under the previous unit; long items gain
+/// nothing from it and lose to its slightly slower steps. Measured on the H200
+/// (docs/perf-notes.md, session 6; persistent vs the merged kernel): ahead at 16 × 1024 (4–5
+/// tiles per item: ragged 420.0 vs 453.1 µs, paged 444.2 vs 486.4) and 8 × 2048 (~8.5: 624.6
+/// vs 646.5, 686.1 vs 704.3), behind from 1 × 4096 (~16: 268.7 vs 263.1, 291.0 vs 279.0) on.
+pub const PERSISTENT_MAX_MEAN_TILES: usize = 12;
 
 /// Whether a plan of `items` runs persistent CTAs by default ([`PERSISTENT_MAX_MEAN_TILES`]).
 pub fn persistent_auto(items: &[PrefillItem]) -> bool {
     let tile = hopper_cfg::TILE as usize;
     let tiles: usize = items
         .iter()
-        .map(|i| (i.kv_end.saturating_sub(i.kv_begin) as usize).div_ceil(tile).max(1))
+        .map(|i| {
+            (i.kv_end.saturating_sub(i.kv_begin) as usize)
+                .div_ceil(tile)
+                .max(1)
+        })
         .sum();
     !items.is_empty() && tiles <= PERSISTENT_MAX_MEAN_TILES * items.len()
 }
@@ -445,6 +450,11 @@ impl BatchPrefill {
                 &kernel_name(KvKind::Paged, dtype, heads.head_dim, tile),
                 smem,
             )?;
+            if tile == PrefillTile::Rows128Wgmma {
+                for kind in [KvKind::Ragged, KvKind::Paged] {
+                    gpu.function(&persistent_kernel_name(kind, dtype, heads.head_dim), smem)?;
+                }
+            }
             let per_sm = f
                 .occupancy_max_active_blocks_per_multiprocessor(
                     32 * tile.warps(),
@@ -1052,7 +1062,13 @@ impl BatchPrefill {
             block: (32 * plan.tile.warps(), 1, 1),
             smem_bytes: plan.tile.smem_bytes(h.head_dim),
         };
-        let kernel = kernel_name(kind, self.dtype, h.head_dim, plan.tile);
+        // Persistent plans run the unit-list kernel (`prefill_hopper_persistent`), the others
+        // the one-CTA-per-item kernels.
+        let kernel = if plan.ctas > 0 {
+            persistent_kernel_name(kind, self.dtype, h.head_dim)
+        } else {
+            kernel_name(kind, self.dtype, h.head_dim, plan.tile)
+        };
         // SAFETY: the plan's tables were validated against the batch (and the pool's page
         // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial
         // buffers hold the plan's slots.
@@ -1093,6 +1109,11 @@ fn kernel_name(kind: KvKind, dtype: DType, head_dim: usize, tile: PrefillTile) -
         KvKind::Paged => "paged",
     };
     format!("prefill_{k}_{}_d{head_dim}{}", dtype.name(), tile.suffix())
+}
+
+/// The persistent Hopper prefill kernel symbol (the `wgmma` tile's unit-list form).
+fn persistent_kernel_name(kind: KvKind, dtype: DType, head_dim: usize) -> String {
+    kernel_name(kind, dtype, head_dim, PrefillTile::Rows128Wgmma) + "p"
 }
 
 /// The single-request (ragged) kernel symbol.
@@ -1158,6 +1179,36 @@ mod tests {
         };
         assert_eq!(mean_keys_per_query(&[4096], &[4096], &win), 101);
         assert_eq!(mean_keys_per_query(&[], &[], &causal), 0);
+    }
+
+    /// Causal items of `batch` requests of `len` tokens in 32-token query tiles (the Hopper
+    /// tile at group 4), one chunk each: item t ends at its last query's position.
+    fn causal_items(batch: usize, len: u32) -> Vec<PrefillItem> {
+        (0..batch as u32)
+            .flat_map(|r| {
+                (0..len / 32).map(move |t| PrefillItem {
+                    request: r,
+                    t0: 32 * t,
+                    kv_begin: 0,
+                    kv_end: 32 * t + 32,
+                    part: u32::MAX,
+                    chunk: 0,
+                    nchunks: 1,
+                    pad: 0,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn persistence_follows_the_measured_crossover() {
+        // 16 × 1024 (~4.6 tiles per item) and 8 × 2048 (~8.6) persistent, 1 × 4096 (~16.6)
+        // and longer not.
+        assert!(persistent_auto(&causal_items(16, 1024)));
+        assert!(persistent_auto(&causal_items(8, 2048)));
+        assert!(!persistent_auto(&causal_items(1, 4096)));
+        assert!(!persistent_auto(&causal_items(1, 16384)));
+        assert!(!persistent_auto(&[]));
     }
 
     #[test]

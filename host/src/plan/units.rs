@@ -55,10 +55,12 @@ pub fn schedule(items: &[PrefillItem], kv_heads: usize, ctas: usize, tile: usize
     for (i, it) in items.iter().enumerate() {
         let c_cost = cost(it, tile);
         for h in 0..kv_heads {
-            let Reverse((load, c)) = heap.pop().expect("ctas ≥ 1");
-            owner.push((c, [i as u32, h as u32]));
-            count[c] += 1;
-            heap.push(Reverse((load + c_cost, c)));
+            // The heap always holds all `ctas ≥ 1` CTAs (each pop is pushed back).
+            if let Some(Reverse((load, c))) = heap.pop() {
+                owner.push((c, [i as u32, h as u32]));
+                count[c] += 1;
+                heap.push(Reverse((load + c_cost, c)));
+            }
         }
     }
     let mut offsets = Vec::with_capacity(ctas + 1);
