@@ -51,13 +51,14 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
         let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
         let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
-        // The Hopper tile twice: persistent CTAs and one CTA per unit.
+        // The Hopper tile three times: the persistent kernel, the merged kernel (one CTA per
+        // item), and the plan's own choice between them (`persistent_auto`).
         let variants: Vec<(PrefillTile, Option<bool>)> =
             PrefillTile::available(128, gpu.info().arch)
                 .iter()
                 .flat_map(|&t| {
                     if t == PrefillTile::Rows128Wgmma {
-                        vec![(t, Some(true)), (t, Some(false))]
+                        vec![(t, Some(true)), (t, Some(false)), (t, None)]
                     } else {
                         vec![(t, None)]
                     }
@@ -69,7 +70,8 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             op.set_persistent(persistent);
             let label = match persistent {
                 Some(true) => format!("{tile:?} persistent"),
-                Some(false) => format!("{tile:?} per-unit"),
+                Some(false) => format!("{tile:?} merged"),
+                None if tile == PrefillTile::Rows128Wgmma => format!("{tile:?} auto"),
                 None => format!("{tile:?}"),
             };
             let (t, items, plan_us) = if paged {
