@@ -169,7 +169,6 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
             ka = k + (c * 16) as u64;
             va = v + (c * 16) as u64;
         }
-        let n = if valid { 16 } else { 0 };
         // Rows `step` apart share `row % 8` (one precomputed swizzle) when `step` is a multiple
         // of 8; otherwise (D = 256: 4 rows per pass) each row is swizzled on its own.
         let row = if step % 8 == 0 {
@@ -177,10 +176,10 @@ unsafe fn issue_tile<R: KvRows, const D: u32>(
         } else {
             swz::<D>(r0 + i * step, c).wrapping_sub(dst)
         };
-        // SAFETY: destinations inside the stage; sources valid rows or zero-byte copies.
+        // SAFETY: destinations inside the stage; sources valid rows, or not read (zero-fill).
         unsafe {
-            pipeline::cp_async_cg_16(k_base + row, ka, n);
-            pipeline::cp_async_cg_16(v_base + row, va, n);
+            pipeline::cp_async_cg_16_or_zero(k_base + row, ka, !valid);
+            pipeline::cp_async_cg_16_or_zero(v_base + row, va, !valid);
         }
     }
     pipeline::commit_group();
