@@ -231,9 +231,9 @@ pub struct PrefillParams {
     /// f32 partial lse `[slots, num_qo_heads]`.
     pub part_lse: u64,
     /// Persistent CTAs (the Hopper kernel's batch mode): u32 `[grid.x + 1]` offsets, then the
-    /// work units each CTA runs in order (`units[grid.x + 1 + k]`, unit
-    /// `item · num_kv_heads + kv_head`): CTA `c` runs units `offsets[c] .. offsets[c + 1]`.
-    /// 0 = one unit per CTA, from the grid `(num_kv_heads, items)`.
+    /// work units each CTA runs in order, as u32 pairs `[work item, kv_head]` (pair `k` at
+    /// `grid.x + 1 + 2k`): CTA `c` runs units `offsets[c] .. offsets[c + 1]`. 0 = one unit
+    /// per CTA, from the grid `(num_kv_heads, items)`.
     pub units: u64,
     /// q token stride.
     pub q_stride_n: u32,

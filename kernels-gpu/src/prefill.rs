@@ -42,7 +42,8 @@ pub(crate) trait KvRows {
     unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64);
 
     /// Bytes between the K rows and between the V rows of consecutive keys (ragged; the
-    /// `LOOKUP` layouts have no fixed step).
+    /// `LOOKUP` layouts have no fixed step). Used by the Hopper producer only (sm_90a images).
+    #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
     fn key_step(p: &PrefillParams) -> (u64, u64);
 
     /// Byte offset of key `t`'s K row from `p.k`; for the `LOOKUP` layouts also that of its V

@@ -786,9 +786,11 @@ fn tree16(t: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
     f(f(b[0], b[1]), f(b[2], b[3]))
 }
 
+/// The `extern "ptx-kernel"` entries of a Hopper prefill body (`$body`: this module's
+/// `prefill` or the persistent one's), one per K/V layout, dtype and head dim.
 macro_rules! hopper_entries {
-    ($($name:ident => $r:ty, $e:ty, $d:literal, $on:literal, $ks:literal;)*) => {$(
-        #[doc = concat!("Entry point: Hopper (wgmma) prefill, ", stringify!($r), " K/V, ",
+    ($body:ident, $what:literal; $($name:ident => $r:ty, $e:ty, $d:literal, $on:literal, $ks:literal;)*) => {$(
+        #[doc = concat!("Entry point: ", $what, " (wgmma) prefill, ", stringify!($r), " K/V, ",
                         stringify!($e), ", D = ", $d, ".")]
         ///
         /// # Safety
@@ -799,16 +801,18 @@ macro_rules! hopper_entries {
             // SAFETY: forwarded launch contract.
             unsafe {
                 if p.logit.soft_cap == 0 && p.logit.pre > 0.0 {
-                    prefill::<$r, $e, $d, $on, $ks, true>(&p)
+                    $body::<$r, $e, $d, $on, $ks, true>(&p)
                 } else {
-                    prefill::<$r, $e, $d, $on, $ks, false>(&p)
+                    $body::<$r, $e, $d, $on, $ks, false>(&p)
                 }
             }
         }
     )*};
 }
+pub(crate) use hopper_entries;
 
 hopper_entries! {
+    prefill, "Hopper";
     prefill_ragged_f16_d64_h => Ragged, F16, 64, 32, 4;
     prefill_ragged_f16_d128_h => Ragged, F16, 128, 64, 8;
     prefill_ragged_bf16_d64_h => Ragged, Bf16, 64, 32, 4;

@@ -22,8 +22,8 @@ use crate::math::fast::{log2, rcp};
 use crate::math::wgmma_layout::{chunk_offset, ROW_BYTES};
 use crate::prefill::{cta_kv_head, cta_work, load_item, KvRows, Paged, Ragged};
 use crate::prefill_hopper::{
-    copy_kv, issue_pv, stage_v, step, Acc, Barriers, Step, TileCtx, WgmmaElem, CONSUMER_WARPS,
-    PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
+    copy_kv, hopper_entries, issue_pv, stage_v, step, Acc, Barriers, Step, TileCtx, WgmmaElem,
+    CONSUMER_WARPS, PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
 };
 
 /// A CTA's work units: with persistent units (`PrefillParams::units`) the CTA's slice of the
@@ -593,29 +593,8 @@ unsafe fn consume_unit<
     }
 }
 
-macro_rules! hopper_entries {
-    ($($name:ident => $r:ty, $e:ty, $d:literal, $on:literal, $ks:literal;)*) => {$(
-        #[doc = concat!("Entry point: persistent Hopper (wgmma) prefill, ", stringify!($r), " K/V, ",
-                        stringify!($e), ", D = ", $d, ".")]
-        ///
-        /// # Safety
-        /// See the generic body's launch contract.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
-            // One body per softmax mode (see `softmax`), chosen once per launch.
-            // SAFETY: forwarded launch contract.
-            unsafe {
-                if p.logit.soft_cap == 0 && p.logit.pre > 0.0 {
-                    prefill::<$r, $e, $d, $on, $ks, true>(&p)
-                } else {
-                    prefill::<$r, $e, $d, $on, $ks, false>(&p)
-                }
-            }
-        }
-    )*};
-}
-
 hopper_entries! {
+    prefill, "persistent Hopper";
     prefill_ragged_f16_d64_hp => Ragged, F16, 64, 32, 4;
     prefill_ragged_f16_d128_hp => Ragged, F16, 128, 64, 8;
     prefill_ragged_bf16_d64_hp => Ragged, Bf16, 64, 32, 4;

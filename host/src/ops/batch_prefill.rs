@@ -26,7 +26,7 @@ use crate::ops::io_check::PlannedIo;
 use crate::ops::merge;
 use crate::options::AttentionOptions;
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
-use crate::plan::units::schedule as schedule_units;
+use crate::plan::units::{item_tiles, schedule as schedule_units};
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims, PinnedStaging};
 
 const OP: &str = "batch_prefill";
@@ -362,14 +362,7 @@ pub const PERSISTENT_MAX_MEAN_TILES: usize = 12;
 /// Whether a plan of `items` runs persistent CTAs by default ([`PERSISTENT_MAX_MEAN_TILES`]).
 pub fn persistent_auto(items: &[PrefillItem]) -> bool {
     let tile = hopper_cfg::TILE as usize;
-    let tiles: usize = items
-        .iter()
-        .map(|i| {
-            (i.kv_end.saturating_sub(i.kv_begin) as usize)
-                .div_ceil(tile)
-                .max(1)
-        })
-        .sum();
+    let tiles: usize = items.iter().map(|i| item_tiles(i, tile)).sum();
     !items.is_empty() && tiles <= PERSISTENT_MAX_MEAN_TILES * items.len()
 }
 

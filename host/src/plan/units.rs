@@ -37,11 +37,16 @@ impl UnitSchedule {
     }
 }
 
-/// Cost of an item in tiles of `tile` keys (one tile at least: an empty range still runs one
-/// fully masked tile) plus the start-up.
-fn cost(item: &PrefillItem, tile: usize) -> u64 {
+/// K/V tiles of `tile` keys an item's unit runs (one at least: an empty range still runs one
+/// fully masked tile).
+pub fn item_tiles(item: &PrefillItem, tile: usize) -> usize {
     let keys = item.kv_end.saturating_sub(item.kv_begin) as usize;
-    keys.div_ceil(tile).max(1) as u64 + UNIT_OVERHEAD_TILES
+    keys.div_ceil(tile.max(1)).max(1)
+}
+
+/// Cost of an item's unit: its tiles plus the start-up.
+fn cost(item: &PrefillItem, tile: usize) -> u64 {
+    item_tiles(item, tile) as u64 + UNIT_OVERHEAD_TILES
 }
 
 /// Schedules every (item, KV head) unit of `items` onto `ctas` CTAs (`ctas ≥ 1`); `tile` is

@@ -83,20 +83,6 @@ pub fn fence_operands<const N: usize>(regs: &mut [f32; N]) {
     }
 }
 
-/// Accumulator registers with no defined value and no instruction defining them (an empty
-/// `asm` with outputs): for accumulators whose first `wgmma` ignores them (`accumulate =
-/// false`). Zeroing them instead is a non-`wgmma` definition of accumulator registers, which
-/// inside a loop of units made ptxas serialise the `wgmma`s.
-#[inline(always)]
-pub fn undefined<const N: usize>() -> [f32; N] {
-    let mut regs = [0.0f32; N];
-    for r in regs.iter_mut() {
-        // SAFETY: a PTX comment; the register keeps whatever it held.
-        unsafe { asm!("// undef {0}", out(reg32) * r, options(nomem, nostack)) };
-    }
-    regs
-}
-
 /// `setmaxnreg.inc.sync.aligned.u32 N`: raises this warpgroup's per-thread register allocation
 /// to `N` (waiting until the registers are free). Takes effect only in a kernel compiled with
 /// a register cap at entry (`.maxntid`, added to the PTX by `host/build.rs`).
