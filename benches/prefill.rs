@@ -52,28 +52,37 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
         let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
         // The Hopper tile three times: the persistent kernel, the merged kernel (one CTA per
-        // item), and the plan's own choice between them (`persistent_auto`).
-        let variants: Vec<(PrefillTile, Option<bool>)> =
+        // item), and the plan's own choice between them (`persistent_auto`); ragged K/V also
+        // with the `cp.async` producer instead of TMA (the default), both kernels.
+        let variants: Vec<(PrefillTile, Option<bool>, bool)> =
             PrefillTile::available(128, gpu.info().arch)
                 .iter()
                 .flat_map(|&t| {
-                    if t == PrefillTile::Rows128Wgmma {
-                        vec![(t, Some(true)), (t, Some(false)), (t, None)]
-                    } else {
-                        vec![(t, None)]
+                    if t != PrefillTile::Rows128Wgmma {
+                        return vec![(t, None, true)];
                     }
+                    let mut v = vec![
+                        (t, Some(true), true),
+                        (t, Some(false), true),
+                        (t, None, true),
+                    ];
+                    if !paged {
+                        v.extend([(t, Some(true), false), (t, Some(false), false)]);
+                    }
+                    v
                 })
                 .collect();
-        for (tile, persistent) in variants {
+        for (tile, persistent, tma) in variants {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
             op.set_tile(Some(tile))?;
             op.set_persistent(persistent);
+            op.set_tma(tma);
             let label = match persistent {
                 Some(true) => format!("{tile:?} persistent"),
                 Some(false) => format!("{tile:?} merged"),
                 None if tile == PrefillTile::Rows128Wgmma => format!("{tile:?} auto"),
                 None => format!("{tile:?}"),
-            };
+            } + if tma { "" } else { " cp.async" };
             let (t, items, plan_us) = if paged {
                 let (pages, num_pages) =
                     ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + batch as u64);

@@ -95,8 +95,9 @@ fn main() {
     }
 }
 
-/// Adds `.maxntid` to the entries that need a register cap at entry: the Hopper prefill
-/// kernels (suffix `_h`, persistent `_hp`) hand registers between warpgroups with `setmaxnreg`, which ptxas only
+/// Adds `.maxntid` to the entries that need a register cap at entry (and aligns their tensor
+/// maps, below): the Hopper prefill
+/// kernels (suffixes `_h`, `_ht`, persistent `_hp`, `_hpt`) hand registers between warpgroups with `setmaxnreg`, which ptxas only
 /// honours when the kernel declares its block size. Rust has no attribute for PTX launch
 /// bounds, so the directive is written here, between an entry's parameter list and its body.
 fn add_launch_bounds(ptx: &str) -> String {
@@ -109,7 +110,15 @@ fn add_launch_bounds(ptx: &str) -> String {
             .or_else(|| t.strip_prefix(".entry "))
         {
             let name = rest.split('(').next().unwrap_or(rest).trim();
-            pending = name.ends_with("_h") || name.ends_with("_hp");
+            pending = prefill_hopper::is_entry(name);
+        }
+        // The Hopper entries' tensor maps (`abi::KvTensorMaps`, parameter 1): TMA wants them
+        // 64-byte aligned, as CUDA declares a `__grid_constant__ CUtensorMap`; rustc's nvptx
+        // kernel ABI stops at 16 (a larger `align` makes it panic), so the PTX says it here.
+        if pending && t.starts_with(".param .align 16 .b8 ") && t.contains("_param_1[") {
+            out.push_str(&line.replacen(".align 16", ".align 64", 1));
+            out.push('\n');
+            continue;
         }
         if pending && line.trim() == "{" {
             out.push_str(&format!(".maxntid {}, 1, 1\n", prefill_hopper::THREADS));

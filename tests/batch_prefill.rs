@@ -25,6 +25,8 @@ struct Case {
     opts: AttentionOptions,
     fixed_split: Option<usize>,
     tile: PrefillTile,
+    /// Ragged K/V of the Hopper tile by TMA (else `cp.async`; see `BatchPrefill::set_tma`).
+    tma: bool,
     seed: u64,
 }
 
@@ -146,6 +148,7 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
         PrefillTile::Rows128
     };
     op.set_tile(Some(tile)).unwrap();
+    op.set_tma(c.tma);
     let qd = gpu.upload(&d.q).unwrap();
     let mut od = gpu.upload(&vec![T::nan(); d.q.len()]).unwrap();
     let nq = *d.qo_indptr.last().unwrap() as usize;
@@ -207,10 +210,10 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
         prop_oneof![Just(None), (1.0f32..50.0).prop_map(Some)],
         prop_oneof![Just(None), (0usize..600).prop_map(Some)],
         prop_oneof![Just(None), Just(Some(64usize)), Just(Some(200))],
-        (any::<u64>(), any::<bool>(), 0u8..4),
+        (any::<u64>(), any::<bool>(), 0u8..4, any::<bool>()),
     )
         .prop_map(
-            |(d, g, hkv, reqs, paged, causal, cap, win, split, (seed, bf, tile_ix))| {
+            |(d, g, hkv, reqs, paged, causal, cap, win, split, (seed, bf, tile_ix, tma))| {
                 let case = Case {
                     heads: HeadConfig::new(hkv * g, hkv, d).unwrap(),
                     reqs: reqs.into_iter().map(|(q, extra)| (q, q + extra)).collect(),
@@ -228,6 +231,7 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
                     } else {
                         PrefillTile::ALL[tile_ix as usize]
                     },
+                    tma,
                     seed,
                 };
                 (case, bf)
@@ -302,6 +306,7 @@ fn gpu_batch_prefill_long_and_split_shapes() {
                 opts,
                 fixed_split: None,
                 tile,
+                tma: true,
                 seed: 40 + i as u64,
             };
             let s = run_gpu::<bf16>(&gpu, &c);
@@ -327,6 +332,7 @@ fn gpu_prefill_of_one_token_equals_decode() {
         },
         fixed_split: None,
         tile: PrefillTile::default(),
+        tma: true,
         seed: 7,
     };
     let d = make::<bf16>(&c);
@@ -373,6 +379,7 @@ fn gpu_chunked_prefill_equals_one_prefill() {
         opts,
         fixed_split: None,
         tile: PrefillTile::default(),
+        tma: true,
         seed: 11,
     };
     let d = make::<f16>(&full);
@@ -467,6 +474,7 @@ fn gpu_graph_mode_plan_reuse() {
             opts,
             fixed_split: None,
             tile: PrefillTile::default(),
+            tma: true,
             seed: 100 + i as u64,
         };
         let d = make::<bf16>(&c);
@@ -629,8 +637,19 @@ fn gpu_wgmma_tile_small_shapes() {
             opts,
             fixed_split: split,
             tile: PrefillTile::Rows128Wgmma,
+            tma: true,
             seed: 90 + i as u64,
         };
+        if c.paged.is_none() {
+            // The ragged K/V loads' other form (`cp.async`), on the same case.
+            let c = Case {
+                tma: false,
+                ..c.clone()
+            };
+            let s = run_gpu::<bf16>(&gpu, &c);
+            check(s, DType::Bf16, &c);
+            worst = worst.worst(s);
+        }
         let s = if i % 2 == 0 {
             run_gpu::<bf16>(&gpu, &c)
         } else {
@@ -679,8 +698,19 @@ fn gpu_wgmma_persistent_many_units() {
             opts: causal,
             fixed_split: split,
             tile: PrefillTile::Rows128Wgmma,
+            tma: true,
             seed: 120 + i as u64,
         };
+        if c.paged.is_none() {
+            // The ragged K/V loads' other form (`cp.async`), on the same case.
+            let c = Case {
+                tma: false,
+                ..c.clone()
+            };
+            let s = run_gpu::<bf16>(&gpu, &c);
+            check(s, DType::Bf16, &c);
+            worst = worst.worst(s);
+        }
         let s = run_gpu::<bf16>(&gpu, &c);
         check(s, DType::Bf16, &c);
         worst = worst.worst(s);
@@ -719,6 +749,7 @@ fn gpu_wgmma_persistent_many_units() {
             opts: causal,
             fixed_split: None,
             tile,
+            tma: true,
             seed: 130 + i as u64,
         };
         let d = make::<bf16>(&c);

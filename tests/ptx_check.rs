@@ -8,7 +8,8 @@
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
 //!   `util_spin` → `SpinParams`); an entry of no known family fails, so each new family gets its
-//!   line in `expected_param_size`;
+//!   line in `expected_param_size`. The Hopper prefill entries take a second blob, their TMA
+//!   tensor maps (`KvTensorMaps`), declared 64-byte aligned;
 //! - with `ptxas` present (`.tools/cuda/nvidia/cu13/bin/ptxas` from scripts/install-ptxas.sh, or
 //!   `FERRINFER_PTXAS`): each PTX assembles for its architecture, and no function spills or has
 //!   a stack frame. Registers, spills, stack frame and static shared memory are printed per
@@ -20,10 +21,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferrinfer::kernels::{entry_names, entry_param_sizes, Arch};
+use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
-    AppendParams, DecodeParams, MergeParams, PrefillParams, SelfTestParams, SpinParams,
+    AppendParams, DecodeParams, KvTensorMaps, MergeParams, PrefillParams, SelfTestParams,
+    SpinParams,
 };
+use ferrinfer::kernels_abi::config::prefill_hopper;
 
 /// The project-local ptxas, relative to the workspace root.
 const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
@@ -119,10 +122,31 @@ fn entry_param_blobs_match_abi_structs() {
     let mut failures = Vec::new();
     for arch in Arch::ALL {
         let ptx = arch.ptx();
-        let sizes = entry_param_sizes(ptx);
-        assert!(!sizes.is_empty(), "{}: the PTX has no .entry", arch.name());
-        assert_eq!(sizes.len(), entry_names(ptx).len());
-        for (entry, size) in sizes {
+        let entries = entry_params(ptx);
+        assert!(
+            !entries.is_empty(),
+            "{}: the PTX has no .entry",
+            arch.name()
+        );
+        assert_eq!(entries.len(), entry_names(ptx).len());
+        for (entry, params) in entries {
+            let (first, rest) = params
+                .split_first()
+                .map_or((None, &[][..]), |(f, r)| (*f, r));
+            // The Hopper prefill's tensor maps: TMA reads them in place, 64-byte aligned.
+            let want_rest: &[Option<(usize, usize)>] = if prefill_hopper::is_entry(entry) {
+                &[Some((64, std::mem::size_of::<KvTensorMaps>()))]
+            } else {
+                &[]
+            };
+            if rest != want_rest {
+                failures.push(format!(
+                    "{}: {entry}: parameters after the first are {rest:?}, expected \
+                     {want_rest:?} (align, bytes)",
+                    arch.name()
+                ));
+            }
+            let size = first.map(|(_, n)| n);
             match (expected_param_size(entry), size) {
                 (None, _) => failures.push(format!(
                     "{}: {entry}: unknown kernel family; add its ABI struct to \
@@ -372,14 +396,16 @@ fn report_and_check(test: &str, arch: Arch, ptxas: &Path, out: &str) {
 ///   limit; 0 bytes on sm_90, the target the tile was tuned on and the only one measured):
 ///   8 bytes (paged) until session 6, then 24–60 as the paged copies' row lookup and the
 ///   persistent kernel's parameters (`PrefillParams::units`) moved the allocation;
-/// - the persistent Hopper prefill (`prefill_*_hp`, sm_90a): one value kept across the
-///   consumers' unit loop (8–16 bytes, stored once at the start, loaded once at the end; 224
-///   registers after `setmaxnreg`, the producer has 56). The merged `_h` kernels spill nothing.
+/// - the persistent Hopper prefill (`prefill_*_hp`, `_hpt`, sm_90a): one value kept across
+///   the consumers' unit loop (8–16 bytes, stored once at the start, loaded once at the end;
+///   224 registers after `setmaxnreg`, the producer has 56). The merged `_h`/`_ht` kernels
+///   spill nothing.
 fn local_memory_allowance(arch: Arch, name: &str) -> u64 {
     let sm80_wide =
         arch == Arch::Sm80 && name.starts_with("prefill_") && name.ends_with("_d128_m2");
-    let hopper_persistent =
-        arch == Arch::Sm90a && name.starts_with("prefill_") && name.ends_with("_hp");
+    let hopper_persistent = arch == Arch::Sm90a
+        && name.starts_with("prefill_")
+        && (name.ends_with("_hp") || name.ends_with("_hpt"));
     if sm80_wide {
         64
     } else if hopper_persistent {
@@ -425,10 +451,10 @@ fn hopper_prefill_entries_declare_their_block_size() {
         let declared = body_start.iter().any(|l| l.trim() == want);
         assert_eq!(
             declared,
-            name.ends_with("_h") || name.ends_with("_hp"),
-            "{name}: `{want}` expected only on `_h` / `_hp` entries"
+            prefill_hopper::is_entry(name),
+            "{name}: `{want}` expected only on the Hopper prefill entries"
         );
         seen += declared as usize;
     }
-    assert_eq!(seen, 16);
+    assert_eq!(seen, 24);
 }

@@ -2,6 +2,7 @@
 //! the f64 oracle: random lengths (tile multiples ±1), head dims 64/128, groups 1–8, causal or
 //! not, sliding window, soft-cap, both dtypes; consistency with decode and with chunked
 //! prefill; bad input.
+use ferrinfer::ops::single_decode::KvStrides;
 use ferrinfer::ops::{SingleDecode, SinglePrefill};
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
@@ -16,6 +17,8 @@ struct Case {
     qo_len: usize,
     kv_len: usize,
     opts: AttentionOptions,
+    /// On the Hopper tile, K/V by TMA (else `cp.async`; `SinglePrefill::set_tma`).
+    tma: bool,
     seed: u64,
 }
 
@@ -43,7 +46,8 @@ fn compare<T: Float16>(d: &Data<T>, out: &[T], lse: &[f32]) -> ErrorStats {
 
 fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
     let d = make::<T>(c);
-    let op = SinglePrefill::new(gpu, c.heads, T::DTYPE, c.opts).unwrap();
+    let mut op = SinglePrefill::new(gpu, c.heads, T::DTYPE, c.opts).unwrap();
+    op.set_tma(c.tma);
     let (q, k, v) = (
         gpu.upload(&d.q).unwrap(),
         gpu.upload(&d.k).unwrap(),
@@ -102,6 +106,8 @@ fn arb_case(max_len: usize) -> impl Strategy<Value = (Case, bool)> {
                 qo_len: qo,
                 kv_len: qo + extra,
                 opts,
+                // Mostly the default (TMA on the Hopper tile), now and then `cp.async`.
+                tma: seed % 4 != 0,
                 seed,
             };
             (case, bf)
@@ -144,6 +150,7 @@ fn gpu_prefill_edges_match_oracle() {
         qo_len: qo,
         kv_len: kv,
         opts,
+        tma: true,
         seed: (qo * 31 + kv) as u64,
     };
     let causal = AttentionOptions::default().with_causal(true);
@@ -158,7 +165,77 @@ fn gpu_prefill_edges_match_oracle() {
     for c in &cases {
         check(run_gpu::<bf16>(&gpu, c), DType::Bf16, c);
         check(run_gpu::<f16>(&gpu, c), DType::F16, c);
+        let c = &Case {
+            tma: false,
+            ..c.clone()
+        };
+        check(run_gpu::<bf16>(&gpu, c), DType::Bf16, c);
     }
+}
+
+/// K and V read through explicit strides, as views into wider buffers whose other elements
+/// are NaN (so a read outside the view shows): rows of a fused projection (`stride_n` past the
+/// heads), and head-major `[heads, kv_len, D]` (`stride_h > stride_n`); both K/V load paths of
+/// the Hopper tile (TMA and `cp.async`) where it runs, the auto tile elsewhere.
+#[test]
+fn gpu_prefill_strided_kv_matches_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_prefill_strided_kv_matches_oracle") else {
+        return;
+    };
+    let h = HeadConfig::new(8, 2, 128).unwrap();
+    let (qo, kv) = (300, 700);
+    let c = Case {
+        heads: h,
+        qo_len: qo,
+        kv_len: kv,
+        opts: AttentionOptions::default().with_causal(true),
+        tma: true,
+        seed: 11,
+    };
+    let d = make::<bf16>(&c);
+    let dh = h.head_dim;
+    let fused = KvStrides {
+        stride_n: (h.num_qo_heads + 2 * h.num_kv_heads) * dh,
+        stride_h: dh,
+    };
+    let head_major = KvStrides {
+        stride_n: dh,
+        stride_h: kv * dh,
+    };
+    let mut worst = ErrorStats::default();
+    for st in [fused, head_major] {
+        // Element (n, h, d) of the contiguous K/V at n·stride_n + h·stride_h + d of a buffer
+        // that holds NaN everywhere else.
+        let place = |src: &[bf16]| {
+            let len = (kv - 1) * st.stride_n + (h.num_kv_heads - 1) * st.stride_h + dh;
+            let mut out = vec![bf16::NAN; len];
+            for n in 0..kv {
+                for hh in 0..h.num_kv_heads {
+                    let from = (n * h.num_kv_heads + hh) * dh;
+                    let to = n * st.stride_n + hh * st.stride_h;
+                    out[to..to + dh].copy_from_slice(&src[from..from + dh]);
+                }
+            }
+            out
+        };
+        let (k, v) = (
+            gpu.upload(&place(&d.k)).unwrap(),
+            gpu.upload(&place(&d.v)).unwrap(),
+        );
+        let q = gpu.upload(&d.q).unwrap();
+        for tma in [true, false] {
+            let mut op = SinglePrefill::new(&gpu, h, DType::Bf16, c.opts).unwrap();
+            op.set_tma(tma);
+            let mut o = gpu.upload(&vec![bf16::NAN; d.q.len()]).unwrap();
+            let mut l = gpu.upload(&vec![f32::NAN; qo * h.num_qo_heads]).unwrap();
+            op.run_strided(&q, &k, st, &v, st, qo, kv, &mut o, Some(&mut l))
+                .unwrap();
+            let s = compare(&d, &gpu.download(&o).unwrap(), &gpu.download(&l).unwrap());
+            check(s, DType::Bf16, &c);
+            worst = worst.worst(s);
+        }
+    }
+    println!("strided K/V (fused rows, head-major), TMA and cp.async: worst {worst:?}");
 }
 
 #[test]
@@ -189,6 +266,7 @@ fn gpu_prefill_consistency() {
         qo_len: 1,
         kv_len: 777,
         opts,
+        tma: true,
         seed: 3,
     };
     let d = make::<bf16>(&c);
@@ -221,6 +299,7 @@ fn gpu_prefill_consistency() {
         qo_len: 300,
         kv_len: 1000,
         opts,
+        tma: true,
         seed: 4,
     };
     let d = make::<bf16>(&c);

@@ -102,8 +102,12 @@ pub fn entry_names(ptx: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The size in bytes of each entry's single by-value parameter blob, by entry name.
-pub fn entry_param_sizes(ptx: &str) -> Vec<(&str, Option<usize>)> {
+/// One kernel parameter as the PTX declares it: a by-value blob (`.param .align A .b8
+/// name[N]`), or anything else (`None`).
+pub type ParamBlob = Option<(usize, usize)>;
+
+/// Each entry's parameters, in order, as `(alignment, size)` of their by-value blobs.
+pub fn entry_params(ptx: &str) -> Vec<(&str, Vec<ParamBlob>)> {
     let mut out = Vec::new();
     let mut lines = ptx.lines().peekable();
     while let Some(l) = lines.next() {
@@ -113,21 +117,42 @@ pub fn entry_param_sizes(ptx: &str) -> Vec<(&str, Option<usize>)> {
             .or_else(|| t.strip_prefix(".entry "))
         {
             let name = rest.split('(').next().unwrap_or(rest).trim();
-            let size = lines.peek().and_then(|p| {
-                let p = p.trim();
-                let open = p.rfind('[')?;
-                let close = p.rfind(']')?;
-                p.get(open + 1..close)?.parse::<usize>().ok()
-            });
-            out.push((name, size));
+            let mut params = Vec::new();
+            while let Some(p) = lines.next_if(|p| p.trim_start().starts_with(".param")) {
+                params.push(param_blob(p.trim()));
+            }
+            out.push((name, params));
         }
     }
     out
 }
 
+/// `(alignment, size)` of `.param .align A .b8 name[N]`.
+fn param_blob(decl: &str) -> ParamBlob {
+    let rest = decl.strip_prefix(".param .align ")?;
+    let (align, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix(".b8 ")?;
+    let size = rest.get(rest.find('[')? + 1..rest.find(']')?)?;
+    Some((align.parse().ok()?, size.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrinfer_kernels::config::prefill_hopper;
+
+    #[test]
+    fn param_blobs_parse() {
+        let ptx = ".visible .entry k(\n\t.param .align 8 .b8 k_param_0[208],\n\t.param .align 64 \
+                   .b8 k_param_1[272]\n)\n{\n}\n.visible .entry s(\n\t.param .u64 s_param_0\n)\n";
+        assert_eq!(
+            entry_params(ptx),
+            vec![
+                ("k", vec![Some((8, 208)), Some((64, 272))]),
+                ("s", vec![None]),
+            ]
+        );
+    }
 
     #[test]
     fn both_archs_embed_the_same_entries() {
@@ -137,16 +162,16 @@ mod tests {
         assert_eq!(a, b);
         assert!(PTX_SM80.contains(".target sm_80"));
         assert!(PTX_SM90.contains(".target sm_90"));
-        // sm_90a: the same entries plus the Hopper prefill kernels (suffix `_h`, persistent
-        // `_hp`).
+        // sm_90a: the same entries plus the Hopper prefill kernels (`_h`, `_ht`, persistent
+        // `_hp`, `_hpt`): 2 layouts × 2 dtypes × 2 head dims × 2 forms, and TMA forms of the
+        // ragged ones.
         let c = entry_names(PTX_SM90A);
         assert!(PTX_SM90A.contains(".target sm_90a"));
-        let (hopper, rest): (Vec<&str>, Vec<&str>) = c
-            .iter()
-            .partition(|n| n.ends_with("_h") || n.ends_with("_hp"));
+        let (hopper, rest): (Vec<&str>, Vec<&str>) =
+            c.iter().partition(|n| prefill_hopper::is_entry(n));
         assert_eq!(rest, b);
-        assert_eq!(hopper.len(), 16);
-        assert!(b.iter().all(|n| !n.ends_with("_h") && !n.ends_with("_hp")));
+        assert_eq!(hopper.len(), 24);
+        assert!(b.iter().all(|n| !prefill_hopper::is_entry(n)));
     }
 
     #[test]

@@ -276,6 +276,45 @@ pub struct PrefillParams {
 unsafe impl Abi for PrefillParams {}
 const _: () = assert!(core::mem::size_of::<PrefillParams>() == 14 * 8 + 8 * 4 + 4 * 12 + 16);
 const _: () = assert!(core::mem::size_of::<PrefillItem>() == 32);
+
+/// A TMA tensor map (CUDA's `CUtensorMap`): 128 opaque bytes the driver's
+/// `cuTensorMapEncodeTiled` writes on the host. Its layout is the driver's; the kernels only
+/// hand its address to `cp.async.bulk.tensor` (`arch::tma`). TMA wants it 64-byte aligned;
+/// the type says 16 because rustc's nvptx kernel ABI rejects more (an internal compiler error),
+/// and the PTX parameter holding it is declared `.align 64` by `host/build.rs`.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TensorMap {
+    /// The encoded descriptor.
+    pub opaque: [u64; 16],
+}
+
+/// The second parameter of the Hopper prefill kernels (`prefill_*_h`, `prefill_*_hp`): tensor
+/// maps of the ragged K and V (3-D: head dim, KV heads, rows; boxes of 64 elements × 1 head ×
+/// `config::prefill_hopper::TILE` rows, 128-byte swizzle), from which their producer loads K/V
+/// tiles with TMA when `enabled`. The PTX declares the parameter 64-byte aligned (CUDA's rule
+/// for tensor maps; `host/build.rs`), beyond the 16 rustc's kernel ABI accepts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KvTensorMaps {
+    /// K rows.
+    pub k: TensorMap,
+    /// V rows.
+    pub v: TensorMap,
+    /// 1: load ragged K/V tiles with these maps; 0: the maps are unset, copy with `cp.async`
+    /// (paged launches, CUDA-graph plans, strides TMA cannot describe).
+    pub enabled: u32,
+    /// Keeps the size a multiple of 16; must be 0.
+    pub reserved: [u32; 3],
+}
+
+// SAFETY: #[repr(C)] arrays of u64, 64-byte aligned on both sides (explicit align), no padding.
+unsafe impl Abi for TensorMap {}
+// SAFETY: as TensorMap (two of them and four u32s, 272 bytes, no padding).
+unsafe impl Abi for KvTensorMaps {}
+const _: () = assert!(core::mem::size_of::<KvTensorMaps>() == 272);
+const _: () = assert!(core::mem::align_of::<KvTensorMaps>() == 16);
+
 const _: () = assert!(core::mem::size_of::<PrefillRequest>() == 16);
 
 /// Parameters of the state-merge kernels (`merge_*`): for each output row and head, merges the

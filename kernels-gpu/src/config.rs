@@ -96,6 +96,15 @@ pub mod prefill_hopper {
     /// Threads per CTA: two consumer warpgroups and the producer warpgroup. `host/build.rs`
     /// writes this into the kernels' PTX as `.maxntid` (the register cap `setmaxnreg` needs).
     pub const THREADS: u32 = 384;
+    /// Entry-name suffixes of the Hopper prefill kernels: `_h` (one CTA per work item, K/V by
+    /// `cp.async`), `_ht` (same, ragged K/V by TMA), `_hp` and `_hpt` (persistent CTAs).
+    pub const ENTRY_SUFFIXES: [&str; 4] = ["_h", "_ht", "_hp", "_hpt"];
+
+    /// Whether `name` is a Hopper prefill entry (block size [`THREADS`], parameters
+    /// `(PrefillParams, KvTensorMaps)`).
+    pub fn is_entry(name: &str) -> bool {
+        name.starts_with("prefill_") && ENTRY_SUFFIXES.iter().any(|s| name.ends_with(s))
+    }
     /// Registers per thread after `setmaxnreg` (the merged kernel, `prefill_hopper`): the
     /// producer gives its share to the consumers (128·40 + 256·232 = 64 512 ≤ 65 536).
     pub const PRODUCER_REGS: u32 = 40;

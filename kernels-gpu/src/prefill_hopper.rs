@@ -19,7 +19,7 @@
 //! j−1 (see [`step`]), and the consumer warpgroups take turns issuing their products
 //! (pingpong), so one's softmax runs under the other's products.
 use crate::abi::{PrefillParams, PrefillRequest};
-use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
+use crate::arch::{global, mbarrier, pipeline, shared, thread, tma, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fma, fmax, log2, rcp, tanh};
@@ -89,7 +89,7 @@ wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 /// initialised.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn produce<R: KvRows, const D: u32>(
+unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
     p: &PrefillParams,
     req: &PrefillRequest,
     t0: u32,
@@ -102,12 +102,13 @@ unsafe fn produce<R: KvRows, const D: u32>(
     q_smem: u32,
     kv_smem: u32,
     bars: Barriers,
+    maps: M,
 ) {
     let chunks = D / 8;
     let rows_per_pass = PRODUCER_THREADS / chunks;
     let (r0, c) = (pid / chunks, pid % chunks);
     let g = p.group.d;
-    // Q rows (zero past the tile's rows) complete with the first K/V tile.
+    // Q rows (zero past the tile's rows) complete on `q_full`.
     for i in 0..ROWS / rows_per_pass {
         let r = r0 + i * rows_per_pass;
         let live = r < rows_total;
@@ -128,14 +129,82 @@ unsafe fn produce<R: KvRows, const D: u32>(
             )
         };
     }
-    let mut n = 0;
-    while n < tiles {
-        let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
-        // SAFETY: as the kernel's contract; the barriers are initialised.
-        unsafe { copy_kv::<R, D>(p, req.kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
-        n += 1;
+    // SAFETY: initialised barrier (count: the producer threads).
+    unsafe { mbarrier::cp_async_arrive(bars.q_full()) };
+    if M::ON {
+        // One thread issues the K/V tiles' box copies.
+        if pid == 0 {
+            let maps = maps.addr();
+            // SAFETY: the launch's tensor maps (host contract).
+            unsafe {
+                tma::prefetch_map(maps);
+                tma::prefetch_map(maps + 128);
+            }
+            let mut n = 0;
+            while n < tiles {
+                // SAFETY: as the kernel's contract; the barriers are initialised.
+                unsafe {
+                    tma_kv::<D>(
+                        maps,
+                        req.kv_begin + kv_begin + n * TILE,
+                        kvh,
+                        n,
+                        kv_smem,
+                        bars,
+                    )
+                };
+                n += 1;
+            }
+        }
+    } else {
+        let mut n = 0;
+        while n < tiles {
+            let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
+            // SAFETY: as the kernel's contract; the barriers are initialised.
+            unsafe { copy_kv::<R, D>(p, req.kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
+            n += 1;
+        }
     }
     pipeline::wait_all();
+}
+
+/// Loads the CTA's `n`-th K/V tile, ragged rows `[row, row + TILE)` of KV head `kvh`, into its
+/// stage with TMA once the stage's previous tile was released: an `expect_tx` arrival for
+/// the tile's bytes on the stage's "full" barrier, then one box copy per 64-column block of
+/// K and of V (the maps' 128-byte swizzle is `math::wgmma_layout`'s). Rows past the request's
+/// keys are read as they are (another request's keys, or zeros past the tensor): the
+/// consumers mask them, and finite inputs give `P = 0` there. One thread calls it.
+///
+/// # Safety
+/// As the kernel's contract; `maps` the address of the launch's [`crate::abi::KvTensorMaps`];
+/// the stage's "full" barrier initialised with a count of 1.
+#[inline(always)]
+pub(crate) unsafe fn tma_kv<const D: u32>(
+    maps: u64,
+    row: u32,
+    kvh: u32,
+    n: u32,
+    kv_smem: u32,
+    bars: Barriers,
+) {
+    let stage = n % cfg::STAGES;
+    if n >= cfg::STAGES {
+        // SAFETY: initialised barrier; the phase of tile n − STAGES's release.
+        unsafe { mbarrier::wait(bars.empty(stage), (n / cfg::STAGES - 1) % 2) };
+    }
+    let full = bars.full(stage);
+    // SAFETY: initialised barrier.
+    unsafe { mbarrier::arrive_expect_tx(full, 2 * TILE * D * 2) };
+    let (k, v) = (stage_k(kv_smem, stage, D), stage_v(kv_smem, stage, D));
+    for b in 0..D / 64 {
+        let off = b * TILE * ROW_BYTES;
+        // SAFETY: boxes of TILE rows × 128 bytes inside the stage (1024-byte aligned); the
+        // barrier's phase expects their bytes (above).
+        unsafe {
+            tma::load_3d(k + off, maps, b * 64, kvh, row, full);
+            tma::load_3d(v + off, maps + 128, b * 64, kvh, row, full);
+        }
+    }
 }
 
 /// Copies the CTA's `n`-th K/V tile, keys `[base, base + TILE)` (zero past `kv_end`), into its
@@ -232,8 +301,10 @@ unsafe fn prefill<
     const ON: usize,
     const KS: usize,
     const FOLD: bool,
+    M: MapsAddr,
 >(
     p: &PrefillParams,
+    maps: M,
 ) {
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
@@ -275,10 +346,12 @@ unsafe fn prefill<
         for st in 0..cfg::STAGES {
             // SAFETY: inside the barrier area; nobody uses them before the barrier below.
             unsafe {
-                mbarrier::init(bars.full(st), PRODUCER_THREADS);
+                mbarrier::init(bars.full(st), full_count(M::ON));
                 mbarrier::init(bars.empty(st), CONSUMER_WARPS);
             }
         }
+        // SAFETY: as above.
+        unsafe { mbarrier::init(bars.q_full(), PRODUCER_THREADS) };
         mbarrier::fence_init();
     }
     thread::sync_threads();
@@ -293,7 +366,7 @@ unsafe fn prefill<
         wgmma::setmaxnreg_dec::<{ cfg::PRODUCER_REGS }>();
         // SAFETY: as the kernel's contract; the barriers are initialised (above).
         unsafe {
-            produce::<R, D>(
+            produce::<R, M, D>(
                 p,
                 &req,
                 t0,
@@ -306,6 +379,7 @@ unsafe fn prefill<
                 q_smem,
                 kv_smem,
                 bars,
+                maps,
             )
         };
         return;
@@ -351,6 +425,8 @@ unsafe fn prefill<
         // SAFETY: consumed by warpgroup 0's first turn (or its final wait below).
         unsafe { thread::named_barrier_arrive(PINGPONG_BAR, 256) };
     }
+    // SAFETY: initialised barrier; the producers' Q copies.
+    unsafe { mbarrier::wait(bars.q_full(), 0) };
     // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
     // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
     let mut j = 0;
@@ -563,6 +639,53 @@ impl Barriers {
     #[inline(always)]
     pub(crate) fn q_empty(self) -> u32 {
         self.base + 16 * cfg::STAGES + 8
+    }
+}
+
+/// Whether a kernel body loads K/V with TMA, and where the launch's tensor maps
+/// (`abi::KvTensorMaps`) are. A compile-time choice: the entry point picks the body per launch
+/// (a run-time flag inside one body kept both producers' state alive, and the 40-register
+/// producer spilled).
+pub(crate) trait MapsAddr: Copy {
+    /// TMA loads (the maps are set).
+    const ON: bool;
+    /// Generic address of the K map (the V map follows 128 bytes later); only with `ON`.
+    fn addr(self) -> u64;
+}
+
+/// No tensor maps: the producers copy with `cp.async`.
+#[derive(Clone, Copy)]
+pub(crate) struct NoMaps;
+
+impl MapsAddr for NoMaps {
+    const ON: bool = false;
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        0
+    }
+}
+
+/// The entry point's tensor-map parameter: `F` is its `cvta.param` (see `arch::tma`),
+/// evaluated where a copy is issued, not carried in a register from the entry.
+#[derive(Clone, Copy)]
+pub(crate) struct ParamMaps<F>(pub(crate) F);
+
+impl<F: Fn() -> u64 + Copy> MapsAddr for ParamMaps<F> {
+    const ON: bool = true;
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        (self.0)()
+    }
+}
+
+/// Arrivals that complete a phase of a stage's "full" barrier: the producers' 128
+/// `cp.async` arrivals, or with TMA the one `expect_tx` arrival (the bytes do the rest).
+#[inline(always)]
+pub(crate) fn full_count(tma: bool) -> u32 {
+    if tma {
+        1
+    } else {
+        PRODUCER_THREADS
     }
 }
 
@@ -787,23 +910,39 @@ fn tree16(t: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 /// The `extern "ptx-kernel"` entries of a Hopper prefill body (`$body`: this module's
-/// `prefill` or the persistent one's), one per K/V layout, dtype and head dim.
+/// `prefill` or the persistent one's), one per K/V layout, dtype, head dim and K/V load path
+/// (`cp_async`, or `tma`: ragged only). All take the tensor-map block; `cp_async` entries
+/// ignore it. The two paths are separate entries, not a flag: one entry holding both kept
+/// more state alive into the 40-register producer, which spilled (ptxas).
 macro_rules! hopper_entries {
-    ($body:ident, $what:literal; $($name:ident => $r:ty, $e:ty, $d:literal, $on:literal, $ks:literal;)*) => {$(
-        #[doc = concat!("Entry point: ", $what, " (wgmma) prefill, ", stringify!($r), " K/V, ",
-                        stringify!($e), ", D = ", $d, ".")]
+    (@maps $name:ident, cp_async) => { crate::prefill_hopper::NoMaps };
+    // The tensor maps stay in parameter space (TMA reads them there, by address: see
+    // `arch::tma`).
+    (@maps $name:ident, tma) => {
+        crate::prefill_hopper::ParamMaps(|| crate::arch::tma::param_addr!($name, 1))
+    };
+    ($body:ident, $what:literal;
+     $($name:ident => $r:ty, $e:ty, $d:literal, $on:literal, $ks:literal, $load:ident;)*) => {$(
+        #[doc = concat!("Entry point: ", $what, " (wgmma) prefill, ", stringify!($r), " K/V ",
+                        "loaded with ", stringify!($load), ", ", stringify!($e), ", D = ", $d,
+                        ".")]
         ///
         /// # Safety
-        /// See the generic body's launch contract.
+        /// See the generic body's launch contract; `tma` entries need `maps` encoded for the
+        /// launch's K and V (`abi::KvTensorMaps`).
         #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
+        pub unsafe extern "ptx-kernel" fn $name(
+            p: PrefillParams,
+            _maps: crate::abi::KvTensorMaps,
+        ) {
+            let m = crate::prefill_hopper::hopper_entries!(@maps $name, $load);
             // One body per softmax mode (see `softmax`), chosen once per launch.
             // SAFETY: forwarded launch contract.
             unsafe {
                 if p.logit.soft_cap == 0 && p.logit.pre > 0.0 {
-                    $body::<$r, $e, $d, $on, $ks, true>(&p)
+                    $body::<$r, $e, $d, $on, $ks, true, _>(&p, m)
                 } else {
-                    $body::<$r, $e, $d, $on, $ks, false>(&p)
+                    $body::<$r, $e, $d, $on, $ks, false, _>(&p, m)
                 }
             }
         }
@@ -813,12 +952,16 @@ pub(crate) use hopper_entries;
 
 hopper_entries! {
     prefill, "Hopper";
-    prefill_ragged_f16_d64_h => Ragged, F16, 64, 32, 4;
-    prefill_ragged_f16_d128_h => Ragged, F16, 128, 64, 8;
-    prefill_ragged_bf16_d64_h => Ragged, Bf16, 64, 32, 4;
-    prefill_ragged_bf16_d128_h => Ragged, Bf16, 128, 64, 8;
-    prefill_paged_f16_d64_h => Paged, F16, 64, 32, 4;
-    prefill_paged_f16_d128_h => Paged, F16, 128, 64, 8;
-    prefill_paged_bf16_d64_h => Paged, Bf16, 64, 32, 4;
-    prefill_paged_bf16_d128_h => Paged, Bf16, 128, 64, 8;
+    prefill_ragged_f16_d64_h => Ragged, F16, 64, 32, 4, cp_async;
+    prefill_ragged_f16_d128_h => Ragged, F16, 128, 64, 8, cp_async;
+    prefill_ragged_bf16_d64_h => Ragged, Bf16, 64, 32, 4, cp_async;
+    prefill_ragged_bf16_d128_h => Ragged, Bf16, 128, 64, 8, cp_async;
+    prefill_ragged_f16_d64_ht => Ragged, F16, 64, 32, 4, tma;
+    prefill_ragged_f16_d128_ht => Ragged, F16, 128, 64, 8, tma;
+    prefill_ragged_bf16_d64_ht => Ragged, Bf16, 64, 32, 4, tma;
+    prefill_ragged_bf16_d128_ht => Ragged, Bf16, 128, 64, 8, tma;
+    prefill_paged_f16_d64_h => Paged, F16, 64, 32, 4, cp_async;
+    prefill_paged_f16_d128_h => Paged, F16, 128, 64, 8, cp_async;
+    prefill_paged_bf16_d64_h => Paged, Bf16, 64, 32, 4, cp_async;
+    prefill_paged_bf16_d128_h => Paged, Bf16, 128, 64, 8, cp_async;
 }

@@ -15,15 +15,15 @@
 //! merged kernel (56 / 224 per thread: its unit state spilled at 40).
 use crate::abi::{PrefillParams, PrefillRequest};
 use crate::arch::opaque::opaque_u32;
-use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
+use crate::arch::{global, mbarrier, pipeline, shared, thread, tma, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
 use crate::dtype::{Bf16, F16};
 use crate::math::fast::{log2, rcp};
 use crate::math::wgmma_layout::{chunk_offset, ROW_BYTES};
 use crate::prefill::{cta_kv_head, cta_work, load_item, KvRows, Paged, Ragged};
 use crate::prefill_hopper::{
-    copy_kv, hopper_entries, issue_pv, stage_v, step, Acc, Barriers, Step, TileCtx, WgmmaElem,
-    CONSUMER_WARPS, PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
+    copy_kv, full_count, hopper_entries, issue_pv, stage_v, step, tma_kv, Acc, Barriers, MapsAddr,
+    Step, TileCtx, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
 };
 
 /// A CTA's work units: with persistent units (`PrefillParams::units`) the CTA's slice of the
@@ -181,13 +181,22 @@ impl Ring {
 /// As the kernel's contract; called by the third warpgroup only, after the barriers were
 /// initialised.
 #[inline(always)]
-unsafe fn produce<R: KvRows, const D: u32>(
+unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
     p: &PrefillParams,
     pid: u32,
     q_smem: u32,
     bars: Barriers,
+    maps: M,
 ) {
     let kv_smem = q_smem + ROWS * D * 2;
+    if M::ON && pid == 0 {
+        let maps = maps.addr();
+        // SAFETY: the launch's tensor maps (host contract).
+        unsafe {
+            tma::prefetch_map(maps);
+            tma::prefetch_map(maps + 128);
+        }
+    }
     let mut n = 0; // K/V tiles issued by this CTA so far (the ring position)
                    // SAFETY: as the kernel's contract.
     let mut k = unsafe { Units::of_cta(p) }.begin;
@@ -209,8 +218,9 @@ unsafe fn produce<R: KvRows, const D: u32>(
         if u.tiles > 0 {
             // SAFETY: as the kernel's contract.
             unsafe {
-                copy_kv::<R, D>(
+                load_kv::<R, M, D>(
                     p,
+                    maps,
                     req.kv_begin,
                     kvh,
                     opaque_u32(u.kv_begin),
@@ -236,8 +246,9 @@ unsafe fn produce<R: KvRows, const D: u32>(
         while t < u.tiles {
             // SAFETY: as the kernel's contract.
             unsafe {
-                copy_kv::<R, D>(
+                load_kv::<R, M, D>(
                     p,
+                    maps,
                     req.kv_begin,
                     kvh,
                     opaque_u32(u.kv_begin + t * TILE),
@@ -254,6 +265,38 @@ unsafe fn produce<R: KvRows, const D: u32>(
         k += 1;
     }
     pipeline::wait_all();
+}
+
+/// Loads the CTA's `n`-th K/V tile, keys `[base, base + TILE)` of the request whose keys start
+/// at `req_kv_begin`: with tensor maps producer thread 0 issues it ([`tma_kv`]), otherwise
+/// all producer threads copy it ([`copy_kv`]).
+///
+/// # Safety
+/// As the kernel's contract; the barriers are initialised.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn load_kv<R: KvRows, M: MapsAddr, const D: u32>(
+    p: &PrefillParams,
+    maps: M,
+    req_kv_begin: u32,
+    kvh: u32,
+    base: u32,
+    kv_end: u32,
+    n: u32,
+    pid: u32,
+    kv_smem: u32,
+    bars: Barriers,
+) {
+    if M::ON {
+        if pid == 0 {
+            let maps = maps.addr();
+            // SAFETY: forwarded contract.
+            unsafe { tma_kv::<D>(maps, req_kv_begin + base, kvh, n, kv_smem, bars) };
+        }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { copy_kv::<R, D>(p, req_kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
+    }
 }
 
 /// Copies the unit's Q rows (zero past the tile's rows) into the Q tile.
@@ -310,8 +353,10 @@ unsafe fn prefill<
     const ON: usize,
     const KS: usize,
     const FOLD: bool,
+    M: MapsAddr,
 >(
     p: &PrefillParams,
+    maps: M,
 ) {
     let tid = thread::thread_idx_x();
     let w = tid / 32;
@@ -325,7 +370,7 @@ unsafe fn prefill<
         for st in 0..cfg::STAGES {
             // SAFETY: inside the barrier area; nobody uses them before the barrier below.
             unsafe {
-                mbarrier::init(bars.full(st), PRODUCER_THREADS);
+                mbarrier::init(bars.full(st), full_count(M::ON));
                 mbarrier::init(bars.empty(st), CONSUMER_WARPS);
             }
         }
@@ -342,7 +387,7 @@ unsafe fn prefill<
     if w >= CONSUMER_WARPS {
         wgmma::setmaxnreg_dec::<{ cfg::PERSISTENT_PRODUCER_REGS }>();
         // SAFETY: as the kernel's contract; the barriers are initialised (above).
-        unsafe { produce::<R, D>(p, tid - 32 * CONSUMER_WARPS, q_smem, bars) };
+        unsafe { produce::<R, M, D>(p, tid - 32 * CONSUMER_WARPS, q_smem, bars, maps) };
         return;
     }
     wgmma::setmaxnreg_inc::<{ cfg::PERSISTENT_CONSUMER_REGS }>();
@@ -595,12 +640,16 @@ unsafe fn consume_unit<
 
 hopper_entries! {
     prefill, "persistent Hopper";
-    prefill_ragged_f16_d64_hp => Ragged, F16, 64, 32, 4;
-    prefill_ragged_f16_d128_hp => Ragged, F16, 128, 64, 8;
-    prefill_ragged_bf16_d64_hp => Ragged, Bf16, 64, 32, 4;
-    prefill_ragged_bf16_d128_hp => Ragged, Bf16, 128, 64, 8;
-    prefill_paged_f16_d64_hp => Paged, F16, 64, 32, 4;
-    prefill_paged_f16_d128_hp => Paged, F16, 128, 64, 8;
-    prefill_paged_bf16_d64_hp => Paged, Bf16, 64, 32, 4;
-    prefill_paged_bf16_d128_hp => Paged, Bf16, 128, 64, 8;
+    prefill_ragged_f16_d64_hp => Ragged, F16, 64, 32, 4, cp_async;
+    prefill_ragged_f16_d128_hp => Ragged, F16, 128, 64, 8, cp_async;
+    prefill_ragged_bf16_d64_hp => Ragged, Bf16, 64, 32, 4, cp_async;
+    prefill_ragged_bf16_d128_hp => Ragged, Bf16, 128, 64, 8, cp_async;
+    prefill_ragged_f16_d64_hpt => Ragged, F16, 64, 32, 4, tma;
+    prefill_ragged_f16_d128_hpt => Ragged, F16, 128, 64, 8, tma;
+    prefill_ragged_bf16_d64_hpt => Ragged, Bf16, 64, 32, 4, tma;
+    prefill_ragged_bf16_d128_hpt => Ragged, Bf16, 128, 64, 8, tma;
+    prefill_paged_f16_d64_hp => Paged, F16, 64, 32, 4, cp_async;
+    prefill_paged_f16_d128_hp => Paged, F16, 128, 64, 8, cp_async;
+    prefill_paged_bf16_d64_hp => Paged, Bf16, 64, 32, 4, cp_async;
+    prefill_paged_bf16_d128_hp => Paged, Bf16, 128, 64, 8, cp_async;
 }

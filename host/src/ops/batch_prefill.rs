@@ -11,7 +11,7 @@
 //! later `plan_*_into`.
 //!
 //! Device side: `kernels-gpu/src/prefill.rs`, `kernels-gpu/src/merge.rs`.
-use ferrinfer_kernels::abi::{MergeParams, PrefillItem, PrefillParams};
+use ferrinfer_kernels::abi::{KvTensorMaps, MergeParams, PrefillItem, PrefillParams};
 use ferrinfer_kernels::config::prefill as cfg;
 use ferrinfer_kernels::config::prefill_hopper as hopper_cfg;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
@@ -27,7 +27,7 @@ use crate::ops::merge;
 use crate::options::AttentionOptions;
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
 use crate::plan::units::{item_tiles, schedule as schedule_units};
-use crate::runtime::{DeviceBuffer, Gpu, LaunchDims, PinnedStaging};
+use crate::runtime::{encode_rows, DeviceBuffer, Gpu, LaunchDims, PinnedStaging, RowsGeometry};
 
 const OP: &str = "batch_prefill";
 
@@ -348,6 +348,8 @@ pub struct BatchPrefill {
     tile: Option<PrefillTile>,
     /// Persistent CTAs for the Hopper tile: `None` chosen per plan ([`persistent_auto`]).
     persistent: Option<bool>,
+    /// Ragged K/V tiles of the Hopper tile loaded with TMA ([`BatchPrefill::set_tma`]).
+    tma: bool,
 }
 
 /// Mean K/V tiles per work item up to which a Hopper-tile plan runs persistent CTAs (the
@@ -431,6 +433,7 @@ impl BatchPrefill {
             graph,
             tile: None,
             persistent: None,
+            tma: true,
         };
         gpu.function(&op.merge_kernel(), 0)?;
         for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
@@ -446,6 +449,11 @@ impl BatchPrefill {
             if tile == PrefillTile::Rows128Wgmma {
                 for kind in [KvKind::Ragged, KvKind::Paged] {
                     gpu.function(&persistent_kernel_name(kind, dtype, heads.head_dim), smem)?;
+                }
+                let ragged = kernel_name(KvKind::Ragged, dtype, heads.head_dim, tile);
+                let persistent = persistent_kernel_name(KvKind::Ragged, dtype, heads.head_dim);
+                for name in [ragged, persistent] {
+                    gpu.function(&(name + TMA_SUFFIX), smem)?;
                 }
             }
             let per_sm = f
@@ -478,6 +486,16 @@ impl BatchPrefill {
     /// (the default) chooses per plan with [`persistent_auto`]. Other tiles ignore it.
     pub fn set_persistent(&mut self, persistent: Option<bool>) {
         self.persistent = persistent;
+    }
+
+    /// Whether ragged runs with the Hopper tile load K/V tiles with TMA (the default: one
+    /// producer thread issues box copies from tensor maps encoded per launch) or with
+    /// `cp.async` from the whole producer warpgroup. Graph-mode ops always use `cp.async`:
+    /// a tensor map's row count is fixed when the launch is captured, and rows past a later
+    /// step's keys would be read from whatever the buffer holds (masked, but a non-finite
+    /// value there would turn `0 · V` into NaN). Other tiles and paged runs ignore it.
+    pub fn set_tma(&mut self, tma: bool) {
+        self.tma = tma;
     }
 
     fn merge_kernel(&self) -> String {
@@ -1056,16 +1074,37 @@ impl BatchPrefill {
             smem_bytes: plan.tile.smem_bytes(h.head_dim),
         };
         // Persistent plans run the unit-list kernel (`prefill_hopper_persistent`), the others
-        // the one-CTA-per-item kernels.
-        let kernel = if plan.ctas > 0 {
+        // the one-CTA-per-item kernels; ragged Hopper runs their TMA form where it applies.
+        let mut kernel = if plan.ctas > 0 {
             persistent_kernel_name(kind, self.dtype, h.head_dim)
         } else {
             kernel_name(kind, self.dtype, h.head_dim, plan.tile)
         };
+        let hopper = plan.tile == PrefillTile::Rows128Wgmma;
+        let maps = if hopper && kind == KvKind::Ragged && self.tma && self.graph.is_none() {
+            let rows = |addr| RaggedRows {
+                addr,
+                stride_n: kv.stride_n as u64,
+                stride_h: kv.stride_h as u64,
+            };
+            ragged_tensor_maps(self.dtype, &h, plan.kv_tokens, rows(kv.k), rows(kv.v))?
+        } else {
+            None
+        };
+        if maps.is_some() {
+            kernel.push_str(TMA_SUFFIX);
+        }
         // SAFETY: the plan's tables were validated against the batch (and the pool's page
         // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial
-        // buffers hold the plan's slots.
-        unsafe { self.gpu.launch(&kernel, dims, p)? };
+        // buffers hold the plan's slots; tensor maps describe the launch's own K/V rows.
+        unsafe {
+            if hopper {
+                self.gpu
+                    .launch2(&kernel, dims, p, maps.unwrap_or_default())?
+            } else {
+                self.gpu.launch(&kernel, dims, p)?
+            }
+        };
         if merge_rows > 0 {
             let mp = MergeParams {
                 v: plan.part_o.addr(),
@@ -1112,6 +1151,48 @@ fn persistent_kernel_name(kind: KvKind, dtype: DType, head_dim: usize) -> String
 /// The single-request (ragged) kernel symbol.
 pub(crate) fn ragged_kernel_name(dtype: DType, head_dim: usize, tile: PrefillTile) -> String {
     kernel_name(KvKind::Ragged, dtype, head_dim, tile)
+}
+
+/// Kernel-name suffix of the Hopper tile's TMA forms (ragged K/V): `_ht`, `_hpt`.
+pub(crate) const TMA_SUFFIX: &str = "t";
+
+/// One of ragged K or V: base address and element strides of rows and heads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RaggedRows {
+    pub addr: u64,
+    pub stride_n: u64,
+    pub stride_h: u64,
+}
+
+/// The Hopper tile's tensor maps of ragged K and V (`rows` rows each), enabled; `None` when
+/// TMA cannot describe either (the launch then runs the `cp.async` form).
+pub(crate) fn ragged_tensor_maps(
+    dtype: DType,
+    heads: &HeadConfig,
+    rows: usize,
+    k: RaggedRows,
+    v: RaggedRows,
+) -> Result<Option<KvTensorMaps>> {
+    let geometry = |r: RaggedRows| RowsGeometry {
+        addr: r.addr,
+        rows: rows as u64,
+        heads: heads.num_kv_heads as u32,
+        head_dim: heads.head_dim as u32,
+        stride_n: r.stride_n,
+        stride_h: r.stride_h,
+    };
+    let (Some(k), Some(v)) = (
+        encode_rows(dtype, &geometry(k))?,
+        encode_rows(dtype, &geometry(v))?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(KvTensorMaps {
+        k,
+        v,
+        enabled: 1,
+        reserved: [0; 3],
+    }))
 }
 
 /// K/V addressing of one launch.

@@ -14,7 +14,8 @@ use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::ops::batch_prefill::{
-    check_prefill_heads, mean_keys_per_query, ragged_kernel_name, PrefillTile,
+    check_prefill_heads, mean_keys_per_query, ragged_kernel_name, ragged_tensor_maps, PrefillTile,
+    RaggedRows, TMA_SUFFIX,
 };
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
@@ -29,6 +30,8 @@ pub struct SinglePrefill {
     dtype: DType,
     opts: AttentionOptions,
     tile: Option<PrefillTile>,
+    /// K/V tiles of the Hopper tile loaded with TMA ([`SinglePrefill::set_tma`]).
+    tma: bool,
 }
 
 impl SinglePrefill {
@@ -48,14 +51,23 @@ impl SinglePrefill {
             dtype,
             opts,
             tile: None,
+            tma: true,
         };
         for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
-            gpu.function(
-                &ragged_kernel_name(dtype, heads.head_dim, tile),
-                tile.smem_bytes(heads.head_dim),
-            )?;
+            let name = ragged_kernel_name(dtype, heads.head_dim, tile);
+            let smem = tile.smem_bytes(heads.head_dim);
+            gpu.function(&name, smem)?;
+            if tile == PrefillTile::Rows128Wgmma {
+                gpu.function(&(name + TMA_SUFFIX), smem)?;
+            }
         }
         Ok(op)
+    }
+
+    /// Whether the Hopper tile loads K/V tiles with TMA (the default) or with `cp.async`
+    /// (see `BatchPrefill::set_tma`). Other tiles ignore it.
+    pub fn set_tma(&mut self, tma: bool) {
+        self.tma = tma;
     }
 
     /// Fixes the CTA tile; `None` (the default) chooses per call with [`PrefillTile::auto`].
@@ -239,11 +251,36 @@ impl SinglePrefill {
             block: (32 * tile.warps(), 1, 1),
             smem_bytes: tile.smem_bytes(h.head_dim),
         };
+        let mut kernel = ragged_kernel_name(self.dtype, h.head_dim, tile);
+        let hopper = tile == PrefillTile::Rows128Wgmma;
+        let maps = if hopper && self.tma {
+            let rows = |addr, st: KvStrides| RaggedRows {
+                addr,
+                stride_n: st.stride_n as u64,
+                stride_h: st.stride_h as u64,
+            };
+            ragged_tensor_maps(
+                self.dtype,
+                &h,
+                kv_len,
+                rows(k.addr(), k_strides),
+                rows(v.addr(), v_strides),
+            )?
+        } else {
+            None
+        };
+        if maps.is_some() {
+            kernel.push_str(TMA_SUFFIX);
+        }
         // SAFETY: every extent above was checked against the kernel's contract (q/out/k/v/lse
-        // lengths, qo_len ≤ kv_len, contiguous 16-byte rows from whole allocations).
+        // lengths, qo_len ≤ kv_len, contiguous 16-byte rows from whole allocations); the
+        // tensor maps describe this call's K/V rows.
         unsafe {
-            self.gpu
-                .launch(&ragged_kernel_name(self.dtype, h.head_dim, tile), dims, p)
+            if hopper {
+                self.gpu.launch2(&kernel, dims, p, maps.unwrap_or_default())
+            } else {
+                self.gpu.launch(&kernel, dims, p)
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The one typed launch path. Kernels take a single by-value `#[repr(C)]` parameter block
-//! (`ferrinfer_kernels::abi`); nothing else in the crate calls `cuLaunchKernel`.
+//! The one typed launch path. Kernels take a by-value `#[repr(C)]` parameter block
+//! (`ferrinfer_kernels::abi`; the Hopper prefill a second one, its tensor maps); nothing else
+//! in the crate calls `cuLaunchKernel`.
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use ferrinfer_kernels::abi::Abi;
 
@@ -48,6 +49,33 @@ impl Gpu {
         };
         let mut b = self.stream().launch_builder(&f);
         b.arg(&arg);
+        // SAFETY: per this function's contract.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// As [`Gpu::launch`] for the kernels that take a second by-value block (the Hopper
+    /// prefill's TMA tensor maps, `abi::KvTensorMaps`).
+    ///
+    /// # Safety
+    /// As [`Gpu::launch`], for a kernel whose parameters are `(P, Q)`.
+    pub(crate) unsafe fn launch2<P: Abi, Q: Abi>(
+        &self,
+        name: &str,
+        dims: LaunchDims,
+        params: P,
+        second: Q,
+    ) -> Result<()> {
+        let f = self.function(name, dims.smem_bytes)?;
+        let (a, b2) = (KernelArg(params), KernelArg(second));
+        let cfg = LaunchConfig {
+            grid_dim: dims.grid,
+            block_dim: dims.block,
+            shared_mem_bytes: dims.smem_bytes,
+        };
+        let mut b = self.stream().launch_builder(&f);
+        b.arg(&a);
+        b.arg(&b2);
         // SAFETY: per this function's contract.
         unsafe { b.launch(cfg) }?;
         Ok(())

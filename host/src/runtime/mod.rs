@@ -7,10 +7,12 @@ mod buffer;
 mod context;
 mod launch;
 mod staging;
+mod tensor_map;
 mod timing;
 
 pub use buffer::DeviceBuffer;
 pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
 pub use launch::LaunchDims;
 pub use staging::PinnedStaging;
+pub(crate) use tensor_map::{encode_rows, RowsGeometry};
 pub use timing::{TimeOpts, Timing};

@@ -56,6 +56,21 @@ pub unsafe fn arrive(addr: u32) {
     };
 }
 
+/// `mbarrier.arrive.expect_tx.shared::cta.b64`: one arrival that also raises the current
+/// phase's expected transaction count by `bytes` (the phase completes when the arrivals are in
+/// and that many bytes of asynchronous copies, e.g. `tma::load_3d`, have landed on it).
+///
+/// # Safety
+/// `addr` an initialised mbarrier.
+#[inline(always)]
+pub unsafe fn arrive_expect_tx(addr: u32, bytes: u32) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("{{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [{0}], {1}; }}",
+             in(reg32) addr, in(reg32) bytes, options(nostack))
+    };
+}
+
 /// Waits until the phase of parity `parity` of the barrier at `addr` has completed
 /// (`mbarrier.try_wait.parity`, which suspends the thread for a while before returning false).
 ///

@@ -16,6 +16,8 @@ pub mod opaque;
 pub mod pipeline;
 pub mod shared;
 pub mod thread;
+#[cfg(target_feature = "sm_90a")]
+pub mod tma;
 pub mod warp;
 #[cfg(target_feature = "sm_90a")]
 pub mod wgmma;
