@@ -131,41 +131,69 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
     }
     // SAFETY: initialised barrier (count: the producer threads).
     unsafe { mbarrier::cp_async_arrive(bars.q_full()) };
-    if M::ON {
-        // One thread issues the K/V tiles' box copies.
-        if pid == 0 {
-            let maps = maps.addr();
-            // SAFETY: the launch's tensor maps (host contract).
-            unsafe {
-                tma::prefetch_map(maps);
-                tma::prefetch_map(maps + 128);
-            }
-            let mut n = 0;
-            while n < tiles {
-                // SAFETY: as the kernel's contract; the barriers are initialised.
-                unsafe {
-                    tma_kv::<D>(
-                        maps,
-                        req.kv_begin + kv_begin + n * TILE,
-                        kvh,
-                        n,
-                        kv_smem,
-                        bars,
-                    )
-                };
-                n += 1;
-            }
-        }
-    } else {
-        let mut n = 0;
-        while n < tiles {
-            let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
-            // SAFETY: as the kernel's contract; the barriers are initialised.
-            unsafe { copy_kv::<R, D>(p, req.kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
-            n += 1;
+    if M::ON && pid == 0 {
+        let maps = maps.addr();
+        // SAFETY: the launch's tensor maps (host contract).
+        unsafe {
+            tma::prefetch_map(maps);
+            tma::prefetch_map(maps + 128);
         }
     }
+    // With TMA one thread issues the K/V tiles' box copies.
+    let my_tiles = if M::ON && pid != 0 { 0 } else { tiles };
+    let mut n = 0;
+    while n < my_tiles {
+        let base = crate::arch::opaque::opaque_u32(kv_begin + n * TILE);
+        // SAFETY: as the kernel's contract; the barriers are initialised.
+        unsafe {
+            load_kv::<R, M, D>(
+                p,
+                maps,
+                req.kv_begin,
+                kvh,
+                base,
+                kv_end,
+                n,
+                pid,
+                kv_smem,
+                bars,
+            )
+        };
+        n += 1;
+    }
     pipeline::wait_all();
+}
+
+/// Loads the CTA's `n`-th K/V tile, keys `[base, base + TILE)` of the request whose keys start
+/// at `req_kv_begin`: with tensor maps producer thread 0 issues it ([`tma_kv`]), otherwise
+/// all producer threads copy it ([`copy_kv`]).
+///
+/// # Safety
+/// As the kernel's contract; the barriers are initialised.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn load_kv<R: KvRows, M: MapsAddr, const D: u32>(
+    p: &PrefillParams,
+    maps: M,
+    req_kv_begin: u32,
+    kvh: u32,
+    base: u32,
+    kv_end: u32,
+    n: u32,
+    pid: u32,
+    kv_smem: u32,
+    bars: Barriers,
+) {
+    if M::ON {
+        if pid == 0 {
+            let maps = maps.addr();
+            // SAFETY: forwarded contract.
+            unsafe { tma_kv::<D>(maps, req_kv_begin + base, kvh, n, kv_smem, bars) };
+        }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { copy_kv::<R, D>(p, req_kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
+    }
 }
 
 /// Loads the CTA's `n`-th K/V tile, ragged rows `[row, row + TILE)` of KV head `kvh`, into its

@@ -22,8 +22,8 @@ use crate::math::fast::{log2, rcp};
 use crate::math::wgmma_layout::{chunk_offset, ROW_BYTES};
 use crate::prefill::{cta_kv_head, cta_work, load_item, KvRows, Paged, Ragged};
 use crate::prefill_hopper::{
-    copy_kv, full_count, hopper_entries, issue_pv, stage_v, step, tma_kv, Acc, Barriers, MapsAddr,
-    Step, TileCtx, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
+    full_count, hopper_entries, issue_pv, load_kv, stage_v, step, Acc, Barriers, MapsAddr, Step,
+    TileCtx, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
 };
 
 /// A CTA's work units: with persistent units (`PrefillParams::units`) the CTA's slice of the
@@ -265,38 +265,6 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
         k += 1;
     }
     pipeline::wait_all();
-}
-
-/// Loads the CTA's `n`-th K/V tile, keys `[base, base + TILE)` of the request whose keys start
-/// at `req_kv_begin`: with tensor maps producer thread 0 issues it ([`tma_kv`]), otherwise
-/// all producer threads copy it ([`copy_kv`]).
-///
-/// # Safety
-/// As the kernel's contract; the barriers are initialised.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn load_kv<R: KvRows, M: MapsAddr, const D: u32>(
-    p: &PrefillParams,
-    maps: M,
-    req_kv_begin: u32,
-    kvh: u32,
-    base: u32,
-    kv_end: u32,
-    n: u32,
-    pid: u32,
-    kv_smem: u32,
-    bars: Barriers,
-) {
-    if M::ON {
-        if pid == 0 {
-            let maps = maps.addr();
-            // SAFETY: forwarded contract.
-            unsafe { tma_kv::<D>(maps, req_kv_begin + base, kvh, n, kv_smem, bars) };
-        }
-    } else {
-        // SAFETY: forwarded contract.
-        unsafe { copy_kv::<R, D>(p, req_kv_begin, kvh, base, kv_end, n, pid, kv_smem, bars) };
-    }
 }
 
 /// Copies the unit's Q rows (zero past the tile's rows) into the Q tile.

@@ -1075,7 +1075,7 @@ impl BatchPrefill {
         };
         // Persistent plans run the unit-list kernel (`prefill_hopper_persistent`), the others
         // the one-CTA-per-item kernels; ragged Hopper runs their TMA form where it applies.
-        let mut kernel = if plan.ctas > 0 {
+        let kernel = if plan.ctas > 0 {
             persistent_kernel_name(kind, self.dtype, h.head_dim)
         } else {
             kernel_name(kind, self.dtype, h.head_dim, plan.tile)
@@ -1091,20 +1091,10 @@ impl BatchPrefill {
         } else {
             None
         };
-        if maps.is_some() {
-            kernel.push_str(TMA_SUFFIX);
-        }
         // SAFETY: the plan's tables were validated against the batch (and the pool's page
         // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial
         // buffers hold the plan's slots; tensor maps describe the launch's own K/V rows.
-        unsafe {
-            if hopper {
-                self.gpu
-                    .launch2(&kernel, dims, p, maps.unwrap_or_default())?
-            } else {
-                self.gpu.launch(&kernel, dims, p)?
-            }
-        };
+        unsafe { launch_prefill(&self.gpu, kernel, plan.tile, maps, dims, p)? };
         if merge_rows > 0 {
             let mp = MergeParams {
                 v: plan.part_o.addr(),
@@ -1155,6 +1145,31 @@ pub(crate) fn ragged_kernel_name(dtype: DType, head_dim: usize, tile: PrefillTil
 
 /// Kernel-name suffix of the Hopper tile's TMA forms (ragged K/V): `_ht`, `_hpt`.
 pub(crate) const TMA_SUFFIX: &str = "t";
+
+/// Launches prefill kernel `kernel` (of `tile`): the Hopper tile's entries take the tensor-map
+/// block as their second parameter, and with `maps` set their TMA form runs (suffix
+/// [`TMA_SUFFIX`]; the `cp.async` forms get zeros); the other tiles take `p` only.
+///
+/// # Safety
+/// As [`Gpu::launch`] for `kernel`'s contract; `maps` describe the launch's own K/V rows.
+pub(crate) unsafe fn launch_prefill(
+    gpu: &Gpu,
+    mut kernel: String,
+    tile: PrefillTile,
+    maps: Option<KvTensorMaps>,
+    dims: LaunchDims,
+    p: PrefillParams,
+) -> Result<()> {
+    if tile != PrefillTile::Rows128Wgmma {
+        // SAFETY: forwarded contract.
+        return unsafe { gpu.launch(&kernel, dims, p) };
+    }
+    if maps.is_some() {
+        kernel.push_str(TMA_SUFFIX);
+    }
+    // SAFETY: forwarded contract; the Hopper entries take `(PrefillParams, KvTensorMaps)`.
+    unsafe { gpu.launch2(&kernel, dims, p, maps.unwrap_or_default()) }
+}
 
 /// One of ragged K or V: base address and element strides of rows and heads.
 #[derive(Clone, Copy, Debug)]

@@ -14,8 +14,8 @@ use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::ops::batch_prefill::{
-    check_prefill_heads, mean_keys_per_query, ragged_kernel_name, ragged_tensor_maps, PrefillTile,
-    RaggedRows, TMA_SUFFIX,
+    check_prefill_heads, launch_prefill, mean_keys_per_query, ragged_kernel_name,
+    ragged_tensor_maps, PrefillTile, RaggedRows, TMA_SUFFIX,
 };
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
@@ -251,7 +251,7 @@ impl SinglePrefill {
             block: (32 * tile.warps(), 1, 1),
             smem_bytes: tile.smem_bytes(h.head_dim),
         };
-        let mut kernel = ragged_kernel_name(self.dtype, h.head_dim, tile);
+        let kernel = ragged_kernel_name(self.dtype, h.head_dim, tile);
         let hopper = tile == PrefillTile::Rows128Wgmma;
         let maps = if hopper && self.tma {
             let rows = |addr, st: KvStrides| RaggedRows {
@@ -269,18 +269,9 @@ impl SinglePrefill {
         } else {
             None
         };
-        if maps.is_some() {
-            kernel.push_str(TMA_SUFFIX);
-        }
         // SAFETY: every extent above was checked against the kernel's contract (q/out/k/v/lse
         // lengths, qo_len ≤ kv_len, contiguous 16-byte rows from whole allocations); the
         // tensor maps describe this call's K/V rows.
-        unsafe {
-            if hopper {
-                self.gpu.launch2(&kernel, dims, p, maps.unwrap_or_default())
-            } else {
-                self.gpu.launch(&kernel, dims, p)
-            }
-        }
+        unsafe { launch_prefill(&self.gpu, kernel, tile, maps, dims, p) }
     }
 }

@@ -18,6 +18,16 @@ pub struct LaunchDims {
     pub smem_bytes: u32,
 }
 
+impl LaunchDims {
+    fn config(self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: self.grid,
+            block_dim: self.block,
+            shared_mem_bytes: self.smem_bytes,
+        }
+    }
+}
+
 /// Host wrapper giving a kernel-crate parameter block cudarc's `DeviceRepr` (the orphan rule
 /// forbids implementing it on the kernel crate's types directly).
 #[repr(transparent)]
@@ -42,11 +52,7 @@ impl Gpu {
     ) -> Result<()> {
         let f = self.function(name, dims.smem_bytes)?; // binds the context to this thread
         let arg = KernelArg(params);
-        let cfg = LaunchConfig {
-            grid_dim: dims.grid,
-            block_dim: dims.block,
-            shared_mem_bytes: dims.smem_bytes,
-        };
+        let cfg = dims.config();
         let mut b = self.stream().launch_builder(&f);
         b.arg(&arg);
         // SAFETY: per this function's contract.
@@ -68,11 +74,7 @@ impl Gpu {
     ) -> Result<()> {
         let f = self.function(name, dims.smem_bytes)?;
         let (a, b2) = (KernelArg(params), KernelArg(second));
-        let cfg = LaunchConfig {
-            grid_dim: dims.grid,
-            block_dim: dims.block,
-            shared_mem_bytes: dims.smem_bytes,
-        };
+        let cfg = dims.config();
         let mut b = self.stream().launch_builder(&f);
         b.arg(&a);
         b.arg(&b2);
