@@ -3,10 +3,12 @@
 //!
 //! CTA = (128 packed query rows, KV head), 384 threads in three warpgroups. Warpgroups 0 and 1
 //! consume, 64 rows each (warp `w` owns rows `16w .. 16w + 16`, as in the 8-warp tile of
-//! `prefill.rs`); warpgroup 2 produces: it copies Q and the K/V tiles of 128 keys into a 3-stage
-//! `cp.async` ring whose stages are tracked by `mbarrier`s ("full" when the producers' copies
-//! have landed, "empty" when all 8 consumer warps' last `wgmma` reading the stage has
-//! finished). `setmaxnreg` moves registers from the producer (40) to the consumers (232); the
+//! `prefill.rs`); warpgroup 2 produces: it copies Q (`cp.async`, barrier `q_full`) and the K/V
+//! tiles of 128 keys into a 3-stage ring whose stages are tracked by `mbarrier`s ("full" when
+//! the tile has landed, "empty" when all 8 consumer warps' last `wgmma` reading the stage has
+//! finished). K/V tiles come by `cp.async` from all 128 producer threads ([`copy_kv`]), or, in
+//! the ragged entries' TMA forms (`_ht`), by TMA box copies that one producer thread issues
+//! ([`tma_kv`]; tensor maps from the host, `arch::tma`). `setmaxnreg` moves registers from the producer (40) to the consumers (232); the
 //! register cap at entry that it needs is the `.maxntid` `host/build.rs` writes into the PTX.
 //! Per tile the consumers wait for "full", make the copies visible to `wgmma`
 //! (`fence.proxy.async`) and compute S = Q·Kᵀ as `D/16` `wgmma.m64n128k16` with Q and K both
@@ -77,10 +79,11 @@ macro_rules! wgmma_elem {
 wgmma_elem!(F16, mma_ss_n128_f16, mma_rs_n128_f16, mma_rs_n64_f16);
 wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 
-/// The producer warpgroup: copies the Q tile and then every K/V tile of the CTA's range into
-/// the stage ring, waiting on a stage's "empty" barrier before refilling it; each stage's
-/// "full" barrier gets the producers' 128 arrivals when their copies have landed (K/V tiles:
-/// [`copy_kv`]). For Q, producer thread `i` copies 16-byte chunk `i % (D/8)` of rows
+/// The producer warpgroup: copies the Q tile (completing on `q_full`) and then every K/V tile
+/// of the CTA's range into the stage ring, waiting on a stage's "empty" barrier before
+/// refilling it ([`load_kv`]: each stage's "full" barrier gets the producers' 128 `cp.async`
+/// arrivals, or with TMA thread 0's `expect_tx` arrival and the tile's bytes). For Q, producer
+/// thread `i` copies 16-byte chunk `i % (D/8)` of rows
 /// `i / (D/8) + k · 128/(D/8)`: rows 8 or 16 apart share `row % 8`, so one swizzled offset
 /// serves all of them.
 ///

@@ -172,7 +172,8 @@ impl Ring {
 /// tile, then its Q tile (once the consumers have released the previous unit's Q), then the
 /// remaining K/V tiles, into the stage ring; it waits on a stage's "empty" barrier before
 /// refilling it, and each stage's "full" barrier (Q's: `q_full`) gets the producers' 128
-/// arrivals when their copies have landed. The ring runs on across units, so the next unit's
+/// arrivals when their copies have landed (TMA forms: thread 0's `expect_tx` arrival and the
+/// tile's bytes, [`load_kv`]). The ring runs on across units, so the next unit's
 /// first tiles and Q load while the consumers finish the current one (persistent CTAs).
 /// Producer thread `i` copies 16-byte chunk `i % (D/8)` of rows `i / (D/8) + k · 128/(D/8)`:
 /// rows 8 or 16 apart share `row % 8`, so one swizzled offset serves all of them.
