@@ -128,6 +128,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             );
         }
     }
+    append_split_sweep(gpu, heads, opts)?;
     // SmolLM2-135M's attention geometry (9 query / 3 KV heads, D = 64): a batch of prompts.
     println!();
     println!("SmolLM2-135M geometry (Hq 9, Hkv 3, D 64), ragged causal, qo_len = kv_len:");
@@ -152,6 +153,60 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 "| {tile:?} (auto persistence) | {batch} | {len} | {:.1} | {:.1} |",
                 t.median_us,
                 flops / (t.median_us * 1e-6) / 1e12
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The short paged append (64 × 16 / 2048, the shape closest to FlashInfer's fa2) with the
+/// split-KV chunk fixed, to see whether splitting the 2048 keys pays on the tiles that serve
+/// it (the planner splits only when the batch leaves SMs idle; here 64 requests × 8 KV heads
+/// already fill them).
+fn append_split_sweep(
+    gpu: &Gpu,
+    heads: HeadConfig,
+    opts: AttentionOptions,
+) -> ferrinfer::Result<()> {
+    let (batch, qo, kv) = (64usize, 16usize, 2048usize);
+    let qrow = heads.num_qo_heads * heads.head_dim;
+    let pairs = (qo * (kv - qo) + qo * (qo + 1) / 2) * batch;
+    let flops = 4.0 * 128.0 * 32.0 * pairs as f64;
+    let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
+    let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
+    let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
+    let (pages, num_pages) = ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + 64);
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: 8,
+        head_dim: 128,
+        layout: KvLayout::Nhd,
+    };
+    let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
+    pool.fill_tiled(&pattern(4096 * 3, 2), &pattern(4096 * 3, 3))?;
+    println!();
+    println!("Paged append 64 × 16 / 2048 with a fixed split-KV chunk (keys; auto = the planner):");
+    println!("| tile | split | median us | TFLOP/s | items |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let tiles: Vec<PrefillTile> = PrefillTile::available(128, gpu.info().arch)
+        .iter()
+        .copied()
+        .filter(|t| matches!(t, PrefillTile::Rows64 | PrefillTile::Rows128Wgmma))
+        .collect();
+    for tile in tiles {
+        for split in [None, Some(1024), Some(512), Some(256)] {
+            let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
+            op.set_tile(Some(tile))?;
+            op.set_fixed_split_size(split);
+            let plan = op.plan_paged(&qo_indptr, &pages, pool.config())?;
+            let t = gpu.time_with(OPTS, |_| op.run_paged(&plan, &q, &pool, &mut o, None))?;
+            println!(
+                "| {tile:?} | {} | {:.1} | {:.1} | {} |",
+                split.map_or("auto".to_string(), |s| s.to_string()),
+                t.median_us,
+                flops / (t.median_us * 1e-6) / 1e12,
+                plan.partition().items.len()
             );
         }
     }
