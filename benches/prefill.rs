@@ -8,7 +8,7 @@
 //! reported separately (host time of a re-plan into the existing plan).
 //! FLOPs = 4 · D · Hq · Σ pairs, pairs = the causal (query, key) pairs incl. the diagonal:
 //! `qo · (kv − qo) + qo (qo + 1) / 2` per request (FlashInfer's formula for qo = kv).
-use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
+use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchPrefill, PrefillTile};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
@@ -26,6 +26,23 @@ const OPTS: TimeOpts = TimeOpts {
     flush_bytes: 100 << 20,
     spin_us: 100,
 };
+
+/// `batch` requests of `kv` keys in a page-16 NHD pool (8 KV heads, D 128), pages in random
+/// order, filled with the bench pattern.
+fn paged_kv(gpu: &Gpu, batch: usize, kv: usize) -> ferrinfer::Result<(BatchPages, KvPool<bf16>)> {
+    let (pages, num_pages) =
+        ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + batch as u64);
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: 8,
+        head_dim: 128,
+        layout: KvLayout::Nhd,
+    };
+    let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
+    pool.fill_tiled(&pattern(4096 * 3, 2), &pattern(4096 * 3, 3))?;
+    Ok((pages, pool))
+}
 
 fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     let heads = HeadConfig::new(32, 8, 128)?;
@@ -84,17 +101,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 None => format!("{tile:?}"),
             } + if tma { "" } else { " cp.async" };
             let (t, items, plan_us) = if paged {
-                let (pages, num_pages) =
-                    ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + batch as u64);
-                let cfg = KvPoolConfig {
-                    num_pages: 0,
-                    page_size: 16,
-                    num_kv_heads: 8,
-                    head_dim: 128,
-                    layout: KvLayout::Nhd,
-                };
-                let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
-                pool.fill_tiled(&pattern(4096 * 3, 2), &pattern(4096 * 3, 3))?;
+                let (pages, pool) = paged_kv(gpu, batch, kv)?;
                 let mut plan = op.plan_paged(&qo_indptr, &pages, pool.config())?;
                 // Steady state: a re-plan into the step's existing plan (buffers and pinned
                 // staging already allocated), as a serving loop does every step; the stream is
@@ -175,16 +182,7 @@ fn append_split_sweep(
     let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
     let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
     let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
-    let (pages, num_pages) = ferrinfer_harness::random_page_tables(batch, kv, 16, 0x9e37 + 64);
-    let cfg = KvPoolConfig {
-        num_pages: 0,
-        page_size: 16,
-        num_kv_heads: 8,
-        head_dim: 128,
-        layout: KvLayout::Nhd,
-    };
-    let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
-    pool.fill_tiled(&pattern(4096 * 3, 2), &pattern(4096 * 3, 3))?;
+    let (pages, pool) = paged_kv(gpu, batch, kv)?;
     println!();
     println!("Paged append 64 × 16 / 2048 with a fixed split-KV chunk (keys; auto = the planner):");
     println!("| tile | split | median us | TFLOP/s | items |");

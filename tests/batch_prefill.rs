@@ -243,6 +243,20 @@ fn check(s: ErrorStats, dtype: DType, c: &Case) {
     s.assert_within(dtype, c);
 }
 
+/// A ragged case again with the Hopper tile's other K/V load path (`cp.async` instead of TMA),
+/// bf16, checked; its errors. `None` for paged cases (they have one path).
+fn cp_async_form(gpu: &Gpu, c: &Case) -> Option<ErrorStats> {
+    c.paged.is_none().then(|| {
+        let c = Case {
+            tma: false,
+            ..c.clone()
+        };
+        let s = run_gpu::<bf16>(gpu, &c);
+        check(s, DType::Bf16, &c);
+        s
+    })
+}
+
 #[test]
 fn gpu_batch_prefill_random_matches_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_batch_prefill_random_matches_oracle") else {
@@ -640,14 +654,7 @@ fn gpu_wgmma_tile_small_shapes() {
             tma: true,
             seed: 90 + i as u64,
         };
-        if c.paged.is_none() {
-            // The ragged K/V loads' other form (`cp.async`), on the same case.
-            let c = Case {
-                tma: false,
-                ..c.clone()
-            };
-            let s = run_gpu::<bf16>(&gpu, &c);
-            check(s, DType::Bf16, &c);
+        if let Some(s) = cp_async_form(&gpu, &c) {
             worst = worst.worst(s);
         }
         let s = if i % 2 == 0 {
@@ -701,14 +708,7 @@ fn gpu_wgmma_persistent_many_units() {
             tma: true,
             seed: 120 + i as u64,
         };
-        if c.paged.is_none() {
-            // The ragged K/V loads' other form (`cp.async`), on the same case.
-            let c = Case {
-                tma: false,
-                ..c.clone()
-            };
-            let s = run_gpu::<bf16>(&gpu, &c);
-            check(s, DType::Bf16, &c);
+        if let Some(s) = cp_async_form(&gpu, &c) {
             worst = worst.worst(s);
         }
         let s = run_gpu::<bf16>(&gpu, &c);

@@ -82,10 +82,7 @@ wgmma_elem!(Bf16, mma_ss_n128_bf16, mma_rs_n128_bf16, mma_rs_n64_bf16);
 /// The producer warpgroup: copies the Q tile (completing on `q_full`) and then every K/V tile
 /// of the CTA's range into the stage ring, waiting on a stage's "empty" barrier before
 /// refilling it ([`load_kv`]: each stage's "full" barrier gets the producers' 128 `cp.async`
-/// arrivals, or with TMA thread 0's `expect_tx` arrival and the tile's bytes). For Q, producer
-/// thread `i` copies 16-byte chunk `i % (D/8)` of rows
-/// `i / (D/8) + k · 128/(D/8)`: rows 8 or 16 apart share `row % 8`, so one swizzled offset
-/// serves all of them.
+/// arrivals, or with TMA thread 0's `expect_tx` arrival and the tile's bytes; Q: [`copy_q`]).
 ///
 /// # Safety
 /// As the kernel's contract; called by the third warpgroup only, after the barriers were
@@ -107,40 +104,12 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
     bars: Barriers,
     maps: M,
 ) {
-    let chunks = D / 8;
-    let rows_per_pass = PRODUCER_THREADS / chunks;
-    let (r0, c) = (pid / chunks, pid % chunks);
-    let g = p.group.d;
-    // Q rows (zero past the tile's rows) complete on `q_full`.
-    for i in 0..ROWS / rows_per_pass {
-        let r = r0 + i * rows_per_pass;
-        let live = r < rows_total;
-        let src = if live {
-            let (t, h) = p.group.divmod(r);
-            p.q + (((req.qo_begin + t0 + t) as u64) * (p.q_stride_n as u64)
-                + ((kvh * g + h) * p.q_stride_h + c * 8) as u64)
-                * 2
-        } else {
-            p.q
-        };
-        // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
-        unsafe {
-            pipeline::cp_async_cg_16(
-                q_smem + chunk_offset(ROWS, r, c),
-                src,
-                if live { 16 } else { 0 },
-            )
-        };
-    }
+    // SAFETY: as the kernel's contract; nothing read the Q tile yet.
+    unsafe { copy_q::<D>(p, req.qo_begin + t0, rows_total, kvh, pid, q_smem) };
     // SAFETY: initialised barrier (count: the producer threads).
     unsafe { mbarrier::cp_async_arrive(bars.q_full()) };
-    if M::ON && pid == 0 {
-        let maps = maps.addr();
-        // SAFETY: the launch's tensor maps (host contract).
-        unsafe {
-            tma::prefetch_map(maps);
-            tma::prefetch_map(maps + 128);
-        }
+    if pid == 0 {
+        maps.prefetch();
     }
     // With TMA one thread issues the K/V tiles' box copies.
     let my_tiles = if M::ON && pid != 0 { 0 } else { tiles };
@@ -165,6 +134,47 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
         n += 1;
     }
     pipeline::wait_all();
+}
+
+/// Copies a query tile's Q rows into the Q tile: packed row `r` = (token `r / g`, head `r % g`
+/// of the KV head's group) from q token `q_row0 + r / g`, zeros past `rows_total`. Producer
+/// thread `pid` copies 16-byte chunk `pid % (D/8)` of rows `pid / (D/8) + k · 128/(D/8)`: rows
+/// 8 or 16 apart share `row % 8`, so one swizzled offset serves all of them.
+///
+/// # Safety
+/// As the kernel's contract; the consumers do not read the Q tile.
+#[inline(always)]
+pub(crate) unsafe fn copy_q<const D: u32>(
+    p: &PrefillParams,
+    q_row0: u32,
+    rows_total: u32,
+    kvh: u32,
+    pid: u32,
+    q_smem: u32,
+) {
+    let chunks = D / 8;
+    let rows_per_pass = PRODUCER_THREADS / chunks;
+    let (r0, c) = (pid / chunks, pid % chunks);
+    for i in 0..ROWS / rows_per_pass {
+        let r = r0 + i * rows_per_pass;
+        let live = r < rows_total;
+        let src = if live {
+            let (t, h) = p.group.divmod(r);
+            p.q + (((q_row0 + t) as u64) * (p.q_stride_n as u64)
+                + ((kvh * p.group.d + h) * p.q_stride_h + c * 8) as u64)
+                * 2
+        } else {
+            p.q
+        };
+        // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
+        unsafe {
+            pipeline::cp_async_cg_16(
+                q_smem + chunk_offset(ROWS, r, c),
+                src,
+                if live { 16 } else { 0 },
+            )
+        };
+    }
 }
 
 /// Loads the CTA's `n`-th K/V tile, keys `[base, base + TILE)` of the request whose keys start
@@ -370,20 +380,10 @@ unsafe fn prefill<
     let kv_begin = nat_begin.max(item.kv_begin);
     let q_smem = shared::dyn_smem_base();
     let kv_smem = q_smem + ROWS * D * 2;
-    let bars = Barriers {
-        base: kv_smem + cfg::STAGES * 2 * TILE * D * 2,
-    };
+    let bars = Barriers::after_ring(kv_smem, D);
     if tid == 0 {
-        for st in 0..cfg::STAGES {
-            // SAFETY: inside the barrier area; nobody uses them before the barrier below.
-            unsafe {
-                mbarrier::init(bars.full(st), full_count(M::ON));
-                mbarrier::init(bars.empty(st), CONSUMER_WARPS);
-            }
-        }
-        // SAFETY: as above.
-        unsafe { mbarrier::init(bars.q_full(), PRODUCER_THREADS) };
-        mbarrier::fence_init();
+        // SAFETY: nobody uses the barriers before the CTA barrier below.
+        unsafe { bars.init(M::ON) };
     }
     thread::sync_threads();
     let tiles = if kv_end > kv_begin {
@@ -473,23 +473,10 @@ unsafe fn prefill<
                 u32::MAX
             },
         };
-        // SAFETY: as the kernel's contract; CTA-uniform branches.
+        // SAFETY: as the kernel's contract.
         unsafe {
-            match (j == 0, masked(j)) {
-                (true, true) => {
-                    step::<E, D, ON, KS, FOLD, true, true>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-                (true, false) => {
-                    step::<E, D, ON, KS, FOLD, false, true>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-                (false, true) => {
-                    step::<E, D, ON, KS, FOLD, true, false>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-                (false, false) => {
-                    step::<E, D, ON, KS, FOLD, false, false>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-            }
-        }
+            step_for::<E, D, ON, KS, FOLD>(j == 0, masked(j), &t, &st, &mut acc, tid, q_wg, kv_smem)
+        };
         j += 1;
     }
     // Unconditional: on every path out of the loop nothing may stay in flight (ptxas cannot
@@ -652,6 +639,40 @@ pub(crate) struct Barriers {
 }
 
 impl Barriers {
+    /// The barriers' place: right after the K/V ring that starts at `kv_smem` (head dim `d`).
+    #[inline(always)]
+    pub(crate) fn after_ring(kv_smem: u32, d: u32) -> Self {
+        Self {
+            base: kv_smem + cfg::STAGES * 2 * TILE * d * 2,
+        }
+    }
+
+    /// Initialises every barrier (one thread, then a CTA barrier before any use): "full" counts
+    /// the producers' 128 `cp.async` arrivals, or with TMA (`tma`) the one `expect_tx`
+    /// arrival (the bytes do the rest); `q_full` the producers' Q arrivals; "empty" and
+    /// `q_empty` one arrival per consumer warp (`q_empty` is the persistent kernel's only).
+    ///
+    /// # Safety
+    /// `self.base` inside the dynamic shared memory, 8-byte aligned; no thread uses the
+    /// barriers before the caller's CTA barrier.
+    #[inline(always)]
+    pub(crate) unsafe fn init(self, tma: bool) {
+        let full = if tma { 1 } else { PRODUCER_THREADS };
+        for st in 0..cfg::STAGES {
+            // SAFETY: per the contract.
+            unsafe {
+                mbarrier::init(self.full(st), full);
+                mbarrier::init(self.empty(st), CONSUMER_WARPS);
+            }
+        }
+        // SAFETY: per the contract.
+        unsafe {
+            mbarrier::init(self.q_full(), PRODUCER_THREADS);
+            mbarrier::init(self.q_empty(), CONSUMER_WARPS);
+        }
+        mbarrier::fence_init();
+    }
+
     #[inline(always)]
     pub(crate) fn full(self, s: u32) -> u32 {
         self.base + 8 * s
@@ -682,6 +703,20 @@ pub(crate) trait MapsAddr: Copy {
     const ON: bool;
     /// Generic address of the K map (the V map follows 128 bytes later); only with `ON`.
     fn addr(self) -> u64;
+
+    /// Brings both maps into the descriptor cache ahead of the first copy (nothing without
+    /// `ON`).
+    #[inline(always)]
+    fn prefetch(self) {
+        if Self::ON {
+            let maps = self.addr();
+            // SAFETY: the launch's tensor maps (host contract of the TMA entries).
+            unsafe {
+                tma::prefetch_map(maps);
+                tma::prefetch_map(maps + 128);
+            }
+        }
+    }
 }
 
 /// No tensor maps: the producers copy with `cp.async`.
@@ -706,17 +741,6 @@ impl<F: Fn() -> u64 + Copy> MapsAddr for ParamMaps<F> {
     #[inline(always)]
     fn addr(self) -> u64 {
         (self.0)()
-    }
-}
-
-/// Arrivals that complete a phase of a stage's "full" barrier: the producers' 128
-/// `cp.async` arrivals, or with TMA the one `expect_tx` arrival (the bytes do the rest).
-#[inline(always)]
-pub(crate) fn full_count(tma: bool) -> u32 {
-    if tma {
-        1
-    } else {
-        PRODUCER_THREADS
     }
 }
 
@@ -845,6 +869,47 @@ fn softmax<const FOLD: bool, const MASK: bool>(
     r_scale
 }
 
+/// [`step`] with its mask and first-step variants chosen by CTA-uniform branches: each variant
+/// is straight-line code (a branch while a `wgmma` is in flight makes ptxas wait for it at the
+/// join, which undid the overlap).
+///
+/// # Safety
+/// As [`step`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn step_for<
+    E: WgmmaElem,
+    const D: u32,
+    const ON: usize,
+    const KS: usize,
+    const FOLD: bool,
+>(
+    first: bool,
+    masked: bool,
+    t: &TileCtx,
+    st: &Step,
+    acc: &mut Acc<ON>,
+    tid: u32,
+    q_wg: u32,
+    kv_smem: u32,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match (first, masked) {
+            (true, true) => step::<E, D, ON, KS, FOLD, true, true>(t, st, acc, tid, q_wg, kv_smem),
+            (true, false) => {
+                step::<E, D, ON, KS, FOLD, false, true>(t, st, acc, tid, q_wg, kv_smem)
+            }
+            (false, true) => {
+                step::<E, D, ON, KS, FOLD, true, false>(t, st, acc, tid, q_wg, kv_smem)
+            }
+            (false, false) => {
+                step::<E, D, ON, KS, FOLD, false, false>(t, st, acc, tid, q_wg, kv_smem)
+            }
+        }
+    }
+}
+
 /// One consumer step of the software pipeline (FA3's intra-warpgroup overlap) for tile j: wait
 /// for P_{j−2}·V_{j−2}, rescale O and pack P_{j−1} ([`Acc::settle`]) and release tile j−2's
 /// stage to the producer; wait for tile j's copies and make them visible to `wgmma`; issue S_j
@@ -872,9 +937,7 @@ pub(crate) unsafe fn step<
     q_wg: u32,
     kv_smem: u32,
 ) {
-    let bars = Barriers {
-        base: kv_smem + cfg::STAGES * 2 * TILE * D * 2,
-    };
+    let bars = Barriers::after_ring(kv_smem, D);
     if !FIRST {
         acc.settle::<E>();
         if st.release != u32::MAX && tid % 32 == 0 {

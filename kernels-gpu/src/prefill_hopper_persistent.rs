@@ -15,15 +15,15 @@
 //! merged kernel (56 / 224 per thread: its unit state spilled at 40).
 use crate::abi::{PrefillParams, PrefillRequest};
 use crate::arch::opaque::opaque_u32;
-use crate::arch::{global, mbarrier, pipeline, shared, thread, tma, warp, wgmma};
+use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
 use crate::config::prefill_hopper as cfg;
 use crate::dtype::{Bf16, F16};
 use crate::math::fast::{log2, rcp};
-use crate::math::wgmma_layout::{chunk_offset, ROW_BYTES};
+use crate::math::wgmma_layout::ROW_BYTES;
 use crate::prefill::{cta_kv_head, cta_work, load_item, KvRows, Paged, Ragged};
 use crate::prefill_hopper::{
-    full_count, hopper_entries, issue_pv, load_kv, stage_v, step, Acc, Barriers, MapsAddr, Step,
-    TileCtx, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, PRODUCER_THREADS, ROWS, TILE,
+    copy_q, hopper_entries, issue_pv, load_kv, stage_v, step_for, Acc, Barriers, MapsAddr, Step,
+    TileCtx, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE,
 };
 
 /// A CTA's work units: with persistent units (`PrefillParams::units`) the CTA's slice of the
@@ -190,13 +190,8 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
     maps: M,
 ) {
     let kv_smem = q_smem + ROWS * D * 2;
-    if M::ON && pid == 0 {
-        let maps = maps.addr();
-        // SAFETY: the launch's tensor maps (host contract).
-        unsafe {
-            tma::prefetch_map(maps);
-            tma::prefetch_map(maps + 128);
-        }
+    if pid == 0 {
+        maps.prefetch();
     }
     let mut n = 0; // K/V tiles issued by this CTA so far (the ring position)
                    // SAFETY: as the kernel's contract.
@@ -240,7 +235,7 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
             unsafe { mbarrier::wait(bars.q_empty(), (it - 1) % 2) };
         }
         // SAFETY: as the kernel's contract.
-        unsafe { copy_q::<D>(p, &req, &u, kvh, pid, q_smem) };
+        unsafe { copy_q::<D>(p, req.qo_begin + u.t0, u.rows_total, kvh, pid, q_smem) };
         // SAFETY: initialised barrier.
         unsafe { mbarrier::cp_async_arrive(bars.q_full()) };
         let mut t = 1;
@@ -266,44 +261,6 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
         k += 1;
     }
     pipeline::wait_all();
-}
-
-/// Copies the unit's Q rows (zero past the tile's rows) into the Q tile.
-///
-/// # Safety
-/// As the kernel's contract; the consumers no longer read the Q tile.
-#[inline(always)]
-unsafe fn copy_q<const D: u32>(
-    p: &PrefillParams,
-    req: &PrefillRequest,
-    u: &Unit,
-    kvh: u32,
-    pid: u32,
-    q_smem: u32,
-) {
-    let chunks = D / 8;
-    let rows_per_pass = PRODUCER_THREADS / chunks;
-    let (r0, c) = (pid / chunks, pid % chunks);
-    for i in 0..ROWS / rows_per_pass {
-        let r = r0 + i * rows_per_pass;
-        let live = r < u.rows_total;
-        let src = if live {
-            let (t, h) = p.group.divmod(r);
-            p.q + (((req.qo_begin + u.t0 + t) as u64) * (p.q_stride_n as u64)
-                + ((kvh * p.group.d + h) * p.q_stride_h + c * 8) as u64)
-                * 2
-        } else {
-            p.q
-        };
-        // SAFETY: destination inside the Q tile; source a q row or a zero-byte copy.
-        unsafe {
-            pipeline::cp_async_cg_16(
-                q_smem + chunk_offset(ROWS, r, c),
-                src,
-                if live { 16 } else { 0 },
-            )
-        };
-    }
 }
 
 /// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score
@@ -332,23 +289,10 @@ unsafe fn prefill<
     let wg = w / 4;
     let q_smem = shared::dyn_smem_base();
     let kv_smem = q_smem + ROWS * D * 2;
-    let bars = Barriers {
-        base: kv_smem + cfg::STAGES * 2 * TILE * D * 2,
-    };
+    let bars = Barriers::after_ring(kv_smem, D);
     if tid == 0 {
-        for st in 0..cfg::STAGES {
-            // SAFETY: inside the barrier area; nobody uses them before the barrier below.
-            unsafe {
-                mbarrier::init(bars.full(st), full_count(M::ON));
-                mbarrier::init(bars.empty(st), CONSUMER_WARPS);
-            }
-        }
-        // SAFETY: as above.
-        unsafe {
-            mbarrier::init(bars.q_full(), PRODUCER_THREADS);
-            mbarrier::init(bars.q_empty(), CONSUMER_WARPS);
-        }
-        mbarrier::fence_init();
+        // SAFETY: nobody uses the barriers before the CTA barrier below.
+        unsafe { bars.init(M::ON) };
     }
     thread::sync_threads();
     // Warp-specialised roles, one branch each (what `setmaxnreg` needs): the third warpgroup
@@ -478,23 +422,10 @@ unsafe fn consume_unit<
                 u32::MAX
             },
         };
-        // SAFETY: as the kernel's contract; CTA-uniform branches.
+        // SAFETY: as the kernel's contract.
         unsafe {
-            match (j == 0, masked(j)) {
-                (true, true) => {
-                    step::<E, D, ON, KS, FOLD, true, true>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-                (true, false) => {
-                    step::<E, D, ON, KS, FOLD, false, true>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-                (false, true) => {
-                    step::<E, D, ON, KS, FOLD, true, false>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-                (false, false) => {
-                    step::<E, D, ON, KS, FOLD, false, false>(&t, &st, &mut acc, tid, q_wg, kv_smem)
-                }
-            }
-        }
+            step_for::<E, D, ON, KS, FOLD>(j == 0, masked(j), &t, &st, &mut acc, tid, q_wg, kv_smem)
+        };
         ring.advance();
         j += 1;
     }
