@@ -56,7 +56,7 @@ tests="$(cargo test --release --workspace --no-run --message-format=json | artif
 echo "gpu-bundle: building bench executables"
 benches="$(cargo bench --workspace --bench '*' --no-run --message-format=json | artifacts bench)"
 echo "gpu-bundle: building the CLI"
-cli="$(cargo build --release -p ferrinfer --bin ferrinfer --message-format=json | artifacts bin)"
+cli="$(cargo build --release -p ferrinfer-cli --bin ferrinfer --message-format=json | artifacts bin)"
 
 rm -rf "${bundle:?}"
 mkdir -p "$bundle/bin/tests" "$bundle/bin/benches"

@@ -4,7 +4,9 @@
 #   1. the Rust toolchain that rust-toolchain.toml names (channel + components such as rust-src
 #      and llvm-bitcode-linker, which the nvptx64 device build needs). Automatic installs are off
 #      on these machines (RUSTUP_AUTO_INSTALL=0), so this is explicit; a no-op once installed.
-#   2. `ptxas` in the git-ignored .tools/ (scripts/install-ptxas.sh).
+#   2. `ptxas` in the git-ignored .tools/ (scripts/install-ptxas.sh);
+#   3. the default model, SmolLM2-135M-Instruct (GGUF), in the git-ignored models/
+#      (scripts/fetch-model.sh; FERRINFER_SKIP_MODEL=1 skips it).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,3 +25,7 @@ rustup toolchain install --no-self-update
 rustc --version
 
 bash "$root/scripts/install-ptxas.sh"
+
+if [[ "${FERRINFER_SKIP_MODEL:-0}" != 1 ]]; then
+    bash "$root/scripts/fetch-model.sh"
+fi

@@ -18,6 +18,7 @@
 //! | single-request decode (GPU) | [`ops::SingleDecode`]                   | `ops/single_decode.rs`        |
 //! | single-request prefill (GPU)| [`ops::SinglePrefill`]                  | `ops/single_prefill.rs`       |
 //! | CPU backend                 | [`cpu`]                                 | `cpu/*.rs`                    |
+//! | rotary embedding parameters | [`rope::RopeConfig`]                    | `rope.rs`                     |
 //! | f64 oracle                  | [`reference`](mod@reference)            | `reference.rs`                |
 //! | errors                      | [`Error`], [`Result`]                   | `error.rs`                    |
 //!
@@ -42,6 +43,7 @@ pub mod ops;
 pub mod options;
 pub mod plan;
 pub mod reference;
+pub mod rope;
 pub mod runtime;
 pub mod selftest;
 

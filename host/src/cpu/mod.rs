@@ -19,10 +19,18 @@
 //! | batch prefill, paged KV      | [`batch_prefill_paged`]                          |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
+//! | RMSNorm (+ residual add)     | [`norm::rms_norm`], [`norm::add_rms_norm`]       |
+//! | RoPE                         | [`rope::apply_rope`]                             |
+//! | SwiGLU gate                  | [`activation::silu_and_mul`]                     |
+//! | sampling                     | [`sampling::argmax`], [`sampling::sample`]       |
+pub mod activation;
 pub mod batch_decode;
 pub mod decode;
 pub mod merge;
+pub mod norm;
 pub mod prefill;
+pub mod rope;
+pub mod sampling;
 
 pub use crate::ops::single_decode::KvStrides;
 pub use batch_decode::batch_decode;

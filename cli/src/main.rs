@@ -1,0 +1,232 @@
+//! The `ferrinfer` command line: text generation on a real model (`generate`,
+//! `bench-generate`), and the kernel library's own tools (`info`, `check`, `demo`).
+mod bench;
+mod generate;
+mod load;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ferrinfer::cli;
+use ferrinfer::HeadConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrinfer",
+    version,
+    about = "Rust attention kernels for LLM inference"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where the model comes from and how it runs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// GGUF model file (default: $FERRINFER_MODEL, else the SmolLM2-135M-Instruct file that
+    /// scripts/setup.sh fetches into models/).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Run on the CPU backend even when a GPU is present.
+    #[arg(long)]
+    pub cpu: bool,
+    /// KV cache capacity in tokens.
+    #[arg(long, default_value_t = 16384)]
+    pub kv_tokens: usize,
+    /// Tokens per engine step at most (decode tokens + prefill chunks).
+    #[arg(long, default_value_t = 512)]
+    pub step_tokens: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The main job: generate text from a prompt with a real model, streaming tokens as they
+    /// are produced.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt (a user message, formatted with the model's chat template unless --raw).
+        #[arg(long)]
+        prompt: String,
+        /// A system message (chat prompts only).
+        #[arg(long)]
+        system: Option<String>,
+        /// Feed the prompt to the model as it is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Sampling temperature (0: greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Keep the k most likely tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Random seed (sampling).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Generation benchmark: N concurrent requests of random prompts; time to first token,
+    /// per-token latency and tokens/s, written as a JSON record too.
+    BenchGenerate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Concurrent requests.
+        #[arg(long, default_value_t = 4)]
+        requests: usize,
+        /// Prompt tokens per request.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// Tokens generated per request.
+        #[arg(long, default_value_t = 32)]
+        gen_len: usize,
+        /// RNG seed of the prompts.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the JSON record goes.
+        #[arg(long, default_value = "bench-generate.json")]
+        json: PathBuf,
+    },
+    /// Driver, device, compute capability, SMs, memory, kernel image and load time, kernels with registers.
+    Info,
+    /// Randomized GPU-vs-oracle sweep of every op (CPU backend without a GPU); exit 1 on failure.
+    Check {
+        /// Number of random cases.
+        #[arg(long, default_value_t = 200)]
+        cases: usize,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Attention-only micro-benchmark: a multi-request serving loop (prompt prefill, then
+    /// decode) of random q/K/V through the paged KV cache (SmolLM2-135M attention geometry).
+    Demo {
+        /// Concurrent requests.
+        #[arg(long)]
+        requests: Option<usize>,
+        /// Prompt tokens per request (prefilled before decoding).
+        #[arg(long)]
+        context: Option<usize>,
+        /// Tokens generated per request.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Layers.
+        #[arg(long, default_value_t = 30)]
+        layers: usize,
+        /// Query heads.
+        #[arg(long, default_value_t = 9)]
+        qo_heads: usize,
+        /// KV heads.
+        #[arg(long, default_value_t = 3)]
+        kv_heads: usize,
+        /// Head dimension.
+        #[arg(long, default_value_t = 64)]
+        head_dim: usize,
+        /// Fixed split-KV chunk for decode, in tokens (default: the planner's choice).
+        #[arg(long)]
+        decode_split: Option<usize>,
+        /// Decode kernel family: `cuda-core` or `tensor-core` (default: by group size).
+        #[arg(long)]
+        decode_kernel: Option<String>,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let r = match args.cmd {
+        Cmd::Generate {
+            model,
+            prompt,
+            system,
+            raw,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+        } => generate::run(generate::GenerateArgs {
+            model,
+            prompt,
+            system,
+            raw,
+            max_tokens,
+            sampling: ferrinfer_engine::SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+            },
+            seed,
+        }),
+        Cmd::BenchGenerate {
+            model,
+            requests,
+            prompt_len,
+            gen_len,
+            seed,
+            json,
+        } => bench::run(&model, requests, prompt_len, gen_len, seed, &json),
+        Cmd::Info => cli::info::run().map(|_| true).map_err(Into::into),
+        Cmd::Check { cases, seed } => cli::check::run(cases, seed).map_err(Into::into),
+        Cmd::Demo {
+            requests,
+            context,
+            steps,
+            layers,
+            qo_heads,
+            kv_heads,
+            head_dim,
+            decode_split,
+            decode_kernel,
+        } => {
+            // Smaller defaults on the CPU backend keep the demo to a few seconds there.
+            cli::discover_or_say()
+                .and_then(|gpu| {
+                    let (dr, dc, ds) = if gpu.is_some() {
+                        (16, 4096, 32)
+                    } else {
+                        (4, 256, 8)
+                    };
+                    let heads = HeadConfig::new(qo_heads, kv_heads, head_dim)?;
+                    let decode_kernel = match decode_kernel.as_deref() {
+                        None => None,
+                        Some("cuda-core") => Some(ferrinfer::ops::DecodeKernel::CudaCore),
+                        Some("tensor-core") => Some(ferrinfer::ops::DecodeKernel::TensorCore),
+                        Some(other) => {
+                            return Err(ferrinfer::Error::invalid(
+                                "demo",
+                                "--decode-kernel",
+                                format!("{other} (cuda-core or tensor-core)"),
+                            ))
+                        }
+                    };
+                    cli::demo::run(
+                        gpu,
+                        cli::demo::DemoConfig {
+                            requests: requests.unwrap_or(dr),
+                            context: context.unwrap_or(dc),
+                            steps: steps.unwrap_or(ds),
+                            layers,
+                            heads,
+                            decode_split,
+                            decode_kernel,
+                        },
+                    )
+                    .map(|_| true)
+                })
+                .map_err(Into::into)
+        }
+    };
+    match r {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The model on the CPU backend: f32 weights and activations, the gemm crate for matrix
+//! products, ferrinfer's CPU ops for norms, RoPE, the SwiGLU gate and paged attention, and an
+//! f16 paged KV cache in host memory.
+use ferrinfer::cpu::{activation, batch_prefill_paged, norm, rope};
+use ferrinfer::kv::{KvLayout, KvPoolConfig, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use ferrinfer::{AttentionOptions, HeadConfig};
+use half::f16;
+use std::sync::Arc;
+
+use super::linear::linear;
+use super::{ModelRunner, StepInput};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::weights::Weights;
+
+/// Tokens per KV page.
+pub const PAGE_SIZE: usize = 16;
+
+/// A model on the CPU backend.
+pub struct CpuRunner {
+    cfg: ModelConfig,
+    w: Arc<Weights>,
+    cache: PagedKvCache<f16>,
+    heads: HeadConfig,
+    opts: AttentionOptions,
+}
+
+/// Checks a step against the model and the cache before anything is changed.
+pub(crate) fn check_step(
+    step: &StepInput,
+    cfg: &ModelConfig,
+    len: impl Fn(SeqId) -> Result<usize>,
+) -> Result<()> {
+    let n = step.tokens.len();
+    let bad = |m: String| Err(EngineError::Request(m));
+    if step.seqs.iter().map(|s| s.1).sum::<usize>() != n || step.positions.len() != n {
+        return bad(format!(
+            "step of {n} tokens, {} positions, sequences bringing {}",
+            step.positions.len(),
+            step.seqs.iter().map(|s| s.1).sum::<usize>()
+        ));
+    }
+    if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+        return bad(format!("token {t} outside the vocabulary of {}", cfg.vocab));
+    }
+    if let Some(r) = step.logits_rows.iter().find(|&&r| r >= n) {
+        return bad(format!("logits row {r} of a {n}-token step"));
+    }
+    let mut row = 0;
+    for &(id, k) in &step.seqs {
+        let start = len(id)?;
+        for (i, &p) in step.positions[row..row + k].iter().enumerate() {
+            if p as i64 != (start + i) as i64 {
+                return bad(format!(
+                    "sequence {id:?}: position {p}, expected {}",
+                    start + i
+                ));
+            }
+        }
+        if start + k > cfg.context {
+            return bad(format!(
+                "sequence {id:?} would reach {} tokens, the model's context is {}",
+                start + k,
+                cfg.context
+            ));
+        }
+        row += k;
+    }
+    Ok(())
+}
+
+impl CpuRunner {
+    /// The model with a KV cache of `kv_tokens` tokens (rounded up to whole pages).
+    pub fn new(cfg: ModelConfig, w: Arc<Weights>, kv_tokens: usize) -> Result<Self> {
+        let pool = KvPoolConfig {
+            num_pages: 0,
+            page_size: PAGE_SIZE,
+            num_kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            layout: KvLayout::Nhd,
+        };
+        let pages = kv_tokens.div_ceil(PAGE_SIZE).max(1);
+        let cache = PagedKvCache::new_cpu_layers(pool, PoolSize::Pages(pages), cfg.layers)?;
+        let heads = HeadConfig::new(cfg.q_heads, cfg.kv_heads, cfg.head_dim)?;
+        Ok(Self {
+            cfg,
+            w,
+            cache,
+            heads,
+            opts: AttentionOptions::default().with_causal(true),
+        })
+    }
+
+    /// The KV cache.
+    pub fn cache(&self) -> &PagedKvCache<f16> {
+        &self.cache
+    }
+}
+
+fn to_f16(src: &[f32], dst: &mut Vec<f16>) {
+    dst.clear();
+    dst.extend(src.iter().map(|&x| f16::from_f32(x)));
+}
+
+impl ModelRunner for CpuRunner {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn add_sequence(&mut self) -> SeqId {
+        self.cache.add_sequence()
+    }
+
+    fn free(&mut self, id: SeqId) -> Result<()> {
+        Ok(self.cache.free(id)?)
+    }
+
+    fn page_size(&self) -> usize {
+        PAGE_SIZE
+    }
+
+    fn total_pages(&self) -> usize {
+        self.cache.table().num_pages()
+    }
+
+    fn free_pages(&self) -> usize {
+        self.cache.table().free_pages()
+    }
+
+    fn backend(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
+        check_step(step, &self.cfg, |id| Ok(self.cache.len(id)?))?;
+        let n = step.tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let c = &self.cfg;
+        let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
+        let (qd, kvd) = (c.q_heads * hd, c.kv_heads * hd);
+        // Reserve every sequence's new tokens first: out of pages leaves the cache unchanged.
+        let kv_step = self.cache.begin_append(&step.seqs)?;
+        let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
+        let pages = self.cache.batch_pages(&ids)?;
+        let mut qo_indptr = vec![0i32];
+        for &(_, k) in &step.seqs {
+            qo_indptr.push(qo_indptr.last().copied().unwrap_or(0) + k as i32);
+        }
+        let mut x = Vec::with_capacity(n * d);
+        for &t in &step.tokens {
+            x.extend_from_slice(&self.w.embed[t as usize * d..(t as usize + 1) * d]);
+        }
+        let mut h = vec![0f32; n * d];
+        let mut qkv = vec![0f32; n * c.qkv_dim()];
+        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        let (mut q16, mut k16, mut v16) = (Vec::new(), Vec::new(), Vec::new());
+        let mut o16 = vec![f16::ZERO; n * qd];
+        let mut o = vec![0f32; n * qd];
+        let mut proj = vec![0f32; n * d];
+        let mut gu = vec![0f32; n * 2 * f];
+        let mut act = vec![0f32; n * f];
+        let rs = RowStrides::contiguous(c.kv_heads, hd);
+        norm::rms_norm(&x, &self.w.layers[0].attn_norm, c.rms_eps, &mut h)?;
+        for (l, lw) in self.w.layers.iter().enumerate() {
+            linear(&h, &lw.wqkv, d, c.qkv_dim(), &mut qkv)?;
+            for (r, row) in qkv.chunks_exact(c.qkv_dim()).enumerate() {
+                q[r * qd..(r + 1) * qd].copy_from_slice(&row[..qd]);
+                k[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
+                v[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+            }
+            let style = c.rope.style;
+            rope::apply_rope(
+                &mut q,
+                c.q_heads,
+                hd,
+                &step.positions,
+                &self.w.inv_freq,
+                style,
+            )?;
+            rope::apply_rope(
+                &mut k,
+                c.kv_heads,
+                hd,
+                &step.positions,
+                &self.w.inv_freq,
+                style,
+            )?;
+            to_f16(&k, &mut k16);
+            to_f16(&v, &mut v16);
+            to_f16(&q, &mut q16);
+            self.cache
+                .append_layer(l, &kv_step, Rows::Host(&k16), rs, Rows::Host(&v16), rs)?;
+            batch_prefill_paged(
+                &self.heads,
+                &self.opts,
+                &q16,
+                &qo_indptr,
+                self.cache.pool(l)?,
+                &pages,
+                &mut o16,
+                None,
+            )?;
+            for (a, b) in o.iter_mut().zip(&o16) {
+                *a = b.to_f32();
+            }
+            linear(&o, &lw.wo, qd, d, &mut proj)?;
+            norm::add_rms_norm(&mut x, &proj, &lw.ffn_norm, c.rms_eps, &mut h)?;
+            linear(&h, &lw.w_gate_up, d, 2 * f, &mut gu)?;
+            activation::silu_and_mul(&gu, f, &mut act)?;
+            linear(&act, &lw.w_down, f, d, &mut proj)?;
+            let next_norm = match self.w.layers.get(l + 1) {
+                Some(next) => &next.attn_norm,
+                None => &self.w.final_norm,
+            };
+            norm::add_rms_norm(&mut x, &proj, next_norm, c.rms_eps, &mut h)?;
+        }
+        // h now holds the final-normed hidden states; the LM head runs on the wanted rows only.
+        let rows: Vec<f32> = step
+            .logits_rows
+            .iter()
+            .flat_map(|&r| h[r * d..(r + 1) * d].iter().copied())
+            .collect();
+        let mut logits = vec![0f32; step.logits_rows.len() * c.vocab];
+        linear(&rows, self.w.head(), d, c.vocab, &mut logits)?;
+        Ok(logits)
+    }
+}

@@ -1,0 +1,386 @@
+//! Continuous batching: requests join and leave between steps, every step mixes decode tokens
+//! with prefill chunks under a token budget (chunked prefill: a long prompt is split so that
+//! running decodes are never stalled behind it), admission waits for free KV pages, and when
+//! pages run out the newest running request is preempted: its pages are freed and its tokens
+//! (prompt and everything generated so far) are recomputed when it is admitted again, so
+//! nothing is lost and every accepted request finishes.
+use std::collections::VecDeque;
+
+use ferrinfer::cpu::sampling::{self, SamplingParams};
+use ferrinfer::kv::SeqId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{EngineError, Result};
+use crate::runner::{ModelRunner, StepInput};
+
+/// A generation request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Prompt token ids (at least one).
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Seed of the request's random stream (sampling only).
+    pub seed: u64,
+    /// Token ids that end the request (emitted, then finished).
+    pub stop_ids: Vec<u32>,
+}
+
+/// A request's handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Why a request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was generated.
+    Stop,
+    /// `max_tokens` were generated, or the model's context is full.
+    Length,
+    /// Cancelled by the caller.
+    Cancelled,
+    /// It cannot run (e.g. larger than the whole KV cache).
+    Error(String),
+}
+
+/// What a step produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new token of a request.
+    Token {
+        /// The request.
+        id: RequestId,
+        /// The token.
+        token: u32,
+    },
+    /// A request ended (after its last `Token`).
+    Finished {
+        /// The request.
+        id: RequestId,
+        /// Why.
+        reason: FinishReason,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        generated: usize,
+    },
+}
+
+/// Scheduling limits.
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    /// Tokens processed per step at most (decode tokens + prefill chunks).
+    pub step_tokens: usize,
+    /// Requests running at once at most.
+    pub max_running: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            step_tokens: 512,
+            max_running: 256,
+        }
+    }
+}
+
+struct Seq {
+    id: RequestId,
+    req: Request,
+    kv: Option<SeqId>,
+    /// Prompt followed by the generated tokens.
+    tokens: Vec<u32>,
+    /// Tokens whose K/V are in the cache.
+    computed: usize,
+    generated: usize,
+    rng: StdRng,
+}
+
+/// Counters since the engine started.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Steps run.
+    pub steps: u64,
+    /// Tokens processed (prefill and decode).
+    pub tokens: u64,
+    /// Preemptions.
+    pub preemptions: u64,
+}
+
+/// The engine: a model runner and the requests it serves.
+pub struct Engine<R: ModelRunner> {
+    runner: R,
+    cfg: SchedulerConfig,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    next_id: u64,
+    stats: Stats,
+}
+
+impl<R: ModelRunner> Engine<R> {
+    /// An engine over `runner`.
+    pub fn new(runner: R, cfg: SchedulerConfig) -> Result<Self> {
+        if cfg.step_tokens == 0 || cfg.max_running == 0 {
+            return Err(EngineError::Request(format!("scheduler limits {cfg:?}")));
+        }
+        Ok(Self {
+            runner,
+            cfg,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The runner.
+    pub fn runner(&self) -> &R {
+        &self.runner
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Requests waiting and running.
+    pub fn load(&self) -> (usize, usize) {
+        (self.waiting.len(), self.running.len())
+    }
+
+    /// Whether any request is unfinished.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Queues a request (validated now).
+    pub fn add(&mut self, req: Request) -> Result<RequestId> {
+        let c = self.runner.config();
+        if req.prompt.is_empty() {
+            return Err(EngineError::Request("empty prompt".into()));
+        }
+        if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(EngineError::Request(format!(
+                "token {t} outside the vocabulary"
+            )));
+        }
+        if req.prompt.len() >= c.context {
+            return Err(EngineError::Request(format!(
+                "prompt of {} tokens does not fit the model's context of {}",
+                req.prompt.len(),
+                c.context
+            )));
+        }
+        if req.max_tokens == 0 {
+            return Err(EngineError::Request("max_tokens must be at least 1".into()));
+        }
+        req.sampling
+            .validate()
+            .map_err(|e| EngineError::Request(e.to_string()))?;
+        let pages = self.pages_for(req.prompt.len() + 1);
+        if pages > self.runner.total_pages() {
+            return Err(EngineError::TooLarge {
+                needed: pages,
+                capacity: self.runner.total_pages(),
+            });
+        }
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.waiting.push_back(Seq {
+            id,
+            tokens: req.prompt.clone(),
+            rng: StdRng::seed_from_u64(req.seed),
+            req,
+            kv: None,
+            computed: 0,
+            generated: 0,
+        });
+        Ok(id)
+    }
+
+    /// Cancels a request; its pages are freed now. Unknown (finished) ids are ignored.
+    pub fn cancel(&mut self, id: RequestId) -> Result<Option<Event>> {
+        let seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            self.running.remove(i)
+        } else if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            match self.waiting.remove(i) {
+                Some(s) => s,
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(self.finish(seq, FinishReason::Cancelled)?))
+    }
+
+    fn pages_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.runner.page_size())
+    }
+
+    fn finish(&mut self, s: Seq, reason: FinishReason) -> Result<Event> {
+        if let Some(kv) = s.kv {
+            self.runner.free(kv)?;
+        }
+        Ok(Event::Finished {
+            id: s.id,
+            reason,
+            prompt_tokens: s.req.prompt.len(),
+            generated: s.generated,
+        })
+    }
+
+    /// Frees the newest running request's pages and puts it back at the head of the queue.
+    fn preempt_newest(&mut self) -> Result<()> {
+        if let Some(mut s) = self.running.pop() {
+            if let Some(kv) = s.kv.take() {
+                self.runner.free(kv)?;
+            }
+            s.computed = 0;
+            self.stats.preemptions += 1;
+            self.waiting.push_front(s);
+        }
+        Ok(())
+    }
+
+    /// Chooses this step's work: every running request's next chunk (decodes are one token),
+    /// then waiting requests while the budget, the running limit and the free pages allow.
+    fn schedule(&mut self) -> StepInput {
+        let mut step = StepInput::default();
+        let mut budget = self.cfg.step_tokens;
+        let mut pages_free = self.runner.free_pages();
+        let ps = self.runner.page_size();
+        // Pages a chunk needs beyond what the sequence already holds.
+        let extra = |computed: usize, n: usize| (computed + n).div_ceil(ps) - computed.div_ceil(ps);
+        // Running requests, oldest first.
+        for s in &mut self.running {
+            if budget == 0 {
+                break;
+            }
+            let n = (s.tokens.len() - s.computed).min(budget);
+            if n == 0 {
+                continue;
+            }
+            pages_free = pages_free.saturating_sub(extra(s.computed, n));
+            budget -= n;
+            let last = s.computed + n == s.tokens.len();
+            let Some(kv) = s.kv else { continue };
+            step.push(kv, s.computed, &s.tokens[s.computed..s.computed + n], last);
+        }
+        // Admit waiting requests in arrival order.
+        while budget > 0 && self.running.len() < self.cfg.max_running {
+            let Some(s) = self.waiting.front() else { break };
+            let n = s.tokens.len().min(budget);
+            // Admission: the whole prompt must fit in the pages free now (a chunk at a time
+            // would otherwise let many half-prefilled requests starve each other of pages).
+            let need = self.pages_for(s.tokens.len() + 1);
+            if need > pages_free && !self.running.is_empty() {
+                break;
+            }
+            let mut s = match self.waiting.pop_front() {
+                Some(s) => s,
+                None => break,
+            };
+            let kv = self.runner.add_sequence();
+            s.kv = Some(kv);
+            pages_free = pages_free.saturating_sub(need);
+            budget -= n;
+            let last = n == s.tokens.len();
+            step.push(kv, 0, &s.tokens[..n], last);
+            self.running.push(s);
+        }
+        step
+    }
+
+    /// Runs one step; returns the tokens produced and the requests that ended.
+    pub fn step(&mut self) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        loop {
+            let step = self.schedule();
+            if step.is_empty() {
+                return Ok(events);
+            }
+            match self.runner.forward(&step) {
+                Ok(logits) => {
+                    self.stats.steps += 1;
+                    self.stats.tokens += step.tokens.len() as u64;
+                    self.after_forward(&step, &logits, &mut events)?;
+                    return Ok(events);
+                }
+                Err(EngineError::Kernel(ferrinfer::Error::OutOfPages { .. })) => {
+                    // Nothing was appended. Requests admitted in this schedule hold empty
+                    // sequences; preempt from the newest until the step fits.
+                    if self.running.len() <= 1 {
+                        if let Some(s) = self.running.pop() {
+                            let needed = self.pages_for(s.tokens.len());
+                            let capacity = self.runner.total_pages();
+                            events.push(self.finish(
+                                s,
+                                FinishReason::Error(format!(
+                                    "needs {needed} KV pages, the cache has {capacity}"
+                                )),
+                            )?);
+                        }
+                        continue;
+                    }
+                    self.preempt_newest()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn after_forward(
+        &mut self,
+        step: &StepInput,
+        logits: &[f32],
+        events: &mut Vec<Event>,
+    ) -> Result<()> {
+        let vocab = self.runner.config().vocab;
+        let context = self.runner.config().context;
+        let mut row = 0;
+        let mut li = 0;
+        let mut done = Vec::new();
+        for &(kv, n) in &step.seqs {
+            let Some(s) = self.running.iter_mut().find(|s| s.kv == Some(kv)) else {
+                row += n;
+                continue;
+            };
+            s.computed += n;
+            row += n;
+            if step.logits_rows.get(li) != Some(&(row - 1)) {
+                continue;
+            }
+            let l = &logits[li * vocab..(li + 1) * vocab];
+            li += 1;
+            let u: f32 = if s.req.sampling.is_greedy() {
+                0.0
+            } else {
+                s.rng.random()
+            };
+            let token = sampling::sample(l, &s.req.sampling, u)?;
+            s.tokens.push(token);
+            s.generated += 1;
+            events.push(Event::Token { id: s.id, token });
+            let reason = if s.req.stop_ids.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if s.generated >= s.req.max_tokens || s.tokens.len() >= context {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                done.push((s.id, r));
+            }
+        }
+        for (id, r) in done {
+            if let Some(i) = self.running.iter().position(|s| s.id == id) {
+                let s = self.running.remove(i);
+                events.push(self.finish(s, r)?);
+            }
+        }
+        Ok(())
+    }
+}
