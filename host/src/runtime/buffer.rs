@@ -29,6 +29,11 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
     pub fn as_cuda_slice(&self) -> &CudaSlice<T> {
         &self.slice
     }
+
+    /// The underlying cudarc slice, mutably (for interop, e.g. cuBLAS outputs).
+    pub fn as_cuda_slice_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
 }
 
 impl<T> std::fmt::Debug for DeviceBuffer<T> {

@@ -430,6 +430,24 @@ impl Gpu {
         Ok(self.inner.stream.clone_dtoh(&buf.slice)?)
     }
 
+    /// Copies the first `n` elements of a device buffer back to the host (synchronises the
+    /// stream).
+    pub fn download_prefix<T: DeviceRepr + Default + Clone>(
+        &self,
+        buf: &DeviceBuffer<T>,
+        n: usize,
+    ) -> Result<Vec<T>> {
+        let view = buf.slice.try_slice(0..n).ok_or_else(|| {
+            Error::shape(
+                "download_prefix",
+                "source length",
+                format!(">= {n}"),
+                buf.len(),
+            )
+        })?;
+        Ok(self.inner.stream.clone_dtoh(&view)?)
+    }
+
     /// Waits for all work queued on the stream.
     pub fn synchronize(&self) -> Result<()> {
         self.inner.stream.synchronize()?;
