@@ -32,7 +32,7 @@ pub fn model_path(args: &ModelArgs) -> PathBuf {
 /// A loaded model behind an engine, plus its tokenizer.
 pub struct Loaded {
     /// The engine.
-    pub engine: Engine<CpuRunner>,
+    pub engine: Engine<Box<dyn ModelRunner>>,
     /// The tokenizer.
     pub tokenizer: Tokenizer,
     /// What runs it.
@@ -64,9 +64,37 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     })?;
     bar.finish_and_clear();
     let c = &model.config;
-    // The GPU runner is not wired into the CLI yet: the CPU backend runs the model.
-    let runner = CpuRunner::new(model.config.clone(), model.weights, args.kv_tokens)?;
-    let backend = ferrinfer_engine::runner::ModelRunner::backend(&runner);
+    let sched = SchedulerConfig {
+        step_tokens: args.step_tokens,
+        ..SchedulerConfig::default()
+    };
+    let gpu = if args.cpu {
+        None
+    } else {
+        match Gpu::discover(0)? {
+            Discovery::Found(g) => Some(g),
+            Discovery::NotFound(why) => {
+                eprintln!("no CUDA device ({why}): running on the CPU backend");
+                None
+            }
+        }
+    };
+    let runner: Box<dyn ModelRunner> = match gpu {
+        Some(g) => Box::new(GpuRunner::new(
+            &g,
+            model.config.clone(),
+            model.weights.clone(),
+            args.kv_tokens,
+            sched.step_tokens,
+            sched.max_running,
+        )?),
+        None => Box::new(CpuRunner::new(
+            model.config.clone(),
+            model.weights.clone(),
+            args.kv_tokens,
+        )?),
+    };
+    let backend = runner.backend();
     eprintln!(
         "loaded {} ({}, {} layers, dim {}, {}/{} heads × {}, vocab {}) in {:.2} s on {}",
         path.display(),
@@ -80,13 +108,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         t0.elapsed().as_secs_f64(),
         backend
     );
-    let engine = Engine::new(
-        runner,
-        SchedulerConfig {
-            step_tokens: args.step_tokens,
-            ..SchedulerConfig::default()
-        },
-    )?;
+    let engine = Engine::new(runner, sched)?;
     Ok(Loaded {
         engine,
         tokenizer: model.tokenizer,

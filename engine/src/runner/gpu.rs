@@ -73,6 +73,18 @@ pub struct GpuRunner {
     cap_rows: usize,
 }
 
+/// Whether cuBLAS can be opened under a name cudarc tries (it panics on first use otherwise).
+fn cublas_present() -> bool {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    [
+        format!("{DLL_PREFIX}cublas{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}cublas{DLL_SUFFIX}.12"),
+    ]
+    .iter()
+    // SAFETY: only probes whether the library can be dlopen'ed; the handle is closed at once.
+    .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
+}
+
 fn blas_err(e: impl std::fmt::Debug) -> EngineError {
     EngineError::Model(format!("cuBLAS: {e:?}"))
 }
@@ -88,8 +100,7 @@ impl GpuRunner {
         step_tokens: usize,
         max_seqs: usize,
     ) -> Result<Self> {
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        if !cublas_present() {
             return Err(EngineError::Model(
                 "cuBLAS (libcublas.so) was not found: install the CUDA toolkit's cuBLAS or run on the CPU backend".into(),
             ));

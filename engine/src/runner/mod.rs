@@ -61,3 +61,31 @@ pub trait ModelRunner {
     /// The backend's name, for reports.
     fn backend(&self) -> String;
 }
+
+/// A runner chosen at run time (CPU or GPU) drives the same engine.
+impl<R: ModelRunner + ?Sized> ModelRunner for Box<R> {
+    fn config(&self) -> &ModelConfig {
+        (**self).config()
+    }
+    fn add_sequence(&mut self) -> SeqId {
+        (**self).add_sequence()
+    }
+    fn free(&mut self, id: SeqId) -> Result<()> {
+        (**self).free(id)
+    }
+    fn page_size(&self) -> usize {
+        (**self).page_size()
+    }
+    fn total_pages(&self) -> usize {
+        (**self).total_pages()
+    }
+    fn free_pages(&self) -> usize {
+        (**self).free_pages()
+    }
+    fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
+        (**self).forward(step)
+    }
+    fn backend(&self) -> String {
+        (**self).backend()
+    }
+}

@@ -1,0 +1,161 @@
+//! The engine against two independent implementations (llama.cpp through llama-cpp-python, and
+//! Hugging Face transformers in float32), from fixtures made by
+//! `scripts/reference/make_fixtures.py`: prompt token ids, the first 32 greedy tokens, and the
+//! logits at the last prompt position. CPU backend.
+mod common;
+
+use common::{last_logits, model, reference, rel_l2, RefPrompt};
+use ferrinfer_engine::runner::cpu::CpuRunner;
+use ferrinfer_engine::runner::{ModelRunner, StepInput};
+use ferrinfer_engine::{Engine, Event, Message, Request, SamplingParams, SchedulerConfig};
+
+/// Our ids for a prompt's text, with BOS as the model's metadata asks.
+fn our_ids(p: &RefPrompt) -> Vec<u32> {
+    let tok = &model().tokenizer;
+    tok.encode(&p.text, tok.add_bos).unwrap()
+}
+
+#[test]
+fn tokenizer_matches_both_references_on_every_prompt() {
+    for p in reference().prompts {
+        let ours = our_ids(&p);
+        assert_eq!(ours, p.llama_cpp.prompt_ids, "{}: llama.cpp ids", p.name);
+        if let Some(t) = &p.transformers {
+            assert_eq!(ours, t.prompt_ids, "{}: transformers ids", p.name);
+        }
+    }
+}
+
+#[test]
+fn chat_template_renders_as_the_reference() {
+    let tok = &model().tokenizer;
+    let mut chats = 0;
+    for p in reference().prompts.iter().filter(|p| p.kind == "chat") {
+        let msgs: Vec<Message> = p
+            .messages
+            .iter()
+            .map(|m| Message::new(&m.role, &m.content))
+            .collect();
+        assert_eq!(tok.apply_chat_template(&msgs, true).unwrap(), p.text, "{}", p.name);
+        chats += 1;
+    }
+    assert!(chats > 0, "no chat prompt in the fixtures");
+}
+
+#[test]
+fn tokenizer_matches_on_the_corpus() {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        text: String,
+        llama_cpp: Vec<u32>,
+        transformers: Option<Vec<u32>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Corpus {
+        lines: Vec<Line>,
+    }
+    let path = common::fixtures().join("tokenizer_corpus.json");
+    let c: Corpus = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(c.lines.len() >= 300, "corpus has {} lines", c.lines.len());
+    let tok = &model().tokenizer;
+    let (mut both, mut checked) = (0, 0);
+    for l in &c.lines {
+        let ours = tok.encode(&l.text, false).unwrap();
+        // Where the two references disagree, ours must equal one of them.
+        let agree = l.transformers.as_ref().is_none_or(|t| t == &l.llama_cpp);
+        if agree {
+            assert_eq!(ours, l.llama_cpp, "{:?}", l.text);
+            both += 1;
+        } else {
+            let t = l.transformers.as_ref().unwrap();
+            assert!(ours == l.llama_cpp || &ours == t, "{:?}: ours {ours:?}", l.text);
+        }
+        checked += 1;
+        // Decoding gives the text back (byte-level BPE is lossless).
+        assert_eq!(tok.decode(&ours, false).unwrap(), l.text);
+    }
+    eprintln!("tokenizer corpus: {checked} lines, {both} where the references agree, all equal");
+}
+
+#[test]
+fn greedy_tokens_and_logits_match_the_references() {
+    let m = model();
+    let mut report = Vec::new();
+    let mut agreed = 0;
+    for p in reference().prompts {
+        let hf = p.transformers.as_ref();
+        let agree = hf.is_none_or(|t| t.greedy_ids == p.llama_cpp.greedy_ids);
+        let n = p.llama_cpp.greedy_ids.len();
+        let runner = CpuRunner::new(m.config.clone(), m.weights.clone(), 4096).unwrap();
+        let mut e = Engine::new(runner, SchedulerConfig::default()).unwrap();
+        e.add(Request {
+            prompt: our_ids(&p),
+            max_tokens: n,
+            sampling: SamplingParams::greedy(),
+            seed: 0,
+            stop_ids: Vec::new(),
+        })
+        .unwrap();
+        let mut ours = Vec::new();
+        while e.has_work() {
+            for ev in e.step().unwrap() {
+                if let Event::Token { token, .. } = ev {
+                    ours.push(token);
+                }
+            }
+        }
+        let lead = |r: &[u32]| ours.iter().zip(r).take_while(|(a, b)| a == b).count();
+        let line = format!(
+            "{}: {} prompt tokens; ours = llama.cpp for {}/{n}, = transformers for {}/{n}{}",
+            p.name,
+            p.llama_cpp.prompt_ids.len(),
+            lead(&p.llama_cpp.greedy_ids),
+            hf.map_or(0, |t| lead(&t.greedy_ids)),
+            if agree { "" } else { " (references disagree)" }
+        );
+        eprintln!("{line}");
+        report.push(line);
+        // Where the references disagree (a near-tie that their different arithmetic breaks
+        // differently: llama.cpp multiplies Q4_1 weights by Q8-quantised activations,
+        // transformers by the dequantised f32 weights), there is no single right answer: the
+        // agreement is reported, not asserted.
+        if agree {
+            assert_eq!(ours, p.llama_cpp.greedy_ids, "{}", p.name);
+            agreed += 1;
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(agreed >= 5, "only {agreed} prompts where the references agree");
+}
+
+/// Teacher-forced logits at the last prompt position against the float32 reference: rel-L2 ≤
+/// 1e-2. Why that bound: our weights are the same dequantised f32 values and every product
+/// accumulates in f32, but the KV cache, q and the attention output are rounded to f16
+/// (relative 2^-11 ≈ 4.9e-4 per element) and the attention kernel's online softmax reorders
+/// sums; through 30 residual blocks those roundings grow to ~1e-3 relative in the logits
+/// (measured below), so 1e-2 leaves a 10× margin while a wrong RoPE pairing, norm or mask
+/// gives errors of order 1.
+#[test]
+fn last_prompt_logits_within_bound_of_float32_reference() {
+    let m = model();
+    let mut checked = 0;
+    for p in reference().prompts {
+        let Some(want) = last_logits(&p.name, "transformers") else {
+            continue;
+        };
+        let ids = our_ids(&p);
+        let mut r = CpuRunner::new(m.config.clone(), m.weights.clone(), 4096).unwrap();
+        let s = r.add_sequence();
+        let mut step = StepInput::default();
+        step.push(s, 0, &ids, true);
+        let got = r.forward(&step).unwrap();
+        let e = rel_l2(&got, &want);
+        eprintln!("{}: rel-L2 vs transformers {e:.2e}", p.name);
+        assert!(e <= 1e-2, "{}: rel-L2 {e}", p.name);
+        if let Some(lc) = last_logits(&p.name, "llama_cpp") {
+            eprintln!("{}: rel-L2 vs llama.cpp {:.2e}", p.name, rel_l2(&got, &lc));
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no transformers logits in the fixtures");
+}
