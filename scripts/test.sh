@@ -6,7 +6,9 @@
 #      (scripts/check-gpu-ignores.sh checks that the attribute marks exactly the GPU tests); the
 #      GPU bundle's run.sh runs them with --include-ignored and FERRINFER_REQUIRE_GPU=1, and so
 #      does this script when FERRINFER_REQUIRE_GPU=1 is set here;
-#   3. the PTX check's per-kernel report (scripts/ptx-check.sh; already part of step 2 as
+#   3. the candle link check (scripts/check-candle-link.sh): ferrinfer compiles against cudarc
+#      with the features candle-core's CUDA backend turns on (compat/candle-link);
+#   4. the PTX check's per-kernel report (scripts/ptx-check.sh; already part of step 2 as
 #      tests/ptx_check.rs, re-run here with its table printed).
 # Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
 # The last lines sum libtest's own `test result:` counts and say how many GPU tests did not run.
@@ -36,6 +38,9 @@ trap 'rm -f "$log"' EXIT
 echo "test: cargo test --release --workspace --no-fail-fast ${args[*]}"
 # The output is kept (tee) for the totals below; pipefail makes cargo's status the pipe's.
 cargo test --release --workspace --no-fail-fast "${args[@]}" 2>&1 | tee "$log" || status=$?
+
+echo "test: links beside candle (scripts/check-candle-link.sh)"
+bash scripts/check-candle-link.sh || status=$?
 
 echo "test: PTX check"
 bash scripts/ptx-check.sh || status=$?
