@@ -4,7 +4,9 @@
 #
 # Usage: bash gpu-bundle/run.sh [options]
 #   (default)        `ferrinfer info`, every test executable with FERRINFER_REQUIRE_GPU=1 (a
-#                    missing GPU fails instead of skipping), then `ferrinfer check`
+#                    missing GPU fails instead of skipping) and --include-ignored (the GPU tests
+#                    are `#[ignore = "needs a CUDA GPU"]`, so CPU machines count them as ignored),
+#                    then `ferrinfer check`
 #   --sanitize       also run the GPU test executables under compute-sanitizer memcheck and
 #                    racecheck (SANITIZE=memcheck|racecheck|all picks the tools; all = both)
 #   --bench          also run the bench executables
@@ -165,8 +167,9 @@ step "cli: ferrinfer info" "$OUT/cli-info.log" "$bindir/ferrinfer" info
 for exe in "$bindir"/tests/*; do
     name="$(basename "$exe")"
     selected "$name" || continue
+    # --include-ignored: the GPU tests are #[ignore]d for CPU machines; here every one runs.
     # --show-output: the tests' printed figures (cases, worst errors) land in the log.
-    step "test: $name" "$OUT/tests-$name.log" "$exe" --show-output
+    step "test: $name" "$OUT/tests-$name.log" "$exe" --include-ignored --show-output
 done
 
 if [[ ${#only[@]} -eq 0 ]]; then
@@ -188,7 +191,7 @@ if [[ ${#tools[@]} -gt 0 ]]; then
                 PROPTEST_CASES="${SANITIZE_PROPTEST_CASES:-8}" step "$tool: $name" \
                     "$OUT/$tool-$name.log" \
                     compute-sanitizer --tool "$tool" --error-exitcode 1 --require-cuda-init no \
-                    "${extra[@]}" "$exe"
+                    "${extra[@]}" "$exe" --include-ignored
             done
         done
     fi

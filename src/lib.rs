@@ -22,6 +22,8 @@ static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
 
 /// The test GPU, discovered once per process.
 ///
+/// Every test that calls this is `#[ignore = "needs a CUDA GPU"]` (`scripts/check-gpu-ignores.sh`
+/// checks it), so it runs only with `--include-ignored`/`--ignored`, as the GPU runner passes.
 /// Without a GPU this prints `skipped: no CUDA device (<reason>)` and returns `None`, or
 /// panics when `FERRINFER_REQUIRE_GPU=1` (so a GPU run can never pass by skipping).
 pub fn gpu_or_skip(test: &str) -> Option<Gpu> {

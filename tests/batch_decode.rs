@@ -241,6 +241,7 @@ fn check(s: ErrorStats, dtype: DType, c: &Case) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_batch_decode_random_matches_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_batch_decode_random_matches_oracle") else {
         return;
@@ -284,6 +285,7 @@ fn cpu_batch_decode_random_matches_oracle() {
 
 /// The benchmark geometry at small scale, empty requests and a very long context.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_batch_decode_edges() {
     let Some(gpu) = gpu_or_skip("gpu_batch_decode_edges") else {
         return;
@@ -312,6 +314,7 @@ fn gpu_batch_decode_edges() {
 
 /// Both kernel families on the same random batches (head dims the tensor-core path supports).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_both_kernels_match_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_both_kernels_match_oracle") else {
         return;
@@ -344,6 +347,7 @@ fn gpu_both_kernels_match_oracle() {
 /// CUDA-graph mode: one plan object re-planned for different batches keeps its buffers and
 /// stays correct.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_graph_mode_reuses_plan_buffers() {
     let Some(gpu) = gpu_or_skip("gpu_graph_mode_reuses_plan_buffers") else {
         return;
@@ -441,6 +445,7 @@ fn gpu_graph_mode_reuses_plan_buffers() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("gpu_bad_input_is_a_typed_error") else {
         return;
@@ -534,6 +539,7 @@ fn gpu_bad_input_is_a_typed_error() {
 /// Outside graph mode a plan object is re-planned for bigger batches (growing its buffers), and
 /// a plan of another op is refused before any launch.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_plan_into_grows_and_rejects_foreign_plans() {
     let Some(gpu) = gpu_or_skip("gpu_plan_into_grows_and_rejects_foreign_plans") else {
         return;

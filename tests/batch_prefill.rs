@@ -258,6 +258,7 @@ fn cp_async_form(gpu: &Gpu, c: &Case) -> Option<ErrorStats> {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_batch_prefill_random_matches_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_batch_prefill_random_matches_oracle") else {
         return;
@@ -283,6 +284,7 @@ fn gpu_batch_prefill_random_matches_oracle() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_batch_prefill_long_and_split_shapes() {
     let Some(gpu) = gpu_or_skip("gpu_batch_prefill_long_and_split_shapes") else {
         return;
@@ -331,6 +333,7 @@ fn gpu_batch_prefill_long_and_split_shapes() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_prefill_of_one_token_equals_decode() {
     let Some(gpu) = gpu_or_skip("gpu_prefill_of_one_token_equals_decode") else {
         return;
@@ -375,6 +378,7 @@ fn gpu_prefill_of_one_token_equals_decode() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_chunked_prefill_equals_one_prefill() {
     let Some(gpu) = gpu_or_skip("gpu_chunked_prefill_equals_one_prefill") else {
         return;
@@ -454,6 +458,7 @@ fn gpu_chunked_prefill_equals_one_prefill() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_graph_mode_plan_reuse() {
     let Some(gpu) = gpu_or_skip("gpu_graph_mode_plan_reuse") else {
         return;
@@ -516,6 +521,7 @@ fn gpu_graph_mode_plan_reuse() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("bad_input_is_a_typed_error") else {
         return;
@@ -606,6 +612,7 @@ fn bad_input_is_a_typed_error() {
 /// windowed, soft-capped and split-KV, several tiles per CTA so every stage is refilled. On a GPU
 /// without the `wgmma` image it runs the same cases on the 8-warp 128-row tile.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_wgmma_tile_small_shapes() {
     let Some(gpu) = gpu_or_skip("gpu_wgmma_tile_small_shapes") else {
         return;
@@ -676,6 +683,7 @@ fn gpu_wgmma_tile_small_shapes() {
 /// short) re-planned over different batches. On a GPU without the `wgmma` image the same cases
 /// run on the 8-warp 128-row tile.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_wgmma_persistent_many_units() {
     let Some(gpu) = gpu_or_skip("gpu_wgmma_persistent_many_units") else {
         return;

@@ -73,6 +73,7 @@ fn ulp_dist(a: f32, b: f32) -> u32 {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn add_one() {
     let Some(gpu) = gpu_or_skip("add_one") else {
         return;
@@ -85,6 +86,7 @@ fn add_one() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn thread_indices() {
     let Some(gpu) = gpu_or_skip("thread_indices") else {
         return;
@@ -196,6 +198,7 @@ fn shuffles_expected(v: &[u32], arg: u32) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn warp_shuffles_and_votes() {
     let Some(gpu) = gpu_or_skip("warp_shuffles_and_votes") else {
         return;
@@ -222,6 +225,7 @@ fn warp_shuffles_and_votes() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn shared_memory_widths_and_barriers() {
     let Some(gpu) = gpu_or_skip("shared_memory_widths_and_barriers") else {
         return;
@@ -257,6 +261,7 @@ fn shared_memory_widths_and_barriers() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn global_vector_loads_and_stores() {
     let Some(gpu) = gpu_or_skip("global_vector_loads_and_stores") else {
         return;
@@ -281,6 +286,7 @@ fn global_vector_loads_and_stores() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn cp_async_copies_and_zero_fill() {
     let Some(gpu) = gpu_or_skip("cp_async_copies_and_zero_fill") else {
         return;
@@ -323,6 +329,7 @@ fn cp_async_copies_and_zero_fill() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn ldmatrix_fragments() {
     let Some(gpu) = gpu_or_skip("ldmatrix_fragments") else {
         return;
@@ -424,6 +431,7 @@ fn mma_case(dtype: DType, seed: u64, exact: bool) -> MmaCase {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn mma_m16n8k16_fragments() {
     let Some(gpu) = gpu_or_skip("mma_m16n8k16_fragments") else {
         return;
@@ -518,6 +526,7 @@ fn fast_inputs() -> Vec<f32> {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn fast_math_approximations() {
     let Some(gpu) = gpu_or_skip("fast_math_approximations") else {
         return;
@@ -646,6 +655,7 @@ fn convert_inputs() -> Vec<[u32; 4]> {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn f16_bf16_conversions() {
     let Some(gpu) = gpu_or_skip("f16_bf16_conversions") else {
         return;

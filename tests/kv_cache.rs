@@ -238,6 +238,7 @@ fn state_machine_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn state_machine_gpu() {
     let Some(gpu) = gpu_or_skip("state_machine_gpu") else {
         return;
@@ -256,6 +257,7 @@ fn state_machine_gpu() {
 /// straddle page boundaries, strided input rows (as a fused QKV projection leaves them). The two
 /// pools must be bit-identical afterwards.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_append_matches_cpu() {
     let Some(gpu) = gpu_or_skip("gpu_append_matches_cpu") else {
         return;
@@ -508,6 +510,7 @@ fn bad_input_is_a_typed_error_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn bad_input_is_a_typed_error_gpu() {
     let Some(gpu) = gpu_or_skip("bad_input_is_a_typed_error_gpu") else {
         return;
@@ -518,6 +521,7 @@ fn bad_input_is_a_typed_error_gpu() {
 /// Every append kernel variant (the tuning knob's choices) writes exactly what the CPU backend
 /// writes: ragged rows straddling pages, strided input, both layouts.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_append_variants_match_cpu() {
     let Some(gpu) = gpu_or_skip("gpu_append_variants_match_cpu") else {
         return;

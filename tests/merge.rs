@@ -127,6 +127,7 @@ fn ok(s: ErrorStats, bf: bool) -> bool {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_merge_ops_match_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_merge_ops_match_oracle") else {
         return;
@@ -164,6 +165,7 @@ fn gpu_merge_ops_match_oracle() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_merge_of_empty_states_is_zero_and_neg_inf() {
     let Some(gpu) = gpu_or_skip("gpu_merge_of_empty_states_is_zero_and_neg_inf") else {
         return;
@@ -192,6 +194,7 @@ fn gpu_merge_of_empty_states_is_zero_and_neg_inf() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn merge_bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("merge_bad_input_is_a_typed_error") else {
         return;

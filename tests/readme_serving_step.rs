@@ -51,6 +51,7 @@ fn prefill_step(
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn readme_serving_step_runs() {
     use ferrinfer::kv::{KvLayout, KvPoolConfig, PoolSize};
     use ferrinfer::{AttentionOptions, DType, HeadConfig};

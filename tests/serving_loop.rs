@@ -166,6 +166,7 @@ fn serving_loop_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn serving_loop_gpu() {
     let Some(gpu) = gpu_or_skip("serving_loop_gpu") else {
         return;

@@ -93,6 +93,7 @@ fn check(gpu: &Gpu, dtype: DType, c: &Case) -> ErrorStats {
 /// The grid: kv_len ∈ {1, 7, 16, 17, 1000, 4096, 131072}, both dtypes, every head dim,
 /// group sizes 1–8 (cycled so every group meets several lengths).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn decode_grid_matches_oracle() {
     let Some(gpu) = gpu_or_skip("decode_grid_matches_oracle") else {
         return;
@@ -123,6 +124,7 @@ fn decode_grid_matches_oracle() {
 
 /// Options: soft-cap, sliding windows (including wider than the context), custom scale, strides.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn decode_options_match_oracle() {
     let Some(gpu) = gpu_or_skip("decode_options_match_oracle") else {
         return;
@@ -159,6 +161,7 @@ fn decode_options_match_oracle() {
 
 /// kv_len = 0: o = 0 and lse = −inf, never NaN.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn empty_kv_gives_zeros_and_neg_inf() {
     let Some(gpu) = gpu_or_skip("empty_kv_gives_zeros_and_neg_inf") else {
         return;
@@ -211,6 +214,7 @@ fn arb_case() -> impl Strategy<Value = (Case, bool)> {
 
 /// Random shapes, group sizes, lengths, options and strides (proptest, shrinking on failure).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn decode_random_matches_oracle() {
     let Some(gpu) = gpu_or_skip("decode_random_matches_oracle") else {
         return;
@@ -229,6 +233,7 @@ fn decode_random_matches_oracle() {
 
 /// Bad input is a typed error before any launch, and the output buffer is untouched.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("bad_input_is_a_typed_error") else {
         return;

@@ -80,6 +80,26 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// Whether the CUDA driver library can be opened; probed before any driver call, since cudarc
+/// loads libcuda on first use and panics when it is missing. cudarc's own probe
+/// (`sys::is_culib_present`) exists only in its `dynamic-loading` mode, and a program that also
+/// holds candle's CUDA backend builds cudarc in `dynamic-linking` mode (libcuda linked at load
+/// time, so this is then always true; `docs/decisions.md` §6). The names are a subset of those
+/// cudarc tries (`get_lib_name_candidates("cuda")` and `("nvcuda")`), so when one opens here,
+/// cudarc's own load succeeds too.
+fn driver_library_present() -> bool {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    [
+        format!("{DLL_PREFIX}cuda{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}cuda{DLL_SUFFIX}.1"),
+        format!("{DLL_PREFIX}nvcuda{DLL_SUFFIX}"),
+    ]
+    .iter()
+    // SAFETY: only probes whether libcuda can be dlopen'ed (its initialisers run; no driver
+    // call); the handle is closed at once, cudarc keeps its own.
+    .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
+}
+
 fn no_gpu_code(e: &cudarc::driver::DriverError) -> bool {
     matches!(
         e.0,
@@ -98,8 +118,7 @@ impl Gpu {
     /// and "no device" are [`Discovery::NotFound`], not errors; a device that exists but
     /// cannot be used (too old, module load failure) is an error.
     pub fn discover(ordinal: usize) -> Result<Discovery> {
-        // SAFETY: only probes whether libcuda can be dlopen'ed.
-        if !unsafe { sys::is_culib_present() } {
+        if !driver_library_present() {
             return Ok(Discovery::NotFound(
                 "no CUDA driver library (libcuda.so) on this machine".into(),
             ));

@@ -2,7 +2,7 @@
 //! context + stream, the kernel module, typed device buffers and the one typed launch path.
 //!
 //! No libcuda is needed to build or to run on a machine without a GPU: [`Gpu::discover`] checks
-//! `is_culib_present()` before any driver call and reports "no GPU" as a value.
+//! that the driver library opens before any driver call and reports "no GPU" as a value.
 mod buffer;
 mod context;
 mod launch;
