@@ -5,13 +5,14 @@
 #   - every #[test] whose body asks for a GPU (`gpu_or_skip(`, `Gpu::discover(`, `Gpu::new(`)
 #     carries that attribute;
 #   - every test carrying it asks for a GPU (a CPU test must never be ignored as a GPU test).
-# Scans tests/, src/ (the harness), host/src and kernels-gpu/src. Run by scripts/test.sh.
+# Scans tests/, src/ (the harness), host/src, kernels-gpu/src, engine/ and cli/. Run by
+# scripts/test.sh.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-python3 - tests src host/src kernels-gpu/src <<'EOF'
+python3 - tests src host/src kernels-gpu/src engine/src engine/tests cli/src <<'EOF'
 import os, re, sys
 
 ATTR = '#[ignore = "needs a CUDA GPU"]'

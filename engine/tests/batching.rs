@@ -6,14 +6,21 @@ mod common;
 use std::collections::HashMap;
 
 use ferrinfer_engine::runner::cpu::CpuRunner;
+use ferrinfer_engine::runner::gpu::GpuRunner;
+use ferrinfer_harness::gpu_or_skip;
 use ferrinfer_engine::runner::ModelRunner;
 use ferrinfer_engine::{
     Engine, EngineError, Event, FinishReason, Request, SamplingParams, SchedulerConfig,
 };
 
-fn engine(kv_tokens: usize, step_tokens: usize) -> Engine<CpuRunner> {
+fn engine(kv_tokens: usize, step_tokens: usize) -> Engine<Box<dyn ModelRunner>> {
     let m = common::model();
-    let runner = CpuRunner::new(m.config.clone(), m.weights.clone(), kv_tokens).unwrap();
+    let runner: Box<dyn ModelRunner> =
+        Box::new(CpuRunner::new(m.config.clone(), m.weights.clone(), kv_tokens).unwrap());
+    engine_on(runner, step_tokens)
+}
+
+fn engine_on(runner: Box<dyn ModelRunner>, step_tokens: usize) -> Engine<Box<dyn ModelRunner>> {
     Engine::new(
         runner,
         SchedulerConfig {
@@ -54,7 +61,7 @@ fn prompts() -> Vec<Vec<u32>> {
 }
 
 /// Runs requests to completion, `joins[i]` = the step at which request i is added.
-fn run(e: &mut Engine<CpuRunner>, reqs: &[Request], joins: &[usize]) -> Vec<Vec<u32>> {
+fn run(e: &mut Engine<Box<dyn ModelRunner>>, reqs: &[Request], joins: &[usize]) -> Vec<Vec<u32>> {
     let mut ids = HashMap::new();
     let mut out = vec![Vec::new(); reqs.len()];
     let mut finished = 0;
@@ -198,4 +205,35 @@ fn cancel_frees_pages_and_seeded_sampling_repeats() {
         others.iter().chain([&a]).any(|s| s != &greedy),
         "four seeded samples all equal greedy decoding"
     );
+}
+
+/// On the GPU: 32 mixed-length requests joining over 16 steps with 64-token prefill chunks
+/// generate what each generates alone.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_batch_of_32_matches_each_request_alone() {
+    let Some(gpu) = gpu_or_skip("gpu_batch_of_32_matches_each_request_alone") else {
+        return;
+    };
+    let m = common::model();
+    let gpu_engine = |step_tokens| {
+        let r = GpuRunner::new(&gpu, m.config.clone(), m.weights.clone(), 32768, step_tokens, 64)
+            .unwrap();
+        engine_on(Box::new(r), step_tokens)
+    };
+    let ps = prompts();
+    let reqs: Vec<Request> = (0..32)
+        .map(|i| {
+            let mut p = ps[i % ps.len()].clone();
+            p.truncate(3 + (i * 7) % p.len().max(4));
+            request(p, 16)
+        })
+        .collect();
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| run(&mut gpu_engine(512), std::slice::from_ref(r), &[0]).remove(0))
+        .collect();
+    let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
+    let together = run(&mut gpu_engine(64), &reqs, &joins);
+    assert_eq!(alone, together);
 }

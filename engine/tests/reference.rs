@@ -6,8 +6,17 @@ mod common;
 
 use common::{last_logits, model, reference, rel_l2, RefPrompt};
 use ferrinfer_engine::runner::cpu::CpuRunner;
+use ferrinfer_engine::runner::gpu::GpuRunner;
 use ferrinfer_engine::runner::{ModelRunner, StepInput};
 use ferrinfer_engine::{Engine, Event, Message, Request, SamplingParams, SchedulerConfig};
+use ferrinfer_harness::gpu_or_skip;
+
+type MakeRunner<'a> = &'a dyn Fn() -> Box<dyn ModelRunner>;
+
+fn cpu_runner() -> Box<dyn ModelRunner> {
+    let m = model();
+    Box::new(CpuRunner::new(m.config.clone(), m.weights.clone(), 4096).unwrap())
+}
 
 /// Our ids for a prompt's text, with BOS as the model's metadata asks.
 fn our_ids(p: &RefPrompt) -> Vec<u32> {
@@ -78,16 +87,30 @@ fn tokenizer_matches_on_the_corpus() {
 }
 
 #[test]
-fn greedy_tokens_and_logits_match_the_references() {
+fn greedy_tokens_match_the_references() {
+    greedy_check(&cpu_runner);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_greedy_tokens_match_the_references() {
+    let Some(gpu) = gpu_or_skip("gpu_greedy_tokens_match_the_references") else {
+        return;
+    };
     let m = model();
+    greedy_check(&|| {
+        Box::new(GpuRunner::new(&gpu, m.config.clone(), m.weights.clone(), 4096, 1024, 8).unwrap())
+    });
+}
+
+fn greedy_check(make: MakeRunner) {
     let mut report = Vec::new();
     let mut agreed = 0;
     for p in reference().prompts {
         let hf = p.transformers.as_ref();
         let agree = hf.is_none_or(|t| t.greedy_ids == p.llama_cpp.greedy_ids);
         let n = p.llama_cpp.greedy_ids.len();
-        let runner = CpuRunner::new(m.config.clone(), m.weights.clone(), 4096).unwrap();
-        let mut e = Engine::new(runner, SchedulerConfig::default()).unwrap();
+        let mut e = Engine::new(make(), SchedulerConfig::default()).unwrap();
         e.add(Request {
             prompt: our_ids(&p),
             max_tokens: n,
@@ -137,14 +160,29 @@ fn greedy_tokens_and_logits_match_the_references() {
 /// gives errors of order 1.
 #[test]
 fn last_prompt_logits_within_bound_of_float32_reference() {
+    logits_check(&cpu_runner);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_last_prompt_logits_within_bound_of_float32_reference() {
+    let Some(gpu) = gpu_or_skip("gpu_last_prompt_logits_within_bound_of_float32_reference") else {
+        return;
+    };
     let m = model();
+    logits_check(&|| {
+        Box::new(GpuRunner::new(&gpu, m.config.clone(), m.weights.clone(), 4096, 1024, 8).unwrap())
+    });
+}
+
+fn logits_check(make: MakeRunner) {
     let mut checked = 0;
     for p in reference().prompts {
         let Some(want) = last_logits(&p.name, "transformers") else {
             continue;
         };
         let ids = our_ids(&p);
-        let mut r = CpuRunner::new(m.config.clone(), m.weights.clone(), 4096).unwrap();
+        let mut r = make();
         let s = r.add_sequence();
         let mut step = StepInput::default();
         step.push(s, 0, &ids, true);
