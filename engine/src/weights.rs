@@ -5,6 +5,21 @@
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::gguf::ModelFile;
+use crate::runner::packed::PackedMatrix;
+
+/// A block's matrices in the GGUF's own block format, where they have one (the CPU backend's
+/// decode steps multiply by these: fewer bytes per step).
+#[derive(Default)]
+pub struct PackedLayer {
+    /// Q|K|V.
+    pub wqkv: Option<PackedMatrix>,
+    /// Output projection.
+    pub wo: Option<PackedMatrix>,
+    /// Gate|up.
+    pub w_gate_up: Option<PackedMatrix>,
+    /// Down projection.
+    pub w_down: Option<PackedMatrix>,
+}
 
 /// One transformer block.
 pub struct LayerWeights {
@@ -34,6 +49,10 @@ pub struct Weights {
     pub lm_head: Option<Vec<f32>>,
     /// RoPE inverse frequencies, `[rotary_dim / 2]`.
     pub inv_freq: Vec<f32>,
+    /// Block-format copies of every block's matrices (empty entries for f32/f16 tensors).
+    pub packed_layers: Vec<PackedLayer>,
+    /// Block-format copy of the LM head.
+    pub packed_head: Option<PackedMatrix>,
 }
 
 impl Weights {
@@ -54,7 +73,23 @@ impl Weights {
         let embed = file.tensor_f32("token_embd.weight", &[d, cfg.vocab])?;
         progress(1, total);
         let mut layers = Vec::with_capacity(cfg.layers);
+        let mut packed_layers = Vec::with_capacity(cfg.layers);
+        let pk = |name: &str, n: usize, k: usize| -> Result<Option<PackedMatrix>> {
+            let (ty, bytes) = file.tensor_bytes(name, &[k, n])?;
+            PackedMatrix::new(ty, n, k, bytes)
+        };
         for l in 0..cfg.layers {
+            let b = |n: &str| format!("blk.{l}.{n}.weight");
+            packed_layers.push(PackedLayer {
+                wqkv: PackedMatrix::stack(vec![
+                    pk(&b("attn_q"), q, d)?,
+                    pk(&b("attn_k"), kv, d)?,
+                    pk(&b("attn_v"), kv, d)?,
+                ]),
+                wo: pk(&b("attn_output"), d, q)?,
+                w_gate_up: PackedMatrix::stack(vec![pk(&b("ffn_gate"), f, d)?, pk(&b("ffn_up"), f, d)?]),
+                w_down: pk(&b("ffn_down"), d, f)?,
+            });
             let t = |n: &str, dims: &[usize]| file.tensor_f32(&format!("blk.{l}.{n}.weight"), dims);
             let mut wqkv = t("attn_q", &[d, q])?;
             wqkv.extend(t("attn_k", &[d, kv])?);
@@ -82,6 +117,8 @@ impl Weights {
             None => None,
         };
         let inv_freq = cfg.rope.inv_freq(hd, factors.as_deref())?;
+        let head_name = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
+        let packed_head = pk(head_name, cfg.vocab, d)?;
         progress(total, total);
         Ok(Self {
             embed,
@@ -89,6 +126,8 @@ impl Weights {
             final_norm,
             lm_head,
             inv_freq,
+            packed_layers,
+            packed_head,
         })
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 pub use reader::{GgufFile, TensorInfo, Value};
-pub use types::GgmlType;
+pub use types::{decode_block, GgmlType};
 
 use crate::error::{EngineError, Result};
 
@@ -77,6 +77,18 @@ impl ModelFile {
             .try_for_each(|(o, s)| t.ty.to_f32(s, o))
             .map_err(|e| EngineError::Model(format!("tensor {name}: {e}")))?;
         Ok(out)
+    }
+
+    /// The raw bytes of tensor `name` (checked to have ggml dimensions `dims`) and its format.
+    pub fn tensor_bytes(&self, name: &str, dims: &[usize]) -> Result<(GgmlType, &[u8])> {
+        let t = self.info(name)?;
+        if t.dims.len() != dims.len() || t.dims.iter().zip(dims).any(|(&a, &b)| a != b as u64) {
+            return Err(EngineError::Model(format!(
+                "tensor {name} has dimensions {:?}, expected {dims:?}",
+                t.dims
+            )));
+        }
+        Ok((t.ty, &self.map[t.range.clone()]))
     }
 
     /// A metadata value, required.

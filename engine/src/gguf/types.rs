@@ -75,35 +75,59 @@ impl GgmlType {
                 dst.len()
             ));
         }
-        let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
         for (blk, out) in src.chunks_exact(bytes).zip(dst.chunks_exact_mut(per)) {
             match self {
                 Self::F32 => out[0] = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]),
-                Self::F16 => out[0] = h(blk),
+                Self::F16 => out[0] = half_at(blk),
                 Self::Bf16 => out[0] = bf16::from_le_bytes([blk[0], blk[1]]).to_f32(),
-                Self::Q4_0 => {
-                    let d = h(blk);
-                    for (j, &q) in blk[2..18].iter().enumerate() {
-                        out[j] = ((q & 0xf) as f32 - 8.0) * d;
-                        out[j + 16] = ((q >> 4) as f32 - 8.0) * d;
-                    }
-                }
-                Self::Q4_1 => {
-                    let (d, m) = (h(blk), h(&blk[2..]));
-                    for (j, &q) in blk[4..20].iter().enumerate() {
-                        out[j] = (q & 0xf) as f32 * d + m;
-                        out[j + 16] = (q >> 4) as f32 * d + m;
-                    }
-                }
-                Self::Q8_0 => {
-                    let d = h(blk);
-                    for (j, &q) in blk[2..34].iter().enumerate() {
-                        out[j] = q as i8 as f32 * d;
-                    }
+                Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => {
+                    let mut w = [0f32; 32];
+                    decode_block(self, blk, &mut w);
+                    out.copy_from_slice(&w);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether the format is one of the 32-element block formats [`decode_block`] reads.
+    pub fn is_block(self) -> bool {
+        matches!(self, Self::Q4_0 | Self::Q4_1 | Self::Q8_0)
+    }
+}
+
+#[inline(always)]
+fn half_at(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// The 32 values of one Q4_0/Q4_1/Q8_0 block (`blk` holds at least the block's bytes), in f32
+/// exactly as [`GgmlType::to_f32`] gives them: the packed mat-vec and the dequantised weights
+/// see the same numbers. Other formats leave `w` unchanged.
+#[inline(always)]
+pub fn decode_block(ty: GgmlType, blk: &[u8], w: &mut [f32; 32]) {
+    match ty {
+        GgmlType::Q4_0 => {
+            let d = half_at(blk);
+            for (j, &q) in blk[2..18].iter().enumerate() {
+                w[j] = ((q & 0xf) as f32 - 8.0) * d;
+                w[j + 16] = ((q >> 4) as f32 - 8.0) * d;
+            }
+        }
+        GgmlType::Q4_1 => {
+            let (d, m) = (half_at(blk), half_at(&blk[2..]));
+            for (j, &q) in blk[4..20].iter().enumerate() {
+                w[j] = (q & 0xf) as f32 * d + m;
+                w[j + 16] = (q >> 4) as f32 * d + m;
+            }
+        }
+        GgmlType::Q8_0 => {
+            let d = half_at(blk);
+            for (j, &q) in blk[2..34].iter().enumerate() {
+                w[j] = q as i8 as f32 * d;
+            }
+        }
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => {}
     }
 }
 

@@ -2,6 +2,7 @@
 //! ([`cpu::CpuRunner`]) or the GPU. The scheduler drives them through [`ModelRunner`].
 pub mod cpu;
 pub mod linear;
+pub mod packed;
 
 use ferrinfer::kv::SeqId;
 
