@@ -453,15 +453,34 @@ LLAMA_SETTINGS = dict(n_ctx=N_CTX, n_batch=512, n_ubatch=512, n_threads=2, n_thr
 
 def run_llama(model_path: Path, prompts: list, corpus: list, add_bos: bool) -> dict:
     import llama_cpp
+    import llama_cpp.llama_cpp as _ll
     from llama_cpp import Llama
 
+    # Plain CPU buffers only: no "extra" buffer types (AMX / weight repacking). With -march=native on a
+    # CPU that advertises AMX, ggml's AMX matmul ran into SIGILL (tilezero) in this VM, and the plain
+    # path (ggml_vec_dot_q4_1_q8_1 etc.) is the canonical one anyway. Llama() does not expose
+    # use_extra_bufts, so wrap the default-params constructor it calls.
+    _orig_default = _ll.llama_model_default_params
+
+    def _model_params():
+        mp = _orig_default()
+        mp.use_extra_bufts = False
+        return mp
+
+    _ll.llama_model_default_params = _model_params
     settings = dict(LLAMA_SETTINGS)
-    llm = Llama(model_path=str(model_path), **settings)
+    try:
+        llm = Llama(model_path=str(model_path), **settings)
+    finally:
+        _ll.llama_model_default_params = _orig_default
+    assert llm.model_params.use_extra_bufts is False
     eos = llm.token_eos()
     n_vocab = llm.n_vocab()
     res = {"version": llama_cpp.__version__, "prompts": {}, "corpus": [], "eos": eos,
            "settings": {k: v for k, v in settings.items() if k != "verbose"}}
     res["settings"]["type_k_v"] = "f32 (GGML_TYPE_F32 = 0)"
+    res["settings"]["use_extra_bufts"] = False
+    res["settings"]["system_info"] = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
 
     for p in prompts:
         t0 = time.time()
@@ -543,7 +562,7 @@ def run_hf(model_path: Path, prompts: list, corpus: list, add_bos: bool, bos_id:
     import torch
     import transformers
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("REF_TORCH_THREADS", "1")))
     tok, model = hf_load(model_path)
     res = {"version": transformers.__version__, "torch": torch.__version__, "prompts": {}, "corpus": [],
            "model_dtype": str(next(model.parameters()).dtype),
@@ -773,7 +792,7 @@ def main() -> None:
             "greedy = argmax of raw logits at every step (first index on exact ties); exactly n_greedy tokens, EOS does not stop generation; eos_at = first index of eos_token_id in greedy_ids or null",
             "top5[i] = the 5 largest raw logits (pre-softmax) of the distribution that chose greedy_ids[i]; [id, logit] rounded to 5 decimals",
             "chat prompts: text = transformers apply_chat_template(messages, tokenize=False, add_generation_prompt=True) with the GGUF's chat template; special tokens parsed as specials by both tokenizers",
-            "llama.cpp: Q4_1 weights, activations quantized (Q8_1) for the quantized dot products; KV cache f32, flash attention off, CPU backend",
+            "llama.cpp: CPU backend, plain CPU buffers (use_extra_bufts=False: no AMX, no repack); Q4_1 / Q8_0 weights multiplied against activations quantized to Q8_1 / Q8_0; KV cache f32, flash attention off",
             "transformers: GGUF tensors dequantized to float32, CPU, eager float32 math",
             "last_logits/<name>.<impl>.f32: 49152 little-endian f32, logits at the last prompt position (those that choose greedy_ids[0])",
             "last_logits_rel_l2_llama_vs_hf = ||llama - hf||_2 / ||hf||_2 over those vectors",
