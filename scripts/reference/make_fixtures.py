@@ -760,10 +760,21 @@ def main() -> None:
         entry["text"] = p["text"]
         entry["n_prompt_tokens"] = {"llama_cpp": len(a["prompt_ids"]), "transformers": len(b["prompt_ids"])}
         entry["ids_agree"] = a["prompt_ids"] == b["prompt_ids"]
+        entry["eos_at"] = {"llama_cpp": a["eos_at"], "transformers": b["eos_at"]}
         entry["greedy_agree"] = first_diff is None
         entry["greedy_first_diff"] = first_diff
         entry["last_logits_rel_l2_llama_vs_hf"] = round(rel, 8)
         entry["last_logits_max_abs_diff"] = round(float(np.max(np.abs(la - lb))), 6)
+        ca, cb = la - la.mean(), lb - lb.mean()
+        entry["last_logits_rel_l2_centered"] = round(float(np.linalg.norm(ca - cb) / np.linalg.norm(cb)), 8)
+        pa, pb = np.exp(la - la.max()), np.exp(lb - lb.max())
+        pa, pb = pa / pa.sum(), pb / pb.sum()
+        entry["last_probs_max_abs_diff"] = round(float(np.max(np.abs(pa - pb))), 6)
+        entry["last_probs_kl_hf_llama"] = round(float(np.sum(pb * (np.log(pb + 1e-30) - np.log(pa + 1e-30)))), 8)
+        if first_diff is not None:
+            ta, tb = a["top5"][first_diff], b["top5"][first_diff]
+            entry["first_diff_top2_margin"] = {"llama_cpp": round(ta[0][1] - ta[1][1], 5),
+                                               "transformers": round(tb[0][1] - tb[1][1], 5)}
         entry["llama_cpp"] = strip_private(a)
         entry["transformers"] = strip_private(b)
         out_prompts.append(entry)
@@ -795,7 +806,9 @@ def main() -> None:
             "llama.cpp: CPU backend, plain CPU buffers (use_extra_bufts=False: no AMX, no repack); Q4_1 / Q8_0 weights multiplied against activations quantized to Q8_1 / Q8_0; KV cache f32, flash attention off",
             "transformers: GGUF tensors dequantized to float32, CPU, eager float32 math",
             "last_logits/<name>.<impl>.f32: 49152 little-endian f32, logits at the last prompt position (those that choose greedy_ids[0])",
-            "last_logits_rel_l2_llama_vs_hf = ||llama - hf||_2 / ||hf||_2 over those vectors",
+            "last_logits_rel_l2_llama_vs_hf = ||llama - hf||_2 / ||hf||_2 over those vectors; last_logits_rel_l2_centered: the same after subtracting each vector's mean (a constant logit shift does not change softmax); last_probs_*: softmax of those vectors",
+            "first_diff_top2_margin: top1 - top2 logit of each implementation at greedy_first_diff (the positions are only comparable while the greedy prefixes agree)",
+            "tokenizers: transformers' GGUF converter builds a plain GPT-2 ByteLevel(use_regex=True) pre-tokenizer for tokenizer.ggml.pre = smollm, while llama.cpp splits every \\p{N} character individually first; ASCII digits tokenize the same (the vocab has single-digit tokens only) but other \\p{N} characters (e.g. ½ ¹) can differ, see tokenizer_corpus.json 'disagree'",
         ],
         "llama_cpp_settings": L.get("settings"),
         "chat_template_source": render_src,
