@@ -7,8 +7,10 @@
 //!   struct its family is launched with (`decode_*` and `decode_merge_*` → `DecodeParams`,
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
-//!   `util_spin` → `SpinParams`); an entry of no known family fails, so each new family gets its
-//!   line in `expected_param_size`. The Hopper prefill entries take a second blob, their TMA
+//!   `util_spin` → `SpinParams`; the model kernels `rms_norm`/`add_rms_norm` → `NormParams`,
+//!   `qkv_rope_*` → `RopeParams`, `gather_rows` → `GatherParams`, `silu_and_mul` →
+//!   `SiluMulParams`, `to_f32_*` → `ConvertParams`, `argmax` → `ArgmaxParams`); an entry of
+//!   no known family fails, so each new family gets its line in `expected_param_size`. The Hopper prefill entries take a second blob, their TMA
 //!   tensor maps (`KvTensorMaps`), declared 64-byte aligned;
 //! - with `ptxas` present (`.tools/cuda/nvidia/cu13/bin/ptxas` from scripts/install-ptxas.sh, or
 //!   `FERRINFER_PTXAS`): each PTX assembles for its architecture, and no function spills or has
@@ -23,8 +25,8 @@ use std::process::Command;
 
 use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
-    AppendParams, DecodeParams, KvTensorMaps, MergeParams, PrefillParams, SelfTestParams,
-    SpinParams,
+    AppendParams, ArgmaxParams, ConvertParams, DecodeParams, GatherParams, KvTensorMaps,
+    MergeParams, NormParams, PrefillParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
 
@@ -34,7 +36,7 @@ const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
 /// The ABI struct size each kernel family must take, by entry-name prefix.
 fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     use std::mem::size_of;
-    const FAMILIES: [(&str, &str, usize); 7] = [
+    const FAMILIES: [(&str, &str, usize); 14] = [
         // `decode_*` and `decode_merge_*` (batch decode and its split-KV merge).
         ("decode_", "DecodeParams", size_of::<DecodeParams>()),
         ("prefill_", "PrefillParams", size_of::<PrefillParams>()),
@@ -43,6 +45,14 @@ fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
         ("gather_kv_", "AppendParams", size_of::<AppendParams>()),
         ("selftest_", "SelfTestParams", size_of::<SelfTestParams>()),
         ("util_spin", "SpinParams", size_of::<SpinParams>()),
+        // The model kernels (`host/src/ops/model/`).
+        ("rms_norm", "NormParams", size_of::<NormParams>()),
+        ("add_rms_norm", "NormParams", size_of::<NormParams>()),
+        ("qkv_rope_", "RopeParams", size_of::<RopeParams>()),
+        ("gather_rows", "GatherParams", size_of::<GatherParams>()),
+        ("silu_and_mul", "SiluMulParams", size_of::<SiluMulParams>()),
+        ("to_f32_", "ConvertParams", size_of::<ConvertParams>()),
+        ("argmax", "ArgmaxParams", size_of::<ArgmaxParams>()),
     ];
     FAMILIES
         .iter()

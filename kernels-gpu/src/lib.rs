@@ -8,6 +8,7 @@
 //! | [`math`]    | host + device  | online softmax, state merge, chunking arithmetic                |
 //! | `arch`      | device only    | thin intrinsics layer over inline PTX                           |
 //! | `decode`... | device only    | kernel bodies and their `extern "ptx-kernel"` entry points      |
+//! | `model`     | device only    | RMSNorm, QKV split + RoPE, SiLU-and-mul, gather, argmax, cast   |
 //!
 //! The host crate (`ferrinfer`) links this crate with feature `std` for the ABI structs and the
 //! math; `host/build.rs` builds it a second time for nvptx64 (once for sm_80, once for sm_90) and
@@ -36,6 +37,8 @@ mod batch_decode;
 mod decode_tc;
 #[cfg(target_arch = "nvptx64")]
 mod merge;
+#[cfg(target_arch = "nvptx64")]
+mod model;
 #[cfg(target_arch = "nvptx64")]
 mod prefill;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]

@@ -3,6 +3,7 @@ pub mod batch_decode;
 pub mod batch_prefill;
 mod io_check;
 pub mod merge;
+pub mod model;
 pub mod single_decode;
 pub mod single_prefill;
 
@@ -12,5 +13,6 @@ pub use batch_prefill::{
     WGMMA_MIN_KEYS,
 };
 pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
+pub use model::ModelKernels;
 pub use single_decode::SingleDecode;
 pub use single_prefill::SinglePrefill;

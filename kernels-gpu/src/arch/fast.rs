@@ -37,6 +37,17 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     r
 }
 
+/// `sqrt.rn.f32`: √x, correctly rounded.
+#[inline(always)]
+pub fn sqrt_rn(x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        asm!("sqrt.rn.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack))
+    };
+    r
+}
+
 /// `max.f32`: the larger of `a` and `b` (`FMNMX`).
 #[inline(always)]
 pub fn max(a: f32, b: f32) -> f32 {

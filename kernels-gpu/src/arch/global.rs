@@ -117,6 +117,18 @@ pub unsafe fn st_f32(addr: u64, v: f32) {
     unsafe { st_u32(addr, v.to_bits()) }
 }
 
+/// `ld.global.b16`.
+///
+/// # Safety
+/// `addr` must be a 2-byte aligned device address.
+#[inline(always)]
+pub unsafe fn ld_u16(addr: u64) -> u16 {
+    let r: u16;
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("ld.global.b16 {0}, [{1}];", out(reg16) r, in(reg64) addr, options(nostack)) };
+    r
+}
+
 /// `st.global.b16`.
 ///
 /// # Safety

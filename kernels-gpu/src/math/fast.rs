@@ -58,6 +58,28 @@ pub fn tanh(x: f32) -> f32 {
     }
 }
 
+/// √x, correctly rounded (`sqrt.rn.f32` on the device).
+#[inline(always)]
+pub fn sqrt(x: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        crate::arch::fast::sqrt_rn(x)
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        x.sqrt()
+    }
+}
+
+/// SiLU, `g · σ(g) = g / (1 + e^{−g})`, with `e^{−g}` as `exp2(−g·log2 e)` (on the device the
+/// 2-ulp `ex2.approx`; relative error below 10⁻⁶ for `|g| ≤ 16`) and a correctly rounded
+/// division. Large negative `g` gives `−0` (`e^{−g}` overflows to `inf`), large positive `g`
+/// gives `g`.
+#[inline(always)]
+pub fn silu(g: f32) -> f32 {
+    g / (1.0 + exp2(-g * core::f32::consts::LOG2_E))
+}
+
 /// `a·b + c` with one rounding (`fma.rn.f32` on the device).
 #[inline(always)]
 pub fn fma(a: f32, b: f32, c: f32) -> f32 {
@@ -102,5 +124,22 @@ mod tests {
         assert_eq!(rcp(4.0), 0.25);
         assert!((tanh(0.5) - 0.462_117_16).abs() < 1e-6);
         assert_eq!(fmax(f32::NEG_INFINITY, -3.0), -3.0);
+        assert_eq!(sqrt(6.25), 2.5);
+    }
+
+    #[test]
+    fn silu_matches_its_definition() {
+        for i in -1600..=1600 {
+            let g = i as f32 * 0.01;
+            let want = g as f64 / (1.0 + (-g as f64).exp());
+            let got = silu(g) as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                "{g}: {got} vs {want}"
+            );
+        }
+        assert_eq!(silu(0.0), 0.0);
+        assert_eq!(silu(-200.0), 0.0);
+        assert_eq!(silu(200.0), 200.0);
     }
 }

@@ -9,4 +9,5 @@ pub mod fastdiv;
 pub mod frag;
 pub mod layout;
 pub mod softmax;
+pub mod trig;
 pub mod wgmma_layout;

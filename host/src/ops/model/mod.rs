@@ -1,0 +1,136 @@
+//! The GPU kernels a Llama-architecture model runs beside attention, as one handle:
+//! [`ModelKernels`] (RMSNorm and residual-add + RMSNorm, the fused QKV split + RoPE epilogue,
+//! SiLU-and-mul, 16-bit → f32, embedding gather, greedy argmax).
+//!
+//! Every op validates its sizes on the host and returns a typed [`Error`] before anything is
+//! launched; buffers may be larger than an op needs (engines reuse max-size buffers), only
+//! `len() >= needed` is required. Launches are asynchronous, in order on the [`Gpu`]'s stream.
+//! Values that live on the device (token ids, positions) cannot be checked without a
+//! synchronisation, so the kernels are safe for any value instead: see [`ModelKernels::gather_rows`]
+//! and [`ModelKernels::qkv_rope`].
+//!
+//! CPU twins, which define the semantics and are the tests' references:
+//! [`crate::cpu::norm`], [`crate::cpu::rope`], [`crate::cpu::activation`],
+//! [`crate::cpu::sampling::argmax`]. Device side: `kernels-gpu/src/model/`.
+mod elementwise;
+mod norm;
+mod rope;
+
+use ferrinfer_kernels::abi::Abi;
+
+use crate::error::{Error, Result};
+use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+
+/// Every kernel entry the model ops launch (resolved by [`ModelKernels::new`]).
+pub const KERNELS: [&str; 9] = [
+    "rms_norm",
+    "add_rms_norm",
+    "qkv_rope_f16",
+    "qkv_rope_bf16",
+    "gather_rows",
+    "silu_and_mul",
+    "to_f32_f16",
+    "to_f32_bf16",
+    "argmax",
+];
+
+/// Largest grid x dimension.
+const MAX_GRID_X: usize = i32::MAX as usize;
+
+/// The model kernels on one GPU: construction resolves every kernel (a missing one is
+/// [`Error::KernelMissing`] here, not at the first launch); the ops launch on the GPU's stream.
+#[derive(Clone, Debug)]
+pub struct ModelKernels {
+    gpu: Gpu,
+}
+
+impl ModelKernels {
+    /// Resolves the kernels on `gpu`.
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        for name in KERNELS {
+            gpu.function(name, 0)?;
+        }
+        Ok(Self { gpu: gpu.clone() })
+    }
+
+    /// The GPU the ops launch on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Checks that `b` belongs to this GPU and holds at least `want` elements.
+    fn buffer<T: cudarc::driver::DeviceRepr>(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        b: &DeviceBuffer<T>,
+        want: usize,
+    ) -> Result<()> {
+        self.gpu.check_buffer(op, b)?;
+        if b.len() < want {
+            return Err(Error::shape(op, what, format!(">= {want}"), b.len()));
+        }
+        Ok(())
+    }
+
+    /// Launches `kernel` with `p` (no-op for an empty grid).
+    ///
+    /// # Safety
+    /// As [`Gpu::launch`]: `p` satisfies `kernel`'s launch contract for `dims`.
+    unsafe fn launch<P: Abi>(&self, kernel: &str, dims: LaunchDims, p: P) -> Result<()> {
+        if dims.grid.0 == 0 {
+            return Ok(());
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.gpu.launch(kernel, dims, p) }
+    }
+}
+
+/// `a · b`, or [`Error::Overflow`].
+fn mul(op: &'static str, what: &'static str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or(Error::Overflow { op, what })
+}
+
+/// `v` as u32, or [`Error::Overflow`] (`limit` lowers the bound).
+fn small(op: &'static str, what: &'static str, v: usize, limit: usize) -> Result<u32> {
+    if v > limit.min(u32::MAX as usize) {
+        return Err(Error::Overflow { op, what });
+    }
+    Ok(v as u32)
+}
+
+/// `v ≥ 1`, else [`Error::InvalidArgument`].
+fn positive(op: &'static str, what: &'static str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::invalid(op, what, "0 (must be ≥ 1)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{entry_names, Arch};
+
+    #[test]
+    fn every_model_kernel_is_embedded() {
+        for arch in Arch::ALL {
+            let names = entry_names(arch.ptx());
+            for k in KERNELS {
+                assert!(names.contains(&k), "{}: {k} missing", arch.name());
+            }
+        }
+    }
+
+    #[test]
+    fn size_helpers() {
+        assert!(matches!(
+            mul("op", "x", usize::MAX, 2),
+            Err(Error::Overflow { .. })
+        ));
+        assert_eq!(small("op", "x", 7, MAX_GRID_X).unwrap(), 7);
+        assert!(small("op", "x", MAX_GRID_X + 1, MAX_GRID_X).is_err());
+        assert!(small("op", "x", u32::MAX as usize + 1, usize::MAX).is_err());
+        assert!(positive("op", "x", 0).is_err());
+    }
+}
