@@ -2,7 +2,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ferrinfer::runtime::Discovery;
+use ferrinfer::Gpu;
 use ferrinfer_engine::runner::cpu::CpuRunner;
+use ferrinfer_engine::runner::gpu::GpuRunner;
+use ferrinfer_engine::runner::ModelRunner;
 use ferrinfer_engine::{Engine, EngineError, Model, Result, SchedulerConfig, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -87,7 +87,10 @@ impl Weights {
                     pk(&b("attn_v"), kv, d)?,
                 ]),
                 wo: pk(&b("attn_output"), d, q)?,
-                w_gate_up: PackedMatrix::stack(vec![pk(&b("ffn_gate"), f, d)?, pk(&b("ffn_up"), f, d)?]),
+                w_gate_up: PackedMatrix::stack(vec![
+                    pk(&b("ffn_gate"), f, d)?,
+                    pk(&b("ffn_up"), f, d)?,
+                ]),
                 w_down: pk(&b("ffn_down"), d, f)?,
             });
             let t = |n: &str, dims: &[usize]| file.tensor_f32(&format!("blk.{l}.{n}.weight"), dims);
@@ -117,7 +120,11 @@ impl Weights {
             None => None,
         };
         let inv_freq = cfg.rope.inv_freq(hd, factors.as_deref())?;
-        let head_name = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
+        let head_name = if cfg.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
         let packed_head = pk(head_name, cfg.vocab, d)?;
         progress(total, total);
         Ok(Self {

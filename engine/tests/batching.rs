@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use ferrinfer_engine::runner::cpu::CpuRunner;
 use ferrinfer_engine::runner::gpu::GpuRunner;
-use ferrinfer_harness::gpu_or_skip;
 use ferrinfer_engine::runner::ModelRunner;
 use ferrinfer_engine::{
     Engine, EngineError, Event, FinishReason, Request, SamplingParams, SchedulerConfig,
 };
+use ferrinfer_harness::gpu_or_skip;
 
 fn engine(kv_tokens: usize, step_tokens: usize) -> Engine<Box<dyn ModelRunner>> {
     let m = common::model();
@@ -217,8 +217,15 @@ fn gpu_batch_of_32_matches_each_request_alone() {
     };
     let m = common::model();
     let gpu_engine = |step_tokens| {
-        let r = GpuRunner::new(&gpu, m.config.clone(), m.weights.clone(), 32768, step_tokens, 64)
-            .unwrap();
+        let r = GpuRunner::new(
+            &gpu,
+            m.config.clone(),
+            m.weights.clone(),
+            32768,
+            step_tokens,
+            64,
+        )
+        .unwrap();
         engine_on(Box::new(r), step_tokens)
     };
     let ps = prompts();

@@ -45,7 +45,12 @@ fn chat_template_renders_as_the_reference() {
             .iter()
             .map(|m| Message::new(&m.role, &m.content))
             .collect();
-        assert_eq!(tok.apply_chat_template(&msgs, true).unwrap(), p.text, "{}", p.name);
+        assert_eq!(
+            tok.apply_chat_template(&msgs, true).unwrap(),
+            p.text,
+            "{}",
+            p.name
+        );
         chats += 1;
     }
     assert!(chats > 0, "no chat prompt in the fixtures");
@@ -77,7 +82,11 @@ fn tokenizer_matches_on_the_corpus() {
             both += 1;
         } else {
             let t = l.transformers.as_ref().unwrap();
-            assert!(ours == l.llama_cpp || &ours == t, "{:?}: ours {ours:?}", l.text);
+            assert!(
+                ours == l.llama_cpp || &ours == t,
+                "{:?}: ours {ours:?}",
+                l.text
+            );
         }
         checked += 1;
         // Decoding gives the text back (byte-level BPE is lossless).
@@ -103,13 +112,22 @@ fn gpu_greedy_tokens_match_the_references() {
     });
 }
 
+/// The transformers fixture runs the same f32 weights, so ours follows its greedy tokens until
+/// a near-tie: at the first token where they differ, ours must be among its top 5 and within
+/// `NEAR_TIE` of its best logit (our logits differ from it by ~1e-3 relative, i.e. a few
+/// hundredths on logits of ~20; see the logits test). Where both references agree on all
+/// tokens, ours must equal them exactly. llama.cpp multiplies by Q8-quantised activations and
+/// breaks near-ties differently (the references agree on 3 of 10 prompts); its agreement is
+/// reported.
+const NEAR_TIE: f32 = 0.1;
+
 fn greedy_check(make: MakeRunner) {
     let mut report = Vec::new();
     let mut agreed = 0;
     for p in reference().prompts {
-        let hf = p.transformers.as_ref();
-        let agree = hf.is_none_or(|t| t.greedy_ids == p.llama_cpp.greedy_ids);
-        let n = p.llama_cpp.greedy_ids.len();
+        let hf = p.transformers.as_ref().expect("transformers fixture");
+        let agree = hf.greedy_ids == p.llama_cpp.greedy_ids;
+        let n = hf.greedy_ids.len();
         let mut e = Engine::new(make(), SchedulerConfig::default()).unwrap();
         e.add(Request {
             prompt: our_ids(&p),
@@ -128,27 +146,34 @@ fn greedy_check(make: MakeRunner) {
             }
         }
         let lead = |r: &[u32]| ours.iter().zip(r).take_while(|(a, b)| a == b).count();
-        let line = format!(
-            "{}: {} prompt tokens; ours = llama.cpp for {}/{n}, = transformers for {}/{n}{}",
+        let (l_hf, l_cpp) = (lead(&hf.greedy_ids), lead(&p.llama_cpp.greedy_ids));
+        report.push(format!(
+            "{}: {} prompt tokens; first {l_hf}/{n} tokens = transformers, {l_cpp}/{n} = llama.cpp{}",
             p.name,
-            p.llama_cpp.prompt_ids.len(),
-            lead(&p.llama_cpp.greedy_ids),
-            hf.map_or(0, |t| lead(&t.greedy_ids)),
-            if agree { "" } else { " (references disagree)" }
-        );
-        eprintln!("{line}");
-        report.push(line);
-        // Where the references disagree (a near-tie that their different arithmetic breaks
-        // differently: llama.cpp multiplies Q4_1 weights by Q8-quantised activations,
-        // transformers by the dequantised f32 weights), there is no single right answer: the
-        // agreement is reported, not asserted.
+            hf.prompt_ids.len(),
+            if agree { " (references agree)" } else { "" }
+        ));
         if agree {
-            assert_eq!(ours, p.llama_cpp.greedy_ids, "{}", p.name);
+            assert_eq!(ours, hf.greedy_ids, "{}", p.name);
             agreed += 1;
+        } else if l_hf < n {
+            let top = &hf.top5[l_hf];
+            let best = top[0].1;
+            let ok = top
+                .iter()
+                .any(|&(id, logit)| id == ours[l_hf] && best - logit <= NEAR_TIE);
+            assert!(
+                ok,
+                "{}: token {l_hf}: ours {} is not a near-tie of transformers' top 5 {top:?}",
+                p.name, ours[l_hf]
+            );
         }
     }
     eprintln!("{}", report.join("\n"));
-    assert!(agreed >= 5, "only {agreed} prompts where the references agree");
+    assert!(
+        agreed >= 3,
+        "only {agreed} prompts where the references agree"
+    );
 }
 
 /// Teacher-forced logits at the last prompt position against the float32 reference: rel-L2 ≤

@@ -23,7 +23,14 @@ pub const PAGE_SIZE: usize = 16;
 pub const PACKED_MAX_ROWS: usize = 16;
 
 /// `out = x · Wᵀ`, by the packed weights when the step is small and they exist.
-fn mm(x: &[f32], w: &[f32], packed: Option<&PackedMatrix>, k: usize, n: usize, out: &mut [f32]) -> Result<()> {
+fn mm(
+    x: &[f32],
+    w: &[f32],
+    packed: Option<&PackedMatrix>,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
     match packed {
         Some(p) if x.len() / k <= PACKED_MAX_ROWS => p.matmul(x, out),
         _ => linear(x, w, k, n, out),
@@ -179,7 +186,14 @@ impl ModelRunner for CpuRunner {
         norm::rms_norm(&x, &self.w.layers[0].attn_norm, c.rms_eps, &mut h)?;
         for (l, lw) in self.w.layers.iter().enumerate() {
             let pw = self.w.packed_layers.get(l);
-            mm(&h, &lw.wqkv, pw.and_then(|p| p.wqkv.as_ref()), d, c.qkv_dim(), &mut qkv)?;
+            mm(
+                &h,
+                &lw.wqkv,
+                pw.and_then(|p| p.wqkv.as_ref()),
+                d,
+                c.qkv_dim(),
+                &mut qkv,
+            )?;
             for (r, row) in qkv.chunks_exact(c.qkv_dim()).enumerate() {
                 q[r * qd..(r + 1) * qd].copy_from_slice(&row[..qd]);
                 k[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
@@ -222,9 +236,23 @@ impl ModelRunner for CpuRunner {
             }
             mm(&o, &lw.wo, pw.and_then(|p| p.wo.as_ref()), qd, d, &mut proj)?;
             norm::add_rms_norm(&mut x, &proj, &lw.ffn_norm, c.rms_eps, &mut h)?;
-            mm(&h, &lw.w_gate_up, pw.and_then(|p| p.w_gate_up.as_ref()), d, 2 * f, &mut gu)?;
+            mm(
+                &h,
+                &lw.w_gate_up,
+                pw.and_then(|p| p.w_gate_up.as_ref()),
+                d,
+                2 * f,
+                &mut gu,
+            )?;
             activation::silu_and_mul(&gu, f, &mut act)?;
-            mm(&act, &lw.w_down, pw.and_then(|p| p.w_down.as_ref()), f, d, &mut proj)?;
+            mm(
+                &act,
+                &lw.w_down,
+                pw.and_then(|p| p.w_down.as_ref()),
+                f,
+                d,
+                &mut proj,
+            )?;
             let next_norm = match self.w.layers.get(l + 1) {
                 Some(next) => &next.attn_norm,
                 None => &self.w.final_norm,
@@ -238,7 +266,14 @@ impl ModelRunner for CpuRunner {
             .flat_map(|&r| h[r * d..(r + 1) * d].iter().copied())
             .collect();
         let mut logits = vec![0f32; step.logits_rows.len() * c.vocab];
-        mm(&rows, self.w.head(), self.w.packed_head.as_ref(), d, c.vocab, &mut logits)?;
+        mm(
+            &rows,
+            self.w.head(),
+            self.w.packed_head.as_ref(),
+            d,
+            c.vocab,
+            &mut logits,
+        )?;
         Ok(logits)
     }
 }

@@ -1,6 +1,7 @@
 //! Model runners: one forward pass of a batch step over the paged KV cache, on the CPU backend
 //! ([`cpu::CpuRunner`]) or the GPU. The scheduler drives them through [`ModelRunner`].
 pub mod cpu;
+pub mod gpu;
 pub mod linear;
 pub mod packed;
 

@@ -96,7 +96,13 @@ impl PackedMatrix {
                 let mut local = vec![0f32; m * (j1 - j0)];
                 for i0 in (0..m).step_by(ROWS_PER_PASS) {
                     let rows = (m - i0).min(ROWS_PER_PASS);
-                    self.run(&x[i0 * k..(i0 + rows) * k], rows, j0, j1, &mut local[i0 * (j1 - j0)..]);
+                    self.run(
+                        &x[i0 * k..(i0 + rows) * k],
+                        rows,
+                        j0,
+                        j1,
+                        &mut local[i0 * (j1 - j0)..],
+                    );
                 }
                 (j0, local)
             })
@@ -179,7 +185,9 @@ mod tests {
         let bytes = q4_1_matrix(n, k);
         let mut dense = vec![0f32; n * k];
         GgmlType::Q4_1.to_f32(&bytes, &mut dense).unwrap();
-        let p = PackedMatrix::new(GgmlType::Q4_1, n, k, &bytes).unwrap().unwrap();
+        let p = PackedMatrix::new(GgmlType::Q4_1, n, k, &bytes)
+            .unwrap()
+            .unwrap();
         for m in [1, 3, 4, 7] {
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut out = vec![f32::NAN; m * n];
@@ -198,7 +206,9 @@ mod tests {
     #[test]
     fn a_row_does_not_depend_on_the_other_rows() {
         let (n, k) = (70, 64);
-        let p = PackedMatrix::new(GgmlType::Q4_1, n, k, &q4_1_matrix(n, k)).unwrap().unwrap();
+        let p = PackedMatrix::new(GgmlType::Q4_1, n, k, &q4_1_matrix(n, k))
+            .unwrap()
+            .unwrap();
         let x: Vec<f32> = (0..6 * k).map(|i| (i as f32 * 0.91).cos()).collect();
         let mut all = vec![0f32; 6 * n];
         p.matmul(&x, &mut all).unwrap();
@@ -215,8 +225,12 @@ mod tests {
         let b = PackedMatrix::new(GgmlType::Q4_1, 3, 32, &q4_1_matrix(3, 32)).unwrap();
         assert_eq!(PackedMatrix::stack(vec![a, b]).unwrap().rows(), 5);
         assert!(PackedMatrix::new(GgmlType::Q4_1, 2, 32, &[0; 39]).is_err());
-        assert!(PackedMatrix::new(GgmlType::F32, 2, 32, &[0; 256]).unwrap().is_none());
-        let p = PackedMatrix::new(GgmlType::Q4_1, 2, 32, &q4_1_matrix(2, 32)).unwrap().unwrap();
+        assert!(PackedMatrix::new(GgmlType::F32, 2, 32, &[0; 256])
+            .unwrap()
+            .is_none());
+        let p = PackedMatrix::new(GgmlType::Q4_1, 2, 32, &q4_1_matrix(2, 32))
+            .unwrap()
+            .unwrap();
         assert!(p.matmul(&[0.0; 33], &mut [0.0; 2]).is_err());
     }
 }
