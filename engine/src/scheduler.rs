@@ -99,6 +99,12 @@ struct Seq {
     rng: StdRng,
 }
 
+/// What a forward pass returned: every row's logits, or (all requests greedy) their argmax.
+enum Output {
+    Logits(Vec<f32>),
+    Tokens(Vec<u32>),
+}
+
 /// Counters since the engine started.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
@@ -302,11 +308,17 @@ impl<R: ModelRunner> Engine<R> {
             if step.is_empty() {
                 return Ok(events);
             }
-            match self.runner.forward(&step) {
-                Ok(logits) => {
+            let greedy = self.running.iter().all(|s| s.req.sampling.is_greedy());
+            let out = if greedy {
+                self.runner.forward_greedy(&step).map(Output::Tokens)
+            } else {
+                self.runner.forward(&step).map(Output::Logits)
+            };
+            match out {
+                Ok(out) => {
                     self.stats.steps += 1;
                     self.stats.tokens += step.tokens.len() as u64;
-                    self.after_forward(&step, &logits, &mut events)?;
+                    self.after_forward(&step, &out, &mut events)?;
                     return Ok(events);
                 }
                 Err(EngineError::Kernel(ferrinfer::Error::OutOfPages { .. })) => {
@@ -335,7 +347,7 @@ impl<R: ModelRunner> Engine<R> {
     fn after_forward(
         &mut self,
         step: &StepInput,
-        logits: &[f32],
+        out: &Output,
         events: &mut Vec<Event>,
     ) -> Result<()> {
         let vocab = self.runner.config().vocab;
@@ -353,14 +365,23 @@ impl<R: ModelRunner> Engine<R> {
             if step.logits_rows.get(li) != Some(&(row - 1)) {
                 continue;
             }
-            let l = &logits[li * vocab..(li + 1) * vocab];
-            li += 1;
-            let u: f32 = if s.req.sampling.is_greedy() {
-                0.0
-            } else {
-                s.rng.random()
+            let token = match out {
+                Output::Tokens(t) => *t
+                    .get(li)
+                    .ok_or_else(|| EngineError::Model("runner returned too few tokens".into()))?,
+                Output::Logits(logits) => {
+                    let l = logits.get(li * vocab..(li + 1) * vocab).ok_or_else(|| {
+                        EngineError::Model("runner returned too few logits".into())
+                    })?;
+                    let u: f32 = if s.req.sampling.is_greedy() {
+                        0.0
+                    } else {
+                        s.rng.random()
+                    };
+                    sampling::sample(l, &s.req.sampling, u)?
+                }
             };
-            let token = sampling::sample(l, &s.req.sampling, u)?;
+            li += 1;
             s.tokens.push(token);
             s.generated += 1;
             events.push(Event::Token { id: s.id, token });

@@ -52,6 +52,7 @@ struct Buffers {
     act: DeviceBuffer<f32>,
     hsel: DeviceBuffer<f32>,
     logits: DeviceBuffer<f32>,
+    tokens_out: DeviceBuffer<u32>,
 }
 
 /// A model on one GPU.
@@ -163,6 +164,7 @@ impl GpuRunner {
             act: gpu.alloc(cap * f)?,
             hsel: gpu.alloc(cap_rows * d)?,
             logits: gpu.alloc(cap_rows * cfg.vocab)?,
+            tokens_out: gpu.alloc(cap_rows)?,
         };
         Ok(Self {
             embed: up(&w.embed)?,
@@ -261,11 +263,42 @@ impl ModelRunner for GpuRunner {
     }
 
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
+        let r = self.run_to_logits(step)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .gpu
+            .download_prefix(&self.b.logits, r * self.cfg.vocab)?)
+    }
+
+    fn forward_greedy(&mut self, step: &StepInput) -> Result<Vec<u32>> {
+        let r = self.run_to_logits(step)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        self.mk
+            .argmax(&self.b.logits, r, self.cfg.vocab, &mut self.b.tokens_out)?;
+        let ids = self.gpu.download_prefix(&self.b.tokens_out, r)?;
+        // A NaN logits row gives u32::MAX on the device: an error, as on the CPU.
+        if ids.iter().any(|&t| t as usize >= self.cfg.vocab) {
+            return Err(EngineError::Model(
+                "non-finite logits (argmax found NaN)".into(),
+            ));
+        }
+        Ok(ids)
+    }
+}
+
+impl GpuRunner {
+    /// Runs a step through the LM head; the logits of `step.logits_rows` are left in
+    /// `self.b.logits`. Returns the number of logits rows.
+    fn run_to_logits(&mut self, step: &StepInput) -> Result<usize> {
         check_step(step, &self.cfg, |id| Ok(self.cache.len(id)?))?;
         let n = step.tokens.len();
         let r = step.logits_rows.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         if n > self.cap || r > self.cap_rows || step.seqs.len() > self.cap_rows {
             return Err(EngineError::Request(format!(
@@ -344,6 +377,6 @@ impl ModelRunner for GpuRunner {
         mk.gather_rows(&b.h, n, d, &b.rows, r, &mut b.hsel)?;
         let head = self.head.as_ref().unwrap_or(&self.embed);
         Self::linear(&self.blas, &b.hsel, r, head, d, c.vocab, &mut b.logits)?;
-        Ok(g.download_prefix(&b.logits, r * c.vocab)?)
+        Ok(r)
     }
 }

@@ -60,6 +60,17 @@ pub trait ModelRunner {
     /// logits of `step.logits_rows`, `[rows, vocab]` row-major. On `OutOfPages` nothing was
     /// changed.
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>>;
+    /// As [`ModelRunner::forward`], but returns only the argmax token of each logits row (a
+    /// GPU runner picks them on the device and copies back one id per row instead of a
+    /// vocabulary of logits).
+    fn forward_greedy(&mut self, step: &StepInput) -> Result<Vec<u32>> {
+        let logits = self.forward(step)?;
+        let vocab = self.config().vocab;
+        logits
+            .chunks_exact(vocab)
+            .map(|row| Ok(ferrinfer::cpu::sampling::argmax(row)?))
+            .collect()
+    }
     /// The backend's name, for reports.
     fn backend(&self) -> String;
 }
@@ -86,6 +97,9 @@ impl<R: ModelRunner + ?Sized> ModelRunner for Box<R> {
     }
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
         (**self).forward(step)
+    }
+    fn forward_greedy(&mut self, step: &StepInput) -> Result<Vec<u32>> {
+        (**self).forward_greedy(step)
     }
     fn backend(&self) -> String {
         (**self).backend()
