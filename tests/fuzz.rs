@@ -340,8 +340,8 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError>
     }
 }
 
-/// Counts a call and checks an error is one of the crate's typed errors (all are; the match
-/// documents that nothing else, e.g. a wrapped panic, comes back).
+/// Counts a call and its typed error, if any (a panic instead fails the case: proptest
+/// catches it and shrinks to the call sequence that caused it).
 fn called<T>(r: &Result<T, Error>) {
     CALLS.fetch_add(1, Ordering::Relaxed);
     if r.is_err() {

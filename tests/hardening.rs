@@ -196,8 +196,10 @@ fn f3_size_products_do_not_wrap() {
         chunk_align: usize::MAX,
         fixed_chunk: None,
         graph_items: None,
-    });
-    assert!(r.is_ok() || r.is_err());
+    })
+    .unwrap();
+    // The chunk alignment saturates to "never split": one item per request.
+    assert_eq!((r.num_items(), r.split), (3, false));
     let r = plan_prefill(&PrefillProblem {
         qo_lens: &[1 << 20],
         kv_lens: &[i32::MAX as usize],
