@@ -4,6 +4,9 @@
 #   2. every test of every workspace member, doc tests included, release mode. GPU tests print
 #      `skipped: no CUDA device` and pass on a machine without a GPU, unless
 #      FERRINFER_REQUIRE_GPU=1 (the GPU bundle's run.sh sets it);
+#      The host crate and the harness build with overflow checks on even in release (root
+#      Cargo.toml, issue #15), so the fuzzer (tests/fuzz.rs, FERRINFER_FUZZ_CASES) and every
+#      other test fail on arithmetic that would otherwise wrap silently;
 #   3. the PTX check's per-kernel report (scripts/ptx-check.sh; already part of step 2 as
 #      tests/ptx_check.rs, re-run here with its table printed).
 # Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
