@@ -207,9 +207,13 @@ impl<T: Float16> PagedKvCache<T> {
                 rows: total,
             }),
             Err(e) => {
-                // A failed call changes nothing: the reservation is the table's latest change,
-                // so its rollback cannot be refused.
+                // A failed call changes nothing in the tables: the reservation is the table's
+                // latest change, so its rollback cannot be refused.
                 self.table.rollback(&plan)?;
+                // But the rollback would make the previous step current again, and a failed
+                // upload may have rewritten or reallocated the metadata buffer that step's
+                // device addresses point into: earlier steps stay refused.
+                self.table.invalidate_plans();
                 Err(e)
             }
         }

@@ -312,6 +312,13 @@ impl PageTable {
         None
     }
 
+    /// Makes every outstanding plan of this table stale without changing its page lists (for
+    /// the cache, whose steps also point into device metadata a failed step may have
+    /// overwritten).
+    pub(crate) fn invalidate_plans(&mut self) {
+        self.bump();
+    }
+
     /// Marks a change of the page lists: a fresh generation, never handed out before.
     fn bump(&mut self) {
         self.last_generation += 1;
