@@ -6,6 +6,9 @@
 #      (scripts/check-gpu-ignores.sh checks that the attribute marks exactly the GPU tests); the
 #      GPU bundle's run.sh runs them with --include-ignored and FERRINFER_REQUIRE_GPU=1, and so
 #      does this script when FERRINFER_REQUIRE_GPU=1 is set here;
+#      The host crate and the harness build with overflow checks on even in release (root
+#      Cargo.toml, issue #15), so the fuzzer (tests/fuzz.rs, FERRINFER_FUZZ_CASES) and every
+#      other test fail on arithmetic that would otherwise wrap silently;
 #   3. the candle link check (scripts/check-candle-link.sh): ferrinfer compiles against cudarc
 #      with the features candle-core's CUDA backend turns on (compat/candle-link);
 #   4. the PTX check's per-kernel report (scripts/ptx-check.sh; already part of step 2 as

@@ -156,7 +156,7 @@ fn run_loop(gpu: Option<&Gpu>) {
             .append_layer(0, &stale, Rows::Host(&k), rs, Rows::Host(&k), rs)
             .unwrap_err(),
     };
-    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(matches!(e, Error::StaleHandle { .. }), "{e}");
     assert!(cache.pool(LAYERS).is_err());
 }
 

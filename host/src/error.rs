@@ -64,6 +64,29 @@ pub enum Error {
         /// What was being computed.
         what: &'static str,
     },
+    /// An allocation of host memory failed, or its size is not representable: the request is
+    /// refused instead of aborting the process.
+    #[error("{op}: out of memory allocating {what} ({bytes} bytes)")]
+    OutOfMemory {
+        /// The op.
+        op: &'static str,
+        /// What was being allocated.
+        what: &'static str,
+        /// Bytes requested (`usize::MAX` when the size itself overflowed).
+        bytes: usize,
+    },
+    /// A handle (append step, append plan) made by another cache or page table, or made before
+    /// a later change of its tables: using it would write into pages that now belong to
+    /// another sequence.
+    #[error("{op}: stale or foreign {what}: {detail}")]
+    StaleHandle {
+        /// The op.
+        op: &'static str,
+        /// Which handle.
+        what: &'static str,
+        /// Details.
+        detail: String,
+    },
     /// A sequence id that the page table does not know.
     #[error("{op}: unknown sequence {id}")]
     UnknownSequence {

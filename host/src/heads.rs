@@ -14,7 +14,8 @@ pub struct HeadConfig {
 
 impl HeadConfig {
     /// Builds and validates a head configuration (`num_qo_heads` a positive multiple of
-    /// `num_kv_heads`, positive head dim).
+    /// `num_kv_heads`, positive head dim, a token's row of q — `num_qo_heads · head_dim`
+    /// elements — at most 2^31 − 1, see [`HeadConfig::validate`]).
     pub fn new(num_qo_heads: usize, num_kv_heads: usize, head_dim: usize) -> Result<Self> {
         let h = Self {
             num_qo_heads,
@@ -47,6 +48,20 @@ impl HeadConfig {
         }
         if self.head_dim == 0 {
             return Err(Error::invalid(op, "head_dim", "must be positive"));
+        }
+        // The kernels address a token's row of q/out (and so of K/V, which is no wider) with
+        // 32-bit offsets, and every size product downstream (tokens × row, both ≤ 2^31 − 1)
+        // then fits in 64 bits: the limit is checked once, here, where the geometry enters.
+        let row = self.num_qo_heads.checked_mul(self.head_dim);
+        if row.is_none_or(|r| r > crate::checked::I32_LIMIT) {
+            return Err(Error::invalid(
+                op,
+                "heads",
+                format!(
+                    "num_qo_heads {} × head_dim {} exceeds 2^31-1 elements per token",
+                    self.num_qo_heads, self.head_dim
+                ),
+            ));
         }
         Ok(())
     }

@@ -31,6 +31,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub(crate) mod checked;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod cpu;

@@ -1,5 +1,7 @@
 //! Options shared by the attention ops (FlashInfer's `sm_scale`, `logits_soft_cap`,
 //! `window_left`), with host-side validation.
+use ferrinfer_kernels::math::softmax::LogitTransform;
+
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 
@@ -48,7 +50,11 @@ impl AttentionOptions {
             .unwrap_or_else(|| 1.0 / (heads.head_dim as f32).sqrt())
     }
 
-    /// Validates the option values for op `op`.
+    /// Validates the option values for op `op`: `sm_scale` finite, soft-cap finite and `> 0`,
+    /// and the multipliers the kernels actually compute with (`sm_scale · log2 e`, or with a
+    /// soft-cap `sm_scale / c` and `c · log2 e`; [`LogitTransform`]) finite, so no option that
+    /// passes turns every logit into ±inf and every output into NaN. The default scale
+    /// `1/sqrt(head_dim)` is at most 1 and is checked as 1.
     pub fn validate(&self, op: &'static str) -> Result<()> {
         if let Some(s) = self.sm_scale {
             if !s.is_finite() {
@@ -63,6 +69,21 @@ impl AttentionOptions {
                     format!("{c} must be finite and > 0"),
                 ));
             }
+        }
+        let t = LogitTransform::new(self.sm_scale.unwrap_or(1.0), self.soft_cap);
+        if !(t.pre.is_finite() && t.post.is_finite()) {
+            return Err(Error::invalid(
+                op,
+                if self.soft_cap.is_some() {
+                    "sm_scale / soft_cap"
+                } else {
+                    "sm_scale"
+                },
+                format!(
+                    "sm_scale {:?} with soft_cap {:?} overflows f32 once scaled by log2(e)",
+                    self.sm_scale, self.soft_cap
+                ),
+            ));
         }
         Ok(())
     }

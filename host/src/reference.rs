@@ -8,6 +8,7 @@
 //! `c·tanh(sm_scale·q·k_j / c)` with soft-cap `c`. Output `o_i = Σ softmax(t)_j v_j`,
 //! `lse_i = log2 Σ_j e^{t_j}` (base 2, FlashInfer's convention). No allowed key: `o_i = 0`,
 //! `lse_i = −inf`. GQA: query head `h` reads KV head `h / (num_qo_heads / num_kv_heads)`.
+use crate::checked;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
@@ -24,13 +25,15 @@ pub struct Reference {
 
 /// Whether key `j` is visible to query row `i` (of `qo_len`) over `kv_len` keys.
 pub fn allowed(i: usize, j: usize, qo_len: usize, kv_len: usize, opts: &AttentionOptions) -> bool {
-    let pos = kv_len as i64 - qo_len as i64 + i as i64;
-    let j = j as i64;
+    // In i128, where no usize input can wrap or change sign (a window of 2^63 or more cast to
+    // i64 became negative and masked every key).
+    let pos = kv_len as i128 - qo_len as i128 + i as i128;
+    let j = j as i128;
     if opts.causal && j > pos {
         return false;
     }
     if let Some(w) = opts.window_left {
-        if j < pos - w as i64 {
+        if j < pos - w as i128 {
             return false;
         }
     }
@@ -49,25 +52,19 @@ pub fn attention(
 ) -> Result<Reference> {
     heads.validate("reference")?;
     let (hq, hkv, d) = (heads.num_qo_heads, heads.num_kv_heads, heads.head_dim);
-    if q.len() != qo_len * hq * d {
-        return Err(Error::shape(
-            "reference",
-            "q elements",
-            qo_len * hq * d,
-            q.len(),
-        ));
+    const OP: &str = "reference";
+    let nq = checked::product(OP, "q elements", &[qo_len, hq, d])?;
+    let nkv = checked::product(OP, "k/v elements", &[kv_len, hkv, d])?;
+    if q.len() != nq {
+        return Err(Error::shape(OP, "q elements", nq, q.len()));
     }
-    if k.len() != kv_len * hkv * d || v.len() != kv_len * hkv * d {
-        return Err(Error::shape(
-            "reference",
-            "k/v elements",
-            kv_len * hkv * d,
-            k.len().min(v.len()),
-        ));
+    if k.len() != nkv || v.len() != nkv {
+        return Err(Error::shape(OP, "k/v elements", nkv, k.len().min(v.len())));
     }
     let scale = opts.sm_scale.map_or(1.0 / (d as f64).sqrt(), |s| s as f64);
     let group = hq / hkv;
-    let mut o = vec![0.0f64; qo_len * hq * d];
+    // Sized like q and k (which exist), so these allocations are bounded by the inputs.
+    let mut o = vec![0.0f64; nq];
     let mut lse = vec![f64::NEG_INFINITY; qo_len * hq];
     let mut logits = vec![0.0f64; kv_len];
     for i in 0..qo_len {

@@ -4,6 +4,7 @@
 //! requests run in parallel (rayon).
 use rayon::prelude::*;
 
+use crate::checked;
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
@@ -27,29 +28,26 @@ pub fn batch_decode<T: Float16>(
     pool.check_heads(OP, heads)?;
     pool.validate_pages(pages)?;
     let b = pages.batch_size();
-    let row = heads.num_qo_heads * heads.head_dim;
-    if q.len() < b * row {
-        return Err(Error::shape(
-            OP,
-            "q elements",
-            format!(">= {}", b * row),
-            q.len(),
-        ));
+    let row = checked::mul(OP, "q row", heads.num_qo_heads, heads.head_dim)?;
+    let n = checked::mul(OP, "q elements", b, row)?;
+    let nl = checked::mul(OP, "lse elements", b, heads.num_qo_heads)?;
+    if q.len() < n {
+        return Err(Error::shape(OP, "q elements", format!(">= {n}"), q.len()));
     }
-    if out.len() < b * row {
+    if out.len() < n {
         return Err(Error::shape(
             OP,
             "out elements",
-            format!(">= {}", b * row),
+            format!(">= {n}"),
             out.len(),
         ));
     }
     if let Some(l) = lse.as_deref() {
-        if l.len() < b * heads.num_qo_heads {
+        if l.len() < nl {
             return Err(Error::shape(
                 OP,
                 "lse elements",
-                format!(">= {}", b * heads.num_qo_heads),
+                format!(">= {nl}"),
                 l.len(),
             ));
         }
@@ -57,13 +55,13 @@ pub fn batch_decode<T: Float16>(
     let strides = super::KvStrides::contiguous(heads);
     let gather = |bi: usize| -> Result<(usize, Vec<T>, Vec<T>)> {
         let (k, v) = pool.gather_host(pages, bi)?;
-        Ok((pages.kv_len(bi, pool.config().page_size), k, v))
+        Ok((pages.kv_len(bi, pool.config().page_size)?, k, v))
     };
     let hq = heads.num_qo_heads;
     let results: Vec<Result<()>> = match lse {
-        Some(l) => out[..b * row]
+        Some(l) => out[..n]
             .par_chunks_mut(row)
-            .zip(l[..b * hq].par_chunks_mut(hq))
+            .zip(l[..nl].par_chunks_mut(hq))
             .enumerate()
             .map(|(bi, (o, l))| {
                 let (len, k, v) = gather(bi)?;
@@ -81,7 +79,7 @@ pub fn batch_decode<T: Float16>(
                 )
             })
             .collect(),
-        None => out[..b * row]
+        None => out[..n]
             .par_chunks_mut(row)
             .enumerate()
             .map(|(bi, o)| {

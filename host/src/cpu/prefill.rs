@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::KvStrides;
+use crate::checked;
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
@@ -34,11 +35,8 @@ pub fn single_prefill<T: Float16>(
             format!("{qo_len} > kv_len {kv_len}"),
         ));
     }
-    let row = heads.num_qo_heads * heads.head_dim;
-    let n = qo_len.checked_mul(row).ok_or(Error::Overflow {
-        op: OP,
-        what: "q elements",
-    })?;
+    let row = checked::mul(OP, "q elements", heads.num_qo_heads, heads.head_dim)?;
+    let n = checked::mul(OP, "q elements", qo_len, row)?;
     if q.len() < n || out.len() < n {
         return Err(Error::shape(
             OP,
@@ -47,7 +45,12 @@ pub fn single_prefill<T: Float16>(
             q.len().min(out.len()),
         ));
     }
-    let nkv = kv_len * heads.num_kv_heads * heads.head_dim;
+    // Checked even when qo_len = 0 (nothing is computed, but the extent must not wrap).
+    let nkv = checked::product(
+        OP,
+        "k/v elements",
+        &[kv_len, heads.num_kv_heads, heads.head_dim],
+    )?;
     if k.len() < nkv || v.len() < nkv {
         return Err(Error::shape(
             OP,
@@ -58,12 +61,13 @@ pub fn single_prefill<T: Float16>(
     }
     let hq = heads.num_qo_heads;
 
+    let nl = checked::mul(OP, "lse elements", qo_len, hq)?;
     if let Some(l) = lse.as_deref() {
-        if l.len() < qo_len * hq {
+        if l.len() < nl {
             return Err(Error::shape(
                 OP,
                 "lse elements",
-                format!(">= {}", qo_len * hq),
+                format!(">= {nl}"),
                 l.len(),
             ));
         }
@@ -84,7 +88,7 @@ pub fn single_prefill<T: Float16>(
     let results: Vec<Result<()>> = match lse {
         Some(l) => out[..n]
             .par_chunks_mut(row)
-            .zip(l[..qo_len * hq].par_chunks_mut(hq))
+            .zip(l[..nl].par_chunks_mut(hq))
             .enumerate()
             .map(|(t, (o, l))| one(t, o, Some(l)))
             .collect(),
@@ -133,8 +137,10 @@ pub fn batch_prefill_ragged<T: Float16>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     heads.validate(OP)?;
-    let qrow = heads.num_qo_heads * heads.head_dim;
-    let kvrow = heads.num_kv_heads * heads.head_dim;
+    // Validated here too, not only per request: an empty batch must be refused like decode's.
+    opts.validate(OP)?;
+    let qrow = checked::mul(OP, "q row", heads.num_qo_heads, heads.head_dim)?;
+    let kvrow = checked::mul(OP, "k/v row", heads.num_kv_heads, heads.head_dim)?;
     if qo_indptr.len() != kv_indptr.len() || qo_indptr.is_empty() {
         return Err(Error::shape(
             OP,
@@ -158,11 +164,12 @@ pub fn batch_prefill_ragged<T: Float16>(
     }
     if let Some(l) = lse.as_deref() {
         let rows = *qo_indptr.last().unwrap_or(&0) as usize;
-        if l.len() < rows * heads.num_qo_heads {
+        let need = checked::mul(OP, "lse elements", rows, heads.num_qo_heads)?;
+        if l.len() < need {
             return Err(Error::shape(
                 OP,
                 "lse elements",
-                format!(">= {}", rows * heads.num_qo_heads),
+                format!(">= {need}"),
                 l.len(),
             ));
         }
@@ -204,6 +211,7 @@ pub fn batch_prefill_paged<T: Float16>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     heads.validate(OP)?;
+    opts.validate(OP)?;
     pool.check_heads(OP, heads)?;
     pool.validate_pages(pages)?;
     if qo_indptr.len() != pages.batch_size() + 1 {
@@ -215,17 +223,17 @@ pub fn batch_prefill_paged<T: Float16>(
         ));
     }
     // Gather every request's KV to packed rows, then run the ragged path.
-    let mut kv_indptr = vec![0i32];
+    let mut kv_indptr = checked::with_capacity(OP, "kv_indptr", pages.batch_size() + 1)?;
+    kv_indptr.push(0i32);
     let (mut k, mut v) = (Vec::new(), Vec::new());
+    let kvrow = checked::mul(OP, "k/v row", heads.num_kv_heads, heads.head_dim)?;
     for b in 0..pages.batch_size() {
         let (kb, vb) = pool.gather_host(pages, b)?;
+        checked::reserve(&mut k, OP, "gathered K", kb.len())?;
+        checked::reserve(&mut v, OP, "gathered V", vb.len())?;
         k.extend_from_slice(&kb);
         v.extend_from_slice(&vb);
-        let rows = k.len() / (heads.num_kv_heads * heads.head_dim);
-        kv_indptr.push(i32::try_from(rows).map_err(|_| Error::Overflow {
-            op: OP,
-            what: "kv rows",
-        })?);
+        kv_indptr.push(checked::to_i32(OP, "kv rows", k.len() / kvrow)?);
     }
     batch_prefill_ragged(heads, opts, q, qo_indptr, &k, &v, &kv_indptr, out, lse)
 }

@@ -13,6 +13,7 @@ use super::page_table::{AppendPlan, BatchPages, PageTable, SeqId};
 use super::pool::{
     AppendMeta, DeviceAppendMeta, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows, RowsMut,
 };
+use crate::checked;
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
@@ -23,20 +24,20 @@ const OP: &str = "kv_cache";
 pub struct PagedKvCache<T> {
     table: PageTable,
     pools: Vec<KvPool<T>>,
-    /// Bumped by every change of the tables, so a stale [`AppendStep`] is refused.
-    generation: u64,
     /// Device copy of the current step's append metadata (GPU caches), rewritten by every
     /// `begin_append`.
     meta_buf: Option<crate::runtime::DeviceBuffer<i32>>,
 }
 
 /// One step's reservation, made by [`PagedKvCache::begin_append`]: where each new row goes,
-/// already uploaded for GPU caches. Valid until the next change of the page tables.
+/// already uploaded for GPU caches. Valid for the cache that made it until the next change of
+/// its page tables: [`PagedKvCache::append_layer`] refuses a step of another cache, or a stale
+/// one, with [`Error::StaleHandle`] (its rows would land in pages the step does not own).
 pub struct AppendStep {
+    /// Bound to its table by the plan's owner id and generation.
     plan: AppendPlan,
     device: Option<DeviceAppendMeta>,
     rows: usize,
-    generation: u64,
 }
 
 impl AppendStep {
@@ -78,16 +79,16 @@ impl<T: Float16> PagedKvCache<T> {
         if layers == 0 {
             return Err(Error::invalid(OP, "layers", "must be positive"));
         }
+        let mut pools = checked::with_capacity(OP, "layers", layers)?;
         let first = KvPool::new_gpu(gpu, cfg, split_size(size, layers))?;
         let c = *first.config();
-        let mut pools = vec![first];
+        pools.push(first);
         for _ in 1..layers {
             pools.push(KvPool::new_gpu(gpu, c, PoolSize::Pages(c.num_pages))?);
         }
         Ok(Self {
             table: PageTable::new(c.num_pages, c.page_size)?,
             pools,
-            generation: 0,
             meta_buf: None,
         })
     }
@@ -102,16 +103,17 @@ impl<T: Float16> PagedKvCache<T> {
         if layers == 0 {
             return Err(Error::invalid(OP, "layers", "must be positive"));
         }
+        // Fallible: a layer count no allocator can hold is an error, not an abort.
+        let mut pools = checked::with_capacity(OP, "layers", layers)?;
         let first = KvPool::new_cpu(cfg, split_size(size, layers))?;
         let c = *first.config();
-        let mut pools = vec![first];
+        pools.push(first);
         for _ in 1..layers {
             pools.push(KvPool::new_cpu(c, PoolSize::Pages(c.num_pages))?);
         }
         Ok(Self {
             table: PageTable::new(c.num_pages, c.page_size)?,
             pools,
-            generation: 0,
             meta_buf: None,
         })
     }
@@ -163,23 +165,17 @@ impl<T: Float16> PagedKvCache<T> {
 
     /// Frees a sequence's pages (shared pages stay with their other owners).
     pub fn free(&mut self, id: SeqId) -> Result<()> {
-        self.table.free(id)?;
-        self.generation += 1;
-        Ok(())
+        self.table.free(id)
     }
 
     /// Forks a sequence: the child shares the parent's pages (copy-on-write of the partial page).
     pub fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
-        let id = self.table.fork(parent)?;
-        self.generation += 1;
-        Ok(id)
+        self.table.fork(parent)
     }
 
     /// Shortens a sequence.
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
-        self.table.truncate(id, len)?;
-        self.generation += 1;
-        Ok(())
+        self.table.truncate(id, len)
     }
 
     /// Length of a sequence in tokens.
@@ -202,18 +198,38 @@ impl<T: Float16> PagedKvCache<T> {
     /// page copies in every layer, and (GPU) uploads the append metadata once. Then call
     /// [`PagedKvCache::append_layer`] once per layer with that layer's new K/V rows.
     pub fn begin_append(&mut self, reqs: &[(SeqId, usize)]) -> Result<AppendStep> {
-        let total = reqs
-            .iter()
-            .try_fold(0usize, |a, r| a.checked_add(r.1))
-            .ok_or(Error::Overflow {
-                op: OP,
-                what: "append rows",
-            })?;
+        let total = checked::sum(OP, "append rows", reqs.iter().map(|r| r.1))?;
         let plan = self.table.plan_append(reqs)?;
+        match self.copy_and_upload(&plan, total) {
+            Ok(device) => Ok(AppendStep {
+                plan,
+                device,
+                rows: total,
+            }),
+            Err(e) => {
+                // A failed call changes nothing in the tables: the reservation is the table's
+                // latest change, so its rollback cannot be refused.
+                self.table.rollback(&plan)?;
+                // But the rollback would make the previous step current again, and a failed
+                // upload may have rewritten or reallocated the metadata buffer that step's
+                // device addresses point into: earlier steps stay refused.
+                self.table.invalidate_plans();
+                Err(e)
+            }
+        }
+    }
+
+    /// The device half of [`PagedKvCache::begin_append`]: copy-on-write copies in every layer,
+    /// then (GPU) the metadata upload.
+    fn copy_and_upload(
+        &mut self,
+        plan: &AppendPlan,
+        total: usize,
+    ) -> Result<Option<DeviceAppendMeta>> {
         for pool in &mut self.pools {
             pool.copy_pages(&plan.copies)?;
         }
-        let device = if self.pools[0].gpu().is_some() && total > 0 {
+        Ok(if self.pools[0].gpu().is_some() && total > 0 {
             let meta = AppendMeta {
                 batch_indices: &plan.batch_indices,
                 positions: &plan.positions,
@@ -221,17 +237,10 @@ impl<T: Float16> PagedKvCache<T> {
             };
             // Into the cache's own buffer, reused every step: no per-step allocation (a freed
             // device buffer can synchronise the device). Valid until the next begin_append,
-            // which bumps the generation that append_layer checks.
+            // which changes the generation that append_layer checks.
             Some(self.pools[0].upload_append_meta_into(&meta, &mut self.meta_buf)?)
         } else {
             None
-        };
-        self.generation += 1;
-        Ok(AppendStep {
-            plan,
-            device,
-            rows: total,
-            generation: self.generation,
         })
     }
 
@@ -247,12 +256,16 @@ impl<T: Float16> PagedKvCache<T> {
         v: Rows<'_, T>,
         vs: RowStrides,
     ) -> Result<()> {
-        if step.generation != self.generation {
-            return Err(Error::invalid(
-                OP,
-                "append step",
-                "the page tables changed since begin_append",
-            ));
+        // Bound to this cache's tables (owner id) and their state (generation): a step of
+        // another cache with the same geometry, or one from before a fork/truncate/free/next
+        // step, would write rows into pages it does not own.
+        if !step.plan.is_current_for(&self.table) {
+            return Err(Error::StaleHandle {
+                op: OP,
+                what: "append step",
+                detail: "made by another cache, or the page tables changed since begin_append"
+                    .into(),
+            });
         }
         let pool = self.pool_mut(layer)?;
         pool.check_rows("k rows", &k, ks, step.rows)?;
@@ -279,7 +292,9 @@ impl<T: Float16> PagedKvCache<T> {
 
     /// Single-layer convenience: [`PagedKvCache::begin_append`] + [`PagedKvCache::append_layer`]
     /// for layer 0. The rows are checked before anything is reserved, so a short buffer leaves
-    /// the cache unchanged.
+    /// the cache unchanged. A cache of several layers is refused (it would reserve the tokens
+    /// for every layer but write only layer 0's K/V): use `begin_append` and one
+    /// `append_layer` per layer.
     pub fn append(
         &mut self,
         reqs: &[(SeqId, usize)],
@@ -288,13 +303,17 @@ impl<T: Float16> PagedKvCache<T> {
         v: Rows<'_, T>,
         vs: RowStrides,
     ) -> Result<()> {
-        let total = reqs
-            .iter()
-            .try_fold(0usize, |a, r| a.checked_add(r.1))
-            .ok_or(Error::Overflow {
-                op: OP,
-                what: "append rows",
-            })?;
+        if self.pools.len() != 1 {
+            return Err(Error::invalid(
+                OP,
+                "append",
+                format!(
+                    "append writes one layer, the cache has {}: use begin_append + append_layer",
+                    self.pools.len()
+                ),
+            ));
+        }
+        let total = checked::sum(OP, "append rows", reqs.iter().map(|r| r.1))?;
         self.pools[0].check_rows("k rows", &k, ks, total)?;
         self.pools[0].check_rows("v rows", &v, vs, total)?;
         let step = self.begin_append(reqs)?;
@@ -320,7 +339,7 @@ impl<T: Float16> PagedKvCache<T> {
     pub fn gather(&mut self, layer: usize, id: SeqId) -> Result<(Vec<T>, Vec<T>)> {
         let c = *self.pool(layer)?.config();
         let len = self.table.len(id)?;
-        let n = len * c.num_kv_heads * c.head_dim;
+        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
         let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
         match self.pool(layer)?.gpu().cloned() {
             Some(gpu) => {
@@ -341,8 +360,8 @@ impl<T: Float16> PagedKvCache<T> {
                 Ok((k, v))
             }
             None => {
-                let mut k = vec![T::default(); n];
-                let mut v = vec![T::default(); n];
+                let mut k = checked::filled(OP, "gathered K", n, T::default())?;
+                let mut v = checked::filled(OP, "gathered V", n, T::default())?;
                 self.gather_into(
                     layer,
                     id,

@@ -14,7 +14,9 @@
 //! Device side: the tables are exported as FlashInfer's CSR arrays ([`BatchPages`]) and the
 //! ragged append metadata ([`AppendPlan`]); `kv/cache.rs` owns the device pool.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::checked::{self, I32_LIMIT};
 use crate::error::{Error, Result};
 
 const OP: &str = "page_table";
@@ -41,14 +43,55 @@ struct Sequence {
     len: usize,
 }
 
+/// Owner ids of page tables: process-wide unique, never 0 (the owner of a `Default` plan, so a
+/// plan not made by a table is foreign to every table).
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+fn new_owner() -> u64 {
+    NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Page allocator plus per-sequence page lists.
-#[derive(Clone, Debug)]
+///
+/// Every table has a process-unique owner id and a generation that changes with every change
+/// of its page lists; [`AppendPlan`]s (and the cache's append steps) carry both, so a plan from
+/// another table, or one made before a later change, is refused with
+/// [`Error::StaleHandle`] instead of writing into pages that now belong to someone else. A
+/// clone is a new table with its own owner id.
+#[derive(Debug)]
 pub struct PageTable {
     page_size: usize,
+    num_pages: usize,
+    /// Reference counts of the pages handed out at least once (`[0, refcount.len())`, the
+    /// high-water mark); pages above it are free and untouched. Lazy, so that a table over
+    /// 2^31 − 1 pages costs nothing until its pages are used (it allocated 16 GiB up front).
     refcount: Vec<u32>,
+    /// Pages below the high-water mark that were freed (reused first, last freed first).
     free: Vec<u32>,
     seqs: BTreeMap<SeqId, Sequence>,
     next_id: u64,
+    owner: u64,
+    /// Current generation; `last_generation` is the largest ever handed out, so a generation
+    /// value is never reused for a different state (a rollback returns to an earlier state and
+    /// its generation).
+    generation: u64,
+    last_generation: u64,
+}
+
+impl Clone for PageTable {
+    fn clone(&self) -> Self {
+        Self {
+            page_size: self.page_size,
+            num_pages: self.num_pages,
+            refcount: self.refcount.clone(),
+            free: self.free.clone(),
+            seqs: self.seqs.clone(),
+            next_id: self.next_id,
+            owner: new_owner(),
+            generation: self.generation,
+            last_generation: self.last_generation,
+        }
+    }
 }
 
 /// CSR page-table metadata of a batch of sequences (FlashInfer's paged-KV form).
@@ -66,8 +109,9 @@ pub struct BatchPages {
 impl BatchPages {
     /// Checks the CSR invariants for op `op`: `kv_indptr` has `batch + 1` entries, starts at 0
     /// and never decreases, its last entry is the length of `kv_indices`, each last-page length
-    /// is in `[1, page_size]` (0 exactly for sequences without pages), and — when `num_pages`
-    /// is given — every page id lies in `[0, num_pages)`.
+    /// is in `[1, page_size]` (0 exactly for sequences without pages), every sequence's length
+    /// fits the i32 tables, and — when `num_pages` is given — every page id lies in
+    /// `[0, num_pages)`.
     pub fn validate(
         &self,
         op: &'static str,
@@ -113,6 +157,8 @@ impl BatchPages {
                     format!("entry {i}: {last} with {n} pages"),
                 ));
             }
+            // Positions are i32 in every table and kernel.
+            checked::at_most(op, "sequence length", self.kv_len(i, page_size)?, I32_LIMIT)?;
         }
         if let Some(num_pages) = num_pages {
             if let Some(&bad) = self
@@ -135,14 +181,36 @@ impl BatchPages {
         self.kv_last_page_len.len()
     }
 
-    /// Length in tokens of sequence `b` for page size `page_size`.
-    pub fn kv_len(&self, b: usize, page_size: usize) -> usize {
-        let pages = (self.kv_indptr[b + 1] - self.kv_indptr[b]) as usize;
+    /// Length in tokens of sequence `b` for page size `page_size`. Errors: `b` out of range,
+    /// malformed tables (`kv_indptr` too short or decreasing at `b`, negative last-page
+    /// length), or a length that overflows.
+    pub fn kv_len(&self, b: usize, page_size: usize) -> Result<usize> {
+        const OP: &str = "batch_pages.kv_len";
+        let (Some(&p0), Some(&p1), Some(&last)) = (
+            self.kv_indptr.get(b),
+            self.kv_indptr.get(b.wrapping_add(1)),
+            self.kv_last_page_len.get(b),
+        ) else {
+            return Err(Error::invalid(
+                OP,
+                "batch entry",
+                format!("{b} not in [0, {})", self.batch_size()),
+            ));
+        };
+        let pages = usize::try_from(i64::from(p1) - i64::from(p0))
+            .map_err(|_| Error::invalid(OP, "kv_indptr", format!("decreases at entry {b}")))?;
+        let last = usize::try_from(last).map_err(|_| {
+            Error::invalid(OP, "kv_last_page_len", format!("entry {b}: {last} < 0"))
+        })?;
         if pages == 0 {
-            0
-        } else {
-            (pages - 1) * page_size + self.kv_last_page_len[b] as usize
+            return Ok(0);
         }
+        checked::add(
+            OP,
+            "sequence length",
+            checked::mul(OP, "sequence length", pages - 1, page_size)?,
+            last,
+        )
     }
 }
 
@@ -162,28 +230,41 @@ pub struct AppendPlan {
     /// Per request: (sequence, length, page count, last page) before the reservation, for
     /// [`PageTable::rollback`].
     undo: Vec<(SeqId, usize, usize, Option<u32>)>,
+    /// The table that made the plan (0: none, e.g. `AppendPlan::default()`).
+    owner: u64,
+    /// The table's generation right after the reservation, and right before it.
+    generation: u64,
+    prev_generation: u64,
+}
+
+impl AppendPlan {
+    /// Whether this plan was made by `table` and nothing changed `table` since (the plan's
+    /// page lists are still the table's).
+    pub fn is_current_for(&self, table: &PageTable) -> bool {
+        self.owner == table.owner && self.generation == table.generation
+    }
 }
 
 impl PageTable {
-    /// A table over `num_pages` pages of `page_size` tokens.
+    /// A table over `num_pages` pages of `page_size` tokens. Both at most 2^31 − 1 (they end
+    /// up in i32 tables). Page bookkeeping grows with the pages in use, allocated fallibly
+    /// ([`Error::OutOfMemory`]). Low page ids are handed out first.
     pub fn new(num_pages: usize, page_size: usize) -> Result<Self> {
         if page_size == 0 {
             return Err(Error::invalid(OP, "page_size", "must be positive"));
         }
-        if num_pages > i32::MAX as usize {
-            return Err(Error::invalid(
-                OP,
-                "num_pages",
-                format!("{num_pages} exceeds 2^31-1"),
-            ));
-        }
+        checked::at_most(OP, "page_size", page_size, I32_LIMIT)?;
+        checked::at_most(OP, "num_pages", num_pages, I32_LIMIT)?;
         Ok(Self {
             page_size,
-            refcount: vec![0; num_pages],
-            // Pop from the back: hand out low page ids first.
-            free: (0..num_pages as u32).rev().collect(),
+            num_pages,
+            refcount: Vec::new(),
+            free: Vec::new(),
             seqs: BTreeMap::new(),
             next_id: 0,
+            owner: new_owner(),
+            generation: 0,
+            last_generation: 0,
         })
     }
 
@@ -194,12 +275,12 @@ impl PageTable {
 
     /// Pages in the pool.
     pub fn num_pages(&self) -> usize {
-        self.refcount.len()
+        self.num_pages
     }
 
-    /// Pages on the free list.
+    /// Free pages.
     pub fn free_pages(&self) -> usize {
-        self.free.len()
+        self.free.len() + (self.num_pages - self.refcount.len())
     }
 
     /// Live sequences.
@@ -209,7 +290,39 @@ impl PageTable {
 
     /// Reference count of a page (0 = free).
     pub fn refcount(&self, page: u32) -> Option<u32> {
-        self.refcount.get(page as usize).copied()
+        let p = page as usize;
+        match self.refcount.get(p) {
+            Some(&rc) => Some(rc),
+            None => (p < self.num_pages).then_some(0),
+        }
+    }
+
+    /// A free page (refcount still 0): a freed one first, else the next never-used one.
+    /// Capacity for it was reserved by the caller ([`PageTable::reserve_many`]).
+    fn take_page(&mut self) -> Option<u32> {
+        if let Some(p) = self.free.pop() {
+            return Some(p);
+        }
+        if self.refcount.len() < self.num_pages {
+            // < num_pages ≤ 2^31 − 1.
+            let p = self.refcount.len() as u32;
+            self.refcount.push(0);
+            return Some(p);
+        }
+        None
+    }
+
+    /// Makes every outstanding plan of this table stale without changing its page lists (for
+    /// the cache, whose steps also point into device metadata a failed step may have
+    /// overwritten).
+    pub(crate) fn invalidate_plans(&mut self) {
+        self.bump();
+    }
+
+    /// Marks a change of the page lists: a fresh generation, never handed out before.
+    fn bump(&mut self) {
+        self.last_generation += 1;
+        self.generation = self.last_generation;
     }
 
     fn seq(&self, id: SeqId) -> Result<&Sequence> {
@@ -241,18 +354,19 @@ impl PageTable {
         id
     }
 
-    /// Pages (new allocations) that appending `n` tokens to `id` needs, and whether its current
-    /// last page must be copied first (shared and partially filled).
-    fn needs(&self, s: &Sequence, n: usize) -> Result<(usize, bool)> {
+    /// Pages (new allocations) that appending `n` tokens to `s` needs, and whether its current
+    /// last page must be copied first: partially filled and still shared once `released`
+    /// references to it have been dropped by earlier requests of the same batch (two forks
+    /// sharing a partial page: the first copies, the second then owns it alone).
+    fn needs(&self, s: &Sequence, n: usize, released: u32) -> Result<(usize, bool)> {
         let p = self.page_size;
-        let new_len = s.len.checked_add(n).ok_or(Error::Overflow {
-            op: OP,
-            what: "sequence length",
-        })?;
+        let new_len = checked::add(OP, "sequence length", s.len, n)?;
+        // Positions are i32 in every table and kernel.
+        checked::at_most(OP, "sequence length", new_len, I32_LIMIT)?;
         let have = s.pages.len();
         let want = new_len.div_ceil(p);
-        let cow =
-            n > 0 && !s.len.is_multiple_of(p) && self.refcount[s.pages[have - 1] as usize] > 1;
+        let shared = |page: u32| self.refcount[page as usize].saturating_sub(released) > 1;
+        let cow = n > 0 && !s.len.is_multiple_of(p) && s.pages.last().is_some_and(|&l| shared(l));
         Ok((want - have + cow as usize, cow))
     }
 
@@ -260,8 +374,69 @@ impl PageTable {
     /// allocating pages from the free list. Returns the copy-on-write copies to perform before
     /// writing. All-or-nothing across the whole list.
     pub fn reserve_many(&mut self, reqs: &[(SeqId, usize)]) -> Result<Vec<PageCopy>> {
+        let (total, cows) = self.count(reqs)?;
+        // Every allocation before the first change, so that an allocation failure changes
+        // nothing (reserved capacity is not observable state).
+        let mut copies = checked::with_capacity(OP, "page copies", cows)?;
+        // New pages above the high-water mark, and room on the free list for every page below
+        // the new mark (`release` then never allocates).
+        let fresh = total.saturating_sub(self.free.len());
+        checked::reserve(&mut self.refcount, OP, "page refcounts", fresh)?;
+        let mark = self.refcount.len() + fresh;
+        let more = mark - self.free.len();
+        checked::reserve(&mut self.free, OP, "free list", more)?;
+        for &(id, n) in reqs {
+            let want = self.seq(id)?.len.saturating_add(n).div_ceil(self.page_size);
+            if let Some(s) = self.seqs.get_mut(&id) {
+                let more = want.saturating_sub(s.pages.len());
+                checked::reserve(&mut s.pages, OP, "page list", more)?;
+            }
+        }
+        self.bump();
+        for &(id, n) in reqs {
+            let (need, cow) = self.needs(self.seq(id)?, n, 0)?;
+            let p = self.page_size;
+            // `count` checked the free pages cover the batch; capacity is reserved above.
+            let mut left = need;
+            if cow {
+                if let Some(dst) = self.take_page() {
+                    left -= 1;
+                    if let Some(last) = self.seqs.get_mut(&id).and_then(|s| {
+                        let rows = (s.len % p) as u32;
+                        s.pages
+                            .last_mut()
+                            .map(|l| (std::mem::replace(l, dst), rows))
+                    }) {
+                        let (src, rows) = last;
+                        copies.push(PageCopy { src, dst, rows });
+                        self.refcount[src as usize] -= 1;
+                        self.refcount[dst as usize] = 1;
+                    }
+                }
+            }
+            for _ in 0..left {
+                let Some(page) = self.take_page() else { break };
+                self.refcount[page as usize] = 1;
+                if let Some(s) = self.seqs.get_mut(&id) {
+                    s.pages.push(page);
+                }
+            }
+            if let Some(s) = self.seqs.get_mut(&id) {
+                s.len += n;
+            }
+        }
+        Ok(copies)
+    }
+
+    /// Validates `reqs` (known, distinct sequences; lengths within limits; enough free pages)
+    /// and counts the pages and copy-on-write copies reserving them needs, simulating the
+    /// copies of earlier requests exactly as [`PageTable::reserve_many`] performs them.
+    fn count(&self, reqs: &[(SeqId, usize)]) -> Result<(usize, usize)> {
         let mut total = 0usize;
+        let mut cows = 0usize;
         let mut seen = std::collections::BTreeSet::new();
+        // Last pages whose reference an earlier request of this batch drops by copying.
+        let mut released: BTreeMap<u32, u32> = BTreeMap::new();
         for &(id, n) in reqs {
             if !seen.insert(id) {
                 return Err(Error::invalid(
@@ -270,47 +445,24 @@ impl PageTable {
                     format!("sequence {} listed twice", id.0),
                 ));
             }
-            let (need, _) = self.needs(self.seq(id)?, n)?;
-            total = total.checked_add(need).ok_or(Error::Overflow {
-                op: OP,
-                what: "pages needed",
-            })?;
+            let s = self.seq(id)?;
+            let last = s.pages.last().copied();
+            let dropped = last.and_then(|l| released.get(&l).copied()).unwrap_or(0);
+            let (need, cow) = self.needs(s, n, dropped)?;
+            if let (true, Some(l)) = (cow, last) {
+                *released.entry(l).or_insert(0) += 1;
+                cows += 1;
+            }
+            total = checked::add(OP, "pages needed", total, need)?;
         }
-        if total > self.free.len() {
+        if total > self.free_pages() {
             return Err(Error::OutOfPages {
                 op: OP,
                 needed: total,
-                free: self.free.len(),
+                free: self.free_pages(),
             });
         }
-        let mut copies = Vec::new();
-        for &(id, n) in reqs {
-            let (need, cow) = self.needs(&self.seqs[&id], n)?;
-            let fresh: Vec<u32> = (0..need).filter_map(|_| self.free.pop()).collect();
-            let mut fresh = fresh.into_iter();
-            let p = self.page_size;
-            let Some(s) = self.seqs.get_mut(&id) else {
-                continue;
-            };
-            if cow {
-                if let (Some(last), Some(dst)) = (s.pages.last_mut(), fresh.next()) {
-                    copies.push(PageCopy {
-                        src: *last,
-                        dst,
-                        rows: (s.len % p) as u32,
-                    });
-                    self.refcount[*last as usize] -= 1;
-                    self.refcount[dst as usize] = 1;
-                    *last = dst;
-                }
-            }
-            for page in fresh {
-                self.refcount[page as usize] = 1;
-                s.pages.push(page);
-            }
-            s.len += n;
-        }
-        Ok(copies)
+        Ok((total, cows))
     }
 
     /// [`PageTable::reserve_many`] for one sequence.
@@ -327,6 +479,7 @@ impl PageTable {
         for p in s.pages {
             self.release(p);
         }
+        self.bump();
         Ok(())
     }
 
@@ -334,6 +487,7 @@ impl PageTable {
         let rc = &mut self.refcount[page as usize];
         *rc -= 1;
         if *rc == 0 {
+            // Never longer than the high-water mark, whose capacity `reserve_many` reserved.
             self.free.push(page);
         }
     }
@@ -341,13 +495,30 @@ impl PageTable {
     /// Forks `parent`: the child shares every page of the parent by reference (prefix sharing).
     /// The partially filled last page, if any, is copied by whichever sequence writes it first.
     pub fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
-        let s = self.seq(parent)?.clone();
+        let parent_seq = self.seq(parent)?;
+        if parent_seq
+            .pages
+            .iter()
+            .any(|&p| self.refcount[p as usize] == u32::MAX)
+        {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "page reference count",
+            });
+        }
+        let mut pages = checked::with_capacity(OP, "page list", parent_seq.pages.len())?;
+        pages.extend_from_slice(&parent_seq.pages);
+        let s = Sequence {
+            pages,
+            len: parent_seq.len,
+        };
         for &p in &s.pages {
             self.refcount[p as usize] += 1;
         }
         let id = SeqId(self.next_id);
         self.next_id += 1;
         self.seqs.insert(id, s);
+        self.bump();
         Ok(id)
     }
 
@@ -362,29 +533,42 @@ impl PageTable {
             ));
         }
         let keep = len.div_ceil(self.page_size);
-        let dropped: Vec<u32> = s.pages[keep..].to_vec();
+        let mut dropped = Vec::new();
         if let Some(s) = self.seqs.get_mut(&id) {
-            s.pages.truncate(keep);
+            dropped = s.pages.split_off(keep);
             s.len = len;
         }
         for p in dropped {
             self.release(p);
         }
+        self.bump();
         Ok(())
     }
 
-    /// CSR page tables of `ids`, in order, into reusable buffers.
+    /// CSR page tables of `ids`, in order, into reusable buffers. On error `out` is unchanged.
+    /// Errors: an unknown sequence, more than 2^31 − 1 pages in the batch (i32 tables), or
+    /// [`Error::OutOfMemory`].
     pub fn batch_pages_into(&self, ids: &[SeqId], out: &mut BatchPages) -> Result<()> {
+        const WHAT: &str = "batch page count";
+        let mut total = 0usize;
         for &id in ids {
-            self.seq(id)?;
+            total = checked::add(OP, WHAT, total, self.seq(id)?.pages.len())?;
         }
+        checked::at_most(OP, WHAT, total, I32_LIMIT)?;
+        let reserve = |v: &mut Vec<i32>, n: usize| {
+            checked::reserve(v, OP, "batch pages", n.saturating_sub(v.len()))
+        };
+        reserve(&mut out.kv_indptr, ids.len() + 1)?;
+        reserve(&mut out.kv_indices, total)?;
+        reserve(&mut out.kv_last_page_len, ids.len())?;
         out.kv_indptr.clear();
         out.kv_indices.clear();
         out.kv_last_page_len.clear();
         out.kv_indptr.push(0);
         for &id in ids {
-            let s = &self.seqs[&id];
+            let s = self.seq(id)?;
             out.kv_indices.extend(s.pages.iter().map(|&p| p as i32));
+            // ≤ total ≤ 2^31 − 1; a page list's last page holds ≤ page_size ≤ 2^31 − 1 rows.
             out.kv_indptr.push(out.kv_indices.len() as i32);
             let last = if s.len == 0 {
                 0
@@ -405,55 +589,81 @@ impl PageTable {
 
     /// Reserves `n_b` new tokens for each `(id_b, n_b)` and returns the ragged append metadata
     /// (rows of the new K/V, in request order) plus the batch's page tables after reservation.
-    /// All-or-nothing.
+    /// All-or-nothing. The plan is bound to this table and this change of it: see
+    /// [`PageTable::rollback`].
     pub fn plan_append(&mut self, reqs: &[(SeqId, usize)]) -> Result<AppendPlan> {
-        let old: Vec<usize> = reqs
-            .iter()
-            .map(|&(id, _)| self.len(id))
-            .collect::<Result<_>>()?;
-        let undo = reqs
-            .iter()
-            .map(|&(id, _)| {
-                let s = &self.seqs[&id];
-                (id, s.len, s.pages.len(), s.pages.last().copied())
-            })
-            .collect();
-        let total = reqs
-            .iter()
-            .try_fold(0usize, |a, r| a.checked_add(r.1))
-            .ok_or(Error::Overflow {
-                op: OP,
-                what: "append rows",
-            })?;
-        if total > i32::MAX as usize {
-            return Err(Error::Overflow {
-                op: OP,
-                what: "append rows",
-            });
-        }
-        let copies = self.reserve_many(reqs)?;
+        const ROWS: &str = "append rows";
+        let total = checked::sum(OP, ROWS, reqs.iter().map(|r| r.1))?;
+        checked::at_most(OP, ROWS, total, I32_LIMIT)?;
+        // Every check (including free pages) before the per-token tables are allocated.
+        self.count(reqs)?;
+        let prev_generation = self.generation;
         let mut plan = AppendPlan {
-            copies,
-            undo,
+            undo: checked::with_capacity(OP, "append plan", reqs.len())?,
+            append_indptr: checked::with_capacity(OP, "append plan", reqs.len() + 1)?,
+            batch_indices: checked::with_capacity(OP, "append plan", total)?,
+            positions: checked::with_capacity(OP, "append plan", total)?,
             ..Default::default()
         };
+        let mut ids = checked::with_capacity(OP, "append plan", reqs.len())?;
         plan.append_indptr.push(0);
-        for (b, (&(_, n), &start)) in reqs.iter().zip(&old).enumerate() {
-            for t in 0..n {
-                plan.batch_indices.push(b as i32);
-                plan.positions.push((start + t) as i32);
-            }
+        for (b, &(id, n)) in reqs.iter().enumerate() {
+            let s = self.seq(id)?;
+            plan.undo
+                .push((id, s.len, s.pages.len(), s.pages.last().copied()));
+            // `count` checked every new length ≤ 2^31 − 1, and the batch ≤ 2^31 − 1 rows.
+            plan.batch_indices.extend((0..n).map(|_| b as i32));
+            plan.positions.extend((s.len..s.len + n).map(|p| p as i32));
             plan.append_indptr.push(plan.batch_indices.len() as i32);
+            ids.push(id);
         }
-        let ids: Vec<SeqId> = reqs.iter().map(|r| r.0).collect();
-        self.batch_pages_into(&ids, &mut plan.pages)?;
+        plan.copies = self.reserve_many(reqs)?;
+        plan.owner = self.owner;
+        plan.generation = self.generation;
+        plan.prev_generation = prev_generation;
+        if let Err(e) = self.batch_pages_into(&ids, &mut plan.pages) {
+            // Only an i32 overflow or a failed allocation gets here: undo the reservation.
+            self.undo(&plan);
+            self.generation = prev_generation;
+            return Err(e);
+        }
         Ok(plan)
     }
 
-    /// Undoes the reservation of `plan` (the last `plan_append` on this table): releases the
-    /// pages it allocated, puts back pages it replaced by copy-on-write, restores lengths. For
-    /// callers whose device work after a reservation failed.
-    pub fn rollback(&mut self, plan: &AppendPlan) {
+    /// Undoes the reservation of `plan`: releases the pages it allocated, puts back pages it
+    /// replaced by copy-on-write, restores lengths. For callers whose device work after a
+    /// reservation failed.
+    ///
+    /// Only the most recent change of this table can be undone: `plan` must have been made by
+    /// this table's [`PageTable::plan_append`], with no change of the tables since (other than
+    /// rolling back later plans, newest first). Anything else — a plan of another table, a
+    /// plan already rolled back, a plan followed by a `reserve`, `fork`, `truncate` or `free` —
+    /// is refused with [`Error::StaleHandle`] and changes nothing.
+    pub fn rollback(&mut self, plan: &AppendPlan) -> Result<()> {
+        if plan.owner != self.owner {
+            return Err(Error::StaleHandle {
+                op: OP,
+                what: "append plan",
+                detail: "made by another page table".into(),
+            });
+        }
+        if plan.generation != self.generation {
+            return Err(Error::StaleHandle {
+                op: OP,
+                what: "append plan",
+                detail: "the page table changed since the plan (or it was rolled back already)"
+                    .into(),
+            });
+        }
+        self.undo(plan);
+        // The tables are exactly as before the plan again, and so is their generation: plans
+        // made earlier can be rolled back in turn (newest first).
+        self.generation = plan.prev_generation;
+        Ok(())
+    }
+
+    /// The state change of [`PageTable::rollback`], for a plan known to be the latest change.
+    fn undo(&mut self, plan: &AppendPlan) {
         for &(id, len, np, last) in plan.undo.iter().rev() {
             let Some(s) = self.seqs.get_mut(&id) else {
                 continue;
@@ -479,6 +689,7 @@ impl PageTable {
 
     /// Checks every invariant of the module docs; returns a description of the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        // Pages at or above the high-water mark are free by construction.
         let mut count = vec![0u32; self.refcount.len()];
         for (id, s) in &self.seqs {
             if s.pages.len() != s.len.div_ceil(self.page_size) {
@@ -490,12 +701,18 @@ impl PageTable {
                 ));
             }
             for &p in &s.pages {
-                count[p as usize] += 1;
+                match count.get_mut(p as usize) {
+                    Some(c) => *c += 1,
+                    None => return Err(format!("seq {} owns unissued page {p}", id.0)),
+                }
             }
         }
         let mut on_free = vec![false; self.refcount.len()];
         for &p in &self.free {
-            if std::mem::replace(&mut on_free[p as usize], true) {
+            let Some(slot) = on_free.get_mut(p as usize) else {
+                return Err(format!("unissued page {p} on the free list"));
+            };
+            if std::mem::replace(slot, true) {
                 return Err(format!("page {p} on the free list twice"));
             }
         }
@@ -532,7 +749,7 @@ mod tests {
         let b = t.batch_pages(&[a]).unwrap();
         assert_eq!(b.kv_indptr, vec![0, 2]);
         assert_eq!(b.kv_last_page_len, vec![1]);
-        assert_eq!(b.kv_len(0, 4), 5);
+        assert_eq!(b.kv_len(0, 4).unwrap(), 5);
         t.check_invariants().unwrap();
     }
 
@@ -624,8 +841,8 @@ mod tests {
         assert_eq!(p.append_indptr, vec![0, 2, 5]);
         assert_eq!(p.batch_indices, vec![0, 0, 1, 1, 1]);
         assert_eq!(p.positions, vec![3, 4, 0, 1, 2]);
-        assert_eq!(p.pages.kv_len(0, 4), 5);
-        assert_eq!(p.pages.kv_len(1, 4), 3);
+        assert_eq!(p.pages.kv_len(0, 4).unwrap(), 5);
+        assert_eq!(p.pages.kv_len(1, 4).unwrap(), 3);
         assert!(t.plan_append(&[(a, 1), (a, 1)]).is_err());
     }
 
@@ -635,14 +852,15 @@ mod tests {
         let a = t.add_sequence();
         t.reserve(a, 6).unwrap();
         let c = t.fork(a).unwrap();
-        let before = (t.free.len(), t.refcount.clone(), t.seqs.clone());
+        let refcounts = |t: &PageTable| (0..16).map(|p| t.refcount(p)).collect::<Vec<_>>();
+        let before = (t.free_pages(), refcounts(&t), t.seqs.clone());
         // Writes into the shared partial page (copy-on-write) and allocates more pages.
         let p = t.plan_append(&[(c, 7), (a, 1)]).unwrap();
         assert!(!p.copies.is_empty());
-        t.rollback(&p);
+        t.rollback(&p).unwrap();
         t.check_invariants().unwrap();
-        assert_eq!(before.1, t.refcount);
+        assert_eq!(before.1, refcounts(&t));
         assert_eq!(before.2, t.seqs);
-        assert_eq!(before.0, t.free.len());
+        assert_eq!(before.0, t.free_pages());
     }
 }

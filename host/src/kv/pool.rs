@@ -7,6 +7,7 @@ use ferrinfer_kernels::abi::AppendParams;
 use ferrinfer_kernels::math::layout::PageStrides;
 
 use super::page_table::{BatchPages, PageCopy};
+use crate::checked::{self, I32_LIMIT};
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
@@ -49,22 +50,40 @@ pub struct KvPoolConfig {
 }
 
 impl KvPoolConfig {
-    /// Elements per page (one of K or V).
+    /// Elements per page (one of K or V). Saturates at `usize::MAX` for a geometry no pool
+    /// accepts (every pool validates it, so a pool's config never saturates).
     pub fn page_elems(&self) -> usize {
-        self.page_size * self.num_kv_heads * self.head_dim
+        self.page_size
+            .saturating_mul(self.num_kv_heads)
+            .saturating_mul(self.head_dim)
     }
 
-    /// Bytes of one page of K plus one of V (16-bit elements).
+    /// Bytes of one page of K plus one of V (16-bit elements); saturates like
+    /// [`KvPoolConfig::page_elems`].
     pub fn page_bytes(&self) -> usize {
-        2 * self.page_elems() * 2
+        self.page_elems().saturating_mul(4)
     }
 
-    /// Capacity in tokens.
+    /// Capacity in tokens (saturates like [`KvPoolConfig::page_elems`]).
     pub fn capacity_tokens(&self) -> usize {
-        self.num_pages * self.page_size
+        self.num_pages.saturating_mul(self.page_size)
     }
 
-    /// Kernel-side strides.
+    /// Elements of one of the K/V pool allocations (`num_pages · page_elems`), checked.
+    fn pool_elems(&self) -> Result<usize> {
+        checked::product(
+            OP,
+            "pool size",
+            &[
+                self.num_pages,
+                self.page_size,
+                self.num_kv_heads,
+                self.head_dim,
+            ],
+        )
+    }
+
+    /// Kernel-side strides (32-bit: [`KvPoolConfig`]s of pools are validated to fit).
     pub fn strides(&self) -> PageStrides {
         let (p, h, d) = (
             self.page_size as u32,
@@ -77,10 +96,14 @@ impl KvPoolConfig {
         }
     }
 
-    /// Element offset of `(page, entry, head)`.
+    /// Element offset of `(page, entry, head)`. In range for a pool's config and in-range
+    /// arguments; saturates (never wraps) otherwise, so a bad offset fails the slice bounds
+    /// check of its user.
     pub fn offset(&self, page: usize, entry: usize, head: usize) -> usize {
         let s = self.strides();
-        page * s.stride_page as usize + entry * s.stride_n as usize + head * s.stride_h as usize
+        page.saturating_mul(s.stride_page as usize)
+            .saturating_add(entry.saturating_mul(s.stride_n as usize))
+            .saturating_add(head.saturating_mul(s.stride_h as usize))
     }
 
     fn validate(&self) -> Result<()> {
@@ -98,18 +121,17 @@ impl KvPoolConfig {
                 format!("{} (supported: 64, 128, 256)", self.head_dim),
             ));
         }
-        if u32::try_from(self.page_elems()).is_err() || self.num_pages > i32::MAX as usize {
-            return Err(Error::Overflow {
-                op: OP,
-                what: "page size",
-            });
-        }
-        self.num_pages
-            .checked_mul(self.page_elems())
-            .ok_or(Error::Overflow {
-                op: OP,
-                what: "pool size",
-            })?;
+        // Page ids and rows per page end up in i32 tables; strides are u32 kernel parameters.
+        checked::at_most(OP, "num_pages", self.num_pages, I32_LIMIT)?;
+        checked::at_most(OP, "page_size", self.page_size, I32_LIMIT)?;
+        let page = checked::product(
+            OP,
+            "page size",
+            &[self.page_size, self.num_kv_heads, self.head_dim],
+        )?;
+        checked::to_u32(OP, "elements per page", page)?;
+        // Both pools, in bytes, must be addressable.
+        checked::product(OP, "pool bytes", &[self.pool_elems()?, 2, size_of::<u16>()])?;
         Ok(())
     }
 }
@@ -128,7 +150,8 @@ impl RowStrides {
     /// Dense `[n, heads, head_dim]`.
     pub fn contiguous(num_kv_heads: usize, head_dim: usize) -> Self {
         Self {
-            stride_n: num_kv_heads * head_dim,
+            // Saturates for a geometry no pool accepts; such strides fail `check_rows`.
+            stride_n: num_kv_heads.saturating_mul(head_dim),
             stride_h: head_dim,
         }
     }
@@ -212,6 +235,8 @@ pub struct AppendMeta<'a> {
 
 impl<T: Float16> KvPool<T> {
     fn resolve(size: PoolSize, page_bytes: usize, free_bytes: Option<usize>) -> Result<usize> {
+        // A geometry whose page size saturates is refused by `validate` right after.
+        let page_bytes = page_bytes.max(1);
         match size {
             PoolSize::Pages(n) => Ok(n),
             PoolSize::Bytes(b) => Ok(b / page_bytes),
@@ -236,7 +261,7 @@ impl<T: Float16> KvPool<T> {
         let (free, _total) = gpu.context().mem_get_info()?;
         cfg.num_pages = Self::resolve(size, cfg.page_bytes().max(1), Some(free))?;
         cfg.validate()?;
-        let n = cfg.num_pages * cfg.page_elems();
+        let n = cfg.pool_elems()?;
         Ok(Self {
             cfg,
             storage: Storage::Cuda {
@@ -257,12 +282,12 @@ impl<T: Float16> KvPool<T> {
     pub fn new_cpu(mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
         cfg.num_pages = Self::resolve(size, cfg.page_bytes().max(1), None)?;
         cfg.validate()?;
-        let n = cfg.num_pages * cfg.page_elems();
+        let n = cfg.pool_elems()?;
         Ok(Self {
             cfg,
             storage: Storage::Cpu {
-                k: vec![T::default(); n],
-                v: vec![T::default(); n],
+                k: checked::filled(OP, "K pool", n, T::default())?,
+                v: checked::filled(OP, "V pool", n, T::default())?,
             },
             staging: Vec::new(),
             resident_blocks: std::sync::atomic::AtomicU32::new(0),
@@ -419,13 +444,16 @@ impl<T: Float16> KvPool<T> {
         let need = if n == 0 {
             0
         } else {
-            (n - 1)
-                .checked_mul(s.stride_n)
-                .and_then(|x| x.checked_add((h - 1) * s.stride_h + d))
-                .ok_or(Error::Overflow {
-                    op: OP,
-                    what: "row extent",
-                })?
+            let last_head = checked::mul(OP, "row extent", h - 1, s.stride_h)?;
+            checked::sum(
+                OP,
+                "row extent",
+                [
+                    checked::mul(OP, "row extent", n - 1, s.stride_n)?,
+                    last_head,
+                    d,
+                ],
+            )?
         };
         if rows.len() < need {
             return Err(Error::shape(
@@ -485,7 +513,7 @@ impl<T: Float16> KvPool<T> {
                     format!("{bi} not in [0, {b})"),
                 ));
             }
-            let len = meta.pages.kv_len(bi as usize, self.cfg.page_size);
+            let len = meta.pages.kv_len(bi as usize, self.cfg.page_size)?;
             if pos < 0 || pos as usize >= len {
                 return Err(Error::invalid(
                     OP,
@@ -690,7 +718,7 @@ impl<T: Float16> KvPool<T> {
                 };
                 for (n, (&b, &pos)) in meta.batch_indices.iter().zip(meta.positions).enumerate() {
                     let (page, entry) =
-                        page_of(meta.pages, b as usize, pos as usize, cfg.page_size);
+                        page_of(meta.pages, b as usize, pos as usize, cfg.page_size)?;
                     for h in 0..cfg.num_kv_heads {
                         let dst = cfg.offset(page, entry, h);
                         let sk = n * ks.stride_n + h * ks.stride_h;
@@ -727,7 +755,7 @@ impl<T: Float16> KvPool<T> {
                 format!("{b} not in [0, {})", pages.batch_size()),
             ));
         }
-        let len = pages.kv_len(b, self.cfg.page_size);
+        let len = pages.kv_len(b, self.cfg.page_size)?;
         self.check_rows("k out", &k_out.as_rows(), ks, len)?;
         self.check_rows("v out", &v_out.as_rows(), vs, len)?;
         if len == 0 {
@@ -771,8 +799,7 @@ impl<T: Float16> KvPool<T> {
                 let Storage::Cpu { k: kp, v: vp } = &self.storage else {
                     unreachable_storage()?
                 };
-                host_rows_out(&cfg, kp, vp, pages, b, len, kh, ks, vh, vs);
-                Ok(())
+                host_rows_out(&cfg, kp, vp, pages, b, len, kh, ks, vh, vs)
             }
             _ => Err(Error::invalid(
                 OP,
@@ -807,11 +834,12 @@ impl<T: Float16> KvPool<T> {
             ));
         };
         let c = self.cfg;
-        let len = pages.kv_len(b, c.page_size);
-        let n = len * c.num_kv_heads * c.head_dim;
-        let (mut k, mut v) = (vec![T::default(); n], vec![T::default(); n]);
+        let len = pages.kv_len(b, c.page_size)?;
+        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
+        let k = checked::filled(OP, "gathered K", n, T::default());
+        let (mut k, mut v) = (k?, checked::filled(OP, "gathered V", n, T::default())?);
         let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
-        host_rows_out(&c, kp, vp, pages, b, len, &mut k, s, &mut v, s);
+        host_rows_out(&c, kp, vp, pages, b, len, &mut k, s, &mut v, s)?;
         Ok((k, v))
     }
 
@@ -880,7 +908,7 @@ impl<'a, T> RowsMut<'a, T> {
 }
 
 /// Copies tokens `[0, len)` of entry `b` from host pools into strided rows (bounds validated by
-/// the callers).
+/// the callers; a page slot outside the tables is still an error, never an index panic).
 #[allow(clippy::too_many_arguments)]
 fn host_rows_out<T: Copy>(
     cfg: &KvPoolConfig,
@@ -893,9 +921,9 @@ fn host_rows_out<T: Copy>(
     ks: RowStrides,
     vh: &mut [T],
     vs: RowStrides,
-) {
+) -> Result<()> {
     for t in 0..len {
-        let (page, entry) = page_of(pages, b, t, cfg.page_size);
+        let (page, entry) = page_of(pages, b, t, cfg.page_size)?;
         for h in 0..cfg.num_kv_heads {
             let src = cfg.offset(page, entry, h);
             let dk = t * ks.stride_n + h * ks.stride_h;
@@ -904,11 +932,27 @@ fn host_rows_out<T: Copy>(
             vh[dv..dv + cfg.head_dim].copy_from_slice(&vp[src..src + cfg.head_dim]);
         }
     }
+    Ok(())
 }
 
-fn page_of(pages: &BatchPages, b: usize, pos: usize, page_size: usize) -> (usize, usize) {
-    let slot = pages.kv_indptr[b] as usize + pos / page_size;
-    (pages.kv_indices[slot] as usize, pos % page_size)
+/// `(page, entry)` of position `pos` of entry `b`: the tables were validated by the callers,
+/// and a slot outside them is an error rather than an index panic all the same.
+fn page_of(pages: &BatchPages, b: usize, pos: usize, page_size: usize) -> Result<(usize, usize)> {
+    let slot = pages
+        .kv_indptr
+        .get(b)
+        .and_then(|&start| usize::try_from(start).ok())
+        .and_then(|start| start.checked_add(pos / page_size))
+        .and_then(|slot| pages.kv_indices.get(slot))
+        .and_then(|&page| usize::try_from(page).ok());
+    match slot {
+        Some(page) => Ok((page, pos % page_size)),
+        None => Err(Error::invalid(
+            OP,
+            "page tables",
+            format!("no page for position {pos} of entry {b}"),
+        )),
+    }
 }
 
 /// Concatenates the four metadata arrays into `host`, grows `buf` to hold them and uploads them

@@ -301,15 +301,15 @@ impl BatchDecode {
         &self.kernel
     }
 
-    fn kv_lens(&self, pages: &BatchPages, page_size: usize) -> Vec<(usize, usize)> {
+    fn kv_lens(&self, pages: &BatchPages, page_size: usize) -> Result<Vec<(usize, usize)>> {
         (0..pages.batch_size())
             .map(|b| {
-                let len = pages.kv_len(b, page_size);
+                let len = pages.kv_len(b, page_size)?;
                 let begin = match self.opts.window_left {
                     Some(w) => len.saturating_sub(w.saturating_add(1)),
                     None => 0,
                 };
-                (begin, len)
+                Ok((begin, len))
             })
             .collect()
     }
@@ -445,7 +445,7 @@ impl BatchDecode {
                 ),
             ));
         }
-        let ranges = self.kv_lens(pages, page_size);
+        let ranges = self.kv_lens(pages, page_size)?;
         if ranges.iter().any(|&(_, e)| e > i32::MAX as usize) {
             return Err(Error::Overflow {
                 op: OP,

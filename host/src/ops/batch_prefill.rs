@@ -17,6 +17,7 @@ use ferrinfer_kernels::config::prefill_hopper as hopper_cfg;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
+use crate::checked;
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
@@ -94,7 +95,8 @@ impl PrefillTile {
         head_dim: usize,
         arch: Arch,
     ) -> Self {
-        let long = qo_tokens * group >= 128 * batch.max(1);
+        // Saturating: the arguments are the caller's and only compared.
+        let long = qo_tokens.saturating_mul(group) >= batch.max(1).saturating_mul(128);
         if long && arch.has_wgmma() && head_dim <= 128 && keys_per_query >= WGMMA_MIN_KEYS {
             Self::Rows128Wgmma
         } else if long && head_dim == 128 {
@@ -167,8 +169,13 @@ impl PrefillTile {
         }
     }
 
-    /// Dynamic shared memory of the kernel for head dim `head_dim`.
+    /// Dynamic shared memory of the kernel for head dim `head_dim`; `u32::MAX` (more than
+    /// any GPU has) for head dims beyond 256, which no prefill kernel is built for (the
+    /// formulas would overflow 32 bits).
     pub fn smem_bytes(self, head_dim: usize) -> u32 {
+        if head_dim > 256 {
+            return u32::MAX;
+        }
         let d = head_dim as u32;
         // The `mma.sync` tiles stage Q in shared memory with two m-tiles per warp and at
         // D = 256 (mirrors `q_in_smem` in kernels-gpu/src/prefill.rs).
@@ -181,9 +188,13 @@ impl PrefillTile {
         }
     }
 
-    /// Query tokens per tile for query group `group`.
+    /// Query tokens per tile for query group `group`; 0 (no token fits, which the planner
+    /// refuses) for group 0 or a group larger than the tile's rows.
     pub fn tokens(self, group: usize) -> usize {
-        cfg::tile_tokens(self.rows(), group as u32) as usize
+        match u32::try_from(group) {
+            Ok(g) if g > 0 => cfg::tile_tokens(self.rows(), g) as usize,
+            _ => 0,
+        }
     }
 }
 
@@ -677,7 +688,7 @@ impl BatchPrefill {
         let batch = pages.batch_size();
         let kv_lens: Vec<usize> = (0..batch)
             .map(|b| pages.kv_len(b, pool.page_size))
-            .collect();
+            .collect::<Result<_>>()?;
         let kv_begin: Vec<u32> = pages.kv_indptr[..batch].iter().map(|&x| x as u32).collect();
         self.plan_inner(
             KvKind::Paged,
@@ -777,7 +788,7 @@ impl BatchPrefill {
         })?;
         // Persistent CTAs (the Hopper tile): one wave of CTAs, each running its list of
         // (item, KV head) units; in graph mode the grid is the capacity's, fixed.
-        let units_total = host.items.len() * self.heads.num_kv_heads;
+        let units_total = checked::mul(OP, "units", host.items.len(), self.heads.num_kv_heads)?;
         let wanted = self
             .persistent
             .unwrap_or_else(|| persistent_auto(&host.items));
@@ -787,14 +798,16 @@ impl BatchPrefill {
             (_, Some(c)) => c.ctas,
             (n, None) => n.min(units_total).max(1),
         };
-        let schedule = (ctas > 0).then(|| {
-            schedule_units(
-                &host.items,
-                self.heads.num_kv_heads,
-                ctas,
-                hopper_cfg::TILE as usize,
-            )
-        });
+        let schedule = (ctas > 0)
+            .then(|| {
+                schedule_units(
+                    &host.items,
+                    self.heads.num_kv_heads,
+                    ctas,
+                    hopper_cfg::TILE as usize,
+                )
+            })
+            .transpose()?;
         let caps = graph_caps.unwrap_or(Caps {
             items: host.items.len().max(1),
             batch,

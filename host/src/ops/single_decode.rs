@@ -29,7 +29,9 @@ impl KvStrides {
     /// Contiguous `[kv_len, num_kv_heads, head_dim]` (NHD).
     pub fn contiguous(heads: &HeadConfig) -> Self {
         Self {
-            stride_n: heads.num_kv_heads * heads.head_dim,
+            // Saturates (never wraps) for geometry `HeadConfig::validate` refuses: the extent
+            // check (`required_len`) then fails instead of reading out of bounds.
+            stride_n: heads.num_kv_heads.saturating_mul(heads.head_dim),
             stride_h: heads.head_dim,
         }
     }
@@ -41,7 +43,12 @@ impl KvStrides {
         }
         (kv_len - 1)
             .checked_mul(self.stride_n)?
-            .checked_add((heads.num_kv_heads - 1).checked_mul(self.stride_h)?)?
+            .checked_add(
+                heads
+                    .num_kv_heads
+                    .checked_sub(1)?
+                    .checked_mul(self.stride_h)?,
+            )?
             .checked_add(heads.head_dim)
     }
 }

@@ -8,6 +8,8 @@
 //! Items of one request are contiguous; `merge_indptr[b]..merge_indptr[b+1]` lists them, and the
 //! merge kernel folds their partial states (only for requests with more than one item).
 
+use super::MAX_PLAN_ENTRIES;
+use crate::checked;
 use crate::error::{Error, Result};
 
 const OP: &str = "decode_plan";
@@ -58,8 +60,11 @@ impl DecodePlan {
     }
 }
 
+/// Work items of `lens` cut into chunks of `chunk` (saturating: only compared with limits).
 fn items_for(lens: &[usize], chunk: usize) -> usize {
-    lens.iter().map(|&l| l.div_ceil(chunk).max(1)).sum()
+    lens.iter()
+        .map(|&l| l.div_ceil(chunk.max(1)).max(1))
+        .fold(0usize, usize::saturating_add)
 }
 
 /// Extra cost (in tokens of the critical path) charged to a split plan: the fused merge's
@@ -96,12 +101,16 @@ fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
         let chunk = if n == 1 {
             usize::MAX
         } else {
-            max_len.div_ceil(n).div_ceil(a).max(1) * a
+            max_len.div_ceil(n).div_ceil(a).max(1).saturating_mul(a)
         };
         if n > 1 && (chunk < p.min_chunk || chunk >= max_len) {
             continue;
         }
-        if n > 1 && n * p.kv_lens.len() * p.num_kv_heads > 8 * p.max_ctas {
+        // The cost model saturates: its inputs are caller-supplied and only compared.
+        let ctas_needed = n
+            .saturating_mul(p.kv_lens.len())
+            .saturating_mul(p.num_kv_heads);
+        if n > 1 && ctas_needed > p.max_ctas.saturating_mul(8) {
             break; // every further candidate needs more than 8 waves
         }
         let items = if n == 1 {
@@ -113,20 +122,19 @@ fn choose_chunk(p: &DecodeProblem<'_>, max_len: usize) -> usize {
             continue;
         }
         // Waves in thousandths.
-        let w = items * p.num_kv_heads * 1000 / p.max_ctas;
+        let w = items.saturating_mul(p.num_kv_heads).saturating_mul(1000) / p.max_ctas;
         let (full, frac) = (w / 1000, w % 1000);
-        let waves = full * 1000
-            + if frac > 0 {
-                frac.max(SATURATING_FILL_MILLI)
-            } else {
-                0
-            };
-        let cost = waves * (chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS) / 1000
-            + if n > 1 {
+        let waves = full.saturating_mul(1000).saturating_add(if frac > 0 {
+            frac.max(SATURATING_FILL_MILLI)
+        } else {
+            0
+        });
+        let cost = (waves.saturating_mul(chunk.min(max_len.max(1)) + CTA_OVERHEAD_TOKENS) / 1000)
+            .saturating_add(if n > 1 {
                 SPLIT_PENALTY_TOKENS + SPLIT_PENALTY_PER_CHUNK * n
             } else {
                 0
-            };
+            });
         if (cost, items) < (best.0, best.1) {
             best = (cost, items, chunk);
         }
@@ -151,15 +159,29 @@ pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
         });
     }
     let max_len = p.kv_lens.iter().copied().max().unwrap_or(0);
-    let align = |c: usize| c.div_ceil(p.chunk_align).max(1) * p.chunk_align;
+    let align = |c: usize| {
+        c.div_ceil(p.chunk_align)
+            .max(1)
+            .saturating_mul(p.chunk_align)
+    };
     let chunk = match p.fixed_chunk {
         Some(c) if c >= i32::MAX as usize => usize::MAX,
         Some(c) => align(c.max(1)),
         None => choose_chunk(p, max_len),
     };
+    // Every table is sized and allocated (fallibly) before it is filled.
+    let items = if chunk == usize::MAX {
+        b
+    } else {
+        items_for(p.kv_lens, chunk)
+    };
+    checked::at_most(OP, "work items (MAX_PLAN_ENTRIES)", items, MAX_PLAN_ENTRIES)?;
     let mut plan = DecodePlan {
         chunk_len: chunk,
-        merge_indptr: Vec::with_capacity(b + 1),
+        merge_indptr: checked::with_capacity(OP, "merge_indptr", b + 1)?,
+        request: checked::with_capacity(OP, "work items", items)?,
+        kv_begin: checked::with_capacity(OP, "work items", items)?,
+        kv_end: checked::with_capacity(OP, "work items", items)?,
         ..Default::default()
     };
     plan.merge_indptr.push(0);
@@ -170,11 +192,12 @@ pub fn plan(p: &DecodeProblem<'_>) -> Result<DecodePlan> {
             len.div_ceil(chunk).max(1)
         };
         for c in 0..n {
+            // c · chunk < len ≤ 2^31 − 1 (checked above).
             let begin = if chunk == usize::MAX { 0 } else { c * chunk };
             let end = if chunk == usize::MAX {
                 len
             } else {
-                (begin + chunk).min(len)
+                begin.saturating_add(chunk).min(len)
             };
             plan.request.push(r as u32);
             plan.kv_begin.push(begin as u32);

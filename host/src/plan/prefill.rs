@@ -11,6 +11,8 @@
 //! fill the tail of the wave.
 use ferrinfer_kernels::abi::PrefillItem;
 
+use super::MAX_PLAN_ENTRIES;
+use crate::checked::{self, I32_LIMIT};
 use crate::error::{Error, Result};
 
 /// The step to plan.
@@ -65,6 +67,8 @@ impl PrefillPlan {
 }
 
 /// Keys `[begin, end)` that some row of the tile of query tokens `[t0, t0 + tokens)` may see.
+/// Saturating: with `qo_len > kv_len` (which the planner refuses) the queries are taken to
+/// start at position 0, never at a wrapped offset.
 pub fn tile_keys(
     qo_len: usize,
     kv_len: usize,
@@ -73,13 +77,13 @@ pub fn tile_keys(
     causal: bool,
     window_left: Option<usize>,
 ) -> (usize, usize) {
-    let offset = kv_len - qo_len;
+    let offset = kv_len.saturating_sub(qo_len);
     let end = if causal {
-        (offset + t0 + tokens).min(kv_len)
+        offset.saturating_add(t0).saturating_add(tokens).min(kv_len)
     } else {
         kv_len
     };
-    let begin = window_left.map_or(0, |w| (offset + t0).saturating_sub(w));
+    let begin = window_left.map_or(0, |w| offset.saturating_add(t0).saturating_sub(w));
     (begin, end.max(begin))
 }
 
@@ -112,7 +116,14 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
             "tile_tokens and chunk_align must be positive",
         ));
     }
-    let mut tiles = Vec::new();
+    const LIMIT: &str = "plan entries (MAX_PLAN_ENTRIES)";
+    // Sized first, so that no table grows past the limit or aborts on allocation.
+    let mut n_tiles = 0usize;
+    for (&q, &k) in p.qo_lens.iter().zip(p.kv_lens) {
+        n_tiles = n_tiles.saturating_add(q.min(k).div_ceil(p.tile_tokens));
+    }
+    checked::at_most(OP, LIMIT, n_tiles, MAX_PLAN_ENTRIES)?;
+    let mut tiles = checked::with_capacity(OP, "query tiles", n_tiles)?;
     let mut qo_begin = 0usize;
     let mut total = 0usize;
     for (b, (&q, &k)) in p.qo_lens.iter().zip(p.kv_lens).enumerate() {
@@ -123,7 +134,7 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
                 format!("request {b}: {q} > kv_len {k}"),
             ));
         }
-        if k > i32::MAX as usize || qo_begin + q > i32::MAX as usize {
+        if k > I32_LIMIT || qo_begin.saturating_add(q) > I32_LIMIT {
             return Err(Error::Overflow {
                 op: OP,
                 what: "lengths (2^31 tokens)",
@@ -133,7 +144,7 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
         while t0 < q {
             let tokens = p.tile_tokens.min(q - t0);
             let (begin, end) = tile_keys(q, k, t0, tokens, p.causal, p.window_left);
-            total += end - begin;
+            total = checked::add(OP, "keys", total, end - begin)?;
             tiles.push(Tile {
                 request: b as u32,
                 t0: t0 as u32,
@@ -166,15 +177,20 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
     };
     // Graph mode: lengthen the chunk until items and partial slots fit the plan's buffers.
     let slot_cap = p.max_slots.unwrap_or(usize::MAX);
-    let fits = |c: usize| -> bool {
+    // (items, partial slots) of chunk length `c`, saturating (only compared with limits).
+    let sizes = |c: usize| -> (usize, usize) {
         let (mut items, mut slots) = (0usize, 0usize);
         for t in &tiles {
             let n = (t.end - t.begin).div_ceil(c).max(1);
-            items += n;
+            items = items.saturating_add(n);
             if n > 1 {
-                slots += t.tokens as usize * n;
+                slots = slots.saturating_add((t.tokens as usize).saturating_mul(n));
             }
         }
+        (items, slots)
+    };
+    let fits = |c: usize| -> bool {
+        let (items, slots) = sizes(c);
         items <= cap && slots <= slot_cap
     };
     while chunk < longest && !fits(chunk) {
@@ -183,10 +199,19 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
     if chunk >= longest {
         chunk = usize::MAX;
     }
-    let mut items = Vec::new();
+    let (n_items, n_slots) = sizes(chunk);
+    checked::at_most(OP, LIMIT, n_items, MAX_PLAN_ENTRIES)?;
+    checked::to_u32(OP, "split-KV partial slots", n_slots)?;
+    // Merge rows: one per query token of a split tile (≤ the tiles' tokens).
+    let n_rows = tiles
+        .iter()
+        .map(|t| t.tokens as usize)
+        .fold(0usize, usize::saturating_add);
+    checked::at_most(OP, LIMIT, n_rows, MAX_PLAN_ENTRIES)?;
+    let mut items = checked::with_capacity(OP, "work items", n_items)?;
     let mut merge_rows = Vec::new();
     let mut slots = 0usize;
-    let mut lens = Vec::new();
+    let mut lens = checked::with_capacity(OP, "work items", n_items)?;
     for t in &tiles {
         let len = t.end - t.begin;
         let n = if chunk == usize::MAX {
@@ -195,6 +220,7 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
             len.div_ceil(chunk).max(1)
         };
         let part = if n > 1 {
+            checked::reserve(&mut merge_rows, OP, "merge rows", t.tokens as usize)?;
             let part = slots;
             slots += t.tokens as usize * n;
             for i in 0..t.tokens as usize {
@@ -234,9 +260,14 @@ pub fn plan(p: &PrefillProblem<'_>) -> Result<PrefillPlan> {
         });
     }
     // Longest first (stable: equal lengths keep request/tile order).
-    let mut order: Vec<usize> = (0..items.len()).collect();
+    let mut order = checked::collect(OP, "work items", items.len(), 0..items.len())?;
     order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
-    let items = order.into_iter().map(|i| items[i]).collect();
+    let items = checked::collect(
+        OP,
+        "work items",
+        order.len(),
+        order.into_iter().map(|i| items[i]),
+    )?;
     Ok(PrefillPlan {
         items,
         merge_rows,

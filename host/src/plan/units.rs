@@ -12,6 +12,10 @@ use std::collections::BinaryHeap;
 
 use ferrinfer_kernels::abi::PrefillItem;
 
+use super::MAX_PLAN_ENTRIES;
+use crate::checked;
+use crate::error::Result;
+
 /// Cost of one unit start-up and epilogue, in K/V tiles.
 const UNIT_OVERHEAD_TILES: u64 = 1;
 
@@ -33,7 +37,15 @@ impl UnitSchedule {
 
     /// Units of CTA `c`.
     pub fn of_cta(&self, c: usize) -> &[[u32; 2]] {
-        &self.units[self.offsets[c] as usize..self.offsets[c + 1] as usize]
+        // Out-of-range CTAs run nothing (a caller's index never panics).
+        let range = self
+            .offsets
+            .get(c..c.saturating_add(2))
+            .and_then(|o| match o {
+                [a, b] => self.units.get(*a as usize..*b as usize),
+                _ => None,
+            });
+        range.unwrap_or(&[])
     }
 }
 
@@ -50,13 +62,24 @@ fn cost(item: &PrefillItem, tile: usize) -> u64 {
 }
 
 /// Schedules every (item, KV head) unit of `items` onto `ctas` CTAs (`ctas ≥ 1`); `tile` is
-/// the kernel's K/V tile in keys.
-pub fn schedule(items: &[PrefillItem], kv_heads: usize, ctas: usize, tile: usize) -> UnitSchedule {
-    let ctas = ctas.max(1);
+/// the kernel's K/V tile in keys. Errors: more units (`items × kv_heads`) or CTAs than
+/// [`MAX_PLAN_ENTRIES`](super::MAX_PLAN_ENTRIES), or [`crate::Error::OutOfMemory`].
+pub fn schedule(
+    items: &[PrefillItem],
+    kv_heads: usize,
+    ctas: usize,
+    tile: usize,
+) -> Result<UnitSchedule> {
+    const OP: &str = "schedule_units";
+    const LIMIT: &str = "units or CTAs (MAX_PLAN_ENTRIES)";
+    let ctas = checked::at_most(OP, LIMIT, ctas.max(1), MAX_PLAN_ENTRIES)?;
     let tile = tile.max(1);
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..ctas).map(|c| Reverse((0, c))).collect();
-    let mut owner = Vec::with_capacity(items.len() * kv_heads);
-    let mut count = vec![0u32; ctas];
+    let n_units = checked::mul(OP, LIMIT, items.len(), kv_heads)?;
+    checked::at_most(OP, LIMIT, n_units, MAX_PLAN_ENTRIES)?;
+    let heap = checked::collect(OP, "CTA heap", ctas, (0..ctas).map(|c| Reverse((0u64, c))))?;
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::from(heap);
+    let mut owner = checked::with_capacity(OP, "units", n_units)?;
+    let mut count = checked::filled(OP, "CTA unit counts", ctas, 0u32)?;
     for (i, it) in items.iter().enumerate() {
         let c_cost = cost(it, tile);
         for h in 0..kv_heads {
@@ -68,7 +91,7 @@ pub fn schedule(items: &[PrefillItem], kv_heads: usize, ctas: usize, tile: usize
             }
         }
     }
-    let mut offsets = Vec::with_capacity(ctas + 1);
+    let mut offsets = checked::with_capacity(OP, "CTA offsets", ctas + 1)?;
     let mut acc = 0u32;
     offsets.push(0);
     for &n in &count {
@@ -77,12 +100,12 @@ pub fn schedule(items: &[PrefillItem], kv_heads: usize, ctas: usize, tile: usize
     }
     // Stable placement: each CTA keeps its units in assignment order (longest first).
     let mut next: Vec<u32> = offsets[..ctas].to_vec();
-    let mut units = vec![[0u32; 2]; owner.len()];
+    let mut units = checked::filled(OP, "units", owner.len(), [0u32; 2])?;
     for (c, u) in owner {
         units[next[c] as usize] = u;
         next[c] += 1;
     }
-    UnitSchedule { offsets, units }
+    Ok(UnitSchedule { offsets, units })
 }
 
 #[cfg(test)]
@@ -117,7 +140,7 @@ mod tests {
     #[test]
     fn equal_units_spread_evenly() {
         let items: Vec<_> = (0..64).map(|_| item(2048)).collect();
-        let s = schedule(&items, 8, 132, 128);
+        let s = schedule(&items, 8, 132, 128).unwrap();
         assert_eq!(s.units.len(), 512);
         let per: Vec<usize> = (0..132).map(|c| s.of_cta(c).len()).collect();
         assert!(per.iter().all(|&n| n == 3 || n == 4), "{per:?}");
@@ -126,7 +149,7 @@ mod tests {
     #[test]
     fn fewer_units_than_ctas_leaves_ctas_empty() {
         let items = [item(100), item(300)];
-        let s = schedule(&items, 2, 8, 128);
+        let s = schedule(&items, 2, 8, 128).unwrap();
         assert_eq!(s.ctas(), 8);
         assert_eq!(s.units.len(), 4);
         assert_eq!((0..8).filter(|&c| s.of_cta(c).is_empty()).count(), 4);
@@ -143,7 +166,7 @@ mod tests {
             // The planner's order: longest first.
             let mut items: Vec<_> = lens.iter().map(|&l| item(l)).collect();
             items.sort_by_key(|i| std::cmp::Reverse(i.kv_end - i.kv_begin));
-            let s = schedule(&items, kv_heads, ctas, 128);
+            let s = schedule(&items, kv_heads, ctas, 128).unwrap();
             prop_assert_eq!(s.ctas(), ctas);
             prop_assert_eq!(s.offsets[0], 0);
             prop_assert!(s.offsets.windows(2).all(|w| w[0] <= w[1]));
