@@ -777,3 +777,80 @@ async fn load_test_bounded() {
     support::wait_idle(&c, &srv.base).await;
     srv.stop();
 }
+
+/// A burst larger than the KV cache (6 pages of 16 tokens; five requests of 2 pages each):
+/// the engine preempts, and every request still finishes with the text it has alone; a slow
+/// reader that reads nothing for a while still gets its whole answer; afterwards every page is
+/// free.
+#[tokio::test]
+async fn a_burst_over_the_kv_capacity_and_a_slow_reader_lose_nothing() {
+    let srv = TestServer::start(ServerConfig::default(), 96);
+    let c = client();
+    let prompts = [
+        "The sun is",
+        "Water boils at",
+        "My favourite food",
+        "Cats and dogs",
+        "In 1969,",
+    ];
+    let max_tokens = 16;
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| direct(support::text_ids(p), max_tokens).1)
+        .collect();
+    let body = |p: &str, stream: bool| {
+        completion_body(
+            p,
+            json!({"max_tokens": max_tokens, "temperature": 0, "stream": stream}),
+        )
+    };
+    // The slow reader: its stream is opened first and left unread while the burst runs.
+    let slow = c
+        .post(format!("{}/v1/completions", srv.base))
+        .json(&body(prompts[0], true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    let burst: Vec<_> = prompts[1..]
+        .iter()
+        .map(|p| {
+            let (c, url, b) = (
+                c.clone(),
+                format!("{}/v1/completions", srv.base),
+                body(p, false),
+            );
+            tokio::spawn(async move {
+                c.post(url)
+                    .json(&b)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for (i, t) in burst.into_iter().enumerate() {
+        let v = t.await.unwrap();
+        assert_eq!(
+            v["choices"][0]["text"],
+            want[i + 1],
+            "{:?}: {v}",
+            prompts[i + 1]
+        );
+    }
+    let (text, _, _) = streamed(&sse(slow).await, false);
+    assert_eq!(text, want[0]);
+    let m = support::wait_idle(&c, &srv.base).await;
+    assert!(
+        support::metric(&m, "ferrinfer_preemptions_total") >= 1.0,
+        "no preemption:\n{m}"
+    );
+    assert_eq!(
+        support::metric(&m, "ferrinfer_requests_finished_total{reason=\"error\"}"),
+        0.0
+    );
+    srv.stop();
+}
