@@ -348,6 +348,25 @@ async fn a_client_that_disconnects_mid_stream_frees_its_pages() {
             "{m}"
         );
     }
+    // A non-streamed request whose client gives up is cancelled too.
+    let r = c
+        .post(format!("{}/v1/completions", srv.base))
+        .json(&completion_body(
+            PROMPT,
+            json!({"max_tokens": 400, "temperature": 0}),
+        ))
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await;
+    assert!(r.is_err(), "400 tokens in 1.5 s on the CPU backend?");
+    let m = support::wait_idle(&c, &srv.base).await;
+    assert!(
+        support::metric(
+            &m,
+            "ferrinfer_requests_finished_total{reason=\"cancelled\"}"
+        ) >= 3.0,
+        "{m}"
+    );
     // A request that cannot fit the (small) KV cache is refused up front.
     let (st, v) = post(
         &srv.base,
@@ -754,8 +773,8 @@ async fn load_test_bounded() {
     let mut cfg = support::load::LoadConfig {
         base: srv.base.clone(),
         rate: 2.0,
-        requests: 8,
-        max_tokens: vec![4, 8, 6],
+        requests: 6,
+        max_tokens: vec![4, 6, 8],
         prompts: vec![
             "Name a colour.".into(),
             "What is 2 + 2?".into(),
