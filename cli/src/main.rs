@@ -1,8 +1,10 @@
 //! The `ferrinfer` command line: text generation on a real model (`generate`,
-//! `bench-generate`), and the kernel library's own tools (`info`, `check`, `demo`).
+//! `bench-generate`), the OpenAI-compatible server (`serve`), and the kernel library's own
+//! tools (`info`, `check`, `demo`).
 mod bench;
 mod generate;
 mod load;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -70,6 +72,36 @@ enum Cmd {
         /// Random seed (sampling).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// OpenAI-compatible HTTP server: POST /v1/chat/completions and /v1/completions (streaming
+    /// or not), GET /v1/models, /health, /metrics (Prometheus).
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Address to listen on. Without --api-key only loopback addresses are allowed.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Require `Authorization: Bearer KEY` on /v1/* (health and metrics stay open).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Serve a non-loopback address without an API key.
+        #[arg(long)]
+        allow_unauthenticated_remote: bool,
+        /// Requests accepted and unfinished at most; more are answered 429 with Retry-After.
+        #[arg(long, default_value_t = 1024)]
+        max_queued: usize,
+        /// Largest request body in bytes (larger: 413).
+        #[arg(long, default_value_t = 1 << 20)]
+        body_limit: usize,
+        /// The model name clients see (default: the model file's name without `.gguf`).
+        #[arg(long, default_value = "")]
+        served_model_name: String,
+        /// max_tokens of a request that sets none (capped by the context).
+        #[arg(long, default_value_t = 256)]
+        default_max_tokens: usize,
     },
     /// Generation benchmark: N concurrent requests of random prompts; time to first token,
     /// per-token latency and tokens/s, written as a JSON record too.
@@ -162,6 +194,30 @@ fn main() {
             },
             seed,
         }),
+        Cmd::Serve {
+            model,
+            host,
+            port,
+            api_key,
+            allow_unauthenticated_remote,
+            max_queued,
+            body_limit,
+            served_model_name,
+            default_max_tokens,
+        } => serve::run(
+            model,
+            ferrinfer_server::ServerConfig {
+                host,
+                port,
+                api_key,
+                allow_unauthenticated_remote,
+                max_queued,
+                body_limit,
+                model_name: served_model_name,
+                default_max_tokens,
+                ..ferrinfer_server::ServerConfig::default()
+            },
+        ),
         Cmd::BenchGenerate {
             model,
             requests,

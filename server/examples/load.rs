@@ -1,0 +1,88 @@
+//! The bounded load test at benchmark size: open-loop arrivals at rising rates against a
+//! server on loopback (an in-process CPU server over the default model, or `--url` of a running
+//! `ferrinfer serve`), a fixed number of streaming chat requests per rate sharing a system
+//! prompt, mixed output lengths; prints requests/s, TTFT and ITL p50/p99, tokens/s and errors
+//! per rate. Every request has a deadline, so it ends by itself.
+//!
+//! ```text
+//! cargo run --release -p ferrinfer-server --example load -- [--url http://127.0.0.1:8000]
+//!     [--rates 1,2,4,8] [--requests 32] [--max-tokens 8,16,32] [--api-key KEY]
+//! ```
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::load::{is_loopback, run, LoadConfig};
+
+fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad list item {x:?}"))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let mut url = None;
+    let mut rates = vec![1.0, 2.0, 4.0, 8.0];
+    let mut requests = 32;
+    let mut max_tokens = vec![8, 16, 32];
+    let mut api_key = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut v = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--url" => url = Some(v()),
+            "--rates" => rates = list(&v()),
+            "--requests" => requests = v().parse().expect("--requests N"),
+            "--max-tokens" => max_tokens = list(&v()),
+            "--api-key" => api_key = Some(v()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let local;
+    let base = match url {
+        Some(u) => {
+            assert!(
+                is_loopback(&u),
+                "--url must be a loopback address (127.0.0.0/8, ::1, localhost)"
+            );
+            u.trim_end_matches('/').to_string()
+        }
+        None => {
+            eprintln!("starting an in-process server (CPU backend, default model)…");
+            local = support::TestServer::start(ferrinfer_server::ServerConfig::default(), 16384);
+            local.base.clone()
+        }
+    };
+    let client = reqwest::Client::new();
+    let prompts = [
+        "Name a colour.",
+        "What is 2 + 2?",
+        "Say hello in French.",
+        "Give me a word that rhymes with cat.",
+        "Write one sentence about the sea.",
+        "List three fruits.",
+    ];
+    for rate in rates {
+        let cfg = LoadConfig {
+            base: base.clone(),
+            rate,
+            requests,
+            max_tokens: max_tokens.clone(),
+            prompts: prompts.iter().map(|s| s.to_string()).collect(),
+            system: "You are a concise assistant. Answer in a few words.".into(),
+            api_key: api_key.clone(),
+            timeout: Duration::from_secs(120),
+        };
+        let r = run(&client, &cfg).await;
+        println!("{r}");
+        if let Some(e) = &r.first_error {
+            println!("  first error: {e}");
+        }
+    }
+}
