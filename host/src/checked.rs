@@ -68,19 +68,34 @@ pub(crate) fn at_most(
     Ok(x)
 }
 
+/// The machine's physical memory in bytes (Linux: `MemTotal` of /proc/meminfo), read once;
+/// `None` where it cannot be read.
+fn physical_memory() -> Option<u64> {
+    static MEM: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *MEM.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    })
+}
+
 /// Grows `v` by room for `additional` more elements, or [`Error::OutOfMemory`]: a size the
-/// allocator refuses is an error, never an abort.
+/// allocator refuses is an error, never an abort. A size beyond the machine's physical memory
+/// is refused before asking the allocator: under Linux's memory overcommit such a request can
+/// succeed and the process be killed later, when the memory is touched.
 pub(crate) fn reserve<T>(
     v: &mut Vec<T>,
     op: &'static str,
     what: &'static str,
     additional: usize,
 ) -> Result<()> {
-    v.try_reserve(additional).map_err(|_| Error::OutOfMemory {
-        op,
-        what,
-        bytes: additional.saturating_mul(size_of::<T>()),
-    })
+    let bytes = additional.saturating_mul(size_of::<T>());
+    let oom = || Error::OutOfMemory { op, what, bytes };
+    if physical_memory().is_some_and(|m| bytes as u64 > m) {
+        return Err(oom());
+    }
+    v.try_reserve(additional).map_err(|_| oom())
 }
 
 /// An empty vector with room for `n` elements, or [`Error::OutOfMemory`].
