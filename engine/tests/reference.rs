@@ -169,7 +169,10 @@ fn greedy_check(make: MakeRunner) {
             );
         }
     }
-    eprintln!("{}", report.join("\n"));
+    // Straight to the process's stderr: libtest captures eprintln! of passing tests, and the
+    // agreement report belongs in every log.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{}", report.join("\n"));
     assert!(
         agreed >= 3,
         "only {agreed} prompts where the references agree"
@@ -201,6 +204,7 @@ fn gpu_last_prompt_logits_within_bound_of_float32_reference() {
 }
 
 fn logits_check(make: MakeRunner) {
+    use std::io::Write;
     let mut checked = 0;
     for p in reference().prompts {
         let Some(want) = last_logits(&p.name, "transformers") else {
@@ -213,7 +217,11 @@ fn logits_check(make: MakeRunner) {
         step.push(s, 0, &ids, true);
         let got = r.forward(&step).unwrap();
         let e = rel_l2(&got, &want);
-        eprintln!("{}: rel-L2 vs transformers {e:.2e}", p.name);
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: rel-L2 vs transformers {e:.2e}",
+            p.name
+        );
         assert!(e <= 1e-2, "{}: rel-L2 {e}", p.name);
         if let Some(lc) = last_logits(&p.name, "llama_cpp") {
             eprintln!("{}: rel-L2 vs llama.cpp {:.2e}", p.name, rel_l2(&got, &lc));
