@@ -61,7 +61,8 @@ impl RopeConfig {
                 format!("{} (must be > 1)", self.theta),
             ));
         }
-        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > head_dim {
+        if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > head_dim
+        {
             return Err(Error::invalid(
                 OP,
                 "rotary_dim",

@@ -54,7 +54,7 @@ impl GgmlType {
     /// blocks, as in ggml).
     pub fn bytes_for(self, elements: u64, row: u64) -> Result<u64, String> {
         let (per, bytes) = self.block();
-        if row % per != 0 {
+        if !row.is_multiple_of(per) {
             return Err(format!(
                 "row of {row} elements is not whole {self:?} blocks"
             ));
@@ -68,7 +68,7 @@ impl GgmlType {
     pub fn to_f32(self, src: &[u8], dst: &mut [f32]) -> Result<(), String> {
         let (per, bytes) = self.block();
         let (per, bytes) = (per as usize, bytes as usize);
-        if dst.len() % per != 0 || src.len() != dst.len() / per * bytes {
+        if !dst.len().is_multiple_of(per) || src.len() != dst.len() / per * bytes {
             return Err(format!(
                 "{self:?}: {} bytes for {} elements",
                 src.len(),

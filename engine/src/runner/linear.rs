@@ -4,7 +4,12 @@ use crate::error::{EngineError, Result};
 
 /// `out[rows, n] = x[rows, k] · w[n, k]ᵀ` (overwrites `out`).
 pub fn linear(x: &[f32], w: &[f32], k: usize, n: usize, out: &mut [f32]) -> Result<()> {
-    if k == 0 || n == 0 || x.len() % k != 0 || w.len() != n * k || out.len() != x.len() / k * n {
+    if k == 0
+        || n == 0
+        || !x.len().is_multiple_of(k)
+        || w.len() != n * k
+        || out.len() != x.len() / k * n
+    {
         return Err(EngineError::Model(format!(
             "linear: x {} / w {} / out {} for k {k}, n {n}",
             x.len(),

@@ -78,7 +78,7 @@ impl PackedMatrix {
     /// `out[m, n] = x[m, k] · Wᵀ` (overwrites `out`).
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let (n, k) = (self.n, self.k);
-        if x.len() % k != 0 || out.len() != x.len() / k * n {
+        if !x.len().is_multiple_of(k) || out.len() != x.len() / k * n {
             return Err(EngineError::Model(format!(
                 "packed matmul: x {} / out {} for [{n}, {k}]",
                 x.len(),

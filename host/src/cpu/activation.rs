@@ -13,7 +13,7 @@ pub fn silu(g: f32) -> f32 {
 
 /// Rows of `x` are `[gate | up]` (`2 · out_dim` each); `out` rows are `out_dim`.
 pub fn silu_and_mul(x: &[f32], out_dim: usize, out: &mut [f32]) -> Result<()> {
-    if out_dim == 0 || out.len() % out_dim != 0 {
+    if out_dim == 0 || !out.len().is_multiple_of(out_dim) {
         return Err(Error::shape(
             OP,
             "out elements",

@@ -8,7 +8,7 @@ const OP: &str = "cpu_rms_norm";
 
 fn check(x: usize, w: &[f32], eps: f32, out: usize) -> Result<usize> {
     let dim = w.len();
-    if dim == 0 || x % dim != 0 {
+    if dim == 0 || !x.is_multiple_of(dim) {
         return Err(Error::shape(
             OP,
             "x elements",
