@@ -139,6 +139,7 @@ fn run_norm(
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_rms_norm_matches_cpu_twin() {
     let Some(gpu) = gpu_or_skip("gpu_rms_norm_matches_cpu_twin") else {
         return;
@@ -179,6 +180,7 @@ fn gpu_rms_norm_matches_cpu_twin() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn rms_norm_bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("rms_norm_bad_input_is_a_typed_error") else {
         return;
@@ -335,6 +337,7 @@ fn run_rope<T: Float16 + Poison>(
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_qkv_rope_matches_cpu_twin() {
     let Some(gpu) = gpu_or_skip("gpu_qkv_rope_matches_cpu_twin") else {
         return;
@@ -430,6 +433,7 @@ fn gpu_qkv_rope_matches_cpu_twin() {
 
 /// A negative position is position 0; a large one (angle = position at inv_freq 1) is accurate.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_qkv_rope_positions_edge_cases() {
     let Some(gpu) = gpu_or_skip("gpu_qkv_rope_positions_edge_cases") else {
         return;
@@ -497,6 +501,7 @@ fn gpu_qkv_rope_positions_edge_cases() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn qkv_rope_bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("qkv_rope_bad_input_is_a_typed_error") else {
         return;
@@ -617,6 +622,7 @@ fn qkv_rope_bad_input_is_a_typed_error() {
 // SiLU-and-mul, to_f32, gather, argmax
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_silu_and_mul_matches_cpu_twin() {
     let Some(gpu) = gpu_or_skip("gpu_silu_and_mul_matches_cpu_twin") else {
         return;
@@ -683,6 +689,7 @@ fn run_to_f32<T: Float16>(gpu: &Gpu, mk: &ModelKernels, n: usize, seed: u64) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_to_f32_is_exact() {
     let Some(gpu) = gpu_or_skip("gpu_to_f32_is_exact") else {
         return;
@@ -715,6 +722,7 @@ fn gpu_to_f32_is_exact() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_gather_rows_copies_rows_and_poisons_bad_ids() {
     let Some(gpu) = gpu_or_skip("gpu_gather_rows_copies_rows_and_poisons_bad_ids") else {
         return;
@@ -805,6 +813,7 @@ fn run_argmax(gpu: &Gpu, mk: &ModelKernels, seed: u64, rows: usize, vocab: usize
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_argmax_matches_cpu_twin() {
     let Some(gpu) = gpu_or_skip("gpu_argmax_matches_cpu_twin") else {
         return;
@@ -830,6 +839,7 @@ fn gpu_argmax_matches_cpu_twin() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn elementwise_bad_input_is_a_typed_error() {
     let Some(gpu) = gpu_or_skip("elementwise_bad_input_is_a_typed_error") else {
         return;
