@@ -14,11 +14,13 @@
 //!    combined by the quadrant `j mod 4`.
 //!
 //! Accuracy (host tests, against `f64` sine/cosine of the same f32 argument): absolute error
-//! below 2.5·10⁻⁷ for every `position · inv_freq` with positions `0..131072`, and below 10⁻⁶
-//! for `|x| ≤ 2²⁰·π`. Beyond `|x| ≈ 6.6·10⁶` radians the reduction is no longer accurate (the
-//! result is unspecified, possibly NaN, but computing it never faults); NaN and infinities give
-//! NaN. Host and device
-//! run this same code (`fma` is `fma.rn.f32` on the device and `f32::mul_add` on the host).
+//! below 2.5·10⁻⁷ (measured: 9.2·10⁻⁸) for every `position · inv_freq` with positions
+//! `0..131072`, and below 10⁻⁶ for `|x| ≤ 2²⁰·π`. Beyond `|x| ≈ 6.6·10⁶` radians the reduction
+//! is no longer accurate (the result is unspecified, possibly NaN, but computing it never
+//! faults); NaN and infinities give NaN. Host and device run this same code (`fma` is
+//! `fma.rn.f32` on the device and `f32::mul_add` on the host; the device may also fuse
+//! `x·2/π + 1.5·2²³`, which can move `j` only where `x·2/π` is within rounding of a
+//! half-integer, where either choice leaves `|r|` at about π/4 and is accurate).
 use super::fast::fma;
 
 /// 2/π.
@@ -108,10 +110,13 @@ mod tests {
                 freqs.push((1.0 / theta.powf(2.0 * i as f64 / 128.0)) as f32);
             }
         }
+        let mut all = 0.0f64;
         for f in freqs {
             let (e, at) = worst((0..131_072).map(|p| p as f32 * f));
             assert!(e < 2.5e-7, "inv_freq {f}: error {e} at {at}");
+            all = all.max(e);
         }
+        println!("sincos: worst absolute error over RoPE angles {all:e}");
     }
 
     #[test]
