@@ -14,7 +14,13 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), ferrinfer_server::ServeError> {
-//! # fn load() -> ferrinfer_engine::Result<(ferrinfer_engine::Engine<Box<dyn ferrinfer_engine::runner::ModelRunner>>, std::sync::Arc<ferrinfer_engine::Tokenizer>)> { unimplemented!() }
+//! # use ferrinfer_engine::runner::{cpu::CpuRunner, ModelRunner};
+//! # use ferrinfer_engine::{Engine, Model, SchedulerConfig};
+//! # fn load() -> ferrinfer_engine::Result<(Engine<Box<dyn ModelRunner>>, std::sync::Arc<ferrinfer_engine::Tokenizer>)> {
+//! #     let m = Model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &mut |_, _| {})?;
+//! #     let runner: Box<dyn ModelRunner> = Box::new(CpuRunner::new(m.config, m.weights, 16384)?);
+//! #     Ok((Engine::new(runner, SchedulerConfig::default())?, std::sync::Arc::new(m.tokenizer)))
+//! # }
 //! use ferrinfer_server::{Server, ServerConfig};
 //! let server = Server::bind(ServerConfig::default(), load).await?;
 //! println!("listening on http://{}", server.local_addr());

@@ -2,20 +2,17 @@
 //! products, ferrinfer's CPU ops for norms, RoPE, the SwiGLU gate and paged attention, and an
 //! f16 paged KV cache in host memory.
 use ferrinfer::cpu::{activation, batch_prefill_paged, norm, rope};
-use ferrinfer::kv::{KvLayout, KvPoolConfig, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use ferrinfer::kv::{PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
 use ferrinfer::{AttentionOptions, HeadConfig};
 use half::f16;
 use std::sync::Arc;
 
 use super::linear::linear;
 use super::packed::PackedMatrix;
-use super::{ModelRunner, StepInput};
+use super::{check_step, kv_geometry, ModelRunner, StepInput};
 use crate::config::ModelConfig;
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::weights::Weights;
-
-/// Tokens per KV page.
-pub const PAGE_SIZE: usize = 16;
 
 /// Steps of at most this many rows multiply by the packed (block-format) weights: they are
 /// bound by reading the weights, which the packed form reads 4–7× fewer bytes of. Larger
@@ -46,61 +43,10 @@ pub struct CpuRunner {
     opts: AttentionOptions,
 }
 
-/// Checks a step against the model and the cache before anything is changed.
-pub(crate) fn check_step(
-    step: &StepInput,
-    cfg: &ModelConfig,
-    len: impl Fn(SeqId) -> Result<usize>,
-) -> Result<()> {
-    let n = step.tokens.len();
-    let bad = |m: String| Err(EngineError::Request(m));
-    if step.seqs.iter().map(|s| s.1).sum::<usize>() != n || step.positions.len() != n {
-        return bad(format!(
-            "step of {n} tokens, {} positions, sequences bringing {}",
-            step.positions.len(),
-            step.seqs.iter().map(|s| s.1).sum::<usize>()
-        ));
-    }
-    if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
-        return bad(format!("token {t} outside the vocabulary of {}", cfg.vocab));
-    }
-    if let Some(r) = step.logits_rows.iter().find(|&&r| r >= n) {
-        return bad(format!("logits row {r} of a {n}-token step"));
-    }
-    let mut row = 0;
-    for &(id, k) in &step.seqs {
-        let start = len(id)?;
-        for (i, &p) in step.positions[row..row + k].iter().enumerate() {
-            if p as i64 != (start + i) as i64 {
-                return bad(format!(
-                    "sequence {id:?}: position {p}, expected {}",
-                    start + i
-                ));
-            }
-        }
-        if start + k > cfg.context {
-            return bad(format!(
-                "sequence {id:?} would reach {} tokens, the model's context is {}",
-                start + k,
-                cfg.context
-            ));
-        }
-        row += k;
-    }
-    Ok(())
-}
-
 impl CpuRunner {
     /// The model with a KV cache of `kv_tokens` tokens (rounded up to whole pages).
     pub fn new(cfg: ModelConfig, w: Arc<Weights>, kv_tokens: usize) -> Result<Self> {
-        let pool = KvPoolConfig {
-            num_pages: 0,
-            page_size: PAGE_SIZE,
-            num_kv_heads: cfg.kv_heads,
-            head_dim: cfg.head_dim,
-            layout: KvLayout::Nhd,
-        };
-        let pages = kv_tokens.div_ceil(PAGE_SIZE).max(1);
+        let (pool, pages) = kv_geometry(&cfg, kv_tokens);
         let cache = PagedKvCache::new_cpu_layers(pool, PoolSize::Pages(pages), cfg.layers)?;
         let heads = HeadConfig::new(cfg.q_heads, cfg.kv_heads, cfg.head_dim)?;
         Ok(Self {
@@ -110,11 +56,6 @@ impl CpuRunner {
             heads,
             opts: AttentionOptions::default().with_causal(true),
         })
-    }
-
-    /// The KV cache.
-    pub fn cache(&self) -> &PagedKvCache<f16> {
-        &self.cache
     }
 }
 
@@ -128,24 +69,12 @@ impl ModelRunner for CpuRunner {
         &self.cfg
     }
 
-    fn add_sequence(&mut self) -> SeqId {
-        self.cache.add_sequence()
+    fn cache(&self) -> &PagedKvCache<f16> {
+        &self.cache
     }
 
-    fn free(&mut self, id: SeqId) -> Result<()> {
-        Ok(self.cache.free(id)?)
-    }
-
-    fn page_size(&self) -> usize {
-        PAGE_SIZE
-    }
-
-    fn total_pages(&self) -> usize {
-        self.cache.table().num_pages()
-    }
-
-    fn free_pages(&self) -> usize {
-        self.cache.table().free_pages()
+    fn cache_mut(&mut self) -> &mut PagedKvCache<f16> {
+        &mut self.cache
     }
 
     fn backend(&self) -> String {
@@ -165,10 +94,7 @@ impl ModelRunner for CpuRunner {
         let kv_step = self.cache.begin_append(&step.seqs)?;
         let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
         let pages = self.cache.batch_pages(&ids)?;
-        let mut qo_indptr = vec![0i32];
-        for &(_, k) in &step.seqs {
-            qo_indptr.push(qo_indptr.last().copied().unwrap_or(0) + k as i32);
-        }
+        let qo_indptr = step.qo_indptr();
         let mut x = Vec::with_capacity(n * d);
         for &t in &step.tokens {
             x.extend_from_slice(&self.w.embed[t as usize * d..(t as usize + 1) * d]);

@@ -10,20 +10,16 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use ferrinfer::kv::{KvLayout, KvPoolConfig, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use ferrinfer::kv::{PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
 use ferrinfer::ops::batch_prefill::{BatchPrefillPlan, PrefillGraphLimits};
 use ferrinfer::ops::{BatchPrefill, ModelKernels};
 use ferrinfer::{AttentionOptions, DType, DeviceBuffer, Gpu, HeadConfig};
 use half::f16;
 
-use super::cpu::check_step;
-use super::{ModelRunner, StepInput};
+use super::{check_step, kv_geometry, ModelRunner, StepInput};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::weights::Weights;
-
-/// Tokens per KV page.
-pub const PAGE_SIZE: usize = 16;
 
 struct Layer {
     attn_norm: DeviceBuffer<f32>,
@@ -109,14 +105,7 @@ impl GpuRunner {
         let blas = CudaBlas::new(gpu.stream().clone()).map_err(blas_err)?;
         let mk = ModelKernels::new(gpu)?;
         let heads = HeadConfig::new(cfg.q_heads, cfg.kv_heads, cfg.head_dim)?;
-        let pool = KvPoolConfig {
-            num_pages: 0,
-            page_size: PAGE_SIZE,
-            num_kv_heads: cfg.kv_heads,
-            head_dim: cfg.head_dim,
-            layout: KvLayout::Nhd,
-        };
-        let pages = kv_tokens.div_ceil(PAGE_SIZE).max(1);
+        let (pool, pages) = kv_geometry(&cfg, kv_tokens);
         let cache = PagedKvCache::new_gpu_layers(gpu, pool, PoolSize::Pages(pages), cfg.layers)?;
         let attn = BatchPrefill::new_graph(
             gpu,
@@ -238,24 +227,12 @@ impl ModelRunner for GpuRunner {
         &self.cfg
     }
 
-    fn add_sequence(&mut self) -> SeqId {
-        self.cache.add_sequence()
+    fn cache(&self) -> &PagedKvCache<f16> {
+        &self.cache
     }
 
-    fn free(&mut self, id: SeqId) -> Result<()> {
-        Ok(self.cache.free(id)?)
-    }
-
-    fn page_size(&self) -> usize {
-        PAGE_SIZE
-    }
-
-    fn total_pages(&self) -> usize {
-        self.cache.table().num_pages()
-    }
-
-    fn free_pages(&self) -> usize {
-        self.cache.table().free_pages()
+    fn cache_mut(&mut self) -> &mut PagedKvCache<f16> {
+        &mut self.cache
     }
 
     fn backend(&self) -> String {
@@ -312,10 +289,7 @@ impl GpuRunner {
         let kv_step = self.cache.begin_append(&step.seqs)?;
         let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
         let pages = self.cache.batch_pages(&ids)?;
-        let mut qo_indptr = vec![0i32];
-        for &(_, k) in &step.seqs {
-            qo_indptr.push(qo_indptr.last().copied().unwrap_or(0) + k as i32);
-        }
+        let qo_indptr = step.qo_indptr();
         match &mut self.plan {
             Some(p) => self
                 .attn

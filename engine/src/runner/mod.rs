@@ -5,10 +5,70 @@ pub mod gpu;
 pub mod linear;
 pub mod packed;
 
-use ferrinfer::kv::SeqId;
+use ferrinfer::kv::{KvLayout, KvPoolConfig, PagedKvCache, SeqId};
+use half::f16;
 
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+
+/// Tokens per KV page (both runners).
+pub const PAGE_SIZE: usize = 16;
+
+/// The KV pool geometry of `cfg` and the page count holding `kv_tokens` tokens.
+pub(crate) fn kv_geometry(cfg: &ModelConfig, kv_tokens: usize) -> (KvPoolConfig, usize) {
+    let pool = KvPoolConfig {
+        num_pages: 0,
+        page_size: PAGE_SIZE,
+        num_kv_heads: cfg.kv_heads,
+        head_dim: cfg.head_dim,
+        layout: KvLayout::Nhd,
+    };
+    (pool, kv_tokens.div_ceil(PAGE_SIZE).max(1))
+}
+
+/// Checks a step against the model and the cache before anything is changed.
+pub(crate) fn check_step(
+    step: &StepInput,
+    cfg: &ModelConfig,
+    len: impl Fn(SeqId) -> Result<usize>,
+) -> Result<()> {
+    let n = step.tokens.len();
+    let bad = |m: String| Err(EngineError::Request(m));
+    if step.seqs.iter().map(|s| s.1).sum::<usize>() != n || step.positions.len() != n {
+        return bad(format!(
+            "step of {n} tokens, {} positions, sequences bringing {}",
+            step.positions.len(),
+            step.seqs.iter().map(|s| s.1).sum::<usize>()
+        ));
+    }
+    if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+        return bad(format!("token {t} outside the vocabulary of {}", cfg.vocab));
+    }
+    if let Some(r) = step.logits_rows.iter().find(|&&r| r >= n) {
+        return bad(format!("logits row {r} of a {n}-token step"));
+    }
+    let mut row = 0;
+    for &(id, k) in &step.seqs {
+        let start = len(id)?;
+        for (i, &p) in step.positions[row..row + k].iter().enumerate() {
+            if p as i64 != (start + i) as i64 {
+                return bad(format!(
+                    "sequence {id:?}: position {p}, expected {}",
+                    start + i
+                ));
+            }
+        }
+        if start + k > cfg.context {
+            return bad(format!(
+                "sequence {id:?} would reach {} tokens, the model's context is {}",
+                start + k,
+                cfg.context
+            ));
+        }
+        row += k;
+    }
+    Ok(())
+}
 
 /// One engine step: new tokens of several sequences, appended and attended in one pass.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +96,16 @@ impl StepInput {
         }
     }
 
+    /// FlashInfer's `qo_indptr` of the step: `[0, n0, n0 + n1, ...]`.
+    pub fn qo_indptr(&self) -> Vec<i32> {
+        let mut v = Vec::with_capacity(self.seqs.len() + 1);
+        v.push(0i32);
+        for &(_, k) in &self.seqs {
+            v.push(v[v.len() - 1] + k as i32);
+        }
+        v
+    }
+
     /// Whether the step has no token.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
@@ -46,16 +116,30 @@ impl StepInput {
 pub trait ModelRunner {
     /// The model's hyperparameters.
     fn config(&self) -> &ModelConfig;
+    /// The runner's paged KV cache.
+    fn cache(&self) -> &PagedKvCache<f16>;
+    /// The runner's paged KV cache, mutably.
+    fn cache_mut(&mut self) -> &mut PagedKvCache<f16>;
     /// Starts an empty sequence in the KV cache.
-    fn add_sequence(&mut self) -> SeqId;
+    fn add_sequence(&mut self) -> SeqId {
+        self.cache_mut().add_sequence()
+    }
     /// Frees a sequence's pages.
-    fn free(&mut self, id: SeqId) -> Result<()>;
+    fn free(&mut self, id: SeqId) -> Result<()> {
+        Ok(self.cache_mut().free(id)?)
+    }
     /// Tokens per KV page.
-    fn page_size(&self) -> usize;
+    fn page_size(&self) -> usize {
+        self.cache().config().page_size
+    }
     /// Pages in the cache.
-    fn total_pages(&self) -> usize;
+    fn total_pages(&self) -> usize {
+        self.cache().table().num_pages()
+    }
     /// Pages not used by any sequence.
-    fn free_pages(&self) -> usize;
+    fn free_pages(&self) -> usize {
+        self.cache().table().free_pages()
+    }
     /// Appends the step's tokens to their sequences and runs the model over them; returns the
     /// logits of `step.logits_rows`, `[rows, vocab]` row-major. On `OutOfPages` nothing was
     /// changed.
@@ -80,20 +164,11 @@ impl<R: ModelRunner + ?Sized> ModelRunner for Box<R> {
     fn config(&self) -> &ModelConfig {
         (**self).config()
     }
-    fn add_sequence(&mut self) -> SeqId {
-        (**self).add_sequence()
+    fn cache(&self) -> &PagedKvCache<f16> {
+        (**self).cache()
     }
-    fn free(&mut self, id: SeqId) -> Result<()> {
-        (**self).free(id)
-    }
-    fn page_size(&self) -> usize {
-        (**self).page_size()
-    }
-    fn total_pages(&self) -> usize {
-        (**self).total_pages()
-    }
-    fn free_pages(&self) -> usize {
-        (**self).free_pages()
+    fn cache_mut(&mut self) -> &mut PagedKvCache<f16> {
+        (**self).cache_mut()
     }
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
         (**self).forward(step)
