@@ -24,6 +24,8 @@
 #   SANITIZE_TESTS         space-separated test executables to sanitize (default: every test
 #                          executable except the CPU-only ones: cpu_*, ptx_check, ferrinfer_kernels)
 #   SANITIZE_PROPTEST_CASES  PROPTEST_CASES under the sanitizer (default 8: it is ~10-100x slower)
+#   SANITIZE_SWEEP_CASES   FERRINFER_SWEEP_CASES (cases per family of tests/gpu_sweep.rs) under
+#                          the sanitizer (default 256; without it, 10 000)
 #   CHECK_CASES            cases for `ferrinfer check` (default: the CLI's default)
 #
 # Exit status: 0 when every step passed, 1 otherwise.
@@ -188,7 +190,8 @@ if [[ ${#tools[@]} -gt 0 ]]; then
                 if ! selected "$name" || ! sanitized "$name"; then continue; fi
                 extra=()
                 [[ "$tool" == racecheck ]] && extra=(--racecheck-report all)
-                PROPTEST_CASES="${SANITIZE_PROPTEST_CASES:-8}" step "$tool: $name" \
+                PROPTEST_CASES="${SANITIZE_PROPTEST_CASES:-8}" \
+                    FERRINFER_SWEEP_CASES="${SANITIZE_SWEEP_CASES:-256}" step "$tool: $name" \
                     "$OUT/$tool-$name.log" \
                     compute-sanitizer --tool "$tool" --error-exitcode 1 --require-cuda-init no \
                     "${extra[@]}" "$exe" --include-ignored

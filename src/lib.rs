@@ -10,6 +10,9 @@ use ferrinfer::runtime::Discovery;
 use ferrinfer::{Float16, Gpu};
 use rand::{Rng, SeedableRng};
 
+pub mod merge;
+pub mod paged;
+
 /// Environment variable that turns a missing GPU into a test failure.
 pub const REQUIRE_GPU_ENV: &str = "FERRINFER_REQUIRE_GPU";
 

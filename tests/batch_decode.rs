@@ -8,11 +8,11 @@ use ferrinfer::kv::{
 use ferrinfer::ops::{BatchDecode, DecodeKernel, GraphLimits};
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
+use ferrinfer_harness::paged::{gpu_pool, per_request, pool_config, positions, shuffled_pages};
 use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
-use rand::seq::SliceRandom;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -41,46 +41,13 @@ struct Data<T> {
 fn make<T: Float16>(c: &Case) -> Data<T> {
     let h = c.heads;
     let mut r = rng(c.seed);
-    let n_pages: Vec<usize> = c.lens.iter().map(|&l| l.div_ceil(c.page_size)).collect();
-    let total: usize = n_pages.iter().sum();
-    let num_pages = total + 3;
-    let mut ids: Vec<i32> = (0..num_pages as i32).collect();
-    ids.shuffle(&mut r);
-    let mut pages = BatchPages {
-        kv_indptr: vec![0],
-        ..Default::default()
-    };
-    let mut next = 0;
-    for (b, &np) in n_pages.iter().enumerate() {
-        pages.kv_indices.extend_from_slice(&ids[next..next + np]);
-        next += np;
-        pages.kv_indptr.push(next as i32);
-        let l = c.lens[b];
-        pages.kv_last_page_len.push(if l == 0 {
-            0
-        } else {
-            ((l - 1) % c.page_size + 1) as i32
-        });
-    }
+    let (pages, num_pages) = shuffled_pages(&mut r, &c.lens, c.page_size, 3);
     let row = h.num_kv_heads * h.head_dim;
     let n_rows: usize = c.lens.iter().sum();
     let (rows_k, kall) = random_values::<T>(&mut r, n_rows * row, 2.0);
     let (rows_v, vall) = random_values::<T>(&mut r, n_rows * row, 1.0);
     let (q, qf) = random_values::<T>(&mut r, c.lens.len() * h.num_qo_heads * h.head_dim, 2.0);
-    let mut kf = Vec::new();
-    let mut vf = Vec::new();
-    let mut batch_indices = Vec::new();
-    let mut positions = Vec::new();
-    let mut off = 0;
-    for (b, &l) in c.lens.iter().enumerate() {
-        kf.push(kall[off * row..(off + l) * row].to_vec());
-        vf.push(vall[off * row..(off + l) * row].to_vec());
-        for t in 0..l {
-            batch_indices.push(b as i32);
-            positions.push(t as i32);
-        }
-        off += l;
-    }
+    let (batch_indices, positions) = positions(&c.lens, None);
     Data {
         pages,
         num_pages,
@@ -90,19 +57,13 @@ fn make<T: Float16>(c: &Case) -> Data<T> {
         rows_v,
         batch_indices,
         positions,
-        kf,
-        vf,
+        kf: per_request(&kall, &c.lens, row),
+        vf: per_request(&vall, &c.lens, row),
     }
 }
 
 fn pool_cfg(c: &Case) -> KvPoolConfig {
-    KvPoolConfig {
-        num_pages: 0,
-        page_size: c.page_size,
-        num_kv_heads: c.heads.num_kv_heads,
-        head_dim: c.heads.head_dim,
-        layout: c.layout,
-    }
+    pool_config(&c.heads, c.page_size, c.layout, 0)
 }
 
 fn compare<T: Float16>(c: &Case, d: &Data<T>, out: &[T], lse: &[f32]) -> ErrorStats {
@@ -140,21 +101,17 @@ fn compare<T: Float16>(c: &Case, d: &Data<T>, out: &[T], lse: &[f32]) -> ErrorSt
 fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case, kind: Option<DecodeKernel>) -> ErrorStats {
     let d = make::<T>(c);
     let h = c.heads;
-    let mut pool = KvPool::<T>::new_gpu(gpu, pool_cfg(c), PoolSize::Pages(d.num_pages)).unwrap();
-    let rs = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
-    if !d.batch_indices.is_empty() {
-        let (kd, vd) = (
-            gpu.upload(&d.rows_k).unwrap(),
-            gpu.upload(&d.rows_v).unwrap(),
-        );
-        let meta = AppendMeta {
-            batch_indices: &d.batch_indices,
-            positions: &d.positions,
-            pages: &d.pages,
-        };
-        pool.append(&meta, Rows::Device(&kd), rs, Rows::Device(&vd), rs)
-            .unwrap();
-    }
+    let pool = gpu_pool(
+        gpu,
+        &h,
+        c.page_size,
+        c.layout,
+        &d.pages,
+        d.num_pages,
+        &c.lens,
+        &d.rows_k,
+        &d.rows_v,
+    );
     let mut op = BatchDecode::new(gpu, h, T::DTYPE, c.opts).unwrap();
     if let Some(k) = kind {
         op.set_kernel(k).unwrap();

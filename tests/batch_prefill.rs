@@ -3,17 +3,15 @@
 //! page permutations, page sizes, layouts, groups, head dims, dtypes, causal or not, window, soft-cap, forced
 //! split-KV; consistency with decode (qo_len = 1) and with chunked prefill over the cache;
 //! CUDA-graph-mode plan reuse; bad input.
-use ferrinfer::kv::{
-    AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
-};
+use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, BatchPrefill, PrefillGraphLimits, PrefillTile};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
+use ferrinfer_harness::paged::{gpu_pool, shuffled_pages};
 use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
-use rand::seq::SliceRandom;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -90,48 +88,12 @@ fn paged_pool<T: Float16>(
     page_size: usize,
     layout: KvLayout,
 ) -> (KvPool<T>, BatchPages) {
-    let h = c.heads;
     let mut r = rng(c.seed ^ 0x5eed);
-    let n_pages: Vec<usize> = c.reqs.iter().map(|r| r.1.div_ceil(page_size)).collect();
-    let num_pages = n_pages.iter().sum::<usize>() + 2;
-    let mut ids: Vec<i32> = (0..num_pages as i32).collect();
-    ids.shuffle(&mut r);
-    let mut pages = BatchPages {
-        kv_indptr: vec![0],
-        ..Default::default()
-    };
-    let (mut next, mut bi, mut pos) = (0, Vec::new(), Vec::new());
-    for (b, (&np, &(_, kl))) in n_pages.iter().zip(&c.reqs).enumerate() {
-        pages.kv_indices.extend_from_slice(&ids[next..next + np]);
-        next += np;
-        pages.kv_indptr.push(next as i32);
-        pages.kv_last_page_len.push(if kl == 0 {
-            0
-        } else {
-            ((kl - 1) % page_size + 1) as i32
-        });
-        bi.extend(std::iter::repeat_n(b as i32, kl));
-        pos.extend(0..kl as i32);
-    }
-    let cfg = KvPoolConfig {
-        num_pages: 0,
-        page_size,
-        num_kv_heads: h.num_kv_heads,
-        head_dim: h.head_dim,
-        layout,
-    };
-    let mut pool = KvPool::<T>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages)).unwrap();
-    if !bi.is_empty() {
-        let rs = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
-        let (kd, vd) = (gpu.upload(&d.k).unwrap(), gpu.upload(&d.v).unwrap());
-        let meta = AppendMeta {
-            batch_indices: &bi,
-            positions: &pos,
-            pages: &pages,
-        };
-        pool.append(&meta, Rows::Device(&kd), rs, Rows::Device(&vd), rs)
-            .unwrap();
-    }
+    let lens: Vec<usize> = c.reqs.iter().map(|r| r.1).collect();
+    let (pages, num_pages) = shuffled_pages(&mut r, &lens, page_size, 2);
+    let pool = gpu_pool(
+        gpu, &c.heads, page_size, layout, &pages, num_pages, &lens, &d.k, &d.v,
+    );
     (pool, pages)
 }
 
