@@ -31,7 +31,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     println!("default kernel for group 4: {:?}", default_kind);
     println!("\n| kernel | batch | kv_len | KV MiB | items | median us | p10 | p90 | TB/s | % copy | host run() us |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let pattern: Vec<bf16> = (0..(1 << 22))
+    let pattern: Vec<bf16> = (0u64..(1 << 22))
         .map(|i| bf16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
         .collect();
     // FERRINFER_BENCH_SHAPES="1x4096,16x4096" limits the shapes (profiling runs).
