@@ -70,6 +70,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let c = &model.config;
     let sched = SchedulerConfig {
         step_tokens: args.step_tokens,
+        prefix_cache: !args.no_prefix_cache,
         ..SchedulerConfig::default()
     };
     let gpu = if args.cpu {

@@ -39,6 +39,9 @@ pub struct ModelArgs {
     /// Tokens per engine step at most (decode tokens + prefill chunks).
     #[arg(long, default_value_t = 512)]
     pub step_tokens: usize,
+    /// Do not keep finished requests' KV pages for reuse by prompts with the same prefix.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 #[derive(Subcommand)]

@@ -12,6 +12,7 @@
 //! | tokenizer, chat template        | [`Tokenizer`]                    | `tokenizer.rs`    |
 //! | one forward step (CPU backend)  | [`runner::cpu::CpuRunner`]       | `runner/cpu.rs`   |
 //! | continuous batching, sampling   | [`Engine`]                       | `scheduler.rs`    |
+//! | prefix caching (kept KV pages)  | [`prefix::PrefixCache`]          | `prefix.rs`       |
 //! | loading a model file            | [`Model::load`]                  | `lib.rs`          |
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod prefix;
 pub mod runner;
 pub mod scheduler;
 pub mod tokenizer;

@@ -3,7 +3,9 @@
 //! running decodes are never stalled behind it), admission waits for free KV pages, and when
 //! pages run out the newest running request is preempted: its pages are freed and its tokens
 //! (prompt and everything generated so far) are recomputed when it is admitted again, so
-//! nothing is lost and every accepted request finishes.
+//! nothing is lost and every accepted request finishes. With prefix caching on (the default),
+//! a finished request's pages are kept and a new request whose prompt begins with the same
+//! page-aligned tokens starts from them ([`crate::prefix`]).
 use std::collections::VecDeque;
 
 use ferrinfer::cpu::sampling::{self, SamplingParams};
@@ -12,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{EngineError, Result};
+use crate::prefix::PrefixCache;
 use crate::runner::{ModelRunner, StepInput};
 
 /// A generation request.
@@ -76,6 +79,8 @@ pub struct SchedulerConfig {
     pub step_tokens: usize,
     /// Requests running at once at most.
     pub max_running: usize,
+    /// Keep finished requests' KV pages and reuse them for prompts with the same prefix.
+    pub prefix_cache: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -83,6 +88,7 @@ impl Default for SchedulerConfig {
         Self {
             step_tokens: 512,
             max_running: 256,
+            prefix_cache: true,
         }
     }
 }
@@ -114,6 +120,12 @@ pub struct Stats {
     pub tokens: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Requests admitted with a cached prefix.
+    pub prefix_hits: u64,
+    /// Prompt tokens not recomputed thanks to cached prefixes.
+    pub prefix_tokens: u64,
+    /// Kept sequences evicted to make room.
+    pub prefix_evictions: u64,
 }
 
 /// The engine: a model runner and the requests it serves.
@@ -124,6 +136,7 @@ pub struct Engine<R: ModelRunner> {
     running: Vec<Seq>,
     next_id: u64,
     stats: Stats,
+    prefix: Option<PrefixCache>,
 }
 
 impl<R: ModelRunner> Engine<R> {
@@ -132,7 +145,11 @@ impl<R: ModelRunner> Engine<R> {
         if cfg.step_tokens == 0 || cfg.max_running == 0 {
             return Err(EngineError::Request(format!("scheduler limits {cfg:?}")));
         }
+        let prefix = cfg
+            .prefix_cache
+            .then(|| PrefixCache::new(runner.page_size()));
         Ok(Self {
+            prefix,
             runner,
             cfg,
             waiting: VecDeque::new(),
@@ -228,7 +245,7 @@ impl<R: ModelRunner> Engine<R> {
 
     fn finish(&mut self, s: Seq, reason: FinishReason) -> Result<Event> {
         if let Some(kv) = s.kv {
-            self.runner.free(kv)?;
+            self.release(kv, &s.tokens[..s.computed])?;
         }
         Ok(Event::Finished {
             id: s.id,
@@ -236,6 +253,61 @@ impl<R: ModelRunner> Engine<R> {
             prompt_tokens: s.req.prompt.len(),
             generated: s.generated,
         })
+    }
+
+    /// Ends a sequence whose first `computed.len()` tokens are in the cache: kept for prefix
+    /// reuse (truncated to whole pages) when the prefix cache takes it, else freed.
+    fn release(&mut self, kv: SeqId, computed: &[u32]) -> Result<()> {
+        let ps = self.runner.page_size();
+        let whole = computed.len() / ps * ps;
+        if let Some(p) = self.prefix.as_mut() {
+            if p.insert(kv, &computed[..whole]) {
+                return Ok(self.runner.cache_mut().truncate(kv, whole)?);
+            }
+        }
+        self.runner.free(kv)
+    }
+
+    /// Frees the least recently used kept prefix; `false` when none is kept.
+    fn evict_prefix(&mut self) -> Result<bool> {
+        match self.prefix.as_mut().and_then(|p| p.evict_lru()) {
+            Some(seq) => {
+                self.runner.free(seq)?;
+                self.stats.prefix_evictions += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Drops every kept prefix (its pages return to the free list unless running requests
+    /// share them).
+    pub fn clear_prefix_cache(&mut self) -> Result<()> {
+        let seqs = self.prefix.as_mut().map(|p| p.drain()).unwrap_or_default();
+        for seq in seqs {
+            self.runner.free(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Distinct KV pages held by kept prefixes (running requests may share some of them).
+    /// With no request running, every used page is one of these: a leak check.
+    pub fn cached_pages(&self) -> usize {
+        let Some(p) = self.prefix.as_ref() else {
+            return 0;
+        };
+        let table = self.runner.cache().table();
+        let pages: std::collections::HashSet<u32> = p
+            .sequences()
+            .filter_map(|s| table.pages(s).ok())
+            .flat_map(|pages| pages.iter().copied())
+            .collect();
+        pages.len()
+    }
+
+    /// Sequences kept for prefix reuse.
+    pub fn cached_prefixes(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.len())
     }
 
     /// Frees the newest running request's pages and puts it back at the head of the queue.
@@ -253,7 +325,7 @@ impl<R: ModelRunner> Engine<R> {
 
     /// Chooses this step's work: every running request's next chunk (decodes are one token),
     /// then waiting requests while the budget, the running limit and the free pages allow.
-    fn schedule(&mut self) -> StepInput {
+    fn schedule(&mut self) -> Result<StepInput> {
         let mut step = StepInput::default();
         let mut budget = self.cfg.step_tokens;
         let mut pages_free = self.runner.free_pages();
@@ -278,33 +350,60 @@ impl<R: ModelRunner> Engine<R> {
         // Admit waiting requests in arrival order.
         while budget > 0 && self.running.len() < self.cfg.max_running {
             let Some(s) = self.waiting.front() else { break };
-            let n = s.tokens.len().min(budget);
+            let hit = self.prefix.as_mut().and_then(|p| p.lookup(&s.tokens));
+            let shared = hit.map_or(0, |m| m.blocks);
             // Admission: the whole prompt must fit in the pages free now (a chunk at a time
-            // would otherwise let many half-prefilled requests starve each other of pages).
-            let need = self.pages_for(s.tokens.len() + 1);
+            // would otherwise let many half-prefilled requests starve each other of pages);
+            // kept prefixes are evicted for room first. Pages of a cached prefix are shared.
+            let need = self.pages_for(s.tokens.len() + 1) - shared;
+            // The new sequence first, so evictions cannot take the matched pages.
+            let kv = match hit {
+                Some(m) => {
+                    let kv = self.runner.cache_mut().fork(m.holder)?;
+                    self.runner.cache_mut().truncate(kv, m.blocks * ps)?;
+                    kv
+                }
+                None => self.runner.add_sequence(),
+            };
+            while need > pages_free {
+                let before = self.runner.free_pages();
+                if !self.evict_prefix()? {
+                    break;
+                }
+                pages_free += self.runner.free_pages() - before;
+            }
             if need > pages_free && !self.running.is_empty() {
+                self.runner.free(kv)?;
                 break;
             }
             let mut s = match self.waiting.pop_front() {
                 Some(s) => s,
-                None => break,
+                None => {
+                    self.runner.free(kv)?;
+                    break;
+                }
             };
-            let kv = self.runner.add_sequence();
             s.kv = Some(kv);
+            s.computed = shared * ps;
+            if shared > 0 {
+                self.stats.prefix_hits += 1;
+                self.stats.prefix_tokens += s.computed as u64;
+            }
+            let n = (s.tokens.len() - s.computed).min(budget);
             pages_free = pages_free.saturating_sub(need);
             budget -= n;
-            let last = n == s.tokens.len();
-            step.push(kv, 0, &s.tokens[..n], last);
+            let last = s.computed + n == s.tokens.len();
+            step.push(kv, s.computed, &s.tokens[s.computed..s.computed + n], last);
             self.running.push(s);
         }
-        step
+        Ok(step)
     }
 
     /// Runs one step; returns the tokens produced and the requests that ended.
     pub fn step(&mut self) -> Result<Vec<Event>> {
         let mut events = Vec::new();
         loop {
-            let step = self.schedule();
+            let step = self.schedule()?;
             if step.is_empty() {
                 return Ok(events);
             }
@@ -322,8 +421,12 @@ impl<R: ModelRunner> Engine<R> {
                     return Ok(events);
                 }
                 Err(EngineError::Kernel(ferrinfer::Error::OutOfPages { .. })) => {
-                    // Nothing was appended. Requests admitted in this schedule hold empty
-                    // sequences; preempt from the newest until the step fits.
+                    // Nothing was appended. Kept prefixes go first; then, since requests
+                    // admitted in this schedule hold unwritten sequences, preempt from the
+                    // newest until the step fits.
+                    if self.evict_prefix()? {
+                        continue;
+                    }
                     if self.running.len() <= 1 {
                         if let Some(s) = self.running.pop() {
                             let needed = self.pages_for(s.tokens.len());

@@ -26,9 +26,17 @@ fn engine_on(runner: Box<dyn ModelRunner>, step_tokens: usize) -> Engine<Box<dyn
         SchedulerConfig {
             step_tokens,
             max_running: 64,
+            prefix_cache: true,
         },
     )
     .unwrap()
+}
+
+/// Every page is free once the kept prefixes are dropped: nothing leaked.
+fn assert_no_leak(e: &mut Engine<Box<dyn ModelRunner>>) {
+    e.clear_prefix_cache().unwrap();
+    let r = e.runner();
+    assert_eq!(r.free_pages(), r.total_pages(), "pages leaked");
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
@@ -121,7 +129,7 @@ fn preemption_finishes_every_request_with_the_same_tokens() {
         "the cache was large enough: no preemption tested"
     );
     assert_eq!(alone, together);
-    assert_eq!(e.runner().free_pages(), 14, "pages leaked");
+    assert_no_leak(&mut e);
 }
 
 #[test]
@@ -181,8 +189,8 @@ fn cancel_frees_pages_and_seeded_sampling_repeats() {
             ..
         })
     ));
-    assert_eq!(e.runner().free_pages(), 64);
     assert!(!e.has_work());
+    assert_no_leak(&mut e);
     // Sampling with a seed: the same tokens twice, other tokens with another seed (very
     // likely; the test checks both runs of one seed agree, and that sampling is not greedy).
     let sampled = |seed| {
@@ -243,4 +251,45 @@ fn gpu_batch_of_32_matches_each_request_alone() {
     let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
     let together = run(&mut gpu_engine(64), &reqs, &joins);
     assert_eq!(alone, together);
+}
+
+#[test]
+fn prefix_cache_reuses_pages_and_keeps_greedy_tokens() {
+    // Prompts 2..8 begin with the same sentence (two or more whole pages) and differ after.
+    let reqs: Vec<Request> = prompts()
+        .into_iter()
+        .skip(2)
+        .take(6)
+        .map(|p| request(p, 8))
+        .collect();
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| run(&mut engine(4096, 512), std::slice::from_ref(r), &[0]).remove(0))
+        .collect();
+    // One engine, one request after another: each finds the pages the earlier ones kept.
+    let mut e = engine(4096, 512);
+    let seq: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| run(&mut e, std::slice::from_ref(r), &[0]).remove(0))
+        .collect();
+    assert_eq!(alone, seq, "a cached prefix changed the greedy tokens");
+    let s = e.stats();
+    assert!(s.prefix_hits >= 5, "{s:?}");
+    assert!(s.prefix_tokens >= 5 * 32, "{s:?}");
+    // The same prompt again, twice at once: every whole page before its last token is reused.
+    let before = e.stats().prefix_tokens;
+    let again = run(&mut e, &[reqs[5].clone(), reqs[5].clone()], &[0, 0]);
+    assert_eq!(again, vec![alone[5].clone(), alone[5].clone()]);
+    let whole = (reqs[5].prompt.len() - 1) / 16 * 16;
+    assert_eq!(e.stats().prefix_tokens - before, 2 * whole as u64);
+    assert_no_leak(&mut e);
+    // A cache too small to keep them all: kept prefixes are evicted, tokens unchanged.
+    let mut small = engine(10 * 16, 512);
+    let evicting: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| run(&mut small, std::slice::from_ref(r), &[0]).remove(0))
+        .collect();
+    assert_eq!(alone, evicting);
+    assert!(small.stats().prefix_evictions > 0, "{:?}", small.stats());
+    assert_no_leak(&mut small);
 }

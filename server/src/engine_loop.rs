@@ -266,6 +266,11 @@ fn publish<R: ModelRunner>(engine: &Engine<R>, m: &Metrics, window: &mut (Instan
     m.kv_pages_used
         .store(total.saturating_sub(free) as u64, Ordering::Relaxed);
     m.kv_pages_free.store(free as u64, Ordering::Relaxed);
+    m.kv_pages_cached
+        .store(engine.cached_pages() as u64, Ordering::Relaxed);
+    m.prefix_hits.store(stats.prefix_hits, Ordering::Relaxed);
+    m.prefix_tokens
+        .store(stats.prefix_tokens, Ordering::Relaxed);
     m.kv_page_size
         .store(r.page_size() as u64, Ordering::Relaxed);
     m.steps.store(stats.steps, Ordering::Relaxed);

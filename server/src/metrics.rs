@@ -82,6 +82,12 @@ pub struct Metrics {
     pub kv_pages_used: AtomicU64,
     /// KV pages free.
     pub kv_pages_free: AtomicU64,
+    /// KV pages held by kept prefixes (prefix cache; running requests may share them).
+    pub kv_pages_cached: AtomicU64,
+    /// Requests admitted with a cached prefix.
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens not recomputed thanks to cached prefixes.
+    pub prefix_tokens: AtomicU64,
     /// Tokens per KV page.
     pub kv_page_size: AtomicU64,
     /// Generated tokens.
@@ -175,6 +181,11 @@ impl Metrics {
             get(&self.kv_pages_free).to_string(),
         );
         gauge(
+            "ferrinfer_kv_pages_cached",
+            "KV cache pages held by kept prefixes (running requests may share some).",
+            get(&self.kv_pages_cached).to_string(),
+        );
+        gauge(
             "ferrinfer_kv_page_size_tokens",
             "Tokens per KV cache page.",
             get(&self.kv_page_size).to_string(),
@@ -206,6 +217,16 @@ impl Metrics {
             "ferrinfer_preemptions_total",
             "Requests preempted (KV pages freed, recomputed later).",
             get(&self.preemptions),
+        );
+        counter(
+            "ferrinfer_prefix_cache_hits_total",
+            "Requests admitted with a cached prompt prefix.",
+            get(&self.prefix_hits),
+        );
+        counter(
+            "ferrinfer_prefix_cache_tokens_total",
+            "Prompt tokens not recomputed thanks to cached prefixes.",
+            get(&self.prefix_tokens),
         );
         let _ = writeln!(
             o,
@@ -278,6 +299,8 @@ mod tests {
             "ferrinfer_num_requests_waiting 0",
             "ferrinfer_kv_pages_used 0",
             "ferrinfer_kv_pages_free 0",
+            "ferrinfer_kv_pages_cached 0",
+            "ferrinfer_prefix_cache_hits_total 0",
             "ferrinfer_generation_tokens_total 0",
             "ferrinfer_requests_finished_total{reason=\"stop\"} 1",
             "ferrinfer_time_to_first_token_seconds_count 1",

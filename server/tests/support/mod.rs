@@ -66,6 +66,7 @@ pub fn engine(kv_tokens: usize) -> Engine<Box<dyn ModelRunner>> {
         SchedulerConfig {
             step_tokens: STEP_TOKENS,
             max_running: 32,
+            ..SchedulerConfig::default()
         },
     )
     .unwrap()
@@ -221,7 +222,9 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in the metrics"))
 }
 
-/// Polls /metrics until the server holds no request and no KV page (or panics after 20 s).
+/// Polls /metrics until the server holds no request and no KV page beyond those its prefix
+/// cache keeps (with nothing running, every used page must be one of them: no leak), or panics
+/// after 20 s.
 pub async fn wait_idle(c: &reqwest::Client, base: &str) -> String {
     let t0 = std::time::Instant::now();
     loop {
@@ -233,7 +236,7 @@ pub async fn wait_idle(c: &reqwest::Client, base: &str) -> String {
             .text()
             .await
             .unwrap();
-        if metric(&m, "ferrinfer_kv_pages_used") == 0.0
+        if metric(&m, "ferrinfer_kv_pages_used") == metric(&m, "ferrinfer_kv_pages_cached")
             && metric(&m, "ferrinfer_num_requests_running") == 0.0
             && metric(&m, "ferrinfer_num_requests_waiting") == 0.0
             && metric(&m, "ferrinfer_num_requests_in_flight") == 0.0
