@@ -1,5 +1,7 @@
 //! `ferrinfer bench-generate`: `requests` concurrent requests of `prompt_len` random tokens,
-//! `gen_len` greedy tokens each (stop tokens ignored, so every request generates them all).
+//! `gen_len` greedy tokens each (stop tokens ignored, so every request generates them all). With
+//! `shared_prefix = n`, every prompt begins with the same `n` tokens (a system prompt): what the
+//! prefix cache saves shows against a run with `--no-prefix-cache`.
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -44,6 +46,8 @@ struct Record {
     backend: String,
     requests: usize,
     prompt_len: usize,
+    shared_prefix: usize,
+    prefix_cache: bool,
     gen_len: usize,
     total_s: f64,
     generated_tokens: usize,
@@ -52,12 +56,15 @@ struct Record {
     inter_token_ms: Quantiles,
     steps: u64,
     preemptions: u64,
+    prefix_hits: u64,
+    prefix_tokens: u64,
 }
 
 pub fn run(
     args: &ModelArgs,
     requests: usize,
     prompt_len: usize,
+    shared_prefix: usize,
     gen_len: usize,
     seed: u64,
     json: &Path,
@@ -66,6 +73,11 @@ pub fn run(
         return Err(EngineError::Request(
             "requests, prompt-len and gen-len must be positive".into(),
         ));
+    }
+    if shared_prefix > prompt_len {
+        return Err(EngineError::Request(format!(
+            "shared-prefix {shared_prefix} is longer than prompt-len {prompt_len}"
+        )));
     }
     let mut l = crate::load::load(args)?;
     let vocab = l.tokenizer.vocab_size() as u64;
@@ -77,10 +89,12 @@ pub fn run(
         state ^= state << 17;
         (256 + state % (vocab - 256)) as u32
     };
+    let prefix: Vec<u32> = (0..shared_prefix).map(|_| next()).collect();
     let t0 = Instant::now();
     let mut started = HashMap::new();
     for _ in 0..requests {
-        let prompt: Vec<u32> = (0..prompt_len).map(|_| next()).collect();
+        let mut prompt = prefix.clone();
+        prompt.extend((shared_prefix..prompt_len).map(|_| next()));
         let id = l.engine.add(Request {
             prompt,
             max_tokens: gen_len,
@@ -129,6 +143,8 @@ pub fn run(
         backend: l.backend.clone(),
         requests,
         prompt_len,
+        shared_prefix,
+        prefix_cache: !args.no_prefix_cache,
         gen_len,
         total_s: total,
         generated_tokens: generated,
@@ -137,10 +153,13 @@ pub fn run(
         inter_token_ms: quantiles(itl),
         steps: stats.steps,
         preemptions: stats.preemptions,
+        prefix_hits: stats.prefix_hits,
+        prefix_tokens: stats.prefix_tokens,
     };
     println!(
         "{requests} requests × ({prompt_len} prompt + {gen_len} generated) on {}: {:.2} s, {:.1} tokens/s; \
-         TTFT p50 {:.1} ms p99 {:.1} ms; inter-token p50 {:.2} ms p99 {:.2} ms; {} steps, {} preemptions",
+         TTFT p50 {:.1} ms p99 {:.1} ms; inter-token p50 {:.2} ms p99 {:.2} ms; {} steps, {} preemptions; \
+         shared prefix {shared_prefix}: {} prefix-cache hits, {} prompt tokens reused",
         rec.backend,
         rec.total_s,
         rec.tokens_per_s,
@@ -149,7 +168,9 @@ pub fn run(
         rec.inter_token_ms.p50,
         rec.inter_token_ms.p99,
         rec.steps,
-        rec.preemptions
+        rec.preemptions,
+        rec.prefix_hits,
+        rec.prefix_tokens
     );
     let text =
         serde_json::to_string_pretty(&rec).map_err(|e| EngineError::Request(e.to_string()))?;

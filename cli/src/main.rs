@@ -117,6 +117,9 @@ enum Cmd {
         /// Prompt tokens per request.
         #[arg(long, default_value_t = 128)]
         prompt_len: usize,
+        /// Leading prompt tokens shared by every request (a system prompt).
+        #[arg(long, default_value_t = 0)]
+        shared_prefix: usize,
         /// Tokens generated per request.
         #[arg(long, default_value_t = 32)]
         gen_len: usize,
@@ -225,10 +228,19 @@ fn main() {
             model,
             requests,
             prompt_len,
+            shared_prefix,
             gen_len,
             seed,
             json,
-        } => bench::run(&model, requests, prompt_len, gen_len, seed, &json),
+        } => bench::run(
+            &model,
+            requests,
+            prompt_len,
+            shared_prefix,
+            gen_len,
+            seed,
+            &json,
+        ),
         Cmd::Info => cli::info::run().map(|_| true).map_err(Into::into),
         Cmd::Check { cases, seed } => cli::check::run(cases, seed).map_err(Into::into),
         Cmd::Demo {

@@ -1,18 +1,20 @@
-//! Prefix caching: the KV pages of finished requests are kept, indexed by their page-aligned
-//! token blocks, so a new request whose prompt begins with the same tokens (a system prompt, a
-//! few-shot preamble, the earlier turns of a chat) starts from those pages instead of
-//! recomputing them.
+//! Prefix caching: KV pages already computed for one request are reused by any request whose
+//! prompt begins with the same tokens (a system prompt, a few-shot preamble, the earlier turns
+//! of a chat), instead of being recomputed.
 //!
-//! The index follows vLLM's and SGLang's prefix caches: a prompt is cut into blocks of one KV
-//! page; block `i` is keyed by a hash chained over blocks `0..=i`, so a key names a whole prefix,
-//! not one block. A kept sequence (a *holder*) owns its pages in the page table; a request that
-//! matches `k` blocks of a holder gets `fork(holder)` truncated to `k` pages: the pages are
-//! shared (reference-counted by the page table) and never written again, because a match covers
-//! whole pages only and at least the prompt's last token is always computed (its logits are
-//! needed), so every later append goes to a fresh page. Hash collisions cannot alias two
-//! prefixes: a match is confirmed by comparing the tokens.
+//! The index follows vLLM's and SGLang's prefix caches: token sequences are cut into blocks of
+//! one KV page; block `i` is keyed by a hash chained over blocks `0..=i`, so a key names a whole
+//! prefix, not one block. Every sequence with whole computed pages is a *holder*: running
+//! requests register their blocks as they are computed (so requests of one burst share a system
+//! prompt as soon as the first of them has computed it), and a finished request's sequence is
+//! kept, truncated to its whole pages, until evicted. A request that matches `k` blocks of a
+//! holder gets `fork(holder)` truncated to `k` pages: the pages are shared (reference-counted by
+//! the page table) and never written again, because a match covers whole pages only and at
+//! least the prompt's last token is always computed (its logits are needed), so every later
+//! append goes to a fresh page. Hash collisions cannot alias two prefixes: a match is confirmed
+//! by comparing the tokens.
 //!
-//! Holders are evicted least recently used first when the scheduler needs pages; a holder's
+//! Kept (finished) holders are evicted least recently used first when the scheduler needs pages;
 //! pages that running requests still share stay allocated until those requests end.
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -20,12 +22,15 @@ use std::hash::{Hash, Hasher};
 
 use ferrinfer::kv::SeqId;
 
-/// A kept sequence: its page-aligned tokens and when it was last matched or inserted.
+/// A sequence whose whole pages are indexed.
 struct Holder {
     seq: SeqId,
+    /// Its tokens with K/V in the cache, whole pages only.
     tokens: Vec<u32>,
     /// Chained hash of each block.
     keys: Vec<u64>,
+    /// Finished and kept (evictable); `false` while its request runs.
+    kept: bool,
     last_used: u64,
 }
 
@@ -38,28 +43,21 @@ pub struct PrefixMatch {
     pub blocks: usize,
 }
 
-/// The index of kept prefixes.
+/// The index of computed prefixes.
 pub struct PrefixCache {
     page_size: usize,
     holders: HashMap<SeqId, Holder>,
-    /// Chained block hash → the holder that last registered it (and the block's index there).
+    /// Chained block hash → a holder that has the block (and the block's index there).
     index: HashMap<u64, (SeqId, usize)>,
     clock: u64,
 }
 
-/// Chained hashes of the whole blocks of `tokens`.
-fn block_keys(tokens: &[u32], page_size: usize) -> Vec<u64> {
-    let mut prev = 0u64;
-    tokens
-        .chunks_exact(page_size)
-        .map(|block| {
-            let mut h = DefaultHasher::new();
-            prev.hash(&mut h);
-            block.hash(&mut h);
-            prev = h.finish();
-            prev
-        })
-        .collect()
+/// Chained hash of `block` after the block keyed `prev` (0 for the first block).
+fn chain(prev: u64, block: &[u32]) -> u64 {
+    let mut h = DefaultHasher::new();
+    prev.hash(&mut h);
+    block.hash(&mut h);
+    h.finish()
 }
 
 impl PrefixCache {
@@ -73,33 +71,37 @@ impl PrefixCache {
         }
     }
 
-    /// Kept sequences.
+    /// Kept (finished) sequences.
     pub fn len(&self) -> usize {
-        self.holders.len()
+        self.holders.values().filter(|h| h.kept).count()
     }
 
-    /// The kept sequences.
-    pub fn sequences(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.holders.keys().copied()
-    }
-
-    /// Whether nothing is kept.
+    /// Whether no finished sequence is kept.
     pub fn is_empty(&self) -> bool {
-        self.holders.is_empty()
+        self.len() == 0
     }
 
-    /// The longest kept prefix of `prompt` that leaves at least its last token to compute.
+    /// The kept (finished) sequences.
+    pub fn kept(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.holders.values().filter(|h| h.kept).map(|h| h.seq)
+    }
+
+    /// The longest computed prefix of `prompt` that leaves at least its last token to compute.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<PrefixMatch> {
-        let usable = prompt.len().saturating_sub(1) / self.page_size;
-        let keys = block_keys(&prompt[..usable * self.page_size], self.page_size);
+        let ps = self.page_size;
+        let usable = prompt.len().saturating_sub(1) / ps;
         let mut found = None;
-        for (i, key) in keys.iter().enumerate() {
-            let Some(&(seq, at)) = self.index.get(key) else {
+        let mut key = 0;
+        for i in 0..usable {
+            let end = (i + 1) * ps;
+            key = chain(key, &prompt[i * ps..end]);
+            let Some(&(seq, at)) = self.index.get(&key) else {
                 break;
             };
-            let h = self.holders.get(&seq)?;
-            let end = (i + 1) * self.page_size;
             // Chained keys name whole prefixes; the tokens confirm it (no hash aliasing).
+            let Some(h) = self.holders.get(&seq) else {
+                break;
+            };
             if at != i || h.tokens.get(..end) != Some(&prompt[..end]) {
                 break;
             }
@@ -117,63 +119,78 @@ impl PrefixCache {
         found
     }
 
-    /// Offers a finished sequence whose first `tokens.len()` tokens have their K/V in the cache
-    /// (`tokens` page-aligned). Returns `true` when it is kept (the caller must then not free
-    /// it, and should truncate it to `tokens.len()`); `false` when every block is already kept
-    /// by others, or there is no whole block (the caller frees it).
-    pub fn insert(&mut self, seq: SeqId, tokens: &[u32]) -> bool {
-        let blocks = tokens.len() / self.page_size;
-        let tokens = &tokens[..blocks * self.page_size];
-        let keys = block_keys(tokens, self.page_size);
-        // Kept already if its last block is indexed with the same tokens.
-        if let Some(&(other, at)) = keys.last().and_then(|k| self.index.get(k)) {
-            if at + 1 == blocks
-                && self
-                    .holders
-                    .get(&other)
-                    .is_some_and(|h| h.tokens.get(..tokens.len()) == Some(tokens))
-            {
-                return false;
-            }
+    /// Registers the whole pages of a running sequence whose first `computed.len()` tokens
+    /// have their K/V in the cache. Cheap when no new page was completed.
+    pub fn extend(&mut self, seq: SeqId, computed: &[u32]) {
+        let ps = self.page_size;
+        let blocks = computed.len() / ps;
+        let h = self.holders.entry(seq).or_insert_with(|| Holder {
+            seq,
+            tokens: Vec::new(),
+            keys: Vec::new(),
+            kept: false,
+            last_used: 0,
+        });
+        while h.keys.len() < blocks {
+            let i = h.keys.len();
+            let block = &computed[i * ps..(i + 1) * ps];
+            let key = chain(h.keys.last().copied().unwrap_or(0), block);
+            h.keys.push(key);
+            h.tokens.extend_from_slice(block);
+            // First come keeps the entry: a block already indexed stays with its holder.
+            self.index.entry(key).or_insert((seq, i));
         }
-        if keys.is_empty() {
+    }
+
+    /// A sequence's request ended with `computed` tokens in the cache. Returns `true` when it
+    /// is kept for reuse (the caller truncates it to its whole pages and must not free it);
+    /// `false` when it holds no whole page, or every one of its blocks is also held by
+    /// another sequence (the caller frees it).
+    pub fn retire(&mut self, seq: SeqId, computed: &[u32]) -> bool {
+        self.extend(seq, computed);
+        let redundant = self.holders.get(&seq).is_none_or(|h| {
+            h.keys.iter().enumerate().all(|(i, k)| {
+                self.index
+                    .get(k)
+                    .is_some_and(|&(other, at)| other != seq && at == i)
+            })
+        });
+        if redundant {
+            self.forget(seq);
             return false;
         }
         self.clock += 1;
-        for (i, &k) in keys.iter().enumerate() {
-            self.index.insert(k, (seq, i));
+        if let Some(h) = self.holders.get_mut(&seq) {
+            h.kept = true;
+            h.last_used = self.clock;
         }
-        self.holders.insert(
-            seq,
-            Holder {
-                seq,
-                tokens: tokens.to_vec(),
-                keys,
-                last_used: self.clock,
-            },
-        );
         true
     }
 
-    /// Removes the least recently used holder and returns its sequence (the caller frees it).
+    /// Removes the least recently used kept sequence and returns it (the caller frees it).
     pub fn evict_lru(&mut self) -> Option<SeqId> {
-        let seq = self.holders.values().min_by_key(|h| h.last_used)?.seq;
-        self.remove(seq);
+        let seq = self
+            .holders
+            .values()
+            .filter(|h| h.kept)
+            .min_by_key(|h| h.last_used)?
+            .seq;
+        self.forget(seq);
         Some(seq)
     }
 
-    /// Removes every holder; returns their sequences (the caller frees them).
+    /// Removes every kept sequence and returns them (the caller frees them); running ones stay.
     pub fn drain(&mut self) -> Vec<SeqId> {
-        let seqs: Vec<SeqId> = self.holders.keys().copied().collect();
+        let seqs: Vec<SeqId> = self.kept().collect();
         for &s in &seqs {
-            self.remove(s);
+            self.forget(s);
         }
         seqs
     }
 
-    /// Drops a holder's index entries; a block another holder also has is re-pointed at it,
-    /// so removing one holder never makes another unreachable.
-    fn remove(&mut self, seq: SeqId) {
+    /// Drops a sequence (freed, preempted): its index entries are re-pointed at another holder
+    /// of the same block when there is one, so no other holder becomes unreachable.
+    pub fn forget(&mut self, seq: SeqId) {
         let Some(h) = self.holders.remove(&seq) else {
             return;
         };
@@ -200,7 +217,7 @@ mod tests {
     fn matches_whole_blocks_and_leaves_the_last_token() {
         let mut c = PrefixCache::new(4);
         let kept = toks(12, 0);
-        assert!(c.insert(SeqId(1), &kept));
+        assert!(c.retire(SeqId(1), &kept));
         // The same 12 tokens: only 2 blocks usable (token 12 must be computed).
         assert_eq!(
             c.lookup(&kept),
@@ -225,12 +242,27 @@ mod tests {
     }
 
     #[test]
+    fn running_sequences_are_matched_but_never_evicted() {
+        let mut c = PrefixCache::new(4);
+        c.extend(SeqId(1), &toks(6, 0));
+        assert_eq!(c.lookup(&toks(9, 0)).map(|m| m.blocks), Some(1));
+        c.extend(SeqId(1), &toks(8, 0));
+        assert_eq!(c.lookup(&toks(9, 0)).map(|m| m.blocks), Some(2));
+        assert!(c.is_empty());
+        assert_eq!(c.evict_lru(), None);
+        assert!(c.drain().is_empty());
+        // Preempted: forgotten.
+        c.forget(SeqId(1));
+        assert_eq!(c.lookup(&toks(9, 0)), None);
+    }
+
+    #[test]
     fn duplicates_are_not_kept_and_lru_evicts_oldest() {
         let mut c = PrefixCache::new(4);
-        assert!(c.insert(SeqId(1), &toks(8, 0)));
-        assert!(!c.insert(SeqId(2), &toks(8, 0)), "same blocks: not kept");
-        assert!(!c.insert(SeqId(3), &toks(3, 0)), "no whole block");
-        assert!(c.insert(SeqId(4), &toks(8, 1)));
+        assert!(c.retire(SeqId(1), &toks(8, 0)));
+        assert!(!c.retire(SeqId(2), &toks(8, 0)), "same blocks: not kept");
+        assert!(!c.retire(SeqId(3), &toks(3, 0)), "no whole block");
+        assert!(c.retire(SeqId(4), &toks(8, 1)));
         // Touch 1: then 4 is the least recently used.
         assert!(c.lookup(&toks(9, 0)).is_some());
         assert_eq!(c.evict_lru(), Some(SeqId(4)));
@@ -241,17 +273,23 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_holder_extends_a_shorter_one() {
+    fn forgetting_a_holder_re_points_shared_blocks() {
         let mut c = PrefixCache::new(2);
-        assert!(c.insert(SeqId(1), &toks(4, 0)));
-        assert!(c.insert(SeqId(2), &toks(8, 0)));
+        // 2 runs first: it owns the shared blocks; 1 shares them and adds none of its own.
+        c.extend(SeqId(2), &toks(8, 0));
+        c.extend(SeqId(1), &toks(4, 0));
+        assert!(!c.retire(SeqId(1), &toks(4, 0)), "every block held by 2");
+        assert!(c.retire(
+            SeqId(3),
+            &toks(6, 0).into_iter().chain([5, 5]).collect::<Vec<_>>()
+        ));
         let m = c.lookup(&toks(9, 0)).unwrap();
         assert_eq!((m.holder, m.blocks), (SeqId(2), 4));
-        // Evicting the longer one re-points the shared blocks at the shorter one.
-        c.remove(SeqId(2));
+        // 2 leaves: its first three blocks are re-pointed at 3.
+        c.forget(SeqId(2));
         let m = c.lookup(&toks(9, 0)).unwrap();
-        assert_eq!((m.holder, m.blocks), (SeqId(1), 2));
-        assert_eq!(c.drain(), vec![SeqId(1)]);
+        assert_eq!((m.holder, m.blocks), (SeqId(3), 3));
+        assert_eq!(c.drain(), vec![SeqId(3)]);
         assert_eq!(c.lookup(&toks(9, 0)), None);
     }
 }

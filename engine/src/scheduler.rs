@@ -261,7 +261,7 @@ impl<R: ModelRunner> Engine<R> {
         let ps = self.runner.page_size();
         let whole = computed.len() / ps * ps;
         if let Some(p) = self.prefix.as_mut() {
-            if p.insert(kv, &computed[..whole]) {
+            if p.retire(kv, &computed[..whole]) {
                 return Ok(self.runner.cache_mut().truncate(kv, whole)?);
             }
         }
@@ -298,7 +298,7 @@ impl<R: ModelRunner> Engine<R> {
         };
         let table = self.runner.cache().table();
         let pages: std::collections::HashSet<u32> = p
-            .sequences()
+            .kept()
             .filter_map(|s| table.pages(s).ok())
             .flat_map(|pages| pages.iter().copied())
             .collect();
@@ -314,6 +314,9 @@ impl<R: ModelRunner> Engine<R> {
     fn preempt_newest(&mut self) -> Result<()> {
         if let Some(mut s) = self.running.pop() {
             if let Some(kv) = s.kv.take() {
+                if let Some(p) = self.prefix.as_mut() {
+                    p.forget(kv);
+                }
                 self.runner.free(kv)?;
             }
             s.computed = 0;
@@ -464,6 +467,9 @@ impl<R: ModelRunner> Engine<R> {
                 continue;
             };
             s.computed += n;
+            if let Some(p) = self.prefix.as_mut() {
+                p.extend(kv, &s.tokens[..s.computed]);
+            }
             row += n;
             if step.logits_rows.get(li) != Some(&(row - 1)) {
                 continue;

@@ -283,6 +283,13 @@ fn prefix_cache_reuses_pages_and_keeps_greedy_tokens() {
     let whole = (reqs[5].prompt.len() - 1) / 16 * 16;
     assert_eq!(e.stats().prefix_tokens - before, 2 * whole as u64);
     assert_no_leak(&mut e);
+    // A burst, prefilled in chunks of 48 tokens: requests admitted after the first chunk share
+    // the pages the running ones have computed so far.
+    let mut burst = engine(4096, 48);
+    let together = run(&mut burst, &reqs, &[0; 6]);
+    assert_eq!(alone, together);
+    assert!(burst.stats().prefix_hits > 0, "{:?}", burst.stats());
+    assert_no_leak(&mut burst);
     // A cache too small to keep them all: kept prefixes are evicted, tokens unchanged.
     let mut small = engine(10 * 16, 512);
     let evicting: Vec<Vec<u32>> = reqs
