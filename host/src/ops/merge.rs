@@ -3,16 +3,17 @@
 //! variable-length merge that combines split-KV prefill partials.
 //!
 //! A state is the normalised attention output `v` of a key subset with its base-2 log-sum-exp
-//! `s`; merging states of disjoint key sets gives the state of their union (DESIGN.md §1,
-//! CPU twin `cpu::merge`). Empty states (`s = −inf`) weigh nothing; if every state of a row is
+//! `s`; merging states of disjoint key sets gives the state of their union (CPU twin
+//! `cpu::merge`). Empty states (`s = −inf`) weigh nothing; if every state of a row is
 //! empty the result is `v = 0`, `s = −inf`. NaN lse inputs are not detected on the device.
 //!
 //! Device side: `kernels-gpu/src/merge.rs` (one warp per row and head).
 use ferrinfer_kernels::abi::MergeParams;
+use ferrinfer_kernels::kernel_key::KernelKey;
 
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
-use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
 
 const OP: &str = "merge_states";
 
@@ -73,30 +74,31 @@ fn need(op: &'static str, what: &'static str, want: usize, len: usize) -> Result
     Ok(())
 }
 
-/// Kernel symbol merging states stored as `input` into outputs of `out`.
-pub(crate) fn kernel_name(input: Option<DType>, out: DType, head_dim: usize) -> String {
-    match input {
-        Some(_) => format!("merge_{}_d{head_dim}", out.name()),
-        None => format!("merge_f32_{}_d{head_dim}", out.name()),
+/// Key of the merge kernel writing `out` outputs from states in f32 (`f32_states`, the
+/// split-KV prefill partials) or in `out`.
+pub(crate) fn key(f32_states: bool, out: DType, head_dim: usize) -> KernelKey {
+    KernelKey::Merge {
+        dtype: out.key(),
+        head_dim: head_dim as u32,
+        f32_states,
     }
 }
 
-/// Launches a merge kernel over `rows` rows and `num_heads` heads.
+/// Launches merge kernel `kernel` over `p.num_rows` rows and `p.num_heads` heads.
 ///
 /// # Safety
 /// Every address and stride in `p` must describe existing memory for `p.num_rows` rows.
-pub(crate) unsafe fn launch(gpu: &Gpu, kernel: &str, p: MergeParams) -> Result<()> {
+pub(crate) unsafe fn launch(gpu: &Gpu, kernel: &Kernel, p: MergeParams) -> Result<()> {
     if p.num_rows == 0 {
         return Ok(());
     }
-    gpu.function(kernel, 0)?;
     let dims = LaunchDims {
         grid: (p.num_rows.div_ceil(4), p.num_heads, 1),
         block: (128, 1, 1),
         smem_bytes: 0,
     };
     // SAFETY: forwarded contract.
-    unsafe { gpu.launch(kernel, dims, p) }
+    unsafe { gpu.launch_kernel(kernel, dims, p) }
 }
 
 /// Element-offset difference `b − a` of two buffers of `T` (signed: the kernel addresses state
@@ -167,7 +169,7 @@ pub fn merge_state<T: Float16>(
         v_out.addr(),
         s_out.as_deref().map_or(0, |s| s.addr()),
     );
-    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: both states, the output and the lse were checked to hold `shape`; each lane reads
     // its elements of both states before writing the same elements of the output, so v_out may
     // alias v_a or v_b.
@@ -200,7 +202,7 @@ pub fn merge_state_in_place<T: Float16>(
         v.addr(),
         s.addr(),
     );
-    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: as merge_state: each lane reads its value elements of both states before writing
     // the same elements, and the kernel's shuffle orders every lane's lse reads before lane 0
     // stores the merged lse.
@@ -259,7 +261,7 @@ pub fn merge_states<T: Float16>(
         num_states: num_states as u32,
         num_heads: shape.num_heads as u32,
     };
-    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: the state tensors hold num_states states of `shape`, the outputs hold `shape`.
     unsafe { launch(gpu, &kernel, p) }
 }
