@@ -10,7 +10,7 @@
 //! 3. [`PagedKvCache::batch_pages`] feeds the attention planner (`ops::BatchDecode::plan`) once;
 //! 4. per layer, attention reads [`PagedKvCache::pool`]`(layer)` through that plan.
 use super::page_table::{AppendPlan, BatchPages, PageTable, SeqId};
-use super::pool::{
+use super::{
     AppendMeta, DeviceAppendMeta, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows, RowsMut,
 };
 use crate::checked;

@@ -2,10 +2,10 @@
 pub mod cache;
 pub mod page_table;
 pub mod pool;
+mod pool_config;
+pub(crate) mod storage;
 
 pub use cache::{AppendStep, PagedKvCache};
 pub use page_table::{AppendPlan, BatchPages, PageCopy, PageTable, SeqId};
-pub use pool::{
-    AppendMeta, DeviceAppendMeta, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
-    RowsMut,
-};
+pub use pool::{AppendMeta, DeviceAppendMeta, KvPool, Rows, RowsMut};
+pub use pool_config::{KvLayout, KvPoolConfig, PoolSize, RowStrides};

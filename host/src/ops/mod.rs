@@ -4,6 +4,7 @@
 //! prefill) keep their step's tables in a shared plan workspace ([`workspace`]).
 pub mod batch_decode;
 mod io_check;
+pub(crate) mod kv_copy;
 pub mod merge;
 pub mod model;
 pub mod prefill;
