@@ -8,6 +8,19 @@ use crate::heads::HeadConfig;
 use crate::kv::KvPoolConfig;
 use crate::options::AttentionOptions;
 
+/// `Err(Shape)` unless a buffer of `len` elements holds the `need` that `what` requires.
+pub(crate) fn at_least(
+    op: &'static str,
+    what: &'static str,
+    need: usize,
+    len: usize,
+) -> Result<()> {
+    if len < need {
+        return Err(Error::shape(op, what, format!(">= {need}"), len));
+    }
+    Ok(())
+}
+
 /// A CSR offset array: starts at 0 and never decreases. With `rows`, its last entry must not
 /// exceed `rows` (the rows of the tensor it indexes).
 pub(crate) fn indptr(

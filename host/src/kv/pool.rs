@@ -4,9 +4,10 @@
 //! are launched by [`crate::ops::kv_copy`].
 use std::sync::Mutex;
 
-use super::page_table::{BatchPages, PageCopy};
+use super::page_table::PageCopy;
 use super::pool_config::{KvLayout, KvPoolConfig, PoolSize, RowStrides};
-use super::storage::{DevicePages, HostPages, PageStorage};
+use super::storage::{host_rows_out, page_of, DevicePages, HostPages, PageStorage};
+use super::BatchPages;
 use crate::checked;
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
@@ -68,32 +69,10 @@ pub struct AppendMeta<'a> {
 }
 
 impl<T: Float16> KvPool<T> {
-    fn resolve(size: PoolSize, page_bytes: usize, free_bytes: Option<usize>) -> Result<usize> {
-        // A geometry whose page size saturates is refused by `validate` right after.
-        let page_bytes = page_bytes.max(1);
-        match size {
-            PoolSize::Pages(n) => Ok(n),
-            PoolSize::Bytes(b) => Ok(b / page_bytes),
-            PoolSize::FreeMemoryFraction(f) => {
-                if !(f > 0.0 && f <= 1.0) {
-                    return Err(Error::invalid(
-                        OP,
-                        "free memory fraction",
-                        format!("{f} not in (0, 1]"),
-                    ));
-                }
-                let free = free_bytes.ok_or_else(|| {
-                    Error::invalid(OP, "pool size", "a free-memory fraction needs a GPU pool")
-                })?;
-                Ok((free as f64 * f) as usize / page_bytes)
-            }
-        }
-    }
-
     /// A pool on the GPU. `cfg.num_pages` is ignored in favour of `size`.
     pub fn new_gpu(gpu: &Gpu, mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
         let (free, _total) = gpu.context().mem_get_info()?;
-        cfg.num_pages = Self::resolve(size, cfg.page_bytes().max(1), Some(free))?;
+        cfg.num_pages = size.pages(cfg.page_bytes().max(1), Some(free))?;
         cfg.validate()?;
         let n = cfg.pool_elems()?;
         Ok(Self {
@@ -112,7 +91,7 @@ impl<T: Float16> KvPool<T> {
 
     /// A pool in host memory for the CPU backend. `cfg.num_pages` is ignored in favour of `size`.
     pub fn new_cpu(mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
-        cfg.num_pages = Self::resolve(size, cfg.page_bytes().max(1), None)?;
+        cfg.num_pages = size.pages(cfg.page_bytes().max(1), None)?;
         cfg.validate()?;
         let n = cfg.pool_elems()?;
         Ok(Self {
@@ -577,54 +556,6 @@ impl<'a, T> RowsMut<'a, T> {
             RowsMut::Device(b) => Rows::Device(b),
             RowsMut::Host(s) => Rows::Host(s),
         }
-    }
-}
-
-/// Copies tokens `[0, len)` of entry `b` from host pools into strided rows (bounds validated by
-/// the callers; a page slot outside the tables is still an error, never an index panic).
-#[allow(clippy::too_many_arguments)]
-fn host_rows_out<T: Copy>(
-    cfg: &KvPoolConfig,
-    kp: &[T],
-    vp: &[T],
-    pages: &BatchPages,
-    b: usize,
-    len: usize,
-    kh: &mut [T],
-    ks: RowStrides,
-    vh: &mut [T],
-    vs: RowStrides,
-) -> Result<()> {
-    for t in 0..len {
-        let (page, entry) = page_of(pages, b, t, cfg.page_size)?;
-        for h in 0..cfg.num_kv_heads {
-            let src = cfg.offset(page, entry, h);
-            let dk = t * ks.stride_n + h * ks.stride_h;
-            let dv = t * vs.stride_n + h * vs.stride_h;
-            kh[dk..dk + cfg.head_dim].copy_from_slice(&kp[src..src + cfg.head_dim]);
-            vh[dv..dv + cfg.head_dim].copy_from_slice(&vp[src..src + cfg.head_dim]);
-        }
-    }
-    Ok(())
-}
-
-/// `(page, entry)` of position `pos` of entry `b`: the tables were validated by the callers,
-/// and a slot outside them is an error rather than an index panic all the same.
-fn page_of(pages: &BatchPages, b: usize, pos: usize, page_size: usize) -> Result<(usize, usize)> {
-    let slot = pages
-        .kv_indptr
-        .get(b)
-        .and_then(|&start| usize::try_from(start).ok())
-        .and_then(|start| start.checked_add(pos / page_size))
-        .and_then(|slot| pages.kv_indices.get(slot))
-        .and_then(|&page| usize::try_from(page).ok());
-    match slot {
-        Some(page) => Ok((page, pos % page_size)),
-        None => Err(Error::invalid(
-            OP,
-            "page tables",
-            format!("no page for position {pos} of entry {b}"),
-        )),
     }
 }
 

@@ -27,6 +27,32 @@ pub enum PoolSize {
     FreeMemoryFraction(f64),
 }
 
+impl PoolSize {
+    /// Pages of `page_bytes` bytes this size asks for (`free_bytes`: the GPU's free memory,
+    /// `None` for host pools).
+    pub(crate) fn pages(self, page_bytes: usize, free_bytes: Option<usize>) -> Result<usize> {
+        // A geometry whose page size saturates is refused by `validate` right after.
+        let page_bytes = page_bytes.max(1);
+        match self {
+            PoolSize::Pages(n) => Ok(n),
+            PoolSize::Bytes(b) => Ok(b / page_bytes),
+            PoolSize::FreeMemoryFraction(f) => {
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(Error::invalid(
+                        OP,
+                        "free memory fraction",
+                        format!("{f} not in (0, 1]"),
+                    ));
+                }
+                let free = free_bytes.ok_or_else(|| {
+                    Error::invalid(OP, "pool size", "a free-memory fraction needs a GPU pool")
+                })?;
+                Ok((free as f64 * f) as usize / page_bytes)
+            }
+        }
+    }
+}
+
 /// Geometry of a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvPoolConfig {

@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 
 use super::pool::Rows;
+use super::{BatchPages, KvPoolConfig, RowStrides};
 use crate::error::{Error, Result};
 use crate::ops::kv_copy::CopyKernels;
 use crate::runtime::{DeviceBuffer, Gpu, PinnedStaging};
@@ -152,4 +153,57 @@ fn misplaced(what: &'static str) -> Error {
         what,
         "rows must live where the pool lives (device rows for a GPU pool, host rows for a CPU pool)",
     )
+}
+
+/// Copies tokens `[0, len)` of entry `b` from host pools into strided rows (bounds validated by
+/// the callers; a page slot outside the tables is still an error, never an index panic).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn host_rows_out<T: Copy>(
+    cfg: &KvPoolConfig,
+    kp: &[T],
+    vp: &[T],
+    pages: &BatchPages,
+    b: usize,
+    len: usize,
+    kh: &mut [T],
+    ks: RowStrides,
+    vh: &mut [T],
+    vs: RowStrides,
+) -> Result<()> {
+    for t in 0..len {
+        let (page, entry) = page_of(pages, b, t, cfg.page_size)?;
+        for h in 0..cfg.num_kv_heads {
+            let src = cfg.offset(page, entry, h);
+            let dk = t * ks.stride_n + h * ks.stride_h;
+            let dv = t * vs.stride_n + h * vs.stride_h;
+            kh[dk..dk + cfg.head_dim].copy_from_slice(&kp[src..src + cfg.head_dim]);
+            vh[dv..dv + cfg.head_dim].copy_from_slice(&vp[src..src + cfg.head_dim]);
+        }
+    }
+    Ok(())
+}
+
+/// `(page, entry)` of position `pos` of entry `b`: the tables were validated by the callers,
+/// and a slot outside them is an error rather than an index panic all the same.
+pub(crate) fn page_of(
+    pages: &BatchPages,
+    b: usize,
+    pos: usize,
+    page_size: usize,
+) -> Result<(usize, usize)> {
+    let slot = pages
+        .kv_indptr
+        .get(b)
+        .and_then(|&start| usize::try_from(start).ok())
+        .and_then(|start| start.checked_add(pos / page_size))
+        .and_then(|slot| pages.kv_indices.get(slot))
+        .and_then(|&page| usize::try_from(page).ok());
+    match slot {
+        Some(page) => Ok((page, pos % page_size)),
+        None => Err(Error::invalid(
+            OP,
+            "page tables",
+            format!("no page for position {pos} of entry {b}"),
+        )),
+    }
 }

@@ -60,6 +60,8 @@ pub struct BatchDecodePlan {
     num_pages_seen: usize,
     /// Capacities of the device tables (their offsets: [`Caps::offsets`]).
     caps: Caps,
+    /// Where the tables live (`caps.offsets()`, kept so launches do not recompute it).
+    off: MetaOffsets,
     ws: PlanWorkspace<GraphLimits>,
 }
 
@@ -350,6 +352,7 @@ impl BatchDecode {
             page_size,
             num_pages_seen: 0,
             caps,
+            off: caps.offsets(),
             ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
         };
         self.plan_into_inner(pages, page_size, pool, &mut plan)?;
@@ -484,6 +487,7 @@ impl BatchDecode {
         s.region(off.counters, off.len - off.counters);
         plan.ws.commit(&self.gpu, if host.split { ws } else { 0 })?;
         plan.caps = caps;
+        plan.off = off;
         plan.host = host;
         plan.batch = batch;
         plan.page_size = page_size;
@@ -550,7 +554,7 @@ impl BatchDecode {
             dtype: self.dtype,
         }
         .check(q, out, lse.as_deref())?;
-        let off = plan.caps.offsets();
+        let off = plan.off;
         let at = |o: usize| plan.ws.at(o);
         let d = h.head_dim as u32;
         let p = DecodeParams {

@@ -14,6 +14,7 @@ use ferrinfer_kernels::kernel_key::KernelKey;
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::validate::at_least;
 
 const OP: &str = "merge_states";
 
@@ -65,13 +66,6 @@ impl MergeShape {
     fn lses(&self) -> usize {
         self.seq_len * self.num_heads
     }
-}
-
-fn need(op: &'static str, what: &'static str, want: usize, len: usize) -> Result<()> {
-    if len < want {
-        return Err(Error::shape(op, what, format!(">= {want}"), len));
-    }
-    Ok(())
 }
 
 /// Key of the merge kernel writing `out` outputs from states in f32 (`f32_states`, the
@@ -150,17 +144,17 @@ pub fn merge_state<T: Float16>(
     shape.validate(OP2)?;
     for b in [v_a, v_b] {
         gpu.check_buffer(OP2, b)?;
-        need(OP2, "state values", shape.values(), b.len())?;
+        at_least(OP2, "state values", shape.values(), b.len())?;
     }
     for b in [s_a, s_b] {
         gpu.check_buffer(OP2, b)?;
-        need(OP2, "state lse", shape.lses(), b.len())?;
+        at_least(OP2, "state lse", shape.lses(), b.len())?;
     }
     gpu.check_buffer(OP2, v_out)?;
-    need(OP2, "v_out elements", shape.values(), v_out.len())?;
+    at_least(OP2, "v_out elements", shape.values(), v_out.len())?;
     if let Some(s) = s_out.as_deref() {
         gpu.check_buffer(OP2, s)?;
-        need(OP2, "s_out elements", shape.lses(), s.len())?;
+        at_least(OP2, "s_out elements", shape.lses(), s.len())?;
     }
     let p = pair_params(
         shape,
@@ -191,10 +185,10 @@ pub fn merge_state_in_place<T: Float16>(
     gpu.check_buffer(OP2, s)?;
     gpu.check_buffer(OP2, v_other)?;
     gpu.check_buffer(OP2, s_other)?;
-    need(OP2, "v elements", shape.values(), v.len())?;
-    need(OP2, "v_other elements", shape.values(), v_other.len())?;
-    need(OP2, "s elements", shape.lses(), s.len())?;
-    need(OP2, "s_other elements", shape.lses(), s_other.len())?;
+    at_least(OP2, "v elements", shape.values(), v.len())?;
+    at_least(OP2, "v_other elements", shape.values(), v_other.len())?;
+    at_least(OP2, "s elements", shape.lses(), s.len())?;
+    at_least(OP2, "s_other elements", shape.lses(), s_other.len())?;
     let p = pair_params(
         shape,
         [v.addr(), v_other.addr()],
@@ -233,12 +227,12 @@ pub fn merge_states<T: Float16>(
             op: OP,
             what: "states × rows × heads × head_dim",
         })?;
-    need(OP, "v elements", nv, v.len())?;
-    need(OP, "s elements", shape.lses() * num_states, s.len())?;
-    need(OP, "v_out elements", shape.values(), v_out.len())?;
+    at_least(OP, "v elements", nv, v.len())?;
+    at_least(OP, "s elements", shape.lses() * num_states, s.len())?;
+    at_least(OP, "v_out elements", shape.values(), v_out.len())?;
     if let Some(l) = s_out.as_deref() {
         gpu.check_buffer(OP, l)?;
-        need(OP, "s_out elements", shape.lses(), l.len())?;
+        at_least(OP, "s_out elements", shape.lses(), l.len())?;
     }
     let hd = shape.num_heads * shape.head_dim;
     let p = MergeParams {

@@ -13,6 +13,7 @@ use crate::ops::batch_decode::{BatchDecode, BatchDecodePlan, KvSource};
 use crate::options::AttentionOptions;
 use crate::plan::DecodePlan;
 use crate::runtime::{DeviceBuffer, Gpu};
+use crate::validate;
 
 const OP: &str = "single_decode";
 
@@ -119,17 +120,8 @@ impl SingleDecode {
             self.gpu.check_buffer(OP, b)?;
         }
         let qo = h.num_qo_heads * h.head_dim;
-        if q.len() < qo {
-            return Err(Error::shape(OP, "q elements", format!(">= {qo}"), q.len()));
-        }
-        if out.len() < qo {
-            return Err(Error::shape(
-                OP,
-                "out elements",
-                format!(">= {qo}"),
-                out.len(),
-            ));
-        }
+        validate::at_least(OP, "q elements", qo, q.len())?;
+        validate::at_least(OP, "out elements", qo, out.len())?;
         if kv_len > i32::MAX as usize {
             return Err(Error::invalid(
                 OP,

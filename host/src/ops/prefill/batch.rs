@@ -281,7 +281,7 @@ impl BatchPrefill {
                 })?;
             (h.num_kv_heads as u32, items_y, 1)
         };
-        let off = plan.caps.offsets();
+        let off = plan.off;
         let at = |o: usize| plan.ws.at(o);
         let d = h.head_dim as u32;
         let g = h.group() as u32;

@@ -17,7 +17,7 @@ use crate::plan::units::{schedule as schedule_units, UnitSchedule};
 use crate::validate;
 
 use super::batch::{BatchPrefill, OP};
-use super::graph::{Caps, PrefillGraphLimits};
+use super::graph::{Caps, MetaOffsets, PrefillGraphLimits};
 use super::policy::{mean_keys_per_query, persistent_auto, PrefillTile, MIN_CHUNK};
 
 /// Where a plan's K/V comes from.
@@ -48,6 +48,8 @@ pub struct BatchPrefillPlan {
     pub(super) num_pages_seen: usize,
     /// Capacities of the device tables (their offsets: [`Caps::offsets`]).
     pub(super) caps: Caps,
+    /// Where the tables live (`caps.offsets()`, kept so launches do not recompute it).
+    pub(super) off: MetaOffsets,
     /// Persistent grid of the plan's kernel (0: one CTA per unit, grid `(kv heads, items)`).
     pub(super) ctas: usize,
     pub(super) ws: PlanWorkspace<PrefillGraphLimits>,
@@ -133,6 +135,7 @@ impl BatchPrefill {
             page_size: 0,
             num_pages_seen: 0,
             caps: caps.unwrap_or_default(),
+            off: caps.unwrap_or_default().offsets(),
             ctas: 0,
             ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
         })
@@ -319,6 +322,7 @@ impl BatchPrefill {
         );
         plan.ws.commit(&self.gpu, host.num_slots)?;
         plan.caps = caps;
+        plan.off = caps.offsets();
         plan.host = host;
         plan.tile = tile;
         plan.ctas = ctas;

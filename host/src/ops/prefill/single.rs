@@ -150,17 +150,8 @@ impl SinglePrefill {
         }
         let need_k = k_strides.required_len(&h, kv_len);
         let need_v = v_strides.required_len(&h, kv_len);
-        if q.len() < nq {
-            return Err(Error::shape(OP, "q elements", format!(">= {nq}"), q.len()));
-        }
-        if out.len() < nq {
-            return Err(Error::shape(
-                OP,
-                "out elements",
-                format!(">= {nq}"),
-                out.len(),
-            ));
-        }
+        validate::at_least(OP, "q elements", nq, q.len())?;
+        validate::at_least(OP, "out elements", nq, out.len())?;
         for (name, need, len) in [
             ("k elements", need_k, k.len()),
             ("v elements", need_v, v.len()),
@@ -178,14 +169,7 @@ impl SinglePrefill {
         }
         if let Some(l) = lse.as_deref() {
             self.gpu.check_buffer(OP, l)?;
-            if l.len() < rows {
-                return Err(Error::shape(
-                    OP,
-                    "lse elements",
-                    format!(">= {rows}"),
-                    l.len(),
-                ));
-            }
+            validate::at_least(OP, "lse elements", rows, l.len())?;
         }
         if qo_len == 0 {
             return Ok(());
