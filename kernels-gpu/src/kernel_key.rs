@@ -1,4 +1,4 @@
-//! Typed names of the attention kernels' entry points, shared by the host (which resolves a
+//! Typed names of the kernels' entry points (attention, merge, KV copy, model), shared by the host (which resolves a
 //! key's function when an op is built) and the PTX check (which verifies that every key the
 //! host can ask for exists in every image that should hold it).
 //!
@@ -139,7 +139,71 @@ impl CopyKernel {
     }
 }
 
-/// One attention, merge or KV-copy kernel entry point.
+/// A model kernel (RMSNorm, RoPE, elementwise, argmax: `kernels-gpu/src/model/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelKernel {
+    /// `rms_norm`.
+    RmsNorm,
+    /// `add_rms_norm`.
+    AddRmsNorm,
+    /// `qkv_rope_{dtype}`: QKV split + RoPE with `dtype` outputs.
+    QkvRope(KeyDtype),
+    /// `gather_rows`.
+    GatherRows,
+    /// `silu_and_mul`.
+    SiluAndMul,
+    /// `to_f32_{dtype}`.
+    ToF32(KeyDtype),
+    /// `argmax`.
+    Argmax,
+}
+
+impl ModelKernel {
+    /// Every model kernel, in [`ModelKernel::index`] order.
+    pub const ALL: [ModelKernel; 9] = [
+        ModelKernel::RmsNorm,
+        ModelKernel::AddRmsNorm,
+        ModelKernel::QkvRope(KeyDtype::F16),
+        ModelKernel::QkvRope(KeyDtype::Bf16),
+        ModelKernel::GatherRows,
+        ModelKernel::SiluAndMul,
+        ModelKernel::ToF32(KeyDtype::F16),
+        ModelKernel::ToF32(KeyDtype::Bf16),
+        ModelKernel::Argmax,
+    ];
+
+    /// Position in [`ModelKernel::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            ModelKernel::RmsNorm => 0,
+            ModelKernel::AddRmsNorm => 1,
+            ModelKernel::QkvRope(KeyDtype::F16) => 2,
+            ModelKernel::QkvRope(KeyDtype::Bf16) => 3,
+            ModelKernel::GatherRows => 4,
+            ModelKernel::SiluAndMul => 5,
+            ModelKernel::ToF32(KeyDtype::F16) => 6,
+            ModelKernel::ToF32(KeyDtype::Bf16) => 7,
+            ModelKernel::Argmax => 8,
+        }
+    }
+
+    /// The symbol.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ModelKernel::RmsNorm => "rms_norm",
+            ModelKernel::AddRmsNorm => "add_rms_norm",
+            ModelKernel::QkvRope(KeyDtype::F16) => "qkv_rope_f16",
+            ModelKernel::QkvRope(KeyDtype::Bf16) => "qkv_rope_bf16",
+            ModelKernel::GatherRows => "gather_rows",
+            ModelKernel::SiluAndMul => "silu_and_mul",
+            ModelKernel::ToF32(KeyDtype::F16) => "to_f32_f16",
+            ModelKernel::ToF32(KeyDtype::Bf16) => "to_f32_bf16",
+            ModelKernel::Argmax => "argmax",
+        }
+    }
+}
+
+/// One attention, merge, KV-copy or model kernel entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelKey {
     /// Batch decode on CUDA cores, group capacity `group` (1, 2, 4, 8).
@@ -181,6 +245,8 @@ pub enum KernelKey {
     },
     /// KV append/gather.
     Copy(CopyKernel),
+    /// A model kernel.
+    Model(ModelKernel),
 }
 
 /// A kernel symbol, held inline (no allocation; the longest is 27 bytes).
@@ -264,6 +330,7 @@ impl fmt::Display for KernelKey {
                 write!(f, "merge_{states}{}_d{head_dim}", dtype.name())
             }
             KernelKey::Copy(c) => f.write_str(c.name()),
+            KernelKey::Model(m) => f.write_str(m.name()),
         }
     }
 }
@@ -346,6 +413,9 @@ impl KernelKey {
         for c in CopyKernel::ALL {
             f(KernelKey::Copy(c));
         }
+        for m in ModelKernel::ALL {
+            f(KernelKey::Model(m));
+        }
     }
 }
 
@@ -418,7 +488,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), count);
         // 24 decode + 4 tc + 12 merge + prefill (2 dtypes × ((7 ragged + 5 paged forms) × 2
-        // head dims + 2 at D 256)) + 8 copies.
-        assert_eq!(count, 24 + 4 + 12 + 2 * (12 * 2 + 2) + 8);
+        // head dims + 2 at D 256)) + 8 copies + 9 model kernels.
+        assert_eq!(count, 24 + 4 + 12 + 2 * (12 * 2 + 2) + 8 + 9);
+        for (i, m) in ModelKernel::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+        }
     }
 }
