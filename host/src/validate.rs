@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::kv::KvPoolConfig;
+use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
 
 /// `Err(Shape)` unless a buffer of `len` elements holds the `need` that `what` requires.
@@ -19,6 +20,36 @@ pub(crate) fn at_least(
         return Err(Error::shape(op, what, format!(">= {need}"), len));
     }
     Ok(())
+}
+
+/// A context length the kernels and the CPU backend index in `i32`: at most 2^31 − 1.
+pub(crate) fn kv_len(op: &'static str, kv_len: usize) -> Result<()> {
+    if kv_len > i32::MAX as usize {
+        return Err(Error::invalid(
+            op,
+            "kv_len",
+            format!("{kv_len} exceeds 2^31-1"),
+        ));
+    }
+    Ok(())
+}
+
+/// A K or V tensor of `len` elements (`what`: "k elements" or "v elements") holds `kv_len`
+/// tokens of `heads`' KV heads at `strides`; returns the elements it must hold.
+pub(crate) fn kv_extent(
+    op: &'static str,
+    what: &'static str,
+    heads: &HeadConfig,
+    strides: KvStrides,
+    kv_len: usize,
+    len: usize,
+) -> Result<usize> {
+    let need = strides.required_len(heads, kv_len).ok_or(Error::Overflow {
+        op,
+        what: "kv extent",
+    })?;
+    at_least(op, what, need, len)?;
+    Ok(need)
 }
 
 /// A CSR offset array: starts at 0 and never decreases. With `rows`, its last entry must not

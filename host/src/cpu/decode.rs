@@ -165,38 +165,13 @@ impl<'a, T: Float16> Job<'a, T> {
             what: "q/out elements",
         })?;
         validate::at_least(OP, "q elements", qo, q.len())?;
-        if out_len < qo {
-            return Err(Error::shape(
-                OP,
-                "out elements",
-                format!(">= {qo}"),
-                out_len,
-            ));
-        }
+        validate::at_least(OP, "out elements", qo, out_len)?;
         if let Some(l) = lse_len {
-            if l < hq {
-                return Err(Error::shape(OP, "lse elements", format!(">= {hq}"), l));
-            }
+            validate::at_least(OP, "lse elements", hq, l)?;
         }
-        if kv_len > i32::MAX as usize {
-            return Err(Error::invalid(
-                OP,
-                "kv_len",
-                format!("{kv_len} exceeds 2^31-1"),
-            ));
-        }
-        for (what, st, len) in [
-            ("k elements", k_strides, k.len()),
-            ("v elements", v_strides, v.len()),
-        ] {
-            let need = st.required_len(heads, kv_len).ok_or(Error::Overflow {
-                op: OP,
-                what: "kv extent",
-            })?;
-            if len < need {
-                return Err(Error::shape(OP, what, format!(">= {need}"), len));
-            }
-        }
+        validate::kv_len(OP, kv_len)?;
+        validate::kv_extent(OP, "k elements", heads, k_strides, kv_len, k.len())?;
+        validate::kv_extent(OP, "v elements", heads, v_strides, kv_len, v.len())?;
         let kv_begin = match opts.window_left {
             Some(w) => kv_len.saturating_sub(w.saturating_add(1)),
             None => 0,

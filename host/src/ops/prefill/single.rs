@@ -148,25 +148,10 @@ impl SinglePrefill {
                 ));
             }
         }
-        let need_k = k_strides.required_len(&h, kv_len);
-        let need_v = v_strides.required_len(&h, kv_len);
         validate::at_least(OP, "q elements", nq, q.len())?;
         validate::at_least(OP, "out elements", nq, out.len())?;
-        for (name, need, len) in [
-            ("k elements", need_k, k.len()),
-            ("v elements", need_v, v.len()),
-        ] {
-            match need {
-                Some(n) if n <= len => {}
-                Some(n) => return Err(Error::shape(OP, name, format!(">= {n}"), len)),
-                None => {
-                    return Err(Error::Overflow {
-                        op: OP,
-                        what: "k/v extent",
-                    })
-                }
-            }
-        }
+        validate::kv_extent(OP, "k elements", &h, k_strides, kv_len, k.len())?;
+        validate::kv_extent(OP, "v elements", &h, v_strides, kv_len, v.len())?;
         if let Some(l) = lse.as_deref() {
             self.gpu.check_buffer(OP, l)?;
             validate::at_least(OP, "lse elements", rows, l.len())?;
