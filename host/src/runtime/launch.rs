@@ -38,6 +38,9 @@ struct KernelArg<P: Abi>(P);
 // by value as one `.param` blob; repr(transparent) keeps that layout.
 unsafe impl<P: Abi> DeviceRepr for KernelArg<P> {}
 
+/// Dynamic shared memory every kernel may use without raising its limit (bytes).
+const DEFAULT_SMEM: u32 = 48 * 1024;
+
 /// A kernel function resolved once, when the op that launches it is built
 /// ([`Gpu::kernel`]), with its dynamic shared-memory limit already raised: launches take it
 /// directly, without a lookup.
@@ -66,9 +69,10 @@ impl Kernel {
         &self.f
     }
 
-    /// `Err` when a launch asks for more dynamic shared memory than the kernel was resolved for.
+    /// `Err` when a launch asks for more dynamic shared memory than the kernel allows: the
+    /// 48 KiB every kernel has, or more if it was resolved for more.
     fn check_smem(&self, dims: &LaunchDims) -> Result<()> {
-        if dims.smem_bytes > self.smem_bytes {
+        if dims.smem_bytes > self.smem_bytes.max(DEFAULT_SMEM) {
             return Err(Error::unsupported(
                 "launch",
                 "shared memory",
