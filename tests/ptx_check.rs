@@ -29,6 +29,7 @@ use ferrinfer::kernels_abi::abi::{
     MergeParams, NormParams, PrefillParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
+use ferrinfer::kernels_abi::kernel_key::KernelKey;
 
 /// The project-local ptxas, relative to the workspace root.
 const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
@@ -125,6 +126,41 @@ fn no_trap_instructions() {
          unwrap, overflow or division checks in these kernels):\n  {}",
         failures.join("\n  ")
     );
+}
+
+/// Every kernel key the host can resolve (`ferrinfer_kernels::kernel_key`) names an entry of
+/// every image that should hold it — the Hopper prefill forms only sm_90a, where they must be,
+/// and no other — and every attention, merge and KV-copy entry of an image is such a key.
+#[test]
+fn every_kernel_key_is_an_entry() {
+    let mut failures = Vec::new();
+    let mut keys = Vec::new();
+    KernelKey::for_each(|k| keys.push(k));
+    for arch in Arch::ALL {
+        let entries: std::collections::HashSet<&str> =
+            entry_names(arch.ptx()).into_iter().collect();
+        for k in &keys {
+            let want = !k.sm90a_only() || arch == Arch::Sm90a;
+            if entries.contains(&*k.name()) != want {
+                failures.push(format!(
+                    "{}: {k} ({k:?}) {}",
+                    arch.name(),
+                    if want { "missing" } else { "present" }
+                ));
+            }
+        }
+        let names: std::collections::HashSet<String> =
+            keys.iter().map(|k| k.name().to_string()).collect();
+        for e in &entries {
+            let family = ["decode_", "prefill_", "merge_", "append_kv_", "gather_kv_"]
+                .iter()
+                .any(|p| e.starts_with(p));
+            if family && !names.contains(*e) {
+                failures.push(format!("{}: entry {e} has no kernel key", arch.name()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

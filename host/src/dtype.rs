@@ -23,6 +23,15 @@ impl DType {
     pub fn size(self) -> usize {
         2
     }
+
+    /// The element type of kernel keys.
+    pub(crate) fn key(self) -> ferrinfer_kernels::kernel_key::KeyDtype {
+        use ferrinfer_kernels::kernel_key::KeyDtype;
+        match self {
+            DType::F16 => KeyDtype::F16,
+            DType::Bf16 => KeyDtype::Bf16,
+        }
+    }
 }
 
 impl std::fmt::Display for DType {

@@ -16,7 +16,8 @@
 //! | batch decode (GPU, plan/run)| [`ops::BatchDecode`]                    | `ops/batch_decode.rs`         |
 //! | decode planner (pure)       | [`plan::plan_decode`]                   | `plan/decode.rs`              |
 //! | single-request decode (GPU) | [`ops::SingleDecode`]                   | `ops/single_decode.rs`        |
-//! | single-request prefill (GPU)| [`ops::SinglePrefill`]                  | `ops/single_prefill.rs`       |
+//! | prefill (GPU, batch/single) | [`ops::BatchPrefill`], [`ops::SinglePrefill`] | `ops/prefill/*.rs`     |
+//! | input checks (GPU and CPU)  | `validate`                              | `validate.rs`                 |
 //! | CPU backend                 | [`cpu`]                                 | `cpu/*.rs`                    |
 //! | rotary embedding parameters | [`rope::RopeConfig`]                    | `rope.rs`                     |
 //! | f64 oracle                  | [`reference`](mod@reference)            | `reference.rs`                |
@@ -47,6 +48,7 @@ pub mod reference;
 pub mod rope;
 pub mod runtime;
 pub mod selftest;
+pub(crate) mod validate;
 
 /// The device crate's shared definitions (ABI parameter blocks, launch geometry, math).
 pub use ferrinfer_kernels as kernels_abi;

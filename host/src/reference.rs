@@ -2,7 +2,7 @@
 //! keys, written independently of the kernels' math (`ferrinfer_kernels::math`) so that a bug
 //! there cannot hide by appearing on both sides.
 //!
-//! Semantics (../shared/DESIGN.md §1.2): query row `i` of `qo_len` sits at position
+//! Semantics (every op's, GPU and CPU): query row `i` of `qo_len` sits at position
 //! `pos_i = kv_len − qo_len + i`; key `j` is allowed iff `j <= pos_i` (causal only) and
 //! `j >= pos_i − w` (sliding window `w`). Logit `t_j = sm_scale·q·k_j`, or
 //! `c·tanh(sm_scale·q·k_j / c)` with soft-cap `c`. Output `o_i = Σ softmax(t)_j v_j`,

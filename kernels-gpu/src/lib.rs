@@ -5,6 +5,7 @@
 //! |-------------|----------------|---------------------------------------------------------------|
 //! | [`abi`]     | host + device  | `#[repr(C)]` kernel parameter blocks (the launch contract)     |
 //! | [`dtype`]   | host + device  | element types (f16/bf16) as zero-sized markers                 |
+//! | [`kernel_key`] | host + device | typed entry-point names ([`kernel_key::KernelKey`])       |
 //! | [`math`]    | host + device  | online softmax, state merge, chunking arithmetic                |
 //! | `arch`      | device only    | thin intrinsics layer over inline PTX                           |
 //! | `decode`... | device only    | kernel bodies and their `extern "ptx-kernel"` entry points      |
@@ -25,6 +26,7 @@
 pub mod abi;
 pub mod config;
 pub mod dtype;
+pub mod kernel_key;
 pub mod math;
 
 #[cfg(target_arch = "nvptx64")]

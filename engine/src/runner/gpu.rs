@@ -11,8 +11,8 @@ use std::sync::Arc;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use ferrinfer::kv::{PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
-use ferrinfer::ops::batch_prefill::{BatchPrefillPlan, PrefillGraphLimits};
 use ferrinfer::ops::{BatchPrefill, ModelKernels};
+use ferrinfer::ops::{BatchPrefillPlan, PrefillGraphLimits};
 use ferrinfer::{AttentionOptions, DType, DeviceBuffer, Gpu, HeadConfig};
 use half::f16;
 

@@ -6,10 +6,11 @@ use rayon::prelude::*;
 
 use crate::checked;
 use crate::dtype::Float16;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool};
 use crate::options::AttentionOptions;
+use crate::validate;
 
 const OP: &str = "cpu_batch_decode";
 
@@ -25,32 +26,16 @@ pub fn batch_decode<T: Float16>(
 ) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
-    pool.check_heads(OP, heads)?;
+    crate::validate::pool_heads(OP, pool.config(), heads)?;
     pool.validate_pages(pages)?;
     let b = pages.batch_size();
     let row = checked::mul(OP, "q row", heads.num_qo_heads, heads.head_dim)?;
     let n = checked::mul(OP, "q elements", b, row)?;
     let nl = checked::mul(OP, "lse elements", b, heads.num_qo_heads)?;
-    if q.len() < n {
-        return Err(Error::shape(OP, "q elements", format!(">= {n}"), q.len()));
-    }
-    if out.len() < n {
-        return Err(Error::shape(
-            OP,
-            "out elements",
-            format!(">= {n}"),
-            out.len(),
-        ));
-    }
+    validate::at_least(OP, "q elements", n, q.len())?;
+    validate::at_least(OP, "out elements", n, out.len())?;
     if let Some(l) = lse.as_deref() {
-        if l.len() < nl {
-            return Err(Error::shape(
-                OP,
-                "lse elements",
-                format!(">= {nl}"),
-                l.len(),
-            ));
-        }
+        validate::at_least(OP, "lse elements", nl, l.len())?;
     }
     let strides = super::KvStrides::contiguous(heads);
     let gather = |bi: usize| -> Result<(usize, Vec<T>, Vec<T>)> {

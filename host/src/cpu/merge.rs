@@ -1,4 +1,4 @@
-//! Merging attention states on the CPU (../shared/DESIGN.md §6).
+//! Merging attention states on the CPU (the CPU twin of [`crate::ops::merge`]).
 //!
 //! The attention state of a key subset `I` is the normalised output `o_I` with its base-2
 //! log-sum-exp `lse_I`. Two states merge as
@@ -19,6 +19,7 @@ use ferrinfer_kernels::math::softmax::{clamp_ref, merge_weights};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::validate::at_least;
 
 /// Checks `num_heads`/`head_dim` and returns `num_heads * head_dim`.
 fn geometry(op: &'static str, num_heads: usize, head_dim: usize) -> Result<usize> {
@@ -32,14 +33,6 @@ fn geometry(op: &'static str, num_heads: usize, head_dim: usize) -> Result<usize
         op,
         what: "state elements",
     })
-}
-
-/// `Err(Shape)` unless `len >= need`.
-fn at_least(op: &'static str, what: &'static str, need: usize, len: usize) -> Result<()> {
-    if len < need {
-        return Err(Error::shape(op, what, format!(">= {need}"), len));
-    }
-    Ok(())
 }
 
 /// `Err(InvalidArgument)` if any lse value is NaN or `+inf`.

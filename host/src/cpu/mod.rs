@@ -1,7 +1,8 @@
 //! CPU backend: the public ops implemented with rayon and f32 accumulation, for machines
 //! without a GPU (and as the embedded default the CLI falls back to).
 //!
-//! The CPU ops have the GPU ops' semantics (../shared/DESIGN.md §1.2, §6) and share their math:
+//! The CPU ops have the GPU ops' semantics (masks and lse: [`crate::reference`]; state merge:
+//! [`merge`]) and share their math:
 //! logits go through `ferrinfer_kernels::math::softmax::LogitTransform` into the base-2 domain
 //! and are folded with the same online-softmax `State`, and states merge with the same
 //! `merge_weights`, so a difference between backends is a difference in rounding, never in

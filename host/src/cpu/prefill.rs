@@ -9,6 +9,7 @@ use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::options::AttentionOptions;
+use crate::validate;
 
 const OP: &str = "cpu_single_prefill";
 
@@ -63,14 +64,7 @@ pub fn single_prefill<T: Float16>(
 
     let nl = checked::mul(OP, "lse elements", qo_len, hq)?;
     if let Some(l) = lse.as_deref() {
-        if l.len() < nl {
-            return Err(Error::shape(
-                OP,
-                "lse elements",
-                format!(">= {nl}"),
-                l.len(),
-            ));
-        }
+        validate::at_least(OP, "lse elements", nl, l.len())?;
     }
     let s = KvStrides::contiguous(heads);
     let one = |t: usize, o: &mut [T], l: Option<&mut [f32]>| {
@@ -101,25 +95,6 @@ pub fn single_prefill<T: Float16>(
     results.into_iter().collect()
 }
 
-fn check_indptr(what: &'static str, indptr: &[i32], len: usize) -> Result<()> {
-    if indptr.first() != Some(&0) || indptr.windows(2).any(|w| w[1] < w[0]) {
-        return Err(Error::invalid(
-            OP,
-            what,
-            "must start at 0 and be non-decreasing",
-        ));
-    }
-    if indptr.last().is_some_and(|&l| l as usize > len) {
-        return Err(Error::shape(
-            OP,
-            what,
-            format!("last entry ≤ {len} rows"),
-            indptr.last().copied().unwrap_or(0),
-        ));
-    }
-    Ok(())
-}
-
 /// Batch prefill over ragged (packed) K/V, FlashInfer's ragged wrapper: request `b` has query
 /// rows `qo_indptr[b]..qo_indptr[b+1]` of q `[nnz_q, Hq, D]` and K/V rows
 /// `kv_indptr[b]..kv_indptr[b+1]` of k, v `[nnz_kv, Hkv, D]`; out like q, lse `[nnz_q, Hq]`.
@@ -141,38 +116,15 @@ pub fn batch_prefill_ragged<T: Float16>(
     opts.validate(OP)?;
     let qrow = checked::mul(OP, "q row", heads.num_qo_heads, heads.head_dim)?;
     let kvrow = checked::mul(OP, "k/v row", heads.num_kv_heads, heads.head_dim)?;
-    if qo_indptr.len() != kv_indptr.len() || qo_indptr.is_empty() {
-        return Err(Error::shape(
-            OP,
-            "indptr lengths",
-            qo_indptr.len(),
-            kv_indptr.len(),
-        ));
-    }
-    check_indptr("qo_indptr", qo_indptr, q.len().min(out.len()) / qrow.max(1))?;
-    check_indptr("kv_indptr", kv_indptr, k.len().min(v.len()) / kvrow.max(1))?;
-    for b in 0..qo_indptr.len() - 1 {
-        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
-        let (k0, k1) = (kv_indptr[b] as usize, kv_indptr[b + 1] as usize);
-        if q1 - q0 > k1 - k0 {
-            return Err(Error::invalid(
-                OP,
-                "qo_len",
-                format!("request {b}: {} > kv_len {}", q1 - q0, k1 - k0),
-            ));
-        }
-    }
+    let rows = (
+        q.len().min(out.len()) / qrow.max(1),
+        k.len().min(v.len()) / kvrow.max(1),
+    );
+    validate::ragged_indptr(OP, qo_indptr, kv_indptr, Some(rows))?;
     if let Some(l) = lse.as_deref() {
         let rows = *qo_indptr.last().unwrap_or(&0) as usize;
         let need = checked::mul(OP, "lse elements", rows, heads.num_qo_heads)?;
-        if l.len() < need {
-            return Err(Error::shape(
-                OP,
-                "lse elements",
-                format!(">= {need}"),
-                l.len(),
-            ));
-        }
+        validate::at_least(OP, "lse elements", need, l.len())?;
     }
     let mut lse = lse;
     for b in 0..qo_indptr.len() - 1 {
@@ -212,16 +164,9 @@ pub fn batch_prefill_paged<T: Float16>(
 ) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
-    pool.check_heads(OP, heads)?;
+    validate::pool_heads(OP, pool.config(), heads)?;
     pool.validate_pages(pages)?;
-    if qo_indptr.len() != pages.batch_size() + 1 {
-        return Err(Error::shape(
-            OP,
-            "qo_indptr length",
-            pages.batch_size() + 1,
-            qo_indptr.len(),
-        ));
-    }
+    validate::qo_indptr(OP, qo_indptr, pages.batch_size())?;
     // Gather every request's KV to packed rows, then run the ragged path.
     let mut kv_indptr = checked::with_capacity(OP, "kv_indptr", pages.batch_size() + 1)?;
     kv_indptr.push(0i32);

@@ -9,8 +9,9 @@
 //! 2. per layer, [`PagedKvCache::append_layer`] writes that layer's new K/V rows (one launch);
 //! 3. [`PagedKvCache::batch_pages`] feeds the attention planner (`ops::BatchDecode::plan`) once;
 //! 4. per layer, attention reads [`PagedKvCache::pool`]`(layer)` through that plan.
-use super::page_table::{AppendPlan, BatchPages, PageTable, SeqId};
-use super::pool::{
+use super::page_table::{AppendPlan, PageTable, SeqId};
+use super::BatchPages;
+use super::{
     AppendMeta, DeviceAppendMeta, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows, RowsMut,
 };
 use crate::checked;

@@ -10,6 +10,7 @@
 //! same kernel with one page spanning the sequence ([`crate::ops::SingleDecode`]).
 use ferrinfer_kernels::abi::DecodeParams;
 use ferrinfer_kernels::config::{batch_decode as bcfg, decode_tc as tccfg, single_decode as cfg};
+use ferrinfer_kernels::kernel_key::KernelKey;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
@@ -18,9 +19,11 @@ use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool, KvPoolConfig};
 use crate::ops::io_check::PlannedIo;
+use crate::ops::workspace::{check_graph_fit, check_slots, MetaLayout, PlanOwner, PlanWorkspace};
 use crate::options::AttentionOptions;
 use crate::plan::decode::{plan as plan_decode, DecodePlan, DecodeProblem};
-use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::validate;
 
 const OP: &str = "batch_decode";
 
@@ -55,28 +58,50 @@ pub struct BatchDecodePlan {
     batch: usize,
     page_size: usize,
     num_pages_seen: usize,
-    /// Device i32: `[counts 2 | work 3·ws | merge_indptr mb+1 | kv_indptr mb+1 | kv_indices mp |
-    /// merge counters mb·Hkv]`.
-    meta: DeviceBuffer<i32>,
-    staging: Vec<i32>,
-    pinned: Option<crate::runtime::PinnedStaging>,
+    /// Capacities of the device tables (their offsets: [`Caps::offsets`]).
+    caps: Caps,
+    /// Where the tables live (`caps.offsets()`, kept so launches do not recompute it).
+    off: MetaOffsets,
+    ws: PlanWorkspace<GraphLimits>,
+}
+
+/// Capacities of a decode plan's tables: work items (`work_stride`, also the grid), batch
+/// and page list.
+#[derive(Clone, Copy, Debug)]
+struct Caps {
     work_stride: usize,
     max_batch: usize,
     max_pages: usize,
-    part_o: DeviceBuffer<f32>,
-    part_lse: DeviceBuffer<f32>,
-    owner: PlanOwner,
+    num_kv_heads: usize,
 }
 
-/// What a plan was made for: the op's device context and head geometry. `run` refuses a plan
-/// of another owner (its counters and partial buffers are sized for the owner's heads).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct PlanOwner {
-    ctx_id: usize,
-    num_qo_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    graph: Option<GraphLimits>,
+/// Offsets (in `i32`s) of a decode plan's device tables: `[counts 2 | work 3·ws |
+/// merge_indptr mb+1 | kv_indptr mb+1 | kv_indices mp | merge counters mb·Hkv]`.
+#[derive(Clone, Copy, Debug)]
+struct MetaOffsets {
+    counts: usize,
+    work: usize,
+    merge: usize,
+    indptr: usize,
+    indices: usize,
+    counters: usize,
+    len: usize,
+}
+
+impl Caps {
+    fn offsets(&self) -> MetaOffsets {
+        let mut m = MetaLayout::default();
+        let mb = self.max_batch;
+        MetaOffsets {
+            counts: m.region(2),
+            work: m.region(3 * self.work_stride),
+            merge: m.region(mb + 1),
+            indptr: m.region(mb + 1),
+            indices: m.region(self.max_pages),
+            counters: m.region(mb * self.num_kv_heads),
+            len: m.len(),
+        }
+    }
 }
 
 impl BatchDecodePlan {
@@ -88,28 +113,12 @@ impl BatchDecodePlan {
     /// Device addresses of the plan's buffers (metadata, partial o, partial lse). In graph mode
     /// they never change across `plan_into` calls — what a captured graph relies on.
     pub fn buffer_addresses(&self) -> [u64; 3] {
-        [self.meta.addr(), self.part_o.addr(), self.part_lse.addr()]
+        self.ws.addresses()
     }
 
     /// Requests in this plan.
     pub fn batch_size(&self) -> usize {
         self.batch
-    }
-
-    fn off_work(&self) -> usize {
-        2
-    }
-    fn off_merge(&self) -> usize {
-        2 + 3 * self.work_stride
-    }
-    fn off_indptr(&self) -> usize {
-        self.off_merge() + self.max_batch + 1
-    }
-    fn off_indices(&self) -> usize {
-        self.off_indptr() + self.max_batch + 1
-    }
-    fn off_counters(&self) -> usize {
-        self.off_indices() + self.max_pages
     }
 }
 
@@ -136,7 +145,8 @@ pub struct BatchDecode {
     dtype: DType,
     opts: AttentionOptions,
     kind: DecodeKernel,
-    kernel: String,
+    /// The kernel of `kind`, resolved when the op is built or the kind is switched.
+    kernel: Kernel,
     smem_bytes: u32,
     chunk_align: usize,
     max_ctas: usize,
@@ -175,53 +185,26 @@ impl BatchDecode {
     ) -> Result<Self> {
         heads.validate(OP)?;
         opts.validate(OP)?;
-        if !matches!(heads.head_dim, 64 | 128 | 256) {
-            return Err(Error::unsupported(
-                OP,
-                "head_dim",
-                format!("{} (supported: 64, 128, 256)", heads.head_dim),
-            ));
-        }
-        let g = heads.group();
-        if u32::try_from(g)
-            .ok()
-            .and_then(cfg::group_capacity)
-            .is_none()
-        {
-            return Err(Error::unsupported(
-                OP,
-                "group size",
-                format!("{g} (supported: 1..=8)"),
-            ));
-        }
-        if u32::try_from(heads.num_qo_heads * heads.head_dim).is_err()
-            || heads.num_kv_heads > 65_535
-        {
-            return Err(Error::Overflow {
-                op: OP,
-                what: "heads (grid.y holds at most 65535 KV heads)",
-            });
-        }
-        let kind = if g >= TENSOR_CORE_MIN_GROUP && Self::tensor_cores_support(&heads) {
+        validate::kernel_heads(OP, &heads)?;
+        let kind = if heads.group() >= TENSOR_CORE_MIN_GROUP && Self::tensor_cores_support(&heads) {
             DecodeKernel::TensorCore
         } else {
             DecodeKernel::CudaCore
         };
-        let mut op = Self {
+        let (kernel, smem_bytes, chunk_align, max_ctas) = Self::resolve(gpu, &heads, dtype, kind)?;
+        Ok(Self {
             gpu: gpu.clone(),
             heads,
             dtype,
             opts,
             kind,
-            kernel: String::new(),
-            smem_bytes: 0,
-            chunk_align: 1,
-            max_ctas: 1,
+            kernel,
+            smem_bytes,
+            chunk_align,
+            max_ctas,
             fixed_split: None,
             graph,
-        };
-        op.select(kind)?;
-        Ok(op)
+        })
     }
 
     fn tensor_cores_support(heads: &HeadConfig) -> bool {
@@ -248,16 +231,38 @@ impl BatchDecode {
     }
 
     fn select(&mut self, kind: DecodeKernel) -> Result<()> {
-        let h = &self.heads;
+        let (kernel, smem, align, max_ctas) =
+            Self::resolve(&self.gpu, &self.heads, self.dtype, kind)?;
+        self.max_ctas = max_ctas;
+        self.kind = kind;
+        self.kernel = kernel;
+        self.smem_bytes = smem;
+        self.chunk_align = align;
+        Ok(())
+    }
+
+    /// The kernel of family `kind` for `heads` and `dtype`, its dynamic shared memory, the
+    /// planner's chunk alignment and the CTAs the device runs at once.
+    fn resolve(
+        gpu: &Gpu,
+        h: &HeadConfig,
+        dtype: DType,
+        kind: DecodeKernel,
+    ) -> Result<(Kernel, u32, usize, usize)> {
         let d = h.head_dim as u32;
-        let (kernel, smem, threads, align) = match kind {
+        let (key, smem, threads, align) = match kind {
             DecodeKernel::CudaCore => {
                 let cap = u32::try_from(h.group())
                     .ok()
                     .and_then(cfg::group_capacity)
                     .unwrap_or(8);
+                let key = KernelKey::Decode {
+                    dtype: dtype.key(),
+                    head_dim: d,
+                    group: cap,
+                };
                 (
-                    format!("decode_{}_d{}_g{}", self.dtype.name(), d, cap),
+                    key,
                     bcfg::smem_bytes(d, cap),
                     cfg::THREADS,
                     cfg::tokens_per_iter(d) as usize,
@@ -271,24 +276,24 @@ impl BatchDecode {
                         format!("head_dim {} (supported: 64, 128)", h.head_dim),
                     ));
                 }
+                let key = KernelKey::DecodeTc {
+                    dtype: dtype.key(),
+                    head_dim: d,
+                };
                 (
-                    format!("decode_tc_{}_d{}", self.dtype.name(), d),
+                    key,
                     tccfg::smem_bytes(d),
                     tccfg::THREADS,
                     tccfg::TILE as usize,
                 )
             }
         };
-        let f = self.gpu.function(&kernel, smem)?;
-        let per_sm = f
+        let k = gpu.kernel(key, smem)?;
+        let per_sm = k
+            .function()
             .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?
             .max(1) as usize;
-        self.max_ctas = per_sm * self.gpu.info().sm_count as usize;
-        self.kind = kind;
-        self.kernel = kernel;
-        self.smem_bytes = smem;
-        self.chunk_align = align;
-        Ok(())
+        Ok((k, smem, align, per_sm * gpu.info().sm_count as usize))
     }
 
     /// CTAs the device runs concurrently for this kernel (occupancy × SMs).
@@ -298,7 +303,7 @@ impl BatchDecode {
 
     /// The decode kernel symbol.
     pub fn kernel_name(&self) -> &str {
-        &self.kernel
+        self.kernel.name()
     }
 
     fn kv_lens(&self, pages: &BatchPages, page_size: usize) -> Result<Vec<(usize, usize)>> {
@@ -334,35 +339,22 @@ impl BatchDecode {
             Some(l) => budget_items.max(l.max_batch),
             None => 0,
         };
+        let caps = Caps {
+            work_stride,
+            max_batch,
+            max_pages,
+            num_kv_heads: self.heads.num_kv_heads,
+        };
+        let fixed = self.graph.map(|_| (caps.offsets().len, work_stride));
         let mut plan = BatchDecodePlan {
             host: DecodePlan::default(),
             batch: 0,
             page_size,
             num_pages_seen: 0,
-            meta: self.gpu.alloc::<i32>(1)?,
-            staging: Vec::new(),
-            pinned: None,
-            work_stride,
-            max_batch,
-            max_pages,
-            part_o: self.gpu.alloc::<f32>(1)?,
-            part_lse: self.gpu.alloc::<f32>(1)?,
-            owner: self.owner(),
+            caps,
+            off: caps.offsets(),
+            ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
         };
-        if let Some(l) = self.graph {
-            let ws = plan.work_stride;
-            plan.meta = self.gpu.alloc::<i32>(
-                2 + 3 * ws
-                    + 2 * (l.max_batch + 1)
-                    + l.max_pages
-                    + l.max_batch * self.heads.num_kv_heads
-                    + 1,
-            )?;
-            plan.part_o = self
-                .gpu
-                .alloc::<f32>(ws * self.heads.num_qo_heads * self.heads.head_dim)?;
-            plan.part_lse = self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?;
-        }
         self.plan_into_inner(pages, page_size, pool, &mut plan)?;
         Ok(plan)
     }
@@ -378,14 +370,8 @@ impl BatchDecode {
         self.plan_into_inner(pages, pool.page_size, Some(pool), plan)
     }
 
-    fn owner(&self) -> PlanOwner {
-        PlanOwner {
-            ctx_id: self.gpu.ctx_id(),
-            num_qo_heads: self.heads.num_qo_heads,
-            num_kv_heads: self.heads.num_kv_heads,
-            head_dim: self.heads.head_dim,
-            graph: self.graph,
-        }
+    fn owner(&self) -> PlanOwner<GraphLimits> {
+        PlanOwner::new(&self.gpu, self.heads, self.graph)
     }
 
     pub(crate) fn replan(
@@ -405,15 +391,7 @@ impl BatchDecode {
     ) -> Result<()> {
         pages.validate(OP, page_size, pool.map(|p| p.num_pages))?;
         if let Some(pool) = pool {
-            if pool.num_kv_heads != self.heads.num_kv_heads || pool.head_dim != self.heads.head_dim
-            {
-                return Err(Error::shape(
-                    OP,
-                    "pool heads/head_dim",
-                    format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim),
-                    format!("{}/{}", pool.num_kv_heads, pool.head_dim),
-                ));
-            }
+            validate::pool_heads(OP, pool, &self.heads)?;
         }
         Ok(())
     }
@@ -425,25 +403,18 @@ impl BatchDecode {
         pool: Option<&KvPoolConfig>,
         plan: &mut BatchDecodePlan,
     ) -> Result<()> {
-        if plan.owner != self.owner() {
-            return Err(Error::invalid(
-                OP,
-                "plan",
-                "the plan belongs to another op or head configuration",
-            ));
-        }
+        plan.ws.owner().check(OP, &self.owner())?;
         self.validate_pages(pages, page_size, pool)?;
         let batch = pages.batch_size();
         let n_pages = pages.kv_indices.len();
-        if self.graph.is_some() && (batch > plan.max_batch || n_pages > plan.max_pages) {
-            return Err(Error::invalid(
+        if let Some(l) = self.graph {
+            check_graph_fit(
                 OP,
-                "plan",
-                format!(
-                    "batch {batch} / {n_pages} pages exceed the graph-mode limits {} / {}",
-                    plan.max_batch, plan.max_pages
-                ),
-            ));
+                &[
+                    ("batch", batch, l.max_batch),
+                    ("pages", n_pages, l.max_pages),
+                ],
+            )?;
         }
         let ranges = self.kv_lens(pages, page_size)?;
         if ranges.iter().any(|&(_, e)| e > i32::MAX as usize) {
@@ -453,7 +424,7 @@ impl BatchDecode {
             });
         }
         let lens: Vec<usize> = ranges.iter().map(|&(b, e)| e - b).collect();
-        let graph_items = self.graph.map(|_| plan.work_stride);
+        let graph_items = self.graph.map(|_| plan.caps.work_stride);
         let host = plan_decode(&DecodeProblem {
             kv_lens: &lens,
             num_kv_heads: self.heads.num_kv_heads,
@@ -481,73 +452,42 @@ impl BatchDecode {
         }
         // The new sizes stay local until every fallible step has succeeded, so a failed
         // re-plan leaves the previous plan intact and usable.
-        let (ws, mb, mp) = match self.graph {
-            Some(_) => (plan.work_stride, plan.max_batch, plan.max_pages),
-            None => (host.grid_items.max(1), batch, n_pages),
+        let caps = match self.graph {
+            Some(_) => plan.caps,
+            None => Caps {
+                work_stride: host.grid_items.max(1),
+                max_batch: batch,
+                max_pages: n_pages,
+                num_kv_heads: self.heads.num_kv_heads,
+            },
         };
-        let per_item = self.heads.num_qo_heads * self.heads.head_dim;
-        if ws
-            .checked_mul(per_item)
-            .is_none_or(|n| n > u32::MAX as usize)
-        {
-            return Err(Error::Overflow {
-                op: OP,
-                what: "split-KV partial outputs",
-            });
-        }
+        check_slots(OP, caps.work_stride, &self.heads)?;
+        let ws = caps.work_stride;
+        let off = caps.offsets();
         let n_items = host.num_items();
-        let s = &mut plan.staging;
-        s.clear();
-        s.extend_from_slice(&[n_items as i32, batch as i32]);
-        let base = s.len();
-        s.resize(base + 3 * ws, 0);
-        let work = &mut s[base..];
+        let mut s = plan.ws.stage();
+        s.at(off.counts)
+            .extend_from_slice(&[n_items as i32, batch as i32]);
+        let work = s.region(off.work, 3 * ws);
         for i in 0..n_items {
             let r = host.request[i] as usize;
             work[i] = r as i32;
             work[ws + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
             work[2 * ws + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
         }
-        let pad = |s: &mut Vec<i32>, v: &[i32], n: usize| {
-            s.extend_from_slice(v);
-            s.extend(std::iter::repeat_n(0, n - v.len()));
-        };
-        let merge: Vec<i32> = host.merge_indptr.iter().map(|&x| x as i32).collect();
-        pad(s, &merge, mb + 1);
-        pad(s, &pages.kv_indptr, mb + 1);
-        s.extend_from_slice(&pages.kv_indices);
+        let merge = s.region(off.merge, caps.max_batch + 1);
+        for (m, &x) in merge.iter_mut().zip(&host.merge_indptr) {
+            *m = x as i32;
+        }
+        let indptr = s.region(off.indptr, caps.max_batch + 1);
+        indptr[..pages.kv_indptr.len()].copy_from_slice(&pages.kv_indptr);
+        s.at(off.indices).extend_from_slice(&pages.kv_indices);
         // Arrival counters of the fused merge, zeroed by every plan (the kernel also resets
         // them after each merge, so replays without re-planning stay consistent).
-        s.extend(std::iter::repeat_n(0, mp - n_pages));
-        s.extend(std::iter::repeat_n(0, mb * self.heads.num_kv_heads));
-        let mut new_meta = None;
-        let mut new_parts = None;
-        if self.graph.is_none() {
-            if plan.meta.len() < s.len() {
-                new_meta = Some(self.gpu.alloc::<i32>(s.len())?);
-            }
-            if host.split && plan.part_o.len() < ws * per_item {
-                new_parts = Some((
-                    self.gpu.alloc::<f32>(ws * per_item)?,
-                    self.gpu.alloc::<f32>(ws * self.heads.num_qo_heads)?,
-                ));
-            }
-        }
-        {
-            let meta = new_meta.as_mut().unwrap_or(&mut plan.meta);
-            self.gpu
-                .upload_pinned(&mut plan.pinned, &plan.staging, meta)?;
-        }
-        if let Some(m) = new_meta {
-            plan.meta = m;
-        }
-        if let Some((o, l)) = new_parts {
-            plan.part_o = o;
-            plan.part_lse = l;
-        }
-        plan.work_stride = ws;
-        plan.max_batch = mb;
-        plan.max_pages = mp;
+        s.region(off.counters, off.len - off.counters);
+        plan.ws.commit(&self.gpu, if host.split { ws } else { 0 })?;
+        plan.caps = caps;
+        plan.off = off;
         plan.host = host;
         plan.batch = batch;
         plan.page_size = page_size;
@@ -573,14 +513,7 @@ impl BatchDecode {
                 "the plan was made for a pool of another geometry",
             ));
         }
-        if c.num_kv_heads != self.heads.num_kv_heads || c.head_dim != self.heads.head_dim {
-            return Err(Error::shape(
-                OP,
-                "pool heads/head_dim",
-                format!("{}/{}", self.heads.num_kv_heads, self.heads.head_dim),
-                format!("{}/{}", c.num_kv_heads, c.head_dim),
-            ));
-        }
+        validate::pool_heads(OP, c, &self.heads)?;
         let (k, v) = pool
             .device_buffers()
             .ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
@@ -610,13 +543,7 @@ impl BatchDecode {
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
         let h = self.heads;
-        if plan.owner != self.owner() {
-            return Err(Error::invalid(
-                OP,
-                "plan",
-                "the plan belongs to another op or head configuration",
-            ));
-        }
+        plan.ws.owner().check(OP, &self.owner())?;
         PlannedIo {
             op: OP,
             what: "q/out elements (plan batch × heads × head_dim)",
@@ -627,8 +554,8 @@ impl BatchDecode {
             dtype: self.dtype,
         }
         .check(q, out, lse.as_deref())?;
-        let base = plan.meta.addr();
-        let at = |o: usize| base + (o * 4) as u64;
+        let off = plan.off;
+        let at = |o: usize| plan.ws.at(o);
         let d = h.head_dim as u32;
         let p = DecodeParams {
             q: q.addr(),
@@ -638,14 +565,14 @@ impl BatchDecode {
             v_pool: src.v,
             k_stride_page: src.k_stride_page,
             v_stride_page: src.v_stride_page,
-            kv_indptr: at(plan.off_indptr()),
-            kv_indices: at(plan.off_indices()),
-            work: at(plan.off_work()),
-            merge_indptr: at(plan.off_merge()),
-            counters: at(plan.off_counters()),
-            counts: at(0),
-            part_o: plan.part_o.addr(),
-            part_lse: plan.part_lse.addr(),
+            kv_indptr: at(off.indptr),
+            kv_indices: at(off.indices),
+            work: at(off.work),
+            merge_indptr: at(off.merge),
+            counters: at(off.counters),
+            counts: at(off.counts),
+            part_o: plan.ws.part_o(),
+            part_lse: plan.ws.part_lse(),
             q_stride_b: h.num_qo_heads as u32 * d,
             q_stride_h: d,
             o_stride_b: h.num_qo_heads as u32 * d,
@@ -657,18 +584,22 @@ impl BatchDecode {
             page_size: FastDiv::new(src.page_size),
             num_qo_heads: h.num_qo_heads as u32,
             group: h.group() as u32,
-            work_stride: plan.work_stride as u32,
+            work_stride: plan.caps.work_stride as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
         };
         let dims = LaunchDims {
-            grid: (plan.work_stride.max(1) as u32, h.num_kv_heads as u32, 1),
+            grid: (
+                plan.caps.work_stride.max(1) as u32,
+                h.num_kv_heads as u32,
+                1,
+            ),
             block: (cfg::THREADS, 1, 1),
             smem_bytes: self.smem_bytes,
         };
         // SAFETY: the plan's metadata was validated (page tables vs the pool, lengths) and
         // uploaded by plan_into; q/out/lse extents checked above; partial buffers sized for the
         // plan's work items.
-        unsafe { self.gpu.launch(&self.kernel, dims, p)? };
+        unsafe { self.gpu.launch_kernel(&self.kernel, dims, p)? };
         Ok(())
     }
 }

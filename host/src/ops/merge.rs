@@ -3,16 +3,18 @@
 //! variable-length merge that combines split-KV prefill partials.
 //!
 //! A state is the normalised attention output `v` of a key subset with its base-2 log-sum-exp
-//! `s`; merging states of disjoint key sets gives the state of their union (DESIGN.md §1,
-//! CPU twin `cpu::merge`). Empty states (`s = −inf`) weigh nothing; if every state of a row is
+//! `s`; merging states of disjoint key sets gives the state of their union (CPU twin
+//! `cpu::merge`). Empty states (`s = −inf`) weigh nothing; if every state of a row is
 //! empty the result is `v = 0`, `s = −inf`. NaN lse inputs are not detected on the device.
 //!
 //! Device side: `kernels-gpu/src/merge.rs` (one warp per row and head).
 use ferrinfer_kernels::abi::MergeParams;
+use ferrinfer_kernels::kernel_key::KernelKey;
 
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
-use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::validate::at_least;
 
 const OP: &str = "merge_states";
 
@@ -66,37 +68,31 @@ impl MergeShape {
     }
 }
 
-fn need(op: &'static str, what: &'static str, want: usize, len: usize) -> Result<()> {
-    if len < want {
-        return Err(Error::shape(op, what, format!(">= {want}"), len));
-    }
-    Ok(())
-}
-
-/// Kernel symbol merging states stored as `input` into outputs of `out`.
-pub(crate) fn kernel_name(input: Option<DType>, out: DType, head_dim: usize) -> String {
-    match input {
-        Some(_) => format!("merge_{}_d{head_dim}", out.name()),
-        None => format!("merge_f32_{}_d{head_dim}", out.name()),
+/// Key of the merge kernel writing `out` outputs from states in f32 (`f32_states`, the
+/// split-KV prefill partials) or in `out`.
+pub(crate) fn key(f32_states: bool, out: DType, head_dim: usize) -> KernelKey {
+    KernelKey::Merge {
+        dtype: out.key(),
+        head_dim: head_dim as u32,
+        f32_states,
     }
 }
 
-/// Launches a merge kernel over `rows` rows and `num_heads` heads.
+/// Launches merge kernel `kernel` over `p.num_rows` rows and `p.num_heads` heads.
 ///
 /// # Safety
 /// Every address and stride in `p` must describe existing memory for `p.num_rows` rows.
-pub(crate) unsafe fn launch(gpu: &Gpu, kernel: &str, p: MergeParams) -> Result<()> {
+pub(crate) unsafe fn launch(gpu: &Gpu, kernel: &Kernel, p: MergeParams) -> Result<()> {
     if p.num_rows == 0 {
         return Ok(());
     }
-    gpu.function(kernel, 0)?;
     let dims = LaunchDims {
         grid: (p.num_rows.div_ceil(4), p.num_heads, 1),
         block: (128, 1, 1),
         smem_bytes: 0,
     };
     // SAFETY: forwarded contract.
-    unsafe { gpu.launch(kernel, dims, p) }
+    unsafe { gpu.launch_kernel(kernel, dims, p) }
 }
 
 /// Element-offset difference `b − a` of two buffers of `T` (signed: the kernel addresses state
@@ -148,17 +144,17 @@ pub fn merge_state<T: Float16>(
     shape.validate(OP2)?;
     for b in [v_a, v_b] {
         gpu.check_buffer(OP2, b)?;
-        need(OP2, "state values", shape.values(), b.len())?;
+        at_least(OP2, "state values", shape.values(), b.len())?;
     }
     for b in [s_a, s_b] {
         gpu.check_buffer(OP2, b)?;
-        need(OP2, "state lse", shape.lses(), b.len())?;
+        at_least(OP2, "state lse", shape.lses(), b.len())?;
     }
     gpu.check_buffer(OP2, v_out)?;
-    need(OP2, "v_out elements", shape.values(), v_out.len())?;
+    at_least(OP2, "v_out elements", shape.values(), v_out.len())?;
     if let Some(s) = s_out.as_deref() {
         gpu.check_buffer(OP2, s)?;
-        need(OP2, "s_out elements", shape.lses(), s.len())?;
+        at_least(OP2, "s_out elements", shape.lses(), s.len())?;
     }
     let p = pair_params(
         shape,
@@ -167,7 +163,7 @@ pub fn merge_state<T: Float16>(
         v_out.addr(),
         s_out.as_deref().map_or(0, |s| s.addr()),
     );
-    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: both states, the output and the lse were checked to hold `shape`; each lane reads
     // its elements of both states before writing the same elements of the output, so v_out may
     // alias v_a or v_b.
@@ -189,10 +185,10 @@ pub fn merge_state_in_place<T: Float16>(
     gpu.check_buffer(OP2, s)?;
     gpu.check_buffer(OP2, v_other)?;
     gpu.check_buffer(OP2, s_other)?;
-    need(OP2, "v elements", shape.values(), v.len())?;
-    need(OP2, "v_other elements", shape.values(), v_other.len())?;
-    need(OP2, "s elements", shape.lses(), s.len())?;
-    need(OP2, "s_other elements", shape.lses(), s_other.len())?;
+    at_least(OP2, "v elements", shape.values(), v.len())?;
+    at_least(OP2, "v_other elements", shape.values(), v_other.len())?;
+    at_least(OP2, "s elements", shape.lses(), s.len())?;
+    at_least(OP2, "s_other elements", shape.lses(), s_other.len())?;
     let p = pair_params(
         shape,
         [v.addr(), v_other.addr()],
@@ -200,7 +196,7 @@ pub fn merge_state_in_place<T: Float16>(
         v.addr(),
         s.addr(),
     );
-    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: as merge_state: each lane reads its value elements of both states before writing
     // the same elements, and the kernel's shuffle orders every lane's lse reads before lane 0
     // stores the merged lse.
@@ -231,12 +227,12 @@ pub fn merge_states<T: Float16>(
             op: OP,
             what: "states × rows × heads × head_dim",
         })?;
-    need(OP, "v elements", nv, v.len())?;
-    need(OP, "s elements", shape.lses() * num_states, s.len())?;
-    need(OP, "v_out elements", shape.values(), v_out.len())?;
+    at_least(OP, "v elements", nv, v.len())?;
+    at_least(OP, "s elements", shape.lses() * num_states, s.len())?;
+    at_least(OP, "v_out elements", shape.values(), v_out.len())?;
     if let Some(l) = s_out.as_deref() {
         gpu.check_buffer(OP, l)?;
-        need(OP, "s_out elements", shape.lses(), l.len())?;
+        at_least(OP, "s_out elements", shape.lses(), l.len())?;
     }
     let hd = shape.num_heads * shape.head_dim;
     let p = MergeParams {
@@ -259,7 +255,7 @@ pub fn merge_states<T: Float16>(
         num_states: num_states as u32,
         num_heads: shape.num_heads as u32,
     };
-    let kernel = kernel_name(Some(T::DTYPE), T::DTYPE, shape.head_dim);
+    let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: the state tensors hold num_states states of `shape`, the outputs hold `shape`.
     unsafe { launch(gpu, &kernel, p) }
 }

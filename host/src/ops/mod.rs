@@ -1,18 +1,21 @@
 //! GPU ops: validation on the host, parameter blocks, launches.
+//!
+//! Each op resolves its kernels once, when it is built; planned ops (batch decode, batch
+//! prefill) keep their step's tables in a shared plan workspace ([`workspace`]).
 pub mod batch_decode;
-pub mod batch_prefill;
 mod io_check;
+pub(crate) mod kv_copy;
 pub mod merge;
 pub mod model;
+pub mod prefill;
 pub mod single_decode;
-pub mod single_prefill;
+mod workspace;
 
 pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
-pub use batch_prefill::{
-    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile,
-    WGMMA_MIN_KEYS,
-};
 pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
 pub use model::ModelKernels;
+pub use prefill::{
+    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile,
+    SinglePrefill, WGMMA_MIN_KEYS,
+};
 pub use single_decode::SingleDecode;
-pub use single_prefill::SinglePrefill;

@@ -13,6 +13,7 @@ use crate::ops::batch_decode::{BatchDecode, BatchDecodePlan, KvSource};
 use crate::options::AttentionOptions;
 use crate::plan::DecodePlan;
 use crate::runtime::{DeviceBuffer, Gpu};
+use crate::validate;
 
 const OP: &str = "single_decode";
 
@@ -119,24 +120,9 @@ impl SingleDecode {
             self.gpu.check_buffer(OP, b)?;
         }
         let qo = h.num_qo_heads * h.head_dim;
-        if q.len() < qo {
-            return Err(Error::shape(OP, "q elements", format!(">= {qo}"), q.len()));
-        }
-        if out.len() < qo {
-            return Err(Error::shape(
-                OP,
-                "out elements",
-                format!(">= {qo}"),
-                out.len(),
-            ));
-        }
-        if kv_len > i32::MAX as usize {
-            return Err(Error::invalid(
-                OP,
-                "kv_len",
-                format!("{kv_len} exceeds 2^31-1"),
-            ));
-        }
+        validate::at_least(OP, "q elements", qo, q.len())?;
+        validate::at_least(OP, "out elements", qo, out.len())?;
+        validate::kv_len(OP, kv_len)?;
         for (name, st, buf) in [("k", k_strides, k), ("v", v_strides, v)] {
             if st.stride_n % 8 != 0 || st.stride_h % 8 != 0 {
                 return Err(Error::invalid(
@@ -161,22 +147,12 @@ impl SingleDecode {
                     format!("{name} head stride {} < head_dim", st.stride_h),
                 ));
             }
-            let need = st.required_len(&h, kv_len).ok_or(Error::Overflow {
-                op: OP,
-                what: "kv extent",
-            })?;
-            if buf.len() < need {
-                return Err(Error::shape(
-                    OP,
-                    if name == "k" {
-                        "k elements"
-                    } else {
-                        "v elements"
-                    },
-                    format!(">= {need}"),
-                    buf.len(),
-                ));
-            }
+            let what = if name == "k" {
+                "k elements"
+            } else {
+                "v elements"
+            };
+            let need = validate::kv_extent(OP, what, &h, st, kv_len, buf.len())?;
             // In-page offsets are 32-bit: the whole sequence is one page here.
             if u32::try_from(need).is_err() {
                 return Err(Error::Overflow {

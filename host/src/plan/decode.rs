@@ -1,6 +1,6 @@
 //! The batch-decode planner (host, pure): decides the split-KV work partition once per step;
 //! every layer's `run` reuses it. Learned from FlashInfer's `DecodePlan` (scheduler.cuh), in our
-//! own form: see ../shared/DESIGN.md §4.1.
+//! own form, described here.
 //!
 //! A *work item* is (request, KV chunk). Without split there is one item per request; with
 //! split, request `b` of `L_b` tokens gets `ceil(L_b / chunk)` items, so that

@@ -1,11 +1,12 @@
 //! The one typed launch path. Kernels take a by-value `#[repr(C)]` parameter block
 //! (`ferrinfer_kernels::abi`; the Hopper prefill a second one, its tensor maps); nothing else
 //! in the crate calls `cuLaunchKernel`.
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use ferrinfer_kernels::abi::Abi;
+use ferrinfer_kernels::kernel_key::{KernelKey, KernelName};
 
 use super::context::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Grid and block dimensions plus dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +38,109 @@ struct KernelArg<P: Abi>(P);
 // by value as one `.param` blob; repr(transparent) keeps that layout.
 unsafe impl<P: Abi> DeviceRepr for KernelArg<P> {}
 
+/// Dynamic shared memory every kernel may use without raising its limit (bytes).
+const DEFAULT_SMEM: u32 = 48 * 1024;
+
+/// A kernel function resolved once, when the op that launches it is built
+/// ([`Gpu::kernel`]), with its dynamic shared-memory limit already raised: launches take it
+/// directly, without a lookup.
+#[derive(Clone)]
+pub(crate) struct Kernel {
+    f: CudaFunction,
+    key: KernelKey,
+    name: KernelName,
+    smem_bytes: u32,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernel({}, {} B smem)", self.key, self.smem_bytes)
+    }
+}
+
+impl Kernel {
+    /// The kernel's symbol.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The function, for occupancy queries.
+    pub(crate) fn function(&self) -> &CudaFunction {
+        &self.f
+    }
+
+    /// `Err` when a launch asks for more dynamic shared memory than the kernel allows: the
+    /// 48 KiB every kernel has, or more if it was resolved for more.
+    fn check_smem(&self, dims: &LaunchDims) -> Result<()> {
+        if dims.smem_bytes > self.smem_bytes.max(DEFAULT_SMEM) {
+            return Err(Error::unsupported(
+                "launch",
+                "shared memory",
+                format!(
+                    "{} resolved for {} bytes, launched with {}",
+                    self.key, self.smem_bytes, dims.smem_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Gpu {
+    /// Resolves kernel `key` from the loaded module (through the module's cache), raising its
+    /// dynamic shared-memory limit to `smem_bytes`.
+    pub(crate) fn kernel(&self, key: KernelKey, smem_bytes: u32) -> Result<Kernel> {
+        let name = key.name();
+        let f = self.function(&name, smem_bytes)?;
+        Ok(Kernel {
+            f,
+            key,
+            name,
+            smem_bytes,
+        })
+    }
+
+    /// Launches resolved kernel `k` with parameter block `params` on this GPU's stream.
+    ///
+    /// # Safety
+    /// As [`Gpu::launch`], for `k`'s kernel.
+    pub(crate) unsafe fn launch_kernel<P: Abi>(
+        &self,
+        k: &Kernel,
+        dims: LaunchDims,
+        params: P,
+    ) -> Result<()> {
+        k.check_smem(&dims)?;
+        let arg = KernelArg(params);
+        let mut b = self.stream().launch_builder(&k.f);
+        b.arg(&arg);
+        // SAFETY: per this function's contract (cudarc binds the context for the launch).
+        unsafe { b.launch(dims.config()) }?;
+        Ok(())
+    }
+
+    /// As [`Gpu::launch_kernel`] for the kernels that take a second by-value block (the Hopper
+    /// prefill's TMA tensor maps, `abi::KvTensorMaps`).
+    ///
+    /// # Safety
+    /// As [`Gpu::launch`], for `k`'s kernel, whose parameters are `(P, Q)`.
+    pub(crate) unsafe fn launch_kernel2<P: Abi, Q: Abi>(
+        &self,
+        k: &Kernel,
+        dims: LaunchDims,
+        params: P,
+        second: Q,
+    ) -> Result<()> {
+        k.check_smem(&dims)?;
+        let (a, b2) = (KernelArg(params), KernelArg(second));
+        let mut b = self.stream().launch_builder(&k.f);
+        b.arg(&a);
+        b.arg(&b2);
+        // SAFETY: per this function's contract.
+        unsafe { b.launch(dims.config()) }?;
+        Ok(())
+    }
+
     /// Launches kernel `name` with parameter block `params` on this GPU's stream.
     ///
     /// # Safety
@@ -55,29 +158,6 @@ impl Gpu {
         let cfg = dims.config();
         let mut b = self.stream().launch_builder(&f);
         b.arg(&arg);
-        // SAFETY: per this function's contract.
-        unsafe { b.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// As [`Gpu::launch`] for the kernels that take a second by-value block (the Hopper
-    /// prefill's TMA tensor maps, `abi::KvTensorMaps`).
-    ///
-    /// # Safety
-    /// As [`Gpu::launch`], for a kernel whose parameters are `(P, Q)`.
-    pub(crate) unsafe fn launch2<P: Abi, Q: Abi>(
-        &self,
-        name: &str,
-        dims: LaunchDims,
-        params: P,
-        second: Q,
-    ) -> Result<()> {
-        let f = self.function(name, dims.smem_bytes)?;
-        let (a, b2) = (KernelArg(params), KernelArg(second));
-        let cfg = dims.config();
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(&a);
-        b.arg(&b2);
         // SAFETY: per this function's contract.
         unsafe { b.launch(cfg) }?;
         Ok(())

@@ -12,6 +12,7 @@ mod timing;
 
 pub use buffer::DeviceBuffer;
 pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
+pub(crate) use launch::Kernel;
 pub use launch::LaunchDims;
 pub use staging::PinnedStaging;
 pub(crate) use tensor_map::{encode_rows, RowsGeometry};

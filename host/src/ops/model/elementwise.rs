@@ -2,9 +2,10 @@
 use ferrinfer_kernels::abi::{
     ArgmaxParams, ConvertParams, GatherParams, SiluMulParams, ARGMAX_THREADS, MODEL_THREADS,
 };
+use ferrinfer_kernels::kernel_key::ModelKernel;
 
 use super::{mul, positive, small, ModelKernels, MAX_GRID_X};
-use crate::dtype::{DType, Float16};
+use crate::dtype::Float16;
 use crate::error::Result;
 use crate::runtime::{DeviceBuffer, LaunchDims};
 
@@ -60,7 +61,7 @@ impl ModelKernels {
         };
         // SAFETY: table holds rows·dim f32 (a shared borrow), ids n u32, out n·dim f32; the
         // kernel reads the table only for ids < rows.
-        unsafe { self.launch("gather_rows", per_row(p.n, MODEL_THREADS, 0), p) }
+        unsafe { self.launch(ModelKernel::GatherRows, per_row(p.n, MODEL_THREADS, 0), p) }
     }
 
     /// SwiGLU's gate: `out[r, c] = silu(x[r, c]) · x[r, f + c]` for `r < rows`, `c < f`, where
@@ -85,7 +86,7 @@ impl ModelKernels {
             dim: f as u32,
         };
         // SAFETY: x holds rows·2f f32, out rows·f; rows·f fits in u32 (so rows and f do).
-        unsafe { self.launch("silu_and_mul", per_item(items), p) }
+        unsafe { self.launch(ModelKernel::SiluAndMul, per_item(items), p) }
     }
 
     /// `out[i] = x[i] as f32` for `i < n` (exact).
@@ -104,10 +105,7 @@ impl ModelKernels {
             n: small(OP, "n", n, usize::MAX)?,
             reserved: 0,
         };
-        let kernel = match T::DTYPE {
-            DType::F16 => "to_f32_f16",
-            DType::Bf16 => "to_f32_bf16",
-        };
+        let kernel = ModelKernel::ToF32(T::DTYPE.key());
         // SAFETY: x holds n elements from the start of its allocation (4-byte aligned), out n
         // f32.
         unsafe { self.launch(kernel, per_item(p.n.div_ceil(2)), p) }
@@ -141,6 +139,6 @@ impl ModelKernels {
         };
         let dims = per_row(p.rows, ARGMAX_THREADS, 12 * ARGMAX_THREADS / 32);
         // SAFETY: logits holds rows·vocab f32 (a shared borrow), out rows u32.
-        unsafe { self.launch("argmax", dims, p) }
+        unsafe { self.launch(ModelKernel::Argmax, dims, p) }
     }
 }

@@ -17,22 +17,10 @@ mod norm;
 mod rope;
 
 use ferrinfer_kernels::abi::Abi;
+use ferrinfer_kernels::kernel_key::{KernelKey, ModelKernel};
 
 use crate::error::{Error, Result};
-use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
-
-/// Every kernel entry the model ops launch (resolved by [`ModelKernels::new`]).
-pub const KERNELS: [&str; 9] = [
-    "rms_norm",
-    "add_rms_norm",
-    "qkv_rope_f16",
-    "qkv_rope_bf16",
-    "gather_rows",
-    "silu_and_mul",
-    "to_f32_f16",
-    "to_f32_bf16",
-    "argmax",
-];
+use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
 
 /// Largest grid x dimension.
 const MAX_GRID_X: usize = i32::MAX as usize;
@@ -42,15 +30,21 @@ const MAX_GRID_X: usize = i32::MAX as usize;
 #[derive(Clone, Debug)]
 pub struct ModelKernels {
     gpu: Gpu,
+    /// Every model kernel, in `ModelKernel::ALL` order.
+    kernels: Vec<Kernel>,
 }
 
 impl ModelKernels {
     /// Resolves the kernels on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Self> {
-        for name in KERNELS {
-            gpu.function(name, 0)?;
-        }
-        Ok(Self { gpu: gpu.clone() })
+        let kernels = ModelKernel::ALL
+            .iter()
+            .map(|&m| gpu.kernel(KernelKey::Model(m), 0))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            kernels,
+        })
     }
 
     /// The GPU the ops launch on.
@@ -77,12 +71,16 @@ impl ModelKernels {
     ///
     /// # Safety
     /// As [`Gpu::launch`]: `p` satisfies `kernel`'s launch contract for `dims`.
-    unsafe fn launch<P: Abi>(&self, kernel: &str, dims: LaunchDims, p: P) -> Result<()> {
+    unsafe fn launch<P: Abi>(&self, kernel: ModelKernel, dims: LaunchDims, p: P) -> Result<()> {
         if dims.grid.0 == 0 {
             return Ok(());
         }
+        let k = self
+            .kernels
+            .get(kernel.index())
+            .ok_or_else(|| Error::KernelMissing(kernel.name().to_string()))?;
         // SAFETY: forwarded contract.
-        unsafe { self.gpu.launch(kernel, dims, p) }
+        unsafe { self.gpu.launch_kernel(k, dims, p) }
     }
 }
 
@@ -116,8 +114,8 @@ mod tests {
     fn every_model_kernel_is_embedded() {
         for arch in Arch::ALL {
             let names = entry_names(arch.ptx());
-            for k in KERNELS {
-                assert!(names.contains(&k), "{}: {k} missing", arch.name());
+            for k in ModelKernel::ALL {
+                assert!(names.contains(&k.name()), "{}: {k:?} missing", arch.name());
             }
         }
     }

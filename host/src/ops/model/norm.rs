@@ -1,5 +1,6 @@
 //! RMSNorm and residual-add + RMSNorm (CPU twins: [`crate::cpu::norm`]).
 use ferrinfer_kernels::abi::{NormParams, MODEL_THREADS};
+use ferrinfer_kernels::kernel_key::ModelKernel;
 
 use super::{mul, small, ModelKernels, MAX_GRID_X};
 use crate::error::{Error, Result};
@@ -26,7 +27,7 @@ impl ModelKernels {
         p.out = out.addr();
         // SAFETY: x and out hold rows·dim f32, w dim; x and w are shared borrows, so not
         // written during the launch.
-        unsafe { self.launch("rms_norm", norm_dims(rows), p) }
+        unsafe { self.launch(ModelKernel::RmsNorm, norm_dims(rows), p) }
     }
 
     /// `residual += x; out = rmsnorm(residual) · w` (FlashInfer's `fused_add_rmsnorm`): the
@@ -51,7 +52,7 @@ impl ModelKernels {
         p.out = out.addr();
         // SAFETY: residual, x and out hold rows·dim f32, w dim; the borrows make residual and
         // out distinct from each other and from x and w.
-        unsafe { self.launch("add_rms_norm", norm_dims(rows), p) }
+        unsafe { self.launch(ModelKernel::AddRmsNorm, norm_dims(rows), p) }
     }
 
     /// Validates the shared arguments; the returned block has `weight`, `rows`, `dim`, `eps`.

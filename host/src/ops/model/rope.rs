@@ -1,9 +1,10 @@
 //! The fused QKV epilogue: split + RoPE + cast (CPU twin: [`crate::cpu::rope::apply_rope`] on
 //! the q and k parts, then rounding to the 16-bit type).
 use ferrinfer_kernels::abi::{RopeParams, MODEL_THREADS, ROPE_HALF, ROPE_INTERLEAVED};
+use ferrinfer_kernels::kernel_key::ModelKernel;
 
 use super::{mul, positive, small, ModelKernels, MAX_GRID_X};
-use crate::dtype::{DType, Float16};
+use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::rope::RopeStyle;
 use crate::runtime::{DeviceBuffer, LaunchDims};
@@ -87,10 +88,7 @@ impl ModelKernels {
                 RopeStyle::Half => ROPE_HALF,
             },
         };
-        let kernel = match T::DTYPE {
-            DType::F16 => "qkv_rope_f16",
-            DType::Bf16 => "qkv_rope_bf16",
-        };
+        let kernel = ModelKernel::QkvRope(T::DTYPE.key());
         let dims = LaunchDims {
             grid: (p.n, 1, 1),
             block: (MODEL_THREADS, 1, 1),

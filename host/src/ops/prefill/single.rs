@@ -5,21 +5,23 @@
 //! Device side: `kernels-gpu/src/prefill.rs`. One
 //! request, contiguous (strided) K/V, head dims 64, 128 and 256, no split-KV: the prefill kernel's
 //! single-request mode, which needs no plan or device tables (a CTA per query tile streams its
-//! whole KV range). Batches, paged KV and split-KV: [`crate::ops::BatchPrefill`].
+//! whole KV range). Batches, paged KV and split-KV: [`crate::ops::BatchPrefill`]; the tile
+//! policy and launch path both share: [`super::policy`], [`super::launch`].
 use ferrinfer_kernels::abi::PrefillParams;
+use ferrinfer_kernels::kernel_key::KeyKv;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
-use crate::ops::batch_prefill::{
-    check_prefill_heads, launch_prefill, mean_keys_per_query, ragged_kernel_name,
-    ragged_tensor_maps, PrefillTile, RaggedRows, TMA_SUFFIX,
-};
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
 use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
+use crate::validate;
+
+use super::launch::{launch_prefill, ragged_tensor_maps, PrefillKernels, RaggedRows};
+use super::policy::{mean_keys_per_query, PrefillTile};
 
 const OP: &str = "single_prefill";
 
@@ -32,36 +34,25 @@ pub struct SinglePrefill {
     tile: Option<PrefillTile>,
     /// K/V tiles of the Hopper tile loaded with TMA ([`SinglePrefill::set_tma`]).
     tma: bool,
+    /// The ragged prefill kernels, resolved by `new`.
+    kernels: PrefillKernels,
 }
 
 impl SinglePrefill {
     /// Validates the configuration: head dims 64, 128 and 256, groups 1–8, f16/bf16.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         heads.validate(OP)?;
-        opts.validate(OP)?;
-        check_prefill_heads(OP, &heads)?;
-        if let Some(w) = opts.window_left {
-            if w >= u32::MAX as usize {
-                return Err(Error::invalid(OP, "window_left", format!("{w} too large")));
-            }
-        }
-        let op = Self {
+        validate::kernel_options(OP, &opts)?;
+        validate::kernel_heads(OP, &heads)?;
+        Ok(Self {
             gpu: gpu.clone(),
             heads,
             dtype,
             opts,
             tile: None,
             tma: true,
-        };
-        for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
-            let name = ragged_kernel_name(dtype, heads.head_dim, tile);
-            let smem = tile.smem_bytes(heads.head_dim);
-            gpu.function(&name, smem)?;
-            if tile == PrefillTile::Rows128Wgmma {
-                gpu.function(&(name + TMA_SUFFIX), smem)?;
-            }
-        }
-        Ok(op)
+            kernels: PrefillKernels::resolve(gpu, dtype, heads.head_dim, false, false)?,
+        })
     }
 
     /// Whether the Hopper tile loads K/V tiles with TMA (the default) or with `cp.async`
@@ -157,44 +148,13 @@ impl SinglePrefill {
                 ));
             }
         }
-        let need_k = k_strides.required_len(&h, kv_len);
-        let need_v = v_strides.required_len(&h, kv_len);
-        if q.len() < nq {
-            return Err(Error::shape(OP, "q elements", format!(">= {nq}"), q.len()));
-        }
-        if out.len() < nq {
-            return Err(Error::shape(
-                OP,
-                "out elements",
-                format!(">= {nq}"),
-                out.len(),
-            ));
-        }
-        for (name, need, len) in [
-            ("k elements", need_k, k.len()),
-            ("v elements", need_v, v.len()),
-        ] {
-            match need {
-                Some(n) if n <= len => {}
-                Some(n) => return Err(Error::shape(OP, name, format!(">= {n}"), len)),
-                None => {
-                    return Err(Error::Overflow {
-                        op: OP,
-                        what: "k/v extent",
-                    })
-                }
-            }
-        }
+        validate::at_least(OP, "q elements", nq, q.len())?;
+        validate::at_least(OP, "out elements", nq, out.len())?;
+        validate::kv_extent(OP, "k elements", &h, k_strides, kv_len, k.len())?;
+        validate::kv_extent(OP, "v elements", &h, v_strides, kv_len, v.len())?;
         if let Some(l) = lse.as_deref() {
             self.gpu.check_buffer(OP, l)?;
-            if l.len() < rows {
-                return Err(Error::shape(
-                    OP,
-                    "lse elements",
-                    format!(">= {rows}"),
-                    l.len(),
-                ));
-            }
+            validate::at_least(OP, "lse elements", rows, l.len())?;
         }
         if qo_len == 0 {
             return Ok(());
@@ -251,7 +211,6 @@ impl SinglePrefill {
             block: (32 * tile.warps(), 1, 1),
             smem_bytes: tile.smem_bytes(h.head_dim),
         };
-        let kernel = ragged_kernel_name(self.dtype, h.head_dim, tile);
         let hopper = tile == PrefillTile::Rows128Wgmma;
         let maps = if hopper && self.tma {
             let rows = |addr, st: KvStrides| RaggedRows {
@@ -272,6 +231,17 @@ impl SinglePrefill {
         // SAFETY: every extent above was checked against the kernel's contract (q/out/k/v/lse
         // lengths, qo_len ≤ kv_len, contiguous 16-byte rows from whole allocations); the
         // tensor maps describe this call's K/V rows.
-        unsafe { launch_prefill(&self.gpu, kernel, tile, maps, dims, p) }
+        unsafe {
+            launch_prefill(
+                &self.gpu,
+                &self.kernels,
+                KeyKv::Ragged,
+                tile,
+                false,
+                maps,
+                dims,
+                p,
+            )
+        }
     }
 }

@@ -1,0 +1,392 @@
+//! The batch prefill op ([`BatchPrefill`]): its configuration and kernels (resolved once,
+//! when it is built) and the launch-only `run_*` calls; planning is in [`super::plan`].
+use ferrinfer_kernels::abi::{MergeParams, PrefillParams};
+use ferrinfer_kernels::kernel_key::KeyKv;
+use ferrinfer_kernels::math::fastdiv::FastDiv;
+use ferrinfer_kernels::math::softmax::LogitTransform;
+
+use crate::dtype::{DType, Float16};
+use crate::error::{Error, Result};
+use crate::heads::HeadConfig;
+use crate::kv::KvPool;
+use crate::ops::io_check::PlannedIo;
+use crate::ops::merge;
+use crate::options::AttentionOptions;
+use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::validate;
+
+use super::graph::PrefillGraphLimits;
+use super::launch::{launch_prefill, ragged_tensor_maps, PrefillKernels, RaggedRows};
+use super::plan::{BatchPrefillPlan, KvKind};
+use super::policy::PrefillTile;
+
+pub(super) const OP: &str = "batch_prefill";
+
+/// Batch prefill for one head configuration, dtype and option set.
+pub struct BatchPrefill {
+    pub(super) gpu: Gpu,
+    pub(super) heads: HeadConfig,
+    pub(super) dtype: DType,
+    pub(super) opts: AttentionOptions,
+    /// CTAs resident at once, per tile (`PrefillTile::index`).
+    pub(super) max_ctas: [usize; 4],
+    pub(super) fixed_split: Option<usize>,
+    pub(super) graph: Option<PrefillGraphLimits>,
+    /// `None`: chosen per plan ([`PrefillTile::auto`]).
+    pub(super) tile: Option<PrefillTile>,
+    /// Persistent CTAs for the Hopper tile: `None` chosen per plan
+    /// ([`super::persistent_auto`]).
+    pub(super) persistent: Option<bool>,
+    /// Ragged K/V tiles of the Hopper tile loaded with TMA ([`BatchPrefill::set_tma`]).
+    tma: bool,
+    /// The prefill kernels, resolved by `new`.
+    kernels: PrefillKernels,
+    /// The split-KV merge (f32 partial states).
+    merge: Kernel,
+}
+
+impl BatchPrefill {
+    /// Validates the configuration: head dims 64, 128 and 256, groups 1–8, f16/bf16, options.
+    pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
+        Self::build(gpu, heads, dtype, opts, None)
+    }
+
+    /// CUDA-graph-safe variant: plans never exceed `limits`; buffers are allocated once, grids
+    /// are fixed, `run_*` never allocates or synchronises.
+    pub fn new_graph(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        dtype: DType,
+        opts: AttentionOptions,
+        limits: PrefillGraphLimits,
+    ) -> Result<Self> {
+        if limits.max_batch == 0 || limits.max_qo_tokens == 0 {
+            return Err(Error::invalid(
+                OP,
+                "graph limits",
+                "max_batch and max_qo_tokens must be positive",
+            ));
+        }
+        Self::build(gpu, heads, dtype, opts, Some(limits))
+    }
+
+    fn build(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        dtype: DType,
+        opts: AttentionOptions,
+        graph: Option<PrefillGraphLimits>,
+    ) -> Result<Self> {
+        heads.validate(OP)?;
+        validate::kernel_options(OP, &opts)?;
+        validate::kernel_heads(OP, &heads)?;
+        let merge = gpu.kernel(merge::key(true, dtype, heads.head_dim), 0)?;
+        let kernels = PrefillKernels::resolve(gpu, dtype, heads.head_dim, true, true)?;
+        let mut max_ctas = [1; 4];
+        for &tile in PrefillTile::available(heads.head_dim, gpu.info().arch) {
+            let smem = tile.smem_bytes(heads.head_dim);
+            let f = kernels.get(KeyKv::Ragged, tile.form(false, false))?;
+            let per_sm = f
+                .function()
+                .occupancy_max_active_blocks_per_multiprocessor(
+                    32 * tile.warps(),
+                    smem as usize,
+                    None,
+                )?
+                .max(1) as usize;
+            max_ctas[tile.index()] = per_sm * gpu.info().sm_count as usize;
+        }
+        Ok(Self {
+            gpu: gpu.clone(),
+            heads,
+            dtype,
+            opts,
+            max_ctas,
+            fixed_split: None,
+            graph,
+            tile: None,
+            persistent: None,
+            tma: true,
+            kernels,
+            merge,
+        })
+    }
+
+    /// Fixes the CTA tile for every later plan; `None` (the default) chooses per plan with
+    /// [`PrefillTile::auto`]. Plans made before keep the tile they were made with.
+    pub fn set_tile(&mut self, tile: Option<PrefillTile>) -> Result<()> {
+        PrefillTile::check(OP, tile, self.heads.head_dim, self.gpu.info().arch)?;
+        self.tile = tile;
+        Ok(())
+    }
+
+    /// The fixed CTA tile, if any.
+    pub fn tile(&self) -> Option<PrefillTile> {
+        self.tile
+    }
+
+    /// Fixes whether plans with the Hopper tile run persistent CTAs (one wave of CTAs, each
+    /// working through a list of units, [`crate::plan::units`]) or one CTA per unit; `None`
+    /// (the default) chooses per plan with [`super::persistent_auto`]. Other tiles ignore it.
+    pub fn set_persistent(&mut self, persistent: Option<bool>) {
+        self.persistent = persistent;
+    }
+
+    /// Whether ragged runs with the Hopper tile load K/V tiles with TMA (the default: one
+    /// producer thread issues box copies from tensor maps encoded per launch) or with
+    /// `cp.async` from the whole producer warpgroup. Graph-mode ops always use `cp.async`:
+    /// a tensor map's row count is fixed when the launch is captured, and rows past a later
+    /// step's keys would be read from whatever the buffer holds (masked, but a non-finite
+    /// value there would turn `0 · V` into NaN). Other tiles and paged runs ignore it.
+    pub fn set_tma(&mut self, tma: bool) {
+        self.tma = tma;
+    }
+
+    /// Fixes the split-KV chunk length (keys): results then do not depend on the batch or the
+    /// device. `None` (default) lets the planner choose; `Some(usize::MAX)` never splits.
+    pub fn set_fixed_split_size(&mut self, keys: Option<usize>) {
+        self.fixed_split = keys;
+    }
+
+    /// CTAs the device runs concurrently with `tile` (occupancy × SMs).
+    pub fn max_ctas(&self, tile: PrefillTile) -> usize {
+        self.max_ctas[tile.index()]
+    }
+
+    /// Runs a ragged plan: q and out `[Σ qo_len, Hq, D]`, k and v `[Σ kv_len, Hkv, D]`
+    /// (contiguous), lse `[Σ qo_len, Hq]` (base 2) when given. Launch only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_ragged<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        if plan.kind != KvKind::Ragged {
+            return Err(Error::invalid(OP, "plan", "a paged plan run on ragged K/V"));
+        }
+        let h = self.heads;
+        self.gpu.check_buffer(OP, k)?;
+        self.gpu.check_buffer(OP, v)?;
+        let need = plan.kv_tokens * h.num_kv_heads * h.head_dim;
+        if k.len() < need || v.len() < need {
+            return Err(Error::shape(
+                OP,
+                "k/v elements (Σ kv_len × heads × head_dim)",
+                format!(">= {need}"),
+                k.len().min(v.len()),
+            ));
+        }
+        let d = h.head_dim as u32;
+        let kv = KvAddr {
+            k: k.addr(),
+            v: v.addr(),
+            stride_page: 0,
+            stride_n: h.num_kv_heads as u32 * d,
+            stride_h: d,
+            page_size: 1,
+        };
+        self.launch(plan, KvKind::Ragged, kv, q, out, lse)
+    }
+
+    /// Runs a paged plan on one layer's pool: q and out `[Σ qo_len, Hq, D]`, lse
+    /// `[Σ qo_len, Hq]` (base 2) when given. Launch only.
+    pub fn run_paged<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: &DeviceBuffer<T>,
+        pool: &KvPool<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        if plan.kind != KvKind::Paged {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "a ragged plan run on a paged pool",
+            ));
+        }
+        let c = pool.config();
+        if c.page_size != plan.page_size || c.num_pages != plan.num_pages_seen {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "the plan was made for a pool of another geometry",
+            ));
+        }
+        validate::pool_heads(OP, c, &self.heads)?;
+        let (k, v) = pool
+            .device_buffers()
+            .ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
+        self.gpu.check_buffer(OP, k)?;
+        let st = c.strides();
+        let kv = KvAddr {
+            k: k.addr(),
+            v: v.addr(),
+            stride_page: st.stride_page as u64,
+            stride_n: st.stride_n,
+            stride_h: st.stride_h,
+            page_size: c.page_size as u32,
+        };
+        self.launch(plan, KvKind::Paged, kv, q, out, lse)
+    }
+
+    fn launch<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        kind: KvKind,
+        kv: KvAddr,
+        q: &DeviceBuffer<T>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        let h = self.heads;
+        plan.ws.owner().check(OP, &self.owner())?;
+        PlannedIo {
+            op: OP,
+            what: "q/out elements (planned Σ qo_len × heads × head_dim)",
+            elems: plan.qo_tokens * h.num_qo_heads * h.head_dim,
+            lse_elems: plan.qo_tokens * h.num_qo_heads,
+            exact: self.graph.is_none(),
+            gpu: &self.gpu,
+            dtype: self.dtype,
+        }
+        .check(q, out, lse.as_deref())?;
+        let grid_items = match self.graph {
+            Some(_) => plan.caps.items,
+            None => plan.host.items.len(),
+        };
+        let merge_rows = match self.graph {
+            Some(_) => plan.caps.rows,
+            None => plan.host.merge_rows.len(),
+        };
+        if grid_items == 0 {
+            return Ok(());
+        }
+        // Persistent plans: one CTA per scheduled unit list. Otherwise grid (KV heads, items):
+        // KV head fastest in launch order (kernels-gpu/src/prefill.rs `cta_work`); grid.y holds
+        // at most 65535 items.
+        let grid = if plan.ctas > 0 {
+            (plan.ctas as u32, 1, 1)
+        } else {
+            let items_y = u32::try_from(grid_items)
+                .ok()
+                .filter(|&n| n <= 65_535)
+                .ok_or(Error::Overflow {
+                    op: OP,
+                    what: "work items (grid.y holds at most 65535; split the step)",
+                })?;
+            (h.num_kv_heads as u32, items_y, 1)
+        };
+        let off = plan.off;
+        let at = |o: usize| plan.ws.at(o);
+        let d = h.head_dim as u32;
+        let g = h.group() as u32;
+        let hq = h.num_qo_heads as u32;
+        let lse_addr = lse.as_deref().map_or(0, |l| l.addr());
+        let p = PrefillParams {
+            q: q.addr(),
+            o: out.addr(),
+            lse: lse_addr,
+            k: kv.k,
+            v: kv.v,
+            k_stride_page: kv.stride_page,
+            v_stride_page: kv.stride_page,
+            items: at(off.items),
+            num_items: at(off.counts),
+            requests: at(off.requests),
+            kv_indices: at(off.pages),
+            part_o: plan.ws.part_o(),
+            part_lse: plan.ws.part_lse(),
+            units: if plan.ctas > 0 { at(off.units) } else { 0 },
+            q_stride_n: hq * d,
+            q_stride_h: d,
+            o_stride_n: hq * d,
+            o_stride_h: d,
+            k_stride_n: kv.stride_n,
+            k_stride_h: kv.stride_h,
+            v_stride_n: kv.stride_n,
+            v_stride_h: kv.stride_h,
+            page_size: FastDiv::new(kv.page_size),
+            qo_len: 0,
+            kv_len: 0,
+            num_qo_heads: hq,
+            group: FastDiv::new(g),
+            tile_tokens: plan.tile.tokens(h.group()) as u32,
+            window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
+            causal: self.opts.causal as u32,
+            logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+        };
+        let dims = LaunchDims {
+            grid,
+            block: (32 * plan.tile.warps(), 1, 1),
+            smem_bytes: plan.tile.smem_bytes(h.head_dim),
+        };
+        let hopper = plan.tile == PrefillTile::Rows128Wgmma;
+        let maps = if hopper && kind == KvKind::Ragged && self.tma && self.graph.is_none() {
+            let rows = |addr| RaggedRows {
+                addr,
+                stride_n: kv.stride_n as u64,
+                stride_h: kv.stride_h as u64,
+            };
+            ragged_tensor_maps(self.dtype, &h, plan.kv_tokens, rows(kv.k), rows(kv.v))?
+        } else {
+            None
+        };
+        // SAFETY: the plan's tables were validated against the batch (and the pool's page
+        // count) and uploaded by plan_*_into; q/out/lse/k/v extents checked above; partial
+        // buffers hold the plan's slots; tensor maps describe the launch's own K/V rows.
+        unsafe {
+            launch_prefill(
+                &self.gpu,
+                &self.kernels,
+                kind.key(),
+                plan.tile,
+                plan.ctas > 0,
+                maps,
+                dims,
+                p,
+            )?
+        };
+        if merge_rows > 0 {
+            let mp = MergeParams {
+                v: plan.ws.part_o(),
+                s: plan.ws.part_lse(),
+                o: out.addr(),
+                lse: lse_addr,
+                rows: at(off.rows),
+                num_rows_dev: at(off.counts + 1),
+                v_stride_row: 0,
+                v_stride_state: (hq * d) as i64,
+                s_stride_row: 0,
+                s_stride_state: hq as i64,
+                v_stride_h: d,
+                s_stride_h: 1,
+                o_stride_row: hq * d,
+                o_stride_h: d,
+                lse_stride_row: hq,
+                num_rows: merge_rows as u32,
+                num_states: 0,
+                num_heads: hq,
+            };
+            // SAFETY: merge rows address partial slots the prefill kernel wrote in this
+            // stream, and output tokens of q's extent.
+            unsafe { merge::launch(&self.gpu, &self.merge, mp)? };
+        }
+        Ok(())
+    }
+}
+
+/// K/V addressing of one launch.
+#[derive(Clone, Copy, Debug)]
+struct KvAddr {
+    k: u64,
+    v: u64,
+    stride_page: u64,
+    stride_n: u32,
+    stride_h: u32,
+    page_size: u32,
+}

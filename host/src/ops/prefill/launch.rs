@@ -1,0 +1,148 @@
+//! Launching the prefill kernels: their keys and functions (resolved once per op,
+//! [`PrefillKernels`]), the Hopper tile's TMA tensor maps over ragged K/V, and the one launch
+//! path for every tile ([`launch_prefill`]).
+use ferrinfer_kernels::abi::{KvTensorMaps, PrefillParams};
+use ferrinfer_kernels::kernel_key::{KernelKey, KeyKv, PrefillForm};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::heads::HeadConfig;
+use crate::runtime::{encode_rows, Gpu, Kernel, LaunchDims, RowsGeometry};
+
+use super::policy::PrefillTile;
+
+/// Forms of a prefill kernel, in [`form_index`] order.
+const FORMS: usize = 7;
+
+fn form_index(form: PrefillForm) -> usize {
+    match form {
+        PrefillForm::Rows64 => 0,
+        PrefillForm::Rows128 => 1,
+        PrefillForm::Rows128Wide => 2,
+        PrefillForm::Hopper { persistent, tma } => 3 + 2 * persistent as usize + tma as usize,
+    }
+}
+
+fn kv_index(kv: KeyKv) -> usize {
+    match kv {
+        KeyKv::Ragged => 0,
+        KeyKv::Paged => 1,
+    }
+}
+
+/// The prefill kernels of one op (dtype, head dim), resolved when the op is built: every tile
+/// built for the head dim on the device's arch, over ragged and (with `paged`) paged K/V, and
+/// for the Hopper tile its persistent (with `persistent`) and ragged TMA forms.
+pub(crate) struct PrefillKernels {
+    table: [[Option<Kernel>; FORMS]; 2],
+}
+
+impl PrefillKernels {
+    /// Resolves the kernels (`paged`/`persistent`: also those forms).
+    pub(crate) fn resolve(
+        gpu: &Gpu,
+        dtype: DType,
+        head_dim: usize,
+        paged: bool,
+        persistent: bool,
+    ) -> Result<Self> {
+        let mut table: [[Option<Kernel>; FORMS]; 2] = Default::default();
+        let kvs: &[KeyKv] = if paged { &KeyKv::ALL } else { &[KeyKv::Ragged] };
+        for &tile in PrefillTile::available(head_dim, gpu.info().arch) {
+            let smem = tile.smem_bytes(head_dim);
+            for &kv in kvs {
+                for p in [false, true] {
+                    for tma in [false, true] {
+                        let hopper = tile == PrefillTile::Rows128Wgmma;
+                        let skip =
+                            (p || tma) && !hopper || p && !persistent || tma && kv == KeyKv::Paged;
+                        if skip {
+                            continue;
+                        }
+                        let form = tile.form(p, tma);
+                        let key = KernelKey::Prefill {
+                            kv,
+                            dtype: dtype.key(),
+                            head_dim: head_dim as u32,
+                            form,
+                        };
+                        table[kv_index(kv)][form_index(form)] = Some(gpu.kernel(key, smem)?);
+                    }
+                }
+            }
+        }
+        Ok(Self { table })
+    }
+
+    /// The kernel of `form` over `kv` (`KernelMissing` if the op did not resolve it).
+    pub(crate) fn get(&self, kv: KeyKv, form: PrefillForm) -> Result<&Kernel> {
+        self.table[kv_index(kv)][form_index(form)]
+            .as_ref()
+            .ok_or_else(|| Error::KernelMissing(format!("{form:?} prefill over {kv:?} K/V")))
+    }
+}
+
+/// Launches the prefill kernel of `tile` over `kv` (persistent form with `persistent`): the
+/// Hopper tile's entries take the tensor-map block as their second parameter, and with `maps`
+/// set their TMA form runs (the `cp.async` forms get zeros); the other tiles take `p` only.
+///
+/// # Safety
+/// As [`Gpu::launch`] for the kernel's contract; `maps` describe the launch's own K/V rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn launch_prefill(
+    gpu: &Gpu,
+    kernels: &PrefillKernels,
+    kv: KeyKv,
+    tile: PrefillTile,
+    persistent: bool,
+    maps: Option<KvTensorMaps>,
+    dims: LaunchDims,
+    p: PrefillParams,
+) -> Result<()> {
+    let k = kernels.get(kv, tile.form(persistent, maps.is_some()))?;
+    if tile != PrefillTile::Rows128Wgmma {
+        // SAFETY: forwarded contract.
+        return unsafe { gpu.launch_kernel(k, dims, p) };
+    }
+    // SAFETY: forwarded contract; the Hopper entries take `(PrefillParams, KvTensorMaps)`.
+    unsafe { gpu.launch_kernel2(k, dims, p, maps.unwrap_or_default()) }
+}
+
+/// One of ragged K or V: base address and element strides of rows and heads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RaggedRows {
+    pub addr: u64,
+    pub stride_n: u64,
+    pub stride_h: u64,
+}
+
+/// The Hopper tile's tensor maps of ragged K and V (`rows` rows each), enabled; `None` when
+/// TMA cannot describe either (the launch then runs the `cp.async` form).
+pub(crate) fn ragged_tensor_maps(
+    dtype: DType,
+    heads: &HeadConfig,
+    rows: usize,
+    k: RaggedRows,
+    v: RaggedRows,
+) -> Result<Option<KvTensorMaps>> {
+    let geometry = |r: RaggedRows| RowsGeometry {
+        addr: r.addr,
+        rows: rows as u64,
+        heads: heads.num_kv_heads as u32,
+        head_dim: heads.head_dim as u32,
+        stride_n: r.stride_n,
+        stride_h: r.stride_h,
+    };
+    let (Some(k), Some(v)) = (
+        encode_rows(dtype, &geometry(k))?,
+        encode_rows(dtype, &geometry(v))?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(KvTensorMaps {
+        k,
+        v,
+        enabled: 1,
+        reserved: [0; 3],
+    }))
+}

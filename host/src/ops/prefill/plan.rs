@@ -1,0 +1,386 @@
+//! Planning a batch-prefill step (host side, once per step): validation, the pure planner
+//! ([`crate::plan::prefill`]: query tiles × KV chunks, split-KV for small batches), the tile
+//! and persistence choice ([`super::policy`]) and one upload of the work items, request table,
+//! merge rows, page list and persistent unit lists ([`super::graph::MetaOffsets`]) into the
+//! plan's workspace ([`crate::ops::workspace`]).
+use ferrinfer_kernels::abi::PrefillItem;
+use ferrinfer_kernels::config::prefill as cfg;
+use ferrinfer_kernels::config::prefill_hopper as hopper_cfg;
+use ferrinfer_kernels::kernel_key::KeyKv;
+
+use crate::checked;
+use crate::error::{Error, Result};
+use crate::kv::{BatchPages, KvPoolConfig};
+use crate::ops::workspace::{check_graph_fit, check_slots, PlanOwner, PlanWorkspace, Staged};
+use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
+use crate::plan::units::{schedule as schedule_units, UnitSchedule};
+use crate::validate;
+
+use super::batch::{BatchPrefill, OP};
+use super::graph::{Caps, MetaOffsets, PrefillGraphLimits};
+use super::policy::{mean_keys_per_query, persistent_auto, PrefillTile, MIN_CHUNK};
+
+/// Where a plan's K/V comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KvKind {
+    Ragged,
+    Paged,
+}
+
+impl KvKind {
+    pub(super) fn key(self) -> KeyKv {
+        match self {
+            KvKind::Ragged => KeyKv::Ragged,
+            KvKind::Paged => KeyKv::Paged,
+        }
+    }
+}
+
+/// A step's plan: the host partition, its device copy and the split-KV workspace.
+pub struct BatchPrefillPlan {
+    pub(super) host: PrefillPlan,
+    pub(super) tile: PrefillTile,
+    pub(super) kind: KvKind,
+    pub(super) batch: usize,
+    pub(super) qo_tokens: usize,
+    pub(super) kv_tokens: usize,
+    pub(super) page_size: usize,
+    pub(super) num_pages_seen: usize,
+    /// Capacities of the device tables (their offsets: [`Caps::offsets`]).
+    pub(super) caps: Caps,
+    /// Where the tables live (`caps.offsets()`, kept so launches do not recompute it).
+    pub(super) off: MetaOffsets,
+    /// Persistent grid of the plan's kernel (0: one CTA per unit, grid `(kv heads, items)`).
+    pub(super) ctas: usize,
+    pub(super) ws: PlanWorkspace<PrefillGraphLimits>,
+}
+
+impl BatchPrefillPlan {
+    /// The host-side partition (items, merge rows, chunk length).
+    pub fn partition(&self) -> &PrefillPlan {
+        &self.host
+    }
+
+    /// Requests in this plan.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// The CTA tile the plan runs with.
+    pub fn tile(&self) -> PrefillTile {
+        self.tile
+    }
+
+    /// Query tokens in this plan (Σ qo_len).
+    pub fn qo_tokens(&self) -> usize {
+        self.qo_tokens
+    }
+
+    /// Device addresses of the plan's buffers (metadata, partial o, partial lse): constant
+    /// across `plan_*_into` calls in graph mode.
+    pub fn buffer_addresses(&self) -> [u64; 3] {
+        self.ws.addresses()
+    }
+}
+
+/// One step's batch as the planner sees it.
+struct Step<'a> {
+    kind: KvKind,
+    qo_indptr: &'a [i32],
+    kv_lens: &'a [usize],
+    kv_begin: &'a [u32],
+    kv_indices: &'a [i32],
+    page_size: usize,
+    num_pages: Option<usize>,
+}
+
+impl BatchPrefill {
+    pub(super) fn owner(&self) -> PlanOwner<PrefillGraphLimits> {
+        PlanOwner::new(&self.gpu, self.heads, self.graph)
+    }
+
+    /// Buffer capacities in graph mode (fixed by the limits).
+    fn graph_caps(&self, l: &PrefillGraphLimits) -> Caps {
+        let max_ctas = self.max_ctas.iter().max().copied().unwrap_or(1);
+        Caps::graph(
+            l,
+            &self.heads,
+            max_ctas,
+            self.persistent_ctas(PrefillTile::Rows128Wgmma),
+        )
+    }
+
+    /// The persistent grid of `tile` (its CTAs run lists of units, [`crate::plan::units`]):
+    /// one wave of CTAs for the Hopper tile where it is built, 0 (one unit per CTA) otherwise.
+    fn persistent_ctas(&self, tile: PrefillTile) -> usize {
+        let built = PrefillTile::available(self.heads.head_dim, self.gpu.info().arch)
+            .contains(&PrefillTile::Rows128Wgmma);
+        if tile == PrefillTile::Rows128Wgmma && built {
+            self.max_ctas[tile.index()]
+        } else {
+            0
+        }
+    }
+
+    fn empty_plan(&self, kind: KvKind) -> Result<BatchPrefillPlan> {
+        let caps = self.graph.map(|l| self.graph_caps(&l));
+        let fixed = caps.map(|c| (c.offsets().len, c.slots));
+        Ok(BatchPrefillPlan {
+            host: PrefillPlan::default(),
+            tile: PrefillTile::default(),
+            kind,
+            batch: 0,
+            qo_tokens: 0,
+            kv_tokens: 0,
+            page_size: 0,
+            num_pages_seen: 0,
+            caps: caps.unwrap_or_default(),
+            off: caps.unwrap_or_default().offsets(),
+            ctas: 0,
+            ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
+        })
+    }
+
+    /// Plans a step over ragged K/V: request `b` has query tokens `qo_indptr[b]..qo_indptr[b+1]`
+    /// of q and K/V tokens `kv_indptr[b]..kv_indptr[b+1]` of k/v (`qo_len ≤ kv_len`).
+    pub fn plan_ragged(&self, qo_indptr: &[i32], kv_indptr: &[i32]) -> Result<BatchPrefillPlan> {
+        let mut plan = self.empty_plan(KvKind::Ragged)?;
+        self.plan_ragged_into(qo_indptr, kv_indptr, &mut plan)?;
+        Ok(plan)
+    }
+
+    /// Re-plans a ragged step into an existing plan (no allocation in graph mode).
+    pub fn plan_ragged_into(
+        &self,
+        qo_indptr: &[i32],
+        kv_indptr: &[i32],
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        validate::ragged_indptr(OP, qo_indptr, kv_indptr, None)?;
+        let batch = qo_indptr.len() - 1;
+        let kv_lens: Vec<usize> = kv_indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .collect();
+        let kv_begin: Vec<u32> = kv_indptr[..batch].iter().map(|&x| x as u32).collect();
+        let step = Step {
+            kind: KvKind::Ragged,
+            qo_indptr,
+            kv_lens: &kv_lens,
+            kv_begin: &kv_begin,
+            kv_indices: &[],
+            page_size: 0,
+            num_pages: None,
+        };
+        self.plan_step(&step, plan)?;
+        plan.kv_tokens = kv_indptr[batch] as usize;
+        Ok(())
+    }
+
+    /// Plans a step over the paged cache: request `b` has query tokens
+    /// `qo_indptr[b]..qo_indptr[b+1]` and the KV of entry `b` of `pages` (already appended:
+    /// its last `qo_len` tokens are the queries' own keys).
+    pub fn plan_paged(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+    ) -> Result<BatchPrefillPlan> {
+        let mut plan = self.empty_plan(KvKind::Paged)?;
+        self.plan_paged_into(qo_indptr, pages, pool, &mut plan)?;
+        Ok(plan)
+    }
+
+    /// Re-plans a paged step into an existing plan (no allocation in graph mode).
+    pub fn plan_paged_into(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        pages.validate(OP, pool.page_size, Some(pool.num_pages))?;
+        validate::pool_heads(OP, pool, &self.heads)?;
+        validate::qo_indptr(OP, qo_indptr, pages.batch_size())?;
+        let batch = pages.batch_size();
+        let kv_lens: Vec<usize> = (0..batch)
+            .map(|b| pages.kv_len(b, pool.page_size))
+            .collect::<Result<_>>()?;
+        let kv_begin: Vec<u32> = pages.kv_indptr[..batch].iter().map(|&x| x as u32).collect();
+        let step = Step {
+            kind: KvKind::Paged,
+            qo_indptr,
+            kv_lens: &kv_lens,
+            kv_begin: &kv_begin,
+            kv_indices: &pages.kv_indices,
+            page_size: pool.page_size,
+            num_pages: Some(pool.num_pages),
+        };
+        self.plan_step(&step, plan)
+    }
+
+    fn plan_step(&self, st: &Step<'_>, plan: &mut BatchPrefillPlan) -> Result<()> {
+        plan.ws.owner().check(OP, &self.owner())?;
+        if plan.kind != st.kind {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                "a ragged plan cannot be re-planned as paged, or the reverse",
+            ));
+        }
+        let batch = st.kv_lens.len();
+        let qo_lens: Vec<usize> = st
+            .qo_indptr
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .collect();
+        let qo_tokens = st.qo_indptr[batch] as usize;
+        if let Some(l) = self.graph {
+            check_graph_fit(
+                OP,
+                &[
+                    ("batch", batch, l.max_batch),
+                    ("query tokens", qo_tokens, l.max_qo_tokens),
+                    ("pages", st.kv_indices.len(), l.max_pages),
+                ],
+            )?;
+        }
+        let per_token = self.heads.num_qo_heads * self.heads.head_dim;
+        if qo_tokens
+            .checked_mul(per_token)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err(Error::Overflow {
+                op: OP,
+                what: "query tokens × heads × head_dim",
+            });
+        }
+        let tile = self.tile.unwrap_or_else(|| {
+            PrefillTile::auto(
+                qo_tokens,
+                batch,
+                mean_keys_per_query(&qo_lens, st.kv_lens, &self.opts),
+                self.heads.group(),
+                self.heads.head_dim,
+                self.gpu.info().arch,
+            )
+        });
+        let graph_caps = self.graph.map(|l| self.graph_caps(&l));
+        let host = plan_prefill(&PrefillProblem {
+            qo_lens: &qo_lens,
+            kv_lens: st.kv_lens,
+            tile_tokens: tile.tokens(self.heads.group()),
+            causal: self.opts.causal,
+            window_left: self.opts.window_left,
+            num_kv_heads: self.heads.num_kv_heads,
+            max_ctas: self.max_ctas[tile.index()],
+            min_chunk: MIN_CHUNK,
+            chunk_align: cfg::TILE as usize,
+            fixed_chunk: self.fixed_split,
+            max_items: graph_caps.map(|c| c.items),
+            max_slots: graph_caps.map(|c| c.slots),
+        })?;
+        // Persistent CTAs (the Hopper tile): one wave of CTAs, each running its list of
+        // (item, KV head) units; in graph mode the grid is the capacity's, fixed.
+        let units_total = checked::mul(OP, "units", host.items.len(), self.heads.num_kv_heads)?;
+        let wanted = self
+            .persistent
+            .unwrap_or_else(|| persistent_auto(&host.items));
+        let ctas = match (self.persistent_ctas(tile), graph_caps) {
+            (0, _) => 0,
+            _ if !wanted => 0,
+            (_, Some(c)) => c.ctas,
+            (n, None) => n.min(units_total).max(1),
+        };
+        let schedule = (ctas > 0)
+            .then(|| {
+                schedule_units(
+                    &host.items,
+                    self.heads.num_kv_heads,
+                    ctas,
+                    hopper_cfg::TILE as usize,
+                )
+            })
+            .transpose()?;
+        let caps = graph_caps.unwrap_or(Caps {
+            items: host.items.len().max(1),
+            batch,
+            rows: host.merge_rows.len(),
+            pages: st.kv_indices.len(),
+            slots: host.num_slots,
+            ctas,
+            units: units_total,
+        });
+        check_slots(OP, host.num_slots, &self.heads)?;
+        stage(
+            plan.ws.stage(),
+            &caps,
+            &host,
+            st,
+            &qo_lens,
+            schedule.as_ref(),
+        );
+        plan.ws.commit(&self.gpu, host.num_slots)?;
+        plan.caps = caps;
+        plan.off = caps.offsets();
+        plan.host = host;
+        plan.tile = tile;
+        plan.ctas = ctas;
+        plan.batch = batch;
+        plan.qo_tokens = qo_tokens;
+        plan.page_size = st.page_size;
+        plan.num_pages_seen = st.num_pages.unwrap_or(0);
+        Ok(())
+    }
+}
+
+/// Fills the device metadata of a plan (layout: [`Caps::offsets`]).
+fn stage(
+    mut s: Staged<'_>,
+    caps: &Caps,
+    host: &PrefillPlan,
+    st: &Step<'_>,
+    qo_lens: &[usize],
+    schedule: Option<&UnitSchedule>,
+) {
+    let off = caps.offsets();
+    s.at(off.counts).extend_from_slice(&[
+        host.items.len() as i32,
+        host.merge_rows.len() as i32,
+        0,
+        0,
+    ]);
+    let v = s.at(off.items);
+    for it in &host.items {
+        let PrefillItem {
+            request,
+            t0,
+            kv_begin,
+            kv_end,
+            part,
+            chunk,
+            nchunks,
+            pad: _,
+        } = *it;
+        v.extend([request, t0, kv_begin, kv_end, part, chunk, nchunks, 0].map(|x| x as i32));
+    }
+    let v = s.at(off.requests);
+    for (b, &qo_len) in qo_lens.iter().enumerate() {
+        v.extend([
+            st.qo_indptr[b],
+            qo_len as i32,
+            st.kv_begin[b] as i32,
+            st.kv_lens[b] as i32,
+        ]);
+    }
+    let v = s.at(off.rows);
+    for r in &host.merge_rows {
+        v.extend(r.map(|x| x as i32));
+    }
+    s.at(off.pages).extend_from_slice(st.kv_indices);
+    if let Some(sc) = schedule {
+        let v = s.at(off.units);
+        v.extend(sc.offsets.iter().map(|&x| x as i32));
+        v.extend(sc.units.iter().flat_map(|u| u.map(|x| x as i32)));
+    }
+}

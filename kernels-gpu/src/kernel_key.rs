@@ -1,0 +1,497 @@
+//! Typed names of the kernels' entry points (attention, merge, KV copy, model), shared by the host (which resolves a
+//! key's function when an op is built) and the PTX check (which verifies that every key the
+//! host can ask for exists in every image that should hold it).
+//!
+//! [`KernelKey::name`] spells exactly the `#[unsafe(no_mangle)]` symbol the entry macros stamp
+//! (`decode_f16_d128_g4`, `prefill_paged_bf16_d64_hpt`, `merge_f32_f16_d128`, …); no other
+//! code builds a kernel name.
+use core::fmt::{self, Write};
+
+/// Element type of a kernel's 16-bit tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyDtype {
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl KeyDtype {
+    /// Both element types.
+    pub const ALL: [KeyDtype; 2] = [KeyDtype::F16, KeyDtype::Bf16];
+
+    /// The name used in kernel symbols.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeyDtype::F16 => "f16",
+            KeyDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Where a prefill kernel reads K/V from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKv {
+    /// Packed (ragged) rows.
+    Ragged,
+    /// The paged cache.
+    Paged,
+}
+
+impl KeyKv {
+    /// Both layouts.
+    pub const ALL: [KeyKv; 2] = [KeyKv::Ragged, KeyKv::Paged];
+}
+
+/// The CTA tile (and, for the Hopper tile, the form) of a prefill kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PrefillForm {
+    /// 64 rows, 4 warps (no suffix).
+    Rows64,
+    /// 128 rows, 8 warps (`_w8`).
+    Rows128,
+    /// 128 rows, 4 warps × 2 m-tiles (`_m2`).
+    Rows128Wide,
+    /// Hopper warpgroups (`_h`); `persistent` CTAs run unit lists (`p`), `tma` loads ragged
+    /// K/V with tensor maps (`t`). Built only into the sm_90a image.
+    Hopper {
+        /// Persistent CTAs.
+        persistent: bool,
+        /// TMA K/V loads (ragged K/V only).
+        tma: bool,
+    },
+}
+
+impl PrefillForm {
+    /// The symbol suffix.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            PrefillForm::Rows64 => "",
+            PrefillForm::Rows128 => "_w8",
+            PrefillForm::Rows128Wide => "_m2",
+            PrefillForm::Hopper {
+                persistent: false,
+                tma: false,
+            } => "_h",
+            PrefillForm::Hopper {
+                persistent: false,
+                tma: true,
+            } => "_ht",
+            PrefillForm::Hopper {
+                persistent: true,
+                tma: false,
+            } => "_hp",
+            PrefillForm::Hopper {
+                persistent: true,
+                tma: true,
+            } => "_hpt",
+        }
+    }
+}
+
+/// An append/gather kernel over the paged pool (16-bit elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CopyKernel {
+    /// Append, one row per thread per iteration (`append_kv_b16`).
+    Append,
+    /// Append with streaming stores (`append_kv_b16_cs`).
+    AppendStreaming,
+    /// Append, 2 rows per thread per iteration (`append_kv_b16_r2`).
+    AppendRows2,
+    /// Append, 4 rows (`append_kv_b16_r4`).
+    AppendRows4,
+    /// Append, 8 rows (`append_kv_b16_r8`).
+    AppendRows8,
+    /// Append through shared memory, `cp.async` double-buffered, 2 rows
+    /// (`append_kv_b16_async2`).
+    AppendAsync2,
+    /// As `AppendAsync2` with 4 rows (`append_kv_b16_async4`).
+    AppendAsync4,
+    /// Gather pages to contiguous rows (`gather_kv_b16`).
+    Gather,
+}
+
+impl CopyKernel {
+    /// Every copy kernel the host launches.
+    pub const ALL: [CopyKernel; 8] = [
+        CopyKernel::Append,
+        CopyKernel::AppendStreaming,
+        CopyKernel::AppendRows2,
+        CopyKernel::AppendRows4,
+        CopyKernel::AppendRows8,
+        CopyKernel::AppendAsync2,
+        CopyKernel::AppendAsync4,
+        CopyKernel::Gather,
+    ];
+
+    /// The symbol.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CopyKernel::Append => "append_kv_b16",
+            CopyKernel::AppendStreaming => "append_kv_b16_cs",
+            CopyKernel::AppendRows2 => "append_kv_b16_r2",
+            CopyKernel::AppendRows4 => "append_kv_b16_r4",
+            CopyKernel::AppendRows8 => "append_kv_b16_r8",
+            CopyKernel::AppendAsync2 => "append_kv_b16_async2",
+            CopyKernel::AppendAsync4 => "append_kv_b16_async4",
+            CopyKernel::Gather => "gather_kv_b16",
+        }
+    }
+}
+
+/// A model kernel (RMSNorm, RoPE, elementwise, argmax: `kernels-gpu/src/model/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelKernel {
+    /// `rms_norm`.
+    RmsNorm,
+    /// `add_rms_norm`.
+    AddRmsNorm,
+    /// `qkv_rope_{dtype}`: QKV split + RoPE with `dtype` outputs.
+    QkvRope(KeyDtype),
+    /// `gather_rows`.
+    GatherRows,
+    /// `silu_and_mul`.
+    SiluAndMul,
+    /// `to_f32_{dtype}`.
+    ToF32(KeyDtype),
+    /// `argmax`.
+    Argmax,
+}
+
+impl ModelKernel {
+    /// Every model kernel, in [`ModelKernel::index`] order.
+    pub const ALL: [ModelKernel; 9] = [
+        ModelKernel::RmsNorm,
+        ModelKernel::AddRmsNorm,
+        ModelKernel::QkvRope(KeyDtype::F16),
+        ModelKernel::QkvRope(KeyDtype::Bf16),
+        ModelKernel::GatherRows,
+        ModelKernel::SiluAndMul,
+        ModelKernel::ToF32(KeyDtype::F16),
+        ModelKernel::ToF32(KeyDtype::Bf16),
+        ModelKernel::Argmax,
+    ];
+
+    /// Position in [`ModelKernel::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            ModelKernel::RmsNorm => 0,
+            ModelKernel::AddRmsNorm => 1,
+            ModelKernel::QkvRope(KeyDtype::F16) => 2,
+            ModelKernel::QkvRope(KeyDtype::Bf16) => 3,
+            ModelKernel::GatherRows => 4,
+            ModelKernel::SiluAndMul => 5,
+            ModelKernel::ToF32(KeyDtype::F16) => 6,
+            ModelKernel::ToF32(KeyDtype::Bf16) => 7,
+            ModelKernel::Argmax => 8,
+        }
+    }
+
+    /// The symbol.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ModelKernel::RmsNorm => "rms_norm",
+            ModelKernel::AddRmsNorm => "add_rms_norm",
+            ModelKernel::QkvRope(KeyDtype::F16) => "qkv_rope_f16",
+            ModelKernel::QkvRope(KeyDtype::Bf16) => "qkv_rope_bf16",
+            ModelKernel::GatherRows => "gather_rows",
+            ModelKernel::SiluAndMul => "silu_and_mul",
+            ModelKernel::ToF32(KeyDtype::F16) => "to_f32_f16",
+            ModelKernel::ToF32(KeyDtype::Bf16) => "to_f32_bf16",
+            ModelKernel::Argmax => "argmax",
+        }
+    }
+}
+
+/// One attention, merge, KV-copy or model kernel entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKey {
+    /// Batch decode on CUDA cores, group capacity `group` (1, 2, 4, 8).
+    Decode {
+        /// Element type.
+        dtype: KeyDtype,
+        /// Head dim (64, 128, 256).
+        head_dim: u32,
+        /// Query-group capacity.
+        group: u32,
+    },
+    /// Batch decode on tensor cores (head dims 64, 128).
+    DecodeTc {
+        /// Element type.
+        dtype: KeyDtype,
+        /// Head dim.
+        head_dim: u32,
+    },
+    /// Prefill over ragged or paged K/V.
+    Prefill {
+        /// K/V layout.
+        kv: KeyKv,
+        /// Element type.
+        dtype: KeyDtype,
+        /// Head dim (64, 128, 256).
+        head_dim: u32,
+        /// Tile and form.
+        form: PrefillForm,
+    },
+    /// Attention-state merge into `dtype` outputs; states in `dtype` (`f32_states` false) or
+    /// in f32 (the split-KV prefill partials).
+    Merge {
+        /// Output element type.
+        dtype: KeyDtype,
+        /// Head dim (64, 128, 256).
+        head_dim: u32,
+        /// f32 input states.
+        f32_states: bool,
+    },
+    /// KV append/gather.
+    Copy(CopyKernel),
+    /// A model kernel.
+    Model(ModelKernel),
+}
+
+/// A kernel symbol, held inline (no allocation; the longest is 27 bytes).
+#[derive(Clone, Copy)]
+pub struct KernelName {
+    buf: [u8; 40],
+    len: u8,
+}
+
+impl KernelName {
+    /// The symbol.
+    pub fn as_str(&self) -> &str {
+        // Only `&str` pieces are ever written (see `write_str`), and a write that would not
+        // fit is refused whole, so the bytes are valid UTF-8.
+        core::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl Write for KernelName {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let at = self.len as usize;
+        let end = at + s.len();
+        if end > self.buf.len() {
+            return Err(fmt::Error);
+        }
+        self.buf[at..end].copy_from_slice(s.as_bytes());
+        self.len = end as u8;
+        Ok(())
+    }
+}
+
+impl core::ops::Deref for KernelName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for KernelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KernelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for KernelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KernelKey::Decode {
+                dtype,
+                head_dim,
+                group,
+            } => write!(f, "decode_{}_d{head_dim}_g{group}", dtype.name()),
+            KernelKey::DecodeTc { dtype, head_dim } => {
+                write!(f, "decode_tc_{}_d{head_dim}", dtype.name())
+            }
+            KernelKey::Prefill {
+                kv,
+                dtype,
+                head_dim,
+                form,
+            } => {
+                let kv = match kv {
+                    KeyKv::Ragged => "ragged",
+                    KeyKv::Paged => "paged",
+                };
+                let (d, s) = (dtype.name(), form.suffix());
+                write!(f, "prefill_{kv}_{d}_d{head_dim}{s}")
+            }
+            KernelKey::Merge {
+                dtype,
+                head_dim,
+                f32_states,
+            } => {
+                let states = if f32_states { "f32_" } else { "" };
+                write!(f, "merge_{states}{}_d{head_dim}", dtype.name())
+            }
+            KernelKey::Copy(c) => f.write_str(c.name()),
+            KernelKey::Model(m) => f.write_str(m.name()),
+        }
+    }
+}
+
+impl KernelKey {
+    /// The entry point's symbol.
+    pub fn name(&self) -> KernelName {
+        let mut n = KernelName {
+            buf: [0; 40],
+            len: 0,
+        };
+        // Every key's name fits the buffer (checked for all keys by the tests below).
+        let _ = write!(n, "{self}");
+        n
+    }
+
+    /// Whether the kernel exists only in the sm_90a image (the Hopper prefill forms).
+    pub const fn sm90a_only(&self) -> bool {
+        matches!(
+            self,
+            KernelKey::Prefill {
+                form: PrefillForm::Hopper { .. },
+                ..
+            }
+        )
+    }
+
+    /// Calls `f` with every key the host can launch: the kernels built into the images (the
+    /// Hopper forms only where [`KernelKey::sm90a_only`] allows; TMA forms for ragged K/V
+    /// only).
+    pub fn for_each(mut f: impl FnMut(KernelKey)) {
+        for dtype in KeyDtype::ALL {
+            for head_dim in [64, 128, 256] {
+                for group in [1, 2, 4, 8] {
+                    f(KernelKey::Decode {
+                        dtype,
+                        head_dim,
+                        group,
+                    });
+                }
+                if head_dim <= 128 {
+                    f(KernelKey::DecodeTc { dtype, head_dim });
+                }
+                for f32_states in [false, true] {
+                    f(KernelKey::Merge {
+                        dtype,
+                        head_dim,
+                        f32_states,
+                    });
+                }
+                for kv in KeyKv::ALL {
+                    let mut forms = [PrefillForm::Rows64; 7];
+                    let n = if head_dim == 256 {
+                        1
+                    } else {
+                        forms[1] = PrefillForm::Rows128;
+                        forms[2] = PrefillForm::Rows128Wide;
+                        let mut n = 3;
+                        for persistent in [false, true] {
+                            for tma in [false, true] {
+                                if !tma || kv == KeyKv::Ragged {
+                                    forms[n] = PrefillForm::Hopper { persistent, tma };
+                                    n += 1;
+                                }
+                            }
+                        }
+                        n
+                    };
+                    for &form in &forms[..n] {
+                        f(KernelKey::Prefill {
+                            kv,
+                            dtype,
+                            head_dim,
+                            form,
+                        });
+                    }
+                }
+            }
+        }
+        for c in CopyKernel::ALL {
+            f(KernelKey::Copy(c));
+        }
+        for m in ModelKernel::ALL {
+            f(KernelKey::Model(m));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_entry_points() {
+        let key = |kv, dtype, head_dim, form| KernelKey::Prefill {
+            kv,
+            dtype,
+            head_dim,
+            form,
+        };
+        assert_eq!(
+            &*KernelKey::Decode {
+                dtype: KeyDtype::F16,
+                head_dim: 128,
+                group: 4
+            }
+            .name(),
+            "decode_f16_d128_g4"
+        );
+        assert_eq!(
+            &*KernelKey::DecodeTc {
+                dtype: KeyDtype::Bf16,
+                head_dim: 64
+            }
+            .name(),
+            "decode_tc_bf16_d64"
+        );
+        let hpt = PrefillForm::Hopper {
+            persistent: true,
+            tma: true,
+        };
+        assert_eq!(
+            &*key(KeyKv::Ragged, KeyDtype::Bf16, 128, hpt).name(),
+            "prefill_ragged_bf16_d128_hpt"
+        );
+        assert_eq!(
+            &*key(KeyKv::Paged, KeyDtype::F16, 256, PrefillForm::Rows64).name(),
+            "prefill_paged_f16_d256"
+        );
+        assert_eq!(
+            &*KernelKey::Merge {
+                dtype: KeyDtype::F16,
+                head_dim: 64,
+                f32_states: true
+            }
+            .name(),
+            "merge_f32_f16_d64"
+        );
+        assert_eq!(
+            &*KernelKey::Copy(CopyKernel::Gather).name(),
+            "gather_kv_b16"
+        );
+    }
+
+    #[test]
+    fn every_name_fits_and_is_unique() {
+        let mut names = std::vec::Vec::new();
+        KernelKey::for_each(|k| {
+            let n = k.name();
+            assert_eq!(n.as_str(), std::format!("{k}"));
+            names.push(std::string::String::from(n.as_str()));
+        });
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count);
+        // 24 decode + 4 tc + 12 merge + prefill (2 dtypes × ((7 ragged + 5 paged forms) × 2
+        // head dims + 2 at D 256)) + 8 copies + 9 model kernels.
+        assert_eq!(count, 24 + 4 + 12 + 2 * (12 * 2 + 2) + 8 + 9);
+        for (i, m) in ModelKernel::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+        }
+    }
+}
