@@ -7,7 +7,7 @@
 //! | [`dtype`]   | host + device  | element types (f16/bf16) as zero-sized markers                 |
 //! | [`math`]    | host + device  | online softmax, state merge, chunking arithmetic                |
 //! | `arch`      | device only    | thin intrinsics layer over inline PTX                           |
-//! | `attn`      | device only    | the attention core every attention kernel composes (work items, |
+//! | `attn`      | device (its pure parts also host-tested) | the attention core every attention kernel composes (work items, |
 //! |             |                | mask, logits, register tile, softmax state, epilogue, loaders)  |
 //! | `batch_decode`, `decode_tc`, `prefill`, `prefill_hopper`... | device only | kernel bodies and their `extern "ptx-kernel"` entry points (they import `attn`, never each other) |
 //! | `model`     | device only    | RMSNorm, QKV split + RoPE, SiLU-and-mul, gather, argmax, cast   |
@@ -33,7 +33,6 @@ pub mod math;
 mod append;
 #[cfg(target_arch = "nvptx64")]
 pub mod arch;
-#[cfg(target_arch = "nvptx64")]
 mod attn;
 #[cfg(target_arch = "nvptx64")]
 mod batch_decode;

@@ -210,3 +210,112 @@ pub(crate) fn apply<M: Mask, const N: usize>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::fastdiv::FastDiv;
+
+    /// A request of `qo_len` queries over `kv_len` keys and one item (query tile at `t0`, key
+    /// chunk `[c0, c1)`), with the mask's launch parameters.
+    fn tile(
+        causal: bool,
+        window: u32,
+        qo_len: u32,
+        kv_len: u32,
+        t0: u32,
+        tile_tokens: u32,
+        chunk: (u32, u32),
+    ) -> (CausalWindow, QueryTile<CausalWindow>) {
+        let p = PrefillParams {
+            causal: causal as u32,
+            window_left: window,
+            tile_tokens,
+            group: FastDiv::new(1),
+            ..Default::default()
+        };
+        let req = PrefillRequest {
+            qo_begin: 0,
+            qo_len,
+            kv_begin: 0,
+            kv_len,
+        };
+        let item = PrefillItem {
+            request: 0,
+            t0,
+            kv_begin: chunk.0,
+            kv_end: chunk.1,
+            part: u32::MAX,
+            chunk: 0,
+            nchunks: 1,
+            pad: 0,
+        };
+        (CausalWindow::new(&p), QueryTile::new(&p, &req, &item))
+    }
+
+    /// The visible range is exactly the hull of the keys some query of the tile keeps (within
+    /// the chunk), and a tile the mask calls unmasked keeps every key for every query.
+    #[test]
+    fn visible_range_and_tile_test_agree_with_keep() {
+        for causal in [false, true] {
+            for window in [u32::MAX, 0, 1, 3, 7, 40] {
+                for (qo_len, kv_len) in [(1, 1), (5, 5), (3, 17), (17, 40), (40, 40)] {
+                    for tt in [1, 4, 16] {
+                        for chunk in [(0, u32::MAX), (0, 8), (8, 24)] {
+                            let mut t0 = 0;
+                            while t0 < qo_len {
+                                check(causal, window, qo_len, kv_len, t0, tt, chunk);
+                                t0 += tt;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(
+        causal: bool,
+        window: u32,
+        qo_len: u32,
+        kv_len: u32,
+        t0: u32,
+        tt: u32,
+        chunk: (u32, u32),
+    ) {
+        let (mask, qt) = tile(causal, window, qo_len, kv_len, t0, tt, chunk);
+        let positions = qt.pos_first..=qt.pos_last;
+        assert_eq!(qt.pos_last - qt.pos_first + 1, qt.tokens);
+        let chunk_end = chunk.1.min(kv_len);
+        let seen: Vec<u32> = (chunk.0..chunk_end)
+            .filter(|&k| positions.clone().any(|q| mask.keep(k, q, kv_len)))
+            .collect();
+        if let (Some(&lo), Some(&hi)) = (seen.first(), seen.last()) {
+            assert!(
+                qt.kv_begin <= lo && hi < qt.kv_end,
+                "{causal} {window} {qo_len} {kv_len}"
+            );
+        }
+        // Keys outside [kv_begin, kv_end) are invisible to every query of the tile.
+        for k in chunk.0..chunk_end {
+            if k < qt.kv_begin || k >= qt.kv_end {
+                assert!(positions.clone().all(|q| !mask.keep(k, q, kv_len)));
+            }
+        }
+        // Unmasked tiles keep everything.
+        let all_from = qt.all_from();
+        for tile in [1u32, 4, 8] {
+            let mut base = qt.kv_begin;
+            while base < qt.kv_end {
+                if !qt.tile_masked(base, tile, all_from) {
+                    for k in base..base + tile {
+                        for q in positions.clone() {
+                            assert!(mask.keep(k, q, qt.kv_end), "key {k} query {q}");
+                        }
+                    }
+                }
+                base += tile;
+            }
+        }
+    }
+}

@@ -28,15 +28,26 @@
 //! `lse = m + log2 d` (FlashInfer's convention). Empty rows stay `m = −inf, d = 0` and write
 //! zeros with `lse = −inf`. The scalar state, its merge and the fragment layouts are in
 //! `math` (host-tested).
+//!
+//! The pure parts (mask, logits, register tile, traits) also build on the host, where their
+//! unit tests run (`cargo test -p ferrinfer-kernels`); the rest needs the device intrinsics.
+// On the host only the tests use these items.
+#![cfg_attr(not(target_arch = "nvptx64"), allow(dead_code))]
+#[cfg(target_arch = "nvptx64")]
 pub(crate) mod epilogue;
-#[cfg(target_feature = "sm_90a")]
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
 pub(crate) mod hopper;
+#[cfg(target_arch = "nvptx64")]
 pub(crate) mod kv;
 pub(crate) mod logits;
 pub(crate) mod mask;
+#[cfg(target_arch = "nvptx64")]
 pub(crate) mod split;
+#[cfg(target_arch = "nvptx64")]
 pub(crate) mod state;
+#[cfg(target_arch = "nvptx64")]
 pub(crate) mod swizzle;
 pub(crate) mod tile;
 pub(crate) mod traits;
+#[cfg(target_arch = "nvptx64")]
 pub(crate) mod work;

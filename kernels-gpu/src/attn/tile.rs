@@ -7,6 +7,7 @@
 //! so row reductions are a lane-local tree and two shuffles ([`crate::attn::state`]). The
 //! vocabulary is what attention needs: row max and row sum (lane-local), scale rows, exp2,
 //! mma into the tile, and packing as the A operand of the next product.
+#[cfg(target_arch = "nvptx64")]
 use crate::dtype::Elem;
 use crate::math::fast::{exp2, fma, fmax};
 
@@ -77,6 +78,7 @@ impl<const N: usize> RegTile<f32, N> {
     }
 
     /// n-tiles `nt` and `nt + 1` (+)= A·B, `b` four B registers (two n-tiles, `ldmatrix.x4`).
+    #[cfg(target_arch = "nvptx64")]
     #[inline(always)]
     pub(crate) fn mma_pair<E: Elem>(&mut self, nt: usize, a: [u32; 4], b: [u32; 4]) {
         self.0[nt] = E::mma(a, [b[0], b[1]], self.0[nt]);
@@ -85,6 +87,7 @@ impl<const N: usize> RegTile<f32, N> {
 
     /// The tile rounded to `E` as `K = N/2` A-operand fragments of the next product: k-step
     /// `ks` covers columns `16·ks .. 16·ks + 16`.
+    #[cfg(target_arch = "nvptx64")]
     #[inline(always)]
     pub(crate) fn pack_a<E: Elem, const K: usize>(&self) -> [[u32; 4]; K] {
         const { assert!(2 * K == N) };
@@ -128,4 +131,42 @@ pub(crate) fn tree<const N: usize>(t: [f32; N], f: impl Fn(f32, f32) -> f32) -> 
         v[0] = f(v[0], v[1]);
     }
     v[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tree is the neighbour-pairs tree the kernels wrote out by hand (same association,
+    /// so bit-identical sums).
+    #[test]
+    fn tree_is_pairwise() {
+        let t: [f32; 16] = core::array::from_fn(|i| 1.0 / (i as f32 + 3.0));
+        let add = |a: f32, b: f32| a + b;
+        let p8 = |t: &[f32]| ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+        assert_eq!(tree([t[0], t[1]], add).to_bits(), (t[0] + t[1]).to_bits());
+        let p4 = (t[0] + t[1]) + (t[2] + t[3]);
+        assert_eq!(tree([t[0], t[1], t[2], t[3]], add).to_bits(), p4.to_bits());
+        let t8: [f32; 8] = core::array::from_fn(|i| t[i]);
+        assert_eq!(tree(t8, add).to_bits(), p8(&t).to_bits());
+        assert_eq!(
+            tree(t, add).to_bits(),
+            (p8(&t[..8]) + p8(&t[8..])).to_bits()
+        );
+        assert_eq!(tree(t, fmax), t.iter().copied().fold(f32::MIN, f32::max));
+    }
+
+    /// Row reductions and row scaling follow the C layout: element `e` is row half `e / 2`.
+    #[test]
+    fn rows_follow_the_c_layout() {
+        let mut s = RegTile::<f32, 2>([[1.0, 2.0, 10.0, 20.0], [3.0, -1.0, 30.0, 5.0]]);
+        assert_eq!([s.row_max(0), s.row_max(1)], [3.0, 30.0]);
+        assert_eq!([s.row_sum(0), s.row_sum(1)], [5.0, 65.0]);
+        s.scale_rows([2.0, 0.5]);
+        assert_eq!(s.0, [[2.0, 4.0, 5.0, 10.0], [6.0, -2.0, 15.0, 2.5]]);
+        s.exp2_rows(1.0, [1.0, 15.0]);
+        assert_eq!(s.0[0][0], 2.0);
+        assert_eq!(s.0[1][2], 1.0);
+        assert_eq!(s.0[0][2], 2f32.powi(-10));
+    }
 }
