@@ -13,11 +13,12 @@
 //! O += P·V (V through `ldmatrix.trans`). The warps' states meet in shared memory at the end.
 use crate::abi::DecodeParams;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
+use crate::attn::kv::copy_decode_tile;
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
 use crate::attn::swizzle::swz;
 use crate::attn::tile::RegTile;
-use crate::attn::work::{ld_i32, load_decode_work, DecodeWork};
+use crate::attn::work::{load_decode_work, DecodeWork};
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
@@ -25,56 +26,6 @@ use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::{clamp_ref, State};
 
 const TILE: u32 = cfg::TILE;
-
-/// Issues the cp.async copies of K and V tile `j` into stage `s` (one commit group).
-///
-/// # Safety
-/// As the kernel's contract; `smem` is the dynamic shared memory base.
-#[inline(always)]
-unsafe fn issue_tile<const D: u32>(
-    p: &DecodeParams,
-    kvh: u32,
-    begin: u32,
-    end: u32,
-    page_base: u32,
-    j: u32,
-    s: u32,
-    tid: u32,
-    smem: u32,
-) {
-    let chunks = D / 8;
-    let per_thread = TILE * chunks / cfg::THREADS;
-    let k_base = smem + s * cfg::stage_bytes(D);
-    let v_base = k_base + TILE * D * 2;
-    for i in 0..per_thread {
-        let idx = tid + i * cfg::THREADS;
-        let r = idx / chunks;
-        let c = idx % chunks;
-        let t = begin + j * TILE + r;
-        let valid = t < end;
-        let (mut ka, mut va) = (p.k_pool, p.v_pool);
-        if valid {
-            let (slot, entry) = p.page_size.divmod(t);
-            // SAFETY: t < end ≤ the request's length: its page slot exists.
-            let page = unsafe { ld_i32(p.kv_indices, page_base + slot) } as u64;
-            ka = p.k_pool
-                + (page * p.k_stride_page
-                    + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)
-                    * 2;
-            va = p.v_pool
-                + (page * p.v_stride_page
-                    + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64)
-                    * 2;
-        }
-        let n = if valid { 16 } else { 0 };
-        // SAFETY: destinations inside the stage; sources valid or zero-byte.
-        unsafe {
-            pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, n);
-            pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, n);
-        }
-    }
-    pipeline::commit_group();
-}
 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps: `attn::traits`).
 ///
@@ -120,8 +71,8 @@ unsafe fn decode_tc<
     if tiles > 0 {
         for t in 0..STAGES - 1 {
             if t < tiles {
-                // SAFETY: see issue_tile.
-                unsafe { issue_tile::<D>(p, kvh, begin, end, page_base, t, t, tid, smem) };
+                // SAFETY: see copy_decode_tile.
+                unsafe { copy_decode_tile::<D>(p, kvh, begin, end, page_base, t, t, tid, smem) };
             } else {
                 pipeline::commit_group();
             }
@@ -151,10 +102,10 @@ unsafe fn decode_tc<
     while j < tiles {
         let ahead = j + STAGES - 1;
         if ahead < tiles {
-            // SAFETY: see issue_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
+            // SAFETY: see copy_decode_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
             // the barrier ending iteration j − 1.
             unsafe {
-                issue_tile::<D>(
+                copy_decode_tile::<D>(
                     p,
                     kvh,
                     begin,

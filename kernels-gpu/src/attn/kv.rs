@@ -1,10 +1,13 @@
 //! K/V rows by layout ([`KvRows`]: packed ragged tensors, [`Ragged`], or the paged pool,
-//! [`Paged`]) and the `cp.async` tile copy of the prefill ring ([`copy_tile`]). The Hopper
+//! [`Paged`]) and the `cp.async` tile copies of the prefill ring ([`copy_tile`]) and of the
+//! tensor-core decode's ring ([`copy_decode_tile`], paged). The Hopper
 //! copy paths (`cp.async` by a producer warpgroup, TMA) are in `attn::hopper::load`.
-use crate::abi::PrefillParams;
+use crate::abi::{DecodeParams, PrefillParams};
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, pipeline, warp};
 use crate::attn::swizzle::swz;
+use crate::attn::work::ld_i32;
+use crate::config::decode_tc as dcfg;
 use crate::config::prefill::TILE;
 
 /// Where a request's K/V rows live: packed ragged tensors or the paged pool.
@@ -162,6 +165,60 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
         unsafe {
             pipeline::cp_async_cg_16_or_zero(k_base + row, ka, !valid);
             pipeline::cp_async_cg_16_or_zero(v_base + row, va, !valid);
+        }
+    }
+    pipeline::commit_group();
+}
+
+/// The tensor-core decode's K/V copy (paged, `DecodeParams`): issues the `cp.async` copies of
+/// K and V keys `[begin + j·T, begin + (j + 1)·T)` (`T = config::decode_tc::TILE`, zero-filled
+/// past `end`) into stage `s` of its ring, in the swizzled layout, as one commit group; all
+/// threads of the CTA take part, `(T · D/8) / threads` 16-byte chunks each.
+///
+/// # Safety
+/// As the decode kernel's contract; `smem` is the dynamic shared memory base.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn copy_decode_tile<const D: u32>(
+    p: &DecodeParams,
+    kvh: u32,
+    begin: u32,
+    end: u32,
+    page_base: u32,
+    j: u32,
+    s: u32,
+    tid: u32,
+    smem: u32,
+) {
+    let chunks = D / 8;
+    let per_thread = dcfg::TILE * chunks / dcfg::THREADS;
+    let k_base = smem + s * dcfg::stage_bytes(D);
+    let v_base = k_base + dcfg::TILE * D * 2;
+    for i in 0..per_thread {
+        let idx = tid + i * dcfg::THREADS;
+        let r = idx / chunks;
+        let c = idx % chunks;
+        let t = begin + j * dcfg::TILE + r;
+        let valid = t < end;
+        let (mut ka, mut va) = (p.k_pool, p.v_pool);
+        if valid {
+            let (slot, entry) = p.page_size.divmod(t);
+            // SAFETY: t < end ≤ the request's length: its page slot exists.
+            let page = unsafe { ld_i32(p.kv_indices, page_base + slot) } as u64;
+            ka = p.k_pool
+                + (page * p.k_stride_page
+                    + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)
+                    * 2;
+            va = p.v_pool
+                + (page * p.v_stride_page
+                    + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64)
+                    * 2;
+        }
+        let n = if valid { 16 } else { 0 };
+        // SAFETY: destinations inside the stage; sources valid or zero-byte.
+        unsafe {
+            pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, n);
+            pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, n);
         }
     }
     pipeline::commit_group();

@@ -31,7 +31,9 @@ pub(crate) trait Logits: Copy {
     fn tile<const N: usize>(&self, s: &mut RegTile<f32, N>, folds: bool);
 
     /// The same without a branch: the soft-cap's `tanh` is computed and discarded when off
-    /// (for code where a branch would wait on a tensor-core product in flight).
+    /// (for code where a branch would wait on a tensor-core product in flight; the Hopper
+    /// prefill, sm_90a images only).
+    #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
     fn tile_branchless<const N: usize>(&self, s: &mut RegTile<f32, N>);
 }
 

@@ -49,6 +49,8 @@ impl RowState {
             self.m[hh] = m_new;
         }
         s.exp2_rows(scale, mref);
+        // Indexed (not `iter_mut`): the iterator form changes the Hopper kernels' schedule.
+        #[allow(clippy::needless_range_loop)]
         for hh in 0..2 {
             self.d[hh] = fma(self.d[hh], r_scale[hh], s.row_sum(hh));
         }

@@ -16,6 +16,7 @@ pub(crate) trait HeadDim {
     /// k-steps of 16 in a row of `D` (Q fragments; `wgmma` score products).
     const KS: usize;
     /// `wgmma` output accumulators per consumer thread (`64 × D` per warpgroup).
+    #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
     const WG_ON: usize;
 }
 
