@@ -13,75 +13,20 @@
 //! All `g` query heads of the KV head share every loaded row (GQA). Requests covered by one
 //! work item write o/lse directly; split requests write f32 partials, and the last CTA of the
 //! request (per KV head) to finish — found with an atomic ticket after a device-scope fence —
-//! merges them in the same launch (no second kernel).
+//! merges them in the same launch (no second kernel; `attn::split`).
 use crate::abi::DecodeParams;
 use crate::arch::{global, pipeline, shared, thread, warp};
-use crate::config::{batch_decode as bcfg, single_decode as cfg};
+use crate::attn::logits::{Logits, ScaleSoftCap};
+use crate::attn::split::merge_if_last;
+use crate::attn::work::{ld_i32, load_decode_work, DecodeWork};
+use crate::config::{batch_decode as bcfg, decode_rows as cfg};
 use crate::dtype::{Bf16, Elem, F16};
-use crate::math::fast::{exp2, fmax, log2, rcp, tanh};
+use crate::math::fast::{exp2, fmax};
 use crate::math::softmax::{clamp_ref, State};
 
 const VEC: usize = cfg::VEC as usize;
 const UNROLL: usize = cfg::UNROLL as usize;
 const STAGES: u32 = bcfg::STAGES;
-
-#[inline(always)]
-pub(crate) unsafe fn ld_i32(base: u64, i: u32) -> u32 {
-    // SAFETY: caller guarantees `i` indexes the array.
-    unsafe { global::ld_u32(base + (i as u64) * 4) }
-}
-
-/// A CTA's decode work item: request `b`, its KV range `[begin, end)`, its request's work items
-/// `[first, last)` (the split-KV merge group) and page-list start.
-pub(crate) struct Work {
-    pub(crate) b: u32,
-    pub(crate) begin: u32,
-    pub(crate) end: u32,
-    pub(crate) first: u32,
-    pub(crate) last: u32,
-    pub(crate) page_base: u32,
-}
-
-/// Loads the work item of CTA `blockIdx.x` (shared by both decode kernel families), or `None`
-/// for a padded CTA of a CUDA-graph grid. The loads are a dependent chain the L2 rarely holds
-/// (one per launch), so it is kept to two levels: {counts, work item} → {merge_indptr,
-/// kv_indptr}; the work item is read before the bounds check (`i < work_stride` always holds).
-///
-/// # Safety
-/// Grid x = `work_stride`; the plan's arrays as the host uploaded them.
-#[inline(always)]
-pub(crate) unsafe fn load_work(p: &DecodeParams) -> Option<Work> {
-    let i = thread::block_idx_x();
-    let ws = p.work_stride;
-    // SAFETY: counts has 2 entries; i < work_stride indexes the work arrays.
-    let (num_items, b, begin, end) = unsafe {
-        (
-            ld_i32(p.counts, 0),
-            ld_i32(p.work, i),
-            ld_i32(p.work, ws + i),
-            ld_i32(p.work, 2 * ws + i),
-        )
-    };
-    if i >= num_items {
-        return None;
-    }
-    // SAFETY: b < batch, so b + 1 indexes merge_indptr / kv_indptr.
-    let (first, last, page_base) = unsafe {
-        (
-            ld_i32(p.merge_indptr, b),
-            ld_i32(p.merge_indptr, b + 1),
-            ld_i32(p.kv_indptr, b),
-        )
-    };
-    Some(Work {
-        b,
-        begin,
-        end,
-        first,
-        last,
-        page_base,
-    })
-}
 
 #[inline(always)]
 fn unpack8<E: Elem>(raw: [u32; 4]) -> [f32; VEC] {
@@ -163,7 +108,7 @@ unsafe fn issue_tile(
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
 /// `config::batch_decode::smem_bytes(D, G)`; plan and page tables validated by the host.
 #[inline(always)]
-unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) {
+unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &DecodeParams) {
     let lpr = cfg::lanes_per_row(D);
     let slots = cfg::slots(D);
     let tid = thread::thread_idx_x();
@@ -172,20 +117,20 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
     // SAFETY: as the kernel's contract.
-    let Some(Work {
+    let Some(DecodeWork {
         b,
         begin,
         end,
         first,
         last,
         page_base,
-    }) = (unsafe { load_work(p) })
+    }) = (unsafe { load_decode_work(p) })
     else {
         return;
     };
     let split = last - first > 1;
     let g = p.group;
-    let tf = p.logit;
+    let logits = L::new(p.logit);
     let e_off = (sub * cfg::VEC) as u64;
     let it = Item {
         begin,
@@ -203,7 +148,7 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
             // SAFETY: host-validated q extent; 16-byte aligned rows.
             let v = unpack8::<E>(unsafe { global::ld_nc_u32x4(p.q + off * 2) });
             for e in 0..VEC {
-                qi[e] = v[e] * tf.pre;
+                qi[e] = v[e] * logits.scale();
             }
         }
     }
@@ -252,12 +197,8 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
                 for e in 0..VEC {
                     d += q[h][e] * kf[e];
                 }
-                let d = warp::group_sum_f32(d, lpr);
-                let xv = if tf.soft_cap != 0 {
-                    tf.post * tanh(d)
-                } else {
-                    d
-                };
+                // The logit (q was scaled on load); keys past the range are masked.
+                let xv = logits.logit_scaled(warp::group_sum_f32(d, lpr));
                 x[h][u] = if t < end { xv } else { f32::NEG_INFINITY };
             }
         }
@@ -337,17 +278,14 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
             };
             tot += ds * exp2(ms - mr);
         }
-        let inv = if tot > 0.0 { rcp(tot) } else { 0.0 };
+        let row = State { m, d: tot };
+        let inv = row.inv_denominator();
         for s in 0..slots {
             let a = m_off + (s * g_cap + h) * 4;
             // SAFETY: inside m_s; entry (s, h) is owned by this thread here.
             unsafe { shared::st_f32(a, exp2(shared::ld_f32(a) - mr) * inv) };
         }
-        let lse = if tot > 0.0 {
-            m + log2(tot)
-        } else {
-            f32::NEG_INFINITY
-        };
+        let lse = row.lse();
         let hq = hq0 + h;
         // SAFETY: host-sized lse [batch, Hq] and part_lse [work_stride, Hq].
         unsafe {
@@ -418,157 +356,6 @@ unsafe fn batch_decode<E: Elem, const D: u32, const G: usize>(p: &DecodeParams) 
     }
 }
 
-/// Split requests: after a CTA has written its partial states, the last of the request's CTAs
-/// (per KV head) to arrive — found with an atomic ticket after a device-scope fence — merges
-/// all of them into o/lse and resets the ticket counter for the next launch.
-///
-/// # Safety
-/// Called by all threads of the CTA after its partial writes; `smem` is reusable.
-pub(crate) unsafe fn merge_if_last<E: Elem, const D: u32>(
-    p: &DecodeParams,
-    b: u32,
-    kvh: u32,
-    first: u32,
-    last: u32,
-    tid: u32,
-    smem: u32,
-) {
-    // Every thread fences its partial writes before thread 0 takes a ticket.
-    global::fence_gpu();
-    thread::sync_threads();
-    let counter = p.counters + ((b * thread::grid_dim_y() + kvh) as u64) * 4;
-    if tid == 0 {
-        // SAFETY: counters has batch × num_kv_heads entries.
-        let old = unsafe { global::atomic_add_u32(counter, 1) };
-        // SAFETY: smem is at least 4 bytes.
-        unsafe { shared::st_u32(smem, (old + 1 == last - first) as u32) };
-    }
-    thread::sync_threads();
-    // SAFETY: written above, before the barrier.
-    if unsafe { shared::ld_u32(smem) } == 0 {
-        return;
-    }
-    global::fence_gpu();
-    // SAFETY: all partials of (b, kvh) are written and fenced; smem is free again.
-    unsafe { merge_partials::<E, D>(p, b, kvh, first, last - first, tid, smem + 16) };
-    if tid == 0 {
-        // SAFETY: as above; resets the counter for the next launch.
-        unsafe { global::st_u32(counter, 0) };
-    }
-}
-
-/// Partials each thread keeps in flight while merging.
-const MERGE_UNROLL: usize = 8;
-
-/// Folds the `n` partial states of request `b` for the query heads of KV head `kvh` into o/lse.
-/// Warps take heads (normalised weights into smem); then each thread produces 4 output
-/// elements with [`MERGE_UNROLL`] independent 16-byte loads in flight. Loads are `.cg`: the
-/// partials were written by other CTAs of this launch.
-///
-/// # Safety
-/// Called by all 128 threads of the CTA; `smem` has room for `group × n` f32 weights
-/// (the host bounds n by [`crate::config::batch_decode::MAX_ITEMS_PER_REQUEST`]).
-#[inline(always)]
-pub(crate) unsafe fn merge_partials<E: Elem, const D: u32>(
-    p: &DecodeParams,
-    b: u32,
-    kvh: u32,
-    first: u32,
-    n: u32,
-    tid: u32,
-    smem: u32,
-) {
-    let g = p.group;
-    let hq0 = kvh * g;
-    let lane = tid % 32;
-    let mut h = tid / 32;
-    while h < g {
-        let hq = hq0 + h;
-        let lse_at = |c: u32| p.part_lse + (((first + c) * p.num_qo_heads + hq) as u64) * 4;
-        let mut m = f32::NEG_INFINITY;
-        let mut c = lane;
-        while c < n {
-            // SAFETY: c < n partials of this request.
-            m = fmax(m, unsafe { global::ld_cg_f32(lse_at(c)) });
-            c += 32;
-        }
-        let m = warp::group_max_f32(m, 32);
-        let mr = clamp_ref(m);
-        let mut sum = 0.0f32;
-        let mut c = lane;
-        while c < n {
-            // SAFETY: as above; weights of head h at smem[h·n ..].
-            unsafe {
-                let w = exp2(global::ld_cg_f32(lse_at(c)) - mr);
-                shared::st_f32(smem + (h * n + c) * 4, w);
-                sum += w;
-            }
-            c += 32;
-        }
-        let sum = warp::group_sum_f32(sum, 32);
-        let inv = if sum > 0.0 { rcp(sum) } else { 0.0 };
-        let mut c = lane;
-        while c < n {
-            // SAFETY: as above.
-            unsafe {
-                shared::st_f32(
-                    smem + (h * n + c) * 4,
-                    shared::ld_f32(smem + (h * n + c) * 4) * inv,
-                )
-            };
-            c += 32;
-        }
-        if lane == 0 && p.lse != 0 {
-            let lse = if sum > 0.0 {
-                m + log2(sum)
-            } else {
-                f32::NEG_INFINITY
-            };
-            // SAFETY: lse [batch, Hq].
-            unsafe { global::st_f32(p.lse + ((b * p.num_qo_heads + hq) as u64) * 4, lse) };
-        }
-        h += 4;
-    }
-    thread::sync_threads();
-    let items = g * (D / 4);
-    let mut it = tid;
-    while it < items {
-        let h = it / (D / 4);
-        let e0 = (it % (D / 4)) * 4;
-        let hq = hq0 + h;
-        let row = |c: u32| p.part_o + ((((first + c) * p.num_qo_heads + hq) * D + e0) as u64) * 4;
-        let mut acc = [0.0f32; 4];
-        let mut c = 0;
-        while c < n {
-            let mut w = [0.0f32; MERGE_UNROLL];
-            let mut v = [[0u32; 4]; MERGE_UNROLL];
-            for u in 0..MERGE_UNROLL {
-                let cc = c + u as u32;
-                if cc < n {
-                    // SAFETY: partial rows of this request; 16-byte aligned.
-                    unsafe {
-                        w[u] = shared::ld_f32(smem + (h * n + cc) * 4);
-                        v[u] = global::ld_cg_u32x4(row(cc));
-                    }
-                }
-            }
-            for u in 0..MERGE_UNROLL {
-                for e in 0..4 {
-                    acc[e] += w[u] * f32::from_bits(v[u][e]);
-                }
-            }
-            c += MERGE_UNROLL as u32;
-        }
-        let a = p.o + ((b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
-        // SAFETY: o extent validated; 8-byte aligned.
-        unsafe {
-            global::st_u32(a, E::pack2(acc[0], acc[1]));
-            global::st_u32(a + 4, E::pack2(acc[2], acc[3]));
-        }
-        it += cfg::THREADS;
-    }
-}
-
 macro_rules! decode_entries {
     ($($name:ident => $e:ty, $d:literal, $g:literal;)*) => {$(
         #[doc = concat!("Entry point: batch decode, ", stringify!($e), ", D = ", $d, ", group capacity ", $g, ".")]
@@ -578,7 +365,7 @@ macro_rules! decode_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { batch_decode::<$e, $d, $g>(&p) }
+            unsafe { batch_decode::<$e, ScaleSoftCap, $d, $g>(&p) }
         }
     )*};
 }

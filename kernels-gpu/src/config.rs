@@ -133,9 +133,9 @@ pub mod prefill_hopper {
     }
 }
 
-/// Decode row geometry (`kernels-gpu/src/batch_decode.rs`): lanes per K/V row, row slots,
-/// tokens per iteration, group capacities.
-pub mod single_decode {
+/// Row geometry of the CUDA-core decode (`kernels-gpu/src/batch_decode.rs`): lanes per K/V
+/// row, row slots, tokens per iteration, group capacities.
+pub mod decode_rows {
     /// Threads per CTA (4 warps).
     pub const THREADS: u32 = 128;
     /// Elements each thread loads per K/V row: one 16-byte vector of 16-bit values.
@@ -182,11 +182,15 @@ pub mod single_decode {
     }
 }
 
-/// Batch decode over page tables (`kernels-gpu/src/batch_decode.rs`): the single-decode row
-/// geometry (`single_decode::{THREADS, VEC, UNROLL, lanes_per_row, slots}`) plus a cp.async
+/// The former name of [`decode_rows`] (the host still imports it under this name).
+#[doc(hidden)]
+pub use decode_rows as single_decode;
+
+/// Batch decode over page tables (`kernels-gpu/src/batch_decode.rs`): the row geometry
+/// (`decode_rows::{THREADS, VEC, UNROLL, lanes_per_row, slots}`) plus a cp.async
 /// pipeline of `STAGES` tiles, each thread staging the rows it will itself consume.
 pub mod batch_decode {
-    use super::single_decode as sd;
+    use super::decode_rows as sd;
 
     /// Pipeline depth (tiles in flight per CTA, including the one being computed).
     pub const STAGES: u32 = 3;
@@ -225,22 +229,22 @@ mod tests {
     #[test]
     fn decode_geometry_is_consistent() {
         for d in HEAD_DIMS {
-            let lpr = single_decode::lanes_per_row(d);
+            let lpr = decode_rows::lanes_per_row(d);
             assert!(
                 lpr.is_power_of_two() && lpr <= 32,
                 "row lanes stay inside a warp"
             );
             assert_eq!(32 % lpr, 0);
-            assert_eq!(single_decode::slots(d) * lpr, single_decode::THREADS);
-            for g in single_decode::GROUPS {
-                assert!(single_decode::smem_bytes(d, g) <= 48 * 1024);
+            assert_eq!(decode_rows::slots(d) * lpr, decode_rows::THREADS);
+            for g in decode_rows::GROUPS {
+                assert!(decode_rows::smem_bytes(d, g) <= 48 * 1024);
             }
         }
         for g in 1..=8 {
-            let cap = single_decode::group_capacity(g).unwrap();
-            assert!(cap >= g && single_decode::GROUPS.contains(&cap));
+            let cap = decode_rows::group_capacity(g).unwrap();
+            assert!(cap >= g && decode_rows::GROUPS.contains(&cap));
         }
-        assert_eq!(single_decode::group_capacity(9), None);
-        assert_eq!(single_decode::group_capacity(0), None);
+        assert_eq!(decode_rows::group_capacity(9), None);
+        assert_eq!(decode_rows::group_capacity(0), None);
     }
 }

@@ -13,72 +13,21 @@
 //! O += P·V (V through `ldmatrix.trans`). The warps' states meet in shared memory at the end.
 use crate::abi::DecodeParams;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
-use crate::batch_decode::{ld_i32, load_work, merge_if_last, Work};
+use crate::attn::kv::copy_decode_tile;
+use crate::attn::logits::{Logits, ScaleSoftCap};
+use crate::attn::split::merge_if_last;
+use crate::attn::swizzle::swz;
+use crate::attn::tile::RegTile;
+use crate::attn::work::{load_decode_work, DecodeWork};
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
-use crate::math::fast::{exp2, fmax, log2, rcp, tanh};
+use crate::math::fast::{exp2, fmax};
 use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
-use crate::math::softmax::clamp_ref;
+use crate::math::softmax::{clamp_ref, State};
 
 const TILE: u32 = cfg::TILE;
 
-/// Byte offset of 16-byte chunk `c` of row `r` in a swizzled `[rows][D]` tile.
-#[inline(always)]
-const fn swz<const D: u32>(r: u32, c: u32) -> u32 {
-    r * D * 2 + ((c ^ (r % 8)) * 16)
-}
-
-/// Issues the cp.async copies of K and V tile `j` into stage `s` (one commit group).
-///
-/// # Safety
-/// As the kernel's contract; `smem` is the dynamic shared memory base.
-#[inline(always)]
-unsafe fn issue_tile<const D: u32>(
-    p: &DecodeParams,
-    kvh: u32,
-    begin: u32,
-    end: u32,
-    page_base: u32,
-    j: u32,
-    s: u32,
-    tid: u32,
-    smem: u32,
-) {
-    let chunks = D / 8;
-    let per_thread = TILE * chunks / cfg::THREADS;
-    let k_base = smem + s * cfg::stage_bytes(D);
-    let v_base = k_base + TILE * D * 2;
-    for i in 0..per_thread {
-        let idx = tid + i * cfg::THREADS;
-        let r = idx / chunks;
-        let c = idx % chunks;
-        let t = begin + j * TILE + r;
-        let valid = t < end;
-        let (mut ka, mut va) = (p.k_pool, p.v_pool);
-        if valid {
-            let (slot, entry) = p.page_size.divmod(t);
-            // SAFETY: t < end ≤ the request's length: its page slot exists.
-            let page = unsafe { ld_i32(p.kv_indices, page_base + slot) } as u64;
-            ka = p.k_pool
-                + (page * p.k_stride_page
-                    + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)
-                    * 2;
-            va = p.v_pool
-                + (page * p.v_stride_page
-                    + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64)
-                    * 2;
-        }
-        let n = if valid { 16 } else { 0 };
-        // SAFETY: destinations inside the stage; sources valid or zero-byte.
-        unsafe {
-            pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, n);
-            pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, n);
-        }
-    }
-    pipeline::commit_group();
-}
-
-/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps).
+/// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps: `attn::traits`).
 ///
 /// # Safety
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
@@ -86,6 +35,7 @@ unsafe fn issue_tile<const D: u32>(
 #[inline(always)]
 unsafe fn decode_tc<
     E: Elem,
+    L: Logits,
     const D: u32,
     const NT: usize,
     const KS: usize,
@@ -100,20 +50,20 @@ unsafe fn decode_tc<
     let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
     // SAFETY: as the kernel's contract.
-    let Some(Work {
+    let Some(DecodeWork {
         b,
         begin,
         end,
         first,
         last,
         page_base,
-    }) = (unsafe { load_work(p) })
+    }) = (unsafe { load_decode_work(p) })
     else {
         return;
     };
     let split = last - first > 1;
     let g = p.group;
-    let tf = p.logit;
+    let logits = L::new(p.logit);
     let smem = shared::dyn_smem_base();
     let tiles = (end - begin).div_ceil(TILE);
     // Prologue: the first STAGES − 1 tiles in flight (one commit group each, empty past the
@@ -121,8 +71,8 @@ unsafe fn decode_tc<
     if tiles > 0 {
         for t in 0..STAGES - 1 {
             if t < tiles {
-                // SAFETY: see issue_tile.
-                unsafe { issue_tile::<D>(p, kvh, begin, end, page_base, t, t, tid, smem) };
+                // SAFETY: see copy_decode_tile.
+                unsafe { copy_decode_tile::<D>(p, kvh, begin, end, page_base, t, t, tid, smem) };
             } else {
                 pipeline::commit_group();
             }
@@ -143,7 +93,7 @@ unsafe fn decode_tc<
         }
     }
 
-    let mut o = [[0.0f32; 4]; NT];
+    let mut o = RegTile::<f32, NT>::splat(0.0);
     // Running state of the lane's two rows (g_ = lane/4 and g_ + 8): max and partial sum.
     let mut m = [f32::NEG_INFINITY; 2];
     let mut d = [0.0f32; 2];
@@ -152,10 +102,10 @@ unsafe fn decode_tc<
     while j < tiles {
         let ahead = j + STAGES - 1;
         if ahead < tiles {
-            // SAFETY: see issue_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
+            // SAFETY: see copy_decode_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
             // the barrier ending iteration j − 1.
             unsafe {
-                issue_tile::<D>(
+                copy_decode_tile::<D>(
                     p,
                     kvh,
                     begin,
@@ -178,33 +128,27 @@ unsafe fn decode_tc<
         let row0 = w * 16;
 
         // S = Q·Kᵀ for this warp's 16 tokens (two n-tiles of 8).
-        let mut s0 = [0.0f32; 4];
-        let mut s1 = [0.0f32; 4];
+        let mut s = RegTile::<f32, 2>::splat(0.0);
         let (bn, bk) = ldmatrix_bt_x4_src(lane);
         for (kk, a) in qa.iter().enumerate() {
             let r = row0 + bn;
             let addr = k_base + swz::<D>(r, (kk as u32 * 16 + bk) / 8);
             // SAFETY: inside the stage; warp-convergent.
             let kb = unsafe { ldmatrix::ldmatrix_x4(addr) };
-            s0 = E::mma(*a, [kb[0], kb[1]], s0);
-            s1 = E::mma(*a, [kb[2], kb[3]], s1);
+            s.mma_pair::<E>(0, *a, kb);
         }
 
-        // Online softmax on the fragments: element e of s0/s1 is row gq + 8(e/2), token
-        // 2tq + (e%2) (+8 for s1).
+        // Online softmax on the fragments: element e of n-tile nt is row gq + 8(e/2), token
+        // 2tq + (e%2) + 8nt.
         let tok0 = begin + j * TILE + row0;
         let mut x = [[0.0f32; 4]; 2]; // [row half][4 tokens]
         for e in 0..4 {
             let half = e / 2;
             let c = (e % 2) as u32;
-            let raw = [s0[e], s1[e]];
+            let raw = [s.0[0][e], s.0[1][e]];
             for (nt, &sv) in raw.iter().enumerate() {
                 let tok = tok0 + 2 * tq + c + 8 * nt as u32;
-                let v = if tf.soft_cap != 0 {
-                    tf.post * tanh(sv * tf.pre)
-                } else {
-                    sv * tf.pre
-                };
+                let v = logits.logit(sv);
                 x[half][(nt * 2) + c as usize] = if tok < end { v } else { f32::NEG_INFINITY };
             }
         }
@@ -225,12 +169,7 @@ unsafe fn decode_tc<
             d[h] = d[h] * r_scale[h] + sum;
             m[h] = m_new;
         }
-        for ot in o.iter_mut() {
-            ot[0] *= r_scale[0];
-            ot[1] *= r_scale[0];
-            ot[2] *= r_scale[1];
-            ot[3] *= r_scale[1];
-        }
+        o.scale_rows(r_scale);
         // P as the A operand: reg0 (row gq, tokens 2tq..), reg1 (row gq+8, ..), reg2 (row gq,
         // tokens 8+2tq..), reg3 (row gq+8, 8+2tq..).
         let pa = [
@@ -247,8 +186,7 @@ unsafe fn decode_tc<
             let addr = v_base + swz::<D>(r, (np as u32 * 16 + vn) / 8);
             // SAFETY: inside the stage; warp-convergent.
             let vb = unsafe { ldmatrix::ldmatrix_x4_trans(addr) };
-            o[2 * np] = E::mma(pa, [vb[0], vb[1]], o[2 * np]);
-            o[2 * np + 1] = E::mma(pa, [vb[2], vb[3]], o[2 * np + 1]);
+            o.mma_pair::<E>(2 * np, pa, vb);
             np += 1;
         }
         // Every warp is done with this stage before the next iteration refills it.
@@ -266,7 +204,7 @@ unsafe fn decode_tc<
     thread::sync_threads();
     let m_off = smem + 4 * 16 * D * 4;
     let d_off = m_off + 4 * 16 * 4;
-    for (nt, ot) in o.iter().enumerate() {
+    for (nt, ot) in o.0.iter().enumerate() {
         for e in 0..4 {
             let row = gq + 8 * (e as u32 / 2);
             let col = nt as u32 * 8 + 2 * tq + (e as u32 % 2);
@@ -311,15 +249,12 @@ unsafe fn decode_tc<
                 }
             }
         }
-        let inv = if tot > 0.0 { rcp(tot) } else { 0.0 };
+        let merged = State { m: mm, d: tot };
+        let inv = merged.inv_denominator();
         for a in acc.iter_mut() {
             *a *= inv;
         }
-        let lse = if tot > 0.0 {
-            mm + log2(tot)
-        } else {
-            f32::NEG_INFINITY
-        };
+        let lse = merged.lse();
         let hq = hq0 + row;
         // SAFETY: host-validated extents; 16-byte (partials) / 8-byte (o) aligned.
         unsafe {
@@ -356,22 +291,26 @@ unsafe fn decode_tc<
 }
 
 macro_rules! decode_tc_entries {
-    ($($name:ident => $e:ty, $d:literal, $nt:literal, $ks:literal;)*) => {$(
+    ($($name:ident => $e:ty, $d:literal;)*) => {$(
         #[doc = concat!("Entry point: tensor-core batch decode, ", stringify!($e), ", D = ", $d, ".")]
         ///
         /// # Safety
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
+            use crate::attn::traits::{Dim, HeadDim};
+            const NT: usize = <Dim<$d> as HeadDim>::NT;
+            const KS: usize = <Dim<$d> as HeadDim>::KS;
+            const STAGES: u32 = cfg::stages($d);
             // SAFETY: forwarded launch contract.
-            unsafe { decode_tc::<$e, $d, $nt, $ks, { cfg::stages($d) }, { cfg::stages($d) - 1 }>(&p) }
+            unsafe { decode_tc::<$e, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(&p) }
         }
     )*};
 }
 
 decode_tc_entries! {
-    decode_tc_f16_d64 => F16, 64, 8, 4;
-    decode_tc_f16_d128 => F16, 128, 16, 8;
-    decode_tc_bf16_d64 => Bf16, 64, 8, 4;
-    decode_tc_bf16_d128 => Bf16, 128, 16, 8;
+    decode_tc_f16_d64 => F16, 64;
+    decode_tc_f16_d128 => F16, 128;
+    decode_tc_bf16_d64 => Bf16, 64;
+    decode_tc_bf16_d128 => Bf16, 128;
 }

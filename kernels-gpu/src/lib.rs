@@ -8,7 +8,9 @@
 //! | [`kernel_key`] | host + device | typed entry-point names ([`kernel_key::KernelKey`])       |
 //! | [`math`]    | host + device  | online softmax, state merge, chunking arithmetic                |
 //! | `arch`      | device only    | thin intrinsics layer over inline PTX                           |
-//! | `decode`... | device only    | kernel bodies and their `extern "ptx-kernel"` entry points      |
+//! | `attn`      | device (its pure parts also host-tested) | the attention core every attention kernel composes (work items, |
+//! |             |                | mask, logits, register tile, softmax state, epilogue, loaders)  |
+//! | `batch_decode`, `decode_tc`, `prefill`, `prefill_hopper`... | device only | kernel bodies and their `extern "ptx-kernel"` entry points (they import `attn`, never each other) |
 //! | `model`     | device only    | RMSNorm, QKV split + RoPE, SiLU-and-mul, gather, argmax, cast   |
 //!
 //! The host crate (`ferrinfer`) links this crate with feature `std` for the ABI structs and the
@@ -33,6 +35,7 @@ pub mod math;
 mod append;
 #[cfg(target_arch = "nvptx64")]
 pub mod arch;
+mod attn;
 #[cfg(target_arch = "nvptx64")]
 mod batch_decode;
 #[cfg(target_arch = "nvptx64")]

@@ -1,5 +1,6 @@
 //! Attention-state merge: `(o, lse)` pairs computed over disjoint key sets combine into the
-//! state over their union (DESIGN.md §1). The public `merge_state`/`merge_states` ops and the
+//! state over their union: with base-2 lse values, `lse = log2(2^lse_a + 2^lse_b)` and
+//! `o = 2^(lse_a − lse)·o_a + 2^(lse_b − lse)·o_b` (`math::softmax::merge_weights`). The public `merge_state`/`merge_states` ops and the
 //! split-KV merge of batch prefill run these kernels. Host twin: `host/src/ops/merge.rs`.
 //!
 //! One warp per (row, head); lane `l` owns elements `[l·V, l·V + V)` of the head (`V = D/32`).

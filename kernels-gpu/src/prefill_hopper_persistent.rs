@@ -1,4 +1,4 @@
-//! The persistent form of the Hopper prefill (`prefill_hopper`): one CTA per SM runs a list of
+//! The persistent form of the Hopper prefill (`prefill_hopper.rs`): one CTA per SM runs a list of
 //! work units — (query tile, KV chunk, KV head) — that the host's scheduler (`plan::units`)
 //! assigned to it, longest first, instead of one CTA per unit. The producer warpgroup runs one
 //! unit ahead: the next unit's first K/V tile and its Q tile load while the consumers finish
@@ -7,7 +7,7 @@
 //! units; Q has its own pair of barriers (`q_full` when a unit's Q landed, `q_empty` when the
 //! consumers' score products of the unit are done).
 //!
-//! Each consumer step is the merged kernel's ([`step`]); what differs is around it: the
+//! Each consumer step is the merged kernel's (`attn::hopper::step`); what differs is around it: the
 //! unit loop, a ring position carried across units (kept warp-uniform, see [`Ring`]), and a
 //! branch-free epilogue. Per step it is a few per cent slower than the merged kernel (measured,
 //! docs/perf-notes.md), so the host picks it only where start-up dominates: short items
@@ -16,15 +16,20 @@
 use crate::abi::{PrefillParams, PrefillRequest};
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
+use crate::attn::hopper::load::{copy_q, load_kv};
+use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr};
+use crate::attn::hopper::step::{step_for, Acc, Step, TileCtx};
+use crate::attn::hopper::{
+    hopper_entries, issue_pv, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE,
+};
+use crate::attn::kv::{KvRows, Paged, Ragged};
+use crate::attn::logits::Logits;
+use crate::attn::mask::{Mask, QueryTile};
+use crate::attn::work::{cta_kv_head, cta_work, load_item};
 use crate::config::prefill_hopper as cfg;
 use crate::dtype::{Bf16, F16};
 use crate::math::fast::{log2, rcp};
 use crate::math::wgmma_layout::ROW_BYTES;
-use crate::prefill::{cta_kv_head, cta_work, load_item, KvRows, Paged, Ragged};
-use crate::prefill_hopper::{
-    copy_q, hopper_entries, issue_pv, load_kv, stage_v, step_for, Acc, Barriers, MapsAddr, Step,
-    TileCtx, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE,
-};
 
 /// A CTA's work units: with persistent units (`PrefillParams::units`) the CTA's slice of the
 /// planner's list, run in order; otherwise the one unit of the grid `(num_kv_heads, items)`.
@@ -89,42 +94,26 @@ impl Unit {
     /// # Safety
     /// As [`load_item`].
     #[inline(always)]
-    unsafe fn load(p: &PrefillParams, work: u32) -> Option<(PrefillRequest, Self)> {
+    unsafe fn load<Mk: Mask>(p: &PrefillParams, work: u32) -> Option<(PrefillRequest, Self)> {
         // SAFETY: forwarded contract.
         let (req, item) = unsafe { load_item(p, work) }?;
-        let t0 = item.t0;
-        let tokens = p.tile_tokens.min(req.qo_len - t0);
-        let offset = req.kv_len - req.qo_len;
-        let pos_first = offset + t0;
-        let pos_last = offset + t0 + tokens - 1;
-        let nat_end = if p.causal != 0 {
-            (pos_last + 1).min(req.kv_len)
-        } else {
-            req.kv_len
-        };
-        let nat_begin = if p.window_left != u32::MAX {
-            pos_first.saturating_sub(p.window_left)
-        } else {
-            0
-        };
-        let kv_end = nat_end.min(item.kv_end);
-        let kv_begin = nat_begin.max(item.kv_begin);
+        let qt = QueryTile::<Mk>::new(p, &req, &item);
         // At least one tile: an empty range (never planned, but possible in principle) runs one
         // fully masked tile, so every unit has the same shape of pipeline (see `consume_unit`).
-        let tiles = if kv_end > kv_begin {
-            (kv_end - kv_begin).div_ceil(TILE)
+        let tiles = if qt.kv_end > qt.kv_begin {
+            (qt.kv_end - qt.kv_begin).div_ceil(TILE)
         } else {
             1
         };
         Some((
             req,
             Self {
-                t0,
-                rows_total: tokens * p.group.d,
-                pos_first,
-                pos_last,
-                kv_begin,
-                kv_end,
+                t0: qt.t0,
+                rows_total: qt.tokens * p.group.d,
+                pos_first: qt.pos_first,
+                pos_last: qt.pos_last,
+                kv_begin: qt.kv_begin,
+                kv_end: qt.kv_end,
                 tiles,
             },
         ))
@@ -182,7 +171,7 @@ impl Ring {
 /// As the kernel's contract; called by the third warpgroup only, after the barriers were
 /// initialised.
 #[inline(always)]
-unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
+unsafe fn produce<R: KvRows, Mk: Mask, M: MapsAddr, const D: u32>(
     p: &PrefillParams,
     pid: u32,
     q_smem: u32,
@@ -206,7 +195,7 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
         // SAFETY: k is one of the CTA's units.
         let (kvh, work) = unsafe { Units::get(p, k) };
         // SAFETY: as the kernel's contract (the consumers stop at the same unit).
-        let Some((req, u)) = (unsafe { Unit::load(p, work) }) else {
+        let Some((req, u)) = (unsafe { Unit::load::<Mk>(p, work) }) else {
             break;
         };
         // The unit's first K/V tile goes ahead of its Q (it only needs a free stage; Q waits
@@ -264,7 +253,8 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
 }
 
 /// The kernel body (`ON = D/2` output accumulators per thread, `KS = D/16` k-steps of the score
-/// product; `FOLD`: plain softmax with a positive scale, see [`softmax`]).
+/// product, both from `attn::traits`; `FOLD`: plain softmax with a positive scale, see
+/// `attn::hopper::step`).
 ///
 /// # Safety
 /// Block 384, dynamic smem `config::prefill_hopper::smem_bytes(D)`; grid `(num_kv_heads,
@@ -275,6 +265,8 @@ unsafe fn produce<R: KvRows, M: MapsAddr, const D: u32>(
 unsafe fn prefill<
     R: KvRows,
     E: WgmmaElem,
+    Mk: Mask,
+    L: Logits,
     const D: u32,
     const ON: usize,
     const KS: usize,
@@ -300,7 +292,7 @@ unsafe fn prefill<
     if w >= CONSUMER_WARPS {
         wgmma::setmaxnreg_dec::<{ cfg::PERSISTENT_PRODUCER_REGS }>();
         // SAFETY: as the kernel's contract; the barriers are initialised (above).
-        unsafe { produce::<R, M, D>(p, tid - 32 * CONSUMER_WARPS, q_smem, bars, maps) };
+        unsafe { produce::<R, Mk, M, D>(p, tid - 32 * CONSUMER_WARPS, q_smem, bars, maps) };
         return;
     }
     wgmma::setmaxnreg_inc::<{ cfg::PERSISTENT_CONSUMER_REGS }>();
@@ -321,14 +313,14 @@ unsafe fn prefill<
         // SAFETY: k is one of the CTA's units.
         let (kvh, work) = unsafe { Units::get(p, k) };
         // SAFETY: as the kernel's contract.
-        let Some((_, u)) = (unsafe { Unit::load(p, work) }) else {
+        let Some((_, u)) = (unsafe { Unit::load::<Mk>(p, work) }) else {
             break;
         };
         // SAFETY: initialised barrier; the producers' Q copies of this unit.
         unsafe { mbarrier::wait(bars.q_full(), (k - units.begin) % 2) };
         // SAFETY: as the kernel's contract; n is the producer's ring position at this unit.
         unsafe {
-            consume_unit::<R, E, D, ON, KS, FOLD>(p, &u, kvh, work, &mut ring, tid, q_wg, bars)
+            consume_unit::<E, Mk, L, D, ON, KS, FOLD>(p, &u, kvh, work, &mut ring, tid, q_wg, bars)
         };
         k += 1;
     }
@@ -349,8 +341,9 @@ unsafe fn prefill<
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn consume_unit<
-    R: KvRows,
     E: WgmmaElem,
+    Mk: Mask,
+    L: Logits,
     const D: u32,
     const ON: usize,
     const KS: usize,
@@ -369,13 +362,8 @@ unsafe fn consume_unit<
     let w = tid / 32;
     let (gq, tq) = (lane / 4, lane % 4);
     let g = p.group.d;
-    let window = p.window_left;
-    let causal = p.causal != 0;
-    let win_last = if window != u32::MAX {
-        u.pos_last.saturating_sub(window)
-    } else {
-        0
-    };
+    let mask = Mk::new(p);
+    let all_from = mask.all_from(u.pos_last);
     let row0 = w * 16;
     let kv_smem = bars.base - cfg::STAGES * 2 * TILE * D * 2;
     // Warp-uniform to ptxas (see `Ring`): the KV loop's exit then is, and the ring position
@@ -389,23 +377,13 @@ unsafe fn consume_unit<
         row0,
         gq,
         tq,
-        causal,
-        window,
-        tf: p.logit,
+        mask,
+        logits: L::new(p.logit),
         group: p.group,
     };
-    let masked = |j: u32| {
-        let base = kv_begin + j * TILE;
-        base + TILE > u.kv_end || (causal && base + TILE - 1 > u.pos_first) || base < win_last
-    };
-    let mut acc = Acc {
-        o: [0.0f32; ON],
-        m: [f32::NEG_INFINITY; 2],
-        d: [0.0f32; 2],
-        s: [[0.0f32; 4]; 16],
-        r: [1.0f32; 2],
-        pa: [[0u32; 4]; 8],
-    };
+    let masked =
+        |j: u32| mask.tile_masked(kv_begin + j * TILE, TILE, u.kv_end, u.pos_first, all_from);
+    let mut acc = Acc::<ON>::new();
     // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
     // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
     let mut j = 0;
@@ -424,7 +402,16 @@ unsafe fn consume_unit<
         };
         // SAFETY: as the kernel's contract.
         unsafe {
-            step_for::<E, D, ON, KS, FOLD>(j == 0, masked(j), &t, &st, &mut acc, tid, q_wg, kv_smem)
+            step_for::<E, Mk, L, D, ON, KS, FOLD>(
+                j == 0,
+                masked(j),
+                &t,
+                &st,
+                &mut acc,
+                tid,
+                q_wg,
+                kv_smem,
+            )
         };
         ring.advance();
         j += 1;
@@ -458,9 +445,7 @@ unsafe fn consume_unit<
             unsafe { mbarrier::arrive(bars.empty(last)) };
         }
     }
-    let Acc {
-        mut o, m, mut d, ..
-    } = acc;
+    let Acc { mut o, mut st, .. } = acc;
     // SAFETY: as above (the same unit as at the start; reloaded instead of kept live).
     let Some((req, item)) = (unsafe { load_item(p, work) }) else {
         return;
@@ -471,19 +456,17 @@ unsafe fn consume_unit<
     // their lane-only parts out of the unit loop, dozens of registers live across it.
     let lane = crate::arch::opaque::opaque_u32(tid % 32);
     let (gq, tq, row0) = (lane / 4, lane % 4, (tid / 32) * 16);
-    for dh in d.iter_mut() {
-        *dh += warp::shfl_xor_f32(*dh, 1);
-        *dh += warp::shfl_xor_f32(*dh, 2);
-    }
+    st.reduce_quad();
     // Straight-line from here (rows past the tile are predicated stores, not branches): with
     // branches around the stores the unit loop kept O and the addresses live across them, and
     // ptxas spilled and serialised the `wgmma`s.
     let mut inv = [0.0f32; 2];
     let mut lse = [f32::NEG_INFINITY; 2];
     for hh in 0..2 {
-        if d[hh] > 0.0 {
-            inv[hh] = rcp(d[hh]);
-            lse[hh] = m[hh] + log2(d[hh]);
+        let (m, d) = (st.m[hh], st.d[hh]);
+        if d > 0.0 {
+            inv[hh] = rcp(d);
+            lse[hh] = m + log2(d);
         }
     }
     // Normalised in place; a unit that saw no key writes zeros (d = 0, inv = 0).
@@ -540,16 +523,16 @@ unsafe fn consume_unit<
 
 hopper_entries! {
     prefill, "persistent Hopper";
-    prefill_ragged_f16_d64_hp => Ragged, F16, 64, 32, 4, cp_async;
-    prefill_ragged_f16_d128_hp => Ragged, F16, 128, 64, 8, cp_async;
-    prefill_ragged_bf16_d64_hp => Ragged, Bf16, 64, 32, 4, cp_async;
-    prefill_ragged_bf16_d128_hp => Ragged, Bf16, 128, 64, 8, cp_async;
-    prefill_ragged_f16_d64_hpt => Ragged, F16, 64, 32, 4, tma;
-    prefill_ragged_f16_d128_hpt => Ragged, F16, 128, 64, 8, tma;
-    prefill_ragged_bf16_d64_hpt => Ragged, Bf16, 64, 32, 4, tma;
-    prefill_ragged_bf16_d128_hpt => Ragged, Bf16, 128, 64, 8, tma;
-    prefill_paged_f16_d64_hp => Paged, F16, 64, 32, 4, cp_async;
-    prefill_paged_f16_d128_hp => Paged, F16, 128, 64, 8, cp_async;
-    prefill_paged_bf16_d64_hp => Paged, Bf16, 64, 32, 4, cp_async;
-    prefill_paged_bf16_d128_hp => Paged, Bf16, 128, 64, 8, cp_async;
+    prefill_ragged_f16_d64_hp => Ragged, F16, 64, cp_async;
+    prefill_ragged_f16_d128_hp => Ragged, F16, 128, cp_async;
+    prefill_ragged_bf16_d64_hp => Ragged, Bf16, 64, cp_async;
+    prefill_ragged_bf16_d128_hp => Ragged, Bf16, 128, cp_async;
+    prefill_ragged_f16_d64_hpt => Ragged, F16, 64, tma;
+    prefill_ragged_f16_d128_hpt => Ragged, F16, 128, tma;
+    prefill_ragged_bf16_d64_hpt => Ragged, Bf16, 64, tma;
+    prefill_ragged_bf16_d128_hpt => Ragged, Bf16, 128, tma;
+    prefill_paged_f16_d64_hp => Paged, F16, 64, cp_async;
+    prefill_paged_f16_d128_hp => Paged, F16, 128, cp_async;
+    prefill_paged_bf16_d64_hp => Paged, Bf16, 64, cp_async;
+    prefill_paged_bf16_d128_hp => Paged, Bf16, 128, cp_async;
 }

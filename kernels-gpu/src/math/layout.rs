@@ -1,4 +1,6 @@
-//! Paged-KV addressing (DESIGN.md §2): where token `t` of a sequence lives in the page pool.
+//! Paged-KV addressing: where token `t` of a sequence lives in the page pool. A sequence's
+//! pages are listed in CSR form (`indptr`, `indices`, `last_page_len`, FlashInfer's names);
+//! token `t` is entry `t % page_size` of page `indices[indptr[seq] + t / page_size]`.
 //!
 //! A page holds `page_size` tokens × `num_heads` heads × `head_dim` elements, laid out NHD
 //! (`[page_size, heads, head_dim]`) or HND (`[heads, page_size, head_dim]`); K and V pools are

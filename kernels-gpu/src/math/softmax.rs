@@ -1,6 +1,6 @@
 //! Online softmax in base 2, and the merge of attention states.
 //!
-//! Notation (see ../shared/DESIGN.md §3.2 and §6): logits are kept in the *scaled base-2 domain*,
+//! Notation: logits are kept in the *scaled base-2 domain*,
 //! `x_j = t_j · log2(e)` where `t_j` is the transformed logit (`sm_scale · q·k_j`, optionally
 //! soft-capped). A running [`State`] holds `m = max_j x_j` and `d = Σ_j 2^(x_j − m)`; the output
 //! accumulator `o = Σ_j 2^(x_j − m) v_j` lives beside it (in registers on the device). Finalising
@@ -10,7 +10,8 @@
 //! before subtracting, so `−inf − (−inf)` never appears and an all-masked row stays empty
 //! (o = 0, lse = −inf) without NaN.
 //!
-//! Device users: `kernels-gpu/src/decode.rs`, `merge.rs`; host users: the CPU backend.
+//! Device users: `attn::state` and `attn::split` (the attention kernels), `merge.rs`; host
+//! users: the CPU backend.
 
 use super::fast::{exp2, fmax, log2, rcp, tanh};
 
@@ -149,7 +150,8 @@ impl State {
 /// Weights for merging *normalised* states given by their base-2 lse values.
 ///
 /// Returns `(w_a, w_b, lse)` with `o = w_a·o_a + w_b·o_b` and `w_a + w_b = 1` (both 0 and
-/// `lse = −inf` when both inputs are empty). This is `merge_state` of DESIGN.md §6.
+/// `lse = −inf` when both inputs are empty). This is the merge of two attention states over
+/// disjoint key sets (FlashInfer's `merge_state`).
 #[inline(always)]
 pub fn merge_weights(lse_a: f32, lse_b: f32) -> (f32, f32, f32) {
     let m = fmax(lse_a, lse_b);
