@@ -182,10 +182,6 @@ pub mod decode_rows {
     }
 }
 
-/// The former name of [`decode_rows`] (the host still imports it under this name).
-#[doc(hidden)]
-pub use decode_rows as single_decode;
-
 /// Batch decode over page tables (`kernels-gpu/src/batch_decode.rs`): the row geometry
 /// (`decode_rows::{THREADS, VEC, UNROLL, lanes_per_row, slots}`) plus a cp.async
 /// pipeline of `STAGES` tiles, each thread staging the rows it will itself consume.

@@ -9,7 +9,7 @@
 //! Device side: `kernels-gpu/src/batch_decode.rs`. Single-request decode on contiguous K/V is the
 //! same kernel with one page spanning the sequence ([`crate::ops::SingleDecode`]).
 use ferrinfer_kernels::abi::DecodeParams;
-use ferrinfer_kernels::config::{batch_decode as bcfg, decode_tc as tccfg, single_decode as cfg};
+use ferrinfer_kernels::config::{batch_decode as bcfg, decode_rows as cfg, decode_tc as tccfg};
 use ferrinfer_kernels::kernel_key::KernelKey;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
