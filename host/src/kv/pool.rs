@@ -13,6 +13,7 @@ use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::ops::kv_copy::{self, append_variant, upload_parts, CopyKernels, RowsAddr};
 use crate::runtime::{DeviceBuffer, Gpu};
+use ferrinfer_kernels::math::layout::PageStrides;
 
 const OP: &str = "kv_pool";
 
@@ -141,6 +142,32 @@ impl<T: Float16> KvPool<T> {
     /// Device K and V pools (for attention kernels), if this is a device pool.
     pub fn device_buffers(&self) -> Option<(&DeviceBuffer<T>, &DeviceBuffer<T>)> {
         self.storage.device().map(|d| (&d.k, &d.v))
+    }
+
+    /// What a paged attention run reads, checked: the pool has the geometry its plan was made
+    /// for (`planned`: page size and page count), `heads`' KV heads, and lives in `gpu`'s
+    /// context. Returns the K and V pools and the kernels' page strides.
+    pub(crate) fn attention_view(
+        &self,
+        op: &'static str,
+        gpu: &Gpu,
+        heads: &crate::heads::HeadConfig,
+        planned: (usize, usize),
+    ) -> Result<(&DeviceBuffer<T>, &DeviceBuffer<T>, PageStrides)> {
+        let c = &self.cfg;
+        if (c.page_size, c.num_pages) != planned {
+            return Err(Error::invalid(
+                op,
+                "plan",
+                "the plan was made for a pool of another geometry",
+            ));
+        }
+        crate::validate::pool_heads(op, c, heads)?;
+        let (k, v) = self
+            .device_buffers()
+            .ok_or_else(|| Error::invalid(op, "pool", "a GPU pool is required"))?;
+        gpu.check_buffer(op, k)?;
+        Ok((k, v, c.strides()))
     }
 
     /// Host K and V pools, if this is a CPU pool.

@@ -209,27 +209,15 @@ impl BatchPrefill {
                 "a ragged plan run on a paged pool",
             ));
         }
-        let c = pool.config();
-        if c.page_size != plan.page_size || c.num_pages != plan.num_pages_seen {
-            return Err(Error::invalid(
-                OP,
-                "plan",
-                "the plan was made for a pool of another geometry",
-            ));
-        }
-        validate::pool_heads(OP, c, &self.heads)?;
-        let (k, v) = pool
-            .device_buffers()
-            .ok_or_else(|| Error::invalid(OP, "pool", "a GPU pool is required"))?;
-        self.gpu.check_buffer(OP, k)?;
-        let st = c.strides();
+        let planned = (plan.page_size, plan.num_pages_seen);
+        let (k, v, st) = pool.attention_view(OP, &self.gpu, &self.heads, planned)?;
         let kv = KvAddr {
             k: k.addr(),
             v: v.addr(),
             stride_page: st.stride_page as u64,
             stride_n: st.stride_n,
             stride_h: st.stride_h,
-            page_size: c.page_size as u32,
+            page_size: plan.page_size as u32,
         };
         self.launch(plan, KvKind::Paged, kv, q, out, lse)
     }
