@@ -91,6 +91,31 @@ impl Tally {
     }
 }
 
+/// One launch of a family: draws its configuration and `cases` cases, runs, checks, tallies.
+type Launch = fn(&Gpu, &mut StdRng, usize, &mut Tally);
+
+/// Runs launches of one family, bf16 or f16 at random, until [`target_cases`] cases ran;
+/// `per_launch` bounds the cases of each launch.
+fn sweep(
+    gpu: &Gpu,
+    family: u64,
+    name: &str,
+    per_launch: impl Fn(&mut StdRng) -> usize,
+    [bf16_launch, f16_launch]: [Launch; 2],
+) {
+    let (started, mut t, mut r) = (Instant::now(), Tally::default(), rng(sweep_seed(family)));
+    while t.cases < target_cases() {
+        let cases = (target_cases() - t.cases).min(per_launch(&mut r));
+        let launch = if r.random_bool(0.5) {
+            bf16_launch
+        } else {
+            f16_launch
+        };
+        launch(gpu, &mut r, cases, &mut t);
+    }
+    t.finish(name, started);
+}
+
 /// Head geometry: D 64/128/256, group 1–8, 1–2 KV heads.
 fn draw_heads(r: &mut StdRng) -> HeadConfig {
     let d = *[64usize, 128, 256].choose(r).unwrap();
@@ -223,16 +248,13 @@ fn gpu_sweep_batch_decode() {
     let Some(gpu) = gpu_or_skip("gpu_sweep_batch_decode") else {
         return;
     };
-    let (started, mut t, mut r) = (Instant::now(), Tally::default(), rng(sweep_seed(1)));
-    while t.cases < target_cases() {
-        let batch = (target_cases() - t.cases).min(256);
-        if r.random_bool(0.5) {
-            decode_launch::<bf16>(&gpu, &mut r, batch, &mut t);
-        } else {
-            decode_launch::<f16>(&gpu, &mut r, batch, &mut t);
-        }
-    }
-    t.finish("batch decode", started);
+    sweep(
+        &gpu,
+        1,
+        "batch decode",
+        |_| 256,
+        [decode_launch::<bf16>, decode_launch::<f16>],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,16 +371,13 @@ fn gpu_sweep_batch_prefill() {
     let Some(gpu) = gpu_or_skip("gpu_sweep_batch_prefill") else {
         return;
     };
-    let (started, mut t, mut r) = (Instant::now(), Tally::default(), rng(sweep_seed(2)));
-    while t.cases < target_cases() {
-        let batch = (target_cases() - t.cases).min(96);
-        if r.random_bool(0.5) {
-            prefill_launch::<bf16>(&gpu, &mut r, batch, &mut t);
-        } else {
-            prefill_launch::<f16>(&gpu, &mut r, batch, &mut t);
-        }
-    }
-    t.finish("batch prefill", started);
+    sweep(
+        &gpu,
+        2,
+        "batch prefill",
+        |_| 96,
+        [prefill_launch::<bf16>, prefill_launch::<f16>],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,16 +506,13 @@ fn gpu_sweep_append() {
     let Some(gpu) = gpu_or_skip("gpu_sweep_append") else {
         return;
     };
-    let (started, mut t, mut r) = (Instant::now(), Tally::default(), rng(sweep_seed(3)));
-    while t.cases < target_cases() {
-        let batch = (target_cases() - t.cases).min(512);
-        if r.random_bool(0.5) {
-            append_launch::<bf16>(&gpu, &mut r, batch, &mut t);
-        } else {
-            append_launch::<f16>(&gpu, &mut r, batch, &mut t);
-        }
-    }
-    t.finish("append", started);
+    sweep(
+        &gpu,
+        3,
+        "append",
+        |_| 512,
+        [append_launch::<bf16>, append_launch::<f16>],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,14 +589,11 @@ fn gpu_sweep_merge() {
     let Some(gpu) = gpu_or_skip("gpu_sweep_merge") else {
         return;
     };
-    let (started, mut t, mut r) = (Instant::now(), Tally::default(), rng(sweep_seed(4)));
-    while t.cases < target_cases() {
-        let rows = (target_cases() - t.cases).min(r.random_range(1..1200));
-        if r.random_bool(0.5) {
-            merge_launch::<bf16>(&gpu, &mut r, rows, &mut t);
-        } else {
-            merge_launch::<f16>(&gpu, &mut r, rows, &mut t);
-        }
-    }
-    t.finish("merge", started);
+    sweep(
+        &gpu,
+        4,
+        "merge",
+        |r| r.random_range(1..1200),
+        [merge_launch::<bf16>, merge_launch::<f16>],
+    );
 }
