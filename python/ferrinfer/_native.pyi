@@ -2,9 +2,9 @@
 ``ferrinfer._tensor.view``; outputs are written in place. Options: ``sm_scale`` None = 1/sqrt(D),
 ``soft_cap`` None = off, ``window_left`` None = no window."""
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
-Descriptor = Tuple[str, int, Tuple[int, ...], Tuple[int, ...], str, str, int, bool]
+Descriptor = Tuple[str, int, Tuple[int, ...], Tuple[int, ...], str, str, int, bool, Any]
 
 __version__: str
 

@@ -1,7 +1,8 @@
 """Tensor intake: what the native module needs to know about a caller's array, read zero-copy.
 
 An array becomes a descriptor tuple ``(name, address, shape, strides, dtype, device,
-device_index, writable)`` with strides in elements. torch tensors are read through
+device_index, writable, owner)`` with strides in elements; ``owner`` is the array itself, so the
+descriptor keeps a temporary (a converted index array, a DLPack import) alive for the call. torch tensors are read through
 ``data_ptr()``/``stride()`` (CPU and CUDA), numpy arrays (``ml_dtypes.bfloat16`` included)
 through ``__array_interface__``, and any other CPU DLPack producer through
 ``numpy.from_dlpack``. Nothing is copied; every rule about what an op accepts (dtype, rank,
@@ -14,7 +15,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-Descriptor = Tuple[str, int, Tuple[int, ...], Tuple[int, ...], str, str, int, bool]
+Descriptor = Tuple[str, int, Tuple[int, ...], Tuple[int, ...], str, str, int, bool, Any]
 
 
 def is_torch(x: Any) -> bool:
@@ -25,7 +26,7 @@ def _torch_view(x: Any, name: str) -> Descriptor:
     dtype = str(x.dtype).split(".")[-1]
     dev = x.device
     index = -1 if dev.index is None else int(dev.index)
-    return (name, int(x.data_ptr()), tuple(x.shape), tuple(x.stride()), dtype, dev.type, index, True)
+    return (name, int(x.data_ptr()), tuple(x.shape), tuple(x.stride()), dtype, dev.type, index, True, x)
 
 
 def _numpy_view(a: np.ndarray, name: str) -> Descriptor:
@@ -34,7 +35,7 @@ def _numpy_view(a: np.ndarray, name: str) -> Descriptor:
         raise ValueError(f"{name}: strides {a.strides} are not a multiple of the element size {size}")
     ptr = a.__array_interface__["data"][0]
     strides = tuple(s // size for s in a.strides)
-    return (name, int(ptr), tuple(a.shape), strides, a.dtype.name, "cpu", -1, bool(a.flags.writeable))
+    return (name, int(ptr), tuple(a.shape), strides, a.dtype.name, "cpu", -1, bool(a.flags.writeable), a)
 
 
 def view(x: Any, name: str) -> Descriptor:

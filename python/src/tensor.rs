@@ -48,9 +48,21 @@ impl Dt {
 }
 
 /// The descriptor tuple `_tensor.view()` builds:
-/// `(name, address, shape, strides, dtype, device, device_index, writable)`.
+/// `(name, address, shape, strides, dtype, device, device_index, writable, owner)`. `owner` is
+/// the array itself: the tuple keeps it (and so its memory) alive for the whole call, even when
+/// the caller passed a temporary.
 #[derive(FromPyObject)]
-pub struct RawTensor(String, usize, Vec<i64>, Vec<i64>, String, String, i64, bool);
+pub struct RawTensor(
+    String,
+    usize,
+    Vec<i64>,
+    Vec<i64>,
+    String,
+    String,
+    i64,
+    bool,
+    Py<PyAny>,
+);
 
 /// A checked tensor on the host: shape and strides in elements, every stride non-negative and
 /// the addressed span inside one allocation the caller keeps alive for the call.
@@ -72,7 +84,7 @@ impl Tensor {
     /// Checks the descriptor of a CPU tensor: known dtype, non-negative strides, and a span
     /// whose byte extent is representable.
     pub fn from_raw(raw: RawTensor) -> PyResult<Self> {
-        let RawTensor(name, addr, shape, strides, dtype, device, _index, writable) = raw;
+        let RawTensor(name, addr, shape, strides, dtype, device, _index, writable, _owner) = raw;
         if device != "cpu" {
             return Err(PyNotImplementedError::new_err(format!(
                 "{name}: tensors on device '{device}' are not supported by this build of \
