@@ -84,6 +84,7 @@ fn nhd_rows<'a, T: Elem>(t: &Tensor, data: &'a [T], hnd: bool) -> Cow<'a, [T]> {
 /// Output checks shared by every op: `out` has q's shape and dtype and is contiguous; `lse`
 /// (f32, contiguous) has q's shape without the head dim.
 pub(crate) fn check_outputs(q: &Tensor, out: &Tensor, lse: Option<&Tensor>) -> PyResult<()> {
+    at_least_rank(q, 2)?;
     out.expect_same_dtype(q)?;
     out.expect_shape(&q.shape)?;
     out.expect_contiguous()?;
@@ -91,6 +92,17 @@ pub(crate) fn check_outputs(q: &Tensor, out: &Tensor, lse: Option<&Tensor>) -> P
         l.expect_dtype(&[Dt::F32])?;
         l.expect_shape(&q.shape[..q.shape.len() - 1])?;
         l.expect_contiguous()?;
+    }
+    Ok(())
+}
+
+/// `q`-like tensors end in `[heads, head_dim]`: refuse lower ranks before indexing shapes.
+pub(crate) fn at_least_rank(t: &Tensor, rank: usize) -> PyResult<()> {
+    if t.shape.len() < rank {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{}: expected at least {rank} dimensions, got shape {:?}",
+            t.name, t.shape
+        )));
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use crate::attention::{by_dtype, check_outputs};
+use crate::attention::{at_least_rank, by_dtype, check_outputs};
 use crate::errors::lib;
 use crate::tensor::{disjoint, index_array, Dt, Elem, RawTensor, Tensor};
 
@@ -103,6 +103,7 @@ impl Cache {
     }
 
     fn heads(&self, q: &Tensor) -> PyResult<HeadConfig> {
+        at_least_rank(q, 2)?;
         q.expect_same_dtype(&self.k)?;
         let (hq, d) = (q.shape[q.shape.len() - 2], q.shape[q.shape.len() - 1]);
         if d != self.head_dim {

@@ -32,6 +32,12 @@ def test_wrong_shapes(qkv):
         flashinfer.single_decode_with_kv_cache(q, np.zeros((10, 3, 64), np.float16), np.zeros((10, 3, 64), np.float16))
     with pytest.raises(ValueError, match="3-d"):
         flashinfer.single_decode_with_kv_cache(q, k[0], v[0])
+    with pytest.raises(ValueError, match="q: expected at least 2 dimensions"):
+        flashinfer.single_decode_with_kv_cache(q[0], k, v)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(None)
+    w.plan([0, 1], [0], [1], 8, 2, 64, 16)
+    with pytest.raises(ValueError):
+        w.run(q[0], np.zeros((1, 2, 16, 2, 64), np.float16))
     with pytest.raises(ValueError, match="qo_len"):  # more queries than keys
         flashinfer.single_prefill_with_kv_cache(np.zeros((11, 8, 64), np.float16), k, v)
 
