@@ -10,12 +10,20 @@ from . import _tensor
 
 LAYOUTS = ("NHD", "HND")
 
+# FlashInfer's defaults of arguments that are neither None nor False: passing these values asks
+# for nothing ferrinfer lacks.
+NEUTRAL = {"q_len_per_req": 1, "token_pos_in_items_len": 0}
+
 
 def unsupported(op: str, **given: Any) -> None:
     """Raises ``NotImplementedError`` naming the first argument that is set (not ``None``,
-    ``False`` or ``"NONE"``): the features behind it are not implemented by ferrinfer."""
+    ``False``, ``"NONE"`` or FlashInfer's neutral default): the features behind it are not
+    implemented by ferrinfer. The wrappers pass their unsupported parameters and any other
+    keyword argument of FlashInfer's signatures (``**kwargs``) through here."""
     for name, value in given.items():
         if value is None or value is False or (isinstance(value, str) and value.upper() == "NONE"):
+            continue
+        if name in NEUTRAL and value == NEUTRAL[name]:
             continue
         raise NotImplementedError(f"{op}: argument {name}={value!r} is not supported by ferrinfer")
 

@@ -30,6 +30,7 @@ def single_decode_with_kv_cache(
     rope_scale: Optional[float] = None,
     rope_theta: Optional[float] = None,
     return_lse: bool = False,
+    **kwargs: Any,
 ) -> Union[Any, Tuple[Any, Any]]:
     """Decode attention of one request: ``q [num_qo_heads, head_dim]`` against ``k``, ``v``
     ``[kv_len, num_kv_heads, head_dim]`` (NHD) or ``[num_kv_heads, kv_len, head_dim]`` (HND).
@@ -40,7 +41,7 @@ def single_decode_with_kv_cache(
     """
     op = "single_decode_with_kv_cache"
     _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, q_scale=q_scale, k_scale=k_scale,
-                      v_scale=v_scale, rope_scale=rope_scale, rope_theta=rope_theta)
+                      v_scale=v_scale, rope_scale=rope_scale, rope_theta=rope_theta, **kwargs)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
     out = _tensor.empty(q, q.shape)
     lse = _tensor.empty(q, q.shape[:-1], "float32") if return_lse else None
@@ -70,8 +71,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
         paged_kv_last_page_len_buffer: Any = None,
         backend: str = "auto",
         jit_args: Any = None,
+        **kwargs: Any,
     ) -> None:
-        _args.unsupported(type(self).__name__, jit_args=jit_args)
+        _args.unsupported(type(self).__name__, jit_args=jit_args, **kwargs)
         self._kv_layout = _args.layout(kv_layout)
         self._use_cuda_graph = bool(use_cuda_graph)
         self._buffers = (paged_kv_indptr_buffer, paged_kv_indices_buffer, paged_kv_last_page_len_buffer)
@@ -93,6 +95,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         num_kv_heads: int,
         head_dim: int,
         page_size: int,
+        *,
         pos_encoding_mode: str = "NONE",
         window_left: int = -1,
         logits_soft_cap: Optional[float] = None,
@@ -107,11 +110,12 @@ class BatchDecodeWithPagedKVCacheWrapper:
         seq_lens: Any = None,
         fixed_split_size: Optional[int] = None,
         disable_split_kv: bool = False,
+        **kwargs: Any,
     ) -> None:
         """Records the step's page tables (copied to host int32 arrays) and options."""
         op = "BatchDecodeWithPagedKVCacheWrapper.plan"
         _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
-                          rope_theta=rope_theta, block_tables=block_tables, seq_lens=seq_lens)
+                          rope_theta=rope_theta, block_tables=block_tables, seq_lens=seq_lens, **kwargs)
         if data_type is not None:
             q_data_type = data_type
         q_dt = _tensor.dtype_name(q_data_type)
@@ -142,6 +146,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         enable_pdl: Optional[bool] = None,
         window_left: Optional[int] = None,
         sinks: Any = None,
+        **kwargs: Any,
     ) -> Union[Any, Tuple[Any, Any]]:
         """Decode attention of ``q [batch, num_qo_heads, head_dim]`` over the planned pages.
         Returns ``out`` (written in place when given), or ``(out, lse)`` with ``lse [batch,
@@ -149,7 +154,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         op = "BatchDecodeWithPagedKVCacheWrapper.run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
-        _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, sinks=sinks)
+        _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, sinks=sinks, **kwargs)
         p = _planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
         _check_planned(op, p, q, k, self._kv_layout)

@@ -55,9 +55,25 @@ def get_seq_lens(kv_indptr: Any, kv_last_page_len: Any, page_size: int) -> Any:
     return _like(kv_indptr, lens)
 
 
-def get_batch_indices_positions(append_indptr: Any, seq_lens: Any, nnz: int) -> Tuple[Any, Any]:
+def _into(dst: Any, a: np.ndarray, name: str) -> Any:
+    """Writes ``a`` into the caller's ``dst`` (torch or numpy, ``len(a)`` entries) and returns it."""
+    if tuple(dst.shape) != a.shape:
+        raise ValueError(f"{name}: expected shape {a.shape}, got {tuple(dst.shape)}")
+    if _tensor.is_torch(dst):
+        import torch
+
+        dst.copy_(torch.from_numpy(a))
+    else:
+        dst[...] = a
+    return dst
+
+
+def get_batch_indices_positions(
+    append_indptr: Any, seq_lens: Any, nnz: int, batch_indices: Any = None, positions: Any = None
+) -> Tuple[Any, Any]:
     """For ``nnz`` new rows laid out by ``append_indptr``: each row's request and its position,
-    the last ``append_len`` positions of a request of (new) length ``seq_lens[b]``."""
+    the last ``append_len`` positions of a request of (new) length ``seq_lens[b]``. Written into
+    ``batch_indices``/``positions`` when given, else returned as new int32 arrays."""
     indptr = _tensor.host_int32(append_indptr, "append_indptr").astype(np.int64)
     lens = _tensor.host_int32(seq_lens, "seq_lens").astype(np.int64)
     counts = np.diff(indptr)
@@ -68,4 +84,8 @@ def get_batch_indices_positions(append_indptr: Any, seq_lens: Any, nnz: int) -> 
     batch = np.repeat(np.arange(counts.size), counts)
     offset = np.arange(int(nnz)) - np.repeat(indptr[:-1], counts)
     pos = np.repeat(lens - counts, counts) + offset
-    return _like(append_indptr, batch.astype(np.int32)), _like(append_indptr, pos.astype(np.int32))
+    batch, pos = batch.astype(np.int32), pos.astype(np.int32)
+    return (
+        _like(append_indptr, batch) if batch_indices is None else _into(batch_indices, batch, "batch_indices"),
+        _like(append_indptr, pos) if positions is None else _into(positions, pos, "positions"),
+    )

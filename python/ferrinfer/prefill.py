@@ -49,6 +49,7 @@ def single_prefill_with_kv_cache(
     rope_theta: Optional[float] = None,
     backend: str = "auto",
     return_lse: bool = False,
+    **kwargs: Any,
 ) -> Union[Any, Tuple[Any, Any]]:
     """Prefill attention of one request: ``q [qo_len, num_qo_heads, head_dim]`` against ``k``,
     ``v`` ``[kv_len, num_kv_heads, head_dim]`` (NHD) or ``[num_kv_heads, kv_len, head_dim]``
@@ -58,7 +59,8 @@ def single_prefill_with_kv_cache(
     op = "single_prefill_with_kv_cache"
     _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, custom_mask=custom_mask,
                       packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
-                      use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
+                      use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
+                      **kwargs)
     if o_dtype is not None and _tensor.dtype_name(o_dtype) != _tensor.dtype_name(q):
         raise NotImplementedError(f"{op}: o_dtype {_tensor.dtype_name(o_dtype)} differs from q's dtype")
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
@@ -68,16 +70,10 @@ def single_prefill_with_kv_cache(
     return (out, lse) if return_lse else out
 
 
-single_prefill_with_kv_cache_return_lse = None  # replaced below (FlashInfer's older name)
-
-
-def _single_prefill_return_lse(q: Any, k: Any, v: Any, **kwargs: Any) -> Tuple[Any, Any]:
-    """``single_prefill_with_kv_cache(..., return_lse=True)``."""
+def single_prefill_with_kv_cache_return_lse(q: Any, k: Any, v: Any, **kwargs: Any) -> Tuple[Any, Any]:
+    """``single_prefill_with_kv_cache(..., return_lse=True)`` (FlashInfer's older name)."""
     kwargs["return_lse"] = True
     return single_prefill_with_kv_cache(q, k, v, **kwargs)
-
-
-single_prefill_with_kv_cache_return_lse = _single_prefill_return_lse  # noqa: F811
 
 
 class _PrefillBase:
@@ -124,8 +120,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         mask_indptr_buf: Any = None,
         backend: str = "auto",
         jit_args: Any = None,
+        **kwargs: Any,
     ) -> None:
-        _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf)
+        _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf, **kwargs)
         super().__init__(kv_layout, use_cuda_graph, jit_args)
 
     def plan(
@@ -151,20 +148,26 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         rope_theta: Optional[float] = None,
         q_data_type: Any = "float16",
         kv_data_type: Any = None,
+        o_data_type: Any = None,
         non_blocking: bool = True,
+        **kwargs: Any,
     ) -> None:
         """Records the step's tables (host int32 copies), heads and options."""
         op = self._name + ".plan"
         _unsupported_plan(op, head_dim_qk, head_dim_vo, custom_mask=custom_mask,
                           packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
-                          use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
+                          use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
+                          **kwargs)
+        dtype = _kv_dtype(op, q_data_type, kv_data_type)
+        if o_data_type is not None and _tensor.dtype_name(o_data_type) != dtype:
+            raise NotImplementedError(f"{op}: o_data_type {_tensor.dtype_name(o_data_type)} differs from q_data_type")
         self._plan = dict(
             qo_indptr=_tensor.host_int32(qo_indptr, "qo_indptr"),
             tables=(_tensor.host_int32(paged_kv_indptr, "paged_kv_indptr"),
                     _tensor.host_int32(paged_kv_indices, "paged_kv_indices"),
                     _tensor.host_int32(paged_kv_last_page_len, "paged_kv_last_page_len")),
             heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim_qk)), page_size=int(page_size),
-            causal=bool(causal), dtype=_kv_dtype(op, q_data_type, kv_data_type),
+            causal=bool(causal), dtype=dtype,
             options=_args.options(sm_scale, logits_soft_cap, window_left))
 
     begin_forward = plan
@@ -181,13 +184,14 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         return_lse: bool = False,
         enable_pdl: Optional[bool] = None,
         window_left: Optional[int] = None,
+        **kwargs: Any,
     ) -> Union[Any, Tuple[Any, Any]]:
         """Attention of ``q [nnz_qo, num_qo_heads, head_dim]`` over the planned pages. Returns
         ``out``, or ``(out, lse)`` with ``lse [nnz_qo, num_qo_heads]`` (float32, base 2)."""
         op = self._name + ".run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
-        _args.unsupported(op, k_scale=k_scale, v_scale=v_scale)
+        _args.unsupported(op, k_scale=k_scale, v_scale=v_scale, **kwargs)
         p = _planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
         self._check_q(op, p, q)
@@ -228,8 +232,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         mask_indptr_buf: Any = None,
         backend: str = "auto",
         jit_args: Any = None,
+        **kwargs: Any,
     ) -> None:
-        _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf)
+        _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf, **kwargs)
         super().__init__(kv_layout, use_cuda_graph, jit_args)
 
     def plan(
@@ -252,18 +257,24 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         rope_theta: Optional[float] = None,
         q_data_type: Any = "float16",
         kv_data_type: Any = None,
+        o_data_type: Any = None,
         non_blocking: bool = True,
+        **kwargs: Any,
     ) -> None:
         """Records the offsets (host int32 copies), heads and options."""
         op = self._name + ".plan"
         _unsupported_plan(op, head_dim_qk, head_dim_vo, custom_mask=custom_mask,
                           packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
-                          use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta)
+                          use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
+                          **kwargs)
+        dtype = _kv_dtype(op, q_data_type, kv_data_type)
+        if o_data_type is not None and _tensor.dtype_name(o_data_type) != dtype:
+            raise NotImplementedError(f"{op}: o_data_type {_tensor.dtype_name(o_data_type)} differs from q_data_type")
         self._plan = dict(
             qo_indptr=_tensor.host_int32(qo_indptr, "qo_indptr"),
             kv_indptr=_tensor.host_int32(kv_indptr, "kv_indptr"),
             heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim_qk)), causal=bool(causal),
-            dtype=_kv_dtype(op, q_data_type, kv_data_type),
+            dtype=dtype,
             options=_args.options(sm_scale, logits_soft_cap, window_left))
 
     begin_forward = plan
@@ -278,12 +289,14 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         lse: Any = None,
         return_lse: bool = False,
         enable_pdl: Optional[bool] = None,
+        **kwargs: Any,
     ) -> Union[Any, Tuple[Any, Any]]:
         """Attention of ``q [nnz_qo, num_qo_heads, head_dim]`` over ``k``, ``v``
         ``[nnz_kv, num_kv_heads, head_dim]``. Returns ``out`` or ``(out, lse)``."""
         op = self._name + ".run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported")
+        _args.unsupported(op, **kwargs)
         p = _planned(self._plan, op)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]

@@ -35,6 +35,10 @@ def test_append_paged_kv_cache(dtype, layout, page_size, form):
     seq_lens = flashinfer.get_seq_lens(paged.indptr, paged.last, page_size)
     assert list(seq_lens) == total
     batch, pos = flashinfer.get_batch_indices_positions(append_indptr, seq_lens, nnz)
+    b2, p2 = np.zeros(nnz, np.int32), np.zeros(nnz, np.int32)
+    rb, rp = flashinfer.get_batch_indices_positions(append_indptr, seq_lens, nnz, b2, p2)
+    assert rb is b2 and rp is p2
+    assert np.array_equal(b2, batch) and np.array_equal(p2, pos)
     k, v = randn(rng, (nnz, 2, 64), dtype), randn(rng, (nnz, 2, 64), dtype)
     for r in range(nnz):
         b, p = int(batch[r]), int(pos[r])

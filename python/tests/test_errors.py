@@ -101,6 +101,22 @@ def test_unsupported_prefill_arguments():
         w.plan([0, 2], [0, 2], 2, 2, 64, kv_data_type="float8_e4m3fn")
 
 
+def test_flashinfer_only_keywords_are_named():
+    """Keywords of FlashInfer's signatures that ferrinfer lacks: neutral values pass, others
+    raise NotImplementedError naming them."""
+    rng = np.random.default_rng(3)
+    paged, q, w = make_decode(rng)
+    w.plan(paged.indptr, paged.indices, paged.last, 4, 2, 64, 16)
+    w.run(q, paged.cache, q_len_per_req=1, kv_cache_sf=None)
+    with pytest.raises(NotImplementedError, match="kv_cache_sf"):
+        w.run(q, paged.cache, kv_cache_sf=q)
+    with pytest.raises(NotImplementedError, match="q_len_per_req"):
+        w.run(q, paged.cache, q_len_per_req=2)
+    p = flashinfer.BatchPrefillWithPagedKVCacheWrapper(None)
+    with pytest.raises(NotImplementedError, match="o_data_type"):
+        p.plan([0, 1], [0, 1], [0], [1], 4, 2, 64, 16, o_data_type="float32")
+
+
 def make_decode(rng, lens=(3, 20), page_size=16):
     paged = Paged(rng, list(lens), page_size, 2, 64, "NHD", "float16")
     q = randn(rng, (len(lens), 4, 64), "float16")
