@@ -51,7 +51,7 @@ try:
 except Exception as e:
     print("flashinfer: not importable:", type(e).__name__, e)
 EOF
-} 2>&1 | tee "$out/env.txt"
+} 2>&1 | tee "$out/env.txt" || true  # pytest below reports an import failure in full
 
 status=0
 # From the repository root: python/ferrinfer (the source tree) is not on sys.path, so the
