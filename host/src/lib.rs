@@ -17,6 +17,7 @@
 //! | decode planner (pure)       | [`plan::plan_decode`]                   | `plan/decode.rs`              |
 //! | single-request decode (GPU) | [`ops::SingleDecode`]                   | `ops/single_decode.rs`        |
 //! | prefill (GPU, batch/single) | [`ops::BatchPrefill`], [`ops::SinglePrefill`] | `ops/prefill/*.rs`     |
+//! | cascade attention (GPU)     | [`ops::CascadeAttention`], [`plan::CascadeLevel`] | `ops/cascade.rs`, `plan/cascade.rs` |
 //! | input checks (GPU and CPU)  | `validate`                              | `validate.rs`                 |
 //! | CPU backend                 | [`cpu`]                                 | `cpu/*.rs`                    |
 //! | rotary embedding parameters | [`rope::RopeConfig`]                    | `rope.rs`                     |

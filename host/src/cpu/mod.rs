@@ -18,6 +18,7 @@
 //! | single-request prefill       | [`single_prefill`]                               |
 //! | batch prefill, ragged KV     | [`batch_prefill_ragged`]                         |
 //! | batch prefill, paged KV      | [`batch_prefill_paged`]                          |
+//! | multi-level cascade, paged | [`cascade_paged`]                                |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
 //! | RMSNorm (+ residual add)     | [`norm::rms_norm`], [`norm::add_rms_norm`]       |
@@ -26,6 +27,7 @@
 //! | sampling                     | [`sampling::argmax`], [`sampling::sample`]       |
 pub mod activation;
 pub mod batch_decode;
+pub mod cascade;
 pub mod decode;
 pub mod merge;
 pub mod norm;
@@ -35,6 +37,7 @@ pub mod sampling;
 
 pub use crate::ops::single_decode::KvStrides;
 pub use batch_decode::batch_decode;
+pub use cascade::cascade_paged;
 pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
 pub use prefill::{batch_prefill_paged, batch_prefill_ragged, single_prefill};
