@@ -19,6 +19,7 @@
 //! | batch prefill, ragged KV     | [`batch_prefill_ragged`]                         |
 //! | batch prefill, paged KV      | [`batch_prefill_paged`]                          |
 //! | multi-level cascade, paged | [`cascade_paged`]                                |
+//! | prefill under a custom mask | [`batch_prefill_ragged_masked`], [`batch_prefill_paged_masked`], [`single_prefill_masked`] |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
 //! | RMSNorm (+ residual add)     | [`norm::rms_norm`], [`norm::add_rms_norm`]       |
@@ -40,4 +41,7 @@ pub use batch_decode::batch_decode;
 pub use cascade::cascade_paged;
 pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
-pub use prefill::{batch_prefill_paged, batch_prefill_ragged, single_prefill};
+pub use prefill::{
+    batch_prefill_paged, batch_prefill_paged_masked, batch_prefill_ragged,
+    batch_prefill_ragged_masked, single_prefill, single_prefill_masked,
+};
