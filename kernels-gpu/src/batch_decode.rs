@@ -18,7 +18,7 @@ use crate::abi::DecodeParams;
 use crate::arch::{global, pipeline, shared, thread, warp};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
-use crate::attn::work::{ld_i32, load_decode_work, DecodeWork};
+use crate::attn::work::{ld_i32, load_decode_work};
 use crate::config::{batch_decode as bcfg, decode_rows as cfg};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
@@ -114,28 +114,19 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
     let tid = thread::thread_idx_x();
     let slot = tid / lpr;
     let sub = tid % lpr;
-    let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
     // SAFETY: as the kernel's contract.
-    let Some(DecodeWork {
-        b,
-        begin,
-        end,
-        first,
-        last,
-        page_base,
-    }) = (unsafe { load_decode_work(p) })
-    else {
+    let Some(wk) = (unsafe { load_decode_work(p) }) else {
         return;
     };
-    let split = last - first > 1;
+    let (b, begin, end) = (wk.b, wk.begin, wk.end);
     let g = p.group;
     let logits = L::new(p.logit);
     let e_off = (sub * cfg::VEC) as u64;
     let it = Item {
         begin,
         end,
-        page_base,
+        page_base: wk.page_base,
         k_head: (kvh * p.k_stride_h) as u64 + e_off,
         v_head: (kvh * p.v_stride_h) as u64 + e_off,
     };
@@ -289,8 +280,11 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
         let hq = hq0 + h;
         // SAFETY: host-sized lse [batch, Hq] and part_lse [work_stride, Hq].
         unsafe {
-            if split {
-                global::st_f32(p.part_lse + ((i * p.num_qo_heads + hq) as u64) * 4, lse);
+            if wk.split() {
+                global::st_f32(
+                    p.part_lse + ((wk.item * p.num_qo_heads + hq) as u64) * 4,
+                    lse,
+                );
             } else if p.lse != 0 {
                 global::st_f32(p.lse + ((b * p.num_qo_heads + hq) as u64) * 4, lse);
             }
@@ -320,8 +314,8 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
         let hq = hq0 + h;
         // SAFETY: host-validated extents; 16-byte aligned rows.
         unsafe {
-            if split {
-                let a = p.part_o + (((i * p.num_qo_heads + hq) * D + e0) as u64) * 4;
+            if wk.split() {
+                let a = p.part_o + (((wk.item * p.num_qo_heads + hq) * D + e0) as u64) * 4;
                 global::st_u32x4(
                     a,
                     [
@@ -349,10 +343,10 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
         w += cfg::THREADS;
     }
 
-    if split {
+    if wk.split() {
         // SAFETY: partials of this CTA are written; smem is no longer read by any thread after
         // the barrier inside.
-        unsafe { merge_if_last::<E, D>(p, b, kvh, first, last, tid, smem) };
+        unsafe { merge_if_last::<E, D>(p, b, kvh, wk.first, wk.last, tid, smem) };
     }
 }
 

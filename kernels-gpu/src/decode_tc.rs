@@ -18,7 +18,7 @@ use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
 use crate::attn::swizzle::swz;
 use crate::attn::tile::RegTile;
-use crate::attn::work::{load_decode_work, DecodeWork};
+use crate::attn::work::load_decode_work;
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
@@ -47,32 +47,22 @@ unsafe fn decode_tc<
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
     let w = tid / 32;
-    let i = thread::block_idx_x();
     let kvh = thread::block_idx_y();
     // SAFETY: as the kernel's contract.
-    let Some(DecodeWork {
-        b,
-        begin,
-        end,
-        first,
-        last,
-        page_base,
-    }) = (unsafe { load_decode_work(p) })
-    else {
+    let Some(wk) = (unsafe { load_decode_work(p) }) else {
         return;
     };
-    let split = last - first > 1;
     let g = p.group;
     let logits = L::new(p.logit);
     let smem = shared::dyn_smem_base();
-    let tiles = (end - begin).div_ceil(TILE);
+    let tiles = (wk.end - wk.begin).div_ceil(TILE);
     // Prologue: the first STAGES − 1 tiles in flight (one commit group each, empty past the
     // end, so the wait count below is the same every iteration).
     if tiles > 0 {
         for t in 0..STAGES - 1 {
             if t < tiles {
                 // SAFETY: see copy_decode_tile.
-                unsafe { copy_decode_tile::<D>(p, kvh, begin, end, page_base, t, t, tid, smem) };
+                unsafe { copy_decode_tile::<D>(p, kvh, &wk, t, t, tid, smem) };
             } else {
                 pipeline::commit_group();
             }
@@ -85,7 +75,7 @@ unsafe fn decode_tc<
         for (reg, v) in a.iter_mut().enumerate() {
             let (row, col) = mma_a(lane, reg as u32, 0);
             if row < g {
-                let off = (b as u64) * (p.q_stride_b as u64)
+                let off = (wk.b as u64) * (p.q_stride_b as u64)
                     + ((kvh * g + row) * p.q_stride_h + kk as u32 * 16 + col) as u64;
                 // SAFETY: in-range q element pair, 4-byte aligned (col even).
                 *v = unsafe { global::ld_u32(p.q + off * 2) };
@@ -104,19 +94,7 @@ unsafe fn decode_tc<
         if ahead < tiles {
             // SAFETY: see copy_decode_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
             // the barrier ending iteration j − 1.
-            unsafe {
-                copy_decode_tile::<D>(
-                    p,
-                    kvh,
-                    begin,
-                    end,
-                    page_base,
-                    ahead,
-                    ahead % STAGES,
-                    tid,
-                    smem,
-                )
-            };
+            unsafe { copy_decode_tile::<D>(p, kvh, &wk, ahead, ahead % STAGES, tid, smem) };
         } else {
             pipeline::commit_group();
         }
@@ -140,7 +118,7 @@ unsafe fn decode_tc<
 
         // Online softmax on the fragments: element e of n-tile nt is row gq + 8(e/2), token
         // 2tq + (e%2) + 8nt.
-        let tok0 = begin + j * TILE + row0;
+        let tok0 = wk.begin + j * TILE + row0;
         let mut x = [[0.0f32; 4]; 2]; // [row half][4 tokens]
         for e in 0..4 {
             let half = e / 2;
@@ -149,7 +127,7 @@ unsafe fn decode_tc<
             for (nt, &sv) in raw.iter().enumerate() {
                 let tok = tok0 + 2 * tq + c + 8 * nt as u32;
                 let v = logits.logit(sv);
-                x[half][(nt * 2) + c as usize] = if tok < end { v } else { f32::NEG_INFINITY };
+                x[half][(nt * 2) + c as usize] = if tok < wk.end { v } else { f32::NEG_INFINITY };
             }
         }
         let mut r_scale = [1.0f32; 2];
@@ -258,8 +236,8 @@ unsafe fn decode_tc<
         let hq = hq0 + row;
         // SAFETY: host-validated extents; 16-byte (partials) / 8-byte (o) aligned.
         unsafe {
-            if split {
-                let a = p.part_o + (((i * p.num_qo_heads + hq) * D + e0) as u64) * 4;
+            if wk.split() {
+                let a = p.part_o + (((wk.item * p.num_qo_heads + hq) * D + e0) as u64) * 4;
                 global::st_u32x4(
                     a,
                     [
@@ -270,23 +248,26 @@ unsafe fn decode_tc<
                     ],
                 );
                 if e0 == 0 {
-                    global::st_f32(p.part_lse + ((i * p.num_qo_heads + hq) as u64) * 4, lse);
+                    global::st_f32(
+                        p.part_lse + ((wk.item * p.num_qo_heads + hq) as u64) * 4,
+                        lse,
+                    );
                 }
             } else {
                 let a = p.o
-                    + ((b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
+                    + ((wk.b as u64) * (p.o_stride_b as u64) + (hq * p.o_stride_h + e0) as u64) * 2;
                 global::st_u32(a, E::pack2(acc[0], acc[1]));
                 global::st_u32(a + 4, E::pack2(acc[2], acc[3]));
                 if e0 == 0 && p.lse != 0 {
-                    global::st_f32(p.lse + ((b * p.num_qo_heads + hq) as u64) * 4, lse);
+                    global::st_f32(p.lse + ((wk.b * p.num_qo_heads + hq) as u64) * 4, lse);
                 }
             }
         }
         it += cfg::THREADS;
     }
-    if split {
+    if wk.split() {
         // SAFETY: partials written; smem reusable after the barrier inside.
-        unsafe { merge_if_last::<E, D>(p, b, kvh, first, last, tid, smem) };
+        unsafe { merge_if_last::<E, D>(p, wk.b, kvh, wk.first, wk.last, tid, smem) };
     }
 }
 

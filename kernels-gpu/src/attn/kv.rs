@@ -6,7 +6,7 @@ use crate::abi::{DecodeParams, PrefillParams};
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, pipeline, warp};
 use crate::attn::swizzle::swz;
-use crate::attn::work::ld_i32;
+use crate::attn::work::{ld_i32, DecodeWork};
 use crate::config::decode_tc as dcfg;
 use crate::config::prefill::TILE;
 
@@ -171,20 +171,18 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
 }
 
 /// The tensor-core decode's K/V copy (paged, `DecodeParams`): issues the `cp.async` copies of
-/// K and V keys `[begin + j·T, begin + (j + 1)·T)` (`T = config::decode_tc::TILE`, zero-filled
-/// past `end`) into stage `s` of its ring, in the swizzled layout, as one commit group; all
-/// threads of the CTA take part, `(T · D/8) / threads` 16-byte chunks each.
+/// the work item's K and V keys `[begin + j·T, begin + (j + 1)·T)` (`T =
+/// config::decode_tc::TILE`, zero-filled past `end`) into stage `s` of its ring, in the swizzled
+/// layout, as one commit group; all threads of the CTA take part, `(T · D/8) / threads` 16-byte
+/// chunks each.
 ///
 /// # Safety
 /// As the decode kernel's contract; `smem` is the dynamic shared memory base.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) unsafe fn copy_decode_tile<const D: u32>(
     p: &DecodeParams,
     kvh: u32,
-    begin: u32,
-    end: u32,
-    page_base: u32,
+    wk: &DecodeWork,
     j: u32,
     s: u32,
     tid: u32,
@@ -198,13 +196,13 @@ pub(crate) unsafe fn copy_decode_tile<const D: u32>(
         let idx = tid + i * dcfg::THREADS;
         let r = idx / chunks;
         let c = idx % chunks;
-        let t = begin + j * dcfg::TILE + r;
-        let valid = t < end;
+        let t = wk.begin + j * dcfg::TILE + r;
+        let valid = t < wk.end;
         let (mut ka, mut va) = (p.k_pool, p.v_pool);
         if valid {
             let (slot, entry) = p.page_size.divmod(t);
             // SAFETY: t < end ≤ the request's length: its page slot exists.
-            let page = unsafe { ld_i32(p.kv_indices, page_base + slot) } as u64;
+            let page = unsafe { ld_i32(p.kv_indices, wk.page_base + slot) } as u64;
             ka = p.k_pool
                 + (page * p.k_stride_page
                     + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)

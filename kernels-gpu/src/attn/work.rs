@@ -19,9 +19,11 @@ pub(crate) unsafe fn ld_i32(base: u64, i: u32) -> u32 {
     unsafe { global::ld_u32(base + (i as u64) * 4) }
 }
 
-/// A CTA's decode work item: request `b`, its KV range `[begin, end)`, its request's work items
-/// `[first, last)` (the split-KV merge group) and page-list start.
+/// A CTA's decode work item: its index `item` in the plan, request `b`, its KV range
+/// `[begin, end)`, its request's work items `[first, last)` (the split-KV merge group) and
+/// page-list start.
 pub(crate) struct DecodeWork {
+    pub(crate) item: u32,
     pub(crate) b: u32,
     pub(crate) begin: u32,
     pub(crate) end: u32,
@@ -62,6 +64,7 @@ pub(crate) unsafe fn load_decode_work(p: &DecodeParams) -> Option<DecodeWork> {
         )
     };
     Some(DecodeWork {
+        item: i,
         b,
         begin,
         end,
@@ -69,6 +72,14 @@ pub(crate) unsafe fn load_decode_work(p: &DecodeParams) -> Option<DecodeWork> {
         last,
         page_base,
     })
+}
+
+impl DecodeWork {
+    /// Whether the request is split over several work items (partial states, then the merge).
+    #[inline(always)]
+    pub(crate) fn split(&self) -> bool {
+        self.last - self.first > 1
+    }
 }
 
 /// The prefill CTA's work index: grid `(num_kv_heads, items)`, so the KV heads of one work item
