@@ -71,34 +71,7 @@ impl PackedMask {
         op: &'static str,
         lens: impl ExactSizeIterator<Item = (usize, usize)>,
     ) -> Result<()> {
-        let batch = lens.len();
-        if self.indptr.len() != batch + 1 {
-            return Err(Error::shape(
-                op,
-                "custom mask indptr length",
-                batch + 1,
-                self.indptr.len(),
-            ));
-        }
-        validate::indptr(
-            op,
-            "custom mask indptr",
-            &self.indptr,
-            Some(self.bits.len()),
-        )?;
-        for (b, (q, k)) in lens.enumerate() {
-            let need = checked::mul(op, "custom mask bits", q, k)?.div_ceil(8);
-            let have = (self.indptr[b + 1] - self.indptr[b]) as usize;
-            if have != need {
-                return Err(Error::shape(
-                    op,
-                    "custom mask bytes (⌈qo_len·kv_len / 8⌉ per request)",
-                    format!("{need} for request {b} ({q} × {k})"),
-                    have,
-                ));
-            }
-        }
-        Ok(())
+        check_layout(op, &self.indptr, self.bits.len(), lens)
     }
 
     /// Whether request `b`'s query token `t` may attend key `key` (`kv_len`: the request's
@@ -110,6 +83,39 @@ impl PackedMask {
         let i = (start as usize * 8).saturating_add(t.saturating_mul(kv_len).saturating_add(key));
         self.bits.get(i / 8).is_some_and(|&x| x >> (i % 8) & 1 != 0)
     }
+}
+
+/// [`PackedMask::check`] of a mask given by its offsets and its byte count (the device copy
+/// keeps only these).
+pub(crate) fn check_layout(
+    op: &'static str,
+    indptr: &[i32],
+    bytes: usize,
+    lens: impl ExactSizeIterator<Item = (usize, usize)>,
+) -> Result<()> {
+    let batch = lens.len();
+    if indptr.len() != batch + 1 {
+        return Err(Error::shape(
+            op,
+            "custom mask indptr length",
+            batch + 1,
+            indptr.len(),
+        ));
+    }
+    validate::indptr(op, "custom mask indptr", indptr, Some(bytes))?;
+    for (b, (q, k)) in lens.enumerate() {
+        let need = checked::mul(op, "custom mask bits", q, k)?.div_ceil(8);
+        let have = (indptr[b + 1] - indptr[b]) as usize;
+        if have != need {
+            return Err(Error::shape(
+                op,
+                "custom mask bytes (⌈qo_len·kv_len / 8⌉ per request)",
+                format!("{need} for request {b} ({q} × {k})"),
+                have,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Bit `i` of little-endian packed `bits`.

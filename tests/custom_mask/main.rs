@@ -15,6 +15,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use rand::Rng;
 
+mod gpu;
+
 /// A batch: per request `(qo_len, kv_len)` and the density of its random mask.
 #[derive(Clone, Debug)]
 struct Case {
@@ -379,7 +381,7 @@ fn cpu_mask_of_the_wrong_length_is_a_typed_error() {
         )
     };
     // Request 0 needs ⌈30 / 8⌉ = 4 bytes: packed for 3 × 9 it has 4 too, but 3 × 11 gives 5.
-    let wrong = segment_packbits(&vec![true; 33 + 25], &[0, 33, 58]).unwrap();
+    let wrong = segment_packbits(&[true; 33 + 25], &[0, 33, 58]).unwrap();
     assert!(matches!(run(&wrong), Err(Error::Shape { .. })));
     // One request's offsets for a two-request batch; bits shorter than the offsets.
     let one = PackedMask::single(&[true; 30]).unwrap();

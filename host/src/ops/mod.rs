@@ -17,7 +17,7 @@ pub use cascade::{CascadeAttention, CascadePlan};
 pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
 pub use model::ModelKernels;
 pub use prefill::{
-    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile,
-    SinglePrefill, WGMMA_MIN_KEYS,
+    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, DeviceMask, PrefillGraphLimits,
+    PrefillTile, SinglePrefill, WGMMA_MIN_KEYS,
 };
 pub use single_decode::SingleDecode;
