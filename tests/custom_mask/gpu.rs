@@ -170,6 +170,45 @@ fn gpu_masks_equal_flags_and_verify_a_token_tree() {
         let (flag, _) = batch_gpu::<bf16>(&gpu, &c, &d, None, &causal_opts, paged_kv);
         close(&o, &flag, "causal mask vs causal flag");
     }
+    // A banded mask (query t of 64 sees keys 600 + t − 40 ..= 600 + t): the plan's items are
+    // cut to the band's hull (tile skipping), and the result matches the oracle.
+    let band = Case {
+        heads: HeadConfig::new(8, 2, 128).unwrap(),
+        reqs: vec![(64, 2048)],
+        density: 1.0,
+        opts: AttentionOptions::default(),
+        page_size: 16,
+        seed: 4,
+    };
+    let db = make(&band);
+    let bits: Vec<bool> = (0..64 * 2048)
+        .map(|i| (i / 2048 + 560..=i / 2048 + 600).contains(&(i % 2048)))
+        .collect();
+    let packed = PackedMask::single(&bits).unwrap();
+    let (qf, kf, vf) = (to_f64(&db.q), to_f64(&db.k), to_f64(&db.v));
+    let rf = attention_masked(
+        &qf,
+        &kf,
+        &vf,
+        &band.heads,
+        64,
+        2048,
+        &band.opts,
+        Some(&bits),
+    )
+    .unwrap();
+    let (o, l) = batch_gpu::<bf16>(&gpu, &band, &db, Some(&packed), &band.opts, false);
+    ErrorStats::compare(&o, &rf.o, Some((&l, &rf.lse))).assert_within(DType::Bf16, &band);
+    let op = BatchPrefill::new(&gpu, band.heads, DType::Bf16, band.opts).unwrap();
+    let plan = op
+        .plan_ragged_masked(&db.qo_indptr, &db.kv_indptr, &packed)
+        .unwrap();
+    for it in &plan.partition().items {
+        assert!(
+            it.kv_begin >= 560 && it.kv_end <= 664,
+            "{it:?} not cut to the band"
+        );
+    }
     // The token tree of the CPU test: the GPU's masked single prefill against the CPU's.
     let h = HeadConfig::new(8, 2, 64).unwrap();
     let parent = [

@@ -340,7 +340,7 @@ impl BatchPrefill {
             )
         });
         let graph_caps = self.graph.map(|l| self.graph_caps(&l));
-        let host = plan_prefill(&PrefillProblem {
+        let mut host = plan_prefill(&PrefillProblem {
             qo_lens: &qo_lens,
             kv_lens: st.kv_lens,
             tile_tokens: tile.tokens(self.heads.group()),
@@ -354,6 +354,10 @@ impl BatchPrefill {
             max_items: graph_caps.map(|c| c.items),
             max_slots: graph_caps.map(|c| c.slots),
         })?;
+        if let Some(m) = st.mask {
+            let tokens = tile.tokens(self.heads.group());
+            super::mask::narrow_items(&mut host.items, m, &qo_lens, st.kv_lens, tokens);
+        }
         // Persistent CTAs (the Hopper tile): one wave of CTAs, each running its list of
         // (item, KV head) units; in graph mode the grid is the capacity's, fixed.
         let units_total = checked::mul(OP, "units", host.items.len(), self.heads.num_kv_heads)?;
