@@ -204,8 +204,10 @@ fn gpu_masks_equal_flags_and_verify_a_token_tree() {
         .plan_ragged_masked(&db.qo_indptr, &db.kv_indptr, &packed)
         .unwrap();
     for it in &plan.partition().items {
+        // Split chunks outside the band keep an empty range.
+        let empty = it.kv_begin == it.kv_end;
         assert!(
-            it.kv_begin >= 560 && it.kv_end <= 664,
+            empty || it.kv_begin >= 560 && it.kv_end <= 664,
             "{it:?} not cut to the band"
         );
     }
