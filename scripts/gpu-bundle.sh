@@ -9,6 +9,7 @@
 #                                  name, unit tests by crate name; a binary's unit tests get a
 #                                  `-bin` suffix), hash suffix dropped
 #     bin/benches/<name>           every harness=false bench executable
+#     bin/load                     the server's load generator (ferrinfer-server's `load` example)
 #   gpu-bundle/MANIFEST.txt        git revision, build date, sizes and checksums
 #
 # All binaries are stripped; they need only libc, libgcc_s and, at run time, the driver's
@@ -25,7 +26,7 @@ bash scripts/setup.sh
 
 # Prints `kind<TAB>name<TAB>path` for every executable artifact in cargo's JSON messages (stdin).
 # $1 = "test": test-profile artifacts (unit and integration tests); "bench": bench targets only;
-# "bin": plain binaries.
+# "bin": plain binaries; "example": example binaries.
 artifacts() {
     python3 -c '
 import json, sys
@@ -45,6 +46,8 @@ for line in sys.stdin:
         kind = "bench"
     elif want == "bin" and not is_test and "bin" in kinds:
         kind = "bin"
+    elif want == "example" and not is_test and "example" in kinds:
+        kind = "example"
     else:
         continue
     print("\t".join([kind, m["target"]["name"], m["executable"]]))
@@ -57,6 +60,8 @@ echo "gpu-bundle: building bench executables"
 benches="$(cargo bench --workspace --bench '*' --no-run --message-format=json | artifacts bench)"
 echo "gpu-bundle: building the CLI"
 cli="$(cargo build --release -p ferrinfer-cli --bin ferrinfer --message-format=json | artifacts bin)"
+echo "gpu-bundle: building the load generator"
+load="$(cargo build --release -p ferrinfer-server --example load --message-format=json | artifacts example)"
 
 rm -rf "${bundle:?}"
 mkdir -p "$bundle/bin/tests" "$bundle/bin/benches"
@@ -90,10 +95,16 @@ if [[ -z "$cli_path" ]]; then
     exit 1
 fi
 copy "$cli_path" "$bundle/bin/ferrinfer"
+load_path="$(printf '%s\n' "$load" | awk -F'\t' '$2 == "load" { print $3 }' | tail -n1)"
+if [[ -z "$load_path" ]]; then
+    echo "error: cargo reported no load-generator executable" >&2
+    exit 1
+fi
+copy "$load_path" "$bundle/bin/load"
 
 echo
 echo "gpu-bundle: $(find "$bundle/bin/tests" -type f | wc -l) test executables," \
-    "$(find "$bundle/bin/benches" -type f | wc -l) bench executables, the CLI" \
+    "$(find "$bundle/bin/benches" -type f | wc -l) bench executables, the CLI, the load generator" \
     "($(du -sh "$bundle/bin" | cut -f1) stripped)"
 echo "  tests:   $(find "$bundle/bin/tests" -type f -printf '%f ' | tr ' ' '\n' | sort | xargs)"
 echo "  benches: $(find "$bundle/bin/benches" -type f -printf '%f ' | tr ' ' '\n' | sort | xargs)"

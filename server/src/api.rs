@@ -69,6 +69,9 @@ pub struct Common {
     pub presence_penalty: Option<f64>,
     /// Not supported (non-zero refused).
     pub frequency_penalty: Option<f64>,
+    /// Keep generating past the end-of-sequence tokens until `max_tokens` (vLLM's extension;
+    /// benchmarks use it for fixed output lengths). Stop sequences still apply.
+    pub ignore_eos: Option<bool>,
 }
 
 /// `POST /v1/completions`.
@@ -183,6 +186,8 @@ pub struct Generation {
     pub stream: bool,
     /// A usage chunk at the end of the stream.
     pub include_usage: bool,
+    /// Do not stop at the model's end-of-sequence tokens.
+    pub ignore_eos: bool,
 }
 
 /// What validation needs to know about the server.
@@ -329,6 +334,7 @@ fn common(
         stops,
         stream,
         include_usage: stream && c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        ignore_eos: c.ignore_eos.unwrap_or(false),
     })
 }
 

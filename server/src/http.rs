@@ -185,7 +185,11 @@ impl AppState {
                 max_tokens: g.max_tokens,
                 sampling: g.sampling,
                 seed: g.seed,
-                stop_ids: self.stop_ids.clone(),
+                stop_ids: if g.ignore_eos {
+                    Vec::new()
+                } else {
+                    self.stop_ids.clone()
+                },
             },
             events: tx,
             arrived,

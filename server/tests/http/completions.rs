@@ -299,3 +299,48 @@ async fn a_client_that_disconnects_mid_stream_frees_its_pages() {
     assert_eq!(st, 200);
     srv.stop();
 }
+
+#[tokio::test]
+async fn ignore_eos_generates_exactly_max_tokens() {
+    let s = shared();
+    let body = |extra: Value| chat_body(CHAT, extra);
+    // Greedy, the model answers this in a few tokens and ends with its end-of-turn token.
+    let (st, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        body(json!({"max_tokens": 24, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let natural = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(natural < 24, "{v}");
+    // With the extension it runs to the limit, and its first tokens are the same answer.
+    let (st, w) = post(
+        &s.base,
+        "/v1/chat/completions",
+        body(json!({"max_tokens": 24, "temperature": 0, "ignore_eos": true})),
+    )
+    .await;
+    assert_eq!(st, 200, "{w}");
+    assert_eq!(w["choices"][0]["finish_reason"], "length", "{w}");
+    assert_eq!(w["usage"]["completion_tokens"], 24, "{w}");
+    let short = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let long = w["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(long.starts_with(short), "{short:?} vs {long:?}");
+    // A wrong type is a 400 naming the field, like every other field.
+    let (st, e) = post(
+        &s.base,
+        "/v1/chat/completions",
+        body(json!({"max_tokens": 4, "ignore_eos": "yes"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ignore_eos"),
+        "{e}"
+    );
+}

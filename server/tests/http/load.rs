@@ -1,8 +1,10 @@
 //! The bounded load test and a burst over the KV capacity with a slow reader.
 use super::*;
 
-/// The bounded load test, CI-sized: open-loop arrivals at two rates, a shared system prompt,
-/// mixed output lengths, streaming; every request must finish without error.
+/// The bounded load test, CI-sized: open-loop arrivals at two rates, then closed-loop streams
+/// with `ignore_eos` (every request runs to its `max_tokens`, which the usage counts confirm);
+/// a shared system prompt, mixed output lengths, streaming; every request must finish without
+/// error.
 #[tokio::test]
 async fn load_test_bounded() {
     let srv = TestServer::start(ServerConfig::default(), 4096);
@@ -10,6 +12,8 @@ async fn load_test_bounded() {
     let mut cfg = support::load::LoadConfig {
         base: srv.base.clone(),
         rate: 2.0,
+        concurrency: None,
+        ignore_eos: false,
         requests: 6,
         max_tokens: vec![4, 6, 8],
         prompts: vec![
@@ -29,7 +33,25 @@ async fn load_test_bounded() {
         assert_eq!(r.errors, 0, "{r}: {:?}", r.first_error);
         assert_eq!(r.rejected_429, 0, "{r}");
         assert_eq!(r.ok, cfg.requests);
+        assert!(r.prompt_tokens > 20.0, "{r}");
     }
+    cfg.concurrency = Some(3);
+    cfg.ignore_eos = true;
+    let r = support::load::run(&c, &cfg).await;
+    eprintln!("load: {r}");
+    assert_eq!(
+        (r.ok, r.errors, r.rejected_429),
+        (cfg.requests, 0, 0),
+        "{r}"
+    );
+    let want: usize = (0..cfg.requests)
+        .map(|i| cfg.max_tokens[i % cfg.max_tokens.len()])
+        .sum();
+    assert_eq!(
+        r.completion_tokens,
+        want as f64 / cfg.requests as f64,
+        "{r}"
+    );
     support::wait_idle(&c, &srv.base).await;
     srv.stop();
 }

@@ -1,7 +1,9 @@
 //! A small bounded load generator for an OpenAI-compatible server on loopback: open-loop
 //! arrivals at a fixed rate (request i starts at i / rate seconds, whether or not earlier ones
-//! finished), a fixed number of streaming requests, a fixed deadline; reports requests/s,
-//! time to first token and inter-token latency percentiles, tokens/s and errors.
+//! finished) or closed-loop streams (`concurrency` clients, each sending its next request when
+//! the last one ends), a fixed number of streaming requests, a fixed deadline; reports
+//! requests/s, time to first token and inter-token latency percentiles, tokens/s, the mean
+//! prompt and completion lengths the server counted, and errors.
 #![allow(dead_code)]
 use std::time::{Duration, Instant};
 
@@ -10,8 +12,12 @@ use std::time::{Duration, Instant};
 pub struct LoadConfig {
     /// `http://127.0.0.1:PORT` (loopback only: anything else is refused).
     pub base: String,
-    /// Arrivals per second.
+    /// Arrivals per second (open loop; ignored with `concurrency`).
     pub rate: f64,
+    /// Closed loop: this many streams, each sending its next request when the last ends.
+    pub concurrency: Option<usize>,
+    /// Ask the server to run every request to `max_tokens` (vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
     /// Requests sent.
     pub requests: usize,
     /// `max_tokens` of each request (cycled).
@@ -29,8 +35,10 @@ pub struct LoadConfig {
 /// What one level measured.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
-    /// Arrival rate asked for.
+    /// Arrival rate asked for (open loop).
     pub rate: f64,
+    /// Streams (closed loop).
+    pub concurrency: Option<usize>,
     /// Requests sent.
     pub requests: usize,
     /// Requests that streamed to `[DONE]`.
@@ -55,16 +63,24 @@ pub struct LoadReport {
     pub itl_p50: Duration,
     /// Inter-token latency, 99th percentile.
     pub itl_p99: Duration,
+    /// Mean prompt tokens per completed request (the server's usage counts).
+    pub prompt_tokens: f64,
+    /// Mean completion tokens per completed request (the server's usage counts).
+    pub completion_tokens: f64,
 }
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let level = match self.concurrency {
+            Some(c) => format!("{c:>4} streams"),
+            None => format!("rate {:>6.1}/s", self.rate),
+        };
         write!(
             f,
-            "rate {:>6.1}/s: {} sent, {} ok, {} × 429, {} errors in {:.2} s → {:.2} req/s, \
-             {:.1} tok/s, TTFT p50 {:.1} ms p99 {:.1} ms, ITL p50 {:.1} ms p99 {:.1} ms",
-            self.rate,
+            "{level}: {} sent, {} ok, {} × 429, {} errors in {:.2} s → {:.2} req/s, \
+             {:.1} tok/s, TTFT p50 {:.1} ms p99 {:.1} ms, ITL p50 {:.1} ms p99 {:.1} ms, \
+             mean {:.0} prompt / {:.1} completion tokens",
             self.requests,
             self.ok,
             self.rejected_429,
@@ -76,6 +92,8 @@ impl std::fmt::Display for LoadReport {
             ms(self.ttft_p99),
             ms(self.itl_p50),
             ms(self.itl_p99),
+            self.prompt_tokens,
+            self.completion_tokens,
         )
     }
 }
@@ -109,6 +127,7 @@ enum Outcome {
         ttft: Duration,
         itl: Vec<Duration>,
         chunks: usize,
+        usage: Option<(u64, u64)>,
     },
     TooMany,
     Failed(String),
@@ -123,6 +142,8 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
         "max_tokens": cfg.max_tokens[i % cfg.max_tokens.len()],
         "temperature": 0,
         "stream": true,
+        "stream_options": {"include_usage": true},
+        "ignore_eos": cfg.ignore_eos,
     });
     let t0 = Instant::now();
     let mut req = client
@@ -149,6 +170,7 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
     let mut itl = Vec::new();
     let mut chunks = 0;
     let mut done = false;
+    let mut usage = None;
     loop {
         let c = match resp.chunk().await {
             Ok(Some(c)) => c,
@@ -169,6 +191,10 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
             };
             if v.get("error").is_some() {
                 return Outcome::Failed(format!("error event: {data}"));
+            }
+            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                let n = |k: &str| u[k].as_u64().unwrap_or(0);
+                usage = Some((n("prompt_tokens"), n("completion_tokens")));
             }
             let has_text = v["choices"][0]["delta"]["content"]
                 .as_str()
@@ -191,6 +217,7 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
         ttft: first.unwrap_or(last - t0),
         itl,
         chunks,
+        usage,
     }
 }
 
@@ -203,25 +230,59 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
     );
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(cfg.requests);
-    for i in 0..cfg.requests {
-        let at = t0 + Duration::from_secs_f64(i as f64 / cfg.rate);
-        tokio::time::sleep_until(at.into()).await;
-        tasks.push(tokio::spawn(one(client.clone(), cfg.clone(), i)));
+    match cfg.concurrency {
+        None => {
+            for i in 0..cfg.requests {
+                let at = t0 + Duration::from_secs_f64(i as f64 / cfg.rate);
+                tokio::time::sleep_until(at.into()).await;
+                tasks.push(tokio::spawn(one(client.clone(), cfg.clone(), i)));
+            }
+        }
+        Some(streams) => {
+            // Each stream takes the next request index until all are sent.
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut workers = Vec::new();
+            for _ in 0..streams.max(1) {
+                let (client, cfg, next) = (client.clone(), cfg.clone(), next.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= cfg.requests {
+                            return done;
+                        }
+                        done.push(one(client.clone(), cfg.clone(), i).await);
+                    }
+                }));
+            }
+            for w in workers {
+                let outcomes = w.await.unwrap_or_default();
+                tasks.extend(outcomes.into_iter().map(|o| tokio::spawn(async move { o })));
+            }
+        }
     }
     let mut r = LoadReport {
         rate: cfg.rate,
+        concurrency: cfg.concurrency,
         requests: cfg.requests,
         ..Default::default()
     };
     let (mut ttft, mut itl, mut chunks) = (Vec::new(), Vec::new(), 0);
+    let (mut counted, mut prompt, mut completion) = (0u64, 0u64, 0u64);
     for t in tasks {
         match t.await {
             Ok(Outcome::Ok {
                 ttft: a,
                 itl: b,
                 chunks: c,
+                usage,
             }) => {
                 r.ok += 1;
+                if let Some((p, c)) = usage {
+                    counted += 1;
+                    prompt += p;
+                    completion += c;
+                }
                 ttft.push(a);
                 itl.extend(b);
                 chunks += c;
@@ -245,5 +306,9 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
     r.ttft_p99 = pct(&mut ttft, 0.99);
     r.itl_p50 = pct(&mut itl, 0.5);
     r.itl_p99 = pct(&mut itl, 0.99);
+    if counted > 0 {
+        r.prompt_tokens = prompt as f64 / counted as f64;
+        r.completion_tokens = completion as f64 / counted as f64;
+    }
     r
 }
