@@ -85,8 +85,7 @@ def main():
             rows.append((f"prefill, prefix pages {what}", time_call(lambda: pw.run(q, cache)), True))
             if qo == 1:
                 dw = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
-                dw.plan(indptr, full.flatten().cuda(), last.cuda(), HQ, HKV, D, PAGE,
-                        data_type=torch.bfloat16)
+                dw.plan(indptr, full.flatten().cuda(), last.cuda(), HQ, HKV, D, PAGE, **kw)
                 rows.append((f"decode (tensor cores), prefix pages {what}",
                              time_call(lambda: dw.run(q, cache)), True))
         for what, (med, p10, p90), plain in rows:
