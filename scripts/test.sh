@@ -12,7 +12,9 @@
 #   3. the candle link check (scripts/check-candle-link.sh): ferrinfer compiles against cudarc
 #      with the features candle-core's CUDA backend turns on (compat/candle-link);
 #   4. the PTX check's per-kernel report (scripts/ptx-check.sh; already part of step 2 as
-#      tests/ptx_check.rs, re-run here with its table printed).
+#      tests/ptx_check.rs, re-run here with its table printed);
+#   5. the Python package (scripts/test-python.sh): a fresh venv, the wheel built by maturin
+#      from cargo's target/, pip-installed, and the CPU part of python/tests run against it.
 # Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
 # The last lines sum libtest's own `test result:` counts and say how many GPU tests did not run.
 # Extra arguments go to `cargo test` (e.g. `bash scripts/test.sh -- --test-threads=1`).
@@ -47,6 +49,9 @@ bash scripts/check-candle-link.sh || status=$?
 
 echo "test: PTX check"
 bash scripts/ptx-check.sh || status=$?
+
+echo "test: Python package (scripts/test-python.sh)"
+bash scripts/test-python.sh || status=$?
 
 # Totals from libtest's own lines: `test result: ok. 12 passed; 0 failed; 43 ignored; ...` per
 # test binary (doc tests included), and `test <name> ... ignored, needs a CUDA GPU` per GPU test

@@ -69,6 +69,48 @@ pub struct AppendMeta<'a> {
     pub pages: &'a BatchPages,
 }
 
+impl AppendMeta<'_> {
+    /// Validates the metadata against a pool of `num_pages` pages of `page_size` rows (for op
+    /// `op`): page tables, one position per row, batch indices in range, and every position
+    /// inside its entry's reserved length. [`KvPool::validate_meta`] is this for its own
+    /// geometry; callers that own the page memory themselves (the Python bindings) call it
+    /// directly.
+    pub fn validate(&self, op: &'static str, page_size: usize, num_pages: usize) -> Result<()> {
+        self.pages.validate(op, page_size, Some(num_pages))?;
+        let nnz = self.batch_indices.len();
+        if self.positions.len() != nnz {
+            return Err(Error::shape(
+                op,
+                "positions length",
+                nnz,
+                self.positions.len(),
+            ));
+        }
+        if nnz > i32::MAX as usize {
+            return Err(Error::Overflow { op, what: "rows" });
+        }
+        let b = self.pages.batch_size();
+        for (&bi, &pos) in self.batch_indices.iter().zip(self.positions) {
+            if bi < 0 || bi as usize >= b {
+                return Err(Error::invalid(
+                    op,
+                    "batch_indices",
+                    format!("{bi} not in [0, {b})"),
+                ));
+            }
+            let len = self.pages.kv_len(bi as usize, page_size)?;
+            if pos < 0 || pos as usize >= len {
+                return Err(Error::invalid(
+                    op,
+                    "positions",
+                    format!("{pos} outside the reserved length {len} of entry {bi}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<T: Float16> KvPool<T> {
     /// A pool on the GPU. `cfg.num_pages` is ignored in favour of `size`.
     pub fn new_gpu(gpu: &Gpu, mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
@@ -256,41 +298,7 @@ impl<T: Float16> KvPool<T> {
     /// Validates append metadata against the pool: page tables, batch indices, and positions
     /// inside each entry's reserved length.
     pub fn validate_meta(&self, meta: &AppendMeta<'_>) -> Result<()> {
-        self.validate_pages(meta.pages)?;
-        let nnz = meta.batch_indices.len();
-        if meta.positions.len() != nnz {
-            return Err(Error::shape(
-                OP,
-                "positions length",
-                nnz,
-                meta.positions.len(),
-            ));
-        }
-        if nnz > i32::MAX as usize {
-            return Err(Error::Overflow {
-                op: OP,
-                what: "rows",
-            });
-        }
-        let b = meta.pages.batch_size();
-        for (&bi, &pos) in meta.batch_indices.iter().zip(meta.positions) {
-            if bi < 0 || bi as usize >= b {
-                return Err(Error::invalid(
-                    OP,
-                    "batch_indices",
-                    format!("{bi} not in [0, {b})"),
-                ));
-            }
-            let len = meta.pages.kv_len(bi as usize, self.cfg.page_size)?;
-            if pos < 0 || pos as usize >= len {
-                return Err(Error::invalid(
-                    OP,
-                    "positions",
-                    format!("{pos} outside the reserved length {len} of entry {bi}"),
-                ));
-            }
-        }
-        Ok(())
+        meta.validate(OP, self.cfg.page_size, self.cfg.num_pages)
     }
 
     fn upload_meta(&mut self, parts: &[&[i32]; 4]) -> Result<[u64; 4]> {

@@ -1,0 +1,37 @@
+"""Type stubs of the native module (python/src). Each tensor argument is a descriptor made by
+``ferrinfer._tensor.view``; outputs are written in place. Options: ``sm_scale`` None = 1/sqrt(D),
+``soft_cap`` None = off, ``window_left`` None = no window."""
+
+from typing import Any, Optional, Tuple
+
+Descriptor = Tuple[str, int, Tuple[int, ...], Tuple[int, ...], str, str, int, bool, Any]
+
+__version__: str
+
+def single_decode(q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, out: Descriptor,
+                  lse: Optional[Descriptor], sm_scale: Optional[float], soft_cap: Optional[float],
+                  window_left: Optional[int]) -> None: ...
+def single_prefill(q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, out: Descriptor,
+                   lse: Optional[Descriptor], causal: bool, sm_scale: Optional[float],
+                   soft_cap: Optional[float], window_left: Optional[int]) -> None: ...
+def batch_prefill_ragged(q: Descriptor, k: Descriptor, v: Descriptor, qo_indptr: Descriptor,
+                         kv_indptr: Descriptor, kv_layout: str, out: Descriptor, lse: Optional[Descriptor],
+                         causal: bool, sm_scale: Optional[float], soft_cap: Optional[float],
+                         window_left: Optional[int]) -> None: ...
+def batch_decode_paged(q: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
+                       kv_indptr: Descriptor, kv_indices: Descriptor, kv_last_page_len: Descriptor,
+                       out: Descriptor, lse: Optional[Descriptor], sm_scale: Optional[float],
+                       soft_cap: Optional[float], window_left: Optional[int]) -> None: ...
+def batch_prefill_paged(q: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
+                        qo_indptr: Descriptor, kv_indptr: Descriptor, kv_indices: Descriptor,
+                        kv_last_page_len: Descriptor, out: Descriptor, lse: Optional[Descriptor],
+                        causal: bool, sm_scale: Optional[float], soft_cap: Optional[float],
+                        window_left: Optional[int]) -> None: ...
+def append_paged_kv_cache(append_key: Descriptor, append_value: Descriptor, batch_indices: Descriptor,
+                          positions: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
+                          kv_indices: Descriptor, kv_indptr: Descriptor,
+                          kv_last_page_len: Descriptor) -> None: ...
+def merge_state(v_a: Descriptor, s_a: Descriptor, v_b: Descriptor, s_b: Descriptor, v_out: Descriptor,
+                s_out: Descriptor) -> None: ...
+def merge_state_in_place(v: Descriptor, s: Descriptor, v_other: Descriptor, s_other: Descriptor) -> None: ...
+def merge_states(v: Descriptor, s: Descriptor, v_out: Descriptor, s_out: Descriptor) -> None: ...

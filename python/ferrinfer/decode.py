@@ -1,0 +1,234 @@
+"""Decode attention with FlashInfer's names: ``single_decode_with_kv_cache``,
+``BatchDecodeWithPagedKVCacheWrapper`` and its CUDA-graph variant.
+
+``lse`` values are base-2 log-sum-exps of the scaled logits, as FlashInfer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _args, _native, _tensor
+from ._tensor import view, opt_view
+
+
+def single_decode_with_kv_cache(
+    q: Any,
+    k: Any,
+    v: Any,
+    kv_layout: str = "NHD",
+    pos_encoding_mode: str = "NONE",
+    use_tensor_cores: bool = False,
+    q_scale: Optional[float] = None,
+    k_scale: Optional[float] = None,
+    v_scale: Optional[float] = None,
+    window_left: int = -1,
+    logits_soft_cap: Optional[float] = None,
+    sm_scale: Optional[float] = None,
+    rope_scale: Optional[float] = None,
+    rope_theta: Optional[float] = None,
+    return_lse: bool = False,
+    **kwargs: Any,
+) -> Union[Any, Tuple[Any, Any]]:
+    """Decode attention of one request: ``q [num_qo_heads, head_dim]`` against ``k``, ``v``
+    ``[kv_len, num_kv_heads, head_dim]`` (NHD) or ``[num_kv_heads, kv_len, head_dim]`` (HND).
+
+    Returns ``out`` like ``q``, or ``(out, lse)`` with ``lse [num_qo_heads]`` (float32, base 2)
+    when ``return_lse``. ``use_tensor_cores`` only picks a kernel and is accepted; RoPE
+    (``pos_encoding_mode``, ``rope_*``) and fp8 scales raise ``NotImplementedError``.
+    """
+    op = "single_decode_with_kv_cache"
+    _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, q_scale=q_scale, k_scale=k_scale,
+                      v_scale=v_scale, rope_scale=rope_scale, rope_theta=rope_theta, **kwargs)
+    scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
+    out = _tensor.empty(q, q.shape)
+    lse = _tensor.empty(q, q.shape[:-1], "float32") if return_lse else None
+    _native.single_decode(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout),
+                          view(out, "out"), opt_view(lse, "lse"), scale, cap, win)
+    return (out, lse) if return_lse else out
+
+
+class BatchDecodeWithPagedKVCacheWrapper:
+    """Batch decode over a paged KV cache: ``plan`` once per step from host page tables, then
+    ``run`` per layer. The cache is a ``(k_cache, v_cache)`` pair or one tensor
+    ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) /
+    ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND).
+
+    ``float_workspace_buffer`` is accepted for signature compatibility; the CPU path needs no
+    workspace.
+    """
+
+    def __init__(
+        self,
+        float_workspace_buffer: Any = None,
+        kv_layout: str = "NHD",
+        use_cuda_graph: bool = False,
+        use_tensor_cores: bool = False,
+        paged_kv_indptr_buffer: Any = None,
+        paged_kv_indices_buffer: Any = None,
+        paged_kv_last_page_len_buffer: Any = None,
+        backend: str = "auto",
+        jit_args: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        _args.unsupported(type(self).__name__, jit_args=jit_args, **kwargs)
+        self._kv_layout = _args.layout(kv_layout)
+        self._use_cuda_graph = bool(use_cuda_graph)
+        self._buffers = (paged_kv_indptr_buffer, paged_kv_indices_buffer, paged_kv_last_page_len_buffer)
+        if self._use_cuda_graph and any(b is None for b in self._buffers):
+            raise ValueError("use_cuda_graph=True needs paged_kv_indptr_buffer, paged_kv_indices_buffer "
+                             "and paged_kv_last_page_len_buffer (fixed-size buffers)")
+        self._plan: Optional[dict] = None
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._use_cuda_graph
+
+    def plan(
+        self,
+        indptr: Any,
+        indices: Any,
+        last_page_len: Any,
+        num_qo_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        page_size: int,
+        *,
+        pos_encoding_mode: str = "NONE",
+        window_left: int = -1,
+        logits_soft_cap: Optional[float] = None,
+        q_data_type: Any = "float16",
+        kv_data_type: Any = None,
+        data_type: Any = None,
+        sm_scale: Optional[float] = None,
+        rope_scale: Optional[float] = None,
+        rope_theta: Optional[float] = None,
+        non_blocking: bool = True,
+        block_tables: Any = None,
+        seq_lens: Any = None,
+        fixed_split_size: Optional[int] = None,
+        disable_split_kv: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Records the step's page tables (copied to host int32 arrays) and options."""
+        op = "BatchDecodeWithPagedKVCacheWrapper.plan"
+        _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
+                          rope_theta=rope_theta, block_tables=block_tables, seq_lens=seq_lens, **kwargs)
+        if data_type is not None:
+            q_data_type = data_type
+        q_dt = _tensor.dtype_name(q_data_type)
+        kv_dt = q_dt if kv_data_type is None else _tensor.dtype_name(kv_data_type)
+        if kv_dt != q_dt:
+            raise NotImplementedError(f"{op}: kv_data_type {kv_dt} differs from q_data_type {q_dt}")
+        tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
+                  _tensor.host_int32(last_page_len, "last_page_len"))
+        if self._use_cuda_graph:
+            _fill_buffers(op, self._buffers, tables)
+        self._plan = dict(tables=tables, heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim)),
+                          page_size=int(page_size), dtype=q_dt,
+                          options=_args.options(sm_scale, logits_soft_cap, window_left))
+
+    begin_forward = plan
+
+    def run(
+        self,
+        q: Any,
+        paged_kv_cache: Any,
+        *args: Any,
+        q_scale: Optional[float] = None,
+        k_scale: Optional[float] = None,
+        v_scale: Optional[float] = None,
+        out: Any = None,
+        lse: Any = None,
+        return_lse: bool = False,
+        enable_pdl: Optional[bool] = None,
+        window_left: Optional[int] = None,
+        sinks: Any = None,
+        **kwargs: Any,
+    ) -> Union[Any, Tuple[Any, Any]]:
+        """Decode attention of ``q [batch, num_qo_heads, head_dim]`` over the planned pages.
+        Returns ``out`` (written in place when given), or ``(out, lse)`` with ``lse [batch,
+        num_qo_heads]`` (float32, base 2) when ``return_lse``."""
+        op = "BatchDecodeWithPagedKVCacheWrapper.run"
+        if args:
+            raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
+        _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, sinks=sinks, **kwargs)
+        p = _planned(self._plan, op)
+        k, v = _args.split_cache(paged_kv_cache)
+        _check_planned(op, p, q, k, self._kv_layout)
+        scale, cap, win = p["options"]
+        if window_left is not None:
+            win = _args.options(None, None, window_left)[2]
+        out, lse = _outputs(q, out, lse, return_lse)
+        indptr, indices, last = p["tables"]
+        _native.batch_decode_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
+                                   view(indptr, "indptr"), view(indices, "indices"),
+                                   view(last, "last_page_len"), view(out, "out"), opt_view(lse, "lse"),
+                                   scale, cap, win)
+        return (out, lse) if return_lse else out
+
+    forward = run
+
+
+class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
+    """The CUDA-graph form of :class:`BatchDecodeWithPagedKVCacheWrapper`: page tables live in
+    fixed-size buffers given at construction, which ``plan`` refills."""
+
+    def __init__(
+        self,
+        workspace_buffer: Any,
+        indptr_buffer: Any,
+        indices_buffer: Any,
+        last_page_len_buffer: Any,
+        kv_layout: str = "NHD",
+        use_tensor_cores: bool = False,
+    ) -> None:
+        super().__init__(workspace_buffer, kv_layout, use_cuda_graph=True, use_tensor_cores=use_tensor_cores,
+                         paged_kv_indptr_buffer=indptr_buffer, paged_kv_indices_buffer=indices_buffer,
+                         paged_kv_last_page_len_buffer=last_page_len_buffer)
+
+
+def _fill_buffers(op: str, buffers: Tuple[Any, ...], tables: Tuple[np.ndarray, ...]) -> None:
+    """Copies the planned tables into the caller's fixed buffers (CUDA-graph mode), refusing
+    tables that do not fit."""
+    names = ("indptr", "indices", "last_page_len")
+    for name, buf, t in zip(names, buffers, tables):
+        if t.size > buf.shape[0]:
+            raise ValueError(f"{op}: {name} has {t.size} entries but its buffer holds {buf.shape[0]}")
+    for buf, t in zip(buffers, tables):
+        if _tensor.is_torch(buf):
+            import torch
+
+            buf[: t.size].copy_(torch.from_numpy(t), non_blocking=True)
+        else:
+            buf[: t.size] = t
+
+
+def _planned(plan: Optional[dict], op: str) -> dict:
+    if plan is None:
+        raise RuntimeError(f"{op}: plan() must be called before run()")
+    return plan
+
+
+def _check_planned(op: str, p: dict, q: Any, k: Any, kv_layout: str) -> None:
+    """The run's tensors match what was planned (heads, head dim, page size, dtype)."""
+    hq, hkv, d = p["heads"]
+    if tuple(q.shape[1:]) != (hq, d):
+        raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (batch, {hq}, {d})")
+    kshape = tuple(k.shape)
+    want = (p["page_size"], hkv, d) if kv_layout == "NHD" else (hkv, p["page_size"], d)
+    if len(kshape) != 4 or kshape[1:] != want:
+        raise ValueError(f"{op}: paged_kv_cache K shape {kshape} does not match the plan "
+                         f"(num_pages, {', '.join(map(str, want))}) in {kv_layout}")
+    _args.check_dtype("q", q, p["dtype"])
+
+
+def _outputs(q: Any, out: Any, lse: Any, return_lse: bool) -> Tuple[Any, Any]:
+    """The caller's ``out``/``lse`` or new ones like ``q`` (``lse`` only when asked for)."""
+    if out is None:
+        out = _tensor.empty(q, q.shape)
+    if lse is None and return_lse:
+        lse = _tensor.empty(q, q.shape[:-1], "float32")
+    return out, lse

@@ -1,0 +1,327 @@
+//! Single-request decode and prefill and ragged batch prefill on the caller's arrays, over
+//! ferrinfer's CPU backend (`ferrinfer::cpu`). Shapes are FlashInfer's: q `[Hq, D]` (decode) or
+//! `[rows, Hq, D]`, K/V `[kv_len, Hkv, D]` (NHD) or `[Hkv, kv_len, D]` (HND), lse f32 `[.., Hq]`
+//! in base 2. The library validates lengths, heads and options; this file checks what only the
+//! binding knows (ranks, dtypes, contiguity, aliasing) and picks the element type.
+use std::borrow::Cow;
+
+use ferrinfer::cpu::{self, KvStrides};
+use ferrinfer::{Float16, HeadConfig};
+use half::{bf16, f16};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+
+use crate::errors::lib;
+use crate::tensor::{disjoint, index_array, Dt, Elem, RawTensor, Tensor};
+
+/// Checks q (rank `q_rank`, contiguous, 16-bit), K and V (rank 3, same shape and dtype as q,
+/// head rows contiguous) and returns the head geometry and the K/V token count.
+fn geometry(q: &Tensor, k: &Tensor, v: &Tensor, hnd: bool) -> PyResult<(HeadConfig, usize)> {
+    q.expect_dtype(&[Dt::F16, Dt::Bf16])?;
+    q.expect_contiguous()?;
+    let layout = if hnd {
+        "[num_kv_heads, kv_len, head_dim] (HND)"
+    } else {
+        "[kv_len, num_kv_heads, head_dim] (NHD)"
+    };
+    for t in [k, v] {
+        t.expect_same_dtype(q)?;
+        t.expect_rank(3, layout)?;
+        t.expect_unit_last_stride()?;
+    }
+    v.expect_shape(&k.shape)?;
+    let (kv_len, hkv) = if hnd {
+        (k.shape[1], k.shape[0])
+    } else {
+        (k.shape[0], k.shape[1])
+    };
+    let hq = q.shape[q.shape.len() - 2];
+    let d = q.shape[q.shape.len() - 1];
+    if k.shape[2] != d {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{}: head_dim {} differs from q's {d}",
+            k.name, k.shape[2]
+        )));
+    }
+    Ok((crate::heads(hq, hkv, d)?, kv_len))
+}
+
+/// K/V strides `(stride_n, stride_h)` of a rank-3 tensor in either layout.
+pub(crate) fn kv_strides(t: &Tensor, hnd: bool) -> KvStrides {
+    let (n, h) = if hnd {
+        (t.strides[1], t.strides[0])
+    } else {
+        (t.strides[0], t.strides[1])
+    };
+    KvStrides {
+        stride_n: n,
+        stride_h: h,
+    }
+}
+
+/// The rows of a rank-3 K or V as contiguous NHD: the caller's memory when it already is,
+/// else a gathered copy (what the prefill paths of the CPU backend read).
+fn nhd_rows<'a, T: Elem>(t: &Tensor, data: &'a [T], hnd: bool) -> Cow<'a, [T]> {
+    let s = kv_strides(t, hnd);
+    let (n, h, d) = if hnd {
+        (t.shape[1], t.shape[0], t.shape[2])
+    } else {
+        (t.shape[0], t.shape[1], t.shape[2])
+    };
+    if (s.stride_n == h * d || n <= 1) && (s.stride_h == d || h <= 1) {
+        return Cow::Borrowed(&data[..n * h * d]);
+    }
+    let mut rows = Vec::with_capacity(n * h * d);
+    for i in 0..n {
+        for j in 0..h {
+            let o = i * s.stride_n + j * s.stride_h;
+            rows.extend_from_slice(&data[o..o + d]);
+        }
+    }
+    Cow::Owned(rows)
+}
+
+/// Output checks shared by every op: `out` has q's shape and dtype and is contiguous; `lse`
+/// (f32, contiguous) has q's shape without the head dim.
+pub(crate) fn check_outputs(q: &Tensor, out: &Tensor, lse: Option<&Tensor>) -> PyResult<()> {
+    at_least_rank(q, 2)?;
+    out.expect_same_dtype(q)?;
+    out.expect_shape(&q.shape)?;
+    out.expect_contiguous()?;
+    if let Some(l) = lse {
+        l.expect_dtype(&[Dt::F32])?;
+        l.expect_shape(&q.shape[..q.shape.len() - 1])?;
+        l.expect_contiguous()?;
+    }
+    Ok(())
+}
+
+/// `q`-like tensors end in `[heads, head_dim]`: refuse lower ranks before indexing shapes.
+pub(crate) fn at_least_rank(t: &Tensor, rank: usize) -> PyResult<()> {
+    if t.shape.len() < rank {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{}: expected at least {rank} dimensions, got shape {:?}",
+            t.name, t.shape
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn wrong_dtype(q: &Tensor) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{}: dtype {} (float16 or bfloat16)",
+        q.name,
+        q.dtype.name()
+    ))
+}
+
+/// Calls `$f::<f16>` or `$f::<bf16>` by the dtype of `$q`.
+macro_rules! by_dtype {
+    ($q:expr, $f:ident($($arg:expr),*)) => {
+        match $q.dtype {
+            Dt::F16 => $f::<f16>($($arg),*),
+            Dt::Bf16 => $f::<bf16>($($arg),*),
+            _ => Err($crate::attention::wrong_dtype(&$q)),
+        }
+    };
+}
+pub(crate) use by_dtype;
+
+struct Args {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hnd: bool,
+    out: Tensor,
+    lse: Option<Tensor>,
+    opts: ferrinfer::AttentionOptions,
+}
+
+impl Args {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        q: RawTensor,
+        k: RawTensor,
+        v: RawTensor,
+        kv_layout: &str,
+        out: RawTensor,
+        lse: Option<RawTensor>,
+        opts: ferrinfer::AttentionOptions,
+    ) -> PyResult<Self> {
+        let a = Args {
+            q: Tensor::from_raw(q)?,
+            k: Tensor::from_raw(k)?,
+            v: Tensor::from_raw(v)?,
+            hnd: crate::is_hnd(kv_layout)?,
+            out: Tensor::from_raw(out)?,
+            lse: lse.map(Tensor::from_raw).transpose()?,
+            opts,
+        };
+        check_outputs(&a.q, &a.out, a.lse.as_ref())?;
+        let mut all = vec![&a.q, &a.k, &a.v, &a.out];
+        all.extend(a.lse.as_ref());
+        let mut outs = vec![&a.out];
+        outs.extend(a.lse.as_ref());
+        disjoint(&outs, &all)?;
+        Ok(a)
+    }
+}
+
+fn decode_impl<T: Float16 + Elem>(a: &Args) -> PyResult<()> {
+    a.q.expect_rank(2, "[num_qo_heads, head_dim]")?;
+    let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
+    // SAFETY: the Python layer holds every array for the call; `disjoint` ruled out aliasing.
+    let (q, k, v, out) = unsafe {
+        (
+            a.q.slice::<T>()?,
+            a.k.slice::<T>()?,
+            a.v.slice::<T>()?,
+            a.out.slice_mut::<T>()?,
+        )
+    };
+    let lse = match &a.lse {
+        // SAFETY: as above.
+        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
+        None => None,
+    };
+    let (ks, vs) = (kv_strides(&a.k, a.hnd), kv_strides(&a.v, a.hnd));
+    lib(cpu::single_decode(
+        &heads, &a.opts, q, k, ks, v, vs, kv_len, out, lse,
+    ))
+}
+
+fn prefill_impl<T: Float16 + Elem>(a: &Args) -> PyResult<()> {
+    a.q.expect_rank(3, "[qo_len, num_qo_heads, head_dim]")?;
+    let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
+    // SAFETY: the Python layer holds every array for the call; `disjoint` ruled out aliasing.
+    let (q, k, v, out) = unsafe {
+        (
+            a.q.slice::<T>()?,
+            a.k.slice::<T>()?,
+            a.v.slice::<T>()?,
+            a.out.slice_mut::<T>()?,
+        )
+    };
+    let lse = match &a.lse {
+        // SAFETY: as above.
+        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
+        None => None,
+    };
+    let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
+    lib(cpu::single_prefill(
+        &heads,
+        &a.opts,
+        q,
+        &k,
+        &v,
+        a.q.shape[0],
+        kv_len,
+        out,
+        lse,
+    ))
+}
+
+/// `single_decode(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn single_decode(
+    py: Python<'_>,
+    q: RawTensor,
+    k: RawTensor,
+    v: RawTensor,
+    kv_layout: &str,
+    out: RawTensor,
+    lse: Option<RawTensor>,
+    sm_scale: Option<f32>,
+    soft_cap: Option<f32>,
+    window_left: Option<usize>,
+) -> PyResult<()> {
+    let opts = crate::options(false, sm_scale, soft_cap, window_left);
+    let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
+    py.detach(|| by_dtype!(a.q, decode_impl(&a)))
+}
+
+/// `single_prefill(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn single_prefill(
+    py: Python<'_>,
+    q: RawTensor,
+    k: RawTensor,
+    v: RawTensor,
+    kv_layout: &str,
+    out: RawTensor,
+    lse: Option<RawTensor>,
+    causal: bool,
+    sm_scale: Option<f32>,
+    soft_cap: Option<f32>,
+    window_left: Option<usize>,
+) -> PyResult<()> {
+    let opts = crate::options(causal, sm_scale, soft_cap, window_left);
+    let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
+    py.detach(|| by_dtype!(a.q, prefill_impl(&a)))
+}
+
+fn ragged_impl<T: Float16 + Elem>(a: &Args, qo_indptr: &[i32], kv_indptr: &[i32]) -> PyResult<()> {
+    a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
+    let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
+    // SAFETY: the Python layer holds every array for the call; `disjoint` ruled out aliasing.
+    let (q, k, v, out) = unsafe {
+        (
+            a.q.slice::<T>()?,
+            a.k.slice::<T>()?,
+            a.v.slice::<T>()?,
+            a.out.slice_mut::<T>()?,
+        )
+    };
+    let lse = match &a.lse {
+        // SAFETY: as above.
+        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
+        None => None,
+    };
+    let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
+    let n = a.q.numel()?;
+    lib(cpu::batch_prefill_ragged(
+        &heads,
+        &a.opts,
+        &q[..n],
+        qo_indptr,
+        &k,
+        &v,
+        kv_indptr,
+        &mut out[..n],
+        lse,
+    ))
+}
+
+/// `batch_prefill_ragged(q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale,
+/// soft_cap, window_left)`: FlashInfer's ragged prefill wrapper's `run`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn batch_prefill_ragged(
+    py: Python<'_>,
+    q: RawTensor,
+    k: RawTensor,
+    v: RawTensor,
+    qo_indptr: RawTensor,
+    kv_indptr: RawTensor,
+    kv_layout: &str,
+    out: RawTensor,
+    lse: Option<RawTensor>,
+    causal: bool,
+    sm_scale: Option<f32>,
+    soft_cap: Option<f32>,
+    window_left: Option<usize>,
+) -> PyResult<()> {
+    let opts = crate::options(causal, sm_scale, soft_cap, window_left);
+    let (qo_indptr, kv_indptr) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
+    let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
+    py.detach(|| by_dtype!(a.q, ragged_impl(&a, &qo_indptr, &kv_indptr)))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(single_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(single_prefill, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_prefill_ragged, m)?)?;
+    Ok(())
+}

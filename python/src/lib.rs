@@ -1,0 +1,64 @@
+//! `ferrinfer._native`: the native half of the Python package. Each function takes tensor
+//! descriptors (see [`tensor`]) and plain values, checks them, and runs ferrinfer's CPU
+//! backend on the caller's memory; outputs are written into arrays the caller allocated. The
+//! FlashInfer-named wrappers, argument defaults and output allocation live in the pure-Python
+//! package `ferrinfer` (python/ferrinfer/), so this module stays a thin, typed layer.
+//!
+//! | module        | what                                                            |
+//! |---------------|-----------------------------------------------------------------|
+//! | [`tensor`]    | descriptor intake, dtype/shape/contiguity/aliasing checks       |
+//! | [`errors`]    | `ferrinfer::Error` → Python exceptions                          |
+//! | [`attention`] | single decode, single prefill, ragged batch prefill             |
+//! | [`paged`]     | paged-KV views: batch decode, paged prefill, KV append          |
+//! | [`merge`]     | attention-state merges                                          |
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod attention;
+mod errors;
+mod merge;
+mod paged;
+mod tensor;
+
+use ferrinfer::{AttentionOptions, HeadConfig};
+use pyo3::prelude::*;
+
+/// Builds the op options from the wrapper's keyword arguments (already normalised by the Python
+/// layer: `window_left < 0` and `logits_soft_cap = 0` arrive as `None`).
+fn options(
+    causal: bool,
+    sm_scale: Option<f32>,
+    soft_cap: Option<f32>,
+    window_left: Option<usize>,
+) -> AttentionOptions {
+    AttentionOptions {
+        sm_scale,
+        soft_cap,
+        window_left,
+        causal,
+    }
+}
+
+/// Validated head geometry (the library's own rules and messages).
+fn heads(num_qo_heads: usize, num_kv_heads: usize, head_dim: usize) -> PyResult<HeadConfig> {
+    errors::lib(HeadConfig::new(num_qo_heads, num_kv_heads, head_dim))
+}
+
+/// Whether a layout string names HND (`"HND"`) or NHD (`"NHD"`).
+fn is_hnd(layout: &str) -> PyResult<bool> {
+    match layout {
+        "NHD" => Ok(false),
+        "HND" => Ok(true),
+        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "kv_layout: {other:?} is not 'NHD' or 'HND'"
+        ))),
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    attention::register(m)?;
+    paged::register(m)?;
+    merge::register(m)?;
+    Ok(())
+}

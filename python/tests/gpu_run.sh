@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the Python package's tests on the GPU machine (Python 3.12 + torch 2.11 + FlashInfer 0.7.2
+# in the system Python, no network), logs into $OUT.
+#
+# How to run it:
+#   1. here (the CPU machine): `bash scripts/test-python.sh` builds python/dist/ferrinfer-*.whl
+#      (abi3, ~0.5 MB) and runs the CPU suite; python/wheelhouse/ holds pytest's wheels in case
+#      the GPU machine's Python lacks pytest (made by
+#      `python3 -m pip download --only-binary=:all: --python-version 3.12 -d python/wheelhouse pytest`);
+#   2. on the GPU machine, from the repository root, carrying both ignored folders:
+#        run(command="bash python/tests/gpu_run.sh", carry=["python/dist", "python/wheelhouse"])
+#   3. $OUT/pytest.log has the full log, $OUT/junit.xml the per-test results, $OUT/summary.txt
+#      the counts. Exit status is pytest's.
+# The venv (--system-site-packages, so torch, numpy and flashinfer come from the system) lives
+# in a temporary directory; the wheel is installed with --no-index --no-deps (offline).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+out="${OUT:-$root/python/gpu-out}"
+mkdir -p "$out"
+
+wheel=(python/dist/ferrinfer-*.whl)
+if [[ ! -f "${wheel[0]}" ]]; then
+    echo "gpu_run: no python/dist/ferrinfer-*.whl: build it with scripts/test-python.sh and carry python/dist" >&2
+    exit 2
+fi
+
+venv="$(mktemp -d)/venv"
+python3 -m venv --system-site-packages "$venv"
+py="$venv/bin/python"
+"$py" -m pip install --quiet --no-index --no-deps "${wheel[0]}"
+if ! "$py" -c "import pytest" 2>/dev/null; then
+    "$py" -m pip install --quiet --no-index --find-links python/wheelhouse pytest
+fi
+
+{
+    echo "gpu_run: $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    "$py" - <<'EOF'
+import sys, numpy, ferrinfer
+print("python", sys.version.split()[0], "numpy", numpy.__version__, "ferrinfer", ferrinfer.__version__)
+try:
+    import torch
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+          torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+except Exception as e:
+    print("torch: not importable:", e)
+try:
+    import flashinfer
+    print("flashinfer", flashinfer.__version__)
+except Exception as e:
+    print("flashinfer: not importable:", type(e).__name__, e)
+EOF
+} 2>&1 | tee "$out/env.txt" || true  # pytest below reports an import failure in full
+
+status=0
+# From the repository root: python/ferrinfer (the source tree) is not on sys.path, so the
+# installed wheel is what runs.
+"$py" -m pytest -p no:cacheprovider -rs -q --rootdir python/tests python/tests \
+    --junitxml "$out/junit.xml" "$@" 2>&1 | tee "$out/pytest.log" || status=$?
+tail -n 1 "$out/pytest.log" > "$out/summary.txt"
+exit "$status"
