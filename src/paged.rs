@@ -105,6 +105,32 @@ pub fn gpu_pool<T: Float16>(
     pool
 }
 
+/// A host-memory pool (the CPU backend's) holding `k`/`v` like [`gpu_pool`].
+#[allow(clippy::too_many_arguments)]
+pub fn host_pool<T: Float16>(
+    heads: &HeadConfig,
+    page_size: usize,
+    layout: KvLayout,
+    pages: &BatchPages,
+    num_pages: usize,
+    lens: &[usize],
+    k: &[T],
+    v: &[T],
+) -> KvPool<T> {
+    let cfg = pool_config(heads, page_size, layout, 0);
+    let mut pool = KvPool::<T>::new_cpu(cfg, PoolSize::Pages(num_pages)).unwrap();
+    let (bi, pos) = positions(lens, None);
+    let rs = RowStrides::contiguous(heads.num_kv_heads, heads.head_dim);
+    let meta = AppendMeta {
+        batch_indices: &bi,
+        positions: &pos,
+        pages,
+    };
+    pool.append(&meta, Rows::Host(k), rs, Rows::Host(v), rs)
+        .unwrap();
+    pool
+}
+
 /// Splits `[Σ lens, row]` values into one vector per request.
 pub fn per_request(all: &[f64], lens: &[usize], row: usize) -> Vec<Vec<f64>> {
     let mut off = 0;

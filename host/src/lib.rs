@@ -17,6 +17,8 @@
 //! | decode planner (pure)       | [`plan::plan_decode`]                   | `plan/decode.rs`              |
 //! | single-request decode (GPU) | [`ops::SingleDecode`]                   | `ops/single_decode.rs`        |
 //! | prefill (GPU, batch/single) | [`ops::BatchPrefill`], [`ops::SinglePrefill`] | `ops/prefill/*.rs`     |
+//! | cascade attention (GPU)     | [`ops::CascadeAttention`], [`plan::CascadeLevel`] | `ops/cascade.rs`, `plan/cascade.rs` |
+//! | custom prefill masks        | [`mask::PackedMask`], [`mask::segment_packbits`] | `mask.rs`           |
 //! | input checks (GPU and CPU)  | `validate`                              | `validate.rs`                 |
 //! | CPU backend                 | [`cpu`]                                 | `cpu/*.rs`                    |
 //! | rotary embedding parameters | [`rope::RopeConfig`]                    | `rope.rs`                     |
@@ -41,6 +43,7 @@ pub mod error;
 pub mod heads;
 pub mod kernels;
 pub mod kv;
+pub mod mask;
 pub mod ops;
 pub mod options;
 pub mod plan;

@@ -8,6 +8,9 @@
 //! `c·tanh(sm_scale·q·k_j / c)` with soft-cap `c`. Output `o_i = Σ softmax(t)_j v_j`,
 //! `lse_i = log2 Σ_j e^{t_j}` (base 2, FlashInfer's convention). No allowed key: `o_i = 0`,
 //! `lse_i = −inf`. GQA: query head `h` reads KV head `h / (num_qo_heads / num_kv_heads)`.
+//! A custom mask ([`attention_masked`], row-major `[qo_len, kv_len]` booleans, unpacked: the
+//! oracle does not share the packed layout's indexing) further hides key `j` from row `i` when
+//! entry `i·kv_len + j` is false.
 use crate::checked;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -50,6 +53,22 @@ pub fn attention(
     kv_len: usize,
     opts: &AttentionOptions,
 ) -> Result<Reference> {
+    attention_masked(q, k, v, heads, qo_len, kv_len, opts, None)
+}
+
+/// [`attention`] with a custom mask: `mask[i·kv_len + j]` false hides key `j` from query row
+/// `i` (on top of the causal and window masks of `opts`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_masked(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    heads: &HeadConfig,
+    qo_len: usize,
+    kv_len: usize,
+    opts: &AttentionOptions,
+    mask: Option<&[bool]>,
+) -> Result<Reference> {
     heads.validate("reference")?;
     let (hq, hkv, d) = (heads.num_qo_heads, heads.num_kv_heads, heads.head_dim);
     const OP: &str = "reference";
@@ -60,6 +79,12 @@ pub fn attention(
     }
     if k.len() != nkv || v.len() != nkv {
         return Err(Error::shape(OP, "k/v elements", nkv, k.len().min(v.len())));
+    }
+    if let Some(m) = mask {
+        let n = checked::mul(OP, "mask entries", qo_len, kv_len)?;
+        if m.len() != n {
+            return Err(Error::shape(OP, "mask entries", n, m.len()));
+        }
     }
     let scale = opts.sm_scale.map_or(1.0 / (d as f64).sqrt(), |s| s as f64);
     let group = hq / hkv;
@@ -74,7 +99,8 @@ pub fn attention(
             let mut any = false;
             let mut max = f64::NEG_INFINITY;
             for (j, t) in logits.iter_mut().enumerate() {
-                if !allowed(i, j, qo_len, kv_len, opts) {
+                if !allowed(i, j, qo_len, kv_len, opts) || mask.is_some_and(|m| !m[i * kv_len + j])
+                {
                     *t = f64::NEG_INFINITY;
                     continue;
                 }

@@ -269,12 +269,19 @@ pub struct PrefillParams {
     pub causal: u32,
     /// Logit transform.
     pub logit: crate::math::softmax::LogitTransform,
+    /// Custom mask (the `_mask` kernels, `attn::custom_mask`): FlashInfer's packed bits, little
+    /// endian, each request's row-major `[qo_len, kv_len]` matrix from byte
+    /// `mask_indptr[request]`; 4-byte aligned and readable up to the next 4-byte boundary.
+    pub mask: u64,
+    /// i32 `[batch + 1]` byte offsets of each request's bits; 0 in single-request mode (its
+    /// bits start at `mask`).
+    pub mask_indptr: u64,
 }
 
 // SAFETY: #[repr(C)] struct of u64/u32/f32 fields (FastDiv and LogitTransform are #[repr(C)]
 // u32/f32 fields), laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for PrefillParams {}
-const _: () = assert!(core::mem::size_of::<PrefillParams>() == 14 * 8 + 8 * 4 + 4 * 12 + 16);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 16 * 8 + 8 * 4 + 4 * 12 + 16);
 const _: () = assert!(core::mem::size_of::<PrefillItem>() == 32);
 
 /// A TMA tensor map (CUDA's `CUtensorMap`): 128 opaque bytes the driver's

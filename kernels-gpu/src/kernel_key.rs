@@ -52,6 +52,9 @@ pub enum PrefillForm {
     Rows128,
     /// 128 rows, 4 warps × 2 m-tiles (`_m2`).
     Rows128Wide,
+    /// 64 rows, 4 warps, under a custom bit mask (`_mask`, `attn::custom_mask`); head dims 64
+    /// and 128.
+    Rows64Masked,
     /// Hopper warpgroups (`_h`); `persistent` CTAs run unit lists (`p`), `tma` loads ragged
     /// K/V with tensor maps (`t`). Built only into the sm_90a image.
     Hopper {
@@ -69,6 +72,7 @@ impl PrefillForm {
             PrefillForm::Rows64 => "",
             PrefillForm::Rows128 => "_w8",
             PrefillForm::Rows128Wide => "_m2",
+            PrefillForm::Rows64Masked => "_mask",
             PrefillForm::Hopper {
                 persistent: false,
                 tma: false,
@@ -382,13 +386,14 @@ impl KernelKey {
                     });
                 }
                 for kv in KeyKv::ALL {
-                    let mut forms = [PrefillForm::Rows64; 7];
+                    let mut forms = [PrefillForm::Rows64; 8];
                     let n = if head_dim == 256 {
                         1
                     } else {
-                        forms[1] = PrefillForm::Rows128;
-                        forms[2] = PrefillForm::Rows128Wide;
-                        let mut n = 3;
+                        forms[1] = PrefillForm::Rows64Masked;
+                        forms[2] = PrefillForm::Rows128;
+                        forms[3] = PrefillForm::Rows128Wide;
+                        let mut n = 4;
                         for persistent in [false, true] {
                             for tma in [false, true] {
                                 if !tma || kv == KeyKv::Ragged {
@@ -487,9 +492,9 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        // 24 decode + 4 tc + 12 merge + prefill (2 dtypes × ((7 ragged + 5 paged forms) × 2
+        // 24 decode + 4 tc + 12 merge + prefill (2 dtypes × ((8 ragged + 6 paged forms) × 2
         // head dims + 2 at D 256)) + 8 copies + 9 model kernels.
-        assert_eq!(count, 24 + 4 + 12 + 2 * (12 * 2 + 2) + 8 + 9);
+        assert_eq!(count, 24 + 4 + 12 + 2 * (14 * 2 + 2) + 8 + 9);
         for (i, m) in ModelKernel::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);
         }

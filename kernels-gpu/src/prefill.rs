@@ -12,6 +12,7 @@
 //! may see (tiles outside are never loaded; `attn::mask`).
 use crate::abi::PrefillParams;
 use crate::arch::{global, ldmatrix, pipeline, shared, thread};
+use crate::attn::custom_mask::CustomMask;
 use crate::attn::epilogue::TileOut;
 use crate::attn::kv::{copy_tile, KvRows, Paged, Ragged};
 use crate::attn::logits::{Logits, ScaleSoftCap};
@@ -72,7 +73,7 @@ unsafe fn prefill<
     };
     // The tile's query positions and the keys its rows may see, within the item's chunk.
     let qt = QueryTile::<Mk>::new(p, &req, &item);
-    let (t0, mask) = (qt.t0, qt.mask);
+    let (t0, mask) = (qt.t0, qt.mask.bind(p, &req, &item));
     let rows_total = qt.tokens * g; // packed rows: token-major, the group's heads within
     let (kv_begin, kv_end, pos_first) = (qt.kv_begin, qt.kv_end, qt.pos_first);
     let logits = L::new(p.logit);
@@ -297,8 +298,12 @@ unsafe fn prefill<
     }
 }
 
+/// Entry points: `name => K/V rows, element, D, warps, m-tiles[, mask]` (the mask type
+/// defaults to [`CausalWindow`]).
 macro_rules! prefill_entries {
-    ($($name:ident => $r:ty, $e:ty, $d:literal, $w:expr, $mt:expr;)*) => {$(
+    (@mask) => { CausalWindow };
+    (@mask $mk:ty) => { $mk };
+    ($($name:ident => $r:ty, $e:ty, $d:literal, $w:expr, $mt:expr $(, $mk:ty)?;)*) => {$(
         #[doc = concat!("Entry point: prefill, ", stringify!($r), " K/V, ", stringify!($e),
                         ", D = ", $d, ".")]
         ///
@@ -311,7 +316,8 @@ macro_rules! prefill_entries {
             const KS: usize = <Dim<$d> as HeadDim>::KS;
             // SAFETY: forwarded launch contract.
             unsafe {
-                prefill::<$r, $e, CausalWindow, ScaleSoftCap, $d, NT, KS, { $w }, { $mt }>(&p)
+                prefill::<$r, $e, prefill_entries!(@mask $($mk)?), ScaleSoftCap, $d, NT, KS,
+                    { $w }, { $mt }>(&p)
             }
         }
     )*};
@@ -351,4 +357,19 @@ prefill_entries! {
     prefill_ragged_bf16_d256 => Ragged, Bf16, 256, 4, 1;
     prefill_paged_f16_d256 => Paged, F16, 256, 4, 1;
     prefill_paged_bf16_d256 => Paged, Bf16, 256, 4, 1;
+}
+
+// The custom mask (`attn::custom_mask`, FlashInfer's packed bits) on the 64-row tile at head
+// dims 64 and 128 (at 256 the sm_80 ragged form spilled 8 bytes): every key tile of the
+// causal/window range runs the per-element test, so the mask costs one 32-bit load per kept
+// score; the host planner picks this tile whenever a plan has a mask.
+prefill_entries! {
+    prefill_ragged_f16_d64_mask => Ragged, F16, 64, 4, 1, CustomMask;
+    prefill_ragged_f16_d128_mask => Ragged, F16, 128, 4, 1, CustomMask;
+    prefill_ragged_bf16_d64_mask => Ragged, Bf16, 64, 4, 1, CustomMask;
+    prefill_ragged_bf16_d128_mask => Ragged, Bf16, 128, 4, 1, CustomMask;
+    prefill_paged_f16_d64_mask => Paged, F16, 64, 4, 1, CustomMask;
+    prefill_paged_f16_d128_mask => Paged, F16, 128, 4, 1, CustomMask;
+    prefill_paged_bf16_d64_mask => Paged, Bf16, 64, 4, 1, CustomMask;
+    prefill_paged_bf16_d128_mask => Paged, Bf16, 128, 4, 1, CustomMask;
 }

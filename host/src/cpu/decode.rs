@@ -91,6 +91,41 @@ pub fn single_decode<T: Float16>(
     Ok(())
 }
 
+/// [`single_decode`] under one row of a custom mask (`crate::mask`): key `t` is attended only
+/// when bit `row + t` of the little-endian packed `bits` is set (and the window allows it).
+/// The caller has checked that the row lies inside `bits`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn single_decode_mask_row<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    k: &[T],
+    strides: KvStrides,
+    v: &[T],
+    kv_len: usize,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+    bits: &[u8],
+    row: usize,
+) -> Result<()> {
+    let lse_len = lse.as_deref().map(<[f32]>::len);
+    let mut job = Job::new(
+        heads,
+        opts,
+        q,
+        k,
+        strides,
+        v,
+        strides,
+        kv_len,
+        out.len(),
+        lse_len,
+    )?;
+    job.mask_row = Some((bits, row));
+    job.run(out, lse, T::from_f32);
+    Ok(())
+}
+
 /// Decode attention that returns the attention *state* in f32: the normalised output
 /// `o [num_qo_heads, head_dim]` without rounding to 16 bits, and the base-2 `lse
 /// [num_qo_heads]` (required).
@@ -140,6 +175,8 @@ struct Job<'a, T> {
     kv_begin: usize,
     kv_end: usize,
     logit: LogitTransform,
+    /// A custom mask's row: key `t` attended only when bit `row + t` of the packed bits is set.
+    mask_row: Option<(&'a [u8], usize)>,
 }
 
 impl<'a, T: Float16> Job<'a, T> {
@@ -188,6 +225,7 @@ impl<'a, T: Float16> Job<'a, T> {
             kv_begin,
             kv_end: kv_len,
             logit: LogitTransform::new(opts.scale(heads), opts.soft_cap),
+            mask_row: None,
         })
     }
 
@@ -225,6 +263,12 @@ impl<'a, T: Float16> Job<'a, T> {
             for (u, xu) in x[..n].iter_mut().enumerate() {
                 let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
                 *xu = self.logit.apply(dot(&q, row));
+                if let Some((bits, r)) = self.mask_row {
+                    // A hidden key: logit −inf, weight 0 (the State's convention).
+                    if !crate::mask::row_bit(bits, r + t0 + u) {
+                        *xu = f32::NEG_INFINITY;
+                    }
+                }
                 m_new = fmax(m_new, *xu);
             }
             let r = st.rescale_to(m_new);

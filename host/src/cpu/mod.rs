@@ -18,6 +18,8 @@
 //! | single-request prefill       | [`single_prefill`]                               |
 //! | batch prefill, ragged KV     | [`batch_prefill_ragged`]                         |
 //! | batch prefill, paged KV      | [`batch_prefill_paged`]                          |
+//! | multi-level cascade, paged | [`cascade_paged`]                                |
+//! | prefill under a custom mask | [`batch_prefill_ragged_masked`], [`batch_prefill_paged_masked`], [`single_prefill_masked`] |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
 //! | RMSNorm (+ residual add)     | [`norm::rms_norm`], [`norm::add_rms_norm`]       |
@@ -26,6 +28,7 @@
 //! | sampling                     | [`sampling::argmax`], [`sampling::sample`]       |
 pub mod activation;
 pub mod batch_decode;
+pub mod cascade;
 pub mod decode;
 pub mod merge;
 pub mod norm;
@@ -35,6 +38,10 @@ pub mod sampling;
 
 pub use crate::ops::single_decode::KvStrides;
 pub use batch_decode::batch_decode;
+pub use cascade::cascade_paged;
 pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
-pub use prefill::{batch_prefill_paged, batch_prefill_ragged, single_prefill};
+pub use prefill::{
+    batch_prefill_paged, batch_prefill_paged_masked, batch_prefill_ragged,
+    batch_prefill_ragged_masked, single_prefill, single_prefill_masked,
+};

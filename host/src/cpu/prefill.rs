@@ -1,6 +1,7 @@
 //! CPU single-request prefill: each query token is a decode over the keys its masks allow
 //! (the causal bound becomes the sequence length, the window is re-expressed relative to it),
-//! so prefill shares the decode path's math. Semantics as [`crate::ops::SinglePrefill`].
+//! so prefill shares the decode path's math; a custom mask ([`PackedMask`]) hides further keys
+//! of each query's row. Semantics as [`crate::ops::SinglePrefill`].
 use rayon::prelude::*;
 
 use super::KvStrides;
@@ -8,6 +9,7 @@ use crate::checked;
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
+use crate::mask::PackedMask;
 use crate::options::AttentionOptions;
 use crate::validate;
 
@@ -26,6 +28,43 @@ pub fn single_prefill<T: Float16>(
     kv_len: usize,
     out: &mut [T],
     lse: Option<&mut [f32]>,
+) -> Result<()> {
+    single(heads, opts, q, k, v, qo_len, kv_len, out, lse, None)
+}
+
+/// [`single_prefill`] under a custom mask of one request ([`PackedMask`], combined with the
+/// causal flag and window of `opts`).
+#[allow(clippy::too_many_arguments)]
+pub fn single_prefill_masked<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    qo_len: usize,
+    kv_len: usize,
+    mask: &PackedMask,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    mask.check(OP, std::iter::once((qo_len, kv_len)))?;
+    let m = Some((&mask.bits[..], mask.indptr[0] as usize * 8));
+    single(heads, opts, q, k, v, qo_len, kv_len, out, lse, m)
+}
+
+/// One request; `mask`: packed bits and the bit of the request's entry (0, 0).
+#[allow(clippy::too_many_arguments)]
+fn single<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    qo_len: usize,
+    kv_len: usize,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+    mask: Option<(&[u8], usize)>,
 ) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
@@ -77,7 +116,23 @@ pub fn single_prefill<T: Float16>(
             causal: false,
             ..*opts
         };
-        super::single_decode(heads, &o2, &q[t * row..(t + 1) * row], k, s, v, s, hi, o, l)
+        let qt = &q[t * row..(t + 1) * row];
+        match mask {
+            None => super::single_decode(heads, &o2, qt, k, s, v, s, hi, o, l),
+            Some((bits, base)) => super::decode::single_decode_mask_row(
+                heads,
+                &o2,
+                qt,
+                k,
+                s,
+                v,
+                hi,
+                o,
+                l,
+                bits,
+                base + t * kv_len,
+            ),
+        }
     };
     let results: Vec<Result<()>> = match lse {
         Some(l) => out[..n]
@@ -111,6 +166,51 @@ pub fn batch_prefill_ragged<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
+    ragged(heads, opts, q, qo_indptr, k, v, kv_indptr, None, out, lse)
+}
+
+/// [`batch_prefill_ragged`] under a custom mask ([`PackedMask`]: one `[qo_len, kv_len]` bit
+/// matrix per request, combined with the causal flag and window of `opts`).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_ragged_masked<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    k: &[T],
+    v: &[T],
+    kv_indptr: &[i32],
+    mask: &PackedMask,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    ragged(
+        heads,
+        opts,
+        q,
+        qo_indptr,
+        k,
+        v,
+        kv_indptr,
+        Some(mask),
+        out,
+        lse,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ragged<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    k: &[T],
+    v: &[T],
+    kv_indptr: &[i32],
+    mask: Option<&PackedMask>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
     heads.validate(OP)?;
     // Validated here too, not only per request: an empty batch must be refused like decode's.
     opts.validate(OP)?;
@@ -121,6 +221,11 @@ pub fn batch_prefill_ragged<T: Float16>(
         k.len().min(v.len()) / kvrow.max(1),
     );
     validate::ragged_indptr(OP, qo_indptr, kv_indptr, Some(rows))?;
+    if let Some(m) = mask {
+        let len = |p: &[i32], b: usize| (p[b + 1] - p[b]) as usize;
+        let lens = (0..qo_indptr.len() - 1).map(|b| (len(qo_indptr, b), len(kv_indptr, b)));
+        m.check(OP, lens)?;
+    }
     if let Some(l) = lse.as_deref() {
         let rows = *qo_indptr.last().unwrap_or(&0) as usize;
         let need = checked::mul(OP, "lse elements", rows, heads.num_qo_heads)?;
@@ -133,7 +238,7 @@ pub fn batch_prefill_ragged<T: Float16>(
         let l = lse
             .as_deref_mut()
             .map(|l| &mut l[q0 * heads.num_qo_heads..q1 * heads.num_qo_heads]);
-        single_prefill(
+        single(
             heads,
             opts,
             &q[q0 * qrow..q1 * qrow],
@@ -143,6 +248,7 @@ pub fn batch_prefill_ragged<T: Float16>(
             k1 - k0,
             &mut out[q0 * qrow..q1 * qrow],
             l,
+            mask.map(|m| (&m.bits[..], m.indptr[b] as usize * 8)),
         )?;
     }
     Ok(())
@@ -162,11 +268,56 @@ pub fn batch_prefill_paged<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
+    paged(heads, opts, q, qo_indptr, pool, pages, None, out, lse)
+}
+
+/// [`batch_prefill_paged`] under a custom mask ([`PackedMask`], as
+/// [`batch_prefill_ragged_masked`]).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_paged_masked<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    pool: &crate::kv::KvPool<T>,
+    pages: &crate::kv::BatchPages,
+    mask: &PackedMask,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    paged(heads, opts, q, qo_indptr, pool, pages, Some(mask), out, lse)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn paged<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    pool: &crate::kv::KvPool<T>,
+    pages: &crate::kv::BatchPages,
+    mask: Option<&PackedMask>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
     validate::pool_heads(OP, pool.config(), heads)?;
     pool.validate_pages(pages)?;
     validate::qo_indptr(OP, qo_indptr, pages.batch_size())?;
+    if let Some(m) = mask {
+        // Checked before the gather (which allocates the whole batch's K/V).
+        let ps = pool.config().page_size;
+        let lens = (0..pages.batch_size())
+            .map(|b| {
+                Ok((
+                    (qo_indptr[b + 1] - qo_indptr[b]) as usize,
+                    pages.kv_len(b, ps)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        m.check(OP, lens.into_iter())?;
+    }
     // Gather every request's KV to packed rows, then run the ragged path.
     let mut kv_indptr = checked::with_capacity(OP, "kv_indptr", pages.batch_size() + 1)?;
     kv_indptr.push(0i32);
@@ -180,5 +331,7 @@ pub fn batch_prefill_paged<T: Float16>(
         v.extend_from_slice(&vb);
         kv_indptr.push(checked::to_i32(OP, "kv rows", k.len() / kvrow)?);
     }
-    batch_prefill_ragged(heads, opts, q, qo_indptr, &k, &v, &kv_indptr, out, lse)
+    ragged(
+        heads, opts, q, qo_indptr, &k, &v, &kv_indptr, mask, out, lse,
+    )
 }

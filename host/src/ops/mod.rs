@@ -3,6 +3,7 @@
 //! Each op resolves its kernels once, when it is built; planned ops (batch decode, batch
 //! prefill) keep their step's tables in a shared plan workspace ([`workspace`]).
 pub mod batch_decode;
+pub mod cascade;
 mod io_check;
 pub(crate) mod kv_copy;
 pub mod merge;
@@ -12,10 +13,11 @@ pub mod single_decode;
 mod workspace;
 
 pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
+pub use cascade::{CascadeAttention, CascadePlan};
 pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
 pub use model::ModelKernels;
 pub use prefill::{
-    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile,
-    SinglePrefill, WGMMA_MIN_KEYS,
+    mean_keys_per_query, BatchPrefill, BatchPrefillPlan, DeviceMask, PrefillGraphLimits,
+    PrefillTile, SinglePrefill, WGMMA_MIN_KEYS,
 };
 pub use single_decode::SingleDecode;

@@ -1,5 +1,6 @@
 //! Host-side planners: pure functions from a step's shapes to a work partition (FlashInfer's
 //! plan/run split). Plans are computed once per step and reused by every layer.
+pub mod cascade;
 pub mod decode;
 
 /// Most entries (work items, query tiles, merge rows, scheduled units, CTAs) one plan may hold.
@@ -13,6 +14,7 @@ pub const MAX_PLAN_ENTRIES: usize = 1 << 22;
 pub mod prefill;
 pub mod units;
 
+pub use cascade::{plan as plan_cascade, CascadeLevel, LevelBatch};
 pub use decode::{plan as plan_decode, DecodePlan, DecodeProblem};
 pub use prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
 pub use units::{schedule as schedule_units, UnitSchedule};

@@ -33,6 +33,13 @@ pub(crate) trait Mask: Copy {
 
     /// Whether query position `pos` sees key `key` (keys at or past `kv_end` never).
     fn keep(&self, key: u32, pos: u32, kv_end: u32) -> bool;
+
+    /// The mask bound to request `req` of work item `item` (a mask with per-request state,
+    /// `attn::custom_mask`); position-only masks are already complete.
+    #[inline(always)]
+    fn bind(self, _p: &PrefillParams, _req: &PrefillRequest, _item: &PrefillItem) -> Self {
+        self
+    }
 }
 
 /// The causal mask (a runtime flag, nonzero: on) and the sliding window (`u32::MAX`: none), as

@@ -7,6 +7,7 @@
 //! |--------------|---------------------------------------------------------------------------|
 //! | [`work`]     | work items from the plan arrays (decode, prefill; CTA → item and KV head)  |
 //! | [`mask`]     | visible key range of a query tile, mask predicates ([`mask::Mask`])        |
+//! | `custom_mask`| the packed custom bit mask (FlashInfer's layout) as a [`mask::Mask`]     |
 //! | [`logits`]   | logits transform: scale, soft-cap ([`logits::Logits`])                    |
 //! | [`tile`]     | register tile in the `mma` C layout: row max/sum, scale rows, exp2, mma    |
 //! | [`state`]    | online-softmax state of a lane's rows: update, quad reduction, normalise   |
@@ -33,6 +34,8 @@
 //! unit tests run (`cargo test -p ferrinfer-kernels`); the rest needs the device intrinsics.
 // On the host only the tests use these items.
 #![cfg_attr(not(target_arch = "nvptx64"), allow(dead_code))]
+#[cfg(target_arch = "nvptx64")]
+pub(crate) mod custom_mask;
 #[cfg(target_arch = "nvptx64")]
 pub(crate) mod epilogue;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]

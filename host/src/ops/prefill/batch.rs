@@ -307,6 +307,8 @@ impl BatchPrefill {
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+            mask: plan.mask.as_ref().map_or(0, |m| m.addrs().0),
+            mask_indptr: plan.mask.as_ref().map_or(0, |m| m.addrs().1),
         };
         let dims = LaunchDims {
             grid,

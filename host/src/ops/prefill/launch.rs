@@ -12,7 +12,7 @@ use crate::runtime::{encode_rows, Gpu, Kernel, LaunchDims, RowsGeometry};
 use super::policy::PrefillTile;
 
 /// Forms of a prefill kernel, in [`form_index`] order.
-const FORMS: usize = 7;
+const FORMS: usize = 8;
 
 fn form_index(form: PrefillForm) -> usize {
     match form {
@@ -20,6 +20,7 @@ fn form_index(form: PrefillForm) -> usize {
         PrefillForm::Rows128 => 1,
         PrefillForm::Rows128Wide => 2,
         PrefillForm::Hopper { persistent, tma } => 3 + 2 * persistent as usize + tma as usize,
+        PrefillForm::Rows64Masked => 7,
     }
 }
 
@@ -69,6 +70,17 @@ impl PrefillKernels {
                         table[kv_index(kv)][form_index(form)] = Some(gpu.kernel(key, smem)?);
                     }
                 }
+                // The custom-mask form of the 64-row tile (same geometry and shared memory).
+                if tile == PrefillTile::Rows64 && super::mask::built_for(head_dim) {
+                    let key = KernelKey::Prefill {
+                        kv,
+                        dtype: dtype.key(),
+                        head_dim: head_dim as u32,
+                        form: PrefillForm::Rows64Masked,
+                    };
+                    table[kv_index(kv)][form_index(PrefillForm::Rows64Masked)] =
+                        Some(gpu.kernel(key, smem)?);
+                }
             }
         }
         Ok(Self { table })
@@ -82,12 +94,14 @@ impl PrefillKernels {
     }
 }
 
-/// Launches the prefill kernel of `tile` over `kv` (persistent form with `persistent`): the
-/// Hopper tile's entries take the tensor-map block as their second parameter, and with `maps`
-/// set their TMA form runs (the `cp.async` forms get zeros); the other tiles take `p` only.
+/// Launches the prefill kernel of `tile` over `kv` (persistent form with `persistent`; the
+/// custom-mask form with `p.mask` set, 64-row tile only): the Hopper tile's entries take the
+/// tensor-map block as their second parameter, and with `maps` set their TMA form runs (the
+/// `cp.async` forms get zeros); the other tiles take `p` only.
 ///
 /// # Safety
-/// As [`Gpu::launch`] for the kernel's contract; `maps` describe the launch's own K/V rows.
+/// As [`Gpu::launch`] for the kernel's contract; `maps` describe the launch's own K/V rows;
+/// a mask in `p` is a [`super::mask::DeviceMask`] checked against the launch's requests.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch_prefill(
     gpu: &Gpu,
@@ -99,7 +113,18 @@ pub(crate) unsafe fn launch_prefill(
     dims: LaunchDims,
     p: PrefillParams,
 ) -> Result<()> {
-    let k = kernels.get(kv, tile.form(persistent, maps.is_some()))?;
+    let form = match (p.mask != 0, tile) {
+        (false, _) => tile.form(persistent, maps.is_some()),
+        (true, PrefillTile::Rows64) => PrefillForm::Rows64Masked,
+        (true, _) => {
+            return Err(Error::unsupported(
+                "prefill",
+                "custom mask",
+                format!("with the {tile:?} tile (the masked kernel is the 64-row tile)"),
+            ))
+        }
+    };
+    let k = kernels.get(kv, form)?;
     if tile != PrefillTile::Rows128Wgmma {
         // SAFETY: forwarded contract.
         return unsafe { gpu.launch_kernel(k, dims, p) };

@@ -18,18 +18,21 @@
 //! | `batch.rs`  | [`BatchPrefill`]: construction, settings, launch-only runs             |
 //! | `single.rs` | [`SinglePrefill`]                                                      |
 //! | `launch.rs` | kernels resolved per op, TMA tensor maps, the one launch path          |
+//! | `mask.rs`   | [`DeviceMask`]: a custom mask's device copy for the `_mask` kernels     |
 //!
 //! Device side: `kernels-gpu/src/prefill.rs`, `prefill_hopper.rs`,
 //! `prefill_hopper_persistent.rs`, `merge.rs`.
 mod batch;
 mod graph;
 mod launch;
+mod mask;
 mod plan;
 pub mod policy;
 mod single;
 
 pub use batch::BatchPrefill;
 pub use graph::PrefillGraphLimits;
+pub use mask::DeviceMask;
 pub use plan::BatchPrefillPlan;
 pub use policy::{
     mean_keys_per_query, persistent_auto, PrefillTile, MIN_CHUNK, PERSISTENT_MAX_MEAN_TILES,

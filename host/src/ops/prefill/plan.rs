@@ -11,6 +11,7 @@ use ferrinfer_kernels::kernel_key::KeyKv;
 use crate::checked;
 use crate::error::{Error, Result};
 use crate::kv::{BatchPages, KvPoolConfig};
+use crate::mask::PackedMask;
 use crate::ops::workspace::{check_graph_fit, check_slots, PlanOwner, PlanWorkspace, Staged};
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
 use crate::plan::units::{schedule as schedule_units, UnitSchedule};
@@ -18,6 +19,7 @@ use crate::validate;
 
 use super::batch::{BatchPrefill, OP};
 use super::graph::{Caps, MetaOffsets, PrefillGraphLimits};
+use super::mask::DeviceMask;
 use super::policy::{mean_keys_per_query, persistent_auto, PrefillTile, MIN_CHUNK};
 
 /// Where a plan's K/V comes from.
@@ -53,6 +55,8 @@ pub struct BatchPrefillPlan {
     /// Persistent grid of the plan's kernel (0: one CTA per unit, grid `(kv heads, items)`).
     pub(super) ctas: usize,
     pub(super) ws: PlanWorkspace<PrefillGraphLimits>,
+    /// The step's custom mask (masked plans run the 64-row `_mask` kernel).
+    pub(super) mask: Option<DeviceMask>,
 }
 
 impl BatchPrefillPlan {
@@ -92,6 +96,7 @@ struct Step<'a> {
     kv_indices: &'a [i32],
     page_size: usize,
     num_pages: Option<usize>,
+    mask: Option<&'a PackedMask>,
 }
 
 impl BatchPrefill {
@@ -138,6 +143,7 @@ impl BatchPrefill {
             off: caps.unwrap_or_default().offsets(),
             ctas: 0,
             ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
+            mask: None,
         })
     }
 
@@ -156,6 +162,31 @@ impl BatchPrefill {
         kv_indptr: &[i32],
         plan: &mut BatchPrefillPlan,
     ) -> Result<()> {
+        self.ragged_step(qo_indptr, kv_indptr, None, plan)
+    }
+
+    /// [`BatchPrefill::plan_ragged`] under a custom mask ([`PackedMask`]: per request a
+    /// `[qo_len, kv_len]` bit matrix, combined with the op's causal flag and window). The plan
+    /// runs the 64-row tile's `_mask` kernel (the other tiles have no masked form) and holds a
+    /// device copy of the mask. Not in CUDA-graph mode.
+    pub fn plan_ragged_masked(
+        &self,
+        qo_indptr: &[i32],
+        kv_indptr: &[i32],
+        mask: &PackedMask,
+    ) -> Result<BatchPrefillPlan> {
+        let mut plan = self.empty_plan(KvKind::Ragged)?;
+        self.ragged_step(qo_indptr, kv_indptr, Some(mask), &mut plan)?;
+        Ok(plan)
+    }
+
+    fn ragged_step(
+        &self,
+        qo_indptr: &[i32],
+        kv_indptr: &[i32],
+        mask: Option<&PackedMask>,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
         validate::ragged_indptr(OP, qo_indptr, kv_indptr, None)?;
         let batch = qo_indptr.len() - 1;
         let kv_lens: Vec<usize> = kv_indptr
@@ -171,6 +202,7 @@ impl BatchPrefill {
             kv_indices: &[],
             page_size: 0,
             num_pages: None,
+            mask,
         };
         self.plan_step(&step, plan)?;
         plan.kv_tokens = kv_indptr[batch] as usize;
@@ -199,6 +231,31 @@ impl BatchPrefill {
         pool: &KvPoolConfig,
         plan: &mut BatchPrefillPlan,
     ) -> Result<()> {
+        self.paged_step(qo_indptr, pages, pool, None, plan)
+    }
+
+    /// [`BatchPrefill::plan_paged`] under a custom mask (as
+    /// [`BatchPrefill::plan_ragged_masked`]).
+    pub fn plan_paged_masked(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        mask: &PackedMask,
+    ) -> Result<BatchPrefillPlan> {
+        let mut plan = self.empty_plan(KvKind::Paged)?;
+        self.paged_step(qo_indptr, pages, pool, Some(mask), &mut plan)?;
+        Ok(plan)
+    }
+
+    fn paged_step(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        mask: Option<&PackedMask>,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
         pages.validate(OP, pool.page_size, Some(pool.num_pages))?;
         validate::pool_heads(OP, pool, &self.heads)?;
         validate::qo_indptr(OP, qo_indptr, pages.batch_size())?;
@@ -215,6 +272,7 @@ impl BatchPrefill {
             kv_indices: &pages.kv_indices,
             page_size: pool.page_size,
             num_pages: Some(pool.num_pages),
+            mask,
         };
         self.plan_step(&step, plan)
     }
@@ -235,6 +293,17 @@ impl BatchPrefill {
             .map(|w| (w[1] - w[0]) as usize)
             .collect();
         let qo_tokens = st.qo_indptr[batch] as usize;
+        if let Some(m) = st.mask {
+            if self.graph.is_some() {
+                return Err(Error::unsupported(
+                    OP,
+                    "custom mask",
+                    "in CUDA-graph mode (the mask's device copy is allocated per plan)",
+                ));
+            }
+            super::mask::check_head_dim(OP, self.heads.head_dim)?;
+            m.check(OP, qo_lens.iter().copied().zip(st.kv_lens.iter().copied()))?;
+        }
         if let Some(l) = self.graph {
             check_graph_fit(
                 OP,
@@ -255,7 +324,12 @@ impl BatchPrefill {
                 what: "query tokens × heads × head_dim",
             });
         }
-        let tile = self.tile.unwrap_or_else(|| {
+        // A masked plan runs the 64-row tile: the only one with a masked form.
+        let fixed_tile = match st.mask {
+            Some(_) => Some(PrefillTile::Rows64),
+            None => self.tile,
+        };
+        let tile = fixed_tile.unwrap_or_else(|| {
             PrefillTile::auto(
                 qo_tokens,
                 batch,
@@ -266,7 +340,7 @@ impl BatchPrefill {
             )
         });
         let graph_caps = self.graph.map(|l| self.graph_caps(&l));
-        let host = plan_prefill(&PrefillProblem {
+        let mut host = plan_prefill(&PrefillProblem {
             qo_lens: &qo_lens,
             kv_lens: st.kv_lens,
             tile_tokens: tile.tokens(self.heads.group()),
@@ -280,6 +354,10 @@ impl BatchPrefill {
             max_items: graph_caps.map(|c| c.items),
             max_slots: graph_caps.map(|c| c.slots),
         })?;
+        if let Some(m) = st.mask {
+            let tokens = tile.tokens(self.heads.group());
+            super::mask::narrow_items(&mut host.items, m, &qo_lens, st.kv_lens, tokens);
+        }
         // Persistent CTAs (the Hopper tile): one wave of CTAs, each running its list of
         // (item, KV head) units; in graph mode the grid is the capacity's, fixed.
         let units_total = checked::mul(OP, "units", host.items.len(), self.heads.num_kv_heads)?;
@@ -320,7 +398,13 @@ impl BatchPrefill {
             &qo_lens,
             schedule.as_ref(),
         );
+        // Uploaded before the commit: a failure leaves the previous plan whole.
+        let mask = st
+            .mask
+            .map(|m| DeviceMask::upload(&self.gpu, m))
+            .transpose()?;
         plan.ws.commit(&self.gpu, host.num_slots)?;
+        plan.mask = mask;
         plan.caps = caps;
         plan.off = caps.offsets();
         plan.host = host;

@@ -21,6 +21,7 @@ use crate::runtime::{DeviceBuffer, Gpu, LaunchDims};
 use crate::validate;
 
 use super::launch::{launch_prefill, ragged_tensor_maps, PrefillKernels, RaggedRows};
+use super::mask::DeviceMask;
 use super::policy::{mean_keys_per_query, PrefillTile};
 
 const OP: &str = "single_prefill";
@@ -102,6 +103,40 @@ impl SinglePrefill {
         out: &mut DeviceBuffer<T>,
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
+        let kv = [(k, k_strides), (v, v_strides)];
+        self.launch(q, kv, qo_len, kv_len, None, out, lse)
+    }
+
+    /// [`SinglePrefill::run`] under a custom mask: one request's `[qo_len, kv_len]` bit matrix
+    /// ([`crate::mask::PackedMask::single`] uploaded as a [`DeviceMask`]), combined with the
+    /// causal flag and window. Runs the 64-row tile's `_mask` kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_masked<T: Float16>(
+        &self,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<T>,
+        v: &DeviceBuffer<T>,
+        qo_len: usize,
+        kv_len: usize,
+        mask: &DeviceMask,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        let s = KvStrides::contiguous(&self.heads);
+        self.launch(q, [(k, s), (v, s)], qo_len, kv_len, Some(mask), out, lse)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch<T: Float16>(
+        &self,
+        q: &DeviceBuffer<T>,
+        [(k, k_strides), (v, v_strides)]: [(&DeviceBuffer<T>, KvStrides); 2],
+        qo_len: usize,
+        kv_len: usize,
+        mask: Option<&DeviceMask>,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
         let h = self.heads;
         if T::DTYPE != self.dtype {
             return Err(Error::shape(OP, "element type", self.dtype, T::DTYPE));
@@ -156,12 +191,23 @@ impl SinglePrefill {
             self.gpu.check_buffer(OP, l)?;
             validate::at_least(OP, "lse elements", rows, l.len())?;
         }
+        if let Some(m) = mask {
+            super::mask::check_head_dim(OP, h.head_dim)?;
+            self.gpu.check_buffer(OP, m.buffer())?;
+            m.check(OP, std::iter::once((qo_len, kv_len)))?;
+        }
         if qo_len == 0 {
             return Ok(());
         }
         let d = h.head_dim as u32;
         let g = h.group() as u32;
-        let tile = self.tile.unwrap_or_else(|| {
+        // A mask runs the 64-row tile: the only one with a masked form.
+        let fixed_tile = if mask.is_some() {
+            Some(PrefillTile::Rows64)
+        } else {
+            self.tile
+        };
+        let tile = fixed_tile.unwrap_or_else(|| {
             PrefillTile::auto(
                 qo_len,
                 1,
@@ -194,6 +240,8 @@ impl SinglePrefill {
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
             logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+            // One request: its bits start at the mask's first byte (no offsets table).
+            mask: mask.map_or(0, |m| m.addrs().0),
             // Single-request mode: no work items, tables or partial buffers.
             ..PrefillParams::default()
         };
