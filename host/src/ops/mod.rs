@@ -11,7 +11,7 @@ pub mod prefill;
 pub mod single_decode;
 mod workspace;
 
-pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
+pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits, PagedKvSpans};
 pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
 pub use model::ModelKernels;
 pub use prefill::{

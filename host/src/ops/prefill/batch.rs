@@ -242,7 +242,11 @@ impl BatchPrefill {
             gpu: &self.gpu,
             dtype: self.dtype,
         }
-        .check(q, out, lse.as_deref())?;
+        .check(
+            &q.span(),
+            &out.span(),
+            lse.as_deref().map(|l| l.span()).as_ref(),
+        )?;
         let grid_items = match self.graph {
             Some(_) => plan.caps.items,
             None => plan.host.items.len(),
