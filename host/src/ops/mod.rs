@@ -12,7 +12,10 @@ pub mod single_decode;
 mod workspace;
 
 pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits, PagedKvSpans};
-pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
+pub use merge::{
+    merge_state, merge_state_in_place, merge_state_in_place_spans, merge_state_spans, merge_states,
+    merge_states_spans, MergeShape,
+};
 pub use model::ModelKernels;
 pub use prefill::{
     mean_keys_per_query, BatchPrefill, BatchPrefillPlan, PrefillGraphLimits, PrefillTile,

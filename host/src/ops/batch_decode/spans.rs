@@ -148,7 +148,9 @@ impl BatchDecode {
     /// Plans a step whose tables and split-KV partials live in the caller's `workspace`
     /// (FlashInfer's `float_workspace_buffer`; 256-byte aligned): no device allocation, now or
     /// in later [`BatchDecode::plan_into`] calls, and one async upload on the handle's stream.
-    /// `cache` is the geometry the plan is checked against (page ids below `num_pages`).
+    /// `cache` is the geometry the plan is checked against (page ids below `num_pages`);
+    /// [`BatchDecode::run_spans`] accepts any cache of that page size with at least as many
+    /// pages.
     ///
     /// # Safety
     /// `workspace` must stay allocated, and be written by nothing else, while the plan lives
@@ -203,11 +205,17 @@ impl BatchDecode {
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
         let g = kv.geometry();
-        if (g.page_size, g.num_pages) != (plan.page_size, plan.num_pages_seen) {
+        // The plan checked its page ids against `num_pages_seen` pages; any cache holding at
+        // least those is safe to read.
+        if g.page_size != plan.page_size || g.num_pages < plan.num_pages_seen {
             return Err(Error::invalid(
                 OP,
                 "plan",
-                "the plan was made for a cache of another page size or page count",
+                format!(
+                    "planned for page size {} and page ids below {}, the cache has page size \
+                     {} and {} pages",
+                    plan.page_size, plan.num_pages_seen, g.page_size, g.num_pages
+                ),
             ));
         }
         crate::validate::pool_heads(OP, &g, &self.heads)?;
