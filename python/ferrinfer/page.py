@@ -7,7 +7,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from . import _args, _native, _tensor
+from . import _args, _cuda, _native, _tensor
 from ._tensor import view
 
 
@@ -25,6 +25,7 @@ def append_paged_kv_cache(
     """Writes rows ``append_key``/``append_value`` ``[nnz, num_kv_heads, head_dim]`` into the
     cache: row ``i`` goes to position ``positions[i]`` of request ``batch_indices[i]``, whose
     pages are described by the CSR tables (which must already cover the new positions)."""
+    _cuda.not_yet("append_paged_kv_cache", append_key)
     k_cache, v_cache = _args.split_cache(paged_kv_cache)
     _native.append_paged_kv_cache(
         view(append_key, "append_key"), view(append_value, "append_value"),

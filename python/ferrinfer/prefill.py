@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-from . import _args, _native, _tensor
+from . import _args, _cuda, _native, _tensor
 from ._tensor import opt_view, view
 from .decode import _outputs, _planned
 
@@ -57,6 +57,7 @@ def single_prefill_with_kv_cache(
     (float32, base 2). Custom masks, RoPE, fp8 scales, a different ``o_dtype`` and fp16 QK
     reduction raise ``NotImplementedError``."""
     op = "single_prefill_with_kv_cache"
+    _cuda.not_yet(op, q)
     _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, custom_mask=custom_mask,
                       packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
                       use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
@@ -189,6 +190,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         """Attention of ``q [nnz_qo, num_qo_heads, head_dim]`` over the planned pages. Returns
         ``out``, or ``(out, lse)`` with ``lse [nnz_qo, num_qo_heads]`` (float32, base 2)."""
         op = self._name + ".run"
+        _cuda.not_yet(op, q)
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
         _args.unsupported(op, k_scale=k_scale, v_scale=v_scale, **kwargs)
@@ -294,6 +296,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         """Attention of ``q [nnz_qo, num_qo_heads, head_dim]`` over ``k``, ``v``
         ``[nnz_kv, num_kv_heads, head_dim]``. Returns ``out`` or ``(out, lse)``."""
         op = self._name + ".run"
+        _cuda.not_yet(op, q)
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported")
         _args.unsupported(op, **kwargs)
