@@ -240,7 +240,7 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
         base: DeviceSpan<u8>,
     ) -> Result<Self> {
         gpu.check_span(op, &base)?;
-        if base.addr() % REGION_ALIGN != 0 {
+        if !base.addr().is_multiple_of(REGION_ALIGN) {
             return Err(Error::invalid(
                 op,
                 "workspace",

@@ -74,7 +74,7 @@ impl Gpu {
     /// span has finished on the stream it was launched on.
     pub unsafe fn span<T: DeviceRepr>(&self, addr: u64, len: usize) -> Result<DeviceSpan<T>> {
         let align = std::mem::align_of::<T>() as u64;
-        if len > 0 && (addr == 0 || addr % align != 0) {
+        if len > 0 && (addr == 0 || !addr.is_multiple_of(align)) {
             return Err(Error::invalid(
                 "span",
                 "address",

@@ -65,7 +65,11 @@ impl<T: Float16> PagedKvSpans<T> {
         }
         for (name, span, st) in [("k", self.k, self.k_strides), ("v", self.v, self.v_strides)] {
             gpu.check_span(op, &span)?;
-            if span.addr() % 16 != 0 || st.iter().any(|s| (s * elem) % 16 != 0) {
+            if !span.addr().is_multiple_of(16)
+                || st
+                    .iter()
+                    .any(|s| s.checked_mul(elem).is_none_or(|b| !b.is_multiple_of(16)))
+            {
                 return Err(Error::invalid(
                     op,
                     name,
