@@ -38,7 +38,7 @@ def not_yet(op: str, *tensors: Any) -> None:
         if device_of(t) is not None:
             raise NotImplementedError(
                 f"{op}: CUDA tensors are not supported by this op yet (CUDA path: the batch decode "
-                "wrappers and the merges); pass CPU tensors"
+                "wrappers, append_paged_kv_cache and the merges); pass CPU tensors"
             )
 
 

@@ -11,6 +11,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::cuda::{cuda, gpu_on, span, SpanElem};
+use crate::cuda_append::{cache_dims, cache_views};
 use crate::errors::lib;
 use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
 
@@ -202,17 +203,8 @@ impl CudaBatchDecode {
             l.expect_shape(&[b, hq])?;
             l.expect_contiguous()?;
         }
-        let layout = if hnd {
-            "[num_pages, num_kv_heads, page_size, head_dim] (HND)"
-        } else {
-            "[num_pages, page_size, num_kv_heads, head_dim] (NHD)"
-        };
-        for t in [&k, &v] {
-            t.expect_rank(4, layout)?;
-            t.expect_unit_last_stride()?;
-            t.expect_same_dtype(&q)?;
-        }
-        v.expect_shape(&k.shape)?;
+        cache_views(&k, &v, hnd)?;
+        k.expect_same_dtype(&q)?;
         let mut all = vec![&q, &k, &v, &out];
         all.extend(lse.as_ref());
         let mut outs = vec![&out];
@@ -243,17 +235,6 @@ struct Io<'a> {
     out: &'a Tensor,
     lse: Option<&'a Tensor>,
     hnd: bool,
-}
-
-/// `(page, token, head)` element strides and `(pages, page_size, heads)` of a rank-4 cache
-/// view in its layout.
-fn cache_dims(t: &Tensor, hnd: bool) -> ([usize; 3], [usize; 3]) {
-    let (s, sh) = (&t.strides, &t.shape);
-    if hnd {
-        ([s[0], s[2], s[1]], [sh[0], sh[2], sh[1]])
-    } else {
-        ([s[0], s[1], s[2]], [sh[0], sh[1], sh[2]])
-    }
 }
 
 fn run_typed<T: Float16 + SpanElem>(

@@ -14,10 +14,12 @@
 //! | [`cuda`]      | CUDA tensors as device spans, the caller's stream               |
 //! | [`cuda_decode`] | batch decode on CUDA tensors (plan in the caller's workspace) |
 //! | [`cuda_merge`] | merges on CUDA tensors                                         |
+//! | [`cuda_append`] | KV append on CUDA tensors                                     |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
 mod cuda;
+mod cuda_append;
 mod cuda_decode;
 mod cuda_merge;
 mod errors;
@@ -68,5 +70,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     merge::register(m)?;
     cuda_decode::register(m)?;
     cuda_merge::register(m)?;
+    cuda_append::register(m)?;
     Ok(())
 }

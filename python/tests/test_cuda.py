@@ -10,6 +10,7 @@ them on the GPU machine. Covered:
 - a non-default torch stream: a producer kernel writes q on a side stream, ferrinfer runs on
   that stream, and the caller synchronises only through torch;
 - CUDA-graph capture of a decode step, replayed after re-planning with other batch contents;
+- the KV append on CUDA bit for bit against the CPU path (host and CUDA tables);
 - wrong device, device mixes and ops without a CUDA path raise by name.
 """
 
@@ -260,3 +261,30 @@ def test_wrong_device_and_mixes_raise():
         v = torch.zeros(3, 4, 64, device="cuda")
         s = torch.zeros(3, 4, device="cuda")
         ferrinfer.merge_state(v, s, v, s)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("cuda_tables", [False, True], ids=["host-tables", "cuda-tables"])
+def test_append_cuda_matches_cpu_bit_for_bit(dtype, layout, cuda_tables):
+    """The append is a copy: the CUDA path must write exactly what the CPU path writes."""
+    g = torch.Generator().manual_seed(13)
+    hkv, d, ps = 4, 128, 16
+    lens = [1, 16, 17, 40]
+    new = [1, 3, 17, 5]  # the last `new[b]` positions of request b are appended
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, d, layout, dtype)
+    bi = torch.tensor([b for b, n in enumerate(new) for _ in range(n)], dtype=torch.int32)
+    pos = torch.tensor([lens[b] - n + i for b, n in enumerate(new) for i in range(n)], dtype=torch.int32)
+    k = rand(g, (len(bi), hkv, d), dtype)
+    v = rand(g, (len(bi), hkv, d), dtype)
+    ref = cache.clone()
+    ferrinfer.append_paged_kv_cache(k, v, bi, pos, ref, indices, indptr, last, kv_layout=layout)
+    cc = cache.cuda()
+    tabs = [t.cuda() if cuda_tables else t for t in (bi, pos, indices, indptr, last)]
+    ferrinfer.append_paged_kv_cache(k.cuda(), v.cuda(), tabs[0], tabs[1], (cc[:, 0], cc[:, 1]), tabs[2], tabs[3],
+                                    tabs[4], kv_layout=layout)
+    assert torch.equal(cc.cpu(), ref)
+    bad = pos.clone()
+    bad[-1] = lens[-1] + ps  # beyond the reserved pages
+    with pytest.raises(ValueError, match="positions"):
+        ferrinfer.append_paged_kv_cache(k.cuda(), v.cuda(), bi, bad, cc, indices, indptr, last, kv_layout=layout)

@@ -12,6 +12,7 @@ pub mod single_decode;
 mod workspace;
 
 pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits, PagedKvSpans};
+pub use kv_copy::{append_spans, AppendMetaSpans, RowSpans};
 pub use merge::{
     merge_state, merge_state_in_place, merge_state_in_place_spans, merge_state_spans, merge_states,
     merge_states_spans, MergeShape,
