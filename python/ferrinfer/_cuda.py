@@ -37,8 +37,8 @@ def not_yet(op: str, *tensors: Any) -> None:
     for t in tensors:
         if device_of(t) is not None:
             raise NotImplementedError(
-                f"{op}: CUDA tensors are not supported by this op yet (CUDA path: the batch decode "
-                "wrappers, append_paged_kv_cache and the merges); pass CPU tensors"
+                f"{op}: CUDA tensors are not supported by this op yet (CUDA path: the batch decode and "
+                "prefill wrappers, append_paged_kv_cache and the merges); pass CPU tensors"
             )
 
 

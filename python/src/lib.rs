@@ -15,6 +15,7 @@
 //! | [`cuda_decode`] | batch decode on CUDA tensors (plan in the caller's workspace) |
 //! | [`cuda_merge`] | merges on CUDA tensors                                         |
 //! | [`cuda_append`] | KV append on CUDA tensors                                     |
+//! | [`cuda_prefill`] | paged and ragged batch prefill on CUDA tensors               |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
@@ -22,6 +23,7 @@ mod cuda;
 mod cuda_append;
 mod cuda_decode;
 mod cuda_merge;
+mod cuda_prefill;
 mod errors;
 mod merge;
 mod paged;
@@ -71,5 +73,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cuda_decode::register(m)?;
     cuda_merge::register(m)?;
     cuda_append::register(m)?;
+    cuda_prefill::register(m)?;
     Ok(())
 }

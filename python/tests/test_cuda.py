@@ -10,6 +10,7 @@ them on the GPU machine. Covered:
 - a non-default torch stream: a producer kernel writes q on a side stream, ferrinfer runs on
   that stream, and the caller synchronises only through torch;
 - CUDA-graph capture of a decode step, replayed after re-planning with other batch contents;
+- paged and ragged batch prefill on CUDA against the reference (and FlashInfer when it imports);
 - the KV append on CUDA bit for bit against the CPU path (host and CUDA tables);
 - wrong device, device mixes and ops without a CUDA path raise by name.
 """
@@ -288,3 +289,53 @@ def test_append_cuda_matches_cpu_bit_for_bit(dtype, layout, cuda_tables):
     bad[-1] = lens[-1] + ps  # beyond the reserved pages
     with pytest.raises(ValueError, match="positions"):
         ferrinfer.append_paged_kv_cache(k.cuda(), v.cuda(), bi, bad, cc, indices, indptr, last, kv_layout=layout)
+
+
+def ref_prefill(q, k, v, qo_indptr, kv_lens, causal):
+    """float64 prefill per request; k/v lists of [kv_len, H, D] CPU tensors."""
+    outs, lses = [], []
+    for b in range(len(kv_lens)):
+        qb = q[int(qo_indptr[b]):int(qo_indptr[b + 1])]
+        o, l = attention(np64(qb), np64(k[b]), np64(v[b]), causal=causal)
+        outs.append(o), lses.append(l)
+    return np.concatenate(outs), np.concatenate(lses)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8)], ids=lambda h: f"g{h[0] // h[1]}")
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prefill_cuda_vs_reference(dtype, layout, heads, head_dim, causal):
+    g = torch.Generator().manual_seed(head_dim + causal)
+    hq, hkv = heads
+    ps = 16
+    lens = [1, 16, 17, 100, 700]
+    qo_lens = [1, 16, 5, 100, 300]
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, head_dim, layout, dtype)
+    qo_indptr = torch.tensor(np.concatenate([[0], np.cumsum(qo_lens)]), dtype=torch.int32)
+    q = rand(g, (int(qo_indptr[-1]), hq, head_dim), dtype)
+    w = ferrinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    w.plan(qo_indptr, indptr, indices, last, hq, hkv, head_dim, ps, causal=causal, q_data_type=DT[dtype])
+    out, lse = w.run(q.cuda(), cache.cuda(), return_lse=True)
+    ks, vs = [], []
+    for b, n in enumerate(lens):
+        rows = [cache[int(indices[int(indptr[b]) + i // ps]), :, i % ps] if layout == "NHD"
+                else cache[int(indices[int(indptr[b]) + i // ps]), :, :, i % ps] for i in range(n)]
+        kv = torch.stack(rows)
+        ks.append(kv[:, 0]), vs.append(kv[:, 1])
+    ref, ref_lse = ref_prefill(q, ks, vs, qo_indptr, lens, causal)
+    close(out, ref, dtype, "paged prefill")
+    lse_close(lse, ref_lse)
+    # Ragged: the same K/V packed.
+    kv_indptr = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32)
+    rk, rv = torch.cat(ks).cuda(), torch.cat(vs).cuda()
+    r = ferrinfer.BatchPrefillWithRaggedKVCacheWrapper(ws())
+    r.plan(qo_indptr, kv_indptr, hq, hkv, head_dim, causal=causal, q_data_type=DT[dtype])
+    out_r = r.run(q.cuda(), rk, rv)
+    close(out_r, ref, dtype, "ragged prefill")
+    if flashinfer is not None:
+        fi = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+        fi.plan(qo_indptr.cuda(), indptr.cuda(), indices.cuda(), last.cuda(), hq, hkv, head_dim, ps,
+                causal=causal, q_data_type=DT[dtype])
+        close(out, fi.run(q.cuda(), cache.cuda()), dtype, "paged prefill vs FlashInfer")

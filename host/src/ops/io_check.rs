@@ -38,6 +38,14 @@ impl PlannedIo<'_> {
         }
         self.gpu.check_span(op, q)?;
         self.gpu.check_span(op, out)?;
+        // Caller memory may start anywhere; the kernels load and store 16-byte vectors.
+        if !q.addr().is_multiple_of(16) || !out.addr().is_multiple_of(16) {
+            return Err(Error::invalid(
+                op,
+                "q/out",
+                "addresses must be 16-byte aligned",
+            ));
+        }
         if self.exact && (q.len() != n || out.len() != n) {
             return Err(Error::shape(
                 op,

@@ -27,6 +27,7 @@ mod launch;
 mod plan;
 pub mod policy;
 mod single;
+mod spans;
 
 pub use batch::BatchPrefill;
 pub use graph::PrefillGraphLimits;
