@@ -31,6 +31,8 @@ pub struct CudaBatchDecode {
     workspace: Option<(Py<PyAny>, usize, usize)>,
     /// The page size of the last plan.
     planned_page_size: usize,
+    /// Built in CUDA-graph mode.
+    graph: bool,
 }
 
 #[pymethods]
@@ -89,6 +91,7 @@ impl CudaBatchDecode {
             plan: None,
             workspace: None,
             planned_page_size: 0,
+            graph: graph.is_some(),
         })
     }
 
@@ -189,7 +192,18 @@ impl CudaBatchDecode {
                 "{OP}.run: plan() must be called before run()"
             )));
         };
-        let b = plan.batch_size();
+        // Graph mode: q/out/lse keep the captured (padded) batch while plans change the batch,
+        // so they need at least the planned rows; otherwise exactly those.
+        let b = match self.graph {
+            true => q.shape.first().copied().unwrap_or(0),
+            false => plan.batch_size(),
+        };
+        if b < plan.batch_size() {
+            return Err(PyValueError::new_err(format!(
+                "{OP}.run: q has {b} rows, the plan {}",
+                plan.batch_size()
+            )));
+        }
         let (hq, d) = (self.heads.num_qo_heads, self.heads.head_dim);
         q.expect_dtype(&[self.dtype])?;
         for t in [&q, &out] {
