@@ -1,11 +1,12 @@
 """The CUDA path's Python half: which device a call runs on, the caller's current stream, and
 the refusal of ops whose CUDA path does not exist yet.
 
-A call runs on CUDA when its first tensor argument is a torch CUDA tensor; every other tensor
-must then be on the same device (the native module refuses anything else with ``ValueError``).
+Every tensor of a CUDA call must be on the same device (the native module refuses anything else with ``ValueError``).
 Kernels are queued on ``torch.cuda.current_stream(device)`` — the stream torch itself would use
 for the next op, so ordering with the caller's work (a side stream, CUDA-graph capture) is
-torch's — and nothing here synchronises.
+torch's — and nothing here synchronises. A wrapper runs on CUDA when its
+``float_workspace_buffer`` is a CUDA tensor (FlashInfer's rule); functions without a workspace
+(single decode/prefill, the append, the merges) follow their first tensor.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ def stream(device: int) -> int:
 
 
 def not_yet(op: str, *tensors: Any) -> None:
-    """``NotImplementedError`` when any of ``tensors`` is on CUDA (an op whose CUDA path is not
-    written yet), so a CUDA tensor is never read as host memory."""
+    """``NotImplementedError`` when any of ``tensors`` is on CUDA in a wrapper built for the
+    CPU (its ``float_workspace_buffer`` was not a CUDA tensor), so a CUDA tensor is never read
+    as host memory."""
     for t in tensors:
         if device_of(t) is not None:
             raise NotImplementedError(
-                f"{op}: CUDA tensors are not supported by this op yet (CUDA path: the batch decode and "
-                "prefill wrappers, append_paged_kv_cache and the merges); pass CPU tensors"
+                f"{op}: CUDA tensors in a wrapper built for the CPU; give the wrapper a CUDA "
+                "float_workspace_buffer (as FlashInfer's) to run it on that GPU"
             )
 
 

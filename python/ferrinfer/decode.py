@@ -10,7 +10,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _args, _cuda, _native, _tensor
+from . import _args, _cuda, _native, _single_cuda, _tensor
 from ._tensor import view, opt_view
 
 
@@ -40,10 +40,12 @@ def single_decode_with_kv_cache(
     (``pos_encoding_mode``, ``rope_*``) and fp8 scales raise ``NotImplementedError``.
     """
     op = "single_decode_with_kv_cache"
-    _cuda.not_yet(op, q)
     _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, q_scale=q_scale, k_scale=k_scale,
                       v_scale=v_scale, rope_scale=rope_scale, rope_theta=rope_theta, **kwargs)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
+    dev = _cuda.device_of(q)
+    if dev is not None:
+        return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse)
     out = _tensor.empty(q, q.shape)
     lse = _tensor.empty(q, q.shape[:-1], "float32") if return_lse else None
     _native.single_decode(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout),
@@ -193,7 +195,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             p["cuda"].run(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
                           self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
             return (out, lse) if return_lse else out
-        _cuda.not_yet(op + " (plan() had a CPU float_workspace_buffer)", q)
+        _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
         _native.batch_decode_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                    view(indptr, "indptr"), view(indices, "indices"),

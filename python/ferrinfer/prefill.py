@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-from . import _args, _cuda, _native, _tensor
+from . import _args, _cuda, _native, _single_cuda, _tensor
 from ._tensor import opt_view, view
 from .decode import _outputs, _planned
 
@@ -57,7 +57,6 @@ def single_prefill_with_kv_cache(
     (float32, base 2). Custom masks, RoPE, fp8 scales, a different ``o_dtype`` and fp16 QK
     reduction raise ``NotImplementedError``."""
     op = "single_prefill_with_kv_cache"
-    _cuda.not_yet(op, q)
     _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, custom_mask=custom_mask,
                       packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
                       use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
@@ -65,6 +64,10 @@ def single_prefill_with_kv_cache(
     if o_dtype is not None and _tensor.dtype_name(o_dtype) != _tensor.dtype_name(q):
         raise NotImplementedError(f"{op}: o_dtype {_tensor.dtype_name(o_dtype)} differs from q's dtype")
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
+    dev = _cuda.device_of(q)
+    if dev is not None:
+        return _single_cuda.prefill(dev, q, k, v, _args.layout(kv_layout), bool(causal), (scale, cap, win),
+                                    return_lse)
     out, lse = _outputs(q, None, None, return_lse)
     _native.single_prefill(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout), view(out, "out"),
                            opt_view(lse, "lse"), bool(causal), scale, cap, win)
@@ -238,7 +241,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
             p["cuda"].run_paged(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
                                 self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
             return (out, lse) if return_lse else out
-        _cuda.not_yet(op + " (plan() had no CUDA float_workspace_buffer)", q)
+        _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
         _native.batch_prefill_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                     view(p["qo_indptr"], "qo_indptr"), view(indptr, "paged_kv_indptr"),
@@ -347,7 +350,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
             p["cuda"].run_ragged(_cuda.stream(self._device), view(q, "q"), view(k, "k"), view(v, "v"),
                                  view(out, "out"), opt_view(lse, "lse"))
             return (out, lse) if return_lse else out
-        _cuda.not_yet(op + " (plan() had no CUDA float_workspace_buffer)", q)
+        _cuda.not_yet(op, q)
         _native.batch_prefill_ragged(view(q, "q"), view(k, "k"), view(v, "v"), view(p["qo_indptr"], "qo_indptr"),
                                      view(p["kv_indptr"], "kv_indptr"), "NHD", view(out, "out"),
                                      opt_view(lse, "lse"), p["causal"], scale, cap, win)

@@ -12,7 +12,8 @@ them on the GPU machine. Covered:
 - CUDA-graph capture of a decode step, replayed after re-planning with other batch contents;
 - paged and ragged batch prefill on CUDA against the reference (and FlashInfer when it imports);
 - the KV append on CUDA bit for bit against the CPU path (host and CUDA tables);
-- wrong device, device mixes and ops without a CUDA path raise by name.
+- single decode and prefill on CUDA against the reference;
+- wrong device, device mixes and CUDA tensors in a CPU-built wrapper raise by name.
 """
 
 import numpy as np
@@ -256,8 +257,10 @@ def test_wrong_device_and_mixes_raise():
     if torch.cuda.device_count() > 1:
         with pytest.raises(ValueError, match="cuda:1"):
             w.run(q.to("cuda:1"), cache)
-    with pytest.raises(NotImplementedError, match="CUDA tensors"):
-        ferrinfer.single_prefill_with_kv_cache(q[0, None].expand(2, hq, d).contiguous(), cache[0, 0], cache[0, 1])
+    cpu_w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(None, kv_layout="NHD")
+    cpu_w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=torch.float16)
+    with pytest.raises(NotImplementedError, match="wrapper built for the CPU"):
+        cpu_w.run(q, cache)
     with pytest.raises(NotImplementedError, match="float32 values on CUDA"):
         v = torch.zeros(3, 4, 64, device="cuda")
         s = torch.zeros(3, 4, device="cuda")
@@ -339,3 +342,27 @@ def test_prefill_cuda_vs_reference(dtype, layout, heads, head_dim, causal):
         fi.plan(qo_indptr.cuda(), indptr.cuda(), indices.cuda(), last.cuda(), hq, hkv, head_dim, ps,
                 causal=causal, q_data_type=DT[dtype])
         close(out, fi.run(q.cuda(), cache.cuda()), dtype, "paged prefill vs FlashInfer")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("kv_len", [1, 17, 2049])
+def test_single_cuda_vs_reference(dtype, layout, kv_len):
+    g = torch.Generator().manual_seed(kv_len)
+    hq, hkv, d = 32, 8, 128
+    shape = (kv_len, hkv, d) if layout == "NHD" else (hkv, kv_len, d)
+    k, v = rand(g, shape, dtype), rand(g, shape, dtype)
+    nhd = (lambda t: t) if layout == "NHD" else (lambda t: t.transpose(0, 1))
+    q = rand(g, (hq, d), dtype)
+    out, lse = ferrinfer.single_decode_with_kv_cache(q.cuda(), k.cuda(), v.cuda(), kv_layout=layout,
+                                                     return_lse=True)
+    ref, ref_lse = attention(np64(q)[None], np64(nhd(k)), np64(nhd(v)))
+    close(out, ref[0], dtype, "single decode")
+    lse_close(lse, ref_lse[0])
+    qo = min(kv_len, 33)
+    qp = rand(g, (qo, hq, d), dtype)
+    out, lse = ferrinfer.single_prefill_with_kv_cache(qp.cuda(), k.cuda(), v.cuda(), kv_layout=layout, causal=True,
+                                                      return_lse=True)
+    ref, ref_lse = attention(np64(qp), np64(nhd(k)), np64(nhd(v)), causal=True)
+    close(out, ref, dtype, "single prefill")
+    lse_close(lse, ref_lse)
