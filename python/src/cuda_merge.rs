@@ -11,8 +11,8 @@ use crate::cuda::{cuda, gpu_on, span, SpanElem};
 use crate::errors::lib;
 use crate::tensor::{disjoint, Dt, RawTensor, Tensor};
 
-/// Checks a state `(v [.., H, D], s [.., H])` of rank `rank` and returns the merge shape
-/// (rows = product of the leading dims, excluding `skip` state dims).
+/// Checks a state `(v [seq_len, .., H, D], s [seq_len, .., H])` of rank `rank` and returns the
+/// merge shape (`seq_len` rows of `H` heads of `D` values).
 fn state(op: &str, v: &Tensor, s: &Tensor, rank: usize, layout: &str) -> PyResult<MergeShape> {
     if v.dtype == Dt::F32 {
         return Err(PyNotImplementedError::new_err(format!(
@@ -89,9 +89,8 @@ fn merge_state_cuda(
     let s_out = s_out.map(|s| cuda(s, device)).transpose()?;
     let layout = "[seq_len, num_heads, head_dim]";
     let shape = state(op, &v_a, &s_a, 3, layout)?;
-    if state(op, &v_b, &s_b, 3, layout)? != shape {
-        v_b.expect_shape(&v_a.shape)?;
-    }
+    state(op, &v_b, &s_b, 3, layout)?;
+    v_b.expect_shape(&v_a.shape)?;
     v_b.expect_same_dtype(&v_a)?;
     v_out.expect_same_dtype(&v_a)?;
     v_out.expect_shape(&v_a.shape)?;
