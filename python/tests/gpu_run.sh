@@ -5,18 +5,20 @@
 # Exactly what to run:
 #   1. here (the CPU machine), from the repository root:
 #        bash scripts/test-python.sh
-#      builds python/dist/ferrinfer-*.whl (abi3; it embeds the kernels' cubin/PTX) and runs the
+#      builds python/dist/ferrinfer-*.whl (abi3, ~10 MB; it embeds the kernels' cubin/PTX) and runs the
 #      CPU suite; python/wheelhouse/ holds pytest's wheels in case the GPU machine's Python lacks
 #      pytest (made by
 #      `python3 -m pip download --only-binary=:all: --python-version 3.12 -d python/wheelhouse pytest`);
-#   2. on the GPU machine, from the repository root, carrying both ignored folders (~1 MB):
+#   2. on the GPU machine, from the repository root, carrying both ignored folders (~12 MB):
 #        run(command="bash python/tests/gpu_run.sh", carry=["python/dist", "python/wheelhouse"])
 #      extra arguments go to pytest, e.g. `bash python/tests/gpu_run.sh -k cuda -x`;
 #   3. $OUT/pytest.log has the full log, $OUT/junit.xml the per-test results, $OUT/summary.txt
 #      the counts, $OUT/bench_overhead.txt the plan+run host time per decode step (batch
 #      1/64/256, ferrinfer vs FlashInfer) and the cold start. Exit status is pytest's.
-# The CUDA path's tests are python/tests/test_cuda.py (decode wrappers, merges, side stream,
-# CUDA-graph replay, device errors); test_torch.py compares the CPU path with FlashInfer.
+# The CUDA path's tests are python/tests/test_cuda.py (decode and prefill wrappers, single
+# decode/prefill, append, merges, side stream, CUDA-graph replay, device errors); test_torch.py
+# compares the CPU path with FlashInfer. The Rust side of the embedding API has its own GPU test,
+# tests/embed_spans.rs (`cargo test --release --test embed_spans`, with the workspace's GPU tests).
 # The venv (--system-site-packages, so torch, numpy and flashinfer come from the system) lives
 # in a temporary directory; the wheel is installed with --no-index --no-deps (offline).
 set -euo pipefail
