@@ -60,4 +60,4 @@ pub use dtype::{DType, Float16};
 pub use error::{Error, Result};
 pub use heads::HeadConfig;
 pub use options::AttentionOptions;
-pub use runtime::{DeviceBuffer, Gpu};
+pub use runtime::{DeviceBuffer, DeviceSpan, Gpu};

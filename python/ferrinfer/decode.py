@@ -10,7 +10,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _args, _native, _tensor
+from . import _args, _cuda, _native, _single_cuda, _tensor
 from ._tensor import view, opt_view
 
 
@@ -43,6 +43,9 @@ def single_decode_with_kv_cache(
     _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, q_scale=q_scale, k_scale=k_scale,
                       v_scale=v_scale, rope_scale=rope_scale, rope_theta=rope_theta, **kwargs)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
+    dev = _cuda.device_of(q)
+    if dev is not None:
+        return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse)
     out = _tensor.empty(q, q.shape)
     lse = _tensor.empty(q, q.shape[:-1], "float32") if return_lse else None
     _native.single_decode(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout),
@@ -56,8 +59,12 @@ class BatchDecodeWithPagedKVCacheWrapper:
     ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` (NHD) /
     ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` (HND).
 
-    ``float_workspace_buffer`` is accepted for signature compatibility; the CPU path needs no
-    workspace.
+    ``float_workspace_buffer`` picks the device, as in FlashInfer: a torch CUDA tensor (FlashInfer's
+    usual 128 MiB ``uint8``) runs ``plan``/``run`` on that GPU — the plan's tables and split-KV
+    partials live in it, ``run`` launches on ``torch.cuda.current_stream()`` and neither
+    allocates device memory nor synchronises. Anything else (``None``, a CPU tensor) runs on the
+    CPU. ``plan`` takes host (CPU) page tables; CUDA index tensors are accepted but cost a
+    device-to-host copy (a synchronisation).
     """
 
     def __init__(
@@ -81,6 +88,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError("use_cuda_graph=True needs paged_kv_indptr_buffer, paged_kv_indices_buffer "
                              "and paged_kv_last_page_len_buffer (fixed-size buffers)")
         self._plan: Optional[dict] = None
+        self._workspace = float_workspace_buffer
+        self._device = _cuda.device_of(float_workspace_buffer)
+        self._ops: dict = {}  # CUDA ops by (heads, dtype, options, graph limits)
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
@@ -126,9 +136,26 @@ class BatchDecodeWithPagedKVCacheWrapper:
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
             _fill_buffers(op, self._buffers, tables)
-        self._plan = dict(tables=tables, heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim)),
+        options = _args.options(sm_scale, logits_soft_cap, window_left)
+        cuda_op = None
+        if self._device is not None:
+            cuda_op = self._cuda_op((int(num_qo_heads), int(num_kv_heads), int(head_dim)), q_dt, options)
+            cuda_op.plan(_cuda.stream(self._device), _cuda.workspace(self._workspace), view(tables[0], "indptr"),
+                         view(tables[1], "indices"), view(tables[2], "last_page_len"), int(page_size))
+        self._plan = dict(cuda=cuda_op, tables=tables, heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim)),
                           page_size=int(page_size), dtype=q_dt,
-                          options=_args.options(sm_scale, logits_soft_cap, window_left))
+                          options=options)
+
+    def _cuda_op(self, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any]) -> Any:
+        """The native CUDA op for this geometry and option set (built once: kernels resolved,
+        graph limits from the fixed buffers)."""
+        graph = None
+        if self._use_cuda_graph:
+            graph = (int(self._buffers[0].shape[0]) - 1, int(self._buffers[1].shape[0]))
+        key = (heads, dtype, options, graph)
+        if key not in self._ops:
+            self._ops[key] = _native.CudaBatchDecode(self._device, *heads, dtype, *options, graph=graph)
+        return self._ops[key]
 
     begin_forward = plan
 
@@ -162,6 +189,13 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if window_left is not None:
             win = _args.options(None, None, window_left)[2]
         out, lse = _outputs(q, out, lse, return_lse)
+        if p["cuda"] is not None:
+            if window_left is not None and win != p["options"][2]:
+                raise NotImplementedError(f"{op}: window_left differing from plan() on CUDA (re-plan instead)")
+            p["cuda"].run(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
+                          self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
+            return (out, lse) if return_lse else out
+        _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
         _native.batch_decode_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                    view(indptr, "indptr"), view(indices, "indices"),

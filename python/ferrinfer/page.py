@@ -7,7 +7,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from . import _args, _native, _tensor
+from . import _args, _cuda, _native, _tensor
 from ._tensor import view
 
 
@@ -24,8 +24,18 @@ def append_paged_kv_cache(
 ) -> None:
     """Writes rows ``append_key``/``append_value`` ``[nnz, num_kv_heads, head_dim]`` into the
     cache: row ``i`` goes to position ``positions[i]`` of request ``batch_indices[i]``, whose
-    pages are described by the CSR tables (which must already cover the new positions)."""
+    pages are described by the CSR tables (which must already cover the new positions).
+
+    On CUDA (``append_key`` a CUDA tensor) the tables are validated from host copies — CUDA
+    index tensors are copied to the host for that (a synchronisation; pass CPU tables to avoid
+    it) — and the kernel reads device int32 copies (the caller's CUDA tensors when they are
+    contiguous int32, else copies made on the current stream)."""
     k_cache, v_cache = _args.split_cache(paged_kv_cache)
+    dev = _cuda.device_of(append_key)
+    if dev is not None:
+        _append_cuda(dev, append_key, append_value, (batch_indices, positions, kv_indptr, kv_indices),
+                     kv_last_page_len, k_cache, v_cache, _args.layout(kv_layout))
+        return
     _native.append_paged_kv_cache(
         view(append_key, "append_key"), view(append_value, "append_value"),
         view(_tensor.host_int32(batch_indices, "batch_indices"), "batch_indices"),
@@ -89,3 +99,22 @@ def get_batch_indices_positions(
         _like(append_indptr, batch) if batch_indices is None else _into(batch_indices, batch, "batch_indices"),
         _like(append_indptr, pos) if positions is None else _into(positions, pos, "positions"),
     )
+
+
+def _append_cuda(dev: int, k: Any, v: Any, tables: tuple, last: Any, k_cache: Any, v_cache: Any,
+                 layout: str) -> None:
+    import torch
+
+    names = ("batch_indices", "positions", "kv_indptr", "kv_indices")
+    host = [_tensor.host_int32(t, n) for t, n in zip(tables, names)]
+    device = []
+    for t, h in zip(tables, host):
+        if _cuda.device_of(t) == dev and t.dtype == torch.int32 and t.is_contiguous():
+            device.append(t)
+        else:
+            device.append(torch.from_numpy(h).to(f"cuda:{dev}", non_blocking=True))
+    host_views = [view(h, n) for h, n in zip(host, names)]
+    host_views.append(view(_tensor.host_int32(last, "kv_last_page_len"), "kv_last_page_len"))
+    _native.append_paged_kv_cache_cuda(_cuda.stream(dev), dev, view(k, "append_key"), view(v, "append_value"),
+                                       host_views, [view(d, n) for d, n in zip(device, names)],
+                                       view(k_cache, "k_cache"), view(v_cache, "v_cache"), layout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-from . import _args, _native, _tensor
+from . import _args, _cuda, _native, _single_cuda, _tensor
 from ._tensor import opt_view, view
 from .decode import _outputs, _planned
 
@@ -64,6 +64,10 @@ def single_prefill_with_kv_cache(
     if o_dtype is not None and _tensor.dtype_name(o_dtype) != _tensor.dtype_name(q):
         raise NotImplementedError(f"{op}: o_dtype {_tensor.dtype_name(o_dtype)} differs from q's dtype")
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
+    dev = _cuda.device_of(q)
+    if dev is not None:
+        return _single_cuda.prefill(dev, q, k, v, _args.layout(kv_layout), bool(causal), (scale, cap, win),
+                                    return_lse)
     out, lse = _outputs(q, None, None, return_lse)
     _native.single_prefill(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout), view(out, "out"),
                            opt_view(lse, "lse"), bool(causal), scale, cap, win)
@@ -79,11 +83,31 @@ def single_prefill_with_kv_cache_return_lse(q: Any, k: Any, v: Any, **kwargs: An
 class _PrefillBase:
     _name = "prefill"
 
-    def __init__(self, kv_layout: str, use_cuda_graph: bool, jit_args: Any) -> None:
+    def __init__(self, kv_layout: str, use_cuda_graph: bool, jit_args: Any, workspace: Any = None) -> None:
         _args.unsupported(self._name, jit_args=jit_args)
         self._kv_layout = _args.layout(kv_layout)
         self._use_cuda_graph = bool(use_cuda_graph)
         self._plan: Optional[dict] = None
+        # A CUDA float_workspace_buffer puts the wrapper on that GPU (as in FlashInfer): the
+        # plan lives in it, run launches on torch.cuda.current_stream().
+        self._workspace = workspace
+        self._device = _cuda.device_of(workspace)
+        self._ops: dict = {}
+        if self._device is not None and self._use_cuda_graph:
+            raise NotImplementedError(f"{self._name}: use_cuda_graph=True on CUDA (the CUDA path of the prefill "
+                                      "wrappers has no graph mode yet)")
+
+    def _cuda_op(self, p: dict) -> Any:
+        """The native CUDA op for the plan's heads, dtype and options (built once)."""
+        key = (p["heads"], p["dtype"], p["causal"], p["options"])
+        if key not in self._ops:
+            self._ops[key] = _native.CudaBatchPrefill(self._device, *p["heads"], p["dtype"], p["causal"],
+                                                      *p["options"])
+        return self._ops[key]
+
+    def _cuda_out(self, op: str, p: dict, window_left: Optional[int]) -> None:
+        if window_left is not None and _args.options(None, None, window_left)[2] != p["options"][2]:
+            raise NotImplementedError(f"{op}: window_left differing from plan() on CUDA (re-plan instead)")
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
@@ -123,7 +147,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         **kwargs: Any,
     ) -> None:
         _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf, **kwargs)
-        super().__init__(kv_layout, use_cuda_graph, jit_args)
+        super().__init__(kv_layout, use_cuda_graph, jit_args, float_workspace_buffer)
 
     def plan(
         self,
@@ -169,6 +193,13 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
             heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim_qk)), page_size=int(page_size),
             causal=bool(causal), dtype=dtype,
             options=_args.options(sm_scale, logits_soft_cap, window_left))
+        if self._device is not None:
+            p = self._plan
+            p["cuda"] = self._cuda_op(p)
+            ip, ix, la = p["tables"]
+            p["cuda"].plan_paged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
+                                 view(p["qo_indptr"], "qo_indptr"), view(ip, "paged_kv_indptr"),
+                                 view(ix, "paged_kv_indices"), view(la, "paged_kv_last_page_len"), p["page_size"])
 
     begin_forward = plan
 
@@ -205,6 +236,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         if window_left is not None:
             win = _args.options(None, None, window_left)[2]
         out, lse = _outputs(q, out, lse, return_lse)
+        if p.get("cuda") is not None:
+            self._cuda_out(op, p, window_left)
+            p["cuda"].run_paged(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
+                                self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
+            return (out, lse) if return_lse else out
+        _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
         _native.batch_prefill_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                     view(p["qo_indptr"], "qo_indptr"), view(indptr, "paged_kv_indptr"),
@@ -235,7 +272,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         **kwargs: Any,
     ) -> None:
         _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf, **kwargs)
-        super().__init__(kv_layout, use_cuda_graph, jit_args)
+        super().__init__(kv_layout, use_cuda_graph, jit_args, float_workspace_buffer)
 
     def plan(
         self,
@@ -276,6 +313,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
             heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim_qk)), causal=bool(causal),
             dtype=dtype,
             options=_args.options(sm_scale, logits_soft_cap, window_left))
+        if self._device is not None:
+            p = self._plan
+            p["cuda"] = self._cuda_op(p)
+            p["cuda"].plan_ragged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
+                                  view(p["qo_indptr"], "qo_indptr"), view(p["kv_indptr"], "kv_indptr"))
 
     begin_forward = plan
 
@@ -304,6 +346,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
             raise ValueError(f"{op}: k shape {tuple(k.shape)} does not match the plan (nnz_kv, {hkv}, {d})")
         scale, cap, win = p["options"]
         out, lse = _outputs(q, out, lse, return_lse)
+        if p.get("cuda") is not None:
+            p["cuda"].run_ragged(_cuda.stream(self._device), view(q, "q"), view(k, "k"), view(v, "v"),
+                                 view(out, "out"), opt_view(lse, "lse"))
+            return (out, lse) if return_lse else out
+        _cuda.not_yet(op, q)
         _native.batch_prefill_ragged(view(q, "q"), view(k, "k"), view(v, "v"), view(p["qo_indptr"], "qo_indptr"),
                                      view(p["kv_indptr"], "kv_indptr"), "NHD", view(out, "out"),
                                      opt_view(lse, "lse"), p["causal"], scale, cap, win)

@@ -1,6 +1,6 @@
 //! `ferrinfer._native`: the native half of the Python package. Each function takes tensor
 //! descriptors (see [`tensor`]) and plain values, checks them, and runs ferrinfer's CPU
-//! backend on the caller's memory; outputs are written into arrays the caller allocated. The
+//! backend on the caller's memory (CUDA tensors: the GPU ops on the caller's stream, [`cuda`]); outputs are written into arrays the caller allocated. The
 //! FlashInfer-named wrappers, argument defaults and output allocation live in the pure-Python
 //! package `ferrinfer` (python/ferrinfer/), so this module stays a thin, typed layer.
 //!
@@ -11,9 +11,19 @@
 //! | [`attention`] | single decode, single prefill, ragged batch prefill             |
 //! | [`paged`]     | paged-KV views: batch decode, paged prefill, KV append          |
 //! | [`merge`]     | attention-state merges                                          |
+//! | [`cuda`]      | CUDA tensors as device spans, the caller's stream               |
+//! | [`cuda_decode`] | batch decode on CUDA tensors (plan in the caller's workspace) |
+//! | [`cuda_merge`] | merges on CUDA tensors                                         |
+//! | [`cuda_append`] | KV append on CUDA tensors                                     |
+//! | [`cuda_prefill`] | paged and ragged batch prefill on CUDA tensors               |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
+mod cuda;
+mod cuda_append;
+mod cuda_decode;
+mod cuda_merge;
+mod cuda_prefill;
 mod errors;
 mod merge;
 mod paged;
@@ -60,5 +70,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     attention::register(m)?;
     paged::register(m)?;
     merge::register(m)?;
+    cuda_decode::register(m)?;
+    cuda_merge::register(m)?;
+    cuda_append::register(m)?;
+    cuda_prefill::register(m)?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! type, non-contiguous or on the wrong device is refused with an exception naming the
 //! argument, never read out of bounds.
 use half::{bf16, f16};
-use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 /// Element types the bindings read and write.
@@ -74,6 +74,8 @@ pub struct Tensor {
     pub strides: Vec<usize>,
     pub dtype: Dt,
     pub writable: bool,
+    /// The CUDA device the address belongs to (`None`: host memory).
+    pub cuda: Option<usize>,
 }
 
 fn value_err(msg: String) -> PyErr {
@@ -82,14 +84,35 @@ fn value_err(msg: String) -> PyErr {
 
 impl Tensor {
     /// Checks the descriptor of a CPU tensor: known dtype, non-negative strides, and a span
-    /// whose byte extent is representable.
+    /// whose byte extent is representable. A tensor on another device is a `ValueError` (a
+    /// call's tensors must all be on one device).
     pub fn from_raw(raw: RawTensor) -> PyResult<Self> {
-        let RawTensor(name, addr, shape, strides, dtype, device, _index, writable, _owner) = raw;
-        if device != "cpu" {
-            return Err(PyNotImplementedError::new_err(format!(
-                "{name}: tensors on device '{device}' are not supported by this build of \
-                 ferrinfer's Python package (CPU tensors only); the CUDA path is not implemented yet"
-            )));
+        Self::intake(raw, None)
+    }
+
+    /// As [`Tensor::from_raw`] for a tensor on CUDA device `index` (its address is a device
+    /// pointer: never read on the host, see [`Tensor::slice`]).
+    pub fn from_cuda(raw: RawTensor, index: usize) -> PyResult<Self> {
+        Self::intake(raw, Some(index))
+    }
+
+    fn intake(raw: RawTensor, cuda: Option<usize>) -> PyResult<Self> {
+        let RawTensor(name, addr, shape, strides, dtype, device, index, writable, _owner) = raw;
+        match (cuda, device.as_str()) {
+            (None, "cpu") => {}
+            (Some(want), "cuda") if usize::try_from(index).is_ok_and(|i| i == want) => {}
+            (None, _) => {
+                return Err(value_err(format!(
+                    "{name}: on device {device}:{index} but this call runs on the CPU \
+                     (every tensor of a call must be on one device)"
+                )))
+            }
+            (Some(want), _) => {
+                return Err(value_err(format!(
+                    "{name}: on device {device}:{index} but this call runs on cuda:{want} \
+                     (every tensor of a call must be on one device)"
+                )))
+            }
         }
         let dtype = Dt::parse(&dtype).ok_or_else(|| {
             PyTypeError::new_err(format!(
@@ -117,6 +140,7 @@ impl Tensor {
             addr,
             dtype,
             writable,
+            cuda,
         };
         t.span_bytes()?;
         if t.numel()? > 0 && (addr == 0 || addr % dtype.size() != 0) {
@@ -238,7 +262,18 @@ impl Tensor {
         }
     }
 
-    fn expect_writable(&self) -> PyResult<()> {
+    /// A device address must never become a host slice (it would fault, or worse, alias).
+    fn expect_host(&self) -> PyResult<()> {
+        match self.cuda {
+            None => Ok(()),
+            Some(i) => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "{}: internal error: host access to a tensor on cuda:{i}",
+                self.name
+            ))),
+        }
+    }
+
+    pub fn expect_writable(&self) -> PyResult<()> {
         if !self.writable {
             return Err(value_err(format!("{}: is read-only", self.name)));
         }
@@ -251,6 +286,7 @@ impl Tensor {
     /// The descriptor must describe live memory of the caller for the duration of the borrow
     /// (the Python layer holds the array), and nothing may write it meanwhile.
     pub unsafe fn slice<T: Elem>(&self) -> PyResult<&[T]> {
+        self.expect_host()?;
         self.expect_dtype(&[T::DT])?;
         let n = self.span()?;
         if n == 0 {
@@ -267,6 +303,7 @@ impl Tensor {
     /// As [`Self::slice`], and no other slice of this memory may be alive (see [`disjoint`]).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut<T: Elem>(&self) -> PyResult<&mut [T]> {
+        self.expect_host()?;
         self.expect_dtype(&[T::DT])?;
         self.expect_writable()?;
         let n = self.span()?;

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Runs the Python package's tests on the GPU machine (Python 3.12 + torch 2.11 + FlashInfer 0.7.2
-# in the system Python, no network), logs into $OUT.
+# in the system Python, no network), then the host-overhead timing; logs into $OUT.
 #
-# How to run it:
-#   1. here (the CPU machine): `bash scripts/test-python.sh` builds python/dist/ferrinfer-*.whl
-#      (abi3, ~0.5 MB) and runs the CPU suite; python/wheelhouse/ holds pytest's wheels in case
-#      the GPU machine's Python lacks pytest (made by
+# Exactly what to run:
+#   1. here (the CPU machine), from the repository root:
+#        bash scripts/test-python.sh
+#      builds python/dist/ferrinfer-*.whl (abi3, ~10 MB; it embeds the kernels' cubin/PTX) and runs the
+#      CPU suite; python/wheelhouse/ holds pytest's wheels in case the GPU machine's Python lacks
+#      pytest (made by
 #      `python3 -m pip download --only-binary=:all: --python-version 3.12 -d python/wheelhouse pytest`);
-#   2. on the GPU machine, from the repository root, carrying both ignored folders:
+#   2. on the GPU machine, from the repository root, carrying both ignored folders (~12 MB):
 #        run(command="bash python/tests/gpu_run.sh", carry=["python/dist", "python/wheelhouse"])
+#      extra arguments go to pytest, e.g. `bash python/tests/gpu_run.sh -k cuda -x`;
 #   3. $OUT/pytest.log has the full log, $OUT/junit.xml the per-test results, $OUT/summary.txt
-#      the counts. Exit status is pytest's.
+#      the counts, $OUT/bench_overhead.txt the plan+run host time per decode step (batch
+#      1/64/256, ferrinfer vs FlashInfer) and the cold start. Exit status is pytest's.
+# The CUDA path's tests are python/tests/test_cuda.py (decode and prefill wrappers, single
+# decode/prefill, append, merges, side stream, CUDA-graph replay, device errors); test_torch.py
+# compares the CPU path with FlashInfer. The Rust side of the embedding API has its own GPU test,
+# tests/embed_spans.rs (`cargo test --release --test embed_spans`, with the workspace's GPU tests).
 # The venv (--system-site-packages, so torch, numpy and flashinfer come from the system) lives
 # in a temporary directory; the wheel is installed with --no-index --no-deps (offline).
 set -euo pipefail
@@ -59,4 +67,7 @@ status=0
 "$py" -m pytest -p no:cacheprovider -rs -q --rootdir python/tests python/tests \
     --junitxml "$out/junit.xml" "$@" 2>&1 | tee "$out/pytest.log" || status=$?
 tail -n 1 "$out/pytest.log" > "$out/summary.txt"
+# The timing never changes the exit status; a failure is logged in the file.
+"$py" python/tests/bench_overhead.py > "$out/bench_overhead.txt" 2>&1 || true
+cat "$out/bench_overhead.txt"
 exit "$status"

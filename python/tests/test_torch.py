@@ -6,8 +6,9 @@ Python) these run:
 
 - torch CPU tensors (f16 and bf16, contiguous and strided views) through every wrapper,
   checked against the float64 reference;
-- CUDA tensors are refused with ``NotImplementedError`` naming the argument (this build's
-  CUDA path is not implemented), never read as host memory;
+- CUDA tensors in a wrapper built for the CPU raise ``NotImplementedError``, a CPU/CUDA mix
+  raises ``ValueError`` naming the argument; never read as host memory (the CUDA path itself:
+  test_cuda.py);
 - with CUDA and ``import flashinfer``: the same inputs through FlashInfer's wrappers on the
   GPU, compared with ferrinfer's results on the CPU (outputs and base-2 lse).
 """
@@ -116,15 +117,19 @@ def test_torch_cpu_paged(dtype, layout):
         close(out[b], ref[0], dtype)
 
 
-def test_cuda_tensors_are_refused_by_name():
+def test_cuda_tensors_in_a_cpu_wrapper_or_mixed_are_refused_by_name():
     if not HAS_CUDA:
         pytest.skip("no CUDA device visible to torch")
-    q = torch.zeros(4, 64, dtype=torch.float16, device="cuda")
-    with pytest.raises(NotImplementedError, match="q: tensors on device 'cuda'"):
-        ferrinfer.single_decode_with_kv_cache(q, q[None].expand(3, 4, 64).contiguous(), q[None].expand(3, 4, 64).contiguous())
+    q = torch.zeros(1, 4, 64, dtype=torch.float16, device="cuda")
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(None)
+    w.plan(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1]), 4, 4, 64, 16)
+    cache = torch.zeros(1, 2, 16, 4, 64, dtype=torch.float16, device="cuda")
+    with pytest.raises(NotImplementedError, match="wrapper built for the CPU"):
+        w.run(q, cache)
+    kv = torch.zeros(3, 4, 64, dtype=torch.float16, device="cuda")
     cpu = torch.zeros(3, 4, 64, dtype=torch.float16)
-    with pytest.raises(NotImplementedError, match="device 'cuda'"):
-        ferrinfer.single_decode_with_kv_cache(q, cpu, cpu)
+    with pytest.raises(ValueError, match="k: on device cuda:0 but this call runs on the CPU"):
+        ferrinfer.single_decode_with_kv_cache(q[0].cpu(), kv, cpu)
 
 
 # --- ferrinfer (CPU) against FlashInfer (GPU) on the same inputs --------------------------------

@@ -22,8 +22,12 @@ use crate::ops::io_check::PlannedIo;
 use crate::ops::workspace::{check_graph_fit, check_slots, MetaLayout, PlanOwner, PlanWorkspace};
 use crate::options::AttentionOptions;
 use crate::plan::decode::{plan as plan_decode, DecodePlan, DecodeProblem};
-use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, Kernel, LaunchDims};
 use crate::validate;
+
+mod spans;
+
+pub use spans::PagedKvSpans;
 
 const OP: &str = "batch_decode";
 
@@ -334,11 +338,7 @@ impl BatchDecode {
             Some(l) => (l.max_batch, l.max_pages),
             None => (pages.batch_size(), pages.kv_indices.len()),
         };
-        let budget_items = (self.max_ctas / self.heads.num_kv_heads).max(1);
-        let work_stride = match self.graph {
-            Some(l) => budget_items.max(l.max_batch),
-            None => 0,
-        };
+        let work_stride = self.graph.map_or(0, |l| self.graph_caps(l).1);
         let caps = Caps {
             work_stride,
             max_batch,
@@ -519,16 +519,19 @@ impl BatchDecode {
             page_size: plan.page_size as u32,
             single: false,
         };
-        self.launch(plan, src, q, out, lse)
+        let lse = lse.map(|l| l.span());
+        self.launch(plan, src, q.span(), out.span(), lse)
     }
 
+    /// The one launch path: owned buffers ([`BatchDecode::run`]), single decode and caller
+    /// memory ([`BatchDecode::run_spans`]) all arrive here as spans.
     pub(crate) fn launch<T: Float16>(
         &self,
         plan: &BatchDecodePlan,
         src: KvSource,
-        q: &DeviceBuffer<T>,
-        out: &mut DeviceBuffer<T>,
-        lse: Option<&mut DeviceBuffer<f32>>,
+        q: DeviceSpan<T>,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
         let h = self.heads;
         plan.ws.owner().check(OP, &self.owner())?;
@@ -541,14 +544,14 @@ impl BatchDecode {
             gpu: &self.gpu,
             dtype: self.dtype,
         }
-        .check(q, out, lse.as_deref())?;
+        .check(&q, &out, lse.as_ref())?;
         let off = plan.off;
         let at = |o: usize| plan.ws.at(o);
         let d = h.head_dim as u32;
         let p = DecodeParams {
             q: q.addr(),
             o: out.addr(),
-            lse: lse.as_deref().map_or(0, |l| l.addr()),
+            lse: lse.map_or(0, |l| l.addr()),
             k_pool: src.k,
             v_pool: src.v,
             k_stride_page: src.k_stride_page,

@@ -157,7 +157,7 @@ impl CascadeAttention {
             gpu: &self.gpu,
             dtype: self.dtype,
         }
-        .check(q, out, lse.as_deref())?;
+        .check(&q.span(), &out.span(), lse.as_deref().map(|l| l.span()).as_ref())?;
         let CascadePlan {
             levels,
             lse: own_lse,

@@ -1,8 +1,9 @@
 //! Launch-time checks shared by the planned ops (batch decode, batch prefill): the query,
-//! element type, output and lse buffers against what the op and plan were made for.
+//! element type, output and lse buffers against what the op and plan were made for. They take
+//! spans, so owned buffers and caller memory go through the same checks.
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
-use crate::runtime::{DeviceBuffer, Gpu};
+use crate::runtime::{DeviceSpan, Gpu};
 
 /// What q/out/lse must hold for a planned launch.
 pub(crate) struct PlannedIo<'a> {
@@ -27,16 +28,24 @@ impl PlannedIo<'_> {
     /// Checks the element type, context, lengths and (when given) the lse buffer.
     pub(crate) fn check<T: Float16>(
         &self,
-        q: &DeviceBuffer<T>,
-        out: &DeviceBuffer<T>,
-        lse: Option<&DeviceBuffer<f32>>,
+        q: &DeviceSpan<T>,
+        out: &DeviceSpan<T>,
+        lse: Option<&DeviceSpan<f32>>,
     ) -> Result<()> {
         let (op, n) = (self.op, self.elems);
         if T::DTYPE != self.dtype {
             return Err(Error::shape(op, "element type", self.dtype, T::DTYPE));
         }
-        self.gpu.check_buffer(op, q)?;
-        self.gpu.check_buffer(op, out)?;
+        self.gpu.check_span(op, q)?;
+        self.gpu.check_span(op, out)?;
+        // Caller memory may start anywhere; the kernels load and store 16-byte vectors.
+        if !q.addr().is_multiple_of(16) || !out.addr().is_multiple_of(16) {
+            return Err(Error::invalid(
+                op,
+                "q/out",
+                "addresses must be 16-byte aligned",
+            ));
+        }
         if self.exact && (q.len() != n || out.len() != n) {
             return Err(Error::shape(
                 op,
@@ -54,7 +63,7 @@ impl PlannedIo<'_> {
             ));
         }
         if let Some(l) = lse {
-            self.gpu.check_buffer(op, l)?;
+            self.gpu.check_span(op, l)?;
             if l.len() < self.lse_elems {
                 return Err(Error::shape(
                     op,

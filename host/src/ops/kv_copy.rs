@@ -16,6 +16,10 @@ use crate::kv::storage::DevicePages;
 use crate::kv::{KvPoolConfig, RowStrides};
 use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims, PinnedStaging};
 
+mod spans;
+
+pub use spans::{append_spans, AppendMetaSpans, RowSpans};
+
 const OP: &str = "kv_pool";
 
 /// The copy kernels of one device pool, resolved when the pool is made.

@@ -13,7 +13,7 @@ use ferrinfer_kernels::kernel_key::KernelKey;
 
 use crate::dtype::{DType, Float16};
 use crate::error::{Error, Result};
-use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, Kernel, LaunchDims};
 use crate::validate::at_least;
 
 const OP: &str = "merge_states";
@@ -129,31 +129,34 @@ fn pair_params(shape: MergeShape, v: [u64; 2], s: [u64; 2], o: u64, lse: u64) ->
 
 /// `(v_out, s_out) = (v_a, s_a) ⊕ (v_b, s_b)`: values `[seq_len, num_heads, head_dim]`, lse
 /// `[seq_len, num_heads]` (base 2). `s_out` is optional.
+///
+/// # Safety
+/// Every span must name live device memory of `gpu`'s context until the launch has run.
 #[allow(clippy::too_many_arguments)]
-pub fn merge_state<T: Float16>(
+pub unsafe fn merge_state_spans<T: Float16>(
     gpu: &Gpu,
     shape: MergeShape,
-    v_a: &DeviceBuffer<T>,
-    s_a: &DeviceBuffer<f32>,
-    v_b: &DeviceBuffer<T>,
-    s_b: &DeviceBuffer<f32>,
-    v_out: &mut DeviceBuffer<T>,
-    s_out: Option<&mut DeviceBuffer<f32>>,
+    v_a: DeviceSpan<T>,
+    s_a: DeviceSpan<f32>,
+    v_b: DeviceSpan<T>,
+    s_b: DeviceSpan<f32>,
+    v_out: DeviceSpan<T>,
+    s_out: Option<DeviceSpan<f32>>,
 ) -> Result<()> {
     const OP2: &str = "merge_state";
     shape.validate(OP2)?;
     for b in [v_a, v_b] {
-        gpu.check_buffer(OP2, b)?;
+        gpu.check_span(OP2, &b)?;
         at_least(OP2, "state values", shape.values(), b.len())?;
     }
     for b in [s_a, s_b] {
-        gpu.check_buffer(OP2, b)?;
+        gpu.check_span(OP2, &b)?;
         at_least(OP2, "state lse", shape.lses(), b.len())?;
     }
-    gpu.check_buffer(OP2, v_out)?;
+    gpu.check_span(OP2, &v_out)?;
     at_least(OP2, "v_out elements", shape.values(), v_out.len())?;
-    if let Some(s) = s_out.as_deref() {
-        gpu.check_buffer(OP2, s)?;
+    if let Some(s) = s_out {
+        gpu.check_span(OP2, &s)?;
         at_least(OP2, "s_out elements", shape.lses(), s.len())?;
     }
     let p = pair_params(
@@ -161,7 +164,7 @@ pub fn merge_state<T: Float16>(
         [v_a.addr(), v_b.addr()],
         [s_a.addr(), s_b.addr()],
         v_out.addr(),
-        s_out.as_deref().map_or(0, |s| s.addr()),
+        s_out.map_or(0, |s| s.addr()),
     );
     let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: both states, the output and the lse were checked to hold `shape`; each lane reads
@@ -171,20 +174,23 @@ pub fn merge_state<T: Float16>(
 }
 
 /// In place: `(v, s) ← (v, s) ⊕ (v_other, s_other)`.
-pub fn merge_state_in_place<T: Float16>(
+///
+/// # Safety
+/// Every span must name live device memory of `gpu`'s context until the launch has run.
+pub unsafe fn merge_state_in_place_spans<T: Float16>(
     gpu: &Gpu,
     shape: MergeShape,
-    v: &mut DeviceBuffer<T>,
-    s: &mut DeviceBuffer<f32>,
-    v_other: &DeviceBuffer<T>,
-    s_other: &DeviceBuffer<f32>,
+    v: DeviceSpan<T>,
+    s: DeviceSpan<f32>,
+    v_other: DeviceSpan<T>,
+    s_other: DeviceSpan<f32>,
 ) -> Result<()> {
     const OP2: &str = "merge_state_in_place";
     shape.validate(OP2)?;
-    gpu.check_buffer(OP2, v)?;
-    gpu.check_buffer(OP2, s)?;
-    gpu.check_buffer(OP2, v_other)?;
-    gpu.check_buffer(OP2, s_other)?;
+    gpu.check_span(OP2, &v)?;
+    gpu.check_span(OP2, &s)?;
+    gpu.check_span(OP2, &v_other)?;
+    gpu.check_span(OP2, &s_other)?;
     at_least(OP2, "v elements", shape.values(), v.len())?;
     at_least(OP2, "v_other elements", shape.values(), v_other.len())?;
     at_least(OP2, "s elements", shape.lses(), s.len())?;
@@ -206,19 +212,22 @@ pub fn merge_state_in_place<T: Float16>(
 /// `(v_out, s_out) = ⊕_j (v[:, j], s[:, j])`: `v` `[seq_len, num_states, num_heads, head_dim]`,
 /// `s` `[seq_len, num_states, num_heads]`; outputs `[seq_len, num_heads, head_dim]` and
 /// `[seq_len, num_heads]`. `num_states = 0` gives `v_out = 0`, `s_out = −inf`.
-pub fn merge_states<T: Float16>(
+///
+/// # Safety
+/// Every span must name live device memory of `gpu`'s context until the launch has run.
+pub unsafe fn merge_states_spans<T: Float16>(
     gpu: &Gpu,
     shape: MergeShape,
     num_states: usize,
-    v: &DeviceBuffer<T>,
-    s: &DeviceBuffer<f32>,
-    v_out: &mut DeviceBuffer<T>,
-    s_out: Option<&mut DeviceBuffer<f32>>,
+    v: DeviceSpan<T>,
+    s: DeviceSpan<f32>,
+    v_out: DeviceSpan<T>,
+    s_out: Option<DeviceSpan<f32>>,
 ) -> Result<()> {
     shape.validate(OP)?;
-    gpu.check_buffer(OP, v)?;
-    gpu.check_buffer(OP, s)?;
-    gpu.check_buffer(OP, v_out)?;
+    gpu.check_span(OP, &v)?;
+    gpu.check_span(OP, &s)?;
+    gpu.check_span(OP, &v_out)?;
     let nv = shape
         .values()
         .checked_mul(num_states)
@@ -230,8 +239,8 @@ pub fn merge_states<T: Float16>(
     at_least(OP, "v elements", nv, v.len())?;
     at_least(OP, "s elements", shape.lses() * num_states, s.len())?;
     at_least(OP, "v_out elements", shape.values(), v_out.len())?;
-    if let Some(l) = s_out.as_deref() {
-        gpu.check_buffer(OP, l)?;
+    if let Some(l) = s_out {
+        gpu.check_span(OP, &l)?;
         at_least(OP, "s_out elements", shape.lses(), l.len())?;
     }
     let hd = shape.num_heads * shape.head_dim;
@@ -239,7 +248,7 @@ pub fn merge_states<T: Float16>(
         v: v.addr(),
         s: s.addr(),
         o: v_out.addr(),
-        lse: s_out.as_deref().map_or(0, |l| l.addr()),
+        lse: s_out.map_or(0, |l| l.addr()),
         rows: 0,
         num_rows_dev: 0,
         v_stride_row: (num_states * hd) as i64,
@@ -258,4 +267,85 @@ pub fn merge_states<T: Float16>(
     let kernel = gpu.kernel(key(false, T::DTYPE, shape.head_dim), 0)?;
     // SAFETY: the state tensors hold num_states states of `shape`, the outputs hold `shape`.
     unsafe { launch(gpu, &kernel, p) }
+}
+
+/// `(v_out, s_out) = (v_a, s_a) ⊕ (v_b, s_b)`: values `[seq_len, num_heads, head_dim]`, lse
+/// `[seq_len, num_heads]` (base 2). `s_out` is optional. Over caller memory:
+/// [`merge_state_spans`].
+#[allow(clippy::too_many_arguments)]
+pub fn merge_state<T: Float16>(
+    gpu: &Gpu,
+    shape: MergeShape,
+    v_a: &DeviceBuffer<T>,
+    s_a: &DeviceBuffer<f32>,
+    v_b: &DeviceBuffer<T>,
+    s_b: &DeviceBuffer<f32>,
+    v_out: &mut DeviceBuffer<T>,
+    s_out: Option<&mut DeviceBuffer<f32>>,
+) -> Result<()> {
+    let s_out = s_out.map(|s| s.span());
+    // SAFETY: owned buffers, alive and borrowed for the call.
+    unsafe {
+        merge_state_spans(
+            gpu,
+            shape,
+            v_a.span(),
+            s_a.span(),
+            v_b.span(),
+            s_b.span(),
+            v_out.span(),
+            s_out,
+        )
+    }
+}
+
+/// In place: `(v, s) ← (v, s) ⊕ (v_other, s_other)`. Over caller memory:
+/// [`merge_state_in_place_spans`].
+pub fn merge_state_in_place<T: Float16>(
+    gpu: &Gpu,
+    shape: MergeShape,
+    v: &mut DeviceBuffer<T>,
+    s: &mut DeviceBuffer<f32>,
+    v_other: &DeviceBuffer<T>,
+    s_other: &DeviceBuffer<f32>,
+) -> Result<()> {
+    // SAFETY: owned buffers, alive and borrowed for the call.
+    unsafe {
+        merge_state_in_place_spans(
+            gpu,
+            shape,
+            v.span(),
+            s.span(),
+            v_other.span(),
+            s_other.span(),
+        )
+    }
+}
+
+/// `(v_out, s_out) = ⊕_j (v[:, j], s[:, j])`: `v` `[seq_len, num_states, num_heads, head_dim]`,
+/// `s` `[seq_len, num_states, num_heads]`; outputs `[seq_len, num_heads, head_dim]` and
+/// `[seq_len, num_heads]`. `num_states = 0` gives `v_out = 0`, `s_out = −inf`. Over caller
+/// memory: [`merge_states_spans`].
+pub fn merge_states<T: Float16>(
+    gpu: &Gpu,
+    shape: MergeShape,
+    num_states: usize,
+    v: &DeviceBuffer<T>,
+    s: &DeviceBuffer<f32>,
+    v_out: &mut DeviceBuffer<T>,
+    s_out: Option<&mut DeviceBuffer<f32>>,
+) -> Result<()> {
+    let s_out = s_out.map(|s| s.span());
+    // SAFETY: owned buffers, alive and borrowed for the call.
+    unsafe {
+        merge_states_spans(
+            gpu,
+            shape,
+            num_states,
+            v.span(),
+            s.span(),
+            v_out.span(),
+            s_out,
+        )
+    }
 }

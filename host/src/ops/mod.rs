@@ -12,9 +12,13 @@ pub mod prefill;
 pub mod single_decode;
 mod workspace;
 
-pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits};
+pub use batch_decode::{BatchDecode, BatchDecodePlan, DecodeKernel, GraphLimits, PagedKvSpans};
 pub use cascade::{CascadeAttention, CascadePlan};
-pub use merge::{merge_state, merge_state_in_place, merge_states, MergeShape};
+pub use kv_copy::{append_spans, AppendMetaSpans, RowSpans};
+pub use merge::{
+    merge_state, merge_state_in_place, merge_state_in_place_spans, merge_state_spans, merge_states,
+    merge_states_spans, MergeShape,
+};
 pub use model::ModelKernels;
 pub use prefill::{
     mean_keys_per_query, BatchPrefill, BatchPrefillPlan, DeviceMask, PrefillGraphLimits,

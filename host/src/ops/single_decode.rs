@@ -201,7 +201,10 @@ impl SingleDecode {
             page_size: page_size as u32,
             single: true,
         };
-        self.inner.launch(plan, src, q, out, lse).map_err(rename)
+        let lse = lse.map(|l| l.span());
+        self.inner
+            .launch(plan, src, q.span(), out.span(), lse)
+            .map_err(rename)
     }
 }
 

@@ -11,9 +11,14 @@
 //! plan usable. In graph mode they are allocated once, from the op's limits, and never move,
 //! so a captured launch stays valid after any later re-plan; a step that exceeds the limits is
 //! refused ([`check_graph_fit`]).
+//!
+//! A plan may instead live in a caller's workspace ([`PlanWorkspace::in_caller`], FlashInfer's
+//! `float_workspace_buffer`): the same tables and partials, laid out in the caller's bytes, and
+//! no allocation at all — what an embedding on a borrowed stream needs (a buffer freed on a
+//! stream ferrinfer does not own could race the owner's work).
 use crate::error::{Error, Result};
 use crate::heads::HeadConfig;
-use crate::runtime::{DeviceBuffer, Gpu, PinnedStaging};
+use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, PinnedStaging};
 
 /// Offsets of named regions in a plan's metadata buffer, laid out in order (in `i32`s).
 #[derive(Clone, Copy, Debug, Default)]
@@ -124,14 +129,80 @@ impl Staged<'_> {
     }
 }
 
+/// Where a plan's device tables and partial outputs live.
+enum Store {
+    /// Buffers the plan allocated (and frees when dropped).
+    Owned {
+        meta: DeviceBuffer<i32>,
+        part_o: DeviceBuffer<f32>,
+        part_lse: DeviceBuffer<f32>,
+    },
+    /// Regions of a caller's workspace (bytes), laid out by [`CallerLayout`]: the plan never
+    /// allocates, and the caller's allocator (torch's, with its stream semantics) owns the
+    /// memory.
+    Caller {
+        base: DeviceSpan<u8>,
+        layout: CallerLayout,
+    },
+}
+
+/// Byte offsets of the metadata, partial outputs and partial lse in a caller's workspace, each
+/// region 256-byte aligned (the kernels' vector loads need 16).
+#[derive(Clone, Copy, Debug, Default)]
+struct CallerLayout {
+    part_o: u64,
+    part_lse: u64,
+    meta_elems: usize,
+    end: u64,
+}
+
+const REGION_ALIGN: u64 = 256;
+
+/// Bytes of caller workspace that `meta_elems` metadata entries and `slots` partial states of
+/// `heads` take (`None`: not representable).
+pub(crate) fn caller_bytes(meta_elems: usize, slots: usize, heads: &HeadConfig) -> Option<usize> {
+    CallerLayout::new(meta_elems, slots, heads).and_then(|l| usize::try_from(l.end).ok())
+}
+
+impl CallerLayout {
+    fn new(meta_elems: usize, slots: usize, h: &HeadConfig) -> Option<Self> {
+        let up = |x: u64| x.checked_next_multiple_of(REGION_ALIGN);
+        let part_o = up(meta_elems.checked_mul(4)? as u64)?;
+        let o_bytes = slots.checked_mul(h.num_qo_heads * h.head_dim * 4)? as u64;
+        let part_lse = up(part_o.checked_add(o_bytes)?)?;
+        let end = part_lse.checked_add(slots.checked_mul(h.num_qo_heads * 4)? as u64)?;
+        Some(Self {
+            part_o,
+            part_lse,
+            meta_elems,
+            end,
+        })
+    }
+
+    /// `Err` unless this layout fits a workspace of `bytes`.
+    fn check_fits(op: &'static str, l: Option<Self>, bytes: usize) -> Result<Self> {
+        match l {
+            Some(l) if l.end <= bytes as u64 => Ok(l),
+            Some(l) => Err(Error::shape(
+                op,
+                "workspace bytes",
+                format!(">= {}", l.end),
+                bytes,
+            )),
+            None => Err(Error::Overflow {
+                op,
+                what: "workspace layout",
+            }),
+        }
+    }
+}
+
 /// A plan's device buffers and staging (see the module docs).
 pub(crate) struct PlanWorkspace<G> {
     owner: PlanOwner<G>,
-    meta: DeviceBuffer<i32>,
+    store: Store,
     staging: Vec<i32>,
     pinned: Option<PinnedStaging>,
-    part_o: DeviceBuffer<f32>,
-    part_lse: DeviceBuffer<f32>,
     /// Buffers sized once, from the graph limits.
     fixed: bool,
 }
@@ -148,11 +219,50 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
         let (meta, slots) = fixed.unwrap_or((1, 0));
         Ok(Self {
             owner,
-            meta: gpu.alloc::<i32>(meta.max(1))?,
+            store: Store::Owned {
+                meta: gpu.alloc::<i32>(meta.max(1))?,
+                part_o: gpu.alloc::<f32>((slots * h.num_qo_heads * h.head_dim).max(1))?,
+                part_lse: gpu.alloc::<f32>((slots * h.num_qo_heads).max(1))?,
+            },
             staging: Vec::new(),
             pinned: None,
-            part_o: gpu.alloc::<f32>((slots * h.num_qo_heads * h.head_dim).max(1))?,
-            part_lse: gpu.alloc::<f32>((slots * h.num_qo_heads).max(1))?,
+            fixed: fixed.is_some(),
+        })
+    }
+
+    /// A workspace of `owner` in the caller's memory `base` (no allocation, now or later). In
+    /// graph mode the layout is fixed here from the limits, so addresses never change.
+    pub(crate) fn in_caller(
+        op: &'static str,
+        gpu: &Gpu,
+        owner: PlanOwner<G>,
+        fixed: Option<(usize, usize)>,
+        base: DeviceSpan<u8>,
+    ) -> Result<Self> {
+        gpu.check_span(op, &base)?;
+        if !base.addr().is_multiple_of(REGION_ALIGN) {
+            return Err(Error::invalid(
+                op,
+                "workspace",
+                format!(
+                    "address {:#x} is not {REGION_ALIGN}-byte aligned",
+                    base.addr()
+                ),
+            ));
+        }
+        let layout = match fixed {
+            Some((meta, slots)) => CallerLayout::check_fits(
+                op,
+                CallerLayout::new(meta, slots, &owner.heads),
+                base.len(),
+            )?,
+            None => CallerLayout::default(),
+        };
+        Ok(Self {
+            owner,
+            store: Store::Caller { base, layout },
+            staging: Vec::new(),
+            pinned: None,
             fixed: fixed.is_some(),
         })
     }
@@ -170,51 +280,86 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
 
     /// Uploads the staged metadata (one copy) after making room for it and for `slots`
     /// partial states: outside graph mode larger buffers are allocated first and swapped in
-    /// only once the upload succeeded.
+    /// only once the upload succeeded; in a caller's workspace the regions are laid out again
+    /// and refused when they do not fit.
     pub(crate) fn commit(&mut self, gpu: &Gpu, slots: usize) -> Result<()> {
         let h = self.owner.heads;
+        if let Store::Caller { base, layout } = &mut self.store {
+            let l = if self.fixed {
+                *layout
+            } else {
+                let want = CallerLayout::new(self.staging.len().max(1), slots, &h);
+                CallerLayout::check_fits("plan", want, base.len())?
+            };
+            // SAFETY: the metadata region lies inside the caller's workspace (checked layout);
+            // the caller keeps it alive for the plan (`BatchDecode::plan_in_workspace`).
+            let meta = unsafe { gpu.span::<i32>(base.addr(), l.meta_elems)? };
+            // SAFETY: as above; only this plan writes its workspace, in stream order.
+            unsafe { gpu.upload_pinned_to(&mut self.pinned, &self.staging, meta)? };
+            *layout = l;
+            return Ok(());
+        }
+        let Store::Owned {
+            meta,
+            part_o,
+            part_lse,
+        } = &mut self.store
+        else {
+            return Err(Error::invalid("plan", "workspace", "unknown storage"));
+        };
         let mut new_meta = None;
         let mut new_parts = None;
         if !self.fixed {
-            if self.meta.len() < self.staging.len() {
+            if meta.len() < self.staging.len() {
                 new_meta = Some(gpu.alloc::<i32>(self.staging.len())?);
             }
             let (o, l) = (slots * h.num_qo_heads * h.head_dim, slots * h.num_qo_heads);
-            if self.part_o.len() < o || self.part_lse.len() < l {
+            if part_o.len() < o || part_lse.len() < l {
                 new_parts = Some((gpu.alloc::<f32>(o)?, gpu.alloc::<f32>(l)?));
             }
         }
         {
-            let meta = new_meta.as_mut().unwrap_or(&mut self.meta);
-            gpu.upload_pinned(&mut self.pinned, &self.staging, meta)?;
+            let dst = new_meta.as_mut().unwrap_or(meta);
+            gpu.upload_pinned(&mut self.pinned, &self.staging, dst)?;
         }
         if let Some(m) = new_meta {
-            self.meta = m;
+            *meta = m;
         }
         if let Some((o, l)) = new_parts {
-            self.part_o = o;
-            self.part_lse = l;
+            *part_o = o;
+            *part_lse = l;
         }
         Ok(())
     }
 
+    /// Metadata, partial o and partial lse addresses (constant across re-plans in graph mode).
+    pub(crate) fn addresses(&self) -> [u64; 3] {
+        match &self.store {
+            Store::Owned {
+                meta,
+                part_o,
+                part_lse,
+            } => [meta.addr(), part_o.addr(), part_lse.addr()],
+            Store::Caller { base, layout } => [
+                base.addr(),
+                base.addr() + layout.part_o,
+                base.addr() + layout.part_lse,
+            ],
+        }
+    }
+
     /// Device address of metadata entry `offset`.
     pub(crate) fn at(&self, offset: usize) -> u64 {
-        self.meta.addr() + (offset * 4) as u64
+        self.addresses()[0] + (offset * 4) as u64
     }
 
     /// Device address of the partial outputs.
     pub(crate) fn part_o(&self) -> u64 {
-        self.part_o.addr()
+        self.addresses()[1]
     }
 
     /// Device address of the partial lse.
     pub(crate) fn part_lse(&self) -> u64 {
-        self.part_lse.addr()
-    }
-
-    /// Metadata, partial o and partial lse addresses (constant across re-plans in graph mode).
-    pub(crate) fn addresses(&self) -> [u64; 3] {
-        [self.meta.addr(), self.part_o.addr(), self.part_lse.addr()]
+        self.addresses()[2]
     }
 }

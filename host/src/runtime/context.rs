@@ -57,19 +57,23 @@ pub enum Discovery {
     NotFound(String),
 }
 
+/// What every handle of one context shares: the context, the loaded module, the device facts
+/// and the resolved functions. Handles differ only in the stream they launch on.
 struct Inner {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     info: GpuInfo,
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
 }
 
 /// A CUDA device with ferrinfer's kernel module loaded and a stream to launch on. Cheap to
-/// clone (shared handle); every op launches on this stream in order.
+/// clone (shared handle); every op launches on this stream in order. Handles made by
+/// [`Gpu::on_borrowed_stream`] share the context and the module and differ only in the stream:
+/// buffers, plans and ops of one are valid with the others.
 #[derive(Clone)]
 pub struct Gpu {
     inner: Arc<Inner>,
+    stream: Arc<CudaStream>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -202,11 +206,11 @@ impl Gpu {
         Ok(Gpu {
             inner: Arc::new(Inner {
                 ctx,
-                stream,
                 module,
                 info,
                 functions: Mutex::new(HashMap::new()),
             }),
+            stream,
         })
     }
 
@@ -220,9 +224,22 @@ impl Gpu {
         &self.inner.ctx
     }
 
+    /// This handle's context and module over another stream of the same context.
+    pub(crate) fn with_stream(&self, stream: Arc<CudaStream>) -> Gpu {
+        Gpu {
+            inner: self.inner.clone(),
+            stream,
+        }
+    }
+
+    /// The raw handle of the stream every op launches on.
+    pub fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
     /// The stream every op launches on.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.inner.stream
+        &self.stream
     }
 
     /// Makes this GPU's context current on the calling thread. cudarc binds for its own calls;
@@ -296,7 +313,7 @@ impl Gpu {
     /// Allocates `len` zeroed elements.
     pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         Ok(DeviceBuffer {
-            slice: self.inner.stream.alloc_zeros::<T>(len)?,
+            slice: self.stream.alloc_zeros::<T>(len)?,
             ctx_id: self.ctx_id(),
         })
     }
@@ -304,7 +321,7 @@ impl Gpu {
     /// Copies a host slice to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         Ok(DeviceBuffer {
-            slice: self.inner.stream.clone_htod(host)?,
+            slice: self.stream.clone_htod(host)?,
             ctx_id: self.ctx_id(),
         })
     }
@@ -319,7 +336,7 @@ impl Gpu {
                 host.len(),
             ));
         }
-        self.inner.stream.memcpy_htod(host, &mut dst.slice)?;
+        self.stream.memcpy_htod(host, &mut dst.slice)?;
         Ok(())
     }
 
@@ -334,7 +351,7 @@ impl Gpu {
                 have,
             )
         })?;
-        self.inner.stream.memcpy_htod(host, &mut view)?;
+        self.stream.memcpy_htod(host, &mut view)?;
         Ok(())
     }
 
@@ -363,7 +380,7 @@ impl Gpu {
                 have,
             )
         })?;
-        self.inner.stream.memcpy_htod(host, &mut view)?;
+        self.stream.memcpy_htod(host, &mut view)?;
         Ok(())
     }
 
@@ -402,7 +419,7 @@ impl Gpu {
                 base + (dst * size) as u64,
                 base + (src * size) as u64,
                 len * size,
-                self.inner.stream.cu_stream(),
+                self.stream.cu_stream(),
             )
         }?;
         Ok(())
@@ -435,7 +452,7 @@ impl Gpu {
                 dst.addr() + (dst_offset * size) as u64,
                 src.addr(),
                 src.len() * size,
-                self.inner.stream.cu_stream(),
+                self.stream.cu_stream(),
             )
         }?;
         Ok(())
@@ -446,7 +463,7 @@ impl Gpu {
         &self,
         buf: &DeviceBuffer<T>,
     ) -> Result<Vec<T>> {
-        Ok(self.inner.stream.clone_dtoh(&buf.slice)?)
+        Ok(self.stream.clone_dtoh(&buf.slice)?)
     }
 
     /// Copies the first `n` elements of a device buffer back to the host (synchronises the
@@ -464,12 +481,12 @@ impl Gpu {
                 buf.len(),
             )
         })?;
-        Ok(self.inner.stream.clone_dtoh(&view)?)
+        Ok(self.stream.clone_dtoh(&view)?)
     }
 
     /// Waits for all work queued on the stream.
     pub fn synchronize(&self) -> Result<()> {
-        self.inner.stream.synchronize()?;
+        self.stream.synchronize()?;
         Ok(())
     }
 

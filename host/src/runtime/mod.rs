@@ -5,7 +5,9 @@
 //! that the driver library opens before any driver call and reports "no GPU" as a value.
 mod buffer;
 mod context;
+mod embed;
 mod launch;
+mod span;
 mod staging;
 mod tensor_map;
 mod timing;
@@ -14,6 +16,7 @@ pub use buffer::DeviceBuffer;
 pub use context::{Discovery, Gpu, GpuInfo, ModuleImage};
 pub(crate) use launch::Kernel;
 pub use launch::LaunchDims;
+pub use span::DeviceSpan;
 pub use staging::PinnedStaging;
 pub(crate) use tensor_map::{encode_rows, RowsGeometry};
 pub use timing::{TimeOpts, Timing};

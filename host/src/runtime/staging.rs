@@ -3,7 +3,7 @@
 //! the host while the driver stages it). Reuse waits on an event recorded after the last copy.
 use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
-use super::{DeviceBuffer, Gpu};
+use super::{DeviceBuffer, DeviceSpan, Gpu};
 use crate::error::{Error, Result};
 
 /// A reusable pinned upload buffer of `i32`.
@@ -27,6 +27,23 @@ impl Gpu {
         host: &[i32],
         dst: &mut DeviceBuffer<i32>,
     ) -> Result<()> {
+        self.check_buffer("upload", dst)?;
+        // SAFETY: `dst` is a live buffer of this context, exclusively borrowed for the upload.
+        unsafe { self.upload_pinned_to(staging, host, dst.span()) }
+    }
+
+    /// As [`Gpu::upload_pinned`], into a span (a plan's region of a caller's workspace).
+    ///
+    /// # Safety
+    /// `dst` must be live device memory of this context that nothing else writes while the
+    /// copy is queued.
+    pub(crate) unsafe fn upload_pinned_to(
+        &self,
+        staging: &mut Option<PinnedStaging>,
+        host: &[i32],
+        dst: DeviceSpan<i32>,
+    ) -> Result<()> {
+        self.check_span("upload", &dst)?;
         if host.len() > dst.len() {
             return Err(Error::shape(
                 "upload",

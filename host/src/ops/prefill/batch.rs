@@ -12,7 +12,7 @@ use crate::kv::KvPool;
 use crate::ops::io_check::PlannedIo;
 use crate::ops::merge;
 use crate::options::AttentionOptions;
-use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims};
+use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, Kernel, LaunchDims};
 use crate::validate;
 
 use super::graph::PrefillGraphLimits;
@@ -189,7 +189,8 @@ impl BatchPrefill {
             stride_h: d,
             page_size: 1,
         };
-        self.launch(plan, KvKind::Ragged, kv, q, out, lse)
+        let lse = lse.map(|l| l.span());
+        self.launch(plan, KvKind::Ragged, kv, q.span(), out.span(), lse)
     }
 
     /// Runs a paged plan on one layer's pool: q and out `[Σ qo_len, Hq, D]`, lse
@@ -219,17 +220,19 @@ impl BatchPrefill {
             stride_h: st.stride_h,
             page_size: plan.page_size as u32,
         };
-        self.launch(plan, KvKind::Paged, kv, q, out, lse)
+        let lse = lse.map(|l| l.span());
+        self.launch(plan, KvKind::Paged, kv, q.span(), out.span(), lse)
     }
 
-    fn launch<T: Float16>(
+    /// The one launch path: owned buffers and caller memory (`super::spans`) arrive as spans.
+    pub(super) fn launch<T: Float16>(
         &self,
         plan: &BatchPrefillPlan,
         kind: KvKind,
         kv: KvAddr,
-        q: &DeviceBuffer<T>,
-        out: &mut DeviceBuffer<T>,
-        lse: Option<&mut DeviceBuffer<f32>>,
+        q: DeviceSpan<T>,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
         let h = self.heads;
         plan.ws.owner().check(OP, &self.owner())?;
@@ -242,7 +245,7 @@ impl BatchPrefill {
             gpu: &self.gpu,
             dtype: self.dtype,
         }
-        .check(q, out, lse.as_deref())?;
+        .check(&q, &out, lse.as_ref())?;
         let grid_items = match self.graph {
             Some(_) => plan.caps.items,
             None => plan.host.items.len(),
@@ -274,7 +277,7 @@ impl BatchPrefill {
         let d = h.head_dim as u32;
         let g = h.group() as u32;
         let hq = h.num_qo_heads as u32;
-        let lse_addr = lse.as_deref().map_or(0, |l| l.addr());
+        let lse_addr = lse.map_or(0, |l| l.addr());
         let p = PrefillParams {
             q: q.addr(),
             o: out.addr(),
@@ -372,11 +375,11 @@ impl BatchPrefill {
 
 /// K/V addressing of one launch.
 #[derive(Clone, Copy, Debug)]
-struct KvAddr {
-    k: u64,
-    v: u64,
-    stride_page: u64,
-    stride_n: u32,
-    stride_h: u32,
-    page_size: u32,
+pub(super) struct KvAddr {
+    pub(super) k: u64,
+    pub(super) v: u64,
+    pub(super) stride_page: u64,
+    pub(super) stride_n: u32,
+    pub(super) stride_h: u32,
+    pub(super) page_size: u32,
 }

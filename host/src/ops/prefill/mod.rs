@@ -29,6 +29,7 @@ mod mask;
 mod plan;
 pub mod policy;
 mod single;
+mod spans;
 
 pub use batch::BatchPrefill;
 pub use graph::PrefillGraphLimits;

@@ -15,6 +15,7 @@ use crate::mask::PackedMask;
 use crate::ops::workspace::{check_graph_fit, check_slots, PlanOwner, PlanWorkspace, Staged};
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
 use crate::plan::units::{schedule as schedule_units, UnitSchedule};
+use crate::runtime::DeviceSpan;
 use crate::validate;
 
 use super::batch::{BatchPrefill, OP};
@@ -128,8 +129,22 @@ impl BatchPrefill {
     }
 
     fn empty_plan(&self, kind: KvKind) -> Result<BatchPrefillPlan> {
+        self.empty_plan_in(kind, None)
+    }
+
+    /// An empty plan whose tables live in op-owned buffers (`workspace` `None`) or in the
+    /// caller's workspace (see [`BatchPrefill::plan_paged_in_workspace`]).
+    pub(super) fn empty_plan_in(
+        &self,
+        kind: KvKind,
+        workspace: Option<DeviceSpan<u8>>,
+    ) -> Result<BatchPrefillPlan> {
         let caps = self.graph.map(|l| self.graph_caps(&l));
         let fixed = caps.map(|c| (c.offsets().len, c.slots));
+        let ws = match workspace {
+            Some(w) => PlanWorkspace::in_caller(OP, &self.gpu, self.owner(), fixed, w)?,
+            None => PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
+        };
         Ok(BatchPrefillPlan {
             host: PrefillPlan::default(),
             tile: PrefillTile::default(),
@@ -142,7 +157,7 @@ impl BatchPrefill {
             caps: caps.unwrap_or_default(),
             off: caps.unwrap_or_default().offsets(),
             ctas: 0,
-            ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
+            ws,
             mask: None,
         })
     }

@@ -1,0 +1,54 @@
+//! The CUDA path: torch CUDA tensors read and written in place (device pointers, strides,
+//! device index), kernels launched on the caller's current stream (`torch.cuda.current_stream
+//! (device).cuda_stream`, passed by the Python layer), in the device's primary context — the
+//! one torch uses. Nothing here allocates device memory or synchronises: outputs are allocated
+//! by torch, a decode plan lives in the caller's `float_workspace_buffer`, and the only copy is
+//! the plan's async upload of its host-built tables on the caller's stream.
+//!
+//! Every tensor is checked (device, dtype, shape, contiguity, extent, aliasing) here and the
+//! library checks its spans again before any launch; the same typed errors as the CPU path.
+use cudarc::driver::DeviceRepr;
+use ferrinfer::{DeviceSpan, Gpu};
+use half::{bf16, f16};
+use pyo3::prelude::*;
+
+use crate::errors::lib;
+use crate::tensor::{Dt, RawTensor, Tensor};
+
+/// The primary-context handle of `device`, launching on the caller's stream `stream`.
+pub fn gpu_on(device: usize, stream: usize) -> PyResult<Gpu> {
+    let gpu = lib(Gpu::primary(device))?;
+    // SAFETY: `stream` is torch's current stream of `device` (or 0, the legacy default
+    // stream), read by the Python layer just before this call; torch keeps its streams alive
+    // for the process. An op keeps the handle until its next call replaces it, and launches
+    // only during calls.
+    Ok(unsafe { gpu.on_borrowed_stream(stream as cudarc::driver::sys::CUstream) })
+}
+
+/// Element types of the spans made here.
+pub trait SpanElem: DeviceRepr {
+    const DT: Dt;
+}
+impl SpanElem for f16 {
+    const DT: Dt = Dt::F16;
+}
+impl SpanElem for bf16 {
+    const DT: Dt = Dt::Bf16;
+}
+impl SpanElem for f32 {
+    const DT: Dt = Dt::F32;
+}
+
+/// Tensor `raw` on CUDA device `device`.
+pub fn cuda(raw: RawTensor, device: usize) -> PyResult<Tensor> {
+    Tensor::from_cuda(raw, device)
+}
+
+/// The tensor's addressed elements (from its first) as a span of `T` on `gpu`.
+pub fn span<T: SpanElem>(gpu: &Gpu, t: &Tensor) -> PyResult<DeviceSpan<T>> {
+    t.expect_dtype(&[T::DT])?;
+    // SAFETY: the descriptor was checked to be on `gpu`'s device; the Python layer holds the
+    // tensor for the call, and torch's caching allocator reuses its memory only in the order
+    // of the stream the work was queued on (the caller's current stream, ours too).
+    lib(unsafe { gpu.span::<T>(t.addr as u64, t.span()?) })
+}

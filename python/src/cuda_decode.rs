@@ -1,0 +1,289 @@
+//! `CudaBatchDecode`: FlashInfer's `BatchDecodeWithPagedKVCacheWrapper` on CUDA tensors — one
+//! [`BatchDecode`] op and its plan, kept between `plan` (once per step, from host page tables)
+//! and `run` (once per layer). The plan lives in the caller's `float_workspace_buffer`; in
+//! CUDA-graph mode its layout is fixed by the limits, so a captured `run` replays correctly
+//! after any later `plan` (FlashInfer's contract for the graph wrapper).
+use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
+use ferrinfer::ops::{BatchDecode, BatchDecodePlan, GraphLimits, PagedKvSpans};
+use ferrinfer::{AttentionOptions, DType, Float16, Gpu, HeadConfig};
+use half::{bf16, f16};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::cuda::{cuda, gpu_on, span, SpanElem};
+use crate::cuda_append::{cache_dims, cache_views};
+use crate::errors::lib;
+use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
+
+const OP: &str = "BatchDecodeWithPagedKVCacheWrapper";
+
+/// The caller's workspace as `(address, bytes, device index, tensor)`.
+type Workspace = (usize, usize, i64, Py<PyAny>);
+
+#[pyclass(module = "ferrinfer._native", unsendable)]
+pub struct CudaBatchDecode {
+    device: usize,
+    heads: HeadConfig,
+    dtype: Dt,
+    op: BatchDecode,
+    plan: Option<BatchDecodePlan>,
+    /// The workspace the plan lives in (kept alive with it), and its (address, bytes).
+    workspace: Option<(Py<PyAny>, usize, usize)>,
+    /// The page size of the last plan.
+    planned_page_size: usize,
+    /// Built in CUDA-graph mode.
+    graph: bool,
+}
+
+#[pymethods]
+impl CudaBatchDecode {
+    /// An op for one head geometry, dtype and option set on CUDA device `device`; `graph`
+    /// = `(max_batch, max_pages)` builds the CUDA-graph form.
+    #[new]
+    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, sm_scale, soft_cap, window_left, graph=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        device: usize,
+        num_qo_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        dtype: &str,
+        sm_scale: Option<f32>,
+        soft_cap: Option<f32>,
+        window_left: Option<usize>,
+        graph: Option<(usize, usize)>,
+    ) -> PyResult<Self> {
+        let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
+        let (dt, lib_dt) = match dtype {
+            "float16" => (Dt::F16, DType::F16),
+            "bfloat16" => (Dt::Bf16, DType::Bf16),
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "{OP}: q_data_type {other} (float16 or bfloat16)"
+                )))
+            }
+        };
+        let opts = AttentionOptions {
+            sm_scale,
+            soft_cap,
+            window_left,
+            causal: false,
+        };
+        let gpu = lib(Gpu::primary(device))?;
+        let op = match graph {
+            Some((max_batch, max_pages)) => lib(BatchDecode::new_graph(
+                &gpu,
+                heads,
+                lib_dt,
+                opts,
+                GraphLimits {
+                    max_batch,
+                    max_pages,
+                },
+            ))?,
+            None => lib(BatchDecode::new(&gpu, heads, lib_dt, opts))?,
+        };
+        Ok(Self {
+            device,
+            heads,
+            dtype: dt,
+            op,
+            plan: None,
+            workspace: None,
+            planned_page_size: 0,
+            graph: graph.is_some(),
+        })
+    }
+
+    /// Plans a step from host page tables (int32 arrays, read here, never on the device) into
+    /// the caller's workspace, uploading the tables asynchronously on `stream`.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &mut self,
+        stream: usize,
+        workspace: Workspace,
+        indptr: RawTensor,
+        indices: RawTensor,
+        last_page_len: RawTensor,
+        page_size: usize,
+    ) -> PyResult<()> {
+        let (ws_addr, ws_bytes, ws_dev, ws_owner) = workspace;
+        if usize::try_from(ws_dev).ok() != Some(self.device) {
+            return Err(PyValueError::new_err(format!(
+                "float_workspace_buffer: on cuda:{ws_dev}, the op runs on cuda:{}",
+                self.device
+            )));
+        }
+        let pages = BatchPages {
+            kv_indptr: index_array(indptr)?,
+            kv_indices: index_array(indices)?,
+            kv_last_page_len: index_array(last_page_len)?,
+        };
+        // The cache is not known at plan time (FlashInfer's plan takes none): the plan is checked
+        // against the pages it names, and `run` refuses a cache with fewer.
+        let num_pages = pages
+            .kv_indices
+            .iter()
+            .map(|&p| usize::try_from(p).map_or(usize::MAX, |p| p.saturating_add(1)))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let cache = KvPoolConfig {
+            num_pages,
+            page_size,
+            num_kv_heads: self.heads.num_kv_heads,
+            head_dim: self.heads.head_dim,
+            layout: KvLayout::Nhd,
+        };
+        let gpu = gpu_on(self.device, stream)?;
+        lib(self.op.set_gpu(&gpu))?;
+        let same_ws = self
+            .workspace
+            .as_ref()
+            .is_some_and(|w| (w.1, w.2) == (ws_addr, ws_bytes));
+        match self.plan.as_mut() {
+            // Same workspace: re-plan in place (graph mode: same addresses, no allocation).
+            Some(plan) if same_ws && self.planned_page_size == page_size => {
+                lib(self.op.plan_into(&pages, &cache, plan))?
+            }
+            _ => {
+                // SAFETY: the workspace is the caller's CUDA tensor on this device, kept alive
+                // in `self.workspace` for as long as the plan; the wrapper owns it for the
+                // plan's use as FlashInfer's does (the caller does not write it meanwhile).
+                let ws = unsafe { lib(gpu.span::<u8>(ws_addr as u64, ws_bytes))? };
+                // SAFETY: as above.
+                let plan = unsafe { lib(self.op.plan_in_workspace(&pages, &cache, ws))? };
+                self.plan = Some(plan);
+                self.workspace = Some((ws_owner, ws_addr, ws_bytes));
+                self.planned_page_size = page_size;
+            }
+        }
+        Ok(())
+    }
+
+    /// Workspace bytes a CUDA-graph plan needs for `(max_batch, max_pages)`.
+    fn workspace_bytes(&self, max_batch: usize, max_pages: usize) -> usize {
+        self.op.workspace_bytes(GraphLimits {
+            max_batch,
+            max_pages,
+        })
+    }
+
+    /// Runs the planned step on `stream`: q/out `[batch, Hq, D]` contiguous, K/V rank-4 views
+    /// in `kv_layout` with contiguous head rows, lse `[batch, Hq]` float32 when given.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stream, q, k, v, kv_layout, out, lse=None))]
+    fn run(
+        &mut self,
+        stream: usize,
+        q: RawTensor,
+        k: RawTensor,
+        v: RawTensor,
+        kv_layout: &str,
+        out: RawTensor,
+        lse: Option<RawTensor>,
+    ) -> PyResult<()> {
+        let dev = self.device;
+        let (q, k, v, out) = (cuda(q, dev)?, cuda(k, dev)?, cuda(v, dev)?, cuda(out, dev)?);
+        let lse = lse.map(|l| cuda(l, dev)).transpose()?;
+        let hnd = crate::is_hnd(kv_layout)?;
+        let Some(plan) = self.plan.as_ref() else {
+            return Err(PyRuntimeError::new_err(format!(
+                "{OP}.run: plan() must be called before run()"
+            )));
+        };
+        // Graph mode: q/out/lse keep the captured (padded) batch while plans change the batch,
+        // so they need at least the planned rows; otherwise exactly those.
+        let b = match self.graph {
+            true => q.shape.first().copied().unwrap_or(0),
+            false => plan.batch_size(),
+        };
+        if b < plan.batch_size() {
+            return Err(PyValueError::new_err(format!(
+                "{OP}.run: q has {b} rows, the plan {}",
+                plan.batch_size()
+            )));
+        }
+        let (hq, d) = (self.heads.num_qo_heads, self.heads.head_dim);
+        q.expect_dtype(&[self.dtype])?;
+        for t in [&q, &out] {
+            t.expect_shape(&[b, hq, d])?;
+            t.expect_contiguous()?;
+        }
+        out.expect_same_dtype(&q)?;
+        out.expect_writable()?;
+        if let Some(l) = &lse {
+            l.expect_dtype(&[Dt::F32])?;
+            l.expect_shape(&[b, hq])?;
+            l.expect_contiguous()?;
+        }
+        cache_views(&k, &v, hnd)?;
+        k.expect_same_dtype(&q)?;
+        let mut all = vec![&q, &k, &v, &out];
+        all.extend(lse.as_ref());
+        let mut outs = vec![&out];
+        outs.extend(lse.as_ref());
+        disjoint(&outs, &all)?;
+        let gpu = gpu_on(dev, stream)?;
+        lib(self.op.set_gpu(&gpu))?;
+        let io = Io {
+            q: &q,
+            k: &k,
+            v: &v,
+            out: &out,
+            lse: lse.as_ref(),
+            hnd,
+        };
+        match self.dtype {
+            Dt::F16 => run_typed::<f16>(&self.op, plan, &gpu, &io),
+            Dt::Bf16 => run_typed::<bf16>(&self.op, plan, &gpu, &io),
+            _ => Err(PyTypeError::new_err(format!("{OP}.run: q dtype"))),
+        }
+    }
+}
+
+struct Io<'a> {
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    out: &'a Tensor,
+    lse: Option<&'a Tensor>,
+    hnd: bool,
+}
+
+fn run_typed<T: Float16 + SpanElem>(
+    op: &BatchDecode,
+    plan: &BatchDecodePlan,
+    gpu: &Gpu,
+    io: &Io<'_>,
+) -> PyResult<()> {
+    let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(io.k, io.hnd);
+    let (v_strides, _) = cache_dims(io.v, io.hnd);
+    let kv = PagedKvSpans {
+        k: span::<T>(gpu, io.k)?,
+        v: span::<T>(gpu, io.v)?,
+        num_pages,
+        page_size,
+        num_kv_heads,
+        head_dim: io.k.shape[3],
+        k_strides,
+        v_strides,
+    };
+    let lse = io.lse.map(|l| span::<f32>(gpu, l)).transpose()?;
+    // SAFETY: every span is a checked torch tensor on this device that the Python layer holds
+    // for the call, outputs overlap no input (checked), and the launch is queued on the stream
+    // torch orders its own reuse of that memory on.
+    lib(unsafe {
+        op.run_spans(
+            plan,
+            span::<T>(gpu, io.q)?,
+            &kv,
+            span::<T>(gpu, io.out)?,
+            lse,
+        )
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<CudaBatchDecode>()
+}

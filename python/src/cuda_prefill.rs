@@ -1,0 +1,316 @@
+//! `CudaBatchPrefill`: FlashInfer's paged and ragged batch prefill wrappers on CUDA tensors —
+//! one [`BatchPrefill`] op and its plan (in the caller's `float_workspace_buffer`), planned from
+//! host CSR tables and run on the caller's stream. CUDA-graph mode is not offered here (the
+//! Python layer refuses it on CUDA).
+use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
+use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan, PagedKvSpans};
+use ferrinfer::{AttentionOptions, DType, Float16, Gpu, HeadConfig};
+use half::{bf16, f16};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::cuda::{cuda, gpu_on, span, SpanElem};
+use crate::cuda_append::{cache_dims, cache_views};
+use crate::errors::lib;
+use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
+
+const OP: &str = "BatchPrefillWith*KVCacheWrapper";
+
+/// The caller's workspace as `(address, bytes, device index, tensor)`.
+type Workspace = (usize, usize, i64, Py<PyAny>);
+
+#[pyclass(module = "ferrinfer._native", unsendable)]
+pub struct CudaBatchPrefill {
+    device: usize,
+    heads: HeadConfig,
+    dtype: Dt,
+    op: BatchPrefill,
+    plan: Option<BatchPrefillPlan>,
+    /// The workspace tensor the plan lives in, kept alive with it.
+    workspace: Option<Py<PyAny>>,
+}
+
+impl CudaBatchPrefill {
+    /// The handle on `stream` (set on the op) and the caller's workspace as a span.
+    fn begin(
+        &mut self,
+        stream: usize,
+        ws: &Workspace,
+    ) -> PyResult<(Gpu, ferrinfer::DeviceSpan<u8>)> {
+        if usize::try_from(ws.2).ok() != Some(self.device) {
+            return Err(PyValueError::new_err(format!(
+                "float_workspace_buffer: on cuda:{}, the op runs on cuda:{}",
+                ws.2, self.device
+            )));
+        }
+        let gpu = gpu_on(self.device, stream)?;
+        lib(self.op.set_gpu(&gpu))?;
+        // SAFETY: the caller's CUDA workspace on this device, kept alive in `self.workspace`
+        // with the plan; the wrapper owns its contents as FlashInfer's does.
+        let span = lib(unsafe { gpu.span::<u8>(ws.0 as u64, ws.1) })?;
+        Ok((gpu, span))
+    }
+
+    /// q/out `[Σ qo_len, Hq, D]` contiguous of the planned rows; lse `[Σ qo_len, Hq]`.
+    fn check_io(&self, q: &Tensor, out: &Tensor, lse: Option<&Tensor>) -> PyResult<usize> {
+        let Some(plan) = self.plan.as_ref() else {
+            return Err(PyRuntimeError::new_err(format!(
+                "{OP}.run: plan() must be called before run()"
+            )));
+        };
+        let n = plan.qo_tokens();
+        let (hq, d) = (self.heads.num_qo_heads, self.heads.head_dim);
+        q.expect_dtype(&[self.dtype])?;
+        for t in [q, out] {
+            t.expect_shape(&[n, hq, d])?;
+            t.expect_contiguous()?;
+        }
+        out.expect_same_dtype(q)?;
+        out.expect_writable()?;
+        if let Some(l) = lse {
+            l.expect_dtype(&[Dt::F32])?;
+            l.expect_shape(&[n, hq])?;
+            l.expect_contiguous()?;
+        }
+        Ok(n)
+    }
+}
+
+fn lib_dtype(dtype: &str) -> PyResult<(Dt, DType)> {
+    match dtype {
+        "float16" => Ok((Dt::F16, DType::F16)),
+        "bfloat16" => Ok((Dt::Bf16, DType::Bf16)),
+        other => Err(PyTypeError::new_err(format!(
+            "{OP}: q_data_type {other} (float16 or bfloat16)"
+        ))),
+    }
+}
+
+#[pymethods]
+impl CudaBatchPrefill {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        device: usize,
+        num_qo_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        dtype: &str,
+        causal: bool,
+        sm_scale: Option<f32>,
+        soft_cap: Option<f32>,
+        window_left: Option<usize>,
+    ) -> PyResult<Self> {
+        let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
+        let (dt, lib_dt) = lib_dtype(dtype)?;
+        let opts = AttentionOptions {
+            sm_scale,
+            soft_cap,
+            window_left,
+            causal,
+        };
+        let gpu = lib(Gpu::primary(device))?;
+        Ok(Self {
+            device,
+            heads,
+            dtype: dt,
+            op: lib(BatchPrefill::new(&gpu, heads, lib_dt, opts))?,
+            plan: None,
+            workspace: None,
+        })
+    }
+
+    /// Plans a paged step from host tables; page ids are checked against the largest one named
+    /// (the cache is checked to hold at least as many pages at run).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_paged(
+        &mut self,
+        stream: usize,
+        workspace: Workspace,
+        qo_indptr: RawTensor,
+        indptr: RawTensor,
+        indices: RawTensor,
+        last_page_len: RawTensor,
+        page_size: usize,
+    ) -> PyResult<()> {
+        let qo = index_array(qo_indptr)?;
+        let pages = BatchPages {
+            kv_indptr: index_array(indptr)?,
+            kv_indices: index_array(indices)?,
+            kv_last_page_len: index_array(last_page_len)?,
+        };
+        let num_pages = pages
+            .kv_indices
+            .iter()
+            .map(|&p| usize::try_from(p).map_or(usize::MAX, |p| p.saturating_add(1)))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let cache = KvPoolConfig {
+            num_pages,
+            page_size,
+            num_kv_heads: self.heads.num_kv_heads,
+            head_dim: self.heads.head_dim,
+            layout: KvLayout::Nhd,
+        };
+        let (_gpu, ws) = self.begin(stream, &workspace)?;
+        // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
+        let plan = lib(unsafe { self.op.plan_paged_in_workspace(&qo, &pages, &cache, ws) })?;
+        self.plan = Some(plan);
+        self.workspace = Some(workspace.3);
+        Ok(())
+    }
+
+    /// Plans a ragged step from host offsets.
+    fn plan_ragged(
+        &mut self,
+        stream: usize,
+        workspace: Workspace,
+        qo_indptr: RawTensor,
+        kv_indptr: RawTensor,
+    ) -> PyResult<()> {
+        let (qo, kv) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
+        let (_gpu, ws) = self.begin(stream, &workspace)?;
+        // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
+        let plan = lib(unsafe { self.op.plan_ragged_in_workspace(&qo, &kv, ws) })?;
+        self.plan = Some(plan);
+        self.workspace = Some(workspace.3);
+        Ok(())
+    }
+
+    /// Runs the paged plan over rank-4 K/V views in `kv_layout`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stream, q, k, v, kv_layout, out, lse=None))]
+    fn run_paged(
+        &mut self,
+        stream: usize,
+        q: RawTensor,
+        k: RawTensor,
+        v: RawTensor,
+        kv_layout: &str,
+        out: RawTensor,
+        lse: Option<RawTensor>,
+    ) -> PyResult<()> {
+        let dev = self.device;
+        let (q, k, v, out) = (cuda(q, dev)?, cuda(k, dev)?, cuda(v, dev)?, cuda(out, dev)?);
+        let lse = lse.map(|l| cuda(l, dev)).transpose()?;
+        let hnd = crate::is_hnd(kv_layout)?;
+        self.check_io(&q, &out, lse.as_ref())?;
+        cache_views(&k, &v, hnd)?;
+        k.expect_same_dtype(&q)?;
+        outputs_disjoint(&q, &k, &v, &out, lse.as_ref())?;
+        let gpu = gpu_on(dev, stream)?;
+        lib(self.op.set_gpu(&gpu))?;
+        let io = (&q, &k, &v, &out, lse.as_ref());
+        match self.dtype {
+            Dt::F16 => self.paged_typed::<f16>(&gpu, io, hnd),
+            _ => self.paged_typed::<bf16>(&gpu, io, hnd),
+        }
+    }
+
+    /// Runs the ragged plan over contiguous `k`/`v` `[Σ kv_len, Hkv, D]`.
+    #[pyo3(signature = (stream, q, k, v, out, lse=None))]
+    fn run_ragged(
+        &mut self,
+        stream: usize,
+        q: RawTensor,
+        k: RawTensor,
+        v: RawTensor,
+        out: RawTensor,
+        lse: Option<RawTensor>,
+    ) -> PyResult<()> {
+        let dev = self.device;
+        let (q, k, v, out) = (cuda(q, dev)?, cuda(k, dev)?, cuda(v, dev)?, cuda(out, dev)?);
+        let lse = lse.map(|l| cuda(l, dev)).transpose()?;
+        self.check_io(&q, &out, lse.as_ref())?;
+        for t in [&k, &v] {
+            t.expect_rank(3, "[nnz_kv, num_kv_heads, head_dim]")?;
+            t.expect_contiguous()?;
+            t.expect_same_dtype(&q)?;
+        }
+        v.expect_shape(&k.shape)?;
+        let (hkv, d) = (self.heads.num_kv_heads, self.heads.head_dim);
+        k.expect_shape(&[k.shape[0], hkv, d])?;
+        outputs_disjoint(&q, &k, &v, &out, lse.as_ref())?;
+        let gpu = gpu_on(dev, stream)?;
+        lib(self.op.set_gpu(&gpu))?;
+        let io = (&q, &k, &v, &out, lse.as_ref());
+        match self.dtype {
+            Dt::F16 => self.ragged_typed::<f16>(&gpu, io),
+            _ => self.ragged_typed::<bf16>(&gpu, io),
+        }
+    }
+}
+
+type Io<'a> = (
+    &'a Tensor,
+    &'a Tensor,
+    &'a Tensor,
+    &'a Tensor,
+    Option<&'a Tensor>,
+);
+
+fn outputs_disjoint(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: Option<&Tensor>,
+) -> PyResult<()> {
+    let mut all = vec![q, k, v, out];
+    all.extend(lse);
+    let mut outs = vec![out];
+    outs.extend(lse);
+    disjoint(&outs, &all)
+}
+
+impl CudaBatchPrefill {
+    fn paged_typed<T: Float16 + SpanElem>(&self, gpu: &Gpu, io: Io<'_>, hnd: bool) -> PyResult<()> {
+        let (q, k, v, out, lse) = io;
+        let Some(plan) = self.plan.as_ref() else {
+            return Err(PyRuntimeError::new_err(format!("{OP}.run: no plan")));
+        };
+        let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(k, hnd);
+        let (v_strides, _) = cache_dims(v, hnd);
+        let kv = PagedKvSpans {
+            k: span::<T>(gpu, k)?,
+            v: span::<T>(gpu, v)?,
+            num_pages,
+            page_size,
+            num_kv_heads,
+            head_dim: k.shape[3],
+            k_strides,
+            v_strides,
+        };
+        let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
+        // SAFETY: checked CUDA tensors of this device held by the Python layer for the call;
+        // outputs overlap no input; queued on the caller's stream.
+        lib(unsafe {
+            self.op
+                .run_paged_spans(plan, span::<T>(gpu, q)?, &kv, span::<T>(gpu, out)?, lse)
+        })
+    }
+
+    fn ragged_typed<T: Float16 + SpanElem>(&self, gpu: &Gpu, io: Io<'_>) -> PyResult<()> {
+        let (q, k, v, out, lse) = io;
+        let Some(plan) = self.plan.as_ref() else {
+            return Err(PyRuntimeError::new_err(format!("{OP}.run: no plan")));
+        };
+        let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
+        // SAFETY: as `paged_typed`.
+        lib(unsafe {
+            self.op.run_ragged_spans(
+                plan,
+                span::<T>(gpu, q)?,
+                span::<T>(gpu, k)?,
+                span::<T>(gpu, v)?,
+                span::<T>(gpu, out)?,
+                lse,
+            )
+        })
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<CudaBatchPrefill>()
+}

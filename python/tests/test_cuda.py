@@ -1,0 +1,372 @@
+"""The CUDA path: torch CUDA tensors read and written in place, on torch's current stream.
+
+Skipped (with the reason) without torch or without a CUDA device; python/tests/gpu_run.sh runs
+them on the GPU machine. Covered:
+
+- the batch decode wrapper on CUDA (NHD/HND, the single ``(pages, 2, ...)`` tensor and the
+  ``(k, v)`` tuple, page sizes 1/16, groups 1/4/8, head dims 64/128/256, f16/bf16, lse) against
+  the float64 reference, and against FlashInfer 0.7.2 on the same inputs when it imports;
+- merges on CUDA against the reference;
+- a non-default torch stream: a producer kernel writes q on a side stream, ferrinfer runs on
+  that stream, and the caller synchronises only through torch;
+- CUDA-graph capture of a decode step, replayed after re-planning with other batch contents;
+- paged and ragged batch prefill on CUDA against the reference (and FlashInfer when it imports);
+- the KV append on CUDA bit for bit against the CPU path (host and CUDA tables);
+- single decode and prefill on CUDA against the reference;
+- wrong device, device mixes and CUDA tensors in a CPU-built wrapper raise by name.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (CI's CPU step runs numpy only)")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device visible to torch", allow_module_level=True)
+
+import ferrinfer  # noqa: E402
+from reference import attention, merge  # noqa: E402
+
+try:
+    import flashinfer  # noqa: E402
+
+    FI_REASON = None
+except Exception as e:  # ImportError, or a broken install
+    flashinfer = None
+    FI_REASON = f"flashinfer not importable: {type(e).__name__}: {e}"
+needs_fi = pytest.mark.skipif(flashinfer is None, reason=FI_REASON or "")
+
+DT = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+ATOL = {"float16": 4e-3, "bfloat16": 2.5e-2}
+
+
+def ws():
+    return torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+
+
+def rand(g, shape, dtype):
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(DT[dtype])
+
+
+def np64(t):
+    return t.detach().cpu().to(torch.float64).numpy()
+
+
+def close(a, b, dtype, what="out"):
+    a = np64(a) if isinstance(a, torch.Tensor) else a
+    b = np64(b) if isinstance(b, torch.Tensor) else b
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    assert err <= ATOL[dtype], f"{what}: max |err| {err:.3g} > {ATOL[dtype]}"
+
+
+def lse_close(a, b, tol=2e-3):
+    a, b = np64(a), (np64(b) if isinstance(b, torch.Tensor) else b)
+    assert np.array_equal(np.isneginf(a), np.isneginf(b))
+    fin = np.isfinite(b)
+    assert not fin.any() or float(np.max(np.abs(a[fin] - b[fin]))) <= tol
+
+
+def paged_case(g, lens, page_size, hkv, d, layout, dtype, spare=2):
+    """Host page tables and a CPU cache of random pages (copy it to CUDA to use it)."""
+    pages = [(n + page_size - 1) // page_size for n in lens]
+    num_pages = sum(pages) + spare
+    perm = torch.randperm(num_pages, generator=g).to(torch.int32)
+    indptr = torch.tensor(np.concatenate([[0], np.cumsum(pages)]), dtype=torch.int32)
+    indices = perm[: int(indptr[-1])].clone()
+    last = torch.tensor([(n - 1) % page_size + 1 for n in lens], dtype=torch.int32)
+    shape = (num_pages, 2, page_size, hkv, d) if layout == "NHD" else (num_pages, 2, hkv, page_size, d)
+    return rand(g, shape, dtype), indptr, indices, last
+
+
+def request_kv(cache, indptr, indices, b, n, layout):
+    """Request ``b``'s ``n`` tokens of the CPU cache as ``[n, 2, H, D]``."""
+    pids = indices[int(indptr[b]):int(indptr[b + 1])].long()
+    pages = cache[pids]  # NHD [np, 2, ps, H, D] / HND [np, 2, H, ps, D]
+    if layout == "HND":
+        pages = pages.transpose(2, 3)
+    pages = pages.permute(0, 2, 1, 3, 4)  # [np, ps, 2, H, D]
+    return pages.reshape(-1, *pages.shape[2:])[:n]
+
+
+def reference(q, cache, indptr, indices, lens, page_size, layout):
+    """float64 decode of every request (cache on the CPU)."""
+    outs, lses = [], []
+    for b, n in enumerate(lens):
+        kv = request_kv(cache, indptr, indices, b, n, layout)
+        o, l = attention(np64(q[b])[None], np64(kv[:, 0]), np64(kv[:, 1]))
+        outs.append(o[0]), lses.append(l[0])
+    return np.stack(outs), np.stack(lses)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (32, 4)], ids=lambda h: f"g{h[0] // h[1]}")
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_decode_cuda_vs_reference(dtype, layout, page_size, heads, head_dim):
+    g = torch.Generator().manual_seed(7 * page_size + head_dim)
+    hq, hkv = heads
+    lens = [1, page_size - 1 or 1, page_size, page_size + 1, 3 * page_size + 1, 300]
+    cache, indptr, indices, last = paged_case(g, lens, page_size, hkv, head_dim, layout, dtype)
+    q = rand(g, (len(lens), hq, head_dim), dtype)
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    w.plan(indptr, indices, last, hq, hkv, head_dim, page_size, q_data_type=DT[dtype])
+    cc = cache.cuda()
+    out, lse = w.run(q.cuda(), cc, return_lse=True)
+    assert out.is_cuda and lse.is_cuda
+    ref, ref_lse = reference(q, cache, indptr, indices, lens, page_size, layout)
+    close(out, ref, dtype)
+    lse_close(lse, ref_lse)
+    # The (k, v) tuple form reads the same memory; out given by the caller is written in place.
+    out2 = torch.empty_like(out)
+    w.run(q.cuda(), (cc[:, 0], cc[:, 1]), out=out2)
+    close(out2, ref, dtype, "out (tuple cache)")
+    # Re-plan into the same workspace with another batch.
+    w.plan(indptr[:3], indices[: int(indptr[2])], last[:2], hq, hkv, head_dim, page_size, q_data_type=DT[dtype])
+    out3 = w.run(q[:2].cuda(), cc)
+    close(out3, ref[:2], dtype, "out (re-planned)")
+
+
+@needs_fi
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8)], ids=lambda h: f"g{h[0] // h[1]}")
+def test_decode_cuda_vs_flashinfer(dtype, layout, heads):
+    g = torch.Generator().manual_seed(11)
+    hq, hkv, d, ps = heads[0], heads[1], 128, 16
+    lens = [1, 15, 16, 17, 49, 1000, 4097]
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, d, layout, dtype)
+    q, cc = rand(g, (len(lens), hq, d), dtype).cuda(), cache.cuda()
+    ours_w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    ours_w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=DT[dtype])
+    ours, lse = ours_w.run(q, cc, return_lse=True)
+    fi_w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    fi_w.plan(indptr.cuda(), indices.cuda(), last.cuda(), hq, hkv, d, ps, q_data_type=DT[dtype])
+    theirs, tlse = fi_w.run(q, cc, return_lse=True)
+    close(ours, theirs, dtype)
+    lse_close(lse, tlse)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_merges_cuda_vs_reference(dtype):
+    g = torch.Generator().manual_seed(3)
+    seq, n, h, d = 37, 3, 8, 128
+    v = rand(g, (seq, n, h, d), dtype)
+    s = torch.randn((seq, n, h), generator=g) * 4
+    s[0, 1] = float("-inf")
+    vc, sc = v.cuda(), s.cuda()
+    out, lse = ferrinfer.merge_state(vc[:, 0].contiguous(), sc[:, 0].contiguous(), vc[:, 1].contiguous(),
+                                     sc[:, 1].contiguous())
+    ref, ref_s = merge(np64(v[:, 0]), np64(s[:, 0]), np64(v[:, 1]), np64(s[:, 1]))
+    close(out, ref, dtype, "merge_state")
+    lse_close(lse, ref_s)
+    a, sa = vc[:, 0].contiguous(), sc[:, 0].contiguous()
+    ferrinfer.merge_state_in_place(a, sa, vc[:, 1].contiguous(), sc[:, 1].contiguous())
+    close(a, ref, dtype, "merge_state_in_place")
+    lse_close(sa, ref_s)
+    out, lse = ferrinfer.merge_states(vc, sc)
+    r, rs = np64(v[:, 0]), np64(s[:, 0])
+    for j in range(1, n):
+        r, rs = merge(r, rs, np64(v[:, j]), np64(s[:, j]))
+    close(out, r, dtype, "merge_states")
+    lse_close(lse, rs)
+
+
+def test_side_stream_ordering():
+    """A producer kernel fills q on a side stream and ferrinfer runs on that stream: without
+    the stream, ferrinfer would read q before it is written. The caller synchronises only the
+    way torch users do (the side stream, before reading the result on the host)."""
+    g = torch.Generator().manual_seed(5)
+    dtype, layout, hq, hkv, d, ps = "float16", "NHD", 32, 8, 128, 16
+    lens = [4096] * 32
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, d, layout, dtype)
+    cc = cache.cuda()
+    q_host = rand(g, (len(lens), hq, d), dtype)
+    q_src = q_host.cuda()
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    side = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=DT[dtype])
+        q = torch.zeros_like(q_src)
+        big = torch.randn(4096, 4096, device="cuda")
+        for _ in range(8):  # keep the side stream busy so a misordered read would see zeros
+            big = big @ big
+            big = big / big.norm()
+        q.copy_(q_src)
+        out = w.run(q, cc)
+    side.synchronize()
+    ref, _ = reference(q_host, cache, indptr, indices, lens, ps, layout)
+    close(out, ref, dtype, "out (side stream)")
+
+
+def test_cuda_graph_decode_replay():
+    """Capture one decode step of the CUDA-graph wrapper, then re-plan other batch contents
+    (same sizes, other pages and lengths; then a smaller batch) and replay."""
+    g = torch.Generator().manual_seed(9)
+    dtype, layout, hq, hkv, d, ps = "float16", "NHD", 32, 8, 128, 16
+    max_batch, max_pages = 8, 8 * 64
+    indptr_buf = torch.empty(max_batch + 1, dtype=torch.int32, device="cuda")
+    indices_buf = torch.empty(max_pages, dtype=torch.int32, device="cuda")
+    last_buf = torch.empty(max_batch, dtype=torch.int32, device="cuda")
+    w = ferrinfer.CUDAGraphBatchDecodeWithPagedKVCacheWrapper(ws(), indptr_buf, indices_buf, last_buf,
+                                                                kv_layout=layout)
+    num_pages = max_pages + 4
+    cache = rand(g, (num_pages, 2, ps, hkv, d), dtype)
+    cc = cache.cuda()
+    q = torch.empty(max_batch, hq, d, dtype=DT[dtype], device="cuda")
+    out = torch.empty_like(q)
+
+    def step(lens):
+        pages = [(n + ps - 1) // ps for n in lens]
+        indptr = torch.tensor(np.concatenate([[0], np.cumsum(pages)]), dtype=torch.int32)
+        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+        last = torch.tensor([(n - 1) % ps + 1 for n in lens], dtype=torch.int32)
+        w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=DT[dtype])
+        qh = rand(g, (len(lens), hq, d), dtype)
+        q[: len(lens)].copy_(qh)
+        return qh, indptr, indices
+
+    lens0 = [1, 17, 100, 1000, 16, 33, 512, 1024]
+    step(lens0)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        w.run(q, cc, out=out)  # warm-up outside capture, as torch recommends
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w.run(q, cc, out=out)
+    for lens in ([900, 3, 64, 65, 1, 2, 300, 1024], [5, 1024, 7]):
+        qh, indptr, indices = step(lens)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, _ = reference(qh, cache, indptr, indices, lens, ps, layout)
+        close(out[: len(lens)], ref, dtype, f"out (replay, batch {len(lens)})")
+
+
+def test_wrong_device_and_mixes_raise():
+    hq, hkv, d, ps = 8, 2, 64, 16
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout="NHD")
+    indptr, indices, last = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32), \
+        torch.tensor([3], dtype=torch.int32)
+    w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=torch.float16)
+    cache = torch.zeros(2, 2, ps, hkv, d, dtype=torch.float16, device="cuda")
+    q = torch.zeros(1, hq, d, dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="k_cache: on device cpu"):
+        w.run(q, cache.cpu())
+    with pytest.raises(ValueError, match="out: on device cpu"):
+        w.run(q, cache, out=torch.empty(1, hq, d, dtype=torch.float16))
+    with pytest.raises(ValueError, match="page ids below"):
+        w.run(q, cache[:0])
+    with pytest.raises((TypeError, ValueError)):
+        w.run(q.to(torch.bfloat16), cache.to(torch.bfloat16))
+    if torch.cuda.device_count() > 1:
+        with pytest.raises(ValueError, match="cuda:1"):
+            w.run(q.to("cuda:1"), cache)
+    cpu_w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(None, kv_layout="NHD")
+    cpu_w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=torch.float16)
+    with pytest.raises(NotImplementedError, match="wrapper built for the CPU"):
+        cpu_w.run(q, cache)
+    with pytest.raises(NotImplementedError, match="float32 values on CUDA"):
+        v = torch.zeros(3, 4, 64, device="cuda")
+        s = torch.zeros(3, 4, device="cuda")
+        ferrinfer.merge_state(v, s, v, s)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("cuda_tables", [False, True], ids=["host-tables", "cuda-tables"])
+def test_append_cuda_matches_cpu_bit_for_bit(dtype, layout, cuda_tables):
+    """The append is a copy: the CUDA path must write exactly what the CPU path writes."""
+    g = torch.Generator().manual_seed(13)
+    hkv, d, ps = 4, 128, 16
+    lens = [1, 16, 17, 40]
+    new = [1, 3, 17, 5]  # the last `new[b]` positions of request b are appended
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, d, layout, dtype)
+    bi = torch.tensor([b for b, n in enumerate(new) for _ in range(n)], dtype=torch.int32)
+    pos = torch.tensor([lens[b] - n + i for b, n in enumerate(new) for i in range(n)], dtype=torch.int32)
+    k = rand(g, (len(bi), hkv, d), dtype)
+    v = rand(g, (len(bi), hkv, d), dtype)
+    ref = cache.clone()
+    ferrinfer.append_paged_kv_cache(k, v, bi, pos, ref, indices, indptr, last, kv_layout=layout)
+    cc = cache.cuda()
+    tabs = [t.cuda() if cuda_tables else t for t in (bi, pos, indices, indptr, last)]
+    ferrinfer.append_paged_kv_cache(k.cuda(), v.cuda(), tabs[0], tabs[1], (cc[:, 0], cc[:, 1]), tabs[2], tabs[3],
+                                    tabs[4], kv_layout=layout)
+    assert torch.equal(cc.cpu(), ref)
+    bad = pos.clone()
+    bad[-1] = lens[-1] + ps  # beyond the reserved pages
+    with pytest.raises(ValueError, match="positions"):
+        ferrinfer.append_paged_kv_cache(k.cuda(), v.cuda(), bi, bad, cc, indices, indptr, last, kv_layout=layout)
+
+
+def ref_prefill(q, k, v, qo_indptr, kv_lens, causal):
+    """float64 prefill per request; k/v lists of [kv_len, H, D] CPU tensors."""
+    outs, lses = [], []
+    for b in range(len(kv_lens)):
+        qb = q[int(qo_indptr[b]):int(qo_indptr[b + 1])]
+        o, l = attention(np64(qb), np64(k[b]), np64(v[b]), causal=causal)
+        outs.append(o), lses.append(l)
+    return np.concatenate(outs), np.concatenate(lses)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8)], ids=lambda h: f"g{h[0] // h[1]}")
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prefill_cuda_vs_reference(dtype, layout, heads, head_dim, causal):
+    g = torch.Generator().manual_seed(head_dim + causal)
+    hq, hkv = heads
+    ps = 16
+    lens = [1, 16, 17, 100, 700]
+    qo_lens = [1, 16, 5, 100, 300]
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, head_dim, layout, dtype)
+    qo_indptr = torch.tensor(np.concatenate([[0], np.cumsum(qo_lens)]), dtype=torch.int32)
+    q = rand(g, (int(qo_indptr[-1]), hq, head_dim), dtype)
+    w = ferrinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    w.plan(qo_indptr, indptr, indices, last, hq, hkv, head_dim, ps, causal=causal, q_data_type=DT[dtype])
+    out, lse = w.run(q.cuda(), cache.cuda(), return_lse=True)
+    ks, vs = [], []
+    for b, n in enumerate(lens):
+        kv = request_kv(cache, indptr, indices, b, n, layout)
+        ks.append(kv[:, 0]), vs.append(kv[:, 1])
+    ref, ref_lse = ref_prefill(q, ks, vs, qo_indptr, lens, causal)
+    close(out, ref, dtype, "paged prefill")
+    lse_close(lse, ref_lse)
+    # Ragged: the same K/V packed.
+    kv_indptr = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32)
+    rk, rv = torch.cat(ks).cuda(), torch.cat(vs).cuda()
+    r = ferrinfer.BatchPrefillWithRaggedKVCacheWrapper(ws())
+    r.plan(qo_indptr, kv_indptr, hq, hkv, head_dim, causal=causal, q_data_type=DT[dtype])
+    out_r = r.run(q.cuda(), rk, rv)
+    close(out_r, ref, dtype, "ragged prefill")
+    if flashinfer is not None:
+        fi = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+        fi.plan(qo_indptr.cuda(), indptr.cuda(), indices.cuda(), last.cuda(), hq, hkv, head_dim, ps,
+                causal=causal, q_data_type=DT[dtype])
+        close(out, fi.run(q.cuda(), cache.cuda()), dtype, "paged prefill vs FlashInfer")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("kv_len", [1, 17, 2049])
+def test_single_cuda_vs_reference(dtype, layout, kv_len):
+    g = torch.Generator().manual_seed(kv_len)
+    hq, hkv, d = 32, 8, 128
+    shape = (kv_len, hkv, d) if layout == "NHD" else (hkv, kv_len, d)
+    k, v = rand(g, shape, dtype), rand(g, shape, dtype)
+    nhd = (lambda t: t) if layout == "NHD" else (lambda t: t.transpose(0, 1))
+    q = rand(g, (hq, d), dtype)
+    out, lse = ferrinfer.single_decode_with_kv_cache(q.cuda(), k.cuda(), v.cuda(), kv_layout=layout,
+                                                     return_lse=True)
+    ref, ref_lse = attention(np64(q)[None], np64(nhd(k)), np64(nhd(v)))
+    close(out, ref[0], dtype, "single decode")
+    lse_close(lse, ref_lse[0])
+    qo = min(kv_len, 33)
+    qp = rand(g, (qo, hq, d), dtype)
+    out, lse = ferrinfer.single_prefill_with_kv_cache(qp.cuda(), k.cuda(), v.cuda(), kv_layout=layout, causal=True,
+                                                      return_lse=True)
+    ref, ref_lse = attention(np64(qp), np64(nhd(k)), np64(nhd(v)), causal=True)
+    close(out, ref, dtype, "single prefill")
+    lse_close(lse, ref_lse)
