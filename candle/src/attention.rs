@@ -177,7 +177,7 @@ impl Contiguous {
 
     /// Checks dtypes and devices, then runs the op; the output has `q`'s shape.
     fn apply(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        same_dtype_and_device(self.name, &[("q", q), ("k", k), ("v", v)])?;
+        same_dtype_and_device(self.name, ("q", q), &[("k", k), ("v", v)])?;
         q.contiguous()?
             .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, self)
     }

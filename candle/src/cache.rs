@@ -319,7 +319,7 @@ impl PagedKvCache {
 
     /// Checks that `t` has the cache's dtype and lives on its device.
     fn check_tensor(&self, op: &str, name: &str, t: &Tensor) -> Result<()> {
-        same_dtype_and_device(op, &[(name, t)])?;
+        same_dtype_and_device(op, (name, t), &[])?;
         if t.dtype() != self.dtype {
             return Err(invalid(
                 op,

@@ -21,10 +21,12 @@
 //! Every input is checked (ranks, dims, dtypes, devices, lengths, options) before any work, and
 //! a bad one returns a `candle_core::Error`, never a panic.
 //!
-//! **Devices.** The CPU forward runs ferrinfer's CPU backend. The CUDA forward is not built:
-//! candle-core's `cuda` feature compiles candle-kernels with `nvcc`, which this project's
-//! build machines do not have (see the crate README and `docs/decisions.md`), so CUDA tensors
-//! are refused with an error rather than served by untested code.
+//! **Devices.** The CPU forward runs ferrinfer's CPU backend. The CUDA forward is not written:
+//! candle-core's `cuda` feature compiles candle-kernels with `nvcc`, which this project's CI
+//! machine lacks, nothing CUDA links or runs there, and the forward needs ferrinfer ops over
+//! caller-owned device memory on candle's stream (the crate README and `docs/decisions.md`
+//! say exactly what blocks it). CUDA tensors are refused with an error rather than served by
+//! untested code.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(

@@ -27,22 +27,25 @@ pub(crate) fn attention_dtype(op: &str, what: &str, t: &Tensor) -> Result<DType>
     }
 }
 
-/// Checks that every tensor has `dtype` and lives on `q`'s device, and that the device is
-/// one this build runs on (the CPU; see the crate docs for CUDA).
-pub(crate) fn same_dtype_and_device(op: &str, tensors: &[(&str, &Tensor)]) -> Result<DType> {
-    let (qname, q) = tensors[0];
+/// Checks that `q` has an attention dtype and lives on a device this build runs on (the CPU; see
+/// the crate docs for CUDA), and that every tensor of `rest` has `q`'s dtype and device.
+pub(crate) fn same_dtype_and_device(
+    op: &str,
+    (qname, q): (&str, &Tensor),
+    rest: &[(&str, &Tensor)],
+) -> Result<DType> {
     let dtype = attention_dtype(op, qname, q)?;
     if !q.device().is_cpu() {
         return Err(invalid(
             op,
             format!(
                 "{qname} is on {:?}: this build of ferrinfer-candle runs on the CPU only \
-                 (the CUDA path is not built; see the crate docs)",
+                 (the CUDA forward is not written yet; see the crate docs)",
                 q.device().location()
             ),
         ));
     }
-    for &(name, t) in &tensors[1..] {
+    for &(name, t) in rest {
         if t.dtype() != dtype {
             return Err(invalid(
                 op,
