@@ -168,7 +168,7 @@ impl Tokenizer {
             .filter(|(_, &t)| t == CONTROL || t == USER_DEFINED)
             .map(|(s, _)| AddedToken::from(s.to_string(), true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner.add_special_tokens(specials).map_err(tk)?;
         let n = tokens.len();
         let bos = id(file, "tokenizer.ggml.bos_token_id", n)?;
         let eos = id(file, "tokenizer.ggml.eos_token_id", n)?;
