@@ -10,6 +10,7 @@ use ferrinfer_harness::{gpu_or_skip, random_values, rng};
 use half::f16;
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_spans_on_a_borrowed_stream_match_the_owned_api() {
     if gpu_or_skip("gpu_spans_on_a_borrowed_stream_match_the_owned_api").is_none() {
         return;

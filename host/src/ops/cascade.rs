@@ -157,7 +157,11 @@ impl CascadeAttention {
             gpu: &self.gpu,
             dtype: self.dtype,
         }
-        .check(&q.span(), &out.span(), lse.as_deref().map(|l| l.span()).as_ref())?;
+        .check(
+            &q.span(),
+            &out.span(),
+            lse.as_deref().map(|l| l.span()).as_ref(),
+        )?;
         let CascadePlan {
             levels,
             lse: own_lse,
