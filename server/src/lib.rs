@@ -45,6 +45,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use ferrinfer_engine::runner::ModelRunner;
 use ferrinfer_engine::{Engine, EngineError, Tokenizer};
 
@@ -266,6 +267,11 @@ impl Server {
             engine_thread,
         } = self;
         let app = http::router(state);
+        // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds each
+        // one back until the client's (delayed) ACK of the previous one, ~40 ms on Linux.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
