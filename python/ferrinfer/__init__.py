@@ -1,15 +1,17 @@
 """ferrinfer: FlashInfer-class attention kernels written in Rust, under FlashInfer's Python names.
 
 ``import ferrinfer as flashinfer`` works for the supported surface: single decode/prefill,
-the batch decode (and its CUDA-graph form), paged and ragged prefill wrappers,
-``append_paged_kv_cache`` and the state merges. Arrays are torch tensors, numpy arrays
-(``ml_dtypes.bfloat16`` for bf16) or other DLPack tensors, read and written in place.
-This build runs on CPU tensors (ferrinfer's CPU backend); CUDA tensors raise
-``NotImplementedError``. Arguments ferrinfer does not implement (RoPE, custom masks, fp8
-scales, ...) raise ``NotImplementedError`` naming the argument, never a different result.
+the batch decode (and its CUDA-graph form), paged and ragged prefill wrappers (with custom
+masks), ``append_paged_kv_cache``, the state merges, ``packbits`` and ``segment_packbits``.
+Arrays are torch tensors, numpy arrays (``ml_dtypes.bfloat16`` for bf16) or other DLPack
+tensors, read and written in place. CPU arrays run on ferrinfer's CPU backend; torch CUDA
+tensors run ferrinfer's kernels on the caller's current stream (a wrapper runs on CUDA when its
+``float_workspace_buffer`` is a CUDA tensor). Arguments ferrinfer does not implement (RoPE,
+fp8 scales, ...) raise ``NotImplementedError`` naming the argument, never a different result.
 """
 
 from ._native import __version__
+from ._mask import packbits, segment_packbits
 from .cascade import merge_state, merge_state_in_place, merge_states
 from .decode import (
     BatchDecodeWithPagedKVCacheWrapper,
@@ -36,6 +38,8 @@ __all__ = [
     "merge_state",
     "merge_state_in_place",
     "merge_states",
+    "packbits",
+    "segment_packbits",
     "single_decode_with_kv_cache",
     "single_prefill_with_kv_cache",
     "single_prefill_with_kv_cache_return_lse",

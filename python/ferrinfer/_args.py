@@ -45,6 +45,55 @@ def options(
     return scale, cap, win
 
 
+def run_window(op: str, planned: Optional[int], window_left: Optional[int], cuda: bool) -> Optional[int]:
+    """The window of a ``run`` given ``window_left`` (``None``: the planned one). A CUDA plan
+    has its window compiled into the launch, so a different one is refused there."""
+    if window_left is None:
+        return planned
+    win = options(None, None, window_left)[2]
+    if cuda and win != planned:
+        raise NotImplementedError(f"{op}: window_left differing from plan() on CUDA (re-plan instead)")
+    return win
+
+
+def kv_dtype(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any = None) -> str:
+    """The planned element type: K/V (and the output, when named) must share q's."""
+    q_dt = _tensor.dtype_name(q_data_type)
+    for name, dt in (("kv_data_type", kv_data_type), ("o_data_type", o_data_type)):
+        if dt is not None and _tensor.dtype_name(dt) != q_dt:
+            raise NotImplementedError(f"{op}: {name} {_tensor.dtype_name(dt)} differs from q_data_type {q_dt}")
+    return q_dt
+
+
+def check_paged_k(op: str, k: Any, page_size: int, num_kv_heads: int, head_dim: int, kv_layout: str) -> None:
+    """A paged K view is ``[num_pages, page_size, Hkv, D]`` (NHD) or ``[num_pages, Hkv,
+    page_size, D]`` (HND) for the planned geometry."""
+    want = (page_size, num_kv_heads, head_dim) if kv_layout == "NHD" else (num_kv_heads, page_size, head_dim)
+    if len(k.shape) != 4 or tuple(k.shape[1:]) != want:
+        raise ValueError(f"{op}: paged_kv_cache K shape {tuple(k.shape)} does not match the plan "
+                         f"(num_pages, {', '.join(map(str, want))}) in {kv_layout}")
+
+
+def outputs(q: Any, out: Any, lse: Any, return_lse: bool) -> Tuple[Any, Any]:
+    """The caller's ``out``/``lse`` or new ones like ``q`` (``lse`` only when asked for)."""
+    if out is None:
+        out = _tensor.empty(q, q.shape)
+    if lse is None and return_lse:
+        lse = _tensor.empty(q, q.shape[:-1], "float32")
+    return out, lse
+
+
+def result(out: Any, lse: Any, return_lse: bool) -> Any:
+    """What the wrappers return: ``out``, or ``(out, lse)`` when ``return_lse``."""
+    return (out, lse) if return_lse else out
+
+
+def planned(plan: Optional[dict], op: str) -> dict:
+    if plan is None:
+        raise RuntimeError(f"{op}: plan() must be called before run()")
+    return plan
+
+
 def check_dtype(arg: str, x: Any, expected: Optional[str]) -> None:
     """``x``'s dtype must be ``expected`` (a dtype name) when one was planned."""
     if expected is not None and _tensor.dtype_name(x) != expected:

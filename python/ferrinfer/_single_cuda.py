@@ -61,7 +61,7 @@ def decode(dev: int, q: Any, k: Any, v: Any, layout: str, options: tuple, return
 
 
 def prefill(dev: int, q: Any, k: Any, v: Any, layout: str, causal: bool, options: tuple,
-            return_lse: bool) -> Any:
+            return_lse: bool, mask: Any = None) -> Any:
     import torch
 
     op_name = "single_prefill_with_kv_cache"
@@ -74,7 +74,7 @@ def prefill(dev: int, q: Any, k: Any, v: Any, layout: str, causal: bool, options
     ws = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
     qo_indptr, indptr, indices, last = _tables([0, qo_len], [0, 1], [0], [kv_len])
     op.plan_paged(stream, _cuda.workspace(ws), view(qo_indptr, "qo_indptr"), view(indptr, "indptr"),
-                  view(indices, "indices"), view(last, "last_page_len"), kv_len)
+                  view(indices, "indices"), view(last, "last_page_len"), kv_len, mask)
     out = torch.empty_like(q)
     lse = torch.empty((qo_len, hq), dtype=torch.float32, device=q.device) if return_lse else None
     op.run_paged(stream, view(q, "q"), view(k.unsqueeze(0), "k"), view(v.unsqueeze(0), "v"), layout,

@@ -46,11 +46,10 @@ def single_decode_with_kv_cache(
     dev = _cuda.device_of(q)
     if dev is not None:
         return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse)
-    out = _tensor.empty(q, q.shape)
-    lse = _tensor.empty(q, q.shape[:-1], "float32") if return_lse else None
+    out, lse = _args.outputs(q, None, None, return_lse)
     _native.single_decode(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout),
                           view(out, "out"), opt_view(lse, "lse"), scale, cap, win)
-    return (out, lse) if return_lse else out
+    return _args.result(out, lse, return_lse)
 
 
 class BatchDecodeWithPagedKVCacheWrapper:
@@ -128,10 +127,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                           rope_theta=rope_theta, block_tables=block_tables, seq_lens=seq_lens, **kwargs)
         if data_type is not None:
             q_data_type = data_type
-        q_dt = _tensor.dtype_name(q_data_type)
-        kv_dt = q_dt if kv_data_type is None else _tensor.dtype_name(kv_data_type)
-        if kv_dt != q_dt:
-            raise NotImplementedError(f"{op}: kv_data_type {kv_dt} differs from q_data_type {q_dt}")
+        q_dt = _args.kv_dtype(op, q_data_type, kv_data_type)
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
@@ -182,26 +178,27 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
         _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, sinks=sinks, **kwargs)
-        p = _planned(self._plan, op)
+        p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
-        _check_planned(op, p, q, k, self._kv_layout)
-        scale, cap, win = p["options"]
-        if window_left is not None:
-            win = _args.options(None, None, window_left)[2]
-        out, lse = _outputs(q, out, lse, return_lse)
+        hq, hkv, d = p["heads"]
+        if tuple(q.shape[1:]) != (hq, d):
+            raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (batch, {hq}, {d})")
+        _args.check_paged_k(op, k, p["page_size"], hkv, d, self._kv_layout)
+        _args.check_dtype("q", q, p["dtype"])
+        scale, cap, planned_win = p["options"]
+        win = _args.run_window(op, planned_win, window_left, p["cuda"] is not None)
+        out, lse = _args.outputs(q, out, lse, return_lse)
         if p["cuda"] is not None:
-            if window_left is not None and win != p["options"][2]:
-                raise NotImplementedError(f"{op}: window_left differing from plan() on CUDA (re-plan instead)")
             p["cuda"].run(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
                           self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
-            return (out, lse) if return_lse else out
+            return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
         _native.batch_decode_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                    view(indptr, "indptr"), view(indices, "indices"),
                                    view(last, "last_page_len"), view(out, "out"), opt_view(lse, "lse"),
                                    scale, cap, win)
-        return (out, lse) if return_lse else out
+        return _args.result(out, lse, return_lse)
 
     forward = run
 
@@ -238,31 +235,3 @@ def _fill_buffers(op: str, buffers: Tuple[Any, ...], tables: Tuple[np.ndarray, .
             buf[: t.size].copy_(torch.from_numpy(t), non_blocking=True)
         else:
             buf[: t.size] = t
-
-
-def _planned(plan: Optional[dict], op: str) -> dict:
-    if plan is None:
-        raise RuntimeError(f"{op}: plan() must be called before run()")
-    return plan
-
-
-def _check_planned(op: str, p: dict, q: Any, k: Any, kv_layout: str) -> None:
-    """The run's tensors match what was planned (heads, head dim, page size, dtype)."""
-    hq, hkv, d = p["heads"]
-    if tuple(q.shape[1:]) != (hq, d):
-        raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (batch, {hq}, {d})")
-    kshape = tuple(k.shape)
-    want = (p["page_size"], hkv, d) if kv_layout == "NHD" else (hkv, p["page_size"], d)
-    if len(kshape) != 4 or kshape[1:] != want:
-        raise ValueError(f"{op}: paged_kv_cache K shape {kshape} does not match the plan "
-                         f"(num_pages, {', '.join(map(str, want))}) in {kv_layout}")
-    _args.check_dtype("q", q, p["dtype"])
-
-
-def _outputs(q: Any, out: Any, lse: Any, return_lse: bool) -> Tuple[Any, Any]:
-    """The caller's ``out``/``lse`` or new ones like ``q`` (``lse`` only when asked for)."""
-    if out is None:
-        out = _tensor.empty(q, q.shape)
-    if lse is None and return_lse:
-        lse = _tensor.empty(q, q.shape[:-1], "float32")
-    return out, lse

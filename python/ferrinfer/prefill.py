@@ -9,23 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-from . import _args, _cuda, _native, _single_cuda, _tensor
+import numpy as np
+
+from . import _args, _cuda, _mask, _native, _single_cuda, _tensor
 from ._tensor import opt_view, view
-from .decode import _outputs, _planned
-
-
-def _unsupported_plan(op: str, head_dim_qk: int, head_dim_vo: Optional[int], **given: Any) -> None:
-    if head_dim_vo is not None and int(head_dim_vo) != int(head_dim_qk):
-        raise NotImplementedError(f"{op}: head_dim_vo={head_dim_vo} differs from head_dim_qk={head_dim_qk}")
-    _args.unsupported(op, **given)
-
-
-def _kv_dtype(op: str, q_data_type: Any, kv_data_type: Any) -> str:
-    q_dt = _tensor.dtype_name(q_data_type)
-    kv_dt = q_dt if kv_data_type is None else _tensor.dtype_name(kv_data_type)
-    if kv_dt != q_dt:
-        raise NotImplementedError(f"{op}: kv_data_type {kv_dt} differs from q_data_type {q_dt}")
-    return q_dt
 
 
 def single_prefill_with_kv_cache(
@@ -54,24 +41,26 @@ def single_prefill_with_kv_cache(
     """Prefill attention of one request: ``q [qo_len, num_qo_heads, head_dim]`` against ``k``,
     ``v`` ``[kv_len, num_kv_heads, head_dim]`` (NHD) or ``[num_kv_heads, kv_len, head_dim]``
     (HND). Returns ``out`` like ``q``, or ``(out, lse)`` with ``lse [qo_len, num_qo_heads]``
-    (float32, base 2). Custom masks, RoPE, fp8 scales, a different ``o_dtype`` and fp16 QK
-    reduction raise ``NotImplementedError``."""
+    (float32, base 2). ``custom_mask`` (bool ``[qo_len, kv_len]``) or ``packed_custom_mask``
+    (its little-endian packed bits) replaces ``causal``, as in FlashInfer. RoPE, fp8 scales, a
+    different ``o_dtype`` and fp16 QK reduction raise ``NotImplementedError``."""
     op = "single_prefill_with_kv_cache"
-    _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, custom_mask=custom_mask,
-                      packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
+    _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, pos_encoding_mode=pos_encoding_mode,
                       use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
                       **kwargs)
-    if o_dtype is not None and _tensor.dtype_name(o_dtype) != _tensor.dtype_name(q):
-        raise NotImplementedError(f"{op}: o_dtype {_tensor.dtype_name(o_dtype)} differs from q's dtype")
+    _args.kv_dtype(op, q, None, o_dtype)
+    layout = _args.layout(kv_layout)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
+    kv_len = int(k.shape[0] if layout == "NHD" else k.shape[1]) if len(k.shape) == 3 else 0
+    mask = _mask.for_single(op, custom_mask, packed_custom_mask, int(q.shape[0]), kv_len)
+    causal = bool(causal) and mask is None
     dev = _cuda.device_of(q)
     if dev is not None:
-        return _single_cuda.prefill(dev, q, k, v, _args.layout(kv_layout), bool(causal), (scale, cap, win),
-                                    return_lse)
-    out, lse = _outputs(q, None, None, return_lse)
-    _native.single_prefill(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout), view(out, "out"),
-                           opt_view(lse, "lse"), bool(causal), scale, cap, win)
-    return (out, lse) if return_lse else out
+        return _single_cuda.prefill(dev, q, k, v, layout, causal, (scale, cap, win), return_lse, mask)
+    out, lse = _args.outputs(q, None, None, return_lse)
+    _native.single_prefill(view(q, "q"), view(k, "k"), view(v, "v"), layout, view(out, "out"),
+                           opt_view(lse, "lse"), causal, scale, cap, win, mask)
+    return _args.result(out, lse, return_lse)
 
 
 def single_prefill_with_kv_cache_return_lse(q: Any, k: Any, v: Any, **kwargs: Any) -> Tuple[Any, Any]:
@@ -97,6 +86,21 @@ class _PrefillBase:
             raise NotImplementedError(f"{self._name}: use_cuda_graph=True on CUDA (the CUDA path of the prefill "
                                       "wrappers has no graph mode yet)")
 
+    def _plan_common(self, op: str, qo_indptr: Any, kv_lens: np.ndarray, heads: Tuple[int, int, int, Optional[int]],
+                     masks: Tuple[Any, Any], causal: bool, dtypes: Tuple[Any, Any, Any],
+                     options: Tuple[Any, Any, Any], **unsupported: Any) -> dict:
+        """What both wrappers' ``plan`` records: host int32 ``qo_indptr``, heads, element type,
+        options, and the custom mask (which replaces ``causal``) packed for the native op."""
+        hq, hkv, d_qk, d_vo = heads
+        if d_vo is not None and int(d_vo) != int(d_qk):
+            raise NotImplementedError(f"{op}: head_dim_vo={d_vo} differs from head_dim_qk={d_qk}")
+        _args.unsupported(op, **unsupported)
+        qo = _tensor.host_int32(qo_indptr, "qo_indptr")
+        mask = _mask.for_batch(op, masks[0], masks[1], np.diff(qo).tolist(), kv_lens.tolist())
+        return dict(qo_indptr=qo, heads=(int(hq), int(hkv), int(d_qk)), mask=mask,
+                    causal=bool(causal) and mask is None, dtype=_args.kv_dtype(op, *dtypes),
+                    options=_args.options(*options))
+
     def _cuda_op(self, p: dict) -> Any:
         """The native CUDA op for the plan's heads, dtype and options (built once)."""
         key = (p["heads"], p["dtype"], p["causal"], p["options"])
@@ -104,10 +108,6 @@ class _PrefillBase:
             self._ops[key] = _native.CudaBatchPrefill(self._device, *p["heads"], p["dtype"], p["causal"],
                                                       *p["options"])
         return self._ops[key]
-
-    def _cuda_out(self, op: str, p: dict, window_left: Optional[int]) -> None:
-        if window_left is not None and _args.options(None, None, window_left)[2] != p["options"][2]:
-            raise NotImplementedError(f"{op}: window_left differing from plan() on CUDA (re-plan instead)")
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
@@ -176,30 +176,29 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         non_blocking: bool = True,
         **kwargs: Any,
     ) -> None:
-        """Records the step's tables (host int32 copies), heads and options."""
+        """Records the step's tables (host int32 copies), heads, options and custom mask
+        (``custom_mask``: every request's bool ``[qo_len, kv_len]`` matrix flattened one after
+        another, or ``packed_custom_mask``: the same packed per request, little-endian; it
+        replaces ``causal``, as in FlashInfer)."""
         op = self._name + ".plan"
-        _unsupported_plan(op, head_dim_qk, head_dim_vo, custom_mask=custom_mask,
-                          packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
-                          use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
-                          **kwargs)
-        dtype = _kv_dtype(op, q_data_type, kv_data_type)
-        if o_data_type is not None and _tensor.dtype_name(o_data_type) != dtype:
-            raise NotImplementedError(f"{op}: o_data_type {_tensor.dtype_name(o_data_type)} differs from q_data_type")
-        self._plan = dict(
-            qo_indptr=_tensor.host_int32(qo_indptr, "qo_indptr"),
-            tables=(_tensor.host_int32(paged_kv_indptr, "paged_kv_indptr"),
-                    _tensor.host_int32(paged_kv_indices, "paged_kv_indices"),
-                    _tensor.host_int32(paged_kv_last_page_len, "paged_kv_last_page_len")),
-            heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim_qk)), page_size=int(page_size),
-            causal=bool(causal), dtype=dtype,
-            options=_args.options(sm_scale, logits_soft_cap, window_left))
+        tables = (_tensor.host_int32(paged_kv_indptr, "paged_kv_indptr"),
+                  _tensor.host_int32(paged_kv_indices, "paged_kv_indices"),
+                  _tensor.host_int32(paged_kv_last_page_len, "paged_kv_last_page_len"))
+        p = self._plan_common(op, qo_indptr, _paged_kv_lens(tables, int(page_size)),
+                              (num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo), (custom_mask, packed_custom_mask),
+                              causal, (q_data_type, kv_data_type, o_data_type),
+                              (sm_scale, logits_soft_cap, window_left), pos_encoding_mode=pos_encoding_mode,
+                              use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale,
+                              rope_theta=rope_theta, **kwargs)
+        p.update(tables=tables, page_size=int(page_size))
+        self._plan = p
         if self._device is not None:
-            p = self._plan
             p["cuda"] = self._cuda_op(p)
-            ip, ix, la = p["tables"]
+            ip, ix, la = tables
             p["cuda"].plan_paged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
                                  view(p["qo_indptr"], "qo_indptr"), view(ip, "paged_kv_indptr"),
-                                 view(ix, "paged_kv_indices"), view(la, "paged_kv_last_page_len"), p["page_size"])
+                                 view(ix, "paged_kv_indices"), view(la, "paged_kv_last_page_len"), p["page_size"],
+                                 p["mask"])
 
     begin_forward = plan
 
@@ -223,31 +222,25 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
         _args.unsupported(op, k_scale=k_scale, v_scale=v_scale, **kwargs)
-        p = _planned(self._plan, op)
+        p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]
-        ps = p["page_size"]
-        want = (ps, hkv, d) if self._kv_layout == "NHD" else (hkv, ps, d)
-        if len(k.shape) != 4 or tuple(k.shape[1:]) != want:
-            raise ValueError(f"{op}: paged_kv_cache K shape {tuple(k.shape)} does not match the plan "
-                             f"(num_pages, {', '.join(map(str, want))}) in {self._kv_layout}")
-        scale, cap, win = p["options"]
-        if window_left is not None:
-            win = _args.options(None, None, window_left)[2]
-        out, lse = _outputs(q, out, lse, return_lse)
+        _args.check_paged_k(op, k, p["page_size"], hkv, d, self._kv_layout)
+        scale, cap, planned_win = p["options"]
+        win = _args.run_window(op, planned_win, window_left, p.get("cuda") is not None)
+        out, lse = _args.outputs(q, out, lse, return_lse)
         if p.get("cuda") is not None:
-            self._cuda_out(op, p, window_left)
             p["cuda"].run_paged(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
                                 self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
-            return (out, lse) if return_lse else out
+            return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
         _native.batch_prefill_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                     view(p["qo_indptr"], "qo_indptr"), view(indptr, "paged_kv_indptr"),
                                     view(indices, "paged_kv_indices"), view(last, "paged_kv_last_page_len"),
-                                    view(out, "out"), opt_view(lse, "lse"), p["causal"], scale, cap, win)
-        return (out, lse) if return_lse else out
+                                    view(out, "out"), opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"])
+        return _args.result(out, lse, return_lse)
 
     forward = run
 
@@ -298,26 +291,21 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         non_blocking: bool = True,
         **kwargs: Any,
     ) -> None:
-        """Records the offsets (host int32 copies), heads and options."""
+        """Records the offsets (host int32 copies), heads, options and custom mask (as the paged
+        wrapper's ``plan``)."""
         op = self._name + ".plan"
-        _unsupported_plan(op, head_dim_qk, head_dim_vo, custom_mask=custom_mask,
-                          packed_custom_mask=packed_custom_mask, pos_encoding_mode=pos_encoding_mode,
-                          use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
-                          **kwargs)
-        dtype = _kv_dtype(op, q_data_type, kv_data_type)
-        if o_data_type is not None and _tensor.dtype_name(o_data_type) != dtype:
-            raise NotImplementedError(f"{op}: o_data_type {_tensor.dtype_name(o_data_type)} differs from q_data_type")
-        self._plan = dict(
-            qo_indptr=_tensor.host_int32(qo_indptr, "qo_indptr"),
-            kv_indptr=_tensor.host_int32(kv_indptr, "kv_indptr"),
-            heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim_qk)), causal=bool(causal),
-            dtype=dtype,
-            options=_args.options(sm_scale, logits_soft_cap, window_left))
+        kv = _tensor.host_int32(kv_indptr, "kv_indptr")
+        p = self._plan_common(op, qo_indptr, np.diff(kv), (num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo),
+                              (custom_mask, packed_custom_mask), causal, (q_data_type, kv_data_type, o_data_type),
+                              (sm_scale, logits_soft_cap, window_left), pos_encoding_mode=pos_encoding_mode,
+                              use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale,
+                              rope_theta=rope_theta, **kwargs)
+        p.update(kv_indptr=kv)
+        self._plan = p
         if self._device is not None:
-            p = self._plan
             p["cuda"] = self._cuda_op(p)
             p["cuda"].plan_ragged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
-                                  view(p["qo_indptr"], "qo_indptr"), view(p["kv_indptr"], "kv_indptr"))
+                                  view(p["qo_indptr"], "qo_indptr"), view(kv, "kv_indptr"), p["mask"])
 
     begin_forward = plan
 
@@ -339,21 +327,33 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported")
         _args.unsupported(op, **kwargs)
-        p = _planned(self._plan, op)
+        p = _args.planned(self._plan, op)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]
         if len(k.shape) != 3 or tuple(k.shape[1:]) != (hkv, d):
             raise ValueError(f"{op}: k shape {tuple(k.shape)} does not match the plan (nnz_kv, {hkv}, {d})")
         scale, cap, win = p["options"]
-        out, lse = _outputs(q, out, lse, return_lse)
+        out, lse = _args.outputs(q, out, lse, return_lse)
         if p.get("cuda") is not None:
             p["cuda"].run_ragged(_cuda.stream(self._device), view(q, "q"), view(k, "k"), view(v, "v"),
                                  view(out, "out"), opt_view(lse, "lse"))
-            return (out, lse) if return_lse else out
+            return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
         _native.batch_prefill_ragged(view(q, "q"), view(k, "k"), view(v, "v"), view(p["qo_indptr"], "qo_indptr"),
                                      view(p["kv_indptr"], "kv_indptr"), "NHD", view(out, "out"),
-                                     opt_view(lse, "lse"), p["causal"], scale, cap, win)
-        return (out, lse) if return_lse else out
+                                     opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"])
+        return _args.result(out, lse, return_lse)
 
     forward = run
+
+
+def _paged_kv_lens(tables: Tuple[np.ndarray, np.ndarray, np.ndarray], page_size: int) -> np.ndarray:
+    """Each request's KV length from FlashInfer's page tables: full pages plus the last one's
+    fill (0 for a request without pages). Malformed tables are refused later, by the native
+    op's checks; here they only have to give some length per request."""
+    indptr, _, last = tables
+    pages = np.diff(indptr).astype(np.int64)
+    n = min(pages.size, last.size)
+    lens = np.zeros(pages.size, dtype=np.int64)
+    lens[:n] = np.where(pages[:n] > 0, (pages[:n] - 1) * page_size + last[:n], 0)
+    return lens

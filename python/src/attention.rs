@@ -6,12 +6,14 @@
 use std::borrow::Cow;
 
 use ferrinfer::cpu::{self, KvStrides};
+use ferrinfer::mask::PackedMask;
 use ferrinfer::{Float16, HeadConfig};
 use half::{bf16, f16};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::errors::lib;
+use crate::mask::{packed, MaskArg};
 use crate::tensor::{disjoint, index_array, Dt, Elem, RawTensor, Tensor};
 
 /// Checks q (rank `q_rank`, contiguous, 16-bit), K and V (rank 3, same shape and dtype as q,
@@ -167,58 +169,72 @@ impl Args {
     }
 }
 
+/// The arrays of an op as slices: q, k, v, out of element `T`, lse of f32.
+pub(crate) type IoSlices<'a, T> = (
+    &'a [T],
+    &'a [T],
+    &'a [T],
+    &'a mut [T],
+    Option<&'a mut [f32]>,
+);
+
+/// Borrows q, k, v, out and lse as slices.
+///
+/// # Safety
+/// The Python layer must hold every array for the call, and `out`/`lse` must overlap no other
+/// argument (checked by [`disjoint`] before).
+pub(crate) unsafe fn io_slices<'a, T: Elem>(
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    out: &'a Tensor,
+    lse: Option<&'a Tensor>,
+) -> PyResult<IoSlices<'a, T>> {
+    // SAFETY: the caller's contract above.
+    unsafe {
+        let lse = match lse {
+            Some(l) => Some(l.slice_mut::<f32>()?),
+            None => None,
+        };
+        Ok((
+            q.slice::<T>()?,
+            k.slice::<T>()?,
+            v.slice::<T>()?,
+            out.slice_mut::<T>()?,
+            lse,
+        ))
+    }
+}
+
+impl Args {
+    /// [`io_slices`] of this call's arrays.
+    fn slices<T: Elem>(&self) -> PyResult<IoSlices<'_, T>> {
+        // SAFETY: the Python layer holds every array for the call; `Args::new` ruled out
+        // aliasing with `disjoint`.
+        unsafe { io_slices(&self.q, &self.k, &self.v, &self.out, self.lse.as_ref()) }
+    }
+}
+
 fn decode_impl<T: Float16 + Elem>(a: &Args) -> PyResult<()> {
     a.q.expect_rank(2, "[num_qo_heads, head_dim]")?;
     let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    // SAFETY: the Python layer holds every array for the call; `disjoint` ruled out aliasing.
-    let (q, k, v, out) = unsafe {
-        (
-            a.q.slice::<T>()?,
-            a.k.slice::<T>()?,
-            a.v.slice::<T>()?,
-            a.out.slice_mut::<T>()?,
-        )
-    };
-    let lse = match &a.lse {
-        // SAFETY: as above.
-        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
-        None => None,
-    };
+    let (q, k, v, out, lse) = a.slices::<T>()?;
     let (ks, vs) = (kv_strides(&a.k, a.hnd), kv_strides(&a.v, a.hnd));
     lib(cpu::single_decode(
         &heads, &a.opts, q, k, ks, v, vs, kv_len, out, lse,
     ))
 }
 
-fn prefill_impl<T: Float16 + Elem>(a: &Args) -> PyResult<()> {
+fn prefill_impl<T: Float16 + Elem>(a: &Args, mask: Option<&PackedMask>) -> PyResult<()> {
     a.q.expect_rank(3, "[qo_len, num_qo_heads, head_dim]")?;
     let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    // SAFETY: the Python layer holds every array for the call; `disjoint` ruled out aliasing.
-    let (q, k, v, out) = unsafe {
-        (
-            a.q.slice::<T>()?,
-            a.k.slice::<T>()?,
-            a.v.slice::<T>()?,
-            a.out.slice_mut::<T>()?,
-        )
-    };
-    let lse = match &a.lse {
-        // SAFETY: as above.
-        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
-        None => None,
-    };
+    let (q, k, v, out, lse) = a.slices::<T>()?;
     let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
-    lib(cpu::single_prefill(
-        &heads,
-        &a.opts,
-        q,
-        &k,
-        &v,
-        a.q.shape[0],
-        kv_len,
-        out,
-        lse,
-    ))
+    let (h, o, qo_len) = (&heads, &a.opts, a.q.shape[0]);
+    lib(match mask {
+        Some(m) => cpu::single_prefill_masked(h, o, q, &k, &v, qo_len, kv_len, m, out, lse),
+        None => cpu::single_prefill(h, o, q, &k, &v, qo_len, kv_len, out, lse),
+    })
 }
 
 /// `single_decode(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left)`.
@@ -241,8 +257,10 @@ fn single_decode(
     py.detach(|| by_dtype!(a.q, decode_impl(&a)))
 }
 
-/// `single_prefill(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left)`.
+/// `single_prefill(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left,
+/// mask=None)`; `mask` = `(packed bits, byte offsets)` of one request ([`crate::mask`]).
 #[pyfunction]
+#[pyo3(signature = (q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left, mask=None))]
 #[allow(clippy::too_many_arguments)]
 fn single_prefill(
     py: Python<'_>,
@@ -256,47 +274,59 @@ fn single_prefill(
     sm_scale: Option<f32>,
     soft_cap: Option<f32>,
     window_left: Option<usize>,
+    mask: MaskArg,
 ) -> PyResult<()> {
     let opts = crate::options(causal, sm_scale, soft_cap, window_left);
     let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
-    py.detach(|| by_dtype!(a.q, prefill_impl(&a)))
+    let mask = mask.map(packed);
+    py.detach(|| by_dtype!(a.q, prefill_impl(&a, mask.as_ref())))
 }
 
-fn ragged_impl<T: Float16 + Elem>(a: &Args, qo_indptr: &[i32], kv_indptr: &[i32]) -> PyResult<()> {
+fn ragged_impl<T: Float16 + Elem>(
+    a: &Args,
+    qo_indptr: &[i32],
+    kv_indptr: &[i32],
+    mask: Option<&PackedMask>,
+) -> PyResult<()> {
     a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
     let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    // SAFETY: the Python layer holds every array for the call; `disjoint` ruled out aliasing.
-    let (q, k, v, out) = unsafe {
-        (
-            a.q.slice::<T>()?,
-            a.k.slice::<T>()?,
-            a.v.slice::<T>()?,
-            a.out.slice_mut::<T>()?,
-        )
-    };
-    let lse = match &a.lse {
-        // SAFETY: as above.
-        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
-        None => None,
-    };
+    let (q, k, v, out, lse) = a.slices::<T>()?;
     let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
     let n = a.q.numel()?;
-    lib(cpu::batch_prefill_ragged(
+    ragged_prefill(
         &heads,
         &a.opts,
-        &q[..n],
-        qo_indptr,
-        &k,
-        &v,
-        kv_indptr,
+        (&q[..n], qo_indptr),
+        (&k, &v, kv_indptr),
+        mask,
         &mut out[..n],
         lse,
-    ))
+    )
+}
+
+/// The CPU backend's ragged batch prefill, under `mask` when one is given (also the paged
+/// path's, over gathered rows).
+pub(crate) fn ragged_prefill<T: Float16>(
+    heads: &HeadConfig,
+    opts: &ferrinfer::AttentionOptions,
+    (q, qo_indptr): (&[T], &[i32]),
+    (k, v, kv_indptr): (&[T], &[T], &[i32]),
+    mask: Option<&PackedMask>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> PyResult<()> {
+    lib(match mask {
+        Some(m) => cpu::batch_prefill_ragged_masked(
+            heads, opts, q, qo_indptr, k, v, kv_indptr, m, out, lse,
+        ),
+        None => cpu::batch_prefill_ragged(heads, opts, q, qo_indptr, k, v, kv_indptr, out, lse),
+    })
 }
 
 /// `batch_prefill_ragged(q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale,
-/// soft_cap, window_left)`: FlashInfer's ragged prefill wrapper's `run`.
+/// soft_cap, window_left, mask=None)`: FlashInfer's ragged prefill wrapper's `run`.
 #[pyfunction]
+#[pyo3(signature = (q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left, mask=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_prefill_ragged(
     py: Python<'_>,
@@ -312,11 +342,13 @@ fn batch_prefill_ragged(
     sm_scale: Option<f32>,
     soft_cap: Option<f32>,
     window_left: Option<usize>,
+    mask: MaskArg,
 ) -> PyResult<()> {
     let opts = crate::options(causal, sm_scale, soft_cap, window_left);
     let (qo_indptr, kv_indptr) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
     let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
-    py.detach(|| by_dtype!(a.q, ragged_impl(&a, &qo_indptr, &kv_indptr)))
+    let mask = mask.map(packed);
+    py.detach(|| by_dtype!(a.q, ragged_impl(&a, &qo_indptr, &kv_indptr, mask.as_ref())))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use crate::cuda::{cuda, gpu_on, span, SpanElem};
 use crate::cuda_append::{cache_dims, cache_views};
 use crate::errors::lib;
+use crate::mask::{packed, MaskArg};
 use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
 
 const OP: &str = "BatchPrefillWith*KVCacheWrapper";
@@ -121,8 +122,10 @@ impl CudaBatchPrefill {
     }
 
     /// Plans a paged step from host tables; page ids are checked against the largest one named
-    /// (the cache is checked to hold at least as many pages at run).
+    /// (the cache is checked to hold at least as many pages at run). `mask`: a custom mask
+    /// ([`crate::mask`]); the plan then holds a device copy of it.
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stream, workspace, qo_indptr, indptr, indices, last_page_len, page_size, mask=None))]
     fn plan_paged(
         &mut self,
         stream: usize,
@@ -132,6 +135,7 @@ impl CudaBatchPrefill {
         indices: RawTensor,
         last_page_len: RawTensor,
         page_size: usize,
+        mask: MaskArg,
     ) -> PyResult<()> {
         let qo = index_array(qo_indptr)?;
         let pages = BatchPages {
@@ -155,24 +159,34 @@ impl CudaBatchPrefill {
         };
         let (_gpu, ws) = self.begin(stream, &workspace)?;
         // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
-        let plan = lib(unsafe { self.op.plan_paged_in_workspace(&qo, &pages, &cache, ws) })?;
+        let mask = mask.map(packed);
+        let plan = lib(unsafe {
+            self.op
+                .plan_paged_in_workspace(&qo, &pages, &cache, mask.as_ref(), ws)
+        })?;
         self.plan = Some(plan);
         self.workspace = Some(workspace.3);
         Ok(())
     }
 
-    /// Plans a ragged step from host offsets.
+    /// Plans a ragged step from host offsets (`mask` as in `plan_paged`).
+    #[pyo3(signature = (stream, workspace, qo_indptr, kv_indptr, mask=None))]
     fn plan_ragged(
         &mut self,
         stream: usize,
         workspace: Workspace,
         qo_indptr: RawTensor,
         kv_indptr: RawTensor,
+        mask: MaskArg,
     ) -> PyResult<()> {
         let (qo, kv) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
         let (_gpu, ws) = self.begin(stream, &workspace)?;
+        let mask = mask.map(packed);
         // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
-        let plan = lib(unsafe { self.op.plan_ragged_in_workspace(&qo, &kv, ws) })?;
+        let plan = lib(unsafe {
+            self.op
+                .plan_ragged_in_workspace(&qo, &kv, mask.as_ref(), ws)
+        })?;
         self.plan = Some(plan);
         self.workspace = Some(workspace.3);
         Ok(())

@@ -10,6 +10,7 @@
 //! | [`errors`]    | `ferrinfer::Error` → Python exceptions                          |
 //! | [`attention`] | single decode, single prefill, ragged batch prefill             |
 //! | [`paged`]     | paged-KV views: batch decode, paged prefill, KV append          |
+//! | [`mask`]      | custom masks (packed bits and offsets) as the wrappers pass them |
 //! | [`merge`]     | attention-state merges                                          |
 //! | [`cuda`]      | CUDA tensors as device spans, the caller's stream               |
 //! | [`cuda_decode`] | batch decode on CUDA tensors (plan in the caller's workspace) |
@@ -25,6 +26,7 @@ mod cuda_decode;
 mod cuda_merge;
 mod cuda_prefill;
 mod errors;
+mod mask;
 mod merge;
 mod paged;
 mod tensor;

@@ -12,14 +12,18 @@
 //! (`cpu::single_decode`, `cpu::batch_prefill_ragged`) compute.
 use ferrinfer::cpu::{self, KvStrides};
 use ferrinfer::kv::{AppendMeta, BatchPages};
+use ferrinfer::mask::PackedMask;
 use ferrinfer::{Float16, HeadConfig};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use crate::attention::{at_least_rank, by_dtype, check_outputs};
+use crate::attention::{
+    at_least_rank, by_dtype, check_outputs, io_slices, ragged_prefill, IoSlices,
+};
 use crate::errors::lib;
+use crate::mask::{packed, MaskArg};
 use crate::tensor::{disjoint, index_array, Dt, Elem, RawTensor, Tensor};
 
 /// A checked paged cache: K and V views of the same shape and dtype.
@@ -142,6 +146,14 @@ struct Run {
 }
 
 impl Run {
+    /// [`io_slices`] of q, the cache views, out and lse.
+    fn slices<T: Elem>(&self) -> PyResult<IoSlices<'_, T>> {
+        let (q, c, out) = (&self.q, &self.cache, &self.out);
+        // SAFETY: the Python layer holds every array for the call; outputs alias nothing
+        // (`check_io`, called before any op runs).
+        unsafe { io_slices(q, &c.k, &c.v, out, self.lse.as_ref()) }
+    }
+
     fn check_io(&self) -> PyResult<()> {
         check_outputs(&self.q, &self.out, self.lse.as_ref())?;
         let mut all = vec![&self.q, &self.cache.k, &self.cache.v, &self.out];
@@ -156,23 +168,11 @@ fn decode_impl<T: Float16 + Elem>(r: &Run) -> PyResult<()> {
     let heads = r.cache.heads(&r.q)?;
     let b = r.pages.batch_size();
     r.q.expect_shape(&[b, heads.num_qo_heads, heads.head_dim])?;
-    // SAFETY: the Python layer holds every array for the call; outputs alias nothing (check_io).
-    let (q, kc, vc, out) = unsafe {
-        (
-            r.q.slice::<T>()?,
-            r.cache.k.slice::<T>()?,
-            r.cache.v.slice::<T>()?,
-            r.out.slice_mut::<T>()?,
-        )
-    };
+    let (q, kc, vc, out, lse) = r.slices::<T>()?;
     let hq = heads.num_qo_heads;
     let row = hq * heads.head_dim;
-    let lse: Vec<Option<&mut [f32]>> = match &r.lse {
-        Some(l) => {
-            // SAFETY: as above.
-            let l = unsafe { l.slice_mut::<f32>()? };
-            l[..b * hq].chunks_mut(hq).map(Some).collect()
-        }
+    let lse: Vec<Option<&mut [f32]>> = match lse {
+        Some(l) => l[..b * hq].chunks_mut(hq).map(Some).collect(),
         None => (0..b).map(|_| None).collect(),
     };
     let strides = KvStrides::contiguous(&heads);
@@ -193,23 +193,14 @@ fn decode_impl<T: Float16 + Elem>(r: &Run) -> PyResult<()> {
     results.into_iter().collect()
 }
 
-fn prefill_impl<T: Float16 + Elem>(r: &Run, qo_indptr: &[i32]) -> PyResult<()> {
+fn prefill_impl<T: Float16 + Elem>(
+    r: &Run,
+    qo_indptr: &[i32],
+    mask: Option<&PackedMask>,
+) -> PyResult<()> {
     let heads = r.cache.heads(&r.q)?;
     r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    // SAFETY: the Python layer holds every array for the call; outputs alias nothing (check_io).
-    let (q, kc, vc, out) = unsafe {
-        (
-            r.q.slice::<T>()?,
-            r.cache.k.slice::<T>()?,
-            r.cache.v.slice::<T>()?,
-            r.out.slice_mut::<T>()?,
-        )
-    };
-    let lse = match &r.lse {
-        // SAFETY: as above.
-        Some(l) => Some(unsafe { l.slice_mut::<f32>()? }),
-        None => None,
-    };
+    let (q, kc, vc, out, lse) = r.slices::<T>()?;
     let (mut k, mut v, mut kv_indptr) = (Vec::new(), Vec::new(), vec![0i32]);
     for b in 0..r.pages.batch_size() {
         let len = lib(r.pages.kv_len(b, r.cache.page_size))?;
@@ -222,17 +213,15 @@ fn prefill_impl<T: Float16 + Elem>(r: &Run, qo_indptr: &[i32]) -> PyResult<()> {
         })?);
     }
     let n = r.q.numel()?;
-    lib(cpu::batch_prefill_ragged(
+    ragged_prefill(
         &heads,
         &r.opts,
-        &q[..n],
-        qo_indptr,
-        &k,
-        &v,
-        &kv_indptr,
+        (&q[..n], qo_indptr),
+        (&k, &v, &kv_indptr),
+        mask,
         &mut out[..n],
         lse,
-    ))
+    )
 }
 
 /// `batch_decode_paged(q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices,
@@ -274,8 +263,9 @@ fn batch_decode_paged(
 }
 
 /// `batch_prefill_paged(q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices,
-/// kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left)`.
+/// kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None)`.
 #[pyfunction]
+#[pyo3(signature = (q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_prefill_paged(
     py: Python<'_>,
@@ -293,6 +283,7 @@ fn batch_prefill_paged(
     sm_scale: Option<f32>,
     soft_cap: Option<f32>,
     window_left: Option<usize>,
+    mask: MaskArg,
 ) -> PyResult<()> {
     let cache = Cache::new(k_cache, v_cache, kv_layout)?;
     let qo_indptr = index_array(qo_indptr)?;
@@ -318,7 +309,8 @@ fn batch_prefill_paged(
         )));
     }
     r.check_io()?;
-    py.detach(|| by_dtype!(r.q, prefill_impl(&r, &qo_indptr)))
+    let mask = mask.map(packed);
+    py.detach(|| by_dtype!(r.q, prefill_impl(&r, &qo_indptr, mask.as_ref())))
 }
 
 /// Writes rows `src` (`[nnz, Hkv, D]`, strides of `rows`) into view `dst` of the cache.

@@ -19,8 +19,11 @@
 # decode/prefill, append, merges, side stream, CUDA-graph replay, device errors); test_torch.py
 # compares the CPU path with FlashInfer. The Rust side of the embedding API has its own GPU test,
 # tests/embed_spans.rs (`cargo test --release --test embed_spans`, with the workspace's GPU tests).
-# The venv (--system-site-packages, so torch, numpy and flashinfer come from the system) lives
-# in a temporary directory; the wheel is installed with --no-index --no-deps (offline).
+# The wheel (and pytest with its dependencies from python/wheelhouse, when the machine's Python
+# lacks it) is unzipped into a temporary folder put first on PYTHONPATH, and the machine's own
+# `python3` runs the tests: torch and numpy are wherever that interpreter finds them (on the GPU
+# image it is itself a venv, /opt/torch/.venv, whose packages a new --system-site-packages venv
+# would not see). FlashInfer comes from PYTHONPATH when the caller unpacked its bundle there.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -34,13 +37,15 @@ if [[ ! -f "${wheel[0]}" ]]; then
     exit 2
 fi
 
-venv="$(mktemp -d)/venv"
-python3 -m venv --system-site-packages "$venv"
-py="$venv/bin/python"
-"$py" -m pip install --quiet --no-index --no-deps "${wheel[0]}"
+py="${PYTHON:-python3}"
+site="$(mktemp -d)/site"
+# A wheel is a zip of the files to put on sys.path: unzipping it is the offline install, and
+# needs no pip in the machine's interpreter.
+"$py" -m zipfile -e "${wheel[0]}" "$site"
 if ! "$py" -c "import pytest" 2>/dev/null; then
-    "$py" -m pip install --quiet --no-index --find-links python/wheelhouse pytest
+    for w in python/wheelhouse/*.whl; do "$py" -m zipfile -e "$w" "$site"; done
 fi
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 
 {
     echo "gpu_run: $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')"

@@ -15,9 +15,10 @@ def f64(x):
     return np.asarray(x).astype(np.float32).astype(np.float64)
 
 
-def attention(q, k, v, causal=False, sm_scale=None, soft_cap=None, window_left=-1):
+def attention(q, k, v, causal=False, sm_scale=None, soft_cap=None, window_left=-1, mask=None):
     """q ``[qo_len, Hq, D]``, k/v ``[kv_len, Hkv, D]`` (NHD) → out ``[qo_len, Hq, D]``,
-    lse ``[qo_len, Hq]``."""
+    lse ``[qo_len, Hq]``. ``mask``: bool ``[qo_len, kv_len]``, ``True`` where a query may
+    attend a key (combined with causal and the window)."""
     q, k, v = f64(q), f64(k), f64(v)
     lq, hq, d = q.shape
     lk, hkv, _ = k.shape
@@ -35,6 +36,8 @@ def attention(q, k, v, causal=False, sm_scale=None, soft_cap=None, window_left=-
         allowed &= j <= pos
     if window_left is not None and window_left >= 0:
         allowed &= j >= pos - window_left
+    if mask is not None:
+        allowed &= np.asarray(mask, dtype=bool).reshape(lq, lk)
     s = np.where(allowed[:, None, :], s, -np.inf)
     m = s.max(axis=-1, keepdims=True) if lk else np.full((lq, hq, 1), -np.inf)
     m_safe = np.where(np.isfinite(m), m, 0.0)

@@ -13,6 +13,8 @@ them on the GPU machine. Covered:
 - paged and ragged batch prefill on CUDA against the reference (and FlashInfer when it imports);
 - the KV append on CUDA bit for bit against the CPU path (host and CUDA tables);
 - single decode and prefill on CUDA against the reference;
+- custom masks (``custom_mask`` / ``packed_custom_mask``) in paged, ragged and single prefill
+  on CUDA against the reference, and against FlashInfer's custom-mask prefill when it imports;
 - wrong device, device mixes and CUDA tensors in a CPU-built wrapper raise by name.
 """
 
@@ -370,3 +372,52 @@ def test_single_cuda_vs_reference(dtype, layout, kv_len):
     ref, ref_lse = attention(np64(qp), np64(nhd(k)), np64(nhd(v)), causal=True)
     close(out, ref, dtype, "single prefill")
     lse_close(lse, ref_lse)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("window_left", [-1, 40])
+def test_custom_mask_cuda_vs_reference(dtype, head_dim, window_left):
+    g = torch.Generator().manual_seed(head_dim + window_left)
+    hq, hkv, ps, layout = 16, 4, 16, "NHD"
+    lens, qo_lens = [9, 130, 64, 300], [9, 70, 1, 33]
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, head_dim, layout, dtype)
+    qo_indptr = torch.tensor(np.concatenate([[0], np.cumsum(qo_lens)]), dtype=torch.int32)
+    q = rand(g, (int(qo_indptr[-1]), hq, head_dim), dtype)
+    masks = [torch.rand((a, b), generator=g) < 0.4 for a, b in zip(qo_lens, lens)]
+    masks[1][5] = False  # a query row that attends nothing
+    masks[3][:, 100:260] = False  # a wide empty band: whole key tiles skipped
+    flat = torch.cat([m.reshape(-1) for m in masks])
+    w = ferrinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    w.plan(qo_indptr, indptr, indices, last, hq, hkv, head_dim, ps, causal=True, q_data_type=DT[dtype],
+           window_left=window_left, custom_mask=flat)
+    out, lse = w.run(q.cuda(), cache.cuda(), return_lse=True)
+    ks, vs, refs, ref_lses = [], [], [], []
+    for b, n in enumerate(lens):
+        kv = request_kv(cache, indptr, indices, b, n, layout)
+        ks.append(kv[:, 0]), vs.append(kv[:, 1])
+        rows = slice(int(qo_indptr[b]), int(qo_indptr[b + 1]))
+        o, l_ = attention(np64(q[rows]), np64(kv[:, 0]), np64(kv[:, 1]), window_left=window_left,
+                          mask=masks[b].numpy())
+        refs.append(o), ref_lses.append(l_)
+    ref, ref_lse = np.concatenate(refs), np.concatenate(ref_lses)
+    close(out, ref, dtype, "masked paged prefill")
+    lse_close(lse, ref_lse)
+    # Ragged, with the packed form.
+    kv_indptr = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32)
+    sizes = torch.tensor(np.concatenate([[0], np.cumsum([m.numel() for m in masks])]), dtype=torch.int32)
+    packed, _ = ferrinfer.segment_packbits(flat, sizes, bitorder="little")
+    r = ferrinfer.BatchPrefillWithRaggedKVCacheWrapper(ws())
+    r.plan(qo_indptr, kv_indptr, hq, hkv, head_dim, q_data_type=DT[dtype], window_left=window_left,
+           packed_custom_mask=packed)
+    close(r.run(q.cuda(), torch.cat(ks).cuda(), torch.cat(vs).cuda()), ref, dtype, "masked ragged prefill")
+    # Single: request 3 alone.
+    rows = slice(int(qo_indptr[3]), int(qo_indptr[4]))
+    o1 = ferrinfer.single_prefill_with_kv_cache(q[rows].cuda(), ks[3].cuda(), vs[3].cuda(), custom_mask=masks[3],
+                                                window_left=window_left)
+    close(o1, refs[3], dtype, "masked single prefill")
+    if flashinfer is not None:
+        fi = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+        fi.plan(qo_indptr.cuda(), indptr.cuda(), indices.cuda(), last.cuda(), hq, hkv, head_dim, ps,
+                q_data_type=DT[dtype], window_left=window_left, custom_mask=flat.cuda())
+        close(out, fi.run(q.cuda(), cache.cuda()), dtype, "masked paged prefill vs FlashInfer")

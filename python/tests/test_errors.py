@@ -92,8 +92,8 @@ def test_unsupported_arguments_are_named(qkv, arg):
 
 def test_unsupported_prefill_arguments():
     q = np.zeros((2, 2, 64), np.float16)
-    with pytest.raises(NotImplementedError, match="custom_mask"):
-        flashinfer.single_prefill_with_kv_cache(q, q, q, custom_mask=np.ones((2, 2), bool))
+    with pytest.raises(NotImplementedError, match="pos_encoding_mode"):
+        flashinfer.single_prefill_with_kv_cache(q, q, q, pos_encoding_mode="ROPE_LLAMA")
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(None)
     with pytest.raises(NotImplementedError, match="head_dim_vo"):
         w.plan([0, 2], [0, 2], 2, 2, 64, head_dim_vo=128)

@@ -195,7 +195,7 @@ impl BatchPrefill {
         Ok(plan)
     }
 
-    fn ragged_step(
+    pub(super) fn ragged_step(
         &self,
         qo_indptr: &[i32],
         kv_indptr: &[i32],
@@ -263,7 +263,7 @@ impl BatchPrefill {
         Ok(plan)
     }
 
-    fn paged_step(
+    pub(super) fn paged_step(
         &self,
         qo_indptr: &[i32],
         pages: &BatchPages,

@@ -7,6 +7,7 @@ use super::plan::{BatchPrefillPlan, KvKind};
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::kv::{BatchPages, KvPoolConfig};
+use crate::mask::PackedMask;
 use crate::ops::PagedKvSpans;
 use crate::runtime::{DeviceSpan, Gpu};
 
@@ -20,7 +21,9 @@ impl BatchPrefill {
     }
 
     /// [`BatchPrefill::plan_ragged`] with the plan in the caller's `workspace` (no device
-    /// allocation now or in later `plan_ragged_into` calls).
+    /// allocation now or in later `plan_ragged_into` calls), or
+    /// [`BatchPrefill::plan_ragged_masked`] when `mask` is given (the plan then also holds a
+    /// device copy of the mask, allocated here).
     ///
     /// # Safety
     /// As [`crate::ops::BatchDecode::plan_in_workspace`].
@@ -28,15 +31,17 @@ impl BatchPrefill {
         &self,
         qo_indptr: &[i32],
         kv_indptr: &[i32],
+        mask: Option<&PackedMask>,
         workspace: DeviceSpan<u8>,
     ) -> Result<BatchPrefillPlan> {
         let mut plan = self.empty_plan_in(KvKind::Ragged, Some(workspace))?;
-        self.plan_ragged_into(qo_indptr, kv_indptr, &mut plan)?;
+        self.ragged_step(qo_indptr, kv_indptr, mask, &mut plan)?;
         Ok(plan)
     }
 
     /// [`BatchPrefill::plan_paged`] with the plan in the caller's `workspace`; `cache` is the
-    /// geometry the page ids are checked against.
+    /// geometry the page ids are checked against; `mask` as in
+    /// [`BatchPrefill::plan_ragged_in_workspace`].
     ///
     /// # Safety
     /// As [`crate::ops::BatchDecode::plan_in_workspace`].
@@ -45,10 +50,11 @@ impl BatchPrefill {
         qo_indptr: &[i32],
         pages: &BatchPages,
         cache: &KvPoolConfig,
+        mask: Option<&PackedMask>,
         workspace: DeviceSpan<u8>,
     ) -> Result<BatchPrefillPlan> {
         let mut plan = self.empty_plan_in(KvKind::Paged, Some(workspace))?;
-        self.plan_paged_into(qo_indptr, pages, cache, &mut plan)?;
+        self.paged_step(qo_indptr, pages, cache, mask, &mut plan)?;
         Ok(plan)
     }
 
