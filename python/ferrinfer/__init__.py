@@ -2,7 +2,8 @@
 
 ``import ferrinfer as flashinfer`` works for the supported surface: single decode/prefill,
 the batch decode (and its CUDA-graph form), paged and ragged prefill wrappers (with custom
-masks), ``append_paged_kv_cache``, the state merges, ``packbits`` and ``segment_packbits``.
+masks), the multi-level cascade wrapper, ``append_paged_kv_cache``, the state merges,
+``packbits`` and ``segment_packbits``.
 Arrays are torch tensors, numpy arrays (``ml_dtypes.bfloat16`` for bf16) or other DLPack
 tensors, read and written in place. CPU arrays run on ferrinfer's CPU backend; torch CUDA
 tensors run ferrinfer's kernels on the caller's current stream (a wrapper runs on CUDA when its
@@ -12,7 +13,7 @@ fp8 scales, ...) raise ``NotImplementedError`` naming the argument, never a diff
 
 from ._native import __version__
 from ._mask import packbits, segment_packbits
-from .cascade import merge_state, merge_state_in_place, merge_states
+from .cascade import MultiLevelCascadeAttentionWrapper, merge_state, merge_state_in_place, merge_states
 from .decode import (
     BatchDecodeWithPagedKVCacheWrapper,
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
@@ -32,6 +33,7 @@ __all__ = [
     "BatchPrefillWithPagedKVCacheWrapper",
     "BatchPrefillWithRaggedKVCacheWrapper",
     "CUDAGraphBatchDecodeWithPagedKVCacheWrapper",
+    "MultiLevelCascadeAttentionWrapper",
     "append_paged_kv_cache",
     "get_batch_indices_positions",
     "get_seq_lens",

@@ -15,6 +15,7 @@ them on the GPU machine. Covered:
 - single decode and prefill on CUDA against the reference;
 - custom masks (``custom_mask`` / ``packed_custom_mask``) in paged, ragged and single prefill
   on CUDA against the reference, and against FlashInfer's custom-mask prefill when it imports;
+- the multi-level cascade wrapper on CUDA against the reference and FlashInfer's wrapper;
 - wrong device, device mixes and CUDA tensors in a CPU-built wrapper raise by name.
 """
 
@@ -421,3 +422,44 @@ def test_custom_mask_cuda_vs_reference(dtype, head_dim, window_left):
         fi.plan(qo_indptr.cuda(), indptr.cuda(), indices.cuda(), last.cuda(), hq, hkv, head_dim, ps,
                 q_data_type=DT[dtype], window_left=window_left, custom_mask=flat.cuda())
         close(out, fi.run(q.cuda(), cache.cuda()), dtype, "masked paged prefill vs FlashInfer")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cascade_cuda_vs_reference(dtype):
+    g = torch.Generator().manual_seed(99)
+    hq, hkv, d, ps = 32, 8, 128, 16
+    qo_lens, own_lens, prefix_len = [1, 1, 5, 1], [3, 40, 17, 100], 1000
+    num_pages = 200
+    cache = rand(g, (num_pages, 2, ps, hkv, d), dtype)
+    free = torch.randperm(num_pages, generator=g).tolist()
+
+    def take(n):
+        ids = [free.pop() for _ in range((n + ps - 1) // ps)]
+        rows = cache[ids].permute(0, 2, 1, 3, 4).reshape(-1, 2, hkv, d)[:n]
+        return ids, (n - 1) % ps + 1, rows
+
+    prefix, own = take(prefix_len), [take(n) for n in own_lens]
+
+    def tables(entries):
+        qo = torch.tensor(np.concatenate([[0], np.cumsum([e[0] for e in entries])]), dtype=torch.int32)
+        ip = torch.tensor(np.concatenate([[0], np.cumsum([len(e[1][0]) for e in entries])]), dtype=torch.int32)
+        ix = torch.tensor([i for e in entries for i in e[1][0]], dtype=torch.int32)
+        la = torch.tensor([e[1][1] for e in entries], dtype=torch.int32)
+        return qo, ip, ix, la
+
+    levels = [tables([(sum(qo_lens), prefix)]), tables(list(zip(qo_lens, own)))]
+    q = rand(g, (sum(qo_lens), hq, d), dtype)
+    w = ferrinfer.MultiLevelCascadeAttentionWrapper(2, ws())
+    w.plan(*[[lv[i] for lv in levels] for i in range(4)], hq, hkv, d, ps, causal=True, q_data_type=DT[dtype])
+    out = w.run(q.cuda(), cache.cuda())
+    start = 0
+    for b, n in enumerate(qo_lens):
+        kv = torch.cat([prefix[2], own[b][2]])
+        ref, _ = attention(np64(q[start:start + n]), np64(kv[:, 0]), np64(kv[:, 1]), causal=True)
+        close(out[start:start + n], ref, dtype, f"cascade request {b}")
+        start += n
+    if flashinfer is not None:
+        fi = flashinfer.MultiLevelCascadeAttentionWrapper(2, ws())
+        fi.plan(*[[lv[i].cuda() for lv in levels] for i in range(4)], hq, hkv, d, ps, causal=True,
+                q_data_type=DT[dtype])
+        close(out, fi.run(q.cuda(), cache.cuda()), dtype, "cascade vs FlashInfer")
