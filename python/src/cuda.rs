@@ -8,8 +8,10 @@
 //! Every tensor is checked (device, dtype, shape, contiguity, extent, aliasing) here and the
 //! library checks its spans again before any launch; the same typed errors as the CPU path.
 use cudarc::driver::DeviceRepr;
-use ferrinfer::{DeviceSpan, Gpu};
+use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
+use ferrinfer::{DType, DeviceSpan, Gpu, HeadConfig};
 use half::{bf16, f16};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::errors::lib;
@@ -51,4 +53,48 @@ pub fn span<T: SpanElem>(gpu: &Gpu, t: &Tensor) -> PyResult<DeviceSpan<T>> {
     // tensor for the call, and torch's caching allocator reuses its memory only in the order
     // of the stream the work was queued on (the caller's current stream, ours too).
     lib(unsafe { gpu.span::<T>(t.addr as u64, t.span()?) })
+}
+
+/// The caller's `float_workspace_buffer` as `(address, bytes, device index, tensor)`.
+pub type Workspace = (usize, usize, i64, Py<PyAny>);
+
+/// `Err(ValueError)` unless the workspace is on `device`, the op's device.
+pub fn workspace_on(ws: &Workspace, device: usize) -> PyResult<()> {
+    if usize::try_from(ws.2).ok() == Some(device) {
+        return Ok(());
+    }
+    Err(PyValueError::new_err(format!(
+        "float_workspace_buffer: on cuda:{}, the op runs on cuda:{device}",
+        ws.2
+    )))
+}
+
+/// The planned element type from `q_data_type`'s name (`op` names the wrapper in the error).
+pub fn plan_dtype(op: &str, dtype: &str) -> PyResult<(Dt, DType)> {
+    match dtype {
+        "float16" => Ok((Dt::F16, DType::F16)),
+        "bfloat16" => Ok((Dt::Bf16, DType::Bf16)),
+        other => Err(PyTypeError::new_err(format!(
+            "{op}: q_data_type {other} (float16 or bfloat16)"
+        ))),
+    }
+}
+
+/// The cache geometry a plan is checked against. FlashInfer's `plan` takes no cache, so the
+/// pages are those the tables name (up to the largest id); `run` refuses a cache with fewer.
+pub fn planned_cache(pages: &BatchPages, page_size: usize, heads: &HeadConfig) -> KvPoolConfig {
+    let num_pages = pages
+        .kv_indices
+        .iter()
+        .map(|&p| usize::try_from(p).map_or(usize::MAX, |p| p.saturating_add(1)))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    KvPoolConfig {
+        num_pages,
+        page_size,
+        num_kv_heads: heads.num_kv_heads,
+        head_dim: heads.head_dim,
+        layout: KvLayout::Nhd,
+    }
 }

@@ -3,22 +3,21 @@
 //! and `run` (once per layer). The plan lives in the caller's `float_workspace_buffer`; in
 //! CUDA-graph mode its layout is fixed by the limits, so a captured `run` replays correctly
 //! after any later `plan` (FlashInfer's contract for the graph wrapper).
-use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
+use ferrinfer::kv::BatchPages;
 use ferrinfer::ops::{BatchDecode, BatchDecodePlan, GraphLimits, PagedKvSpans};
-use ferrinfer::{AttentionOptions, DType, Float16, Gpu, HeadConfig};
+use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::cuda::{cuda, gpu_on, span, SpanElem};
+use crate::cuda::{
+    cuda, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
+};
 use crate::cuda_append::{cache_dims, cache_views};
 use crate::errors::lib;
 use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
 
 const OP: &str = "BatchDecodeWithPagedKVCacheWrapper";
-
-/// The caller's workspace as `(address, bytes, device index, tensor)`.
-type Workspace = (usize, usize, i64, Py<PyAny>);
 
 #[pyclass(module = "ferrinfer._native", unsendable)]
 pub struct CudaBatchDecode {
@@ -54,15 +53,7 @@ impl CudaBatchDecode {
         graph: Option<(usize, usize)>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
-        let (dt, lib_dt) = match dtype {
-            "float16" => (Dt::F16, DType::F16),
-            "bfloat16" => (Dt::Bf16, DType::Bf16),
-            other => {
-                return Err(PyTypeError::new_err(format!(
-                    "{OP}: q_data_type {other} (float16 or bfloat16)"
-                )))
-            }
-        };
+        let (dt, lib_dt) = plan_dtype(OP, dtype)?;
         let opts = AttentionOptions {
             sm_scale,
             soft_cap,
@@ -107,34 +98,14 @@ impl CudaBatchDecode {
         last_page_len: RawTensor,
         page_size: usize,
     ) -> PyResult<()> {
-        let (ws_addr, ws_bytes, ws_dev, ws_owner) = workspace;
-        if usize::try_from(ws_dev).ok() != Some(self.device) {
-            return Err(PyValueError::new_err(format!(
-                "float_workspace_buffer: on cuda:{ws_dev}, the op runs on cuda:{}",
-                self.device
-            )));
-        }
+        workspace_on(&workspace, self.device)?;
+        let (ws_addr, ws_bytes, _, ws_owner) = workspace;
         let pages = BatchPages {
             kv_indptr: index_array(indptr)?,
             kv_indices: index_array(indices)?,
             kv_last_page_len: index_array(last_page_len)?,
         };
-        // The cache is not known at plan time (FlashInfer's plan takes none): the plan is checked
-        // against the pages it names, and `run` refuses a cache with fewer.
-        let num_pages = pages
-            .kv_indices
-            .iter()
-            .map(|&p| usize::try_from(p).map_or(usize::MAX, |p| p.saturating_add(1)))
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let cache = KvPoolConfig {
-            num_pages,
-            page_size,
-            num_kv_heads: self.heads.num_kv_heads,
-            head_dim: self.heads.head_dim,
-            layout: KvLayout::Nhd,
-        };
+        let cache = planned_cache(&pages, page_size, &self.heads);
         let gpu = gpu_on(self.device, stream)?;
         lib(self.op.set_gpu(&gpu))?;
         let same_ws = self

@@ -2,23 +2,22 @@
 //! one [`BatchPrefill`] op and its plan (in the caller's `float_workspace_buffer`), planned from
 //! host CSR tables and run on the caller's stream. CUDA-graph mode is not offered here (the
 //! Python layer refuses it on CUDA).
-use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
+use ferrinfer::kv::BatchPages;
 use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan, PagedKvSpans};
-use ferrinfer::{AttentionOptions, DType, Float16, Gpu, HeadConfig};
+use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use crate::cuda::{cuda, gpu_on, span, SpanElem};
+use crate::cuda::{
+    cuda, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
+};
 use crate::cuda_append::{cache_dims, cache_views};
 use crate::errors::lib;
 use crate::mask::{packed, MaskArg};
 use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
 
 const OP: &str = "BatchPrefillWith*KVCacheWrapper";
-
-/// The caller's workspace as `(address, bytes, device index, tensor)`.
-type Workspace = (usize, usize, i64, Py<PyAny>);
 
 #[pyclass(module = "ferrinfer._native", unsendable)]
 pub struct CudaBatchPrefill {
@@ -38,12 +37,7 @@ impl CudaBatchPrefill {
         stream: usize,
         ws: &Workspace,
     ) -> PyResult<(Gpu, ferrinfer::DeviceSpan<u8>)> {
-        if usize::try_from(ws.2).ok() != Some(self.device) {
-            return Err(PyValueError::new_err(format!(
-                "float_workspace_buffer: on cuda:{}, the op runs on cuda:{}",
-                ws.2, self.device
-            )));
-        }
+        workspace_on(ws, self.device)?;
         let gpu = gpu_on(self.device, stream)?;
         lib(self.op.set_gpu(&gpu))?;
         // SAFETY: the caller's CUDA workspace on this device, kept alive in `self.workspace`
@@ -77,16 +71,6 @@ impl CudaBatchPrefill {
     }
 }
 
-fn lib_dtype(dtype: &str) -> PyResult<(Dt, DType)> {
-    match dtype {
-        "float16" => Ok((Dt::F16, DType::F16)),
-        "bfloat16" => Ok((Dt::Bf16, DType::Bf16)),
-        other => Err(PyTypeError::new_err(format!(
-            "{OP}: q_data_type {other} (float16 or bfloat16)"
-        ))),
-    }
-}
-
 #[pymethods]
 impl CudaBatchPrefill {
     #[new]
@@ -103,7 +87,7 @@ impl CudaBatchPrefill {
         window_left: Option<usize>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
-        let (dt, lib_dt) = lib_dtype(dtype)?;
+        let (dt, lib_dt) = plan_dtype(OP, dtype)?;
         let opts = AttentionOptions {
             sm_scale,
             soft_cap,
@@ -143,20 +127,7 @@ impl CudaBatchPrefill {
             kv_indices: index_array(indices)?,
             kv_last_page_len: index_array(last_page_len)?,
         };
-        let num_pages = pages
-            .kv_indices
-            .iter()
-            .map(|&p| usize::try_from(p).map_or(usize::MAX, |p| p.saturating_add(1)))
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let cache = KvPoolConfig {
-            num_pages,
-            page_size,
-            num_kv_heads: self.heads.num_kv_heads,
-            head_dim: self.heads.head_dim,
-            layout: KvLayout::Nhd,
-        };
+        let cache = planned_cache(&pages, page_size, &self.heads);
         let (_gpu, ws) = self.begin(stream, &workspace)?;
         // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
         let mask = mask.map(packed);
