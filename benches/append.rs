@@ -8,6 +8,7 @@
 use ferrinfer::kv::{AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::Gpu;
+use ferrinfer_harness::record;
 use half::bf16;
 
 struct Shape {
@@ -75,6 +76,18 @@ fn bench(
     )?;
     let bytes = (2 * n * 2 * 2) as f64;
     let gbps = bytes / (t.median_us * 1e-6) / 1e9;
+    record::emit(&record::Row {
+        section: record::Section::Append,
+        shape: format!("append {}x{}", s.seqs, s.tokens),
+        variant: format!("{rows_per_thread} rows, streaming {streaming}"),
+        // The pool's default: one row per thread, ordinary stores (run first below).
+        picked: rows_per_thread == 1 && !streaming,
+        median_us: t.median_us,
+        bytes: Some(bytes),
+        flops: None,
+        copy_tb_s: None,
+        device: gpu.info().name.clone(),
+    });
     println!(
         "| {} ({}{}) | {} x {} | {} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
         s.name,
@@ -118,6 +131,7 @@ fn main() {
             gpu.info().name,
             ct.median_us
         );
+        record::emit_copy(&gpu.info().name, copy_tbps, ct.median_us);
         println!(
             "\n| shape | seqs x tokens | cached | MiB moved | median us | p90 us | GB/s | % copy |"
         );

@@ -11,6 +11,7 @@ use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, DecodeKernel};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
+use ferrinfer_harness::record;
 use half::bf16;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -25,6 +26,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         gpu.info().name,
         ct.median_us
     );
+    record::emit_copy(&gpu.info().name, copy_tbps, ct.median_us);
     let heads = HeadConfig::new(32, 8, 128)?;
     let mut op = BatchDecode::new(gpu, heads, DType::Bf16, AttentionOptions::default())?;
     let default_kind = op.kernel_kind();
@@ -109,6 +111,22 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             let kv = (batch * len * 8 * 128 * 2 * 2) as f64;
             let bytes = kv + (2 * n * 2) as f64;
             let tbps = bytes / (t.median_us * 1e-6) / 1e12;
+            let variant = format!(
+                "{}{}",
+                op.kernel_name(),
+                if fixed.is_some() { " (no split)" } else { "" }
+            );
+            record::emit(&record::Row {
+                section: record::Section::Decode,
+                shape: format!("decode {batch}x{len}"),
+                variant,
+                picked: kind == default_kind && fixed.is_none(),
+                median_us: t.median_us,
+                bytes: Some(bytes),
+                flops: None,
+                copy_tb_s: None,
+                device: gpu.info().name.clone(),
+            });
             println!(
             "| {}{} | {batch} | {len} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.0} | {:.1} |",
             op.kernel_name(),

@@ -12,6 +12,7 @@ use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchPrefill, PrefillTile};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
+use ferrinfer_harness::record;
 use half::bf16;
 
 fn pattern(n: usize, salt: usize) -> Vec<bf16> {
@@ -71,34 +72,41 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         // The Hopper tile three times: the persistent kernel, the merged kernel (one CTA per
         // item), and the plan's own choice between them (`persistent_auto`); ragged K/V also
         // with the `cp.async` producer instead of TMA (the default), both kernels.
-        let variants: Vec<(PrefillTile, Option<bool>, bool)> =
-            PrefillTile::available(128, gpu.info().arch)
-                .iter()
-                .flat_map(|&t| {
-                    if t != PrefillTile::Rows128Wgmma {
-                        return vec![(t, None, true)];
-                    }
-                    let mut v = vec![
-                        (t, Some(true), true),
-                        (t, Some(false), true),
-                        (t, None, true),
-                    ];
-                    if !paged {
-                        v.extend([(t, Some(true), false), (t, Some(false), false)]);
-                    }
-                    v
-                })
+        // `None` first: the tile, persistence and producer the plan picks by itself (the row
+        // compared with FlashInfer), then every tile forced.
+        let variants: Vec<(Option<PrefillTile>, Option<bool>, bool)> =
+            std::iter::once((None, None, true))
+                .chain(
+                    PrefillTile::available(128, gpu.info().arch)
+                        .iter()
+                        .flat_map(|&t| {
+                            let t = Some(t);
+                            if t != Some(PrefillTile::Rows128Wgmma) {
+                                return vec![(t, None, true)];
+                            }
+                            let mut v = vec![
+                                (t, Some(true), true),
+                                (t, Some(false), true),
+                                (t, None, true),
+                            ];
+                            if !paged {
+                                v.extend([(t, Some(true), false), (t, Some(false), false)]);
+                            }
+                            v
+                        }),
+                )
                 .collect();
         for (tile, persistent, tma) in variants {
             let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
-            op.set_tile(Some(tile))?;
+            op.set_tile(tile)?;
             op.set_persistent(persistent);
             op.set_tma(tma);
-            let label = match persistent {
-                Some(true) => format!("{tile:?} persistent"),
-                Some(false) => format!("{tile:?} merged"),
-                None if tile == PrefillTile::Rows128Wgmma => format!("{tile:?} auto"),
-                None => format!("{tile:?}"),
+            let label = match (tile, persistent) {
+                (None, _) => "plan's choice".to_string(),
+                (Some(t), Some(true)) => format!("{t:?} persistent"),
+                (Some(t), Some(false)) => format!("{t:?} merged"),
+                (Some(t), None) if t == PrefillTile::Rows128Wgmma => format!("{t:?} auto"),
+                (Some(t), None) => format!("{t:?}"),
             } + if tma { "" } else { " cp.async" };
             let (t, items, plan_us) = if paged {
                 let (pages, pool) = paged_kv(gpu, batch, kv)?;
@@ -124,6 +132,18 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 let t = gpu.time_with(OPTS, |_| op.run_ragged(&plan, &q, &k, &v, &mut o, None))?;
                 (t, plan.partition().items.len(), plan_us)
             };
+            let kind = if paged { "paged" } else { "ragged" };
+            record::emit(&record::Row {
+                section: record::Section::Prefill,
+                shape: format!("prefill-{kind} {batch}x{qo}/{kv}"),
+                variant: label.clone(),
+                picked: tile.is_none(),
+                median_us: t.median_us,
+                bytes: None,
+                flops: Some(flops),
+                copy_tb_s: None,
+                device: gpu.info().name.clone(),
+            });
             println!(
                 "| {} | {label} | {batch} | {qo} | {kv} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {items} | {plan_us:.0} |",
                 if paged { "paged" } else { "ragged" },

@@ -9,7 +9,8 @@
 #                    then `ferrinfer check`
 #   --sanitize       also run the GPU test executables under compute-sanitizer memcheck and
 #                    racecheck (SANITIZE=memcheck|racecheck|all picks the tools; all = both)
-#   --bench          also run the bench executables
+#   --bench          also run the bench executables; their rows also go to $OUT/bench.jsonl
+#                    (FERRINFER_BENCH_JSON), which `roofline` (src/bin/roofline.rs) charts
 #   --demo           also run `ferrinfer demo`
 #   --only NAME      run only the test executable NAME (repeatable; also limits --sanitize)
 #   --bench-only NAME  with --bench, run only the bench executable NAME (repeatable)
@@ -201,6 +202,7 @@ if [[ ${#tools[@]} -gt 0 ]]; then
 fi
 
 if [[ $bench -eq 1 ]]; then
+    export FERRINFER_BENCH_JSON="${FERRINFER_BENCH_JSON:-$OUT/bench.jsonl}"
     for exe in "$bindir"/benches/*; do
         [[ -e "$exe" ]] || continue
         name="$(basename "$exe")"

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 pub mod merge;
 pub mod paged;
+pub mod record;
 
 /// Environment variable that turns a missing GPU into a test failure.
 pub const REQUIRE_GPU_ENV: &str = "FERRINFER_REQUIRE_GPU";
