@@ -89,6 +89,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
             &g,
             model.config.clone(),
             model.weights.clone(),
+            args.gpu_weights,
             args.kv_tokens,
             sched.step_tokens,
             sched.max_running,

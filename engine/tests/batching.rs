@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use ferrinfer_engine::runner::cpu::CpuRunner;
-use ferrinfer_engine::runner::gpu::GpuRunner;
+use ferrinfer_engine::runner::gpu::{GpuRunner, GpuWeights};
 use ferrinfer_engine::runner::ModelRunner;
 use ferrinfer_engine::{
     Engine, EngineError, Event, FinishReason, Request, SamplingParams, SchedulerConfig,
@@ -224,18 +224,6 @@ fn gpu_batch_of_32_matches_each_request_alone() {
         return;
     };
     let m = common::model();
-    let gpu_engine = |step_tokens| {
-        let r = GpuRunner::new(
-            &gpu,
-            m.config.clone(),
-            m.weights.clone(),
-            32768,
-            step_tokens,
-            64,
-        )
-        .unwrap();
-        engine_on(Box::new(r), step_tokens)
-    };
     let ps = prompts();
     let reqs: Vec<Request> = (0..32)
         .map(|i| {
@@ -244,13 +232,29 @@ fn gpu_batch_of_32_matches_each_request_alone() {
             request(p, 16)
         })
         .collect();
-    let alone: Vec<Vec<u32>> = reqs
-        .iter()
-        .map(|r| run(&mut gpu_engine(512), std::slice::from_ref(r), &[0]).remove(0))
-        .collect();
-    let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
-    let together = run(&mut gpu_engine(64), &reqs, &joins);
-    assert_eq!(alone, together);
+    // Both precisions of the matrix products: batching must be invisible in each.
+    for weights in [GpuWeights::F32, GpuWeights::Bf16] {
+        let gpu_engine = |step_tokens| {
+            let r = GpuRunner::new(
+                &gpu,
+                m.config.clone(),
+                m.weights.clone(),
+                weights,
+                32768,
+                step_tokens,
+                64,
+            )
+            .unwrap();
+            engine_on(Box::new(r), step_tokens)
+        };
+        let alone: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|r| run(&mut gpu_engine(512), std::slice::from_ref(r), &[0]).remove(0))
+            .collect();
+        let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
+        let together = run(&mut gpu_engine(64), &reqs, &joins);
+        assert_eq!(alone, together, "{weights} weights");
+    }
 }
 
 #[test]
