@@ -1,12 +1,13 @@
 //! The model on the GPU: weights in device memory in the chosen precision ([`GpuWeights`]:
 //! bf16 on tensor cores by default, or f32), cuBLAS (loaded at run time) for the matrix
 //! products, ferrinfer's model kernels for embedding, norms, RoPE and the SwiGLU gate, and
-//! ferrinfer's paged KV cache (f16) with batch prefill attention for every step — decode
-//! tokens and prefill chunks alike.
+//! ferrinfer's paged KV cache (f16) with batch decode attention for steps of one-token
+//! requests and batch prefill attention for the others ([`attention`]).
 //!
-//! Every buffer is allocated once, at the step's token capacity; the attention op runs in
-//! CUDA-graph mode (one plan rewritten in place each step), so a step allocates nothing on the
+//! Every buffer is allocated once, at the step's token capacity; the attention ops run in
+//! CUDA-graph mode (plans rewritten in place each step), so a step allocates nothing on the
 //! device.
+mod attention;
 mod gemm;
 mod precision;
 
@@ -14,11 +15,11 @@ use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
 use ferrinfer::kv::{AppendStep, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
-use ferrinfer::ops::{BatchPrefill, ModelKernels};
-use ferrinfer::ops::{BatchPrefillPlan, PrefillGraphLimits};
-use ferrinfer::{AttentionOptions, DType, DeviceBuffer, Gpu, HeadConfig};
+use ferrinfer::ops::ModelKernels;
+use ferrinfer::{DeviceBuffer, Gpu, HeadConfig};
 use half::f16;
 
+use self::attention::Attention;
 use self::gemm::{blas_err, cublas_present, linear};
 pub use self::precision::GpuWeights;
 use self::precision::{Bf16, Dense, Precision, F32};
@@ -58,8 +59,7 @@ pub struct GpuRunner {
     gpu: Gpu,
     blas: CudaBlas,
     mk: ModelKernels,
-    attn: BatchPrefill,
-    plan: Option<BatchPrefillPlan>,
+    attn: Attention,
     /// The embedding table of the lookup (f32 in every precision: rows are copied into the
     /// f32 residual stream).
     embed: DeviceBuffer<f32>,
@@ -95,17 +95,7 @@ impl GpuRunner {
         let heads = HeadConfig::new(cfg.q_heads, cfg.kv_heads, cfg.head_dim)?;
         let (pool, pages) = kv_geometry(&cfg, kv_tokens);
         let cache = PagedKvCache::new_gpu_layers(gpu, pool, PoolSize::Pages(pages), cfg.layers)?;
-        let attn = BatchPrefill::new_graph(
-            gpu,
-            heads,
-            DType::F16,
-            AttentionOptions::default().with_causal(true),
-            PrefillGraphLimits {
-                max_batch: max_seqs.max(1),
-                max_qo_tokens: step_tokens.max(1),
-                max_pages: pages,
-            },
-        )?;
+        let attn = Attention::new(gpu, heads, max_seqs, step_tokens, pages)?;
         let (cap, cap_rows) = (step_tokens.max(1), step_tokens.min(max_seqs).max(1));
         let model = match weights {
             GpuWeights::F32 => Model::F32(Dense::new(gpu, &cfg, &w, cap, cap_rows)?),
@@ -138,7 +128,6 @@ impl GpuRunner {
             blas,
             mk,
             attn,
-            plan: None,
             cache,
             b,
             cap,
@@ -202,8 +191,7 @@ struct Step<'a> {
     gpu: &'a Gpu,
     blas: &'a CudaBlas,
     mk: &'a ModelKernels,
-    attn: &'a BatchPrefill,
-    plan: &'a BatchPrefillPlan,
+    attn: &'a Attention,
     cache: &'a mut PagedKvCache<f16>,
     kv_step: &'a AppendStep,
     inv_freq: &'a DeviceBuffer<f32>,
@@ -235,22 +223,8 @@ impl GpuRunner {
         let kv_step = self.cache.begin_append(&step.seqs)?;
         let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
         let pages = self.cache.batch_pages(&ids)?;
-        let qo_indptr = step.qo_indptr();
-        match &mut self.plan {
-            Some(p) => self
-                .attn
-                .plan_paged_into(&qo_indptr, &pages, self.cache.config(), p)?,
-            None => {
-                self.plan = Some(
-                    self.attn
-                        .plan_paged(&qo_indptr, &pages, self.cache.config())?,
-                )
-            }
-        }
-        let plan = self
-            .plan
-            .as_ref()
-            .ok_or_else(|| EngineError::Model("no attention plan".into()))?;
+        self.attn
+            .plan(&step.qo_indptr(), &pages, self.cache.config())?;
         let b = &mut self.b;
         let g = &self.gpu;
         g.write_prefix(&mut b.ids, &step.tokens)?;
@@ -265,7 +239,6 @@ impl GpuRunner {
             blas: &self.blas,
             mk: &self.mk,
             attn: &self.attn,
-            plan,
             cache: &mut self.cache,
             kv_step: &kv_step,
             inv_freq: &self.inv_freq,
@@ -291,7 +264,6 @@ impl Step<'_> {
             blas,
             mk,
             attn,
-            plan,
             cache,
             kv_step,
             inv_freq,
@@ -327,7 +299,7 @@ impl Step<'_> {
                 &mut b.v,
             )?;
             cache.append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
-            attn.run_paged(plan, &b.q, cache.pool(l)?, &mut b.o16, None)?;
+            attn.run(&b.q, cache.pool(l)?, &mut b.o16)?;
             let o = P::wo_input(mk, &b.o16, n * qd, &mut m.wide)?;
             linear(blas, stream, o, n, &lw.wo, qd, d, &mut b.proj)?;
             mk.add_rms_norm(&mut b.x, &b.proj, &lw.ffn_norm, n, eps, &mut m.h)?;
