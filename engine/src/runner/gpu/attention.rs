@@ -27,6 +27,8 @@ pub(super) struct Attention {
     decode: BatchDecode,
     decode_plan: Option<BatchDecodePlan>,
     planned: Planned,
+    /// Whether decode steps go to the decode op (else to the prefill op, as mixed steps).
+    decode_steps: bool,
 }
 
 impl Attention {
@@ -67,7 +69,13 @@ impl Attention {
             decode,
             decode_plan: None,
             planned: Planned::None,
+            decode_steps: true,
         })
+    }
+
+    /// Sends decode steps to the decode op (`true`, the default) or to the prefill op.
+    pub fn set_decode_steps(&mut self, on: bool) {
+        self.decode_steps = on;
     }
 
     /// Plans the step whose sequences bring `qo_indptr[b + 1] − qo_indptr[b]` tokens each over
@@ -79,7 +87,7 @@ impl Attention {
         pool: &KvPoolConfig,
     ) -> Result<()> {
         self.planned = Planned::None;
-        let decode_step = qo_indptr.windows(2).all(|w| w[1] - w[0] == 1);
+        let decode_step = self.decode_steps && qo_indptr.windows(2).all(|w| w[1] - w[0] == 1);
         if decode_step {
             match &mut self.decode_plan {
                 Some(p) => self.decode.plan_into(pages, pool, p)?,

@@ -136,6 +136,15 @@ impl GpuRunner {
     }
 }
 
+impl GpuRunner {
+    /// Runs steps of one-token requests on the batch decode op (`true`, the default) or, as
+    /// steps with prompt chunks, on the batch prefill op (`false`: the runner before the decode
+    /// path, kept for tests and before/after measurements).
+    pub fn set_decode_op(&mut self, on: bool) {
+        self.attn.set_decode_steps(on);
+    }
+}
+
 impl ModelRunner for GpuRunner {
     fn config(&self) -> &ModelConfig {
         &self.cfg
