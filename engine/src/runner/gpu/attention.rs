@@ -53,6 +53,7 @@ impl Attention {
             },
         )?;
         // A decode query is its sequence's last token: it sees every key, so no causal mask.
+        // Both ops accept the same head configurations (head dims 64/128/256, groups 1–8).
         let decode = BatchDecode::new_graph(
             gpu,
             heads,
@@ -76,6 +77,11 @@ impl Attention {
     /// Sends decode steps to the decode op (`true`, the default) or to the prefill op.
     pub fn set_decode_steps(&mut self, on: bool) {
         self.decode_steps = on;
+    }
+
+    /// Whether decode steps go to the decode op.
+    pub fn decode_steps(&self) -> bool {
+        self.decode_steps
     }
 
     /// Plans the step whose sequences bring `qo_indptr[b + 1] − qo_indptr[b]` tokens each over

@@ -163,7 +163,12 @@ impl ModelRunner for GpuRunner {
             Model::F32(_) => GpuWeights::F32,
             Model::Bf16(_) => GpuWeights::Bf16,
         };
-        format!("gpu ({}, {w} weights)", self.gpu.info().name)
+        let attn = if self.attn.decode_steps() {
+            "decode steps on the decode op"
+        } else {
+            "every step on the prefill op"
+        };
+        format!("gpu ({}, {w} weights, {attn})", self.gpu.info().name)
     }
 
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
