@@ -85,14 +85,19 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         }
     };
     let runner: Box<dyn ModelRunner> = match gpu {
-        Some(g) => Box::new(GpuRunner::new(
-            &g,
-            model.config.clone(),
-            model.weights.clone(),
-            args.kv_tokens,
-            sched.step_tokens,
-            sched.max_running,
-        )?),
+        Some(g) => {
+            let mut r = GpuRunner::new(
+                &g,
+                model.config.clone(),
+                model.weights.clone(),
+                args.gpu_weights,
+                args.kv_tokens,
+                sched.step_tokens,
+                sched.max_running,
+            )?;
+            r.set_decode_op(!args.no_decode_attention);
+            Box::new(r)
+        }
         None => Box::new(CpuRunner::new(
             model.config.clone(),
             model.weights.clone(),

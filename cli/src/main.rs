@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use ferrinfer::cli;
 use ferrinfer::HeadConfig;
+use ferrinfer_engine::runner::gpu::GpuWeights;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,15 @@ pub struct ModelArgs {
     /// Do not keep finished requests' KV pages for reuse by prompts with the same prefix.
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Element type of the GPU's matrix products: bf16 (tensor cores, f32 accumulation) or f32
+    /// (SGEMM, the accuracy reference). Ignored on the CPU backend.
+    #[arg(long, default_value_t = GpuWeights::Bf16)]
+    pub gpu_weights: GpuWeights,
+    /// Run the GPU's decode steps on the batch prefill op, like steps with prompt chunks,
+    /// instead of the batch decode op (the runner before the decode path: for before/after
+    /// measurements).
+    #[arg(long)]
+    pub no_decode_attention: bool,
 }
 
 #[derive(Subcommand)]

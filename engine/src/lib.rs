@@ -11,6 +11,7 @@
 //! | weights in forward layout       | [`Weights`]                      | `weights.rs`      |
 //! | tokenizer, chat template        | [`Tokenizer`]                    | `tokenizer.rs`    |
 //! | one forward step (CPU backend)  | [`runner::cpu::CpuRunner`]       | `runner/cpu.rs`   |
+//! | one forward step (GPU)          | [`runner::gpu::GpuRunner`]       | `runner/gpu/`     |
 //! | continuous batching, sampling   | [`Engine`]                       | `scheduler.rs`    |
 //! | prefix caching (kept KV pages)  | [`prefix::PrefixCache`]          | `prefix.rs`       |
 //! | loading a model file            | [`Model::load`]                  | `lib.rs`          |

@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 
 use ferrinfer_engine::runner::cpu::CpuRunner;
-use ferrinfer_engine::runner::gpu::GpuRunner;
-use ferrinfer_engine::runner::ModelRunner;
+use ferrinfer_engine::runner::gpu::{GpuRunner, GpuWeights};
+use ferrinfer_engine::runner::{ModelRunner, StepInput};
 use ferrinfer_engine::{
     Engine, EngineError, Event, FinishReason, Request, SamplingParams, SchedulerConfig,
 };
@@ -215,8 +215,10 @@ fn cancel_frees_pages_and_seeded_sampling_repeats() {
     );
 }
 
-/// On the GPU: 32 mixed-length requests joining over 16 steps with 64-token prefill chunks
-/// generate what each generates alone.
+/// On the GPU, with f32 and with bf16 matrix products: 32 mixed-length requests joining over
+/// 16 steps with 64-token prefill chunks generate what each generates alone (their decode
+/// tokens on the decode op in some steps, on the prefill op in mixed ones), and a decode
+/// step's logits on the decode op match those on the prefill op.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_batch_of_32_matches_each_request_alone() {
@@ -224,18 +226,6 @@ fn gpu_batch_of_32_matches_each_request_alone() {
         return;
     };
     let m = common::model();
-    let gpu_engine = |step_tokens| {
-        let r = GpuRunner::new(
-            &gpu,
-            m.config.clone(),
-            m.weights.clone(),
-            32768,
-            step_tokens,
-            64,
-        )
-        .unwrap();
-        engine_on(Box::new(r), step_tokens)
-    };
     let ps = prompts();
     let reqs: Vec<Request> = (0..32)
         .map(|i| {
@@ -244,13 +234,77 @@ fn gpu_batch_of_32_matches_each_request_alone() {
             request(p, 16)
         })
         .collect();
-    let alone: Vec<Vec<u32>> = reqs
-        .iter()
-        .map(|r| run(&mut gpu_engine(512), std::slice::from_ref(r), &[0]).remove(0))
-        .collect();
-    let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
-    let together = run(&mut gpu_engine(64), &reqs, &joins);
-    assert_eq!(alone, together);
+    // Both precisions of the matrix products: batching must be invisible in each.
+    for weights in [GpuWeights::F32, GpuWeights::Bf16] {
+        let gpu_engine = |step_tokens| {
+            let r = GpuRunner::new(
+                &gpu,
+                m.config.clone(),
+                m.weights.clone(),
+                weights,
+                32768,
+                step_tokens,
+                64,
+            )
+            .unwrap();
+            engine_on(Box::new(r), step_tokens)
+        };
+        let alone: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|r| run(&mut gpu_engine(512), std::slice::from_ref(r), &[0]).remove(0))
+            .collect();
+        let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
+        let together = run(&mut gpu_engine(64), &reqs, &joins);
+        assert_eq!(alone, together, "{weights} weights");
+        // A decode step's logits on the decode op equal those on the prefill op up to the
+        // attention's summation order: each kernel sums in f32 in its own order (differences
+        // ~1e-7 relative), which flips the f16 rounding of an attention output now and then
+        // (2^-11 relative on those elements); through 30 blocks that stays well below the f32
+        // path's whole distance to float32 transformers (1.5e-4 to 1.1e-3): bound 2e-3. With
+        // bf16 products such a difference can also flip the bf16 rounding of a product's input
+        // (2^-8 relative, 8× an f16 flip): bound 1e-2. A wrong page, position or head mapping
+        // gives errors of order 1.
+        let bound = match weights {
+            GpuWeights::F32 => 2e-3,
+            GpuWeights::Bf16 => 1e-2,
+        };
+        let (dec, pre) = (
+            decode_step_logits(&gpu, weights, true),
+            decode_step_logits(&gpu, weights, false),
+        );
+        let e = common::rel_l2(&dec, &pre);
+        eprintln!("{weights} weights: decode op vs prefill op, decode-step logits rel-L2 {e:.2e}");
+        assert!(e <= bound, "{weights} weights: rel-L2 {e} > {bound}");
+    }
+}
+
+/// The logits of one decode step of ten sequences (after their prompts in one prefill step),
+/// with the decode op (`decode_op`) or with the prefill op.
+fn decode_step_logits(gpu: &ferrinfer::Gpu, weights: GpuWeights, decode_op: bool) -> Vec<f32> {
+    let m = common::model();
+    let mut r = GpuRunner::new(
+        gpu,
+        m.config.clone(),
+        m.weights.clone(),
+        weights,
+        32768,
+        4096,
+        64,
+    )
+    .unwrap();
+    r.set_decode_op(decode_op);
+    let ps = prompts();
+    let seqs: Vec<_> = ps.iter().map(|_| r.add_sequence()).collect();
+    let mut prefill = StepInput::default();
+    for (&s, p) in seqs.iter().zip(&ps) {
+        prefill.push(s, 0, p, true);
+    }
+    let first = r.forward_greedy(&prefill).unwrap();
+    let mut decode = StepInput::default();
+    for ((&s, p), &t) in seqs.iter().zip(&ps).zip(&first) {
+        decode.push(s, p.len(), &[t], true);
+    }
+    r.forward(&decode).unwrap()
 }
 
 #[test]

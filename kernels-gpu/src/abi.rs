@@ -405,7 +405,8 @@ pub const ARGMAX_THREADS: u32 = 1024;
 /// `dim` f32 values, `out = x / sqrt(mean(x²) + eps) · weight`; `add_rms_norm` first adds `x`
 /// into `residual` (`residual += x`, written back) and normalises the sum. Row `r` of every
 /// tensor starts at element `r·dim`. Grid `(rows)`, block [`MODEL_THREADS`], dynamic shared
-/// memory `4 · MODEL_THREADS / 32` bytes (the per-warp partial sums).
+/// memory `4 · MODEL_THREADS / 32` bytes (the per-warp partial sums). The `_f16`/`_bf16`
+/// entries write `out` in that 16-bit type (rounded once); everything else stays f32.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct NormParams {
@@ -415,7 +416,7 @@ pub struct NormParams {
     pub residual: u64,
     /// f32 `[dim]` weight.
     pub weight: u64,
-    /// f32 `[rows, dim]` output.
+    /// f32 (or 16-bit, per entry) `[rows, dim]` output.
     pub out: u64,
     /// Rows.
     pub rows: u32,
@@ -475,17 +476,18 @@ pub struct RopeParams {
 unsafe impl Abi for RopeParams {}
 const _: () = assert!(core::mem::size_of::<RopeParams>() == 6 * 8 + 6 * 4);
 
-/// Parameters of `gather_rows`: `out[i, :] = table[ids[i], :]` for `i < n`, f32 rows of `dim`;
+/// Parameters of `gather_rows` (f32 rows) and `gather_rows_{f16,bf16}` (16-bit rows):
+/// `out[i, :] = table[ids[i], :]` for `i < n`, rows of `dim` elements (a bit copy);
 /// an id `≥ table_rows` writes a row of NaN (ids live on the device, so the host cannot check
 /// them without a synchronisation). Grid `(n)`, block [`MODEL_THREADS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GatherParams {
-    /// f32 `[table_rows, dim]`.
+    /// `[table_rows, dim]` of the entry's element type.
     pub table: u64,
     /// u32 `[n]` row ids.
     pub ids: u64,
-    /// f32 `[n, dim]` output.
+    /// `[n, dim]` output of the entry's element type.
     pub out: u64,
     /// Rows of the table.
     pub table_rows: u32,
@@ -502,14 +504,15 @@ unsafe impl Abi for GatherParams {}
 const _: () = assert!(core::mem::size_of::<GatherParams>() == 3 * 8 + 4 * 4);
 
 /// Parameters of `silu_and_mul`: `out[r, c] = silu(x[r, c]) · x[r, dim + c]` for `r < rows`,
-/// `c < dim` (`x` rows are `2·dim`: gate, then up), f32. One thread per output element:
+/// `c < dim` (`x` rows are `2·dim`: gate, then up), f32 (`silu_and_mul_{f16,bf16}`: `out` in
+/// that 16-bit type, rounded once). One thread per output element:
 /// grid `(ceil(rows·dim / MODEL_THREADS))`, block [`MODEL_THREADS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SiluMulParams {
     /// f32 `[rows, 2·dim]`.
     pub x: u64,
-    /// f32 `[rows, dim]`.
+    /// f32 (or 16-bit, per entry) `[rows, dim]`.
     pub out: u64,
     /// Rows.
     pub rows: u32,

@@ -160,11 +160,20 @@ pub enum ModelKernel {
     ToF32(KeyDtype),
     /// `argmax`.
     Argmax,
+    // 16-bit outputs: the inputs of bf16/f16 matrix products, written by the op itself.
+    /// `rms_norm_{dtype}`: [`ModelKernel::RmsNorm`] writing `dtype`.
+    RmsNorm16(KeyDtype),
+    /// `add_rms_norm_{dtype}`: [`ModelKernel::AddRmsNorm`] writing `dtype`.
+    AddRmsNorm16(KeyDtype),
+    /// `gather_rows_{dtype}`: [`ModelKernel::GatherRows`] over `dtype` rows.
+    GatherRows16(KeyDtype),
+    /// `silu_and_mul_{dtype}`: [`ModelKernel::SiluAndMul`] writing `dtype`.
+    SiluAndMul16(KeyDtype),
 }
 
 impl ModelKernel {
     /// Every model kernel, in [`ModelKernel::index`] order.
-    pub const ALL: [ModelKernel; 9] = [
+    pub const ALL: [ModelKernel; 17] = [
         ModelKernel::RmsNorm,
         ModelKernel::AddRmsNorm,
         ModelKernel::QkvRope(KeyDtype::F16),
@@ -174,6 +183,14 @@ impl ModelKernel {
         ModelKernel::ToF32(KeyDtype::F16),
         ModelKernel::ToF32(KeyDtype::Bf16),
         ModelKernel::Argmax,
+        ModelKernel::RmsNorm16(KeyDtype::F16),
+        ModelKernel::RmsNorm16(KeyDtype::Bf16),
+        ModelKernel::AddRmsNorm16(KeyDtype::F16),
+        ModelKernel::AddRmsNorm16(KeyDtype::Bf16),
+        ModelKernel::GatherRows16(KeyDtype::F16),
+        ModelKernel::GatherRows16(KeyDtype::Bf16),
+        ModelKernel::SiluAndMul16(KeyDtype::F16),
+        ModelKernel::SiluAndMul16(KeyDtype::Bf16),
     ];
 
     /// Position in [`ModelKernel::ALL`].
@@ -188,6 +205,14 @@ impl ModelKernel {
             ModelKernel::ToF32(KeyDtype::F16) => 6,
             ModelKernel::ToF32(KeyDtype::Bf16) => 7,
             ModelKernel::Argmax => 8,
+            ModelKernel::RmsNorm16(KeyDtype::F16) => 9,
+            ModelKernel::RmsNorm16(KeyDtype::Bf16) => 10,
+            ModelKernel::AddRmsNorm16(KeyDtype::F16) => 11,
+            ModelKernel::AddRmsNorm16(KeyDtype::Bf16) => 12,
+            ModelKernel::GatherRows16(KeyDtype::F16) => 13,
+            ModelKernel::GatherRows16(KeyDtype::Bf16) => 14,
+            ModelKernel::SiluAndMul16(KeyDtype::F16) => 15,
+            ModelKernel::SiluAndMul16(KeyDtype::Bf16) => 16,
         }
     }
 
@@ -203,6 +228,14 @@ impl ModelKernel {
             ModelKernel::ToF32(KeyDtype::F16) => "to_f32_f16",
             ModelKernel::ToF32(KeyDtype::Bf16) => "to_f32_bf16",
             ModelKernel::Argmax => "argmax",
+            ModelKernel::RmsNorm16(KeyDtype::F16) => "rms_norm_f16",
+            ModelKernel::RmsNorm16(KeyDtype::Bf16) => "rms_norm_bf16",
+            ModelKernel::AddRmsNorm16(KeyDtype::F16) => "add_rms_norm_f16",
+            ModelKernel::AddRmsNorm16(KeyDtype::Bf16) => "add_rms_norm_bf16",
+            ModelKernel::GatherRows16(KeyDtype::F16) => "gather_rows_f16",
+            ModelKernel::GatherRows16(KeyDtype::Bf16) => "gather_rows_bf16",
+            ModelKernel::SiluAndMul16(KeyDtype::F16) => "silu_and_mul_f16",
+            ModelKernel::SiluAndMul16(KeyDtype::Bf16) => "silu_and_mul_bf16",
         }
     }
 }
@@ -493,8 +526,8 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), count);
         // 24 decode + 4 tc + 12 merge + prefill (2 dtypes × ((8 ragged + 6 paged forms) × 2
-        // head dims + 2 at D 256)) + 8 copies + 9 model kernels.
-        assert_eq!(count, 24 + 4 + 12 + 2 * (14 * 2 + 2) + 8 + 9);
+        // head dims + 2 at D 256)) + 8 copies + 17 model kernels.
+        assert_eq!(count, 24 + 4 + 12 + 2 * (14 * 2 + 2) + 8 + 17);
         for (i, m) in ModelKernel::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);
         }

@@ -1,6 +1,26 @@
 //! SiLU-and-mul, 16-bit → f32, embedding gather and argmax against their CPU twins.
 use super::*;
 
+fn run_silu<O: Out>(gpu: &Gpu, mk: &ModelKernels, rows: usize, f: usize, seed: u64) -> ErrorStats {
+    let mut r = rng(seed);
+    let slack = r.random_range(0..5);
+    let x = uniform(&mut r, rows * 2 * f, 8.0);
+    let mut want = vec![0.0; rows * f];
+    activation::silu_and_mul(&x, f, &mut want).unwrap();
+    let xd = gpu.upload(&padded(&x, slack, 0.0)).unwrap();
+    let mut out = gpu.upload(&vec![O::nan(); rows * f + slack]).unwrap();
+    mk.silu_and_mul(&xd, rows, f, &mut out).unwrap();
+    let got: Vec<f32> = unpadded(gpu.download(&out).unwrap(), rows * f, "silu_and_mul out")
+        .into_iter()
+        .map(O::widen)
+        .collect();
+    // silu(g) · u with e^{−g} from ex2.approx: ≤ 2 ulp, plus the rounding of −g·log2(e)
+    // (|g| ≤ 8: ≤ 11.6 · 2⁻²⁴ · ln 2 ≈ 5·10⁻⁷ relative), against the twin's 1-ulp exp;
+    // silu's relative error is at most e^{−g}'s, then ≤ 3 roundings (sum, division,
+    // product): ≈ 1.2·10⁻⁶ in all; 4·10⁻⁶ relative; then the rounding to O (`out_bound`).
+    check("silu_and_mul", &got, &want, out_bound::<O>(4e-6))
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_silu_and_mul_matches_cpu_twin() {
@@ -16,26 +36,12 @@ fn gpu_silu_and_mul_matches_cpu_twin() {
             prop::sample::select(vec![1usize, 3, 1536, 14_336]),
             1usize..5000
         ],
+        0usize..3,
         any::<u64>(),
     );
     TestRunner::new(ProptestConfig::with_cases(cases))
-        .run(&strategy, |(rows, f, seed)| {
-            let mut r = rng(seed);
-            let slack = r.random_range(0..5);
-            let x = uniform(&mut r, rows * 2 * f, 8.0);
-            let mut want = vec![0.0; rows * f];
-            activation::silu_and_mul(&x, f, &mut want).unwrap();
-            let xd = gpu.upload(&padded(&x, slack, 0.0)).unwrap();
-            let mut out = gpu.upload(&vec![f32::NAN; rows * f + slack]).unwrap();
-            mk.silu_and_mul(&xd, rows, f, &mut out).unwrap();
-            let got = unpadded(gpu.download(&out).unwrap(), rows * f, "silu_and_mul out");
-            // silu(g) · u with e^{−g} from ex2.approx: ≤ 2 ulp, plus the rounding of −g·log2(e)
-            // (|g| ≤ 8: ≤ 11.6 · 2⁻²⁴ · ln 2 ≈ 5·10⁻⁷ relative), against the twin's 1-ulp exp;
-            // silu's relative error is at most e^{−g}'s, then ≤ 3 roundings (sum, division,
-            // product): ≈ 1.2·10⁻⁶ in all; 4·10⁻⁶ relative, the floor admits exact zeros.
-            let s = check("silu_and_mul", &got, &want, |_, w| {
-                4e-6 * w.abs() + f32::MIN_POSITIVE
-            });
+        .run(&strategy, |(rows, f, out, seed)| {
+            let s = with_out!(out, run_silu(&gpu, &mk, rows, f, seed));
             worst.set(worst.get().worst(s));
             Ok(())
         })
@@ -114,48 +120,63 @@ fn gpu_gather_rows_copies_rows_and_poisons_bad_ids() {
         1usize..200,
         prop_oneof![prop::sample::select(vec![1usize, 576, 4096]), 1usize..1000],
         1usize..40,
+        0usize..3,
         any::<u64>(),
     );
     TestRunner::new(ProptestConfig::with_cases(cases))
-        .run(&strategy, |(rows, dim, n, seed)| {
-            let mut r = rng(seed);
-            let table = uniform(&mut r, rows * dim, 3.0);
-            // Mostly valid ids; ~10% out of range (the first invalid id, a bit beyond, u32::MAX).
-            let ids: Vec<u32> = (0..n)
-                .map(|_| match r.random_range(0..20) {
-                    0 => rows as u32,
-                    1 => u32::MAX,
-                    _ => r.random_range(0..rows as u32),
-                })
-                .collect();
-            let slack = r.random_range(0..4);
-            let td = gpu.upload(&padded(&table, slack, 0.0)).unwrap();
-            let idd = gpu.upload(&padded(&ids, slack, 0)).unwrap();
-            let mut out = gpu.upload(&vec![f32::NAN; n * dim + slack]).unwrap();
-            // Zero the output first: an invalid id must write NaN itself, not leave the poison.
-            gpu.write(&mut out, &padded(&vec![0.0; n * dim], slack, f32::NAN))
-                .unwrap();
-            mk.gather_rows(&td, rows, dim, &idd, n, &mut out).unwrap();
-            let got = unpadded(gpu.download(&out).unwrap(), n * dim, "gather_rows out");
-            for (i, &id) in ids.iter().enumerate() {
-                let g = &got[i * dim..(i + 1) * dim];
-                if (id as usize) < rows {
-                    // A copy: bit-identical.
-                    let w = &table[id as usize * dim..(id as usize + 1) * dim];
-                    assert!(
-                        g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "row {i} (id {id})"
-                    );
-                } else {
-                    assert!(
-                        g.iter().all(|x| x.is_nan()),
-                        "row {i}: id {id} ≥ {rows} must give NaN"
-                    );
-                }
-            }
+        .run(&strategy, |(rows, dim, n, out, seed)| {
+            with_out!(out, run_gather(&gpu, &mk, rows, dim, n, seed));
             Ok(())
         })
         .unwrap();
+}
+
+fn run_gather<O: Out>(gpu: &Gpu, mk: &ModelKernels, rows: usize, dim: usize, n: usize, seed: u64) {
+    let mut r = rng(seed);
+    let table: Vec<O> = uniform(&mut r, rows * dim, 3.0)
+        .into_iter()
+        .map(O::from_f32)
+        .collect();
+    // Mostly valid ids; ~10% out of range (the first invalid id, a bit beyond, u32::MAX).
+    let ids: Vec<u32> = (0..n)
+        .map(|_| match r.random_range(0..20) {
+            0 => rows as u32,
+            1 => u32::MAX,
+            _ => r.random_range(0..rows as u32),
+        })
+        .collect();
+    let slack = r.random_range(0..4);
+    let td = gpu
+        .upload(&padded(&table, slack, O::from_f32(0.0)))
+        .unwrap();
+    let idd = gpu.upload(&padded(&ids, slack, 0)).unwrap();
+    // Zeros, then poisoned slack: an invalid id must write NaN itself, not leave the poison.
+    let mut out = gpu
+        .upload(&padded(&vec![O::from_f32(0.0); n * dim], slack, O::nan()))
+        .unwrap();
+    mk.gather_rows(&td, rows, dim, &idd, n, &mut out).unwrap();
+    let got: Vec<f32> = unpadded(gpu.download(&out).unwrap(), n * dim, "gather_rows out")
+        .into_iter()
+        .map(O::widen)
+        .collect();
+    for (i, &id) in ids.iter().enumerate() {
+        let g = &got[i * dim..(i + 1) * dim];
+        if (id as usize) < rows {
+            // A copy: bit-identical (widening is exact, so comparing widened bits suffices).
+            let w = &table[id as usize * dim..(id as usize + 1) * dim];
+            assert!(
+                g.iter()
+                    .zip(w)
+                    .all(|(a, b)| a.to_bits() == (*b).widen().to_bits()),
+                "row {i} (id {id})"
+            );
+        } else {
+            assert!(
+                g.iter().all(|x| x.is_nan()),
+                "row {i}: id {id} ≥ {rows} must give NaN"
+            );
+        }
+    }
 }
 
 fn run_argmax(gpu: &Gpu, mk: &ModelKernels, seed: u64, rows: usize, vocab: usize) {
@@ -276,6 +297,22 @@ fn elementwise_bad_input_is_a_typed_error() {
         &mut g
     )));
     mk.gather_rows(&table, 8, 4, &ids, 3, &mut g).unwrap();
+    // 16-bit tables and outputs are checked alike.
+    let table16 = gpu.alloc::<bf16>(32).unwrap();
+    assert!(shape(mk.gather_rows(
+        &table16,
+        8,
+        4,
+        &ids,
+        3,
+        &mut gpu.alloc::<bf16>(11).unwrap()
+    )));
+    assert!(shape(mk.silu_and_mul(
+        &x,
+        4,
+        8,
+        &mut gpu.alloc::<f16>(31).unwrap()
+    )));
 
     // argmax: logits [2, 16], out [2].
     let logits = gpu.alloc::<f32>(32).unwrap();

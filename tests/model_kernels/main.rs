@@ -5,8 +5,10 @@
 //! 128 and odd ones, both RoPE styles, f16 and bf16, one token and many), outputs poisoned with
 //! NaN and allocated larger than needed (the slack must stay untouched), every element checked
 //! against a per-element bound whose reason is written beside it; bad input → typed error for
-//! every op.
+//! every op. RMSNorm, SiLU-and-mul and the gather also run with f16 and bf16 outputs (the
+//! inputs of 16-bit matrix products): the f32 result rounded once ([`Out`]).
 use ferrinfer::cpu::{activation, norm, rope, sampling};
+use ferrinfer::ops::model::ModelOut;
 use ferrinfer::ops::ModelKernels;
 use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
 use ferrinfer::{DeviceBuffer, Error, Float16, Gpu};
@@ -81,6 +83,78 @@ impl Poison for u32 {
     fn is_poison(&self) -> bool {
         *self == POISON_ID
     }
+}
+
+/// An output type of the model kernels as the tests see it: f32, or a 16-bit type the op's
+/// f32 result is rounded to (once, to nearest even).
+trait Out: ModelOut + Poison + Default + Clone {
+    /// The largest relative error of rounding a normal f32 to this type: 2^-p for p
+    /// significant bits (0 for f32 itself).
+    const U: f32;
+    /// Half the smallest subnormal spacing: the absolute error floor of rounding to this type.
+    const FLOOR: f32;
+    fn from_f32(v: f32) -> Self;
+    fn widen(self) -> f32;
+    fn nan() -> Self;
+}
+impl Out for f32 {
+    const U: f32 = 0.0;
+    const FLOOR: f32 = f32::MIN_POSITIVE;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn widen(self) -> f32 {
+        self
+    }
+    fn nan() -> Self {
+        f32::NAN
+    }
+}
+impl Out for f16 {
+    const U: f32 = 1.0 / 2048.0; // 11 significant bits
+    const FLOOR: f32 = 1.0 / (1u64 << 25) as f32; // subnormal spacing 2^-24
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    fn nan() -> Self {
+        f16::NAN
+    }
+}
+impl Out for bf16 {
+    const U: f32 = 1.0 / 256.0; // 8 significant bits
+    const FLOOR: f32 = f32::MIN_POSITIVE; // f32's exponent range
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    fn nan() -> Self {
+        bf16::NAN
+    }
+}
+
+/// The output type picked by a test case's index: 0 f32, 1 f16, 2 bf16.
+macro_rules! with_out {
+    ($which:expr, $f:ident ( $($arg:expr),* )) => {
+        match $which {
+            0 => $f::<f32>($($arg),*),
+            1 => $f::<f16>($($arg),*),
+            _ => $f::<bf16>($($arg),*),
+        }
+    };
+}
+use with_out;
+
+/// A GPU output against an f32 twin value `want` known to within `rel` relative error before
+/// the GPU's rounding to `O`: `|got − want| ≤ (rel + U·(1 + rel))·|want| + FLOOR`, the first
+/// term the f32 computation's error, the second the one rounding to `O` (of a value within
+/// `rel` of `want`), the floor exact zeros and the subnormals of `O`.
+fn out_bound<O: Out>(rel: f32) -> impl Fn(usize, f32) -> f32 {
+    move |_, w| (rel + O::U * (1.0 + rel)) * w.abs() + O::FLOOR
 }
 
 /// Poison of u32 outputs (not an index any test produces).

@@ -1,7 +1,7 @@
 //! RMSNorm and residual-add + RMSNorm against `cpu::norm`.
 use super::*;
 
-fn run_norm(
+fn run_norm<O: Out>(
     gpu: &Gpu,
     mk: &ModelKernels,
     seed: u64,
@@ -26,7 +26,7 @@ fn run_norm(
     let xd = gpu.upload(&padded(&x, slack, 0.0)).unwrap();
     let wd = gpu.upload(&w).unwrap();
     let mut out = gpu
-        .upload(&padded(&vec![f32::NAN; n], slack, f32::NAN))
+        .upload(&padded(&vec![O::nan(); n], slack, O::nan()))
         .unwrap();
     let mut res = gpu.upload(&padded(&res0, slack, f32::NAN)).unwrap();
     if add {
@@ -43,15 +43,16 @@ fn run_norm(
     } else {
         mk.rms_norm(&xd, &wd, rows, eps, &mut out).unwrap();
     }
-    let got = unpadded(gpu.download(&out).unwrap(), n, "rms_norm out");
+    let got: Vec<f32> = unpadded(gpu.download(&out).unwrap(), n, "rms_norm out")
+        .into_iter()
+        .map(O::widen)
+        .collect();
     // Both sides compute v · r · w with one shared r per row; they differ only in r. The GPU
     // sums the squares in f32 along chains of at most dim/256 + 13 terms (strided per thread,
     // then two 5-level shuffle trees and an 8-term sum): relative error ≤ 40·2⁻²⁴ ≈ 2.4·10⁻⁶ at
     // dim 8192, halved by the inverse square root, plus ~5 roundings (the CPU's r is f64
-    // rounded once). 10⁻⁵ relative is ≥ 5× that; the absolute floor only admits exact zeros.
-    check("rms_norm", &got, &want, |_, w| {
-        1e-5 * w.abs() + f32::MIN_POSITIVE
-    })
+    // rounded once). 10⁻⁵ relative is ≥ 5× that; then the rounding to O (`out_bound`).
+    check("rms_norm", &got, &want, out_bound::<O>(1e-5))
 }
 
 #[test]
@@ -70,11 +71,12 @@ fn gpu_rms_norm_matches_cpu_twin() {
             1usize..3000
         ],
         any::<bool>(),
+        0usize..3,
         any::<u64>(),
     );
     TestRunner::new(ProptestConfig::with_cases(cases))
-        .run(&strategy, |(rows, dim, add, seed)| {
-            let s = run_norm(&gpu, &mk, seed, rows, dim, add);
+        .run(&strategy, |(rows, dim, add, out, seed)| {
+            let s = with_out!(out, run_norm(&gpu, &mk, seed, rows, dim, add));
             worst.set(worst.get().worst(s));
             Ok(())
         })
@@ -85,8 +87,10 @@ fn gpu_rms_norm_matches_cpu_twin() {
         .enumerate()
     {
         for add in [false, true] {
-            let s = run_norm(&gpu, &mk, 100 + i as u64, rows, dim, add);
-            worst.set(worst.get().worst(s));
+            for out in 0..3 {
+                let s = with_out!(out, run_norm(&gpu, &mk, 100 + i as u64, rows, dim, add));
+                worst.set(worst.get().worst(s));
+            }
         }
     }
     println!(
@@ -150,6 +154,17 @@ fn rms_norm_bad_input_is_a_typed_error() {
     // A weight longer than the rows' dim means rows of that length: x is then too short.
     let w_long = gpu.alloc::<f32>(dim + 1).unwrap();
     assert!(shape(mk.rms_norm(&x, &w_long, rows, 1e-5, &mut out)));
+    // 16-bit outputs are checked alike.
+    let mut short16 = gpu.alloc::<bf16>(rows * dim - 1).unwrap();
+    assert!(shape(mk.rms_norm(&x, &w, rows, 1e-5, &mut short16)));
+    assert!(shape(mk.add_rms_norm(
+        &mut res,
+        &x,
+        &w,
+        rows,
+        1e-5,
+        &mut short16
+    )));
     // Valid calls, and zero rows is a no-op.
     mk.rms_norm(&x, &w, rows, 1e-5, &mut out).unwrap();
     mk.add_rms_norm(&mut res, &x, &w, 0, 1e-5, &mut out)

@@ -1,6 +1,7 @@
 //! The kernels a Llama-architecture model needs beside attention: RMSNorm (alone and fused with
 //! the residual add), the fused QKV epilogue (split, RoPE, cast to 16 bits), SiLU-and-mul,
-//! 16-bit → f32 conversion, embedding gather and greedy argmax. Host twin:
+//! 16-bit → f32 conversion, embedding gather and greedy argmax. RMSNorm, SiLU-and-mul and
+//! the gather also write 16-bit outputs (`out`), for bf16/f16 matrix products. Host twin:
 //! `host/src/ops/model/`; CPU twins: `ferrinfer::cpu::{norm, rope, activation, sampling}`.
 //!
 //! All are memory-bound one-pass kernels: one CTA per row where a row is reduced (RMSNorm,
@@ -10,6 +11,7 @@
 mod argmax;
 mod elementwise;
 mod norm;
+mod out;
 mod rope;
 
 use crate::arch::{shared, thread, warp};

@@ -2,26 +2,32 @@
 //! row; each thread sums the squares of its strided elements in f32, the CTA reduces them
 //! (warp shuffles, then one word per warp in shared memory), and a second pass over the row
 //! (served from L1/L2) scales and writes it. `out = x · (1/√(mean(x²) + eps)) · w`, the CPU
-//! twin's order of operations (`cpu::norm`, which reduces in f64).
+//! twin's order of operations (`cpu::norm`, which reduces in f64). The `_f16`/`_bf16` entries
+//! write the normalised row in 16 bits (rounded once): the input of a 16-bit matrix product;
+//! the residual stream stays f32.
+use super::out::{Out, F32};
 use crate::abi::NormParams;
 use crate::arch::{global, thread};
+use crate::dtype::{Bf16, F16};
 use crate::math::fast::{fma, sqrt};
 
-/// The kernel body; `ADD`: `residual += x` first, normalising the sum.
+/// The kernel body; `ADD`: `residual += x` first, normalising the sum; `O`: the output type.
 ///
 /// # Safety
 /// Grid `(rows)`, block a multiple of 32 (≤ 1024), `4 · block / 32` bytes of dynamic shared
-/// memory; `x`, `out` (and `residual` when `ADD`) hold `rows · dim` f32, `weight` `dim`; `x` and
-/// `weight` are not written during the launch (validated by the host).
+/// memory; `x` (and `residual` when `ADD`) hold `rows · dim` f32, `out` `rows · dim` elements
+/// of `O`, `weight` `dim` f32; `x` and `weight` are not written during the launch (validated
+/// by the host).
 #[inline(always)]
-unsafe fn norm_rows<const ADD: bool>(p: &NormParams) {
+unsafe fn norm_rows<const ADD: bool, O: Out>(p: &NormParams) {
     let row = thread::block_idx_x();
     if row >= p.rows {
         return; // uniform per CTA: the barrier below is reached by all or none
     }
     let (tid, nt) = (thread::thread_idx_x(), thread::block_dim_x());
     let off = row as u64 * p.dim as u64 * 4;
-    let (x, res, out) = (p.x + off, p.residual + off, p.out + off);
+    let (x, res) = (p.x + off, p.residual + off);
+    let out_row = row as u64 * p.dim as u64;
     let mut ss = 0.0f32;
     let mut c = tid;
     while c < p.dim {
@@ -52,31 +58,34 @@ unsafe fn norm_rows<const ADD: bool>(p: &NormParams) {
                 global::ld_nc_f32(x + a)
             }
         };
-        // SAFETY: weight holds dim elements; out row exists.
+        // SAFETY: weight holds dim elements; element c of the out row exists.
         unsafe {
             let w = global::ld_nc_f32(p.weight + a);
-            global::st_f32(out + a, v * r * w);
+            O::store(p.out, out_row + c as u64, v * r * w);
         }
         c += nt;
     }
 }
 
-/// Entry point: `out = rmsnorm(x) · weight`.
-///
-/// # Safety
-/// See the body's launch contract.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn rms_norm(p: NormParams) {
-    // SAFETY: forwarded launch contract.
-    unsafe { norm_rows::<false>(&p) }
+macro_rules! norm_entries {
+    ($($name:ident => $add:literal, $o:ty, $what:literal;)*) => {$(
+        #[doc = concat!("Entry point: ", $what, ", ", stringify!($o), " output.")]
+        ///
+        /// # Safety
+        /// See the body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: NormParams) {
+            // SAFETY: forwarded launch contract.
+            unsafe { norm_rows::<$add, $o>(&p) }
+        }
+    )*};
 }
 
-/// Entry point: `residual += x; out = rmsnorm(residual) · weight`.
-///
-/// # Safety
-/// See the body's launch contract.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn add_rms_norm(p: NormParams) {
-    // SAFETY: forwarded launch contract.
-    unsafe { norm_rows::<true>(&p) }
+norm_entries! {
+    rms_norm => false, F32, "`out = rmsnorm(x) · weight`";
+    add_rms_norm => true, F32, "`residual += x; out = rmsnorm(residual) · weight`";
+    rms_norm_f16 => false, F16, "`out = rmsnorm(x) · weight`";
+    rms_norm_bf16 => false, Bf16, "`out = rmsnorm(x) · weight`";
+    add_rms_norm_f16 => true, F16, "`residual += x; out = rmsnorm(residual) · weight`";
+    add_rms_norm_bf16 => true, Bf16, "`residual += x; out = rmsnorm(residual) · weight`";
 }

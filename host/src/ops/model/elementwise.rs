@@ -4,7 +4,7 @@ use ferrinfer_kernels::abi::{
 };
 use ferrinfer_kernels::kernel_key::ModelKernel;
 
-use super::{mul, positive, small, ModelKernels, MAX_GRID_X};
+use super::{mul, positive, small, ModelKernels, ModelOut, MAX_GRID_X};
 use crate::dtype::Float16;
 use crate::error::Result;
 use crate::runtime::{DeviceBuffer, LaunchDims};
@@ -24,20 +24,21 @@ fn per_item(items: u32) -> LaunchDims {
 }
 
 impl ModelKernels {
-    /// Embedding lookup: `out[i, :] = table[ids[i], :]` for `i < n`; `table` is `[rows, dim]`
-    /// f32, `ids` u32, `out` `[n, dim]`.
+    /// Row gather (embedding lookup, logits rows): `out[i, :] = table[ids[i], :]` for `i < n`;
+    /// `table` is `[rows, dim]` of `T` (f32 or 16-bit: a bit copy), `ids` u32, `out` `[n,
+    /// dim]`.
     ///
     /// The ids live on the device and are not checked on the host: **an id `≥ rows` writes a
     /// row of NaN** (never reads out of bounds), which the next op propagates visibly.
     #[allow(clippy::too_many_arguments)]
-    pub fn gather_rows(
+    pub fn gather_rows<T: ModelOut>(
         &self,
-        table: &DeviceBuffer<f32>,
+        table: &DeviceBuffer<T>,
         rows: usize,
         dim: usize,
         ids: &DeviceBuffer<u32>,
         n: usize,
-        out: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<T>,
     ) -> Result<()> {
         const OP: &str = "gather_rows";
         positive(OP, "rows", rows)?;
@@ -59,19 +60,21 @@ impl ModelKernels {
             n: small(OP, "n", n, MAX_GRID_X)?,
             reserved: 0,
         };
-        // SAFETY: table holds rows·dim f32 (a shared borrow), ids n u32, out n·dim f32; the
-        // kernel reads the table only for ids < rows.
-        unsafe { self.launch(ModelKernel::GatherRows, per_row(p.n, MODEL_THREADS, 0), p) }
+        let kernel = T::HALF.map_or(ModelKernel::GatherRows, ModelKernel::GatherRows16);
+        // SAFETY: table holds rows·dim elements of T, the kernel's type (a shared borrow), ids
+        // n u32, out n·dim of T; the kernel reads the table only for ids < rows.
+        unsafe { self.launch(kernel, per_row(p.n, MODEL_THREADS, 0), p) }
     }
 
     /// SwiGLU's gate: `out[r, c] = silu(x[r, c]) · x[r, f + c]` for `r < rows`, `c < f`, where
-    /// `x` rows are `[gate | up]` (`2f` f32) and `silu(g) = g / (1 + e^{−g})`.
-    pub fn silu_and_mul(
+    /// `x` rows are `[gate | up]` (`2f` f32) and `silu(g) = g / (1 + e^{−g})`; `out` is f32 or
+    /// a 16-bit type ([`ModelOut`]: the f32 result rounded once).
+    pub fn silu_and_mul<O: ModelOut>(
         &self,
         x: &DeviceBuffer<f32>,
         rows: usize,
         f: usize,
-        out: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<O>,
     ) -> Result<()> {
         const OP: &str = "silu_and_mul";
         positive(OP, "f", f)?;
@@ -85,8 +88,10 @@ impl ModelKernels {
             rows: rows as u32, // rows·f fits in u32 and f ≥ 1
             dim: f as u32,
         };
-        // SAFETY: x holds rows·2f f32, out rows·f; rows·f fits in u32 (so rows and f do).
-        unsafe { self.launch(ModelKernel::SiluAndMul, per_item(items), p) }
+        let kernel = O::HALF.map_or(ModelKernel::SiluAndMul, ModelKernel::SiluAndMul16);
+        // SAFETY: x holds rows·2f f32, out rows·f elements of O, the kernel's output type;
+        // rows·f fits in u32 (so rows and f do).
+        unsafe { self.launch(kernel, per_item(items), p) }
     }
 
     /// `out[i] = x[i] as f32` for `i < n` (exact).

@@ -1,6 +1,7 @@
 //! The GPU kernels a Llama-architecture model runs beside attention, as one handle:
 //! [`ModelKernels`] (RMSNorm and residual-add + RMSNorm, the fused QKV split + RoPE epilogue,
-//! SiLU-and-mul, 16-bit → f32, embedding gather, greedy argmax).
+//! SiLU-and-mul, 16-bit → f32, embedding gather, greedy argmax). RMSNorm, SiLU-and-mul and the
+//! gather write f32 or a 16-bit type ([`ModelOut`]): the input of a 16-bit matrix product.
 //!
 //! Every op validates its sizes on the host and returns a typed [`Error`] before anything is
 //! launched; buffers may be larger than an op needs (engines reuse max-size buffers), only
@@ -14,7 +15,10 @@
 //! [`crate::cpu::sampling::argmax`]. Device side: `kernels-gpu/src/model/`.
 mod elementwise;
 mod norm;
+mod out;
 mod rope;
+
+pub use out::ModelOut;
 
 use ferrinfer_kernels::abi::Abi;
 use ferrinfer_kernels::kernel_key::{KernelKey, ModelKernel};

@@ -2,21 +2,22 @@
 use ferrinfer_kernels::abi::{NormParams, MODEL_THREADS};
 use ferrinfer_kernels::kernel_key::ModelKernel;
 
-use super::{mul, small, ModelKernels, MAX_GRID_X};
+use super::{mul, small, ModelKernels, ModelOut, MAX_GRID_X};
 use crate::error::{Error, Result};
 use crate::runtime::{DeviceBuffer, LaunchDims};
 
 impl ModelKernels {
     /// `out = rmsnorm(x) · w` over `rows` rows of `dim = w.len()` f32 values:
     /// `out[r, c] = x[r, c] / sqrt(mean_c(x[r, c]²) + eps) · w[c]`, the mean square reduced in
-    /// f32 by one CTA per row. `x` and `out` need `rows · dim` elements.
-    pub fn rms_norm(
+    /// f32 by one CTA per row. `x` and `out` need `rows · dim` elements; `out` is f32 or a
+    /// 16-bit type ([`ModelOut`]: the f32 result rounded once).
+    pub fn rms_norm<O: ModelOut>(
         &self,
         x: &DeviceBuffer<f32>,
         w: &DeviceBuffer<f32>,
         rows: usize,
         eps: f32,
-        out: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<O>,
     ) -> Result<()> {
         const OP: &str = "rms_norm";
         let mut p = self.norm_params(OP, w, rows, eps)?;
@@ -25,21 +26,23 @@ impl ModelKernels {
         self.buffer(OP, "out elements", out, n)?;
         p.x = x.addr();
         p.out = out.addr();
-        // SAFETY: x and out hold rows·dim f32, w dim; x and w are shared borrows, so not
-        // written during the launch.
-        unsafe { self.launch(ModelKernel::RmsNorm, norm_dims(rows), p) }
+        let kernel = O::HALF.map_or(ModelKernel::RmsNorm, ModelKernel::RmsNorm16);
+        // SAFETY: x holds rows·dim f32, out rows·dim elements of the kernel's output type O,
+        // w dim f32; x and w are shared borrows, so not written during the launch.
+        unsafe { self.launch(kernel, norm_dims(rows), p) }
     }
 
     /// `residual += x; out = rmsnorm(residual) · w` (FlashInfer's `fused_add_rmsnorm`): the
-    /// residual stream is updated in place, then normalised as [`ModelKernels::rms_norm`].
-    pub fn add_rms_norm(
+    /// residual stream is updated in place (f32), then normalised as [`ModelKernels::rms_norm`]
+    /// into `out` (f32 or 16-bit).
+    pub fn add_rms_norm<O: ModelOut>(
         &self,
         residual: &mut DeviceBuffer<f32>,
         x: &DeviceBuffer<f32>,
         w: &DeviceBuffer<f32>,
         rows: usize,
         eps: f32,
-        out: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<O>,
     ) -> Result<()> {
         const OP: &str = "add_rms_norm";
         let mut p = self.norm_params(OP, w, rows, eps)?;
@@ -50,9 +53,11 @@ impl ModelKernels {
         p.x = x.addr();
         p.residual = residual.addr();
         p.out = out.addr();
-        // SAFETY: residual, x and out hold rows·dim f32, w dim; the borrows make residual and
-        // out distinct from each other and from x and w.
-        unsafe { self.launch(ModelKernel::AddRmsNorm, norm_dims(rows), p) }
+        let kernel = O::HALF.map_or(ModelKernel::AddRmsNorm, ModelKernel::AddRmsNorm16);
+        // SAFETY: residual and x hold rows·dim f32, out rows·dim elements of the kernel's
+        // output type O, w dim f32; the borrows make residual and out distinct from each other
+        // and from x and w.
+        unsafe { self.launch(kernel, norm_dims(rows), p) }
     }
 
     /// Validates the shared arguments; the returned block has `weight`, `rows`, `dim`, `eps`.

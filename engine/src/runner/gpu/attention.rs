@@ -1,0 +1,126 @@
+//! A step's attention over the paged KV cache: `BatchDecode` when every sequence of the step
+//! brings one token (a decode step: the tensor-core decode kernel with its split-KV merge
+//! fused), `BatchPrefill` otherwise (prompt chunks, alone or mixed with decode tokens). On the
+//! prefill kernel a decode step fills query tiles with one token per request and, at batch 64,
+//! needs a separate split-KV merge launch (19.4 + 14.7 µs per layer on an H100, perf-notes).
+//! Both ops run in CUDA-graph mode: each step rewrites its op's plan in place.
+use ferrinfer::kv::{BatchPages, KvPool, KvPoolConfig};
+use ferrinfer::ops::{BatchDecode, BatchDecodePlan, BatchPrefill, BatchPrefillPlan};
+use ferrinfer::ops::{GraphLimits, PrefillGraphLimits};
+use ferrinfer::{AttentionOptions, DType, DeviceBuffer, Gpu, HeadConfig};
+use half::f16;
+
+use crate::error::{EngineError, Result};
+
+/// Which op the current step was planned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planned {
+    None,
+    Prefill,
+    Decode,
+}
+
+/// The attention ops of a runner and the current step's plan.
+pub(super) struct Attention {
+    prefill: BatchPrefill,
+    prefill_plan: Option<BatchPrefillPlan>,
+    decode: BatchDecode,
+    decode_plan: Option<BatchDecodePlan>,
+    planned: Planned,
+    /// Whether decode steps go to the decode op (else to the prefill op, as mixed steps).
+    decode_steps: bool,
+}
+
+impl Attention {
+    /// Causal attention for `heads` over f16 pages, for steps of at most `max_seqs` sequences
+    /// and `max_tokens` tokens over at most `max_pages` pages.
+    pub fn new(
+        gpu: &Gpu,
+        heads: HeadConfig,
+        max_seqs: usize,
+        max_tokens: usize,
+        max_pages: usize,
+    ) -> Result<Self> {
+        let prefill = BatchPrefill::new_graph(
+            gpu,
+            heads,
+            DType::F16,
+            AttentionOptions::default().with_causal(true),
+            PrefillGraphLimits {
+                max_batch: max_seqs.max(1),
+                max_qo_tokens: max_tokens.max(1),
+                max_pages,
+            },
+        )?;
+        // A decode query is its sequence's last token: it sees every key, so no causal mask.
+        // Both ops accept the same head configurations (head dims 64/128/256, groups 1–8).
+        let decode = BatchDecode::new_graph(
+            gpu,
+            heads,
+            DType::F16,
+            AttentionOptions::default(),
+            GraphLimits {
+                max_batch: max_seqs.min(max_tokens).max(1),
+                max_pages,
+            },
+        )?;
+        Ok(Self {
+            prefill,
+            prefill_plan: None,
+            decode,
+            decode_plan: None,
+            planned: Planned::None,
+            decode_steps: true,
+        })
+    }
+
+    /// Sends decode steps to the decode op (`true`, the default) or to the prefill op.
+    pub fn set_decode_steps(&mut self, on: bool) {
+        self.decode_steps = on;
+    }
+
+    /// Whether decode steps go to the decode op.
+    pub fn decode_steps(&self) -> bool {
+        self.decode_steps
+    }
+
+    /// Plans the step whose sequences bring `qo_indptr[b + 1] − qo_indptr[b]` tokens each over
+    /// `pages` (their pages, the step's tokens included).
+    pub fn plan(
+        &mut self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+    ) -> Result<()> {
+        self.planned = Planned::None;
+        let decode_step = self.decode_steps && qo_indptr.windows(2).all(|w| w[1] - w[0] == 1);
+        if decode_step {
+            match &mut self.decode_plan {
+                Some(p) => self.decode.plan_into(pages, pool, p)?,
+                None => self.decode_plan = Some(self.decode.plan(pages, pool)?),
+            }
+            self.planned = Planned::Decode;
+        } else {
+            match &mut self.prefill_plan {
+                Some(p) => self.prefill.plan_paged_into(qo_indptr, pages, pool, p)?,
+                None => self.prefill_plan = Some(self.prefill.plan_paged(qo_indptr, pages, pool)?),
+            }
+            self.planned = Planned::Prefill;
+        }
+        Ok(())
+    }
+
+    /// Attention of the planned step on one layer's pool: `q` and `out` `[tokens, Hq, D]`.
+    pub fn run(
+        &self,
+        q: &DeviceBuffer<f16>,
+        pool: &KvPool<f16>,
+        out: &mut DeviceBuffer<f16>,
+    ) -> Result<()> {
+        match (self.planned, &self.prefill_plan, &self.decode_plan) {
+            (Planned::Prefill, Some(p), _) => Ok(self.prefill.run_paged(p, q, pool, out, None)?),
+            (Planned::Decode, _, Some(p)) => Ok(self.decode.run(p, q, pool, out, None)?),
+            _ => Err(EngineError::Model("attention run before a plan".into())),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The GPU runner's matrix products on cuBLAS (libcublas, loaded at run time):
+//! `out[m, n] = x[m, k] · w[n, k]ᵀ`, all row-major, with `x` and `w` of one element type (f32,
+//! bf16 or f16), f32 accumulation and an f32 `out` — one `cublasGemmEx` for every precision,
+//! so the f32 path and the 16-bit ones share their (column-major) geometry. With 16-bit
+//! inputs cuBLAS runs tensor-core kernels; with f32 and `CUBLAS_COMPUTE_32F` it is SGEMM (no
+//! TF32).
+use cudarc::cublas::result::gemm_ex;
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use ferrinfer::DeviceBuffer;
+use half::{bf16, f16};
+
+use crate::error::{EngineError, Result};
+
+/// An element type of a product's inputs.
+pub(crate) trait GemmElem: DeviceRepr + ValidAsZeroBits + Copy + 'static {
+    /// cuBLAS's tag of the type.
+    const CUDA: cudaDataType_t;
+    /// `v` rounded to this type (round to nearest even).
+    fn from_f32(v: f32) -> Self;
+}
+
+impl GemmElem for f32 {
+    const CUDA: cudaDataType_t = cudaDataType_t::CUDA_R_32F;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl GemmElem for bf16 {
+    const CUDA: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+impl GemmElem for f16 {
+    const CUDA: cudaDataType_t = cudaDataType_t::CUDA_R_16F;
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+/// Whether cuBLAS can be opened under a name cudarc tries (it panics on first use otherwise).
+pub(super) fn cublas_present() -> bool {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    [
+        format!("{DLL_PREFIX}cublas{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}cublas{DLL_SUFFIX}.12"),
+    ]
+    .iter()
+    // SAFETY: only probes whether the library can be dlopen'ed; the handle is closed at once.
+    .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
+}
+
+pub(super) fn blas_err(e: impl std::fmt::Debug) -> EngineError {
+    EngineError::Model(format!("cuBLAS: {e:?}"))
+}
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ`, all row-major. cuBLAS is column-major: a row-major
+/// `[r, c]` matrix is its column-major `[c, r]` transpose, so this is `outᵀ = w · xᵀ` with
+/// `A` = w's column-major `[k, n]` view transposed (op(A) = Aᵀ, lda = k), `B` = x's
+/// column-major `[k, m]` view as it is (ldb = k) and `C` = out's column-major `[n, m]` view
+/// (ldc = n).
+///
+/// `blas` must be bound to `stream`, the stream of every buffer (the runner's GPU stream).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear<T: GemmElem>(
+    blas: &CudaBlas,
+    stream: &CudaStream,
+    x: &DeviceBuffer<T>,
+    m: usize,
+    w: &DeviceBuffer<T>,
+    k: usize,
+    n: usize,
+    out: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    if m == 0 {
+        return Ok(());
+    }
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    if x.len() < m * k || w.len() != n * k || out.len() < m * n || !(fits(m) && fits(n) && fits(k))
+    {
+        return Err(EngineError::Model(format!(
+            "linear: x {} w {} out {} for m {m} k {k} n {n}",
+            x.len(),
+            w.len(),
+            out.len()
+        )));
+    }
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (a, _a_sync) = w.as_cuda_slice().device_ptr(stream);
+    let (b, _b_sync) = x.as_cuda_slice().device_ptr(stream);
+    let (c, _c_sync) = out.as_cuda_slice_mut().device_ptr_mut(stream);
+    // SAFETY: the lengths were checked above against the dimensions and leading dimensions
+    // passed (A holds n·k, B at least m·k, C at least m·n elements of the declared types); all
+    // three live on the stream cuBLAS is bound to; alpha and beta are f32, the scale type of
+    // CUBLAS_COMPUTE_32F, and outlive the (asynchronous) call, which reads them at enqueue
+    // time (host pointer mode, cuBLAS's default).
+    unsafe {
+        gemm_ex(
+            *blas.handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            (&alpha) as *const f32 as *const _,
+            a as *const _,
+            T::CUDA,
+            k as i32,
+            b as *const _,
+            T::CUDA,
+            k as i32,
+            (&beta) as *const f32 as *const _,
+            c as *mut _,
+            cudaDataType_t::CUDA_R_32F,
+            n as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(blas_err)
+}

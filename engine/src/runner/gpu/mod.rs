@@ -1,0 +1,332 @@
+//! The model on the GPU: weights in device memory in the chosen precision ([`GpuWeights`]:
+//! bf16 on tensor cores by default, or f32), cuBLAS (loaded at run time) for the matrix
+//! products, ferrinfer's model kernels for embedding, norms, RoPE and the SwiGLU gate, and
+//! ferrinfer's paged KV cache (f16) with batch decode attention for steps of one-token
+//! requests and batch prefill attention for the others ([`attention`]).
+//!
+//! Every buffer is allocated once, at the step's token capacity; the attention ops run in
+//! CUDA-graph mode (plans rewritten in place each step), so a step allocates nothing on the
+//! device.
+mod attention;
+mod gemm;
+mod precision;
+
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use ferrinfer::kv::{AppendStep, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use ferrinfer::ops::ModelKernels;
+use ferrinfer::{DeviceBuffer, Gpu, HeadConfig};
+use half::f16;
+
+use self::attention::Attention;
+use self::gemm::{blas_err, cublas_present, linear};
+pub use self::precision::GpuWeights;
+use self::precision::{Bf16, Dense, Precision, F32};
+use super::{check_step, kv_geometry, ModelRunner, StepInput};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::weights::Weights;
+
+/// Activations whose type does not depend on the precision, at the step capacity (`cap`
+/// tokens, `cap_rows` logits rows).
+struct Buffers {
+    ids: DeviceBuffer<u32>,
+    positions: DeviceBuffer<i32>,
+    rows: DeviceBuffer<u32>,
+    /// The residual stream (f32 in every precision).
+    x: DeviceBuffer<f32>,
+    qkv: DeviceBuffer<f32>,
+    q: DeviceBuffer<f16>,
+    k: DeviceBuffer<f16>,
+    v: DeviceBuffer<f16>,
+    o16: DeviceBuffer<f16>,
+    proj: DeviceBuffer<f32>,
+    gu: DeviceBuffer<f32>,
+    logits: DeviceBuffer<f32>,
+    tokens_out: DeviceBuffer<u32>,
+}
+
+/// The matrix products' weights and inputs in one of the precisions.
+enum Model {
+    F32(Dense<F32>),
+    Bf16(Dense<Bf16>),
+}
+
+/// A model on one GPU.
+pub struct GpuRunner {
+    cfg: ModelConfig,
+    gpu: Gpu,
+    blas: CudaBlas,
+    mk: ModelKernels,
+    attn: Attention,
+    /// The embedding table of the lookup (f32 in every precision: rows are copied into the
+    /// f32 residual stream).
+    embed: DeviceBuffer<f32>,
+    final_norm: DeviceBuffer<f32>,
+    inv_freq: DeviceBuffer<f32>,
+    model: Model,
+    cache: PagedKvCache<f16>,
+    b: Buffers,
+    cap: usize,
+    cap_rows: usize,
+}
+
+impl GpuRunner {
+    /// Uploads the model to `gpu` with its matrix products in `weights`' precision and a KV
+    /// cache of `kv_tokens` tokens; steps may carry up to `step_tokens` tokens and `max_seqs`
+    /// sequences.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        w: Arc<Weights>,
+        weights: GpuWeights,
+        kv_tokens: usize,
+        step_tokens: usize,
+        max_seqs: usize,
+    ) -> Result<Self> {
+        if !cublas_present() {
+            return Err(EngineError::Model(
+                "cuBLAS (libcublas.so) was not found: install the CUDA toolkit's cuBLAS or run on the CPU backend".into(),
+            ));
+        }
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(blas_err)?;
+        let mk = ModelKernels::new(gpu)?;
+        let heads = HeadConfig::new(cfg.q_heads, cfg.kv_heads, cfg.head_dim)?;
+        let (pool, pages) = kv_geometry(&cfg, kv_tokens);
+        let cache = PagedKvCache::new_gpu_layers(gpu, pool, PoolSize::Pages(pages), cfg.layers)?;
+        let attn = Attention::new(gpu, heads, max_seqs, step_tokens, pages)?;
+        let (cap, cap_rows) = (step_tokens.max(1), step_tokens.min(max_seqs).max(1));
+        let model = match weights {
+            GpuWeights::F32 => Model::F32(Dense::new(gpu, &cfg, &w, cap, cap_rows)?),
+            GpuWeights::Bf16 => Model::Bf16(Dense::new(gpu, &cfg, &w, cap, cap_rows)?),
+        };
+        let (d, f, hd) = (cfg.dim, cfg.ffn_dim, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_heads * hd, cfg.kv_heads * hd);
+        let b = Buffers {
+            ids: gpu.alloc(cap)?,
+            positions: gpu.alloc(cap)?,
+            rows: gpu.alloc(cap_rows)?,
+            x: gpu.alloc(cap * d)?,
+            qkv: gpu.alloc(cap * cfg.qkv_dim())?,
+            q: gpu.alloc(cap * qd)?,
+            k: gpu.alloc(cap * kvd)?,
+            v: gpu.alloc(cap * kvd)?,
+            o16: gpu.alloc(cap * qd)?,
+            proj: gpu.alloc(cap * d)?,
+            gu: gpu.alloc(cap * 2 * f)?,
+            logits: gpu.alloc(cap_rows * cfg.vocab)?,
+            tokens_out: gpu.alloc(cap_rows)?,
+        };
+        Ok(Self {
+            embed: gpu.upload(&w.embed)?,
+            final_norm: gpu.upload(&w.final_norm)?,
+            inv_freq: gpu.upload(&w.inv_freq)?,
+            model,
+            cfg,
+            gpu: gpu.clone(),
+            blas,
+            mk,
+            attn,
+            cache,
+            b,
+            cap,
+            cap_rows,
+        })
+    }
+}
+
+impl GpuRunner {
+    /// Runs steps of one-token requests on the batch decode op (`true`, the default) or, as
+    /// steps with prompt chunks, on the batch prefill op (`false`: the runner before the decode
+    /// path, kept for tests and before/after measurements).
+    pub fn set_decode_op(&mut self, on: bool) {
+        self.attn.set_decode_steps(on);
+    }
+}
+
+impl ModelRunner for GpuRunner {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn cache(&self) -> &PagedKvCache<f16> {
+        &self.cache
+    }
+
+    fn cache_mut(&mut self) -> &mut PagedKvCache<f16> {
+        &mut self.cache
+    }
+
+    fn backend(&self) -> String {
+        let w = match self.model {
+            Model::F32(_) => GpuWeights::F32,
+            Model::Bf16(_) => GpuWeights::Bf16,
+        };
+        let attn = if self.attn.decode_steps() {
+            "decode steps on the decode op"
+        } else {
+            "every step on the prefill op"
+        };
+        format!("gpu ({}, {w} weights, {attn})", self.gpu.info().name)
+    }
+
+    fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
+        let r = self.run_to_logits(step)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .gpu
+            .download_prefix(&self.b.logits, r * self.cfg.vocab)?)
+    }
+
+    fn forward_greedy(&mut self, step: &StepInput) -> Result<Vec<u32>> {
+        let r = self.run_to_logits(step)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        self.mk
+            .argmax(&self.b.logits, r, self.cfg.vocab, &mut self.b.tokens_out)?;
+        let ids = self.gpu.download_prefix(&self.b.tokens_out, r)?;
+        // A NaN logits row gives u32::MAX on the device: an error, as on the CPU.
+        if ids.iter().any(|&t| t as usize >= self.cfg.vocab) {
+            return Err(EngineError::Model(
+                "non-finite logits (argmax found NaN)".into(),
+            ));
+        }
+        Ok(ids)
+    }
+}
+
+/// Everything a step's blocks use besides the precision-typed weights and buffers.
+struct Step<'a> {
+    cfg: &'a ModelConfig,
+    gpu: &'a Gpu,
+    blas: &'a CudaBlas,
+    mk: &'a ModelKernels,
+    attn: &'a Attention,
+    cache: &'a mut PagedKvCache<f16>,
+    kv_step: &'a AppendStep,
+    inv_freq: &'a DeviceBuffer<f32>,
+    final_norm: &'a DeviceBuffer<f32>,
+    b: &'a mut Buffers,
+    /// Tokens of the step.
+    n: usize,
+    /// Logits rows of the step.
+    r: usize,
+}
+
+impl GpuRunner {
+    /// Runs a step through the LM head; the logits of `step.logits_rows` are left in
+    /// `self.b.logits`. Returns the number of logits rows.
+    fn run_to_logits(&mut self, step: &StepInput) -> Result<usize> {
+        check_step(step, &self.cfg, |id| Ok(self.cache.len(id)?))?;
+        let n = step.tokens.len();
+        let r = step.logits_rows.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        if n > self.cap || r > self.cap_rows || step.seqs.len() > self.cap_rows {
+            return Err(EngineError::Request(format!(
+                "step of {n} tokens / {r} logits rows exceeds the runner's capacity {} / {}",
+                self.cap, self.cap_rows
+            )));
+        }
+        let c = &self.cfg;
+        let kv_step = self.cache.begin_append(&step.seqs)?;
+        let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
+        let pages = self.cache.batch_pages(&ids)?;
+        self.attn
+            .plan(&step.qo_indptr(), &pages, self.cache.config())?;
+        let b = &mut self.b;
+        let g = &self.gpu;
+        g.write_prefix(&mut b.ids, &step.tokens)?;
+        g.write_prefix(&mut b.positions, &step.positions)?;
+        let rows: Vec<u32> = step.logits_rows.iter().map(|&x| x as u32).collect();
+        g.write_prefix(&mut b.rows, &rows)?;
+        self.mk
+            .gather_rows(&self.embed, c.vocab, c.dim, &b.ids, n, &mut b.x)?;
+        let s = Step {
+            cfg: c,
+            gpu: g,
+            blas: &self.blas,
+            mk: &self.mk,
+            attn: &self.attn,
+            cache: &mut self.cache,
+            kv_step: &kv_step,
+            inv_freq: &self.inv_freq,
+            final_norm: &self.final_norm,
+            b,
+            n,
+            r,
+        };
+        match &mut self.model {
+            Model::F32(m) => s.blocks(m)?,
+            Model::Bf16(m) => s.blocks(m)?,
+        }
+        Ok(r)
+    }
+}
+
+impl Step<'_> {
+    /// The blocks and the LM head over the embedded tokens in `b.x`.
+    fn blocks<P: Precision>(self, m: &mut Dense<P>) -> Result<()> {
+        let Step {
+            cfg: c,
+            gpu,
+            blas,
+            mk,
+            attn,
+            cache,
+            kv_step,
+            inv_freq,
+            final_norm,
+            b,
+            n,
+            r,
+        } = self;
+        let stream = gpu.stream();
+        let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
+        let qd = c.q_heads * hd;
+        let eps = c.rms_eps;
+        let first = m
+            .layers
+            .first()
+            .ok_or_else(|| EngineError::Model("a model without blocks".into()))?;
+        mk.rms_norm(&b.x, &first.attn_norm, n, eps, &mut m.h)?;
+        let rs = RowStrides::contiguous(c.kv_heads, hd);
+        for l in 0..m.layers.len() {
+            let lw = &m.layers[l];
+            linear(blas, stream, &m.h, n, &lw.wqkv, d, c.qkv_dim(), &mut b.qkv)?;
+            mk.qkv_rope(
+                &b.qkv,
+                n,
+                c.q_heads,
+                c.kv_heads,
+                hd,
+                &b.positions,
+                inv_freq,
+                c.rope.style,
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+            )?;
+            cache.append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
+            attn.run(&b.q, cache.pool(l)?, &mut b.o16)?;
+            let o = P::wo_input(mk, &b.o16, n * qd, &mut m.wide)?;
+            linear(blas, stream, o, n, &lw.wo, qd, d, &mut b.proj)?;
+            mk.add_rms_norm(&mut b.x, &b.proj, &lw.ffn_norm, n, eps, &mut m.h)?;
+            linear(blas, stream, &m.h, n, &lw.w_gate_up, d, 2 * f, &mut b.gu)?;
+            mk.silu_and_mul(&b.gu, n, f, &mut m.act)?;
+            linear(blas, stream, &m.act, n, &lw.w_down, f, d, &mut b.proj)?;
+            let next = match m.layers.get(l + 1) {
+                Some(next) => &next.attn_norm,
+                None => final_norm,
+            };
+            mk.add_rms_norm(&mut b.x, &b.proj, next, n, eps, &mut m.h)?;
+        }
+        mk.gather_rows(&m.h, n, d, &b.rows, r, &mut m.hsel)?;
+        linear(blas, stream, &m.hsel, r, &m.head, d, c.vocab, &mut b.logits)
+    }
+}
