@@ -255,7 +255,32 @@ fn gpu_batch_of_32_matches_each_request_alone() {
             .collect();
         let joins: Vec<usize> = (0..32).map(|i| i / 2).collect();
         let together = run(&mut gpu_engine(64), &reqs, &joins);
-        assert_eq!(alone, together, "{weights} weights");
+        match weights {
+            GpuWeights::F32 => assert_eq!(alone, together, "{weights} weights"),
+            // bf16 products are not batch-invariant: the f32 activations a product reads differ
+            // in their last bits with the step's batch (cuBLAS picks its algorithm by the row
+            // count, and the attention kernels by the batch), and rounding them to bf16 (2^-8
+            // relative) turns those bits into logit differences that flip near-ties late in a
+            // generation. Measured on an H100 (2026-12-06): 3 of 32 requests differed, each
+            // in one of its last two tokens. So: greedy tokens equal on at least the first
+            // 12 of 16 for every request and in full for at least 28 of 32; a wrong page,
+            // position or mask breaks the first tokens of most requests.
+            GpuWeights::Bf16 => {
+                let prefix =
+                    |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+                let agree: Vec<usize> = alone
+                    .iter()
+                    .zip(&together)
+                    .map(|(a, b)| prefix(a, b))
+                    .collect();
+                let full = alone.iter().zip(&together).filter(|(a, b)| a == b).count();
+                println!("bf16 weights: tokens agreeing with alone, per request: {agree:?}; {full}/32 in full");
+                assert!(
+                    agree.iter().all(|&n| n >= 12) && full >= 28,
+                    "bf16 weights: agreement {agree:?}, {full}/32 in full"
+                );
+            }
+        }
         // A decode step's logits on the decode op equal those on the prefill op up to the
         // attention's summation order: each kernel sums in f32 in its own order (differences
         // ~1e-7 relative), which flips the f16 rounding of an attention output now and then
