@@ -276,7 +276,11 @@ fn gpu_batch_of_32_matches_each_request_alone() {
                 let full = alone.iter().zip(&together).filter(|(a, b)| a == b).count();
                 println!("bf16 weights: tokens agreeing with alone, per request: {agree:?}; {full}/32 in full");
                 assert!(
-                    agree.iter().all(|&n| n >= 12) && full >= 28,
+                    alone
+                        .iter()
+                        .zip(&together)
+                        .all(|(a, b)| a == b || prefix(a, b) >= 12)
+                        && full >= 28,
                     "bf16 weights: agreement {agree:?}, {full}/32 in full"
                 );
             }
