@@ -174,8 +174,17 @@ fn print_table(panels: &[Panel]) {
     }
 }
 
+/// An axis label: without the `prefill-` prefix, and `8x2048` for `8x2048/2048` (kv = qo).
+fn short_label(shape: &str) -> String {
+    let s = shape.strip_prefix("prefill-").unwrap_or(shape);
+    match s.rsplit_once('/') {
+        Some((head, kv)) if head.ends_with(&format!("x{kv}")) => head.to_string(),
+        _ => s.to_string(),
+    }
+}
+
 fn draw(panels: &[Panel], out: &str, device: &str) -> Res<()> {
-    let root = SVGBackend::new(out, (1100, 1250)).into_drawing_area();
+    let root = SVGBackend::new(out, (1400, 1300)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
         &format!("ferrinfer vs FlashInfer, one run: {device}"),
@@ -203,7 +212,7 @@ where
         .chain(p.ceiling.map(|c| c.0))
         .fold(0.0f64, f64::max)
         .max(1e-3)
-        * 1.12;
+        * 1.4; // headroom above the tallest bar for the legend
     let n = shapes.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(format!("{} — {}", p.title, p.unit), ("sans-serif", 18))
@@ -211,7 +220,7 @@ where
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
-    let labels: Vec<String> = shapes.iter().map(|(s, _)| s.to_string()).collect();
+    let labels: Vec<String> = shapes.iter().map(|(s, _)| short_label(s)).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -344,6 +353,8 @@ mod tests {
         draw(&p, out.to_str().unwrap(), "test").unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         std::fs::remove_file(&out).ok();
-        assert!(svg.starts_with("<svg") && svg.contains("prefill-ragged 8x2048/2048"));
+        assert!(svg.starts_with("<svg") && svg.contains("ragged 8x2048"));
+        assert_eq!(short_label("prefill-paged 8x512/4096"), "paged 8x512/4096");
+        assert_eq!(short_label("decode 64x4096"), "decode 64x4096");
     }
 }
