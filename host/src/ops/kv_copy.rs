@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use ferrinfer_kernels::abi::AppendParams;
 use ferrinfer_kernels::kernel_key::{CopyKernel, KernelKey};
 
+use crate::dtype::{DType, KvDtype};
 use crate::error::{Error, Result};
+use crate::fp8::KvScales;
 use crate::kv::storage::DevicePages;
 use crate::kv::{KvPoolConfig, RowStrides};
 use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims, PinnedStaging};
@@ -41,14 +43,27 @@ fn block(cfg: &KvPoolConfig) -> (u32, u32) {
 }
 
 impl CopyKernels {
-    /// The default append kernel (one row per thread per iteration) and the gather kernel.
-    pub(crate) fn resolve(gpu: &Gpu) -> Result<Self> {
+    /// The default append kernel (one row per thread per iteration) and the gather kernel of
+    /// the 16-bit pools.
+    pub(crate) fn resolve_b16(gpu: &Gpu) -> Result<Self> {
         Ok(Self {
             append: gpu.kernel(KernelKey::Copy(CopyKernel::Append), 0)?,
             append_smem_per_thread: 0,
             gather: gpu.kernel(KernelKey::Copy(CopyKernel::Gather), 0)?,
             resident_blocks: AtomicU32::new(0),
         })
+    }
+
+    /// The copy kernels of a pool storing `store` elements appended rows of `rows`.
+    pub(crate) fn resolve(gpu: &Gpu, rows: DType, store: KvDtype) -> Result<Self> {
+        if KvDtype::from(rows) == store {
+            return Self::resolve_b16(gpu);
+        }
+        Err(Error::unsupported(
+            OP,
+            "pool element type",
+            format!("{rows} rows into a {store} pool"),
+        ))
     }
 
     /// Selects append kernel `kernel` with `per_thread` bytes of dynamic shared memory per
@@ -186,6 +201,7 @@ pub(crate) unsafe fn launch_append<T: cudarc::driver::DeviceRepr>(
     meta: [u64; 4],
     nnz: usize,
     rows: RowsAddr,
+    _scales: KvScales,
 ) -> Result<()> {
     let k = &pool.kernels;
     let dims = k.dims(&pool.gpu, cfg, nnz, k.append_smem_per_thread)?;

@@ -13,10 +13,34 @@
 //! whose subnormal inputs stay IEEE (`mul.rn.f32`, never `.ftz`), encode rounds normal values
 //! on the bits and subnormal ones with the `2^23` float trick.
 
+/// Which fp8 format, as a value (kernel keys, runtime dtype tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fp8Kind {
+    /// [`E4m3`].
+    E4m3,
+    /// [`E5m2`].
+    E5m2,
+}
+
+impl Fp8Kind {
+    /// Both formats.
+    pub const ALL: [Fp8Kind; 2] = [Fp8Kind::E4m3, Fp8Kind::E5m2];
+
+    /// Short name used in kernel symbols and reports (`e4m3`, `e5m2`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Fp8Kind::E4m3 => "e4m3",
+            Fp8Kind::E5m2 => "e5m2",
+        }
+    }
+}
+
 /// An fp8 format: its name in kernel symbols, the largest finite value, and its codec.
 pub trait Fp8Format: Copy + Send + Sync + 'static {
+    /// The format as a value.
+    const KIND: Fp8Kind;
     /// Short name used in kernel symbols and reports (`e4m3`, `e5m2`).
-    const NAME: &'static str;
+    const NAME: &'static str = Self::KIND.name();
     /// Largest finite value (what saturation clamps to).
     const MAX: f32;
     /// f32 → code: round to nearest even, saturating, NaN → NaN.
@@ -74,7 +98,7 @@ fn with_sign(code: u8, v: f32) -> f32 {
 }
 
 impl Fp8Format for E4m3 {
-    const NAME: &'static str = "e4m3";
+    const KIND: Fp8Kind = Fp8Kind::E4m3;
     const MAX: f32 = 448.0;
 
     #[inline(always)]
@@ -94,7 +118,7 @@ impl Fp8Format for E4m3 {
 }
 
 impl Fp8Format for E5m2 {
-    const NAME: &'static str = "e5m2";
+    const KIND: Fp8Kind = Fp8Kind::E5m2;
     const MAX: f32 = 57344.0;
 
     #[inline(always)]
@@ -114,6 +138,14 @@ impl Fp8Format for E5m2 {
         };
         with_sign(code, v)
     }
+}
+
+/// The code stored for the real value `x` under a per-tensor `scale` (stored × scale = real):
+/// `x / scale` (IEEE division on both host and device, so both quantisers agree bit for bit),
+/// encoded.
+#[inline(always)]
+pub fn quantize<F: Fp8Format>(x: f32, scale: f32) -> u8 {
+    F::encode(x / scale)
 }
 
 /// Decodes the four codes of `w` (lowest byte first) — one 32-bit load of fp8 K/V.
