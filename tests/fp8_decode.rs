@@ -1,6 +1,7 @@
 //! fp8 KV cache on the GPU (e4m3 and e5m2, per-tensor `k_scale`/`v_scale`): the quantising
-//! append against the CPU quantiser bit for bit, and batch decode (`BatchDecode::run_fp8`,
-//! CUDA-core `decode_fp8_*` kernels) against the f64 oracle fed the *dequantised* K/V (code ×
+//! append against the CPU quantiser bit for bit, and batch decode (`BatchDecode::run_fp8`: the
+//! CUDA-core `decode_fp8_*` and tensor-core `decode_tc_fp8_*` kernels) and single decode
+//! against the f64 oracle fed the *dequantised* K/V (code ×
 //! scale, exact in f64), over random batches, page orders, groups, head dims, layouts, options,
 //! both formats and both query types; bad input → typed errors with nothing written.
 //!
@@ -100,8 +101,13 @@ fn make<T: Float16>(c: &Case) -> Data<T> {
     }
 }
 
-/// Batch decode of one case on the GPU against the oracle on the dequantised K/V.
-fn run_decode<T: Float16, F: Fp8Format>(gpu: &Gpu, c: &Case) -> ErrorStats {
+/// Batch decode of one case on the GPU (kernel family `kind`; `None`: the fp8 default) against
+/// the oracle on the dequantised K/V.
+fn run_decode<T: Float16, F: Fp8Format>(
+    gpu: &Gpu,
+    c: &Case,
+    kind: Option<DecodeKernel>,
+) -> ErrorStats {
     let h = c.heads;
     let d = make::<T>(c);
     let (pages, num_pages) = shuffled_pages(&mut rng(c.seed ^ 1), &c.lens, c.page_size, 3);
@@ -118,6 +124,9 @@ fn run_decode<T: Float16, F: Fp8Format>(gpu: &Gpu, c: &Case) -> ErrorStats {
     );
     let mut op = BatchDecode::new(gpu, h, T::DTYPE, c.opts).unwrap();
     op.set_kv_dtype(<Fp8<F> as KvElem>::KV_DTYPE).unwrap();
+    if let Some(k) = kind {
+        op.set_kernel(k).unwrap();
+    }
     let plan = op.plan(&pages, pool.config()).unwrap();
     let b = c.lens.len();
     let qd = gpu.upload(&d.q).unwrap();
@@ -151,13 +160,23 @@ fn run_decode<T: Float16, F: Fp8Format>(gpu: &Gpu, c: &Case) -> ErrorStats {
     worst
 }
 
-fn decode_case(gpu: &Gpu, c: &Case) -> (DType, ErrorStats) {
+fn decode_case(gpu: &Gpu, c: &Case, kind: Option<DecodeKernel>) -> (DType, ErrorStats) {
     match (c.bf16, c.e5m2) {
-        (false, false) => (DType::F16, run_decode::<f16, E4m3>(gpu, c)),
-        (false, true) => (DType::F16, run_decode::<f16, E5m2>(gpu, c)),
-        (true, false) => (DType::Bf16, run_decode::<bf16, E4m3>(gpu, c)),
-        (true, true) => (DType::Bf16, run_decode::<bf16, E5m2>(gpu, c)),
+        (false, false) => (DType::F16, run_decode::<f16, E4m3>(gpu, c, kind)),
+        (false, true) => (DType::F16, run_decode::<f16, E5m2>(gpu, c, kind)),
+        (true, false) => (DType::Bf16, run_decode::<bf16, E4m3>(gpu, c, kind)),
+        (true, true) => (DType::Bf16, run_decode::<bf16, E5m2>(gpu, c, kind)),
     }
+}
+
+/// The kernel families a case can run on: CUDA cores always, tensor cores at head dims 64 and
+/// 128.
+fn kinds(c: &Case) -> Vec<DecodeKernel> {
+    let mut k = vec![DecodeKernel::CudaCore];
+    if c.heads.head_dim <= 128 {
+        k.push(DecodeKernel::TensorCore);
+    }
+    k
 }
 
 #[test]
@@ -170,9 +189,11 @@ fn gpu_fp8_batch_decode_random_matches_oracle() {
     let worst = std::cell::Cell::new(ErrorStats::default());
     TestRunner::new(ProptestConfig::with_cases(cases))
         .run(&arb_case(48, 4000), |c| {
-            let (dt, s) = decode_case(&gpu, &c);
-            s.assert_within(dt, &c);
-            worst.set(worst.get().worst(s));
+            for kind in kinds(&c) {
+                let (dt, s) = decode_case(&gpu, &c, Some(kind));
+                s.assert_within(dt, &(kind, &c));
+                worst.set(worst.get().worst(s));
+            }
             Ok(())
         })
         .unwrap();
@@ -182,8 +203,9 @@ fn gpu_fp8_batch_decode_random_matches_oracle() {
     );
 }
 
-/// Every head dim × group capacity × format × query type once, at lengths that split the KV
-/// (the fused split merge carries V's scale through the partial states).
+/// Every head dim × group capacity × format × query type once on both kernel families, at
+/// lengths that split the KV (the fused split merge carries V's scale through the partial
+/// states).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_fp8_every_kernel_instance() {
@@ -210,9 +232,11 @@ fn gpu_fp8_every_kernel_instance() {
                     e5m2,
                     seed,
                 };
-                let (dt, s) = decode_case(&gpu, &c);
-                s.assert_within(dt, &c);
-                worst = worst.worst(s);
+                for kind in kinds(&c) {
+                    let (dt, s) = decode_case(&gpu, &c, Some(kind));
+                    s.assert_within(dt, &(kind, &c));
+                    worst = worst.worst(s);
+                }
             }
         }
     }
@@ -404,9 +428,12 @@ fn gpu_fp8_bad_input_is_a_typed_error() {
             "{e:?}"
         );
     }
-    // The tensor-core kernel has no fp8 form: a typed error, the op keeps its kernel.
+    // The tensor-core fp8 kernel exists at D ≤ 128 only: a typed error at D = 256.
+    let h256 = HeadConfig::new(8, 2, 256).unwrap();
+    let mut op256 = BatchDecode::new(&gpu, h256, DType::Bf16, c.opts).unwrap();
+    op256.set_kv_dtype(KvDtype::E5m2).unwrap();
     assert!(matches!(
-        op.set_kernel(DecodeKernel::TensorCore),
+        op256.set_kernel(DecodeKernel::TensorCore),
         Err(Error::Unsupported { .. })
     ));
     gpu.synchronize().unwrap();

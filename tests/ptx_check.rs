@@ -4,7 +4,8 @@
 //! - no `trap` instruction anywhere (a panic path left in device code: an index that could be
 //!   out of bounds, an `unwrap`, an overflow check...);
 //! - every `.entry` takes exactly one by-value parameter blob whose size is `size_of` the ABI
-//!   struct its family is launched with (`decode_fp8_*` → `DecodeFp8Params`, `append_fp8_*` →
+//!   struct its family is launched with (`decode_fp8_*`, `decode_tc_fp8_*` → `DecodeFp8Params`,
+//!   `append_fp8_*` →
 //!   `AppendFp8Params`, other `decode_*` and `decode_merge_*` → `DecodeParams`,
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
@@ -40,9 +41,14 @@ const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
 fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     use std::mem::size_of;
     // First match wins: the fp8 families before the prefixes they extend.
-    const FAMILIES: [(&str, &str, usize); 16] = [
+    const FAMILIES: [(&str, &str, usize); 17] = [
         (
             "decode_fp8_",
+            "DecodeFp8Params",
+            size_of::<DecodeFp8Params>(),
+        ),
+        (
+            "decode_tc_fp8_",
             "DecodeFp8Params",
             size_of::<DecodeFp8Params>(),
         ),

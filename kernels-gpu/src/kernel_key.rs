@@ -251,6 +251,15 @@ pub enum KernelKey {
         /// Head dim.
         head_dim: u32,
     },
+    /// Batch decode on tensor cores over fp8 K/V of format `fp8` (head dims 64, 128).
+    DecodeTcFp8 {
+        /// Element type of q and out.
+        dtype: KeyDtype,
+        /// K/V format.
+        fp8: Fp8Kind,
+        /// Head dim.
+        head_dim: u32,
+    },
     /// Prefill over ragged or paged K/V.
     Prefill {
         /// K/V layout.
@@ -346,6 +355,14 @@ impl fmt::Display for KernelKey {
             KernelKey::DecodeTc { dtype, head_dim } => {
                 write!(f, "decode_tc_{}_d{head_dim}", dtype.name())
             }
+            KernelKey::DecodeTcFp8 {
+                dtype,
+                fp8,
+                head_dim,
+            } => {
+                let (d, k) = (dtype.name(), fp8.name());
+                write!(f, "decode_tc_fp8_{k}_{d}_d{head_dim}")
+            }
             KernelKey::Prefill {
                 kv,
                 dtype,
@@ -419,6 +436,13 @@ impl KernelKey {
                 }
                 if head_dim <= 128 {
                     f(KernelKey::DecodeTc { dtype, head_dim });
+                    for fp8 in Fp8Kind::ALL {
+                        f(KernelKey::DecodeTcFp8 {
+                            dtype,
+                            fp8,
+                            head_dim,
+                        });
+                    }
                 }
                 for f32_states in [false, true] {
                     f(KernelKey::Merge {
@@ -531,6 +555,15 @@ mod tests {
             "decode_fp8_e4m3_bf16_d256_g8"
         );
         assert_eq!(
+            &*KernelKey::DecodeTcFp8 {
+                dtype: KeyDtype::F16,
+                fp8: Fp8Kind::E5m2,
+                head_dim: 64
+            }
+            .name(),
+            "decode_tc_fp8_e5m2_f16_d64"
+        );
+        assert_eq!(
             &*KernelKey::Copy(CopyKernel::AppendFp8(KeyDtype::F16, Fp8Kind::E5m2)).name(),
             "append_fp8_e5m2_f16"
         );
@@ -548,9 +581,9 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        // 24 decode + 48 fp8 decode + 4 tc + 12 merge + prefill (2 dtypes × ((8 ragged + 6
-        // paged forms) × 2 head dims + 2 at D 256)) + 12 copies + 9 model kernels.
-        assert_eq!(count, 24 + 48 + 4 + 12 + 2 * (14 * 2 + 2) + 12 + 9);
+        // 24 decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2 dtypes × ((8
+        // ragged + 6 paged forms) × 2 head dims + 2 at D 256)) + 12 copies + 9 model kernels.
+        assert_eq!(count, 24 + 48 + 4 + 8 + 12 + 2 * (14 * 2 + 2) + 12 + 9);
         for (i, m) in ModelKernel::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);
         }

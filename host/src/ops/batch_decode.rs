@@ -245,9 +245,10 @@ impl BatchDecode {
     }
 
     /// Sets the K/V element type the op reads: the op's own 16-bit dtype ([`BatchDecode::run`])
-    /// or fp8 `E4m3`/`E5m2` ([`BatchDecode::run_fp8`], with `k_scale`/`v_scale` per run). fp8
-    /// runs on [`DecodeKernel::CudaCore`] (the tensor-core kernel has no fp8 form yet), which
-    /// this selects. Plans stay valid (they do not depend on the element type).
+    /// or fp8 `E4m3`/`E5m2` ([`BatchDecode::run_fp8`], with `k_scale`/`v_scale` per run). For
+    /// fp8 this selects [`DecodeKernel::CudaCore`] (the one measured on a GPU so far);
+    /// `set_kernel(DecodeKernel::TensorCore)` afterwards picks the tensor-core fp8 kernel (head
+    /// dims 64 and 128). Plans stay valid (they do not depend on the element type).
     pub fn set_kv_dtype(&mut self, kv: KvDtype) -> Result<()> {
         if !kv.is_fp8() && kv != KvDtype::from(self.dtype) {
             return Err(Error::unsupported(
@@ -330,13 +331,6 @@ impl BatchDecode {
                 )
             }
             DecodeKernel::TensorCore => {
-                if fp8.is_some() {
-                    return Err(Error::unsupported(
-                        OP,
-                        "tensor-core decode",
-                        format!("over {kv} K/V (not built: fp8 runs on CUDA cores)"),
-                    ));
-                }
                 if !Self::tensor_cores_support(h) {
                     return Err(Error::unsupported(
                         OP,
@@ -344,9 +338,16 @@ impl BatchDecode {
                         format!("head_dim {} (supported: 64, 128)", h.head_dim),
                     ));
                 }
-                let key = KernelKey::DecodeTc {
-                    dtype: dtype.key(),
-                    head_dim: d,
+                let key = match fp8 {
+                    None => KernelKey::DecodeTc {
+                        dtype: dtype.key(),
+                        head_dim: d,
+                    },
+                    Some(fp8) => KernelKey::DecodeTcFp8 {
+                        dtype: dtype.key(),
+                        fp8,
+                        head_dim: d,
+                    },
                 };
                 (
                     key,
