@@ -379,6 +379,8 @@ fn gpu_fp8_bad_input_is_a_typed_error() {
     // Set to e4m3: an e5m2 pool is refused; the 16-bit run is refused; bad scales are refused.
     op.set_kv_dtype(KvDtype::E4m3).unwrap();
     assert_eq!(op.kernel_kind(), DecodeKernel::CudaCore);
+    // The kernel family changed: plan again.
+    let plan = op.plan(&pages, pool.config()).unwrap();
     let p16 = ferrinfer_harness::paged::gpu_pool(
         &gpu, &h, 16, c.layout, &pages, num_pages, &c.lens, &d.k, &d.v,
     );

@@ -248,7 +248,8 @@ impl BatchDecode {
     /// or fp8 `E4m3`/`E5m2` ([`BatchDecode::run_fp8`], with `k_scale`/`v_scale` per run). For
     /// fp8 this selects [`DecodeKernel::CudaCore`] (the one measured on a GPU so far);
     /// `set_kernel(DecodeKernel::TensorCore)` afterwards picks the tensor-core fp8 kernel (head
-    /// dims 64 and 128). Plans stay valid (they do not depend on the element type).
+    /// dims 64 and 128). As with [`BatchDecode::set_kernel`], plans made before a change of
+    /// kernel family must be remade.
     pub fn set_kv_dtype(&mut self, kv: KvDtype) -> Result<()> {
         if !kv.is_fp8() && kv != KvDtype::from(self.dtype) {
             return Err(Error::unsupported(
