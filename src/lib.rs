@@ -10,6 +10,7 @@ use ferrinfer::runtime::Discovery;
 use ferrinfer::{Float16, Gpu};
 use rand::{Rng, SeedableRng};
 
+pub mod fp8;
 pub mod merge;
 pub mod paged;
 pub mod record;

@@ -4,7 +4,9 @@
 //! - no `trap` instruction anywhere (a panic path left in device code: an index that could be
 //!   out of bounds, an `unwrap`, an overflow check...);
 //! - every `.entry` takes exactly one by-value parameter blob whose size is `size_of` the ABI
-//!   struct its family is launched with (`decode_*` and `decode_merge_*` → `DecodeParams`,
+//!   struct its family is launched with (`decode_fp8_*`, `decode_tc_fp8_*` → `DecodeFp8Params`,
+//!   `append_fp8_*` →
+//!   `AppendFp8Params`, other `decode_*` and `decode_merge_*` → `DecodeParams`,
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
 //!   `util_spin` → `SpinParams`; the model kernels `rms_norm`/`add_rms_norm` → `NormParams`,
@@ -25,8 +27,9 @@ use std::process::Command;
 
 use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
-    AppendParams, ArgmaxParams, ConvertParams, DecodeParams, GatherParams, KvTensorMaps,
-    MergeParams, NormParams, PrefillParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
+    AppendFp8Params, AppendParams, ArgmaxParams, ConvertParams, DecodeFp8Params, DecodeParams,
+    GatherParams, KvTensorMaps, MergeParams, NormParams, PrefillParams, RopeParams, SelfTestParams,
+    SiluMulParams, SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
 use ferrinfer::kernels_abi::kernel_key::KernelKey;
@@ -37,7 +40,23 @@ const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
 /// The ABI struct size each kernel family must take, by entry-name prefix.
 fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     use std::mem::size_of;
-    const FAMILIES: [(&str, &str, usize); 14] = [
+    // First match wins: the fp8 families before the prefixes they extend.
+    const FAMILIES: [(&str, &str, usize); 17] = [
+        (
+            "decode_fp8_",
+            "DecodeFp8Params",
+            size_of::<DecodeFp8Params>(),
+        ),
+        (
+            "decode_tc_fp8_",
+            "DecodeFp8Params",
+            size_of::<DecodeFp8Params>(),
+        ),
+        (
+            "append_fp8_",
+            "AppendFp8Params",
+            size_of::<AppendFp8Params>(),
+        ),
         // `decode_*` and `decode_merge_*` (batch decode and its split-KV merge).
         ("decode_", "DecodeParams", size_of::<DecodeParams>()),
         ("prefill_", "PrefillParams", size_of::<PrefillParams>()),

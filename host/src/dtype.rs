@@ -1,4 +1,5 @@
-//! Element types the attention ops accept: f16 and bf16 storage with f32 accumulation.
+//! Element types the attention ops accept: f16 and bf16 storage with f32 accumulation, and the
+//! element types of KV page pools (those two, and fp8 codes: [`crate::fp8`]).
 use half::{bf16, f16};
 
 /// Runtime tag of a 16-bit element type.
@@ -40,9 +41,10 @@ impl std::fmt::Display for DType {
     }
 }
 
-/// A 16-bit float storage type (`half::f16` or `half::bf16`).
+/// A 16-bit float storage type (`half::f16` or `half::bf16`); also a KV pool element.
 pub trait Float16:
-    Copy
+    KvElem
+    + Copy
     + Send
     + Sync
     + Default
@@ -85,5 +87,96 @@ impl Float16 for bf16 {
     }
     fn nan() -> Self {
         bf16::NAN
+    }
+}
+
+/// Runtime tag of a KV page pool's element type: a 16-bit float, or an fp8 code read with a
+/// per-tensor scale ([`crate::fp8`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// fp8 e4m3fn.
+    E4m3,
+    /// fp8 e5m2.
+    E5m2,
+}
+
+impl KvDtype {
+    /// Name used in kernel symbols and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::Bf16 => "bf16",
+            KvDtype::E4m3 => "e4m3",
+            KvDtype::E5m2 => "e5m2",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+            KvDtype::E4m3 | KvDtype::E5m2 => 1,
+        }
+    }
+
+    /// Whether values are stored as fp8 codes (read with [`crate::fp8::KvScales`]).
+    pub fn is_fp8(self) -> bool {
+        self.size() == 1
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<DType> for KvDtype {
+    fn from(d: DType) -> Self {
+        match d {
+            DType::F16 => KvDtype::F16,
+            DType::Bf16 => KvDtype::Bf16,
+        }
+    }
+}
+
+/// An element of a KV page pool: the 16-bit float types themselves, or an fp8 code
+/// ([`crate::fp8::Fp8`]). Attention reads every stored K/V element through [`KvElem::load`], so
+/// one attention path serves both; for fp8 the per-tensor scales are applied outside the
+/// element read (k_scale folded into the logit scale, v_scale into the output normaliser).
+pub trait KvElem:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialEq
+    + std::fmt::Debug
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + 'static
+{
+    /// The runtime tag.
+    const KV_DTYPE: KvDtype;
+    /// The stored value (fp8: the code's value, before its scale), exact.
+    fn load(self) -> f32;
+}
+
+impl KvElem for f16 {
+    const KV_DTYPE: KvDtype = KvDtype::F16;
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl KvElem for bf16 {
+    const KV_DTYPE: KvDtype = KvDtype::Bf16;
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self.to_f32()
     }
 }

@@ -10,6 +10,7 @@
 //! | device memory               | [`DeviceBuffer<T>`]                     | `runtime/buffer.rs`           |
 //! | embedded kernels            | [`kernels`]                             | `kernels.rs`                  |
 //! | element types               | [`DType`], [`Float16`]                  | `dtype.rs`                    |
+//! | fp8 KV elements and scales  | [`fp8::Fp8`], [`fp8::KvScales`]         | `fp8.rs`                      |
 //! | head geometry               | [`HeadConfig`]                          | `heads.rs`                    |
 //! | attention options           | [`AttentionOptions`]                    | `options.rs`                  |
 //! | paged KV cache              | [`kv::PagedKvCache`], [`kv::PageTable`] | `kv/*.rs`                     |
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
+pub mod fp8;
 pub mod heads;
 pub mod kernels;
 pub mod kv;

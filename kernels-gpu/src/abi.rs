@@ -75,6 +75,25 @@ pub struct AppendParams {
 unsafe impl Abi for AppendParams {}
 const _: () = assert!(core::mem::size_of::<AppendParams>() == 8 * 8 + 6 * 4 + 16 + 8);
 
+/// Parameters of the quantising append into fp8 pools (`append_fp8_*`): the copy's parameters
+/// (pool offsets in elements = bytes) and the per-tensor scales; element `x` is stored as the
+/// code of `x / scale` (`math::fp8::quantize`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AppendFp8Params {
+    /// The copy.
+    pub base: AppendParams,
+    /// K's scale (stored × scale = real).
+    pub k_scale: f32,
+    /// V's scale.
+    pub v_scale: f32,
+}
+
+// SAFETY: #[repr(C)] of an Abi struct and two f32 (no padding: 8-byte multiple).
+unsafe impl Abi for AppendFp8Params {}
+const _: () =
+    assert!(core::mem::size_of::<AppendFp8Params>() == core::mem::size_of::<AppendParams>() + 8);
+
 /// Parameters of the batch decode kernels (`decode_*`).
 ///
 /// K/V are read through page tables with generic strides, so one kernel serves the paged cache
@@ -150,6 +169,25 @@ pub struct DecodeParams {
 // host and nvptx64.
 unsafe impl Abi for DecodeParams {}
 const _: () = assert!(core::mem::size_of::<DecodeParams>() == 15 * 8 + 14 * 4 + 16);
+
+/// Parameters of the CUDA-core decode over fp8 K/V (`decode_fp8_*`): the decode's parameters,
+/// with K's scale already folded into `logit` by the host, and V's scale, applied with the
+/// softmax normaliser.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeFp8Params {
+    /// The decode.
+    pub base: DecodeParams,
+    /// V's scale (stored × scale = real).
+    pub v_scale: f32,
+    /// Keeps 8-byte alignment explicit; must be 0.
+    pub reserved: u32,
+}
+
+// SAFETY: #[repr(C)] of an Abi struct, an f32 and a u32 (no padding: 8-byte multiple).
+unsafe impl Abi for DecodeFp8Params {}
+const _: () =
+    assert!(core::mem::size_of::<DecodeFp8Params>() == core::mem::size_of::<DecodeParams>() + 8);
 
 /// One prefill work item (`u32 × 8` in device memory): query tokens `[t0, t0 + tile_tokens)` of
 /// `request` against the KV chunk `[kv_begin, kv_end)` (intersected in the kernel with the keys

@@ -1,5 +1,6 @@
 //! Paged-KV copies: `append_kv_b16` writes a ragged batch of new K/V rows into their pages,
-//! `gather_kv_b16` copies one sequence's pages back out to contiguous rows.
+//! `gather_kv_b16` copies one sequence's pages back out to contiguous rows, and
+//! `append_fp8_*` quantises 16-bit rows into an fp8 pool as it writes them.
 //!
 //! Host twin: `host/src/kv/cache.rs`. The copy does not depend on the 16-bit element type, so
 //! one instance serves f16 and bf16. Block `(head_dim/8, hy)`: lane x moves the 16-byte vector
@@ -7,8 +8,10 @@
 //! iteration so each thread has `2·ROWS` independent 16-byte loads in flight.
 use core::num::NonZeroU32;
 
-use crate::abi::AppendParams;
+use crate::abi::{AppendFp8Params, AppendParams};
 use crate::arch::{global, pipeline, shared, thread};
+use crate::dtype::{Bf16, Elem, F16};
+use crate::math::fp8::{quantize, E4m3, E5m2, Fp8Format};
 use crate::math::layout::page_and_entry;
 
 /// Rows per thread per iteration of the default instances (`append_kv_b16`, `gather_kv_b16`).
@@ -293,4 +296,79 @@ append_variants! {
     append_kv_b16_r2 => 2, false;
     append_kv_b16_r4 => 4, false;
     append_kv_b16_r8 => 8, false;
+}
+
+/// Eight 16-bit values (one 16-byte row vector) quantised with `scale` into eight fp8 codes
+/// (8 bytes, the first value in the lowest byte).
+#[inline(always)]
+fn quantize8<E: Elem, F: Fp8Format>(raw: [u32; 4], scale: f32) -> [u32; 2] {
+    let mut out = [0u32; 2];
+    for (j, &w) in raw.iter().enumerate() {
+        let (lo, hi) = E::unpack2(w);
+        let pair = quantize::<F>(lo, scale) as u32 | (quantize::<F>(hi, scale) as u32) << 8;
+        out[j / 2] |= pair << (16 * (j % 2));
+    }
+    out
+}
+
+/// The quantising append: as [`copy_rows`]'s append direction with one row per thread per
+/// iteration (the measured default), each lane reading 16 bytes (8 elements) of a row and
+/// storing their 8 codes. The pool's offsets are in elements, which for fp8 are bytes.
+///
+/// # Safety
+/// As [`copy_rows`], with `p.base.k_pool`/`v_pool` fp8 pools (8-byte aligned head rows: head
+/// dims are multiples of 8).
+#[inline(always)]
+unsafe fn quantize_rows<E: Elem, F: Fp8Format>(p: &AppendFp8Params) {
+    let b = &p.base;
+    let x = thread::thread_idx_x();
+    let hy = thread::block_dim_y();
+    let vec_off = (x * 8) as u64;
+    let page_size = NonZeroU32::new(b.pool.page_size).unwrap_or(NonZeroU32::MIN);
+    let stride = thread::grid_dim_x();
+    let mut h = thread::thread_idx_y();
+    while h < b.num_heads {
+        let k_head = (h * b.k_rows_stride_h) as u64 + vec_off;
+        let v_head = (h * b.v_rows_stride_h) as u64 + vec_off;
+        let mut n = thread::block_idx_x();
+        while n < b.nnz {
+            // SAFETY: forwarded contract (n < nnz resolves to a valid row).
+            let at = unsafe { resolve::<true, 1>(b, n, stride, page_size) };
+            let pool = b.pool.offset(at.page[0], at.entry[0], h) + vec_off;
+            let row = n as u64;
+            // SAFETY: offsets from validated metadata; 16-byte aligned rows, 8-byte aligned
+            // pool vectors.
+            unsafe {
+                let kd =
+                    global::ld_nc_u32x4(b.k_rows + (row * b.k_rows_stride_n as u64 + k_head) * 2);
+                let vd =
+                    global::ld_nc_u32x4(b.v_rows + (row * b.v_rows_stride_n as u64 + v_head) * 2);
+                global::st_u32x2(b.k_pool + pool, quantize8::<E, F>(kd, p.k_scale));
+                global::st_u32x2(b.v_pool + pool, quantize8::<E, F>(vd, p.v_scale));
+            }
+            n += stride;
+        }
+        h += hy;
+    }
+}
+
+macro_rules! append_fp8_entries {
+    ($($name:ident => $e:ty, $f:ty;)*) => {$(
+        #[doc = concat!("Entry point: append ", stringify!($e), " rows into a ", stringify!($f), " pool, quantising with the scales.")]
+        ///
+        /// # Safety
+        /// See [`quantize_rows`].
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: AppendFp8Params) {
+            // SAFETY: forwarded launch contract.
+            unsafe { quantize_rows::<$e, $f>(&p) }
+        }
+    )*};
+}
+
+append_fp8_entries! {
+    append_fp8_e4m3_f16 => F16, E4m3;
+    append_fp8_e4m3_bf16 => Bf16, E4m3;
+    append_fp8_e5m2_f16 => F16, E5m2;
+    append_fp8_e5m2_bf16 => Bf16, E5m2;
 }

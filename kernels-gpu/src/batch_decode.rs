@@ -14,7 +14,14 @@
 //! work item write o/lse directly; split requests write f32 partials, and the last CTA of the
 //! request (per KV head) to finish — found with an atomic ticket after a device-scope fence —
 //! merges them in the same launch (no second kernel; `attn::split`).
-use crate::abi::DecodeParams;
+//!
+//! fp8 K/V (`decode_fp8_*`) are the same body over another [`KvVec`]: each lane stages its 8
+//! codes (8 bytes, `cp.async.ca`) instead of 16 bytes and decodes them in registers after the
+//! shared-memory stage; K's scale is folded into the logit scale by the host and V's multiplies
+//! the softmax normaliser (1 for 16-bit K/V, which the compiler folds away).
+use core::marker::PhantomData;
+
+use crate::abi::{DecodeFp8Params, DecodeParams};
 use crate::arch::{global, pipeline, shared, thread, warp};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
@@ -22,6 +29,7 @@ use crate::attn::work::{ld_i32, load_decode_work};
 use crate::config::{batch_decode as bcfg, decode_rows as cfg};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
+use crate::math::fp8::{decode4, E4m3, E5m2, Fp8Format};
 use crate::math::softmax::{clamp_ref, State};
 
 const VEC: usize = cfg::VEC as usize;
@@ -49,6 +57,89 @@ fn pack8<E: Elem>(v: [f32; VEC]) -> [u32; 4] {
     ]
 }
 
+/// How a lane's `VEC` K/V elements are stored in the pool and staged: 16 bytes of 16-bit
+/// values, or 8 bytes of fp8 codes (staged into the same 16-byte slots).
+trait KvVec {
+    /// Bytes per pool element.
+    const ELEM_BYTES: u64;
+    /// Bytes of one lane's vector.
+    const VEC_BYTES: u32;
+
+    /// Copies `n` bytes (`VEC_BYTES`, or 0: zeros, `src` not read) of the lane's vector at
+    /// `src` into the staging slot `dst`.
+    ///
+    /// # Safety
+    /// `dst` a staging slot of the ring; `src` a readable, aligned vector when `n > 0`.
+    unsafe fn stage(dst: u32, src: u64, n: u32);
+
+    /// The staged bytes of one vector.
+    type Raw: Copy;
+
+    /// Reads a staged vector.
+    ///
+    /// # Safety
+    /// `addr` a staging slot whose copy has completed.
+    unsafe fn ld(addr: u32) -> Self::Raw;
+
+    /// The vector as f32 (fp8: the codes' values, before their scale).
+    fn unpack(raw: Self::Raw) -> [f32; VEC];
+}
+
+/// 16-bit K/V of element type `E`.
+struct Half<E>(PhantomData<E>);
+
+impl<E: Elem> KvVec for Half<E> {
+    const ELEM_BYTES: u64 = 2;
+    const VEC_BYTES: u32 = 16;
+
+    #[inline(always)]
+    unsafe fn stage(dst: u32, src: u64, n: u32) {
+        // SAFETY: per the caller's contract.
+        unsafe { pipeline::cp_async_cg_16(dst, src, n) };
+    }
+
+    type Raw = [u32; 4];
+
+    #[inline(always)]
+    unsafe fn ld(addr: u32) -> [u32; 4] {
+        // SAFETY: per the caller's contract.
+        unsafe { shared::ld_u32x4(addr) }
+    }
+
+    #[inline(always)]
+    fn unpack(raw: [u32; 4]) -> [f32; VEC] {
+        unpack8::<E>(raw)
+    }
+}
+
+/// fp8 K/V codes of format `F`.
+struct Codes<F>(PhantomData<F>);
+
+impl<F: Fp8Format> KvVec for Codes<F> {
+    const ELEM_BYTES: u64 = 1;
+    const VEC_BYTES: u32 = 8;
+
+    #[inline(always)]
+    unsafe fn stage(dst: u32, src: u64, n: u32) {
+        // SAFETY: per the caller's contract (8-byte aligned: head dims are multiples of 8).
+        unsafe { pipeline::cp_async_ca_8(dst, src, n) };
+    }
+
+    type Raw = [u32; 2];
+
+    #[inline(always)]
+    unsafe fn ld(addr: u32) -> [u32; 2] {
+        // SAFETY: per the caller's contract.
+        unsafe { shared::ld_u32x2(addr) }
+    }
+
+    #[inline(always)]
+    fn unpack(w: [u32; 2]) -> [f32; VEC] {
+        let (lo, hi) = (decode4::<F>(w[0]), decode4::<F>(w[1]));
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+    }
+}
+
 /// Shared address of this thread's staged vector `(stage, u, kv)`.
 #[inline(always)]
 fn stage_addr(base: u32, stage: u32, u: u32, kv: u32, tid: u32) -> u32 {
@@ -66,7 +157,7 @@ struct Item {
 
 /// Issues the cp.async copies of tile `j` into stage `s` and commits them as one group.
 #[inline(always)]
-unsafe fn issue_tile(
+unsafe fn issue_tile<K: KvVec>(
     p: &DecodeParams,
     it: &Item,
     j: u32,
@@ -86,29 +177,34 @@ unsafe fn issue_tile(
             // SAFETY: t < kv_end ≤ the request's length, so the page slot exists (host-validated
             // page tables).
             let page = unsafe { ld_i32(p.kv_indices, it.page_base + pslot) } as u64;
+            let b = K::ELEM_BYTES;
             ka =
-                p.k_pool + (page * p.k_stride_page + (entry * p.k_stride_n) as u64 + it.k_head) * 2;
+                p.k_pool + (page * p.k_stride_page + (entry * p.k_stride_n) as u64 + it.k_head) * b;
             va =
-                p.v_pool + (page * p.v_stride_page + (entry * p.v_stride_n) as u64 + it.v_head) * 2;
+                p.v_pool + (page * p.v_stride_page + (entry * p.v_stride_n) as u64 + it.v_head) * b;
         }
-        let n = if valid { 16 } else { 0 };
+        let n = if valid { K::VEC_BYTES } else { 0 };
         // SAFETY: staging addresses lie in the ring (smem_bytes); sources are valid rows or
         // the pool base with a zero byte count.
         unsafe {
-            pipeline::cp_async_cg_16(stage_addr(smem, s, u, 0, tid), ka, n);
-            pipeline::cp_async_cg_16(stage_addr(smem, s, u, 1, tid), va, n);
+            K::stage(stage_addr(smem, s, u, 0, tid), ka, n);
+            K::stage(stage_addr(smem, s, u, 1, tid), va, n);
         }
     }
     pipeline::commit_group();
 }
 
-/// The kernel body.
+/// The kernel body: q and out of element type `E`, K/V stored as `K`, V's values times
+/// `v_scale`.
 ///
 /// # Safety
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
 /// `config::batch_decode::smem_bytes(D, G)`; plan and page tables validated by the host.
 #[inline(always)]
-unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &DecodeParams) {
+unsafe fn batch_decode<E: Elem, K: KvVec, L: Logits, const D: u32, const G: usize>(
+    p: &DecodeParams,
+    v_scale: f32,
+) {
     let lpr = cfg::lanes_per_row(D);
     let slots = cfg::slots(D);
     let tid = thread::thread_idx_x();
@@ -150,7 +246,7 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
     for s in 0..STAGES - 1 {
         if s < tiles {
             // SAFETY: see issue_tile.
-            unsafe { issue_tile(p, &it, s, s, slot, slots, tid, smem) };
+            unsafe { issue_tile::<K>(p, &it, s, s, slot, slots, tid, smem) };
         } else {
             pipeline::commit_group();
         }
@@ -164,7 +260,7 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
         if nj < tiles {
             // SAFETY: see issue_tile. Stage nj % STAGES was consumed by this same thread in
             // iteration j − 1 (its values already used), so overwriting it is race-free.
-            unsafe { issue_tile(p, &it, nj, nj % STAGES, slot, slots, tid, smem) };
+            unsafe { issue_tile::<K>(p, &it, nj, nj % STAGES, slot, slots, tid, smem) };
         } else {
             pipeline::commit_group();
         }
@@ -177,12 +273,12 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
             // SAFETY: this thread's own staged vectors (its copy group has completed).
             let (kr, vr) = unsafe {
                 (
-                    shared::ld_u32x4(stage_addr(smem, s, u as u32, 0, tid)),
-                    shared::ld_u32x4(stage_addr(smem, s, u as u32, 1, tid)),
+                    K::ld(stage_addr(smem, s, u as u32, 0, tid)),
+                    K::ld(stage_addr(smem, s, u as u32, 1, tid)),
                 )
             };
-            let kf = unpack8::<E>(kr);
-            vf[u] = unpack8::<E>(vr);
+            let kf = K::unpack(kr);
+            vf[u] = K::unpack(vr);
             for h in 0..G {
                 let mut d = 0.0f32;
                 for e in 0..VEC {
@@ -270,7 +366,8 @@ unsafe fn batch_decode<E: Elem, L: Logits, const D: u32, const G: usize>(p: &Dec
             tot += ds * exp2(ms - mr);
         }
         let row = State { m, d: tot };
-        let inv = row.inv_denominator();
+        // V's scale rides on the normaliser (o = v_scale · Σ p·v / Σ p); the lse does not see it.
+        let inv = row.inv_denominator() * v_scale;
         for s in 0..slots {
             let a = m_off + (s * g_cap + h) * 4;
             // SAFETY: inside m_s; entry (s, h) is owned by this thread here.
@@ -359,7 +456,7 @@ macro_rules! decode_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { batch_decode::<$e, ScaleSoftCap, $d, $g>(&p) }
+            unsafe { batch_decode::<$e, Half<$e>, ScaleSoftCap, $d, $g>(&p, 1.0) }
         }
     )*};
 }
@@ -389,4 +486,69 @@ decode_entries! {
     decode_bf16_d256_g2 => Bf16, 256, 2;
     decode_bf16_d256_g4 => Bf16, 256, 4;
     decode_bf16_d256_g8 => Bf16, 256, 8;
+}
+
+macro_rules! decode_fp8_entries {
+    ($($name:ident => $e:ty, $f:ty, $d:literal, $g:literal;)*) => {$(
+        #[doc = concat!("Entry point: batch decode over ", stringify!($f), " K/V, ", stringify!($e), " q/out, D = ", $d, ", group capacity ", $g, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: DecodeFp8Params) {
+            // SAFETY: forwarded launch contract.
+            unsafe { batch_decode::<$e, Codes<$f>, ScaleSoftCap, $d, $g>(&p.base, p.v_scale) }
+        }
+    )*};
+}
+
+decode_fp8_entries! {
+    decode_fp8_e4m3_f16_d64_g1 => F16, E4m3, 64, 1;
+    decode_fp8_e4m3_f16_d64_g2 => F16, E4m3, 64, 2;
+    decode_fp8_e4m3_f16_d64_g4 => F16, E4m3, 64, 4;
+    decode_fp8_e4m3_f16_d64_g8 => F16, E4m3, 64, 8;
+    decode_fp8_e4m3_f16_d128_g1 => F16, E4m3, 128, 1;
+    decode_fp8_e4m3_f16_d128_g2 => F16, E4m3, 128, 2;
+    decode_fp8_e4m3_f16_d128_g4 => F16, E4m3, 128, 4;
+    decode_fp8_e4m3_f16_d128_g8 => F16, E4m3, 128, 8;
+    decode_fp8_e4m3_f16_d256_g1 => F16, E4m3, 256, 1;
+    decode_fp8_e4m3_f16_d256_g2 => F16, E4m3, 256, 2;
+    decode_fp8_e4m3_f16_d256_g4 => F16, E4m3, 256, 4;
+    decode_fp8_e4m3_f16_d256_g8 => F16, E4m3, 256, 8;
+    decode_fp8_e4m3_bf16_d64_g1 => Bf16, E4m3, 64, 1;
+    decode_fp8_e4m3_bf16_d64_g2 => Bf16, E4m3, 64, 2;
+    decode_fp8_e4m3_bf16_d64_g4 => Bf16, E4m3, 64, 4;
+    decode_fp8_e4m3_bf16_d64_g8 => Bf16, E4m3, 64, 8;
+    decode_fp8_e4m3_bf16_d128_g1 => Bf16, E4m3, 128, 1;
+    decode_fp8_e4m3_bf16_d128_g2 => Bf16, E4m3, 128, 2;
+    decode_fp8_e4m3_bf16_d128_g4 => Bf16, E4m3, 128, 4;
+    decode_fp8_e4m3_bf16_d128_g8 => Bf16, E4m3, 128, 8;
+    decode_fp8_e4m3_bf16_d256_g1 => Bf16, E4m3, 256, 1;
+    decode_fp8_e4m3_bf16_d256_g2 => Bf16, E4m3, 256, 2;
+    decode_fp8_e4m3_bf16_d256_g4 => Bf16, E4m3, 256, 4;
+    decode_fp8_e4m3_bf16_d256_g8 => Bf16, E4m3, 256, 8;
+    decode_fp8_e5m2_f16_d64_g1 => F16, E5m2, 64, 1;
+    decode_fp8_e5m2_f16_d64_g2 => F16, E5m2, 64, 2;
+    decode_fp8_e5m2_f16_d64_g4 => F16, E5m2, 64, 4;
+    decode_fp8_e5m2_f16_d64_g8 => F16, E5m2, 64, 8;
+    decode_fp8_e5m2_f16_d128_g1 => F16, E5m2, 128, 1;
+    decode_fp8_e5m2_f16_d128_g2 => F16, E5m2, 128, 2;
+    decode_fp8_e5m2_f16_d128_g4 => F16, E5m2, 128, 4;
+    decode_fp8_e5m2_f16_d128_g8 => F16, E5m2, 128, 8;
+    decode_fp8_e5m2_f16_d256_g1 => F16, E5m2, 256, 1;
+    decode_fp8_e5m2_f16_d256_g2 => F16, E5m2, 256, 2;
+    decode_fp8_e5m2_f16_d256_g4 => F16, E5m2, 256, 4;
+    decode_fp8_e5m2_f16_d256_g8 => F16, E5m2, 256, 8;
+    decode_fp8_e5m2_bf16_d64_g1 => Bf16, E5m2, 64, 1;
+    decode_fp8_e5m2_bf16_d64_g2 => Bf16, E5m2, 64, 2;
+    decode_fp8_e5m2_bf16_d64_g4 => Bf16, E5m2, 64, 4;
+    decode_fp8_e5m2_bf16_d64_g8 => Bf16, E5m2, 64, 8;
+    decode_fp8_e5m2_bf16_d128_g1 => Bf16, E5m2, 128, 1;
+    decode_fp8_e5m2_bf16_d128_g2 => Bf16, E5m2, 128, 2;
+    decode_fp8_e5m2_bf16_d128_g4 => Bf16, E5m2, 128, 4;
+    decode_fp8_e5m2_bf16_d128_g8 => Bf16, E5m2, 128, 8;
+    decode_fp8_e5m2_bf16_d256_g1 => Bf16, E5m2, 256, 1;
+    decode_fp8_e5m2_bf16_d256_g2 => Bf16, E5m2, 256, 2;
+    decode_fp8_e5m2_bf16_d256_g4 => Bf16, E5m2, 256, 4;
+    decode_fp8_e5m2_bf16_d256_g8 => Bf16, E5m2, 256, 8;
 }

@@ -11,21 +11,101 @@
 //! S = Q·Kᵀ (K rows through `ldmatrix`, no transpose), online softmax on the accumulator
 //! fragments (row max over the 4-lane quad), P re-packed in registers as the A operand, and
 //! O += P·V (V through `ldmatrix.trans`). The warps' states meet in shared memory at the end.
-use crate::abi::DecodeParams;
+//!
+//! fp8 K/V (`decode_tc_fp8_*`): the same body with a [`TcKv`] that copies 8-byte code chunks and
+//! dequantises each stage in place into the 16-bit tile (one more barrier per tile) before the
+//! `ldmatrix` loop; K's scale is in the logit scale (host), V's multiplies the normaliser.
+use core::marker::PhantomData;
+
+use crate::abi::{DecodeFp8Params, DecodeParams};
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
-use crate::attn::kv::copy_decode_tile;
+use crate::attn::kv::{copy_decode_tile, copy_decode_tile_fp8, dequant_decode_tile};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
 use crate::attn::swizzle::swz;
 use crate::attn::tile::RegTile;
 use crate::attn::work::load_decode_work;
+use crate::attn::work::DecodeWork;
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
+use crate::math::fp8::{E4m3, E5m2, Fp8Format};
 use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::{clamp_ref, State};
 
 const TILE: u32 = cfg::TILE;
+
+/// How K/V reach a stage's 16-bit swizzled tile: copied as they are, or copied as fp8 codes and
+/// dequantised in place.
+trait TcKv {
+    /// Issues stage `s`'s copies of tile `j` (one commit group).
+    ///
+    /// # Safety
+    /// As [`copy_decode_tile`].
+    unsafe fn copy<const D: u32>(
+        p: &DecodeParams,
+        kvh: u32,
+        wk: &DecodeWork,
+        j: u32,
+        s: u32,
+        tid: u32,
+        smem: u32,
+    );
+
+    /// Makes stage `s` (whose copies this thread has waited for) the 16-bit tile; every
+    /// thread calls it before the barrier that publishes the stage.
+    ///
+    /// # Safety
+    /// All threads of the CTA call it.
+    unsafe fn finish<E: Elem, const D: u32>(s: u32, tid: u32, smem: u32);
+}
+
+/// 16-bit K/V: the copy is the tile.
+struct Half;
+
+impl TcKv for Half {
+    #[inline(always)]
+    unsafe fn copy<const D: u32>(
+        p: &DecodeParams,
+        kvh: u32,
+        wk: &DecodeWork,
+        j: u32,
+        s: u32,
+        tid: u32,
+        smem: u32,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { copy_decode_tile::<D>(p, kvh, wk, j, s, tid, smem) }
+    }
+
+    #[inline(always)]
+    unsafe fn finish<E: Elem, const D: u32>(_s: u32, _tid: u32, _smem: u32) {}
+}
+
+/// fp8 codes of format `F`.
+struct Codes<F>(PhantomData<F>);
+
+impl<F: Fp8Format> TcKv for Codes<F> {
+    #[inline(always)]
+    unsafe fn copy<const D: u32>(
+        p: &DecodeParams,
+        kvh: u32,
+        wk: &DecodeWork,
+        j: u32,
+        s: u32,
+        tid: u32,
+        smem: u32,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { copy_decode_tile_fp8::<D>(p, kvh, wk, j, s, tid, smem) }
+    }
+
+    #[inline(always)]
+    unsafe fn finish<E: Elem, const D: u32>(s: u32, tid: u32, smem: u32) {
+        // SAFETY: forwarded contract.
+        unsafe { dequant_decode_tile::<E, F, D>(s, tid, smem) }
+    }
+}
 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps: `attn::traits`).
 ///
@@ -35,6 +115,7 @@ const TILE: u32 = cfg::TILE;
 #[inline(always)]
 unsafe fn decode_tc<
     E: Elem,
+    K: TcKv,
     L: Logits,
     const D: u32,
     const NT: usize,
@@ -43,6 +124,7 @@ unsafe fn decode_tc<
     const IN_FLIGHT: u32,
 >(
     p: &DecodeParams,
+    v_scale: f32,
 ) {
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
@@ -62,7 +144,7 @@ unsafe fn decode_tc<
         for t in 0..STAGES - 1 {
             if t < tiles {
                 // SAFETY: see copy_decode_tile.
-                unsafe { copy_decode_tile::<D>(p, kvh, &wk, t, t, tid, smem) };
+                unsafe { K::copy::<D>(p, kvh, &wk, t, t, tid, smem) };
             } else {
                 pipeline::commit_group();
             }
@@ -94,12 +176,14 @@ unsafe fn decode_tc<
         if ahead < tiles {
             // SAFETY: see copy_decode_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
             // the barrier ending iteration j − 1.
-            unsafe { copy_decode_tile::<D>(p, kvh, &wk, ahead, ahead % STAGES, tid, smem) };
+            unsafe { K::copy::<D>(p, kvh, &wk, ahead, ahead % STAGES, tid, smem) };
         } else {
             pipeline::commit_group();
         }
         // Tile j's group is complete once at most IN_FLIGHT = STAGES − 1 newer groups remain.
         pipeline::wait_group::<IN_FLIGHT>();
+        // SAFETY: every thread reaches this point (uniform loop bounds).
+        unsafe { K::finish::<E, D>(j % STAGES, tid, smem) };
         thread::sync_threads();
         let k_base = smem + (j % STAGES) * cfg::stage_bytes(D);
         let v_base = k_base + TILE * D * 2;
@@ -228,7 +312,8 @@ unsafe fn decode_tc<
             }
         }
         let merged = State { m: mm, d: tot };
-        let inv = merged.inv_denominator();
+        // V's scale rides on the normaliser (1 for 16-bit K/V: folded away).
+        let inv = merged.inv_denominator() * v_scale;
         for a in acc.iter_mut() {
             *a *= inv;
         }
@@ -284,7 +369,7 @@ macro_rules! decode_tc_entries {
             const KS: usize = <Dim<$d> as HeadDim>::KS;
             const STAGES: u32 = cfg::stages($d);
             // SAFETY: forwarded launch contract.
-            unsafe { decode_tc::<$e, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(&p) }
+            unsafe { decode_tc::<$e, Half, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(&p, 1.0) }
         }
     )*};
 }
@@ -294,4 +379,37 @@ decode_tc_entries! {
     decode_tc_f16_d128 => F16, 128;
     decode_tc_bf16_d64 => Bf16, 64;
     decode_tc_bf16_d128 => Bf16, 128;
+}
+
+macro_rules! decode_tc_fp8_entries {
+    ($($name:ident => $e:ty, $f:ty, $d:literal;)*) => {$(
+        #[doc = concat!("Entry point: tensor-core batch decode over ", stringify!($f), " K/V, ", stringify!($e), " q/out, D = ", $d, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: DecodeFp8Params) {
+            use crate::attn::traits::{Dim, HeadDim};
+            const NT: usize = <Dim<$d> as HeadDim>::NT;
+            const KS: usize = <Dim<$d> as HeadDim>::KS;
+            const STAGES: u32 = cfg::stages($d);
+            // SAFETY: forwarded launch contract.
+            unsafe {
+                decode_tc::<$e, Codes<$f>, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(
+                    &p.base, p.v_scale,
+                )
+            }
+        }
+    )*};
+}
+
+decode_tc_fp8_entries! {
+    decode_tc_fp8_e4m3_f16_d64 => F16, E4m3, 64;
+    decode_tc_fp8_e4m3_f16_d128 => F16, E4m3, 128;
+    decode_tc_fp8_e4m3_bf16_d64 => Bf16, E4m3, 64;
+    decode_tc_fp8_e4m3_bf16_d128 => Bf16, E4m3, 128;
+    decode_tc_fp8_e5m2_f16_d64 => F16, E5m2, 64;
+    decode_tc_fp8_e5m2_f16_d128 => F16, E5m2, 128;
+    decode_tc_fp8_e5m2_bf16_d64 => Bf16, E5m2, 64;
+    decode_tc_fp8_e5m2_bf16_d128 => Bf16, E5m2, 128;
 }

@@ -7,6 +7,8 @@
 //! code builds a kernel name.
 use core::fmt::{self, Write};
 
+use crate::math::fp8::Fp8Kind;
+
 /// Element type of a kernel's 16-bit tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyDtype {
@@ -93,7 +95,8 @@ impl PrefillForm {
     }
 }
 
-/// An append/gather kernel over the paged pool (16-bit elements).
+/// An append/gather kernel over the paged pool (16-bit elements; `AppendFp8`: 16-bit rows
+/// quantised into an fp8 pool).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CopyKernel {
     /// Append, one row per thread per iteration (`append_kv_b16`).
@@ -113,11 +116,14 @@ pub enum CopyKernel {
     AppendAsync4,
     /// Gather pages to contiguous rows (`gather_kv_b16`).
     Gather,
+    /// Append 16-bit rows of the element type into an fp8 pool of the format, quantising with
+    /// the scales (`append_fp8_e4m3_bf16`, ...).
+    AppendFp8(KeyDtype, Fp8Kind),
 }
 
 impl CopyKernel {
     /// Every copy kernel the host launches.
-    pub const ALL: [CopyKernel; 8] = [
+    pub const ALL: [CopyKernel; 12] = [
         CopyKernel::Append,
         CopyKernel::AppendStreaming,
         CopyKernel::AppendRows2,
@@ -126,6 +132,10 @@ impl CopyKernel {
         CopyKernel::AppendAsync2,
         CopyKernel::AppendAsync4,
         CopyKernel::Gather,
+        CopyKernel::AppendFp8(KeyDtype::F16, Fp8Kind::E4m3),
+        CopyKernel::AppendFp8(KeyDtype::Bf16, Fp8Kind::E4m3),
+        CopyKernel::AppendFp8(KeyDtype::F16, Fp8Kind::E5m2),
+        CopyKernel::AppendFp8(KeyDtype::Bf16, Fp8Kind::E5m2),
     ];
 
     /// The symbol.
@@ -139,6 +149,10 @@ impl CopyKernel {
             CopyKernel::AppendAsync2 => "append_kv_b16_async2",
             CopyKernel::AppendAsync4 => "append_kv_b16_async4",
             CopyKernel::Gather => "gather_kv_b16",
+            CopyKernel::AppendFp8(KeyDtype::F16, Fp8Kind::E4m3) => "append_fp8_e4m3_f16",
+            CopyKernel::AppendFp8(KeyDtype::Bf16, Fp8Kind::E4m3) => "append_fp8_e4m3_bf16",
+            CopyKernel::AppendFp8(KeyDtype::F16, Fp8Kind::E5m2) => "append_fp8_e5m2_f16",
+            CopyKernel::AppendFp8(KeyDtype::Bf16, Fp8Kind::E5m2) => "append_fp8_e5m2_bf16",
         }
     }
 }
@@ -252,10 +266,30 @@ pub enum KernelKey {
         /// Query-group capacity.
         group: u32,
     },
+    /// Batch decode on CUDA cores over fp8 K/V of format `fp8` (`dtype`: q and out).
+    DecodeFp8 {
+        /// Element type of q and out.
+        dtype: KeyDtype,
+        /// K/V format.
+        fp8: Fp8Kind,
+        /// Head dim (64, 128, 256).
+        head_dim: u32,
+        /// Query-group capacity.
+        group: u32,
+    },
     /// Batch decode on tensor cores (head dims 64, 128).
     DecodeTc {
         /// Element type.
         dtype: KeyDtype,
+        /// Head dim.
+        head_dim: u32,
+    },
+    /// Batch decode on tensor cores over fp8 K/V of format `fp8` (head dims 64, 128).
+    DecodeTcFp8 {
+        /// Element type of q and out.
+        dtype: KeyDtype,
+        /// K/V format.
+        fp8: Fp8Kind,
         /// Head dim.
         head_dim: u32,
     },
@@ -342,8 +376,25 @@ impl fmt::Display for KernelKey {
                 head_dim,
                 group,
             } => write!(f, "decode_{}_d{head_dim}_g{group}", dtype.name()),
+            KernelKey::DecodeFp8 {
+                dtype,
+                fp8,
+                head_dim,
+                group,
+            } => {
+                let (d, k) = (dtype.name(), fp8.name());
+                write!(f, "decode_fp8_{k}_{d}_d{head_dim}_g{group}")
+            }
             KernelKey::DecodeTc { dtype, head_dim } => {
                 write!(f, "decode_tc_{}_d{head_dim}", dtype.name())
+            }
+            KernelKey::DecodeTcFp8 {
+                dtype,
+                fp8,
+                head_dim,
+            } => {
+                let (d, k) = (dtype.name(), fp8.name());
+                write!(f, "decode_tc_fp8_{k}_{d}_d{head_dim}")
             }
             KernelKey::Prefill {
                 kv,
@@ -407,9 +458,24 @@ impl KernelKey {
                         head_dim,
                         group,
                     });
+                    for fp8 in Fp8Kind::ALL {
+                        f(KernelKey::DecodeFp8 {
+                            dtype,
+                            fp8,
+                            head_dim,
+                            group,
+                        });
+                    }
                 }
                 if head_dim <= 128 {
                     f(KernelKey::DecodeTc { dtype, head_dim });
+                    for fp8 in Fp8Kind::ALL {
+                        f(KernelKey::DecodeTcFp8 {
+                            dtype,
+                            fp8,
+                            head_dim,
+                        });
+                    }
                 }
                 for f32_states in [false, true] {
                     f(KernelKey::Merge {
@@ -511,6 +577,29 @@ mod tests {
             &*KernelKey::Copy(CopyKernel::Gather).name(),
             "gather_kv_b16"
         );
+        assert_eq!(
+            &*KernelKey::DecodeFp8 {
+                dtype: KeyDtype::Bf16,
+                fp8: Fp8Kind::E4m3,
+                head_dim: 256,
+                group: 8
+            }
+            .name(),
+            "decode_fp8_e4m3_bf16_d256_g8"
+        );
+        assert_eq!(
+            &*KernelKey::DecodeTcFp8 {
+                dtype: KeyDtype::F16,
+                fp8: Fp8Kind::E5m2,
+                head_dim: 64
+            }
+            .name(),
+            "decode_tc_fp8_e5m2_f16_d64"
+        );
+        assert_eq!(
+            &*KernelKey::Copy(CopyKernel::AppendFp8(KeyDtype::F16, Fp8Kind::E5m2)).name(),
+            "append_fp8_e5m2_f16"
+        );
     }
 
     #[test]
@@ -525,9 +614,9 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        // 24 decode + 4 tc + 12 merge + prefill (2 dtypes × ((8 ragged + 6 paged forms) × 2
-        // head dims + 2 at D 256)) + 8 copies + 17 model kernels.
-        assert_eq!(count, 24 + 4 + 12 + 2 * (14 * 2 + 2) + 8 + 17);
+        // 24 decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2 dtypes × ((8
+        // ragged + 6 paged forms) × 2 head dims + 2 at D 256)) + 12 copies + 17 model kernels.
+        assert_eq!(count, 24 + 48 + 4 + 8 + 12 + 2 * (14 * 2 + 2) + 12 + 17);
         for (i, m) in ModelKernel::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);
         }

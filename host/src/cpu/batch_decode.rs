@@ -5,8 +5,9 @@
 use rayon::prelude::*;
 
 use crate::checked;
-use crate::dtype::Float16;
+use crate::dtype::{Float16, KvElem};
 use crate::error::Result;
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool};
 use crate::options::AttentionOptions;
@@ -24,8 +25,39 @@ pub fn batch_decode<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
+    scaled(heads, opts, q, pool, pages, KvScales::ONE, out, lse)
+}
+
+/// [`batch_decode`] over an fp8 page pool read with `scales` (real K/V = code × scale); q and
+/// out stay 16-bit. A scale that is not finite and > 0 is an `InvalidArgument` naming it.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_decode_fp8<T: Float16, F: Fp8Format>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    pool: &KvPool<T, Fp8<F>>,
+    pages: &BatchPages,
+    scales: KvScales,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    scaled(heads, opts, q, pool, pages, scales, out, lse)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scaled<T: Float16, S: KvElem>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    pool: &KvPool<T, S>,
+    pages: &BatchPages,
+    scales: KvScales,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
+    scales.validate(OP)?;
     crate::validate::pool_heads(OP, pool.config(), heads)?;
     pool.validate_pages(pages)?;
     let b = pages.batch_size();
@@ -38,7 +70,7 @@ pub fn batch_decode<T: Float16>(
         validate::at_least(OP, "lse elements", nl, l.len())?;
     }
     let strides = super::KvStrides::contiguous(heads);
-    let gather = |bi: usize| -> Result<(usize, Vec<T>, Vec<T>)> {
+    let gather = |bi: usize| -> Result<(usize, Vec<S>, Vec<S>)> {
         let (k, v) = pool.gather_host(pages, bi)?;
         Ok((pages.kv_len(bi, pool.config().page_size)?, k, v))
     };
@@ -50,7 +82,7 @@ pub fn batch_decode<T: Float16>(
             .enumerate()
             .map(|(bi, (o, l))| {
                 let (len, k, v) = gather(bi)?;
-                super::single_decode(
+                super::decode::single_decode_scaled(
                     heads,
                     opts,
                     &q[bi * row..(bi + 1) * row],
@@ -59,6 +91,7 @@ pub fn batch_decode<T: Float16>(
                     &v,
                     strides,
                     len,
+                    scales,
                     o,
                     Some(l),
                 )
@@ -69,7 +102,7 @@ pub fn batch_decode<T: Float16>(
             .enumerate()
             .map(|(bi, o)| {
                 let (len, k, v) = gather(bi)?;
-                super::single_decode(
+                super::decode::single_decode_scaled(
                     heads,
                     opts,
                     &q[bi * row..(bi + 1) * row],
@@ -78,6 +111,7 @@ pub fn batch_decode<T: Float16>(
                     &v,
                     strides,
                     len,
+                    scales,
                     o,
                     None,
                 )

@@ -16,8 +16,9 @@ use ferrinfer_kernels::math::fast::fmax;
 use ferrinfer_kernels::math::softmax::{LogitTransform, State};
 use rayon::prelude::*;
 
-use crate::dtype::Float16;
+use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
@@ -74,6 +75,64 @@ pub fn single_decode<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
+    single_decode_scaled(
+        heads,
+        opts,
+        q,
+        k,
+        k_strides,
+        v,
+        v_strides,
+        kv_len,
+        KvScales::ONE,
+        out,
+        lse,
+    )
+}
+
+/// [`single_decode`] over fp8 K and V ([`Fp8`] codes; element `(t, h, d)` at the same strided
+/// offsets) read with `scales`: the real K (V) is the code's value times `scales.k`
+/// (`scales.v`). q and out stay 16-bit.
+///
+/// # Errors
+/// Those of [`single_decode`], and [`Error::InvalidArgument`] (`k_scale` / `v_scale`) for a
+/// scale that is not finite and > 0.
+#[allow(clippy::too_many_arguments)]
+pub fn single_decode_fp8<T: Float16, F: Fp8Format>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    k: &[Fp8<F>],
+    k_strides: KvStrides,
+    v: &[Fp8<F>],
+    v_strides: KvStrides,
+    kv_len: usize,
+    scales: KvScales,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    single_decode_scaled(
+        heads, opts, q, k, k_strides, v, v_strides, kv_len, scales, out, lse,
+    )
+}
+
+/// [`single_decode`] over K/V elements of any pool type `S`, read with `scales` (validated);
+/// the one body behind the 16-bit and fp8 entry points that take a pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn single_decode_scaled<T: Float16, S: KvElem>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    k: &[S],
+    k_strides: KvStrides,
+    v: &[S],
+    v_strides: KvStrides,
+    kv_len: usize,
+    scales: KvScales,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    scales.validate(OP)?;
     let lse_len = lse.as_deref().map(<[f32]>::len);
     let job = Job::new(
         heads,
@@ -86,6 +145,7 @@ pub fn single_decode<T: Float16>(
         kv_len,
         out.len(),
         lse_len,
+        scales,
     )?;
     job.run(out, lse, T::from_f32);
     Ok(())
@@ -95,18 +155,19 @@ pub fn single_decode<T: Float16>(
 /// when bit `row + t` of the little-endian packed `bits` is set (and the window allows it).
 /// The caller has checked that the row lies inside `bits`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn single_decode_mask_row<T: Float16>(
+pub(crate) fn single_decode_mask_row<T: Float16, S: KvElem>(
     heads: &HeadConfig,
     opts: &AttentionOptions,
     q: &[T],
-    k: &[T],
+    k: &[S],
     strides: KvStrides,
-    v: &[T],
+    v: &[S],
     kv_len: usize,
     out: &mut [T],
     lse: Option<&mut [f32]>,
     bits: &[u8],
     row: usize,
+    scales: KvScales,
 ) -> Result<()> {
     let lse_len = lse.as_deref().map(<[f32]>::len);
     let mut job = Job::new(
@@ -120,6 +181,7 @@ pub(crate) fn single_decode_mask_row<T: Float16>(
         kv_len,
         out.len(),
         lse_len,
+        scales,
     )?;
     job.mask_row = Some((bits, row));
     job.run(out, lse, T::from_f32);
@@ -157,18 +219,23 @@ pub fn single_decode_state<T: Float16>(
         kv_len,
         o.len(),
         Some(lse.len()),
+        KvScales::ONE,
     )?;
     job.run(o, Some(lse), |x| x);
     Ok(())
 }
 
-/// Everything one query head needs (validated inputs).
-struct Job<'a, T> {
+/// Everything one query head needs (validated inputs). K/V elements `S` are read through
+/// [`KvElem::load`]; their scales are folded in outside the element loop (K's into the logit
+/// scale, V's into the output normaliser), so 16-bit K/V (scale 1) compute exactly as before.
+struct Job<'a, T, S> {
     q: &'a [T],
-    k: &'a [T],
+    k: &'a [S],
     k_strides: KvStrides,
-    v: &'a [T],
+    v: &'a [S],
     v_strides: KvStrides,
+    /// V's scale, applied with the softmax normaliser.
+    v_scale: f32,
     num_qo_heads: usize,
     head_dim: usize,
     group: usize,
@@ -179,20 +246,21 @@ struct Job<'a, T> {
     mask_row: Option<(&'a [u8], usize)>,
 }
 
-impl<'a, T: Float16> Job<'a, T> {
+impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     /// Validates every input (nothing is written yet) and plans the key range.
     #[allow(clippy::too_many_arguments)]
     fn new(
         heads: &HeadConfig,
         opts: &AttentionOptions,
         q: &'a [T],
-        k: &'a [T],
+        k: &'a [S],
         k_strides: KvStrides,
-        v: &'a [T],
+        v: &'a [S],
         v_strides: KvStrides,
         kv_len: usize,
         out_len: usize,
         lse_len: Option<usize>,
+        scales: KvScales,
     ) -> Result<Self> {
         heads.validate(OP)?;
         opts.validate(OP)?;
@@ -219,12 +287,15 @@ impl<'a, T: Float16> Job<'a, T> {
             k_strides,
             v,
             v_strides,
+            v_scale: scales.v,
             num_qo_heads: hq,
             head_dim: d,
             group: heads.group(),
             kv_begin,
             kv_end: kv_len,
-            logit: LogitTransform::new(opts.scale(heads), opts.soft_cap),
+            // q·(k·k_scale) = (q·k)·k_scale: K's scale is part of the logit scale (before the
+            // soft-cap's tanh, where the real logit is).
+            logit: LogitTransform::new(opts.scale(heads) * scales.k, opts.soft_cap),
             mask_row: None,
         })
     }
@@ -279,12 +350,12 @@ impl<'a, T: Float16> Job<'a, T> {
                 let p = st.weight(xu);
                 let row = &self.v[(t0 + u) * self.v_strides.stride_n + v_head..][..d];
                 for (a, vv) in acc.iter_mut().zip(row) {
-                    *a += p * vv.to_f32();
+                    *a += p * vv.load();
                 }
             }
             t0 += n;
         }
-        let inv = st.inv_denominator();
+        let inv = st.inv_denominator() * self.v_scale;
         for (o, a) in out.iter_mut().zip(&acc) {
             *o = conv(a * inv);
         }
@@ -294,7 +365,7 @@ impl<'a, T: Float16> Job<'a, T> {
 
 /// `q · k` in f32 with 8 independent partial sums (lets the compiler vectorise).
 #[inline]
-fn dot<T: Float16>(q: &[f32], k: &[T]) -> f32 {
+fn dot<S: KvElem>(q: &[f32], k: &[S]) -> f32 {
     const L: usize = 8;
     let mut part = [0.0f32; L];
     let qc = q.chunks_exact(L);
@@ -302,12 +373,12 @@ fn dot<T: Float16>(q: &[f32], k: &[T]) -> f32 {
     let (qr, kr) = (qc.remainder(), kc.remainder());
     for (a, b) in qc.zip(kc) {
         for i in 0..L {
-            part[i] += a[i] * b[i].to_f32();
+            part[i] += a[i] * b[i].load();
         }
     }
     let mut s = 0.0f32;
     for (a, b) in qr.iter().zip(kr) {
-        s += a * b.to_f32();
+        s += a * b.load();
     }
     part.iter().sum::<f32>() + s
 }

@@ -20,6 +20,7 @@
 //! | batch prefill, paged KV      | [`batch_prefill_paged`]                          |
 //! | multi-level cascade, paged | [`cascade_paged`]                                |
 //! | prefill under a custom mask | [`batch_prefill_ragged_masked`], [`batch_prefill_paged_masked`], [`single_prefill_masked`] |
+//! | the same over fp8 K/V (with `k_scale`/`v_scale`) | [`batch_decode_fp8`], [`single_decode_fp8`], [`batch_prefill_paged_fp8`], [`batch_prefill_ragged_fp8`] |
 //! | merge two states             | [`merge_state`], [`merge_state_in_place`]        |
 //! | merge `n` states             | [`merge_states`]                                 |
 //! | RMSNorm (+ residual add)     | [`norm::rms_norm`], [`norm::add_rms_norm`]       |
@@ -37,11 +38,11 @@ pub mod rope;
 pub mod sampling;
 
 pub use crate::ops::single_decode::KvStrides;
-pub use batch_decode::batch_decode;
+pub use batch_decode::{batch_decode, batch_decode_fp8};
 pub use cascade::cascade_paged;
-pub use decode::{single_decode, single_decode_contiguous, single_decode_state};
+pub use decode::{single_decode, single_decode_contiguous, single_decode_fp8, single_decode_state};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
 pub use prefill::{
-    batch_prefill_paged, batch_prefill_paged_masked, batch_prefill_ragged,
-    batch_prefill_ragged_masked, single_prefill, single_prefill_masked,
+    batch_prefill_paged, batch_prefill_paged_fp8, batch_prefill_paged_masked, batch_prefill_ragged,
+    batch_prefill_ragged_fp8, batch_prefill_ragged_masked, single_prefill, single_prefill_masked,
 };

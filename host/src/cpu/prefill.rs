@@ -6,8 +6,9 @@ use rayon::prelude::*;
 
 use super::KvStrides;
 use crate::checked;
-use crate::dtype::Float16;
+use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::mask::PackedMask;
 use crate::options::AttentionOptions;
@@ -29,7 +30,8 @@ pub fn single_prefill<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    single(heads, opts, q, k, v, qo_len, kv_len, out, lse, None)
+    let one = KvScales::ONE;
+    single(heads, opts, q, k, v, qo_len, kv_len, out, lse, None, one)
 }
 
 /// [`single_prefill`] under a custom mask of one request ([`PackedMask`], combined with the
@@ -49,25 +51,40 @@ pub fn single_prefill_masked<T: Float16>(
 ) -> Result<()> {
     mask.check(OP, std::iter::once((qo_len, kv_len)))?;
     let m = Some((&mask.bits[..], mask.indptr[0] as usize * 8));
-    single(heads, opts, q, k, v, qo_len, kv_len, out, lse, m)
+    single(
+        heads,
+        opts,
+        q,
+        k,
+        v,
+        qo_len,
+        kv_len,
+        out,
+        lse,
+        m,
+        KvScales::ONE,
+    )
 }
 
-/// One request; `mask`: packed bits and the bit of the request's entry (0, 0).
+/// One request; `mask`: packed bits and the bit of the request's entry (0, 0). K/V elements
+/// `S` read with `scales`.
 #[allow(clippy::too_many_arguments)]
-fn single<T: Float16>(
+fn single<T: Float16, S: KvElem>(
     heads: &HeadConfig,
     opts: &AttentionOptions,
     q: &[T],
-    k: &[T],
-    v: &[T],
+    k: &[S],
+    v: &[S],
     qo_len: usize,
     kv_len: usize,
     out: &mut [T],
     lse: Option<&mut [f32]>,
     mask: Option<(&[u8], usize)>,
+    scales: KvScales,
 ) -> Result<()> {
     heads.validate(OP)?;
     opts.validate(OP)?;
+    scales.validate(OP)?;
     if qo_len > kv_len {
         return Err(Error::invalid(
             OP,
@@ -118,7 +135,9 @@ fn single<T: Float16>(
         };
         let qt = &q[t * row..(t + 1) * row];
         match mask {
-            None => super::single_decode(heads, &o2, qt, k, s, v, s, hi, o, l),
+            None => {
+                super::decode::single_decode_scaled(heads, &o2, qt, k, s, v, s, hi, scales, o, l)
+            }
             Some((bits, base)) => super::decode::single_decode_mask_row(
                 heads,
                 &o2,
@@ -131,6 +150,7 @@ fn single<T: Float16>(
                 l,
                 bits,
                 base + t * kv_len,
+                scales,
             ),
         }
     };
@@ -166,7 +186,29 @@ pub fn batch_prefill_ragged<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    ragged(heads, opts, q, qo_indptr, k, v, kv_indptr, None, out, lse)
+    let kv = (k, v, kv_indptr);
+    ragged(heads, opts, q, qo_indptr, kv, None, KvScales::ONE, out, lse)
+}
+
+/// [`batch_prefill_ragged`] over fp8 K/V ([`Fp8`] codes) read with `scales` (real = code ×
+/// scale); q and out stay 16-bit. A scale that is not finite and > 0 is an
+/// [`Error::InvalidArgument`] naming it.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_ragged_fp8<T: Float16, F: Fp8Format>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    k: &[Fp8<F>],
+    v: &[Fp8<F>],
+    kv_indptr: &[i32],
+    scales: KvScales,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    scales.validate(OP)?;
+    let kv = (k, v, kv_indptr);
+    ragged(heads, opts, q, qo_indptr, kv, None, scales, out, lse)
 }
 
 /// [`batch_prefill_ragged`] under a custom mask ([`PackedMask`]: one `[qo_len, kv_len]` bit
@@ -184,30 +226,32 @@ pub fn batch_prefill_ragged_masked<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
+    let kv = (k, v, kv_indptr);
     ragged(
         heads,
         opts,
         q,
         qo_indptr,
-        k,
-        v,
-        kv_indptr,
+        kv,
         Some(mask),
+        KvScales::ONE,
         out,
         lse,
     )
 }
 
+/// Ragged K and V with their row offsets.
+type RaggedKv<'a, S> = (&'a [S], &'a [S], &'a [i32]);
+
 #[allow(clippy::too_many_arguments)]
-fn ragged<T: Float16>(
+fn ragged<T: Float16, S: KvElem>(
     heads: &HeadConfig,
     opts: &AttentionOptions,
     q: &[T],
     qo_indptr: &[i32],
-    k: &[T],
-    v: &[T],
-    kv_indptr: &[i32],
+    (k, v, kv_indptr): RaggedKv<'_, S>,
     mask: Option<&PackedMask>,
+    scales: KvScales,
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
@@ -249,6 +293,7 @@ fn ragged<T: Float16>(
             &mut out[q0 * qrow..q1 * qrow],
             l,
             mask.map(|m| (&m.bits[..], m.indptr[b] as usize * 8)),
+            scales,
         )?;
     }
     Ok(())
@@ -268,7 +313,28 @@ pub fn batch_prefill_paged<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    paged(heads, opts, q, qo_indptr, pool, pages, None, out, lse)
+    let one = KvScales::ONE;
+    paged(heads, opts, q, qo_indptr, pool, pages, None, one, out, lse)
+}
+
+/// [`batch_prefill_paged`] over an fp8 page pool, read with `scales` (as
+/// [`batch_prefill_ragged_fp8`]).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_paged_fp8<T: Float16, F: Fp8Format>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    qo_indptr: &[i32],
+    pool: &crate::kv::KvPool<T, Fp8<F>>,
+    pages: &crate::kv::BatchPages,
+    scales: KvScales,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    scales.validate(OP)?;
+    paged(
+        heads, opts, q, qo_indptr, pool, pages, None, scales, out, lse,
+    )
 }
 
 /// [`batch_prefill_paged`] under a custom mask ([`PackedMask`], as
@@ -285,18 +351,31 @@ pub fn batch_prefill_paged_masked<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    paged(heads, opts, q, qo_indptr, pool, pages, Some(mask), out, lse)
+    let one = KvScales::ONE;
+    paged(
+        heads,
+        opts,
+        q,
+        qo_indptr,
+        pool,
+        pages,
+        Some(mask),
+        one,
+        out,
+        lse,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn paged<T: Float16>(
+fn paged<T: Float16, S: KvElem>(
     heads: &HeadConfig,
     opts: &AttentionOptions,
     q: &[T],
     qo_indptr: &[i32],
-    pool: &crate::kv::KvPool<T>,
+    pool: &crate::kv::KvPool<T, S>,
     pages: &crate::kv::BatchPages,
     mask: Option<&PackedMask>,
+    scales: KvScales,
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
@@ -331,7 +410,6 @@ fn paged<T: Float16>(
         v.extend_from_slice(&vb);
         kv_indptr.push(checked::to_i32(OP, "kv rows", k.len() / kvrow)?);
     }
-    ragged(
-        heads, opts, q, qo_indptr, &k, &v, &kv_indptr, mask, out, lse,
-    )
+    let kv = (&k[..], &v[..], &kv_indptr[..]);
+    ragged(heads, opts, q, qo_indptr, kv, mask, scales, out, lse)
 }

@@ -2,6 +2,10 @@
 //! host memory (the CPU backend, [`super::storage`]), plus the raw append/gather copies over
 //! FlashInfer-style metadata, validated here on the host before any copy. The device copies
 //! are launched by [`crate::ops::kv_copy`].
+//!
+//! A pool stores elements `S` and is appended rows of `T` (f16/bf16): `S = T` (the default,
+//! a plain copy) or fp8 codes ([`Fp8`], quantised as rows are written, with [`KvScales`]).
+use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use super::page_table::PageCopy;
@@ -9,8 +13,9 @@ use super::pool_config::{KvLayout, KvPoolConfig, PoolSize, RowStrides};
 use super::storage::{host_rows_out, page_of, DevicePages, HostPages, PageStorage};
 use super::BatchPages;
 use crate::checked;
-use crate::dtype::Float16;
+use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::ops::kv_copy::{self, append_variant, upload_parts, CopyKernels, RowsAddr};
 use crate::runtime::{DeviceBuffer, Gpu};
 use ferrinfer_kernels::math::layout::PageStrides;
@@ -36,10 +41,34 @@ impl<T: cudarc::driver::DeviceRepr> Rows<'_, T> {
     }
 }
 
-/// A pool of K and V pages.
-pub struct KvPool<T> {
+/// A pool of K and V pages holding elements `S`, appended rows of `T` (f16/bf16): `S = T`, or
+/// fp8 codes ([`Fp8`]).
+pub struct KvPool<T, S = T> {
     cfg: KvPoolConfig,
-    storage: Box<dyn PageStorage<T>>,
+    storage: Box<dyn PageStorage<S>>,
+    /// The row (and query) type; `fn() -> T` keeps the pool `Send + Sync` whatever `T` is.
+    _rows: PhantomData<fn() -> T>,
+}
+
+/// How appended rows of `T` become stored elements: a copy, or fp8 quantisation with the
+/// tensor's scale (the same function the device append runs).
+pub(crate) trait StoreRows<T>: KvElem {
+    /// Writes `src` into `dst` (same length).
+    fn store(src: &[T], dst: &mut [Self], scale: f32);
+}
+
+impl<T: Float16> StoreRows<T> for T {
+    fn store(src: &[T], dst: &mut [T], _scale: f32) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl<T: Float16, F: Fp8Format> StoreRows<T> for Fp8<F> {
+    fn store(src: &[T], dst: &mut [Self], scale: f32) {
+        for (d, x) in dst.iter_mut().zip(src) {
+            *d = Fp8::quantize(x.to_f32(), scale);
+        }
+    }
 }
 
 /// Append metadata validated and uploaded to the device once, for repeated launches (one per
@@ -111,44 +140,47 @@ impl AppendMeta<'_> {
     }
 }
 
-impl<T: Float16> KvPool<T> {
+impl<T: Float16, S: KvElem> KvPool<T, S> {
     /// A pool on the GPU. `cfg.num_pages` is ignored in favour of `size`.
     pub fn new_gpu(gpu: &Gpu, mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
         let (free, _total) = gpu.context().mem_get_info()?;
-        cfg.num_pages = size.pages(cfg.page_bytes().max(1), Some(free))?;
+        cfg.num_pages = size.pages(page_bytes::<S>(&cfg), Some(free))?;
         cfg.validate()?;
         let n = cfg.pool_elems()?;
+        let kernels = CopyKernels::resolve(gpu, T::DTYPE, S::KV_DTYPE)?;
         Ok(Self {
             cfg,
             storage: Box::new(DevicePages {
                 gpu: gpu.clone(),
-                k: gpu.alloc::<T>(n)?,
-                v: gpu.alloc::<T>(n)?,
-                kernels: CopyKernels::resolve(gpu)?,
+                k: gpu.alloc::<S>(n)?,
+                v: gpu.alloc::<S>(n)?,
+                kernels,
                 meta: None,
                 staging: Vec::new(),
                 pinned: Box::new(Mutex::new(None)),
             }),
+            _rows: PhantomData,
         })
     }
 
     /// A pool in host memory for the CPU backend. `cfg.num_pages` is ignored in favour of `size`.
     pub fn new_cpu(mut cfg: KvPoolConfig, size: PoolSize) -> Result<Self> {
-        cfg.num_pages = size.pages(cfg.page_bytes().max(1), None)?;
+        cfg.num_pages = size.pages(page_bytes::<S>(&cfg), None)?;
         cfg.validate()?;
         let n = cfg.pool_elems()?;
         Ok(Self {
             cfg,
             storage: Box::new(HostPages {
-                k: checked::filled(OP, "K pool", n, T::default())?,
-                v: checked::filled(OP, "V pool", n, T::default())?,
+                k: checked::filled(OP, "K pool", n, S::default())?,
+                v: checked::filled(OP, "V pool", n, S::default())?,
             }),
+            _rows: PhantomData,
         })
     }
 
     /// Fills the whole pool by repeating `pattern_k` / `pattern_v` (benchmarks and demos that
     /// need non-zero KV without uploading gigabytes from the host).
-    pub fn fill_tiled(&mut self, pattern_k: &[T], pattern_v: &[T]) -> Result<()> {
+    pub fn fill_tiled(&mut self, pattern_k: &[S], pattern_v: &[S]) -> Result<()> {
         if pattern_k.is_empty() || pattern_k.len() != pattern_v.len() {
             return Err(Error::invalid(
                 OP,
@@ -157,18 +189,6 @@ impl<T: Float16> KvPool<T> {
             ));
         }
         self.storage.fill_tiled(pattern_k, pattern_v)
-    }
-
-    /// Tuning knob for the append kernel: rows each thread moves per iteration (1 — the
-    /// default — 2, 4 or 8; more rows keep more loads in flight per thread but need more
-    /// registers, so fewer threads are resident) and, for 1 row, streaming (`.cs`) stores.
-    /// `benches/append.rs` compares them.
-    pub fn set_append_variant(&mut self, rows: usize, streaming_stores: bool) -> Result<()> {
-        let variant = append_variant(rows, streaming_stores)?;
-        if let Some(d) = self.storage.device_mut() {
-            d.kernels.set_append(&d.gpu, &self.cfg, variant)?;
-        }
-        Ok(())
     }
 
     /// The pool's geometry.
@@ -182,7 +202,7 @@ impl<T: Float16> KvPool<T> {
     }
 
     /// Device K and V pools (for attention kernels), if this is a device pool.
-    pub fn device_buffers(&self) -> Option<(&DeviceBuffer<T>, &DeviceBuffer<T>)> {
+    pub fn device_buffers(&self) -> Option<(&DeviceBuffer<S>, &DeviceBuffer<S>)> {
         self.storage.device().map(|d| (&d.k, &d.v))
     }
 
@@ -195,7 +215,7 @@ impl<T: Float16> KvPool<T> {
         gpu: &Gpu,
         heads: &crate::heads::HeadConfig,
         planned: (usize, usize),
-    ) -> Result<(&DeviceBuffer<T>, &DeviceBuffer<T>, PageStrides)> {
+    ) -> Result<(&DeviceBuffer<S>, &DeviceBuffer<S>, PageStrides)> {
         let c = &self.cfg;
         if (c.page_size, c.num_pages) != planned {
             return Err(Error::invalid(
@@ -213,7 +233,7 @@ impl<T: Float16> KvPool<T> {
     }
 
     /// Host K and V pools, if this is a CPU pool.
-    pub fn host_buffers(&self) -> Option<(&[T], &[T])> {
+    pub fn host_buffers(&self) -> Option<(&[S], &[S])> {
         self.storage.host().map(|h| (&h.k[..], &h.v[..]))
     }
 
@@ -224,10 +244,10 @@ impl<T: Float16> KvPool<T> {
     }
 
     /// Checks that `rows` hold `n` rows with strides `s` where this pool can read them.
-    pub(crate) fn check_rows(
+    pub(crate) fn check_rows<R: cudarc::driver::DeviceRepr>(
         &self,
         what: &'static str,
-        rows: &Rows<'_, T>,
+        rows: &Rows<'_, R>,
         s: RowStrides,
         n: usize,
     ) -> Result<()> {
@@ -277,7 +297,21 @@ impl<T: Float16> KvPool<T> {
                 rows.len(),
             ));
         }
-        self.storage.check_rows(what, rows)
+        self.check_location(what, rows)
+    }
+
+    /// `Ok` when `rows` live where the pages live (and, on a device, in its context).
+    fn check_location<R>(&self, what: &'static str, rows: &Rows<'_, R>) -> Result<()> {
+        match (self.storage.device(), rows) {
+            (Some(d), Rows::Device(b)) => d.gpu.check_buffer(OP, b),
+            (None, Rows::Host(_)) => Ok(()),
+            _ => Err(Error::invalid(
+                OP,
+                what,
+                "rows must live where the pool lives (device rows for a GPU pool, host rows for \
+                 a CPU pool)",
+            )),
+        }
     }
 
     /// Validates an append: metadata consistent with the pool and the rows.
@@ -355,15 +389,15 @@ impl<T: Float16> KvPool<T> {
         })
     }
 
-    /// Appends with metadata uploaded by [`KvPool::upload_append_meta`]: one kernel launch, no
-    /// host-to-device copy.
-    pub fn append_uploaded(
+    /// [`KvPool::append_uploaded`] with `scales` (used by fp8 pools only).
+    fn append_uploaded_scaled(
         &mut self,
         meta: &DeviceAppendMeta,
         k: &DeviceBuffer<T>,
         ks: RowStrides,
         v: &DeviceBuffer<T>,
         vs: RowStrides,
+        scales: KvScales,
     ) -> Result<()> {
         let same_ctx = self
             .storage
@@ -381,10 +415,11 @@ impl<T: Float16> KvPool<T> {
         if meta.nnz == 0 {
             return Ok(());
         }
-        self.launch_append(meta.addrs, meta.nnz, k, ks, v, vs)
+        self.launch_append(meta.addrs, meta.nnz, k, ks, v, vs, scales)
     }
 
     /// Launches the append of `nnz` validated rows (metadata at device addresses `a`).
+    #[allow(clippy::too_many_arguments)]
     fn launch_append(
         &self,
         a: [u64; 4],
@@ -393,6 +428,7 @@ impl<T: Float16> KvPool<T> {
         ks: RowStrides,
         vb: &DeviceBuffer<T>,
         vs: RowStrides,
+        scales: KvScales,
     ) -> Result<()> {
         let Some(d) = self.storage.device() else {
             return unreachable_storage();
@@ -405,19 +441,22 @@ impl<T: Float16> KvPool<T> {
         };
         // SAFETY: callers validated every batch index, position and page id against the pool
         // and the page tables, the row extents and 16-byte strides.
-        unsafe { kv_copy::launch_append(d, &self.cfg, a, nnz, rows) }
+        unsafe { kv_copy::launch_append(d, &self.cfg, a, nnz, rows, scales) }
     }
 
-    /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`
-    /// goes to position `positions[n]` of batch entry `batch_indices[n]`. Validated first.
-    pub fn append(
+    /// [`KvPool::append`], storing rows with `scales` ([`StoreRows`]).
+    fn append_scaled(
         &mut self,
         meta: &AppendMeta<'_>,
         k: Rows<'_, T>,
         ks: RowStrides,
         v: Rows<'_, T>,
         vs: RowStrides,
-    ) -> Result<()> {
+        scales: KvScales,
+    ) -> Result<()>
+    where
+        S: StoreRows<T>,
+    {
         self.validate_append(meta, &k, ks, &v, vs)?;
         let nnz = meta.batch_indices.len();
         if nnz == 0 {
@@ -432,7 +471,7 @@ impl<T: Float16> KvPool<T> {
                     &meta.pages.kv_indptr,
                     &meta.pages.kv_indices,
                 ])?;
-                self.launch_append(a, nnz, kb, ks, vb, vs)
+                self.launch_append(a, nnz, kb, ks, vb, vs, scales)
             }
             (false, Rows::Host(kh), Rows::Host(vh)) => {
                 let Some(HostPages { k: kp, v: vp }) = self.storage.host_mut() else {
@@ -445,8 +484,9 @@ impl<T: Float16> KvPool<T> {
                         let dst = cfg.offset(page, entry, h);
                         let sk = n * ks.stride_n + h * ks.stride_h;
                         let sv = n * vs.stride_n + h * vs.stride_h;
-                        kp[dst..dst + cfg.head_dim].copy_from_slice(&kh[sk..sk + cfg.head_dim]);
-                        vp[dst..dst + cfg.head_dim].copy_from_slice(&vh[sv..sv + cfg.head_dim]);
+                        let d = cfg.head_dim;
+                        S::store(&kh[sk..sk + d], &mut kp[dst..dst + d], scales.k);
+                        S::store(&vh[sv..sv + d], &mut vp[dst..dst + d], scales.v);
                     }
                 }
                 Ok(())
@@ -457,6 +497,108 @@ impl<T: Float16> KvPool<T> {
                 "rows must live where the pool lives",
             )),
         }
+    }
+
+    /// Checks that this pool holds the KV heads and head dim of `heads` (for op `op`).
+    pub fn check_heads(&self, op: &'static str, heads: &crate::heads::HeadConfig) -> Result<()> {
+        crate::validate::pool_heads(op, &self.cfg, heads)
+    }
+
+    /// Entry `b` of `pages` as new contiguous host rows `[len, heads, head_dim]` (K, V) — the
+    /// CPU backend's view of one request. Host pools only; `pages` must be validated.
+    pub(crate) fn gather_host(&self, pages: &BatchPages, b: usize) -> Result<(Vec<S>, Vec<S>)> {
+        let Some(HostPages { k: kp, v: vp }) = self.storage.host() else {
+            return Err(Error::invalid(
+                OP,
+                "pool",
+                "a host-memory (CPU) pool is required",
+            ));
+        };
+        let c = self.cfg;
+        let len = pages.kv_len(b, c.page_size)?;
+        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
+        let k = checked::filled(OP, "gathered K", n, S::default());
+        let (mut k, mut v) = (k?, checked::filled(OP, "gathered V", n, S::default())?);
+        let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
+        host_rows_out(&c, kp, vp, pages, b, len, &mut k, s, &mut v, s)?;
+        Ok((k, v))
+    }
+
+    /// Performs copy-on-write page copies (rows `[0, rows)` of every head, K and V).
+    pub fn copy_pages(&mut self, copies: &[PageCopy]) -> Result<()> {
+        let cfg = self.cfg;
+        for c in copies {
+            for p in [c.src, c.dst] {
+                if p as usize >= cfg.num_pages {
+                    return Err(Error::PageOutOfRange {
+                        op: OP,
+                        page: p as i64,
+                        num_pages: cfg.num_pages,
+                    });
+                }
+            }
+            if c.rows as usize > cfg.page_size {
+                return Err(Error::invalid(OP, "page copy rows", c.rows));
+            }
+        }
+        // (offset in page, length) runs that hold rows [0, rows) of every head.
+        let runs = |rows: usize| -> Vec<(usize, usize)> {
+            match cfg.layout {
+                KvLayout::Nhd => vec![(0, rows * cfg.num_kv_heads * cfg.head_dim)],
+                KvLayout::Hnd => (0..cfg.num_kv_heads)
+                    .map(|h| (cfg.offset(0, 0, h), rows * cfg.head_dim))
+                    .collect(),
+            }
+        };
+        let pe = cfg.page_elems();
+        for c in copies {
+            let (s, d) = (c.src as usize * pe, c.dst as usize * pe);
+            for (off, len) in runs(c.rows as usize) {
+                self.storage.copy_within(s + off, d + off, len)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pools of 16-bit elements, appended rows of the same type (a copy).
+impl<T: Float16> KvPool<T> {
+    /// Tuning knob for the append kernel: rows each thread moves per iteration (1 — the
+    /// default — 2, 4 or 8; more rows keep more loads in flight per thread but need more
+    /// registers, so fewer threads are resident) and, for 1 row, streaming (`.cs`) stores.
+    /// `benches/append.rs` compares them.
+    pub fn set_append_variant(&mut self, rows: usize, streaming_stores: bool) -> Result<()> {
+        let variant = append_variant(rows, streaming_stores)?;
+        if let Some(d) = self.storage.device_mut() {
+            d.kernels.set_append(&d.gpu, &self.cfg, variant)?;
+        }
+        Ok(())
+    }
+
+    /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`
+    /// goes to position `positions[n]` of batch entry `batch_indices[n]`. Validated first.
+    pub fn append(
+        &mut self,
+        meta: &AppendMeta<'_>,
+        k: Rows<'_, T>,
+        ks: RowStrides,
+        v: Rows<'_, T>,
+        vs: RowStrides,
+    ) -> Result<()> {
+        self.append_scaled(meta, k, ks, v, vs, KvScales::ONE)
+    }
+
+    /// Appends with metadata uploaded by [`KvPool::upload_append_meta`]: one kernel launch, no
+    /// host-to-device copy.
+    pub fn append_uploaded(
+        &mut self,
+        meta: &DeviceAppendMeta,
+        k: &DeviceBuffer<T>,
+        ks: RowStrides,
+        v: &DeviceBuffer<T>,
+        vs: RowStrides,
+    ) -> Result<()> {
+        self.append_uploaded_scaled(meta, k, ks, v, vs, KvScales::ONE)
     }
 
     /// Copies entry `b` of `pages` out to contiguous rows `[len, heads, head_dim]` (strided).
@@ -513,67 +655,46 @@ impl<T: Float16> KvPool<T> {
             )),
         }
     }
+}
 
-    /// Checks that this pool holds the KV heads and head dim of `heads` (for op `op`).
-    pub fn check_heads(&self, op: &'static str, heads: &crate::heads::HeadConfig) -> Result<()> {
-        crate::validate::pool_heads(op, &self.cfg, heads)
+/// fp8 pools: appended f16/bf16 rows are quantised with the tensor's scale as they are written.
+impl<T: Float16, F: Fp8Format> KvPool<T, Fp8<F>> {
+    /// [`KvPool::append`] into fp8 pages: each K (V) element `x` is stored as the code of
+    /// `x / scales.k` (`x / scales.v`), rounded to nearest even, saturated to the format's
+    /// largest finite value, NaN kept. `scales` are validated first (finite, > 0).
+    pub fn append_quantized(
+        &mut self,
+        meta: &AppendMeta<'_>,
+        k: Rows<'_, T>,
+        ks: RowStrides,
+        v: Rows<'_, T>,
+        vs: RowStrides,
+        scales: KvScales,
+    ) -> Result<()> {
+        scales.validate(OP)?;
+        self.append_scaled(meta, k, ks, v, vs, scales)
     }
 
-    /// Entry `b` of `pages` as new contiguous host rows `[len, heads, head_dim]` (K, V) — the
-    /// CPU backend's view of one request. Host pools only; `pages` must be validated.
-    pub(crate) fn gather_host(&self, pages: &BatchPages, b: usize) -> Result<(Vec<T>, Vec<T>)> {
-        let Some(HostPages { k: kp, v: vp }) = self.storage.host() else {
-            return Err(Error::invalid(
-                OP,
-                "pool",
-                "a host-memory (CPU) pool is required",
-            ));
-        };
-        let c = self.cfg;
-        let len = pages.kv_len(b, c.page_size)?;
-        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
-        let k = checked::filled(OP, "gathered K", n, T::default());
-        let (mut k, mut v) = (k?, checked::filled(OP, "gathered V", n, T::default())?);
-        let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
-        host_rows_out(&c, kp, vp, pages, b, len, &mut k, s, &mut v, s)?;
-        Ok((k, v))
+    /// [`KvPool::append_uploaded`] into fp8 pages, quantising as [`KvPool::append_quantized`].
+    pub fn append_uploaded_quantized(
+        &mut self,
+        meta: &DeviceAppendMeta,
+        k: &DeviceBuffer<T>,
+        ks: RowStrides,
+        v: &DeviceBuffer<T>,
+        vs: RowStrides,
+        scales: KvScales,
+    ) -> Result<()> {
+        scales.validate(OP)?;
+        self.append_uploaded_scaled(meta, k, ks, v, vs, scales)
     }
+}
 
-    /// Performs copy-on-write page copies (rows `[0, rows)` of every head, K and V).
-    pub fn copy_pages(&mut self, copies: &[PageCopy]) -> Result<()> {
-        let cfg = self.cfg;
-        for c in copies {
-            for p in [c.src, c.dst] {
-                if p as usize >= cfg.num_pages {
-                    return Err(Error::PageOutOfRange {
-                        op: OP,
-                        page: p as i64,
-                        num_pages: cfg.num_pages,
-                    });
-                }
-            }
-            if c.rows as usize > cfg.page_size {
-                return Err(Error::invalid(OP, "page copy rows", c.rows));
-            }
-        }
-        // (offset in page, length) runs that hold rows [0, rows) of every head.
-        let runs = |rows: usize| -> Vec<(usize, usize)> {
-            match cfg.layout {
-                KvLayout::Nhd => vec![(0, rows * cfg.num_kv_heads * cfg.head_dim)],
-                KvLayout::Hnd => (0..cfg.num_kv_heads)
-                    .map(|h| (cfg.offset(0, 0, h), rows * cfg.head_dim))
-                    .collect(),
-            }
-        };
-        let pe = cfg.page_elems();
-        for c in copies {
-            let (s, d) = (c.src as usize * pe, c.dst as usize * pe);
-            for (off, len) in runs(c.rows as usize) {
-                self.storage.copy_within(s + off, d + off, len)?;
-            }
-        }
-        Ok(())
-    }
+/// Bytes of one page of K plus one of V for elements `S` (what pool sizes in bytes count).
+fn page_bytes<S>(cfg: &KvPoolConfig) -> usize {
+    cfg.page_elems()
+        .saturating_mul(2 * std::mem::size_of::<S>())
+        .max(1)
 }
 
 /// Mutable rows on the contiguous side of a gather.

@@ -7,7 +7,6 @@
 //! [`crate::ops::kv_copy`].
 use std::sync::Mutex;
 
-use super::pool::Rows;
 use super::{BatchPages, KvPoolConfig, RowStrides};
 use crate::error::{Error, Result};
 use crate::ops::kv_copy::CopyKernels;
@@ -22,9 +21,6 @@ pub(crate) trait PageStorage<T>: Send + Sync {
 
     /// Copies `len` elements from offset `src` to offset `dst`, in K and in V.
     fn copy_within(&mut self, src: usize, dst: usize, len: usize) -> Result<()>;
-
-    /// `Ok` when `rows` live where the pages live (and, on a device, in its context).
-    fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>) -> Result<()>;
 
     /// The device pages, if the pool is on a GPU.
     fn device(&self) -> Option<&DevicePages<T>> {
@@ -68,13 +64,6 @@ impl<T: Copy + Send + Sync> PageStorage<T> for HostPages<T> {
         self.k.copy_within(src..src + len, dst);
         self.v.copy_within(src..src + len, dst);
         Ok(())
-    }
-
-    fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>) -> Result<()> {
-        match rows {
-            Rows::Host(_) => Ok(()),
-            Rows::Device(_) => Err(misplaced(what)),
-        }
     }
 
     fn host(&self) -> Option<&HostPages<T>> {
@@ -131,13 +120,6 @@ where
         self.gpu.copy_within(&mut self.v, src, dst, len)
     }
 
-    fn check_rows(&self, what: &'static str, rows: &Rows<'_, T>) -> Result<()> {
-        match rows {
-            Rows::Device(b) => self.gpu.check_buffer(OP, b),
-            Rows::Host(_) => Err(misplaced(what)),
-        }
-    }
-
     fn device(&self) -> Option<&DevicePages<T>> {
         Some(self)
     }
@@ -145,14 +127,6 @@ where
     fn device_mut(&mut self) -> Option<&mut DevicePages<T>> {
         Some(self)
     }
-}
-
-fn misplaced(what: &'static str) -> Error {
-    Error::invalid(
-        OP,
-        what,
-        "rows must live where the pool lives (device rows for a GPU pool, host rows for a CPU pool)",
-    )
 }
 
 /// Copies tokens `[0, len)` of entry `b` from host pools into strided rows (bounds validated by

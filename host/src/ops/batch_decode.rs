@@ -8,14 +8,19 @@
 //!
 //! Device side: `kernels-gpu/src/batch_decode.rs`. Single-request decode on contiguous K/V is the
 //! same kernel with one page spanning the sequence ([`crate::ops::SingleDecode`]).
-use ferrinfer_kernels::abi::DecodeParams;
+//!
+//! fp8 K/V ([`BatchDecode::set_kv_dtype`], [`BatchDecode::run_fp8`]) run the CUDA-core kernel's
+//! fp8 instances (`decode_fp8_*`): K's scale folded into the logit scale here, V's passed to the
+//! kernel.
+use ferrinfer_kernels::abi::{DecodeFp8Params, DecodeParams};
 use ferrinfer_kernels::config::{batch_decode as bcfg, decode_rows as cfg, decode_tc as tccfg};
 use ferrinfer_kernels::kernel_key::KernelKey;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
-use crate::dtype::{DType, Float16};
+use crate::dtype::{DType, Float16, KvDtype, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, Fp8Kind, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool, KvPoolConfig};
 use crate::ops::io_check::PlannedIo;
@@ -147,6 +152,8 @@ pub struct BatchDecode {
     gpu: Gpu,
     heads: HeadConfig,
     dtype: DType,
+    /// The K/V element type the op reads: `dtype` itself, or fp8 (then [`BatchDecode::run_fp8`]).
+    kv: KvDtype,
     opts: AttentionOptions,
     kind: DecodeKernel,
     /// The kernel of `kind`, resolved when the op is built or the kind is switched.
@@ -195,11 +202,14 @@ impl BatchDecode {
         } else {
             DecodeKernel::CudaCore
         };
-        let (kernel, smem_bytes, chunk_align, max_ctas) = Self::resolve(gpu, &heads, dtype, kind)?;
+        let kv = KvDtype::from(dtype);
+        let (kernel, smem_bytes, chunk_align, max_ctas) =
+            Self::resolve(gpu, &heads, dtype, kv, kind)?;
         Ok(Self {
             gpu: gpu.clone(),
             heads,
             dtype,
+            kv,
             opts,
             kind,
             kernel,
@@ -234,9 +244,44 @@ impl BatchDecode {
         self.kind
     }
 
+    /// Sets the K/V element type the op reads: the op's own 16-bit dtype ([`BatchDecode::run`])
+    /// or fp8 `E4m3`/`E5m2` ([`BatchDecode::run_fp8`], with `k_scale`/`v_scale` per run). For
+    /// fp8 this selects [`DecodeKernel::CudaCore`] (the one measured on a GPU so far);
+    /// `set_kernel(DecodeKernel::TensorCore)` afterwards picks the tensor-core fp8 kernel (head
+    /// dims 64 and 128). As with [`BatchDecode::set_kernel`], plans made before a change of
+    /// kernel family must be remade.
+    pub fn set_kv_dtype(&mut self, kv: KvDtype) -> Result<()> {
+        if !kv.is_fp8() && kv != KvDtype::from(self.dtype) {
+            return Err(Error::unsupported(
+                OP,
+                "kv dtype",
+                format!("{kv} K/V with {} queries", self.dtype),
+            ));
+        }
+        let kind = if kv.is_fp8() {
+            DecodeKernel::CudaCore
+        } else {
+            self.kind
+        };
+        let (kernel, smem, align, max_ctas) =
+            Self::resolve(&self.gpu, &self.heads, self.dtype, kv, kind)?;
+        self.kv = kv;
+        self.max_ctas = max_ctas;
+        self.kind = kind;
+        self.kernel = kernel;
+        self.smem_bytes = smem;
+        self.chunk_align = align;
+        Ok(())
+    }
+
+    /// The K/V element type the op reads.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv
+    }
+
     fn select(&mut self, kind: DecodeKernel) -> Result<()> {
         let (kernel, smem, align, max_ctas) =
-            Self::resolve(&self.gpu, &self.heads, self.dtype, kind)?;
+            Self::resolve(&self.gpu, &self.heads, self.dtype, self.kv, kind)?;
         self.max_ctas = max_ctas;
         self.kind = kind;
         self.kernel = kernel;
@@ -251,19 +296,33 @@ impl BatchDecode {
         gpu: &Gpu,
         h: &HeadConfig,
         dtype: DType,
+        kv: KvDtype,
         kind: DecodeKernel,
     ) -> Result<(Kernel, u32, usize, usize)> {
         let d = h.head_dim as u32;
+        let fp8 = match kv {
+            KvDtype::E4m3 => Some(Fp8Kind::E4m3),
+            KvDtype::E5m2 => Some(Fp8Kind::E5m2),
+            KvDtype::F16 | KvDtype::Bf16 => None,
+        };
         let (key, smem, threads, align) = match kind {
             DecodeKernel::CudaCore => {
                 let cap = u32::try_from(h.group())
                     .ok()
                     .and_then(cfg::group_capacity)
                     .unwrap_or(8);
-                let key = KernelKey::Decode {
-                    dtype: dtype.key(),
-                    head_dim: d,
-                    group: cap,
+                let key = match fp8 {
+                    None => KernelKey::Decode {
+                        dtype: dtype.key(),
+                        head_dim: d,
+                        group: cap,
+                    },
+                    Some(fp8) => KernelKey::DecodeFp8 {
+                        dtype: dtype.key(),
+                        fp8,
+                        head_dim: d,
+                        group: cap,
+                    },
                 };
                 (
                     key,
@@ -280,9 +339,16 @@ impl BatchDecode {
                         format!("head_dim {} (supported: 64, 128)", h.head_dim),
                     ));
                 }
-                let key = KernelKey::DecodeTc {
-                    dtype: dtype.key(),
-                    head_dim: d,
+                let key = match fp8 {
+                    None => KernelKey::DecodeTc {
+                        dtype: dtype.key(),
+                        head_dim: d,
+                    },
+                    Some(fp8) => KernelKey::DecodeTcFp8 {
+                        dtype: dtype.key(),
+                        fp8,
+                        head_dim: d,
+                    },
                 };
                 (
                     key,
@@ -523,8 +589,50 @@ impl BatchDecode {
         self.launch(plan, src, q.span(), out.span(), lse)
     }
 
-    /// The one launch path: owned buffers ([`BatchDecode::run`]), single decode and caller
-    /// memory ([`BatchDecode::run_spans`]) all arrive here as spans.
+    /// [`BatchDecode::run`] over an fp8 pool read with `scales` (real K/V = code × scale; q
+    /// and out stay 16-bit). The op must have been set to the pool's format
+    /// ([`BatchDecode::set_kv_dtype`]); another format, or a scale that is not finite and > 0,
+    /// is an `InvalidArgument`. Launch only.
+    pub fn run_fp8<T: Float16, F: Fp8Format>(
+        &self,
+        plan: &BatchDecodePlan,
+        q: &DeviceBuffer<T>,
+        pool: &KvPool<T, Fp8<F>>,
+        scales: KvScales,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        if Fp8::<F>::KV_DTYPE != self.kv {
+            return Err(Error::invalid(
+                OP,
+                "kv dtype",
+                format!(
+                    "the op reads {} K/V, the pool holds {}",
+                    self.kv,
+                    Fp8::<F>::KV_DTYPE
+                ),
+            ));
+        }
+        scales.validate(OP)?;
+        let planned = (plan.page_size, plan.num_pages_seen);
+        let (k, v, st) = pool.attention_view(OP, &self.gpu, &self.heads, planned)?;
+        let src = KvSource {
+            k: k.addr(),
+            v: v.addr(),
+            k_stride_page: st.stride_page as u64,
+            v_stride_page: st.stride_page as u64,
+            k_stride_n: st.stride_n,
+            k_stride_h: st.stride_h,
+            v_stride_n: st.stride_n,
+            v_stride_h: st.stride_h,
+            page_size: plan.page_size as u32,
+            single: false,
+        };
+        let lse = lse.map(|l| l.span());
+        self.launch_scaled(plan, src, q.span(), out.span(), lse, Some(scales))
+    }
+
+    /// The launch path of 16-bit K/V: [`BatchDecode::launch_scaled`] without scales.
     pub(crate) fn launch<T: Float16>(
         &self,
         plan: &BatchDecodePlan,
@@ -533,7 +641,37 @@ impl BatchDecode {
         out: DeviceSpan<T>,
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
+        self.launch_scaled(plan, src, q, out, lse, None)
+    }
+
+    /// The one launch path: owned buffers ([`BatchDecode::run`], [`BatchDecode::run_fp8`]),
+    /// single decode and caller memory ([`BatchDecode::run_spans`]) all arrive here as spans.
+    /// `scales`: the fp8 K/V's (`None`: 16-bit K/V); the op's K/V type must agree.
+    pub(crate) fn launch_scaled<T: Float16>(
+        &self,
+        plan: &BatchDecodePlan,
+        src: KvSource,
+        q: DeviceSpan<T>,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
+        scales: Option<KvScales>,
+    ) -> Result<()> {
         let h = self.heads;
+        if self.kv.is_fp8() != scales.is_some() {
+            return Err(Error::invalid(
+                OP,
+                "kv dtype",
+                format!(
+                    "the op reads {} K/V: {}",
+                    self.kv,
+                    if self.kv.is_fp8() {
+                        "use run_fp8 with k_scale/v_scale"
+                    } else {
+                        "fp8 K/V need set_kv_dtype first"
+                    }
+                ),
+            ));
+        }
         plan.ws.owner().check(OP, &self.owner())?;
         PlannedIo {
             op: OP,
@@ -576,7 +714,11 @@ impl BatchDecode {
             num_qo_heads: h.num_qo_heads as u32,
             group: h.group() as u32,
             work_stride: plan.caps.work_stride as u32,
-            logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+            // K's scale multiplies q·k: part of the logit scale (exact for 16-bit K/V: × 1).
+            logit: LogitTransform::new(
+                self.opts.scale(&h) * scales.map_or(1.0, |s| s.k),
+                self.opts.soft_cap,
+            ),
         };
         let dims = LaunchDims {
             grid: (
@@ -590,7 +732,19 @@ impl BatchDecode {
         // SAFETY: the plan's metadata was validated (page tables vs the pool, lengths) and
         // uploaded by plan_into; q/out/lse extents checked above; partial buffers sized for the
         // plan's work items.
-        unsafe { self.gpu.launch_kernel(&self.kernel, dims, p)? };
+        unsafe {
+            match scales {
+                None => self.gpu.launch_kernel(&self.kernel, dims, p)?,
+                Some(s) => {
+                    let p = DecodeFp8Params {
+                        base: p,
+                        v_scale: s.v,
+                        reserved: 0,
+                    };
+                    self.gpu.launch_kernel(&self.kernel, dims, p)?
+                }
+            }
+        };
         Ok(())
     }
 }

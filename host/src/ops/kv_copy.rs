@@ -4,14 +4,17 @@
 //! the kernels (once per pool, and again when the append variant changes), uploads the
 //! metadata through pinned staging and launches.
 //!
-//! Device side: `kernels-gpu/src/append.rs` (`append_kv_b16*`, `gather_kv_b16`).
+//! Device side: `kernels-gpu/src/append.rs` (`append_kv_b16*`, `gather_kv_b16`, and
+//! `append_fp8_*`, which quantises 16-bit rows into fp8 pools with the scales).
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use ferrinfer_kernels::abi::AppendParams;
+use ferrinfer_kernels::abi::{AppendFp8Params, AppendParams};
 use ferrinfer_kernels::kernel_key::{CopyKernel, KernelKey};
 
+use crate::dtype::{DType, KvDtype};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8Kind, KvScales};
 use crate::kv::storage::DevicePages;
 use crate::kv::{KvPoolConfig, RowStrides};
 use crate::runtime::{DeviceBuffer, Gpu, Kernel, LaunchDims, PinnedStaging};
@@ -27,7 +30,10 @@ pub(crate) struct CopyKernels {
     append: Kernel,
     /// Dynamic shared memory per thread of the append variant (`cp.async` variants).
     append_smem_per_thread: u32,
-    gather: Kernel,
+    /// The gather kernel (16-bit pools only: an fp8 pool is read by attention, not gathered).
+    gather: Option<Kernel>,
+    /// Whether `append` quantises into fp8 (takes [`AppendFp8Params`]).
+    quantizes: bool,
     /// Resident append blocks per wave (occupancy query, cached; 0 = not queried yet). Atomic
     /// so that a pool can be shared across threads.
     resident_blocks: AtomicU32,
@@ -41,12 +47,39 @@ fn block(cfg: &KvPoolConfig) -> (u32, u32) {
 }
 
 impl CopyKernels {
-    /// The default append kernel (one row per thread per iteration) and the gather kernel.
-    pub(crate) fn resolve(gpu: &Gpu) -> Result<Self> {
+    /// The default append kernel (one row per thread per iteration) and the gather kernel of
+    /// the 16-bit pools.
+    pub(crate) fn resolve_b16(gpu: &Gpu) -> Result<Self> {
         Ok(Self {
             append: gpu.kernel(KernelKey::Copy(CopyKernel::Append), 0)?,
             append_smem_per_thread: 0,
-            gather: gpu.kernel(KernelKey::Copy(CopyKernel::Gather), 0)?,
+            gather: Some(gpu.kernel(KernelKey::Copy(CopyKernel::Gather), 0)?),
+            quantizes: false,
+            resident_blocks: AtomicU32::new(0),
+        })
+    }
+
+    /// The copy kernels of a pool storing `store` elements appended rows of `rows`: the 16-bit
+    /// copies when they are the same type, the quantising append for an fp8 pool.
+    pub(crate) fn resolve(gpu: &Gpu, rows: DType, store: KvDtype) -> Result<Self> {
+        let fp8 = match store {
+            s if s == KvDtype::from(rows) => return Self::resolve_b16(gpu),
+            KvDtype::E4m3 => Fp8Kind::E4m3,
+            KvDtype::E5m2 => Fp8Kind::E5m2,
+            _ => {
+                return Err(Error::unsupported(
+                    OP,
+                    "pool element type",
+                    format!("{rows} rows into a {store} pool"),
+                ))
+            }
+        };
+        let key = KernelKey::Copy(CopyKernel::AppendFp8(rows.key(), fp8));
+        Ok(Self {
+            append: gpu.kernel(key, 0)?,
+            append_smem_per_thread: 0,
+            gather: None,
+            quantizes: true,
             resident_blocks: AtomicU32::new(0),
         })
     }
@@ -186,12 +219,25 @@ pub(crate) unsafe fn launch_append<T: cudarc::driver::DeviceRepr>(
     meta: [u64; 4],
     nnz: usize,
     rows: RowsAddr,
+    scales: KvScales,
 ) -> Result<()> {
     let k = &pool.kernels;
     let dims = k.dims(&pool.gpu, cfg, nnz, k.append_smem_per_thread)?;
     let p = params(pool, cfg, rows, meta, nnz, 0);
-    // SAFETY: per this function's contract.
-    unsafe { pool.gpu.launch_kernel(&k.append, dims, p) }
+    // SAFETY: per this function's contract (the quantising kernel: the same copy, with the
+    // scales the pool validated).
+    unsafe {
+        if k.quantizes {
+            let p = AppendFp8Params {
+                base: p,
+                k_scale: scales.k,
+                v_scale: scales.v,
+            };
+            pool.gpu.launch_kernel(&k.append, dims, p)
+        } else {
+            pool.gpu.launch_kernel(&k.append, dims, p)
+        }
+    }
 }
 
 /// Launches the gather kernel: tokens `[0, len)` of batch entry `seq` (page tables at
@@ -218,8 +264,11 @@ pub(crate) unsafe fn launch_gather<T: cudarc::driver::DeviceRepr>(
         len,
         seq as u32,
     );
+    let Some(gather) = &k.gather else {
+        return Err(Error::unsupported(OP, "gather", "from an fp8 pool"));
+    };
     // SAFETY: per this function's contract.
-    unsafe { pool.gpu.launch_kernel(&k.gather, dims, p) }
+    unsafe { pool.gpu.launch_kernel(gather, dims, p) }
 }
 
 /// Concatenates the four metadata arrays into `host`, grows `buf` to hold them and uploads them

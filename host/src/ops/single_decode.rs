@@ -5,8 +5,9 @@
 //! spanning the whole sequence, the planner splits the KV across CTAs so that all SMs are busy,
 //! and the split partials are merged by the batch merge kernel. Every input is validated before
 //! the first launch.
-use crate::dtype::{DType, Float16};
+use crate::dtype::{DType, Float16, KvDtype, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::BatchPages;
 use crate::ops::batch_decode::{BatchDecode, BatchDecodePlan, KvSource};
@@ -81,6 +82,40 @@ impl SingleDecode {
         self.inner.kernel_name()
     }
 
+    /// Sets the K/V element type the op reads (as [`BatchDecode::set_kv_dtype`]): fp8 K/V run
+    /// with [`SingleDecode::run_fp8`].
+    pub fn set_kv_dtype(&mut self, kv: KvDtype) -> Result<()> {
+        self.inner.set_kv_dtype(kv).map_err(rename)
+    }
+
+    /// [`SingleDecode::run`] over contiguous fp8 K and V (codes of format `F`) read with
+    /// `scales` (real = code × scale); q and out stay 16-bit. The op must have been set to `F`
+    /// ([`SingleDecode::set_kv_dtype`]); another format, or a scale that is not finite and > 0,
+    /// is an `InvalidArgument`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_fp8<T: Float16, F: Fp8Format>(
+        &mut self,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<Fp8<F>>,
+        v: &DeviceBuffer<Fp8<F>>,
+        kv_len: usize,
+        scales: KvScales,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        let kv = <Fp8<F> as KvElem>::KV_DTYPE;
+        if kv != self.inner.kv_dtype() {
+            return Err(Error::invalid(
+                OP,
+                "kv dtype",
+                format!("the op reads {} K/V, got {kv}", self.inner.kv_dtype()),
+            ));
+        }
+        scales.validate(OP)?;
+        let s = KvStrides::contiguous(&self.heads);
+        self.run_kv(q, k, s, v, s, kv_len, out, lse, Some(scales))
+    }
+
     /// The partition used by the last [`SingleDecode::run`] (work items = CTAs per KV head).
     pub fn last_plan(&self) -> Option<&DecodePlan> {
         self.plan.as_ref().map(|p| p.partition())
@@ -115,8 +150,26 @@ impl SingleDecode {
         out: &mut DeviceBuffer<T>,
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
+        self.run_kv(q, k, k_strides, v, v_strides, kv_len, out, lse, None)
+    }
+
+    /// The one body of the runs: K/V elements `S` (16-bit: `scales` `None`; fp8: `Some`).
+    #[allow(clippy::too_many_arguments)]
+    fn run_kv<T: Float16, S: KvElem>(
+        &mut self,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<S>,
+        k_strides: KvStrides,
+        v: &DeviceBuffer<S>,
+        v_strides: KvStrides,
+        kv_len: usize,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+        scales: Option<KvScales>,
+    ) -> Result<()> {
         let h = self.heads;
-        for b in [q, k, v] {
+        self.gpu.check_buffer(OP, q)?;
+        for b in [k, v] {
             self.gpu.check_buffer(OP, b)?;
         }
         let qo = h.num_qo_heads * h.head_dim;
@@ -203,7 +256,7 @@ impl SingleDecode {
         };
         let lse = lse.map(|l| l.span());
         self.inner
-            .launch(plan, src, q.span(), out.span(), lse)
+            .launch_scaled(plan, src, q.span(), out.span(), lse, scales)
             .map_err(rename)
     }
 }

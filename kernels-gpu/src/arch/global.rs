@@ -47,6 +47,19 @@ pub unsafe fn st_u32x4(addr: u64, v: [u32; 4]) {
     };
 }
 
+/// `st.global.v2.b32`: an 8-byte store.
+///
+/// # Safety
+/// `addr` must be an 8-byte aligned, writable device address.
+#[inline(always)]
+pub unsafe fn st_u32x2(addr: u64, v: [u32; 2]) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("st.global.v2.b32 [{0}], {{{1}, {2}}};", in(reg64) addr, in(reg32) v[0],
+             in(reg32) v[1], options(nostack))
+    };
+}
+
 /// `ld.global.nc.f32`: a scalar read-only load.
 ///
 /// # Safety

@@ -21,6 +21,22 @@ pub unsafe fn cp_async_cg_16(dst: u32, src: u64, src_size: u32) {
     };
 }
 
+/// `cp.async.ca.shared.global [dst], [src], 8, src_size`: copies `src_size` (0..=8) bytes and
+/// zero-fills the rest of the 8-byte destination (`.cg` takes only 16-byte copies; fp8 rows
+/// stage half the bytes of 16-bit ones).
+///
+/// # Safety
+/// `dst` must be an 8-byte aligned shared address inside the dynamic shared memory; when
+/// `src_size > 0`, `src` must be an 8-byte aligned readable device address.
+#[inline(always)]
+pub unsafe fn cp_async_ca_8(dst: u32, src: u64, src_size: u32) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("cp.async.ca.shared.global [{0}], [{1}], 8, {2};", in(reg32) dst, in(reg64) src,
+             in(reg32) src_size, options(nostack))
+    };
+}
+
 /// `cp.async.cg.shared.global [dst], [src], 16, ignore_src`: copies 16 bytes, or with `zero`
 /// reads nothing and writes 16 zero bytes. The same as [`cp_async_cg_16`] with a size of 0 or
 /// 16, but as a predicate: ptxas then emits the predicated copy alone (a run-time size costs

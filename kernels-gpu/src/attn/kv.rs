@@ -1,14 +1,17 @@
 //! K/V rows by layout ([`KvRows`]: packed ragged tensors, [`Ragged`], or the paged pool,
 //! [`Paged`]) and the `cp.async` tile copies of the prefill ring ([`copy_tile`]) and of the
-//! tensor-core decode's ring ([`copy_decode_tile`], paged). The Hopper
+//! tensor-core decode's ring ([`copy_decode_tile`], paged; fp8 K/V: [`copy_decode_tile_fp8`]
+//! then [`dequant_decode_tile`]). The Hopper
 //! copy paths (`cp.async` by a producer warpgroup, TMA) are in `attn::hopper::load`.
 use crate::abi::{DecodeParams, PrefillParams};
 use crate::arch::opaque::opaque_u32;
-use crate::arch::{global, pipeline, warp};
+use crate::arch::{global, pipeline, shared, thread, warp};
 use crate::attn::swizzle::swz;
 use crate::attn::work::{ld_i32, DecodeWork};
 use crate::config::decode_tc as dcfg;
 use crate::config::prefill::TILE;
+use crate::dtype::Elem;
+use crate::math::fp8::{decode4, Fp8Format};
 
 /// Where a request's K/V rows live: packed ragged tensors or the paged pool.
 pub(crate) trait KvRows {
@@ -220,4 +223,105 @@ pub(crate) unsafe fn copy_decode_tile<const D: u32>(
         }
     }
     pipeline::commit_group();
+}
+
+/// The fp8 twin of [`copy_decode_tile`]: the same keys and chunks (8 codes = 8 bytes each, with
+/// `cp.async.ca`), each landing unswizzled at byte `8·idx` of the stage's K and V areas (their
+/// first quarter: a stage is sized for 16-bit elements), where [`dequant_decode_tile`] turns
+/// them into the 16-bit swizzled tile the `ldmatrix` loop reads.
+///
+/// # Safety
+/// As [`copy_decode_tile`], with fp8 pools.
+#[inline(always)]
+pub(crate) unsafe fn copy_decode_tile_fp8<const D: u32>(
+    p: &DecodeParams,
+    kvh: u32,
+    wk: &DecodeWork,
+    j: u32,
+    s: u32,
+    tid: u32,
+    smem: u32,
+) {
+    let chunks = D / 8;
+    let per_thread = dcfg::TILE * chunks / dcfg::THREADS;
+    let k_base = smem + s * dcfg::stage_bytes(D);
+    let v_base = k_base + dcfg::TILE * D * 2;
+    for i in 0..per_thread {
+        let idx = tid + i * dcfg::THREADS;
+        let r = idx / chunks;
+        let c = idx % chunks;
+        let t = wk.begin + j * dcfg::TILE + r;
+        let valid = t < wk.end;
+        let (mut ka, mut va) = (p.k_pool, p.v_pool);
+        if valid {
+            let (slot, entry) = p.page_size.divmod(t);
+            // SAFETY: t < end ≤ the request's length: its page slot exists.
+            let page = unsafe { ld_i32(p.kv_indices, wk.page_base + slot) } as u64;
+            ka = p.k_pool
+                + page * p.k_stride_page
+                + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64;
+            va = p.v_pool
+                + page * p.v_stride_page
+                + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64;
+        }
+        let n = if valid { 8 } else { 0 };
+        // SAFETY: destinations inside the stage (8-byte aligned); sources valid or zero-byte.
+        unsafe {
+            pipeline::cp_async_ca_8(k_base + idx * 8, ka, n);
+            pipeline::cp_async_ca_8(v_base + idx * 8, va, n);
+        }
+    }
+    pipeline::commit_group();
+}
+
+/// Most chunks one thread copies per stage (`TILE · D/8 / THREADS` at D ≤ 128).
+const MAX_CHUNKS: usize = 8;
+
+/// Dequantises stage `s` in place: every thread reads the codes it copied
+/// ([`copy_decode_tile_fp8`]; its own copy group must have completed), the CTA waits until all
+/// codes are read (the 16-bit tile overlaps them), then each thread writes its chunks decoded
+/// to `E` (exact: every fp8 value is an f16 and a bf16) into the swizzled layout. The caller's
+/// barrier then publishes them to the `ldmatrix` loop. Scales are not applied here.
+///
+/// # Safety
+/// Every thread of the CTA calls it (barrier inside); D ≤ 128.
+#[inline(always)]
+pub(crate) unsafe fn dequant_decode_tile<E: Elem, F: Fp8Format, const D: u32>(
+    s: u32,
+    tid: u32,
+    smem: u32,
+) {
+    let chunks = D / 8;
+    let per_thread = (dcfg::TILE * chunks / dcfg::THREADS) as usize;
+    let k_base = smem + s * dcfg::stage_bytes(D);
+    let v_base = k_base + dcfg::TILE * D * 2;
+    let mut kr = [[0u32; 2]; MAX_CHUNKS];
+    let mut vr = [[0u32; 2]; MAX_CHUNKS];
+    for i in 0..per_thread.min(MAX_CHUNKS) {
+        let idx = tid + i as u32 * dcfg::THREADS;
+        // SAFETY: this thread's own completed copies, inside the stage.
+        unsafe {
+            kr[i] = shared::ld_u32x2(k_base + idx * 8);
+            vr[i] = shared::ld_u32x2(v_base + idx * 8);
+        }
+    }
+    thread::sync_threads();
+    let pack = |w: [u32; 2]| -> [u32; 4] {
+        let (lo, hi) = (decode4::<F>(w[0]), decode4::<F>(w[1]));
+        [
+            E::pack2(lo[0], lo[1]),
+            E::pack2(lo[2], lo[3]),
+            E::pack2(hi[0], hi[1]),
+            E::pack2(hi[2], hi[3]),
+        ]
+    };
+    for i in 0..per_thread.min(MAX_CHUNKS) {
+        let idx = tid + i as u32 * dcfg::THREADS;
+        let (r, c) = (idx / chunks, idx % chunks);
+        // SAFETY: inside the stage; every thread has read its codes (barrier above).
+        unsafe {
+            shared::st_u32x4(k_base + swz::<D>(r, c), pack(kr[i]));
+            shared::st_u32x4(v_base + swz::<D>(r, c), pack(vr[i]));
+        }
+    }
 }

@@ -6,6 +6,7 @@
 pub mod chunk;
 pub mod fast;
 pub mod fastdiv;
+pub mod fp8;
 pub mod frag;
 pub mod layout;
 pub mod softmax;

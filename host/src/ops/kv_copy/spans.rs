@@ -154,7 +154,7 @@ pub unsafe fn append_spans<T: Float16>(
     if nnz == 0 {
         return Ok(());
     }
-    let kernels = CopyKernels::resolve(gpu)?;
+    let kernels = CopyKernels::resolve_b16(gpu)?;
     let dims = kernels.dims(gpu, &cfg, nnz, 0)?;
     let p = AppendParams {
         k_rows: rows.k.addr(),
