@@ -46,6 +46,22 @@ pub fn cuda(raw: RawTensor, device: usize) -> PyResult<Tensor> {
     Tensor::from_cuda(raw, device)
 }
 
+/// The arrays of an attention call (q, k, v, out, optional lse), each on CUDA device `device`.
+pub fn cuda_io(
+    device: usize,
+    [q, k, v, out]: [RawTensor; 4],
+    lse: Option<RawTensor>,
+) -> PyResult<(Tensor, Tensor, Tensor, Tensor, Option<Tensor>)> {
+    let lse = lse.map(|l| cuda(l, device)).transpose()?;
+    Ok((
+        cuda(q, device)?,
+        cuda(k, device)?,
+        cuda(v, device)?,
+        cuda(out, device)?,
+        lse,
+    ))
+}
+
 /// The tensor's addressed elements (from its first) as a span of `T` on `gpu`.
 pub fn span<T: SpanElem>(gpu: &Gpu, t: &Tensor) -> PyResult<DeviceSpan<T>> {
     t.expect_dtype(&[T::DT])?;

@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::cuda::{
-    cuda, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
+    cuda_io, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
 };
 use crate::cuda_append::{cache_dims, cache_views};
 use crate::errors::lib;
@@ -155,8 +155,7 @@ impl CudaBatchDecode {
         lse: Option<RawTensor>,
     ) -> PyResult<()> {
         let dev = self.device;
-        let (q, k, v, out) = (cuda(q, dev)?, cuda(k, dev)?, cuda(v, dev)?, cuda(out, dev)?);
-        let lse = lse.map(|l| cuda(l, dev)).transpose()?;
+        let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
         let hnd = crate::is_hnd(kv_layout)?;
         let Some(plan) = self.plan.as_ref() else {
             return Err(PyRuntimeError::new_err(format!(

@@ -10,7 +10,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use crate::cuda::{
-    cuda, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
+    cuda_io, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
 };
 use crate::cuda_append::{cache_dims, cache_views};
 use crate::errors::lib;
@@ -177,8 +177,7 @@ impl CudaBatchPrefill {
         lse: Option<RawTensor>,
     ) -> PyResult<()> {
         let dev = self.device;
-        let (q, k, v, out) = (cuda(q, dev)?, cuda(k, dev)?, cuda(v, dev)?, cuda(out, dev)?);
-        let lse = lse.map(|l| cuda(l, dev)).transpose()?;
+        let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
         let hnd = crate::is_hnd(kv_layout)?;
         self.check_io(&q, &out, lse.as_ref())?;
         cache_views(&k, &v, hnd)?;
@@ -205,8 +204,7 @@ impl CudaBatchPrefill {
         lse: Option<RawTensor>,
     ) -> PyResult<()> {
         let dev = self.device;
-        let (q, k, v, out) = (cuda(q, dev)?, cuda(k, dev)?, cuda(v, dev)?, cuda(out, dev)?);
-        let lse = lse.map(|l| cuda(l, dev)).transpose()?;
+        let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
         self.check_io(&q, &out, lse.as_ref())?;
         for t in [&k, &v] {
             t.expect_rank(3, "[nnz_kv, num_kv_heads, head_dim]")?;

@@ -571,20 +571,7 @@ impl BatchDecode {
         out: &mut DeviceBuffer<T>,
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
-        let planned = (plan.page_size, plan.num_pages_seen);
-        let (k, v, st) = pool.attention_view(OP, &self.gpu, &self.heads, planned)?;
-        let src = KvSource {
-            k: k.addr(),
-            v: v.addr(),
-            k_stride_page: st.stride_page as u64,
-            v_stride_page: st.stride_page as u64,
-            k_stride_n: st.stride_n,
-            k_stride_h: st.stride_h,
-            v_stride_n: st.stride_n,
-            v_stride_h: st.stride_h,
-            page_size: plan.page_size as u32,
-            single: false,
-        };
+        let src = self.pool_source(plan, pool)?;
         let lse = lse.map(|l| l.span());
         self.launch(plan, src, q.span(), out.span(), lse)
     }
@@ -614,9 +601,21 @@ impl BatchDecode {
             ));
         }
         scales.validate(OP)?;
+        let src = self.pool_source(plan, pool)?;
+        let lse = lse.map(|l| l.span());
+        self.launch_scaled(plan, src, q.span(), out.span(), lse, Some(scales))
+    }
+
+    /// What the kernels read of `pool` (16-bit or fp8 pages), checked against the plan's
+    /// geometry, the op's heads and its context.
+    fn pool_source<T: Float16, S: KvElem>(
+        &self,
+        plan: &BatchDecodePlan,
+        pool: &KvPool<T, S>,
+    ) -> Result<KvSource> {
         let planned = (plan.page_size, plan.num_pages_seen);
         let (k, v, st) = pool.attention_view(OP, &self.gpu, &self.heads, planned)?;
-        let src = KvSource {
+        Ok(KvSource {
             k: k.addr(),
             v: v.addr(),
             k_stride_page: st.stride_page as u64,
@@ -627,9 +626,7 @@ impl BatchDecode {
             v_stride_h: st.stride_h,
             page_size: plan.page_size as u32,
             single: false,
-        };
-        let lse = lse.map(|l| l.span());
-        self.launch_scaled(plan, src, q.span(), out.span(), lse, Some(scales))
+        })
     }
 
     /// The launch path of 16-bit K/V: [`BatchDecode::launch_scaled`] without scales.
