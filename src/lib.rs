@@ -14,6 +14,7 @@ pub mod fp8;
 pub mod merge;
 pub mod paged;
 pub mod record;
+pub mod rope;
 
 /// Environment variable that turns a missing GPU into a test failure.
 pub const REQUIRE_GPU_ENV: &str = "FERRINFER_REQUIRE_GPU";

@@ -189,6 +189,45 @@ unsafe impl Abi for DecodeFp8Params {}
 const _: () =
     assert!(core::mem::size_of::<DecodeFp8Params>() == core::mem::size_of::<DecodeParams>() + 8);
 
+/// RoPE inside attention (FlashInfer's `ROPE_LLAMA`): q and every key are rotated on the fly by
+/// `position · inv_freq[pair]`. Key `t` of request `b` sits at position `offsets[b] + t`; a
+/// decode query at `offsets[b] + kv_len − 1`, prefill query token `i` at
+/// `offsets[b] + kv_len − qo_len + i` (its causal position).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RopeAttn {
+    /// f32 `[rotary_dim / 2]` inverse frequencies (radians per position).
+    pub inv_freq: u64,
+    /// i32 `[batch]` position of each request's key 0 (≥ 0).
+    pub offsets: u64,
+    /// Rotated elements per head: even, ≤ head_dim; a multiple of 16 with [`ROPE_HALF`] (a
+    /// lane's 8-element vector is then all first halves, all second halves or unrotated).
+    pub rotary_dim: u32,
+    /// [`ROPE_INTERLEAVED`] or [`ROPE_HALF`].
+    pub style: u32,
+}
+
+// SAFETY: #[repr(C)] of u64/u32 fields; same layout on host and nvptx64.
+unsafe impl Abi for RopeAttn {}
+const _: () = assert!(core::mem::size_of::<RopeAttn>() == 2 * 8 + 2 * 4);
+
+/// Parameters of `decode_rope_*`: a batch decode with RoPE applied inside attention.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeRopeParams {
+    /// The decode.
+    pub base: DecodeParams,
+    /// The rotation.
+    pub rope: RopeAttn,
+}
+
+// SAFETY: #[repr(C)] of two Abi structs whose sizes are multiples of 8 (no padding).
+unsafe impl Abi for DecodeRopeParams {}
+const _: () = assert!(
+    core::mem::size_of::<DecodeRopeParams>()
+        == core::mem::size_of::<DecodeParams>() + core::mem::size_of::<RopeAttn>()
+);
+
 /// One prefill work item (`u32 × 8` in device memory): query tokens `[t0, t0 + tile_tokens)` of
 /// `request` against the KV chunk `[kv_begin, kv_end)` (intersected in the kernel with the keys
 /// the tile's rows may see). `part = u32::MAX`: the item owns its rows' whole KV range and

@@ -21,9 +21,10 @@
 //! the softmax normaliser (1 for 16-bit K/V, which the compiler folds away).
 use core::marker::PhantomData;
 
-use crate::abi::{DecodeFp8Params, DecodeParams};
+use crate::abi::{DecodeFp8Params, DecodeParams, DecodeRopeParams, RopeAttn};
 use crate::arch::{global, pipeline, shared, thread, warp};
 use crate::attn::logits::{Logits, ScaleSoftCap};
+use crate::attn::rope::{LaneRope, NoRope, PosEnc};
 use crate::attn::split::merge_if_last;
 use crate::attn::work::{ld_i32, load_decode_work};
 use crate::config::{batch_decode as bcfg, decode_rows as cfg};
@@ -195,15 +196,23 @@ unsafe fn issue_tile<K: KvVec>(
 }
 
 /// The kernel body: q and out of element type `E`, K/V stored as `K`, V's values times
-/// `v_scale`.
+/// `v_scale`, q and keys rotated by `P` (with `rope`'s table and offsets).
 ///
 /// # Safety
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
 /// `config::batch_decode::smem_bytes(D, G)`; plan and page tables validated by the host.
 #[inline(always)]
-unsafe fn batch_decode<E: Elem, K: KvVec, L: Logits, const D: u32, const G: usize>(
+unsafe fn batch_decode<
+    E: Elem,
+    K: KvVec,
+    L: Logits,
+    P: PosEnc<VEC>,
+    const D: u32,
+    const G: usize,
+>(
     p: &DecodeParams,
     v_scale: f32,
+    rope: &RopeAttn,
 ) {
     let lpr = cfg::lanes_per_row(D);
     let slots = cfg::slots(D);
@@ -227,6 +236,18 @@ unsafe fn batch_decode<E: Elem, K: KvVec, L: Logits, const D: u32, const G: usiz
         v_head: (kvh * p.v_stride_h) as u64 + e_off,
     };
 
+    // SAFETY: the host-validated rotation table.
+    let pe = unsafe { P::new(rope, sub * cfg::VEC, tid % 32) };
+    // Key t sits at position pos0 + t; the query at pos0 + kv_len − 1, where kv_len is the end
+    // of the request's last work item.
+    let (mut pos0, mut q_pos) = (0, 0);
+    if P::ON {
+        // SAFETY: b < batch indexes the offsets; last − 1 is the request's last work item.
+        unsafe {
+            pos0 = ld_i32(rope.offsets, b);
+            q_pos = pos0 + ld_i32(p.work, 2 * p.work_stride + wk.last - 1) - 1;
+        }
+    }
     let mut q = [[0.0f32; VEC]; G];
     for (ii, qi) in q.iter_mut().enumerate() {
         if (ii as u32) < g {
@@ -238,6 +259,9 @@ unsafe fn batch_decode<E: Elem, K: KvVec, L: Logits, const D: u32, const G: usiz
                 qi[e] = v[e] * logits.scale();
             }
         }
+        // Outside the branch: the rotation may shuffle across the warp (g is uniform anyway,
+        // and a zero row rotates to zero).
+        pe.rotate(qi, q_pos);
     }
 
     let smem = shared::dyn_smem_base();
@@ -277,7 +301,10 @@ unsafe fn batch_decode<E: Elem, K: KvVec, L: Logits, const D: u32, const G: usiz
                     K::ld(stage_addr(smem, s, u as u32, 1, tid)),
                 )
             };
-            let kf = K::unpack(kr);
+            let mut kf = K::unpack(kr);
+            // Rows past the range are zeros: rotating them is harmless (and keeps the warp
+            // together for the shuffle).
+            pe.rotate(&mut kf, pos0 + t);
             vf[u] = K::unpack(vr);
             for h in 0..G {
                 let mut d = 0.0f32;
@@ -456,7 +483,9 @@ macro_rules! decode_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { batch_decode::<$e, Half<$e>, ScaleSoftCap, $d, $g>(&p, 1.0) }
+            unsafe {
+                batch_decode::<$e, Half<$e>, ScaleSoftCap, NoRope, $d, $g>(&p, 1.0, &RopeAttn::default())
+            }
         }
     )*};
 }
@@ -497,7 +526,13 @@ macro_rules! decode_fp8_entries {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeFp8Params) {
             // SAFETY: forwarded launch contract.
-            unsafe { batch_decode::<$e, Codes<$f>, ScaleSoftCap, $d, $g>(&p.base, p.v_scale) }
+            unsafe {
+                batch_decode::<$e, Codes<$f>, ScaleSoftCap, NoRope, $d, $g>(
+                    &p.base,
+                    p.v_scale,
+                    &RopeAttn::default(),
+                )
+            }
         }
     )*};
 }
@@ -551,4 +586,47 @@ decode_fp8_entries! {
     decode_fp8_e5m2_bf16_d256_g2 => Bf16, E5m2, 256, 2;
     decode_fp8_e5m2_bf16_d256_g4 => Bf16, E5m2, 256, 4;
     decode_fp8_e5m2_bf16_d256_g8 => Bf16, E5m2, 256, 8;
+}
+
+macro_rules! decode_rope_entries {
+    ($($name:ident => $e:ty, $d:literal, $g:literal;)*) => {$(
+        #[doc = concat!("Entry point: batch decode with RoPE inside attention, ", stringify!($e), ", D = ", $d, ", group capacity ", $g, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: DecodeRopeParams) {
+            // SAFETY: forwarded launch contract.
+            unsafe {
+                batch_decode::<$e, Half<$e>, ScaleSoftCap, LaneRope<VEC>, $d, $g>(&p.base, 1.0, &p.rope)
+            }
+        }
+    )*};
+}
+
+decode_rope_entries! {
+    decode_rope_f16_d64_g1 => F16, 64, 1;
+    decode_rope_f16_d64_g2 => F16, 64, 2;
+    decode_rope_f16_d64_g4 => F16, 64, 4;
+    decode_rope_f16_d64_g8 => F16, 64, 8;
+    decode_rope_f16_d128_g1 => F16, 128, 1;
+    decode_rope_f16_d128_g2 => F16, 128, 2;
+    decode_rope_f16_d128_g4 => F16, 128, 4;
+    decode_rope_f16_d128_g8 => F16, 128, 8;
+    decode_rope_f16_d256_g1 => F16, 256, 1;
+    decode_rope_f16_d256_g2 => F16, 256, 2;
+    decode_rope_f16_d256_g4 => F16, 256, 4;
+    decode_rope_f16_d256_g8 => F16, 256, 8;
+    decode_rope_bf16_d64_g1 => Bf16, 64, 1;
+    decode_rope_bf16_d64_g2 => Bf16, 64, 2;
+    decode_rope_bf16_d64_g4 => Bf16, 64, 4;
+    decode_rope_bf16_d64_g8 => Bf16, 64, 8;
+    decode_rope_bf16_d128_g1 => Bf16, 128, 1;
+    decode_rope_bf16_d128_g2 => Bf16, 128, 2;
+    decode_rope_bf16_d128_g4 => Bf16, 128, 4;
+    decode_rope_bf16_d128_g8 => Bf16, 128, 8;
+    decode_rope_bf16_d256_g1 => Bf16, 256, 1;
+    decode_rope_bf16_d256_g2 => Bf16, 256, 2;
+    decode_rope_bf16_d256_g4 => Bf16, 256, 4;
+    decode_rope_bf16_d256_g8 => Bf16, 256, 8;
 }

@@ -266,6 +266,15 @@ pub enum KernelKey {
         /// Query-group capacity.
         group: u32,
     },
+    /// Batch decode on CUDA cores with RoPE inside attention (group capacity 1, 2, 4, 8).
+    DecodeRope {
+        /// Element type.
+        dtype: KeyDtype,
+        /// Head dim (64, 128, 256).
+        head_dim: u32,
+        /// Query-group capacity.
+        group: u32,
+    },
     /// Batch decode on CUDA cores over fp8 K/V of format `fp8` (`dtype`: q and out).
     DecodeFp8 {
         /// Element type of q and out.
@@ -376,6 +385,11 @@ impl fmt::Display for KernelKey {
                 head_dim,
                 group,
             } => write!(f, "decode_{}_d{head_dim}_g{group}", dtype.name()),
+            KernelKey::DecodeRope {
+                dtype,
+                head_dim,
+                group,
+            } => write!(f, "decode_rope_{}_d{head_dim}_g{group}", dtype.name()),
             KernelKey::DecodeFp8 {
                 dtype,
                 fp8,
@@ -454,6 +468,11 @@ impl KernelKey {
             for head_dim in [64, 128, 256] {
                 for group in [1, 2, 4, 8] {
                     f(KernelKey::Decode {
+                        dtype,
+                        head_dim,
+                        group,
+                    });
+                    f(KernelKey::DecodeRope {
                         dtype,
                         head_dim,
                         group,
@@ -614,9 +633,12 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        // 24 decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2 dtypes × ((8
+        // 24 decode + 24 rope decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2 dtypes × ((8
         // ragged + 6 paged forms) × 2 head dims + 2 at D 256)) + 12 copies + 17 model kernels.
-        assert_eq!(count, 24 + 48 + 4 + 8 + 12 + 2 * (14 * 2 + 2) + 12 + 17);
+        assert_eq!(
+            count,
+            24 + 24 + 48 + 4 + 8 + 12 + 2 * (14 * 2 + 2) + 12 + 17
+        );
         for (i, m) in ModelKernel::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);
         }

@@ -11,7 +11,10 @@ use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool};
 use crate::options::AttentionOptions;
+use crate::rope::{RopeConfig, RopeStyle};
 use crate::validate;
+
+use super::decode::RowRope;
 
 const OP: &str = "cpu_batch_decode";
 
@@ -25,7 +28,57 @@ pub fn batch_decode<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    scaled(heads, opts, q, pool, pages, KvScales::ONE, out, lse)
+    scaled(heads, opts, q, pool, pages, KvScales::ONE, None, out, lse)
+}
+
+/// [`batch_decode`] with RoPE inside attention, the twin of
+/// [`crate::ops::BatchDecode::set_rope`]: q and every key are rotated on the fly by `rope` (the
+/// cache holds unrotated keys); key `t` of request `b` sits at position `offsets[b] + t`
+/// (offsets 0 when `None`), the query at `offsets[b] + kv_len − 1`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_decode_rope<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    rope: &RopeConfig,
+    offsets: Option<&[i32]>,
+    q: &[T],
+    pool: &KvPool<T>,
+    pages: &BatchPages,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    let inv_freq = rope.inv_freq(heads.head_dim, None)?;
+    let page_size = pool.config().page_size;
+    let zeros = vec![0; pages.batch_size()];
+    let offsets = offsets.unwrap_or(&zeros);
+    let lens = (0..pages.batch_size())
+        .map(|b| pages.kv_len(b, page_size))
+        .collect::<Result<Vec<_>>>()?;
+    crate::ops::rope_attn::check_offsets(OP, offsets, &lens)?;
+    let r = Rope {
+        inv_freq: &inv_freq,
+        style: rope.style,
+        offsets,
+    };
+    scaled(
+        heads,
+        opts,
+        q,
+        pool,
+        pages,
+        KvScales::ONE,
+        Some(r),
+        out,
+        lse,
+    )
+}
+
+/// RoPE of a batch: the frequency table, the pairing and each request's position offset.
+#[derive(Clone, Copy)]
+struct Rope<'a> {
+    inv_freq: &'a [f32],
+    style: RopeStyle,
+    offsets: &'a [i32],
 }
 
 /// [`batch_decode`] over an fp8 page pool read with `scales` (real K/V = code × scale); q and
@@ -41,7 +94,7 @@ pub fn batch_decode_fp8<T: Float16, F: Fp8Format>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    scaled(heads, opts, q, pool, pages, scales, out, lse)
+    scaled(heads, opts, q, pool, pages, scales, None, out, lse)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -52,6 +105,7 @@ fn scaled<T: Float16, S: KvElem>(
     pool: &KvPool<T, S>,
     pages: &BatchPages,
     scales: KvScales,
+    rope: Option<Rope<'_>>,
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
@@ -74,48 +128,39 @@ fn scaled<T: Float16, S: KvElem>(
         let (k, v) = pool.gather_host(pages, bi)?;
         Ok((pages.kv_len(bi, pool.config().page_size)?, k, v))
     };
+    // One request: gathered K/V, then the decode (with its rotation under RoPE).
+    let one = |bi: usize, o: &mut [T], l: Option<&mut [f32]>| -> Result<()> {
+        let (len, k, v) = gather(bi)?;
+        let qb = &q[bi * row..(bi + 1) * row];
+        match rope {
+            None => super::decode::single_decode_scaled(
+                heads, opts, qb, &k, strides, &v, strides, len, scales, o, l,
+            ),
+            Some(r) => {
+                let k_pos0 = r.offsets[bi] as u32;
+                let rr = RowRope {
+                    inv_freq: r.inv_freq,
+                    style: r.style,
+                    k_pos0,
+                    // An empty request attends nothing; its query position is moot.
+                    q_pos: (k_pos0 + len as u32).saturating_sub(1),
+                };
+                super::decode::single_decode_rope(heads, opts, qb, &k, strides, &v, len, rr, o, l)
+            }
+        }
+    };
     let hq = heads.num_qo_heads;
     let results: Vec<Result<()>> = match lse {
         Some(l) => out[..n]
             .par_chunks_mut(row)
             .zip(l[..nl].par_chunks_mut(hq))
             .enumerate()
-            .map(|(bi, (o, l))| {
-                let (len, k, v) = gather(bi)?;
-                super::decode::single_decode_scaled(
-                    heads,
-                    opts,
-                    &q[bi * row..(bi + 1) * row],
-                    &k,
-                    strides,
-                    &v,
-                    strides,
-                    len,
-                    scales,
-                    o,
-                    Some(l),
-                )
-            })
+            .map(|(bi, (o, l))| one(bi, o, Some(l)))
             .collect(),
         None => out[..n]
             .par_chunks_mut(row)
             .enumerate()
-            .map(|(bi, o)| {
-                let (len, k, v) = gather(bi)?;
-                super::decode::single_decode_scaled(
-                    heads,
-                    opts,
-                    &q[bi * row..(bi + 1) * row],
-                    &k,
-                    strides,
-                    &v,
-                    strides,
-                    len,
-                    scales,
-                    o,
-                    None,
-                )
-            })
+            .map(|(bi, o)| one(bi, o, None))
             .collect(),
     };
     results.into_iter().collect()

@@ -22,6 +22,7 @@ use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
+use crate::rope::RopeStyle;
 use crate::validate;
 
 const OP: &str = "cpu::single_decode";
@@ -188,6 +189,49 @@ pub(crate) fn single_decode_mask_row<T: Float16, S: KvElem>(
     Ok(())
 }
 
+/// RoPE inside attention for one request's decode: q rotated to `q_pos`, key `t` to
+/// `k_pos0 + t` (`inv_freq` validated against the head dim by the caller).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowRope<'a> {
+    pub(crate) inv_freq: &'a [f32],
+    pub(crate) style: RopeStyle,
+    pub(crate) k_pos0: u32,
+    pub(crate) q_pos: u32,
+}
+
+/// [`single_decode_scaled`] with RoPE inside attention ([`RowRope`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn single_decode_rope<T: Float16, S: KvElem>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    q: &[T],
+    k: &[S],
+    strides: KvStrides,
+    v: &[S],
+    kv_len: usize,
+    rope: RowRope<'_>,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    let lse_len = lse.as_deref().map(<[f32]>::len);
+    let mut job = Job::new(
+        heads,
+        opts,
+        q,
+        k,
+        strides,
+        v,
+        strides,
+        kv_len,
+        out.len(),
+        lse_len,
+        KvScales::ONE,
+    )?;
+    job.rope = Some(rope);
+    job.run(out, lse, T::from_f32);
+    Ok(())
+}
+
 /// Decode attention that returns the attention *state* in f32: the normalised output
 /// `o [num_qo_heads, head_dim]` without rounding to 16 bits, and the base-2 `lse
 /// [num_qo_heads]` (required).
@@ -244,6 +288,8 @@ struct Job<'a, T, S> {
     logit: LogitTransform,
     /// A custom mask's row: key `t` attended only when bit `row + t` of the packed bits is set.
     mask_row: Option<(&'a [u8], usize)>,
+    /// RoPE inside attention.
+    rope: Option<RowRope<'a>>,
 }
 
 impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
@@ -297,6 +343,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             // soft-cap's tanh, where the real logit is).
             logit: LogitTransform::new(opts.scale(heads) * scales.k, opts.soft_cap),
             mask_row: None,
+            rope: None,
         })
     }
 
@@ -321,7 +368,13 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     fn head<O>(&self, h: usize, out: &mut [O], conv: &impl Fn(f32) -> O) -> f32 {
         let d = self.head_dim;
         let kvh = h / self.group;
-        let q: Vec<f32> = self.q[h * d..][..d].iter().map(|x| x.to_f32()).collect();
+        let mut q: Vec<f32> = self.q[h * d..][..d].iter().map(|x| x.to_f32()).collect();
+        // RoPE: q rotated once; each key row rotated into `kr` before its dot product.
+        let mut kr = Vec::new();
+        if let Some(r) = self.rope {
+            super::rope::rotate_head(&mut q, r.q_pos, r.inv_freq, r.style);
+            kr = vec![0.0f32; d];
+        }
         let k_head = kvh * self.k_strides.stride_h;
         let v_head = kvh * self.v_strides.stride_h;
         let mut acc = vec![0.0f32; d];
@@ -333,7 +386,18 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             let mut m_new = st.m;
             for (u, xu) in x[..n].iter_mut().enumerate() {
                 let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
-                *xu = self.logit.apply(dot(&q, row));
+                let s = match self.rope {
+                    None => dot(&q, row),
+                    Some(r) => {
+                        for (o, x) in kr.iter_mut().zip(row) {
+                            *o = x.load();
+                        }
+                        let pos = r.k_pos0 + (t0 + u) as u32;
+                        super::rope::rotate_head(&mut kr, pos, r.inv_freq, r.style);
+                        dot(&q, &kr)
+                    }
+                };
+                *xu = self.logit.apply(s);
                 if let Some((bits, r)) = self.mask_row {
                     // A hidden key: logit −inf, weight 0 (the State's convention).
                     if !crate::mask::row_bit(bits, r + t0 + u) {
@@ -363,9 +427,28 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     }
 }
 
+/// An element a dot product reads: a stored K element, or an f32 (a rotated key row).
+trait Load: Copy {
+    fn load(self) -> f32;
+}
+
+impl<S: KvElem> Load for S {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        KvElem::load(self)
+    }
+}
+
+impl Load for f32 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self
+    }
+}
+
 /// `q · k` in f32 with 8 independent partial sums (lets the compiler vectorise).
 #[inline]
-fn dot<S: KvElem>(q: &[f32], k: &[S]) -> f32 {
+fn dot<S: Load>(q: &[f32], k: &[S]) -> f32 {
     const L: usize = 8;
     let mut part = [0.0f32; L];
     let qc = q.chunks_exact(L);

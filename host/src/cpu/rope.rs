@@ -42,21 +42,28 @@ pub fn apply_rope(
     x.par_chunks_mut(row)
         .zip(positions.par_iter())
         .for_each(|(r, &p)| {
-            for (i, &f) in inv_freq.iter().enumerate() {
-                // The angle in f32 as Hugging Face computes it (position · inv_freq).
-                let (s, c) = (p as f32 * f).sin_cos();
-                for h in r.chunks_exact_mut(head_dim) {
-                    let (a, b) = match style {
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        RopeStyle::Half => (i, i + half),
-                    };
-                    let (x0, x1) = (h[a], h[b]);
-                    h[a] = x0 * c - x1 * s;
-                    h[b] = x1 * c + x0 * s;
-                }
+            for h in r.chunks_exact_mut(head_dim) {
+                rotate_head(h, p as u32, inv_freq, style);
             }
         });
     Ok(())
+}
+
+/// Rotates one head row `h` to `position` (`inv_freq.len()` pairs, at most `h.len() / 2`; the
+/// caller checks): the one rotation behind [`apply_rope`] and RoPE inside the CPU attention.
+pub(crate) fn rotate_head(h: &mut [f32], position: u32, inv_freq: &[f32], style: RopeStyle) {
+    let half = inv_freq.len();
+    for (i, &f) in inv_freq.iter().enumerate() {
+        // The angle in f32 as Hugging Face computes it (position · inv_freq).
+        let (s, c) = (position as f32 * f).sin_cos();
+        let (a, b) = match style {
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            RopeStyle::Half => (i, i + half),
+        };
+        let (x0, x1) = (h[a], h[b]);
+        h[a] = x0 * c - x1 * s;
+        h[b] = x1 * c + x0 * s;
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 //!
 //! fp8 K/V ([`BatchDecode::set_kv_dtype`], [`BatchDecode::run_fp8`]) run the CUDA-core kernel's
 //! fp8 instances (`decode_fp8_*`): K's scale folded into the logit scale here, V's passed to the
-//! kernel.
-use ferrinfer_kernels::abi::{DecodeFp8Params, DecodeParams};
+//! kernel. RoPE inside attention ([`BatchDecode::set_rope`]) runs its `decode_rope_*` instances,
+//! with the per-request position offsets in the plan's tables.
+use ferrinfer_kernels::abi::{DecodeFp8Params, DecodeParams, DecodeRopeParams};
 use ferrinfer_kernels::config::{batch_decode as bcfg, decode_rows as cfg, decode_tc as tccfg};
 use ferrinfer_kernels::kernel_key::KernelKey;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
@@ -24,9 +25,11 @@ use crate::fp8::{Fp8, Fp8Format, Fp8Kind, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool, KvPoolConfig};
 use crate::ops::io_check::PlannedIo;
+use crate::ops::rope_attn::{self, RopeAttention};
 use crate::ops::workspace::{check_graph_fit, check_slots, MetaLayout, PlanOwner, PlanWorkspace};
 use crate::options::AttentionOptions;
 use crate::plan::decode::{plan as plan_decode, DecodePlan, DecodeProblem};
+use crate::rope::RopeConfig;
 use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, Kernel, LaunchDims};
 use crate::validate;
 
@@ -85,7 +88,8 @@ struct Caps {
 }
 
 /// Offsets (in `i32`s) of a decode plan's device tables: `[counts 2 | work 3·ws |
-/// merge_indptr mb+1 | kv_indptr mb+1 | kv_indices mp | merge counters mb·Hkv]`.
+/// merge_indptr mb+1 | kv_indptr mb+1 | kv_indices mp | rope offsets mb | merge counters
+/// mb·Hkv]`.
 #[derive(Clone, Copy, Debug)]
 struct MetaOffsets {
     counts: usize,
@@ -93,6 +97,7 @@ struct MetaOffsets {
     merge: usize,
     indptr: usize,
     indices: usize,
+    rope: usize,
     counters: usize,
     len: usize,
 }
@@ -107,6 +112,7 @@ impl Caps {
             merge: m.region(mb + 1),
             indptr: m.region(mb + 1),
             indices: m.region(self.max_pages),
+            rope: m.region(mb),
             counters: m.region(mb * self.num_kv_heads),
             len: m.len(),
         }
@@ -163,6 +169,8 @@ pub struct BatchDecode {
     max_ctas: usize,
     fixed_split: Option<usize>,
     graph: Option<GraphLimits>,
+    /// RoPE inside attention ([`BatchDecode::set_rope`]).
+    rope: Option<RopeAttention>,
 }
 
 impl BatchDecode {
@@ -204,7 +212,7 @@ impl BatchDecode {
         };
         let kv = KvDtype::from(dtype);
         let (kernel, smem_bytes, chunk_align, max_ctas) =
-            Self::resolve(gpu, &heads, dtype, kv, kind)?;
+            Self::resolve(gpu, &heads, dtype, kv, kind, false)?;
         Ok(Self {
             gpu: gpu.clone(),
             heads,
@@ -218,6 +226,7 @@ impl BatchDecode {
             max_ctas,
             fixed_split: None,
             graph,
+            rope: None,
         })
     }
 
@@ -258,20 +267,22 @@ impl BatchDecode {
                 format!("{kv} K/V with {} queries", self.dtype),
             ));
         }
+        if kv.is_fp8() && self.rope.is_some() {
+            return Err(Error::unsupported(
+                OP,
+                "kv dtype",
+                format!("{kv} K/V with RoPE inside attention"),
+            ));
+        }
         let kind = if kv.is_fp8() {
             DecodeKernel::CudaCore
         } else {
             self.kind
         };
         let (kernel, smem, align, max_ctas) =
-            Self::resolve(&self.gpu, &self.heads, self.dtype, kv, kind)?;
+            Self::resolve(&self.gpu, &self.heads, self.dtype, kv, kind, false)?;
         self.kv = kv;
-        self.max_ctas = max_ctas;
-        self.kind = kind;
-        self.kernel = kernel;
-        self.smem_bytes = smem;
-        self.chunk_align = align;
-        Ok(())
+        self.apply(kind, kernel, smem, align, max_ctas)
     }
 
     /// The K/V element type the op reads.
@@ -279,9 +290,55 @@ impl BatchDecode {
         self.kv
     }
 
-    fn select(&mut self, kind: DecodeKernel) -> Result<()> {
+    /// Switches RoPE inside attention on (`Some`) or off (FlashInfer's `pos_encoding_mode`
+    /// `"ROPE_LLAMA"` / `"NONE"`): q and every key are rotated in the kernel by
+    /// `position · inv_freq` of `rope` (any pairing, base, scaling and rotary dim the kernels
+    /// support: with `rotate_half` pairing the rotary dim must be a multiple of 16). Key `t` of
+    /// request `b` sits at position `offsets[b] + t` and the query at `offsets[b] + kv_len − 1`
+    /// (offsets from [`BatchDecode::plan_into_with_offsets`], else 0). Runs the CUDA-core kernel
+    /// (this selects it) over 16-bit K/V; fp8 K/V with RoPE is `Unsupported`. Plans made before
+    /// a change must be remade.
+    pub fn set_rope(&mut self, rope: Option<RopeConfig>) -> Result<()> {
+        let Some(cfg) = rope else {
+            let (kernel, smem, align, max_ctas) = Self::resolve(
+                &self.gpu,
+                &self.heads,
+                self.dtype,
+                self.kv,
+                self.kind,
+                false,
+            )?;
+            self.rope = None;
+            return self.apply(self.kind, kernel, smem, align, max_ctas);
+        };
+        if self.kv.is_fp8() {
+            return Err(Error::unsupported(
+                OP,
+                "rope",
+                format!("RoPE inside attention over {} K/V", self.kv),
+            ));
+        }
+        let r = RopeAttention::new(OP, &self.gpu, cfg, self.heads.head_dim)?;
+        let kind = DecodeKernel::CudaCore;
         let (kernel, smem, align, max_ctas) =
-            Self::resolve(&self.gpu, &self.heads, self.dtype, self.kv, kind)?;
+            Self::resolve(&self.gpu, &self.heads, self.dtype, self.kv, kind, true)?;
+        self.rope = Some(r);
+        self.apply(kind, kernel, smem, align, max_ctas)
+    }
+
+    /// The RoPE configuration in use, if any.
+    pub fn rope(&self) -> Option<&RopeConfig> {
+        self.rope.as_ref().map(RopeAttention::config)
+    }
+
+    fn apply(
+        &mut self,
+        kind: DecodeKernel,
+        kernel: Kernel,
+        smem: u32,
+        align: usize,
+        max_ctas: usize,
+    ) -> Result<()> {
         self.max_ctas = max_ctas;
         self.kind = kind;
         self.kernel = kernel;
@@ -290,14 +347,23 @@ impl BatchDecode {
         Ok(())
     }
 
-    /// The kernel of family `kind` for `heads` and `dtype`, its dynamic shared memory, the
-    /// planner's chunk alignment and the CTAs the device runs at once.
+    fn select(&mut self, kind: DecodeKernel) -> Result<()> {
+        let rope = self.rope.is_some();
+        let (kernel, smem, align, max_ctas) =
+            Self::resolve(&self.gpu, &self.heads, self.dtype, self.kv, kind, rope)?;
+        self.apply(kind, kernel, smem, align, max_ctas)
+    }
+
+    /// The kernel of family `kind` for `heads` and `dtype` (with RoPE inside attention when
+    /// `rope`), its dynamic shared memory, the planner's chunk alignment and the CTAs the
+    /// device runs at once.
     fn resolve(
         gpu: &Gpu,
         h: &HeadConfig,
         dtype: DType,
         kv: KvDtype,
         kind: DecodeKernel,
+        rope: bool,
     ) -> Result<(Kernel, u32, usize, usize)> {
         let d = h.head_dim as u32;
         let fp8 = match kv {
@@ -312,11 +378,17 @@ impl BatchDecode {
                     .and_then(cfg::group_capacity)
                     .unwrap_or(8);
                 let key = match fp8 {
+                    None if rope => KernelKey::DecodeRope {
+                        dtype: dtype.key(),
+                        head_dim: d,
+                        group: cap,
+                    },
                     None => KernelKey::Decode {
                         dtype: dtype.key(),
                         head_dim: d,
                         group: cap,
                     },
+                    // set_rope and set_kv_dtype keep fp8 and RoPE apart.
                     Some(fp8) => KernelKey::DecodeFp8 {
                         dtype: dtype.key(),
                         fp8,
@@ -332,6 +404,13 @@ impl BatchDecode {
                 )
             }
             DecodeKernel::TensorCore => {
+                if rope {
+                    return Err(Error::unsupported(
+                        OP,
+                        "tensor-core decode",
+                        "RoPE inside attention (the CUDA-core kernel supports it)",
+                    ));
+                }
                 if !Self::tensor_cores_support(h) {
                     return Err(Error::unsupported(
                         OP,
@@ -421,7 +500,7 @@ impl BatchDecode {
             off: caps.offsets(),
             ws: PlanWorkspace::new(&self.gpu, self.owner(), fixed)?,
         };
-        self.plan_into_inner(pages, page_size, pool, &mut plan)?;
+        self.plan_into_inner(pages, page_size, pool, None, &mut plan)?;
         Ok(plan)
     }
 
@@ -433,7 +512,20 @@ impl BatchDecode {
         pool: &KvPoolConfig,
         plan: &mut BatchDecodePlan,
     ) -> Result<()> {
-        self.plan_into_inner(pages, pool.page_size, Some(pool), plan)
+        self.plan_into_inner(pages, pool.page_size, Some(pool), None, plan)
+    }
+
+    /// [`BatchDecode::plan_into`] with explicit RoPE position offsets, one per request
+    /// (`≥ 0`): key `t` of request `b` sits at position `offsets[b] + t` (FlashInfer's
+    /// `rope_pos_offset`). Without RoPE ([`BatchDecode::set_rope`]) they are checked and unused.
+    pub fn plan_into_with_offsets(
+        &self,
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        offsets: &[i32],
+        plan: &mut BatchDecodePlan,
+    ) -> Result<()> {
+        self.plan_into_inner(pages, pool.page_size, Some(pool), Some(offsets), plan)
     }
 
     fn owner(&self) -> PlanOwner<GraphLimits> {
@@ -446,7 +538,7 @@ impl BatchDecode {
         page_size: usize,
         plan: &mut BatchDecodePlan,
     ) -> Result<()> {
-        self.plan_into_inner(pages, page_size, None, plan)
+        self.plan_into_inner(pages, page_size, None, None, plan)
     }
 
     fn validate_pages(
@@ -467,6 +559,7 @@ impl BatchDecode {
         pages: &BatchPages,
         page_size: usize,
         pool: Option<&KvPoolConfig>,
+        offsets: Option<&[i32]>,
         plan: &mut BatchDecodePlan,
     ) -> Result<()> {
         plan.ws.owner().check(OP, &self.owner())?;
@@ -488,6 +581,10 @@ impl BatchDecode {
                 op: OP,
                 what: "kv_len (2^31 tokens per request)",
             });
+        }
+        if let Some(o) = offsets {
+            let kv_lens: Vec<usize> = ranges.iter().map(|&(_, e)| e).collect();
+            rope_attn::check_offsets(OP, o, &kv_lens)?;
         }
         let lens: Vec<usize> = ranges.iter().map(|&(b, e)| e - b).collect();
         let graph_items = self.graph.map(|_| plan.caps.work_stride);
@@ -548,6 +645,10 @@ impl BatchDecode {
         let indptr = s.region(off.indptr, caps.max_batch + 1);
         indptr[..pages.kv_indptr.len()].copy_from_slice(&pages.kv_indptr);
         s.at(off.indices).extend_from_slice(&pages.kv_indices);
+        let rope = s.region(off.rope, caps.max_batch);
+        if let Some(o) = offsets {
+            rope[..o.len()].copy_from_slice(o);
+        }
         // Arrival counters of the fused merge, zeroed by every plan (the kernel also resets
         // them after each merge, so replays without re-planning stay consistent).
         s.region(off.counters, off.len - off.counters);
@@ -731,7 +832,16 @@ impl BatchDecode {
         // plan's work items.
         unsafe {
             match scales {
-                None => self.gpu.launch_kernel(&self.kernel, dims, p)?,
+                None => match &self.rope {
+                    None => self.gpu.launch_kernel(&self.kernel, dims, p)?,
+                    Some(r) => {
+                        let p = DecodeRopeParams {
+                            base: p,
+                            rope: r.abi(at(off.rope)),
+                        };
+                        self.gpu.launch_kernel(&self.kernel, dims, p)?
+                    }
+                },
                 Some(s) => {
                     let p = DecodeFp8Params {
                         base: p,

@@ -9,6 +9,7 @@ pub(crate) mod kv_copy;
 pub mod merge;
 pub mod model;
 pub mod prefill;
+pub(crate) mod rope_attn;
 pub mod single_decode;
 mod workspace;
 

@@ -13,6 +13,7 @@
 //! | [`state`]    | online-softmax state of a lane's rows: update, quad reduction, normalise   |
 //! | [`epilogue`] | a prefill tile's output: normalised O and lse, final or split partial     |
 //! | [`split`]    | the decode kernels' fused split-KV merge                                   |
+//! | [`rope`]     | RoPE inside attention: q and key rows rotated on the fly ([`rope::PosEnc`]) |
 //! | [`kv`]       | K/V row addresses per layout (ragged, paged), the `cp.async` tile copy    |
 //! | [`swizzle`]  | the swizzled `[rows][D]` shared-memory layout and fragment offsets        |
 //! | [`traits`]   | per-head-dim constants derived from `D`                                    |
@@ -44,6 +45,8 @@ pub(crate) mod hopper;
 pub(crate) mod kv;
 pub(crate) mod logits;
 pub(crate) mod mask;
+#[cfg(target_arch = "nvptx64")]
+pub(crate) mod rope;
 #[cfg(target_arch = "nvptx64")]
 pub(crate) mod split;
 #[cfg(target_arch = "nvptx64")]

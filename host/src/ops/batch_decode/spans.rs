@@ -189,7 +189,7 @@ impl BatchDecode {
             off: caps.offsets(),
             ws: PlanWorkspace::in_caller(OP, &self.gpu, self.owner(), fixed, workspace)?,
         };
-        self.plan_into_inner(pages, cache.page_size, Some(cache), &mut plan)?;
+        self.plan_into_inner(pages, cache.page_size, Some(cache), None, &mut plan)?;
         Ok(plan)
     }
 
