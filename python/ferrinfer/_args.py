@@ -45,6 +45,27 @@ def options(
     return scale, cap, win
 
 
+def rope(op: str, pos_encoding_mode: str, rope_scale: Optional[float],
+         rope_theta: Optional[float]) -> Optional[Tuple[float, float]]:
+    """FlashInfer's position encoding as ``(rope_scale, rope_theta)`` for RoPE inside attention
+    (``"ROPE_LLAMA"``: ``rotate_half`` pairs over the whole head, positions divided by
+    ``rope_scale``, defaults 1 and 10⁴), or ``None`` (``"NONE"``, with no ``rope_*`` given).
+    ``"ALIBI"`` and any other mode raise ``NotImplementedError``."""
+    mode = "NONE" if pos_encoding_mode is None else str(pos_encoding_mode).upper()
+    if mode == "NONE":
+        unsupported(op, rope_scale=rope_scale, rope_theta=rope_theta)
+        return None
+    if mode != "ROPE_LLAMA":
+        raise NotImplementedError(f"{op}: pos_encoding_mode={pos_encoding_mode!r} is not supported by ferrinfer "
+                                  "(NONE and ROPE_LLAMA are)")
+    scale = 1.0 if rope_scale is None else float(rope_scale)
+    theta = 1e4 if rope_theta is None else float(rope_theta)
+    if not (scale > 0.0 and scale != float("inf")) or not (theta > 1.0 and theta != float("inf")):
+        raise ValueError(f"{op}: rope_scale={rope_scale!r} must be finite and > 0, rope_theta={rope_theta!r} "
+                         "finite and > 1")
+    return scale, theta
+
+
 def run_window(op: str, planned: Optional[int], window_left: Optional[int], cuda: bool) -> Optional[int]:
     """The window of a ``run`` given ``window_left`` (``None``: the planned one). A CUDA plan
     has its window compiled into the launch, so a different one is refused there."""

@@ -40,14 +40,15 @@ def _op(key: tuple, make: Any) -> Any:
     return _OPS[key]
 
 
-def decode(dev: int, q: Any, k: Any, v: Any, layout: str, options: tuple, return_lse: bool) -> Any:
+def decode(dev: int, q: Any, k: Any, v: Any, layout: str, options: tuple, return_lse: bool,
+           rope: Any = None) -> Any:
     import torch
 
     op_name = "single_decode_with_kv_cache"
     hq, hkv, d, kv_len = _geometry(op_name, q, k, v, layout, 2)
     dtype = _tensor.dtype_name(q)
-    op = _op(("decode", dev, hq, hkv, d, dtype, options),
-             lambda: _native.CudaBatchDecode(dev, hq, hkv, d, dtype, *options))
+    op = _op(("decode", dev, hq, hkv, d, dtype, options, rope),
+             lambda: _native.CudaBatchDecode(dev, hq, hkv, d, dtype, *options, rope=rope))
     stream = _cuda.stream(dev)
     ws = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
     indptr, indices, last = _tables([0, 1], [0], [kv_len])

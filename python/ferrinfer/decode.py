@@ -36,19 +36,21 @@ def single_decode_with_kv_cache(
     ``[kv_len, num_kv_heads, head_dim]`` (NHD) or ``[num_kv_heads, kv_len, head_dim]`` (HND).
 
     Returns ``out`` like ``q``, or ``(out, lse)`` with ``lse [num_qo_heads]`` (float32, base 2)
-    when ``return_lse``. ``use_tensor_cores`` only picks a kernel and is accepted; RoPE
-    (``pos_encoding_mode``, ``rope_*``) and fp8 scales raise ``NotImplementedError``.
+    when ``return_lse``. ``use_tensor_cores`` only picks a kernel and is accepted.
+    ``pos_encoding_mode="ROPE_LLAMA"`` rotates q (at position ``kv_len - 1``) and every key
+    (at its index) inside attention, with ``rope_scale``/``rope_theta``; fp8 scales raise
+    ``NotImplementedError``.
     """
     op = "single_decode_with_kv_cache"
-    _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, q_scale=q_scale, k_scale=k_scale,
-                      v_scale=v_scale, rope_scale=rope_scale, rope_theta=rope_theta, **kwargs)
+    _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, **kwargs)
+    rope = _args.rope(op, pos_encoding_mode, rope_scale, rope_theta)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
     dev = _cuda.device_of(q)
     if dev is not None:
-        return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse)
+        return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse, rope)
     out, lse = _args.outputs(q, None, None, return_lse)
     _native.single_decode(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout),
-                          view(out, "out"), opt_view(lse, "lse"), scale, cap, win)
+                          view(out, "out"), opt_view(lse, "lse"), scale, cap, win, rope=rope)
     return _args.result(out, lse, return_lse)
 
 
@@ -121,10 +123,12 @@ class BatchDecodeWithPagedKVCacheWrapper:
         disable_split_kv: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Records the step's page tables (copied to host int32 arrays) and options."""
+        """Records the step's page tables (copied to host int32 arrays) and options.
+        ``pos_encoding_mode="ROPE_LLAMA"`` rotates q and the keys inside attention (query at
+        ``kv_len - 1``, key ``t`` at ``t``; ``rope_scale``, ``rope_theta`` as FlashInfer's)."""
         op = "BatchDecodeWithPagedKVCacheWrapper.plan"
-        _args.unsupported(op, pos_encoding_mode=pos_encoding_mode, rope_scale=rope_scale,
-                          rope_theta=rope_theta, block_tables=block_tables, seq_lens=seq_lens, **kwargs)
+        _args.unsupported(op, block_tables=block_tables, seq_lens=seq_lens, **kwargs)
+        rope = _args.rope(op, pos_encoding_mode, rope_scale, rope_theta)
         if data_type is not None:
             q_data_type = data_type
         q_dt = _args.kv_dtype(op, q_data_type, kv_data_type)
@@ -135,22 +139,23 @@ class BatchDecodeWithPagedKVCacheWrapper:
         options = _args.options(sm_scale, logits_soft_cap, window_left)
         cuda_op = None
         if self._device is not None:
-            cuda_op = self._cuda_op((int(num_qo_heads), int(num_kv_heads), int(head_dim)), q_dt, options)
+            cuda_op = self._cuda_op((int(num_qo_heads), int(num_kv_heads), int(head_dim)), q_dt, options, rope)
             cuda_op.plan(_cuda.stream(self._device), _cuda.workspace(self._workspace), view(tables[0], "indptr"),
                          view(tables[1], "indices"), view(tables[2], "last_page_len"), int(page_size))
         self._plan = dict(cuda=cuda_op, tables=tables, heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim)),
                           page_size=int(page_size), dtype=q_dt,
-                          options=options)
+                          options=options, rope=rope)
 
-    def _cuda_op(self, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any]) -> Any:
+    def _cuda_op(self, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any],
+                 rope: Optional[Tuple[float, float]]) -> Any:
         """The native CUDA op for this geometry and option set (built once: kernels resolved,
         graph limits from the fixed buffers)."""
         graph = None
         if self._use_cuda_graph:
             graph = (int(self._buffers[0].shape[0]) - 1, int(self._buffers[1].shape[0]))
-        key = (heads, dtype, options, graph)
+        key = (heads, dtype, options, graph, rope)
         if key not in self._ops:
-            self._ops[key] = _native.CudaBatchDecode(self._device, *heads, dtype, *options, graph=graph)
+            self._ops[key] = _native.CudaBatchDecode(self._device, *heads, dtype, *options, graph=graph, rope=rope)
         return self._ops[key]
 
     begin_forward = plan
@@ -197,7 +202,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         _native.batch_decode_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                    view(indptr, "indptr"), view(indices, "indices"),
                                    view(last, "last_page_len"), view(out, "out"), opt_view(lse, "lse"),
-                                   scale, cap, win)
+                                   scale, cap, win, rope=p["rope"])
         return _args.result(out, lse, return_lse)
 
     forward = run

@@ -215,14 +215,17 @@ impl Args {
     }
 }
 
-fn decode_impl<T: Float16 + Elem>(a: &Args) -> PyResult<()> {
+fn decode_impl<T: Float16 + Elem>(a: &Args, rope: Option<(f32, f32)>) -> PyResult<()> {
     a.q.expect_rank(2, "[num_qo_heads, head_dim]")?;
     let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
     let (q, k, v, out, lse) = a.slices::<T>()?;
     let (ks, vs) = (kv_strides(&a.k, a.hnd), kv_strides(&a.v, a.hnd));
-    lib(cpu::single_decode(
-        &heads, &a.opts, q, k, ks, v, vs, kv_len, out, lse,
-    ))
+    lib(match crate::rope_llama(rope, heads.head_dim) {
+        None => cpu::single_decode(&heads, &a.opts, q, k, ks, v, vs, kv_len, out, lse),
+        Some(r) => {
+            cpu::single_decode_rope(&heads, &a.opts, &r, 0, q, k, ks, v, vs, kv_len, out, lse)
+        }
+    })
 }
 
 fn prefill_impl<T: Float16 + Elem>(a: &Args, mask: Option<&PackedMask>) -> PyResult<()> {
@@ -237,8 +240,10 @@ fn prefill_impl<T: Float16 + Elem>(a: &Args, mask: Option<&PackedMask>) -> PyRes
     })
 }
 
-/// `single_decode(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left)`.
+/// `single_decode(q, k, v, kv_layout, out, lse, sm_scale, soft_cap, window_left, rope=None)`;
+/// `rope` = `(rope_scale, rope_theta)` of FlashInfer's `ROPE_LLAMA`.
 #[pyfunction]
+#[pyo3(signature = (q, k, v, kv_layout, out, lse, sm_scale, soft_cap, window_left, rope=None))]
 #[allow(clippy::too_many_arguments)]
 fn single_decode(
     py: Python<'_>,
@@ -251,10 +256,11 @@ fn single_decode(
     sm_scale: Option<f32>,
     soft_cap: Option<f32>,
     window_left: Option<usize>,
+    rope: Option<(f32, f32)>,
 ) -> PyResult<()> {
     let opts = crate::options(false, sm_scale, soft_cap, window_left);
     let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
-    py.detach(|| by_dtype!(a.q, decode_impl(&a)))
+    py.detach(|| by_dtype!(a.q, decode_impl(&a, rope)))
 }
 
 /// `single_prefill(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left,

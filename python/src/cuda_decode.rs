@@ -39,7 +39,7 @@ impl CudaBatchDecode {
     /// An op for one head geometry, dtype and option set on CUDA device `device`; `graph`
     /// = `(max_batch, max_pages)` builds the CUDA-graph form.
     #[new]
-    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, sm_scale, soft_cap, window_left, graph=None))]
+    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, sm_scale, soft_cap, window_left, graph=None, rope=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         device: usize,
@@ -51,6 +51,7 @@ impl CudaBatchDecode {
         soft_cap: Option<f32>,
         window_left: Option<usize>,
         graph: Option<(usize, usize)>,
+        rope: Option<(f32, f32)>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
         let (dt, lib_dt) = plan_dtype(OP, dtype)?;
@@ -74,6 +75,10 @@ impl CudaBatchDecode {
             ))?,
             None => lib(BatchDecode::new(&gpu, heads, lib_dt, opts))?,
         };
+        let mut op = op;
+        if let Some(r) = crate::rope_llama(rope, head_dim) {
+            lib(op.set_rope(Some(r)))?;
+        }
         Ok(Self {
             device,
             heads,

@@ -31,6 +31,7 @@ mod merge;
 mod paged;
 mod tensor;
 
+use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
 use ferrinfer::{AttentionOptions, HeadConfig};
 use pyo3::prelude::*;
 
@@ -48,6 +49,22 @@ fn options(
         window_left,
         causal,
     }
+}
+
+/// FlashInfer's `ROPE_LLAMA` as a [`RopeConfig`]: `(rope_scale, rope_theta)` from the Python
+/// layer (`_args.rope`), `rotate_half` pairs over the whole head, positions divided by
+/// `rope_scale` (linear scaling; 1 is none). Validated by the op that takes it.
+fn rope_llama(rope: Option<(f32, f32)>, head_dim: usize) -> Option<RopeConfig> {
+    rope.map(|(scale, theta)| RopeConfig {
+        theta,
+        rotary_dim: head_dim,
+        scaling: if scale == 1.0 {
+            RopeScaling::None
+        } else {
+            RopeScaling::Linear { factor: scale }
+        },
+        style: RopeStyle::Half,
+    })
 }
 
 /// Validated head geometry (the library's own rules and messages).

@@ -164,8 +164,9 @@ impl Run {
     }
 }
 
-fn decode_impl<T: Float16 + Elem>(r: &Run) -> PyResult<()> {
+fn decode_impl<T: Float16 + Elem>(r: &Run, rope: Option<(f32, f32)>) -> PyResult<()> {
     let heads = r.cache.heads(&r.q)?;
+    let rope = crate::rope_llama(rope, heads.head_dim);
     let b = r.pages.batch_size();
     r.q.expect_shape(&[b, heads.num_qo_heads, heads.head_dim])?;
     let (q, kc, vc, out, lse) = r.slices::<T>()?;
@@ -185,9 +186,14 @@ fn decode_impl<T: Float16 + Elem>(r: &Run) -> PyResult<()> {
             let k = r.cache.gather(&r.cache.k, kc, &r.pages, i, len);
             let v = r.cache.gather(&r.cache.v, vc, &r.pages, i, len);
             let qi = &q[i * row..(i + 1) * row];
-            lib(cpu::single_decode(
-                &heads, &r.opts, qi, &k, strides, &v, strides, len, o, l,
-            ))
+            lib(match &rope {
+                None => {
+                    cpu::single_decode(&heads, &r.opts, qi, &k, strides, &v, strides, len, o, l)
+                }
+                Some(rc) => cpu::single_decode_rope(
+                    &heads, &r.opts, rc, 0, qi, &k, strides, &v, strides, len, o, l,
+                ),
+            })
         })
         .collect();
     results.into_iter().collect()
@@ -225,8 +231,10 @@ fn prefill_impl<T: Float16 + Elem>(
 }
 
 /// `batch_decode_paged(q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices,
-/// kv_last_page_len, out, lse, sm_scale, soft_cap, window_left)`.
+/// kv_last_page_len, out, lse, sm_scale, soft_cap, window_left, rope=None)`; `rope` =
+/// `(rope_scale, rope_theta)` of FlashInfer's `ROPE_LLAMA`.
 #[pyfunction]
+#[pyo3(signature = (q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices, kv_last_page_len, out, lse, sm_scale, soft_cap, window_left, rope=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_decode_paged(
     py: Python<'_>,
@@ -242,6 +250,7 @@ fn batch_decode_paged(
     sm_scale: Option<f32>,
     soft_cap: Option<f32>,
     window_left: Option<usize>,
+    rope: Option<(f32, f32)>,
 ) -> PyResult<()> {
     let cache = Cache::new(k_cache, v_cache, kv_layout)?;
     let r = Run {
@@ -259,7 +268,7 @@ fn batch_decode_paged(
         opts: crate::options(false, sm_scale, soft_cap, window_left),
     };
     r.check_io()?;
-    py.detach(|| by_dtype!(r.q, decode_impl(&r)))
+    py.detach(|| by_dtype!(r.q, decode_impl(&r, rope)))
 }
 
 /// `batch_prefill_paged(q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices,

@@ -62,3 +62,18 @@ def merge(v_a, s_a, v_b, s_b):
     with np.errstate(divide="ignore"):
         s = np.where(tot > 0, np.log2(safe) + m, -np.inf)
     return v, s
+
+
+def rope_llama(x, positions, rope_scale=1.0, rope_theta=1e4):
+    """FlashInfer's ``ROPE_LLAMA`` of ``x [n, H, D]`` (float64): ``rotate_half`` pairs
+    ``(i, i + D/2)`` of every head, token ``t`` at ``positions[t]``, rotated by the float32
+    angle ``position * inv_freq[i]`` with ``inv_freq[i] = 1 / (rope_scale * theta^(2i/D))``
+    (as float32), its sine and cosine in float64."""
+    x = np.asarray(x, np.float64)
+    d = x.shape[-1]
+    half = d // 2
+    inv = (1.0 / (rope_scale * rope_theta ** (2.0 * np.arange(half) / d))).astype(np.float32)
+    ang = (np.asarray(positions, np.float32)[:, None] * inv[None, :]).astype(np.float64)
+    s, c = np.sin(ang)[:, None, :], np.cos(ang)[:, None, :]
+    x0, x1 = x[..., :half], x[..., half:]
+    return np.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)

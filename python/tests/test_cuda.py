@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device visible to torch", allow_module_level=True)
 
 import ferrinfer  # noqa: E402
-from reference import attention, merge  # noqa: E402
+from reference import attention, merge, rope_llama  # noqa: E402
 
 try:
     import flashinfer  # noqa: E402
@@ -127,6 +127,39 @@ def test_decode_cuda_vs_reference(dtype, layout, page_size, heads, head_dim):
     w.plan(indptr[:3], indices[: int(indptr[2])], last[:2], hq, hkv, head_dim, page_size, q_data_type=DT[dtype])
     out3 = w.run(q[:2].cuda(), cc)
     close(out3, ref[:2], dtype, "out (re-planned)")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("rope", [dict(), dict(rope_scale=2.0, rope_theta=5e5)], ids=["default", "scaled"])
+def test_decode_rope_cuda_vs_reference(dtype, layout, head_dim, rope):
+    """``pos_encoding_mode="ROPE_LLAMA"`` on CUDA: the reference rotates q (at ``kv_len - 1``)
+    and K (key ``t`` at ``t``) in float64 first; the cache stays unrotated."""
+    g = torch.Generator().manual_seed(head_dim)
+    hq, hkv, ps = 8, 2, 16
+    lens = [1, 15, 16, 17, 300, 2049]
+    cache, indptr, indices, last = paged_case(g, lens, ps, hkv, head_dim, layout, dtype)
+    q = rand(g, (len(lens), hq, head_dim), dtype)
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    w.plan(indptr, indices, last, hq, hkv, head_dim, ps, q_data_type=DT[dtype], pos_encoding_mode="ROPE_LLAMA",
+           **rope)
+    cc = cache.cuda()
+    out, lse = w.run(q.cuda(), cc, return_lse=True)
+    outs, lses = [], []
+    for b, n in enumerate(lens):
+        kv = request_kv(cache, indptr, indices, b, n, layout)
+        qr = rope_llama(np64(q[b])[None], [n - 1], **rope)
+        kr = rope_llama(np64(kv[:, 0]), np.arange(n), **rope)
+        o, l = attention(qr, kr, np64(kv[:, 1]))
+        outs.append(o[0]), lses.append(l[0])
+    close(out, np.stack(outs), dtype)
+    lse_close(lse, np.stack(lses))
+    # Single decode takes the same path.
+    k0 = request_kv(cache, indptr, indices, 5, lens[5], "NHD")
+    o1 = ferrinfer.single_decode_with_kv_cache(q[5].cuda(), k0[:, 0].contiguous().cuda(), k0[:, 1].contiguous().cuda(),
+                                               pos_encoding_mode="ROPE_LLAMA", **rope)
+    close(o1, outs[5], dtype, "single decode")
 
 
 @needs_fi

@@ -145,7 +145,9 @@ fn scaled<T: Float16, S: KvElem>(
                     // An empty request attends nothing; its query position is moot.
                     q_pos: (k_pos0 + len as u32).saturating_sub(1),
                 };
-                super::decode::single_decode_rope(heads, opts, qb, &k, strides, &v, len, rr, o, l)
+                super::decode::single_decode_rotated(
+                    heads, opts, qb, &k, strides, &v, strides, len, rr, o, l,
+                )
             }
         }
     };

@@ -22,7 +22,7 @@ use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
-use crate::rope::RopeStyle;
+use crate::rope::{RopeConfig, RopeStyle};
 use crate::validate;
 
 const OP: &str = "cpu::single_decode";
@@ -199,15 +199,57 @@ pub(crate) struct RowRope<'a> {
     pub(crate) q_pos: u32,
 }
 
+/// [`single_decode`] with RoPE inside attention (FlashInfer's `ROPE_LLAMA`; the twin of
+/// [`crate::ops::BatchDecode::set_rope`] for one request): q and every key are rotated on the
+/// fly by `rope`, key `t` at position `offset + t` and the query at `offset + kv_len − 1`.
+///
+/// # Errors
+/// Those of [`single_decode`], an invalid `rope` ([`RopeConfig::validate`]) and positions past
+/// `2^31 − 1` ([`Error::InvalidArgument`]).
+#[allow(clippy::too_many_arguments)]
+pub fn single_decode_rope<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    rope: &RopeConfig,
+    offset: u32,
+    q: &[T],
+    k: &[T],
+    k_strides: KvStrides,
+    v: &[T],
+    v_strides: KvStrides,
+    kv_len: usize,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    let inv_freq = rope.inv_freq(heads.head_dim, None)?;
+    if offset as u64 + kv_len as u64 > i32::MAX as u64 {
+        return Err(Error::invalid(
+            OP,
+            "rope offset",
+            format!("{offset} + kv_len {kv_len} exceeds 2^31 − 1"),
+        ));
+    }
+    let r = RowRope {
+        inv_freq: &inv_freq,
+        style: rope.style,
+        k_pos0: offset,
+        q_pos: (offset + kv_len as u32).saturating_sub(1),
+    };
+    single_decode_rotated(
+        heads, opts, q, k, k_strides, v, v_strides, kv_len, r, out, lse,
+    )
+}
+
 /// [`single_decode_scaled`] with RoPE inside attention ([`RowRope`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn single_decode_rope<T: Float16, S: KvElem>(
+pub(crate) fn single_decode_rotated<T: Float16, S: KvElem>(
     heads: &HeadConfig,
     opts: &AttentionOptions,
     q: &[T],
     k: &[S],
-    strides: KvStrides,
+    k_strides: KvStrides,
     v: &[S],
+    v_strides: KvStrides,
     kv_len: usize,
     rope: RowRope<'_>,
     out: &mut [T],
@@ -219,9 +261,9 @@ pub(crate) fn single_decode_rope<T: Float16, S: KvElem>(
         opts,
         q,
         k,
-        strides,
+        k_strides,
         v,
-        strides,
+        v_strides,
         kv_len,
         out.len(),
         lse_len,

@@ -40,7 +40,10 @@ pub mod sampling;
 pub use crate::ops::single_decode::KvStrides;
 pub use batch_decode::{batch_decode, batch_decode_fp8, batch_decode_rope};
 pub use cascade::cascade_paged;
-pub use decode::{single_decode, single_decode_contiguous, single_decode_fp8, single_decode_state};
+pub use decode::{
+    single_decode, single_decode_contiguous, single_decode_fp8, single_decode_rope,
+    single_decode_state,
+};
 pub use merge::{merge_state, merge_state_in_place, merge_states};
 pub use prefill::{
     batch_prefill_paged, batch_prefill_paged_fp8, batch_prefill_paged_masked, batch_prefill_ragged,
