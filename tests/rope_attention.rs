@@ -504,3 +504,130 @@ fn gpu_bad_rope_input_is_a_typed_error() {
     op.set_rope(None).unwrap();
     assert!(op.kernel_name().starts_with("decode_bf16_d128"));
 }
+
+/// Prefill with RoPE inside attention on the CPU backend (`cpu::batch_prefill_{ragged,paged}_rope`;
+/// the GPU kernels are not built yet): query token `i` of request `b` at its causal position
+/// `offsets[b] + kv_len − qo_len + i`, key `t` at `offsets[b] + t`, against the f64 oracle fed
+/// rotated rows; causal or not, window, soft-cap, both pairings and scalings; bounds as above.
+#[test]
+fn cpu_rope_prefill_matches_oracle() {
+    let strategy = (
+        arb_case(6, 300),
+        prop::collection::vec(0.0f64..=1.0, 6),
+        any::<bool>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))
+        .run(&strategy, |((mut c, bf), frac, causal)| {
+            c.opts.causal = causal;
+            // Query tokens per request: a fraction of its keys (0 allowed).
+            let qo: Vec<usize> = c
+                .lens
+                .iter()
+                .zip(&frac)
+                .map(|(&l, &f)| (l as f64 * f) as usize)
+                .collect();
+            if bf {
+                prefill_cpu::<bf16>(&c, &qo).assert_within(DType::Bf16, &c);
+            } else {
+                prefill_cpu::<f16>(&c, &qo).assert_within(DType::F16, &c);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Runs the ragged and the paged CPU prefill with RoPE and returns the worse of their errors.
+fn prefill_cpu<T: Float16>(c: &Case, qo: &[usize]) -> ErrorStats {
+    let h = c.heads;
+    let d = make::<T>(c);
+    let mut r = rng(c.seed ^ 0xabc);
+    let qrow = h.num_qo_heads * h.head_dim;
+    let nq: usize = qo.iter().sum();
+    let (q, mut qf) = random_values::<T>(&mut r, nq * qrow, 2.0);
+    let inv_freq = c.rope.inv_freq(h.head_dim, None).unwrap();
+    let mut qpos = Vec::with_capacity(nq);
+    for (b, (&l, &n)) in c.lens.iter().zip(qo).enumerate() {
+        qpos.extend((0..n).map(|i| c.offset(b) + (l - n + i) as u32));
+    }
+    rotate_rows(
+        &mut qf,
+        h.num_qo_heads,
+        h.head_dim,
+        &inv_freq,
+        c.rope.style,
+        |i| qpos[i],
+    );
+    let mut qo_indptr = vec![0i32];
+    let mut kv_indptr = vec![0i32];
+    for (&n, &l) in qo.iter().zip(&c.lens) {
+        qo_indptr.push(qo_indptr.last().unwrap() + n as i32);
+        kv_indptr.push(kv_indptr.last().unwrap() + l as i32);
+    }
+    let offsets = c.offsets.as_deref();
+    let mut ragged = vec![T::nan(); nq * qrow];
+    let mut ragged_lse = vec![f32::NAN; nq * h.num_qo_heads];
+    cpu::batch_prefill_ragged_rope(
+        &h,
+        &c.opts,
+        &c.rope,
+        offsets,
+        &q,
+        &qo_indptr,
+        &d.k,
+        &d.v,
+        &kv_indptr,
+        &mut ragged,
+        Some(&mut ragged_lse),
+    )
+    .unwrap();
+    let pool = host_pool(
+        &h,
+        c.page_size,
+        c.layout,
+        &d.pages,
+        d.num_pages,
+        &c.lens,
+        &d.k,
+        &d.v,
+    );
+    let mut paged = vec![T::nan(); nq * qrow];
+    let mut paged_lse = vec![f32::NAN; nq * h.num_qo_heads];
+    cpu::batch_prefill_paged_rope(
+        &h,
+        &c.opts,
+        &c.rope,
+        offsets,
+        &q,
+        &qo_indptr,
+        &pool,
+        &d.pages,
+        &mut paged,
+        Some(&mut paged_lse),
+    )
+    .unwrap();
+    let mut worst = ErrorStats::default();
+    for (b, &l) in c.lens.iter().enumerate() {
+        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
+        let reference = attention(
+            &qf[q0 * qrow..q1 * qrow],
+            &d.kf[b],
+            &d.vf[b],
+            &h,
+            q1 - q0,
+            l,
+            &c.opts,
+        )
+        .unwrap();
+        let hq = h.num_qo_heads;
+        for (out, lse) in [(&ragged, &ragged_lse), (&paged, &paged_lse)] {
+            let o = to_f64(&out[q0 * qrow..q1 * qrow]);
+            let ls: Vec<f64> = lse[q0 * hq..q1 * hq].iter().map(|&x| x as f64).collect();
+            worst = worst.worst(ErrorStats::compare(
+                &o,
+                &reference.o,
+                Some((&ls, &reference.lse)),
+            ));
+        }
+    }
+    worst
+}

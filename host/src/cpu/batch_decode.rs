@@ -11,10 +11,10 @@ use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::{BatchPages, KvPool};
 use crate::options::AttentionOptions;
-use crate::rope::{RopeConfig, RopeStyle};
+use crate::rope::RopeConfig;
 use crate::validate;
 
-use super::decode::RowRope;
+use super::decode::{BatchRope, Extras, RopeTable};
 
 const OP: &str = "cpu_batch_decode";
 
@@ -47,19 +47,12 @@ pub fn batch_decode_rope<T: Float16>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
-    let inv_freq = rope.inv_freq(heads.head_dim, None)?;
     let page_size = pool.config().page_size;
-    let zeros = vec![0; pages.batch_size()];
-    let offsets = offsets.unwrap_or(&zeros);
     let lens = (0..pages.batch_size())
         .map(|b| pages.kv_len(b, page_size))
         .collect::<Result<Vec<_>>>()?;
-    crate::ops::rope_attn::check_offsets(OP, offsets, &lens)?;
-    let r = Rope {
-        inv_freq: &inv_freq,
-        style: rope.style,
-        offsets,
-    };
+    let table = RopeTable::new(OP, rope, heads.head_dim, offsets, &lens)?;
+    let r = table.batch();
     scaled(
         heads,
         opts,
@@ -71,14 +64,6 @@ pub fn batch_decode_rope<T: Float16>(
         out,
         lse,
     )
-}
-
-/// RoPE of a batch: the frequency table, the pairing and each request's position offset.
-#[derive(Clone, Copy)]
-struct Rope<'a> {
-    inv_freq: &'a [f32],
-    style: RopeStyle,
-    offsets: &'a [i32],
 }
 
 /// [`batch_decode`] over an fp8 page pool read with `scales` (real K/V = code × scale); q and
@@ -105,7 +90,7 @@ fn scaled<T: Float16, S: KvElem>(
     pool: &KvPool<T, S>,
     pages: &BatchPages,
     scales: KvScales,
-    rope: Option<Rope<'_>>,
+    rope: Option<BatchRope<'_>>,
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
@@ -132,24 +117,14 @@ fn scaled<T: Float16, S: KvElem>(
     let one = |bi: usize, o: &mut [T], l: Option<&mut [f32]>| -> Result<()> {
         let (len, k, v) = gather(bi)?;
         let qb = &q[bi * row..(bi + 1) * row];
-        match rope {
-            None => super::decode::single_decode_scaled(
-                heads, opts, qb, &k, strides, &v, strides, len, scales, o, l,
-            ),
-            Some(r) => {
-                let k_pos0 = r.offsets[bi] as u32;
-                let rr = RowRope {
-                    inv_freq: r.inv_freq,
-                    style: r.style,
-                    k_pos0,
-                    // An empty request attends nothing; its query position is moot.
-                    q_pos: (k_pos0 + len as u32).saturating_sub(1),
-                };
-                super::decode::single_decode_rotated(
-                    heads, opts, qb, &k, strides, &v, strides, len, rr, o, l,
-                )
-            }
-        }
+        let extras = Extras {
+            mask_row: None,
+            // An empty request attends nothing; its query position is moot.
+            rope: rope.map(|r| r.row(bi, len.saturating_sub(1))),
+        };
+        super::decode::single_decode_scaled(
+            heads, opts, qb, &k, strides, &v, strides, len, scales, extras, o, l,
+        )
     };
     let hq = heads.num_qo_heads;
     let results: Vec<Result<()>> = match lse {

@@ -86,6 +86,7 @@ pub fn single_decode<T: Float16>(
         v_strides,
         kv_len,
         KvScales::ONE,
+        Extras::NONE,
         out,
         lse,
     )
@@ -113,12 +114,41 @@ pub fn single_decode_fp8<T: Float16, F: Fp8Format>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     single_decode_scaled(
-        heads, opts, q, k, k_strides, v, v_strides, kv_len, scales, out, lse,
+        heads,
+        opts,
+        q,
+        k,
+        k_strides,
+        v,
+        v_strides,
+        kv_len,
+        scales,
+        Extras::NONE,
+        out,
+        lse,
     )
 }
 
-/// [`single_decode`] over K/V elements of any pool type `S`, read with `scales` (validated);
-/// the one body behind the 16-bit and fp8 entry points that take a pool.
+/// What a decode may add to plain attention: one row of a custom mask (`crate::mask`; key `t`
+/// is attended only when bit `row + t` of the little-endian packed bits is set, and the window
+/// allows it; the caller has checked that the row lies inside the bits) and RoPE inside
+/// attention ([`RowRope`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Extras<'a> {
+    pub(crate) mask_row: Option<(&'a [u8], usize)>,
+    pub(crate) rope: Option<RowRope<'a>>,
+}
+
+impl Extras<'_> {
+    /// Plain attention.
+    pub(crate) const NONE: Extras<'static> = Extras {
+        mask_row: None,
+        rope: None,
+    };
+}
+
+/// [`single_decode`] over K/V elements of any pool type `S`, read with `scales` (validated),
+/// with `extras`: the one body behind every CPU decode and prefill entry point.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn single_decode_scaled<T: Float16, S: KvElem>(
     heads: &HeadConfig,
@@ -130,12 +160,13 @@ pub(crate) fn single_decode_scaled<T: Float16, S: KvElem>(
     v_strides: KvStrides,
     kv_len: usize,
     scales: KvScales,
+    extras: Extras<'_>,
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     scales.validate(OP)?;
     let lse_len = lse.as_deref().map(<[f32]>::len);
-    let job = Job::new(
+    let mut job = Job::new(
         heads,
         opts,
         q,
@@ -148,43 +179,8 @@ pub(crate) fn single_decode_scaled<T: Float16, S: KvElem>(
         lse_len,
         scales,
     )?;
-    job.run(out, lse, T::from_f32);
-    Ok(())
-}
-
-/// [`single_decode`] under one row of a custom mask (`crate::mask`): key `t` is attended only
-/// when bit `row + t` of the little-endian packed `bits` is set (and the window allows it).
-/// The caller has checked that the row lies inside `bits`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn single_decode_mask_row<T: Float16, S: KvElem>(
-    heads: &HeadConfig,
-    opts: &AttentionOptions,
-    q: &[T],
-    k: &[S],
-    strides: KvStrides,
-    v: &[S],
-    kv_len: usize,
-    out: &mut [T],
-    lse: Option<&mut [f32]>,
-    bits: &[u8],
-    row: usize,
-    scales: KvScales,
-) -> Result<()> {
-    let lse_len = lse.as_deref().map(<[f32]>::len);
-    let mut job = Job::new(
-        heads,
-        opts,
-        q,
-        k,
-        strides,
-        v,
-        strides,
-        kv_len,
-        out.len(),
-        lse_len,
-        scales,
-    )?;
-    job.mask_row = Some((bits, row));
+    job.mask_row = extras.mask_row;
+    job.rope = extras.rope;
     job.run(out, lse, T::from_f32);
     Ok(())
 }
@@ -197,6 +193,66 @@ pub(crate) struct RowRope<'a> {
     pub(crate) style: RopeStyle,
     pub(crate) k_pos0: u32,
     pub(crate) q_pos: u32,
+}
+
+/// RoPE inside attention for a batch: the frequency table, the pairing and each request's
+/// position offset (key `t` of request `b` at `offsets[b] + t`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchRope<'a> {
+    pub(crate) inv_freq: &'a [f32],
+    pub(crate) style: RopeStyle,
+    pub(crate) offsets: &'a [i32],
+}
+
+/// The owned side of a [`BatchRope`]: the frequency table of `rope` and the checked offsets
+/// (zeros when none are given).
+pub(crate) struct RopeTable {
+    inv_freq: Vec<f32>,
+    style: RopeStyle,
+    offsets: Vec<i32>,
+}
+
+impl RopeTable {
+    /// Validates `rope` for the head dim and `offsets` (one per request, ≥ 0, every position
+    /// within i32) for requests of `kv_lens` keys.
+    pub(crate) fn new(
+        op: &'static str,
+        rope: &RopeConfig,
+        head_dim: usize,
+        offsets: Option<&[i32]>,
+        kv_lens: &[usize],
+    ) -> Result<Self> {
+        let inv_freq = rope.inv_freq(head_dim, None)?;
+        let offsets = offsets.map_or_else(|| vec![0; kv_lens.len()], <[i32]>::to_vec);
+        crate::ops::rope_attn::check_offsets(op, &offsets, kv_lens)?;
+        Ok(Self {
+            inv_freq,
+            style: rope.style,
+            offsets,
+        })
+    }
+
+    pub(crate) fn batch(&self) -> BatchRope<'_> {
+        BatchRope {
+            inv_freq: &self.inv_freq,
+            style: self.style,
+            offsets: &self.offsets,
+        }
+    }
+}
+
+impl<'a> BatchRope<'a> {
+    /// Request `b`'s rotation with its query at sequence index `q_index` (its causal
+    /// position).
+    pub(crate) fn row(&self, b: usize, q_index: usize) -> RowRope<'a> {
+        let k_pos0 = self.offsets[b] as u32;
+        RowRope {
+            inv_freq: self.inv_freq,
+            style: self.style,
+            k_pos0,
+            q_pos: k_pos0 + q_index as u32,
+        }
+    }
 }
 
 /// [`single_decode`] with RoPE inside attention (FlashInfer's `ROPE_LLAMA`; the twin of
@@ -235,43 +291,14 @@ pub fn single_decode_rope<T: Float16>(
         k_pos0: offset,
         q_pos: (offset + kv_len as u32).saturating_sub(1),
     };
-    single_decode_rotated(
-        heads, opts, q, k, k_strides, v, v_strides, kv_len, r, out, lse,
+    let extras = Extras {
+        mask_row: None,
+        rope: Some(r),
+    };
+    let one = KvScales::ONE;
+    single_decode_scaled(
+        heads, opts, q, k, k_strides, v, v_strides, kv_len, one, extras, out, lse,
     )
-}
-
-/// [`single_decode_scaled`] with RoPE inside attention ([`RowRope`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn single_decode_rotated<T: Float16, S: KvElem>(
-    heads: &HeadConfig,
-    opts: &AttentionOptions,
-    q: &[T],
-    k: &[S],
-    k_strides: KvStrides,
-    v: &[S],
-    v_strides: KvStrides,
-    kv_len: usize,
-    rope: RowRope<'_>,
-    out: &mut [T],
-    lse: Option<&mut [f32]>,
-) -> Result<()> {
-    let lse_len = lse.as_deref().map(<[f32]>::len);
-    let mut job = Job::new(
-        heads,
-        opts,
-        q,
-        k,
-        k_strides,
-        v,
-        v_strides,
-        kv_len,
-        out.len(),
-        lse_len,
-        KvScales::ONE,
-    )?;
-    job.rope = Some(rope);
-    job.run(out, lse, T::from_f32);
-    Ok(())
 }
 
 /// Decode attention that returns the attention *state* in f32: the normalised output

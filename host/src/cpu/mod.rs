@@ -46,6 +46,7 @@ pub use decode::{
 };
 pub use merge::{merge_state, merge_state_in_place, merge_states};
 pub use prefill::{
-    batch_prefill_paged, batch_prefill_paged_fp8, batch_prefill_paged_masked, batch_prefill_ragged,
-    batch_prefill_ragged_fp8, batch_prefill_ragged_masked, single_prefill, single_prefill_masked,
+    batch_prefill_paged, batch_prefill_paged_fp8, batch_prefill_paged_masked,
+    batch_prefill_paged_rope, batch_prefill_ragged, batch_prefill_ragged_fp8,
+    batch_prefill_ragged_masked, batch_prefill_ragged_rope, single_prefill, single_prefill_masked,
 };

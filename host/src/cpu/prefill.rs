@@ -4,6 +4,7 @@
 //! of each query's row. Semantics as [`crate::ops::SinglePrefill`].
 use rayon::prelude::*;
 
+use super::decode::{BatchRope, Extras, RopeTable, RowRope};
 use super::KvStrides;
 use crate::checked;
 use crate::dtype::{Float16, KvElem};
@@ -12,6 +13,7 @@ use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::mask::PackedMask;
 use crate::options::AttentionOptions;
+use crate::rope::RopeConfig;
 use crate::validate;
 
 const OP: &str = "cpu_single_prefill";
@@ -31,7 +33,9 @@ pub fn single_prefill<T: Float16>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     let one = KvScales::ONE;
-    single(heads, opts, q, k, v, qo_len, kv_len, out, lse, None, one)
+    single(
+        heads, opts, q, k, v, qo_len, kv_len, out, lse, None, None, one,
+    )
 }
 
 /// [`single_prefill`] under a custom mask of one request ([`PackedMask`], combined with the
@@ -62,6 +66,7 @@ pub fn single_prefill_masked<T: Float16>(
         out,
         lse,
         m,
+        None,
         KvScales::ONE,
     )
 }
@@ -80,6 +85,7 @@ fn single<T: Float16, S: KvElem>(
     out: &mut [T],
     lse: Option<&mut [f32]>,
     mask: Option<(&[u8], usize)>,
+    rope: Option<RowRope<'_>>,
     scales: KvScales,
 ) -> Result<()> {
     heads.validate(OP)?;
@@ -134,25 +140,15 @@ fn single<T: Float16, S: KvElem>(
             ..*opts
         };
         let qt = &q[t * row..(t + 1) * row];
-        match mask {
-            None => {
-                super::decode::single_decode_scaled(heads, &o2, qt, k, s, v, s, hi, scales, o, l)
-            }
-            Some((bits, base)) => super::decode::single_decode_mask_row(
-                heads,
-                &o2,
-                qt,
-                k,
-                s,
-                v,
-                hi,
-                o,
-                l,
-                bits,
-                base + t * kv_len,
-                scales,
-            ),
-        }
+        let extras = Extras {
+            mask_row: mask.map(|(bits, base)| (bits, base + t * kv_len)),
+            // The query keeps its own position (the decode's range ends at hi − 1 ≤ pos).
+            rope: rope.map(|r| RowRope {
+                q_pos: r.k_pos0 + pos as u32,
+                ..r
+            }),
+        };
+        super::decode::single_decode_scaled(heads, &o2, qt, k, s, v, s, hi, scales, extras, o, l)
     };
     let results: Vec<Result<()>> = match lse {
         Some(l) => out[..n]
@@ -187,7 +183,18 @@ pub fn batch_prefill_ragged<T: Float16>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     let kv = (k, v, kv_indptr);
-    ragged(heads, opts, q, qo_indptr, kv, None, KvScales::ONE, out, lse)
+    ragged(
+        heads,
+        opts,
+        q,
+        qo_indptr,
+        kv,
+        None,
+        None,
+        KvScales::ONE,
+        out,
+        lse,
+    )
 }
 
 /// [`batch_prefill_ragged`] over fp8 K/V ([`Fp8`] codes) read with `scales` (real = code ×
@@ -208,7 +215,7 @@ pub fn batch_prefill_ragged_fp8<T: Float16, F: Fp8Format>(
 ) -> Result<()> {
     scales.validate(OP)?;
     let kv = (k, v, kv_indptr);
-    ragged(heads, opts, q, qo_indptr, kv, None, scales, out, lse)
+    ragged(heads, opts, q, qo_indptr, kv, None, None, scales, out, lse)
 }
 
 /// [`batch_prefill_ragged`] under a custom mask ([`PackedMask`]: one `[qo_len, kv_len]` bit
@@ -234,9 +241,76 @@ pub fn batch_prefill_ragged_masked<T: Float16>(
         qo_indptr,
         kv,
         Some(mask),
+        None,
         KvScales::ONE,
         out,
         lse,
+    )
+}
+
+/// [`batch_prefill_ragged`] with RoPE inside attention (FlashInfer's `ROPE_LLAMA`): q and
+/// every key are rotated on the fly by `rope`, key `t` of request `b` at position
+/// `offsets[b] + t`, query token `i` at `offsets[b] + kv_len − qo_len + i` (its causal
+/// position); offsets 0 when `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_ragged_rope<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    rope: &RopeConfig,
+    offsets: Option<&[i32]>,
+    q: &[T],
+    qo_indptr: &[i32],
+    k: &[T],
+    v: &[T],
+    kv_indptr: &[i32],
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    validate::indptr(OP, "kv_indptr", kv_indptr, None)?;
+    let lens: Vec<usize> = kv_indptr
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as usize)
+        .collect();
+    let table = RopeTable::new(OP, rope, heads.head_dim, offsets, &lens)?;
+    let kv = (k, v, kv_indptr);
+    let r = Some(table.batch());
+    ragged(
+        heads,
+        opts,
+        q,
+        qo_indptr,
+        kv,
+        None,
+        r,
+        KvScales::ONE,
+        out,
+        lse,
+    )
+}
+
+/// [`batch_prefill_paged`] with RoPE inside attention (as [`batch_prefill_ragged_rope`]).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_prefill_paged_rope<T: Float16>(
+    heads: &HeadConfig,
+    opts: &AttentionOptions,
+    rope: &RopeConfig,
+    offsets: Option<&[i32]>,
+    q: &[T],
+    qo_indptr: &[i32],
+    pool: &crate::kv::KvPool<T>,
+    pages: &crate::kv::BatchPages,
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    pool.validate_pages(pages)?;
+    let ps = pool.config().page_size;
+    let lens = (0..pages.batch_size())
+        .map(|b| pages.kv_len(b, ps))
+        .collect::<Result<Vec<_>>>()?;
+    let table = RopeTable::new(OP, rope, heads.head_dim, offsets, &lens)?;
+    let (r, one) = (Some(table.batch()), KvScales::ONE);
+    paged(
+        heads, opts, q, qo_indptr, pool, pages, None, r, one, out, lse,
     )
 }
 
@@ -251,6 +325,7 @@ fn ragged<T: Float16, S: KvElem>(
     qo_indptr: &[i32],
     (k, v, kv_indptr): RaggedKv<'_, S>,
     mask: Option<&PackedMask>,
+    rope: Option<BatchRope<'_>>,
     scales: KvScales,
     out: &mut [T],
     lse: Option<&mut [f32]>,
@@ -293,6 +368,7 @@ fn ragged<T: Float16, S: KvElem>(
             &mut out[q0 * qrow..q1 * qrow],
             l,
             mask.map(|m| (&m.bits[..], m.indptr[b] as usize * 8)),
+            rope.map(|r| r.row(b, 0)),
             scales,
         )?;
     }
@@ -314,7 +390,9 @@ pub fn batch_prefill_paged<T: Float16>(
     lse: Option<&mut [f32]>,
 ) -> Result<()> {
     let one = KvScales::ONE;
-    paged(heads, opts, q, qo_indptr, pool, pages, None, one, out, lse)
+    paged(
+        heads, opts, q, qo_indptr, pool, pages, None, None, one, out, lse,
+    )
 }
 
 /// [`batch_prefill_paged`] over an fp8 page pool, read with `scales` (as
@@ -333,7 +411,7 @@ pub fn batch_prefill_paged_fp8<T: Float16, F: Fp8Format>(
 ) -> Result<()> {
     scales.validate(OP)?;
     paged(
-        heads, opts, q, qo_indptr, pool, pages, None, scales, out, lse,
+        heads, opts, q, qo_indptr, pool, pages, None, None, scales, out, lse,
     )
 }
 
@@ -360,6 +438,7 @@ pub fn batch_prefill_paged_masked<T: Float16>(
         pool,
         pages,
         Some(mask),
+        None,
         one,
         out,
         lse,
@@ -375,6 +454,7 @@ fn paged<T: Float16, S: KvElem>(
     pool: &crate::kv::KvPool<T, S>,
     pages: &crate::kv::BatchPages,
     mask: Option<&PackedMask>,
+    rope: Option<BatchRope<'_>>,
     scales: KvScales,
     out: &mut [T],
     lse: Option<&mut [f32]>,
@@ -411,5 +491,5 @@ fn paged<T: Float16, S: KvElem>(
         kv_indptr.push(checked::to_i32(OP, "kv rows", k.len() / kvrow)?);
     }
     let kv = (&k[..], &v[..], &kv_indptr[..]);
-    ragged(heads, opts, q, qo_indptr, kv, mask, scales, out, lse)
+    ragged(heads, opts, q, qo_indptr, kv, mask, rope, scales, out, lse)
 }
