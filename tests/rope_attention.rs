@@ -15,10 +15,10 @@
 //! rounded inputs (documented at the test).
 use ferrinfer::dtype::KvDtype;
 use ferrinfer::kv::{BatchPages, KvLayout};
-use ferrinfer::ops::{BatchDecode, DecodeKernel};
+use ferrinfer::ops::{BatchDecode, BatchPrefill, DecodeKernel};
 use ferrinfer::reference::attention;
 use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
-use ferrinfer::{cpu, AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
+use ferrinfer::{cpu, AttentionOptions, DType, DeviceBuffer, Error, Float16, Gpu, HeadConfig};
 use ferrinfer_harness::paged::{gpu_pool, host_pool, per_request, shuffled_pages};
 use ferrinfer_harness::rope::rotate_rows;
 use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
@@ -503,41 +503,104 @@ fn gpu_bad_rope_input_is_a_typed_error() {
     // Switching RoPE off restores the plain kernel.
     op.set_rope(None).unwrap();
     assert!(op.kernel_name().starts_with("decode_bf16_d128"));
+
+    // Prefill: the same rotary-dim rule, offsets checked at plan time, no custom mask.
+    let mut pf = BatchPrefill::new(&gpu, h, DType::Bf16, AttentionOptions::default()).unwrap();
+    let e = pf.set_rope(Some(partial)).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    pf.set_rope(Some(rope)).unwrap();
+    let (qo, kv) = ([0, 1, 3], [0, 3, 23]);
+    let mut plan = pf.plan_ragged(&qo, &kv).unwrap();
+    let e = pf
+        .plan_ragged_into_with_offsets(&qo, &kv, &[0], &mut plan)
+        .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = pf
+        .plan_ragged_into_with_offsets(&qo, &kv, &[0, -5], &mut plan)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    let mask = ferrinfer::mask::segment_packbits(&[true; 3 + 40], &[0, 3, 43]).unwrap();
+    let e = pf
+        .plan_ragged_masked(&qo, &kv, &mask)
+        .err()
+        .expect("mask with RoPE");
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
 }
 
-/// Prefill with RoPE inside attention on the CPU backend (`cpu::batch_prefill_{ragged,paged}_rope`;
-/// the GPU kernels are not built yet): query token `i` of request `b` at its causal position
+/// Prefill with RoPE inside attention: query token `i` of request `b` at its causal position
 /// `offsets[b] + kv_len − qo_len + i`, key `t` at `offsets[b] + t`, against the f64 oracle fed
-/// rotated rows; causal or not, window, soft-cap, both pairings and scalings; bounds as above.
-#[test]
-fn cpu_rope_prefill_matches_oracle() {
-    let strategy = (
-        arb_case(6, 300),
-        prop::collection::vec(0.0f64..=1.0, 6),
+/// rotated rows; causal or not, window, soft-cap, both pairings and scalings. The GPU kernels
+/// rotate K (and Q) tiles in shared memory and round them to the 16-bit type once (FlashInfer's
+/// scheme): one more rounding of each input element, relative 2⁻⁹ (bf16) / 2⁻¹² (f16), of the
+/// same order as the inputs' own, so the bounds stay the tolerance table's.
+fn prefill_strategy(
+    max_batch: usize,
+    max_len: usize,
+) -> impl Strategy<Value = (Case, bool, Vec<usize>)> {
+    (
+        arb_case(max_batch, max_len),
+        prop::collection::vec(0.0f64..=1.0, max_batch),
         any::<bool>(),
-    );
-    TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))
-        .run(&strategy, |((mut c, bf), frac, causal)| {
+    )
+        .prop_map(|((mut c, bf), frac, causal)| {
             c.opts.causal = causal;
             // Query tokens per request: a fraction of its keys (0 allowed).
-            let qo: Vec<usize> = c
+            let qo = c
                 .lens
                 .iter()
                 .zip(&frac)
                 .map(|(&l, &f)| (l as f64 * f) as usize)
                 .collect();
+            (c, bf, qo)
+        })
+}
+
+#[test]
+fn cpu_rope_prefill_matches_oracle() {
+    TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))
+        .run(&prefill_strategy(6, 300), |(c, bf, qo)| {
             if bf {
-                prefill_cpu::<bf16>(&c, &qo).assert_within(DType::Bf16, &c);
+                prefill::<bf16>(None, &c, &qo).assert_within(DType::Bf16, &c);
             } else {
-                prefill_cpu::<f16>(&c, &qo).assert_within(DType::F16, &c);
+                prefill::<f16>(None, &c, &qo).assert_within(DType::F16, &c);
             }
             Ok(())
         })
         .unwrap();
 }
 
-/// Runs the ragged and the paged CPU prefill with RoPE and returns the worse of their errors.
-fn prefill_cpu<T: Float16>(c: &Case, qo: &[usize]) -> ErrorStats {
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_rope_prefill_matches_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_rope_prefill_matches_oracle") else {
+        return;
+    };
+    let cases = proptest_cases(48);
+    let worst = std::cell::Cell::new(ErrorStats::default());
+    TestRunner::new(ProptestConfig::with_cases(cases))
+        .run(&prefill_strategy(12, 1500), |(c, bf, qo)| {
+            let (dt, s) = if bf {
+                (DType::Bf16, prefill::<bf16>(Some(&gpu), &c, &qo))
+            } else {
+                (DType::F16, prefill::<f16>(Some(&gpu), &c, &qo))
+            };
+            s.assert_within(dt, &c);
+            worst.set(worst.get().worst(s));
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "gpu rope prefill (ragged and paged): {cases} random batches, worst {:?}",
+        worst.get()
+    );
+}
+
+/// Outputs and lse of one prefill backend: `[nnz_q, Hq, D]` and `[nnz_q, Hq]`.
+type Outputs<T> = (Vec<T>, Vec<f32>);
+
+/// Runs the ragged and the paged prefill with RoPE (on `gpu`, else the CPU backend) and
+/// returns the worse of their errors against the oracle.
+fn prefill<T: Float16>(gpu: Option<&Gpu>, c: &Case, qo: &[usize]) -> ErrorStats {
     let h = c.heads;
     let d = make::<T>(c);
     let mut r = rng(c.seed ^ 0xabc);
@@ -563,48 +626,10 @@ fn prefill_cpu<T: Float16>(c: &Case, qo: &[usize]) -> ErrorStats {
         qo_indptr.push(qo_indptr.last().unwrap() + n as i32);
         kv_indptr.push(kv_indptr.last().unwrap() + l as i32);
     }
-    let offsets = c.offsets.as_deref();
-    let mut ragged = vec![T::nan(); nq * qrow];
-    let mut ragged_lse = vec![f32::NAN; nq * h.num_qo_heads];
-    cpu::batch_prefill_ragged_rope(
-        &h,
-        &c.opts,
-        &c.rope,
-        offsets,
-        &q,
-        &qo_indptr,
-        &d.k,
-        &d.v,
-        &kv_indptr,
-        &mut ragged,
-        Some(&mut ragged_lse),
-    )
-    .unwrap();
-    let pool = host_pool(
-        &h,
-        c.page_size,
-        c.layout,
-        &d.pages,
-        d.num_pages,
-        &c.lens,
-        &d.k,
-        &d.v,
-    );
-    let mut paged = vec![T::nan(); nq * qrow];
-    let mut paged_lse = vec![f32::NAN; nq * h.num_qo_heads];
-    cpu::batch_prefill_paged_rope(
-        &h,
-        &c.opts,
-        &c.rope,
-        offsets,
-        &q,
-        &qo_indptr,
-        &pool,
-        &d.pages,
-        &mut paged,
-        Some(&mut paged_lse),
-    )
-    .unwrap();
+    let (ragged, paged): (Outputs<T>, Outputs<T>) = match gpu {
+        None => prefill_cpu(c, &d, &q, &qo_indptr, &kv_indptr),
+        Some(g) => prefill_gpu(g, c, &d, &q, &qo_indptr, &kv_indptr),
+    };
     let mut worst = ErrorStats::default();
     for (b, &l) in c.lens.iter().enumerate() {
         let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
@@ -619,7 +644,7 @@ fn prefill_cpu<T: Float16>(c: &Case, qo: &[usize]) -> ErrorStats {
         )
         .unwrap();
         let hq = h.num_qo_heads;
-        for (out, lse) in [(&ragged, &ragged_lse), (&paged, &paged_lse)] {
+        for (out, lse) in [&ragged, &paged] {
             let o = to_f64(&out[q0 * qrow..q1 * qrow]);
             let ls: Vec<f64> = lse[q0 * hq..q1 * hq].iter().map(|&x| x as f64).collect();
             worst = worst.worst(ErrorStats::compare(
@@ -630,4 +655,123 @@ fn prefill_cpu<T: Float16>(c: &Case, qo: &[usize]) -> ErrorStats {
         }
     }
     worst
+}
+
+fn prefill_cpu<T: Float16>(
+    c: &Case,
+    d: &Data<T>,
+    q: &[T],
+    qo_indptr: &[i32],
+    kv_indptr: &[i32],
+) -> (Outputs<T>, Outputs<T>) {
+    let h = c.heads;
+    let nq = *qo_indptr.last().unwrap() as usize;
+    let fresh = || {
+        (
+            vec![T::nan(); nq * h.num_qo_heads * h.head_dim],
+            vec![f32::NAN; nq * h.num_qo_heads],
+        )
+    };
+    let offsets = c.offsets.as_deref();
+    let (mut ro, mut rl) = fresh();
+    cpu::batch_prefill_ragged_rope(
+        &h,
+        &c.opts,
+        &c.rope,
+        offsets,
+        q,
+        qo_indptr,
+        &d.k,
+        &d.v,
+        kv_indptr,
+        &mut ro,
+        Some(&mut rl),
+    )
+    .unwrap();
+    let pool = host_pool(
+        &h,
+        c.page_size,
+        c.layout,
+        &d.pages,
+        d.num_pages,
+        &c.lens,
+        &d.k,
+        &d.v,
+    );
+    let (mut po, mut pl) = fresh();
+    cpu::batch_prefill_paged_rope(
+        &h,
+        &c.opts,
+        &c.rope,
+        offsets,
+        q,
+        qo_indptr,
+        &pool,
+        &d.pages,
+        &mut po,
+        Some(&mut pl),
+    )
+    .unwrap();
+    ((ro, rl), (po, pl))
+}
+
+fn prefill_gpu<T: Float16>(
+    gpu: &Gpu,
+    c: &Case,
+    d: &Data<T>,
+    q: &[T],
+    qo_indptr: &[i32],
+    kv_indptr: &[i32],
+) -> (Outputs<T>, Outputs<T>) {
+    let h = c.heads;
+    let nq = *qo_indptr.last().unwrap() as usize;
+    let mut op = BatchPrefill::new(gpu, h, T::DTYPE, c.opts).unwrap();
+    op.set_rope(Some(c.rope)).unwrap();
+    let zeros = vec![0; c.lens.len()];
+    let offsets = c.offsets.as_deref().unwrap_or(&zeros);
+    let qd = gpu.upload(q).unwrap();
+    // Poisoned outputs (one element past the end too): a missed element stays NaN.
+    let n = nq * h.num_qo_heads * h.head_dim;
+    let fresh = || {
+        (
+            gpu.upload(&vec![T::nan(); n.max(1)]).unwrap(),
+            gpu.upload(&vec![f32::NAN; (nq * h.num_qo_heads).max(1)])
+                .unwrap(),
+        )
+    };
+    let take = |o: &DeviceBuffer<T>, l: &DeviceBuffer<f32>| {
+        let (o, l) = (gpu.download(o).unwrap(), gpu.download(l).unwrap());
+        (o[..n].to_vec(), l[..nq * h.num_qo_heads].to_vec())
+    };
+    let mut plan = op.plan_ragged(qo_indptr, kv_indptr).unwrap();
+    op.plan_ragged_into_with_offsets(qo_indptr, kv_indptr, offsets, &mut plan)
+        .unwrap();
+    // A batch of empty requests has no K/V rows: upload one unread element instead.
+    let pad = [T::nan()];
+    let rows = |x: &'_ [T]| -> DeviceBuffer<T> {
+        gpu.upload(if x.is_empty() { &pad[..] } else { x }).unwrap()
+    };
+    let (kd, vd) = (rows(&d.k), rows(&d.v));
+    let (mut ro, mut rl) = fresh();
+    op.run_ragged(&plan, &qd, &kd, &vd, &mut ro, Some(&mut rl))
+        .unwrap();
+    let ragged = take(&ro, &rl);
+    let pool = gpu_pool(
+        gpu,
+        &h,
+        c.page_size,
+        c.layout,
+        &d.pages,
+        d.num_pages,
+        &c.lens,
+        &d.k,
+        &d.v,
+    );
+    let mut plan = op.plan_paged(qo_indptr, &d.pages, pool.config()).unwrap();
+    op.plan_paged_into_with_offsets(qo_indptr, &d.pages, pool.config(), offsets, &mut plan)
+        .unwrap();
+    let (mut po, mut pl) = fresh();
+    op.run_paged(&plan, &qd, &pool, &mut po, Some(&mut pl))
+        .unwrap();
+    (ragged, take(&po, &pl))
 }

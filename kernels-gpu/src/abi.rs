@@ -359,6 +359,25 @@ pub struct PrefillParams {
 // u32/f32 fields), laid out identically on x86_64 and nvptx64.
 unsafe impl Abi for PrefillParams {}
 const _: () = assert!(core::mem::size_of::<PrefillParams>() == 16 * 8 + 8 * 4 + 4 * 12 + 16);
+
+/// Parameters of the `_rope` prefill kernels: a prefill with RoPE applied inside attention
+/// ([`RopeAttn`]; query token `t` of a request at `offsets[request] + kv_len − qo_len + t`, its
+/// keys from `offsets[request]`; single-request mode reads `offsets[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PrefillRopeParams {
+    /// The prefill.
+    pub base: PrefillParams,
+    /// The rotation.
+    pub rope: RopeAttn,
+}
+
+// SAFETY: #[repr(C)] of two Abi structs whose sizes are multiples of 8 (no padding).
+unsafe impl Abi for PrefillRopeParams {}
+const _: () = assert!(
+    core::mem::size_of::<PrefillRopeParams>()
+        == core::mem::size_of::<PrefillParams>() + core::mem::size_of::<RopeAttn>()
+);
 const _: () = assert!(core::mem::size_of::<PrefillItem>() == 32);
 
 /// A TMA tensor map (CUDA's `CUtensorMap`): 128 opaque bytes the driver's

@@ -57,6 +57,8 @@ pub enum PrefillForm {
     /// 64 rows, 4 warps, under a custom bit mask (`_mask`, `attn::custom_mask`); head dims 64
     /// and 128.
     Rows64Masked,
+    /// 64 rows, 4 warps, with RoPE inside attention (`_rope`, `attn::rope`); every head dim.
+    Rows64Rope,
     /// Hopper warpgroups (`_h`); `persistent` CTAs run unit lists (`p`), `tma` loads ragged
     /// K/V with tensor maps (`t`). Built only into the sm_90a image.
     Hopper {
@@ -75,6 +77,7 @@ impl PrefillForm {
             PrefillForm::Rows128 => "_w8",
             PrefillForm::Rows128Wide => "_m2",
             PrefillForm::Rows64Masked => "_mask",
+            PrefillForm::Rows64Rope => "_rope",
             PrefillForm::Hopper {
                 persistent: false,
                 tma: false,
@@ -504,14 +507,15 @@ impl KernelKey {
                     });
                 }
                 for kv in KeyKv::ALL {
-                    let mut forms = [PrefillForm::Rows64; 8];
+                    let mut forms = [PrefillForm::Rows64; 9];
+                    forms[1] = PrefillForm::Rows64Rope;
                     let n = if head_dim == 256 {
-                        1
+                        2
                     } else {
-                        forms[1] = PrefillForm::Rows64Masked;
-                        forms[2] = PrefillForm::Rows128;
-                        forms[3] = PrefillForm::Rows128Wide;
-                        let mut n = 4;
+                        forms[2] = PrefillForm::Rows64Masked;
+                        forms[3] = PrefillForm::Rows128;
+                        forms[4] = PrefillForm::Rows128Wide;
+                        let mut n = 5;
                         for persistent in [false, true] {
                             for tma in [false, true] {
                                 if !tma || kv == KeyKv::Ragged {
@@ -633,11 +637,12 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        // 24 decode + 24 rope decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2 dtypes × ((8
-        // ragged + 6 paged forms) × 2 head dims + 2 at D 256)) + 12 copies + 17 model kernels.
+        // 24 decode + 24 rope decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2
+        // dtypes × ((9 ragged + 7 paged forms) × 2 head dims + 4 at D 256)) + 12 copies + 17
+        // model kernels.
         assert_eq!(
             count,
-            24 + 24 + 48 + 4 + 8 + 12 + 2 * (14 * 2 + 2) + 12 + 17
+            24 + 24 + 48 + 4 + 8 + 12 + 2 * (16 * 2 + 4) + 12 + 17
         );
         for (i, m) in ModelKernel::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);

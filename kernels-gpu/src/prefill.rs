@@ -10,17 +10,18 @@
 //! stages for the 64-row tile at D = 128, else 2: `config::prefill::stages`). Causal CTAs stop
 //! at the last key their last row may see; windowed CTAs start at the first key their first row
 //! may see (tiles outside are never loaded; `attn::mask`).
-use crate::abi::PrefillParams;
+use crate::abi::{PrefillParams, PrefillRopeParams, RopeAttn};
 use crate::arch::{global, ldmatrix, pipeline, shared, thread};
 use crate::attn::custom_mask::CustomMask;
 use crate::attn::epilogue::TileOut;
 use crate::attn::kv::{copy_tile, KvRows, Paged, Ragged};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::mask::{self, CausalWindow, Mask, QueryTile};
+use crate::attn::rope;
 use crate::attn::state::RowState;
 use crate::attn::swizzle::{frag_at, swz, FragOffsets};
 use crate::attn::tile::RegTile;
-use crate::attn::work::{cta_kv_head, load_work};
+use crate::attn::work::{cta_kv_head, ld_i32, load_work};
 use crate::config::prefill as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::frag::mma_a;
@@ -35,7 +36,8 @@ const fn q_in_smem(mt: usize, d: u32) -> bool {
 }
 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps: `attn::traits`; `W` warps
-/// of `MT` m-tiles of 16 rows).
+/// of `MT` m-tiles of 16 rows; with `ROPE`, q and every key rotated by `rope`,
+/// `attn::rope`).
 ///
 /// # Safety
 /// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
@@ -53,15 +55,19 @@ unsafe fn prefill<
     const KS: usize,
     const W: u32,
     const MT: usize,
+    const ROPE: bool,
 >(
     p: &PrefillParams,
+    rope: &RopeAttn,
 ) {
     let threads = 32 * W;
     // K/V ring depth, fixed per instantiation (host twin: `PrefillTile::smem_bytes`).
     let stages = cfg::stages(W, MT as u32, D);
     // Q lives in shared memory (re-read per KV tile) with several m-tiles per warp or at
     // D = 256 (its fragments would take 64 registers); otherwise in registers.
-    let q_smem_on = q_in_smem(MT, D);
+    // With RoPE, Q is always staged: it is rotated there once, like the K tiles (rotating the
+    // register fragments would index them by the runtime rotary dim: a stack frame).
+    let q_smem_on = q_in_smem(MT, D) || ROPE;
     let tid = thread::thread_idx_x();
     let lane = tid % 32;
     let w = tid / 32;
@@ -76,6 +82,14 @@ unsafe fn prefill<
     let (t0, mask) = (qt.t0, qt.mask.bind(p, &req, &item));
     let rows_total = qt.tokens * g; // packed rows: token-major, the group's heads within
     let (kv_begin, kv_end, pos_first) = (qt.kv_begin, qt.kv_end, qt.pos_first);
+    // RoPE: the request's position offset (key t at rope_off + t, query token at rope_off + its
+    // causal position).
+    let rope_off = if ROPE {
+        // SAFETY: the request indexes the host's offsets table.
+        unsafe { ld_i32(rope.offsets, item.request) }
+    } else {
+        0
+    };
     let logits = L::new(p.logit);
     let smem = shared::dyn_smem_base();
     // Q tile in shared memory first when each warp owns several m-tiles (their A fragments are
@@ -211,6 +225,28 @@ unsafe fn prefill<
         thread::sync_threads();
         let k_base = kv_smem + (j % stages) * 2 * TILE * D * 2;
         let v_base = k_base + TILE * D * 2;
+        if ROPE {
+            // Rotate the landed K tile (key base + r) and, once, a staged Q tile in place; the
+            // barrier orders the rotation before every warp's ldmatrix.
+            // SAFETY: the stage's K rows (and the Q tile) are resident (barrier above).
+            unsafe {
+                rope::rotate_rows::<E, D>(rope, k_base, TILE, tid, threads, |r| {
+                    rope_off + base + r
+                });
+                if j == 0 && q_smem_on {
+                    let last = rows_total.max(1) - 1;
+                    rope::rotate_rows::<E, D>(
+                        rope,
+                        q_smem,
+                        16 * MT as u32 * W,
+                        tid,
+                        threads,
+                        |r| rope_off + pos_first + p.group.div(r.min(last)),
+                    );
+                }
+            }
+            thread::sync_threads();
+        }
 
         // S = Q·Kᵀ: 8 n-tiles of 8 keys per m-tile; each K fragment (ldmatrix.x4: two n-tiles)
         // feeds every m-tile of the warp.
@@ -317,10 +353,51 @@ macro_rules! prefill_entries {
             // SAFETY: forwarded launch contract.
             unsafe {
                 prefill::<$r, $e, prefill_entries!(@mask $($mk)?), ScaleSoftCap, $d, NT, KS,
-                    { $w }, { $mt }>(&p)
+                    { $w }, { $mt }, false>(&p, &RopeAttn::default())
             }
         }
     )*};
+}
+
+/// Entry points with RoPE inside attention: `name => K/V rows, element, D` on the 64-row tile.
+macro_rules! prefill_rope_entries {
+    ($($name:ident => $r:ty, $e:ty, $d:literal;)*) => {$(
+        #[doc = concat!("Entry point: prefill with RoPE inside attention, ", stringify!($r),
+                        " K/V, ", stringify!($e), ", D = ", $d, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: PrefillRopeParams) {
+            use crate::attn::traits::{Dim, HeadDim};
+            const NT: usize = <Dim<$d> as HeadDim>::NT;
+            const KS: usize = <Dim<$d> as HeadDim>::KS;
+            // SAFETY: forwarded launch contract.
+            unsafe {
+                prefill::<$r, $e, CausalWindow, ScaleSoftCap, $d, NT, KS, 4, 1, true>(
+                    &p.base, &p.rope,
+                )
+            }
+        }
+    )*};
+}
+
+// RoPE on the 64-row tile at every head dim (the host planner picks this tile when the op
+// rotates): K tiles rotated in shared memory after each copy, Q in registers (D ≤ 128) or in
+// its shared-memory tile (D = 256).
+prefill_rope_entries! {
+    prefill_ragged_f16_d64_rope => Ragged, F16, 64;
+    prefill_ragged_f16_d128_rope => Ragged, F16, 128;
+    prefill_ragged_f16_d256_rope => Ragged, F16, 256;
+    prefill_ragged_bf16_d64_rope => Ragged, Bf16, 64;
+    prefill_ragged_bf16_d128_rope => Ragged, Bf16, 128;
+    prefill_ragged_bf16_d256_rope => Ragged, Bf16, 256;
+    prefill_paged_f16_d64_rope => Paged, F16, 64;
+    prefill_paged_f16_d128_rope => Paged, F16, 128;
+    prefill_paged_f16_d256_rope => Paged, F16, 256;
+    prefill_paged_bf16_d64_rope => Paged, Bf16, 64;
+    prefill_paged_bf16_d128_rope => Paged, Bf16, 128;
+    prefill_paged_bf16_d256_rope => Paged, Bf16, 256;
 }
 
 // Tiles (rows per CTA = 16 · warps · m-tiles per warp): default 4 warps × 16 rows; `_w8`

@@ -10,8 +10,16 @@
 //! of `2N`, host-validated) the partner element sits `R/(2N)` lanes away and comes by a warp
 //! shuffle. Elements past `R` get frequency 0, an identity rotation, so every lane runs the same
 //! instructions (the shuffle needs the whole warp).
+//!
+//! The tensor-core prefill stages K tiles (and, at some tile shapes, Q) in shared memory for
+//! `ldmatrix`: there [`rotate_rows`] rotates the staged rows in place between the copy's barrier
+//! and the reads (the rotated rows are rounded to the 16-bit type once, as FlashInfer's
+//! in-shared-memory rotation does); the RoPE prefill kernels stage Q there too, for the same
+//! rotation.
 use crate::abi::{RopeAttn, ROPE_HALF};
-use crate::arch::{global, warp};
+use crate::arch::{global, shared, warp};
+use crate::attn::swizzle::swz;
+use crate::dtype::Elem;
 use crate::math::trig::sincos;
 
 /// A position-encoding variant of an attention kernel.
@@ -126,5 +134,86 @@ impl<const N: usize> PosEnc<N> for LaneRope<N> {
                 x[e + 1] = x1 * c + x0 * s;
             }
         }
+    }
+}
+
+/// `x·cos − y·sin, y·cos + x·sin`: pair `(x, y)` rotated by the angle whose `(sin, cos)` is
+/// `sc`.
+#[inline(always)]
+fn rot(x: f32, y: f32, (s, c): (f32, f32)) -> (f32, f32) {
+    (x * c - y * s, y * c + x * s)
+}
+
+/// Rotates rows `[0, rows)` of the swizzled `[rows][D]` 16-bit tile at shared address `base` in
+/// place, row `r` to position `pos(r)`. The CTA's `threads` threads share the work (thread
+/// `tid` takes every `threads`-th unit); there is no barrier inside: the caller's barriers
+/// order it after the tile's copies and before its readers.
+///
+/// # Safety
+/// `base` a staged tile of at least `rows` rows of `D` elements; `rope` as validated by the
+/// host (`rotary_dim ≤ D`, a multiple of 16 with [`ROPE_HALF`]).
+#[inline(always)]
+pub(crate) unsafe fn rotate_rows<E: Elem, const D: u32>(
+    rope: &RopeAttn,
+    base: u32,
+    rows: u32,
+    tid: u32,
+    threads: u32,
+    pos: impl Fn(u32) -> u32,
+) {
+    let r = rope.rotary_dim;
+    let half = rope.style == ROPE_HALF;
+    // A unit: with rotate_half a chunk of 8 first-half elements and its partner chunk R/16
+    // chunks on; interleaved, one chunk of 4 lane-local pairs.
+    let per_row = if half { r / 16 } else { r.div_ceil(8) };
+    let mut u = tid;
+    while u < rows * per_row {
+        let (row, c) = (u / per_row, u % per_row);
+        let p = pos(row) as f32;
+        let a = base + swz::<D>(row, c);
+        // SAFETY: inside the tile (c and its partner < D/8; row < rows).
+        let wa = unsafe { shared::ld_u32x4(a) };
+        if half {
+            let b = base + swz::<D>(row, c + per_row);
+            // SAFETY: as above.
+            let wb = unsafe { shared::ld_u32x4(b) };
+            let (mut oa, mut ob) = ([0u32; 4], [0u32; 4]);
+            for k in 0..4 {
+                let (x0, x1) = E::unpack2(wa[k]);
+                let (y0, y1) = E::unpack2(wb[k]);
+                let i = c * 8 + 2 * k as u32;
+                // SAFETY: i + 1 < R/2 entries of the table.
+                let (f0, f1) = unsafe {
+                    (
+                        global::ld_nc_f32(rope.inv_freq + i as u64 * 4),
+                        global::ld_nc_f32(rope.inv_freq + (i + 1) as u64 * 4),
+                    )
+                };
+                let (a0, b0) = rot(x0, y0, sincos(p * f0));
+                let (a1, b1) = rot(x1, y1, sincos(p * f1));
+                oa[k] = E::pack2(a0, a1);
+                ob[k] = E::pack2(b0, b1);
+            }
+            // SAFETY: as above.
+            unsafe {
+                shared::st_u32x4(a, oa);
+                shared::st_u32x4(b, ob);
+            }
+        } else {
+            let mut oa = wa;
+            for (k, w) in oa.iter_mut().enumerate() {
+                let i = c * 4 + k as u32; // pair (2i, 2i + 1)
+                if 2 * i < r {
+                    let (x0, x1) = E::unpack2(*w);
+                    // SAFETY: i < R/2 entries of the table.
+                    let f = unsafe { global::ld_nc_f32(rope.inv_freq + i as u64 * 4) };
+                    let (y0, y1) = rot(x0, x1, sincos(p * f));
+                    *w = E::pack2(y0, y1);
+                }
+            }
+            // SAFETY: as above.
+            unsafe { shared::st_u32x4(a, oa) };
+        }
+        u += threads;
     }
 }

@@ -11,7 +11,9 @@ use crate::heads::HeadConfig;
 use crate::kv::KvPool;
 use crate::ops::io_check::PlannedIo;
 use crate::ops::merge;
+use crate::ops::rope_attn::RopeAttention;
 use crate::options::AttentionOptions;
+use crate::rope::RopeConfig;
 use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, Kernel, LaunchDims};
 use crate::validate;
 
@@ -43,6 +45,8 @@ pub struct BatchPrefill {
     kernels: PrefillKernels,
     /// The split-KV merge (f32 partial states).
     merge: Kernel,
+    /// RoPE inside attention ([`BatchPrefill::set_rope`]).
+    pub(super) rope: Option<RopeAttention>,
 }
 
 impl BatchPrefill {
@@ -109,7 +113,27 @@ impl BatchPrefill {
             tma: true,
             kernels,
             merge,
+            rope: None,
         })
+    }
+
+    /// Switches RoPE inside attention on (`Some`) or off (FlashInfer's `pos_encoding_mode`
+    /// `"ROPE_LLAMA"` / `"NONE"`): q and every key are rotated in the kernel by
+    /// `position · inv_freq` of `rope` (as [`crate::ops::BatchDecode::set_rope`]). Key `t` of
+    /// request `b` sits at `offsets[b] + t` and query token `i` at its causal position
+    /// `offsets[b] + kv_len − qo_len + i` (offsets from `plan_*_into_with_offsets`, else 0).
+    /// Plans then run the 64-row tile's `_rope` kernel (K tiles rotated in shared memory); a
+    /// custom mask with RoPE is `Unsupported`. Plans made before a change must be remade.
+    pub fn set_rope(&mut self, rope: Option<RopeConfig>) -> Result<()> {
+        self.rope = rope
+            .map(|r| RopeAttention::new(OP, &self.gpu, r, self.heads.head_dim))
+            .transpose()?;
+        Ok(())
+    }
+
+    /// The RoPE configuration in use, if any.
+    pub fn rope(&self) -> Option<&RopeConfig> {
+        self.rope.as_ref().map(RopeAttention::config)
     }
 
     /// Fixes the CTA tile for every later plan; `None` (the default) chooses per plan with
@@ -316,7 +340,10 @@ impl BatchPrefill {
         let dims = LaunchDims {
             grid,
             block: (32 * plan.tile.warps(), 1, 1),
-            smem_bytes: plan.tile.smem_bytes(h.head_dim),
+            smem_bytes: match self.rope {
+                Some(_) => plan.tile.rope_smem_bytes(h.head_dim),
+                None => plan.tile.smem_bytes(h.head_dim),
+            },
         };
         let hopper = plan.tile == PrefillTile::Rows128Wgmma;
         let maps = if hopper && kind == KvKind::Ragged && self.tma && self.graph.is_none() {
@@ -342,6 +369,7 @@ impl BatchPrefill {
                 maps,
                 dims,
                 p,
+                self.rope.as_ref().map(|r| r.abi(at(off.rope))),
             )?
         };
         if merge_rows > 0 {

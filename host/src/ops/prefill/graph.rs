@@ -42,6 +42,7 @@ pub(super) struct MetaOffsets {
     pub requests: usize,
     pub rows: usize,
     pub pages: usize,
+    pub rope: usize,
     pub units: usize,
     pub len: usize,
 }
@@ -55,6 +56,7 @@ impl Caps {
         let requests = m.region(4 * self.batch);
         let rows = m.region(3 * self.rows);
         let pages = m.region(self.pages);
+        let rope = m.region(self.batch);
         let units = m.region(if self.ctas > 0 {
             self.ctas + 1 + 2 * self.units
         } else {
@@ -66,6 +68,7 @@ impl Caps {
             requests,
             rows,
             pages,
+            rope,
             units,
             len: m.len(),
         }

@@ -1,7 +1,7 @@
 //! Launching the prefill kernels: their keys and functions (resolved once per op,
 //! [`PrefillKernels`]), the Hopper tile's TMA tensor maps over ragged K/V, and the one launch
 //! path for every tile ([`launch_prefill`]).
-use ferrinfer_kernels::abi::{KvTensorMaps, PrefillParams};
+use ferrinfer_kernels::abi::{KvTensorMaps, PrefillParams, PrefillRopeParams, RopeAttn};
 use ferrinfer_kernels::kernel_key::{KernelKey, KeyKv, PrefillForm};
 
 use crate::dtype::DType;
@@ -12,7 +12,7 @@ use crate::runtime::{encode_rows, Gpu, Kernel, LaunchDims, RowsGeometry};
 use super::policy::PrefillTile;
 
 /// Forms of a prefill kernel, in [`form_index`] order.
-const FORMS: usize = 8;
+const FORMS: usize = 9;
 
 fn form_index(form: PrefillForm) -> usize {
     match form {
@@ -21,6 +21,7 @@ fn form_index(form: PrefillForm) -> usize {
         PrefillForm::Rows128Wide => 2,
         PrefillForm::Hopper { persistent, tma } => 3 + 2 * persistent as usize + tma as usize,
         PrefillForm::Rows64Masked => 7,
+        PrefillForm::Rows64Rope => 8,
     }
 }
 
@@ -81,6 +82,17 @@ impl PrefillKernels {
                     table[kv_index(kv)][form_index(PrefillForm::Rows64Masked)] =
                         Some(gpu.kernel(key, smem)?);
                 }
+                // The RoPE form of the 64-row tile (every head dim; Q staged too).
+                if tile == PrefillTile::Rows64 {
+                    let key = KernelKey::Prefill {
+                        kv,
+                        dtype: dtype.key(),
+                        head_dim: head_dim as u32,
+                        form: PrefillForm::Rows64Rope,
+                    };
+                    table[kv_index(kv)][form_index(PrefillForm::Rows64Rope)] =
+                        Some(gpu.kernel(key, tile.rope_smem_bytes(head_dim))?);
+                }
             }
         }
         Ok(Self { table })
@@ -95,9 +107,9 @@ impl PrefillKernels {
 }
 
 /// Launches the prefill kernel of `tile` over `kv` (persistent form with `persistent`; the
-/// custom-mask form with `p.mask` set, 64-row tile only): the Hopper tile's entries take the
-/// tensor-map block as their second parameter, and with `maps` set their TMA form runs (the
-/// `cp.async` forms get zeros); the other tiles take `p` only.
+/// custom-mask form with `p.mask` set and the RoPE form with `rope`, 64-row tile only): the
+/// Hopper tile's entries take the tensor-map block as their second parameter, and with `maps`
+/// set their TMA form runs (the `cp.async` forms get zeros); the other tiles take `p` only.
 ///
 /// # Safety
 /// As [`Gpu::launch`] for the kernel's contract; `maps` describe the launch's own K/V rows;
@@ -112,7 +124,27 @@ pub(crate) unsafe fn launch_prefill(
     maps: Option<KvTensorMaps>,
     dims: LaunchDims,
     p: PrefillParams,
+    rope: Option<RopeAttn>,
 ) -> Result<()> {
+    if let Some(rope) = rope {
+        if p.mask != 0 || tile != PrefillTile::Rows64 {
+            return Err(Error::unsupported(
+                "prefill",
+                "rope",
+                format!(
+                    "with {} (the RoPE kernel is the 64-row tile without a custom mask)",
+                    if p.mask != 0 {
+                        "a custom mask".to_string()
+                    } else {
+                        format!("the {tile:?} tile")
+                    }
+                ),
+            ));
+        }
+        let k = kernels.get(kv, PrefillForm::Rows64Rope)?;
+        // SAFETY: forwarded contract; the rope entries take `PrefillRopeParams`.
+        return unsafe { gpu.launch_kernel(k, dims, PrefillRopeParams { base: p, rope }) };
+    }
     let form = match (p.mask != 0, tile) {
         (false, _) => tile.form(persistent, maps.is_some()),
         (true, PrefillTile::Rows64) => PrefillForm::Rows64Masked,

@@ -12,6 +12,7 @@ use crate::checked;
 use crate::error::{Error, Result};
 use crate::kv::{BatchPages, KvPoolConfig};
 use crate::mask::PackedMask;
+use crate::ops::rope_attn;
 use crate::ops::workspace::{check_graph_fit, check_slots, PlanOwner, PlanWorkspace, Staged};
 use crate::plan::prefill::{plan as plan_prefill, PrefillPlan, PrefillProblem};
 use crate::plan::units::{schedule as schedule_units, UnitSchedule};
@@ -98,6 +99,8 @@ struct Step<'a> {
     page_size: usize,
     num_pages: Option<usize>,
     mask: Option<&'a PackedMask>,
+    /// RoPE position offsets, one per request (`None`: zeros).
+    offsets: Option<&'a [i32]>,
 }
 
 impl BatchPrefill {
@@ -177,7 +180,21 @@ impl BatchPrefill {
         kv_indptr: &[i32],
         plan: &mut BatchPrefillPlan,
     ) -> Result<()> {
-        self.ragged_step(qo_indptr, kv_indptr, None, plan)
+        self.ragged_step(qo_indptr, kv_indptr, None, None, plan)
+    }
+
+    /// [`BatchPrefill::plan_ragged_into`] with explicit RoPE position offsets, one per request
+    /// (`≥ 0`): key `t` of request `b` at `offsets[b] + t`, its query tokens at their causal
+    /// positions from there (FlashInfer's `rope_pos_offset`). Without RoPE
+    /// ([`BatchPrefill::set_rope`]) they are checked and unused.
+    pub fn plan_ragged_into_with_offsets(
+        &self,
+        qo_indptr: &[i32],
+        kv_indptr: &[i32],
+        offsets: &[i32],
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        self.ragged_step(qo_indptr, kv_indptr, None, Some(offsets), plan)
     }
 
     /// [`BatchPrefill::plan_ragged`] under a custom mask ([`PackedMask`]: per request a
@@ -191,7 +208,7 @@ impl BatchPrefill {
         mask: &PackedMask,
     ) -> Result<BatchPrefillPlan> {
         let mut plan = self.empty_plan(KvKind::Ragged)?;
-        self.ragged_step(qo_indptr, kv_indptr, Some(mask), &mut plan)?;
+        self.ragged_step(qo_indptr, kv_indptr, Some(mask), None, &mut plan)?;
         Ok(plan)
     }
 
@@ -200,6 +217,7 @@ impl BatchPrefill {
         qo_indptr: &[i32],
         kv_indptr: &[i32],
         mask: Option<&PackedMask>,
+        offsets: Option<&[i32]>,
         plan: &mut BatchPrefillPlan,
     ) -> Result<()> {
         validate::ragged_indptr(OP, qo_indptr, kv_indptr, None)?;
@@ -218,6 +236,7 @@ impl BatchPrefill {
             page_size: 0,
             num_pages: None,
             mask,
+            offsets,
         };
         self.plan_step(&step, plan)?;
         plan.kv_tokens = kv_indptr[batch] as usize;
@@ -246,7 +265,20 @@ impl BatchPrefill {
         pool: &KvPoolConfig,
         plan: &mut BatchPrefillPlan,
     ) -> Result<()> {
-        self.paged_step(qo_indptr, pages, pool, None, plan)
+        self.paged_step(qo_indptr, pages, pool, None, None, plan)
+    }
+
+    /// [`BatchPrefill::plan_paged_into`] with explicit RoPE position offsets (as
+    /// [`BatchPrefill::plan_ragged_into_with_offsets`]).
+    pub fn plan_paged_into_with_offsets(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        offsets: &[i32],
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        self.paged_step(qo_indptr, pages, pool, None, Some(offsets), plan)
     }
 
     /// [`BatchPrefill::plan_paged`] under a custom mask (as
@@ -259,7 +291,7 @@ impl BatchPrefill {
         mask: &PackedMask,
     ) -> Result<BatchPrefillPlan> {
         let mut plan = self.empty_plan(KvKind::Paged)?;
-        self.paged_step(qo_indptr, pages, pool, Some(mask), &mut plan)?;
+        self.paged_step(qo_indptr, pages, pool, Some(mask), None, &mut plan)?;
         Ok(plan)
     }
 
@@ -269,6 +301,7 @@ impl BatchPrefill {
         pages: &BatchPages,
         pool: &KvPoolConfig,
         mask: Option<&PackedMask>,
+        offsets: Option<&[i32]>,
         plan: &mut BatchPrefillPlan,
     ) -> Result<()> {
         pages.validate(OP, pool.page_size, Some(pool.num_pages))?;
@@ -288,6 +321,7 @@ impl BatchPrefill {
             page_size: pool.page_size,
             num_pages: Some(pool.num_pages),
             mask,
+            offsets,
         };
         self.plan_step(&step, plan)
     }
@@ -319,6 +353,16 @@ impl BatchPrefill {
             super::mask::check_head_dim(OP, self.heads.head_dim)?;
             m.check(OP, qo_lens.iter().copied().zip(st.kv_lens.iter().copied()))?;
         }
+        if let Some(o) = st.offsets {
+            rope_attn::check_offsets(OP, o, st.kv_lens)?;
+        }
+        if st.mask.is_some() && self.rope.is_some() {
+            return Err(Error::unsupported(
+                OP,
+                "rope",
+                "RoPE inside attention with a custom mask",
+            ));
+        }
         if let Some(l) = self.graph {
             check_graph_fit(
                 OP,
@@ -339,10 +383,10 @@ impl BatchPrefill {
                 what: "query tokens × heads × head_dim",
             });
         }
-        // A masked plan runs the 64-row tile: the only one with a masked form.
-        let fixed_tile = match st.mask {
-            Some(_) => Some(PrefillTile::Rows64),
-            None => self.tile,
+        // A masked plan, or one with RoPE, runs the 64-row tile: the only one with those forms.
+        let fixed_tile = match (st.mask, &self.rope) {
+            (None, None) => self.tile,
+            _ => Some(PrefillTile::Rows64),
         };
         let tile = fixed_tile.unwrap_or_else(|| {
             PrefillTile::auto(
@@ -477,6 +521,10 @@ fn stage(
         v.extend(r.map(|x| x as i32));
     }
     s.at(off.pages).extend_from_slice(st.kv_indices);
+    let rope = s.region(off.rope, caps.batch);
+    if let Some(o) = st.offsets {
+        rope[..o.len()].copy_from_slice(o);
+    }
     if let Some(sc) = schedule {
         let v = s.at(off.units);
         v.extend(sc.offsets.iter().map(|&x| x as i32));

@@ -169,6 +169,15 @@ impl PrefillTile {
         }
     }
 
+    /// Dynamic shared memory of the tile's RoPE form (the 64-row tile only): its K/V ring plus
+    /// the Q tile, which the RoPE kernels always stage (mirrors `q_smem_on` in
+    /// kernels-gpu/src/prefill.rs).
+    pub fn rope_smem_bytes(self, head_dim: usize) -> u32 {
+        let d = head_dim as u32;
+        let kv = cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d);
+        kv + cfg::q_smem_bytes(self.rows(), d)
+    }
+
     /// Query tokens per tile for query group `group`; 0 (no token fits, which the planner
     /// refuses) for group 0 or a group larger than the tile's rows.
     pub fn tokens(self, group: usize) -> usize {

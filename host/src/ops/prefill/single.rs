@@ -289,6 +289,7 @@ impl SinglePrefill {
                 maps,
                 dims,
                 p,
+                None,
             )
         }
     }

@@ -35,7 +35,7 @@ impl BatchPrefill {
         workspace: DeviceSpan<u8>,
     ) -> Result<BatchPrefillPlan> {
         let mut plan = self.empty_plan_in(KvKind::Ragged, Some(workspace))?;
-        self.ragged_step(qo_indptr, kv_indptr, mask, &mut plan)?;
+        self.ragged_step(qo_indptr, kv_indptr, mask, None, &mut plan)?;
         Ok(plan)
     }
 
@@ -54,7 +54,7 @@ impl BatchPrefill {
         workspace: DeviceSpan<u8>,
     ) -> Result<BatchPrefillPlan> {
         let mut plan = self.empty_plan_in(KvKind::Paged, Some(workspace))?;
-        self.paged_step(qo_indptr, pages, cache, mask, &mut plan)?;
+        self.paged_step(qo_indptr, pages, cache, mask, None, &mut plan)?;
         Ok(plan)
     }
 
