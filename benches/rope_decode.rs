@@ -6,8 +6,10 @@
 //! kernel (`rotate_half`, θ = 10⁴, full rotary dim — FlashInfer's `ROPE_LLAMA`) with positions
 //! offset by 10⁴. Same method as `benches/batch_decode.rs`: CUDA events, 10 warm-up calls,
 //! median of 100 (`FERRINFER_BENCH_ITERS`), L2 flushed and a 100 µs spin before each call.
+//! Then causal ragged prefill (bf16, D 128, 32/8 heads) at (batch, len) = (1, 4096),
+//! (8, 2048), (16, 1024): the plan's own tile, the plain 64-row tile and its `_rope` form.
 use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
-use ferrinfer::ops::{BatchDecode, DecodeKernel};
+use ferrinfer::ops::{BatchDecode, BatchPrefill, DecodeKernel, PrefillTile};
 use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
 use ferrinfer::runtime::{Discovery, TimeOpts};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
@@ -90,6 +92,60 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             t[1],
             t[2],
             100.0 * tbps / copy_tbps,
+            t[2] / t[1],
+            t[2] / t[0]
+        );
+    }
+    prefill(gpu, heads, rope, &pattern, opts)
+}
+
+/// Causal ragged prefill with and without RoPE (same shapes' plan choice beside).
+fn prefill(
+    gpu: &Gpu,
+    heads: HeadConfig,
+    rope: RopeConfig,
+    pattern: &[bf16],
+    opts: TimeOpts,
+) -> ferrinfer::Result<()> {
+    println!("\n| prefill ragged causal | plan's choice us | 64-row tile us | 64-row rope us | rope / 64-row | rope / plan's |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let causal = AttentionOptions::default().with_causal(true);
+    for (batch, len) in [(1usize, 4096usize), (8, 2048), (16, 1024)] {
+        let n = batch * len;
+        let take = |m: usize, off: usize| -> Vec<bf16> {
+            (0..m)
+                .map(|i| pattern[(i * 7 + off) % pattern.len()])
+                .collect()
+        };
+        let q = gpu.upload(&take(n * 32 * 128, 1))?;
+        let k = gpu.upload(&take(n * 8 * 128, 2))?;
+        let v = gpu.upload(&take(n * 8 * 128, 3))?;
+        let mut o = gpu.alloc::<bf16>(n * 32 * 128)?;
+        let indptr: Vec<i32> = (0..=batch).map(|b| (b * len) as i32).collect();
+        let mut t = [0.0f64; 3];
+        for (i, (tile, with_rope)) in [
+            (None, false),
+            (Some(PrefillTile::Rows64), false),
+            (None, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut op = BatchPrefill::new(gpu, heads, DType::Bf16, causal)?;
+            op.set_tile(tile)?;
+            if with_rope {
+                op.set_rope(Some(rope))?;
+            }
+            let plan = op.plan_ragged(&indptr, &indptr)?;
+            t[i] = gpu
+                .time_with(opts, |_| op.run_ragged(&plan, &q, &k, &v, &mut o, None))?
+                .median_us;
+        }
+        println!(
+            "| {batch} × {len} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            t[0],
+            t[1],
+            t[2],
             t[2] / t[1],
             t[2] / t[0]
         );

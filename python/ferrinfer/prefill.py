@@ -88,25 +88,30 @@ class _PrefillBase:
 
     def _plan_common(self, op: str, qo_indptr: Any, kv_lens: np.ndarray, heads: Tuple[int, int, int, Optional[int]],
                      masks: Tuple[Any, Any], causal: bool, dtypes: Tuple[Any, Any, Any],
-                     options: Tuple[Any, Any, Any], **unsupported: Any) -> dict:
+                     options: Tuple[Any, Any, Any], rope: Tuple[Any, Any, Any], **unsupported: Any) -> dict:
         """What both wrappers' ``plan`` records: host int32 ``qo_indptr``, heads, element type,
-        options, and the custom mask (which replaces ``causal``) packed for the native op."""
+        options, RoPE (``rope``: ``pos_encoding_mode``, ``rope_scale``, ``rope_theta``) and the
+        custom mask (which replaces ``causal``) packed for the native op."""
         hq, hkv, d_qk, d_vo = heads
         if d_vo is not None and int(d_vo) != int(d_qk):
             raise NotImplementedError(f"{op}: head_dim_vo={d_vo} differs from head_dim_qk={d_qk}")
         _args.unsupported(op, **unsupported)
+        rope_args = _args.rope(op, *rope)
         qo = _tensor.host_int32(qo_indptr, "qo_indptr")
         mask = _mask.for_batch(op, masks[0], masks[1], np.diff(qo).tolist(), kv_lens.tolist())
+        if rope_args is not None and mask is not None:
+            raise NotImplementedError(f"{op}: pos_encoding_mode={rope[0]!r} with a custom mask is not supported "
+                                      "by ferrinfer")
         return dict(qo_indptr=qo, heads=(int(hq), int(hkv), int(d_qk)), mask=mask,
                     causal=bool(causal) and mask is None, dtype=_args.kv_dtype(op, *dtypes),
-                    options=_args.options(*options))
+                    options=_args.options(*options), rope=rope_args)
 
     def _cuda_op(self, p: dict) -> Any:
         """The native CUDA op for the plan's heads, dtype and options (built once)."""
-        key = (p["heads"], p["dtype"], p["causal"], p["options"])
+        key = (p["heads"], p["dtype"], p["causal"], p["options"], p["rope"])
         if key not in self._ops:
             self._ops[key] = _native.CudaBatchPrefill(self._device, *p["heads"], p["dtype"], p["causal"],
-                                                      *p["options"])
+                                                      *p["options"], rope=p["rope"])
         return self._ops[key]
 
     @property
@@ -187,9 +192,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         p = self._plan_common(op, qo_indptr, _paged_kv_lens(tables, int(page_size)),
                               (num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo), (custom_mask, packed_custom_mask),
                               causal, (q_data_type, kv_data_type, o_data_type),
-                              (sm_scale, logits_soft_cap, window_left), pos_encoding_mode=pos_encoding_mode,
-                              use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale,
-                              rope_theta=rope_theta, **kwargs)
+                              (sm_scale, logits_soft_cap, window_left), (pos_encoding_mode, rope_scale, rope_theta),
+                              use_fp16_qk_reduction=use_fp16_qk_reduction, **kwargs)
         p.update(tables=tables, page_size=int(page_size))
         self._plan = p
         if self._device is not None:
@@ -239,7 +243,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         _native.batch_prefill_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
                                     view(p["qo_indptr"], "qo_indptr"), view(indptr, "paged_kv_indptr"),
                                     view(indices, "paged_kv_indices"), view(last, "paged_kv_last_page_len"),
-                                    view(out, "out"), opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"])
+                                    view(out, "out"), opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"],
+                                    rope=p["rope"])
         return _args.result(out, lse, return_lse)
 
     forward = run
@@ -297,9 +302,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         kv = _tensor.host_int32(kv_indptr, "kv_indptr")
         p = self._plan_common(op, qo_indptr, np.diff(kv), (num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo),
                               (custom_mask, packed_custom_mask), causal, (q_data_type, kv_data_type, o_data_type),
-                              (sm_scale, logits_soft_cap, window_left), pos_encoding_mode=pos_encoding_mode,
-                              use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale,
-                              rope_theta=rope_theta, **kwargs)
+                              (sm_scale, logits_soft_cap, window_left), (pos_encoding_mode, rope_scale, rope_theta),
+                              use_fp16_qk_reduction=use_fp16_qk_reduction, **kwargs)
         p.update(kv_indptr=kv)
         self._plan = p
         if self._device is not None:
@@ -341,7 +345,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         _cuda.not_yet(op, q)
         _native.batch_prefill_ragged(view(q, "q"), view(k, "k"), view(v, "v"), view(p["qo_indptr"], "qo_indptr"),
                                      view(p["kv_indptr"], "kv_indptr"), "NHD", view(out, "out"),
-                                     opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"])
+                                     opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"],
+                                     rope=p["rope"])
         return _args.result(out, lse, return_lse)
 
     forward = run

@@ -293,6 +293,7 @@ fn ragged_impl<T: Float16 + Elem>(
     qo_indptr: &[i32],
     kv_indptr: &[i32],
     mask: Option<&PackedMask>,
+    rope: Option<(f32, f32)>,
 ) -> PyResult<()> {
     a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
     let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
@@ -305,34 +306,48 @@ fn ragged_impl<T: Float16 + Elem>(
         (&q[..n], qo_indptr),
         (&k, &v, kv_indptr),
         mask,
+        rope,
         &mut out[..n],
         lse,
     )
 }
 
-/// The CPU backend's ragged batch prefill, under `mask` when one is given (also the paged
-/// path's, over gathered rows).
+/// The CPU backend's ragged batch prefill, under `mask` or with RoPE (`(rope_scale,
+/// rope_theta)`) when given (also the paged path's, over gathered rows).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ragged_prefill<T: Float16>(
     heads: &HeadConfig,
     opts: &ferrinfer::AttentionOptions,
     (q, qo_indptr): (&[T], &[i32]),
     (k, v, kv_indptr): (&[T], &[T], &[i32]),
     mask: Option<&PackedMask>,
+    rope: Option<(f32, f32)>,
     out: &mut [T],
     lse: Option<&mut [f32]>,
 ) -> PyResult<()> {
-    lib(match mask {
-        Some(m) => cpu::batch_prefill_ragged_masked(
+    let rope = crate::rope_llama(rope, heads.head_dim);
+    lib(match (mask, rope) {
+        (Some(_), Some(_)) => {
+            return Err(pyo3::exceptions::PyNotImplementedError::new_err(
+                "RoPE inside attention with a custom mask is not supported by ferrinfer",
+            ))
+        }
+        (Some(m), None) => cpu::batch_prefill_ragged_masked(
             heads, opts, q, qo_indptr, k, v, kv_indptr, m, out, lse,
         ),
-        None => cpu::batch_prefill_ragged(heads, opts, q, qo_indptr, k, v, kv_indptr, out, lse),
+        (None, Some(r)) => cpu::batch_prefill_ragged_rope(
+            heads, opts, &r, None, q, qo_indptr, k, v, kv_indptr, out, lse,
+        ),
+        (None, None) => {
+            cpu::batch_prefill_ragged(heads, opts, q, qo_indptr, k, v, kv_indptr, out, lse)
+        }
     })
 }
 
 /// `batch_prefill_ragged(q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale,
-/// soft_cap, window_left, mask=None)`: FlashInfer's ragged prefill wrapper's `run`.
+/// soft_cap, window_left, mask=None, rope=None)`: FlashInfer's ragged prefill wrapper's `run`.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left, mask=None))]
+#[pyo3(signature = (q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_prefill_ragged(
     py: Python<'_>,
@@ -349,12 +364,18 @@ fn batch_prefill_ragged(
     soft_cap: Option<f32>,
     window_left: Option<usize>,
     mask: MaskArg,
+    rope: Option<(f32, f32)>,
 ) -> PyResult<()> {
     let opts = crate::options(causal, sm_scale, soft_cap, window_left);
     let (qo_indptr, kv_indptr) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
     let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
     let mask = mask.map(packed);
-    py.detach(|| by_dtype!(a.q, ragged_impl(&a, &qo_indptr, &kv_indptr, mask.as_ref())))
+    py.detach(|| {
+        by_dtype!(
+            a.q,
+            ragged_impl(&a, &qo_indptr, &kv_indptr, mask.as_ref(), rope)
+        )
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -74,6 +74,7 @@ impl CudaBatchPrefill {
 #[pymethods]
 impl CudaBatchPrefill {
     #[new]
+    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, causal, sm_scale, soft_cap, window_left, rope=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         device: usize,
@@ -85,6 +86,7 @@ impl CudaBatchPrefill {
         sm_scale: Option<f32>,
         soft_cap: Option<f32>,
         window_left: Option<usize>,
+        rope: Option<(f32, f32)>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
         let (dt, lib_dt) = plan_dtype(OP, dtype)?;
@@ -95,11 +97,13 @@ impl CudaBatchPrefill {
             causal,
         };
         let gpu = lib(Gpu::primary(device))?;
+        let mut op = lib(BatchPrefill::new(&gpu, heads, lib_dt, opts))?;
+        lib(op.set_rope(crate::rope_llama(rope, head_dim)))?;
         Ok(Self {
             device,
             heads,
             dtype: dt,
-            op: lib(BatchPrefill::new(&gpu, heads, lib_dt, opts))?,
+            op,
             plan: None,
             workspace: None,
         })

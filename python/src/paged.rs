@@ -203,6 +203,7 @@ fn prefill_impl<T: Float16 + Elem>(
     r: &Run,
     qo_indptr: &[i32],
     mask: Option<&PackedMask>,
+    rope: Option<(f32, f32)>,
 ) -> PyResult<()> {
     let heads = r.cache.heads(&r.q)?;
     r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
@@ -225,6 +226,7 @@ fn prefill_impl<T: Float16 + Elem>(
         (&q[..n], qo_indptr),
         (&k, &v, &kv_indptr),
         mask,
+        rope,
         &mut out[..n],
         lse,
     )
@@ -274,7 +276,7 @@ fn batch_decode_paged(
 /// `batch_prefill_paged(q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices,
 /// kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None)`.
 #[pyfunction]
-#[pyo3(signature = (q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None))]
+#[pyo3(signature = (q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_prefill_paged(
     py: Python<'_>,
@@ -293,6 +295,7 @@ fn batch_prefill_paged(
     soft_cap: Option<f32>,
     window_left: Option<usize>,
     mask: MaskArg,
+    rope: Option<(f32, f32)>,
 ) -> PyResult<()> {
     let cache = Cache::new(k_cache, v_cache, kv_layout)?;
     let qo_indptr = index_array(qo_indptr)?;
@@ -319,7 +322,7 @@ fn batch_prefill_paged(
     }
     r.check_io()?;
     let mask = mask.map(packed);
-    py.detach(|| by_dtype!(r.q, prefill_impl(&r, &qo_indptr, mask.as_ref())))
+    py.detach(|| by_dtype!(r.q, prefill_impl(&r, &qo_indptr, mask.as_ref(), rope)))
 }
 
 /// Writes rows `src` (`[nnz, Hkv, D]`, strides of `rows`) into view `dst` of the cache.

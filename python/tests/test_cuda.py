@@ -162,6 +162,32 @@ def test_decode_rope_cuda_vs_reference(dtype, layout, head_dim, rope):
     close(o1, outs[5], dtype, "single decode")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prefill_rope_cuda_vs_reference(dtype, head_dim, causal):
+    """The paged prefill wrapper with ``ROPE_LLAMA`` on CUDA (the 64-row tile's ``_rope``
+    kernels): query token ``i`` at ``kv_len - qo_len + i``, key ``t`` at ``t``."""
+    g = torch.Generator().manual_seed(head_dim + causal)
+    hq, hkv, ps = 8, 2, 16
+    kv_lens, qo_lens = [1, 17, 130, 700], [1, 9, 130, 64]
+    cache, indptr, indices, last = paged_case(g, kv_lens, ps, hkv, head_dim, "NHD", dtype)
+    qo_indptr = torch.tensor(np.concatenate([[0], np.cumsum(qo_lens)]), dtype=torch.int32)
+    q = rand(g, (int(qo_indptr[-1]), hq, head_dim), dtype)
+    w = ferrinfer.BatchPrefillWithPagedKVCacheWrapper(ws())
+    w.plan(qo_indptr, indptr, indices, last, hq, hkv, head_dim, ps, causal=causal, q_data_type=DT[dtype],
+           pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4)
+    out, lse = w.run(q.cuda(), cache.cuda(), return_lse=True)
+    for b, (n, m) in enumerate(zip(qo_lens, kv_lens)):
+        kv = request_kv(cache, indptr, indices, b, m, "NHD")
+        qb = q[int(qo_indptr[b]):int(qo_indptr[b + 1])]
+        qr = rope_llama(np64(qb), np.arange(m - n, m), rope_theta=1e4)
+        kr = rope_llama(np64(kv[:, 0]), np.arange(m), rope_theta=1e4)
+        ref, ref_lse = attention(qr, kr, np64(kv[:, 1]), causal=causal)
+        close(out[int(qo_indptr[b]):int(qo_indptr[b + 1])], ref, dtype, f"request {b}")
+        lse_close(lse[int(qo_indptr[b]):int(qo_indptr[b + 1])], ref_lse)
+
+
 @needs_fi
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])

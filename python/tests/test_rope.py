@@ -76,3 +76,47 @@ def test_rope_modes_and_values():
         flashinfer.single_decode_with_kv_cache(q, k, k, pos_encoding_mode="ROPE_LLAMA", rope_scale=0.0)
     with pytest.raises(ValueError, match="rope_theta"):
         flashinfer.single_decode_with_kv_cache(q, k, k, pos_encoding_mode="ROPE_LLAMA", rope_theta=float("nan"))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kind", ["ragged", "paged"])
+def test_batch_prefill_rope(dtype, head_dim, causal, kind):
+    """Prefill wrappers with ``ROPE_LLAMA``: query token ``i`` of a request at
+    ``kv_len - qo_len + i``, key ``t`` at ``t``."""
+    rng = np.random.default_rng(head_dim + causal)
+    hq, hkv, ps = 8, 2, 16
+    kv_lens = [1, 17, 40, 300]
+    qo_lens = [1, 5, 40, 33]
+    paged = Paged(rng, kv_lens, ps, hkv, head_dim, "NHD", dtype)
+    qo_indptr = np.concatenate([[0], np.cumsum(qo_lens)]).astype(np.int32)
+    q = randn(rng, (int(qo_indptr[-1]), hq, head_dim), dtype)
+    rope = dict(rope_theta=5e5)
+    if kind == "paged":
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(None)
+        w.plan(qo_indptr, paged.indptr, paged.indices, paged.last, hq, hkv, head_dim, ps, causal=causal,
+               q_data_type=dtype, pos_encoding_mode="ROPE_LLAMA", **rope)
+        out, lse = w.run(q, paged.cache, return_lse=True)
+    else:
+        ks, vs = zip(*(paged.kv(b) for b in range(len(kv_lens))))
+        k, v = np.concatenate(ks), np.concatenate(vs)
+        kv_indptr = np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32)
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(None)
+        w.plan(qo_indptr, kv_indptr, hq, hkv, head_dim, causal=causal, q_data_type=dtype,
+               pos_encoding_mode="ROPE_LLAMA", **rope)
+        out, lse = w.run(q, k, v, return_lse=True)
+    for b, (n, m) in enumerate(zip(qo_lens, kv_lens)):
+        k, v = paged.kv(b)
+        qb = q[qo_indptr[b]:qo_indptr[b + 1]]
+        qr = rope_llama(f64(qb), np.arange(m - n, m), **rope)
+        kr = rope_llama(f64(k), np.arange(m), **rope)
+        ref, ref_lse = attention(qr, kr, f64(v), causal=causal)
+        assert_close(out[qo_indptr[b]:qo_indptr[b + 1]], ref, dtype)
+        assert_lse(lse[qo_indptr[b]:qo_indptr[b + 1]], ref_lse)
+
+
+def test_prefill_rope_with_mask_is_refused():
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(None)
+    with pytest.raises(NotImplementedError, match="custom mask"):
+        w.plan([0, 2], [0, 3], 2, 2, 64, custom_mask=np.ones(6, bool), pos_encoding_mode="ROPE_LLAMA")
