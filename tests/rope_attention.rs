@@ -578,7 +578,7 @@ fn gpu_rope_prefill_matches_oracle() {
     let cases = proptest_cases(48);
     let worst = std::cell::Cell::new(ErrorStats::default());
     TestRunner::new(ProptestConfig::with_cases(cases))
-        .run(&prefill_strategy(12, 1500), |(c, bf, qo)| {
+        .run(&prefill_strategy(8, 800), |(c, bf, qo)| {
             let (dt, s) = if bf {
                 (DType::Bf16, prefill::<bf16>(Some(&gpu), &c, &qo))
             } else {
