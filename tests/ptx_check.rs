@@ -5,6 +5,7 @@
 //!   out of bounds, an `unwrap`, an overflow check...);
 //! - every `.entry` takes exactly one by-value parameter blob whose size is `size_of` the ABI
 //!   struct its family is launched with (`decode_fp8_*`, `decode_tc_fp8_*` → `DecodeFp8Params`,
+//!   `decode_rope_*` → `DecodeRopeParams`, `prefill_*_rope` → `PrefillRopeParams`,
 //!   `append_fp8_*` →
 //!   `AppendFp8Params`, other `decode_*` and `decode_merge_*` → `DecodeParams`,
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
@@ -28,8 +29,8 @@ use std::process::Command;
 use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
     AppendFp8Params, AppendParams, ArgmaxParams, ConvertParams, DecodeFp8Params, DecodeParams,
-    GatherParams, KvTensorMaps, MergeParams, NormParams, PrefillParams, RopeParams, SelfTestParams,
-    SiluMulParams, SpinParams,
+    DecodeRopeParams, GatherParams, KvTensorMaps, MergeParams, NormParams, PrefillParams,
+    PrefillRopeParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
 use ferrinfer::kernels_abi::kernel_key::KernelKey;
@@ -40,8 +41,17 @@ const LOCAL_PTXAS: &str = ".tools/cuda/nvidia/cu13/bin/ptxas";
 /// The ABI struct size each kernel family must take, by entry-name prefix.
 fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     use std::mem::size_of;
-    // First match wins: the fp8 families before the prefixes they extend.
-    const FAMILIES: [(&str, &str, usize); 17] = [
+    // The RoPE prefill forms are named by a suffix (`prefill_<kv>_<dtype>_d<D>_rope`).
+    if entry.starts_with("prefill_") && entry.ends_with("_rope") {
+        return Some(("PrefillRopeParams", size_of::<PrefillRopeParams>()));
+    }
+    // First match wins: the fp8 and RoPE families before the prefixes they extend.
+    const FAMILIES: [(&str, &str, usize); 18] = [
+        (
+            "decode_rope_",
+            "DecodeRopeParams",
+            size_of::<DecodeRopeParams>(),
+        ),
         (
             "decode_fp8_",
             "DecodeFp8Params",
@@ -455,7 +465,7 @@ fn report_and_check(test: &str, arch: Arch, ptxas: &Path, out: &str) {
 }
 
 /// Local-memory bytes a kernel may use (each of stack frame, spill stores, spill loads). Zero
-/// everywhere except two measured cases, capped so that they cannot grow unnoticed:
+/// everywhere except three measured cases, capped so that they cannot grow unnoticed:
 /// - on sm_80 only, ptxas spills a few values of the wide-tile prefill at D = 128
 ///   (`prefill_*_d128_m2`: 128 f32 accumulators + 64 scores per lane at the 255-register
 ///   limit; 0 bytes on sm_90, the target the tile was tuned on and the only one measured):
@@ -464,15 +474,22 @@ fn report_and_check(test: &str, arch: Arch, ptxas: &Path, out: &str) {
 /// - the persistent Hopper prefill (`prefill_*_hp`, `_hpt`, sm_90a): one value kept across
 ///   the consumers' unit loop (8–16 bytes, stored once at the start, loaded once at the end;
 ///   224 registers after `setmaxnreg`, the producer has 56). The merged `_h`/`_ht` kernels
-///   spill nothing.
+///   spill nothing;
+/// - RoPE decode at group 8 on sm_80 (`decode_rope_f16_d128_g8`: 8 bytes; eight query rows
+///   and eight key vectors of f32 plus the lane's eight frequencies at the 255-register
+///   limit; 0 bytes on sm_90, the GPUs ferrinfer is measured on).
 fn local_memory_allowance(arch: Arch, name: &str) -> u64 {
     let sm80_wide =
         arch == Arch::Sm80 && name.starts_with("prefill_") && name.ends_with("_d128_m2");
     let hopper_persistent = arch == Arch::Sm90a
         && name.starts_with("prefill_")
         && (name.ends_with("_hp") || name.ends_with("_hpt"));
+    let sm80_rope_g8 =
+        arch == Arch::Sm80 && name.starts_with("decode_rope_") && name.ends_with("_g8");
     if sm80_wide {
         64
+    } else if sm80_rope_g8 {
+        8
     } else if hopper_persistent {
         16
     } else {

@@ -72,39 +72,35 @@ impl<const N: usize> PosEnc<N> for LaneRope<N> {
 
     #[inline(always)]
     unsafe fn new(p: &RopeAttn, e0: u32, lane: u32) -> Self {
-        let r = p.rotary_dim;
-        let mut freq = [0.0f32; N];
+        let (r, n) = (p.rotary_dim, N as u32);
         let half = p.style == ROPE_HALF;
         let (mut partner, mut sign) = (lane, 1.0f32);
-        if half {
+        // Table index of the lane's first pair and how many of its elements rotate.
+        let (pair0, rotated) = if half {
             let h = r / 2;
             // The lane's elements are all first halves, all second halves or all unrotated
             // (h is a multiple of N).
-            let (pair0, rotated) = if e0 < h {
-                partner = lane + h / N as u32;
+            if e0 < h {
+                partner = lane + h / n;
                 sign = -1.0;
-                (e0, true)
+                (e0, n)
             } else if e0 < r {
-                partner = lane - h / N as u32;
-                (e0 - h, true)
+                partner = lane - h / n;
+                (e0 - h, n)
             } else {
-                (0, false)
-            };
-            if rotated {
-                for (e, f) in freq.iter_mut().enumerate() {
-                    // SAFETY: pair0 + e < h = rotary_dim / 2 entries.
-                    *f = unsafe { global::ld_nc_f32(p.inv_freq + (pair0 + e as u32) as u64 * 4) };
-                }
+                (0, 0)
             }
         } else {
-            for e in (0..N).step_by(2) {
-                let pair = (e0 + e as u32) / 2;
-                if 2 * pair < r {
-                    // SAFETY: pair < rotary_dim / 2 entries.
-                    let f = unsafe { global::ld_nc_f32(p.inv_freq + pair as u64 * 4) };
-                    freq[e] = f;
-                    freq[e + 1] = f;
-                }
+            // Pairs (2i, 2i + 1) inside the lane; those from element r on are not rotated.
+            (e0 / 2, if e0 < r { (r - e0).min(n) } else { 0 })
+        };
+        let mut freq = [0.0f32; N];
+        for (e, f) in freq.iter_mut().enumerate() {
+            let e = e as u32;
+            if e < rotated {
+                let i = pair0 + if half { e } else { e / 2 };
+                // SAFETY: rotated elements index pairs < rotary_dim / 2.
+                *f = unsafe { global::ld_nc_f32(p.inv_freq + i as u64 * 4) };
             }
         }
         LaneRope {
@@ -127,11 +123,11 @@ impl<const N: usize> PosEnc<N> for LaneRope<N> {
             }
             *x = y;
         } else {
-            for e in (0..N).step_by(2) {
-                let (s, c) = sincos(p * self.freq[e]);
-                let (x0, x1) = (x[e], x[e + 1]);
-                x[e] = x0 * c - x1 * s;
-                x[e + 1] = x1 * c + x0 * s;
+            for k in 0..N / 2 {
+                let (s, c) = sincos(p * self.freq[2 * k]);
+                let (x0, x1) = (x[2 * k], x[2 * k + 1]);
+                x[2 * k] = x0 * c - x1 * s;
+                x[2 * k + 1] = x1 * c + x0 * s;
             }
         }
     }
@@ -165,23 +161,21 @@ pub(crate) unsafe fn rotate_rows<E: Elem, const D: u32>(
     let half = rope.style == ROPE_HALF;
     // A unit: with rotate_half a chunk of 8 first-half elements and its partner chunk R/16
     // chunks on; interleaved, one chunk of 4 lane-local pairs.
-    let per_row = if half { r / 16 } else { r.div_ceil(8) };
+    let per_row = if half { r / 16 } else { r.div_ceil(8) }.max(1);
     let mut u = tid;
     while u < rows * per_row {
         let (row, c) = (u / per_row, u % per_row);
         let p = pos(row) as f32;
         let a = base + swz::<D>(row, c);
-        // SAFETY: inside the tile (c and its partner < D/8; row < rows).
-        let wa = unsafe { shared::ld_u32x4(a) };
-        if half {
-            let b = base + swz::<D>(row, c + per_row);
-            // SAFETY: as above.
-            let wb = unsafe { shared::ld_u32x4(b) };
-            let (mut oa, mut ob) = ([0u32; 4], [0u32; 4]);
-            for k in 0..4 {
-                let (x0, x1) = E::unpack2(wa[k]);
-                let (y0, y1) = E::unpack2(wb[k]);
-                let i = c * 8 + 2 * k as u32;
+        // One 32-bit word (an element pair) at a time: few registers live beside the
+        // kernel's accumulators.
+        for k in 0..4u32 {
+            if half {
+                let b = base + swz::<D>(row, c + per_row);
+                // SAFETY: inside the tile (c and its partner < D/8; row < rows).
+                let (wa, wb) = unsafe { (shared::ld_u32(a + 4 * k), shared::ld_u32(b + 4 * k)) };
+                let ((x0, x1), (y0, y1)) = (E::unpack2(wa), E::unpack2(wb));
+                let i = c * 8 + 2 * k;
                 // SAFETY: i + 1 < R/2 entries of the table.
                 let (f0, f1) = unsafe {
                     (
@@ -191,28 +185,23 @@ pub(crate) unsafe fn rotate_rows<E: Elem, const D: u32>(
                 };
                 let (a0, b0) = rot(x0, y0, sincos(p * f0));
                 let (a1, b1) = rot(x1, y1, sincos(p * f1));
-                oa[k] = E::pack2(a0, a1);
-                ob[k] = E::pack2(b0, b1);
-            }
-            // SAFETY: as above.
-            unsafe {
-                shared::st_u32x4(a, oa);
-                shared::st_u32x4(b, ob);
-            }
-        } else {
-            let mut oa = wa;
-            for (k, w) in oa.iter_mut().enumerate() {
-                let i = c * 4 + k as u32; // pair (2i, 2i + 1)
+                // SAFETY: as above.
+                unsafe {
+                    shared::st_u32(a + 4 * k, E::pack2(a0, a1));
+                    shared::st_u32(b + 4 * k, E::pack2(b0, b1));
+                }
+            } else {
+                let i = c * 4 + k; // pair (2i, 2i + 1)
                 if 2 * i < r {
-                    let (x0, x1) = E::unpack2(*w);
-                    // SAFETY: i < R/2 entries of the table.
-                    let f = unsafe { global::ld_nc_f32(rope.inv_freq + i as u64 * 4) };
-                    let (y0, y1) = rot(x0, x1, sincos(p * f));
-                    *w = E::pack2(y0, y1);
+                    // SAFETY: inside the tile; i < R/2 entries of the table.
+                    unsafe {
+                        let (x0, x1) = E::unpack2(shared::ld_u32(a + 4 * k));
+                        let f = global::ld_nc_f32(rope.inv_freq + i as u64 * 4);
+                        let (y0, y1) = rot(x0, x1, sincos(p * f));
+                        shared::st_u32(a + 4 * k, E::pack2(y0, y1));
+                    }
                 }
             }
-            // SAFETY: as above.
-            unsafe { shared::st_u32x4(a, oa) };
         }
         u += threads;
     }
