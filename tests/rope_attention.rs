@@ -96,33 +96,35 @@ fn make<T: Float16>(c: &Case) -> Data<T> {
     }
 }
 
-fn compare<T: Float16>(c: &Case, d: &Data<T>, out: &[T], lse: &[f32]) -> ErrorStats {
+/// The worst error of each `(out, lse)` in `outs` against the oracle: request `b` has the query
+/// rows `qo_indptr[b]..qo_indptr[b + 1]` of `qf` (rotated) and its keys `d.kf[b]`, `d.vf[b]`.
+fn compare<T: Float16>(
+    c: &Case,
+    d: &Data<T>,
+    qf: &[f64],
+    qo_indptr: &[i32],
+    outs: &[(&[T], &[f32])],
+) -> ErrorStats {
     let h = c.heads;
-    let row = h.num_qo_heads * h.head_dim;
+    let (hq, qrow) = (h.num_qo_heads, h.num_qo_heads * h.head_dim);
     let mut worst = ErrorStats::default();
     for (b, &l) in c.lens.iter().enumerate() {
-        let reference = attention(
-            &d.qf[b * row..(b + 1) * row],
-            &d.kf[b],
-            &d.vf[b],
-            &h,
-            1,
-            l,
-            &c.opts,
-        )
-        .unwrap();
-        let o = to_f64(&out[b * row..(b + 1) * row]);
-        let ls: Vec<f64> = lse[b * h.num_qo_heads..(b + 1) * h.num_qo_heads]
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        worst = worst.worst(ErrorStats::compare(
-            &o,
-            &reference.o,
-            Some((&ls, &reference.lse)),
-        ));
+        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
+        let (q, n) = (&qf[q0 * qrow..q1 * qrow], q1 - q0);
+        let reference = attention(q, &d.kf[b], &d.vf[b], &h, n, l, &c.opts).unwrap();
+        for &(out, lse) in outs {
+            let o = to_f64(&out[q0 * qrow..q1 * qrow]);
+            let ls: Vec<f64> = lse[q0 * hq..q1 * hq].iter().map(|&x| x as f64).collect();
+            let s = ErrorStats::compare(&o, &reference.o, Some((&ls, &reference.lse)));
+            worst = worst.worst(s);
+        }
     }
     worst
+}
+
+/// One query row per request (decode).
+fn decode_rows(c: &Case) -> Vec<i32> {
+    (0..=c.lens.len() as i32).collect()
 }
 
 fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
@@ -154,12 +156,8 @@ fn run_gpu<T: Float16>(gpu: &Gpu, c: &Case) -> ErrorStats {
         .upload(&vec![f32::NAN; c.lens.len() * h.num_qo_heads])
         .unwrap();
     op.run(&plan, &qd, &pool, &mut od, Some(&mut ld)).unwrap();
-    compare(
-        c,
-        &d,
-        &gpu.download(&od).unwrap(),
-        &gpu.download(&ld).unwrap(),
-    )
+    let (out, lse) = (gpu.download(&od).unwrap(), gpu.download(&ld).unwrap());
+    compare(c, &d, &d.qf, &decode_rows(c), &[(&out, &lse)])
 }
 
 fn run_cpu<T: Float16>(c: &Case) -> ErrorStats {
@@ -190,7 +188,7 @@ fn run_cpu<T: Float16>(c: &Case) -> ErrorStats {
         Some(&mut lse),
     )
     .unwrap();
-    compare(c, &d, &out, &lse)
+    compare(c, &d, &d.qf, &decode_rows(c), &[(&out, &lse)])
 }
 
 fn arb_rope(d: usize) -> impl Strategy<Value = RopeConfig> {
@@ -630,31 +628,8 @@ fn prefill<T: Float16>(gpu: Option<&Gpu>, c: &Case, qo: &[usize]) -> ErrorStats 
         None => prefill_cpu(c, &d, &q, &qo_indptr, &kv_indptr),
         Some(g) => prefill_gpu(g, c, &d, &q, &qo_indptr, &kv_indptr),
     };
-    let mut worst = ErrorStats::default();
-    for (b, &l) in c.lens.iter().enumerate() {
-        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
-        let reference = attention(
-            &qf[q0 * qrow..q1 * qrow],
-            &d.kf[b],
-            &d.vf[b],
-            &h,
-            q1 - q0,
-            l,
-            &c.opts,
-        )
-        .unwrap();
-        let hq = h.num_qo_heads;
-        for (out, lse) in [&ragged, &paged] {
-            let o = to_f64(&out[q0 * qrow..q1 * qrow]);
-            let ls: Vec<f64> = lse[q0 * hq..q1 * hq].iter().map(|&x| x as f64).collect();
-            worst = worst.worst(ErrorStats::compare(
-                &o,
-                &reference.o,
-                Some((&ls, &reference.lse)),
-            ));
-        }
-    }
-    worst
+    let outs = [(&ragged.0[..], &ragged.1[..]), (&paged.0[..], &paged.1[..])];
+    compare(c, &d, &qf, &qo_indptr, &outs)
 }
 
 fn prefill_cpu<T: Float16>(
