@@ -705,13 +705,13 @@ fn prefill_gpu<T: Float16>(
     let zeros = vec![0; c.lens.len()];
     let offsets = c.offsets.as_deref().unwrap_or(&zeros);
     let qd = gpu.upload(q).unwrap();
-    // Poisoned outputs (one element past the end too): a missed element stays NaN.
+    // Poisoned outputs of exactly the planned size (a batch of empty queries has none): a
+    // missed element stays NaN.
     let n = nq * h.num_qo_heads * h.head_dim;
     let fresh = || {
         (
-            gpu.upload(&vec![T::nan(); n.max(1)]).unwrap(),
-            gpu.upload(&vec![f32::NAN; (nq * h.num_qo_heads).max(1)])
-                .unwrap(),
+            gpu.upload(&vec![T::nan(); n]).unwrap(),
+            gpu.upload(&vec![f32::NAN; nq * h.num_qo_heads]).unwrap(),
         )
     };
     let take = |o: &DeviceBuffer<T>, l: &DeviceBuffer<f32>| {

@@ -32,7 +32,7 @@ pub const CP_ASYNC_FIELDS: usize = 16;
 /// Registers per lane written by [`ldmatrix`] (x1 + x2 + x4, plain then `.trans`).
 pub const LDMATRIX_REGS: usize = 14;
 /// f32 written per input by [`fast`].
-pub const FAST_FIELDS: usize = 5;
+pub const FAST_FIELDS: usize = 7;
 /// u32 written per record by [`convert`].
 pub const CONVERT_FIELDS: usize = 12;
 
@@ -399,14 +399,14 @@ pub fn mma(
     Ok(out.into_iter().map(f32::from_bits).collect())
 }
 
-/// `selftest_fast`: for each `x` in `input`, [`FAST_FIELDS`] f32 at `[5 i ..]`:
+/// `selftest_fast`: for each `x` in `input`, [`FAST_FIELDS`] f32 at `[7 i ..]`:
 /// `ex2.approx.ftz(x)`, `lg2.approx.ftz(|x|)`, `rcp.approx.ftz(x)`, `tanh.approx(x)`,
-/// `fma.rn(x, x, fma_c)`. `poison` is the bit pattern the output is filled with.
+/// `fma.rn(x, x, fma_c)`, and the sine and cosine of `math::trig::sincos_fast(x)`. `poison` is the bit pattern the output is filled with.
 pub fn fast(gpu: &Gpu, input: &[f32], fma_c: f32, poison: u32) -> Result<Vec<f32>> {
     check_len("input elements", input.len(), 1, MAX_ELEMS)?;
     let n = input.len();
     let words: Vec<u32> = input.iter().map(|x| x.to_bits()).collect();
-    // SAFETY: input holds n words, output 5 n; the grid covers n threads.
+    // SAFETY: input holds n words, output 7 n; the grid covers n threads.
     let out = unsafe {
         run(
             gpu,

@@ -73,6 +73,14 @@ trait KvVec {
     /// `dst` a staging slot of the ring; `src` a readable, aligned vector when `n > 0`.
     unsafe fn stage(dst: u32, src: u64, n: u32);
 
+    /// As [`Self::stage`] for a vector loaded as two halves (RoPE's split pairs,
+    /// `attn::rope::PosEnc::halves`): `VEC/2` elements at `lo` then at `hi`, all (`valid`) or
+    /// zeros.
+    ///
+    /// # Safety
+    /// As `stage`, for both halves.
+    unsafe fn stage_halves(dst: u32, lo: u64, hi: u64, valid: bool);
+
     /// The staged bytes of one vector.
     type Raw: Copy;
 
@@ -97,6 +105,16 @@ impl<E: Elem> KvVec for Half<E> {
     unsafe fn stage(dst: u32, src: u64, n: u32) {
         // SAFETY: per the caller's contract.
         unsafe { pipeline::cp_async_cg_16(dst, src, n) };
+    }
+
+    #[inline(always)]
+    unsafe fn stage_halves(dst: u32, lo: u64, hi: u64, valid: bool) {
+        let n = if valid { 8 } else { 0 };
+        // SAFETY: per the caller's contract (halves of 4 elements are 8-byte aligned).
+        unsafe {
+            pipeline::cp_async_ca_8(dst, lo, n);
+            pipeline::cp_async_ca_8(dst + 8, hi, n);
+        }
     }
 
     type Raw = [u32; 4];
@@ -126,6 +144,16 @@ impl<F: Fp8Format> KvVec for Codes<F> {
         unsafe { pipeline::cp_async_ca_8(dst, src, n) };
     }
 
+    #[inline(always)]
+    unsafe fn stage_halves(dst: u32, lo: u64, hi: u64, valid: bool) {
+        let n = if valid { 4 } else { 0 };
+        // SAFETY: per the caller's contract (halves of 4 codes are 4-byte aligned).
+        unsafe {
+            pipeline::cp_async_ca_4(dst, lo, n);
+            pipeline::cp_async_ca_4(dst + 4, hi, n);
+        }
+    }
+
     type Raw = [u32; 2];
 
     #[inline(always)]
@@ -152,13 +180,20 @@ struct Item {
     begin: u32,
     end: u32,
     page_base: u32,
+    /// Element offsets in a page of the lane's K vector (its first half when split), and of
+    /// its V vector.
     k_head: u64,
     v_head: u64,
+    /// Split K vectors: elements from the first half to the second.
+    k_split: u64,
 }
 
-/// Issues the cp.async copies of tile `j` into stage `s` and commits them as one group.
+/// Issues the cp.async copies of tile `j` into stage `s` and commits them as one group; with
+/// `split` (a constant of the kernel variant) each K vector comes as two halves
+/// (`Item::k_split` apart).
 #[inline(always)]
 unsafe fn issue_tile<K: KvVec>(
+    split: bool,
     p: &DecodeParams,
     it: &Item,
     j: u32,
@@ -188,7 +223,12 @@ unsafe fn issue_tile<K: KvVec>(
         // SAFETY: staging addresses lie in the ring (smem_bytes); sources are valid rows or
         // the pool base with a zero byte count.
         unsafe {
-            K::stage(stage_addr(smem, s, u, 0, tid), ka, n);
+            if split {
+                let hi = ka + it.k_split * K::ELEM_BYTES;
+                K::stage_halves(stage_addr(smem, s, u, 0, tid), ka, hi, valid);
+            } else {
+                K::stage(stage_addr(smem, s, u, 0, tid), ka, n);
+            }
             K::stage(stage_addr(smem, s, u, 1, tid), va, n);
         }
     }
@@ -227,17 +267,19 @@ unsafe fn batch_decode<
     let (b, begin, end) = (wk.b, wk.begin, wk.end);
     let g = p.group;
     let logits = L::new(p.logit);
-    let e_off = (sub * cfg::VEC) as u64;
+    let e0 = sub * cfg::VEC;
+    // SAFETY: the host-validated rotation table.
+    let pe = unsafe { P::new(rope, e0) };
+    // q and K may come as two halves (RoPE's rotate_half pairs); V and out stay contiguous.
+    let (lo, hi) = pe.halves(e0);
     let it = Item {
         begin,
         end,
         page_base: wk.page_base,
-        k_head: (kvh * p.k_stride_h) as u64 + e_off,
-        v_head: (kvh * p.v_stride_h) as u64 + e_off,
+        k_head: (kvh * p.k_stride_h + lo) as u64,
+        v_head: (kvh * p.v_stride_h + e0) as u64,
+        k_split: (hi - lo) as u64,
     };
-
-    // SAFETY: the host-validated rotation table.
-    let pe = unsafe { P::new(rope, sub * cfg::VEC, tid % 32) };
     // Key t sits at position pos0 + t; the query at pos0 + kv_len − 1, where kv_len is the end
     // of the request's last work item.
     let (mut pos0, mut q_pos) = (0, 0);
@@ -252,16 +294,23 @@ unsafe fn batch_decode<
     for (ii, qi) in q.iter_mut().enumerate() {
         if (ii as u32) < g {
             let hq = kvh * g + ii as u32;
-            let off = (b as u64) * (p.q_stride_b as u64) + (hq * p.q_stride_h) as u64 + e_off;
-            // SAFETY: host-validated q extent; 16-byte aligned rows.
-            let v = unpack8::<E>(unsafe { global::ld_nc_u32x4(p.q + off * 2) });
+            let row = (b as u64) * (p.q_stride_b as u64) + (hq * p.q_stride_h) as u64;
+            let at = |e: u32| p.q + (row + e as u64) * 2;
+            // SAFETY: host-validated q extent; 16-byte aligned rows (halves: 8-byte aligned).
+            let raw = unsafe {
+                if P::ON {
+                    let (l, h) = (global::ld_nc_u32x2(at(lo)), global::ld_nc_u32x2(at(hi)));
+                    [l[0], l[1], h[0], h[1]]
+                } else {
+                    global::ld_nc_u32x4(at(e0))
+                }
+            };
+            let v = unpack8::<E>(raw);
             for e in 0..VEC {
                 qi[e] = v[e] * logits.scale();
             }
+            pe.rotate(qi, q_pos);
         }
-        // Outside the branch: the rotation may shuffle across the warp (g is uniform anyway,
-        // and a zero row rotates to zero).
-        pe.rotate(qi, q_pos);
     }
 
     let smem = shared::dyn_smem_base();
@@ -270,7 +319,7 @@ unsafe fn batch_decode<
     for s in 0..STAGES - 1 {
         if s < tiles {
             // SAFETY: see issue_tile.
-            unsafe { issue_tile::<K>(p, &it, s, s, slot, slots, tid, smem) };
+            unsafe { issue_tile::<K>(P::ON, p, &it, s, s, slot, slots, tid, smem) };
         } else {
             pipeline::commit_group();
         }
@@ -284,7 +333,7 @@ unsafe fn batch_decode<
         if nj < tiles {
             // SAFETY: see issue_tile. Stage nj % STAGES was consumed by this same thread in
             // iteration j − 1 (its values already used), so overwriting it is race-free.
-            unsafe { issue_tile::<K>(p, &it, nj, nj % STAGES, slot, slots, tid, smem) };
+            unsafe { issue_tile::<K>(P::ON, p, &it, nj, nj % STAGES, slot, slots, tid, smem) };
         } else {
             pipeline::commit_group();
         }
@@ -302,8 +351,7 @@ unsafe fn batch_decode<
                 )
             };
             let mut kf = K::unpack(kr);
-            // Rows past the range are zeros: rotating them is harmless (and keeps the warp
-            // together for the shuffle).
+            // Rows past the range are zeros: rotating them is harmless.
             pe.rotate(&mut kf, pos0 + t);
             vf[u] = K::unpack(vr);
             for h in 0..G {

@@ -429,9 +429,9 @@ pub unsafe extern "ptx-kernel" fn selftest_mma_bf16(p: SelfTestParams) {
     unsafe { mma_selftest::<true>(&p) }
 }
 
-/// Special functions and FMA. 1-D launch; `input` = `n` f32 `x`; thread `i < n` writes 5 f32 at
-/// `output[5 i ..]`: `ex2_approx(x)`, `lg2_approx(|x|)`, `rcp_approx(x)`, `tanh_approx(x)`,
-/// `fma(x, x, f32::from_bits(arg))`.
+/// Special functions and FMA. 1-D launch; `input` = `n` f32 `x`; thread `i < n` writes 7 f32 at
+/// `output[7 i ..]`: `ex2_approx(x)`, `lg2_approx(|x|)`, `rcp_approx(x)`, `tanh_approx(x)`,
+/// `fma(x, x, f32::from_bits(arg))`, then `sincos_fast(x)` (sine, cosine).
 ///
 /// # Safety
 /// `input` holds `n` f32, `output` `5 n` f32.
@@ -444,16 +444,19 @@ pub unsafe extern "ptx-kernel" fn selftest_fast(p: SelfTestParams) {
     // SAFETY: i < n.
     let x = unsafe { global::ld_nc_f32(p.input + i as u64 * 4) };
     let abs = f32::from_bits(x.to_bits() & 0x7fff_ffff);
+    let (sin, cos) = crate::math::trig::sincos_fast(x);
     let r = [
         fast::ex2_approx(x),
         fast::lg2_approx(abs),
         fast::rcp_approx(x),
         fast::tanh_approx(x),
         fast::fma(x, x, f32::from_bits(p.arg)),
+        sin,
+        cos,
     ];
     for (k, &y) in r.iter().enumerate() {
-        // SAFETY: i < n, k < 5.
-        unsafe { put(&p, i as u64 * 5 + k as u64, y.to_bits()) };
+        // SAFETY: i < n, k < 7.
+        unsafe { put(&p, i as u64 * 7 + k as u64, y.to_bits()) };
     }
 }
 

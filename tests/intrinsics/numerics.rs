@@ -16,6 +16,11 @@ fn fast_inputs() -> Vec<f32> {
         }
     }));
     x.extend((0..64).map(|_| r.random_range(0.9f32..=1.1)));
+    // RoPE angles: position · inv_freq up to 131072 positions (the sincos checks).
+    x.extend((0..256).map(|_| {
+        let f = [1.0f32, 0.75, 0.1, 0.013_335_214][r.random_range(0..4)];
+        r.random_range(0..131_072) as f32 * f
+    }));
     x.extend([
         0.0,
         -0.0,
@@ -41,7 +46,8 @@ fn fast_math_approximations() {
     for got in with_poisons(|p| selftest::fast(&gpu, &x, fma_c, p)) {
         assert_eq!(got.len(), x.len() * selftest::FAST_FIELDS);
         for (i, &xi) in x.iter().enumerate() {
-            let g = &got[5 * i..5 * i + 5];
+            let nf = selftest::FAST_FIELDS;
+            let g = &got[nf * i..nf * (i + 1)];
             let xd = xi as f64;
             // Exact special results (NaN, ±inf, and anything of a non-finite input) must match
             // by value (±0 equal); everything else is compared with a tolerance.
@@ -88,6 +94,20 @@ fn fast_math_approximations() {
                 "fma({xi:e}, {xi:e}, {fma_c}): got {:e}, want {want:e}",
                 g[4]
             );
+            // sincos_fast: absolute error below 1e-6 for |x| < 2^22 (reduction within 1.2e-7
+            // plus sin.approx/cos.approx's 2^-21 on [-pi, pi]); NaN for non-finite input.
+            let (ws, wc) = xd.sin_cos();
+            if xi.is_finite() {
+                let e = (g[5] as f64 - ws).abs().max((g[6] as f64 - wc).abs());
+                assert!(
+                    e < 1e-6,
+                    "sincos_fast({xi:e}): got ({:e}, {:e}), error {e:e}",
+                    g[5],
+                    g[6]
+                );
+            } else {
+                assert!(g[5].is_nan() && g[6].is_nan(), "sincos_fast({xi:e}): {g:?}");
+            }
         }
     }
 }

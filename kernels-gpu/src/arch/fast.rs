@@ -23,6 +23,10 @@ unary_f32! {
     rcp_approx => "rcp.approx.ftz.f32";
     /// `tanh.approx.f32` (sm_75+): tanh(x), relative error about 2^-11.
     tanh_approx => "tanh.approx.f32";
+    /// `sin.approx.ftz.f32`: sin(x), abs. error ~2^-21 on [-π, π] (reduce first: `sincos_fast`).
+    sin_approx => "sin.approx.ftz.f32";
+    /// `cos.approx.ftz.f32`: cos(x), as `sin_approx`.
+    cos_approx => "cos.approx.ftz.f32";
 }
 
 /// `fma.rn.f32`: `a*b + c` with one rounding.

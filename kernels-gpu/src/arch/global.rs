@@ -18,6 +18,22 @@ pub unsafe fn ld_nc_u32x4(addr: u64) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// `ld.global.nc.v2.b32`: an 8-byte load through the read-only (non-coherent) path.
+///
+/// # Safety
+/// `addr` must be an 8-byte aligned device address of memory that no thread writes during the
+/// kernel.
+#[inline(always)]
+pub unsafe fn ld_nc_u32x2(addr: u64) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("ld.global.nc.v2.b32 {{{0}, {1}}}, [{2}];", out(reg32) a, out(reg32) b,
+             in(reg64) addr, options(nostack, readonly))
+    };
+    [a, b]
+}
+
 /// `ld.global.v4.b32`: a coherent 16-byte load.
 ///
 /// # Safety

@@ -37,6 +37,21 @@ pub unsafe fn cp_async_ca_8(dst: u32, src: u64, src_size: u32) {
     };
 }
 
+/// `cp.async.ca.shared.global [dst], [src], 4, src_size`: as [`cp_async_ca_8`] for 4 bytes
+/// (half of an fp8 lane vector).
+///
+/// # Safety
+/// `dst` must be a 4-byte aligned shared address inside the dynamic shared memory; when
+/// `src_size > 0`, `src` must be a 4-byte aligned readable device address.
+#[inline(always)]
+pub unsafe fn cp_async_ca_4(dst: u32, src: u64, src_size: u32) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("cp.async.ca.shared.global [{0}], [{1}], 4, {2};", in(reg32) dst, in(reg64) src,
+             in(reg32) src_size, options(nostack))
+    };
+}
+
 /// `cp.async.cg.shared.global [dst], [src], 16, ignore_src`: copies 16 bytes, or with `zero`
 /// reads nothing and writes 16 zero bytes. The same as [`cp_async_cg_16`] with a size of 0 or
 /// 16, but as a predicate: ptxas then emits the predicated copy alone (a run-time size costs

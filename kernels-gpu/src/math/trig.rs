@@ -67,6 +67,36 @@ pub fn sincos(x: f32) -> (f32, f32) {
     }
 }
 
+/// 2π, leading 24 bits (`0x40c90fdb`, 6.2831855).
+const TAU_HI: f32 = f32::from_bits(0x40c9_0fdb);
+/// 2π − `TAU_HI` (−1.7484555e-7); the rest (about 10⁻¹⁴) is below every error here.
+const TAU_LO: f32 = f32::from_bits(0xb43b_bd2e);
+
+/// `(sin x, cos x)` for the attention kernels' RoPE (each key row rotated on the fly, where the
+/// polynomial [`sincos`] costs about four times the rest of the rotation): the argument is
+/// reduced to `r = x − j·2π ∈ [−π, π]` exactly as in [`sincos`] (`j = rint(x/2π)`; the first
+/// fused step is exact, the second rounds once, within 1.2·10⁻⁷), then the device's
+/// `sin.approx`/`cos.approx` (absolute error about 2⁻²¹ on `[−π, π]`) give both values, with
+/// no quadrant logic. Absolute error below 10⁻⁶ for `|x| < 2²²` (the device bound is checked on
+/// the GPU by `tests/intrinsics`); the host twin evaluates `r` with `std`'s sine and cosine.
+#[inline(always)]
+pub fn sincos_fast(x: f32) -> (f32, f32) {
+    let j = (x * (0.25 * FRAC_2_PI) + ROUND) - ROUND;
+    let r = fma(j, -TAU_HI, x);
+    let r = fma(j, -TAU_LO, r);
+    #[cfg(target_arch = "nvptx64")]
+    {
+        (
+            crate::arch::fast::sin_approx(r),
+            crate::arch::fast::cos_approx(r),
+        )
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    {
+        r.sin_cos()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +121,32 @@ mod tests {
         let rest = core::f64::consts::FRAC_PI_2 - PIO2_HI as f64 - PIO2_MID as f64;
         assert!((rest - PIO2_LO as f64).abs() < 1e-16, "{rest:e}");
         assert_eq!(PIO2_HI, core::f32::consts::FRAC_PI_2);
+    }
+
+    #[test]
+    fn split_two_pi_is_exact_enough() {
+        let rest = core::f64::consts::TAU - TAU_HI as f64;
+        assert!((rest - TAU_LO as f64).abs() < 1e-14, "{rest:e}");
+        assert_eq!(TAU_HI, core::f32::consts::TAU);
+    }
+
+    /// The fast form's reduction (the host twin's only rounding beyond `std`) over every RoPE
+    /// angle of the test below and large arguments.
+    #[test]
+    fn fast_reduction_is_accurate() {
+        let mut w = 0.0f64;
+        for f in [1.0f32, 0.5, 0.1, 0.75, 0.999_999, 0.013_335_214] {
+            for p in 0..131_072 {
+                let x = p as f32 * f;
+                let (s, c) = sincos_fast(x);
+                let (rs, rc) = (x as f64).sin_cos();
+                w = w.max((s as f64 - rs).abs()).max((c as f64 - rc).abs());
+            }
+        }
+        assert!(w < 3e-7, "worst {w:e}");
+        let (s, c) = sincos_fast(0.0);
+        assert_eq!((s, c), (0.0, 1.0));
+        assert!(sincos_fast(f32::NAN).0.is_nan());
     }
 
     #[test]
