@@ -1,9 +1,11 @@
 //! The KV-cache engine: host-owned page tables over a pool of fixed-size pages.
+mod append_meta;
 mod batch_pages;
 pub mod cache;
 pub mod page_table;
 pub mod pool;
 mod pool_config;
+mod rows;
 pub(crate) mod storage;
 
 pub use batch_pages::BatchPages;

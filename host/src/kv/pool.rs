@@ -8,8 +8,10 @@
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
+pub use super::append_meta::{AppendMeta, DeviceAppendMeta};
 use super::page_table::PageCopy;
 use super::pool_config::{KvLayout, KvPoolConfig, PoolSize, RowStrides};
+pub use super::rows::{Rows, RowsMut};
 use super::storage::{host_rows_out, page_of, DevicePages, HostPages, PageStorage};
 use super::BatchPages;
 use crate::checked;
@@ -21,25 +23,6 @@ use crate::runtime::{DeviceBuffer, Gpu};
 use ferrinfer_kernels::math::layout::PageStrides;
 
 const OP: &str = "kv_pool";
-
-/// Rows on the contiguous side of an append/gather: device memory for GPU pools, host memory
-/// for CPU pools.
-#[derive(Clone, Copy, Debug)]
-pub enum Rows<'a, T> {
-    /// Device buffer.
-    Device(&'a DeviceBuffer<T>),
-    /// Host slice.
-    Host(&'a [T]),
-}
-
-impl<T: cudarc::driver::DeviceRepr> Rows<'_, T> {
-    fn len(&self) -> usize {
-        match self {
-            Rows::Device(b) => b.len(),
-            Rows::Host(s) => s.len(),
-        }
-    }
-}
 
 /// A pool of K and V pages holding elements `S`, appended rows of `T` (f16/bf16): `S = T`, or
 /// fp8 codes ([`Fp8`]).
@@ -68,75 +51,6 @@ impl<T: Float16, F: Fp8Format> StoreRows<T> for Fp8<F> {
         for (d, x) in dst.iter_mut().zip(src) {
             *d = Fp8::quantize(x.to_f32(), scale);
         }
-    }
-}
-
-/// Append metadata validated and uploaded to the device once, for repeated launches (one per
-/// layer in a serving step, or a benchmark loop). Only valid for the pool that made it.
-pub struct DeviceAppendMeta {
-    /// Device addresses of the batch indices, positions, kv_indptr and kv_indices.
-    addrs: [u64; 4],
-    /// The buffer holding it when this value owns it (`upload_append_meta`); `None` when it
-    /// lives in a buffer the caller keeps alive and unchanged while the value is in use (the
-    /// KV cache's per-step buffer, guarded by its generation check).
-    _owned: Option<DeviceBuffer<i32>>,
-    nnz: usize,
-    /// Geometry and context the metadata was validated against: any pool with both (every layer
-    /// of a cache) may use it.
-    cfg: KvPoolConfig,
-    ctx_id: usize,
-}
-
-/// Ragged append metadata as FlashInfer's `append_paged_kv_cache` takes it.
-#[derive(Clone, Copy, Debug)]
-pub struct AppendMeta<'a> {
-    /// Batch entry of each new row.
-    pub batch_indices: &'a [i32],
-    /// Absolute position of each new row (must lie inside its sequence's reserved length).
-    pub positions: &'a [i32],
-    /// Page tables of the batch.
-    pub pages: &'a BatchPages,
-}
-
-impl AppendMeta<'_> {
-    /// Validates the metadata against a pool of `num_pages` pages of `page_size` rows (for op
-    /// `op`): page tables, one position per row, batch indices in range, and every position
-    /// inside its entry's reserved length. [`KvPool::validate_meta`] is this for its own
-    /// geometry; callers that own the page memory themselves (the Python bindings) call it
-    /// directly.
-    pub fn validate(&self, op: &'static str, page_size: usize, num_pages: usize) -> Result<()> {
-        self.pages.validate(op, page_size, Some(num_pages))?;
-        let nnz = self.batch_indices.len();
-        if self.positions.len() != nnz {
-            return Err(Error::shape(
-                op,
-                "positions length",
-                nnz,
-                self.positions.len(),
-            ));
-        }
-        if nnz > i32::MAX as usize {
-            return Err(Error::Overflow { op, what: "rows" });
-        }
-        let b = self.pages.batch_size();
-        for (&bi, &pos) in self.batch_indices.iter().zip(self.positions) {
-            if bi < 0 || bi as usize >= b {
-                return Err(Error::invalid(
-                    op,
-                    "batch_indices",
-                    format!("{bi} not in [0, {b})"),
-                ));
-            }
-            let len = self.pages.kv_len(bi as usize, page_size)?;
-            if pos < 0 || pos as usize >= len {
-                return Err(Error::invalid(
-                    op,
-                    "positions",
-                    format!("{pos} outside the reserved length {len} of entry {bi}"),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -695,24 +609,6 @@ fn page_bytes<S>(cfg: &KvPoolConfig) -> usize {
     cfg.page_elems()
         .saturating_mul(2 * std::mem::size_of::<S>())
         .max(1)
-}
-
-/// Mutable rows on the contiguous side of a gather.
-#[derive(Debug)]
-pub enum RowsMut<'a, T> {
-    /// Device buffer.
-    Device(&'a mut DeviceBuffer<T>),
-    /// Host slice.
-    Host(&'a mut [T]),
-}
-
-impl<'a, T> RowsMut<'a, T> {
-    fn as_rows(&self) -> Rows<'_, T> {
-        match self {
-            RowsMut::Device(b) => Rows::Device(b),
-            RowsMut::Host(s) => Rows::Host(s),
-        }
-    }
 }
 
 fn unreachable_storage<T>() -> Result<T> {

@@ -15,6 +15,7 @@
 //! | [`split`]    | the decode kernels' fused split-KV merge                                   |
 //! | [`rope`]     | RoPE inside attention: q and key rows rotated on the fly ([`rope::PosEnc`]) |
 //! | [`kv`]       | K/V row addresses per layout (ragged, paged), the `cp.async` tile copy    |
+//! | [`lane_vec`] | a CUDA-core decode lane's K/V vector: 16-bit or fp8, staged and unpacked  |
 //! | [`swizzle`]  | the swizzled `[rows][D]` shared-memory layout and fragment offsets        |
 //! | [`traits`]   | per-head-dim constants derived from `D`                                    |
 //! | `hopper`     | sm_90a: the `wgmma` prefill's stage ring, copy paths and consumer step     |
@@ -43,6 +44,8 @@ pub(crate) mod epilogue;
 pub(crate) mod hopper;
 #[cfg(target_arch = "nvptx64")]
 pub(crate) mod kv;
+#[cfg(target_arch = "nvptx64")]
+pub(crate) mod lane_vec;
 pub(crate) mod logits;
 pub(crate) mod mask;
 #[cfg(target_arch = "nvptx64")]
