@@ -191,38 +191,23 @@ pub(crate) unsafe fn copy_decode_tile<const D: u32>(
     tid: u32,
     smem: u32,
 ) {
-    let chunks = D / 8;
-    let per_thread = dcfg::TILE * chunks / dcfg::THREADS;
-    let k_base = smem + s * dcfg::stage_bytes(D);
-    let v_base = k_base + dcfg::TILE * D * 2;
-    for i in 0..per_thread {
-        let idx = tid + i * dcfg::THREADS;
-        let r = idx / chunks;
-        let c = idx % chunks;
-        let t = wk.begin + j * dcfg::TILE + r;
-        let valid = t < wk.end;
-        let (mut ka, mut va) = (p.k_pool, p.v_pool);
-        if valid {
-            let (slot, entry) = p.page_size.divmod(t);
-            // SAFETY: t < end ≤ the request's length: its page slot exists.
-            let page = unsafe { ld_i32(p.kv_indices, wk.page_base + slot) } as u64;
-            ka = p.k_pool
-                + (page * p.k_stride_page
-                    + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)
-                    * 2;
-            va = p.v_pool
-                + (page * p.v_stride_page
-                    + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64)
-                    * 2;
-        }
-        let n = if valid { 16 } else { 0 };
-        // SAFETY: destinations inside the stage; sources valid or zero-byte.
-        unsafe {
-            pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, n);
-            pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, n);
-        }
-    }
-    pipeline::commit_group();
+    // SAFETY: forwarded contract; destinations inside the stage, sources valid or zero-byte.
+    unsafe {
+        for_decode_chunks::<D>(
+            p,
+            kvh,
+            wk,
+            j,
+            s,
+            tid,
+            smem,
+            2,
+            |k_base, v_base, _, r, c, ka, va, n| {
+                pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, 16 * n);
+                pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, 16 * n);
+            },
+        )
+    };
 }
 
 /// The fp8 twin of [`copy_decode_tile`]: the same keys and chunks (8 codes = 8 bytes each, with
@@ -242,6 +227,47 @@ pub(crate) unsafe fn copy_decode_tile_fp8<const D: u32>(
     tid: u32,
     smem: u32,
 ) {
+    // SAFETY: forwarded contract; destinations inside the stage (8-byte aligned), sources valid
+    // or zero-byte.
+    unsafe {
+        for_decode_chunks::<D>(
+            p,
+            kvh,
+            wk,
+            j,
+            s,
+            tid,
+            smem,
+            1,
+            |k_base, v_base, idx, _, _, ka, va, n| {
+                pipeline::cp_async_ca_8(k_base + idx * 8, ka, 8 * n);
+                pipeline::cp_async_ca_8(v_base + idx * 8, va, 8 * n);
+            },
+        )
+    };
+}
+
+/// The chunk walk both decode tile copies share: for each of this thread's chunks `idx` (row
+/// `r`, 8-element chunk `c`) of tile `j`, calls `copy(k_base, v_base, idx, r, c, k_src, v_src,
+/// valid)` with the stage's K and V areas and the chunk's source addresses in pools of
+/// `elem_bytes`-byte elements (`valid` 0: past the item's end, the sources are the pool bases
+/// and must not be read), then commits the copies as one group.
+///
+/// # Safety
+/// As [`copy_decode_tile`]; `copy` issues copies into the stage only.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn for_decode_chunks<const D: u32>(
+    p: &DecodeParams,
+    kvh: u32,
+    wk: &DecodeWork,
+    j: u32,
+    s: u32,
+    tid: u32,
+    smem: u32,
+    elem_bytes: u64,
+    copy: impl Fn(u32, u32, u32, u32, u32, u64, u64, u32),
+) {
     let chunks = D / 8;
     let per_thread = dcfg::TILE * chunks / dcfg::THREADS;
     let k_base = smem + s * dcfg::stage_bytes(D);
@@ -258,18 +284,15 @@ pub(crate) unsafe fn copy_decode_tile_fp8<const D: u32>(
             // SAFETY: t < end ≤ the request's length: its page slot exists.
             let page = unsafe { ld_i32(p.kv_indices, wk.page_base + slot) } as u64;
             ka = p.k_pool
-                + page * p.k_stride_page
-                + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64;
+                + (page * p.k_stride_page
+                    + (entry * p.k_stride_n + kvh * p.k_stride_h + c * 8) as u64)
+                    * elem_bytes;
             va = p.v_pool
-                + page * p.v_stride_page
-                + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64;
+                + (page * p.v_stride_page
+                    + (entry * p.v_stride_n + kvh * p.v_stride_h + c * 8) as u64)
+                    * elem_bytes;
         }
-        let n = if valid { 8 } else { 0 };
-        // SAFETY: destinations inside the stage (8-byte aligned); sources valid or zero-byte.
-        unsafe {
-            pipeline::cp_async_ca_8(k_base + idx * 8, ka, n);
-            pipeline::cp_async_ca_8(v_base + idx * 8, va, n);
-        }
+        copy(k_base, v_base, idx, r, c, ka, va, valid as u32);
     }
     pipeline::commit_group();
 }
