@@ -156,7 +156,7 @@ def test_decode_rope_cuda_vs_reference(dtype, layout, head_dim, rope):
     close(out, np.stack(outs), dtype)
     lse_close(lse, np.stack(lses))
     # Single decode takes the same path.
-    k0 = request_kv(cache, indptr, indices, 5, lens[5], "NHD")
+    k0 = request_kv(cache, indptr, indices, 5, lens[5], layout)
     o1 = ferrinfer.single_decode_with_kv_cache(q[5].cuda(), k0[:, 0].contiguous().cuda(), k0[:, 1].contiguous().cuda(),
                                                pos_encoding_mode="ROPE_LLAMA", **rope)
     close(o1, outs[5], dtype, "single decode")

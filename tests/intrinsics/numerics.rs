@@ -16,11 +16,6 @@ fn fast_inputs() -> Vec<f32> {
         }
     }));
     x.extend((0..64).map(|_| r.random_range(0.9f32..=1.1)));
-    // RoPE angles: position · inv_freq up to 131072 positions (the sincos checks).
-    x.extend((0..256).map(|_| {
-        let f = [1.0f32, 0.75, 0.1, 0.013_335_214][r.random_range(0..4)];
-        r.random_range(0..131_072) as f32 * f
-    }));
     x.extend([
         0.0,
         -0.0,
@@ -94,20 +89,44 @@ fn fast_math_approximations() {
                 "fma({xi:e}, {xi:e}, {fma_c}): got {:e}, want {want:e}",
                 g[4]
             );
-            // sincos_fast: absolute error below 1e-6 for |x| < 2^22 (reduction within 1.2e-7
-            // plus sin.approx/cos.approx's 2^-21 on [-pi, pi]); NaN for non-finite input.
-            let (ws, wc) = xd.sin_cos();
-            if xi.is_finite() {
-                let e = (g[5] as f64 - ws).abs().max((g[6] as f64 - wc).abs());
-                assert!(
-                    e < 1e-6,
-                    "sincos_fast({xi:e}): got ({:e}, {:e}), error {e:e}",
-                    g[5],
-                    g[6]
-                );
-            } else {
-                assert!(g[5].is_nan() && g[6].is_nan(), "sincos_fast({xi:e}): {g:?}");
-            }
+            check_sincos(xi, &g[5..7]);
+        }
+    }
+}
+
+/// `math::trig::sincos_fast` (fields 5 and 6 of `selftest_fast`): absolute error below 1e-6 for
+/// `|x| < 2^22` (the reduction within 1.2e-7 plus `sin.approx`/`cos.approx`'s 2^-21 on
+/// `[-pi, pi]`); NaN for non-finite input.
+fn check_sincos(x: f32, g: &[f32]) {
+    let (ws, wc) = (x as f64).sin_cos();
+    if x.is_finite() {
+        let e = (g[0] as f64 - ws).abs().max((g[1] as f64 - wc).abs());
+        assert!(e < 1e-6, "sincos_fast({x:e}): got {g:?}, error {e:e}");
+    } else {
+        assert!(g[0].is_nan() && g[1].is_nan(), "sincos_fast({x:e}): {g:?}");
+    }
+}
+
+/// The sine and cosine at RoPE angles, `position · inv_freq` up to 131072 positions (the other
+/// fields overflow there and are checked on [`fast_inputs`]).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sincos_at_rope_angles() {
+    let Some(gpu) = gpu_or_skip("sincos_at_rope_angles") else {
+        return;
+    };
+    let mut r = rng(19);
+    let x: Vec<f32> = (0..4096)
+        .map(|_| {
+            let f = [1.0f32, 0.75, 0.1, 0.013_335_214][r.random_range(0..4)];
+            r.random_range(0..131_072) as f32 * f
+        })
+        .collect();
+    for got in with_poisons(|p| selftest::fast(&gpu, &x, 0.0, p)) {
+        let nf = selftest::FAST_FIELDS;
+        assert_eq!(got.len(), x.len() * nf);
+        for (i, &xi) in x.iter().enumerate() {
+            check_sincos(xi, &got[nf * i + 5..nf * i + 7]);
         }
     }
 }

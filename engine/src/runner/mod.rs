@@ -4,6 +4,8 @@ pub mod cpu;
 pub mod gpu;
 pub mod linear;
 pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx2;
 
 use ferrinfer::kv::{KvLayout, KvPoolConfig, PagedKvCache, SeqId};
 use half::f16;

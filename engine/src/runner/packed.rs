@@ -1,9 +1,10 @@
 //! Matrix products on the GGUF's own 32-element blocks (Q4_0, Q4_1, Q8_0), for the CPU
-//! backend's decode steps: each weight block is decoded to f32 in registers and multiplied into
-//! f32 accumulators, so a decode step reads the packed weights (4.5–8.5 bits per weight)
-//! instead of their f32 copies (32 bits). The decoded values are exactly the dequantised f32
-//! weights (one decoding function, `gguf::decode_block`): only the summation order differs
-//! from the f32 path, never the numbers multiplied.
+//! backend's decode steps: a decode step reads the packed weights (4.5–8.5 bits per weight)
+//! instead of their f32 copies (32 bits). On x86-64 with AVX2/FMA/F16C the codes are widened
+//! to f32 in registers and each block's scale is applied to its partial sum
+//! (`packed_avx2`); elsewhere each block is decoded to its f32 weights first (one decoding
+//! function, `gguf::decode_block`). Both multiply the same f32 inputs by the exact codes in
+//! f32; they differ from the dequantised product only in rounding order.
 //!
 //! Each output element is computed by the same sequence of operations whatever the number of
 //! input rows, so a sequence's results do not depend on what else is in the step.
@@ -12,10 +13,15 @@ use rayon::prelude::*;
 use crate::error::{EngineError, Result};
 use crate::gguf::{decode_block, GgmlType};
 
+#[cfg(target_arch = "x86_64")]
+use super::packed_avx2;
+
 /// Input rows handled per pass over the weights (the accumulators stay in registers).
 const ROWS_PER_PASS: usize = 4;
-/// Output features per parallel task.
-const FEATURES_PER_TASK: usize = 64;
+/// Parallel tasks per worker thread of one product.
+const TASKS_PER_THREAD: usize = 2;
+/// Fewest output features per task (smaller products run on fewer threads).
+const MIN_FEATURES_PER_TASK: usize = 64;
 
 /// A `[n, k]` weight matrix in a 32-element block format.
 pub struct PackedMatrix {
@@ -86,29 +92,72 @@ impl PackedMatrix {
             )));
         }
         let m = x.len() / k;
-        // Tasks own disjoint feature ranges; each writes its [m, range] results to a local
-        // buffer, copied into place afterwards.
-        let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(FEATURES_PER_TASK))
+        if m == 0 {
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
+        let simd = packed_avx2::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = false;
+        // The per-block input sums of the SIMD path's offset term, once for every feature.
+        #[cfg(target_arch = "x86_64")]
+        let sx = if simd {
+            packed_avx2::block_sums(x, m, k)
+        } else {
+            Vec::new()
+        };
+        // Tasks own disjoint feature ranges (a few per thread: each fork-join costs
+        // microseconds, a decode step makes ~120 of them); a single input row writes its range
+        // in place, several rows go through a local [m, range] buffer copied into place.
+        let per_task = n
+            .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
+            .next_multiple_of(8)
+            .max(MIN_FEATURES_PER_TASK);
+        let range = |j0: usize, o: &mut [f32]| {
+            let j1 = (j0 + per_task).min(n);
+            for i0 in (0..m).step_by(ROWS_PER_PASS) {
+                let rows = (m - i0).min(ROWS_PER_PASS);
+                let (xs, o) = (&x[i0 * k..(i0 + rows) * k], &mut o[i0 * (j1 - j0)..]);
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    let nb = k / 32;
+                    // SAFETY: the CPU runs the SIMD loops (checked above); whole rows of
+                    // blocks, x rows of k, their block sums.
+                    unsafe {
+                        packed_avx2::features(
+                            self.ty,
+                            &self.data,
+                            self.row_bytes,
+                            k,
+                            xs,
+                            &sx[i0 * nb..(i0 + rows) * nb],
+                            rows,
+                            (j0, j1),
+                            o,
+                        )
+                    };
+                    continue;
+                }
+                self.run_generic(xs, rows, j0, j1, o);
+            }
+        };
+        if m == 1 {
+            out.par_chunks_mut(per_task)
+                .enumerate()
+                .for_each(|(t, o)| range(t * per_task, o));
+            return Ok(());
+        }
+        let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per_task))
             .into_par_iter()
             .map(|t| {
-                let j0 = t * FEATURES_PER_TASK;
-                let j1 = (j0 + FEATURES_PER_TASK).min(n);
-                let mut local = vec![0f32; m * (j1 - j0)];
-                for i0 in (0..m).step_by(ROWS_PER_PASS) {
-                    let rows = (m - i0).min(ROWS_PER_PASS);
-                    self.run(
-                        &x[i0 * k..(i0 + rows) * k],
-                        rows,
-                        j0,
-                        j1,
-                        &mut local[i0 * (j1 - j0)..],
-                    );
-                }
+                let j0 = t * per_task;
+                let mut local = vec![0f32; m * ((j0 + per_task).min(n) - j0)];
+                range(j0, &mut local);
                 (j0, local)
             })
             .collect();
         for (j0, local) in parts {
-            let w = local.len() / m.max(1);
+            let w = local.len() / m;
             for i in 0..m {
                 out[i * n + j0..i * n + j0 + w].copy_from_slice(&local[i * w..(i + 1) * w]);
             }
@@ -116,26 +165,8 @@ impl PackedMatrix {
         Ok(())
     }
 
-    fn run(&self, x: &[f32], rows: usize, j0: usize, j1: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just now).
-            unsafe { self.run_avx2(x, rows, j0, j1, out) };
-            return;
-        }
-        self.run_generic(x, rows, j0, j1, out);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(&self, x: &[f32], rows: usize, j0: usize, j1: usize, out: &mut [f32]) {
-        self.run_generic(x, rows, j0, j1, out);
-    }
-
     /// Features `j0..j1` for `rows ≤ ROWS_PER_PASS` input rows; `out` is `[rows, j1 - j0]`.
-    /// Written so that the compiler vectorises it (8 lanes per accumulator) wherever it is
-    /// inlined into a `target_feature` function.
-    #[inline(always)]
+    /// The portable path (other CPUs): each block decoded to f32 first.
     fn run_generic(&self, x: &[f32], rows: usize, j0: usize, j1: usize, out: &mut [f32]) {
         let k = self.k;
         let bb = self.row_bytes / (k / 32);
@@ -232,5 +263,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(p.matmul(&[0.0; 33], &mut [0.0; 2]).is_err());
+        // No input rows (a step that wants no logits): nothing to do.
+        assert!(p.matmul(&[], &mut []).is_ok());
     }
 }
