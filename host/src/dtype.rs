@@ -163,6 +163,16 @@ pub trait KvElem:
     const KV_DTYPE: KvDtype;
     /// The stored value (fp8: the code's value, before its scale), exact.
     fn load(self) -> f32;
+
+    /// [`Self::load`] of a whole row (`dst.len() == src.len()`): the CPU attention converts a
+    /// key or value row at once, which the 16-bit types do with the `half` crate's SIMD slice
+    /// conversion instead of one call per element.
+    #[inline]
+    fn load_row(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.load();
+        }
+    }
 }
 
 impl KvElem for f16 {
@@ -171,6 +181,10 @@ impl KvElem for f16 {
     fn load(self) -> f32 {
         self.to_f32()
     }
+    #[inline]
+    fn load_row(src: &[Self], dst: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+    }
 }
 
 impl KvElem for bf16 {
@@ -178,5 +192,9 @@ impl KvElem for bf16 {
     #[inline(always)]
     fn load(self) -> f32 {
         self.to_f32()
+    }
+    #[inline]
+    fn load_row(src: &[Self], dst: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
     }
 }

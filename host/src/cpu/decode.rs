@@ -447,6 +447,8 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
         let k_head = kvh * self.k_strides.stride_h;
         let v_head = kvh * self.v_strides.stride_h;
         let mut acc = vec![0.0f32; d];
+        // Rows converted to f32 at once (exact), then the f32 dot product and update.
+        let mut row32 = vec![0.0f32; d];
         let mut x = [0.0f32; BLOCK];
         let mut st = State::EMPTY;
         let mut t0 = self.kv_begin;
@@ -456,11 +458,12 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             for (u, xu) in x[..n].iter_mut().enumerate() {
                 let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
                 let s = match self.rope {
-                    None => dot(&q, row),
+                    None => {
+                        S::load_row(row, &mut row32);
+                        dot(&q, &row32)
+                    }
                     Some(r) => {
-                        for (o, x) in kr.iter_mut().zip(row) {
-                            *o = x.load();
-                        }
+                        S::load_row(row, &mut kr);
                         let pos = r.k_pos0 + (t0 + u) as u32;
                         super::rope::rotate_head(&mut kr, pos, r.inv_freq, r.style);
                         dot(&q, &kr)
@@ -482,8 +485,9 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             for (u, &xu) in x[..n].iter().enumerate() {
                 let p = st.weight(xu);
                 let row = &self.v[(t0 + u) * self.v_strides.stride_n + v_head..][..d];
-                for (a, vv) in acc.iter_mut().zip(row) {
-                    *a += p * vv.load();
+                S::load_row(row, &mut row32);
+                for (a, vv) in acc.iter_mut().zip(&row32) {
+                    *a += p * vv;
                 }
             }
             t0 += n;
@@ -496,28 +500,9 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     }
 }
 
-/// An element a dot product reads: a stored K element, or an f32 (a rotated key row).
-trait Load: Copy {
-    fn load(self) -> f32;
-}
-
-impl<S: KvElem> Load for S {
-    #[inline(always)]
-    fn load(self) -> f32 {
-        KvElem::load(self)
-    }
-}
-
-impl Load for f32 {
-    #[inline(always)]
-    fn load(self) -> f32 {
-        self
-    }
-}
-
 /// `q · k` in f32 with 8 independent partial sums (lets the compiler vectorise).
 #[inline]
-fn dot<S: Load>(q: &[f32], k: &[S]) -> f32 {
+fn dot(q: &[f32], k: &[f32]) -> f32 {
     const L: usize = 8;
     let mut part = [0.0f32; L];
     let qc = q.chunks_exact(L);
@@ -525,12 +510,12 @@ fn dot<S: Load>(q: &[f32], k: &[S]) -> f32 {
     let (qr, kr) = (qc.remainder(), kc.remainder());
     for (a, b) in qc.zip(kc) {
         for i in 0..L {
-            part[i] += a[i] * b[i].load();
+            part[i] += a[i] * b[i];
         }
     }
     let mut s = 0.0f32;
     for (a, b) in qr.iter().zip(kr) {
-        s += a * b.load();
+        s += a * b;
     }
     part.iter().sum::<f32>() + s
 }
