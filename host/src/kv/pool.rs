@@ -12,7 +12,7 @@ pub use super::append_meta::{AppendMeta, DeviceAppendMeta};
 use super::page_table::PageCopy;
 use super::pool_config::{KvLayout, KvPoolConfig, PoolSize, RowStrides};
 pub use super::rows::{Rows, RowsMut};
-use super::storage::{host_rows_out, page_of, DevicePages, HostPages, PageStorage};
+use super::storage::{host_rows_out, page_of, DevicePages, HostPages, PageStorage, StoreRows};
 use super::BatchPages;
 use crate::checked;
 use crate::dtype::{Float16, KvElem};
@@ -31,27 +31,6 @@ pub struct KvPool<T, S = T> {
     storage: Box<dyn PageStorage<S>>,
     /// The row (and query) type; `fn() -> T` keeps the pool `Send + Sync` whatever `T` is.
     _rows: PhantomData<fn() -> T>,
-}
-
-/// How appended rows of `T` become stored elements: a copy, or fp8 quantisation with the
-/// tensor's scale (the same function the device append runs).
-pub(crate) trait StoreRows<T>: KvElem {
-    /// Writes `src` into `dst` (same length).
-    fn store(src: &[T], dst: &mut [Self], scale: f32);
-}
-
-impl<T: Float16> StoreRows<T> for T {
-    fn store(src: &[T], dst: &mut [T], _scale: f32) {
-        dst.copy_from_slice(src);
-    }
-}
-
-impl<T: Float16, F: Fp8Format> StoreRows<T> for Fp8<F> {
-    fn store(src: &[T], dst: &mut [Self], scale: f32) {
-        for (d, x) in dst.iter_mut().zip(src) {
-            *d = Fp8::quantize(x.to_f32(), scale);
-        }
-    }
 }
 
 impl<T: Float16, S: KvElem> KvPool<T, S> {

@@ -1,6 +1,8 @@
 //! Where a pool's pages live: the [`PageStorage`] trait and its two implementations, host
 //! memory ([`HostPages`], for the CPU backend) and device memory ([`DevicePages`], with the
-//! append/gather kernels resolved for it and the pinned staging of their metadata).
+//! append/gather kernels resolved for it and the pinned staging of their metadata), and how
+//! appended rows become stored elements on the host ([`StoreRows`]: a copy, or fp8
+//! quantisation).
 //!
 //! The pool ([`super::KvPool`]) validates every request against its geometry and page tables,
 //! then hands the bytes to its storage; the device copies themselves are launched by
@@ -8,7 +10,9 @@
 use std::sync::Mutex;
 
 use super::{BatchPages, KvPoolConfig, RowStrides};
+use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format};
 use crate::ops::kv_copy::CopyKernels;
 use crate::runtime::{DeviceBuffer, Gpu, PinnedStaging};
 
@@ -179,5 +183,26 @@ pub(crate) fn page_of(
             "page tables",
             format!("no page for position {pos} of entry {b}"),
         )),
+    }
+}
+
+/// How appended rows of `T` become stored elements: a copy, or fp8 quantisation with the
+/// tensor's scale (the same function the device append runs).
+pub(crate) trait StoreRows<T>: KvElem {
+    /// Writes `src` into `dst` (same length).
+    fn store(src: &[T], dst: &mut [Self], scale: f32);
+}
+
+impl<T: Float16> StoreRows<T> for T {
+    fn store(src: &[T], dst: &mut [T], _scale: f32) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl<T: Float16, F: Fp8Format> StoreRows<T> for Fp8<F> {
+    fn store(src: &[T], dst: &mut [Self], scale: f32) {
+        for (d, x) in dst.iter_mut().zip(src) {
+            *d = Fp8::quantize(x.to_f32(), scale);
+        }
     }
 }
