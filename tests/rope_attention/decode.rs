@@ -69,6 +69,7 @@ fn run_cpu<T: Float16>(c: &Case) -> ErrorStats {
     .unwrap();
     compare(c, &d, &d.qf, &decode_rows(c), &[(&out, &lse)])
 }
+
 #[test]
 fn cpu_rope_decode_matches_oracle() {
     TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))

@@ -438,11 +438,9 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
         let d = self.head_dim;
         let kvh = h / self.group;
         let mut q: Vec<f32> = self.q[h * d..][..d].iter().map(|x| x.to_f32()).collect();
-        // RoPE: q rotated once; each key row rotated into `kr` before its dot product.
-        let mut kr = Vec::new();
+        // RoPE: q rotated once; each key row rotated in its f32 copy before its dot product.
         if let Some(r) = self.rope {
             super::rope::rotate_head(&mut q, r.q_pos, r.inv_freq, r.style);
-            kr = vec![0.0f32; d];
         }
         let k_head = kvh * self.k_strides.stride_h;
         let v_head = kvh * self.v_strides.stride_h;
@@ -457,18 +455,12 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             let mut m_new = st.m;
             for (u, xu) in x[..n].iter_mut().enumerate() {
                 let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
-                let s = match self.rope {
-                    None => {
-                        S::load_row(row, &mut row32);
-                        dot(&q, &row32)
-                    }
-                    Some(r) => {
-                        S::load_row(row, &mut kr);
-                        let pos = r.k_pos0 + (t0 + u) as u32;
-                        super::rope::rotate_head(&mut kr, pos, r.inv_freq, r.style);
-                        dot(&q, &kr)
-                    }
-                };
+                S::load_row(row, &mut row32);
+                if let Some(r) = self.rope {
+                    let pos = r.k_pos0 + (t0 + u) as u32;
+                    super::rope::rotate_head(&mut row32, pos, r.inv_freq, r.style);
+                }
+                let s = dot(&q, &row32);
                 *xu = self.logit.apply(s);
                 if let Some((bits, r)) = self.mask_row {
                     // A hidden key: logit −inf, weight 0 (the State's convention).

@@ -174,7 +174,7 @@ pub(crate) unsafe fn rotate_rows<E: Elem, const D: u32>(
         let mut row = tid / per_row;
         while row < rows {
             // SAFETY: row < rows, chunk c as above.
-            unsafe { rotate_chunk::<E, D>(rope, base, row, c, per_row, &f, pos(row) as f32) };
+            unsafe { rotate_chunk::<E, D>(rope, half, base, row, c, per_row, &f, pos(row) as f32) };
             row += threads / per_row;
         }
     } else {
@@ -184,7 +184,7 @@ pub(crate) unsafe fn rotate_rows<E: Elem, const D: u32>(
             // SAFETY: as above.
             unsafe {
                 let f = chunk_freqs(rope, c, half);
-                rotate_chunk::<E, D>(rope, base, row, c, per_row, &f, pos(row) as f32);
+                rotate_chunk::<E, D>(rope, half, base, row, c, per_row, &f, pos(row) as f32);
             }
             u += threads;
         }
@@ -209,15 +209,17 @@ unsafe fn chunk_freqs(rope: &RopeAttn, c: u32, half: bool) -> [f32; 8] {
     f
 }
 
-/// Rotates chunk `c` of tile row `row` (and, with `rotate_half`, its partner chunk) to
-/// position `p`, one 32-bit word (an element pair) at a time: few registers live beside the
+/// Rotates chunk `c` of tile row `row` (and, with `rotate_half` (`half`), its partner chunk)
+/// to position `p`, one 32-bit word (an element pair) at a time: few registers live beside the
 /// kernel's accumulators.
 ///
 /// # Safety
 /// As [`rotate_rows`]; `row` inside the tile, `c < per_row`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rotate_chunk<E: Elem, const D: u32>(
     rope: &RopeAttn,
+    half: bool,
     base: u32,
     row: u32,
     c: u32,
@@ -228,7 +230,7 @@ unsafe fn rotate_chunk<E: Elem, const D: u32>(
     let a = base + swz::<D>(row, c);
     for k in 0..4usize {
         let w = 4 * k as u32;
-        if rope.style == ROPE_HALF {
+        if half {
             let b = base + swz::<D>(row, c + per_row);
             // SAFETY: inside the tile (c and its partner < D/8; row < rows).
             let (wa, wb) = unsafe { (shared::ld_u32(a + w), shared::ld_u32(b + w)) };
