@@ -592,3 +592,89 @@ fn gpu_append_variants_match_cpu() {
     }
     println!("append variants vs cpu: {cases} rounds bit-exact");
 }
+
+/// Decode steps of one batch size over a reserved metadata buffer: every step uploads its
+/// append metadata to the same device addresses (what a CUDA graph of the step replays), the
+/// rows still land where the CPU twin puts them (bit-exact), and a step made before a
+/// reallocating reservation is refused.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn reserved_append_meta_keeps_step_addresses() {
+    let Some(gpu) = gpu_or_skip("reserved_append_meta_keeps_step_addresses") else {
+        return;
+    };
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: HEADS,
+        head_dim: D,
+        layout: KvLayout::Nhd,
+    };
+    let pages = 256;
+    let mut gc = PagedKvCache::<bf16>::new_gpu(&gpu, cfg, PoolSize::Pages(pages)).unwrap();
+    let mut cc = PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(pages)).unwrap();
+    let ids: Vec<_> = (0..4)
+        .map(|_| (gc.add_sequence(), cc.add_sequence()))
+        .collect();
+    let s = RowStrides::contiguous(HEADS, D);
+    let mut next = 0u32;
+    // Prompts of different lengths first (not reserved for: this step may grow the buffer).
+    let prompt: Vec<(usize, usize)> = vec![(0, 5), (1, 17), (2, 31), (3, 1)];
+    let total: usize = prompt.iter().map(|p| p.1).sum();
+    let (k, v) = (fresh_rows(&mut next, total), fresh_rows(&mut next, total));
+    let (kd, vd) = (gpu.upload(&k).unwrap(), gpu.upload(&v).unwrap());
+    let g: Vec<_> = prompt.iter().map(|&(i, n)| (ids[i].0, n)).collect();
+    let c: Vec<_> = prompt.iter().map(|&(i, n)| (ids[i].1, n)).collect();
+    let stale = gc.begin_append(&g).unwrap();
+    gc.append_layer(0, &stale, Rows::Device(&kd), s, Rows::Device(&vd), s)
+        .unwrap();
+    cc.append(&c, Rows::Host(&k), s, Rows::Host(&v), s).unwrap();
+    gc.reserve_append_meta(64, 4, pages).unwrap();
+    let err = gc
+        .append_layer(0, &stale, Rows::Device(&kd), s, Rows::Device(&vd), s)
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleHandle { .. }), "{err}");
+    // Forty decode steps of batch 4: lengths cross page boundaries, the page count grows.
+    let mut addrs = None;
+    for step in 0..40 {
+        let g: Vec<_> = ids.iter().map(|x| (x.0, 1)).collect();
+        let c: Vec<_> = ids.iter().map(|x| (x.1, 1)).collect();
+        let (k, v) = (fresh_rows(&mut next, 4), fresh_rows(&mut next, 4));
+        let (kd, vd) = (gpu.upload(&k).unwrap(), gpu.upload(&v).unwrap());
+        let st = gc.begin_append(&g).unwrap();
+        let a = st
+            .device_addresses()
+            .expect("a GPU step has device metadata");
+        assert_eq!(*addrs.get_or_insert(a), a, "step {step} moved its metadata");
+        gc.append_layer(0, &st, Rows::Device(&kd), s, Rows::Device(&vd), s)
+            .unwrap();
+        cc.append(&c, Rows::Host(&k), s, Rows::Host(&v), s).unwrap();
+    }
+    for (g, c) in &ids {
+        assert_eq!(gc.gather(0, *g).unwrap(), cc.gather(0, *c).unwrap());
+    }
+    println!("reserved append metadata: 40 decode steps at one address set, bit-exact");
+}
+
+/// On a host cache the reservation is a no-op and steps have no device metadata.
+#[test]
+fn reserved_append_meta_on_the_cpu_is_a_no_op() {
+    let cfg = KvPoolConfig {
+        num_pages: 0,
+        page_size: 16,
+        num_kv_heads: HEADS,
+        head_dim: D,
+        layout: KvLayout::Nhd,
+    };
+    let mut cc = PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(8)).unwrap();
+    let id = cc.add_sequence();
+    cc.reserve_append_meta(64, 4, 8).unwrap();
+    let st = cc.begin_append(&[(id, 3)]).unwrap();
+    assert_eq!(st.device_addresses(), None);
+    let mut next = 0;
+    let (k, v) = (fresh_rows(&mut next, 3), fresh_rows(&mut next, 3));
+    let s = RowStrides::contiguous(HEADS, D);
+    cc.append_layer(0, &st, Rows::Host(&k), s, Rows::Host(&v), s)
+        .unwrap();
+    assert_eq!(cc.len(id).unwrap(), 3);
+}

@@ -52,6 +52,10 @@ pub struct ModelArgs {
     /// measurements).
     #[arg(long)]
     pub no_decode_attention: bool,
+    /// Launch every kernel of every GPU decode step instead of replaying each batch size's
+    /// step as a CUDA graph (for before/after measurements).
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
 }
 
 #[derive(Subcommand)]

@@ -51,6 +51,15 @@ impl AppendStep {
     pub fn plan(&self) -> &AppendPlan {
         &self.plan
     }
+
+    /// Device addresses of the uploaded batch indices, positions, `kv_indptr` and
+    /// `kv_indices` (GPU caches; `None` for host caches and empty steps): what each layer's
+    /// append launch passes to the kernel. A CUDA graph that captured those launches replays
+    /// them correctly only for a step whose addresses are the same (see
+    /// [`PagedKvCache::reserve_append_meta`]).
+    pub fn device_addresses(&self) -> Option<[u64; 4]> {
+        self.device.as_ref().map(|d| d.addrs)
+    }
 }
 
 fn split_size(size: PoolSize, layers: usize) -> PoolSize {
@@ -243,6 +252,28 @@ impl<T: Float16> PagedKvCache<T> {
         } else {
             None
         })
+    }
+
+    /// Sizes the device buffer of the per-step append metadata (GPU caches; a no-op on host
+    /// caches) for steps of up to `rows` new rows over up to `seqs` sequences holding up to
+    /// `pages` pages, so that such steps never reallocate it. The metadata is packed as batch
+    /// indices, positions, `kv_indptr`, `kv_indices`: in a buffer that is not reallocated the
+    /// first three parts, and where the last begins, depend only on the step's row and
+    /// sequence counts, so every decode step of one batch size uploads to the same addresses
+    /// ([`AppendStep::device_addresses`]) — what a captured CUDA graph of a step relies on.
+    pub fn reserve_append_meta(&mut self, rows: usize, seqs: usize, pages: usize) -> Result<()> {
+        let Some(gpu) = self.pools[0].gpu() else {
+            return Ok(());
+        };
+        let need = checked::sum(OP, "append metadata", [rows, rows, seqs, 1, pages])?;
+        if self.meta_buf.as_ref().is_none_or(|b| b.len() < need) {
+            // The table's generation moves, so a step made before (pointing into the old
+            // buffer) is refused from now on.
+            let buf = gpu.alloc::<i32>(need)?;
+            self.table.invalidate_plans();
+            self.meta_buf = Some(buf);
+        }
+        Ok(())
     }
 
     /// Writes one layer's new K/V rows for a step made by [`PagedKvCache::begin_append`]: rows

@@ -110,6 +110,16 @@ impl Attention {
         Ok(())
     }
 
+    /// The device addresses of the decode plan's buffers when the current step was planned
+    /// on the decode op (`None` otherwise): with the op in graph mode they never change, and a
+    /// captured step's attention launches read the plan there.
+    pub fn decode_plan_addresses(&self) -> Option<[u64; 3]> {
+        match (self.planned, &self.decode_plan) {
+            (Planned::Decode, Some(p)) => Some(p.buffer_addresses()),
+            _ => None,
+        }
+    }
+
     /// Attention of the planned step on one layer's pool: `q` and `out` `[tokens, Hq, D]`.
     pub fn run(
         &self,

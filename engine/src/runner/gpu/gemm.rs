@@ -56,6 +56,27 @@ pub(super) fn cublas_present() -> bool {
     .any(|name| unsafe { libloading::Library::new(name) }.is_ok())
 }
 
+/// Bytes of cuBLAS's workspace: NVIDIA's recommendation for Hopper (32 MiB; 4 MiB suffices
+/// elsewhere).
+pub(super) const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Gives `blas` the fixed workspace `ws` (on `stream`, cuBLAS's stream). Without one, cuBLAS
+/// draws from a pool it may grow on first use of an algorithm, an allocation that would break
+/// (or be baked into) a CUDA graph capture; cuBLAS's guide asks for a user workspace when
+/// capturing. Must follow every `cublasSetStream` (which resets it).
+pub(super) fn set_workspace(
+    blas: &CudaBlas,
+    stream: &CudaStream,
+    ws: &DeviceBuffer<u8>,
+) -> Result<()> {
+    let (ptr, _sync) = ws.as_cuda_slice().device_ptr(stream);
+    // SAFETY: the workspace is a live allocation of `ws.len()` bytes on cuBLAS's stream, kept
+    // alive by the runner for as long as the handle.
+    unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut _, ws.len()) }
+        .result()
+        .map_err(blas_err)
+}
+
 pub(super) fn blas_err(e: impl std::fmt::Debug) -> EngineError {
     EngineError::Model(format!("cuBLAS: {e:?}"))
 }

@@ -6,10 +6,13 @@
 //!
 //! Every buffer is allocated once, at the step's token capacity; the attention ops run in
 //! CUDA-graph mode (plans rewritten in place each step), so a step allocates nothing on the
-//! device.
+//! device. Everything runs on the runner's own stream ([`stream`]), and decode steps replay as
+//! CUDA graphs ([`graphs`]).
 mod attention;
 mod gemm;
+mod graphs;
 mod precision;
+mod stream;
 
 use std::sync::Arc;
 
@@ -20,9 +23,12 @@ use ferrinfer::{DeviceBuffer, Gpu, HeadConfig};
 use half::f16;
 
 use self::attention::Attention;
-use self::gemm::{blas_err, cublas_present, linear};
+use self::gemm::{blas_err, cublas_present, linear, set_workspace, WORKSPACE_BYTES};
+use self::graphs::{Action, DecodeGraphs, GraphKey};
+pub use self::graphs::{GraphStats, MAX_GRAPHS};
 pub use self::precision::GpuWeights;
 use self::precision::{Bf16, Dense, Precision, F32};
+use self::stream::RunnerStream;
 use super::{check_step, kv_geometry, ModelRunner, StepInput};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -56,8 +62,11 @@ enum Model {
 /// A model on one GPU.
 pub struct GpuRunner {
     cfg: ModelConfig,
+    /// A handle of the caller's GPU that launches on the runner's own stream.
     gpu: Gpu,
     blas: CudaBlas,
+    /// cuBLAS's workspace, fixed so that a captured product never allocates.
+    _blas_workspace: DeviceBuffer<u8>,
     mk: ModelKernels,
     attn: Attention,
     /// The embedding table of the lookup (f32 in every precision: rows are copied into the
@@ -70,6 +79,9 @@ pub struct GpuRunner {
     b: Buffers,
     cap: usize,
     cap_rows: usize,
+    graphs: DecodeGraphs,
+    /// Last: everything above was made on this stream and must be dropped before it.
+    _stream: RunnerStream,
 }
 
 impl GpuRunner {
@@ -90,13 +102,20 @@ impl GpuRunner {
                 "cuBLAS (libcublas.so) was not found: install the CUDA toolkit's cuBLAS or run on the CPU backend".into(),
             ));
         }
+        let (stream, on) = RunnerStream::new(gpu)?;
+        let gpu = &on;
         let blas = CudaBlas::new(gpu.stream().clone()).map_err(blas_err)?;
+        let blas_workspace = gpu.alloc::<u8>(WORKSPACE_BYTES)?;
+        set_workspace(&blas, gpu.stream(), &blas_workspace)?;
         let mk = ModelKernels::new(gpu)?;
         let heads = HeadConfig::new(cfg.q_heads, cfg.kv_heads, cfg.head_dim)?;
         let (pool, pages) = kv_geometry(&cfg, kv_tokens);
-        let cache = PagedKvCache::new_gpu_layers(gpu, pool, PoolSize::Pages(pages), cfg.layers)?;
-        let attn = Attention::new(gpu, heads, max_seqs, step_tokens, pages)?;
         let (cap, cap_rows) = (step_tokens.max(1), step_tokens.min(max_seqs).max(1));
+        let mut cache =
+            PagedKvCache::new_gpu_layers(gpu, pool, PoolSize::Pages(pages), cfg.layers)?;
+        // Every step's append metadata at addresses fixed per batch size (graph replays).
+        cache.reserve_append_meta(cap, cap_rows, pages)?;
+        let attn = Attention::new(gpu, heads, max_seqs, step_tokens, pages)?;
         let model = match weights {
             GpuWeights::F32 => Model::F32(Dense::new(gpu, &cfg, &w, cap, cap_rows)?),
             GpuWeights::Bf16 => Model::Bf16(Dense::new(gpu, &cfg, &w, cap, cap_rows)?),
@@ -126,12 +145,15 @@ impl GpuRunner {
             cfg,
             gpu: gpu.clone(),
             blas,
+            _blas_workspace: blas_workspace,
             mk,
             attn,
             cache,
             b,
             cap,
             cap_rows,
+            graphs: DecodeGraphs::new(),
+            _stream: stream,
         })
     }
 }
@@ -142,6 +164,17 @@ impl GpuRunner {
     /// path, kept for tests and before/after measurements).
     pub fn set_decode_op(&mut self, on: bool) {
         self.attn.set_decode_steps(on);
+    }
+
+    /// Replays decode steps as CUDA graphs (`true`, the default) or launches every kernel of
+    /// every step (`false`: for before/after measurements and the replay-equals-eager test).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs.set_enabled(on);
+    }
+
+    /// What the runner did with its decode steps so far.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.stats()
     }
 }
 
@@ -168,11 +201,19 @@ impl ModelRunner for GpuRunner {
         } else {
             "every step on the prefill op"
         };
-        format!("gpu ({}, {w} weights, {attn})", self.gpu.info().name)
+        let graphs = match (self.graphs.enabled(), self.graphs.failure()) {
+            (true, _) => "as CUDA graphs".to_string(),
+            (false, Some(why)) => format!("eager: graph capture failed ({why})"),
+            (false, None) => "eager".to_string(),
+        };
+        format!(
+            "gpu ({}, {w} weights, {attn}, {graphs})",
+            self.gpu.info().name
+        )
     }
 
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
-        let r = self.run_to_logits(step)?;
+        let r = self.run_to_logits(step, false)?;
         if r == 0 {
             return Ok(Vec::new());
         }
@@ -182,12 +223,10 @@ impl ModelRunner for GpuRunner {
     }
 
     fn forward_greedy(&mut self, step: &StepInput) -> Result<Vec<u32>> {
-        let r = self.run_to_logits(step)?;
+        let r = self.run_to_logits(step, true)?;
         if r == 0 {
             return Ok(Vec::new());
         }
-        self.mk
-            .argmax(&self.b.logits, r, self.cfg.vocab, &mut self.b.tokens_out)?;
         let ids = self.gpu.download_prefix(&self.b.tokens_out, r)?;
         // A NaN logits row gives u32::MAX on the device: an error, as on the CPU.
         if ids.iter().any(|&t| t as usize >= self.cfg.vocab) {
@@ -218,9 +257,10 @@ struct Step<'a> {
 }
 
 impl GpuRunner {
-    /// Runs a step through the LM head; the logits of `step.logits_rows` are left in
-    /// `self.b.logits`. Returns the number of logits rows.
-    fn run_to_logits(&mut self, step: &StepInput) -> Result<usize> {
+    /// Runs a step through the LM head (and, with `greedy`, the argmax of each logits row into
+    /// `self.b.tokens_out`); the logits of `step.logits_rows` are left in `self.b.logits`.
+    /// Returns the number of logits rows.
+    fn run_to_logits(&mut self, step: &StepInput, greedy: bool) -> Result<usize> {
         check_step(step, &self.cfg, |id| Ok(self.cache.len(id)?))?;
         let n = step.tokens.len();
         let r = step.logits_rows.len();
@@ -233,7 +273,7 @@ impl GpuRunner {
                 self.cap, self.cap_rows
             )));
         }
-        let c = &self.cfg;
+        // The per-step data, written before the launches (or the graph replay) read it.
         let kv_step = self.cache.begin_append(&step.seqs)?;
         let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
         let pages = self.cache.batch_pages(&ids)?;
@@ -245,16 +285,77 @@ impl GpuRunner {
         g.write_prefix(&mut b.positions, &step.positions)?;
         let rows: Vec<u32> = step.logits_rows.iter().map(|&x| x as u32).collect();
         g.write_prefix(&mut b.rows, &rows)?;
+        // Only decode steps replay: a prefill step's plan is not at fixed addresses, and its
+        // token counts rarely repeat.
+        let key = match (
+            self.attn.decode_plan_addresses(),
+            kv_step.device_addresses(),
+        ) {
+            (Some(plan), Some(append)) => Some(GraphKey {
+                tokens: n,
+                rows: r,
+                greedy,
+                append,
+                plan,
+            }),
+            _ => None,
+        };
+        match (self.graphs.action(key), key) {
+            (Action::Replay, Some(k)) => self.replay(&k)?,
+            (Action::Capture, Some(k)) => self.capture(k, &kv_step, n, r, greedy)?,
+            _ => self.launch_step(&kv_step, n, r, greedy)?,
+        }
+        Ok(r)
+    }
+
+    /// Captures the step's launches as the graph of `key` and replays it; if the capture
+    /// fails, graphs turn off and the step runs eagerly.
+    fn capture(
+        &mut self,
+        k: GraphKey,
+        kv_step: &AppendStep,
+        n: usize,
+        r: usize,
+        greedy: bool,
+    ) -> Result<()> {
+        let stream = self.gpu.stream().clone();
+        if self.graphs.begin(&stream).is_ok() {
+            let ran = self.launch_step(kv_step, n, r, greedy);
+            if self.graphs.end(&stream, k, ran.is_ok()).is_ok() {
+                return self.replay(&k);
+            }
+        }
+        // Nothing captured ran: this is the step's only run.
+        self.launch_step(kv_step, n, r, greedy)
+    }
+
+    fn replay(&mut self, k: &GraphKey) -> Result<()> {
+        self.graphs
+            .replay(k)
+            .map_err(|e| EngineError::Model(format!("CUDA graph: {e}")))
+    }
+
+    /// Launches the step's kernels (embedding lookup, blocks, LM head and, with `greedy`, the
+    /// argmax) over the per-step data `run_to_logits` wrote.
+    fn launch_step(
+        &mut self,
+        kv_step: &AppendStep,
+        n: usize,
+        r: usize,
+        greedy: bool,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let b = &mut self.b;
         self.mk
             .gather_rows(&self.embed, c.vocab, c.dim, &b.ids, n, &mut b.x)?;
         let s = Step {
             cfg: c,
-            gpu: g,
+            gpu: &self.gpu,
             blas: &self.blas,
             mk: &self.mk,
             attn: &self.attn,
             cache: &mut self.cache,
-            kv_step: &kv_step,
+            kv_step,
             inv_freq: &self.inv_freq,
             final_norm: &self.final_norm,
             b,
@@ -265,7 +366,11 @@ impl GpuRunner {
             Model::F32(m) => s.blocks(m)?,
             Model::Bf16(m) => s.blocks(m)?,
         }
-        Ok(r)
+        if greedy {
+            self.mk
+                .argmax(&self.b.logits, r, c.vocab, &mut self.b.tokens_out)?;
+        }
+        Ok(())
     }
 }
 
