@@ -56,6 +56,44 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Random weights of `cfg`'s shapes (seeded): matrices uniform in ±1/√fan-in, norms near 1,
+    /// embedding uniform in ±1, the LM head tied; no block-format copies (the CPU backend then
+    /// multiplies in f32). For tests and benchmarks that need a model of some geometry but
+    /// not its file (the speed of a step does not depend on the values).
+    pub fn random(cfg: &ModelConfig, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let embed = (0..cfg.vocab * cfg.dim)
+            .map(|_| r.random_range(-1.0f32..1.0))
+            .collect();
+        let mut mat = |rows: usize, cols: usize| -> Vec<f32> {
+            let a = 1.0 / (cols as f32).sqrt();
+            (0..rows * cols).map(|_| r.random_range(-a..a)).collect()
+        };
+        let (d, f, hd) = (cfg.dim, cfg.ffn_dim, cfg.head_dim);
+        let (q, kv) = (cfg.q_heads * hd, cfg.kv_heads * hd);
+        let norm = |n: usize| vec![1.0f32; n];
+        let layers = (0..cfg.layers)
+            .map(|_| LayerWeights {
+                attn_norm: norm(d),
+                wqkv: mat(q + 2 * kv, d),
+                wo: mat(d, q),
+                ffn_norm: norm(d),
+                w_gate_up: mat(2 * f, d),
+                w_down: mat(d, f),
+            })
+            .collect();
+        Ok(Self {
+            embed,
+            layers,
+            final_norm: norm(d),
+            lm_head: None,
+            inv_freq: cfg.rope.inv_freq(hd, None)?,
+            packed_layers: (0..cfg.layers).map(|_| PackedLayer::default()).collect(),
+            packed_head: None,
+        })
+    }
+
     /// The LM head (the embedding when tied).
     pub fn head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)

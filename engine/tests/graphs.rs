@@ -1,13 +1,73 @@
 //! CUDA graphs of the GPU runner's decode steps replay exactly what launching every kernel
 //! computes: the same runner with graphs on and off, fed the same steps, gives bit-identical
 //! logits and greedy tokens at every step, through a change of batch size (a new graph) and
-//! both step kinds (logits, device argmax).
+//! both step kinds (logits, device argmax). On a random model of a small geometry (no file
+//! needed) and on the real model.
 mod common;
 
+use std::sync::Arc;
+
+use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
+use ferrinfer_engine::runner::cpu::CpuRunner;
 use ferrinfer_engine::runner::gpu::{GpuRunner, GpuWeights};
 use ferrinfer_engine::runner::{ModelRunner, StepInput};
+use ferrinfer_engine::weights::Weights;
+use ferrinfer_engine::ModelConfig;
 use ferrinfer_harness::{gpu_or_skip, rng};
 use rand::Rng;
+
+/// A small Llama geometry: 4 blocks, 8/2 heads of 64, GQA group 4, a 1000-token vocabulary.
+fn small_config() -> ModelConfig {
+    ModelConfig {
+        arch: "llama".into(),
+        name: "random".into(),
+        layers: 4,
+        dim: 256,
+        ffn_dim: 512,
+        q_heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+        vocab: 1000,
+        context: 4096,
+        rms_eps: 1e-5,
+        rope: RopeConfig {
+            theta: 10000.0,
+            rotary_dim: 64,
+            scaling: RopeScaling::None,
+            style: RopeStyle::Interleaved,
+        },
+        tied_embeddings: true,
+    }
+}
+
+/// Random weights have the shapes a runner expects: a CPU step gives finite logits of the
+/// right size that depend on the input token.
+#[test]
+fn random_weights_run_on_the_cpu() {
+    let cfg = small_config();
+    let w = Arc::new(Weights::random(&cfg, 1).unwrap());
+    let mut r = CpuRunner::new(cfg.clone(), w, 4096).unwrap();
+    let (a, b) = (r.add_sequence(), r.add_sequence());
+    let mut s = StepInput::default();
+    s.push(a, 0, &[5, 17, 900], true);
+    s.push(b, 0, &[6, 17, 900], true);
+    let l = r.forward(&s).unwrap();
+    assert_eq!(l.len(), 2 * cfg.vocab);
+    assert!(l.iter().all(|x| x.is_finite()));
+    assert!(l[..cfg.vocab] != l[cfg.vocab..], "logits ignore the input");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_replayed_decode_steps_equal_eager_steps_random_model() {
+    let Some(gpu) = gpu_or_skip("graph_replayed_decode_steps_equal_eager_steps_random_model")
+    else {
+        return;
+    };
+    let cfg = small_config();
+    let w = Arc::new(Weights::random(&cfg, 2).unwrap());
+    check_replay_equals_eager(&gpu, &cfg, &w);
+}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -16,12 +76,16 @@ fn graph_replayed_decode_steps_equal_eager_steps() {
         return;
     };
     let m = common::model();
-    let vocab = m.config.vocab;
+    check_replay_equals_eager(&gpu, &m.config, &m.weights);
+}
+
+fn check_replay_equals_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Weights>) {
+    let vocab = cfg.vocab;
     let new = |graphs: bool| {
         let mut r = GpuRunner::new(
-            &gpu,
-            m.config.clone(),
-            m.weights.clone(),
+            gpu,
+            cfg.clone(),
+            w.clone(),
             GpuWeights::Bf16,
             32768,
             1024,

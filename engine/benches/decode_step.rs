@@ -1,0 +1,136 @@
+//! The GPU runner's decode step, wall time per step as the engine sees it (host work, launches
+//! or graph replay, the argmax download): a model of SmolLM2-135M's geometry with random bf16
+//! weights (a step's speed does not depend on the values, so no model file is needed), each
+//! request after a 512-token prompt, at batch 1, 16 and 64, with the step's kernels launched
+//! one by one and replayed as a CUDA graph, in the same run. 10 warm-up steps (graphs are
+//! captured there), then the median and p10/p90 of 100 steps.
+//!
+//! Run: `cargo bench -p ferrinfer-engine --bench decode_step` (or the stripped executable from
+//! gpu-bundle/ on the GPU machine). Without a GPU it says so and exits 0.
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
+use ferrinfer::runtime::Discovery;
+use ferrinfer::Gpu;
+use ferrinfer_engine::runner::gpu::{GpuRunner, GpuWeights};
+use ferrinfer_engine::runner::{ModelRunner, StepInput};
+use ferrinfer_engine::{ModelConfig, Weights};
+use rand::{Rng, SeedableRng};
+
+const PROMPT: usize = 512;
+const WARM: usize = 10;
+const STEPS: usize = 100;
+
+/// SmolLM2-135M's hyperparameters (as its GGUF's metadata gives them).
+fn smollm2_135m() -> ModelConfig {
+    ModelConfig {
+        arch: "llama".into(),
+        name: "SmolLM2-135M geometry, random weights".into(),
+        layers: 30,
+        dim: 576,
+        ffn_dim: 1536,
+        q_heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        vocab: 49152,
+        context: 8192,
+        rms_eps: 1e-5,
+        rope: RopeConfig {
+            theta: 100000.0,
+            rotary_dim: 64,
+            scaling: RopeScaling::None,
+            style: RopeStyle::Interleaved,
+        },
+        tied_embeddings: true,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn run(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    w: &Arc<Weights>,
+    batch: usize,
+    graphs: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let step_tokens = 8192;
+    let kv = batch * (PROMPT + WARM + STEPS + 16) + 1024;
+    let mut r = GpuRunner::new(
+        gpu,
+        cfg.clone(),
+        w.clone(),
+        GpuWeights::Bf16,
+        kv,
+        step_tokens,
+        batch,
+    )?;
+    r.set_graphs(graphs);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64);
+    let seqs: Vec<_> = (0..batch).map(|_| r.add_sequence()).collect();
+    let mut last = vec![0u32; batch];
+    // Prompts, as many per step as fit.
+    for chunk in seqs.chunks(step_tokens / PROMPT) {
+        let mut s = StepInput::default();
+        for &id in chunk {
+            let p: Vec<u32> = (0..PROMPT)
+                .map(|_| rng.random_range(0..cfg.vocab as u32))
+                .collect();
+            s.push(id, 0, &p, true);
+        }
+        let out = r.forward_greedy(&s)?;
+        let first = seqs.iter().position(|x| *x == chunk[0]).unwrap_or(0);
+        last[first..first + chunk.len()].copy_from_slice(&out);
+    }
+    let mut times = Vec::with_capacity(STEPS);
+    for step in 0..WARM + STEPS {
+        let mut s = StepInput::default();
+        for (i, &id) in seqs.iter().enumerate() {
+            s.push(id, PROMPT + step, &[last[i]], true);
+        }
+        let t0 = Instant::now();
+        last = r.forward_greedy(&s)?;
+        if step >= WARM {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let med = percentile(&times, 0.5);
+    println!(
+        "| {batch} | {} | {med:.3} | {:.3} | {:.3} | {:.0} | {:?} |",
+        if graphs { "CUDA graph" } else { "eager" },
+        percentile(&times, 0.1),
+        percentile(&times, 0.9),
+        batch as f64 / med * 1e3,
+        r.graph_stats()
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = match Gpu::discover(0)? {
+        Discovery::Found(g) => g,
+        Discovery::NotFound(why) => {
+            println!("decode_step: no GPU ({why}); nothing measured");
+            return Ok(());
+        }
+    };
+    let cfg = smollm2_135m();
+    let w = Arc::new(Weights::random(&cfg, 7)?);
+    println!(
+        "decode step on {} ({}), bf16 products; prompt {PROMPT}, {STEPS} timed steps after {WARM}:",
+        gpu.info().name,
+        cfg.name,
+    );
+    println!("| batch | step | median ms | p10 ms | p90 ms | tokens/s | graph stats |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | --- |");
+    for batch in [1usize, 16, 64] {
+        for graphs in [false, true] {
+            run(&gpu, &cfg, &w, batch, graphs)?;
+        }
+    }
+    Ok(())
+}
