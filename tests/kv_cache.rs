@@ -339,14 +339,19 @@ fn gpu_append_matches_cpu() {
     println!("gpu append vs cpu: {cases} append rounds bit-exact");
 }
 
-fn bad_inputs(w: Where) {
-    let cfg = KvPoolConfig {
+/// The geometry most tests here use: NHD pages of 16 rows, `HEADS` heads of `D`.
+fn nhd16() -> KvPoolConfig {
+    KvPoolConfig {
         num_pages: 0,
         page_size: 16,
         num_kv_heads: HEADS,
         head_dim: D,
         layout: KvLayout::Nhd,
-    };
+    }
+}
+
+fn bad_inputs(w: Where) {
+    let cfg = nhd16();
     let mut cache = match w {
         Where::Cpu => PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(4)).unwrap(),
         Where::Gpu(g) => PagedKvCache::<bf16>::new_gpu(g, cfg, PoolSize::Pages(4)).unwrap(),
@@ -603,13 +608,7 @@ fn reserved_append_meta_keeps_step_addresses() {
     let Some(gpu) = gpu_or_skip("reserved_append_meta_keeps_step_addresses") else {
         return;
     };
-    let cfg = KvPoolConfig {
-        num_pages: 0,
-        page_size: 16,
-        num_kv_heads: HEADS,
-        head_dim: D,
-        layout: KvLayout::Nhd,
-    };
+    let cfg = nhd16();
     let pages = 256;
     let mut gc = PagedKvCache::<bf16>::new_gpu(&gpu, cfg, PoolSize::Pages(pages)).unwrap();
     let mut cc = PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(pages)).unwrap();
@@ -659,13 +658,7 @@ fn reserved_append_meta_keeps_step_addresses() {
 /// On a host cache the reservation is a no-op and steps have no device metadata.
 #[test]
 fn reserved_append_meta_on_the_cpu_is_a_no_op() {
-    let cfg = KvPoolConfig {
-        num_pages: 0,
-        page_size: 16,
-        num_kv_heads: HEADS,
-        head_dim: D,
-        layout: KvLayout::Nhd,
-    };
+    let cfg = nhd16();
     let mut cc = PagedKvCache::<bf16>::new_cpu(cfg, PoolSize::Pages(8)).unwrap();
     let id = cc.add_sequence();
     cc.reserve_append_meta(64, 4, 8).unwrap();
