@@ -477,18 +477,23 @@ fn paged<T: Float16, S: KvElem>(
             .collect::<Result<Vec<_>>>()?;
         m.check(OP, lens.into_iter())?;
     }
-    // Gather every request's KV to packed rows, then run the ragged path.
+    // Gather every request's KV to packed rows (one buffer, each row copied once), then run
+    // the ragged path.
+    let ps = pool.config().page_size;
     let mut kv_indptr = checked::with_capacity(OP, "kv_indptr", pages.batch_size() + 1)?;
     kv_indptr.push(0i32);
-    let (mut k, mut v) = (Vec::new(), Vec::new());
-    let kvrow = checked::mul(OP, "k/v row", heads.num_kv_heads, heads.head_dim)?;
+    let mut rows = 0usize;
     for b in 0..pages.batch_size() {
-        let (kb, vb) = pool.gather_host(pages, b)?;
-        checked::reserve(&mut k, OP, "gathered K", kb.len())?;
-        checked::reserve(&mut v, OP, "gathered V", vb.len())?;
-        k.extend_from_slice(&kb);
-        v.extend_from_slice(&vb);
-        kv_indptr.push(checked::to_i32(OP, "kv rows", k.len() / kvrow)?);
+        rows = checked::add(OP, "kv rows", rows, pages.kv_len(b, ps)?)?;
+        kv_indptr.push(checked::to_i32(OP, "kv rows", rows)?);
+    }
+    let kvrow = checked::mul(OP, "k/v row", heads.num_kv_heads, heads.head_dim)?;
+    let elems = checked::mul(OP, "gathered K/V", rows, kvrow)?;
+    let mut k = checked::filled(OP, "gathered K", elems, S::default())?;
+    let mut v = checked::filled(OP, "gathered V", elems, S::default())?;
+    for b in 0..pages.batch_size() {
+        let r = kv_indptr[b] as usize * kvrow..kv_indptr[b + 1] as usize * kvrow;
+        pool.gather_host_into(pages, b, &mut k[r.clone()], &mut v[r])?;
     }
     let kv = (&k[..], &v[..], &kv_indptr[..]);
     ragged(heads, opts, q, qo_indptr, kv, mask, rope, scales, out, lse)

@@ -400,6 +400,24 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
     /// Entry `b` of `pages` as new contiguous host rows `[len, heads, head_dim]` (K, V) — the
     /// CPU backend's view of one request. Host pools only; `pages` must be validated.
     pub(crate) fn gather_host(&self, pages: &BatchPages, b: usize) -> Result<(Vec<S>, Vec<S>)> {
+        let c = self.cfg;
+        let len = pages.kv_len(b, c.page_size)?;
+        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
+        let k = checked::filled(OP, "gathered K", n, S::default());
+        let (mut k, mut v) = (k?, checked::filled(OP, "gathered V", n, S::default())?);
+        self.gather_host_into(pages, b, &mut k, &mut v)?;
+        Ok((k, v))
+    }
+
+    /// [`KvPool::gather_host`] into caller slices of exactly `kv_len · heads · head_dim`
+    /// elements each (a batch's gather fills one buffer, one copy per row).
+    pub(crate) fn gather_host_into(
+        &self,
+        pages: &BatchPages,
+        b: usize,
+        k: &mut [S],
+        v: &mut [S],
+    ) -> Result<()> {
         let Some(HostPages { k: kp, v: vp }) = self.storage.host() else {
             return Err(Error::invalid(
                 OP,
@@ -409,12 +427,8 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         };
         let c = self.cfg;
         let len = pages.kv_len(b, c.page_size)?;
-        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
-        let k = checked::filled(OP, "gathered K", n, S::default());
-        let (mut k, mut v) = (k?, checked::filled(OP, "gathered V", n, S::default())?);
         let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
-        host_rows_out(&c, kp, vp, pages, b, len, &mut k, s, &mut v, s)?;
-        Ok((k, v))
+        host_rows_out(&c, kp, vp, pages, b, len, k, s, v, s)
     }
 
     /// Performs copy-on-write page copies (rows `[0, rows)` of every head, K and V).
