@@ -3,7 +3,10 @@
 //! weights (a step's speed does not depend on the values, so no model file is needed), each
 //! request after a 512-token prompt, at batch 1, 16 and 64, with the step's kernels launched
 //! one by one and replayed as a CUDA graph, in the same run. 10 warm-up steps (graphs are
-//! captured there), then the median and p10/p90 of 100 steps.
+//! captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
+//! roofline, the bytes a decode step must read (the bf16 weights of every product and the
+//! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
+//! bandwidth measured in the same run (issue #16's target: a batch-64 step within 2× of it).
 //!
 //! Run: `cargo bench -p ferrinfer-engine --bench decode_step` (or the stripped executable from
 //! gpu-bundle/ on the GPU machine). Without a GPU it says so and exits 0.
@@ -50,12 +53,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Bytes a decode step of `batch` requests with `ctx` tokens each must read: the bf16 weights
+/// of the products (QKV, output, gate|up, down per block; the tied LM head) and the f16 K/V.
+fn step_bytes(cfg: &ModelConfig, batch: usize, ctx: usize) -> f64 {
+    let (d, f, hd) = (cfg.dim, cfg.ffn_dim, cfg.head_dim);
+    let (q, kv) = (cfg.q_heads * hd, cfg.kv_heads * hd);
+    let per_block = (q + 2 * kv) * d + d * q + 2 * f * d + d * f;
+    let weights = (cfg.layers * per_block + cfg.vocab * d) * 2;
+    let kv_bytes = batch * ctx * cfg.layers * 2 * kv * 2;
+    (weights + kv_bytes) as f64
+}
+
 fn run(
     gpu: &Gpu,
     cfg: &ModelConfig,
     w: &Arc<Weights>,
     batch: usize,
     graphs: bool,
+    copy_tbps: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let step_tokens = 8192;
     let kv = batch * (PROMPT + WARM + STEPS + 16) + 1024;
@@ -99,12 +114,14 @@ fn run(
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let med = percentile(&times, 0.5);
+    let roof_ms = step_bytes(cfg, batch, PROMPT + WARM + STEPS / 2) / (copy_tbps * 1e12) * 1e3;
     println!(
-        "| {batch} | {} | {med:.3} | {:.3} | {:.3} | {:.0} | {:?} |",
+        "| {batch} | {} | {med:.3} | {:.3} | {:.3} | {:.0} | {roof_ms:.3} | {:.2}× | {:?} |",
         if graphs { "CUDA graph" } else { "eager" },
         percentile(&times, 0.1),
         percentile(&times, 0.9),
         batch as f64 / med * 1e3,
+        med / roof_ms,
         r.graph_stats()
     );
     Ok(())
@@ -118,6 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     };
+    let (copy_tbps, _) = gpu.copy_bandwidth(1 << 30, 20)?;
     let cfg = smollm2_135m();
     let w = Arc::new(Weights::random(&cfg, 7)?);
     println!(
@@ -125,11 +143,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gpu.info().name,
         cfg.name,
     );
-    println!("| batch | step | median ms | p10 ms | p90 ms | tokens/s | graph stats |");
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | --- |");
+    println!("device-to-device copy: {copy_tbps:.2} TB/s");
+    println!(
+        "| batch | step | median ms | p10 ms | p90 ms | tokens/s | roofline ms | × roofline | graph stats |"
+    );
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for batch in [1usize, 16, 64] {
         for graphs in [false, true] {
-            run(&gpu, &cfg, &w, batch, graphs)?;
+            run(&gpu, &cfg, &w, batch, graphs, copy_tbps)?;
         }
     }
     Ok(())
