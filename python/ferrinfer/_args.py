@@ -77,6 +77,9 @@ def run_window(op: str, planned: Optional[int], window_left: Optional[int], cuda
     return win
 
 
+FP8 = ("float8_e4m3fn", "float8_e5m2")
+
+
 def kv_dtype(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any = None) -> str:
     """The planned element type: K/V (and the output, when named) must share q's."""
     q_dt = _tensor.dtype_name(q_data_type)
@@ -84,6 +87,35 @@ def kv_dtype(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any = No
         if dt is not None and _tensor.dtype_name(dt) != q_dt:
             raise NotImplementedError(f"{op}: {name} {_tensor.dtype_name(dt)} differs from q_data_type {q_dt}")
     return q_dt
+
+
+def decode_kv_dtype(op: str, q_data_type: Any, kv_data_type: Any) -> Tuple[str, str]:
+    """Decode's planned ``(q dtype, K/V dtype)``: K/V of q's type, or fp8 (``float8_e4m3fn``,
+    ``float8_e5m2``) read with ``k_scale``/``v_scale`` at ``run``."""
+    q_dt = _tensor.dtype_name(q_data_type)
+    if kv_data_type is None:
+        return q_dt, q_dt
+    kv_dt = _tensor.dtype_name(kv_data_type)
+    if kv_dt in FP8:
+        return q_dt, kv_dt
+    return kv_dtype(op, q_data_type, kv_data_type), q_dt
+
+
+def fp8_scales(op: str, kv_dt: str, k_scale: Optional[float], v_scale: Optional[float],
+               cuda: bool) -> Tuple[Optional[float], Optional[float]]:
+    """``k_scale``/``v_scale`` for a cache of ``kv_dt``: fp8 caches are read as code × scale
+    (default 1) on the CPU; fp8 on CUDA tensors, and scales other than 1 with a 16-bit cache,
+    raise ``NotImplementedError``."""
+    if kv_dt in FP8:
+        if cuda:
+            raise NotImplementedError(f"{op}: fp8 K/V ({kv_dt}) on CUDA tensors is not supported by the "
+                                      "ferrinfer package yet (the CPU backend reads them)")
+        return (None if k_scale is None else float(k_scale)), (None if v_scale is None else float(v_scale))
+    for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if s is not None and float(s) != 1.0:
+            raise NotImplementedError(f"{op}: {name}={s!r} with a {kv_dt} cache is not supported by ferrinfer "
+                                      "(scales apply to fp8 caches)")
+    return None, None
 
 
 def check_paged_k(op: str, k: Any, page_size: int, num_kv_heads: int, head_dim: int, kv_layout: str) -> None:

@@ -10,7 +10,8 @@ __version__: str
 
 def single_decode(q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, out: Descriptor,
                   lse: Optional[Descriptor], sm_scale: Optional[float], soft_cap: Optional[float],
-                  window_left: Optional[int]) -> None: ...
+                  window_left: Optional[int], rope: Optional[Tuple[float, float]] = None,
+                  k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> None: ...
 def single_prefill(q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, out: Descriptor,
                    lse: Optional[Descriptor], causal: bool, sm_scale: Optional[float],
                    soft_cap: Optional[float], window_left: Optional[int]) -> None: ...
@@ -21,7 +22,9 @@ def batch_prefill_ragged(q: Descriptor, k: Descriptor, v: Descriptor, qo_indptr:
 def batch_decode_paged(q: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
                        kv_indptr: Descriptor, kv_indices: Descriptor, kv_last_page_len: Descriptor,
                        out: Descriptor, lse: Optional[Descriptor], sm_scale: Optional[float],
-                       soft_cap: Optional[float], window_left: Optional[int]) -> None: ...
+                       soft_cap: Optional[float], window_left: Optional[int],
+                       rope: Optional[Tuple[float, float]] = None, k_scale: Optional[float] = None,
+                       v_scale: Optional[float] = None) -> None: ...
 def batch_prefill_paged(q: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
                         qo_indptr: Descriptor, kv_indptr: Descriptor, kv_indices: Descriptor,
                         kv_last_page_len: Descriptor, out: Descriptor, lse: Optional[Descriptor],

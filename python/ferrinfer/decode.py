@@ -38,19 +38,24 @@ def single_decode_with_kv_cache(
     Returns ``out`` like ``q``, or ``(out, lse)`` with ``lse [num_qo_heads]`` (float32, base 2)
     when ``return_lse``. ``use_tensor_cores`` only picks a kernel and is accepted.
     ``pos_encoding_mode="ROPE_LLAMA"`` rotates q (at position ``kv_len - 1``) and every key
-    (at its index) inside attention, with ``rope_scale``/``rope_theta``; fp8 scales raise
-    ``NotImplementedError``.
+    (at its index) inside attention, with ``rope_scale``/``rope_theta``. ``k``/``v`` may be fp8
+    (``float8_e4m3fn`` or ``float8_e5m2``, CPU tensors), read as code × ``k_scale`` /
+    ``v_scale`` (default 1); ``q_scale`` raises ``NotImplementedError``.
     """
     op = "single_decode_with_kv_cache"
-    _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, **kwargs)
+    _args.unsupported(op, q_scale=q_scale, **kwargs)
     rope = _args.rope(op, pos_encoding_mode, rope_scale, rope_theta)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
     dev = _cuda.device_of(q)
     if dev is not None:
+        _args.fp8_scales(op, _tensor.dtype_name(k), k_scale, v_scale, True)
         return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse, rope)
+    kd, vd = view(k, "k"), view(v, "v")
+    ks, vs = _args.fp8_scales(op, kd[4], k_scale, v_scale, False)
     out, lse = _args.outputs(q, None, None, return_lse)
-    _native.single_decode(view(q, "q"), view(k, "k"), view(v, "v"), _args.layout(kv_layout),
-                          view(out, "out"), opt_view(lse, "lse"), scale, cap, win, rope=rope)
+    _native.single_decode(view(q, "q"), kd, vd, _args.layout(kv_layout),
+                          view(out, "out"), opt_view(lse, "lse"), scale, cap, win, rope=rope,
+                          k_scale=ks, v_scale=vs)
     return _args.result(out, lse, return_lse)
 
 
@@ -131,7 +136,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         rope = _args.rope(op, pos_encoding_mode, rope_scale, rope_theta)
         if data_type is not None:
             q_data_type = data_type
-        q_dt = _args.kv_dtype(op, q_data_type, kv_data_type)
+        q_dt, kv_dt = _args.decode_kv_dtype(op, q_data_type, kv_data_type)
+        _args.fp8_scales(op, kv_dt, None, None, self._device is not None)
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
@@ -143,7 +149,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             cuda_op.plan(_cuda.stream(self._device), _cuda.workspace(self._workspace), view(tables[0], "indptr"),
                          view(tables[1], "indices"), view(tables[2], "last_page_len"), int(page_size))
         self._plan = dict(cuda=cuda_op, tables=tables, heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim)),
-                          page_size=int(page_size), dtype=q_dt,
+                          page_size=int(page_size), dtype=q_dt, kv_dtype=kv_dt,
                           options=options, rope=rope)
 
     def _cuda_op(self, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any],
@@ -178,13 +184,16 @@ class BatchDecodeWithPagedKVCacheWrapper:
     ) -> Union[Any, Tuple[Any, Any]]:
         """Decode attention of ``q [batch, num_qo_heads, head_dim]`` over the planned pages.
         Returns ``out`` (written in place when given), or ``(out, lse)`` with ``lse [batch,
-        num_qo_heads]`` (float32, base 2) when ``return_lse``."""
+        num_qo_heads]`` (float32, base 2) when ``return_lse``. An fp8 cache (planned with
+        ``kv_data_type``; CPU tensors) is read as code × ``k_scale`` / ``v_scale`` (default 1)."""
         op = "BatchDecodeWithPagedKVCacheWrapper.run"
         if args:
-            raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
-        _args.unsupported(op, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, sinks=sinks, **kwargs)
+            raise NotImplementedError(f"{op}: extra positional arguments are not supported (pass k_scale/v_scale "
+                                      "by keyword)")
+        _args.unsupported(op, q_scale=q_scale, sinks=sinks, **kwargs)
         p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, p["cuda"] is not None)
         hq, hkv, d = p["heads"]
         if tuple(q.shape[1:]) != (hq, d):
             raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (batch, {hq}, {d})")
@@ -199,10 +208,13 @@ class BatchDecodeWithPagedKVCacheWrapper:
             return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
-        _native.batch_decode_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
+        kd, vd = view(k, "k_cache"), view(v, "v_cache")
+        if kd[4] != p["kv_dtype"]:
+            raise ValueError(f"paged_kv_cache: dtype {kd[4]} differs from the planned {p['kv_dtype']}")
+        _native.batch_decode_paged(view(q, "q"), kd, vd, self._kv_layout,
                                    view(indptr, "indptr"), view(indices, "indices"),
                                    view(last, "last_page_len"), view(out, "out"), opt_view(lse, "lse"),
-                                   scale, cap, win, rope=p["rope"])
+                                   scale, cap, win, rope=p["rope"], k_scale=ks, v_scale=vs)
         return _args.result(out, lse, return_lse)
 
     forward = run

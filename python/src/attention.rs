@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use ferrinfer::cpu::{self, KvStrides};
+use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::mask::PackedMask;
 use ferrinfer::{Float16, HeadConfig};
 use half::{bf16, f16};
@@ -16,8 +17,17 @@ use crate::errors::lib;
 use crate::mask::{packed, MaskArg};
 use crate::tensor::{disjoint, index_array, Dt, Elem, RawTensor, Tensor};
 
-/// Checks q (rank `q_rank`, contiguous, 16-bit), K and V (rank 3, same shape and dtype as q,
-/// head rows contiguous) and returns the head geometry and the K/V token count.
+/// Checks that a K/V tensor holds q's type or fp8 (the types decode reads; the other ops take
+/// q's type only, which their slices check).
+pub(crate) fn expect_kv_dtype(t: &Tensor, q: &Tensor) -> PyResult<()> {
+    if matches!(t.dtype, Dt::F8E4m3 | Dt::F8E5m2) {
+        return Ok(());
+    }
+    t.expect_same_dtype(q)
+}
+
+/// Checks q (rank `q_rank`, contiguous, 16-bit), K and V (rank 3, same shape, q's dtype or
+/// one fp8 type, head rows contiguous) and returns the head geometry and the K/V token count.
 fn geometry(q: &Tensor, k: &Tensor, v: &Tensor, hnd: bool) -> PyResult<(HeadConfig, usize)> {
     q.expect_dtype(&[Dt::F16, Dt::Bf16])?;
     q.expect_contiguous()?;
@@ -26,8 +36,9 @@ fn geometry(q: &Tensor, k: &Tensor, v: &Tensor, hnd: bool) -> PyResult<(HeadConf
     } else {
         "[kv_len, num_kv_heads, head_dim] (NHD)"
     };
+    expect_kv_dtype(k, q)?;
+    v.expect_same_dtype(k)?;
     for t in [k, v] {
-        t.expect_same_dtype(q)?;
         t.expect_rank(3, layout)?;
         t.expect_unit_last_stride()?;
     }
@@ -129,6 +140,46 @@ macro_rules! by_dtype {
 }
 pub(crate) use by_dtype;
 
+/// Calls `$f::<T>` (16-bit K/V of q's type `T`) or `$f8::<T, F>` (fp8 K/V of format `F`) by
+/// the dtypes of `$q` and `$k`.
+macro_rules! by_kv_dtype {
+    ($q:expr, $k:expr, $f:ident, $f8:ident($($arg:expr),*)) => {
+        match ($q.dtype, $k.dtype) {
+            (Dt::F16, Dt::F8E4m3) => $f8::<f16, E4m3>($($arg),*),
+            (Dt::F16, Dt::F8E5m2) => $f8::<f16, E5m2>($($arg),*),
+            (Dt::Bf16, Dt::F8E4m3) => $f8::<bf16, E4m3>($($arg),*),
+            (Dt::Bf16, Dt::F8E5m2) => $f8::<bf16, E5m2>($($arg),*),
+            (Dt::F16, _) => $f::<f16>($($arg),*),
+            (Dt::Bf16, _) => $f::<bf16>($($arg),*),
+            _ => Err($crate::attention::wrong_dtype(&$q)),
+        }
+    };
+}
+pub(crate) use by_kv_dtype;
+
+/// `k_scale` / `v_scale` as the library's scales: any finite value > 0 for fp8 K/V (checked by
+/// the op); with 16-bit K/V only 1 (FlashInfer's default) — other values are refused, not
+/// applied differently.
+pub(crate) fn kv_scales(
+    k: &Tensor,
+    k_scale: Option<f32>,
+    v_scale: Option<f32>,
+) -> PyResult<KvScales> {
+    let s = KvScales {
+        k: k_scale.unwrap_or(1.0),
+        v: v_scale.unwrap_or(1.0),
+    };
+    if !matches!(k.dtype, Dt::F8E4m3 | Dt::F8E5m2) && s != KvScales::ONE {
+        return Err(pyo3::exceptions::PyNotImplementedError::new_err(format!(
+            "k_scale={} / v_scale={}: scales apply to fp8 K/V caches only (this cache is {})",
+            s.k,
+            s.v,
+            k.dtype.name()
+        )));
+    }
+    Ok(s)
+}
+
 struct Args {
     q: Tensor,
     k: Tensor,
@@ -169,11 +220,11 @@ impl Args {
     }
 }
 
-/// The arrays of an op as slices: q, k, v, out of element `T`, lse of f32.
-pub(crate) type IoSlices<'a, T> = (
+/// The arrays of an op as slices: q and out of element `T`, k and v of `S`, lse of f32.
+pub(crate) type IoSlices<'a, T, S = T> = (
     &'a [T],
-    &'a [T],
-    &'a [T],
+    &'a [S],
+    &'a [S],
     &'a mut [T],
     Option<&'a mut [f32]>,
 );
@@ -183,13 +234,13 @@ pub(crate) type IoSlices<'a, T> = (
 /// # Safety
 /// The Python layer must hold every array for the call, and `out`/`lse` must overlap no other
 /// argument (checked by [`disjoint`] before).
-pub(crate) unsafe fn io_slices<'a, T: Elem>(
+pub(crate) unsafe fn io_slices<'a, T: Elem, S: Elem>(
     q: &'a Tensor,
     k: &'a Tensor,
     v: &'a Tensor,
     out: &'a Tensor,
     lse: Option<&'a Tensor>,
-) -> PyResult<IoSlices<'a, T>> {
+) -> PyResult<IoSlices<'a, T, S>> {
     // SAFETY: the caller's contract above.
     unsafe {
         let lse = match lse {
@@ -198,8 +249,8 @@ pub(crate) unsafe fn io_slices<'a, T: Elem>(
         };
         Ok((
             q.slice::<T>()?,
-            k.slice::<T>()?,
-            v.slice::<T>()?,
+            k.slice::<S>()?,
+            v.slice::<S>()?,
             out.slice_mut::<T>()?,
             lse,
         ))
@@ -208,17 +259,17 @@ pub(crate) unsafe fn io_slices<'a, T: Elem>(
 
 impl Args {
     /// [`io_slices`] of this call's arrays.
-    fn slices<T: Elem>(&self) -> PyResult<IoSlices<'_, T>> {
+    fn slices<T: Elem, S: Elem>(&self) -> PyResult<IoSlices<'_, T, S>> {
         // SAFETY: the Python layer holds every array for the call; `Args::new` ruled out
         // aliasing with `disjoint`.
         unsafe { io_slices(&self.q, &self.k, &self.v, &self.out, self.lse.as_ref()) }
     }
 }
 
-fn decode_impl<T: Float16 + Elem>(a: &Args, rope: Option<(f32, f32)>) -> PyResult<()> {
+fn decode_impl<T: Float16 + Elem>(a: &Args, rope: Option<(f32, f32)>, _: KvScales) -> PyResult<()> {
     a.q.expect_rank(2, "[num_qo_heads, head_dim]")?;
     let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    let (q, k, v, out, lse) = a.slices::<T>()?;
+    let (q, k, v, out, lse) = a.slices::<T, T>()?;
     let (ks, vs) = (kv_strides(&a.k, a.hnd), kv_strides(&a.v, a.hnd));
     lib(match crate::rope_llama(rope, heads.head_dim) {
         None => cpu::single_decode(&heads, &a.opts, q, k, ks, v, vs, kv_len, out, lse),
@@ -228,10 +279,39 @@ fn decode_impl<T: Float16 + Elem>(a: &Args, rope: Option<(f32, f32)>) -> PyResul
     })
 }
 
+/// Decode over fp8 K/V read with `scales` (no RoPE: refused).
+fn decode_fp8_impl<T: Float16 + Elem, F: Fp8Format>(
+    a: &Args,
+    rope: Option<(f32, f32)>,
+    scales: KvScales,
+) -> PyResult<()>
+where
+    Fp8<F>: Elem,
+{
+    a.q.expect_rank(2, "[num_qo_heads, head_dim]")?;
+    no_rope_with_fp8(rope)?;
+    let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
+    let (q, k, v, out, lse) = a.slices::<T, Fp8<F>>()?;
+    let (ks, vs) = (kv_strides(&a.k, a.hnd), kv_strides(&a.v, a.hnd));
+    lib(cpu::single_decode_fp8(
+        &heads, &a.opts, q, k, ks, v, vs, kv_len, scales, out, lse,
+    ))
+}
+
+/// RoPE inside attention reads 16-bit keys only.
+pub(crate) fn no_rope_with_fp8(rope: Option<(f32, f32)>) -> PyResult<()> {
+    if rope.is_some() {
+        return Err(pyo3::exceptions::PyNotImplementedError::new_err(
+            "pos_encoding_mode='ROPE_LLAMA' with an fp8 K/V cache is not supported by ferrinfer",
+        ));
+    }
+    Ok(())
+}
+
 fn prefill_impl<T: Float16 + Elem>(a: &Args, mask: Option<&PackedMask>) -> PyResult<()> {
     a.q.expect_rank(3, "[qo_len, num_qo_heads, head_dim]")?;
     let (heads, kv_len) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    let (q, k, v, out, lse) = a.slices::<T>()?;
+    let (q, k, v, out, lse) = a.slices::<T, T>()?;
     let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
     let (h, o, qo_len) = (&heads, &a.opts, a.q.shape[0]);
     lib(match mask {
@@ -240,10 +320,11 @@ fn prefill_impl<T: Float16 + Elem>(a: &Args, mask: Option<&PackedMask>) -> PyRes
     })
 }
 
-/// `single_decode(q, k, v, kv_layout, out, lse, sm_scale, soft_cap, window_left, rope=None)`;
-/// `rope` = `(rope_scale, rope_theta)` of FlashInfer's `ROPE_LLAMA`.
+/// `single_decode(q, k, v, kv_layout, out, lse, sm_scale, soft_cap, window_left, rope=None,
+/// k_scale=None, v_scale=None)`; `rope` = `(rope_scale, rope_theta)` of FlashInfer's
+/// `ROPE_LLAMA`; K/V may be fp8 (`float8_e4m3fn` / `float8_e5m2`), read as code × scale.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, kv_layout, out, lse, sm_scale, soft_cap, window_left, rope=None))]
+#[pyo3(signature = (q, k, v, kv_layout, out, lse, sm_scale, soft_cap, window_left, rope=None, k_scale=None, v_scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn single_decode(
     py: Python<'_>,
@@ -257,10 +338,13 @@ fn single_decode(
     soft_cap: Option<f32>,
     window_left: Option<usize>,
     rope: Option<(f32, f32)>,
+    k_scale: Option<f32>,
+    v_scale: Option<f32>,
 ) -> PyResult<()> {
     let opts = crate::options(false, sm_scale, soft_cap, window_left);
     let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
-    py.detach(|| by_dtype!(a.q, decode_impl(&a, rope)))
+    let scales = kv_scales(&a.k, k_scale, v_scale)?;
+    py.detach(|| by_kv_dtype!(a.q, a.k, decode_impl, decode_fp8_impl(&a, rope, scales)))
 }
 
 /// `single_prefill(q, k, v, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left,
@@ -297,7 +381,7 @@ fn ragged_impl<T: Float16 + Elem>(
 ) -> PyResult<()> {
     a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
     let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    let (q, k, v, out, lse) = a.slices::<T>()?;
+    let (q, k, v, out, lse) = a.slices::<T, T>()?;
     let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
     let n = a.q.numel()?;
     ragged_prefill(

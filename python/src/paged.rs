@@ -11,6 +11,7 @@
 //! request's pages are gathered into contiguous rows and the contiguous ops
 //! (`cpu::single_decode`, `cpu::batch_prefill_ragged`) compute.
 use ferrinfer::cpu::{self, KvStrides};
+use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::{AppendMeta, BatchPages};
 use ferrinfer::mask::PackedMask;
 use ferrinfer::{Float16, HeadConfig};
@@ -20,7 +21,8 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 
 use crate::attention::{
-    at_least_rank, by_dtype, check_outputs, io_slices, ragged_prefill, IoSlices,
+    at_least_rank, by_dtype, by_kv_dtype, check_outputs, io_slices, kv_scales, ragged_prefill,
+    IoSlices,
 };
 use crate::errors::lib;
 use crate::mask::{packed, MaskArg};
@@ -46,7 +48,7 @@ impl Cache {
         } else {
             "[num_pages, page_size, num_kv_heads, head_dim] (NHD)"
         };
-        k.expect_dtype(&[Dt::F16, Dt::Bf16])?;
+        k.expect_dtype(&[Dt::F16, Dt::Bf16, Dt::F8E4m3, Dt::F8E5m2])?;
         v.expect_same_dtype(&k)?;
         for t in [&k, &v] {
             t.expect_rank(4, layout)?;
@@ -108,7 +110,8 @@ impl Cache {
 
     fn heads(&self, q: &Tensor) -> PyResult<HeadConfig> {
         at_least_rank(q, 2)?;
-        q.expect_same_dtype(&self.k)?;
+        q.expect_dtype(&[Dt::F16, Dt::Bf16])?;
+        crate::attention::expect_kv_dtype(&self.k, q)?;
         let (hq, d) = (q.shape[q.shape.len() - 2], q.shape[q.shape.len() - 1]);
         if d != self.head_dim {
             return Err(PyValueError::new_err(format!(
@@ -147,7 +150,7 @@ struct Run {
 
 impl Run {
     /// [`io_slices`] of q, the cache views, out and lse.
-    fn slices<T: Elem>(&self) -> PyResult<IoSlices<'_, T>> {
+    fn slices<T: Elem, S: Elem>(&self) -> PyResult<IoSlices<'_, T, S>> {
         let (q, c, out) = (&self.q, &self.cache, &self.out);
         // SAFETY: the Python layer holds every array for the call; outputs alias nothing
         // (`check_io`, called before any op runs).
@@ -164,19 +167,32 @@ impl Run {
     }
 }
 
-fn decode_impl<T: Float16 + Elem>(r: &Run, rope: Option<(f32, f32)>) -> PyResult<()> {
+/// Decode of every request over K/V of element `S` (q's type, or fp8 read with `scales`):
+/// each request's pages gathered to contiguous rows, then `one` (the CPU backend's single
+/// decode of that element type) per request, in parallel.
+fn decode_each<T: Float16 + Elem, S: Elem>(
+    r: &Run,
+    one: impl Fn(
+            &HeadConfig,
+            &[T],
+            &[S],
+            &[S],
+            usize,
+            &mut [T],
+            Option<&mut [f32]>,
+        ) -> ferrinfer::Result<()>
+        + Sync,
+) -> PyResult<()> {
     let heads = r.cache.heads(&r.q)?;
-    let rope = crate::rope_llama(rope, heads.head_dim);
     let b = r.pages.batch_size();
     r.q.expect_shape(&[b, heads.num_qo_heads, heads.head_dim])?;
-    let (q, kc, vc, out, lse) = r.slices::<T>()?;
+    let (q, kc, vc, out, lse) = r.slices::<T, S>()?;
     let hq = heads.num_qo_heads;
     let row = hq * heads.head_dim;
     let lse: Vec<Option<&mut [f32]>> = match lse {
         Some(l) => l[..b * hq].chunks_mut(hq).map(Some).collect(),
         None => (0..b).map(|_| None).collect(),
     };
-    let strides = KvStrides::contiguous(&heads);
     let results: Vec<PyResult<()>> = out[..b * row]
         .par_chunks_mut(row)
         .zip(lse.into_par_iter())
@@ -185,18 +201,40 @@ fn decode_impl<T: Float16 + Elem>(r: &Run, rope: Option<(f32, f32)>) -> PyResult
             let len = lib(r.pages.kv_len(i, r.cache.page_size))?;
             let k = r.cache.gather(&r.cache.k, kc, &r.pages, i, len);
             let v = r.cache.gather(&r.cache.v, vc, &r.pages, i, len);
-            let qi = &q[i * row..(i + 1) * row];
-            lib(match &rope {
-                None => {
-                    cpu::single_decode(&heads, &r.opts, qi, &k, strides, &v, strides, len, o, l)
-                }
-                Some(rc) => cpu::single_decode_rope(
-                    &heads, &r.opts, rc, 0, qi, &k, strides, &v, strides, len, o, l,
-                ),
-            })
+            lib(one(&heads, &q[i * row..(i + 1) * row], &k, &v, len, o, l))
         })
         .collect();
     results.into_iter().collect()
+}
+
+fn decode_impl<T: Float16 + Elem>(r: &Run, rope: Option<(f32, f32)>, _: KvScales) -> PyResult<()> {
+    let d = r.cache.head_dim;
+    let rope = crate::rope_llama(rope, d);
+    let opts = &r.opts;
+    decode_each::<T, T>(r, |heads, q, k, v, len, o, l| {
+        let s = KvStrides::contiguous(heads);
+        match &rope {
+            None => cpu::single_decode(heads, opts, q, k, s, v, s, len, o, l),
+            Some(rc) => cpu::single_decode_rope(heads, opts, rc, 0, q, k, s, v, s, len, o, l),
+        }
+    })
+}
+
+/// [`decode_impl`] over an fp8 cache read with `scales` (no RoPE: refused).
+fn decode_fp8_impl<T: Float16 + Elem, F: Fp8Format>(
+    r: &Run,
+    rope: Option<(f32, f32)>,
+    scales: KvScales,
+) -> PyResult<()>
+where
+    Fp8<F>: Elem,
+{
+    crate::attention::no_rope_with_fp8(rope)?;
+    let opts = &r.opts;
+    decode_each::<T, Fp8<F>>(r, |heads, q, k, v, len, o, l| {
+        let s = KvStrides::contiguous(heads);
+        cpu::single_decode_fp8(heads, opts, q, k, s, v, s, len, scales, o, l)
+    })
 }
 
 fn prefill_impl<T: Float16 + Elem>(
@@ -207,7 +245,7 @@ fn prefill_impl<T: Float16 + Elem>(
 ) -> PyResult<()> {
     let heads = r.cache.heads(&r.q)?;
     r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    let (q, kc, vc, out, lse) = r.slices::<T>()?;
+    let (q, kc, vc, out, lse) = r.slices::<T, T>()?;
     let (mut k, mut v, mut kv_indptr) = (Vec::new(), Vec::new(), vec![0i32]);
     for b in 0..r.pages.batch_size() {
         let len = lib(r.pages.kv_len(b, r.cache.page_size))?;
@@ -233,10 +271,11 @@ fn prefill_impl<T: Float16 + Elem>(
 }
 
 /// `batch_decode_paged(q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices,
-/// kv_last_page_len, out, lse, sm_scale, soft_cap, window_left, rope=None)`; `rope` =
-/// `(rope_scale, rope_theta)` of FlashInfer's `ROPE_LLAMA`.
+/// kv_last_page_len, out, lse, sm_scale, soft_cap, window_left, rope=None, k_scale=None,
+/// v_scale=None)`; `rope` = `(rope_scale, rope_theta)` of FlashInfer's `ROPE_LLAMA`; the cache
+/// may be fp8 (`float8_e4m3fn` / `float8_e5m2`), read as code × scale.
 #[pyfunction]
-#[pyo3(signature = (q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices, kv_last_page_len, out, lse, sm_scale, soft_cap, window_left, rope=None))]
+#[pyo3(signature = (q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices, kv_last_page_len, out, lse, sm_scale, soft_cap, window_left, rope=None, k_scale=None, v_scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_decode_paged(
     py: Python<'_>,
@@ -253,8 +292,11 @@ fn batch_decode_paged(
     soft_cap: Option<f32>,
     window_left: Option<usize>,
     rope: Option<(f32, f32)>,
+    k_scale: Option<f32>,
+    v_scale: Option<f32>,
 ) -> PyResult<()> {
     let cache = Cache::new(k_cache, v_cache, kv_layout)?;
+    let scales = kv_scales(&cache.k, k_scale, v_scale)?;
     let r = Run {
         pages: batch_pages(
             "batch_decode",
@@ -270,7 +312,14 @@ fn batch_decode_paged(
         opts: crate::options(false, sm_scale, soft_cap, window_left),
     };
     r.check_io()?;
-    py.detach(|| by_dtype!(r.q, decode_impl(&r, rope)))
+    py.detach(|| {
+        by_kv_dtype!(
+            r.q,
+            r.cache.k,
+            decode_impl,
+            decode_fp8_impl(&r, rope, scales)
+        )
+    })
 }
 
 /// `batch_prefill_paged(q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices,

@@ -17,6 +17,10 @@ pub enum Dt {
     Bf16,
     F32,
     I32,
+    /// fp8 E4M3 (torch's and ml_dtypes' `float8_e4m3fn`): K/V caches only.
+    F8E4m3,
+    /// fp8 E5M2 (`float8_e5m2`): K/V caches only.
+    F8E5m2,
 }
 
 impl Dt {
@@ -26,6 +30,8 @@ impl Dt {
             "bfloat16" => Dt::Bf16,
             "float32" => Dt::F32,
             "int32" => Dt::I32,
+            "float8_e4m3fn" => Dt::F8E4m3,
+            "float8_e5m2" => Dt::F8E5m2,
             _ => return None,
         })
     }
@@ -36,11 +42,14 @@ impl Dt {
             Dt::Bf16 => "bfloat16",
             Dt::F32 => "float32",
             Dt::I32 => "int32",
+            Dt::F8E4m3 => "float8_e4m3fn",
+            Dt::F8E5m2 => "float8_e5m2",
         }
     }
 
     fn size(self) -> usize {
         match self {
+            Dt::F8E4m3 | Dt::F8E5m2 => 1,
             Dt::F16 | Dt::Bf16 => 2,
             Dt::F32 | Dt::I32 => 4,
         }
@@ -116,7 +125,8 @@ impl Tensor {
         }
         let dtype = Dt::parse(&dtype).ok_or_else(|| {
             PyTypeError::new_err(format!(
-                "{name}: unsupported dtype {dtype} (float16, bfloat16, float32 or int32)"
+                "{name}: unsupported dtype {dtype} (float16, bfloat16, float32, int32, or \
+                 float8_e4m3fn / float8_e5m2 for K/V caches)"
             ))
         })?;
         if shape.len() != strides.len() {
@@ -362,6 +372,19 @@ impl Elem for bf16 {
     }
     fn narrow(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+}
+
+impl<F: ferrinfer::fp8::Fp8Format> Elem for ferrinfer::fp8::Fp8<F> {
+    const DT: Dt = match F::KIND {
+        ferrinfer::fp8::Fp8Kind::E4m3 => Dt::F8E4m3,
+        ferrinfer::fp8::Fp8Kind::E5m2 => Dt::F8E5m2,
+    };
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    fn narrow(x: f32) -> Self {
+        Self::quantize(x, 1.0)
     }
 }
 

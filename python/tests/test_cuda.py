@@ -526,3 +526,17 @@ def test_cascade_cuda_vs_reference(dtype):
         fi.plan(*[[lv[i].cuda() for lv in levels] for i in range(4)], hq, hkv, d, ps, causal=True,
                 q_data_type=DT[dtype])
         close(out, fi.run(q.cuda(), cache.cuda()), dtype, "cascade vs FlashInfer")
+
+
+def test_fp8_caches_on_cuda_are_refused_by_name():
+    """fp8 K/V run on the CPU backend only in this version: CUDA tensors raise
+    NotImplementedError naming fp8, never a different result."""
+    dev = torch.device("cuda")
+    q = torch.randn(4, 64, device=dev, dtype=torch.float16)
+    k = torch.randn(9, 2, 64, device=dev).to(torch.float8_e4m3fn)
+    with pytest.raises(NotImplementedError, match="fp8"):
+        ferrinfer.single_decode_with_kv_cache(q, k, k, k_scale=0.5)
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8, device=dev))
+    indptr, indices, last = (np.array(x, np.int32) for x in ([0, 1], [0], [5]))
+    with pytest.raises(NotImplementedError, match="fp8"):
+        w.plan(indptr, indices, last, 4, 2, 64, 16, q_data_type=torch.float16, kv_data_type=torch.float8_e4m3fn)
