@@ -14,7 +14,7 @@
 use ferrinfer::dtype::{KvDtype, KvElem};
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::{KvLayout, KvPool};
-use ferrinfer::ops::{BatchDecode, DecodeKernel};
+use ferrinfer::ops::{BatchDecode, DecodeKernel, PagedKvSpans};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
 use ferrinfer_harness::fp8::{gpu_pool, host_pool, quantize_rows, random_scales};
@@ -137,6 +137,43 @@ fn run_decode<T: Float16, F: Fp8Format>(
     op.run_fp8(&plan, &qd, &pool, d.scales, &mut od, Some(&mut ld))
         .unwrap();
     let (out, lse) = (gpu.download(&od).unwrap(), gpu.download(&ld).unwrap());
+
+    // The caller-memory path (`run_spans_fp8`, what the Python package's CUDA decode calls)
+    // over the same pages: the same launch, so the same bits.
+    let (kb, vb) = pool.device_buffers().unwrap();
+    let st = pool.config().strides();
+    let strides = [
+        st.stride_page as usize,
+        st.stride_n as usize,
+        st.stride_h as usize,
+    ];
+    let kv = PagedKvSpans {
+        k: kb.span(),
+        v: vb.span(),
+        num_pages,
+        page_size: c.page_size,
+        num_kv_heads: h.num_kv_heads,
+        head_dim: h.head_dim,
+        k_strides: strides,
+        v_strides: strides,
+    };
+    let os = gpu.upload(&vec![T::nan(); out.len()]).unwrap();
+    let ls = gpu.upload(&vec![f32::NAN; lse.len()]).unwrap();
+    // SAFETY: every span is a live buffer of this test, used on the context's one stream.
+    unsafe { op.run_spans_fp8(&plan, qd.span(), &kv, d.scales, os.span(), Some(ls.span())) }
+        .unwrap();
+    let bits = |v: &[T]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&gpu.download(&os).unwrap()),
+        bits(&out),
+        "spans: out differs"
+    );
+    let lse_bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        lse_bits(&gpu.download(&ls).unwrap()),
+        lse_bits(&lse),
+        "spans: lse differs"
+    );
 
     let row = h.num_kv_heads * h.head_dim;
     let (_, kf) = quantize_rows::<T, F>(&d.k, d.scales.k);
@@ -430,6 +467,38 @@ fn gpu_fp8_bad_input_is_a_typed_error() {
             "{e:?}"
         );
     }
+    // The caller-memory path refuses the same: another format, bad scales.
+    let spans = |p: &KvPool<bf16, Fp8<E5m2>>| {
+        let (kb, vb) = p.device_buffers().unwrap();
+        let st = p.config().strides();
+        let s = [
+            st.stride_page as usize,
+            st.stride_n as usize,
+            st.stride_h as usize,
+        ];
+        PagedKvSpans {
+            k: kb.span(),
+            v: vb.span(),
+            num_pages,
+            page_size: 16,
+            num_kv_heads: h.num_kv_heads,
+            head_dim: h.head_dim,
+            k_strides: s,
+            v_strides: s,
+        }
+    };
+    // SAFETY: refused before any launch.
+    let e = unsafe { op.run_spans_fp8(&plan, qd.span(), &spans(&p5), d.scales, od.span(), None) };
+    assert!(
+        matches!(
+            e,
+            Err(Error::InvalidArgument {
+                what: "kv dtype",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     // The tensor-core fp8 kernel exists at D ≤ 128 only: a typed error at D = 256.
     let h256 = HeadConfig::new(8, 2, 256).unwrap();
     let mut op256 = BatchDecode::new(&gpu, h256, DType::Bf16, c.opts).unwrap();

@@ -104,12 +104,12 @@ def decode_kv_dtype(op: str, q_data_type: Any, kv_data_type: Any) -> Tuple[str, 
 def fp8_scales(op: str, kv_dt: str, k_scale: Optional[float], v_scale: Optional[float],
                cuda: bool) -> Tuple[Optional[float], Optional[float]]:
     """``k_scale``/``v_scale`` for a cache of ``kv_dt``: fp8 caches are read as code × scale
-    (default 1) on the CPU; fp8 on CUDA tensors, and scales other than 1 with a 16-bit cache,
-    raise ``NotImplementedError``."""
+    (default 1); ``cuda`` says the call is on a CUDA path without fp8 (single decode), where an
+    fp8 cache raises ``NotImplementedError``, as do scales other than 1 with a 16-bit cache."""
     if kv_dt in FP8:
         if cuda:
-            raise NotImplementedError(f"{op}: fp8 K/V ({kv_dt}) on CUDA tensors is not supported by the "
-                                      "ferrinfer package yet (the CPU backend reads them)")
+            raise NotImplementedError(f"{op}: fp8 K/V ({kv_dt}) on CUDA tensors is not supported here by "
+                                      "ferrinfer (the batch decode wrapper and the CPU path read them)")
         return (None if k_scale is None else float(k_scale)), (None if v_scale is None else float(v_scale))
     for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
         if s is not None and float(s) != 1.0:

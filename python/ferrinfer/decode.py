@@ -137,7 +137,6 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if data_type is not None:
             q_data_type = data_type
         q_dt, kv_dt = _args.decode_kv_dtype(op, q_data_type, kv_data_type)
-        _args.fp8_scales(op, kv_dt, None, None, self._device is not None)
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
@@ -145,7 +144,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         options = _args.options(sm_scale, logits_soft_cap, window_left)
         cuda_op = None
         if self._device is not None:
-            cuda_op = self._cuda_op((int(num_qo_heads), int(num_kv_heads), int(head_dim)), q_dt, options, rope)
+            cuda_op = self._cuda_op((int(num_qo_heads), int(num_kv_heads), int(head_dim)), q_dt, options, rope,
+                                    kv_dt)
             cuda_op.plan(_cuda.stream(self._device), _cuda.workspace(self._workspace), view(tables[0], "indptr"),
                          view(tables[1], "indices"), view(tables[2], "last_page_len"), int(page_size))
         self._plan = dict(cuda=cuda_op, tables=tables, heads=(int(num_qo_heads), int(num_kv_heads), int(head_dim)),
@@ -153,15 +153,16 @@ class BatchDecodeWithPagedKVCacheWrapper:
                           options=options, rope=rope)
 
     def _cuda_op(self, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any],
-                 rope: Optional[Tuple[float, float]]) -> Any:
-        """The native CUDA op for this geometry and option set (built once: kernels resolved,
-        graph limits from the fixed buffers)."""
+                 rope: Optional[Tuple[float, float]], kv_dtype: str) -> Any:
+        """The native CUDA op for this geometry, K/V type and option set (built once: kernels
+        resolved, graph limits from the fixed buffers)."""
         graph = None
         if self._use_cuda_graph:
             graph = (int(self._buffers[0].shape[0]) - 1, int(self._buffers[1].shape[0]))
-        key = (heads, dtype, options, graph, rope)
+        key = (heads, dtype, options, graph, rope, kv_dtype)
         if key not in self._ops:
-            self._ops[key] = _native.CudaBatchDecode(self._device, *heads, dtype, *options, graph=graph, rope=rope)
+            self._ops[key] = _native.CudaBatchDecode(self._device, *heads, dtype, *options, graph=graph, rope=rope,
+                                                     kv_dtype=kv_dtype)
         return self._ops[key]
 
     begin_forward = plan
@@ -185,7 +186,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         """Decode attention of ``q [batch, num_qo_heads, head_dim]`` over the planned pages.
         Returns ``out`` (written in place when given), or ``(out, lse)`` with ``lse [batch,
         num_qo_heads]`` (float32, base 2) when ``return_lse``. An fp8 cache (planned with
-        ``kv_data_type``; CPU tensors) is read as code × ``k_scale`` / ``v_scale`` (default 1)."""
+        ``kv_data_type``; CPU or CUDA tensors) is read as code × ``k_scale`` / ``v_scale``
+        (default 1)."""
         op = "BatchDecodeWithPagedKVCacheWrapper.run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported (pass k_scale/v_scale "
@@ -193,7 +195,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         _args.unsupported(op, q_scale=q_scale, sinks=sinks, **kwargs)
         p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
-        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, p["cuda"] is not None)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, False)
         hq, hkv, d = p["heads"]
         if tuple(q.shape[1:]) != (hq, d):
             raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (batch, {hq}, {d})")
@@ -204,7 +206,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         out, lse = _args.outputs(q, out, lse, return_lse)
         if p["cuda"] is not None:
             p["cuda"].run(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
-                          self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
+                          self._kv_layout, view(out, "out"), opt_view(lse, "lse"), k_scale=ks, v_scale=vs)
             return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]

@@ -40,6 +40,9 @@ impl SpanElem for bf16 {
 impl SpanElem for f32 {
     const DT: Dt = Dt::F32;
 }
+impl<F: ferrinfer::fp8::Fp8Format> SpanElem for ferrinfer::fp8::Fp8<F> {
+    const DT: Dt = <ferrinfer::fp8::Fp8<F> as crate::tensor::Elem>::DT;
+}
 
 /// Tensor `raw` on CUDA device `device`.
 pub fn cuda(raw: RawTensor, device: usize) -> PyResult<Tensor> {

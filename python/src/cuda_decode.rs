@@ -3,6 +3,8 @@
 //! and `run` (once per layer). The plan lives in the caller's `float_workspace_buffer`; in
 //! CUDA-graph mode its layout is fixed by the limits, so a captured `run` replays correctly
 //! after any later `plan` (FlashInfer's contract for the graph wrapper).
+use ferrinfer::dtype::KvDtype;
+use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::BatchPages;
 use ferrinfer::ops::{BatchDecode, BatchDecodePlan, GraphLimits, PagedKvSpans};
 use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
@@ -24,6 +26,8 @@ pub struct CudaBatchDecode {
     device: usize,
     heads: HeadConfig,
     dtype: Dt,
+    /// The cache's element type: `dtype`, or fp8.
+    kv: Dt,
     op: BatchDecode,
     plan: Option<BatchDecodePlan>,
     /// The workspace the plan lives in (kept alive with it), and its (address, bytes).
@@ -37,9 +41,10 @@ pub struct CudaBatchDecode {
 #[pymethods]
 impl CudaBatchDecode {
     /// An op for one head geometry, dtype and option set on CUDA device `device`; `graph`
-    /// = `(max_batch, max_pages)` builds the CUDA-graph form.
+    /// = `(max_batch, max_pages)` builds the CUDA-graph form; `kv_dtype` = `float8_e4m3fn` /
+    /// `float8_e5m2` reads an fp8 cache (`None`: the queries' type).
     #[new]
-    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, sm_scale, soft_cap, window_left, graph=None, rope=None))]
+    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, sm_scale, soft_cap, window_left, graph=None, rope=None, kv_dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         device: usize,
@@ -52,6 +57,7 @@ impl CudaBatchDecode {
         window_left: Option<usize>,
         graph: Option<(usize, usize)>,
         rope: Option<(f32, f32)>,
+        kv_dtype: Option<&str>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
         let (dt, lib_dt) = plan_dtype(OP, dtype)?;
@@ -79,10 +85,30 @@ impl CudaBatchDecode {
         if let Some(r) = crate::rope_llama(rope, head_dim) {
             lib(op.set_rope(Some(r)))?;
         }
+        let kv = match kv_dtype {
+            None => dt,
+            Some("float8_e4m3fn") => {
+                lib(op.set_kv_dtype(KvDtype::E4m3))?;
+                Dt::F8E4m3
+            }
+            Some("float8_e5m2") => {
+                lib(op.set_kv_dtype(KvDtype::E5m2))?;
+                Dt::F8E5m2
+            }
+            Some(other) if other == dt.name() => dt,
+            Some(other) => {
+                return Err(PyTypeError::new_err(format!(
+                    "{OP}: kv_data_type {other} (the queries' {}, float8_e4m3fn or \
+                     float8_e5m2)",
+                    dt.name()
+                )))
+            }
+        };
         Ok(Self {
             device,
             heads,
             dtype: dt,
+            kv,
             op,
             plan: None,
             workspace: None,
@@ -146,9 +172,10 @@ impl CudaBatchDecode {
     }
 
     /// Runs the planned step on `stream`: q/out `[batch, Hq, D]` contiguous, K/V rank-4 views
-    /// in `kv_layout` with contiguous head rows, lse `[batch, Hq]` float32 when given.
+    /// in `kv_layout` with contiguous head rows, lse `[batch, Hq]` float32 when given; an fp8
+    /// cache is read as code × `k_scale` / `v_scale` (default 1).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (stream, q, k, v, kv_layout, out, lse=None))]
+    #[pyo3(signature = (stream, q, k, v, kv_layout, out, lse=None, k_scale=None, v_scale=None))]
     fn run(
         &mut self,
         stream: usize,
@@ -158,6 +185,8 @@ impl CudaBatchDecode {
         kv_layout: &str,
         out: RawTensor,
         lse: Option<RawTensor>,
+        k_scale: Option<f32>,
+        v_scale: Option<f32>,
     ) -> PyResult<()> {
         let dev = self.device;
         let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
@@ -193,7 +222,8 @@ impl CudaBatchDecode {
             l.expect_contiguous()?;
         }
         cache_views(&k, &v, hnd)?;
-        k.expect_same_dtype(&q)?;
+        k.expect_dtype(&[self.kv])?;
+        let scales = crate::attention::kv_scales(&k, k_scale, v_scale)?;
         let mut all = vec![&q, &k, &v, &out];
         all.extend(lse.as_ref());
         let mut outs = vec![&out];
@@ -209,9 +239,14 @@ impl CudaBatchDecode {
             lse: lse.as_ref(),
             hnd,
         };
-        match self.dtype {
-            Dt::F16 => run_typed::<f16>(&self.op, plan, &gpu, &io),
-            Dt::Bf16 => run_typed::<bf16>(&self.op, plan, &gpu, &io),
+        let op = &self.op;
+        match (self.dtype, self.kv) {
+            (Dt::F16, Dt::F8E4m3) => run_fp8_typed::<f16, E4m3>(op, plan, &gpu, &io, scales),
+            (Dt::F16, Dt::F8E5m2) => run_fp8_typed::<f16, E5m2>(op, plan, &gpu, &io, scales),
+            (Dt::Bf16, Dt::F8E4m3) => run_fp8_typed::<bf16, E4m3>(op, plan, &gpu, &io, scales),
+            (Dt::Bf16, Dt::F8E5m2) => run_fp8_typed::<bf16, E5m2>(op, plan, &gpu, &io, scales),
+            (Dt::F16, _) => run_typed::<f16>(op, plan, &gpu, &io),
+            (Dt::Bf16, _) => run_typed::<bf16>(op, plan, &gpu, &io),
             _ => Err(PyTypeError::new_err(format!("{OP}.run: q dtype"))),
         }
     }
@@ -226,24 +261,52 @@ struct Io<'a> {
     hnd: bool,
 }
 
-fn run_typed<T: Float16 + SpanElem>(
-    op: &BatchDecode,
-    plan: &BatchDecodePlan,
-    gpu: &Gpu,
-    io: &Io<'_>,
-) -> PyResult<()> {
+/// The caller's cache as spans of its element `S`.
+fn cache_spans<S: SpanElem>(gpu: &Gpu, io: &Io<'_>) -> PyResult<PagedKvSpans<S>> {
     let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(io.k, io.hnd);
     let (v_strides, _) = cache_dims(io.v, io.hnd);
-    let kv = PagedKvSpans {
-        k: span::<T>(gpu, io.k)?,
-        v: span::<T>(gpu, io.v)?,
+    Ok(PagedKvSpans {
+        k: span::<S>(gpu, io.k)?,
+        v: span::<S>(gpu, io.v)?,
         num_pages,
         page_size,
         num_kv_heads,
         head_dim: io.k.shape[3],
         k_strides,
         v_strides,
-    };
+    })
+}
+
+/// [`run_typed`] over an fp8 cache of format `F`, read with `scales`.
+fn run_fp8_typed<T: Float16 + SpanElem, F: Fp8Format>(
+    op: &BatchDecode,
+    plan: &BatchDecodePlan,
+    gpu: &Gpu,
+    io: &Io<'_>,
+    scales: KvScales,
+) -> PyResult<()> {
+    let kv = cache_spans::<Fp8<F>>(gpu, io)?;
+    let lse = io.lse.map(|l| span::<f32>(gpu, l)).transpose()?;
+    // SAFETY: as in `run_typed`.
+    lib(unsafe {
+        op.run_spans_fp8(
+            plan,
+            span::<T>(gpu, io.q)?,
+            &kv,
+            scales,
+            span::<T>(gpu, io.out)?,
+            lse,
+        )
+    })
+}
+
+fn run_typed<T: Float16 + SpanElem>(
+    op: &BatchDecode,
+    plan: &BatchDecodePlan,
+    gpu: &Gpu,
+    io: &Io<'_>,
+) -> PyResult<()> {
+    let kv = cache_spans::<T>(gpu, io)?;
     let lse = io.lse.map(|l| span::<f32>(gpu, l)).transpose()?;
     // SAFETY: every span is a checked torch tensor on this device that the Python layer holds
     // for the call, outputs overlap no input (checked), and the launch is queued on the stream

@@ -528,15 +528,49 @@ def test_cascade_cuda_vs_reference(dtype):
         close(out, fi.run(q.cuda(), cache.cuda()), dtype, "cascade vs FlashInfer")
 
 
-def test_fp8_caches_on_cuda_are_refused_by_name():
-    """fp8 K/V run on the CPU backend only in this version: CUDA tensors raise
-    NotImplementedError naming fp8, never a different result."""
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_batch_decode_fp8_cache_on_cuda(fmt, layout, dtype):
+    """An fp8 paged cache on CUDA (the CUDA-core fp8 decode kernel) read as code × scale,
+    against the float64 reference fed the same dequantised K/V and against the CPU path on the
+    same codes; single decode on CUDA still refuses fp8 by name."""
     dev = torch.device("cuda")
-    q = torch.randn(4, 64, device=dev, dtype=torch.float16)
-    k = torch.randn(9, 2, 64, device=dev).to(torch.float8_e4m3fn)
+    g = torch.Generator().manual_seed(11)
+    hq, hkv, d, ps = 8, 2, 128, 16
+    lens = [1, 15, 16, 17, 100, 0]
+    pages = [(n + ps - 1) // ps for n in lens]
+    n_pages = sum(pages) + 3
+    perm = torch.randperm(n_pages, generator=g).to(torch.int32)
+    indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+    indices = perm[: indptr[-1]].numpy().copy()
+    last = np.array([(n - 1) % ps + 1 if n else 0 for n in lens], np.int32)
+    shape = (n_pages, 2, ps, hkv, d) if layout == "NHD" else (n_pages, 2, hkv, ps, d)
+    ft = getattr(torch, fmt)
+    cache = torch.randn(shape, generator=g).to(ft)
+    q = torch.randn((len(lens), hq, d), generator=g).to(dtype)
+    ks, vs = 0.5, 1.75
+    ws = torch.empty(128 << 20, dtype=torch.uint8, device=dev)
+    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws, kv_layout=layout)
+    w.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=dtype, kv_data_type=ft)
+    out, lse = w.run(q.to(dev), cache.to(dev), k_scale=ks, v_scale=vs, return_lse=True)
+    torch.cuda.synchronize()
+    cpu = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(None, kv_layout=layout)
+    cpu.plan(indptr, indices, last, hq, hkv, d, ps, q_data_type=dtype, kv_data_type=ft)
+    out_cpu = cpu.run(q, cache, k_scale=ks, v_scale=vs)
+    kf = cache.to(torch.float64)
+    atol = (4e-3 if dtype == torch.float16 else 2.5e-2) * vs
+    for b, n in enumerate(lens):
+        rows = [(int(indices[indptr[b] + i // ps]), i % ps) for i in range(n)]
+        pick = (lambda t, p, s: t[p, :, s] if layout == "HND" else t[p, s])
+        k = torch.stack([pick(kf[:, 0], p, s) for p, s in rows]) if n else torch.zeros(0, hkv, d, dtype=torch.float64)
+        v = torch.stack([pick(kf[:, 1], p, s) for p, s in rows]) if n else torch.zeros(0, hkv, d, dtype=torch.float64)
+        ref, ref_lse = attention(q[b][None].to(torch.float64).numpy(), (k * ks).numpy(), (v * vs).numpy())
+        err = (out[b].cpu().to(torch.float64).numpy() - ref[0])
+        assert np.abs(err).max() <= atol, f"request {b}: {np.abs(err).max()}"
+        err_cpu = (out[b].cpu().to(torch.float64) - out_cpu[b].to(torch.float64)).abs().max().item()
+        assert err_cpu <= atol, f"request {b}: CUDA vs CPU {err_cpu}"
+        fin = np.isfinite(ref_lse[0])
+        assert np.array_equal(np.isfinite(lse[b].cpu().numpy()), fin)
     with pytest.raises(NotImplementedError, match="fp8"):
-        ferrinfer.single_decode_with_kv_cache(q, k, k, k_scale=0.5)
-    w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1 << 20, dtype=torch.uint8, device=dev))
-    indptr, indices, last = (np.array(x, np.int32) for x in ([0, 1], [0], [5]))
-    with pytest.raises(NotImplementedError, match="fp8"):
-        w.plan(indptr, indices, last, 4, 2, 64, 16, q_data_type=torch.float16, kv_data_type=torch.float8_e4m3fn)
+        ferrinfer.single_decode_with_kv_cache(q[0].to(dev), cache[:, 0, 0].to(dev), cache[:, 1, 0].to(dev))

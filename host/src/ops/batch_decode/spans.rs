@@ -3,8 +3,9 @@
 //! whatever stream the op's handle has ([`BatchDecode::set_gpu`]). Same checks and the same
 //! launch as the pool path ([`BatchDecode::run`]), which is the convenience layer over this.
 use super::{BatchDecode, BatchDecodePlan, Caps, GraphLimits, KvSource, OP};
-use crate::dtype::Float16;
+use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::kv::{BatchPages, KvLayout, KvPoolConfig};
 use crate::ops::workspace::{caller_bytes, PlanWorkspace};
 use crate::plan::decode::DecodePlan;
@@ -16,6 +17,7 @@ use crate::runtime::{DeviceSpan, Gpu};
 /// `[pages, page_size, heads, D]` has strides `(page_size·heads·D, heads·D, D)`, HND
 /// `[pages, heads, page_size, D]` `(heads·page_size·D, D, page_size·D)`, and the single
 /// `(pages, 2, ...)` tensor is K = `cache[:, 0]`, V = `cache[:, 1]` (page stride doubled).
+/// `T` is the cache's element: the queries' 16-bit type, or fp8 ([`BatchDecode::run_spans_fp8`]).
 #[derive(Clone, Copy, Debug)]
 pub struct PagedKvSpans<T> {
     /// K, from the element at (page 0, token 0, head 0).
@@ -36,7 +38,7 @@ pub struct PagedKvSpans<T> {
     pub v_strides: [usize; 3],
 }
 
-impl<T: Float16> PagedKvSpans<T> {
+impl<T: KvElem> PagedKvSpans<T> {
     /// The geometry as a pool configuration (for the page-table and head checks the pool path
     /// runs). The layout names the closer FlashInfer form; offsets always use the strides.
     pub fn geometry(&self) -> KvPoolConfig {
@@ -208,6 +210,49 @@ impl BatchDecode {
         out: DeviceSpan<T>,
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
+        let src = self.spans_source(plan, kv)?;
+        self.launch(plan, src, q, out, lse)
+    }
+
+    /// [`BatchDecode::run_spans`] over a caller's fp8 cache read with `scales` (real K/V =
+    /// code × scale; q and out stay 16-bit). The op must have been set to the cache's format
+    /// ([`BatchDecode::set_kv_dtype`]); another format, or a scale that is not finite and > 0,
+    /// is an `InvalidArgument`. Launch only, as `run_spans`.
+    ///
+    /// # Safety
+    /// As [`BatchDecode::run_spans`].
+    pub unsafe fn run_spans_fp8<T: Float16, F: Fp8Format>(
+        &self,
+        plan: &BatchDecodePlan,
+        q: DeviceSpan<T>,
+        kv: &PagedKvSpans<Fp8<F>>,
+        scales: KvScales,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
+    ) -> Result<()> {
+        if Fp8::<F>::KV_DTYPE != self.kv {
+            return Err(Error::invalid(
+                OP,
+                "kv dtype",
+                format!(
+                    "the op reads {} K/V, the cache holds {}",
+                    self.kv,
+                    Fp8::<F>::KV_DTYPE
+                ),
+            ));
+        }
+        scales.validate(OP)?;
+        let src = self.spans_source(plan, kv)?;
+        self.launch_scaled(plan, src, q, out, lse, Some(scales))
+    }
+
+    /// The kernel's view of a caller's cache, checked against the plan (page size, the page
+    /// ids it validated) and the op's heads.
+    fn spans_source<S: KvElem>(
+        &self,
+        plan: &BatchDecodePlan,
+        kv: &PagedKvSpans<S>,
+    ) -> Result<KvSource> {
         let g = kv.geometry();
         // The plan checked its page ids against `num_pages_seen` pages; any cache holding at
         // least those is safe to read.
@@ -223,7 +268,6 @@ impl BatchDecode {
             ));
         }
         crate::validate::pool_heads(OP, &g, &self.heads)?;
-        let src = kv.source(OP, &self.gpu)?;
-        self.launch(plan, src, q, out, lse)
+        kv.source(OP, &self.gpu)
     }
 }
