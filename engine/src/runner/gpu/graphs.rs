@@ -90,9 +90,11 @@ pub(super) struct DecodeGraphs {
 }
 
 impl DecodeGraphs {
+    /// Graphs off until [`DecodeGraphs::set_enabled`]: the capture and replay path has not yet
+    /// run on a GPU (`docs/decisions.md`), so the runner launches eagerly by default.
     pub fn new() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             seen: HashSet::new(),
             graphs: HashMap::new(),
             tick: 0,
@@ -101,7 +103,7 @@ impl DecodeGraphs {
         }
     }
 
-    /// Turns graphs on (the default) or off; off drops every graph.
+    /// Turns graphs on or off (the default); off drops every graph.
     pub fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
         if !on {
@@ -236,6 +238,7 @@ mod tests {
     #[test]
     fn first_step_of_a_key_is_eager_then_captured() {
         let mut g = DecodeGraphs::new();
+        g.set_enabled(true);
         assert!(matches!(g.action(Some(key(4))), Action::Eager));
         assert!(matches!(g.action(Some(key(4))), Action::Capture));
         // Another key starts over; a step no graph may replay is eager.
@@ -247,7 +250,7 @@ mod tests {
     #[test]
     fn off_means_eager() {
         let mut g = DecodeGraphs::new();
-        g.set_enabled(false);
+        assert!(!g.enabled(), "off by default");
         for _ in 0..3 {
             assert!(matches!(g.action(Some(key(1))), Action::Eager));
         }
@@ -259,6 +262,7 @@ mod tests {
     #[test]
     fn a_failure_turns_graphs_off() {
         let mut g = DecodeGraphs::new();
+        g.set_enabled(true);
         let why = g.fail("x".into());
         assert_eq!(why, "x");
         assert!(!g.enabled());
