@@ -137,6 +137,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if data_type is not None:
             q_data_type = data_type
         q_dt, kv_dt = _args.decode_kv_dtype(op, q_data_type, kv_data_type)
+        if kv_dt in _args.FP8 and self._device is not None and not _args.CUDA_FP8:
+            raise NotImplementedError(f"{op}: kv_data_type={kv_dt} on CUDA: built but not yet validated on a GPU, "
+                                      "so ferrinfer refuses it for now (CPU arrays are supported)")
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
@@ -186,8 +189,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         """Decode attention of ``q [batch, num_qo_heads, head_dim]`` over the planned pages.
         Returns ``out`` (written in place when given), or ``(out, lse)`` with ``lse [batch,
         num_qo_heads]`` (float32, base 2) when ``return_lse``. An fp8 cache (planned with
-        ``kv_data_type``; CPU or CUDA tensors) is read as code × ``k_scale`` / ``v_scale``
-        (default 1)."""
+        ``kv_data_type``; CPU arrays — on CUDA it is refused until validated on a GPU) is read
+        as code × ``k_scale`` / ``v_scale`` (default 1)."""
         op = "BatchDecodeWithPagedKVCacheWrapper.run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported (pass k_scale/v_scale "
