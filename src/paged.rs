@@ -2,9 +2,11 @@
 //! `(batch index, position)` placement of appended rows, and a GPU pool filled through the
 //! public append op. Shared by `tests/batch_decode.rs`, `tests/batch_prefill.rs` and the large
 //! sweep `tests/gpu_sweep.rs`, so every test lays out a cache the same way.
+use ferrinfer::dtype::KvElem;
 use ferrinfer::kv::{
     AppendMeta, BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
 };
+use ferrinfer::ops::PagedKvSpans;
 use ferrinfer::{Float16, Gpu, HeadConfig};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -141,4 +143,27 @@ pub fn per_request(all: &[f64], lens: &[usize], row: usize) -> Vec<Vec<f64>> {
             v
         })
         .collect()
+}
+
+/// A GPU pool's pages as a caller's cache ([`PagedKvSpans`]: what the embedding API reads), for
+/// comparing the caller-memory launches with the pool ones over the same bytes.
+pub fn pool_spans<T: Float16, S: KvElem>(pool: &KvPool<T, S>) -> PagedKvSpans<S> {
+    let (k, v) = pool.device_buffers().expect("a GPU pool");
+    let c = pool.config();
+    let st = c.strides();
+    let strides = [
+        st.stride_page as usize,
+        st.stride_n as usize,
+        st.stride_h as usize,
+    ];
+    PagedKvSpans {
+        k: k.span(),
+        v: v.span(),
+        num_pages: c.num_pages,
+        page_size: c.page_size,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        k_strides: strides,
+        v_strides: strides,
+    }
 }

@@ -5,7 +5,7 @@
 use ferrinfer::kv::{AppendMeta, KvLayout, RowStrides};
 use ferrinfer::ops::{append_spans, AppendMetaSpans, BatchDecode, PagedKvSpans, RowSpans};
 use ferrinfer::{AttentionOptions, Error, Float16, Gpu, HeadConfig};
-use ferrinfer_harness::paged::{gpu_pool, positions, shuffled_pages};
+use ferrinfer_harness::paged::{gpu_pool, pool_spans, positions, shuffled_pages};
 use ferrinfer_harness::{gpu_or_skip, random_values, rng};
 use half::f16;
 
@@ -60,22 +60,7 @@ fn gpu_spans_on_a_borrowed_stream_match_the_owned_api() {
     // SAFETY: `ws` outlives the plan and every run of it (synchronised below).
     let plan2 = unsafe { op2.plan_in_workspace(&pages, pool.config(), ws.span()) }.unwrap();
     let (kb, vb) = pool.device_buffers().unwrap();
-    let st = pool.config().strides();
-    let strides = [
-        st.stride_page as usize,
-        st.stride_n as usize,
-        st.stride_h as usize,
-    ];
-    let kv = PagedKvSpans {
-        k: kb.span(),
-        v: vb.span(),
-        num_pages,
-        page_size: ps,
-        num_kv_heads: h.num_kv_heads,
-        head_dim: h.head_dim,
-        k_strides: strides,
-        v_strides: strides,
-    };
+    let kv = pool_spans(&pool);
     let ob = gpu.alloc::<f16>(q.len()).unwrap();
     gpu.synchronize().unwrap(); // the pool and q were written on the context's stream
                                 // SAFETY: every span is a live buffer of this test, synchronised before it is dropped.
@@ -93,7 +78,7 @@ fn gpu_spans_on_a_borrowed_stream_match_the_owned_api() {
     let e = unsafe { op2.run_spans(&plan2, qd.span(), &short, ob.span(), None) }.unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     let wide = PagedKvSpans {
-        k_strides: [strides[0] * 4, strides[1], strides[2]],
+        k_strides: [kv.k_strides[0] * 4, kv.k_strides[1], kv.k_strides[2]],
         ..kv
     };
     // SAFETY: refused before any launch (the K extent exceeds its span).

@@ -14,11 +14,11 @@
 use ferrinfer::dtype::{KvDtype, KvElem};
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::{KvLayout, KvPool};
-use ferrinfer::ops::{BatchDecode, DecodeKernel, PagedKvSpans};
+use ferrinfer::ops::{BatchDecode, DecodeKernel};
 use ferrinfer::reference::attention;
 use ferrinfer::{AttentionOptions, DType, Error, Float16, Gpu, HeadConfig};
 use ferrinfer_harness::fp8::{gpu_pool, host_pool, quantize_rows, random_scales};
-use ferrinfer_harness::paged::{per_request, shuffled_pages};
+use ferrinfer_harness::paged::{per_request, pool_spans, shuffled_pages};
 use ferrinfer_harness::{gpu_or_skip, proptest_cases, random_values, rng, to_f64, ErrorStats};
 use half::{bf16, f16};
 use proptest::prelude::*;
@@ -140,23 +140,7 @@ fn run_decode<T: Float16, F: Fp8Format>(
 
     // The caller-memory path (`run_spans_fp8`, what the Python package's CUDA decode calls)
     // over the same pages: the same launch, so the same bits.
-    let (kb, vb) = pool.device_buffers().unwrap();
-    let st = pool.config().strides();
-    let strides = [
-        st.stride_page as usize,
-        st.stride_n as usize,
-        st.stride_h as usize,
-    ];
-    let kv = PagedKvSpans {
-        k: kb.span(),
-        v: vb.span(),
-        num_pages,
-        page_size: c.page_size,
-        num_kv_heads: h.num_kv_heads,
-        head_dim: h.head_dim,
-        k_strides: strides,
-        v_strides: strides,
-    };
+    let kv = pool_spans(&pool);
     let os = gpu.upload(&vec![T::nan(); out.len()]).unwrap();
     let ls = gpu.upload(&vec![f32::NAN; lse.len()]).unwrap();
     // SAFETY: every span is a live buffer of this test, used on the context's one stream.
@@ -467,28 +451,18 @@ fn gpu_fp8_bad_input_is_a_typed_error() {
             "{e:?}"
         );
     }
-    // The caller-memory path refuses the same: another format, bad scales.
-    let spans = |p: &KvPool<bf16, Fp8<E5m2>>| {
-        let (kb, vb) = p.device_buffers().unwrap();
-        let st = p.config().strides();
-        let s = [
-            st.stride_page as usize,
-            st.stride_n as usize,
-            st.stride_h as usize,
-        ];
-        PagedKvSpans {
-            k: kb.span(),
-            v: vb.span(),
-            num_pages,
-            page_size: 16,
-            num_kv_heads: h.num_kv_heads,
-            head_dim: h.head_dim,
-            k_strides: s,
-            v_strides: s,
-        }
-    };
+    // The caller-memory path refuses another format too.
     // SAFETY: refused before any launch.
-    let e = unsafe { op.run_spans_fp8(&plan, qd.span(), &spans(&p5), d.scales, od.span(), None) };
+    let e = unsafe {
+        op.run_spans_fp8(
+            &plan,
+            qd.span(),
+            &pool_spans(&p5),
+            d.scales,
+            od.span(),
+            None,
+        )
+    };
     assert!(
         matches!(
             e,

@@ -42,21 +42,27 @@ impl BatchDecode {
         out: &mut DeviceBuffer<T>,
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
+        self.check_fp8::<F>(scales)?;
+        let src = self.pool_source(plan, pool)?;
+        let lse = lse.map(|l| l.span());
+        self.launch_scaled(plan, src, q.span(), out.span(), lse, Some(scales))
+    }
+
+    /// The checks of an fp8 run (pool or caller cache): the op reads format `F` and the scales
+    /// are finite and > 0.
+    pub(super) fn check_fp8<F: Fp8Format>(&self, scales: KvScales) -> Result<()> {
         if Fp8::<F>::KV_DTYPE != self.kv {
             return Err(Error::invalid(
                 OP,
                 "kv dtype",
                 format!(
-                    "the op reads {} K/V, the pool holds {}",
+                    "the op reads {} K/V, the cache holds {}",
                     self.kv,
                     Fp8::<F>::KV_DTYPE
                 ),
             ));
         }
-        scales.validate(OP)?;
-        let src = self.pool_source(plan, pool)?;
-        let lse = lse.map(|l| l.span());
-        self.launch_scaled(plan, src, q.span(), out.span(), lse, Some(scales))
+        scales.validate(OP)
     }
 
     /// What the kernels read of `pool` (16-bit or fp8 pages), checked against the plan's

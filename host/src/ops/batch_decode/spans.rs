@@ -230,18 +230,7 @@ impl BatchDecode {
         out: DeviceSpan<T>,
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
-        if Fp8::<F>::KV_DTYPE != self.kv {
-            return Err(Error::invalid(
-                OP,
-                "kv dtype",
-                format!(
-                    "the op reads {} K/V, the cache holds {}",
-                    self.kv,
-                    Fp8::<F>::KV_DTYPE
-                ),
-            ));
-        }
-        scales.validate(OP)?;
+        self.check_fp8::<F>(scales)?;
         let src = self.spans_source(plan, kv)?;
         self.launch_scaled(plan, src, q, out, lse, Some(scales))
     }
