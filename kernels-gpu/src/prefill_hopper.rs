@@ -15,11 +15,9 @@ use crate::arch::opaque::opaque_u32;
 use crate::arch::{mbarrier, pipeline, shared, thread, wgmma};
 use crate::attn::epilogue::TileOut;
 use crate::attn::hopper::load::{copy_q, load_kv};
-use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr};
-use crate::attn::hopper::step::{step_for, Acc, Step, TileCtx};
-use crate::attn::hopper::{
-    hopper_entries, issue_pv, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE,
-};
+use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr, Ring};
+use crate::attn::hopper::step::{kv_loop, Acc, TileCtx};
+use crate::attn::hopper::{hopper_entries, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE};
 use crate::attn::kv::{KvRows, Paged, Ragged};
 use crate::attn::logits::Logits;
 use crate::attn::mask::{Mask, QueryTile};
@@ -109,7 +107,6 @@ unsafe fn prefill<
     maps: M,
 ) {
     let tid = thread::thread_idx_x();
-    let lane = tid % 32;
     let w = tid / 32;
     let wg = w / 4;
     let kvh = cta_kv_head();
@@ -157,23 +154,10 @@ unsafe fn prefill<
         return;
     }
     wgmma::setmaxnreg_inc::<{ cfg::CONSUMER_REGS }>();
-    let (gq, tq) = (lane / 4, lane % 4);
     let all_from = qt.all_from();
-    let row0 = w * 16;
     // The warpgroup's 64 Q rows: rows 64·wg .. of every column block.
     let q_wg = q_smem + wg * 64 * ROW_BYTES;
-
-    let t = TileCtx {
-        kv_end,
-        pos_first: qt.pos_first,
-        rows_total,
-        row0,
-        gq,
-        tq,
-        mask,
-        logits: L::new(p.logit),
-        group: p.group,
-    };
+    let t = TileCtx::<Mk, L>::new(p, mask, kv_end, qt.pos_first, rows_total, tid);
     let masked = |j: u32| qt.tile_masked(kv_begin + j * TILE, TILE, all_from);
     let mut acc = Acc::<ON>::new();
     // Turn order: warpgroup 0 issues first (warpgroup 1 gives it the first turn); every step
@@ -184,36 +168,13 @@ unsafe fn prefill<
     }
     // SAFETY: initialised barrier; the producers' Q copies.
     unsafe { mbarrier::wait(bars.q_full(), 0) };
-    // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
-    // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
-    let mut j = 0;
-    while j < tiles {
-        let st = Step {
-            base: kv_begin + j * TILE,
-            stage: j % cfg::STAGES,
-            phase: (j / cfg::STAGES) % 2,
-            prev_stage: (j + cfg::STAGES - 1) % cfg::STAGES,
-            release: if j >= 2 {
-                (j - 2) % cfg::STAGES
-            } else {
-                u32::MAX
-            },
-        };
-        // SAFETY: as the kernel's contract.
-        unsafe {
-            step_for::<E, Mk, L, D, ON, KS, FOLD>(
-                j == 0,
-                masked(j),
-                &t,
-                &st,
-                &mut acc,
-                tid,
-                q_wg,
-                kv_smem,
-            )
-        };
-        j += 1;
-    }
+    let mut ring = Ring::START;
+    // SAFETY: as the kernel's contract.
+    unsafe {
+        kv_loop::<E, Mk, L, D, ON, KS, FOLD>(
+            &t, kv_begin, tiles, masked, &mut ring, &mut acc, tid, q_wg, kv_smem,
+        )
+    };
     // Unconditional: on every path out of the loop nothing may stay in flight (ptxas cannot
     // tell that `tiles > 0` below holds whenever the loop ran, and otherwise serialises every
     // `wgmma` of the kernel).
@@ -225,14 +186,8 @@ unsafe fn prefill<
         unsafe { thread::named_barrier_sync(PINGPONG_BAR, 256) };
     }
     if tiles > 0 {
-        acc.settle::<E>();
-        wgmma::fence();
-        let v_base = stage_v(kv_smem, (tiles - 1) % cfg::STAGES, D);
         // SAFETY: warpgroup-convergent; V of the last tile is in its stage.
-        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, v_base) };
-        wgmma::commit_group();
-        wgmma::wait_group::<0>();
-        wgmma::fence_operands(&mut acc.o);
+        unsafe { acc.last_pv::<E>(stage_v(kv_smem, Ring::before(ring.stage), D)) };
     }
     let Acc { o, mut st, .. } = acc;
     pipeline::wait_all();
@@ -249,8 +204,8 @@ unsafe fn prefill<
         rows_total,
         g,
         kvh,
-        row: row0 + gq,
-        tq,
+        row: t.row0 + t.gq,
+        tq: t.tq,
     };
     // SAFETY: host-validated extents (the kernel's contract).
     unsafe { out.store::<E, D>(&st, ON / 4, |nt, e| o[4 * nt + e]) };

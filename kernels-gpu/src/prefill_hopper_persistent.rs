@@ -17,11 +17,9 @@ use crate::abi::{PrefillParams, PrefillRequest};
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, mbarrier, pipeline, shared, thread, warp, wgmma};
 use crate::attn::hopper::load::{copy_q, load_kv};
-use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr};
-use crate::attn::hopper::step::{step_for, Acc, Step, TileCtx};
-use crate::attn::hopper::{
-    hopper_entries, issue_pv, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE,
-};
+use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr, Ring};
+use crate::attn::hopper::step::{kv_loop, Acc, TileCtx};
+use crate::attn::hopper::{hopper_entries, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE};
 use crate::attn::kv::{KvRows, Paged, Ragged};
 use crate::attn::logits::Logits;
 use crate::attn::mask::{Mask, QueryTile};
@@ -117,43 +115,6 @@ impl Unit {
                 tiles,
             },
         ))
-    }
-}
-
-/// The consumers' ring position as a wrapping counter: the stage of the next tile and the
-/// parity of its "full" phase, advanced by one per tile. Never derived from the tile counts
-/// the units load: a stage index computed from loaded data (`(n + j) % 3`, n the sum of the
-/// earlier units' tiles) is not warp-uniform to ptxas, which then builds every K/V `wgmma`
-/// descriptor in ordinary registers and moves it with `R2UR` before each product (~10 % per
-/// step, docs/perf-notes.md); a counter that only ever starts at 0 and steps by one stays on
-/// the uniform datapath.
-#[derive(Clone, Copy)]
-struct Ring {
-    stage: u32,
-    phase: u32,
-}
-
-impl Ring {
-    /// The stage before `s` in ring order.
-    #[inline(always)]
-    fn before(s: u32) -> u32 {
-        if s == 0 {
-            cfg::STAGES - 1
-        } else {
-            s - 1
-        }
-    }
-
-    /// Moves to the next tile (a select, not a `%`: LLVM cannot fold it back into a function
-    /// of the loop count).
-    #[inline(always)]
-    fn advance(&mut self) {
-        if self.stage == cfg::STAGES - 1 {
-            self.stage = 0;
-            self.phase ^= 1;
-        } else {
-            self.stage += 1;
-        }
     }
 }
 
@@ -359,63 +320,23 @@ unsafe fn consume_unit<
     bars: Barriers,
 ) {
     let lane = tid % 32;
-    let w = tid / 32;
-    let (gq, tq) = (lane / 4, lane % 4);
-    let g = p.group.d;
     let mask = Mk::new(p);
     let all_from = mask.all_from(u.pos_last);
-    let row0 = w * 16;
     let kv_smem = bars.base - cfg::STAGES * 2 * TILE * D * 2;
     // Warp-uniform to ptxas (see `Ring`): the KV loop's exit then is, and the ring position
     // carried out of it stays in uniform registers.
     let tiles = warp::uniform_u32(u.tiles);
     let kv_begin = u.kv_begin;
-    let t = TileCtx {
-        kv_end: u.kv_end,
-        pos_first: u.pos_first,
-        rows_total: u.rows_total,
-        row0,
-        gq,
-        tq,
-        mask,
-        logits: L::new(p.logit),
-        group: p.group,
-    };
+    let t = TileCtx::<Mk, L>::new(p, mask, u.kv_end, u.pos_first, u.rows_total, tid);
     let masked =
         |j: u32| mask.tile_masked(kv_begin + j * TILE, TILE, u.kv_end, u.pos_first, all_from);
     let mut acc = Acc::<ON>::new();
-    // Each step is straight-line code (its mask and softmax mode are compile-time): a branch
-    // while `wgmma` is in flight makes ptxas wait for it at the join, which undid the overlap.
-    let mut j = 0;
-    while j < tiles {
-        let prev_stage = Ring::before(ring.stage);
-        let st = Step {
-            base: kv_begin + j * TILE,
-            stage: ring.stage,
-            phase: ring.phase,
-            prev_stage,
-            release: if j >= 2 {
-                Ring::before(prev_stage)
-            } else {
-                u32::MAX
-            },
-        };
-        // SAFETY: as the kernel's contract.
-        unsafe {
-            step_for::<E, Mk, L, D, ON, KS, FOLD>(
-                j == 0,
-                masked(j),
-                &t,
-                &st,
-                &mut acc,
-                tid,
-                q_wg,
-                kv_smem,
-            )
-        };
-        ring.advance();
-        j += 1;
-    }
+    // SAFETY: as the kernel's contract.
+    unsafe {
+        kv_loop::<E, Mk, L, D, ON, KS, FOLD>(
+            &t, kv_begin, tiles, masked, ring, &mut acc, tid, q_wg, kv_smem,
+        )
+    };
     let last = Ring::before(ring.stage);
     // Unconditional: on every path out of the loop nothing may stay in flight (ptxas cannot
     // tell that `tiles > 0` below holds whenever the loop ran, and otherwise serialises every
@@ -432,11 +353,14 @@ unsafe fn consume_unit<
             }
         }
     }
+    // SAFETY: warpgroup-convergent; V of the last tile is in its stage (every unit has one).
     {
         acc.settle::<E>();
         wgmma::fence();
         // SAFETY: warpgroup-convergent; V of the last tile is in its stage.
-        unsafe { issue_pv::<E, ON>(&mut acc.o, &acc.pa, stage_v(kv_smem, last, D)) };
+        unsafe {
+            crate::attn::hopper::issue_pv::<E, ON>(&mut acc.o, &acc.pa, stage_v(kv_smem, last, D))
+        };
         wgmma::commit_group();
         wgmma::wait_group::<0>();
         wgmma::fence_operands(&mut acc.o);
@@ -445,6 +369,7 @@ unsafe fn consume_unit<
             unsafe { mbarrier::arrive(bars.empty(last)) };
         }
     }
+    let g = p.group.d;
     let Acc { mut o, mut st, .. } = acc;
     // SAFETY: as above (the same unit as at the start; reloaded instead of kept live).
     let Some((req, item)) = (unsafe { load_item(p, work) }) else {

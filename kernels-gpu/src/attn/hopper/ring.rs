@@ -1,6 +1,6 @@
 //! The Hopper prefill's K/V stage ring in shared memory: where stage `s`'s K and V tiles are,
-//! the `mbarrier`s that hand stages between producer and consumers ([`Barriers`]), and
-//! whether the K/V copies use TMA ([`MapsAddr`]).
+//! the consumers' position in it ([`Ring`]), the `mbarrier`s that hand stages between producer
+//! and consumers ([`Barriers`]), and whether the K/V copies use TMA ([`MapsAddr`]).
 use crate::arch::{mbarrier, tma};
 use crate::attn::hopper::{CONSUMER_WARPS, PRODUCER_THREADS, TILE};
 use crate::config::prefill_hopper as cfg;
@@ -15,6 +15,47 @@ pub(crate) fn stage_k(kv_smem: u32, s: u32, d: u32) -> u32 {
 #[inline(always)]
 pub(crate) fn stage_v(kv_smem: u32, s: u32, d: u32) -> u32 {
     stage_k(kv_smem, s, d) + TILE * d * 2
+}
+
+/// The consumers' ring position as a wrapping counter: the stage of the next tile and the
+/// parity of its "full" phase, advanced by one per tile. Never derived from the tile counts
+/// the units load: a stage index computed from loaded data (`(n + j) % 3`, n the sum of the
+/// earlier units' tiles) is not warp-uniform to ptxas, which then builds every K/V `wgmma`
+/// descriptor in ordinary registers and moves it with `R2UR` before each product (~10 % per
+/// step, docs/perf-notes.md); a counter that only ever starts at 0 and steps by one stays on
+/// the uniform datapath. The per-item kernel (one query tile per CTA) steps the same counter
+/// from [`Ring::START`].
+#[derive(Clone, Copy)]
+pub(crate) struct Ring {
+    pub(crate) stage: u32,
+    pub(crate) phase: u32,
+}
+
+impl Ring {
+    /// The CTA's first tile: stage 0, phase 0.
+    pub(crate) const START: Self = Self { stage: 0, phase: 0 };
+
+    /// The stage before `s` in ring order.
+    #[inline(always)]
+    pub(crate) fn before(s: u32) -> u32 {
+        if s == 0 {
+            cfg::STAGES - 1
+        } else {
+            s - 1
+        }
+    }
+
+    /// Moves to the next tile (a select, not a `%`: LLVM cannot fold it back into a function
+    /// of the loop count).
+    #[inline(always)]
+    pub(crate) fn advance(&mut self) {
+        if self.stage == cfg::STAGES - 1 {
+            self.stage = 0;
+            self.phase ^= 1;
+        } else {
+            self.stage += 1;
+        }
+    }
 }
 
 /// The CTA's `mbarrier`s: `full(s)` completes a phase when the producers' copies of the tile in

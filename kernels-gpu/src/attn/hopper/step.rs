@@ -1,18 +1,20 @@
-//! One consumer step of the Hopper prefill's KV loop, shared by the per-item and the
-//! persistent kernels: the warpgroup's accumulators ([`Acc`]), where a step reads ([`Step`]),
-//! the per-CTA mask and softmax constants ([`TileCtx`]), and the step itself ([`step`]):
-//! S = Q·Kᵀ by `wgmma`, logits transform, mask and online softmax on the accumulator
-//! registers (the `mma.m16n8k16` C layout, a [`RegTile`]), O += P·V of the previous tile.
+//! The consumers' side of the Hopper prefill, shared by the per-item and the persistent
+//! kernels: the warpgroup's accumulators ([`Acc`]), where a step reads ([`Step`]), the per-tile
+//! mask and softmax constants ([`TileCtx`]), one step ([`step`]: S = Q·Kᵀ by `wgmma`, logits
+//! transform, mask and online softmax on the accumulator registers, the `mma.m16n8k16` C layout
+//! of a [`RegTile`], and O += P·V of the previous tile), the KV loop of one query tile
+//! ([`kv_loop`]) and the P·V of its last tile ([`Acc::last_pv`]).
+use crate::abi::PrefillParams;
 use crate::arch::{mbarrier, thread, warp, wgmma};
-use crate::attn::hopper::ring::{stage_k, stage_v, Barriers};
-use crate::attn::hopper::{as_flat, issue_pv, issue_scores, WgmmaElem, PINGPONG_BAR};
+use crate::attn::hopper::ring::{stage_k, stage_v, Barriers, Ring};
+use crate::attn::hopper::{as_flat, issue_pv, issue_scores, WgmmaElem, PINGPONG_BAR, TILE};
 use crate::attn::logits::Logits;
 use crate::attn::mask::{self, Mask};
 use crate::attn::state::RowState;
 use crate::attn::tile::RegTile;
 use crate::math::fastdiv::FastDiv;
 
-/// Per-CTA constants of the masks and the softmax.
+/// Constants of one query tile's masks and softmax, and the lane's place in it.
 pub(crate) struct TileCtx<M: Mask, L: Logits> {
     pub(crate) kv_end: u32,
     pub(crate) pos_first: u32,
@@ -23,6 +25,33 @@ pub(crate) struct TileCtx<M: Mask, L: Logits> {
     pub(crate) mask: M,
     pub(crate) logits: L,
     pub(crate) group: FastDiv,
+}
+
+impl<M: Mask, L: Logits> TileCtx<M, L> {
+    /// The tile of `rows_total` packed rows whose first query is at position `pos_first`, its
+    /// keys ending at `kv_end`, as consumer thread `tid` (warp `w` owns rows `16w ..`) sees it.
+    #[inline(always)]
+    pub(crate) fn new(
+        p: &PrefillParams,
+        mask: M,
+        kv_end: u32,
+        pos_first: u32,
+        rows_total: u32,
+        tid: u32,
+    ) -> Self {
+        let lane = tid % 32;
+        Self {
+            kv_end,
+            pos_first,
+            rows_total,
+            row0: (tid / 32) * 16,
+            gq: lane / 4,
+            tq: lane % 4,
+            mask,
+            logits: L::new(p.logit),
+            group: p.group,
+        }
+    }
 }
 
 /// Running state of a warpgroup's rows across the KV loop.
@@ -69,6 +98,23 @@ impl<const ON: usize> Acc<ON> {
             }
         }
         self.pa = self.s.pack_a::<E, 8>();
+    }
+
+    /// After the KV loop: O += P·V of the last tile (V at `v` in shared memory), after the
+    /// rescale and packing of its probabilities ([`Acc::settle`]), waited for.
+    ///
+    /// # Safety
+    /// Warpgroup-convergent, nothing in flight; the last tile's V stays at `v` until this
+    /// returns.
+    #[inline(always)]
+    pub(crate) unsafe fn last_pv<E: WgmmaElem>(&mut self, v: u32) {
+        self.settle::<E>();
+        wgmma::fence();
+        // SAFETY: per the contract.
+        unsafe { issue_pv::<E, ON>(&mut self.o, &self.pa, v) };
+        wgmma::commit_group();
+        wgmma::wait_group::<0>();
+        wgmma::fence_operands(&mut self.o);
     }
 }
 
@@ -223,4 +269,56 @@ pub(crate) unsafe fn step<
     // first use after the wait (seen in the PTX).
     wgmma::fence_operands(as_flat(&mut acc.s));
     wgmma::fence_operands(&mut acc.st.d);
+}
+
+/// The consumers' KV loop of one query tile: `tiles` tiles from key `kv_begin`, one [`step`]
+/// each (`masked(j)`: tile j needs the mask), reading the stages from `ring` on, which ends
+/// past the last tile. Each step is straight-line code (its mask and softmax mode are
+/// compile-time): a branch while `wgmma` is in flight makes ptxas wait for it at the join,
+/// which undid the overlap.
+///
+/// # Safety
+/// As [`step`]; the producer fills the stages in the same order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn kv_loop<
+    E: WgmmaElem,
+    M: Mask,
+    L: Logits,
+    const D: u32,
+    const ON: usize,
+    const KS: usize,
+    const FOLD: bool,
+>(
+    t: &TileCtx<M, L>,
+    kv_begin: u32,
+    tiles: u32,
+    masked: impl Fn(u32) -> bool,
+    ring: &mut Ring,
+    acc: &mut Acc<ON>,
+    tid: u32,
+    q_wg: u32,
+    kv_smem: u32,
+) {
+    let mut j = 0;
+    while j < tiles {
+        let prev_stage = Ring::before(ring.stage);
+        let st = Step {
+            base: kv_begin + j * TILE,
+            stage: ring.stage,
+            phase: ring.phase,
+            prev_stage,
+            release: if j >= 2 {
+                Ring::before(prev_stage)
+            } else {
+                u32::MAX
+            },
+        };
+        // SAFETY: forwarded contract.
+        unsafe {
+            step_for::<E, M, L, D, ON, KS, FOLD>(j == 0, masked(j), t, &st, acc, tid, q_wg, kv_smem)
+        };
+        ring.advance();
+        j += 1;
+    }
 }
