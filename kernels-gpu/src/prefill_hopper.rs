@@ -15,8 +15,8 @@ use crate::arch::opaque::opaque_u32;
 use crate::arch::{mbarrier, pipeline, shared, thread, wgmma};
 use crate::attn::epilogue::TileOut;
 use crate::attn::hopper::load::{copy_q, load_kv};
-use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr, Ring};
-use crate::attn::hopper::step::{kv_loop, Acc, TileCtx};
+use crate::attn::hopper::ring::{stage_v, Barriers, MapsAddr};
+use crate::attn::hopper::step::{kv_loop, Acc, FromIndex, TileCtx};
 use crate::attn::hopper::{hopper_entries, WgmmaElem, CONSUMER_WARPS, PINGPONG_BAR, ROWS, TILE};
 use crate::attn::kv::{KvRows, Paged, Ragged};
 use crate::attn::logits::Logits;
@@ -168,11 +168,18 @@ unsafe fn prefill<
     }
     // SAFETY: initialised barrier; the producers' Q copies.
     unsafe { mbarrier::wait(bars.q_full(), 0) };
-    let mut ring = Ring::START;
     // SAFETY: as the kernel's contract.
     unsafe {
         kv_loop::<E, Mk, L, D, ON, KS, FOLD>(
-            &t, kv_begin, tiles, masked, &mut ring, &mut acc, tid, q_wg, kv_smem,
+            &t,
+            kv_begin,
+            tiles,
+            masked,
+            &mut FromIndex,
+            &mut acc,
+            tid,
+            q_wg,
+            kv_smem,
         )
     };
     // Unconditional: on every path out of the loop nothing may stay in flight (ptxas cannot
@@ -187,7 +194,7 @@ unsafe fn prefill<
     }
     if tiles > 0 {
         // SAFETY: warpgroup-convergent; V of the last tile is in its stage.
-        unsafe { acc.last_pv::<E>(stage_v(kv_smem, Ring::before(ring.stage), D)) };
+        unsafe { acc.last_pv::<E>(stage_v(kv_smem, FromIndex::last(tiles), D)) };
     }
     let Acc { o, mut st, .. } = acc;
     pipeline::wait_all();

@@ -23,8 +23,7 @@ pub(crate) fn stage_v(kv_smem: u32, s: u32, d: u32) -> u32 {
 /// earlier units' tiles) is not warp-uniform to ptxas, which then builds every K/V `wgmma`
 /// descriptor in ordinary registers and moves it with `R2UR` before each product (~10 % per
 /// step, docs/perf-notes.md); a counter that only ever starts at 0 and steps by one stays on
-/// the uniform datapath. The per-item kernel (one query tile per CTA) steps the same counter
-/// from [`Ring::START`].
+/// the uniform datapath (the KV loop's other stage walk is `step::FromIndex`).
 #[derive(Clone, Copy)]
 pub(crate) struct Ring {
     pub(crate) stage: u32,
@@ -32,9 +31,6 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// The CTA's first tile: stage 0, phase 0.
-    pub(crate) const START: Self = Self { stage: 0, phase: 0 };
-
     /// The stage before `s` in ring order.
     #[inline(always)]
     pub(crate) fn before(s: u32) -> u32 {

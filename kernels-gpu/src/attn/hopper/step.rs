@@ -12,6 +12,7 @@ use crate::attn::logits::Logits;
 use crate::attn::mask::{self, Mask};
 use crate::attn::state::RowState;
 use crate::attn::tile::RegTile;
+use crate::config::prefill_hopper as cfg;
 use crate::math::fastdiv::FastDiv;
 
 /// Constants of one query tile's masks and softmax, and the lane's place in it.
@@ -271,11 +272,78 @@ pub(crate) unsafe fn step<
     wgmma::fence_operands(&mut acc.st.d);
 }
 
+/// Where the KV loop's tiles sit in the stage ring. Two forms, each its kernel's measured best:
+/// the per-item kernel (one query tile per CTA, first tile in stage 0) derives stage and phase
+/// from the tile index ([`FromIndex`]); the persistent kernel carries a wrapping [`Ring`]
+/// position across units (derived from loaded tile counts, the index form left ptxas's uniform
+/// datapath). The per-item kernel on the `Ring` form ran 1.5–4 % slower on long ragged items
+/// (H100, docs/perf-notes.md, 2026-12-07).
+pub(crate) trait StageWalk {
+    /// Where step `j` (first key `base`) reads and which stage it releases.
+    fn step(&self, base: u32, j: u32) -> Step;
+    /// Moves past one tile.
+    fn advance(&mut self);
+}
+
+impl StageWalk for Ring {
+    #[inline(always)]
+    fn step(&self, base: u32, j: u32) -> Step {
+        let prev_stage = Ring::before(self.stage);
+        Step {
+            base,
+            stage: self.stage,
+            phase: self.phase,
+            prev_stage,
+            release: if j >= 2 {
+                Ring::before(prev_stage)
+            } else {
+                u32::MAX
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn advance(&mut self) {
+        Ring::advance(self)
+    }
+}
+
+/// Stage `j % STAGES`, phase `(j / STAGES) % 2`: tile j of a CTA whose first tile is in stage 0.
+pub(crate) struct FromIndex;
+
+impl FromIndex {
+    /// The stage of the loop's last tile (`tiles ≥ 1`).
+    #[inline(always)]
+    pub(crate) fn last(tiles: u32) -> u32 {
+        (tiles - 1) % cfg::STAGES
+    }
+}
+
+impl StageWalk for FromIndex {
+    #[inline(always)]
+    fn step(&self, base: u32, j: u32) -> Step {
+        Step {
+            base,
+            stage: j % cfg::STAGES,
+            phase: (j / cfg::STAGES) % 2,
+            prev_stage: (j + cfg::STAGES - 1) % cfg::STAGES,
+            release: if j >= 2 {
+                (j - 2) % cfg::STAGES
+            } else {
+                u32::MAX
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn advance(&mut self) {}
+}
+
 /// The consumers' KV loop of one query tile: `tiles` tiles from key `kv_begin`, one [`step`]
-/// each (`masked(j)`: tile j needs the mask), reading the stages from `ring` on, which ends
-/// past the last tile. Each step is straight-line code (its mask and softmax mode are
-/// compile-time): a branch while `wgmma` is in flight makes ptxas wait for it at the join,
-/// which undid the overlap.
+/// each (`masked(j)`: tile j needs the mask), at the stages `walk` gives (advanced past the
+/// last tile). Each step is straight-line code (its mask and softmax mode are compile-time): a
+/// branch while `wgmma` is in flight makes ptxas wait for it at the join, which undid the
+/// overlap.
 ///
 /// # Safety
 /// As [`step`]; the producer fills the stages in the same order.
@@ -294,7 +362,7 @@ pub(crate) unsafe fn kv_loop<
     kv_begin: u32,
     tiles: u32,
     masked: impl Fn(u32) -> bool,
-    ring: &mut Ring,
+    walk: &mut impl StageWalk,
     acc: &mut Acc<ON>,
     tid: u32,
     q_wg: u32,
@@ -302,23 +370,12 @@ pub(crate) unsafe fn kv_loop<
 ) {
     let mut j = 0;
     while j < tiles {
-        let prev_stage = Ring::before(ring.stage);
-        let st = Step {
-            base: kv_begin + j * TILE,
-            stage: ring.stage,
-            phase: ring.phase,
-            prev_stage,
-            release: if j >= 2 {
-                Ring::before(prev_stage)
-            } else {
-                u32::MAX
-            },
-        };
+        let st = walk.step(kv_begin + j * TILE, j);
         // SAFETY: forwarded contract.
         unsafe {
             step_for::<E, M, L, D, ON, KS, FOLD>(j == 0, masked(j), t, &st, acc, tid, q_wg, kv_smem)
         };
-        ring.advance();
+        walk.advance();
         j += 1;
     }
 }
