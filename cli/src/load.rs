@@ -96,7 +96,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
                 sched.max_running,
             )?;
             r.set_decode_op(!args.no_decode_attention);
-            r.set_graphs(args.cuda_graphs);
+            r.set_graphs(!args.no_cuda_graphs);
             Box::new(r)
         }
         None => Box::new(CpuRunner::new(

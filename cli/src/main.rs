@@ -52,10 +52,10 @@ pub struct ModelArgs {
     /// measurements).
     #[arg(long)]
     pub no_decode_attention: bool,
-    /// Replay each batch size's GPU decode step as a CUDA graph instead of launching every
-    /// kernel (experimental: not yet run on a GPU, so off by default).
+    /// Launch every kernel of every GPU decode step instead of replaying each batch size's step
+    /// as a CUDA graph (the default).
     #[arg(long)]
-    pub cuda_graphs: bool,
+    pub no_cuda_graphs: bool,
 }
 
 #[derive(Subcommand)]

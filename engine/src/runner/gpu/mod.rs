@@ -166,8 +166,8 @@ impl GpuRunner {
         self.attn.set_decode_steps(on);
     }
 
-    /// Replays decode steps as CUDA graphs (`true`) or launches every kernel of every step
-    /// (`false`, the default until the replay path has run on a GPU: `docs/decisions.md`).
+    /// Replays decode steps as CUDA graphs (`true`, the default) or launches every kernel of
+    /// every step (`false`).
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs.set_enabled(on);
     }
