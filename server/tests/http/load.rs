@@ -67,7 +67,7 @@ async fn a_burst_over_the_kv_capacity_and_a_slow_reader_lose_nothing() {
     let prompts = [
         "The sun is",
         "Water boils at",
-        "My favourite food",
+        "Paris is the capital of",
         "Cats and dogs",
         "In 1969,",
     ];

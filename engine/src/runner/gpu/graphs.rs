@@ -248,9 +248,10 @@ mod tests {
     }
 
     #[test]
-    fn off_means_eager() {
+    fn on_by_default_and_off_means_eager() {
         let mut g = DecodeGraphs::new();
-        assert!(!g.enabled(), "off by default");
+        assert!(g.enabled(), "on by default");
+        g.set_enabled(false);
         for _ in 0..3 {
             assert!(matches!(g.action(Some(key(1))), Action::Eager));
         }
