@@ -353,6 +353,8 @@ unsafe fn consume_unit<
             }
         }
     }
+    // `Acc::last_pv` written out: called here, ptxas spilled this kernel (272-288 bytes of
+    // stack at D = 128, docs/decisions.md).
     // SAFETY: warpgroup-convergent; V of the last tile is in its stage (every unit has one).
     {
         acc.settle::<E>();
