@@ -127,6 +127,28 @@ pub(crate) fn qo_indptr(op: &'static str, qo_indptr: &[i32], batch: usize) -> Re
     indptr(op, "qo_indptr", qo_indptr, None)
 }
 
+/// A paged plan runs on a cache of the page size it was made for, holding at least the pages
+/// its page ids were checked against (`planned` and `cache`: page size, page count). The plan
+/// validated every page id below its count, so any cache at least that large is safe to read.
+pub(crate) fn planned_pages(
+    op: &'static str,
+    planned: (usize, usize),
+    cache: (usize, usize),
+) -> Result<()> {
+    if cache.0 != planned.0 || cache.1 < planned.1 {
+        return Err(Error::invalid(
+            op,
+            "plan",
+            format!(
+                "planned for page size {} and page ids below {}, the cache has page size {} and \
+                 {} pages",
+                planned.0, planned.1, cache.0, cache.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A pool of geometry `pool` holds K/V of `heads`' KV heads and head dim.
 pub(crate) fn pool_heads(op: &'static str, pool: &KvPoolConfig, heads: &HeadConfig) -> Result<()> {
     if pool.num_kv_heads != heads.num_kv_heads || pool.head_dim != heads.head_dim {

@@ -17,12 +17,11 @@ use axum::{Json, Router};
 use ferrinfer_engine::{FinishReason, Request, Tokenizer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{
-    self, ChatRequest, Common, CompletionRequest, Generation, Head, Kind, Limits, Usage,
-};
+use crate::api::{self, ChatRequest, Common, CompletionRequest, Generation, Limits};
 use crate::engine_loop::{EngineInfo, Out, Submit};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::response::{Head, Kind, Usage};
 use crate::text::Assembler;
 use crate::ServerConfig;
 

@@ -38,6 +38,7 @@ pub mod engine_loop;
 pub mod error;
 mod http;
 pub mod metrics;
+pub mod response;
 pub mod text;
 
 use std::future::Future;

@@ -22,6 +22,9 @@ use crate::ops::kv_copy::{self, append_variant, upload_parts, CopyKernels, RowsA
 use crate::runtime::{DeviceBuffer, Gpu};
 use ferrinfer_kernels::math::layout::PageStrides;
 
+mod fp8;
+mod half;
+
 const OP: &str = "kv_pool";
 
 /// A pool of K and V pages holding elements `S`, appended rows of `T` (f16/bf16): `S = T`, or
@@ -99,9 +102,9 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         self.storage.device().map(|d| (&d.k, &d.v))
     }
 
-    /// What a paged attention run reads, checked: the pool has the geometry its plan was made
-    /// for (`planned`: page size and page count), `heads`' KV heads, and lives in `gpu`'s
-    /// context. Returns the K and V pools and the kernels' page strides.
+    /// What a paged attention run reads, checked: the pool has the page size its plan was made
+    /// for and at least its pages (`planned`: page size and page count,
+    /// [`crate::validate::planned_pages`]), `heads`' KV heads, and lives in `gpu`'s context. Returns the K and V pools and the kernels' page strides.
     pub(crate) fn attention_view(
         &self,
         op: &'static str,
@@ -110,13 +113,7 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         planned: (usize, usize),
     ) -> Result<(&DeviceBuffer<S>, &DeviceBuffer<S>, PageStrides)> {
         let c = &self.cfg;
-        if (c.page_size, c.num_pages) != planned {
-            return Err(Error::invalid(
-                op,
-                "plan",
-                "the plan was made for a pool of another geometry",
-            ));
-        }
+        crate::validate::planned_pages(op, planned, (c.page_size, c.num_pages))?;
         crate::validate::pool_heads(op, c, heads)?;
         let (k, v) = self
             .device_buffers()
@@ -465,135 +462,6 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
             }
         }
         Ok(())
-    }
-}
-
-/// Pools of 16-bit elements, appended rows of the same type (a copy).
-impl<T: Float16> KvPool<T> {
-    /// Tuning knob for the append kernel: rows each thread moves per iteration (1 — the
-    /// default — 2, 4 or 8; more rows keep more loads in flight per thread but need more
-    /// registers, so fewer threads are resident) and, for 1 row, streaming (`.cs`) stores.
-    /// `benches/append.rs` compares them.
-    pub fn set_append_variant(&mut self, rows: usize, streaming_stores: bool) -> Result<()> {
-        let variant = append_variant(rows, streaming_stores)?;
-        if let Some(d) = self.storage.device_mut() {
-            d.kernels.set_append(&d.gpu, &self.cfg, variant)?;
-        }
-        Ok(())
-    }
-
-    /// Writes new K/V rows into their pages (FlashInfer's `append_paged_kv_cache`): row `n`
-    /// goes to position `positions[n]` of batch entry `batch_indices[n]`. Validated first.
-    pub fn append(
-        &mut self,
-        meta: &AppendMeta<'_>,
-        k: Rows<'_, T>,
-        ks: RowStrides,
-        v: Rows<'_, T>,
-        vs: RowStrides,
-    ) -> Result<()> {
-        self.append_scaled(meta, k, ks, v, vs, KvScales::ONE)
-    }
-
-    /// Appends with metadata uploaded by [`KvPool::upload_append_meta`]: one kernel launch, no
-    /// host-to-device copy.
-    pub fn append_uploaded(
-        &mut self,
-        meta: &DeviceAppendMeta,
-        k: &DeviceBuffer<T>,
-        ks: RowStrides,
-        v: &DeviceBuffer<T>,
-        vs: RowStrides,
-    ) -> Result<()> {
-        self.append_uploaded_scaled(meta, k, ks, v, vs, KvScales::ONE)
-    }
-
-    /// Copies entry `b` of `pages` out to contiguous rows `[len, heads, head_dim]` (strided).
-    pub fn gather(
-        &mut self,
-        pages: &BatchPages,
-        b: usize,
-        k_out: RowsMut<'_, T>,
-        ks: RowStrides,
-        v_out: RowsMut<'_, T>,
-        vs: RowStrides,
-    ) -> Result<()> {
-        self.validate_pages(pages)?;
-        if b >= pages.batch_size() {
-            return Err(Error::invalid(
-                OP,
-                "batch entry",
-                format!("{b} not in [0, {})", pages.batch_size()),
-            ));
-        }
-        let len = pages.kv_len(b, self.cfg.page_size)?;
-        self.check_rows("k out", &k_out.as_rows(), ks, len)?;
-        self.check_rows("v out", &v_out.as_rows(), vs, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let cfg = self.cfg;
-        match (k_out, v_out) {
-            (RowsMut::Device(kb), RowsMut::Device(vb)) => {
-                let [_, _, indptr, indices] =
-                    self.upload_meta(&[&[], &[], &pages.kv_indptr, &pages.kv_indices])?;
-                let Some(d) = self.storage.device() else {
-                    return unreachable_storage();
-                };
-                let rows = RowsAddr {
-                    k: kb.addr(),
-                    ks,
-                    v: vb.addr(),
-                    vs,
-                };
-                // SAFETY: pages validated against the pool; outputs sized for `len` rows.
-                unsafe { kv_copy::launch_gather(d, &cfg, indptr, indices, b, len, rows) }
-            }
-            (RowsMut::Host(kh), RowsMut::Host(vh)) => {
-                let Some(HostPages { k: kp, v: vp }) = self.storage.host() else {
-                    return unreachable_storage();
-                };
-                host_rows_out(&cfg, kp, vp, pages, b, len, kh, ks, vh, vs)
-            }
-            _ => Err(Error::invalid(
-                OP,
-                "rows",
-                "k and v outputs must both be device or both host",
-            )),
-        }
-    }
-}
-
-/// fp8 pools: appended f16/bf16 rows are quantised with the tensor's scale as they are written.
-impl<T: Float16, F: Fp8Format> KvPool<T, Fp8<F>> {
-    /// [`KvPool::append`] into fp8 pages: each K (V) element `x` is stored as the code of
-    /// `x / scales.k` (`x / scales.v`), rounded to nearest even, saturated to the format's
-    /// largest finite value, NaN kept. `scales` are validated first (finite, > 0).
-    pub fn append_quantized(
-        &mut self,
-        meta: &AppendMeta<'_>,
-        k: Rows<'_, T>,
-        ks: RowStrides,
-        v: Rows<'_, T>,
-        vs: RowStrides,
-        scales: KvScales,
-    ) -> Result<()> {
-        scales.validate(OP)?;
-        self.append_scaled(meta, k, ks, v, vs, scales)
-    }
-
-    /// [`KvPool::append_uploaded`] into fp8 pages, quantising as [`KvPool::append_quantized`].
-    pub fn append_uploaded_quantized(
-        &mut self,
-        meta: &DeviceAppendMeta,
-        k: &DeviceBuffer<T>,
-        ks: RowStrides,
-        v: &DeviceBuffer<T>,
-        vs: RowStrides,
-        scales: KvScales,
-    ) -> Result<()> {
-        scales.validate(OP)?;
-        self.append_uploaded_scaled(meta, k, ks, v, vs, scales)
     }
 }
 

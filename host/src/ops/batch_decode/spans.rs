@@ -243,19 +243,11 @@ impl BatchDecode {
         kv: &PagedKvSpans<S>,
     ) -> Result<KvSource> {
         let g = kv.geometry();
-        // The plan checked its page ids against `num_pages_seen` pages; any cache holding at
-        // least those is safe to read.
-        if g.page_size != plan.page_size || g.num_pages < plan.num_pages_seen {
-            return Err(Error::invalid(
-                OP,
-                "plan",
-                format!(
-                    "planned for page size {} and page ids below {}, the cache has page size \
-                     {} and {} pages",
-                    plan.page_size, plan.num_pages_seen, g.page_size, g.num_pages
-                ),
-            ));
-        }
+        crate::validate::planned_pages(
+            OP,
+            (plan.page_size, plan.num_pages_seen),
+            (g.page_size, g.num_pages),
+        )?;
         crate::validate::pool_heads(OP, &g, &self.heads)?;
         kv.source(OP, &self.gpu)
     }

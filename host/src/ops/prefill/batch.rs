@@ -204,15 +204,7 @@ impl BatchPrefill {
                 k.len().min(v.len()),
             ));
         }
-        let d = h.head_dim as u32;
-        let kv = KvAddr {
-            k: k.addr(),
-            v: v.addr(),
-            stride_page: 0,
-            stride_n: h.num_kv_heads as u32 * d,
-            stride_h: d,
-            page_size: 1,
-        };
+        let kv = KvAddr::ragged(k.addr(), v.addr(), h);
         let lse = lse.map(|l| l.span());
         self.launch(plan, KvKind::Ragged, kv, q.span(), out.span(), lse)
     }
@@ -410,4 +402,20 @@ pub(super) struct KvAddr {
     pub(super) stride_n: u32,
     pub(super) stride_h: u32,
     pub(super) page_size: u32,
+}
+
+impl KvAddr {
+    /// Ragged K/V at `k` and `v`: contiguous `[tokens, kv_heads, head_dim]` rows, addressed as
+    /// pages of one token.
+    pub(super) fn ragged(k: u64, v: u64, h: &HeadConfig) -> Self {
+        let d = h.head_dim as u32;
+        Self {
+            k,
+            v,
+            stride_page: 0,
+            stride_n: h.num_kv_heads as u32 * d,
+            stride_h: d,
+            page_size: 1,
+        }
+    }
 }

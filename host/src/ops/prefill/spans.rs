@@ -80,17 +80,11 @@ impl BatchPrefill {
             ));
         }
         let g = kv.geometry();
-        if g.page_size != plan.page_size || g.num_pages < plan.num_pages_seen {
-            return Err(Error::invalid(
-                OP,
-                "plan",
-                format!(
-                    "planned for page size {} and page ids below {}, the cache has page size \
-                     {} and {} pages",
-                    plan.page_size, plan.num_pages_seen, g.page_size, g.num_pages
-                ),
-            ));
-        }
+        crate::validate::planned_pages(
+            OP,
+            (plan.page_size, plan.num_pages_seen),
+            (g.page_size, g.num_pages),
+        )?;
         crate::validate::pool_heads(OP, &g, &self.heads)?;
         let src = kv.source(OP, &self.gpu)?;
         if kv.k_strides != kv.v_strides {
@@ -147,15 +141,7 @@ impl BatchPrefill {
                 "addresses must be 16-byte aligned",
             ));
         }
-        let d = h.head_dim as u32;
-        let addr = KvAddr {
-            k: k.addr(),
-            v: v.addr(),
-            stride_page: 0,
-            stride_n: h.num_kv_heads as u32 * d,
-            stride_h: d,
-            page_size: 1,
-        };
+        let addr = KvAddr::ragged(k.addr(), v.addr(), h);
         self.launch(plan, KvKind::Ragged, addr, q, out, lse)
     }
 }
