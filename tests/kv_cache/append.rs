@@ -88,6 +88,8 @@ fn gpu_append_matches_cpu() {
     println!("gpu append vs cpu: {cases} append rounds bit-exact");
 }
 
+/// Every append kernel variant (the tuning knob's choices) writes exactly what the CPU backend
+/// writes: ragged rows straddling pages, strided input, both layouts.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_append_variants_match_cpu() {

@@ -153,6 +153,7 @@ fn bad_inputs(w: Where) {
         snap(&mut cache),
         "a rejected call changed the cache"
     );
+}
 
 #[test]
 fn bad_input_is_a_typed_error_cpu() {
@@ -167,5 +168,3 @@ fn bad_input_is_a_typed_error_gpu() {
     };
     bad_inputs(Where::Gpu(&gpu));
 }
-
-/// Every append kernel variant (the tuning knob's choices) writes exactly what the CPU backend

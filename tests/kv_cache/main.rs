@@ -264,7 +264,6 @@ fn nhd16() -> KvPoolConfig {
     }
 }
 
-
 /// The raw pool of a cache, for the hand-made-metadata tests.
 fn raw_pool(c: &mut PagedKvCache<bf16>) -> &mut KvPool<bf16> {
     c.pool_mut(0).unwrap()

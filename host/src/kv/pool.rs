@@ -17,8 +17,8 @@ use super::BatchPages;
 use crate::checked;
 use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
-use crate::fp8::{Fp8, Fp8Format, KvScales};
-use crate::ops::kv_copy::{self, append_variant, upload_parts, CopyKernels, RowsAddr};
+use crate::fp8::KvScales;
+use crate::ops::kv_copy::{self, upload_parts, CopyKernels, RowsAddr};
 use crate::runtime::{DeviceBuffer, Gpu};
 use ferrinfer_kernels::math::layout::PageStrides;
 

@@ -3,9 +3,9 @@ use super::{unreachable_storage, AppendMeta, DeviceAppendMeta, KvPool, Rows, Row
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
 use crate::fp8::KvScales;
-use crate::kv::RowStrides;
 use crate::kv::storage::{host_rows_out, HostPages};
 use crate::kv::BatchPages;
+use crate::kv::RowStrides;
 use crate::ops::kv_copy::{self, append_variant, RowsAddr};
 use crate::runtime::DeviceBuffer;
 

@@ -407,7 +407,7 @@ pub(super) struct KvAddr {
 impl KvAddr {
     /// Ragged K/V at `k` and `v`: contiguous `[tokens, kv_heads, head_dim]` rows, addressed as
     /// pages of one token.
-    pub(super) fn ragged(k: u64, v: u64, h: &HeadConfig) -> Self {
+    pub(super) fn ragged(k: u64, v: u64, h: HeadConfig) -> Self {
         let d = h.head_dim as u32;
         Self {
             k,
