@@ -15,97 +15,23 @@
 //! fp8 K/V (`decode_tc_fp8_*`): the same body with a [`TcKv`] that copies 8-byte code chunks and
 //! dequantises each stage in place into the 16-bit tile (one more barrier per tile) before the
 //! `ldmatrix` loop; K's scale is in the logit scale (host), V's multiplies the normaliser.
-use core::marker::PhantomData;
 
 use crate::abi::{DecodeFp8Params, DecodeParams};
 use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
-use crate::attn::kv::{copy_decode_tile, copy_decode_tile_fp8, dequant_decode_tile};
+use crate::attn::kv::{Codes, Half, TcKv};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
 use crate::attn::swizzle::swz;
 use crate::attn::tile::RegTile;
 use crate::attn::work::load_decode_work;
-use crate::attn::work::DecodeWork;
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
-use crate::math::fp8::{E4m3, E5m2, Fp8Format};
+use crate::math::fp8::{E4m3, E5m2};
 use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::{clamp_ref, State};
 
 const TILE: u32 = cfg::TILE;
-
-/// How K/V reach a stage's 16-bit swizzled tile: copied as they are, or copied as fp8 codes and
-/// dequantised in place.
-trait TcKv {
-    /// Issues stage `s`'s copies of tile `j` (one commit group).
-    ///
-    /// # Safety
-    /// As [`copy_decode_tile`].
-    unsafe fn copy<const D: u32>(
-        p: &DecodeParams,
-        kvh: u32,
-        wk: &DecodeWork,
-        j: u32,
-        s: u32,
-        tid: u32,
-        smem: u32,
-    );
-
-    /// Makes stage `s` (whose copies this thread has waited for) the 16-bit tile; every
-    /// thread calls it before the barrier that publishes the stage.
-    ///
-    /// # Safety
-    /// All threads of the CTA call it.
-    unsafe fn finish<E: Elem, const D: u32>(s: u32, tid: u32, smem: u32);
-}
-
-/// 16-bit K/V: the copy is the tile.
-struct Half;
-
-impl TcKv for Half {
-    #[inline(always)]
-    unsafe fn copy<const D: u32>(
-        p: &DecodeParams,
-        kvh: u32,
-        wk: &DecodeWork,
-        j: u32,
-        s: u32,
-        tid: u32,
-        smem: u32,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { copy_decode_tile::<D>(p, kvh, wk, j, s, tid, smem) }
-    }
-
-    #[inline(always)]
-    unsafe fn finish<E: Elem, const D: u32>(_s: u32, _tid: u32, _smem: u32) {}
-}
-
-/// fp8 codes of format `F`.
-struct Codes<F>(PhantomData<F>);
-
-impl<F: Fp8Format> TcKv for Codes<F> {
-    #[inline(always)]
-    unsafe fn copy<const D: u32>(
-        p: &DecodeParams,
-        kvh: u32,
-        wk: &DecodeWork,
-        j: u32,
-        s: u32,
-        tid: u32,
-        smem: u32,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { copy_decode_tile_fp8::<D>(p, kvh, wk, j, s, tid, smem) }
-    }
-
-    #[inline(always)]
-    unsafe fn finish<E: Elem, const D: u32>(s: u32, tid: u32, smem: u32) {
-        // SAFETY: forwarded contract.
-        unsafe { dequant_decode_tile::<E, F, D>(s, tid, smem) }
-    }
-}
 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps: `attn::traits`).
 ///
@@ -143,7 +69,7 @@ unsafe fn decode_tc<
     if tiles > 0 {
         for t in 0..STAGES - 1 {
             if t < tiles {
-                // SAFETY: see copy_decode_tile.
+                // SAFETY: see TcKv::copy.
                 unsafe { K::copy::<D>(p, kvh, &wk, t, t, tid, smem) };
             } else {
                 pipeline::commit_group();
@@ -174,7 +100,7 @@ unsafe fn decode_tc<
     while j < tiles {
         let ahead = j + STAGES - 1;
         if ahead < tiles {
-            // SAFETY: see copy_decode_tile; stage ahead % STAGES (= (j − 1) % STAGES) was released by
+            // SAFETY: see TcKv::copy; stage ahead % STAGES (= (j − 1) % STAGES) was released by
             // the barrier ending iteration j − 1.
             unsafe { K::copy::<D>(p, kvh, &wk, ahead, ahead % STAGES, tid, smem) };
         } else {

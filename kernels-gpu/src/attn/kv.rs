@@ -1,8 +1,10 @@
 //! K/V rows by layout ([`KvRows`]: packed ragged tensors, [`Ragged`], or the paged pool,
 //! [`Paged`]) and the `cp.async` tile copies of the prefill ring ([`copy_tile`]) and of the
-//! tensor-core decode's ring ([`copy_decode_tile`], paged; fp8 K/V: [`copy_decode_tile_fp8`]
-//! then [`dequant_decode_tile`]). The Hopper
+//! tensor-core decode's ring ([`TcKv`]: [`Half`] copies 16-bit K/V, [`Codes`] fp8 codes then
+//! [`dequant_decode_tile`]). The Hopper
 //! copy paths (`cp.async` by a producer warpgroup, TMA) are in `attn::hopper::load`.
+use core::marker::PhantomData;
+
 use crate::abi::{DecodeParams, PrefillParams};
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, pipeline, shared, thread, warp};
@@ -173,78 +175,115 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
     pipeline::commit_group();
 }
 
-/// The tensor-core decode's K/V copy (paged, `DecodeParams`): issues the `cp.async` copies of
-/// the work item's K and V keys `[begin + j·T, begin + (j + 1)·T)` (`T =
-/// config::decode_tc::TILE`, zero-filled past `end`) into stage `s` of its ring, in the swizzled
-/// layout, as one commit group; all threads of the CTA take part, `(T · D/8) / threads` 16-byte
-/// chunks each.
+/// How K/V reach a stage of the tensor-core decode's ring as its 16-bit swizzled tile: copied
+/// as they are ([`Half`]), or copied as fp8 codes and dequantised in place ([`Codes`]).
 ///
-/// # Safety
-/// As the decode kernel's contract; `smem` is the dynamic shared memory base.
-#[inline(always)]
-pub(crate) unsafe fn copy_decode_tile<const D: u32>(
-    p: &DecodeParams,
-    kvh: u32,
-    wk: &DecodeWork,
-    j: u32,
-    s: u32,
-    tid: u32,
-    smem: u32,
-) {
-    // SAFETY: forwarded contract; destinations inside the stage, sources valid or zero-byte.
-    unsafe {
-        for_decode_chunks::<D>(
-            p,
-            kvh,
-            wk,
-            j,
-            s,
-            tid,
-            smem,
-            2,
-            |k_base, v_base, _, r, c, ka, va, n| {
-                pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, 16 * n);
-                pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, 16 * n);
-            },
-        )
-    };
+/// A copy issues the `cp.async` copies of the work item's K and V keys `[begin + j·T, begin +
+/// (j + 1)·T)` (`T = config::decode_tc::TILE`, zero-filled past `end`) into stage `s`, as one
+/// commit group; all threads of the CTA take part, `(T · D/8) / threads` chunks each.
+pub(crate) trait TcKv {
+    /// Issues stage `s`'s copies of tile `j` (one commit group).
+    ///
+    /// # Safety
+    /// As the decode kernel's contract; `smem` is the dynamic shared memory base.
+    unsafe fn copy<const D: u32>(
+        p: &DecodeParams,
+        kvh: u32,
+        wk: &DecodeWork,
+        j: u32,
+        s: u32,
+        tid: u32,
+        smem: u32,
+    );
+
+    /// Makes stage `s` (whose copies this thread has waited for) the 16-bit tile; every
+    /// thread calls it before the barrier that publishes the stage.
+    ///
+    /// # Safety
+    /// All threads of the CTA call it.
+    unsafe fn finish<E: Elem, const D: u32>(s: u32, tid: u32, smem: u32);
 }
 
-/// The fp8 twin of [`copy_decode_tile`]: the same keys and chunks (8 codes = 8 bytes each, with
+/// 16-bit K/V: 16-byte chunks land in the swizzled layout; the copy is the tile.
+pub(crate) struct Half;
+
+impl TcKv for Half {
+    #[inline(always)]
+    unsafe fn copy<const D: u32>(
+        p: &DecodeParams,
+        kvh: u32,
+        wk: &DecodeWork,
+        j: u32,
+        s: u32,
+        tid: u32,
+        smem: u32,
+    ) {
+        // SAFETY: forwarded contract; destinations inside the stage, sources valid or
+        // zero-byte.
+        unsafe {
+            for_decode_chunks::<D>(
+                p,
+                kvh,
+                wk,
+                j,
+                s,
+                tid,
+                smem,
+                2,
+                |k_base, v_base, _, r, c, ka, va, n| {
+                    pipeline::cp_async_cg_16(k_base + swz::<D>(r, c), ka, 16 * n);
+                    pipeline::cp_async_cg_16(v_base + swz::<D>(r, c), va, 16 * n);
+                },
+            )
+        };
+    }
+
+    #[inline(always)]
+    unsafe fn finish<E: Elem, const D: u32>(_s: u32, _tid: u32, _smem: u32) {}
+}
+
+/// fp8 codes of format `F`: the same keys and chunks (8 codes = 8 bytes each, with
 /// `cp.async.ca`), each landing unswizzled at byte `8·idx` of the stage's K and V areas (their
-/// first quarter: a stage is sized for 16-bit elements), where [`dequant_decode_tile`] turns
+/// first quarter: a stage is sized for 16-bit elements); [`dequant_decode_tile`] then turns
 /// them into the 16-bit swizzled tile the `ldmatrix` loop reads.
-///
-/// # Safety
-/// As [`copy_decode_tile`], with fp8 pools.
-#[inline(always)]
-pub(crate) unsafe fn copy_decode_tile_fp8<const D: u32>(
-    p: &DecodeParams,
-    kvh: u32,
-    wk: &DecodeWork,
-    j: u32,
-    s: u32,
-    tid: u32,
-    smem: u32,
-) {
-    // SAFETY: forwarded contract; destinations inside the stage (8-byte aligned), sources valid
-    // or zero-byte.
-    unsafe {
-        for_decode_chunks::<D>(
-            p,
-            kvh,
-            wk,
-            j,
-            s,
-            tid,
-            smem,
-            1,
-            |k_base, v_base, idx, _, _, ka, va, n| {
-                pipeline::cp_async_ca_8(k_base + idx * 8, ka, 8 * n);
-                pipeline::cp_async_ca_8(v_base + idx * 8, va, 8 * n);
-            },
-        )
-    };
+pub(crate) struct Codes<F>(PhantomData<F>);
+
+impl<F: Fp8Format> TcKv for Codes<F> {
+    #[inline(always)]
+    unsafe fn copy<const D: u32>(
+        p: &DecodeParams,
+        kvh: u32,
+        wk: &DecodeWork,
+        j: u32,
+        s: u32,
+        tid: u32,
+        smem: u32,
+    ) {
+        // SAFETY: forwarded contract; destinations inside the stage (8-byte aligned), sources
+        // valid or zero-byte.
+        unsafe {
+            for_decode_chunks::<D>(
+                p,
+                kvh,
+                wk,
+                j,
+                s,
+                tid,
+                smem,
+                1,
+                |k_base, v_base, idx, _, _, ka, va, n| {
+                    pipeline::cp_async_ca_8(k_base + idx * 8, ka, 8 * n);
+                    pipeline::cp_async_ca_8(v_base + idx * 8, va, 8 * n);
+                },
+            )
+        };
+    }
+
+    #[inline(always)]
+    unsafe fn finish<E: Elem, const D: u32>(s: u32, tid: u32, smem: u32) {
+        // SAFETY: forwarded contract.
+        unsafe { dequant_decode_tile::<E, F, D>(s, tid, smem) }
+    }
 }
 
 /// The chunk walk both decode tile copies share: for each of this thread's chunks `idx` (row
@@ -254,7 +293,7 @@ pub(crate) unsafe fn copy_decode_tile_fp8<const D: u32>(
 /// and must not be read), then commits the copies as one group.
 ///
 /// # Safety
-/// As [`copy_decode_tile`]; `copy` issues copies into the stage only.
+/// As [`TcKv::copy`]; `copy` issues copies into the stage only.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn for_decode_chunks<const D: u32>(
@@ -301,7 +340,7 @@ unsafe fn for_decode_chunks<const D: u32>(
 const MAX_CHUNKS: usize = 8;
 
 /// Dequantises stage `s` in place: every thread reads the codes it copied
-/// ([`copy_decode_tile_fp8`]; its own copy group must have completed), the CTA waits until all
+/// ([`Codes`]' copy; its own copy group must have completed), the CTA waits until all
 /// codes are read (the 16-bit tile overlaps them), then each thread writes its chunks decoded
 /// to `E` (exact: every fp8 value is an f16 and a bf16) into the swizzled layout. The caller's
 /// barrier then publishes them to the `ldmatrix` loop. Scales are not applied here.
