@@ -14,7 +14,9 @@
 #   4. the PTX check's per-kernel report (scripts/ptx-check.sh; already part of step 2 as
 #      tests/ptx_check.rs, re-run here with its table printed);
 #   5. the Python package (scripts/test-python.sh): a fresh venv, the wheel built by maturin
-#      from cargo's target/, pip-installed, and the CPU part of python/tests run against it.
+#      from cargo's target/, pip-installed, and the CPU part of python/tests run against it;
+#   6. the official `openai` Python client against `ferrinfer serve --cpu` on loopback
+#      (scripts/openai-client-test.sh).
 # Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
 # The last lines sum libtest's own `test result:` counts and say how many GPU tests did not run.
 # Extra arguments go to `cargo test` (e.g. `bash scripts/test.sh -- --test-threads=1`).
@@ -52,6 +54,9 @@ bash scripts/ptx-check.sh || status=$?
 
 echo "test: Python package (scripts/test-python.sh)"
 bash scripts/test-python.sh || status=$?
+
+echo "test: the openai client against ferrinfer serve (scripts/openai-client-test.sh)"
+bash scripts/openai-client-test.sh || status=$?
 
 # Totals from libtest's own lines: `test result: ok. 12 passed; 0 failed; 43 ignored; ...` per
 # test binary (doc tests included), and `test <name> ... ignored, needs a CUDA GPU` per GPU test

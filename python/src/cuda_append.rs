@@ -23,8 +23,9 @@ pub fn cache_dims(t: &Tensor, hnd: bool) -> ([usize; 3], [usize; 3]) {
     }
 }
 
-/// The checked CUDA cache views `k`/`v` in `kv_layout`.
-pub fn cache_views(k: &Tensor, v: &Tensor, hnd: bool) -> PyResult<()> {
+/// The checked CUDA cache views `k`/`v` in `kv_layout`, of one of the `allowed` element types
+/// (16-bit for append and prefill; the planned type, fp8 included, for decode).
+pub fn cache_views(k: &Tensor, v: &Tensor, hnd: bool, allowed: &[Dt]) -> PyResult<()> {
     let layout = if hnd {
         "[num_pages, num_kv_heads, page_size, head_dim] (HND)"
     } else {
@@ -33,7 +34,7 @@ pub fn cache_views(k: &Tensor, v: &Tensor, hnd: bool) -> PyResult<()> {
     for t in [k, v] {
         t.expect_rank(4, layout)?;
         t.expect_unit_last_stride()?;
-        t.expect_dtype(&[Dt::F16, Dt::Bf16])?;
+        t.expect_dtype(allowed)?;
     }
     v.expect_same_dtype(k)?;
     v.expect_shape(&k.shape)
@@ -123,7 +124,7 @@ fn append_paged_kv_cache_cuda(
     let hnd = crate::is_hnd(kv_layout)?;
     let rows = [cuda(append_key, device)?, cuda(append_value, device)?];
     let cache = [cuda(k_cache, device)?, cuda(v_cache, device)?];
-    cache_views(&cache[0], &cache[1], hnd)?;
+    cache_views(&cache[0], &cache[1], hnd, &[Dt::F16, Dt::Bf16])?;
     for r in &rows {
         r.expect_rank(3, "[nnz, num_kv_heads, head_dim]")?;
         r.expect_unit_last_stride()?;

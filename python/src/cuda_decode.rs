@@ -221,8 +221,7 @@ impl CudaBatchDecode {
             l.expect_shape(&[b, hq])?;
             l.expect_contiguous()?;
         }
-        cache_views(&k, &v, hnd)?;
-        k.expect_dtype(&[self.kv])?;
+        cache_views(&k, &v, hnd, &[self.kv])?;
         let scales = crate::attention::kv_scales(&k, k_scale, v_scale)?;
         let mut all = vec![&q, &k, &v, &out];
         all.extend(lse.as_ref());

@@ -184,7 +184,7 @@ impl CudaBatchPrefill {
         let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
         let hnd = crate::is_hnd(kv_layout)?;
         self.check_io(&q, &out, lse.as_ref())?;
-        cache_views(&k, &v, hnd)?;
+        cache_views(&k, &v, hnd, &[Dt::F16, Dt::Bf16])?;
         k.expect_same_dtype(&q)?;
         outputs_disjoint(&q, &k, &v, &out, lse.as_ref())?;
         let gpu = gpu_on(dev, stream)?;
