@@ -52,12 +52,12 @@ impl Out for F32 {
     #[inline(always)]
     unsafe fn store_bits(base: u64, i: u64, bits: u32) {
         // SAFETY: forwarded contract.
-        unsafe { global::st_u32(base + i * 4, bits) }
+        unsafe { global::st_u32(base + i * Self::BYTES, bits) }
     }
     #[inline(always)]
     unsafe fn load_bits(base: u64, i: u64) -> u32 {
         // SAFETY: forwarded contract.
-        unsafe { global::ld_nc_f32(base + i * 4) }.to_bits()
+        unsafe { global::ld_nc_f32(base + i * Self::BYTES) }.to_bits()
     }
 }
 
@@ -76,12 +76,12 @@ macro_rules! half_out {
             #[inline(always)]
             unsafe fn store_bits(base: u64, i: u64, bits: u32) {
                 // SAFETY: forwarded contract.
-                unsafe { global::st_u16(base + i * 2, bits as u16) }
+                unsafe { global::st_u16(base + i * Self::BYTES, bits as u16) }
             }
             #[inline(always)]
             unsafe fn load_bits(base: u64, i: u64) -> u32 {
                 // SAFETY: forwarded contract.
-                unsafe { global::ld_u16(base + i * 2) as u32 }
+                unsafe { global::ld_u16(base + i * Self::BYTES) as u32 }
             }
         }
     )*};
