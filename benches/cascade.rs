@@ -1,6 +1,8 @@
 //! Cascade benchmark, issue #17's shape: 64 requests sharing a 4096-token prefix, each with 256
 //! tokens of its own; bf16, D = 128, 32 query / 8 KV heads, page size 16, NHD, pages in random
-//! order; one query token per request (a decode step) and 16 (a short append), causal.
+//! order; one query token per request (a decode step) and 16 (a short append), causal. Then the
+//! engine's model geometry (SmolLM2-135M: D = 64, 9 query / 3 KV heads) with issue #19's shared
+//! system prompt: 64 requests × (1024 shared + 256 own) tokens — whether a cascade pays there.
 //!
 //! Per row: median GPU time of one `run` (CUDA events, 5 warm-up calls, median of 50, L2
 //! flushed and a 100 µs spin before each call — the method of every bench here), plan excluded:
@@ -19,10 +21,40 @@ use ferrinfer::runtime::{Discovery, TimeOpts, Timing};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
 
-const BATCH: usize = 64;
-const PREFIX: usize = 4096;
-const OWN: usize = 256;
 const PAGE: usize = 16;
+
+/// One benchmarked geometry.
+struct Shape {
+    name: &'static str,
+    batch: usize,
+    prefix: usize,
+    own: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+const SHAPES: [Shape; 2] = [
+    Shape {
+        name: "issue #17's shape",
+        batch: 64,
+        prefix: 4096,
+        own: 256,
+        q_heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+    },
+    // The engine's model with issue #19's shared system prompt: does a cascade pay there?
+    Shape {
+        name: "SmolLM2-135M geometry",
+        batch: 64,
+        prefix: 1024,
+        own: 256,
+        q_heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+    },
+];
 
 const OPTS: TimeOpts = TimeOpts {
     warmup: 5,
@@ -57,7 +89,7 @@ fn concat(prefix: &BatchPages, per_request_prefix: bool, own: &BatchPages) -> Ba
         kv_indptr: vec![0],
         ..Default::default()
     };
-    for b in 0..BATCH {
+    for b in 0..own.batch_size() {
         let p = if per_request_prefix { b } else { 0 };
         let r = |x: &BatchPages, i: usize| x.kv_indptr[i] as usize..x.kv_indptr[i + 1] as usize;
         t.kv_indices
@@ -78,23 +110,32 @@ fn row(what: &str, qo: usize, t: &Timing, cascade_us: Option<f64>) {
     );
 }
 
-fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
-    let heads = HeadConfig::new(32, 8, 128)?;
+fn run(gpu: &Gpu, s: &Shape) -> ferrinfer::Result<()> {
+    let Shape {
+        batch,
+        prefix,
+        own: own_len,
+        q_heads,
+        kv_heads,
+        head_dim: d,
+        ..
+    } = *s;
+    let heads = HeadConfig::new(q_heads, kv_heads, d)?;
     let opts = AttentionOptions::default().with_causal(true);
-    let (pp, op_) = (PREFIX / PAGE, OWN / PAGE);
+    let (pp, op_) = (prefix / PAGE, own_len / PAGE);
     // Pool: one shared prefix, 64 prefix copies, 64 own parts; ids in random order.
-    let num_pages = pp + BATCH * pp + BATCH * op_;
+    let num_pages = pp + batch * pp + batch * op_;
     let mut ids: Vec<i32> = (0..num_pages as i32).collect();
     ferrinfer_harness::shuffle_pages(&mut ids, 0x5ca1_ab1e);
     let mut it = ids.into_iter();
     let shared = tables(&[pp], &mut it);
-    let copies = tables(&[pp; BATCH], &mut it);
-    let own = tables(&[op_; BATCH], &mut it);
+    let copies = tables(&vec![pp; batch], &mut it);
+    let own = tables(&vec![op_; batch], &mut it);
     let cfg = KvPoolConfig {
         num_pages: 0,
         page_size: PAGE,
-        num_kv_heads: 8,
-        head_dim: 128,
+        num_kv_heads: kv_heads,
+        head_dim: d,
         layout: KvLayout::Nhd,
     };
     let mut pool = KvPool::<bf16>::new_gpu(gpu, cfg, PoolSize::Pages(num_pages))?;
@@ -102,8 +143,9 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     let full_shared = concat(&shared, false, &own);
     let full_copied = concat(&copies, true, &own);
     println!(
-        "device: {}; {BATCH} requests × ({PREFIX} shared + {OWN} own) tokens, bf16, D 128, 32/8 heads, page {PAGE}",
-        gpu.info().name
+        "\ndevice: {}; {}: {batch} requests × ({prefix} shared + {own_len} own) tokens, bf16, D {d}, {q_heads}/{kv_heads} heads, page {PAGE}",
+        gpu.info().name,
+        s.name
     );
     println!("\n| op | qo per request | median us | p10 | p90 | cascade speed-up over it |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
@@ -111,12 +153,12 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
     let prefill = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
     let decode = BatchDecode::new(gpu, heads, DType::Bf16, opts)?;
     for qo in [1usize, 16] {
-        let n = BATCH * qo;
-        let q = gpu.upload(&pattern(n * 32 * 128, 1))?;
-        let mut o = gpu.alloc::<bf16>(n * 32 * 128)?;
-        let mut lse = gpu.alloc::<f32>(n * 32)?;
+        let n = batch * qo;
+        let q = gpu.upload(&pattern(n * q_heads * d, 1))?;
+        let mut o = gpu.alloc::<bf16>(n * q_heads * d)?;
+        let mut lse = gpu.alloc::<f32>(n * q_heads)?;
         let all = [0, n as i32];
-        let per: Vec<i32> = (0..=BATCH as i32).map(|b| b * qo as i32).collect();
+        let per: Vec<i32> = (0..=batch as i32).map(|b| b * qo as i32).collect();
         let levels = [
             CascadeLevel {
                 qo_indptr: &all,
@@ -160,9 +202,11 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
 fn main() {
     match Gpu::discover(0) {
         Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("cascade bench failed: {e}");
-                std::process::exit(1);
+            for s in &SHAPES {
+                if let Err(e) = run(&g, s) {
+                    eprintln!("cascade bench failed ({}): {e}", s.name);
+                    std::process::exit(1);
+                }
             }
         }
         Ok(Discovery::NotFound(why)) => {
