@@ -23,7 +23,8 @@ struct Batch {
 fn arb_batch() -> impl Strategy<Value = Batch> {
     (
         prop::sample::select(vec![8usize, 64, 128]),
-        1usize..=4,
+        // Groups up to 32, as the GPU prefill takes them.
+        prop_oneof![3 => 1usize..=4, 1 => prop::sample::select(vec![16usize, 32])],
         1usize..=2,
         prop::collection::vec((1usize..60, 0usize..200), 1..6),
         any::<bool>(),

@@ -116,11 +116,23 @@ fn sweep(
     t.finish(name, started);
 }
 
-/// Head geometry: D 64/128/256, group 1–8, 1–2 KV heads.
-fn draw_heads(r: &mut StdRng) -> HeadConfig {
+/// Head geometry: D 64/128/256, group 1–8, 1–2 KV heads; in about one launch in eight a
+/// larger group, up to `max_group` (decode: 16, the tensor-core kernel's, at D 64/128 only;
+/// prefill: 32; append: 8, its rows do not depend on the group).
+fn draw_heads(r: &mut StdRng, max_group: usize) -> HeadConfig {
+    let hkv = r.random_range(1..=2usize);
+    if max_group > 8 && r.random_bool(0.125) {
+        let g = r.random_range(9..=max_group);
+        let dims: &[usize] = if max_group <= 16 {
+            &[64, 128]
+        } else {
+            &[64, 128, 256]
+        };
+        let d = *dims.choose(r).unwrap();
+        return HeadConfig::new(hkv * g, hkv, d).unwrap();
+    }
     let d = *[64usize, 128, 256].choose(r).unwrap();
     let g = r.random_range(1..=8usize);
-    let hkv = r.random_range(1..=2usize);
     HeadConfig::new(hkv * g, hkv, d).unwrap()
 }
 
@@ -178,13 +190,14 @@ fn lse_f64(l: &[f32]) -> Vec<f64> {
 // Decode
 
 fn decode_launch<T: Float16>(gpu: &Gpu, r: &mut StdRng, batch: usize, t: &mut Tally) {
-    let h = draw_heads(r);
+    let h = draw_heads(r, 16);
     let page = *[1usize, 8, 16, 32].choose(r).unwrap();
     let lay = layout(r);
     let opts = draw_opts(r, false);
     let kernel = match r.random_range(0..3) {
         0 => None,
-        1 => Some(DecodeKernel::CudaCore),
+        // Groups above 8 run on tensor cores only (the CUDA-core kernel refuses them).
+        1 if h.group() <= 8 => Some(DecodeKernel::CudaCore),
         _ if h.head_dim <= 128 => Some(DecodeKernel::TensorCore),
         _ => None,
     };
@@ -261,7 +274,7 @@ fn gpu_sweep_batch_decode() {
 // Prefill
 
 fn prefill_launch<T: Float16>(gpu: &Gpu, r: &mut StdRng, batch: usize, t: &mut Tally) {
-    let h = draw_heads(r);
+    let h = draw_heads(r, 32);
     let causal = r.random_bool(0.6);
     let opts = draw_opts(r, causal);
     let paged = r
@@ -388,7 +401,7 @@ fn gpu_sweep_batch_prefill() {
 /// strides (as a fused QKV projection leaves them). A case is one request: its rows must land
 /// bit-exact at their page entries; the launch also fails if any other pool element changed.
 fn append_launch<T: Float16>(gpu: &Gpu, r: &mut StdRng, batch: usize, t: &mut Tally) {
-    let h = draw_heads(r);
+    let h = draw_heads(r, 8);
     let (hkv, d) = (h.num_kv_heads, h.head_dim);
     let page = *[1usize, 8, 16, 32].choose(r).unwrap();
     let lay = layout(r);

@@ -162,9 +162,16 @@ pub(crate) fn pool_heads(op: &'static str, pool: &KvPoolConfig, heads: &HeadConf
     Ok(())
 }
 
+/// Largest query group of the prefill kernels: their tiles pack whole query tokens of
+/// `group` rows each into 64 or 128 rows (`tile_tokens = rows / group`), so up to 32 a tile still
+/// holds two tokens or more.
+pub(crate) const PREFILL_MAX_GROUP: usize = 32;
+
 /// The head geometries the attention kernels are built for: head dims 64, 128 and 256, query
-/// groups 1–8, at most 65535 KV heads (grid.y) and a q row below 2^32 elements.
-pub(crate) fn kernel_heads(op: &'static str, heads: &HeadConfig) -> Result<()> {
+/// groups `1..=max_group` (the op family's: [`PREFILL_MAX_GROUP`], or the decode's, whose
+/// kernel choice narrows it further), at most 65535 KV heads (grid.y) and a q row below 2^32
+/// elements.
+pub(crate) fn kernel_heads(op: &'static str, heads: &HeadConfig, max_group: usize) -> Result<()> {
     if !matches!(heads.head_dim, 64 | 128 | 256) {
         return Err(Error::unsupported(
             op,
@@ -172,11 +179,11 @@ pub(crate) fn kernel_heads(op: &'static str, heads: &HeadConfig) -> Result<()> {
             format!("{} (supported: 64, 128, 256)", heads.head_dim),
         ));
     }
-    if !(1..=8).contains(&heads.group()) {
+    if !(1..=max_group).contains(&heads.group()) {
         return Err(Error::unsupported(
             op,
             "group size",
-            format!("{} (supported: 1..=8)", heads.group()),
+            format!("{} (supported: 1..={max_group})", heads.group()),
         ));
     }
     if heads.num_kv_heads > 65_535 || u32::try_from(heads.num_qo_heads * heads.head_dim).is_err() {

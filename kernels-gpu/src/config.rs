@@ -28,13 +28,16 @@ pub mod decode_tc {
         2 * TILE * head_dim * 2
     }
 
-    /// Dynamic shared memory: the staging ring, reused for the cross-warp merge (4 warps × 16
-    /// rows × head_dim f32 outputs + their m and d) and the fused split merge (a 16-byte flag,
-    /// then up to 8 heads × `MAX_ITEMS_PER_REQUEST` f32 weights).
-    pub const fn smem_bytes(head_dim: u32) -> u32 {
+    /// Dynamic shared memory for query group `group`: the staging ring, reused for the
+    /// cross-warp merge (4 warps × 16 rows × head_dim f32 outputs + their m and d) and the fused
+    /// split merge (a 16-byte flag, then `max(group, 8)` heads × `MAX_ITEMS_PER_REQUEST` f32
+    /// weights: groups up to 8 keep the size they were measured with, larger ones get the
+    /// 16 bytes more that 16 heads' weights need over the 64 KB ring).
+    pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {
         let staging = stages(head_dim) * stage_bytes(head_dim);
         let merge = 4 * 16 * head_dim * 4 + 4 * 16 * 2 * 4 + 16;
-        let split = 16 + 8 * super::batch_decode::MAX_ITEMS_PER_REQUEST * 4;
+        let heads = if group > 8 { group } else { 8 };
+        let split = 16 + heads * super::batch_decode::MAX_ITEMS_PER_REQUEST * 4;
         let m = if staging > merge { staging } else { merge };
         if m > split {
             m

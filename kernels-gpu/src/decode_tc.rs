@@ -37,7 +37,7 @@ const TILE: u32 = cfg::TILE;
 ///
 /// # Safety
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
-/// `config::decode_tc::smem_bytes(D)`; `group ≤ 16`; plan validated by the host.
+/// `config::decode_tc::smem_bytes(D, group)`; `group ≤ 16`; plan validated by the host.
 #[inline(always)]
 unsafe fn decode_tc<
     E: Elem,

@@ -164,7 +164,7 @@ fn arb_case(max_batch: usize, max_len: usize) -> impl Strategy<Value = (Case, bo
     );
     (
         prop::sample::select(vec![64usize, 128, 256]),
-        prop::sample::select(vec![1usize, 2, 3, 4, 5, 8]),
+        prop::sample::select(vec![1usize, 2, 3, 4, 5, 8, 16, 32]),
         1usize..=2,
         prop::collection::vec(req, 1..max_batch),
         prop_oneof![

@@ -17,7 +17,7 @@ fn bad_input_is_a_typed_error() {
         Err(Error::Unsupported { .. })
     ));
     assert!(matches!(
-        BatchPrefill::new(&gpu, HeadConfig::new(16, 1, 64).unwrap(), DType::F16, opts),
+        BatchPrefill::new(&gpu, HeadConfig::new(64, 1, 64).unwrap(), DType::F16, opts),
         Err(Error::Unsupported { .. })
     ));
     let mut op = BatchPrefill::new(&gpu, heads, DType::F16, opts).unwrap();

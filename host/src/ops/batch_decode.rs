@@ -16,7 +16,7 @@
 //!
 //! Here: the op, its plan and the planning step; `kernel.rs`: which kernel runs (family, K/V
 //! type, RoPE); `launch.rs`: the launch; `spans.rs`: plans and launches over caller memory.
-use ferrinfer_kernels::config::{batch_decode as bcfg, decode_rows as cfg};
+use ferrinfer_kernels::config::{batch_decode as bcfg, decode_rows as cfg, decode_tc as tccfg};
 
 use crate::dtype::{DType, KvDtype};
 use crate::error::{Error, Result};
@@ -158,7 +158,7 @@ pub struct BatchDecode {
 }
 
 impl BatchDecode {
-    /// Validates the configuration (head dim 64/128/256, group 1–8, f16/bf16, options) and
+    /// Validates the configuration (head dim 64/128/256, group 1–16 — above 8 on the tensor-core kernel, head dims 64 and 128 — f16/bf16, options) and
     /// resolves the kernels.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         Self::build(gpu, heads, dtype, opts, None)
@@ -188,7 +188,7 @@ impl BatchDecode {
     ) -> Result<Self> {
         heads.validate(OP)?;
         opts.validate(OP)?;
-        validate::kernel_heads(OP, &heads)?;
+        validate::kernel_heads(OP, &heads, tccfg::MAX_GROUP as usize)?;
         let kind = if heads.group() >= TENSOR_CORE_MIN_GROUP && Self::tensor_cores_support(&heads) {
             DecodeKernel::TensorCore
         } else {

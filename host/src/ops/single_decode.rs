@@ -65,7 +65,7 @@ pub struct SingleDecode {
 }
 
 impl SingleDecode {
-    /// Validates the configuration and resolves the kernel. Head dims 64/128/256, groups 1–8,
+    /// Validates the configuration and resolves the kernel. Head dims 64/128/256, groups 1–8 (up to 16 at head dims 64 and 128, on tensor cores),
     /// f16/bf16.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         let inner = BatchDecode::new(gpu, heads, dtype, opts).map_err(rename)?;

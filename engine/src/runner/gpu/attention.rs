@@ -53,7 +53,8 @@ impl Attention {
             },
         )?;
         // A decode query is its sequence's last token: it sees every key, so no causal mask.
-        // Both ops accept the same head configurations (head dims 64/128/256, groups 1–8).
+        // Both ops accept every head configuration of a model the engine loads up to group 16 at
+        // head dims 64/128 (prefill takes groups up to 32, decode above 8 only on tensor cores).
         let decode = BatchDecode::new_graph(
             gpu,
             heads,

@@ -17,10 +17,10 @@ use crate::runtime::{Gpu, Kernel};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeKernel {
     /// CUDA cores: `D/8` lanes per K/V row, shuffles for the dot products
-    /// (`kernels-gpu/src/batch_decode.rs`); every head dim and group size 1–8.
+    /// (`kernels-gpu/src/batch_decode.rs`); every head dim, group sizes 1–8.
     CudaCore,
     /// Tensor cores: the group's query heads are the rows of one `mma.m16n8k16` tile
-    /// (`kernels-gpu/src/decode_tc.rs`); head dims 64 and 128.
+    /// (`kernels-gpu/src/decode_tc.rs`); head dims 64 and 128, group sizes 1–16.
     TensorCore,
 }
 
@@ -166,10 +166,19 @@ impl BatchDecode {
         };
         let (key, smem, threads, align) = match kind {
             DecodeKernel::CudaCore => {
-                let cap = u32::try_from(h.group())
-                    .ok()
-                    .and_then(cfg::group_capacity)
-                    .unwrap_or(8);
+                let Some(cap) = u32::try_from(h.group()).ok().and_then(cfg::group_capacity) else {
+                    return Err(Error::unsupported(
+                        OP,
+                        "group size",
+                        format!(
+                            "{} on the CUDA-core decode (supported: 1..=8; groups up to {} run on \
+                             the tensor-core decode: head dims 64 and 128, 16-bit K/V, no RoPE \
+                             inside attention)",
+                            h.group(),
+                            tccfg::MAX_GROUP
+                        ),
+                    ));
+                };
                 let key = match fp8 {
                     None if rope => KernelKey::DecodeRope {
                         dtype: dtype.key(),
@@ -224,7 +233,7 @@ impl BatchDecode {
                 };
                 (
                     key,
-                    tccfg::smem_bytes(d),
+                    tccfg::smem_bytes(d, h.group() as u32),
                     tccfg::THREADS,
                     tccfg::TILE as usize,
                 )

@@ -50,7 +50,7 @@ pub struct BatchPrefill {
 }
 
 impl BatchPrefill {
-    /// Validates the configuration: head dims 64, 128 and 256, groups 1–8, f16/bf16, options.
+    /// Validates the configuration: head dims 64, 128 and 256, groups 1–32, f16/bf16, options.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         Self::build(gpu, heads, dtype, opts, None)
     }
@@ -83,7 +83,7 @@ impl BatchPrefill {
     ) -> Result<Self> {
         heads.validate(OP)?;
         validate::kernel_options(OP, &opts)?;
-        validate::kernel_heads(OP, &heads)?;
+        validate::kernel_heads(OP, &heads, validate::PREFILL_MAX_GROUP)?;
         let merge = gpu.kernel(merge::key(true, dtype, heads.head_dim), 0)?;
         let kernels = PrefillKernels::resolve(gpu, dtype, heads.head_dim, true, true)?;
         let mut max_ctas = [1; 4];

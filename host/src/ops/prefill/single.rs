@@ -40,11 +40,11 @@ pub struct SinglePrefill {
 }
 
 impl SinglePrefill {
-    /// Validates the configuration: head dims 64, 128 and 256, groups 1–8, f16/bf16.
+    /// Validates the configuration: head dims 64, 128 and 256, groups 1–32, f16/bf16.
     pub fn new(gpu: &Gpu, heads: HeadConfig, dtype: DType, opts: AttentionOptions) -> Result<Self> {
         heads.validate(OP)?;
         validate::kernel_options(OP, &opts)?;
-        validate::kernel_heads(OP, &heads)?;
+        validate::kernel_heads(OP, &heads, validate::PREFILL_MAX_GROUP)?;
         Ok(Self {
             gpu: gpu.clone(),
             heads,
