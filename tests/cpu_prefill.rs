@@ -215,3 +215,93 @@ fn batch_prefill_bad_input_is_a_typed_error() {
     ));
     assert!(out.iter().all(|x| x.to_f32() == 7.0));
 }
+
+/// A decode step (one query per request, the request's last token) through batch prefill
+/// (causal) and through batch decode gives bit-identical outputs: both run the same per-query
+/// kernel over the same keys, and the engine's CPU runner relies on it to send decode steps to
+/// the faster decode op without changing a token.
+#[test]
+fn decode_step_prefill_equals_batch_decode() {
+    let strategy = (
+        prop::sample::select(vec![64usize, 128]),
+        prop_oneof![1usize..=4, Just(16)],
+        1usize..=2,
+        prop::collection::vec(1usize..300, 1..8),
+        prop::sample::select(vec![1usize, 16]),
+        prop_oneof![Just(None), (1.0f32..30.0).prop_map(Some)],
+        any::<u64>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))
+        .run(&strategy, |(d, g, hkv, lens, page_size, cap, seed)| {
+            let h = HeadConfig::new(hkv * g, hkv, d).unwrap();
+            let (qrow, kvrow) = (h.num_qo_heads * h.head_dim, h.num_kv_heads * h.head_dim);
+            let mut r = rng(seed);
+            let nkv: usize = lens.iter().sum();
+            let (q, _) = random_values::<bf16>(&mut r, lens.len() * qrow, 2.0);
+            let (k, _) = random_values::<bf16>(&mut r, nkv * kvrow, 2.0);
+            let (v, _) = random_values::<bf16>(&mut r, nkv * kvrow, 1.0);
+            let total: usize = lens.iter().map(|l| l.div_ceil(page_size)).sum();
+            let mut ids: Vec<i32> = (0..total as i32).collect();
+            ids.shuffle(&mut r);
+            let mut pages = BatchPages {
+                kv_indptr: vec![0],
+                ..Default::default()
+            };
+            let (mut bi, mut pos, mut next) = (vec![], vec![], 0);
+            for (b, &kl) in lens.iter().enumerate() {
+                let n = kl.div_ceil(page_size);
+                pages.kv_indices.extend_from_slice(&ids[next..next + n]);
+                next += n;
+                pages.kv_indptr.push(next as i32);
+                pages
+                    .kv_last_page_len
+                    .push(((kl - 1) % page_size + 1) as i32);
+                bi.extend(std::iter::repeat_n(b as i32, kl));
+                pos.extend(0..kl as i32);
+            }
+            let cfg = KvPoolConfig {
+                num_pages: 0,
+                page_size,
+                num_kv_heads: h.num_kv_heads,
+                head_dim: h.head_dim,
+                layout: KvLayout::Nhd,
+            };
+            let mut pool = KvPool::<bf16>::new_cpu(cfg, PoolSize::Pages(total)).unwrap();
+            let rs = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
+            let meta = AppendMeta {
+                batch_indices: &bi,
+                positions: &pos,
+                pages: &pages,
+            };
+            pool.append(&meta, Rows::Host(&k), rs, Rows::Host(&v), rs)
+                .unwrap();
+            let opts = AttentionOptions {
+                soft_cap: cap,
+                ..Default::default()
+            };
+            let qo_indptr: Vec<i32> = (0..=lens.len() as i32).collect();
+            let mut by_prefill = vec![bf16::NAN; lens.len() * qrow];
+            cpu::batch_prefill_paged(
+                &h,
+                &opts.with_causal(true),
+                &q,
+                &qo_indptr,
+                &pool,
+                &pages,
+                &mut by_prefill,
+                None,
+            )
+            .unwrap();
+            let mut by_decode = vec![bf16::NAN; lens.len() * qrow];
+            cpu::batch_decode(&h, &opts, &q, &pool, &pages, &mut by_decode, None).unwrap();
+            prop_assert!(
+                by_prefill
+                    .iter()
+                    .zip(&by_decode)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "decode step: batch prefill and batch decode differ ({lens:?}, group {g}, D {d})"
+            );
+            Ok(())
+        })
+        .unwrap();
+}

@@ -99,11 +99,12 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
             r.set_graphs(!args.no_cuda_graphs);
             Box::new(r)
         }
-        None => Box::new(CpuRunner::new(
-            model.config.clone(),
-            model.weights.clone(),
-            args.kv_tokens,
-        )?),
+        None => {
+            let mut r =
+                CpuRunner::new(model.config.clone(), model.weights.clone(), args.kv_tokens)?;
+            r.set_decode_op(!args.no_decode_attention);
+            Box::new(r)
+        }
     };
     let backend = runner.backend();
     eprintln!(

@@ -47,8 +47,8 @@ pub struct ModelArgs {
     /// (SGEMM, the accuracy reference). Ignored on the CPU backend.
     #[arg(long, default_value_t = GpuWeights::Bf16)]
     pub gpu_weights: GpuWeights,
-    /// Run the GPU's decode steps on the batch prefill op, like steps with prompt chunks,
-    /// instead of the batch decode op (the runner before the decode path: for before/after
+    /// Run decode steps on the batch prefill op, like steps with prompt chunks, instead of the
+    /// batch decode op (both backends; the runners before their decode paths: for before/after
     /// measurements).
     #[arg(long)]
     pub no_decode_attention: bool,

@@ -1,7 +1,12 @@
 //! The model on the CPU backend: f32 weights and activations, the gemm crate for matrix
 //! products, ferrinfer's CPU ops for norms, RoPE, the SwiGLU gate and paged attention, and an
-//! f16 paged KV cache in host memory.
-use ferrinfer::cpu::{activation, batch_prefill_paged, norm, rope};
+//! f16 paged KV cache in host memory. Attention is batch decode when every sequence of the step
+//! brings one token, batch prefill otherwise (as on the GPU): for a decode query both run the
+//! same per-query kernel on the same keys, so the results are bit-identical, but the prefill op
+//! gathers the whole batch's K/V into one buffer first and parallelises over query rows, which
+//! made a decode step's attention 2.5× slower (64 requests × 1280 tokens at SmolLM2's geometry,
+//! 2 cores: 43–45 ms per layer against 17–18 ms; docs/perf-notes.md).
+use ferrinfer::cpu::{activation, batch_decode, batch_prefill_paged, norm, rope};
 use ferrinfer::kv::{PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
 use ferrinfer::{AttentionOptions, HeadConfig};
 use half::f16;
@@ -40,7 +45,12 @@ pub struct CpuRunner {
     w: Arc<Weights>,
     cache: PagedKvCache<f16>,
     heads: HeadConfig,
+    /// Prompt chunks and mixed steps: causal.
     opts: AttentionOptions,
+    /// Decode steps: a decode query is its sequence's last token and sees every key.
+    decode_opts: AttentionOptions,
+    /// Whether decode steps go to the batch decode op (else to batch prefill, as mixed steps).
+    decode_op: bool,
 }
 
 impl CpuRunner {
@@ -55,7 +65,16 @@ impl CpuRunner {
             cache,
             heads,
             opts: AttentionOptions::default().with_causal(true),
+            decode_opts: AttentionOptions::default(),
+            decode_op: true,
         })
+    }
+
+    /// Runs steps of one-token requests on the batch decode op (`true`, the default) or, as
+    /// steps with prompt chunks, on batch prefill (`false`: the runner before, for before/after
+    /// measurements; the tokens are the same).
+    pub fn set_decode_op(&mut self, on: bool) {
+        self.decode_op = on;
     }
 }
 
@@ -104,6 +123,7 @@ impl CpuRunner {
         let ids: Vec<SeqId> = step.seqs.iter().map(|s| s.0).collect();
         let pages = self.cache.batch_pages(&ids)?;
         let qo_indptr = step.qo_indptr();
+        let decode_step = self.decode_op && step.seqs.iter().all(|s| s.1 == 1);
         let mut x = Vec::with_capacity(n * d);
         for &t in &step.tokens {
             x.extend_from_slice(&self.w.embed[t as usize * d..(t as usize + 1) * d]);
@@ -156,16 +176,29 @@ impl CpuRunner {
             to_f16(&q, &mut q16);
             self.cache
                 .append_layer(l, &kv_step, Rows::Host(&k16), rs, Rows::Host(&v16), rs)?;
-            batch_prefill_paged(
-                &self.heads,
-                &self.opts,
-                &q16,
-                &qo_indptr,
-                self.cache.pool(l)?,
-                &pages,
-                &mut o16,
-                None,
-            )?;
+            let pool = self.cache.pool(l)?;
+            if decode_step {
+                batch_decode(
+                    &self.heads,
+                    &self.decode_opts,
+                    &q16,
+                    pool,
+                    &pages,
+                    &mut o16,
+                    None,
+                )?;
+            } else {
+                batch_prefill_paged(
+                    &self.heads,
+                    &self.opts,
+                    &q16,
+                    &qo_indptr,
+                    pool,
+                    &pages,
+                    &mut o16,
+                    None,
+                )?;
+            }
             for (a, b) in o.iter_mut().zip(&o16) {
                 *a = b.to_f32();
             }
