@@ -246,11 +246,18 @@ fn bad_input_is_a_typed_error() {
         SingleDecode::new(&gpu, bad_d, DType::F16, opts),
         Err(Error::Unsupported { .. })
     ));
-    let bad_g = HeadConfig::new(18, 2, 128).unwrap();
-    assert!(matches!(
-        SingleDecode::new(&gpu, bad_g, DType::F16, opts),
-        Err(Error::Unsupported { .. })
-    ));
+    // Groups above 8 run on the tensor-core decode (head dims 64 and 128), up to 16.
+    let g9 = HeadConfig::new(18, 2, 128).unwrap();
+    assert!(SingleDecode::new(&gpu, g9, DType::F16, opts).is_ok());
+    for bad_g in [
+        HeadConfig::new(34, 2, 128).unwrap(),
+        HeadConfig::new(18, 2, 256).unwrap(),
+    ] {
+        assert!(matches!(
+            SingleDecode::new(&gpu, bad_g, DType::F16, opts),
+            Err(Error::Unsupported { .. })
+        ));
+    }
     assert!(matches!(
         HeadConfig::new(9, 2, 128),
         Err(Error::InvalidArgument { .. })

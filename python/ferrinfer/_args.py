@@ -79,13 +79,6 @@ def run_window(op: str, planned: Optional[int], window_left: Optional[int], cuda
 
 FP8 = ("float8_e4m3fn", "float8_e5m2")
 
-# fp8 caches on CUDA tensors (the batch decode wrapper): built, but refused until their GPU tests
-# (python/tests/test_cuda.py::test_batch_decode_fp8_cache_on_cuda, which turns this on for its
-# own run, and tests/fp8_decode.rs's spans check) have passed on a GPU — a path that has never
-# run must not be able to return a wrong result. First GPU run (H100, 2026-12-07): the Rust
-# spans check passed; the Python test found a dtype check that refused fp8 caches (fixed, not
-# yet re-run on a GPU).
-CUDA_FP8 = False
 
 
 def kv_dtype(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any = None) -> str:

@@ -137,9 +137,6 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if data_type is not None:
             q_data_type = data_type
         q_dt, kv_dt = _args.decode_kv_dtype(op, q_data_type, kv_data_type)
-        if kv_dt in _args.FP8 and self._device is not None and not _args.CUDA_FP8:
-            raise NotImplementedError(f"{op}: kv_data_type={kv_dt} on CUDA: built but not yet validated on a GPU, "
-                                      "so ferrinfer refuses it for now (CPU arrays are supported)")
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
