@@ -13,17 +13,7 @@ fn large_group(mut c: Case) -> Case {
 
 #[test]
 fn cpu_batch_decode_large_groups_match_oracle() {
-    TestRunner::new(ProptestConfig::with_cases(proptest_cases(8)))
-        .run(&arb_case(8, 1200), |(c, bf)| {
-            let c = large_group(c);
-            if bf {
-                check(run_cpu::<bf16>(&c), DType::Bf16, &c);
-            } else {
-                check(run_cpu::<f16>(&c), DType::F16, &c);
-            }
-            Ok(())
-        })
-        .unwrap();
+    cpu_cases(8, 8, 1200, large_group);
 }
 
 /// Groups 9–16 run on the tensor-core decode (the default there), planned freely and with a

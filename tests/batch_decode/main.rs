@@ -237,10 +237,12 @@ fn gpu_batch_decode_random_matches_oracle() {
     );
 }
 
-#[test]
-fn cpu_batch_decode_random_matches_oracle() {
-    TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))
-        .run(&arb_case(12, 1500), |(c, bf)| {
+/// The CPU backend on `cases` random cases of at most `max_batch` requests and `max_len` keys,
+/// each first passed through `adapt`.
+fn cpu_cases(cases: u32, max_batch: usize, max_len: usize, adapt: fn(Case) -> Case) {
+    TestRunner::new(ProptestConfig::with_cases(proptest_cases(cases)))
+        .run(&arb_case(max_batch, max_len), |(c, bf)| {
+            let c = adapt(c);
             if bf {
                 check(run_cpu::<bf16>(&c), DType::Bf16, &c);
             } else {
@@ -249,6 +251,11 @@ fn cpu_batch_decode_random_matches_oracle() {
             Ok(())
         })
         .unwrap();
+}
+
+#[test]
+fn cpu_batch_decode_random_matches_oracle() {
+    cpu_cases(16, 12, 1500, |c| c);
 }
 
 /// The benchmark geometry at small scale, empty requests and a very long context.
