@@ -70,27 +70,30 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         let q = gpu.upload(&pattern(batch * qo * qrow, 1))?;
         let mut o = gpu.alloc::<bf16>(batch * qo * qrow)?;
         // The Hopper tile three times: the persistent kernel, the merged kernel (one CTA per
-        // item), and the plan's own choice between them (`persistent_auto`); ragged K/V also
-        // with the `cp.async` producer instead of TMA (the default), both kernels.
-        // `None` first: the tile, persistence and producer the plan picks by itself (the row
-        // compared with FlashInfer), then every tile forced.
-        let variants: Vec<(Option<PrefillTile>, Option<bool>, bool)> =
-            std::iter::once((None, None, true))
+        // item), and the plan's own choice between them (`persistent_auto`) and of the
+        // producer (`tma_auto`); the forced kernels with TMA and, for ragged K/V, also with the
+        // `cp.async` producer. `None` first: the tile, persistence and producer the plan picks
+        // by itself (the row compared with FlashInfer), then every tile forced.
+        let variants: Vec<(Option<PrefillTile>, Option<bool>, Option<bool>)> =
+            std::iter::once((None, None, None))
                 .chain(
                     PrefillTile::available(128, gpu.info().arch)
                         .iter()
                         .flat_map(|&t| {
                             let t = Some(t);
                             if t != Some(PrefillTile::Rows128Wgmma) {
-                                return vec![(t, None, true)];
+                                return vec![(t, None, None)];
                             }
                             let mut v = vec![
-                                (t, Some(true), true),
-                                (t, Some(false), true),
-                                (t, None, true),
+                                (t, Some(true), Some(true)),
+                                (t, Some(false), Some(true)),
+                                (t, None, None),
                             ];
                             if !paged {
-                                v.extend([(t, Some(true), false), (t, Some(false), false)]);
+                                v.extend([
+                                    (t, Some(true), Some(false)),
+                                    (t, Some(false), Some(false)),
+                                ]);
                             }
                             v
                         }),
@@ -107,7 +110,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 (Some(t), Some(false)) => format!("{t:?} merged"),
                 (Some(t), None) if t == PrefillTile::Rows128Wgmma => format!("{t:?} auto"),
                 (Some(t), None) => format!("{t:?}"),
-            } + if tma { "" } else { " cp.async" };
+            } + if tma == Some(false) { " cp.async" } else { "" };
             let (t, items, plan_us) = if paged {
                 let (pages, pool) = paged_kv(gpu, batch, kv)?;
                 let mut plan = op.plan_paged(&qo_indptr, &pages, pool.config())?;

@@ -287,7 +287,7 @@ fn prefill_launch<T: Float16>(gpu: &Gpu, r: &mut StdRng, batch: usize, t: &mut T
         Some(*PrefillTile::available(h.head_dim, arch).choose(r).unwrap())
     };
     let persistent = [None, Some(false), Some(true)][r.random_range(0..3)];
-    let tma = r.random_bool(0.5);
+    let tma = *[None, Some(true), Some(false)].choose(r).unwrap();
     let split = [None, Some(64usize), Some(200)][r.random_range(0..3)];
     // (qo_len, kv_len): kv_len ≥ qo_len (the queries' own keys are the last ones).
     let reqs: Vec<(usize, usize)> = (0..batch)
@@ -368,7 +368,7 @@ fn prefill_launch<T: Float16>(gpu: &Gpu, r: &mut StdRng, batch: usize, t: &mut T
     for (b, s) in stats.into_iter().enumerate() {
         let what = || {
             format!(
-                "{} {h:?} {paged:?} {opts:?} tile {tile:?} persistent {persistent:?} tma {tma} \
+                "{} {h:?} {paged:?} {opts:?} tile {tile:?} persistent {persistent:?} tma {tma:?} \
                  split {split:?} (qo, kv) {:?}",
                 T::DTYPE,
                 reqs[b]

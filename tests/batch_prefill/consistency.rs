@@ -19,7 +19,7 @@ fn gpu_prefill_of_one_token_equals_decode() {
         },
         fixed_split: None,
         tile: PrefillTile::default(),
-        tma: true,
+        tma: None,
         seed: 7,
     };
     let d = make::<bf16>(&c);
@@ -67,7 +67,7 @@ fn gpu_chunked_prefill_equals_one_prefill() {
         opts,
         fixed_split: None,
         tile: PrefillTile::default(),
-        tma: true,
+        tma: None,
         seed: 11,
     };
     let d = make::<f16>(&full);
@@ -163,7 +163,7 @@ fn gpu_graph_mode_plan_reuse() {
             opts,
             fixed_split: None,
             tile: PrefillTile::default(),
-            tma: true,
+            tma: None,
             seed: 100 + i as u64,
         };
         let d = make::<bf16>(&c);

@@ -54,7 +54,7 @@ fn gpu_wgmma_tile_small_shapes() {
             opts,
             fixed_split: split,
             tile: PrefillTile::Rows128Wgmma,
-            tma: true,
+            tma: Some(true),
             seed: 90 + i as u64,
         };
         if let Some(s) = cp_async_form(&gpu, &c) {
@@ -109,7 +109,7 @@ fn gpu_wgmma_persistent_many_units() {
             opts: causal,
             fixed_split: split,
             tile: PrefillTile::Rows128Wgmma,
-            tma: true,
+            tma: Some(true),
             seed: 120 + i as u64,
         };
         if let Some(s) = cp_async_form(&gpu, &c) {
@@ -153,7 +153,7 @@ fn gpu_wgmma_persistent_many_units() {
             opts: causal,
             fixed_split: None,
             tile,
-            tma: true,
+            tma: None,
             seed: 130 + i as u64,
         };
         let d = make::<bf16>(&c);

@@ -20,7 +20,7 @@ use crate::validate;
 use super::graph::PrefillGraphLimits;
 use super::launch::{launch_prefill, ragged_tensor_maps, PrefillKernels, RaggedRows};
 use super::plan::{BatchPrefillPlan, KvKind};
-use super::policy::PrefillTile;
+use super::policy::{tma_auto, PrefillTile};
 
 pub(super) const OP: &str = "batch_prefill";
 
@@ -39,8 +39,9 @@ pub struct BatchPrefill {
     /// Persistent CTAs for the Hopper tile: `None` chosen per plan
     /// ([`super::persistent_auto`]).
     pub(super) persistent: Option<bool>,
-    /// Ragged K/V tiles of the Hopper tile loaded with TMA ([`BatchPrefill::set_tma`]).
-    tma: bool,
+    /// Ragged K/V tiles of the Hopper tile loaded with TMA (`Some(true)`), `cp.async`
+    /// (`Some(false)`) or as the plan's items suggest (`None`; [`BatchPrefill::set_tma`]).
+    tma: Option<bool>,
     /// The prefill kernels, resolved by `new`.
     kernels: PrefillKernels,
     /// The split-KV merge (f32 partial states).
@@ -110,7 +111,7 @@ impl BatchPrefill {
             graph,
             tile: None,
             persistent: None,
-            tma: true,
+            tma: None,
             kernels,
             merge,
             rope: None,
@@ -156,13 +157,15 @@ impl BatchPrefill {
         self.persistent = persistent;
     }
 
-    /// Whether ragged runs with the Hopper tile load K/V tiles with TMA (the default: one
+    /// Whether ragged runs with the Hopper tile load K/V tiles with TMA (`Some(true)`: one
     /// producer thread issues box copies from tensor maps encoded per launch) or with
-    /// `cp.async` from the whole producer warpgroup. Graph-mode ops always use `cp.async`:
-    /// a tensor map's row count is fixed when the launch is captured, and rows past a later
-    /// step's keys would be read from whatever the buffer holds (masked, but a non-finite
-    /// value there would turn `0 · V` into NaN). Other tiles and paged runs ignore it.
-    pub fn set_tma(&mut self, tma: bool) {
+    /// `cp.async` from the whole producer warpgroup (`Some(false)`); `None` (the default)
+    /// chooses per plan by the mean tiles per work item ([`super::policy::tma_auto`]: `cp.async`
+    /// for short items). Graph-mode ops always use `cp.async`: a tensor map's row count is
+    /// fixed when the launch is captured, and rows past a later step's keys would be read from
+    /// whatever the buffer holds (masked, but a non-finite value there would turn `0 · V` into
+    /// NaN). Other tiles and paged runs ignore it.
+    pub fn set_tma(&mut self, tma: Option<bool>) {
         self.tma = tma;
     }
 
@@ -338,7 +341,8 @@ impl BatchPrefill {
             },
         };
         let hopper = plan.tile == PrefillTile::Rows128Wgmma;
-        let maps = if hopper && kind == KvKind::Ragged && self.tma && self.graph.is_none() {
+        let tma = self.tma.unwrap_or_else(|| tma_auto(&plan.host.items));
+        let maps = if hopper && kind == KvKind::Ragged && tma && self.graph.is_none() {
             let rows = |addr| RaggedRows {
                 addr,
                 stride_n: kv.stride_n as u64,

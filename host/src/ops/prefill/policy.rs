@@ -232,9 +232,36 @@ pub fn persistent_auto(items: &[PrefillItem]) -> bool {
     !items.is_empty() && tiles <= PERSISTENT_MAX_MEAN_TILES * items.len()
 }
 
+/// Mean K/V tiles per work item above which a Hopper-tile plan over ragged K/V loads its tiles
+/// with TMA by default; at or below it, with `cp.async` from the producer warpgroup. Short
+/// items spend their time in start-up, where the tensor-map loads do not help and, on the
+/// H100, cost: 16 × 1024 (~4.6 tiles per item) persistent `cp.async` 457.3 / 458.0 µs against
+/// TMA 492.0 / 491.5 and merged 496.1 / 494.5 against 506.3 / 506.6 (H100, 2026-12-07), level
+/// on the H200 (417.4 vs 416.7, session 7); from 8 × 2048 (~8.6) on, TMA is ahead on both
+/// cards (H100 627.5 vs 636.3 persistent, 665.5 vs 675.6 merged; H200 −1.5–2 %), and on long
+/// items by 3–4 % (docs/perf-notes.md).
+pub const TMA_MIN_MEAN_TILES: usize = 6;
+
+/// Whether a Hopper plan of `items` over ragged K/V loads its tiles with TMA by default
+/// ([`TMA_MIN_MEAN_TILES`]).
+pub fn tma_auto(items: &[PrefillItem]) -> bool {
+    let tile = hopper_cfg::TILE as usize;
+    let tiles: usize = items.iter().map(|i| item_tiles(i, tile)).sum();
+    tiles > TMA_MIN_MEAN_TILES * items.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tma_follows_the_measured_crossover() {
+        // 16 × 1024 (~4.6 tiles per item) on cp.async; 8 × 2048 (~8.6) and longer on TMA.
+        assert!(!tma_auto(&causal_items(16, 1024)));
+        assert!(tma_auto(&causal_items(8, 2048)));
+        assert!(tma_auto(&causal_items(1, 4096)));
+        assert!(!tma_auto(&[]));
+    }
 
     #[test]
     fn keys_per_query_counts_the_visible_pairs() {
