@@ -225,11 +225,15 @@ pub fn mean_keys_per_query(qo_lens: &[usize], kv_lens: &[usize], opts: &Attentio
 /// vs 646.5, 686.1 vs 704.3), behind from 1 × 4096 (~16: 268.7 vs 263.1, 291.0 vs 279.0) on.
 pub const PERSISTENT_MAX_MEAN_TILES: usize = 12;
 
+/// K/V tiles of the Hopper tile's size over all `items` (their mean length, times their count).
+fn hopper_tiles(items: &[PrefillItem]) -> usize {
+    let tile = hopper_cfg::TILE as usize;
+    items.iter().map(|i| item_tiles(i, tile)).sum()
+}
+
 /// Whether a plan of `items` runs persistent CTAs by default ([`PERSISTENT_MAX_MEAN_TILES`]).
 pub fn persistent_auto(items: &[PrefillItem]) -> bool {
-    let tile = hopper_cfg::TILE as usize;
-    let tiles: usize = items.iter().map(|i| item_tiles(i, tile)).sum();
-    !items.is_empty() && tiles <= PERSISTENT_MAX_MEAN_TILES * items.len()
+    !items.is_empty() && hopper_tiles(items) <= PERSISTENT_MAX_MEAN_TILES * items.len()
 }
 
 /// Mean K/V tiles per work item above which a Hopper-tile plan over ragged K/V loads its tiles
@@ -245,9 +249,7 @@ pub const TMA_MIN_MEAN_TILES: usize = 6;
 /// Whether a Hopper plan of `items` over ragged K/V loads its tiles with TMA by default
 /// ([`TMA_MIN_MEAN_TILES`]).
 pub fn tma_auto(items: &[PrefillItem]) -> bool {
-    let tile = hopper_cfg::TILE as usize;
-    let tiles: usize = items.iter().map(|i| item_tiles(i, tile)).sum();
-    tiles > TMA_MIN_MEAN_TILES * items.len()
+    hopper_tiles(items) > TMA_MIN_MEAN_TILES * items.len()
 }
 
 #[cfg(test)]
