@@ -426,3 +426,52 @@ fn extent_overflow() {
     assert!(matches!(res, Err(Error::Overflow { .. })), "{res:?}");
     assert!(out.iter().all(|x| x.is_nan()));
 }
+
+/// A KV head's query group is computed together (each K/V row converted once for the group),
+/// but every head's arithmetic is its own: decoding a group-`g` problem gives, bit for bit,
+/// what decoding each of its query heads alone (group 1 over the same K/V) gives, output and
+/// lse, with and without a window and soft-cap.
+#[test]
+fn grouped_heads_equal_heads_alone() {
+    let strategy = (
+        prop::sample::select(vec![64usize, 128]),
+        prop::sample::select(vec![2usize, 3, 8, 16]),
+        1usize..700,
+        prop::option::of(0usize..300),
+        prop::option::of(5.0f32..40.0),
+        any::<u64>(),
+    );
+    proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24))
+        .run(&strategy, |(d, g, kv_len, win, cap, seed)| {
+            let h = HeadConfig::new(g, 1, d).unwrap();
+            let one = HeadConfig::new(1, 1, d).unwrap();
+            let opts = AttentionOptions {
+                window_left: win,
+                soft_cap: cap,
+                ..Default::default()
+            };
+            let mut r = rng(seed);
+            let (q, _) = random_values::<bf16>(&mut r, g * d, 2.0);
+            let (k, _) = random_values::<bf16>(&mut r, kv_len * d, 2.0);
+            let (v, _) = random_values::<bf16>(&mut r, kv_len * d, 1.0);
+            let (mut out, mut lse) = (vec![bf16::NAN; g * d], vec![f32::NAN; g]);
+            single_decode_contiguous(&h, &opts, &q, &k, &v, kv_len, &mut out, Some(&mut lse))
+                .unwrap();
+            for j in 0..g {
+                let (mut o1, mut l1) = (vec![bf16::NAN; d], [f32::NAN]);
+                let qj = &q[j * d..(j + 1) * d];
+                single_decode_contiguous(&one, &opts, qj, &k, &v, kv_len, &mut o1, Some(&mut l1))
+                    .unwrap();
+                let same = o1
+                    .iter()
+                    .zip(&out[j * d..(j + 1) * d])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(
+                    same && l1[0].to_bits() == lse[j].to_bits(),
+                    "head {j} of {g}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -416,79 +416,110 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
         })
     }
 
-    /// Runs every query head in parallel, writing the output rows through `conv` (lengths were
-    /// validated by [`Job::new`]).
+    /// Runs every KV head's query group in parallel, writing the output rows through `conv`
+    /// (lengths were validated by [`Job::new`]).
     fn run<O: Send>(&self, out: &mut [O], lse: Option<&mut [f32]>, conv: impl Fn(f32) -> O + Sync) {
-        let (hq, d) = (self.num_qo_heads, self.head_dim);
-        let rows = out[..hq * d].par_chunks_mut(d);
+        let (hq, d, g) = (self.num_qo_heads, self.head_dim, self.group);
+        let groups = out[..hq * d].par_chunks_mut(g * d);
         match lse {
-            Some(l) => rows
-                .zip(l[..hq].par_iter_mut())
+            Some(l) => groups
+                .zip(l[..hq].par_chunks_mut(g))
                 .enumerate()
-                .for_each(|(h, (row, l))| *l = self.head(h, row, &conv)),
-            None => rows.enumerate().for_each(|(h, row)| {
-                self.head(h, row, &conv);
-            }),
+                .for_each(|(kvh, (rows, l))| self.group_heads(kvh, rows, Some(l), &conv)),
+            None => groups
+                .enumerate()
+                .for_each(|(kvh, rows)| self.group_heads(kvh, rows, None, &conv)),
         }
     }
 
-    /// Attends query head `h` over `[kv_begin, kv_end)`, writes its output row and returns its
-    /// base-2 lse.
-    fn head<O>(&self, h: usize, out: &mut [O], conv: &impl Fn(f32) -> O) -> f32 {
-        let d = self.head_dim;
-        let kvh = h / self.group;
-        let mut q: Vec<f32> = self.q[h * d..][..d].iter().map(|x| x.to_f32()).collect();
-        // RoPE: q rotated once; each key row rotated in its f32 copy before its dot product.
+    /// Attends the query heads of KV head `kvh` over `[kv_begin, kv_end)`: writes their output
+    /// rows (`out`: `group × head_dim`) and, when asked, their base-2 lse. Each K and V row is
+    /// converted to f32 (and rotated, under RoPE) once for the whole group; every head's own
+    /// arithmetic — its dot products, running max, rescales and accumulation order — is what
+    /// it would be alone, so the results do not depend on the grouping.
+    fn group_heads<O>(
+        &self,
+        kvh: usize,
+        out: &mut [O],
+        lse: Option<&mut [f32]>,
+        conv: &impl Fn(f32) -> O,
+    ) {
+        let (d, g) = (self.head_dim, self.group);
+        let mut q: Vec<f32> = self.q[kvh * g * d..][..g * d]
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
+        // RoPE: q rotated once; each key row rotated in its f32 copy before its dot products.
         if let Some(r) = self.rope {
-            super::rope::rotate_head(&mut q, r.q_pos, r.inv_freq, r.style);
+            for qh in q.chunks_exact_mut(d) {
+                super::rope::rotate_head(qh, r.q_pos, r.inv_freq, r.style);
+            }
         }
         let k_head = kvh * self.k_strides.stride_h;
         let v_head = kvh * self.v_strides.stride_h;
-        let mut acc = vec![0.0f32; d];
-        // Rows converted to f32 at once (exact), then the f32 dot product and update.
+        let mut acc = vec![0.0f32; g * d];
+        // Rows converted to f32 at once (exact), then the f32 dot products and updates.
         let mut row32 = vec![0.0f32; d];
-        let mut x = [0.0f32; BLOCK];
-        let mut st = State::EMPTY;
+        // Logits of the block, head-major: x[j · BLOCK + u].
+        let mut x = vec![0.0f32; g * BLOCK];
+        let mut st = vec![State::EMPTY; g];
+        let mut m_new = vec![0.0f32; g];
         let mut t0 = self.kv_begin;
         while t0 < self.kv_end {
             let n = BLOCK.min(self.kv_end - t0);
-            let mut m_new = st.m;
-            for (u, xu) in x[..n].iter_mut().enumerate() {
+            for (m, s) in m_new.iter_mut().zip(&st) {
+                *m = s.m;
+            }
+            for u in 0..n {
                 let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
                 S::load_row(row, &mut row32);
                 if let Some(r) = self.rope {
                     let pos = r.k_pos0 + (t0 + u) as u32;
                     super::rope::rotate_head(&mut row32, pos, r.inv_freq, r.style);
                 }
-                let s = dot(&q, &row32);
-                *xu = self.logit.apply(s);
-                if let Some((bits, r)) = self.mask_row {
-                    // A hidden key: logit −inf, weight 0 (the State's convention).
-                    if !crate::mask::row_bit(bits, r + t0 + u) {
-                        *xu = f32::NEG_INFINITY;
-                    }
+                // A hidden key: logit −inf, weight 0 (the State's convention).
+                let hidden = self
+                    .mask_row
+                    .is_some_and(|(bits, r)| !crate::mask::row_bit(bits, r + t0 + u));
+                for (j, qh) in q.chunks_exact(d).enumerate() {
+                    let xu = if hidden {
+                        f32::NEG_INFINITY
+                    } else {
+                        self.logit.apply(dot(qh, &row32))
+                    };
+                    x[j * BLOCK + u] = xu;
+                    m_new[j] = fmax(m_new[j], xu);
                 }
-                m_new = fmax(m_new, *xu);
             }
-            let r = st.rescale_to(m_new);
-            if r != 1.0 {
-                acc.iter_mut().for_each(|a| *a *= r);
+            for (j, a) in acc.chunks_exact_mut(d).enumerate() {
+                let r = st[j].rescale_to(m_new[j]);
+                if r != 1.0 {
+                    a.iter_mut().for_each(|a| *a *= r);
+                }
             }
-            for (u, &xu) in x[..n].iter().enumerate() {
-                let p = st.weight(xu);
+            for u in 0..n {
                 let row = &self.v[(t0 + u) * self.v_strides.stride_n + v_head..][..d];
                 S::load_row(row, &mut row32);
-                for (a, vv) in acc.iter_mut().zip(&row32) {
-                    *a += p * vv;
+                for (j, a) in acc.chunks_exact_mut(d).enumerate() {
+                    let p = st[j].weight(x[j * BLOCK + u]);
+                    for (a, vv) in a.iter_mut().zip(&row32) {
+                        *a += p * vv;
+                    }
                 }
             }
             t0 += n;
         }
-        let inv = st.inv_denominator() * self.v_scale;
-        for (o, a) in out.iter_mut().zip(&acc) {
-            *o = conv(a * inv);
+        for (j, (o, a)) in out.chunks_exact_mut(d).zip(acc.chunks_exact(d)).enumerate() {
+            let inv = st[j].inv_denominator() * self.v_scale;
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = conv(a * inv);
+            }
         }
-        st.lse()
+        if let Some(l) = lse {
+            for (l, s) in l.iter_mut().zip(&st) {
+                *l = s.lse();
+            }
+        }
     }
 }
 
