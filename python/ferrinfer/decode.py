@@ -186,8 +186,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         """Decode attention of ``q [batch, num_qo_heads, head_dim]`` over the planned pages.
         Returns ``out`` (written in place when given), or ``(out, lse)`` with ``lse [batch,
         num_qo_heads]`` (float32, base 2) when ``return_lse``. An fp8 cache (planned with
-        ``kv_data_type``; CPU arrays — on CUDA it is refused until validated on a GPU) is read
-        as code × ``k_scale`` / ``v_scale`` (default 1)."""
+        ``kv_data_type``; CPU arrays or CUDA tensors) is read as code × ``k_scale`` /
+        ``v_scale`` (default 1)."""
         op = "BatchDecodeWithPagedKVCacheWrapper.run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported (pass k_scale/v_scale "
