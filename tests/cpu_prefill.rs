@@ -305,3 +305,54 @@ fn decode_step_prefill_equals_batch_decode() {
         })
         .unwrap();
 }
+
+/// Causal prefill of one request equals, bit for bit, a decode of each of its queries over the
+/// keys it sees: the prefill converts the request's keys to f32 once for all its queries, which
+/// must not change a value.
+#[test]
+fn prefill_rows_equal_decodes_over_their_keys() {
+    let strategy = (
+        prop::sample::select(vec![64usize, 128]),
+        prop_oneof![1usize..=4, Just(16)],
+        1usize..=40,
+        0usize..200,
+        any::<u64>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(proptest_cases(16)))
+        .run(&strategy, |(d, g, qo, extra, seed)| {
+            let h = HeadConfig::new(2 * g, 2, d).unwrap();
+            let (qrow, kvrow) = (h.num_qo_heads * d, h.num_kv_heads * d);
+            let kv = qo + extra;
+            let mut r = rng(seed);
+            let (q, _) = random_values::<bf16>(&mut r, qo * qrow, 2.0);
+            let (k, _) = random_values::<bf16>(&mut r, kv * kvrow, 2.0);
+            let (v, _) = random_values::<bf16>(&mut r, kv * kvrow, 1.0);
+            let causal = AttentionOptions::default().with_causal(true);
+            let mut out = vec![bf16::NAN; qo * qrow];
+            let (qi, ki) = ([0, qo as i32], [0, kv as i32]);
+            cpu::batch_prefill_ragged(&h, &causal, &q, &qi, &k, &v, &ki, &mut out, None)
+                .unwrap();
+            for t in 0..qo {
+                let seen = kv - qo + t + 1;
+                let mut o1 = vec![bf16::NAN; qrow];
+                cpu::single_decode_contiguous(
+                    &h,
+                    &AttentionOptions::default(),
+                    &q[t * qrow..(t + 1) * qrow],
+                    &k[..seen * kvrow],
+                    &v[..seen * kvrow],
+                    seen,
+                    &mut o1,
+                    None,
+                )
+                .unwrap();
+                let same = o1
+                    .iter()
+                    .zip(&out[t * qrow..(t + 1) * qrow])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(same, "query {t} of {qo} over {kv} keys");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
