@@ -330,8 +330,7 @@ fn prefill_rows_equal_decodes_over_their_keys() {
             let causal = AttentionOptions::default().with_causal(true);
             let mut out = vec![bf16::NAN; qo * qrow];
             let (qi, ki) = ([0, qo as i32], [0, kv as i32]);
-            cpu::batch_prefill_ragged(&h, &causal, &q, &qi, &k, &v, &ki, &mut out, None)
-                .unwrap();
+            cpu::batch_prefill_ragged(&h, &causal, &q, &qi, &k, &v, &ki, &mut out, None).unwrap();
             for t in 0..qo {
                 let seen = kv - qo + t + 1;
                 let mut o1 = vec![bf16::NAN; qrow];
