@@ -5,6 +5,7 @@ use ferrinfer::kv::{
 };
 use ferrinfer::reference::attention;
 use ferrinfer::{cpu, AttentionOptions, DType, Error, HeadConfig};
+use ferrinfer_harness::paged::{host_pool, shuffled_pages};
 use ferrinfer_harness::{proptest_cases, random_values, rng, to_f64, tolerance, ErrorStats};
 use half::bf16;
 use proptest::prelude::*;
@@ -240,41 +241,17 @@ fn decode_step_prefill_equals_batch_decode() {
             let (q, _) = random_values::<bf16>(&mut r, lens.len() * qrow, 2.0);
             let (k, _) = random_values::<bf16>(&mut r, nkv * kvrow, 2.0);
             let (v, _) = random_values::<bf16>(&mut r, nkv * kvrow, 1.0);
-            let total: usize = lens.iter().map(|l| l.div_ceil(page_size)).sum();
-            let mut ids: Vec<i32> = (0..total as i32).collect();
-            ids.shuffle(&mut r);
-            let mut pages = BatchPages {
-                kv_indptr: vec![0],
-                ..Default::default()
-            };
-            let (mut bi, mut pos, mut next) = (vec![], vec![], 0);
-            for (b, &kl) in lens.iter().enumerate() {
-                let n = kl.div_ceil(page_size);
-                pages.kv_indices.extend_from_slice(&ids[next..next + n]);
-                next += n;
-                pages.kv_indptr.push(next as i32);
-                pages
-                    .kv_last_page_len
-                    .push(((kl - 1) % page_size + 1) as i32);
-                bi.extend(std::iter::repeat_n(b as i32, kl));
-                pos.extend(0..kl as i32);
-            }
-            let cfg = KvPoolConfig {
-                num_pages: 0,
+            let (pages, num_pages) = shuffled_pages(&mut r, &lens, page_size, 0);
+            let pool = host_pool(
+                &h,
                 page_size,
-                num_kv_heads: h.num_kv_heads,
-                head_dim: h.head_dim,
-                layout: KvLayout::Nhd,
-            };
-            let mut pool = KvPool::<bf16>::new_cpu(cfg, PoolSize::Pages(total)).unwrap();
-            let rs = RowStrides::contiguous(h.num_kv_heads, h.head_dim);
-            let meta = AppendMeta {
-                batch_indices: &bi,
-                positions: &pos,
-                pages: &pages,
-            };
-            pool.append(&meta, Rows::Host(&k), rs, Rows::Host(&v), rs)
-                .unwrap();
+                KvLayout::Nhd,
+                &pages,
+                num_pages,
+                &lens,
+                &k,
+                &v,
+            );
             let opts = AttentionOptions {
                 soft_cap: cap,
                 ..Default::default()

@@ -20,7 +20,7 @@ use crate::validate;
 use super::graph::PrefillGraphLimits;
 use super::launch::{launch_prefill, ragged_tensor_maps, PrefillKernels, RaggedRows};
 use super::plan::{BatchPrefillPlan, KvKind};
-use super::policy::{tma_auto, PrefillTile};
+use super::policy::PrefillTile;
 
 pub(super) const OP: &str = "batch_prefill";
 
@@ -160,7 +160,7 @@ impl BatchPrefill {
     /// Whether ragged runs with the Hopper tile load K/V tiles with TMA (`Some(true)`: one
     /// producer thread issues box copies from tensor maps encoded per launch) or with
     /// `cp.async` from the whole producer warpgroup (`Some(false)`); `None` (the default)
-    /// chooses per plan by the mean tiles per work item ([`super::policy::tma_auto`]: `cp.async`
+    /// chooses per plan by the mean tiles per work item ([`super::policy::tma_auto`], at plan time: `cp.async`
     /// for short items). Graph-mode ops always use `cp.async`: a tensor map's row count is
     /// fixed when the launch is captured, and rows past a later step's keys would be read from
     /// whatever the buffer holds (masked, but a non-finite value there would turn `0 · V` into
@@ -341,7 +341,7 @@ impl BatchPrefill {
             },
         };
         let hopper = plan.tile == PrefillTile::Rows128Wgmma;
-        let tma = self.tma.unwrap_or_else(|| tma_auto(&plan.host.items));
+        let tma = self.tma.unwrap_or(plan.tma);
         let maps = if hopper && kind == KvKind::Ragged && tma && self.graph.is_none() {
             let rows = |addr| RaggedRows {
                 addr,

@@ -22,7 +22,7 @@ use crate::validate;
 use super::batch::{BatchPrefill, OP};
 use super::graph::{Caps, MetaOffsets, PrefillGraphLimits};
 use super::mask::DeviceMask;
-use super::policy::{mean_keys_per_query, persistent_auto, PrefillTile, MIN_CHUNK};
+use super::policy::{mean_keys_per_query, persistent_auto, tma_auto, PrefillTile, MIN_CHUNK};
 
 /// Where a plan's K/V comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,9 @@ pub struct BatchPrefillPlan {
     pub(super) off: MetaOffsets,
     /// Persistent grid of the plan's kernel (0: one CTA per unit, grid `(kv heads, items)`).
     pub(super) ctas: usize,
+    /// The producer the items suggest for ragged Hopper launches ([`tma_auto`]), decided once
+    /// here rather than per launch; the op's `set_tma` overrides it.
+    pub(super) tma: bool,
     pub(super) ws: PlanWorkspace<PrefillGraphLimits>,
     /// The step's custom mask (masked plans run the 64-row `_mask` kernel).
     pub(super) mask: Option<DeviceMask>,
@@ -160,6 +163,7 @@ impl BatchPrefill {
             caps: caps.unwrap_or_default(),
             off: caps.unwrap_or_default().offsets(),
             ctas: 0,
+            tma: false,
             ws,
             mask: None,
         })
@@ -469,6 +473,7 @@ impl BatchPrefill {
         plan.host = host;
         plan.tile = tile;
         plan.ctas = ctas;
+        plan.tma = tma_auto(&plan.host.items);
         plan.batch = batch;
         plan.qo_tokens = qo_tokens;
         plan.page_size = st.page_size;
