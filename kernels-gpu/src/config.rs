@@ -11,30 +11,29 @@ pub mod decode_tc {
     pub const THREADS: u32 = 128;
     /// KV tokens per pipeline stage (16 per warp).
     pub const TILE: u32 = 64;
-    /// Pipeline stages at head dim `head_dim`: 4 at D ≤ 64 (a 64-token stage is only 16 KB
-    /// there, too few bytes in flight per CTA to saturate HBM with 2), else 2.
-    pub const fn stages(head_dim: u32) -> u32 {
-        if head_dim <= 64 {
-            4
-        } else {
-            2
-        }
+    /// Pipeline stages at head dim `head_dim` for K/V elements of `kv_bytes` bytes (2, or 1
+    /// for fp8 codes): 4 at D ≤ 64 for 16-bit K/V (a 64-token stage is only 16 KB there, too
+    /// few bytes in flight per CTA to saturate HBM with 2), else 2; fp8 stages are half as big,
+    /// so twice as many keep the ring (and the bytes in flight per CTA) the same size.
+    pub const fn stages(head_dim: u32, kv_bytes: u32) -> u32 {
+        let base = if head_dim <= 64 { 4 } else { 2 };
+        base * 2 / kv_bytes
     }
     /// Largest query group (rows of the mma tile).
     pub const MAX_GROUP: u32 = 16;
 
-    /// Bytes of one stage: K and V tiles of `TILE × head_dim` 16-bit elements.
-    pub const fn stage_bytes(head_dim: u32) -> u32 {
-        2 * TILE * head_dim * 2
+    /// Bytes of one stage: K and V tiles of `TILE × head_dim` elements of `kv_bytes` bytes.
+    pub const fn stage_bytes(head_dim: u32, kv_bytes: u32) -> u32 {
+        2 * TILE * head_dim * kv_bytes
     }
 
-    /// Dynamic shared memory for query group `group`: the staging ring, reused for the
+    /// Dynamic shared memory for query group `group` and `kv_bytes`-byte K/V: the staging ring, reused for the
     /// cross-warp merge (4 warps × 16 rows × head_dim f32 outputs + their m and d) and the fused
     /// split merge (a 16-byte flag, then `max(group, 8)` heads × `MAX_ITEMS_PER_REQUEST` f32
     /// weights: groups up to 8 keep the size they were measured with, larger ones get the
     /// 16 bytes more that 16 heads' weights need over the 64 KB ring).
-    pub const fn smem_bytes(head_dim: u32, group: u32) -> u32 {
-        let staging = stages(head_dim) * stage_bytes(head_dim);
+    pub const fn smem_bytes(head_dim: u32, group: u32, kv_bytes: u32) -> u32 {
+        let staging = stages(head_dim, kv_bytes) * stage_bytes(head_dim, kv_bytes);
         let merge = 4 * 16 * head_dim * 4 + 4 * 16 * 2 * 4 + 16;
         let heads = if group > 8 { group } else { 8 };
         let split = 16 + heads * super::batch_decode::MAX_ITEMS_PER_REQUEST * 4;

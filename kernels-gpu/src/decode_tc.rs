@@ -12,23 +12,22 @@
 //! fragments (row max over the 4-lane quad), P re-packed in registers as the A operand, and
 //! O += P·V (V through `ldmatrix.trans`). The warps' states meet in shared memory at the end.
 //!
-//! fp8 K/V (`decode_tc_fp8_*`): the same body with a [`TcKv`] that copies 8-byte code chunks and
-//! dequantises each stage in place into the 16-bit tile (one more barrier per tile) before the
-//! `ldmatrix` loop; K's scale is in the logit scale (host), V's multiplies the normaliser.
+//! fp8 K/V (`decode_tc_fp8_*`): the same body over another [`TcKv`]: the ring holds the codes
+//! (half the bytes per stage, twice the stages), read with the same `ldmatrix` instructions and
+//! converted in registers on the way to the mma (`attn::tc_kv`); K's scale is in the logit scale
+//! (host), V's multiplies the normaliser.
 
 use crate::abi::{DecodeFp8Params, DecodeParams};
-use crate::arch::{global, ldmatrix, pipeline, shared, thread, warp};
-use crate::attn::kv::{Codes, Half, TcKv};
+use crate::arch::{global, pipeline, shared, thread, warp};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::split::merge_if_last;
-use crate::attn::swizzle::swz;
+use crate::attn::tc_kv::{Codes, Half, TcKv};
 use crate::attn::tile::RegTile;
 use crate::attn::work::load_decode_work;
 use crate::config::decode_tc as cfg;
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{exp2, fmax};
 use crate::math::fp8::{E4m3, E5m2};
-use crate::math::frag::{ldmatrix_b_x4_trans_src, ldmatrix_bt_x4_src, mma_a};
 use crate::math::softmax::{clamp_ref, State};
 
 const TILE: u32 = cfg::TILE;
@@ -37,7 +36,7 @@ const TILE: u32 = cfg::TILE;
 ///
 /// # Safety
 /// Grid `(work_stride, num_kv_heads)`, block `(128)`, dynamic smem
-/// `config::decode_tc::smem_bytes(D, group)`; `group ≤ 16`; plan validated by the host.
+/// `config::decode_tc::smem_bytes(D, group, K::BYTES)`; `group ≤ 16`; plan validated by the host.
 #[inline(always)]
 unsafe fn decode_tc<
     E: Elem,
@@ -78,18 +77,8 @@ unsafe fn decode_tc<
     }
 
     // Q as mma A fragments: row = head of the group (zero past g), KS k-steps of 16 columns.
-    let mut qa = [[0u32; 4]; KS];
-    for (kk, a) in qa.iter_mut().enumerate() {
-        for (reg, v) in a.iter_mut().enumerate() {
-            let (row, col) = mma_a(lane, reg as u32, 0);
-            if row < g {
-                let off = (wk.b as u64) * (p.q_stride_b as u64)
-                    + ((kvh * g + row) * p.q_stride_h + kk as u32 * 16 + col) as u64;
-                // SAFETY: in-range q element pair, 4-byte aligned (col even).
-                *v = unsafe { global::ld_u32(p.q + off * 2) };
-            }
-        }
-    }
+    // SAFETY: host-validated q extents.
+    let qa = unsafe { K::load_q::<KS>(p, &wk, kvh, lane) };
 
     let mut o = RegTile::<f32, NT>::splat(0.0);
     // Running state of the lane's two rows (g_ = lane/4 and g_ + 8): max and partial sum.
@@ -108,23 +97,14 @@ unsafe fn decode_tc<
         }
         // Tile j's group is complete once at most IN_FLIGHT = STAGES − 1 newer groups remain.
         pipeline::wait_group::<IN_FLIGHT>();
-        // SAFETY: every thread reaches this point (uniform loop bounds).
-        unsafe { K::finish::<E, D>(j % STAGES, tid, smem) };
         thread::sync_threads();
-        let k_base = smem + (j % STAGES) * cfg::stage_bytes(D);
-        let v_base = k_base + TILE * D * 2;
+        let k_base = smem + (j % STAGES) * cfg::stage_bytes(D, K::BYTES);
+        let v_base = k_base + TILE * D * K::BYTES;
         let row0 = w * 16;
 
         // S = Q·Kᵀ for this warp's 16 tokens (two n-tiles of 8).
-        let mut s = RegTile::<f32, 2>::splat(0.0);
-        let (bn, bk) = ldmatrix_bt_x4_src(lane);
-        for (kk, a) in qa.iter().enumerate() {
-            let r = row0 + bn;
-            let addr = k_base + swz::<D>(r, (kk as u32 * 16 + bk) / 8);
-            // SAFETY: inside the stage; warp-convergent.
-            let kb = unsafe { ldmatrix::ldmatrix_x4(addr) };
-            s.mma_pair::<E>(0, *a, kb);
-        }
+        // SAFETY: the stage is published; warp-convergent.
+        let s = unsafe { K::qk::<E, D, KS>(k_base, row0, lane, &qa) };
 
         // Online softmax on the fragments: element e of n-tile nt is row gq + 8(e/2), token
         // 2tq + (e%2) + 8nt.
@@ -158,25 +138,9 @@ unsafe fn decode_tc<
             m[h] = m_new;
         }
         o.scale_rows(r_scale);
-        // P as the A operand: reg0 (row gq, tokens 2tq..), reg1 (row gq+8, ..), reg2 (row gq,
-        // tokens 8+2tq..), reg3 (row gq+8, 8+2tq..).
-        let pa = [
-            E::pack2(pv[0][0], pv[0][1]),
-            E::pack2(pv[1][0], pv[1][1]),
-            E::pack2(pv[0][2], pv[0][3]),
-            E::pack2(pv[1][2], pv[1][3]),
-        ];
-        // O += P·V, two n-tiles per ldmatrix.x4.trans.
-        let (vk, vn) = ldmatrix_b_x4_trans_src(lane);
-        let mut np = 0;
-        while np < NT / 2 {
-            let r = row0 + vk;
-            let addr = v_base + swz::<D>(r, (np as u32 * 16 + vn) / 8);
-            // SAFETY: inside the stage; warp-convergent.
-            let vb = unsafe { ldmatrix::ldmatrix_x4_trans(addr) };
-            o.mma_pair::<E>(2 * np, pa, vb);
-            np += 1;
-        }
+        // O += P·V.
+        // SAFETY: as for S.
+        unsafe { K::pv::<E, D, NT>(v_base, row0, lane, &pv, &mut o) };
         // Every warp is done with this stage before the next iteration refills it.
         thread::sync_threads();
         j += 1;
@@ -195,7 +159,7 @@ unsafe fn decode_tc<
     for (nt, ot) in o.0.iter().enumerate() {
         for e in 0..4 {
             let row = gq + 8 * (e as u32 / 2);
-            let col = nt as u32 * 8 + 2 * tq + (e as u32 % 2);
+            let col = K::o_dim(nt as u32, 2 * tq + (e as u32 % 2));
             // SAFETY: inside the merge area.
             unsafe { shared::st_f32(smem + ((w * 16 + row) * D + col) * 4, ot[e]) };
         }
@@ -293,7 +257,7 @@ macro_rules! decode_tc_entries {
             use crate::attn::traits::{Dim, HeadDim};
             const NT: usize = <Dim<$d> as HeadDim>::NT;
             const KS: usize = <Dim<$d> as HeadDim>::KS;
-            const STAGES: u32 = cfg::stages($d);
+            const STAGES: u32 = cfg::stages($d, 2);
             // SAFETY: forwarded launch contract.
             unsafe { decode_tc::<$e, Half, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(&p, 1.0) }
         }
@@ -318,7 +282,7 @@ macro_rules! decode_tc_fp8_entries {
             use crate::attn::traits::{Dim, HeadDim};
             const NT: usize = <Dim<$d> as HeadDim>::NT;
             const KS: usize = <Dim<$d> as HeadDim>::KS;
-            const STAGES: u32 = cfg::stages($d);
+            const STAGES: u32 = cfg::stages($d, 1);
             // SAFETY: forwarded launch contract.
             unsafe {
                 decode_tc::<$e, Codes<$f>, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(

@@ -19,6 +19,11 @@ pub trait Elem: Copy + 'static {
     /// `mma.sync.m16n8k16` with this element type for A and B, f32 accumulate.
     #[cfg(target_arch = "nvptx64")]
     fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
+
+    /// An f16x2 register as this type (round to nearest even; exact for values both hold,
+    /// such as fp8 values).
+    #[cfg(target_arch = "nvptx64")]
+    fn from_f16x2(bits: u32) -> u32;
 }
 
 /// IEEE binary16.
@@ -49,6 +54,12 @@ impl Elem for F16 {
     fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
         crate::arch::mma::mma_m16n8k16_f16(a, b, c)
     }
+
+    #[cfg(target_arch = "nvptx64")]
+    #[inline(always)]
+    fn from_f16x2(bits: u32) -> u32 {
+        bits
+    }
 }
 
 impl Elem for Bf16 {
@@ -70,5 +81,11 @@ impl Elem for Bf16 {
     #[inline(always)]
     fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
         crate::arch::mma::mma_m16n8k16_bf16(a, b, c)
+    }
+
+    #[cfg(target_arch = "nvptx64")]
+    #[inline(always)]
+    fn from_f16x2(bits: u32) -> u32 {
+        crate::arch::convert::f16x2_to_bf16x2(bits)
     }
 }

@@ -17,6 +17,7 @@
 //! | [`kv`]       | K/V row addresses per layout (ragged, paged), the `cp.async` tile copy    |
 //! | [`lane_vec`] | a CUDA-core decode lane's K/V vector: 16-bit or fp8, staged and unpacked  |
 //! | [`swizzle`]  | the swizzled `[rows][D]` shared-memory layout and fragment offsets        |
+//! | `tc_kv`      | the tensor-core decode's K/V: ring copies and fragments, 16-bit or fp8    |
 //! | [`traits`]   | per-head-dim constants derived from `D`                                    |
 //! | `hopper`     | sm_90a: the `wgmma` prefill's stage ring, copy paths and consumer step     |
 //!
@@ -54,8 +55,9 @@ pub(crate) mod rope;
 pub(crate) mod split;
 #[cfg(target_arch = "nvptx64")]
 pub(crate) mod state;
-#[cfg(target_arch = "nvptx64")]
 pub(crate) mod swizzle;
+#[cfg(target_arch = "nvptx64")]
+pub(crate) mod tc_kv;
 pub(crate) mod tile;
 pub(crate) mod traits;
 #[cfg(target_arch = "nvptx64")]

@@ -8,6 +8,7 @@ pub mod fast;
 pub mod fastdiv;
 pub mod fp8;
 pub mod frag;
+pub mod frag_fp8;
 pub mod layout;
 pub mod softmax;
 pub mod trig;

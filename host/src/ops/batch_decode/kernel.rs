@@ -29,9 +29,26 @@ pub enum DecodeKernel {
 /// and 2 (370.6 / 376.1 µs vs 380.9 / 381.2), tensor cores from 3 (383.2 vs 388.6 µs).
 pub const TENSOR_CORE_MIN_GROUP: usize = 3;
 
+/// Query groups from which fp8 K/V run on [`DecodeKernel::TensorCore`] by default (where
+/// supported). Provisional: the CUDA-core fp8 kernel stays the default for groups 1–8 until
+/// `benches/fp8_decode.rs` has measured the in-register tensor-core form.
+pub const FP8_TENSOR_CORE_MIN_GROUP: usize = 9;
+
 impl BatchDecode {
     pub(super) fn tensor_cores_support(heads: &HeadConfig) -> bool {
         matches!(heads.head_dim, 64 | 128) && heads.group() <= tccfg::MAX_GROUP as usize
+    }
+
+    /// The kernel family fp8 K/V run on unless chosen: tensor cores from
+    /// [`FP8_TENSOR_CORE_MIN_GROUP`] where supported (always for groups past the CUDA-core
+    /// kernel's 8), CUDA cores otherwise.
+    fn fp8_default_kind(heads: &HeadConfig) -> DecodeKernel {
+        let g = heads.group();
+        if Self::tensor_cores_support(heads) && (g >= FP8_TENSOR_CORE_MIN_GROUP || g > 8) {
+            DecodeKernel::TensorCore
+        } else {
+            DecodeKernel::CudaCore
+        }
     }
 
     /// Chooses the kernel family (the default is [`DecodeKernel::TensorCore`] for groups of at
@@ -48,9 +65,9 @@ impl BatchDecode {
 
     /// Sets the K/V element type the op reads: the op's own 16-bit dtype ([`BatchDecode::run`])
     /// or fp8 `E4m3`/`E5m2` ([`BatchDecode::run_fp8`], with `k_scale`/`v_scale` per run). For
-    /// fp8 this selects [`DecodeKernel::CudaCore`] (the one measured on a GPU so far);
-    /// `set_kernel(DecodeKernel::TensorCore)` afterwards picks the tensor-core fp8 kernel (head
-    /// dims 64 and 128). As with [`BatchDecode::set_kernel`], plans made before a change of
+    /// fp8 this selects the family of [`FP8_TENSOR_CORE_MIN_GROUP`]'s rule;
+    /// `set_kernel` afterwards picks the other (tensor cores: head dims 64 and 128, groups
+    /// 1–16; CUDA cores: every head dim, groups 1–8). As with [`BatchDecode::set_kernel`], plans made before a change of
     /// kernel family must be remade.
     pub fn set_kv_dtype(&mut self, kv: KvDtype) -> Result<()> {
         if !kv.is_fp8() && kv != KvDtype::from(self.dtype) {
@@ -68,7 +85,7 @@ impl BatchDecode {
             ));
         }
         let kind = if kv.is_fp8() {
-            DecodeKernel::CudaCore
+            Self::fp8_default_kind(&self.heads)
         } else {
             self.kind
         };
@@ -172,8 +189,8 @@ impl BatchDecode {
                         "group size",
                         format!(
                             "{} on the CUDA-core decode (supported: 1..=8; groups up to {} run on \
-                             the tensor-core decode: head dims 64 and 128, 16-bit K/V, no RoPE \
-                             inside attention)",
+                             the tensor-core decode: head dims 64 and 128, no RoPE inside \
+                             attention)",
                             h.group(),
                             tccfg::MAX_GROUP
                         ),
@@ -233,7 +250,7 @@ impl BatchDecode {
                 };
                 (
                     key,
-                    tccfg::smem_bytes(d, h.group() as u32),
+                    tccfg::smem_bytes(d, h.group() as u32, if fp8.is_some() { 1 } else { 2 }),
                     tccfg::THREADS,
                     tccfg::TILE as usize,
                 )
