@@ -47,6 +47,7 @@ fn time_fp8<T: Float16, F: Fp8Format>(
     q: &DeviceBuffer<T>,
     o: &mut DeviceBuffer<T>,
     iters: usize,
+    split: Option<usize>,
 ) -> ferrinfer::Result<Timing> {
     let scales = KvScales { k: 0.01, v: 0.01 };
     let codes: Vec<Fp8<F>> = pattern
@@ -58,6 +59,7 @@ fn time_fp8<T: Float16, F: Fp8Format>(
     let mut op = BatchDecode::new(gpu, heads, T::DTYPE, AttentionOptions::default())?;
     op.set_kv_dtype(kv)?;
     op.set_kernel(kind)?;
+    op.set_fixed_split_size(split);
     let plan = op.plan(pages, pool.config())?;
     gpu.time_with(opts(iters), |_| {
         op.run_fp8(&plan, q, &pool, scales, o, None)
@@ -125,6 +127,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 &q,
                 &mut o,
                 it,
+                None,
             )?;
             let e5 = time_fp8::<bf16, E5m2>(
                 gpu,
@@ -137,6 +140,7 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 &q,
                 &mut o,
                 it,
+                None,
             )?;
             fp8[2 * i] = e4.median_us;
             fp8[2 * i + 1] = e5.median_us;
@@ -156,7 +160,51 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             bf[0] / best
         );
     }
-    group_sweep(gpu, &pattern, iters)
+    group_sweep(gpu, &pattern, iters)?;
+    split_sweep(gpu, &pattern, iters)
+}
+
+/// The tensor-core e4m3 decode (bf16 q, 32/8 heads, D 128) at the planner's split and at fixed
+/// split sizes: whether the planner's wave model, tuned on 16-bit K/V, also picks well for fp8.
+fn split_sweep(gpu: &Gpu, pattern: &[bf16], iters: usize) -> ferrinfer::Result<()> {
+    let sizes = [
+        None,
+        Some(512),
+        Some(1024),
+        Some(2048),
+        Some(4096),
+        Some(usize::MAX),
+    ];
+    println!("\ne4m3 tc by split size (us; \"none\" never splits):");
+    println!("\n| batch × kv_len | plan | 512 | 1024 | 2048 | 4096 | none |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let heads = HeadConfig::new(32, 8, 128)?;
+    for (batch, len) in [(16usize, 4096usize), (64, 4096), (128, 2048), (256, 1024)] {
+        let (pages, num_pages) =
+            ferrinfer_harness::random_page_tables(batch, len, 16, 0x5917 + batch as u64);
+        let n = batch * 32 * 128;
+        let q = gpu.upload(&pattern[..n])?;
+        let mut o = gpu.alloc::<bf16>(n)?;
+        let mut row = format!("| {batch} × {len} |");
+        for split in sizes {
+            let t = time_fp8::<bf16, E4m3>(
+                gpu,
+                heads,
+                KvDtype::E4m3,
+                DecodeKernel::TensorCore,
+                &pages,
+                num_pages,
+                pattern,
+                &q,
+                &mut o,
+                iters,
+                split,
+            )?;
+            row += &format!(" {:.1} |", t.median_us);
+        }
+        println!("{row}");
+    }
+    Ok(())
 }
 
 /// Query groups 1–16 at 64 × 4096 (8 KV heads, D 128): which family fp8 K/V should default to,
@@ -203,12 +251,15 @@ fn group_sweep(gpu: &Gpu, pattern: &[bf16], iters: usize) -> ferrinfer::Result<(
             KvDtype::E4m3,
         );
         let e4cc = if g <= 8 {
-            time_fp8::<bf16, E4m3>(gpu, heads, kv, cc, p, np, pattern, &q, &mut o, it)?.median_us
+            time_fp8::<bf16, E4m3>(gpu, heads, kv, cc, p, np, pattern, &q, &mut o, it, None)?
+                .median_us
         } else {
             f64::NAN
         };
-        let e4tc = time_fp8::<bf16, E4m3>(gpu, heads, kv, tc, p, np, pattern, &q, &mut o, it)?;
-        let e4tch = time_fp8::<f16, E4m3>(gpu, heads, kv, tc, p, np, pattern, &qh, &mut oh, it)?;
+        let e4tc =
+            time_fp8::<bf16, E4m3>(gpu, heads, kv, tc, p, np, pattern, &q, &mut o, it, None)?;
+        let e4tch =
+            time_fp8::<f16, E4m3>(gpu, heads, kv, tc, p, np, pattern, &qh, &mut oh, it, None)?;
         println!(
             "| {g} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
             bf[0],

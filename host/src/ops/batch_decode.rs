@@ -33,7 +33,7 @@ mod kernel;
 mod launch;
 mod spans;
 
-pub use kernel::{DecodeKernel, FP8_TENSOR_CORE_MIN_GROUP, TENSOR_CORE_MIN_GROUP};
+pub use kernel::{DecodeKernel, TENSOR_CORE_MIN_GROUP};
 
 pub use spans::PagedKvSpans;
 
