@@ -6,6 +6,7 @@
 //! - every `.entry` takes exactly one by-value parameter blob whose size is `size_of` the ABI
 //!   struct its family is launched with (`decode_fp8_*`, `decode_tc_fp8_*` → `DecodeFp8Params`,
 //!   `decode_rope_*` → `DecodeRopeParams`, `prefill_*_rope` → `PrefillRopeParams`,
+//!   `prefill_*_fp8_*` → `PrefillFp8Params`,
 //!   `append_fp8_*` →
 //!   `AppendFp8Params`, other `decode_*` and `decode_merge_*` → `DecodeParams`,
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
@@ -29,8 +30,8 @@ use std::process::Command;
 use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
     AppendFp8Params, AppendParams, ArgmaxParams, ConvertParams, DecodeFp8Params, DecodeParams,
-    DecodeRopeParams, GatherParams, KvTensorMaps, MergeParams, NormParams, PrefillParams,
-    PrefillRopeParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
+    DecodeRopeParams, GatherParams, KvTensorMaps, MergeParams, NormParams, PrefillFp8Params,
+    PrefillParams, PrefillRopeParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
 use ferrinfer::kernels_abi::kernel_key::KernelKey;
@@ -44,6 +45,10 @@ fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
     // The RoPE prefill forms are named by a suffix (`prefill_<kv>_<dtype>_d<D>_rope`).
     if entry.starts_with("prefill_") && entry.ends_with("_rope") {
         return Some(("PrefillRopeParams", size_of::<PrefillRopeParams>()));
+    }
+    // So are the fp8 prefill forms (`prefill_<kv>_<dtype>_d<D>_fp8_<format>`).
+    if entry.starts_with("prefill_") && entry.contains("_fp8_") {
+        return Some(("PrefillFp8Params", size_of::<PrefillFp8Params>()));
     }
     // First match wins: the fp8 and RoPE families before the prefixes they extend.
     const FAMILIES: [(&str, &str, usize); 18] = [

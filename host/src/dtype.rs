@@ -127,6 +127,15 @@ impl KvDtype {
     pub fn is_fp8(self) -> bool {
         self.size() == 1
     }
+
+    /// The fp8 format, for the fp8 types.
+    pub fn fp8(self) -> Option<crate::fp8::Fp8Kind> {
+        match self {
+            KvDtype::E4m3 => Some(crate::fp8::Fp8Kind::E4m3),
+            KvDtype::E5m2 => Some(crate::fp8::Fp8Kind::E5m2),
+            KvDtype::F16 | KvDtype::Bf16 => None,
+        }
+    }
 }
 
 impl std::fmt::Display for KvDtype {

@@ -10,20 +10,28 @@
 //! stages for the 64-row tile at D = 128, else 2: `config::prefill::stages`). Causal CTAs stop
 //! at the last key their last row may see; windowed CTAs start at the first key their first row
 //! may see (tiles outside are never loaded; `attn::mask`).
-use crate::abi::{PrefillParams, PrefillRopeParams, RopeAttn};
+//!
+//! fp8 K/V (`prefill_*_fp8_{e4m3,e5m2}`, the 64-row tile at head dims 64 and 128): the ring
+//! holds the codes and the products read them as the tensor-core decode does (`attn::tc_kv`:
+//! `ldmatrix` into registers, converted on the way to the mma, Q's columns and the output's in
+//! the permuted order of `math::frag_fp8`); K's scale is in the logit scale (host), V's
+//! multiplies the outputs in the epilogue.
+use crate::abi::{PrefillFp8Params, PrefillParams, PrefillRopeParams, RopeAttn};
 use crate::arch::{global, ldmatrix, pipeline, shared, thread};
 use crate::attn::custom_mask::CustomMask;
 use crate::attn::epilogue::TileOut;
-use crate::attn::kv::{copy_tile, KvRows, Paged, Ragged};
+use crate::attn::kv::{copy_tile, tile_dst, KvRows, Paged, Ragged};
 use crate::attn::logits::{Logits, ScaleSoftCap};
 use crate::attn::mask::{self, CausalWindow, Mask, QueryTile};
 use crate::attn::rope;
 use crate::attn::state::RowState;
 use crate::attn::swizzle::{frag_at, swz, FragOffsets};
+use crate::attn::tc_kv::{Codes, Half, TcKv};
 use crate::attn::tile::RegTile;
 use crate::attn::work::{cta_kv_head, ld_i32, load_work};
 use crate::config::prefill as cfg;
 use crate::dtype::{Bf16, Elem, F16};
+use crate::math::fp8::{E4m3, E5m2};
 use crate::math::frag::mma_a;
 
 const TILE: u32 = cfg::TILE;
@@ -37,7 +45,8 @@ const fn q_in_smem(mt: usize, d: u32) -> bool {
 
 /// The kernel body (`NT = D/8` output n-tiles, `KS = D/16` k-steps: `attn::traits`; `W` warps
 /// of `MT` m-tiles of 16 rows; with `ROPE`, q and every key rotated by `rope`,
-/// `attn::rope`).
+/// `attn::rope`; K/V stored as `KF`, V's values times `v_scale`). fp8 K/V (`KF = Codes<_>`)
+/// run the 64-row tile with Q in registers only (one m-tile, D ≤ 128, no RoPE).
 ///
 /// # Safety
 /// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
@@ -50,6 +59,7 @@ unsafe fn prefill<
     E: Elem,
     Mk: Mask,
     L: Logits,
+    KF: TcKv,
     const D: u32,
     const NT: usize,
     const KS: usize,
@@ -59,7 +69,11 @@ unsafe fn prefill<
 >(
     p: &PrefillParams,
     rope: &RopeAttn,
+    v_scale: f32,
 ) {
+    // fp8 codes go through `attn::tc_kv`'s per-16-key fragments: one m-tile, Q in registers.
+    let fp8 = KF::BYTES == 1;
+    const { assert!(KF::BYTES == 2 || (MT == 1 && D <= 128 && !ROPE)) };
     let threads = 32 * W;
     // K/V ring depth, fixed per instantiation (host twin: `PrefillTile::smem_bytes`).
     let stages = cfg::stages(W, MT as u32, D);
@@ -103,7 +117,7 @@ unsafe fn prefill<
         };
     let tiles = qt.tiles(TILE);
     let (gq, tq) = (lane / 4, lane % 4);
-    let copy_dst = swz::<D>(tid / (D / 8), tid % (D / 8));
+    let copy_dst = tile_dst::<D>(tid, KF::BYTES);
     let fo = FragOffsets::new::<D>(lane, w * 16 * MT as u32);
     let q_row_addr = |r: u32, c: u32| -> u64 {
         let (t, h) = p.group.divmod(r);
@@ -144,6 +158,7 @@ unsafe fn prefill<
                 tid,
                 copy_dst,
                 kv_smem,
+                KF::BYTES,
             )
         };
         // The rest of the prologue, tiles 1 .. stages − 1 (an empty group for a missing tile
@@ -163,6 +178,7 @@ unsafe fn prefill<
                         tid,
                         copy_dst,
                         kv_smem,
+                        KF::BYTES,
                     )
                 };
             } else {
@@ -184,8 +200,9 @@ unsafe fn prefill<
                 let (row, col) = mma_a(lane, reg as u32, 0);
                 let r = row0(0) + row;
                 if r < rows_total {
-                    // SAFETY: in-range q element pair, 4-byte aligned (col even).
-                    *v = unsafe { global::ld_u32(q_row_addr(r, kk as u32 * 16 + col)) };
+                    // SAFETY: in-range q element pair, 4-byte aligned (col even; fp8's
+                    // permuted columns keep pairs together).
+                    *v = unsafe { global::ld_u32(q_row_addr(r, kk as u32 * 16 + KF::q_col(col))) };
                 }
             }
         }
@@ -212,6 +229,7 @@ unsafe fn prefill<
                     tid,
                     copy_dst,
                     kv_smem,
+                    KF::BYTES,
                 )
             };
         } else {
@@ -223,8 +241,8 @@ unsafe fn prefill<
             pipeline::wait_group::<1>();
         }
         thread::sync_threads();
-        let k_base = kv_smem + (j % stages) * 2 * TILE * D * 2;
-        let v_base = k_base + TILE * D * 2;
+        let k_base = kv_smem + (j % stages) * 2 * TILE * D * KF::BYTES;
+        let v_base = k_base + TILE * D * KF::BYTES;
         if ROPE {
             // Rotate the landed K tile (key base + r) and, once, a staged Q tile in place; the
             // barrier orders the rotation before every warp's ldmatrix.
@@ -252,7 +270,16 @@ unsafe fn prefill<
         // feeds every m-tile of the warp.
         let mut s = [RegTile::<f32, 8>::splat(0.0); MT];
         let (qb, kb0, vb0) = (q_smem + fo.q, k_base + fo.k, v_base + fo.v);
-        for kk in 0..KS {
+        if fp8 {
+            // Four groups of 16 keys, as the tensor-core decode's warp reads them.
+            for np in 0..4 {
+                // SAFETY: inside the stage (published by the barrier); warp-convergent.
+                let s2 = unsafe { KF::qk::<E, D, KS>(k_base, 16 * np as u32, lane, &qa) };
+                s[0].0[2 * np] = s2.0[0];
+                s[0].0[2 * np + 1] = s2.0[1];
+            }
+        }
+        for kk in 0..if fp8 { 0 } else { KS } {
             let mut a = [[0u32; 4]; MT];
             for (mt, am) in a.iter_mut().enumerate() {
                 *am = if !q_smem_on {
@@ -292,10 +319,35 @@ unsafe fn prefill<
             }
             let r_scale = st[mt].update(&mut s[mt], scale);
             o[mt].scale_rows(r_scale);
-            pa[mt] = s[mt].pack_a::<E, 4>();
+            if !fp8 {
+                pa[mt] = s[mt].pack_a::<E, 4>();
+            }
+        }
+        if fp8 {
+            // O += P·V per 16 keys: the probabilities of n-tiles 2ks and 2ks + 1 (row half hh:
+            // elements 2hh, 2hh + 1 of each).
+            for ks in 0..4 {
+                let t = &s[0].0;
+                let pv = [
+                    [
+                        t[2 * ks][0],
+                        t[2 * ks][1],
+                        t[2 * ks + 1][0],
+                        t[2 * ks + 1][1],
+                    ],
+                    [
+                        t[2 * ks][2],
+                        t[2 * ks][3],
+                        t[2 * ks + 1][2],
+                        t[2 * ks + 1][3],
+                    ],
+                ];
+                // SAFETY: inside the stage; warp-convergent.
+                unsafe { KF::pv::<E, D, NT>(v_base, 16 * ks as u32, lane, &pv, &mut o[0]) };
+            }
         }
         // O += P·V over 4 k-steps of 16 keys; each V fragment feeds every m-tile.
-        for ks in 0..4u32 {
+        for ks in 0..if fp8 { 0 } else { 4u32 } {
             let mut np = 0;
             while np < NT / 2 {
                 // SAFETY: inside the stage; warp-convergent.
@@ -330,7 +382,9 @@ unsafe fn prefill<
             tq,
         };
         // SAFETY: host-validated extents (the kernel's contract).
-        unsafe { out.store::<E, D>(&st[mt], NT, |nt, e| o[mt].0[nt][e]) };
+        unsafe {
+            out.store_pairs::<E, D>(&st[mt], v_scale, NT, |i, hh| KF::o_pair(&o[mt], i, hh, tq))
+        };
     }
 }
 
@@ -352,8 +406,8 @@ macro_rules! prefill_entries {
             const KS: usize = <Dim<$d> as HeadDim>::KS;
             // SAFETY: forwarded launch contract.
             unsafe {
-                prefill::<$r, $e, prefill_entries!(@mask $($mk)?), ScaleSoftCap, $d, NT, KS,
-                    { $w }, { $mt }, false>(&p, &RopeAttn::default())
+                prefill::<$r, $e, prefill_entries!(@mask $($mk)?), ScaleSoftCap, Half, $d, NT,
+                    KS, { $w }, { $mt }, false>(&p, &RopeAttn::default(), 1.0)
             }
         }
     )*};
@@ -374,8 +428,8 @@ macro_rules! prefill_rope_entries {
             const KS: usize = <Dim<$d> as HeadDim>::KS;
             // SAFETY: forwarded launch contract.
             unsafe {
-                prefill::<$r, $e, CausalWindow, ScaleSoftCap, $d, NT, KS, 4, 1, true>(
-                    &p.base, &p.rope,
+                prefill::<$r, $e, CausalWindow, ScaleSoftCap, Half, $d, NT, KS, 4, 1, true>(
+                    &p.base, &p.rope, 1.0,
                 )
             }
         }
@@ -449,4 +503,46 @@ prefill_entries! {
     prefill_paged_f16_d128_mask => Paged, F16, 128, 4, 1, CustomMask;
     prefill_paged_bf16_d64_mask => Paged, Bf16, 64, 4, 1, CustomMask;
     prefill_paged_bf16_d128_mask => Paged, Bf16, 128, 4, 1, CustomMask;
+}
+
+/// Entry points over fp8 K/V: `name => K/V rows, element (q/out), format, D` on the 64-row tile.
+macro_rules! prefill_fp8_entries {
+    ($($name:ident => $r:ty, $e:ty, $f:ty, $d:literal;)*) => {$(
+        #[doc = concat!("Entry point: prefill over ", stringify!($f), " ", stringify!($r),
+                        " K/V, ", stringify!($e), " q/out, D = ", $d, ".")]
+        ///
+        /// # Safety
+        /// See the generic body's launch contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: PrefillFp8Params) {
+            use crate::attn::traits::{Dim, HeadDim};
+            const NT: usize = <Dim<$d> as HeadDim>::NT;
+            const KS: usize = <Dim<$d> as HeadDim>::KS;
+            // SAFETY: forwarded launch contract.
+            unsafe {
+                prefill::<$r, $e, CausalWindow, ScaleSoftCap, Codes<$f>, $d, NT, KS, 4, 1, false>(
+                    &p.base, &RopeAttn::default(), p.v_scale,
+                )
+            }
+        }
+    )*};
+}
+
+prefill_fp8_entries! {
+    prefill_ragged_f16_d64_fp8_e4m3 => Ragged, F16, E4m3, 64;
+    prefill_ragged_f16_d128_fp8_e4m3 => Ragged, F16, E4m3, 128;
+    prefill_ragged_bf16_d64_fp8_e4m3 => Ragged, Bf16, E4m3, 64;
+    prefill_ragged_bf16_d128_fp8_e4m3 => Ragged, Bf16, E4m3, 128;
+    prefill_paged_f16_d64_fp8_e4m3 => Paged, F16, E4m3, 64;
+    prefill_paged_f16_d128_fp8_e4m3 => Paged, F16, E4m3, 128;
+    prefill_paged_bf16_d64_fp8_e4m3 => Paged, Bf16, E4m3, 64;
+    prefill_paged_bf16_d128_fp8_e4m3 => Paged, Bf16, E4m3, 128;
+    prefill_ragged_f16_d64_fp8_e5m2 => Ragged, F16, E5m2, 64;
+    prefill_ragged_f16_d128_fp8_e5m2 => Ragged, F16, E5m2, 128;
+    prefill_ragged_bf16_d64_fp8_e5m2 => Ragged, Bf16, E5m2, 64;
+    prefill_ragged_bf16_d128_fp8_e5m2 => Ragged, Bf16, E5m2, 128;
+    prefill_paged_f16_d64_fp8_e5m2 => Paged, F16, E5m2, 64;
+    prefill_paged_f16_d128_fp8_e5m2 => Paged, F16, E5m2, 128;
+    prefill_paged_bf16_d64_fp8_e5m2 => Paged, Bf16, E5m2, 64;
+    prefill_paged_bf16_d128_fp8_e5m2 => Paged, Bf16, E5m2, 128;
 }

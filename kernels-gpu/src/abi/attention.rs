@@ -142,6 +142,24 @@ pub struct DecodeParams {
 unsafe impl Abi for DecodeParams {}
 const _: () = assert!(core::mem::size_of::<DecodeParams>() == 15 * 8 + 14 * 4 + 16);
 
+/// Parameters of the prefill over fp8 K/V (`prefill_*_fp8_*`): the prefill's parameters, with
+/// K's scale already folded into `logit` by the host, and V's scale, applied to the outputs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PrefillFp8Params {
+    /// The prefill.
+    pub base: PrefillParams,
+    /// V's scale (stored × scale = real).
+    pub v_scale: f32,
+    /// Keeps 8-byte alignment explicit; must be 0.
+    pub reserved: u32,
+}
+
+// SAFETY: #[repr(C)] of an Abi struct, an f32 and a u32 (no padding: 8-byte multiple).
+unsafe impl Abi for PrefillFp8Params {}
+const _: () =
+    assert!(core::mem::size_of::<PrefillFp8Params>() == core::mem::size_of::<PrefillParams>() + 8);
+
 /// Parameters of the CUDA-core decode over fp8 K/V (`decode_fp8_*`): the decode's parameters,
 /// with K's scale already folded into `logit` by the host, and V's scale, applied with the
 /// softmax normaliser.

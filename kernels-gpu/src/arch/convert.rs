@@ -60,32 +60,35 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 }
 
 /// Four fp8 codes of format `F` (lowest byte first) to two f16x2 registers, `[codes 0, 1]` and
-/// `[codes 2, 3]` (low code in the low half). Exact: every fp8 value is an f16 (e4m3's NaN code
-/// becomes an f16 NaN). Hopper images use `cvt.rn.f16x2.{e4m3x2,e5m2x2}` (sm_89+ hardware);
-/// the sm_80 image, which also serves GPUs without fp8 conversions, decodes through f32
-/// (`math::fp8`, the host's codec) and packs.
+/// `[codes 2, 3]` (low code in the low half). Exact: every fp8 value is an f16 (NaN codes become
+/// f16 NaNs, e5m2's infinities f16 infinities).
+/// - e5m2 is the high byte of the f16 with the same value, on every architecture: two byte
+///   permutes ([`crate::math::fp8::E5M2_TO_F16_PRMT`]).
+/// - e4m3: `cvt.rn.f16x2.e4m3x2` on sm_89 and newer (the sm_90/sm_90a images); the sm_80 image
+///   (which also serves 8.x GPUs without fp8 conversions) decodes through f32 (`math::fp8`,
+///   the host's codec) and packs.
 #[inline(always)]
 pub fn fp8x4_to_f16x2<F: crate::math::fp8::Fp8Format>(codes: u32) -> [u32; 2] {
-    #[cfg(target_feature = "sm_90a")]
+    use crate::math::fp8::{Fp8Kind, E5M2_TO_F16_PRMT};
+    if F::KIND == Fp8Kind::E5m2 {
+        return [
+            prmt(codes, E5M2_TO_F16_PRMT[0]),
+            prmt(codes, E5M2_TO_F16_PRMT[1]),
+        ];
+    }
+    #[cfg(target_feature = "sm_89")]
     {
-        use crate::math::fp8::Fp8Kind;
         let (lo, hi): (u32, u32);
         // SAFETY: register-only. The hardware takes the high code of a .b16 to the high half.
         unsafe {
-            match F::KIND {
-                Fp8Kind::E4m3 => asm!(
-                    "{{ .reg .b16 l, h; mov.b32 {{l, h}}, {2}; cvt.rn.f16x2.e4m3x2 {0}, l; cvt.rn.f16x2.e4m3x2 {1}, h; }}",
-                    out(reg32) lo, out(reg32) hi, in(reg32) codes, options(pure, nomem, nostack)
-                ),
-                Fp8Kind::E5m2 => asm!(
-                    "{{ .reg .b16 l, h; mov.b32 {{l, h}}, {2}; cvt.rn.f16x2.e5m2x2 {0}, l; cvt.rn.f16x2.e5m2x2 {1}, h; }}",
-                    out(reg32) lo, out(reg32) hi, in(reg32) codes, options(pure, nomem, nostack)
-                ),
-            }
+            asm!(
+                "{{ .reg .b16 l, h; mov.b32 {{l, h}}, {2}; cvt.rn.f16x2.e4m3x2 {0}, l; cvt.rn.f16x2.e4m3x2 {1}, h; }}",
+                out(reg32) lo, out(reg32) hi, in(reg32) codes, options(pure, nomem, nostack)
+            )
         };
         [lo, hi]
     }
-    #[cfg(not(target_feature = "sm_90a"))]
+    #[cfg(not(target_feature = "sm_89"))]
     {
         let v = crate::math::fp8::decode4::<F>(codes);
         [f32x2_to_f16x2(v[0], v[1]), f32x2_to_f16x2(v[2], v[3])]
@@ -100,8 +103,8 @@ pub fn f16x2_to_bf16x2(bits: u32) -> u32 {
     f32x2_to_bf16x2(lo, hi)
 }
 
-/// `prmt.b32 d, a, 0, sel`: byte `i` of the result is byte `sel[4i..4i+3]` of `a` (selector
-/// nibbles 0–3; see `math::frag_fp8::prmt_host`, its host model).
+/// `prmt.b32 d, a, 0, sel`: byte `i` of the result is byte `sel[4i..4i+3]` of `a` for selector
+/// nibbles 0–3 and zero for 4–7 (see `math::frag_fp8::prmt_host`, its host model).
 #[inline(always)]
 pub fn prmt(a: u32, sel: u32) -> u32 {
     let r: u32;

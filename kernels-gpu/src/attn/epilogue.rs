@@ -36,6 +36,30 @@ impl TileOut<'_> {
         n_tiles: usize,
         o: impl Fn(usize, usize) -> f32,
     ) {
+        let tq = self.tq;
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.store_pairs::<E, D>(st, 1.0, n_tiles, |nt, hh| {
+                (8 * nt as u32 + 2 * tq, o(nt, 2 * hh), o(nt, 2 * hh + 1))
+            })
+        }
+    }
+
+    /// [`TileOut::store`] for any column order: `pair(i, hh)` is the lane's pair `i`
+    /// (0..`pairs`) of row half `hh`, `(first column, value, value of the next column)`,
+    /// unnormalised; every output is also multiplied by `v_scale` (fp8 V's scale: o = v_scale ·
+    /// Σ p·v / Σ p; 1 for 16-bit V, folded away).
+    ///
+    /// # Safety
+    /// As [`TileOut::store`].
+    #[inline(always)]
+    pub(crate) unsafe fn store_pairs<E: Elem, const D: u32>(
+        &self,
+        st: &RowState,
+        v_scale: f32,
+        pairs: usize,
+        pair: impl Fn(usize, usize) -> (u32, f32, f32),
+    ) {
         let (p, item, tq) = (self.p, self.item, self.tq);
         for hh in 0..2 {
             let r = self.row + 8 * hh as u32;
@@ -45,18 +69,19 @@ impl TileOut<'_> {
             let (t, h) = p.group.divmod(r);
             let hq = self.kvh * self.g + h;
             let row = st.row(hh);
-            let inv = row.inv_denominator();
+            let inv = row.inv_denominator() * v_scale;
             let lse = row.lse();
             if item.part != u32::MAX {
                 // Split-KV: normalised partial state of this chunk, merged by `merge_f32_*`.
                 let slot = item.part + t * item.nchunks + item.chunk;
                 let obase = ((slot * p.num_qo_heads + hq) as u64) * D as u64;
-                for nt in 0..n_tiles {
-                    let col = (nt as u32 * 8 + 2 * tq) as u64;
+                for i in 0..pairs {
+                    let (col, x, y) = pair(i, hh);
+                    let col = col as u64;
                     // SAFETY: slot < the plan's slot count (host contract).
                     unsafe {
-                        global::st_f32(p.part_o + (obase + col) * 4, o(nt, 2 * hh) * inv);
-                        global::st_f32(p.part_o + (obase + col + 1) * 4, o(nt, 2 * hh + 1) * inv);
+                        global::st_f32(p.part_o + (obase + col) * 4, x * inv);
+                        global::st_f32(p.part_o + (obase + col + 1) * 4, y * inv);
                     }
                 }
                 if tq == 0 {
@@ -69,11 +94,12 @@ impl TileOut<'_> {
             }
             let tok = (self.req.qo_begin + self.t0 + t) as u64;
             let obase = tok * (p.o_stride_n as u64) + (hq * p.o_stride_h) as u64;
-            for nt in 0..n_tiles {
-                let col = nt as u32 * 8 + 2 * tq;
-                let (x, y) = (o(nt, 2 * hh) * inv, o(nt, 2 * hh + 1) * inv);
+            for i in 0..pairs {
+                let (col, x, y) = pair(i, hh);
                 // SAFETY: host-validated o extent; 4-byte aligned (col even).
-                unsafe { global::st_u32(p.o + (obase + col as u64) * 2, E::pack2(x, y)) };
+                unsafe {
+                    global::st_u32(p.o + (obase + col as u64) * 2, E::pack2(x * inv, y * inv))
+                };
             }
             if tq == 0 && p.lse != 0 {
                 // SAFETY: lse [tokens, Hq].

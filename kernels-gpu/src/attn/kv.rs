@@ -5,7 +5,7 @@
 use crate::abi::PrefillParams;
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, pipeline, warp};
-use crate::attn::swizzle::swz;
+use crate::attn::swizzle::{swz, swz_codes};
 use crate::config::prefill::TILE;
 
 /// Where a request's K/V rows live: packed ragged tensors or the paged pool.
@@ -16,23 +16,25 @@ pub(crate) trait KvRows {
     const LOOKUP: bool;
 
     /// Byte addresses of K and V of key `t` of the request whose KV starts at `kv_begin`
-    /// (ragged: token offset; paged: page-list offset), head `kvh`, element 0.
+    /// (ragged: token offset; paged: page-list offset), head `kvh`, element 0, in tensors of
+    /// `bytes`-byte elements (2, or 1 for fp8 codes).
     ///
     /// # Safety
     /// `t` must be a key of the request; the host validated the tables.
-    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64);
+    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32, bytes: u64) -> (u64, u64);
 
-    /// Bytes between the K rows and between the V rows of consecutive keys (ragged; the
-    /// `LOOKUP` layouts have no fixed step). Used by the Hopper producer only (sm_90a images).
+    /// Bytes between the K rows and between the V rows of consecutive keys of 16-bit K/V
+    /// (ragged; the `LOOKUP` layouts have no fixed step). Used by the Hopper producer only
+    /// (sm_90a images).
     #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
     fn key_step(p: &PrefillParams) -> (u64, u64);
 
-    /// Byte offset of key `t`'s K row from `p.k`; for the `LOOKUP` layouts also that of its V
-    /// row from `p.v` (one geometry for both pools).
+    /// Byte offset of key `t`'s K row from `p.k` (elements of `bytes` bytes); for the `LOOKUP`
+    /// layouts also that of its V row from `p.v` (one geometry for both pools).
     ///
     /// # Safety
     /// As [`KvRows::row`].
-    unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> u64;
+    unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32, bytes: u64) -> u64;
 }
 
 /// Packed (ragged) K/V: token `kv_begin + t` of `k`/`v` with their strides.
@@ -42,11 +44,11 @@ impl KvRows for Ragged {
     const LOOKUP: bool = false;
 
     #[inline(always)]
-    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64) {
+    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32, bytes: u64) -> (u64, u64) {
         let n = (kv_begin + t) as u64;
         (
-            p.k + (n * p.k_stride_n as u64 + (kvh * p.k_stride_h) as u64) * 2,
-            p.v + (n * p.v_stride_n as u64 + (kvh * p.v_stride_h) as u64) * 2,
+            p.k + (n * p.k_stride_n as u64 + (kvh * p.k_stride_h) as u64) * bytes,
+            p.v + (n * p.v_stride_n as u64 + (kvh * p.v_stride_h) as u64) * bytes,
         )
     }
 
@@ -56,8 +58,8 @@ impl KvRows for Ragged {
     }
 
     #[inline(always)]
-    unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> u64 {
-        ((kv_begin + t) as u64 * p.k_stride_n as u64 + (kvh * p.k_stride_h) as u64) * 2
+    unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32, bytes: u64) -> u64 {
+        ((kv_begin + t) as u64 * p.k_stride_n as u64 + (kvh * p.k_stride_h) as u64) * bytes
     }
 }
 
@@ -68,9 +70,9 @@ impl KvRows for Paged {
     const LOOKUP: bool = true;
 
     #[inline(always)]
-    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> (u64, u64) {
+    unsafe fn row(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32, bytes: u64) -> (u64, u64) {
         // SAFETY: forwarded contract.
-        let off = unsafe { Self::offset(p, kv_begin, t, kvh) };
+        let off = unsafe { Self::offset(p, kv_begin, t, kvh, bytes) };
         (p.k + off, p.v + off)
     }
 
@@ -80,21 +82,23 @@ impl KvRows for Paged {
     }
 
     #[inline(always)]
-    unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32) -> u64 {
+    unsafe fn offset(p: &PrefillParams, kv_begin: u32, t: u32, kvh: u32, bytes: u64) -> u64 {
         let (slot, entry) = p.page_size.divmod(t);
         // SAFETY: slot < the request's page count (host-validated tables).
         let page = unsafe { global::ld_u32(p.kv_indices + ((kv_begin + slot) as u64) * 4) } as u64;
         // The K and V pools of a cache share one geometry (`KvPool`), so one element offset
         // serves both (the host passes equal K and V strides; fewer live registers per row).
-        (page * p.k_stride_page + (entry * p.k_stride_n + kvh * p.k_stride_h) as u64) * 2
+        (page * p.k_stride_page + (entry * p.k_stride_n + kvh * p.k_stride_h) as u64) * bytes
     }
 }
 
 /// Issues the `cp.async` copies (one commit group) of the prefill ring's K/V keys
-/// `[base, base + TILE)` (zero-filled past `end`) into stage `s`.
-/// Thread `tid` copies 16-byte chunk `tid % (D/8)` of rows `tid / (D/8) + i · threads / (D/8)`;
-/// `dst` is its first chunk's swizzled offset (the swizzle only depends on `row % 8`, the same
-/// for all its rows), so each row costs one add.
+/// `[base, base + TILE)` (zero-filled past `end`) into stage `s`, for K/V of `bytes`-byte
+/// elements (2, or 1 for fp8 codes: rows of `D` bytes in the code layout, `swz_codes`).
+/// Thread `tid` copies 16-byte chunk `tid % chunks` of rows `tid / chunks + i · threads /
+/// chunks` (`chunks = D·bytes/16`); `dst` is its first chunk's swizzled offset ([`tile_dst`]:
+/// the swizzle only depends on the row modulo a period that divides the row step), so each row
+/// costs one add.
 ///
 /// # Safety
 /// As the kernel's contract.
@@ -111,11 +115,12 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
     tid: u32,
     dst: u32,
     smem: u32,
+    bytes: u32,
 ) {
-    let chunks = D / 8;
+    let chunks = D * bytes / 16;
     let step = threads / chunks;
-    let k_base = smem + s * 2 * TILE * D * 2 + dst;
-    let v_base = k_base + TILE * D * 2;
+    let k_base = smem + s * 2 * TILE * D * bytes + dst;
+    let v_base = k_base + TILE * D * bytes;
     let (r0, c) = (tid / chunks, tid % chunks);
     // Opaque: otherwise LLVM turns every row's global address into its own 64-bit induction
     // variable across the KV loop (two per row: up to 32 registers held for the whole loop).
@@ -131,7 +136,7 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
         let key = base + w * per_pass + lane % per_pass + step * (lane / per_pass);
         if lane < per_pass * (TILE / step) && key < end {
             // SAFETY: a key of the request (key < end ≤ kv_len).
-            own = unsafe { R::offset(p, kv_off, key, kvh) };
+            own = unsafe { R::offset(p, kv_off, key, kvh, bytes as u64) };
         }
     }
     // Opaque: the per-pass source lanes stay inside the KV loop (not 8–16 hoisted registers).
@@ -148,14 +153,15 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
             }
         } else if valid {
             // SAFETY: t is a key of the request (t < end ≤ kv_len).
-            let (k, v) = unsafe { R::row(p, kv_off, t, kvh) };
+            let (k, v) = unsafe { R::row(p, kv_off, t, kvh, bytes as u64) };
             ka = k + (c * 16) as u64;
             va = v + (c * 16) as u64;
         }
-        // Rows `step` apart share `row % 8` (one precomputed swizzle) when `step` is a multiple
-        // of 8; otherwise (D = 256: 4 rows per pass) each row is swizzled on its own.
+        // Rows `step` apart share their swizzle (one precomputed offset) when `step` is a
+        // multiple of 8 rows (16-bit; fp8: 8 lines of 128 bytes, the same for D = 64 and 128
+        // here); otherwise (16-bit D = 256: 4 rows per pass) each row is swizzled on its own.
         let row = if step % 8 == 0 {
-            i * step * D * 2
+            i * step * D * bytes
         } else {
             swz::<D>(r0 + i * step, c).wrapping_sub(dst)
         };
@@ -166,4 +172,16 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
         }
     }
     pipeline::commit_group();
+}
+
+/// This thread's first chunk offset in a stage of [`copy_tile`] (`dst`): row `tid / chunks`,
+/// chunk `tid % chunks`, swizzled for `bytes`-byte elements.
+#[inline(always)]
+pub(crate) fn tile_dst<const D: u32>(tid: u32, bytes: u32) -> u32 {
+    let chunks = D * bytes / 16;
+    if bytes == 1 {
+        swz_codes::<D>(tid / chunks, tid % chunks)
+    } else {
+        swz::<D>(tid / chunks, tid % chunks)
+    }
 }

@@ -1,6 +1,7 @@
-//! The tensor-core decode's K/V (`decode_tc.rs`): how a tile reaches a stage of its `cp.async`
-//! ring, and how a warp's 16 keys of a stage meet the query fragments, S = Q·Kᵀ, and the
-//! probabilities, O += P·V. Two stored forms ([`TcKv`]):
+//! The tensor-core K/V of the `mma.sync` kernels (`decode_tc.rs`; the fp8 prefill of
+//! `prefill.rs`): how a decode tile reaches a stage of its `cp.async` ring, and how a warp's 16
+//! keys of a stage meet the query fragments, S = Q·Kᵀ, and the probabilities, O += P·V. Two
+//! stored forms ([`TcKv`]):
 //!
 //! - [`Half`]: 16-bit K/V in the swizzled layout (`swz`), read with `ldmatrix` (K) and
 //!   `ldmatrix.trans` (V) straight into mma operands.
@@ -84,8 +85,21 @@ pub(crate) trait TcKv {
         o: &mut RegTile<f32, NT>,
     );
 
+    /// Head dim (within a 16-dim k-step) of column `col` of Q's A fragments.
+    fn q_col(col: u32) -> u32;
+
     /// Head dim of column `col` (0..8) of output n-tile `nt`.
     fn o_dim(nt: u32, col: u32) -> u32;
+
+    /// Pair `i` (0..NT) of a lane's two adjacent output dims in row half `hh` of `o` (lane
+    /// `tq` of its quad): `(first dim, value, value of the next dim)`, so a 16-bit output is
+    /// one 32-bit store per pair.
+    fn o_pair<const NT: usize>(
+        o: &RegTile<f32, NT>,
+        i: usize,
+        hh: usize,
+        tq: u32,
+    ) -> (u32, f32, f32);
 }
 
 /// 16-bit K/V (the queries' type).
@@ -153,7 +167,7 @@ impl TcKv for Half {
         lane: u32,
     ) -> [[u32; 4]; KS] {
         // SAFETY: forwarded contract.
-        unsafe { load_q_with::<KS>(p, wk, kvh, lane, |c| c) }
+        unsafe { load_q_with::<KS>(p, wk, kvh, lane, Self::q_col) }
     }
 
     #[inline(always)]
@@ -196,8 +210,23 @@ impl TcKv for Half {
     }
 
     #[inline(always)]
+    fn q_col(col: u32) -> u32 {
+        col
+    }
+
+    #[inline(always)]
     fn o_dim(nt: u32, col: u32) -> u32 {
         8 * nt + col
+    }
+
+    #[inline(always)]
+    fn o_pair<const NT: usize>(
+        o: &RegTile<f32, NT>,
+        i: usize,
+        hh: usize,
+        tq: u32,
+    ) -> (u32, f32, f32) {
+        (8 * i as u32 + 2 * tq, o.0[i][2 * hh], o.0[i][2 * hh + 1])
     }
 }
 
@@ -232,7 +261,7 @@ impl<F: Fp8Format> TcKv for Codes<F> {
         lane: u32,
     ) -> [[u32; 4]; KS] {
         // SAFETY: forwarded contract.
-        unsafe { load_q_with::<KS>(p, wk, kvh, lane, qk_dim) }
+        unsafe { load_q_with::<KS>(p, wk, kvh, lane, Self::q_col) }
     }
 
     #[inline(always)]
@@ -291,8 +320,27 @@ impl<F: Fp8Format> TcKv for Codes<F> {
     }
 
     #[inline(always)]
+    fn q_col(col: u32) -> u32 {
+        qk_dim(col)
+    }
+
+    #[inline(always)]
     fn o_dim(nt: u32, col: u32) -> u32 {
         pv_dim(nt, col)
+    }
+
+    /// n-tiles `2c` and `2c + 1` hold dims `16c + 4tq + {0, 2}` and `{1, 3}`
+    /// ([`pv_dim`]): pair `2c + h` is dims `16c + 4tq + 2h` and `+ 1`, one from each.
+    #[inline(always)]
+    fn o_pair<const NT: usize>(
+        o: &RegTile<f32, NT>,
+        i: usize,
+        hh: usize,
+        tq: u32,
+    ) -> (u32, f32, f32) {
+        let (c, h) = (i / 2, i % 2);
+        let dim = 16 * c as u32 + 4 * tq + 2 * h as u32;
+        (dim, o.0[2 * c][2 * hh + h], o.0[2 * c + 1][2 * hh + h])
     }
 }
 

@@ -59,6 +59,9 @@ pub enum PrefillForm {
     Rows64Masked,
     /// 64 rows, 4 warps, with RoPE inside attention (`_rope`, `attn::rope`); every head dim.
     Rows64Rope,
+    /// 64 rows, 4 warps, over fp8 K/V of the format (`_fp8_e4m3`, `_fp8_e5m2`); head dims 64
+    /// and 128.
+    Rows64Fp8(Fp8Kind),
     /// Hopper warpgroups (`_h`); `persistent` CTAs run unit lists (`p`), `tma` loads ragged
     /// K/V with tensor maps (`t`). Built only into the sm_90a image.
     Hopper {
@@ -78,6 +81,8 @@ impl PrefillForm {
             PrefillForm::Rows128Wide => "_m2",
             PrefillForm::Rows64Masked => "_mask",
             PrefillForm::Rows64Rope => "_rope",
+            PrefillForm::Rows64Fp8(Fp8Kind::E4m3) => "_fp8_e4m3",
+            PrefillForm::Rows64Fp8(Fp8Kind::E5m2) => "_fp8_e5m2",
             PrefillForm::Hopper {
                 persistent: false,
                 tma: false,
@@ -507,7 +512,7 @@ impl KernelKey {
                     });
                 }
                 for kv in KeyKv::ALL {
-                    let mut forms = [PrefillForm::Rows64; 9];
+                    let mut forms = [PrefillForm::Rows64; 11];
                     forms[1] = PrefillForm::Rows64Rope;
                     let n = if head_dim == 256 {
                         2
@@ -515,7 +520,9 @@ impl KernelKey {
                         forms[2] = PrefillForm::Rows64Masked;
                         forms[3] = PrefillForm::Rows128;
                         forms[4] = PrefillForm::Rows128Wide;
-                        let mut n = 5;
+                        forms[5] = PrefillForm::Rows64Fp8(Fp8Kind::E4m3);
+                        forms[6] = PrefillForm::Rows64Fp8(Fp8Kind::E5m2);
+                        let mut n = 7;
                         for persistent in [false, true] {
                             for tma in [false, true] {
                                 if !tma || kv == KeyKv::Ragged {

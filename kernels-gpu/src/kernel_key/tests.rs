@@ -39,6 +39,16 @@ fn names_match_the_entry_points() {
         "prefill_paged_f16_d256"
     );
     assert_eq!(
+        &*key(
+            KeyKv::Paged,
+            KeyDtype::Bf16,
+            128,
+            PrefillForm::Rows64Fp8(Fp8Kind::E5m2)
+        )
+        .name(),
+        "prefill_paged_bf16_d128_fp8_e5m2"
+    );
+    assert_eq!(
         &*KernelKey::Merge {
             dtype: KeyDtype::F16,
             head_dim: 64,
@@ -89,11 +99,11 @@ fn every_name_fits_and_is_unique() {
     names.dedup();
     assert_eq!(names.len(), count);
     // 24 decode + 24 rope decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2
-    // dtypes × ((9 ragged + 7 paged forms) × 2 head dims + 4 at D 256)) + 12 copies + 17
+    // dtypes × ((11 ragged + 9 paged forms) × 2 head dims + 4 at D 256)) + 12 copies + 17
     // model kernels.
     assert_eq!(
         count,
-        24 + 24 + 48 + 4 + 8 + 12 + 2 * (16 * 2 + 4) + 12 + 17
+        24 + 24 + 48 + 4 + 8 + 12 + 2 * (20 * 2 + 4) + 12 + 17
     );
     for (i, m) in ModelKernel::ALL.iter().enumerate() {
         assert_eq!(m.index(), i);

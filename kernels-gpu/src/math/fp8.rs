@@ -148,6 +148,12 @@ pub fn quantize<F: Fp8Format>(x: f32, scale: f32) -> u8 {
     F::encode(x / scale)
 }
 
+/// `prmt` selectors (with a zero second operand) turning four e5m2 codes into two f16x2
+/// registers: each code becomes the high byte of a 16-bit lane, the low byte zero — e5m2 is
+/// exactly the high byte of the f16 of the same value (same sign, 5-bit exponent with bias 15,
+/// top two mantissa bits), infinities and NaNs included.
+pub const E5M2_TO_F16_PRMT: [u32; 2] = [0x1404, 0x3424];
+
 /// Decodes the four codes of `w` (lowest byte first) — one 32-bit load of fp8 K/V.
 #[inline(always)]
 pub fn decode4<F: Fp8Format>(w: u32) -> [f32; 4] {

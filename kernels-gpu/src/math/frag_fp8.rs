@@ -40,14 +40,17 @@ pub const fn pv_dim(nt: u32, n: u32) -> u32 {
 /// of dim 2g+1.
 pub const V_PRMT: u32 = 0x3120;
 
-/// Byte `i` of `prmt(w, 0, sel)` (only selector nibbles 0–3: bytes of `w`).
+/// `prmt(w, 0, sel)` on the host: byte `i` of the result is byte `sel[4i..4i+3]` of `w` for
+/// selector nibbles 0–3 and of the zero second operand for 4–7 (no sign replication).
 #[inline(always)]
 pub const fn prmt_host(w: u32, sel: u32) -> u32 {
     let mut r = 0;
     let mut i = 0;
     while i < 4 {
         let src = (sel >> (4 * i)) & 7;
-        r |= ((w >> (8 * src)) & 0xff) << (8 * i);
+        if src < 4 {
+            r |= ((w >> (8 * src)) & 0xff) << (8 * i);
+        }
         i += 1;
     }
     r
@@ -210,6 +213,52 @@ mod tests {
             ];
             assert_eq!(dims, [4 * tq, 4 * tq + 1, 4 * tq + 2, 4 * tq + 3]);
         }
+    }
+
+    /// The fp8 output pairs (`attn::tc_kv`, `Codes::o_pair`): pair `2c + h` of lane `tq` is
+    /// dims `16c + 4tq + 2h` (n-tile `2c`'s element) and `+ 1` (n-tile `2c + 1`'s), as
+    /// [`pv_dim`] places them; over the quad every dim of a chunk once.
+    #[test]
+    fn output_pairs_follow_pv_dim() {
+        let mut seen = [false; 32];
+        for tq in 0..4u32 {
+            for i in 0..4u32 {
+                let (c, h) = (i / 2, i % 2);
+                let dim = 16 * c + 4 * tq + 2 * h;
+                // Element 2hh + h of n-tile 2c is column 2tq + h.
+                assert_eq!(pv_dim(2 * c, 2 * tq + h), dim);
+                assert_eq!(pv_dim(2 * c + 1, 2 * tq + h), dim + 1);
+                for d in [dim, dim + 1] {
+                    assert!(!seen[d as usize]);
+                    seen[d as usize] = true;
+                }
+            }
+        }
+    }
+
+    /// Every e5m2 code, permuted into the high byte of a 16-bit lane, is the f16 of its value
+    /// (NaN codes NaN, infinities infinite).
+    #[test]
+    fn e5m2_codes_are_f16_high_bytes() {
+        use crate::math::fp8::E5M2_TO_F16_PRMT;
+        for w in (0u32..256).map(|c| c * 0x0101_0101) {
+            let c = w as u8;
+            let want = E5m2::decode(c);
+            for sel in E5M2_TO_F16_PRMT {
+                let r = prmt_host(w, sel);
+                for h in [r as u16, (r >> 16) as u16] {
+                    let got = f16::from_bits(h).to_f32();
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "code {c:#04x}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // Byte placement: codes 0, 1 → lanes of the first register, 2, 3 → the second.
+        let w = 0x4433_2211;
+        assert_eq!(prmt_host(w, E5M2_TO_F16_PRMT[0]), 0x2200_1100);
+        assert_eq!(prmt_host(w, E5M2_TO_F16_PRMT[1]), 0x4400_3300);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use ferrinfer_kernels::kernel_key::KernelKey;
 use super::{BatchDecode, OP};
 use crate::dtype::{DType, KvDtype};
 use crate::error::{Error, Result};
-use crate::fp8::Fp8Kind;
 use crate::heads::HeadConfig;
 use crate::ops::rope_attn::RopeAttention;
 use crate::rope::RopeConfig;
@@ -171,11 +170,7 @@ impl BatchDecode {
         rope: bool,
     ) -> Result<(Kernel, u32, usize, usize)> {
         let d = h.head_dim as u32;
-        let fp8 = match kv {
-            KvDtype::E4m3 => Some(Fp8Kind::E4m3),
-            KvDtype::E5m2 => Some(Fp8Kind::E5m2),
-            KvDtype::F16 | KvDtype::Bf16 => None,
-        };
+        let fp8 = kv.fp8();
         let (key, smem, threads, align) = match kind {
             DecodeKernel::CudaCore => {
                 let Some(cap) = u32::try_from(h.group()).ok().and_then(cfg::group_capacity) else {

@@ -5,8 +5,9 @@ use ferrinfer_kernels::kernel_key::KeyKv;
 use ferrinfer_kernels::math::fastdiv::FastDiv;
 use ferrinfer_kernels::math::softmax::LogitTransform;
 
-use crate::dtype::{DType, Float16};
+use crate::dtype::{DType, Float16, KvDtype, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
 use crate::kv::KvPool;
 use crate::ops::io_check::PlannedIo;
@@ -18,7 +19,9 @@ use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu, Kernel, LaunchDims};
 use crate::validate;
 
 use super::graph::PrefillGraphLimits;
-use super::launch::{launch_prefill, ragged_tensor_maps, PrefillKernels, RaggedRows};
+use super::launch::{
+    fp8_built_for, launch_prefill, ragged_tensor_maps, Fp8Launch, PrefillKernels, RaggedRows,
+};
 use super::plan::{BatchPrefillPlan, KvKind};
 use super::policy::PrefillTile;
 
@@ -48,6 +51,8 @@ pub struct BatchPrefill {
     merge: Kernel,
     /// RoPE inside attention ([`BatchPrefill::set_rope`]).
     pub(super) rope: Option<RopeAttention>,
+    /// The K/V element type runs read ([`BatchPrefill::set_kv_dtype`]).
+    pub(super) kv: KvDtype,
 }
 
 impl BatchPrefill {
@@ -115,7 +120,50 @@ impl BatchPrefill {
             kernels,
             merge,
             rope: None,
+            kv: KvDtype::from(dtype),
         })
+    }
+
+    /// Sets the K/V element type runs read: the op's own 16-bit dtype
+    /// ([`BatchPrefill::run_paged`], [`BatchPrefill::run_ragged`]) or fp8 `E4m3`/`E5m2`
+    /// ([`BatchPrefill::run_paged_fp8`], [`BatchPrefill::run_ragged_fp8`], with
+    /// `k_scale`/`v_scale` per run; queries and outputs stay 16-bit). fp8 runs the 64-row tile
+    /// (K/V codes converted in registers on the way to the tensor cores) at head dims 64 and
+    /// 128, without RoPE inside attention or a custom mask (typed `Unsupported` errors). Plans
+    /// remember the type they were made for: plan again after a change.
+    pub fn set_kv_dtype(&mut self, kv: KvDtype) -> Result<()> {
+        if kv.is_fp8() {
+            if !fp8_built_for(self.heads.head_dim) {
+                return Err(Error::unsupported(
+                    OP,
+                    "kv dtype",
+                    format!(
+                        "{kv} K/V at head_dim {} (supported: 64, 128)",
+                        self.heads.head_dim
+                    ),
+                ));
+            }
+            if self.rope.is_some() {
+                return Err(Error::unsupported(
+                    OP,
+                    "kv dtype",
+                    format!("{kv} K/V with RoPE inside attention"),
+                ));
+            }
+        } else if kv != KvDtype::from(self.dtype) {
+            return Err(Error::unsupported(
+                OP,
+                "kv dtype",
+                format!("{kv} K/V with {} queries", self.dtype),
+            ));
+        }
+        self.kv = kv;
+        Ok(())
+    }
+
+    /// The K/V element type runs read.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv
     }
 
     /// Switches RoPE inside attention on (`Some`) or off (FlashInfer's `pos_encoding_mode`
@@ -126,6 +174,13 @@ impl BatchPrefill {
     /// Plans then run the 64-row tile's `_rope` kernel (K tiles rotated in shared memory); a
     /// custom mask with RoPE is `Unsupported`. Plans made before a change must be remade.
     pub fn set_rope(&mut self, rope: Option<RopeConfig>) -> Result<()> {
+        if rope.is_some() && self.kv.is_fp8() {
+            return Err(Error::unsupported(
+                OP,
+                "rope",
+                format!("RoPE inside attention with {} K/V", self.kv),
+            ));
+        }
         self.rope = rope
             .map(|r| RopeAttention::new(OP, &self.gpu, r, self.heads.head_dim))
             .transpose()?;
@@ -212,6 +267,91 @@ impl BatchPrefill {
         self.launch(plan, KvKind::Ragged, kv, q.span(), out.span(), lse)
     }
 
+    /// [`BatchPrefill::run_ragged`] over fp8 K and V (codes of format `F`, `[Σ kv_len, Hkv,
+    /// D]`) read with `scales` (real = code × scale). The op must read `F`
+    /// ([`BatchPrefill::set_kv_dtype`]) and the plan must have been made since; another
+    /// format, or a scale that is not finite and > 0, is an `InvalidArgument`. Launch only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_ragged_fp8<T: Float16, F: Fp8Format>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: &DeviceBuffer<T>,
+        k: &DeviceBuffer<Fp8<F>>,
+        v: &DeviceBuffer<Fp8<F>>,
+        scales: KvScales,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        self.check_fp8::<F>(scales)?;
+        if plan.kind != KvKind::Ragged {
+            return Err(Error::invalid(OP, "plan", "a paged plan run on ragged K/V"));
+        }
+        let h = self.heads;
+        self.gpu.check_buffer(OP, k)?;
+        self.gpu.check_buffer(OP, v)?;
+        let need = plan.kv_tokens * h.num_kv_heads * h.head_dim;
+        if k.len() < need || v.len() < need {
+            return Err(Error::shape(
+                OP,
+                "k/v elements (Σ kv_len × heads × head_dim)",
+                format!(">= {need}"),
+                k.len().min(v.len()),
+            ));
+        }
+        let kv = KvAddr::ragged(k.addr(), v.addr(), h);
+        let lse = lse.map(|l| l.span());
+        self.launch_scaled(
+            plan,
+            KvKind::Ragged,
+            kv,
+            q.span(),
+            out.span(),
+            lse,
+            Some(scales),
+        )
+    }
+
+    /// [`BatchPrefill::run_paged`] over an fp8 pool read with `scales` (as
+    /// [`BatchPrefill::run_ragged_fp8`]). Launch only.
+    pub fn run_paged_fp8<T: Float16, F: Fp8Format>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: &DeviceBuffer<T>,
+        pool: &KvPool<T, Fp8<F>>,
+        scales: KvScales,
+        out: &mut DeviceBuffer<T>,
+        lse: Option<&mut DeviceBuffer<f32>>,
+    ) -> Result<()> {
+        self.check_fp8::<F>(scales)?;
+        let kv = self.pool_addr(plan, pool)?;
+        let lse = lse.map(|l| l.span());
+        self.launch_scaled(
+            plan,
+            KvKind::Paged,
+            kv,
+            q.span(),
+            out.span(),
+            lse,
+            Some(scales),
+        )
+    }
+
+    /// The checks of an fp8 run: the op reads format `F` and the scales are finite and > 0.
+    pub(super) fn check_fp8<F: Fp8Format>(&self, scales: KvScales) -> Result<()> {
+        if Fp8::<F>::KV_DTYPE != self.kv {
+            return Err(Error::invalid(
+                OP,
+                "kv dtype",
+                format!(
+                    "the op reads {} K/V, the K/V hold {}",
+                    self.kv,
+                    Fp8::<F>::KV_DTYPE
+                ),
+            ));
+        }
+        scales.validate(OP)
+    }
+
     /// Runs a paged plan on one layer's pool: q and out `[Σ qo_len, Hq, D]`, lse
     /// `[Σ qo_len, Hq]` (base 2) when given. Launch only.
     pub fn run_paged<T: Float16>(
@@ -222,6 +362,18 @@ impl BatchPrefill {
         out: &mut DeviceBuffer<T>,
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
+        let kv = self.pool_addr(plan, pool)?;
+        let lse = lse.map(|l| l.span());
+        self.launch(plan, KvKind::Paged, kv, q.span(), out.span(), lse)
+    }
+
+    /// What the kernels read of `pool` (16-bit or fp8 pages), checked against a paged plan's
+    /// geometry and the op's heads.
+    fn pool_addr<T: Float16, S: KvElem>(
+        &self,
+        plan: &BatchPrefillPlan,
+        pool: &KvPool<T, S>,
+    ) -> Result<KvAddr> {
         if plan.kind != KvKind::Paged {
             return Err(Error::invalid(
                 OP,
@@ -231,19 +383,17 @@ impl BatchPrefill {
         }
         let planned = (plan.page_size, plan.num_pages_seen);
         let (k, v, st) = pool.attention_view(OP, &self.gpu, &self.heads, planned)?;
-        let kv = KvAddr {
+        Ok(KvAddr {
             k: k.addr(),
             v: v.addr(),
             stride_page: st.stride_page as u64,
             stride_n: st.stride_n,
             stride_h: st.stride_h,
             page_size: plan.page_size as u32,
-        };
-        let lse = lse.map(|l| l.span());
-        self.launch(plan, KvKind::Paged, kv, q.span(), out.span(), lse)
+        })
     }
 
-    /// The one launch path: owned buffers and caller memory (`super::spans`) arrive as spans.
+    /// The launch path of 16-bit K/V: [`BatchPrefill::launch_scaled`] without scales.
     pub(super) fn launch<T: Float16>(
         &self,
         plan: &BatchPrefillPlan,
@@ -253,7 +403,49 @@ impl BatchPrefill {
         out: DeviceSpan<T>,
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
+        self.launch_scaled(plan, kind, kv, q, out, lse, None)
+    }
+
+    /// The one launch path: owned buffers and caller memory (`super::spans`) arrive as spans.
+    /// `scales`: the fp8 K/V's (`None`: 16-bit K/V); the op's and the plan's K/V type must
+    /// agree with it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch_scaled<T: Float16>(
+        &self,
+        plan: &BatchPrefillPlan,
+        kind: KvKind,
+        kv: KvAddr,
+        q: DeviceSpan<T>,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
+        scales: Option<KvScales>,
+    ) -> Result<()> {
         let h = self.heads;
+        if self.kv.is_fp8() != scales.is_some() {
+            return Err(Error::invalid(
+                OP,
+                "kv dtype",
+                format!(
+                    "the op reads {} K/V: {}",
+                    self.kv,
+                    if self.kv.is_fp8() {
+                        "use run_paged_fp8/run_ragged_fp8 with k_scale/v_scale"
+                    } else {
+                        "fp8 K/V need set_kv_dtype first"
+                    }
+                ),
+            ));
+        }
+        if plan.kv != self.kv {
+            return Err(Error::invalid(
+                OP,
+                "plan",
+                format!(
+                    "made for {} K/V, the op reads {}: plan again after set_kv_dtype",
+                    plan.kv, self.kv
+                ),
+            ));
+        }
         plan.ws.owner().check(OP, &self.owner())?;
         PlannedIo {
             op: OP,
@@ -328,16 +520,21 @@ impl BatchPrefill {
             tile_tokens: plan.tile.tokens(h.group()) as u32,
             window_left: self.opts.window_left.map_or(u32::MAX, |w| w as u32),
             causal: self.opts.causal as u32,
-            logit: LogitTransform::new(self.opts.scale(&h), self.opts.soft_cap),
+            // K's scale multiplies q·k: part of the logit scale (× 1 for 16-bit K/V).
+            logit: LogitTransform::new(
+                self.opts.scale(&h) * scales.map_or(1.0, |s| s.k),
+                self.opts.soft_cap,
+            ),
             mask: plan.mask.as_ref().map_or(0, |m| m.addrs().0),
             mask_indptr: plan.mask.as_ref().map_or(0, |m| m.addrs().1),
         };
         let dims = LaunchDims {
             grid,
             block: (32 * plan.tile.warps(), 1, 1),
-            smem_bytes: match self.rope {
-                Some(_) => plan.tile.rope_smem_bytes(h.head_dim),
-                None => plan.tile.smem_bytes(h.head_dim),
+            smem_bytes: match (self.rope.is_some(), scales.is_some()) {
+                (true, _) => plan.tile.rope_smem_bytes(h.head_dim),
+                (_, true) => plan.tile.fp8_smem_bytes(h.head_dim),
+                _ => plan.tile.smem_bytes(h.head_dim),
             },
         };
         let hopper = plan.tile == PrefillTile::Rows128Wgmma;
@@ -366,6 +563,9 @@ impl BatchPrefill {
                 dims,
                 p,
                 self.rope.as_ref().map(|r| r.abi(at(off.rope))),
+                scales
+                    .zip(self.kv.fp8())
+                    .map(|(s, kind)| Fp8Launch { kind, v_scale: s.v }),
             )?
         };
         if merge_rows > 0 {

@@ -1,8 +1,11 @@
 //! Launching the prefill kernels: their keys and functions (resolved once per op,
 //! [`PrefillKernels`]), the Hopper tile's TMA tensor maps over ragged K/V, and the one launch
 //! path for every tile ([`launch_prefill`]).
-use ferrinfer_kernels::abi::{KvTensorMaps, PrefillParams, PrefillRopeParams, RopeAttn};
+use ferrinfer_kernels::abi::{
+    KvTensorMaps, PrefillFp8Params, PrefillParams, PrefillRopeParams, RopeAttn,
+};
 use ferrinfer_kernels::kernel_key::{KernelKey, KeyKv, PrefillForm};
+use ferrinfer_kernels::math::fp8::Fp8Kind;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -12,7 +15,7 @@ use crate::runtime::{encode_rows, Gpu, Kernel, LaunchDims, RowsGeometry};
 use super::policy::PrefillTile;
 
 /// Forms of a prefill kernel, in [`form_index`] order.
-const FORMS: usize = 9;
+const FORMS: usize = 11;
 
 fn form_index(form: PrefillForm) -> usize {
     match form {
@@ -22,6 +25,8 @@ fn form_index(form: PrefillForm) -> usize {
         PrefillForm::Hopper { persistent, tma } => 3 + 2 * persistent as usize + tma as usize,
         PrefillForm::Rows64Masked => 7,
         PrefillForm::Rows64Rope => 8,
+        PrefillForm::Rows64Fp8(Fp8Kind::E4m3) => 9,
+        PrefillForm::Rows64Fp8(Fp8Kind::E5m2) => 10,
     }
 }
 
@@ -93,6 +98,20 @@ impl PrefillKernels {
                     table[kv_index(kv)][form_index(PrefillForm::Rows64Rope)] =
                         Some(gpu.kernel(key, tile.rope_smem_bytes(head_dim))?);
                 }
+                // The fp8 forms of the 64-row tile (head dims 64 and 128).
+                if tile == PrefillTile::Rows64 && fp8_built_for(head_dim) {
+                    for fp8 in Fp8Kind::ALL {
+                        let form = PrefillForm::Rows64Fp8(fp8);
+                        let key = KernelKey::Prefill {
+                            kv,
+                            dtype: dtype.key(),
+                            head_dim: head_dim as u32,
+                            form,
+                        };
+                        table[kv_index(kv)][form_index(form)] =
+                            Some(gpu.kernel(key, tile.fp8_smem_bytes(head_dim))?);
+                    }
+                }
             }
         }
         Ok(Self { table })
@@ -106,8 +125,22 @@ impl PrefillKernels {
     }
 }
 
+/// Whether the fp8 prefill forms exist at `head_dim` (64 and 128: Q's fragments stay in
+/// registers there).
+pub(crate) fn fp8_built_for(head_dim: usize) -> bool {
+    matches!(head_dim, 64 | 128)
+}
+
+/// fp8 K/V of one launch: the format and V's scale (K's is in the logit scale).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fp8Launch {
+    pub(crate) kind: Fp8Kind,
+    pub(crate) v_scale: f32,
+}
+
 /// Launches the prefill kernel of `tile` over `kv` (persistent form with `persistent`; the
-/// custom-mask form with `p.mask` set and the RoPE form with `rope`, 64-row tile only): the
+/// custom-mask form with `p.mask` set, the RoPE form with `rope` and the fp8 form with `fp8`,
+/// 64-row tile only): the
 /// Hopper tile's entries take the tensor-map block as their second parameter, and with `maps`
 /// set their TMA form runs (the `cp.async` forms get zeros); the other tiles take `p` only.
 ///
@@ -125,7 +158,25 @@ pub(crate) unsafe fn launch_prefill(
     dims: LaunchDims,
     p: PrefillParams,
     rope: Option<RopeAttn>,
+    fp8: Option<Fp8Launch>,
 ) -> Result<()> {
+    if let Some(f) = fp8 {
+        if p.mask != 0 || rope.is_some() || tile != PrefillTile::Rows64 {
+            return Err(Error::unsupported(
+                "prefill",
+                "fp8 K/V",
+                "with a custom mask, RoPE inside attention or a tile other than the 64-row one",
+            ));
+        }
+        let k = kernels.get(kv, PrefillForm::Rows64Fp8(f.kind))?;
+        let p = PrefillFp8Params {
+            base: p,
+            v_scale: f.v_scale,
+            reserved: 0,
+        };
+        // SAFETY: forwarded contract; the fp8 entries take `PrefillFp8Params`.
+        return unsafe { gpu.launch_kernel(k, dims, p) };
+    }
     if let Some(rope) = rope {
         if p.mask != 0 || tile != PrefillTile::Rows64 {
             return Err(Error::unsupported(

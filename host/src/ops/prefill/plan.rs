@@ -9,6 +9,7 @@ use ferrinfer_kernels::config::prefill_hopper as hopper_cfg;
 use ferrinfer_kernels::kernel_key::KeyKv;
 
 use crate::checked;
+use crate::dtype::KvDtype;
 use crate::error::{Error, Result};
 use crate::kv::{BatchPages, KvPoolConfig};
 use crate::mask::PackedMask;
@@ -62,6 +63,8 @@ pub struct BatchPrefillPlan {
     pub(super) ws: PlanWorkspace<PrefillGraphLimits>,
     /// The step's custom mask (masked plans run the 64-row `_mask` kernel).
     pub(super) mask: Option<DeviceMask>,
+    /// The K/V element type the plan was made for (fp8 plans run the 64-row `_fp8` kernels).
+    pub(super) kv: KvDtype,
 }
 
 impl BatchPrefillPlan {
@@ -166,6 +169,7 @@ impl BatchPrefill {
             tma: false,
             ws,
             mask: None,
+            kv: self.kv,
         })
     }
 
@@ -360,6 +364,13 @@ impl BatchPrefill {
         if let Some(o) = st.offsets {
             rope_attn::check_offsets(OP, o, st.kv_lens)?;
         }
+        if st.mask.is_some() && self.kv.is_fp8() {
+            return Err(Error::unsupported(
+                OP,
+                "custom mask",
+                format!("with {} K/V (the fp8 kernels have no masked form)", self.kv),
+            ));
+        }
         if st.mask.is_some() && self.rope.is_some() {
             return Err(Error::unsupported(
                 OP,
@@ -387,9 +398,10 @@ impl BatchPrefill {
                 what: "query tokens × heads × head_dim",
             });
         }
-        // A masked plan, or one with RoPE, runs the 64-row tile: the only one with those forms.
-        let fixed_tile = match (st.mask, &self.rope) {
-            (None, None) => self.tile,
+        // A masked plan, one with RoPE or one over fp8 K/V runs the 64-row tile: the only one
+        // with those forms.
+        let fixed_tile = match (st.mask, &self.rope, self.kv.is_fp8()) {
+            (None, None, false) => self.tile,
             _ => Some(PrefillTile::Rows64),
         };
         let tile = fixed_tile.unwrap_or_else(|| {
@@ -468,6 +480,7 @@ impl BatchPrefill {
             .transpose()?;
         plan.ws.commit(&self.gpu, host.num_slots)?;
         plan.mask = mask;
+        plan.kv = self.kv;
         plan.caps = caps;
         plan.off = caps.offsets();
         plan.host = host;

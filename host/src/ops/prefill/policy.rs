@@ -169,6 +169,13 @@ impl PrefillTile {
         }
     }
 
+    /// Dynamic shared memory of the tile's fp8 form (the 64-row tile only, head dims 64 and
+    /// 128): its K/V ring of 1-byte codes (Q stays in registers).
+    pub fn fp8_smem_bytes(self, head_dim: usize) -> u32 {
+        let d = head_dim as u32;
+        cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d) / 2
+    }
+
     /// Dynamic shared memory of the tile's RoPE form (the 64-row tile only): its K/V ring plus
     /// the Q tile, which the RoPE kernels always stage (mirrors `q_smem_on` in
     /// kernels-gpu/src/prefill.rs).

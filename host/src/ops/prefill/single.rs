@@ -290,6 +290,7 @@ impl SinglePrefill {
                 dims,
                 p,
                 None,
+                None,
             )
         }
     }

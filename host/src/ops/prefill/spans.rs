@@ -4,8 +4,9 @@
 //! launch.
 use super::batch::{BatchPrefill, KvAddr, OP};
 use super::plan::{BatchPrefillPlan, KvKind};
-use crate::dtype::Float16;
+use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::kv::{BatchPages, KvPoolConfig};
 use crate::mask::PackedMask;
 use crate::ops::PagedKvSpans;
@@ -72,6 +73,36 @@ impl BatchPrefill {
         out: DeviceSpan<T>,
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
+        let addr = self.paged_spans_addr(plan, kv)?;
+        self.launch(plan, KvKind::Paged, addr, q, out, lse)
+    }
+
+    /// [`BatchPrefill::run_paged_spans`] over a caller's fp8 cache read with `scales` (as
+    /// [`BatchPrefill::run_paged_fp8`]). Launch only.
+    ///
+    /// # Safety
+    /// As [`crate::ops::BatchDecode::run_spans`].
+    pub unsafe fn run_paged_spans_fp8<T: Float16, F: Fp8Format>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: DeviceSpan<T>,
+        kv: &PagedKvSpans<Fp8<F>>,
+        scales: KvScales,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
+    ) -> Result<()> {
+        self.check_fp8::<F>(scales)?;
+        let addr = self.paged_spans_addr(plan, kv)?;
+        self.launch_scaled(plan, KvKind::Paged, addr, q, out, lse, Some(scales))
+    }
+
+    /// The kernel's view of a caller's paged cache (16-bit or fp8), checked against a paged
+    /// plan (page size, the page ids it validated) and the op's heads.
+    fn paged_spans_addr<S: KvElem>(
+        &self,
+        plan: &BatchPrefillPlan,
+        kv: &PagedKvSpans<S>,
+    ) -> Result<KvAddr> {
         if plan.kind != KvKind::Paged {
             return Err(Error::invalid(
                 OP,
@@ -94,15 +125,14 @@ impl BatchPrefill {
                 format!("K {:?} and V {:?} differ", kv.k_strides, kv.v_strides),
             ));
         }
-        let addr = KvAddr {
+        Ok(KvAddr {
             k: src.k,
             v: src.v,
             stride_page: src.k_stride_page,
             stride_n: src.k_stride_n,
             stride_h: src.k_stride_h,
             page_size: src.page_size,
-        };
-        self.launch(plan, KvKind::Paged, addr, q, out, lse)
+        })
     }
 
     /// Runs a ragged plan: q/out `[Σ qo_len, Hq, D]`, k/v `[Σ kv_len, Hkv, D]`, all
@@ -119,12 +149,44 @@ impl BatchPrefill {
         out: DeviceSpan<T>,
         lse: Option<DeviceSpan<f32>>,
     ) -> Result<()> {
+        let addr = self.ragged_spans_addr(plan, &k, &v)?;
+        self.launch(plan, KvKind::Ragged, addr, q, out, lse)
+    }
+
+    /// [`BatchPrefill::run_ragged_spans`] over fp8 K/V codes read with `scales` (as
+    /// [`BatchPrefill::run_ragged_fp8`]). Launch only.
+    ///
+    /// # Safety
+    /// As [`crate::ops::BatchDecode::run_spans`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_ragged_spans_fp8<T: Float16, F: Fp8Format>(
+        &self,
+        plan: &BatchPrefillPlan,
+        q: DeviceSpan<T>,
+        k: DeviceSpan<Fp8<F>>,
+        v: DeviceSpan<Fp8<F>>,
+        scales: KvScales,
+        out: DeviceSpan<T>,
+        lse: Option<DeviceSpan<f32>>,
+    ) -> Result<()> {
+        self.check_fp8::<F>(scales)?;
+        let addr = self.ragged_spans_addr(plan, &k, &v)?;
+        self.launch_scaled(plan, KvKind::Ragged, addr, q, out, lse, Some(scales))
+    }
+
+    /// The kernel's view of caller ragged K/V (16-bit or fp8), checked against a ragged plan.
+    fn ragged_spans_addr<S: KvElem>(
+        &self,
+        plan: &BatchPrefillPlan,
+        k: &DeviceSpan<S>,
+        v: &DeviceSpan<S>,
+    ) -> Result<KvAddr> {
         if plan.kind != KvKind::Ragged {
             return Err(Error::invalid(OP, "plan", "a paged plan run on ragged K/V"));
         }
         let h = self.heads;
-        self.gpu.check_span(OP, &k)?;
-        self.gpu.check_span(OP, &v)?;
+        self.gpu.check_span(OP, k)?;
+        self.gpu.check_span(OP, v)?;
         let need = plan.kv_tokens * h.num_kv_heads * h.head_dim;
         if k.len() < need || v.len() < need {
             return Err(Error::shape(
@@ -141,7 +203,6 @@ impl BatchPrefill {
                 "addresses must be 16-byte aligned",
             ));
         }
-        let addr = KvAddr::ragged(k.addr(), v.addr(), h);
-        self.launch(plan, KvKind::Ragged, addr, q, out, lse)
+        Ok(KvAddr::ragged(k.addr(), v.addr(), h))
     }
 }

@@ -154,7 +154,7 @@ pub(crate) unsafe fn copy_kv<R: KvRows, const D: u32>(
     let mut own = 0u64;
     if R::LOOKUP && base + row_w + lane < kv_end {
         // SAFETY: a key of the request (< kv_end ≤ kv_len).
-        own = unsafe { R::offset(p, req_kv_begin, base + row_w + lane, kvh) };
+        own = unsafe { R::offset(p, req_kv_begin, base + row_w + lane, kvh, 2) };
     }
     let stage = n % cfg::STAGES;
     if n >= cfg::STAGES {
@@ -176,7 +176,7 @@ pub(crate) unsafe fn copy_kv<R: KvRows, const D: u32>(
     if !R::LOOKUP {
         // SAFETY: not `LOOKUP`, so address arithmetic only (rows past kv_end are not read:
         // zero-fill below).
-        let (k, v) = unsafe { R::row(p, req_kv_begin, base + row_w + h, kvh) };
+        let (k, v) = unsafe { R::row(p, req_kv_begin, base + row_w + h, kvh, 2) };
         (ka, va) = (k + (c * 16) as u64, v + (c * 16) as u64);
     }
     for i in 0..chunks {
