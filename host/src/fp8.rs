@@ -96,6 +96,27 @@ impl<F: Fp8Format> KvElem for Fp8<F> {
     }
 }
 
+/// The checks every fp8 run makes before any launch: the op reads format `F` (`reads`, set by
+/// its `set_kv_dtype`) and the scales are finite and > 0; `InvalidArgument` naming `kv dtype`
+/// or the bad scale otherwise.
+pub(crate) fn check_run<F: Fp8Format>(
+    op: &'static str,
+    reads: KvDtype,
+    scales: KvScales,
+) -> Result<()> {
+    if Fp8::<F>::KV_DTYPE != reads {
+        return Err(Error::invalid(
+            op,
+            "kv dtype",
+            format!(
+                "the op reads {reads} K/V, the cache holds {}",
+                Fp8::<F>::KV_DTYPE
+            ),
+        ));
+    }
+    scales.validate(op)
+}
+
 /// Per-tensor scales of an fp8 KV cache (stored × scale = real), passed at run time.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KvScales {

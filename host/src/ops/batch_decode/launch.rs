@@ -48,21 +48,9 @@ impl BatchDecode {
         self.launch_scaled(plan, src, q.span(), out.span(), lse, Some(scales))
     }
 
-    /// The checks of an fp8 run (pool or caller cache): the op reads format `F` and the scales
-    /// are finite and > 0.
+    /// The checks of an fp8 run, pool or caller cache (`crate::fp8::check_run`).
     pub(super) fn check_fp8<F: Fp8Format>(&self, scales: KvScales) -> Result<()> {
-        if Fp8::<F>::KV_DTYPE != self.kv {
-            return Err(Error::invalid(
-                OP,
-                "kv dtype",
-                format!(
-                    "the op reads {} K/V, the cache holds {}",
-                    self.kv,
-                    Fp8::<F>::KV_DTYPE
-                ),
-            ));
-        }
-        scales.validate(OP)
+        crate::fp8::check_run::<F>(OP, self.kv, scales)
     }
 
     /// What the kernels read of `pool` (16-bit or fp8 pages), checked against the plan's

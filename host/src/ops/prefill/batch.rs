@@ -247,22 +247,7 @@ impl BatchPrefill {
         out: &mut DeviceBuffer<T>,
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
-        if plan.kind != KvKind::Ragged {
-            return Err(Error::invalid(OP, "plan", "a paged plan run on ragged K/V"));
-        }
-        let h = self.heads;
-        self.gpu.check_buffer(OP, k)?;
-        self.gpu.check_buffer(OP, v)?;
-        let need = plan.kv_tokens * h.num_kv_heads * h.head_dim;
-        if k.len() < need || v.len() < need {
-            return Err(Error::shape(
-                OP,
-                "k/v elements (Σ kv_len × heads × head_dim)",
-                format!(">= {need}"),
-                k.len().min(v.len()),
-            ));
-        }
-        let kv = KvAddr::ragged(k.addr(), v.addr(), h);
+        let kv = self.ragged_spans_addr(plan, &k.span(), &v.span())?;
         let lse = lse.map(|l| l.span());
         self.launch(plan, KvKind::Ragged, kv, q.span(), out.span(), lse)
     }
@@ -283,22 +268,7 @@ impl BatchPrefill {
         lse: Option<&mut DeviceBuffer<f32>>,
     ) -> Result<()> {
         self.check_fp8::<F>(scales)?;
-        if plan.kind != KvKind::Ragged {
-            return Err(Error::invalid(OP, "plan", "a paged plan run on ragged K/V"));
-        }
-        let h = self.heads;
-        self.gpu.check_buffer(OP, k)?;
-        self.gpu.check_buffer(OP, v)?;
-        let need = plan.kv_tokens * h.num_kv_heads * h.head_dim;
-        if k.len() < need || v.len() < need {
-            return Err(Error::shape(
-                OP,
-                "k/v elements (Σ kv_len × heads × head_dim)",
-                format!(">= {need}"),
-                k.len().min(v.len()),
-            ));
-        }
-        let kv = KvAddr::ragged(k.addr(), v.addr(), h);
+        let kv = self.ragged_spans_addr(plan, &k.span(), &v.span())?;
         let lse = lse.map(|l| l.span());
         self.launch_scaled(
             plan,
@@ -336,20 +306,9 @@ impl BatchPrefill {
         )
     }
 
-    /// The checks of an fp8 run: the op reads format `F` and the scales are finite and > 0.
+    /// The checks of an fp8 run (`crate::fp8::check_run`).
     pub(super) fn check_fp8<F: Fp8Format>(&self, scales: KvScales) -> Result<()> {
-        if Fp8::<F>::KV_DTYPE != self.kv {
-            return Err(Error::invalid(
-                OP,
-                "kv dtype",
-                format!(
-                    "the op reads {} K/V, the K/V hold {}",
-                    self.kv,
-                    Fp8::<F>::KV_DTYPE
-                ),
-            ));
-        }
-        scales.validate(OP)
+        crate::fp8::check_run::<F>(OP, self.kv, scales)
     }
 
     /// Runs a paged plan on one layer's pool: q and out `[Σ qo_len, Hq, D]`, lse

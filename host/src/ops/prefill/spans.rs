@@ -175,7 +175,7 @@ impl BatchPrefill {
     }
 
     /// The kernel's view of caller ragged K/V (16-bit or fp8), checked against a ragged plan.
-    fn ragged_spans_addr<S: KvElem>(
+    pub(super) fn ragged_spans_addr<S: KvElem>(
         &self,
         plan: &BatchPrefillPlan,
         k: &DeviceSpan<S>,
