@@ -350,6 +350,13 @@ impl BatchPrefill {
             .map(|w| (w[1] - w[0]) as usize)
             .collect();
         let qo_tokens = st.qo_indptr[batch] as usize;
+        if st.mask.is_some() && self.kv.is_fp8() {
+            return Err(Error::unsupported(
+                OP,
+                "custom mask",
+                format!("with {} K/V (the fp8 kernels have no masked form)", self.kv),
+            ));
+        }
         if let Some(m) = st.mask {
             if self.graph.is_some() {
                 return Err(Error::unsupported(
@@ -363,13 +370,6 @@ impl BatchPrefill {
         }
         if let Some(o) = st.offsets {
             rope_attn::check_offsets(OP, o, st.kv_lens)?;
-        }
-        if st.mask.is_some() && self.kv.is_fp8() {
-            return Err(Error::unsupported(
-                OP,
-                "custom mask",
-                format!("with {} K/V (the fp8 kernels have no masked form)", self.kv),
-            ));
         }
         if st.mask.is_some() && self.rope.is_some() {
             return Err(Error::unsupported(
