@@ -6,11 +6,12 @@
 //! - [`Half`]: 16-bit K/V in the swizzled layout (`swz`), read with `ldmatrix` (K) and
 //!   `ldmatrix.trans` (V) straight into mma operands.
 //! - [`Codes`]: fp8 codes, half the bytes, in the code layout (`swz_codes`), read with the same
-//!   16-bit `ldmatrix` instructions and converted in registers (`cvt.f16x2.e4m3x2` /
-//!   `e5m2x2` on Hopper, exact; `arch::convert::fp8x4_to_f16x2`). The dims come out permuted (`math::frag_fp8`, host-tested): Q is loaded
-//!   with K's permutation, and the output columns follow V's. S runs on the queries' type (K
-//!   converted to bf16 for bf16 queries), P·V always on f16 (P ∈ [0, 1] keeps more bits in f16,
-//!   and V needs no second conversion).
+//!   16-bit `ldmatrix` instructions and converted in registers, exactly
+//!   (`arch::convert::fp8x4_to_f16x2`: `cvt.f16x2.e4m3x2` on sm_89+, byte permutes for e5m2).
+//!   The dims come out permuted (`math::frag_fp8`, host-tested): Q is loaded with K's
+//!   permutation, and the output columns follow V's. S runs on the queries' type (K converted
+//!   to bf16 for bf16 queries), P·V always on f16 (P ∈ [0, 1] keeps more bits in f16, and V
+//!   needs no second conversion).
 //!
 //! K's scale is in the logit scale (host); V's multiplies the softmax normaliser in the kernel's
 //! epilogue.
