@@ -70,9 +70,16 @@ pub mod prefill {
         }
     }
 
-    /// Dynamic shared memory of the K/V ring: `stages` K and V tiles (see [`stages`]).
-    pub const fn smem_bytes(stages: u32, head_dim: u32) -> u32 {
-        stages * 2 * TILE * head_dim * 2
+    /// Bytes of one stage of the K/V ring: a K and a V tile of `TILE × head_dim` elements of
+    /// `kv_bytes` bytes (2, or 1 for fp8 codes).
+    pub const fn stage_bytes(head_dim: u32, kv_bytes: u32) -> u32 {
+        2 * TILE * head_dim * kv_bytes
+    }
+
+    /// Dynamic shared memory of the K/V ring: `stages` stages (see [`stages`],
+    /// [`stage_bytes`]).
+    pub const fn smem_bytes(stages: u32, head_dim: u32, kv_bytes: u32) -> u32 {
+        stages * stage_bytes(head_dim, kv_bytes)
     }
 
     /// Shared memory of the Q tile of the kernels with several m-tiles per warp (`_m2`).

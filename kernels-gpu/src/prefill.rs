@@ -50,7 +50,7 @@ const fn q_in_smem(mt: usize, d: u32) -> bool {
 ///
 /// # Safety
 /// Grid `(num_kv_heads, items)` (single mode: `(num_kv_heads, ceil(qo_len / tile_tokens))`),
-/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(stages, D)` (plus the Q tile when
+/// block `(32·W)`, dynamic smem `config::prefill::smem_bytes(stages, D, KF::BYTES)` (plus the Q tile when
 /// it is staged, see [`q_in_smem`]); every table and extent the
 /// parameters address validated by the host (`qo_len ≤ kv_len` per request).
 #[inline(always)]
@@ -241,7 +241,7 @@ unsafe fn prefill<
             pipeline::wait_group::<1>();
         }
         thread::sync_threads();
-        let k_base = kv_smem + (j % stages) * 2 * TILE * D * KF::BYTES;
+        let k_base = kv_smem + (j % stages) * cfg::stage_bytes(D, KF::BYTES);
         let v_base = k_base + TILE * D * KF::BYTES;
         if ROPE {
             // Rotate the landed K tile (key base + r) and, once, a staged Q tile in place; the

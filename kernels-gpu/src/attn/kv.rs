@@ -6,7 +6,7 @@ use crate::abi::PrefillParams;
 use crate::arch::opaque::opaque_u32;
 use crate::arch::{global, pipeline, warp};
 use crate::attn::swizzle::{swz, swz_codes};
-use crate::config::prefill::TILE;
+use crate::config::prefill::{stage_bytes, TILE};
 
 /// Where a request's K/V rows live: packed ragged tensors or the paged pool.
 pub(crate) trait KvRows {
@@ -119,7 +119,7 @@ pub(crate) unsafe fn copy_tile<R: KvRows, const D: u32>(
 ) {
     let chunks = D * bytes / 16;
     let step = threads / chunks;
-    let k_base = smem + s * 2 * TILE * D * bytes + dst;
+    let k_base = smem + s * stage_bytes(D, bytes) + dst;
     let v_base = k_base + TILE * D * bytes;
     let (r0, c) = (tid / chunks, tid % chunks);
     // Opaque: otherwise LLVM turns every row's global address into its own 64-bit induction

@@ -51,16 +51,34 @@ pub(crate) trait TcKv {
     );
 
     /// The group's queries as the `KS = D/16` A fragments of S = Q·Kᵀ (row = head of the group,
-    /// zero from `group` on), columns in the order this form's K fragments hold the dims.
+    /// zero from `group` on), column `col` of k-step `kk` taken from dim `16·kk + q_col(col)`:
+    /// the order in which this form's K fragments hold the dims.
     ///
     /// # Safety
     /// Host-validated q extents.
+    #[inline(always)]
     unsafe fn load_q<const KS: usize>(
         p: &DecodeParams,
         wk: &DecodeWork,
         kvh: u32,
         lane: u32,
-    ) -> [[u32; 4]; KS];
+    ) -> [[u32; 4]; KS] {
+        let g = p.group;
+        let mut qa = [[0u32; 4]; KS];
+        for (kk, a) in qa.iter_mut().enumerate() {
+            for (reg, v) in a.iter_mut().enumerate() {
+                let (row, col) = mma_a(lane, reg as u32, 0);
+                if row < g {
+                    let off = (wk.b as u64) * (p.q_stride_b as u64)
+                        + ((kvh * g + row) * p.q_stride_h + kk as u32 * 16 + Self::q_col(col))
+                            as u64;
+                    // SAFETY: in-range q element pair, 4-byte aligned (q_col keeps pairs).
+                    *v = unsafe { global::ld_u32(p.q + off * 2) };
+                }
+            }
+        }
+        qa
+    }
 
     /// S = Q·Kᵀ of the warp's 16 keys (stage rows `row0..row0 + 16` at `k_base`): two n-tiles.
     ///
@@ -109,34 +127,6 @@ pub(crate) struct Half;
 /// fp8 codes of format `F`.
 pub(crate) struct Codes<F>(PhantomData<F>);
 
-/// Q's A fragments with column `col` of k-step `kk` taken from dim `16·kk + dim(col)`.
-///
-/// # Safety
-/// As [`TcKv::load_q`].
-#[inline(always)]
-unsafe fn load_q_with<const KS: usize>(
-    p: &DecodeParams,
-    wk: &DecodeWork,
-    kvh: u32,
-    lane: u32,
-    dim: impl Fn(u32) -> u32,
-) -> [[u32; 4]; KS] {
-    let g = p.group;
-    let mut qa = [[0u32; 4]; KS];
-    for (kk, a) in qa.iter_mut().enumerate() {
-        for (reg, v) in a.iter_mut().enumerate() {
-            let (row, col) = mma_a(lane, reg as u32, 0);
-            if row < g {
-                let off = (wk.b as u64) * (p.q_stride_b as u64)
-                    + ((kvh * g + row) * p.q_stride_h + kk as u32 * 16 + dim(col)) as u64;
-                // SAFETY: in-range q element pair, 4-byte aligned (dim(col) even).
-                *v = unsafe { global::ld_u32(p.q + off * 2) };
-            }
-        }
-    }
-    qa
-}
-
 impl TcKv for Half {
     const BYTES: u32 = 2;
 
@@ -158,17 +148,6 @@ impl TcKv for Half {
                 pipeline::cp_async_cg_16(v + swz::<D>(r, c), va, 16 * n);
             })
         };
-    }
-
-    #[inline(always)]
-    unsafe fn load_q<const KS: usize>(
-        p: &DecodeParams,
-        wk: &DecodeWork,
-        kvh: u32,
-        lane: u32,
-    ) -> [[u32; 4]; KS] {
-        // SAFETY: forwarded contract.
-        unsafe { load_q_with::<KS>(p, wk, kvh, lane, Self::q_col) }
     }
 
     #[inline(always)]
@@ -252,17 +231,6 @@ impl<F: Fp8Format> TcKv for Codes<F> {
                 pipeline::cp_async_cg_16(v + swz_codes::<D>(r, c), va, 16 * n);
             })
         };
-    }
-
-    #[inline(always)]
-    unsafe fn load_q<const KS: usize>(
-        p: &DecodeParams,
-        wk: &DecodeWork,
-        kvh: u32,
-        lane: u32,
-    ) -> [[u32; 4]; KS] {
-        // SAFETY: forwarded contract.
-        unsafe { load_q_with::<KS>(p, wk, kvh, lane, Self::q_col) }
     }
 
     #[inline(always)]

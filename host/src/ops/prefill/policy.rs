@@ -160,7 +160,7 @@ impl PrefillTile {
         let d = head_dim as u32;
         // The `mma.sync` tiles stage Q in shared memory with two m-tiles per warp and at
         // D = 256 (mirrors `q_in_smem` in kernels-gpu/src/prefill.rs).
-        let kv = cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d);
+        let kv = cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d, 2);
         match self {
             Self::Rows128Wgmma => hopper_cfg::smem_bytes(d),
             Self::Rows128Wide => kv + cfg::q_smem_bytes(self.rows(), d),
@@ -173,7 +173,7 @@ impl PrefillTile {
     /// 128): its K/V ring of 1-byte codes (Q stays in registers).
     pub fn fp8_smem_bytes(self, head_dim: usize) -> u32 {
         let d = head_dim as u32;
-        cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d) / 2
+        cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d, 1)
     }
 
     /// Dynamic shared memory of the tile's RoPE form (the 64-row tile only): its K/V ring plus
@@ -181,7 +181,7 @@ impl PrefillTile {
     /// kernels-gpu/src/prefill.rs).
     pub fn rope_smem_bytes(self, head_dim: usize) -> u32 {
         let d = head_dim as u32;
-        let kv = cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d);
+        let kv = cfg::smem_bytes(cfg::stages(self.warps(), self.m_tiles(), d), d, 2);
         kv + cfg::q_smem_bytes(self.rows(), d)
     }
 
