@@ -90,10 +90,11 @@ def kv_dtype(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any = No
     return q_dt
 
 
-def decode_kv_dtype(op: str, q_data_type: Any, kv_data_type: Any) -> Tuple[str, str]:
-    """Decode's planned ``(q dtype, K/V dtype)``: K/V of q's type, or fp8 (``float8_e4m3fn``,
-    ``float8_e5m2``) read with ``k_scale``/``v_scale`` at ``run``."""
-    q_dt = _tensor.dtype_name(q_data_type)
+def q_kv_dtypes(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any = None) -> Tuple[str, str]:
+    """A paged wrapper's planned ``(q dtype, K/V dtype)``: K/V of q's type, or fp8
+    (``float8_e4m3fn``, ``float8_e5m2``) read with ``k_scale``/``v_scale`` at ``run``; the
+    output (when named) is q's type."""
+    q_dt = kv_dtype(op, q_data_type, None, o_data_type)
     if kv_data_type is None:
         return q_dt, q_dt
     kv_dt = _tensor.dtype_name(kv_data_type)

@@ -5,6 +5,8 @@
 from typing import Any, Optional, Tuple
 
 Descriptor = Tuple[str, int, Tuple[int, ...], Tuple[int, ...], str, str, int, bool, Any]
+# A custom mask as ``ferrinfer._mask`` packs it: (packed bytes, per-request byte offsets).
+Mask = Tuple[Any, Any]
 
 __version__: str
 
@@ -14,11 +16,13 @@ def single_decode(q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, o
                   k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> None: ...
 def single_prefill(q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, out: Descriptor,
                    lse: Optional[Descriptor], causal: bool, sm_scale: Optional[float],
-                   soft_cap: Optional[float], window_left: Optional[int]) -> None: ...
+                   soft_cap: Optional[float], window_left: Optional[int], mask: Optional[Mask] = None) -> None: ...
 def batch_prefill_ragged(q: Descriptor, k: Descriptor, v: Descriptor, qo_indptr: Descriptor,
                          kv_indptr: Descriptor, kv_layout: str, out: Descriptor, lse: Optional[Descriptor],
                          causal: bool, sm_scale: Optional[float], soft_cap: Optional[float],
-                         window_left: Optional[int]) -> None: ...
+                         window_left: Optional[int], mask: Optional[Mask] = None,
+                         rope: Optional[Tuple[float, float]] = None, k_scale: Optional[float] = None,
+                         v_scale: Optional[float] = None) -> None: ...
 def batch_decode_paged(q: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
                        kv_indptr: Descriptor, kv_indices: Descriptor, kv_last_page_len: Descriptor,
                        out: Descriptor, lse: Optional[Descriptor], sm_scale: Optional[float],
@@ -29,7 +33,9 @@ def batch_prefill_paged(q: Descriptor, k_cache: Descriptor, v_cache: Descriptor,
                         qo_indptr: Descriptor, kv_indptr: Descriptor, kv_indices: Descriptor,
                         kv_last_page_len: Descriptor, out: Descriptor, lse: Optional[Descriptor],
                         causal: bool, sm_scale: Optional[float], soft_cap: Optional[float],
-                        window_left: Optional[int]) -> None: ...
+                        window_left: Optional[int], mask: Optional[Mask] = None,
+                        rope: Optional[Tuple[float, float]] = None, k_scale: Optional[float] = None,
+                        v_scale: Optional[float] = None) -> None: ...
 def append_paged_kv_cache(append_key: Descriptor, append_value: Descriptor, batch_indices: Descriptor,
                           positions: Descriptor, k_cache: Descriptor, v_cache: Descriptor, kv_layout: str,
                           kv_indices: Descriptor, kv_indptr: Descriptor,
@@ -65,11 +71,16 @@ def append_paged_kv_cache_cuda(stream: int, device: int, append_key: Descriptor,
 
 class CudaBatchPrefill:
     def __init__(self, device: int, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: str, causal: bool,
-                 sm_scale: Optional[float], soft_cap: Optional[float], window_left: Optional[int]) -> None: ...
+                 sm_scale: Optional[float], soft_cap: Optional[float], window_left: Optional[int],
+                 rope: Optional[Tuple[float, float]] = None, kv_dtype: Optional[str] = None) -> None: ...
     def plan_paged(self, stream: int, workspace: Workspace, qo_indptr: Descriptor, indptr: Descriptor,
-                   indices: Descriptor, last_page_len: Descriptor, page_size: int) -> None: ...
-    def plan_ragged(self, stream: int, workspace: Workspace, qo_indptr: Descriptor, kv_indptr: Descriptor) -> None: ...
+                   indices: Descriptor, last_page_len: Descriptor, page_size: int,
+                   mask: Optional[Mask] = None) -> None: ...
+    def plan_ragged(self, stream: int, workspace: Workspace, qo_indptr: Descriptor, kv_indptr: Descriptor,
+                    mask: Optional[Mask] = None) -> None: ...
     def run_paged(self, stream: int, q: Descriptor, k: Descriptor, v: Descriptor, kv_layout: str, out: Descriptor,
-                  lse: Optional[Descriptor] = None) -> None: ...
+                  lse: Optional[Descriptor] = None, k_scale: Optional[float] = None,
+                  v_scale: Optional[float] = None) -> None: ...
     def run_ragged(self, stream: int, q: Descriptor, k: Descriptor, v: Descriptor, out: Descriptor,
-                   lse: Optional[Descriptor] = None) -> None: ...
+                   lse: Optional[Descriptor] = None, k_scale: Optional[float] = None,
+                   v_scale: Optional[float] = None) -> None: ...

@@ -136,7 +136,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         rope = _args.rope(op, pos_encoding_mode, rope_scale, rope_theta)
         if data_type is not None:
             q_data_type = data_type
-        q_dt, kv_dt = _args.decode_kv_dtype(op, q_data_type, kv_data_type)
+        q_dt, kv_dt = _args.q_kv_dtypes(op, q_data_type, kv_data_type)
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:

@@ -102,16 +102,25 @@ class _PrefillBase:
         if rope_args is not None and mask is not None:
             raise NotImplementedError(f"{op}: pos_encoding_mode={rope[0]!r} with a custom mask is not supported "
                                       "by ferrinfer")
+        q_dt, kv_dt = _args.q_kv_dtypes(op, *dtypes)
+        if kv_dt in _args.FP8:
+            # As on the GPU: fp8 K/V are read by the plain (causal / window / soft-cap) forms.
+            if mask is not None:
+                raise NotImplementedError(f"{op}: a custom mask with kv_data_type={kv_dt} is not supported "
+                                          "by ferrinfer")
+            if rope_args is not None:
+                raise NotImplementedError(f"{op}: pos_encoding_mode={rope[0]!r} with kv_data_type={kv_dt} is "
+                                          "not supported by ferrinfer")
         return dict(qo_indptr=qo, heads=(int(hq), int(hkv), int(d_qk)), mask=mask,
-                    causal=bool(causal) and mask is None, dtype=_args.kv_dtype(op, *dtypes),
+                    causal=bool(causal) and mask is None, dtype=q_dt, kv_dtype=kv_dt,
                     options=_args.options(*options), rope=rope_args)
 
     def _cuda_op(self, p: dict) -> Any:
         """The native CUDA op for the plan's heads, dtype and options (built once)."""
-        key = (p["heads"], p["dtype"], p["causal"], p["options"], p["rope"])
+        key = (p["heads"], p["dtype"], p["causal"], p["options"], p["rope"], p["kv_dtype"])
         if key not in self._ops:
             self._ops[key] = _native.CudaBatchPrefill(self._device, *p["heads"], p["dtype"], p["causal"],
-                                                      *p["options"], rope=p["rope"])
+                                                      *p["options"], rope=p["rope"], kv_dtype=p["kv_dtype"])
         return self._ops[key]
 
     @property
@@ -211,6 +220,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         q: Any,
         paged_kv_cache: Any,
         *args: Any,
+        q_scale: Optional[float] = None,
         k_scale: Optional[float] = None,
         v_scale: Optional[float] = None,
         out: Any = None,
@@ -221,13 +231,17 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         **kwargs: Any,
     ) -> Union[Any, Tuple[Any, Any]]:
         """Attention of ``q [nnz_qo, num_qo_heads, head_dim]`` over the planned pages. Returns
-        ``out``, or ``(out, lse)`` with ``lse [nnz_qo, num_qo_heads]`` (float32, base 2)."""
+        ``out``, or ``(out, lse)`` with ``lse [nnz_qo, num_qo_heads]`` (float32, base 2). An fp8
+        cache (planned with ``kv_data_type``; CPU arrays or CUDA tensors) is read as code ×
+        ``k_scale`` / ``v_scale`` (default 1)."""
         op = self._name + ".run"
         if args:
-            raise NotImplementedError(f"{op}: extra positional arguments (fp8 scales) are not supported")
-        _args.unsupported(op, k_scale=k_scale, v_scale=v_scale, **kwargs)
+            raise NotImplementedError(f"{op}: extra positional arguments are not supported (pass k_scale/v_scale "
+                                      "by keyword)")
+        _args.unsupported(op, q_scale=q_scale, **kwargs)
         p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, False)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]
         _args.check_paged_k(op, k, p["page_size"], hkv, d, self._kv_layout)
@@ -236,15 +250,17 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         out, lse = _args.outputs(q, out, lse, return_lse)
         if p.get("cuda") is not None:
             p["cuda"].run_paged(_cuda.stream(self._device), view(q, "q"), view(k, "k_cache"), view(v, "v_cache"),
-                                self._kv_layout, view(out, "out"), opt_view(lse, "lse"))
+                                self._kv_layout, view(out, "out"), opt_view(lse, "lse"), k_scale=ks, v_scale=vs)
             return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
         indptr, indices, last = p["tables"]
-        _native.batch_prefill_paged(view(q, "q"), view(k, "k_cache"), view(v, "v_cache"), self._kv_layout,
+        kd, vd = view(k, "k_cache"), view(v, "v_cache")
+        _check_kv_dtype("paged_kv_cache", kd, p)
+        _native.batch_prefill_paged(view(q, "q"), kd, vd, self._kv_layout,
                                     view(p["qo_indptr"], "qo_indptr"), view(indptr, "paged_kv_indptr"),
                                     view(indices, "paged_kv_indices"), view(last, "paged_kv_last_page_len"),
                                     view(out, "out"), opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"],
-                                    rope=p["rope"])
+                                    rope=p["rope"], k_scale=ks, v_scale=vs)
         return _args.result(out, lse, return_lse)
 
     forward = run
@@ -319,6 +335,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         k: Any,
         v: Any,
         *args: Any,
+        k_scale: Optional[float] = None,
+        v_scale: Optional[float] = None,
         out: Any = None,
         lse: Any = None,
         return_lse: bool = False,
@@ -326,12 +344,15 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         **kwargs: Any,
     ) -> Union[Any, Tuple[Any, Any]]:
         """Attention of ``q [nnz_qo, num_qo_heads, head_dim]`` over ``k``, ``v``
-        ``[nnz_kv, num_kv_heads, head_dim]``. Returns ``out`` or ``(out, lse)``."""
+        ``[nnz_kv, num_kv_heads, head_dim]``. Returns ``out`` or ``(out, lse)``. fp8 ``k``/``v``
+        (planned with ``kv_data_type``) are read as code × ``k_scale`` / ``v_scale`` (default
+        1; keyword arguments ferrinfer adds to FlashInfer's ragged ``run``)."""
         op = self._name + ".run"
         if args:
             raise NotImplementedError(f"{op}: extra positional arguments are not supported")
         _args.unsupported(op, **kwargs)
         p = _args.planned(self._plan, op)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, False)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]
         if len(k.shape) != 3 or tuple(k.shape[1:]) != (hkv, d):
@@ -340,16 +361,24 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         out, lse = _args.outputs(q, out, lse, return_lse)
         if p.get("cuda") is not None:
             p["cuda"].run_ragged(_cuda.stream(self._device), view(q, "q"), view(k, "k"), view(v, "v"),
-                                 view(out, "out"), opt_view(lse, "lse"))
+                                 view(out, "out"), opt_view(lse, "lse"), k_scale=ks, v_scale=vs)
             return _args.result(out, lse, return_lse)
         _cuda.not_yet(op, q)
-        _native.batch_prefill_ragged(view(q, "q"), view(k, "k"), view(v, "v"), view(p["qo_indptr"], "qo_indptr"),
+        kd = view(k, "k")
+        _check_kv_dtype("k", kd, p)
+        _native.batch_prefill_ragged(view(q, "q"), kd, view(v, "v"), view(p["qo_indptr"], "qo_indptr"),
                                      view(p["kv_indptr"], "kv_indptr"), "NHD", view(out, "out"),
                                      opt_view(lse, "lse"), p["causal"], scale, cap, win, p["mask"],
-                                     rope=p["rope"])
+                                     rope=p["rope"], k_scale=ks, v_scale=vs)
         return _args.result(out, lse, return_lse)
 
     forward = run
+
+
+def _check_kv_dtype(arg: str, k_view: tuple, p: dict) -> None:
+    """The K/V array's dtype (a native view's ``[4]``) must be the planned ``kv_data_type``."""
+    if k_view[4] != p["kv_dtype"]:
+        raise ValueError(f"{arg}: dtype {k_view[4]} differs from the planned kv_data_type {p['kv_dtype']}")
 
 
 def _paged_kv_lens(tables: Tuple[np.ndarray, np.ndarray, np.ndarray], page_size: int) -> np.ndarray:

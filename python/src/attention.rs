@@ -378,6 +378,7 @@ fn ragged_impl<T: Float16 + Elem>(
     kv_indptr: &[i32],
     mask: Option<&PackedMask>,
     rope: Option<(f32, f32)>,
+    _: KvScales,
 ) -> PyResult<()> {
     a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
     let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
@@ -394,6 +395,57 @@ fn ragged_impl<T: Float16 + Elem>(
         &mut out[..n],
         lse,
     )
+}
+
+/// [`ragged_impl`] over fp8 K/V read with `scales`.
+fn ragged_fp8_impl<T: Float16 + Elem, F: Fp8Format>(
+    a: &Args,
+    qo_indptr: &[i32],
+    kv_indptr: &[i32],
+    mask: Option<&PackedMask>,
+    rope: Option<(f32, f32)>,
+    scales: KvScales,
+) -> PyResult<()>
+where
+    Fp8<F>: Elem,
+{
+    a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
+    let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
+    let (q, k, v, out, lse) = a.slices::<T, Fp8<F>>()?;
+    let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
+    let n = a.q.numel()?;
+    ragged_prefill_fp8(
+        &heads,
+        &a.opts,
+        (&q[..n], qo_indptr),
+        (&k, &v, kv_indptr),
+        (mask, rope, scales),
+        &mut out[..n],
+        lse,
+    )
+}
+
+/// The CPU backend's ragged batch prefill over fp8 K/V read with `scales` (also the paged
+/// path's, over gathered codes). Custom masks and RoPE inside attention read 16-bit K/V only,
+/// as on the GPU: refused by name.
+pub(crate) fn ragged_prefill_fp8<T: Float16, F: Fp8Format>(
+    heads: &HeadConfig,
+    opts: &ferrinfer::AttentionOptions,
+    (q, qo_indptr): (&[T], &[i32]),
+    (k, v, kv_indptr): (&[Fp8<F>], &[Fp8<F>], &[i32]),
+    (mask, rope, scales): (Option<&PackedMask>, Option<(f32, f32)>, KvScales),
+    out: &mut [T],
+    lse: Option<&mut [f32]>,
+) -> PyResult<()> {
+    no_rope_with_fp8(rope)?;
+    if mask.is_some() {
+        return Err(pyo3::exceptions::PyNotImplementedError::new_err(
+            "a custom mask with an fp8 K/V cache is not supported by ferrinfer",
+        ));
+    }
+    lib(cpu::batch_prefill_ragged_fp8(
+        heads, opts, q, qo_indptr, k, v, kv_indptr, scales, out, lse,
+    ))
 }
 
 /// The CPU backend's ragged batch prefill, under `mask` or with RoPE (`(rope_scale,
@@ -429,9 +481,10 @@ pub(crate) fn ragged_prefill<T: Float16>(
 }
 
 /// `batch_prefill_ragged(q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale,
-/// soft_cap, window_left, mask=None, rope=None)`: FlashInfer's ragged prefill wrapper's `run`.
+/// soft_cap, window_left, mask=None, rope=None, k_scale=None, v_scale=None)`: FlashInfer's
+/// ragged prefill wrapper's `run`; K/V may be fp8, read as code × scale.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None))]
+#[pyo3(signature = (q, k, v, qo_indptr, kv_indptr, kv_layout, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None, k_scale=None, v_scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_prefill_ragged(
     py: Python<'_>,
@@ -449,15 +502,20 @@ fn batch_prefill_ragged(
     window_left: Option<usize>,
     mask: MaskArg,
     rope: Option<(f32, f32)>,
+    k_scale: Option<f32>,
+    v_scale: Option<f32>,
 ) -> PyResult<()> {
     let opts = crate::options(causal, sm_scale, soft_cap, window_left);
     let (qo_indptr, kv_indptr) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
     let a = Args::new(q, k, v, kv_layout, out, lse, opts)?;
+    let scales = kv_scales(&a.k, k_scale, v_scale)?;
     let mask = mask.map(packed);
     py.detach(|| {
-        by_dtype!(
+        by_kv_dtype!(
             a.q,
-            ragged_impl(&a, &qo_indptr, &kv_indptr, mask.as_ref(), rope)
+            a.k,
+            ragged_impl,
+            ragged_fp8_impl(&a, &qo_indptr, &kv_indptr, mask.as_ref(), rope, scales)
         )
     })
 }

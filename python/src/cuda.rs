@@ -8,6 +8,7 @@
 //! Every tensor is checked (device, dtype, shape, contiguity, extent, aliasing) here and the
 //! library checks its spans again before any launch; the same typed errors as the CPU path.
 use cudarc::driver::DeviceRepr;
+use ferrinfer::dtype::KvDtype;
 use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
 use ferrinfer::{DType, DeviceSpan, Gpu, HeadConfig};
 use half::{bf16, f16};
@@ -96,6 +97,30 @@ pub fn plan_dtype(op: &str, dtype: &str) -> PyResult<(Dt, DType)> {
         other => Err(PyTypeError::new_err(format!(
             "{op}: q_data_type {other} (float16 or bfloat16)"
         ))),
+    }
+}
+
+/// The planned K/V element type from `kv_data_type`'s name: the queries' type `q` (also when
+/// `None`), `float8_e4m3fn` or `float8_e5m2`.
+pub fn kv_dtype(op: &str, q: Dt, kv_dtype: Option<&str>) -> PyResult<Dt> {
+    match kv_dtype {
+        None => Ok(q),
+        Some("float8_e4m3fn") => Ok(Dt::F8E4m3),
+        Some("float8_e5m2") => Ok(Dt::F8E5m2),
+        Some(other) if other == q.name() => Ok(q),
+        Some(other) => Err(PyTypeError::new_err(format!(
+            "{op}: kv_data_type {other} (the queries' {}, float8_e4m3fn or float8_e5m2)",
+            q.name()
+        ))),
+    }
+}
+
+/// The library's K/V type for an fp8 `kv` (`None`: 16-bit, the op's default).
+pub fn lib_kv_dtype(kv: Dt) -> Option<KvDtype> {
+    match kv {
+        Dt::F8E4m3 => Some(KvDtype::E4m3),
+        Dt::F8E5m2 => Some(KvDtype::E5m2),
+        _ => None,
     }
 }
 

@@ -3,7 +3,6 @@
 //! and `run` (once per layer). The plan lives in the caller's `float_workspace_buffer`; in
 //! CUDA-graph mode its layout is fixed by the limits, so a captured `run` replays correctly
 //! after any later `plan` (FlashInfer's contract for the graph wrapper).
-use ferrinfer::dtype::KvDtype;
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::BatchPages;
 use ferrinfer::ops::{BatchDecode, BatchDecodePlan, GraphLimits, PagedKvSpans};
@@ -85,25 +84,10 @@ impl CudaBatchDecode {
         if let Some(r) = crate::rope_llama(rope, head_dim) {
             lib(op.set_rope(Some(r)))?;
         }
-        let kv = match kv_dtype {
-            None => dt,
-            Some("float8_e4m3fn") => {
-                lib(op.set_kv_dtype(KvDtype::E4m3))?;
-                Dt::F8E4m3
-            }
-            Some("float8_e5m2") => {
-                lib(op.set_kv_dtype(KvDtype::E5m2))?;
-                Dt::F8E5m2
-            }
-            Some(other) if other == dt.name() => dt,
-            Some(other) => {
-                return Err(PyTypeError::new_err(format!(
-                    "{OP}: kv_data_type {other} (the queries' {}, float8_e4m3fn or \
-                     float8_e5m2)",
-                    dt.name()
-                )))
-            }
-        };
+        let kv = crate::cuda::kv_dtype(OP, dt, kv_dtype)?;
+        if let Some(k) = crate::cuda::lib_kv_dtype(kv) {
+            lib(op.set_kv_dtype(k))?;
+        }
         Ok(Self {
             device,
             heads,

@@ -2,11 +2,12 @@
 //! one [`BatchPrefill`] op and its plan (in the caller's `float_workspace_buffer`), planned from
 //! host CSR tables and run on the caller's stream. CUDA-graph mode is not offered here (the
 //! Python layer refuses it on CUDA).
+use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::BatchPages;
 use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan, PagedKvSpans};
 use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 
 use crate::cuda::{
@@ -24,6 +25,8 @@ pub struct CudaBatchPrefill {
     device: usize,
     heads: HeadConfig,
     dtype: Dt,
+    /// The K/V element type: `dtype`, or fp8.
+    kv: Dt,
     op: BatchPrefill,
     plan: Option<BatchPrefillPlan>,
     /// The workspace tensor the plan lives in, kept alive with it.
@@ -74,7 +77,7 @@ impl CudaBatchPrefill {
 #[pymethods]
 impl CudaBatchPrefill {
     #[new]
-    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, causal, sm_scale, soft_cap, window_left, rope=None))]
+    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, causal, sm_scale, soft_cap, window_left, rope=None, kv_dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         device: usize,
@@ -87,6 +90,7 @@ impl CudaBatchPrefill {
         soft_cap: Option<f32>,
         window_left: Option<usize>,
         rope: Option<(f32, f32)>,
+        kv_dtype: Option<&str>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
         let (dt, lib_dt) = plan_dtype(OP, dtype)?;
@@ -99,10 +103,15 @@ impl CudaBatchPrefill {
         let gpu = lib(Gpu::primary(device))?;
         let mut op = lib(BatchPrefill::new(&gpu, heads, lib_dt, opts))?;
         lib(op.set_rope(crate::rope_llama(rope, head_dim)))?;
+        let kv = crate::cuda::kv_dtype(OP, dt, kv_dtype)?;
+        if let Some(k) = crate::cuda::lib_kv_dtype(kv) {
+            lib(op.set_kv_dtype(k))?;
+        }
         Ok(Self {
             device,
             heads,
             dtype: dt,
+            kv,
             op,
             plan: None,
             workspace: None,
@@ -167,9 +176,10 @@ impl CudaBatchPrefill {
         Ok(())
     }
 
-    /// Runs the paged plan over rank-4 K/V views in `kv_layout`.
+    /// Runs the paged plan over rank-4 K/V views in `kv_layout`; an fp8 cache (planned with
+    /// `kv_dtype`) is read as code × `k_scale` / `v_scale` (default 1).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (stream, q, k, v, kv_layout, out, lse=None))]
+    #[pyo3(signature = (stream, q, k, v, kv_layout, out, lse=None, k_scale=None, v_scale=None))]
     fn run_paged(
         &mut self,
         stream: usize,
@@ -179,25 +189,33 @@ impl CudaBatchPrefill {
         kv_layout: &str,
         out: RawTensor,
         lse: Option<RawTensor>,
+        k_scale: Option<f32>,
+        v_scale: Option<f32>,
     ) -> PyResult<()> {
         let dev = self.device;
         let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
         let hnd = crate::is_hnd(kv_layout)?;
         self.check_io(&q, &out, lse.as_ref())?;
-        cache_views(&k, &v, hnd, &[Dt::F16, Dt::Bf16])?;
-        k.expect_same_dtype(&q)?;
+        cache_views(&k, &v, hnd, &[self.kv])?;
+        let scales = crate::attention::kv_scales(&k, k_scale, v_scale)?;
         outputs_disjoint(&q, &k, &v, &out, lse.as_ref())?;
         let gpu = gpu_on(dev, stream)?;
         lib(self.op.set_gpu(&gpu))?;
         let io = (&q, &k, &v, &out, lse.as_ref());
-        match self.dtype {
-            Dt::F16 => self.paged_typed::<f16>(&gpu, io, hnd),
-            _ => self.paged_typed::<bf16>(&gpu, io, hnd),
+        match (self.dtype, self.kv) {
+            (Dt::F16, Dt::F8E4m3) => self.paged_fp8::<f16, E4m3>(&gpu, io, hnd, scales),
+            (Dt::F16, Dt::F8E5m2) => self.paged_fp8::<f16, E5m2>(&gpu, io, hnd, scales),
+            (Dt::Bf16, Dt::F8E4m3) => self.paged_fp8::<bf16, E4m3>(&gpu, io, hnd, scales),
+            (Dt::Bf16, Dt::F8E5m2) => self.paged_fp8::<bf16, E5m2>(&gpu, io, hnd, scales),
+            (Dt::F16, _) => self.paged_typed::<f16>(&gpu, io, hnd),
+            (Dt::Bf16, _) => self.paged_typed::<bf16>(&gpu, io, hnd),
+            _ => Err(PyTypeError::new_err(format!("{OP}.run: q dtype"))),
         }
     }
 
-    /// Runs the ragged plan over contiguous `k`/`v` `[Σ kv_len, Hkv, D]`.
-    #[pyo3(signature = (stream, q, k, v, out, lse=None))]
+    /// Runs the ragged plan over contiguous `k`/`v` `[Σ kv_len, Hkv, D]` (fp8 as `run_paged`).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (stream, q, k, v, out, lse=None, k_scale=None, v_scale=None))]
     fn run_ragged(
         &mut self,
         stream: usize,
@@ -206,6 +224,8 @@ impl CudaBatchPrefill {
         v: RawTensor,
         out: RawTensor,
         lse: Option<RawTensor>,
+        k_scale: Option<f32>,
+        v_scale: Option<f32>,
     ) -> PyResult<()> {
         let dev = self.device;
         let (q, k, v, out, lse) = cuda_io(dev, [q, k, v, out], lse)?;
@@ -213,18 +233,24 @@ impl CudaBatchPrefill {
         for t in [&k, &v] {
             t.expect_rank(3, "[nnz_kv, num_kv_heads, head_dim]")?;
             t.expect_contiguous()?;
-            t.expect_same_dtype(&q)?;
+            t.expect_dtype(&[self.kv])?;
         }
         v.expect_shape(&k.shape)?;
         let (hkv, d) = (self.heads.num_kv_heads, self.heads.head_dim);
         k.expect_shape(&[k.shape[0], hkv, d])?;
+        let scales = crate::attention::kv_scales(&k, k_scale, v_scale)?;
         outputs_disjoint(&q, &k, &v, &out, lse.as_ref())?;
         let gpu = gpu_on(dev, stream)?;
         lib(self.op.set_gpu(&gpu))?;
         let io = (&q, &k, &v, &out, lse.as_ref());
-        match self.dtype {
-            Dt::F16 => self.ragged_typed::<f16>(&gpu, io),
-            _ => self.ragged_typed::<bf16>(&gpu, io),
+        match (self.dtype, self.kv) {
+            (Dt::F16, Dt::F8E4m3) => self.ragged_fp8::<f16, E4m3>(&gpu, io, scales),
+            (Dt::F16, Dt::F8E5m2) => self.ragged_fp8::<f16, E5m2>(&gpu, io, scales),
+            (Dt::Bf16, Dt::F8E4m3) => self.ragged_fp8::<bf16, E4m3>(&gpu, io, scales),
+            (Dt::Bf16, Dt::F8E5m2) => self.ragged_fp8::<bf16, E5m2>(&gpu, io, scales),
+            (Dt::F16, _) => self.ragged_typed::<f16>(&gpu, io),
+            (Dt::Bf16, _) => self.ragged_typed::<bf16>(&gpu, io),
+            _ => Err(PyTypeError::new_err(format!("{OP}.run: q dtype"))),
         }
     }
 }
@@ -251,46 +277,102 @@ fn outputs_disjoint(
     disjoint(&outs, &all)
 }
 
+/// The caller's paged cache (`io`'s k and v, rank 4 in `hnd` or NHD) as spans of `S`.
+fn paged_spans<S: SpanElem>(gpu: &Gpu, io: Io<'_>, hnd: bool) -> PyResult<PagedKvSpans<S>> {
+    let (_, k, v, _, _) = io;
+    let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(k, hnd);
+    let (v_strides, _) = cache_dims(v, hnd);
+    Ok(PagedKvSpans {
+        k: span::<S>(gpu, k)?,
+        v: span::<S>(gpu, v)?,
+        num_pages,
+        page_size,
+        num_kv_heads,
+        head_dim: k.shape[3],
+        k_strides,
+        v_strides,
+    })
+}
+
 impl CudaBatchPrefill {
+    fn planned(&self) -> PyResult<&BatchPrefillPlan> {
+        self.plan
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err(format!("{OP}.run: no plan")))
+    }
+
     fn paged_typed<T: Float16 + SpanElem>(&self, gpu: &Gpu, io: Io<'_>, hnd: bool) -> PyResult<()> {
-        let (q, k, v, out, lse) = io;
-        let Some(plan) = self.plan.as_ref() else {
-            return Err(PyRuntimeError::new_err(format!("{OP}.run: no plan")));
-        };
-        let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(k, hnd);
-        let (v_strides, _) = cache_dims(v, hnd);
-        let kv = PagedKvSpans {
-            k: span::<T>(gpu, k)?,
-            v: span::<T>(gpu, v)?,
-            num_pages,
-            page_size,
-            num_kv_heads,
-            head_dim: k.shape[3],
-            k_strides,
-            v_strides,
-        };
+        let (q, _, _, out, lse) = io;
+        let kv = paged_spans::<T>(gpu, io, hnd)?;
         let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
         // SAFETY: checked CUDA tensors of this device held by the Python layer for the call;
         // outputs overlap no input; queued on the caller's stream.
         lib(unsafe {
-            self.op
-                .run_paged_spans(plan, span::<T>(gpu, q)?, &kv, span::<T>(gpu, out)?, lse)
+            self.op.run_paged_spans(
+                self.planned()?,
+                span::<T>(gpu, q)?,
+                &kv,
+                span::<T>(gpu, out)?,
+                lse,
+            )
+        })
+    }
+
+    fn paged_fp8<T: Float16 + SpanElem, F: Fp8Format>(
+        &self,
+        gpu: &Gpu,
+        io: Io<'_>,
+        hnd: bool,
+        scales: KvScales,
+    ) -> PyResult<()> {
+        let (q, _, _, out, lse) = io;
+        let kv = paged_spans::<Fp8<F>>(gpu, io, hnd)?;
+        let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
+        // SAFETY: as `paged_typed`.
+        lib(unsafe {
+            self.op.run_paged_spans_fp8(
+                self.planned()?,
+                span::<T>(gpu, q)?,
+                &kv,
+                scales,
+                span::<T>(gpu, out)?,
+                lse,
+            )
         })
     }
 
     fn ragged_typed<T: Float16 + SpanElem>(&self, gpu: &Gpu, io: Io<'_>) -> PyResult<()> {
         let (q, k, v, out, lse) = io;
-        let Some(plan) = self.plan.as_ref() else {
-            return Err(PyRuntimeError::new_err(format!("{OP}.run: no plan")));
-        };
         let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
         // SAFETY: as `paged_typed`.
         lib(unsafe {
             self.op.run_ragged_spans(
-                plan,
+                self.planned()?,
                 span::<T>(gpu, q)?,
                 span::<T>(gpu, k)?,
                 span::<T>(gpu, v)?,
+                span::<T>(gpu, out)?,
+                lse,
+            )
+        })
+    }
+
+    fn ragged_fp8<T: Float16 + SpanElem, F: Fp8Format>(
+        &self,
+        gpu: &Gpu,
+        io: Io<'_>,
+        scales: KvScales,
+    ) -> PyResult<()> {
+        let (q, k, v, out, lse) = io;
+        let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
+        // SAFETY: as `paged_typed`.
+        lib(unsafe {
+            self.op.run_ragged_spans_fp8(
+                self.planned()?,
+                span::<T>(gpu, q)?,
+                span::<Fp8<F>>(gpu, k)?,
+                span::<Fp8<F>>(gpu, v)?,
+                scales,
                 span::<T>(gpu, out)?,
                 lse,
             )

@@ -21,8 +21,8 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 
 use crate::attention::{
-    at_least_rank, by_dtype, by_kv_dtype, check_outputs, io_slices, kv_scales, ragged_prefill,
-    IoSlices,
+    at_least_rank, by_kv_dtype, check_outputs, io_slices, kv_scales, ragged_prefill,
+    ragged_prefill_fp8, IoSlices,
 };
 use crate::errors::lib;
 use crate::mask::{packed, MaskArg};
@@ -237,15 +237,9 @@ where
     })
 }
 
-fn prefill_impl<T: Float16 + Elem>(
-    r: &Run,
-    qo_indptr: &[i32],
-    mask: Option<&PackedMask>,
-    rope: Option<(f32, f32)>,
-) -> PyResult<()> {
-    let heads = r.cache.heads(&r.q)?;
-    r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    let (q, kc, vc, out, lse) = r.slices::<T, T>()?;
+/// Every request's pages gathered into contiguous `[Σ kv_len, Hkv, D]` K and V rows of
+/// element `S`, with their offsets.
+fn gather_all<S: Elem>(r: &Run, kc: &[S], vc: &[S]) -> PyResult<(Vec<S>, Vec<S>, Vec<i32>)> {
     let (mut k, mut v, mut kv_indptr) = (Vec::new(), Vec::new(), vec![0i32]);
     for b in 0..r.pages.batch_size() {
         let len = lib(r.pages.kv_len(b, r.cache.page_size))?;
@@ -257,6 +251,20 @@ fn prefill_impl<T: Float16 + Elem>(
             PyValueError::new_err("paged_kv_cache: total kv length exceeds 2^31-1")
         })?);
     }
+    Ok((k, v, kv_indptr))
+}
+
+fn prefill_impl<T: Float16 + Elem>(
+    r: &Run,
+    qo_indptr: &[i32],
+    mask: Option<&PackedMask>,
+    rope: Option<(f32, f32)>,
+    _: KvScales,
+) -> PyResult<()> {
+    let heads = r.cache.heads(&r.q)?;
+    r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
+    let (q, kc, vc, out, lse) = r.slices::<T, T>()?;
+    let (k, v, kv_indptr) = gather_all(r, kc, vc)?;
     let n = r.q.numel()?;
     ragged_prefill(
         &heads,
@@ -265,6 +273,33 @@ fn prefill_impl<T: Float16 + Elem>(
         (&k, &v, &kv_indptr),
         mask,
         rope,
+        &mut out[..n],
+        lse,
+    )
+}
+
+/// [`prefill_impl`] over an fp8 cache read with `scales`.
+fn prefill_fp8_impl<T: Float16 + Elem, F: Fp8Format>(
+    r: &Run,
+    qo_indptr: &[i32],
+    mask: Option<&PackedMask>,
+    rope: Option<(f32, f32)>,
+    scales: KvScales,
+) -> PyResult<()>
+where
+    Fp8<F>: Elem,
+{
+    let heads = r.cache.heads(&r.q)?;
+    r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
+    let (q, kc, vc, out, lse) = r.slices::<T, Fp8<F>>()?;
+    let (k, v, kv_indptr) = gather_all(r, kc, vc)?;
+    let n = r.q.numel()?;
+    ragged_prefill_fp8(
+        &heads,
+        &r.opts,
+        (&q[..n], qo_indptr),
+        (&k, &v, &kv_indptr),
+        (mask, rope, scales),
         &mut out[..n],
         lse,
     )
@@ -323,9 +358,10 @@ fn batch_decode_paged(
 }
 
 /// `batch_prefill_paged(q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices,
-/// kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None)`.
+/// kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None,
+/// k_scale=None, v_scale=None)`; the cache may be fp8, read as code × scale.
 #[pyfunction]
-#[pyo3(signature = (q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None))]
+#[pyo3(signature = (q, k_cache, v_cache, kv_layout, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, out, lse, causal, sm_scale, soft_cap, window_left, mask=None, rope=None, k_scale=None, v_scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn batch_prefill_paged(
     py: Python<'_>,
@@ -345,8 +381,11 @@ fn batch_prefill_paged(
     window_left: Option<usize>,
     mask: MaskArg,
     rope: Option<(f32, f32)>,
+    k_scale: Option<f32>,
+    v_scale: Option<f32>,
 ) -> PyResult<()> {
     let cache = Cache::new(k_cache, v_cache, kv_layout)?;
+    let scales = kv_scales(&cache.k, k_scale, v_scale)?;
     let qo_indptr = index_array(qo_indptr)?;
     let r = Run {
         pages: batch_pages(
@@ -371,7 +410,14 @@ fn batch_prefill_paged(
     }
     r.check_io()?;
     let mask = mask.map(packed);
-    py.detach(|| by_dtype!(r.q, prefill_impl(&r, &qo_indptr, mask.as_ref(), rope)))
+    py.detach(|| {
+        by_kv_dtype!(
+            r.q,
+            r.cache.k,
+            prefill_impl,
+            prefill_fp8_impl(&r, &qo_indptr, mask.as_ref(), rope, scales)
+        )
+    })
 }
 
 /// Writes rows `src` (`[nnz, Hkv, D]`, strides of `rows`) into view `dst` of the cache.
