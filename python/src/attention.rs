@@ -138,7 +138,6 @@ macro_rules! by_dtype {
         }
     };
 }
-pub(crate) use by_dtype;
 
 /// Calls `$f::<T>` (16-bit K/V of q's type `T`) or `$f8::<T, F>` (fp8 K/V of format `F`) by
 /// the dtypes of `$q` and `$k`.
