@@ -394,30 +394,30 @@ impl BatchDecode {
         let ws = caps.work_stride;
         let off = caps.offsets();
         let n_items = host.num_items();
-        let mut s = plan.ws.stage();
-        s.at(off.counts)
-            .extend_from_slice(&[n_items as i32, batch as i32]);
-        let work = s.region(off.work, 3 * ws);
+        let mut s = plan.ws.stage(&self.gpu, off.len)?;
+        s.at(off.counts)?
+            .extend_from_slice(&[n_items as i32, batch as i32])?;
+        let work = s.region(off.work, 3 * ws)?;
         for i in 0..n_items {
             let r = host.request[i] as usize;
             work[i] = r as i32;
             work[ws + i] = (ranges[r].0 + host.kv_begin[i] as usize) as i32;
             work[2 * ws + i] = (ranges[r].0 + host.kv_end[i] as usize) as i32;
         }
-        let merge = s.region(off.merge, caps.max_batch + 1);
+        let merge = s.region(off.merge, caps.max_batch + 1)?;
         for (m, &x) in merge.iter_mut().zip(&host.merge_indptr) {
             *m = x as i32;
         }
-        let indptr = s.region(off.indptr, caps.max_batch + 1);
+        let indptr = s.region(off.indptr, caps.max_batch + 1)?;
         indptr[..pages.kv_indptr.len()].copy_from_slice(&pages.kv_indptr);
-        s.at(off.indices).extend_from_slice(&pages.kv_indices);
-        let rope = s.region(off.rope, caps.max_batch);
+        s.at(off.indices)?.extend_from_slice(&pages.kv_indices)?;
+        let rope = s.region(off.rope, caps.max_batch)?;
         if let Some(o) = offsets {
             rope[..o.len()].copy_from_slice(o);
         }
         // Arrival counters of the fused merge, zeroed by every plan (the kernel also resets
         // them after each merge, so replays without re-planning stay consistent).
-        s.region(off.counters, off.len - off.counters);
+        s.region(off.counters, off.len - off.counters)?;
         plan.ws.commit(&self.gpu, if host.split { ws } else { 0 })?;
         plan.caps = caps;
         plan.off = off;

@@ -3,8 +3,8 @@
 //! A plan owns one `i32` metadata buffer holding every table its kernels read (work items,
 //! request rows, page lists, merge rows, counters) at named offsets ([`MetaLayout`]), plus the
 //! split-KV partial outputs (`f32`, one slot = `num_qo_heads × head_dim` values and
-//! `num_qo_heads` lse). Each plan fills one host staging vector ([`Staged`]) and uploads it with
-//! one copy through pinned memory.
+//! `num_qo_heads` lse). Each plan writes its tables into one pinned host buffer ([`Staged`]) and
+//! uploads them with one asynchronous copy.
 //!
 //! Outside CUDA-graph mode the buffers grow on demand, and new ones replace the old only after
 //! every fallible step has succeeded (grow-then-swap): a failed re-plan leaves the previous
@@ -111,21 +111,70 @@ pub(crate) fn check_slots(op: &'static str, slots: usize, heads: &HeadConfig) ->
     Ok(())
 }
 
-/// The host staging vector of one plan's metadata, filled region by region.
-pub(crate) struct Staged<'a>(&'a mut Vec<i32>);
+/// One plan's metadata as it is written, region by region, straight into the pinned staging
+/// buffer the upload reads (no intermediate vector). Regions are written in layout order;
+/// gaps between them are zeroed. Writing past the layout's length is refused (a layout bug,
+/// reported as an error rather than a panic or a corrupt table).
+pub(crate) struct Staged<'a> {
+    buf: &'a mut [i32],
+    /// Entries written so far (the upload's length).
+    pos: &'a mut usize,
+}
 
 impl Staged<'_> {
-    /// The vector, zero-padded up to `offset` (where the next region starts).
-    pub(crate) fn at(&mut self, offset: usize) -> &mut Vec<i32> {
-        self.0.resize(offset.max(self.0.len()), 0);
-        self.0
+    fn overflow(&self, end: usize) -> Error {
+        Error::invalid(
+            "plan",
+            "metadata layout",
+            format!("{end} entries staged into a layout of {}", self.buf.len()),
+        )
+    }
+
+    /// Moves the write position to `offset` (zeroing any gap) and returns the stage for
+    /// [`Staged::extend`]; `Err` when an earlier region ran past `offset`.
+    pub(crate) fn at(&mut self, offset: usize) -> Result<&mut Self> {
+        if *self.pos > offset || offset > self.buf.len() {
+            return Err(self.overflow((*self.pos).max(offset)));
+        }
+        self.buf[*self.pos..offset].fill(0);
+        *self.pos = offset;
+        Ok(self)
+    }
+
+    /// Appends `values` at the write position.
+    pub(crate) fn extend(&mut self, values: impl IntoIterator<Item = i32>) -> Result<()> {
+        for v in values {
+            let Some(slot) = self.buf.get_mut(*self.pos) else {
+                return Err(self.overflow(*self.pos + 1));
+            };
+            *slot = v;
+            *self.pos += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends `values` at the write position (one copy).
+    pub(crate) fn extend_from_slice(&mut self, values: &[i32]) -> Result<()> {
+        let end = *self.pos + values.len();
+        if end > self.buf.len() {
+            return Err(self.overflow(end));
+        }
+        self.buf[*self.pos..end].copy_from_slice(values);
+        *self.pos = end;
+        Ok(())
     }
 
     /// The `len` entries from `offset` on, zeroed (padding up to `offset` too).
-    pub(crate) fn region(&mut self, offset: usize, len: usize) -> &mut [i32] {
-        self.0.resize(offset.max(self.0.len()), 0);
-        self.0.resize(offset + len, 0);
-        &mut self.0[offset..]
+    pub(crate) fn region(&mut self, offset: usize, len: usize) -> Result<&mut [i32]> {
+        self.at(offset)?;
+        let end = offset + len;
+        if end > self.buf.len() {
+            return Err(self.overflow(end));
+        }
+        *self.pos = end;
+        let r = &mut self.buf[offset..end];
+        r.fill(0);
+        Ok(r)
     }
 }
 
@@ -201,7 +250,8 @@ impl CallerLayout {
 pub(crate) struct PlanWorkspace<G> {
     owner: PlanOwner<G>,
     store: Store,
-    staging: Vec<i32>,
+    /// Entries of the last staged metadata (in `pinned`).
+    staged: usize,
     pinned: Option<PinnedStaging>,
     /// Buffers sized once, from the graph limits.
     fixed: bool,
@@ -224,7 +274,7 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
                 part_o: gpu.alloc::<f32>((slots * h.num_qo_heads * h.head_dim).max(1))?,
                 part_lse: gpu.alloc::<f32>((slots * h.num_qo_heads).max(1))?,
             },
-            staging: Vec::new(),
+            staged: 0,
             pinned: None,
             fixed: fixed.is_some(),
         })
@@ -261,7 +311,7 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
         Ok(Self {
             owner,
             store: Store::Caller { base, layout },
-            staging: Vec::new(),
+            staged: 0,
             pinned: None,
             fixed: fixed.is_some(),
         })
@@ -272,10 +322,15 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
         &self.owner
     }
 
-    /// The staging vector, cleared.
-    pub(crate) fn stage(&mut self) -> Staged<'_> {
-        self.staging.clear();
-        Staged(&mut self.staging)
+    /// A stage for metadata of at most `len` entries (the plan's layout length), in the
+    /// pinned buffer once its previous upload has finished.
+    pub(crate) fn stage(&mut self, gpu: &Gpu, len: usize) -> Result<Staged<'_>> {
+        self.staged = 0;
+        let buf = gpu.pinned_for(&mut self.pinned, len)?;
+        Ok(Staged {
+            buf: &mut buf[..len],
+            pos: &mut self.staged,
+        })
     }
 
     /// Uploads the staged metadata (one copy) after making room for it and for `slots`
@@ -288,14 +343,14 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
             let l = if self.fixed {
                 *layout
             } else {
-                let want = CallerLayout::new(self.staging.len().max(1), slots, &h);
+                let want = CallerLayout::new(self.staged.max(1), slots, &h);
                 CallerLayout::check_fits("plan", want, base.len())?
             };
             // SAFETY: the metadata region lies inside the caller's workspace (checked layout);
             // the caller keeps it alive for the plan (`BatchDecode::plan_in_workspace`).
             let meta = unsafe { gpu.span::<i32>(base.addr(), l.meta_elems)? };
             // SAFETY: as above; only this plan writes its workspace, in stream order.
-            unsafe { gpu.upload_pinned_to(&mut self.pinned, &self.staging, meta)? };
+            unsafe { gpu.upload_staged_to(&mut self.pinned, self.staged, meta)? };
             *layout = l;
             return Ok(());
         }
@@ -310,8 +365,8 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
         let mut new_meta = None;
         let mut new_parts = None;
         if !self.fixed {
-            if meta.len() < self.staging.len() {
-                new_meta = Some(gpu.alloc::<i32>(self.staging.len())?);
+            if meta.len() < self.staged {
+                new_meta = Some(gpu.alloc::<i32>(self.staged)?);
             }
             let (o, l) = (slots * h.num_qo_heads * h.head_dim, slots * h.num_qo_heads);
             if part_o.len() < o || part_lse.len() < l {
@@ -320,7 +375,9 @@ impl<G: PartialEq + Copy> PlanWorkspace<G> {
         }
         {
             let dst = new_meta.as_mut().unwrap_or(meta);
-            gpu.upload_pinned(&mut self.pinned, &self.staging, dst)?;
+            gpu.check_buffer("upload", dst)?;
+            // SAFETY: `dst` is a live buffer of this context, exclusively borrowed here.
+            unsafe { gpu.upload_staged_to(&mut self.pinned, self.staged, dst.span())? };
         }
         if let Some(m) = new_meta {
             *meta = m;

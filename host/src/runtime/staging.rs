@@ -43,28 +43,32 @@ impl Gpu {
         host: &[i32],
         dst: DeviceSpan<i32>,
     ) -> Result<()> {
-        self.check_span("upload", &dst)?;
-        if host.len() > dst.len() {
-            return Err(Error::shape(
-                "upload",
-                "destination length",
-                format!(">= {}", host.len()),
-                dst.len(),
-            ));
-        }
         if host.is_empty() {
             return Ok(());
         }
+        self.pinned_for(staging, host.len())?[..host.len()].copy_from_slice(host);
+        // SAFETY: the caller's contract; the staging holds `host` in its first entries.
+        unsafe { self.upload_staged_to(staging, host.len(), dst) }
+    }
+
+    /// The pinned buffer of `staging`, grown to at least `len` entries, once its previous copy
+    /// has finished: a plan writes its tables here directly, then [`Gpu::upload_staged_to`]
+    /// queues the copy (one host pass over the tables instead of a vector and a second copy).
+    pub(crate) fn pinned_for<'s>(
+        &self,
+        staging: &'s mut Option<PinnedStaging>,
+        len: usize,
+    ) -> Result<&'s mut [i32]> {
         self.bind()?;
-        if staging.as_ref().is_none_or(|s| s.buf.len() < host.len()) {
+        if staging.as_ref().is_none_or(|s| s.buf.len() < len) {
             // The old buffer may still feed an async copy: wait for it before it is freed.
             if let Some(old) = staging.as_ref() {
                 old.done.synchronize()?;
             }
-            // SAFETY: the buffer is written before any copy reads it (below).
+            // SAFETY: the buffer is written before any copy reads it (the caller fills it).
             let buf = unsafe {
                 self.context()
-                    .alloc_pinned::<i32>(host.len().next_power_of_two())
+                    .alloc_pinned::<i32>(len.max(1).next_power_of_two())
             }?;
             let done = self.context().new_event(None)?;
             *staging = Some(PinnedStaging { buf, done });
@@ -73,15 +77,49 @@ impl Gpu {
             return Err(Error::invalid("upload", "staging", "missing"));
         };
         s.done.synchronize()?;
+        Ok(s.buf.as_mut_slice()?)
+    }
+
+    /// Queues the copy of the first `len` entries of `staging` (filled through
+    /// [`Gpu::pinned_for`]) into the front of `dst` on the stream, and records the event the
+    /// next reuse waits for.
+    ///
+    /// # Safety
+    /// As [`Gpu::upload_pinned_to`].
+    pub(crate) unsafe fn upload_staged_to(
+        &self,
+        staging: &mut Option<PinnedStaging>,
+        len: usize,
+        dst: DeviceSpan<i32>,
+    ) -> Result<()> {
+        self.check_span("upload", &dst)?;
+        if len > dst.len() {
+            return Err(Error::shape(
+                "upload",
+                "destination length",
+                format!(">= {len}"),
+                dst.len(),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let Some(s) = staging.as_mut().filter(|s| s.buf.len() >= len) else {
+            return Err(Error::invalid(
+                "upload",
+                "staging",
+                format!("fewer than {len} staged entries"),
+            ));
+        };
+        self.bind()?;
         let pinned = s.buf.as_mut_slice()?;
-        pinned[..host.len()].copy_from_slice(host);
-        // SAFETY: `dst` holds at least host.len() elements; the pinned source stays alive and
+        // SAFETY: `dst` holds at least `len` elements; the pinned source stays alive and
         // unmodified until `done` (recorded right after the copy) completes, which every reuse
-        // waits for above.
+        // waits for (`pinned_for`).
         unsafe {
             cudarc::driver::result::memcpy_htod_async(
                 dst.addr(),
-                &pinned[..host.len()],
+                &pinned[..len],
                 self.stream().cu_stream(),
             )
         }?;

@@ -466,13 +466,13 @@ impl BatchPrefill {
         });
         check_slots(OP, host.num_slots, &self.heads)?;
         stage(
-            plan.ws.stage(),
+            plan.ws.stage(&self.gpu, caps.offsets().len)?,
             &caps,
             &host,
             st,
             &qo_lens,
             schedule.as_ref(),
-        );
+        )?;
         // Uploaded before the commit: a failure leaves the previous plan whole.
         let mask = st
             .mask
@@ -503,15 +503,15 @@ fn stage(
     st: &Step<'_>,
     qo_lens: &[usize],
     schedule: Option<&UnitSchedule>,
-) {
+) -> Result<()> {
     let off = caps.offsets();
-    s.at(off.counts).extend_from_slice(&[
+    s.at(off.counts)?.extend_from_slice(&[
         host.items.len() as i32,
         host.merge_rows.len() as i32,
         0,
         0,
-    ]);
-    let v = s.at(off.items);
+    ])?;
+    let v = s.at(off.items)?;
     for it in &host.items {
         let PrefillItem {
             request,
@@ -523,29 +523,30 @@ fn stage(
             nchunks,
             pad: _,
         } = *it;
-        v.extend([request, t0, kv_begin, kv_end, part, chunk, nchunks, 0].map(|x| x as i32));
+        v.extend([request, t0, kv_begin, kv_end, part, chunk, nchunks, 0].map(|x| x as i32))?;
     }
-    let v = s.at(off.requests);
+    let v = s.at(off.requests)?;
     for (b, &qo_len) in qo_lens.iter().enumerate() {
         v.extend([
             st.qo_indptr[b],
             qo_len as i32,
             st.kv_begin[b] as i32,
             st.kv_lens[b] as i32,
-        ]);
+        ])?;
     }
-    let v = s.at(off.rows);
+    let v = s.at(off.rows)?;
     for r in &host.merge_rows {
-        v.extend(r.map(|x| x as i32));
+        v.extend(r.map(|x| x as i32))?;
     }
-    s.at(off.pages).extend_from_slice(st.kv_indices);
-    let rope = s.region(off.rope, caps.batch);
+    s.at(off.pages)?.extend_from_slice(st.kv_indices)?;
+    let rope = s.region(off.rope, caps.batch)?;
     if let Some(o) = st.offsets {
         rope[..o.len()].copy_from_slice(o);
     }
     if let Some(sc) = schedule {
-        let v = s.at(off.units);
-        v.extend(sc.offsets.iter().map(|&x| x as i32));
-        v.extend(sc.units.iter().flat_map(|u| u.map(|x| x as i32)));
+        let v = s.at(off.units)?;
+        v.extend(sc.offsets.iter().map(|&x| x as i32))?;
+        v.extend(sc.units.iter().flat_map(|u| u.map(|x| x as i32)))?;
     }
+    Ok(())
 }
