@@ -13,7 +13,8 @@
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
 //!   `util_spin` → `SpinParams`; the model kernels `rms_norm`/`add_rms_norm` → `NormParams`,
 //!   `qkv_rope_*` → `RopeParams`, `gather_rows` → `GatherParams`, `silu_and_mul` →
-//!   `SiluMulParams`, `to_f32_*` → `ConvertParams`, `argmax` → `ArgmaxParams`); an entry of
+//!   `SiluMulParams`, `to_f32_*` → `ConvertParams`, `argmax` → `ArgmaxParams`, `gemv_*` →
+//!   `GemvParams`); an entry of
 //!   no known family fails, so each new family gets its line in `expected_param_size`. The Hopper prefill entries take a second blob, their TMA
 //!   tensor maps (`KvTensorMaps`), declared 64-byte aligned;
 //! - with `ptxas` present (`.tools/cuda/nvidia/cu13/bin/ptxas` from scripts/install-ptxas.sh, or
@@ -30,8 +31,9 @@ use std::process::Command;
 use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
     AppendFp8Params, AppendParams, ArgmaxParams, ConvertParams, DecodeFp8Params, DecodeParams,
-    DecodeRopeParams, GatherParams, KvTensorMaps, MergeParams, NormParams, PrefillFp8Params,
-    PrefillParams, PrefillRopeParams, RopeParams, SelfTestParams, SiluMulParams, SpinParams,
+    DecodeRopeParams, GatherParams, GemvParams, KvTensorMaps, MergeParams, NormParams,
+    PrefillFp8Params, PrefillParams, PrefillRopeParams, RopeParams, SelfTestParams, SiluMulParams,
+    SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
 use ferrinfer::kernels_abi::kernel_key::KernelKey;
@@ -51,7 +53,7 @@ fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
         return Some(("PrefillFp8Params", size_of::<PrefillFp8Params>()));
     }
     // First match wins: the fp8 and RoPE families before the prefixes they extend.
-    const FAMILIES: [(&str, &str, usize); 18] = [
+    const FAMILIES: [(&str, &str, usize); 19] = [
         (
             "decode_rope_",
             "DecodeRopeParams",
@@ -88,6 +90,7 @@ fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
         ("silu_and_mul", "SiluMulParams", size_of::<SiluMulParams>()),
         ("to_f32_", "ConvertParams", size_of::<ConvertParams>()),
         ("argmax", "ArgmaxParams", size_of::<ArgmaxParams>()),
+        ("gemv_", "GemvParams", size_of::<GemvParams>()),
     ];
     FAMILIES
         .iter()

@@ -1,8 +1,9 @@
 //! The GPU runner's decode step, wall time per step as the engine sees it (host work, launches
 //! or graph replay, the argmax download): a model of SmolLM2-135M's geometry with random bf16
 //! weights (a step's speed does not depend on the values, so no model file is needed), each
-//! request after a 512-token prompt, at batch 1, 16 and 64, with the step's kernels launched
-//! one by one and replayed as a CUDA graph, in the same run. 10 warm-up steps (graphs are
+//! request after a 512-token prompt, at batch 1, 4, 16 and 64, with the step's kernels launched
+//! one by one and replayed as a CUDA graph, in the same run (batches of ≤ 8 tokens also with
+//! every product on cuBLAS instead of the few-row kernel). 10 warm-up steps (graphs are
 //! captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
 //! roofline, the bytes a decode step must read (the bf16 weights of every product and the
 //! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
@@ -69,7 +70,7 @@ fn run(
     cfg: &ModelConfig,
     w: &Arc<Weights>,
     batch: usize,
-    graphs: bool,
+    (graphs, small): (bool, bool),
     copy_tbps: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let step_tokens = 8192;
@@ -84,6 +85,7 @@ fn run(
         batch,
     )?;
     r.set_graphs(graphs);
+    r.set_small_products(small);
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64);
     let seqs: Vec<_> = (0..batch).map(|_| r.add_sequence()).collect();
     let mut last = vec![0u32; batch];
@@ -116,8 +118,9 @@ fn run(
     let med = percentile(&times, 0.5);
     let roof_ms = step_bytes(cfg, batch, PROMPT + WARM + STEPS / 2) / (copy_tbps * 1e12) * 1e3;
     println!(
-        "| {batch} | {} | {med:.3} | {:.3} | {:.3} | {:.0} | {roof_ms:.3} | {:.2}× | {:?} |",
+        "| {batch} | {}{} | {med:.3} | {:.3} | {:.3} | {:.0} | {roof_ms:.3} | {:.2}× | {:?} |",
         if graphs { "CUDA graph" } else { "eager" },
+        if small { "" } else { ", cuBLAS products" },
         percentile(&times, 0.1),
         percentile(&times, 0.9),
         batch as f64 / med * 1e3,
@@ -148,9 +151,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| batch | step | median ms | p10 ms | p90 ms | tokens/s | roofline ms | × roofline | graph stats |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    for batch in [1usize, 16, 64] {
+    for batch in [1usize, 4, 16, 64] {
         for graphs in [false, true] {
-            run(&gpu, &cfg, &w, batch, graphs, copy_tbps)?;
+            // Steps of ≤ GEMV_MAX_ROWS tokens also with every product on cuBLAS (before/after
+            // of the few-row kernel); larger steps use cuBLAS either way.
+            let smalls: &[bool] = if batch <= ferrinfer::ops::model::GEMV_MAX_ROWS {
+                &[false, true]
+            } else {
+                &[true]
+            };
+            for &small in smalls {
+                run(&gpu, &cfg, &w, batch, (graphs, small), copy_tbps)?;
+            }
         }
     }
     Ok(())

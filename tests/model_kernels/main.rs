@@ -19,6 +19,7 @@ use proptest::test_runner::TestRunner;
 use rand::Rng;
 
 mod elementwise;
+mod gemv;
 mod qkv_rope;
 mod rms_norm;
 

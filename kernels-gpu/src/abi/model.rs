@@ -132,6 +132,40 @@ pub struct SiluMulParams {
 unsafe impl Abi for SiluMulParams {}
 const _: () = assert!(core::mem::size_of::<SiluMulParams>() == 2 * 8 + 2 * 4);
 
+/// Most rows (tokens) of one `gemv_*` launch: the decode steps it serves; larger products go
+/// to a GEMM.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Threads per CTA of `gemv_*` (one warp per output column).
+pub const GEMV_THREADS: u32 = 128;
+
+/// Parameters of `gemv_{f16,bf16}`: `out[r, c] = Σ_j x[r, j] · w[c, j]` (f32 products and sums)
+/// for `r < m`, `c < n`; `x` `[m, k]` and `w` `[n, k]` row-major 16-bit, both 16-byte aligned,
+/// `k` a multiple of 8; `out` `[m, n]` f32. Grid `(ceil(n / (GEMV_THREADS / 32)))`, block
+/// [`GEMV_THREADS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GemvParams {
+    /// 16-bit `[m, k]`.
+    pub x: u64,
+    /// 16-bit `[n, k]`.
+    pub w: u64,
+    /// f32 `[m, n]`.
+    pub out: u64,
+    /// Rows of x and out, `1..=GEMV_MAX_ROWS`.
+    pub m: u32,
+    /// Columns of out (rows of w).
+    pub n: u32,
+    /// The shared dimension, a multiple of 8.
+    pub k: u32,
+    /// Keeps 8-byte alignment explicit; must be 0.
+    pub reserved: u32,
+}
+
+// SAFETY: #[repr(C)] of u64/u32 fields; same layout on host and nvptx64.
+unsafe impl Abi for GemvParams {}
+const _: () = assert!(core::mem::size_of::<GemvParams>() == 3 * 8 + 4 * 4);
+
 /// Parameters of `to_f32_{f16,bf16}`: `out[i] = x[i]` widened to f32 for `i < n`. One thread per
 /// element pair: grid `(ceil(ceil(n/2) / MODEL_THREADS))`, block [`MODEL_THREADS`]; `x` must be
 /// 4-byte aligned.

@@ -191,11 +191,13 @@ pub enum ModelKernel {
     GatherRows16(KeyDtype),
     /// `silu_and_mul_{dtype}`: [`ModelKernel::SiluAndMul`] writing `dtype`.
     SiluAndMul16(KeyDtype),
+    /// `gemv_{dtype}`: few-row product of `dtype` inputs, f32 out.
+    Gemv(KeyDtype),
 }
 
 impl ModelKernel {
     /// Every model kernel, in [`ModelKernel::index`] order.
-    pub const ALL: [ModelKernel; 17] = [
+    pub const ALL: [ModelKernel; 19] = [
         ModelKernel::RmsNorm,
         ModelKernel::AddRmsNorm,
         ModelKernel::QkvRope(KeyDtype::F16),
@@ -213,6 +215,8 @@ impl ModelKernel {
         ModelKernel::GatherRows16(KeyDtype::Bf16),
         ModelKernel::SiluAndMul16(KeyDtype::F16),
         ModelKernel::SiluAndMul16(KeyDtype::Bf16),
+        ModelKernel::Gemv(KeyDtype::F16),
+        ModelKernel::Gemv(KeyDtype::Bf16),
     ];
 
     /// Position in [`ModelKernel::ALL`].
@@ -235,6 +239,8 @@ impl ModelKernel {
             ModelKernel::GatherRows16(KeyDtype::Bf16) => 14,
             ModelKernel::SiluAndMul16(KeyDtype::F16) => 15,
             ModelKernel::SiluAndMul16(KeyDtype::Bf16) => 16,
+            ModelKernel::Gemv(KeyDtype::F16) => 17,
+            ModelKernel::Gemv(KeyDtype::Bf16) => 18,
         }
     }
 
@@ -258,6 +264,8 @@ impl ModelKernel {
             ModelKernel::GatherRows16(KeyDtype::Bf16) => "gather_rows_bf16",
             ModelKernel::SiluAndMul16(KeyDtype::F16) => "silu_and_mul_f16",
             ModelKernel::SiluAndMul16(KeyDtype::Bf16) => "silu_and_mul_bf16",
+            ModelKernel::Gemv(KeyDtype::F16) => "gemv_f16",
+            ModelKernel::Gemv(KeyDtype::Bf16) => "gemv_bf16",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! in u32 can wrap.
 mod argmax;
 mod elementwise;
+mod gemv;
 mod norm;
 mod out;
 mod rope;

@@ -1,15 +1,19 @@
-//! The GPU runner's matrix products on cuBLAS (libcublas, loaded at run time):
-//! `out[m, n] = x[m, k] · w[n, k]ᵀ`, all row-major, with `x` and `w` of one element type (f32,
-//! bf16 or f16), f32 accumulation and an f32 `out` — one `cublasGemmEx` for every precision,
-//! so the f32 path and the 16-bit ones share their (column-major) geometry. With 16-bit
-//! inputs cuBLAS runs tensor-core kernels; with f32 and `CUBLAS_COMPUTE_32F` it is SGEMM (no
-//! TF32).
+//! The GPU runner's matrix products: `out[m, n] = x[m, k] · w[n, k]ᵀ`, all row-major, with `x`
+//! and `w` of one element type (f32, bf16 or f16), f32 accumulation and an f32 `out`. On
+//! cuBLAS (libcublas, loaded at run time) one `cublasGemmEx` serves every precision, so the
+//! f32 path and the 16-bit ones share their (column-major) geometry: with 16-bit inputs cuBLAS
+//! runs tensor-core kernels; with f32 and `CUBLAS_COMPUTE_32F` it is SGEMM (no TF32). Decode
+//! steps of at most `GEMV_MAX_ROWS` tokens with 16-bit inputs run ferrinfer's few-row kernel
+//! instead ([`Products`]): the same f32 arithmetic without cuBLAS's per-call set-up, which
+//! dominates these shapes.
 use cudarc::cublas::result::gemm_ex;
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
 };
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use ferrinfer::ops::model::GEMV_MAX_ROWS;
+use ferrinfer::ops::ModelKernels;
 use ferrinfer::DeviceBuffer;
 use half::{bf16, f16};
 
@@ -21,6 +25,18 @@ pub(crate) trait GemmElem: DeviceRepr + ValidAsZeroBits + Copy + 'static {
     const CUDA: cudaDataType_t;
     /// `v` rounded to this type (round to nearest even).
     fn from_f32(v: f32) -> Self;
+    /// The few-row product on ferrinfer's kernel (`ModelKernels::gemv`) for this type, `None`
+    /// where it has none (f32).
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        mk: &ModelKernels,
+        x: &DeviceBuffer<Self>,
+        m: usize,
+        w: &DeviceBuffer<Self>,
+        k: usize,
+        n: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Option<ferrinfer::Result<()>>;
 }
 
 impl GemmElem for f32 {
@@ -28,19 +44,75 @@ impl GemmElem for f32 {
     fn from_f32(v: f32) -> Self {
         v
     }
-}
-
-impl GemmElem for bf16 {
-    const CUDA: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
+    fn gemv(
+        _: &ModelKernels,
+        _: &DeviceBuffer<f32>,
+        _: usize,
+        _: &DeviceBuffer<f32>,
+        _: usize,
+        _: usize,
+        _: &mut DeviceBuffer<f32>,
+    ) -> Option<ferrinfer::Result<()>> {
+        None
     }
 }
 
-impl GemmElem for f16 {
-    const CUDA: cudaDataType_t = cudaDataType_t::CUDA_R_16F;
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
+/// The 16-bit types: [`GemmElem`] with the few-row kernel.
+macro_rules! half_gemm_elem {
+    ($($t:ty => $cuda:ident;)*) => {$(
+        impl GemmElem for $t {
+            const CUDA: cudaDataType_t = cudaDataType_t::$cuda;
+            fn from_f32(v: f32) -> Self {
+                <$t>::from_f32(v)
+            }
+            fn gemv(
+                mk: &ModelKernels,
+                x: &DeviceBuffer<Self>,
+                m: usize,
+                w: &DeviceBuffer<Self>,
+                k: usize,
+                n: usize,
+                out: &mut DeviceBuffer<f32>,
+            ) -> Option<ferrinfer::Result<()>> {
+                Some(mk.gemv(x, m, w, k, n, out))
+            }
+        }
+    )*};
+}
+
+half_gemm_elem! {
+    bf16 => CUDA_R_16BF;
+    f16 => CUDA_R_16F;
+}
+
+/// Where a step's products run: cuBLAS, and with `small` ferrinfer's few-row kernel for
+/// 16-bit products of `1..=GEMV_MAX_ROWS` rows and `k` a multiple of 8.
+pub(super) struct Products<'a> {
+    pub blas: &'a CudaBlas,
+    pub stream: &'a CudaStream,
+    pub small: Option<&'a ModelKernels>,
+}
+
+impl Products<'_> {
+    /// `out[m, n] = x[m, k] · w[n, k]ᵀ` (as [`linear`]) on the kernel that serves the shape.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run<T: GemmElem>(
+        &self,
+        x: &DeviceBuffer<T>,
+        m: usize,
+        w: &DeviceBuffer<T>,
+        k: usize,
+        n: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        if let Some(mk) = self.small {
+            if (1..=GEMV_MAX_ROWS).contains(&m) && k.is_multiple_of(8) {
+                if let Some(r) = T::gemv(mk, x, m, w, k, n, out) {
+                    return Ok(r?);
+                }
+            }
+        }
+        linear(self.blas, self.stream, x, m, w, k, n, out)
     }
 }
 

@@ -112,6 +112,12 @@ impl DecodeGraphs {
         }
     }
 
+    /// Drops every graph (the next steps capture again).
+    pub fn clear(&mut self) {
+        self.graphs.clear();
+        self.seen.clear();
+    }
+
     /// Whether decode steps may run as graphs (on, and no capture has failed).
     pub fn enabled(&self) -> bool {
         self.enabled && self.failed.is_none()

@@ -23,7 +23,7 @@ use ferrinfer::{DeviceBuffer, Gpu, HeadConfig};
 use half::f16;
 
 use self::attention::Attention;
-use self::gemm::{blas_err, cublas_present, linear, set_workspace, WORKSPACE_BYTES};
+use self::gemm::{blas_err, cublas_present, set_workspace, Products, WORKSPACE_BYTES};
 use self::graphs::{Action, DecodeGraphs, GraphKey};
 pub use self::graphs::{GraphStats, MAX_GRAPHS};
 pub use self::precision::GpuWeights;
@@ -80,6 +80,9 @@ pub struct GpuRunner {
     cap: usize,
     cap_rows: usize,
     graphs: DecodeGraphs,
+    /// Products of decode steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's few-row
+    /// kernel (16-bit weights).
+    small_products: bool,
     /// Last: everything above was made on this stream and must be dropped before it.
     _stream: RunnerStream,
 }
@@ -153,6 +156,7 @@ impl GpuRunner {
             cap,
             cap_rows,
             graphs: DecodeGraphs::new(),
+            small_products: true,
             _stream: stream,
         })
     }
@@ -170,6 +174,15 @@ impl GpuRunner {
     /// every step (`false`).
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs.set_enabled(on);
+    }
+
+    /// Runs the matrix products of steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's
+    /// few-row kernel (`true`, the default with bf16 weights) or every product on cuBLAS
+    /// (`false`: for before/after measurements). Captured graphs are dropped (they bake the
+    /// products in).
+    pub fn set_small_products(&mut self, on: bool) {
+        self.small_products = on;
+        self.graphs.clear();
     }
 
     /// What the runner did with its decode steps so far.
@@ -206,8 +219,15 @@ impl ModelRunner for GpuRunner {
             (false, Some(why)) => format!("eager: graph capture failed ({why})"),
             (false, None) => "eager".to_string(),
         };
+        let products = match (w, self.small_products) {
+            (GpuWeights::Bf16, true) => format!(
+                ", products of ≤ {}-token steps on ferrinfer's gemv",
+                ferrinfer::ops::model::GEMV_MAX_ROWS
+            ),
+            _ => String::new(),
+        };
         format!(
-            "gpu ({}, {w} weights, {attn}, {graphs})",
+            "gpu ({}, {w} weights{products}, {attn}, {graphs})",
             self.gpu.info().name
         )
     }
@@ -244,6 +264,8 @@ struct Step<'a> {
     gpu: &'a Gpu,
     blas: &'a CudaBlas,
     mk: &'a ModelKernels,
+    /// Few-row products on `mk` (see [`GpuRunner::set_small_products`]).
+    small_products: bool,
     attn: &'a Attention,
     cache: &'a mut PagedKvCache<f16>,
     kv_step: &'a AppendStep,
@@ -353,6 +375,7 @@ impl GpuRunner {
             gpu: &self.gpu,
             blas: &self.blas,
             mk: &self.mk,
+            small_products: self.small_products,
             attn: &self.attn,
             cache: &mut self.cache,
             kv_step,
@@ -382,6 +405,7 @@ impl Step<'_> {
             gpu,
             blas,
             mk,
+            small_products,
             attn,
             cache,
             kv_step,
@@ -391,7 +415,11 @@ impl Step<'_> {
             n,
             r,
         } = self;
-        let stream = gpu.stream();
+        let pr = Products {
+            blas,
+            stream: gpu.stream(),
+            small: small_products.then_some(mk),
+        };
         let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
         let qd = c.q_heads * hd;
         let eps = c.rms_eps;
@@ -403,7 +431,7 @@ impl Step<'_> {
         let rs = RowStrides::contiguous(c.kv_heads, hd);
         for l in 0..m.layers.len() {
             let lw = &m.layers[l];
-            linear(blas, stream, &m.h, n, &lw.wqkv, d, c.qkv_dim(), &mut b.qkv)?;
+            pr.run(&m.h, n, &lw.wqkv, d, c.qkv_dim(), &mut b.qkv)?;
             mk.qkv_rope(
                 &b.qkv,
                 n,
@@ -420,11 +448,11 @@ impl Step<'_> {
             cache.append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
             attn.run(&b.q, cache.pool(l)?, &mut b.o16)?;
             let o = P::wo_input(mk, &b.o16, n * qd, &mut m.wide)?;
-            linear(blas, stream, o, n, &lw.wo, qd, d, &mut b.proj)?;
+            pr.run(o, n, &lw.wo, qd, d, &mut b.proj)?;
             mk.add_rms_norm(&mut b.x, &b.proj, &lw.ffn_norm, n, eps, &mut m.h)?;
-            linear(blas, stream, &m.h, n, &lw.w_gate_up, d, 2 * f, &mut b.gu)?;
+            pr.run(&m.h, n, &lw.w_gate_up, d, 2 * f, &mut b.gu)?;
             mk.silu_and_mul(&b.gu, n, f, &mut m.act)?;
-            linear(blas, stream, &m.act, n, &lw.w_down, f, d, &mut b.proj)?;
+            pr.run(&m.act, n, &lw.w_down, f, d, &mut b.proj)?;
             let next = match m.layers.get(l + 1) {
                 Some(next) => &next.attn_norm,
                 None => final_norm,
@@ -432,6 +460,6 @@ impl Step<'_> {
             mk.add_rms_norm(&mut b.x, &b.proj, next, n, eps, &mut m.h)?;
         }
         mk.gather_rows(&m.h, n, d, &b.rows, r, &mut m.hsel)?;
-        linear(blas, stream, &m.hsel, r, &m.head, d, c.vocab, &mut b.logits)
+        pr.run(&m.hsel, r, &m.head, d, c.vocab, &mut b.logits)
     }
 }

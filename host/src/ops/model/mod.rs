@@ -1,6 +1,7 @@
 //! The GPU kernels a Llama-architecture model runs beside attention, as one handle:
 //! [`ModelKernels`] (RMSNorm and residual-add + RMSNorm, the fused QKV split + RoPE epilogue,
-//! SiLU-and-mul, 16-bit → f32, embedding gather, greedy argmax). RMSNorm, SiLU-and-mul and the
+//! SiLU-and-mul, 16-bit → f32, embedding gather, greedy argmax, the few-row products of decode
+//! steps). RMSNorm, SiLU-and-mul and the
 //! gather write f32 or a 16-bit type ([`ModelOut`]): the input of a 16-bit matrix product.
 //!
 //! Every op validates its sizes on the host and returns a typed [`Error`] before anything is
@@ -14,10 +15,12 @@
 //! [`crate::cpu::norm`], [`crate::cpu::rope`], [`crate::cpu::activation`],
 //! [`crate::cpu::sampling::argmax`]. Device side: `kernels-gpu/src/model/`.
 mod elementwise;
+mod gemv;
 mod norm;
 mod out;
 mod rope;
 
+pub use gemv::MAX_ROWS as GEMV_MAX_ROWS;
 pub use out::ModelOut;
 
 use ferrinfer_kernels::abi::Abi;

@@ -1,0 +1,142 @@
+//! The few-row product `gemv` against an f64 oracle over the same 16-bit values.
+use super::*;
+
+/// f64 `out[r, c] = Σ_j x[r, j] · w[c, j]` of the 16-bit values, and `Σ_j |x[r, j] · w[c, j]|`
+/// (the error bound's scale).
+fn oracle<T: Float16>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut out, mut abs) = (vec![0.0; m * n], vec![0.0; m * n]);
+    for r in 0..m {
+        for c in 0..n {
+            for j in 0..k {
+                let p = x[r * k + j].to_f32() as f64 * w[c * k + j].to_f32() as f64;
+                out[r * n + c] += p;
+                abs[r * n + c] += p.abs();
+            }
+        }
+    }
+    (out, abs)
+}
+
+fn run_gemv<T: Float16>(
+    gpu: &Gpu,
+    mk: &ModelKernels,
+    (m, k, n): (usize, usize, usize),
+    seed: u64,
+) -> ErrorStats {
+    let mut r = rng(seed);
+    let x: Vec<T> = uniform(&mut r, m * k, 2.0)
+        .into_iter()
+        .map(T::from_f32)
+        .collect();
+    let w: Vec<T> = uniform(&mut r, n * k, 0.5)
+        .into_iter()
+        .map(T::from_f32)
+        .collect();
+    let (want, abs) = oracle(&x, &w, m, k, n);
+    let slack = r.random_range(0..5);
+    let xd = gpu.upload(&padded(&x, 8 * slack, T::nan())).unwrap();
+    let wd = gpu.upload(&w).unwrap();
+    let mut out = gpu.upload(&vec![f32::NAN; m * n + slack]).unwrap();
+    mk.gemv(&xd, m, &wd, k, n, &mut out).unwrap();
+    let got = unpadded(gpu.download(&out).unwrap(), m * n, "gemv out");
+    // Products of 16-bit values are exact in f32 (8 + 8 or 11 + 11 significant bits ≤ 24);
+    // each of the k − 1 f32 additions (fused into an fma) rounds once: |error| ≤ (k − 1)·u·Σ|p|
+    // with u = 2⁻²⁴ (the standard recursive-summation bound, whatever the order), plus the
+    // final f32 rounding of the oracle's value against which it is compared.
+    let u = f32::EPSILON as f64 / 2.0;
+    for i in 0..m * n {
+        let err = (got[i] as f64 - want[i]).abs();
+        let bound = (k as f64) * u * abs[i] + u * want[i].abs() + f64::MIN_POSITIVE;
+        assert!(
+            err <= bound,
+            "gemv {:?} m={m} k={k} n={n}: element {i}: got {}, want {} (error {err:e} > {bound:e})",
+            T::DTYPE,
+            got[i],
+            want[i]
+        );
+    }
+    ErrorStats::compare(
+        &got.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &want,
+        None,
+    )
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_gemv_matches_f64_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_gemv_matches_f64_oracle") else {
+        return;
+    };
+    let mk = ModelKernels::new(&gpu).unwrap();
+    // SmolLM2's products at one token (QKV, output, gate|up, down, the LM head's width cut
+    // down for the f64 oracle), then random shapes.
+    let fixed = [
+        (1usize, 576usize, 960usize),
+        (1, 576, 576),
+        (1, 576, 3072),
+        (1, 1536, 576),
+        (8, 576, 4096),
+        (3, 4096, 130),
+    ];
+    for (i, &s) in fixed.iter().enumerate() {
+        run_gemv::<bf16>(&gpu, &mk, s, i as u64);
+        run_gemv::<f16>(&gpu, &mk, s, 100 + i as u64);
+    }
+    let cases = proptest_cases(48);
+    let worst = std::cell::Cell::new(ErrorStats::default());
+    let strategy = (
+        1usize..=ferrinfer::ops::model::GEMV_MAX_ROWS,
+        (1usize..400).prop_map(|v| 8 * v),
+        1usize..700,
+        any::<bool>(),
+        any::<u64>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(cases))
+        .run(&strategy, |(m, k, n, half, seed)| {
+            let s = if half {
+                run_gemv::<f16>(&gpu, &mk, (m, k, n), seed)
+            } else {
+                run_gemv::<bf16>(&gpu, &mk, (m, k, n), seed)
+            };
+            worst.set(worst.get().worst(s));
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "gpu gemv: {cases} random cases + 12 fixed, worst {:?}",
+        worst.get()
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gemv_bad_input_is_a_typed_error() {
+    let Some(gpu) = gpu_or_skip("gemv_bad_input_is_a_typed_error") else {
+        return;
+    };
+    let mk = ModelKernels::new(&gpu).unwrap();
+    let x = gpu.alloc::<bf16>(8 * 64).unwrap();
+    let w = gpu.alloc::<bf16>(32 * 64).unwrap();
+    let mut out = gpu.alloc::<f32>(8 * 32).unwrap();
+    let shape = |r: ferrinfer::Result<()>| matches!(r, Err(Error::Shape { .. }));
+    let invalid = |r: ferrinfer::Result<()>| matches!(r, Err(Error::InvalidArgument { .. }));
+    let unsupported = |r: ferrinfer::Result<()>| matches!(r, Err(Error::Unsupported { .. }));
+    assert!(unsupported(mk.gemv(&x, 9, &w, 64, 32, &mut out)));
+    assert!(invalid(mk.gemv(&x, 1, &w, 60, 32, &mut out)));
+    assert!(invalid(mk.gemv(&x, 1, &w, 0, 32, &mut out)));
+    assert!(invalid(mk.gemv(&x, 1, &w, 64, 0, &mut out)));
+    assert!(shape(mk.gemv(&x, 8, &w, 72, 16, &mut out)));
+    assert!(shape(mk.gemv(&x, 1, &w, 64, 33, &mut out)));
+    assert!(shape(mk.gemv(
+        &x,
+        8,
+        &w,
+        64,
+        32,
+        &mut gpu.alloc::<f32>(255).unwrap()
+    )));
+    mk.gemv(&x, 0, &w, 64, 32, &mut out).unwrap();
+    mk.gemv(&x, 8, &w, 64, 32, &mut out).unwrap();
+    gpu.synchronize().unwrap();
+}
