@@ -23,6 +23,28 @@ pub fn cache_dims(t: &Tensor, hnd: bool) -> ([usize; 3], [usize; 3]) {
     }
 }
 
+/// Checked cache views `k`/`v` (rank 4, `hnd` or NHD; see [`cache_views`]) as the library's
+/// spans of their element `S`.
+pub fn cache_spans<S: SpanElem>(
+    gpu: &Gpu,
+    k: &Tensor,
+    v: &Tensor,
+    hnd: bool,
+) -> PyResult<PagedKvSpans<S>> {
+    let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(k, hnd);
+    let (v_strides, _) = cache_dims(v, hnd);
+    Ok(PagedKvSpans {
+        k: span::<S>(gpu, k)?,
+        v: span::<S>(gpu, v)?,
+        num_pages,
+        page_size,
+        num_kv_heads,
+        head_dim: k.shape[3],
+        k_strides,
+        v_strides,
+    })
+}
+
 /// The checked CUDA cache views `k`/`v` in `kv_layout`, of one of the `allowed` element types
 /// (16-bit for append and prefill; the planned type, fp8 included, for decode).
 pub fn cache_views(k: &Tensor, v: &Tensor, hnd: bool, allowed: &[Dt]) -> PyResult<()> {
@@ -52,18 +74,7 @@ struct Args {
 
 fn append_typed<T: Float16 + SpanElem>(gpu: &Gpu, a: &Args) -> PyResult<()> {
     let [k, v] = &a.cache;
-    let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(k, a.hnd);
-    let (v_strides, _) = cache_dims(v, a.hnd);
-    let cache = PagedKvSpans {
-        k: span::<T>(gpu, k)?,
-        v: span::<T>(gpu, v)?,
-        num_pages,
-        page_size,
-        num_kv_heads,
-        head_dim: k.shape[3],
-        k_strides,
-        v_strides,
-    };
+    let cache = cache_spans::<T>(gpu, k, v, a.hnd)?;
     let [kr, vr] = &a.rows;
     let strides = |t: &Tensor| RowStrides {
         stride_n: t.strides[0],

@@ -5,7 +5,7 @@
 //! after any later `plan` (FlashInfer's contract for the graph wrapper).
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::BatchPages;
-use ferrinfer::ops::{BatchDecode, BatchDecodePlan, GraphLimits, PagedKvSpans};
+use ferrinfer::ops::{BatchDecode, BatchDecodePlan, GraphLimits};
 use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use crate::cuda::{
     cuda_io, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
 };
-use crate::cuda_append::{cache_dims, cache_views};
+use crate::cuda_append::{cache_spans, cache_views};
 use crate::errors::lib;
 use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
 
@@ -244,22 +244,6 @@ struct Io<'a> {
     hnd: bool,
 }
 
-/// The caller's cache as spans of its element `S`.
-fn cache_spans<S: SpanElem>(gpu: &Gpu, io: &Io<'_>) -> PyResult<PagedKvSpans<S>> {
-    let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(io.k, io.hnd);
-    let (v_strides, _) = cache_dims(io.v, io.hnd);
-    Ok(PagedKvSpans {
-        k: span::<S>(gpu, io.k)?,
-        v: span::<S>(gpu, io.v)?,
-        num_pages,
-        page_size,
-        num_kv_heads,
-        head_dim: io.k.shape[3],
-        k_strides,
-        v_strides,
-    })
-}
-
 /// [`run_typed`] over an fp8 cache of format `F`, read with `scales`.
 fn run_fp8_typed<T: Float16 + SpanElem, F: Fp8Format>(
     op: &BatchDecode,
@@ -268,7 +252,7 @@ fn run_fp8_typed<T: Float16 + SpanElem, F: Fp8Format>(
     io: &Io<'_>,
     scales: KvScales,
 ) -> PyResult<()> {
-    let kv = cache_spans::<Fp8<F>>(gpu, io)?;
+    let kv = cache_spans::<Fp8<F>>(gpu, io.k, io.v, io.hnd)?;
     let lse = io.lse.map(|l| span::<f32>(gpu, l)).transpose()?;
     // SAFETY: as in `run_typed`.
     lib(unsafe {
@@ -289,7 +273,7 @@ fn run_typed<T: Float16 + SpanElem>(
     gpu: &Gpu,
     io: &Io<'_>,
 ) -> PyResult<()> {
-    let kv = cache_spans::<T>(gpu, io)?;
+    let kv = cache_spans::<T>(gpu, io.k, io.v, io.hnd)?;
     let lse = io.lse.map(|l| span::<f32>(gpu, l)).transpose()?;
     // SAFETY: every span is a checked torch tensor on this device that the Python layer holds
     // for the call, outputs overlap no input (checked), and the launch is queued on the stream

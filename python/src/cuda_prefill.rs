@@ -4,7 +4,7 @@
 //! Python layer refuses it on CUDA).
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::BatchPages;
-use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan, PagedKvSpans};
+use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan};
 use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use crate::cuda::{
     cuda_io, gpu_on, plan_dtype, planned_cache, span, workspace_on, SpanElem, Workspace,
 };
-use crate::cuda_append::{cache_dims, cache_views};
+use crate::cuda_append::{cache_spans, cache_views};
 use crate::errors::lib;
 use crate::mask::{packed, MaskArg};
 use crate::tensor::{disjoint, index_array, Dt, RawTensor, Tensor};
@@ -277,23 +277,6 @@ fn outputs_disjoint(
     disjoint(&outs, &all)
 }
 
-/// The caller's paged cache (`io`'s k and v, rank 4 in `hnd` or NHD) as spans of `S`.
-fn paged_spans<S: SpanElem>(gpu: &Gpu, io: Io<'_>, hnd: bool) -> PyResult<PagedKvSpans<S>> {
-    let (_, k, v, _, _) = io;
-    let (k_strides, [num_pages, page_size, num_kv_heads]) = cache_dims(k, hnd);
-    let (v_strides, _) = cache_dims(v, hnd);
-    Ok(PagedKvSpans {
-        k: span::<S>(gpu, k)?,
-        v: span::<S>(gpu, v)?,
-        num_pages,
-        page_size,
-        num_kv_heads,
-        head_dim: k.shape[3],
-        k_strides,
-        v_strides,
-    })
-}
-
 impl CudaBatchPrefill {
     fn planned(&self) -> PyResult<&BatchPrefillPlan> {
         self.plan
@@ -303,7 +286,7 @@ impl CudaBatchPrefill {
 
     fn paged_typed<T: Float16 + SpanElem>(&self, gpu: &Gpu, io: Io<'_>, hnd: bool) -> PyResult<()> {
         let (q, _, _, out, lse) = io;
-        let kv = paged_spans::<T>(gpu, io, hnd)?;
+        let kv = cache_spans::<T>(gpu, io.1, io.2, hnd)?;
         let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
         // SAFETY: checked CUDA tensors of this device held by the Python layer for the call;
         // outputs overlap no input; queued on the caller's stream.
@@ -326,7 +309,7 @@ impl CudaBatchPrefill {
         scales: KvScales,
     ) -> PyResult<()> {
         let (q, _, _, out, lse) = io;
-        let kv = paged_spans::<Fp8<F>>(gpu, io, hnd)?;
+        let kv = cache_spans::<Fp8<F>>(gpu, io.1, io.2, hnd)?;
         let lse = lse.map(|l| span::<f32>(gpu, l)).transpose()?;
         // SAFETY: as `paged_typed`.
         lib(unsafe {

@@ -29,31 +29,22 @@ pub(crate) trait GemmElem: DeviceRepr + ValidAsZeroBits + Copy + 'static {
     /// where it has none (f32).
     #[allow(clippy::too_many_arguments)]
     fn gemv(
-        mk: &ModelKernels,
-        x: &DeviceBuffer<Self>,
-        m: usize,
-        w: &DeviceBuffer<Self>,
-        k: usize,
-        n: usize,
-        out: &mut DeviceBuffer<f32>,
-    ) -> Option<ferrinfer::Result<()>>;
+        _mk: &ModelKernels,
+        _x: &DeviceBuffer<Self>,
+        _m: usize,
+        _w: &DeviceBuffer<Self>,
+        _k: usize,
+        _n: usize,
+        _out: &mut DeviceBuffer<f32>,
+    ) -> Option<ferrinfer::Result<()>> {
+        None
+    }
 }
 
 impl GemmElem for f32 {
     const CUDA: cudaDataType_t = cudaDataType_t::CUDA_R_32F;
     fn from_f32(v: f32) -> Self {
         v
-    }
-    fn gemv(
-        _: &ModelKernels,
-        _: &DeviceBuffer<f32>,
-        _: usize,
-        _: &DeviceBuffer<f32>,
-        _: usize,
-        _: usize,
-        _: &mut DeviceBuffer<f32>,
-    ) -> Option<ferrinfer::Result<()>> {
-        None
     }
 }
 
