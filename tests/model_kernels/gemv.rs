@@ -1,4 +1,5 @@
-//! The few-row product `gemv` against an f64 oracle over the same 16-bit values.
+//! The few-row products `gemv` and `gemv_silu` against an f64 oracle over the same 16-bit
+//! values (for `gemv_silu`: the CPU twin's SiLU-and-mul rounded to the 16-bit type).
 use super::*;
 
 /// f64 `out[r, c] = Σ_j x[r, j] · w[c, j]` of the 16-bit values, and `Σ_j |x[r, j] · w[c, j]|`
@@ -109,6 +110,97 @@ fn gpu_gemv_matches_f64_oracle() {
     );
 }
 
+fn run_gemv_silu<T: Float16>(
+    gpu: &Gpu,
+    mk: &ModelKernels,
+    (m, k, n): (usize, usize, usize),
+    seed: u64,
+) -> ErrorStats {
+    let mut r = rng(seed);
+    let gate_up = uniform(&mut r, m * 2 * k, 6.0);
+    let mut act = vec![0.0f32; m * k];
+    activation::silu_and_mul(&gate_up, k, &mut act).unwrap();
+    let x: Vec<T> = act.iter().map(|&a| T::from_f32(a)).collect();
+    let w: Vec<T> = uniform(&mut r, n * k, 0.5)
+        .into_iter()
+        .map(T::from_f32)
+        .collect();
+    let (want, abs) = oracle(&x, &w, m, k, n);
+    let slack = r.random_range(0..5);
+    let gd = gpu.upload(&padded(&gate_up, 8 * slack, f32::NAN)).unwrap();
+    let wd = gpu.upload(&w).unwrap();
+    let mut out = gpu.upload(&vec![f32::NAN; m * n + slack]).unwrap();
+    mk.gemv_silu(&gd, m, &wd, k, n, &mut out).unwrap();
+    let got = unpadded(gpu.download(&out).unwrap(), m * n, "gemv_silu out");
+    // The summation bound of `run_gemv`, plus the activations: the kernel's silu is within
+    // 4·10⁻⁶ relative of the twin's (the silu_and_mul test's bound), so its rounding to T can
+    // land one T-ulp (2⁻⁸ relative for bf16, 2⁻¹¹ for f16) away where the twin's value sits
+    // next to a rounding boundary: at most (ulp + 4·10⁻⁶) · Σ|x·w| over the row.
+    let u = f32::EPSILON as f64 / 2.0;
+    let ulp = if T::DTYPE == ferrinfer::DType::Bf16 {
+        2f64.powi(-8)
+    } else {
+        2f64.powi(-11)
+    };
+    for i in 0..m * n {
+        let err = (got[i] as f64 - want[i]).abs();
+        let bound = (k as f64 * u + ulp + 4e-6) * abs[i] + u * want[i].abs() + f64::MIN_POSITIVE;
+        assert!(
+            err <= bound,
+            "gemv_silu {:?} m={m} k={k} n={n}: element {i}: got {}, want {} (error {err:e} > {bound:e})",
+            T::DTYPE,
+            got[i],
+            want[i]
+        );
+    }
+    ErrorStats::compare(
+        &got.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &want,
+        None,
+    )
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_gemv_silu_matches_f64_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_gemv_silu_matches_f64_oracle") else {
+        return;
+    };
+    let mk = ModelKernels::new(&gpu).unwrap();
+    // SmolLM2's down projection at one and eight tokens, then random shapes.
+    for (i, &s) in [(1usize, 1536usize, 576usize), (8, 1536, 576)]
+        .iter()
+        .enumerate()
+    {
+        run_gemv_silu::<bf16>(&gpu, &mk, s, i as u64);
+        run_gemv_silu::<f16>(&gpu, &mk, s, 100 + i as u64);
+    }
+    let cases = proptest_cases(32);
+    let worst = std::cell::Cell::new(ErrorStats::default());
+    let strategy = (
+        1usize..=ferrinfer::ops::model::GEMV_MAX_ROWS,
+        (1usize..300).prop_map(|v| 8 * v),
+        1usize..400,
+        any::<bool>(),
+        any::<u64>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(cases))
+        .run(&strategy, |(m, k, n, half, seed)| {
+            let s = if half {
+                run_gemv_silu::<f16>(&gpu, &mk, (m, k, n), seed)
+            } else {
+                run_gemv_silu::<bf16>(&gpu, &mk, (m, k, n), seed)
+            };
+            worst.set(worst.get().worst(s));
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "gpu gemv_silu: {cases} random cases + 4 fixed, worst {:?}",
+        worst.get()
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gemv_bad_input_is_a_typed_error() {
@@ -138,5 +230,19 @@ fn gemv_bad_input_is_a_typed_error() {
     )));
     mk.gemv(&x, 0, &w, 64, 32, &mut out).unwrap();
     mk.gemv(&x, 8, &w, 64, 32, &mut out).unwrap();
+    // gemv_silu: gate_up [m, 2k] f32.
+    let gu = gpu.alloc::<f32>(8 * 128).unwrap();
+    assert!(unsupported(mk.gemv_silu(&gu, 9, &w, 64, 32, &mut out)));
+    assert!(invalid(mk.gemv_silu(&gu, 1, &w, 12, 32, &mut out)));
+    assert!(shape(mk.gemv_silu(&gu, 8, &w, 72, 16, &mut out)));
+    assert!(shape(mk.gemv_silu(
+        &gu,
+        8,
+        &w,
+        64,
+        32,
+        &mut gpu.alloc::<f32>(255).unwrap()
+    )));
+    mk.gemv_silu(&gu, 8, &w, 64, 32, &mut out).unwrap();
     gpu.synchronize().unwrap();
 }

@@ -141,12 +141,13 @@ pub const GEMV_THREADS: u32 = 128;
 
 /// Parameters of `gemv_{f16,bf16}`: `out[r, c] = Σ_j x[r, j] · w[c, j]` (f32 products and sums)
 /// for `r < m`, `c < n`; `x` `[m, k]` and `w` `[n, k]` row-major 16-bit, both 16-byte aligned,
-/// `k` a multiple of 8; `out` `[m, n]` f32. Grid `(ceil(n / (GEMV_THREADS / 32)))`, block
-/// [`GEMV_THREADS`].
+/// `k` a multiple of 8; `out` `[m, n]` f32. `gemv_silu_{f16,bf16}`: `x` is f32 `[m, 2k]` (gate |
+/// up) and the input element is `silu(gate) · up` rounded to the 16-bit type. Grid
+/// `(ceil(n / (GEMV_THREADS / 32)))`, block [`GEMV_THREADS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GemvParams {
-    /// 16-bit `[m, k]`.
+    /// 16-bit `[m, k]` (`gemv_silu_*`: f32 `[m, 2k]`).
     pub x: u64,
     /// 16-bit `[n, k]`.
     pub w: u64,

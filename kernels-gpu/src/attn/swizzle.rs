@@ -86,7 +86,7 @@ mod tests {
         for r in 0..64 {
             for c in 0..chunks {
                 let a = at(r, c);
-                assert!(a < 64 * chunks * 16 && a % 16 == 0);
+                assert!(a < 64 * chunks * 16 && a.is_multiple_of(16));
                 assert!(used.insert(a));
             }
         }

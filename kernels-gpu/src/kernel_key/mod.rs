@@ -193,11 +193,13 @@ pub enum ModelKernel {
     SiluAndMul16(KeyDtype),
     /// `gemv_{dtype}`: few-row product of `dtype` inputs, f32 out.
     Gemv(KeyDtype),
+    /// `gemv_silu_{dtype}`: [`ModelKernel::Gemv`] of SiLU-and-mul of an f32 gate|up input.
+    GemvSilu(KeyDtype),
 }
 
 impl ModelKernel {
     /// Every model kernel, in [`ModelKernel::index`] order.
-    pub const ALL: [ModelKernel; 19] = [
+    pub const ALL: [ModelKernel; 21] = [
         ModelKernel::RmsNorm,
         ModelKernel::AddRmsNorm,
         ModelKernel::QkvRope(KeyDtype::F16),
@@ -217,6 +219,8 @@ impl ModelKernel {
         ModelKernel::SiluAndMul16(KeyDtype::Bf16),
         ModelKernel::Gemv(KeyDtype::F16),
         ModelKernel::Gemv(KeyDtype::Bf16),
+        ModelKernel::GemvSilu(KeyDtype::F16),
+        ModelKernel::GemvSilu(KeyDtype::Bf16),
     ];
 
     /// Position in [`ModelKernel::ALL`].
@@ -241,6 +245,8 @@ impl ModelKernel {
             ModelKernel::SiluAndMul16(KeyDtype::Bf16) => 16,
             ModelKernel::Gemv(KeyDtype::F16) => 17,
             ModelKernel::Gemv(KeyDtype::Bf16) => 18,
+            ModelKernel::GemvSilu(KeyDtype::F16) => 19,
+            ModelKernel::GemvSilu(KeyDtype::Bf16) => 20,
         }
     }
 
@@ -266,6 +272,8 @@ impl ModelKernel {
             ModelKernel::SiluAndMul16(KeyDtype::Bf16) => "silu_and_mul_bf16",
             ModelKernel::Gemv(KeyDtype::F16) => "gemv_f16",
             ModelKernel::Gemv(KeyDtype::Bf16) => "gemv_bf16",
+            ModelKernel::GemvSilu(KeyDtype::F16) => "gemv_silu_f16",
+            ModelKernel::GemvSilu(KeyDtype::Bf16) => "gemv_silu_bf16",
         }
     }
 }

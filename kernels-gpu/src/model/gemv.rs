@@ -12,7 +12,7 @@
 use crate::abi::{GemvParams, GEMV_MAX_ROWS};
 use crate::arch::{global, thread, warp};
 use crate::dtype::{Bf16, Elem, F16};
-use crate::math::fast::fma;
+use crate::math::fast::{fma, silu};
 
 /// 16-byte vectors of `w` a lane has in flight per step of its loop.
 const UNROLL: u32 = 4;
@@ -30,14 +30,61 @@ fn dot8<E: Elem>(a: [u32; 4], b: [u32; 4], mut acc: f32) -> f32 {
     acc
 }
 
+/// How a product reads vector `v` (8 elements, as 16-bit `E` packed in pairs) of input row `r`.
+trait Input<E: Elem> {
+    /// # Safety
+    /// `r < m`, `v < k/8` of the launch's validated extents.
+    unsafe fn load(p: &GemvParams, r: u32, v: u32) -> [u32; 4];
+}
+
+/// `x` is 16-bit `[m, k]`.
+struct Plain;
+
+impl<E: Elem> Input<E> for Plain {
+    #[inline(always)]
+    unsafe fn load(p: &GemvParams, r: u32, v: u32) -> [u32; 4] {
+        let at = p.x + (r as u64 * p.k as u64 + v as u64 * 8) * 2;
+        // SAFETY: r < m, v < k/8: a whole 16-byte vector inside x.
+        unsafe { global::ld_nc_u32x4(at) }
+    }
+}
+
+/// `x` is f32 `[m, 2k]` (gate | up); the input is `round_E(silu(gate) · up)`.
+struct SiluGated;
+
+impl<E: Elem> Input<E> for SiluGated {
+    #[inline(always)]
+    unsafe fn load(p: &GemvParams, r: u32, v: u32) -> [u32; 4] {
+        let g_at = p.x + (r as u64 * 2 * p.k as u64 + v as u64 * 8) * 4;
+        let u_at = g_at + p.k as u64 * 4;
+        // SAFETY: r < m, v < k/8: 8 gate and 8 up f32 of row r, 16-byte aligned (k a multiple
+        // of 8 and x 16-byte aligned).
+        let (g, u) = unsafe {
+            (
+                [global::ld_nc_u32x4(g_at), global::ld_nc_u32x4(g_at + 16)],
+                [global::ld_nc_u32x4(u_at), global::ld_nc_u32x4(u_at + 16)],
+            )
+        };
+        let mut out = [0u32; 4];
+        for (i, o) in out.iter_mut().enumerate() {
+            let (h, j) = (i / 2, (i % 2) * 2);
+            let a = silu(f32::from_bits(g[h][j])) * f32::from_bits(u[h][j]);
+            let b = silu(f32::from_bits(g[h][j + 1])) * f32::from_bits(u[h][j + 1]);
+            *o = E::pack2(a, b);
+        }
+        out
+    }
+}
+
 /// The kernel body.
 ///
 /// # Safety
 /// Block `(32·w)` (whole warps), grid covering `n` warps; `1 ≤ m ≤ GEMV_MAX_ROWS`; `k` a
-/// multiple of 8; `x` holds `m·k` and `w` `n·k` elements of `E`, both 16-byte aligned; `out`
-/// holds `m·n` f32 and overlaps neither (validated by the host).
+/// multiple of 8; `x` holds `m` rows of `I`'s input (`m·k` elements of `E`, or `m·2k` f32)
+/// and `w` `n·k` elements of `E`, both 16-byte aligned; `out` holds `m·n` f32 and overlaps
+/// neither (validated by the host).
 #[inline(always)]
-unsafe fn gemv<E: Elem>(p: &GemvParams) {
+unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
     let lane = thread::thread_idx_x() % 32;
     let warps = thread::block_dim_x() / 32;
     let c = thread::block_idx_x() * warps + thread::thread_idx_x() / 32;
@@ -45,8 +92,7 @@ unsafe fn gemv<E: Elem>(p: &GemvParams) {
         return;
     }
     let vecs = p.k / 8;
-    let row_bytes = p.k as u64 * 2;
-    let w_row = p.w + c as u64 * row_bytes;
+    let w_row = p.w + c as u64 * p.k as u64 * 2;
     let m = if p.m > GEMV_MAX_ROWS as u32 {
         GEMV_MAX_ROWS as u32
     } else {
@@ -69,9 +115,8 @@ unsafe fn gemv<E: Elem>(p: &GemvParams) {
             if v < vecs {
                 for r in 0..GEMV_MAX_ROWS {
                     if (r as u32) < m {
-                        let at = p.x + r as u64 * row_bytes + v as u64 * 16;
-                        // SAFETY: r < m, v < k/8: inside x.
-                        let xv = unsafe { global::ld_nc_u32x4(at) };
+                        // SAFETY: r < m, v < k/8.
+                        let xv = unsafe { I::load(p, r as u32, v) };
                         acc[r] = dot8::<E>(wv[u as usize], xv, acc[r]);
                     }
                 }
@@ -91,20 +136,22 @@ unsafe fn gemv<E: Elem>(p: &GemvParams) {
 }
 
 macro_rules! gemv_entries {
-    ($($name:ident => $e:ty;)*) => {$(
-        #[doc = concat!("Entry point: few-row product, ", stringify!($e), " inputs, f32 out.")]
+    ($($name:ident => $e:ty, $input:ty, $what:literal;)*) => {$(
+        #[doc = concat!("Entry point: few-row product, ", $what, ", ", stringify!($e), " weights, f32 out.")]
         ///
         /// # Safety
         /// See the body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: GemvParams) {
             // SAFETY: forwarded launch contract.
-            unsafe { gemv::<$e>(&p) }
+            unsafe { gemv::<$e, $input>(&p) }
         }
     )*};
 }
 
 gemv_entries! {
-    gemv_f16 => F16;
-    gemv_bf16 => Bf16;
+    gemv_f16 => F16, Plain, "16-bit input";
+    gemv_bf16 => Bf16, Plain, "16-bit input";
+    gemv_silu_f16 => F16, SiluGated, "SiLU-and-mul of an f32 gate|up input";
+    gemv_silu_bf16 => Bf16, SiluGated, "SiLU-and-mul of an f32 gate|up input";
 }

@@ -39,6 +39,19 @@ pub(crate) trait GemmElem: DeviceRepr + ValidAsZeroBits + Copy + 'static {
     ) -> Option<ferrinfer::Result<()>> {
         None
     }
+    /// `ModelKernels::gemv_silu` for this type, `None` where it has none (f32).
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_silu(
+        _mk: &ModelKernels,
+        _gate_up: &DeviceBuffer<f32>,
+        _m: usize,
+        _w: &DeviceBuffer<Self>,
+        _k: usize,
+        _n: usize,
+        _out: &mut DeviceBuffer<f32>,
+    ) -> Option<ferrinfer::Result<()>> {
+        None
+    }
 }
 
 impl GemmElem for f32 {
@@ -66,6 +79,17 @@ macro_rules! half_gemm_elem {
                 out: &mut DeviceBuffer<f32>,
             ) -> Option<ferrinfer::Result<()>> {
                 Some(mk.gemv(x, m, w, k, n, out))
+            }
+            fn gemv_silu(
+                mk: &ModelKernels,
+                gate_up: &DeviceBuffer<f32>,
+                m: usize,
+                w: &DeviceBuffer<Self>,
+                k: usize,
+                n: usize,
+                out: &mut DeviceBuffer<f32>,
+            ) -> Option<ferrinfer::Result<()>> {
+                Some(mk.gemv_silu(gate_up, m, w, k, n, out))
             }
         }
     )*};
@@ -96,14 +120,41 @@ impl Products<'_> {
         n: usize,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        if let Some(mk) = self.small {
-            if (1..=GEMV_MAX_ROWS).contains(&m) && k.is_multiple_of(8) {
-                if let Some(r) = T::gemv(mk, x, m, w, k, n, out) {
-                    return Ok(r?);
-                }
-            }
+        if let Some(r) = self
+            .small_for(m, k)
+            .and_then(|mk| T::gemv(mk, x, m, w, k, n, out))
+        {
+            return Ok(r?);
         }
         linear(self.blas, self.stream, x, m, w, k, n, out)
+    }
+
+    /// Whether the few-row kernel serves an `m`-row product over `k`.
+    fn small_for(&self, m: usize, k: usize) -> Option<&ModelKernels> {
+        self.small
+            .filter(|_| (1..=GEMV_MAX_ROWS).contains(&m) && k.is_multiple_of(8))
+    }
+
+    /// SwiGLU's down product, `out = (silu(gate) · up) · wᵀ` over the f32 `[m, 2k]` rows of
+    /// `gate_up`, in one launch where the few-row kernel serves the shape; `Ok(false)` where it
+    /// does not (the caller then runs SiLU-and-mul and [`Products::run`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn silu_down<T: GemmElem>(
+        &self,
+        gate_up: &DeviceBuffer<f32>,
+        m: usize,
+        w: &DeviceBuffer<T>,
+        k: usize,
+        n: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<bool> {
+        match self
+            .small_for(m, k)
+            .and_then(|mk| T::gemv_silu(mk, gate_up, m, w, k, n, out))
+        {
+            Some(r) => r.map(|()| true).map_err(Into::into),
+            None => Ok(false),
+        }
     }
 }
 

@@ -451,8 +451,10 @@ impl Step<'_> {
             pr.run(o, n, &lw.wo, qd, d, &mut b.proj)?;
             mk.add_rms_norm(&mut b.x, &b.proj, &lw.ffn_norm, n, eps, &mut m.h)?;
             pr.run(&m.h, n, &lw.w_gate_up, d, 2 * f, &mut b.gu)?;
-            mk.silu_and_mul(&b.gu, n, f, &mut m.act)?;
-            pr.run(&m.act, n, &lw.w_down, f, d, &mut b.proj)?;
+            if !pr.silu_down(&b.gu, n, &lw.w_down, f, d, &mut b.proj)? {
+                mk.silu_and_mul(&b.gu, n, f, &mut m.act)?;
+                pr.run(&m.act, n, &lw.w_down, f, d, &mut b.proj)?;
+            }
             let next = match m.layers.get(l + 1) {
                 Some(next) => &next.attn_norm,
                 None => final_norm,
