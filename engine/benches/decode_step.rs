@@ -3,7 +3,7 @@
 //! weights (a step's speed does not depend on the values, so no model file is needed), each
 //! request after a 512-token prompt, at batch 1, 4, 16 and 64, with the step's kernels launched
 //! one by one and replayed as a CUDA graph, in the same run (batches of ≤ 8 tokens also with
-//! every product on cuBLAS instead of the few-row kernel). 10 warm-up steps (graphs are
+//! the few-row kernels, `set_small_products`, instead of cuBLAS). 10 warm-up steps (graphs are
 //! captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
 //! roofline, the bytes a decode step must read (the bf16 weights of every product and the
 //! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
@@ -120,7 +120,7 @@ fn run(
     println!(
         "| {batch} | {}{} | {med:.3} | {:.3} | {:.3} | {:.0} | {roof_ms:.3} | {:.2}× | {:?} |",
         if graphs { "CUDA graph" } else { "eager" },
-        if small { "" } else { ", cuBLAS products" },
+        if small { ", few-row kernels" } else { "" },
         percentile(&times, 0.1),
         percentile(&times, 0.9),
         batch as f64 / med * 1e3,
@@ -153,8 +153,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for batch in [1usize, 4, 16, 64] {
         for graphs in [false, true] {
-            // Steps of ≤ GEMV_MAX_ROWS tokens also with every product on cuBLAS (before/after
-            // of the few-row kernel); larger steps use cuBLAS either way.
+            // Steps of ≤ GEMV_MAX_ROWS tokens also with the few-row kernels (off by default;
+            // larger steps use cuBLAS either way).
             let smalls: &[bool] = if batch <= ferrinfer::ops::model::GEMV_MAX_ROWS {
                 &[false, true]
             } else {

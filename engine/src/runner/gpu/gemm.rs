@@ -2,10 +2,10 @@
 //! and `w` of one element type (f32, bf16 or f16), f32 accumulation and an f32 `out`. On
 //! cuBLAS (libcublas, loaded at run time) one `cublasGemmEx` serves every precision, so the
 //! f32 path and the 16-bit ones share their (column-major) geometry: with 16-bit inputs cuBLAS
-//! runs tensor-core kernels; with f32 and `CUBLAS_COMPUTE_32F` it is SGEMM (no TF32). Decode
-//! steps of at most `GEMV_MAX_ROWS` tokens with 16-bit inputs run ferrinfer's few-row kernel
-//! instead ([`Products`]): the same f32 arithmetic without cuBLAS's per-call set-up, which
-//! dominates these shapes.
+//! runs tensor-core kernels; with f32 and `CUBLAS_COMPUTE_32F` it is SGEMM (no TF32). On request
+//! (`GpuRunner::set_small_products`, off by default: slower in the measured graph steps)
+//! decode steps of at most `GEMV_MAX_ROWS` tokens with 16-bit inputs run ferrinfer's few-row
+//! kernels instead ([`Products`]).
 use cudarc::cublas::result::gemm_ex;
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,

@@ -81,7 +81,7 @@ pub struct GpuRunner {
     cap_rows: usize,
     graphs: DecodeGraphs,
     /// Products of decode steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's few-row
-    /// kernel (16-bit weights).
+    /// kernels (16-bit weights); off by default (see [`GpuRunner::set_small_products`]).
     small_products: bool,
     /// Last: everything above was made on this stream and must be dropped before it.
     _stream: RunnerStream,
@@ -156,7 +156,7 @@ impl GpuRunner {
             cap,
             cap_rows,
             graphs: DecodeGraphs::new(),
-            small_products: true,
+            small_products: false,
             _stream: stream,
         })
     }
@@ -177,9 +177,11 @@ impl GpuRunner {
     }
 
     /// Runs the matrix products of steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's
-    /// few-row kernel (`true`, the default with bf16 weights) or every product on cuBLAS
-    /// (`false`: for before/after measurements). Captured graphs are dropped (they bake the
-    /// products in).
+    /// few-row kernels (`true`; bf16 weights) or every product on cuBLAS (`false`, the
+    /// default). Off by default: measured on an H100 the graph-replayed step was slower with
+    /// them (batch 1: 1.201 vs 1.143 ms; batch 4: 1.679 vs 1.172 ms), and products whose
+    /// kernel depends on the batch size make a request's tokens depend on its batch
+    /// (`docs/decisions.md`). Captured graphs are dropped (they bake the products in).
     pub fn set_small_products(&mut self, on: bool) {
         self.small_products = on;
         self.graphs.clear();
