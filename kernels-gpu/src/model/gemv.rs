@@ -14,7 +14,8 @@ use crate::arch::{global, thread, warp};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{fma, silu};
 
-/// 16-byte vectors of `w` a lane has in flight per step of its loop.
+/// 16-byte vectors of `w` a lane has in flight per step of its loop (the `step!` calls below
+/// must match).
 const UNROLL: u32 = 4;
 
 /// Σ over the 8 elements of two 16-byte vectors of `E`, products in f32, added to `acc` in
@@ -59,20 +60,22 @@ impl<E: Elem> Input<E> for SiluGated {
         let u_at = g_at + p.k as u64 * 4;
         // SAFETY: r < m, v < k/8: 8 gate and 8 up f32 of row r, 16-byte aligned (k a multiple
         // of 8 and x 16-byte aligned).
-        let (g, u) = unsafe {
+        let (g0, g1, u0, u1) = unsafe {
             (
-                [global::ld_nc_u32x4(g_at), global::ld_nc_u32x4(g_at + 16)],
-                [global::ld_nc_u32x4(u_at), global::ld_nc_u32x4(u_at + 16)],
+                global::ld_nc_u32x4(g_at),
+                global::ld_nc_u32x4(g_at + 16),
+                global::ld_nc_u32x4(u_at),
+                global::ld_nc_u32x4(u_at + 16),
             )
         };
-        let mut out = [0u32; 4];
-        for (i, o) in out.iter_mut().enumerate() {
-            let (h, j) = (i / 2, (i % 2) * 2);
-            let a = silu(f32::from_bits(g[h][j])) * f32::from_bits(u[h][j]);
-            let b = silu(f32::from_bits(g[h][j + 1])) * f32::from_bits(u[h][j + 1]);
-            *o = E::pack2(a, b);
-        }
-        out
+        // Constant indices only (a loop over a computed index put the arrays in local memory).
+        let a = |g: u32, u: u32| silu(f32::from_bits(g)) * f32::from_bits(u);
+        [
+            E::pack2(a(g0[0], u0[0]), a(g0[1], u0[1])),
+            E::pack2(a(g0[2], u0[2]), a(g0[3], u0[3])),
+            E::pack2(a(g1[0], u1[0]), a(g1[1], u1[1])),
+            E::pack2(a(g1[2], u1[2]), a(g1[3], u1[3])),
+        ]
     }
 }
 
@@ -110,18 +113,26 @@ unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
                 wv[u as usize] = unsafe { global::ld_nc_u32x4(w_row + v as u64 * 16) };
             }
         }
-        for u in 0..UNROLL {
-            let v = v0 + u * 32;
-            if v < vecs {
-                for r in 0..GEMV_MAX_ROWS {
-                    if (r as u32) < m {
-                        // SAFETY: r < m, v < k/8.
-                        let xv = unsafe { I::load(p, r as u32, v) };
-                        acc[r] = dot8::<E>(wv[u as usize], xv, acc[r]);
+        // One step per loaded vector, written out so `wv` is indexed by constants (a loop
+        // over `u` that LLVM left rolled put `wv` in local memory in the SiLU form).
+        macro_rules! step {
+            ($u:literal) => {
+                let v = v0 + $u * 32;
+                if v < vecs {
+                    for r in 0..GEMV_MAX_ROWS {
+                        if (r as u32) < m {
+                            // SAFETY: r < m, v < k/8.
+                            let xv = unsafe { I::load(p, r as u32, v) };
+                            acc[r] = dot8::<E>(wv[$u], xv, acc[r]);
+                        }
                     }
                 }
-            }
+            };
         }
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
         v0 += UNROLL * 32;
     }
     for r in 0..GEMV_MAX_ROWS {
