@@ -40,27 +40,67 @@ fn run_gemv<T: Float16>(
     let mut out = gpu.upload(&vec![f32::NAN; m * n + slack]).unwrap();
     mk.gemv(&xd, m, &wd, k, n, &mut out).unwrap();
     let got = unpadded(gpu.download(&out).unwrap(), m * n, "gemv out");
-    // Products of 16-bit values are exact in f32 (8 + 8 or 11 + 11 significant bits ≤ 24);
-    // each of the k − 1 f32 additions (fused into an fma) rounds once: |error| ≤ (k − 1)·u·Σ|p|
-    // with u = 2⁻²⁴ (the standard recursive-summation bound, whatever the order), plus the
-    // final f32 rounding of the oracle's value against which it is compared.
+    // Products of 16-bit values are exact in f32 (8 + 8 or 11 + 11 significant bits ≤ 24).
+    check_sums(
+        &format!("gemv {:?} m={m} k={k} n={n}", T::DTYPE),
+        &got,
+        (&want, &abs),
+        k,
+        0.0,
+    )
+}
+
+/// Checks every output against the oracle: each of the k − 1 f32 additions (fused into an fma)
+/// rounds once, so |error| ≤ k·u·Σ|x·w| with u = 2⁻²⁴ (the recursive-summation bound, whatever
+/// the order), plus the final f32 rounding of the oracle's value and `extra`·Σ|x·w| (the
+/// inputs' own deviation, where the kernel forms them); returns the summary statistics.
+fn check_sums(
+    what: &str,
+    got: &[f32],
+    (want, abs): (&[f64], &[f64]),
+    k: usize,
+    extra: f64,
+) -> ErrorStats {
     let u = f32::EPSILON as f64 / 2.0;
-    for i in 0..m * n {
-        let err = (got[i] as f64 - want[i]).abs();
-        let bound = (k as f64) * u * abs[i] + u * want[i].abs() + f64::MIN_POSITIVE;
+    for (i, &g) in got.iter().enumerate() {
+        let err = (g as f64 - want[i]).abs();
+        let bound = (k as f64 * u + extra) * abs[i] + u * want[i].abs() + f64::MIN_POSITIVE;
         assert!(
             err <= bound,
-            "gemv {:?} m={m} k={k} n={n}: element {i}: got {}, want {} (error {err:e} > {bound:e})",
-            T::DTYPE,
-            got[i],
+            "{what}: element {i}: got {g}, want {} (error {err:e} > {bound:e})",
             want[i]
         );
     }
     ErrorStats::compare(
         &got.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        &want,
+        want,
         None,
     )
+}
+
+/// `cases` random shapes (m ≤ GEMV_MAX_ROWS, k a multiple of 8 below `k_max`, n below `n_max`,
+/// f16 or bf16) through `run`; prints the worst statistics.
+fn random_shapes(
+    label: &str,
+    cases: u32,
+    (k_max, n_max): (usize, usize),
+    run: impl Fn((usize, usize, usize), bool, u64) -> ErrorStats,
+) {
+    let worst = std::cell::Cell::new(ErrorStats::default());
+    let strategy = (
+        1usize..=ferrinfer::ops::model::GEMV_MAX_ROWS,
+        (1usize..k_max / 8).prop_map(|v| 8 * v),
+        1usize..n_max,
+        any::<bool>(),
+        any::<u64>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(cases))
+        .run(&strategy, |(m, k, n, half, seed)| {
+            worst.set(worst.get().worst(run((m, k, n), half, seed)));
+            Ok(())
+        })
+        .unwrap();
+    println!("gpu {label}: {cases} random cases, worst {:?}", worst.get());
 }
 
 #[test]
@@ -84,30 +124,13 @@ fn gpu_gemv_matches_f64_oracle() {
         run_gemv::<bf16>(&gpu, &mk, s, i as u64);
         run_gemv::<f16>(&gpu, &mk, s, 100 + i as u64);
     }
-    let cases = proptest_cases(48);
-    let worst = std::cell::Cell::new(ErrorStats::default());
-    let strategy = (
-        1usize..=ferrinfer::ops::model::GEMV_MAX_ROWS,
-        (1usize..400).prop_map(|v| 8 * v),
-        1usize..700,
-        any::<bool>(),
-        any::<u64>(),
-    );
-    TestRunner::new(ProptestConfig::with_cases(cases))
-        .run(&strategy, |(m, k, n, half, seed)| {
-            let s = if half {
-                run_gemv::<f16>(&gpu, &mk, (m, k, n), seed)
-            } else {
-                run_gemv::<bf16>(&gpu, &mk, (m, k, n), seed)
-            };
-            worst.set(worst.get().worst(s));
-            Ok(())
-        })
-        .unwrap();
-    println!(
-        "gpu gemv: {cases} random cases + 12 fixed, worst {:?}",
-        worst.get()
-    );
+    random_shapes("gemv", proptest_cases(48), (3200, 700), |s, half, seed| {
+        if half {
+            run_gemv::<f16>(&gpu, &mk, s, seed)
+        } else {
+            run_gemv::<bf16>(&gpu, &mk, s, seed)
+        }
+    });
 }
 
 fn run_gemv_silu<T: Float16>(
@@ -132,32 +155,17 @@ fn run_gemv_silu<T: Float16>(
     let mut out = gpu.upload(&vec![f32::NAN; m * n + slack]).unwrap();
     mk.gemv_silu(&gd, m, &wd, k, n, &mut out).unwrap();
     let got = unpadded(gpu.download(&out).unwrap(), m * n, "gemv_silu out");
-    // The summation bound of `run_gemv`, plus the activations: the kernel's silu is within
-    // 4·10⁻⁶ relative of the twin's (the silu_and_mul test's bound), so its rounding to T can
-    // land one T-ulp (2⁻⁸ relative for bf16, 2⁻¹¹ for f16) away where the twin's value sits
-    // next to a rounding boundary: at most (ulp + 4·10⁻⁶) · Σ|x·w| over the row.
-    let u = f32::EPSILON as f64 / 2.0;
+    // The summation bound plus the activations: the kernel's silu is within 4·10⁻⁶ relative
+    // of the twin's (the silu_and_mul test's bound), so its rounding to T can land one T-ulp
+    // (2⁻⁸ relative for bf16, 2⁻¹¹ for f16) away where the twin's value sits next to a rounding
+    // boundary: at most (ulp + 4·10⁻⁶) · Σ|x·w| over the row.
     let ulp = if T::DTYPE == ferrinfer::DType::Bf16 {
         2f64.powi(-8)
     } else {
         2f64.powi(-11)
     };
-    for i in 0..m * n {
-        let err = (got[i] as f64 - want[i]).abs();
-        let bound = (k as f64 * u + ulp + 4e-6) * abs[i] + u * want[i].abs() + f64::MIN_POSITIVE;
-        assert!(
-            err <= bound,
-            "gemv_silu {:?} m={m} k={k} n={n}: element {i}: got {}, want {} (error {err:e} > {bound:e})",
-            T::DTYPE,
-            got[i],
-            want[i]
-        );
-    }
-    ErrorStats::compare(
-        &got.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        &want,
-        None,
-    )
+    let what = format!("gemv_silu {:?} m={m} k={k} n={n}", T::DTYPE);
+    check_sums(&what, &got, (&want, &abs), k, ulp + 4e-6)
 }
 
 #[test]
@@ -175,29 +183,17 @@ fn gpu_gemv_silu_matches_f64_oracle() {
         run_gemv_silu::<bf16>(&gpu, &mk, s, i as u64);
         run_gemv_silu::<f16>(&gpu, &mk, s, 100 + i as u64);
     }
-    let cases = proptest_cases(32);
-    let worst = std::cell::Cell::new(ErrorStats::default());
-    let strategy = (
-        1usize..=ferrinfer::ops::model::GEMV_MAX_ROWS,
-        (1usize..300).prop_map(|v| 8 * v),
-        1usize..400,
-        any::<bool>(),
-        any::<u64>(),
-    );
-    TestRunner::new(ProptestConfig::with_cases(cases))
-        .run(&strategy, |(m, k, n, half, seed)| {
-            let s = if half {
-                run_gemv_silu::<f16>(&gpu, &mk, (m, k, n), seed)
+    random_shapes(
+        "gemv_silu",
+        proptest_cases(32),
+        (2400, 400),
+        |s, half, seed| {
+            if half {
+                run_gemv_silu::<f16>(&gpu, &mk, s, seed)
             } else {
-                run_gemv_silu::<bf16>(&gpu, &mk, (m, k, n), seed)
-            };
-            worst.set(worst.get().worst(s));
-            Ok(())
-        })
-        .unwrap();
-    println!(
-        "gpu gemv_silu: {cases} random cases + 4 fixed, worst {:?}",
-        worst.get()
+                run_gemv_silu::<bf16>(&gpu, &mk, s, seed)
+            }
+        },
     );
 }
 
