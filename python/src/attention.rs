@@ -371,6 +371,34 @@ fn single_prefill(
     py.detach(|| by_dtype!(a.q, prefill_impl(&a, mask.as_ref())))
 }
 
+/// The ragged prefill's checks and slices (K/V of element `S`, as NHD rows), then `compute`
+/// over heads, q rows with their offsets, K/V rows with theirs, out and lse.
+fn ragged_over<T: Float16 + Elem, S: Elem>(
+    a: &Args,
+    qo_indptr: &[i32],
+    kv_indptr: &[i32],
+    compute: impl FnOnce(
+        &HeadConfig,
+        (&[T], &[i32]),
+        (&[S], &[S], &[i32]),
+        &mut [T],
+        Option<&mut [f32]>,
+    ) -> PyResult<()>,
+) -> PyResult<()> {
+    a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
+    let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
+    let (q, k, v, out, lse) = a.slices::<T, S>()?;
+    let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
+    let n = a.q.numel()?;
+    compute(
+        &heads,
+        (&q[..n], qo_indptr),
+        (&k, &v, kv_indptr),
+        &mut out[..n],
+        lse,
+    )
+}
+
 fn ragged_impl<T: Float16 + Elem>(
     a: &Args,
     qo_indptr: &[i32],
@@ -379,21 +407,10 @@ fn ragged_impl<T: Float16 + Elem>(
     rope: Option<(f32, f32)>,
     _: KvScales,
 ) -> PyResult<()> {
-    a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    let (q, k, v, out, lse) = a.slices::<T, T>()?;
-    let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
-    let n = a.q.numel()?;
-    ragged_prefill(
-        &heads,
-        &a.opts,
-        (&q[..n], qo_indptr),
-        (&k, &v, kv_indptr),
-        mask,
-        rope,
-        &mut out[..n],
-        lse,
-    )
+    let o = &a.opts;
+    ragged_over::<T, T>(a, qo_indptr, kv_indptr, |h, q, kv, out, lse| {
+        ragged_prefill(h, o, q, kv, mask, rope, out, lse)
+    })
 }
 
 /// [`ragged_impl`] over fp8 K/V read with `scales`.
@@ -408,20 +425,11 @@ fn ragged_fp8_impl<T: Float16 + Elem, F: Fp8Format>(
 where
     Fp8<F>: Elem,
 {
-    a.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    let (heads, _) = geometry(&a.q, &a.k, &a.v, a.hnd)?;
-    let (q, k, v, out, lse) = a.slices::<T, Fp8<F>>()?;
-    let (k, v) = (nhd_rows(&a.k, k, a.hnd), nhd_rows(&a.v, v, a.hnd));
-    let n = a.q.numel()?;
-    ragged_prefill_fp8(
-        &heads,
-        &a.opts,
-        (&q[..n], qo_indptr),
-        (&k, &v, kv_indptr),
-        (mask, rope, scales),
-        &mut out[..n],
-        lse,
-    )
+    let o = &a.opts;
+    let extra = (mask, rope, scales);
+    ragged_over::<T, Fp8<F>>(a, qo_indptr, kv_indptr, |h, q, kv, out, lse| {
+        ragged_prefill_fp8(h, o, q, kv, extra, out, lse)
+    })
 }
 
 /// The CPU backend's ragged batch prefill over fp8 K/V read with `scales` (also the paged

@@ -254,6 +254,33 @@ fn gather_all<S: Elem>(r: &Run, kc: &[S], vc: &[S]) -> PyResult<(Vec<S>, Vec<S>,
     Ok((k, v, kv_indptr))
 }
 
+/// Paged prefill: every request's pages gathered into ragged K/V rows of element `S`, then
+/// `compute` over heads, q rows with their offsets, the K/V rows with theirs, out and lse.
+fn prefill_over<T: Float16 + Elem, S: Elem>(
+    r: &Run,
+    qo_indptr: &[i32],
+    compute: impl FnOnce(
+        &HeadConfig,
+        (&[T], &[i32]),
+        (&[S], &[S], &[i32]),
+        &mut [T],
+        Option<&mut [f32]>,
+    ) -> PyResult<()>,
+) -> PyResult<()> {
+    let heads = r.cache.heads(&r.q)?;
+    r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
+    let (q, kc, vc, out, lse) = r.slices::<T, S>()?;
+    let (k, v, kv_indptr) = gather_all(r, kc, vc)?;
+    let n = r.q.numel()?;
+    compute(
+        &heads,
+        (&q[..n], qo_indptr),
+        (&k, &v, &kv_indptr),
+        &mut out[..n],
+        lse,
+    )
+}
+
 fn prefill_impl<T: Float16 + Elem>(
     r: &Run,
     qo_indptr: &[i32],
@@ -261,21 +288,10 @@ fn prefill_impl<T: Float16 + Elem>(
     rope: Option<(f32, f32)>,
     _: KvScales,
 ) -> PyResult<()> {
-    let heads = r.cache.heads(&r.q)?;
-    r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    let (q, kc, vc, out, lse) = r.slices::<T, T>()?;
-    let (k, v, kv_indptr) = gather_all(r, kc, vc)?;
-    let n = r.q.numel()?;
-    ragged_prefill(
-        &heads,
-        &r.opts,
-        (&q[..n], qo_indptr),
-        (&k, &v, &kv_indptr),
-        mask,
-        rope,
-        &mut out[..n],
-        lse,
-    )
+    let o = &r.opts;
+    prefill_over::<T, T>(r, qo_indptr, |h, q, kv, out, lse| {
+        ragged_prefill(h, o, q, kv, mask, rope, out, lse)
+    })
 }
 
 /// [`prefill_impl`] over an fp8 cache read with `scales`.
@@ -289,20 +305,10 @@ fn prefill_fp8_impl<T: Float16 + Elem, F: Fp8Format>(
 where
     Fp8<F>: Elem,
 {
-    let heads = r.cache.heads(&r.q)?;
-    r.q.expect_rank(3, "[nnz_qo, num_qo_heads, head_dim]")?;
-    let (q, kc, vc, out, lse) = r.slices::<T, Fp8<F>>()?;
-    let (k, v, kv_indptr) = gather_all(r, kc, vc)?;
-    let n = r.q.numel()?;
-    ragged_prefill_fp8(
-        &heads,
-        &r.opts,
-        (&q[..n], qo_indptr),
-        (&k, &v, &kv_indptr),
-        (mask, rope, scales),
-        &mut out[..n],
-        lse,
-    )
+    let o = &r.opts;
+    prefill_over::<T, Fp8<F>>(r, qo_indptr, |h, q, kv, out, lse| {
+        ragged_prefill_fp8(h, o, q, kv, (mask, rope, scales), out, lse)
+    })
 }
 
 /// `batch_decode_paged(q, k_cache, v_cache, kv_layout, kv_indptr, kv_indices,
