@@ -89,6 +89,27 @@ start_server() {
 
 metrics() { get "$url/metrics" >"$out/metrics-$1.txt" || true; }
 
+# steps BEFORE AFTER: the engine steps between two metrics snapshots, by kind (count, mean and
+# total wall time), and the tokens generated: where the server's time went during a level.
+steps() {
+    awk '
+        FNR == 1 { f++ }
+        /^ferrinfer_engine_step_seconds_(count|sum)\{/ {
+            split($1, a, /[{}"]/); key = a[1] "/" a[3]; v[f, key] = $2
+        }
+        $1 == "ferrinfer_generation_tokens_total" { g[f] = $2 }
+        END {
+            line = "engine steps:"
+            n = split("decode mixed", kinds, " ")
+            for (i = 1; i <= n; i++) {
+                c = v[2, "ferrinfer_engine_step_seconds_count/" kinds[i]] - v[1, "ferrinfer_engine_step_seconds_count/" kinds[i]]
+                s = v[2, "ferrinfer_engine_step_seconds_sum/" kinds[i]] - v[1, "ferrinfer_engine_step_seconds_sum/" kinds[i]]
+                line = line sprintf(" %s %d (mean %.2f ms, %.2f s)", kinds[i], c, c ? s / c * 1e3 : 0, s)
+            }
+            print line sprintf(", %d tokens generated", g[2] - g[1])
+        }' "$out/metrics-$1.txt" "$out/metrics-$2.txt"
+}
+
 # level NAME LOAD-ARGS...: one load run, its report lines printed and kept.
 level() {
     local name="$1"
@@ -103,8 +124,14 @@ for st in 2048 8192; do
     start_server "st$st" "${common[@]}" --step-tokens "$st"
     level "long-st$st" --streams "$streams" --requests "$n_long" --user-words "$long_words" \
         --max-tokens 64 --ignore-eos
-    level "short-st$st" --rates "$rates" --requests "$n_short" --user-words "$short_words" \
-        --max-tokens 16 --ignore-eos
+    # One load run per rate, with the engine's step statistics of each.
+    for rate in ${rates//,/ }; do
+        metrics "st$st-before-$rate"
+        level "short-st$st-$rate" --rates "$rate" --requests "$n_short" --user-words "$short_words" \
+            --max-tokens 16 --ignore-eos
+        metrics "st$st-after-$rate"
+        steps "st$st-before-$rate" "st$st-after-$rate"
+    done
     metrics "st$st"
     stop_server
 done

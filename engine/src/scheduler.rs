@@ -116,6 +116,9 @@ enum Output {
 pub struct Stats {
     /// Steps run.
     pub steps: u64,
+    /// Of those, steps in which every sequence brought one token (decode-only steps; the
+    /// others carried prompt chunks).
+    pub decode_steps: u64,
     /// Tokens processed (prefill and decode).
     pub tokens: u64,
     /// Preemptions.
@@ -419,6 +422,9 @@ impl<R: ModelRunner> Engine<R> {
             match out {
                 Ok(out) => {
                     self.stats.steps += 1;
+                    if step.tokens.len() == step.seqs.len() {
+                        self.stats.decode_steps += 1;
+                    }
                     self.stats.tokens += step.tokens.len() as u64;
                     self.after_forward(&step, &out, &mut events)?;
                     return Ok(events);

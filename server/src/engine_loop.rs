@@ -14,7 +14,7 @@ use ferrinfer_engine::runner::ModelRunner;
 use ferrinfer_engine::{Engine, Event, FinishReason, Request, RequestId};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, StepKind};
 
 /// A request handed to the engine thread.
 pub struct Submit {
@@ -146,8 +146,20 @@ pub fn run<R: ModelRunner>(
         }
         // 3. One step.
         if engine.has_work() {
+            let (t, before) = (Instant::now(), engine.stats());
             match engine.step() {
-                Ok(events) => route(events, &mut active, &metrics),
+                Ok(events) => {
+                    route(events, &mut active, &metrics);
+                    let after = engine.stats();
+                    if after.steps > before.steps {
+                        let kind = if after.decode_steps > before.decode_steps {
+                            StepKind::Decode
+                        } else {
+                            StepKind::Mixed
+                        };
+                        metrics.step(kind, t.elapsed());
+                    }
+                }
                 Err(e) => {
                     // The engine's state is unknown after a failed step: end every request.
                     let msg = format!("engine step failed: {e}");

@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Histogram bucket bounds in seconds (latencies from sub-millisecond GPU steps to slow CPUs).
-const BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+const BUCKETS: [f64; 19] = [
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
 ];
 
 /// A cumulative histogram.
@@ -39,12 +40,29 @@ impl Histogram {
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        self.write_series(out, name, "");
+    }
+
+    /// The series of one histogram; `label` (`key="value"` or empty) is added to each.
+    fn write_series(&self, out: &mut String, name: &str, label: &str) {
+        let sep = if label.is_empty() { "" } else { "," };
         for (c, b) in self.counts.iter().zip(&BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+            let _ = writeln!(out, "{name}_bucket{{{label}{sep}le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {}", braces(label), self.sum);
+        let _ = writeln!(out, "{name}_count{} {}", braces(label), self.count);
     }
 }
 
@@ -106,6 +124,17 @@ pub struct Metrics {
     pub rejected_invalid: AtomicU64,
     finished: [AtomicU64; 4],
     hist: Mutex<(Histogram, Histogram, Histogram)>,
+    /// Engine step durations: decode-only steps, and steps with prompt chunks.
+    steps_hist: Mutex<[Histogram; 2]>,
+}
+
+/// What an engine step carried (a label of `ferrinfer_engine_step_seconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// Every sequence brought one token.
+    Decode,
+    /// Prompt chunks, alone or with decode tokens.
+    Mixed,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -146,6 +175,13 @@ impl Metrics {
     pub fn e2e(&self, d: Duration) {
         if let Ok(mut h) = self.hist.lock() {
             h.2.observe(d);
+        }
+    }
+
+    /// Records an engine step's wall time (scheduling, the forward pass, the tokens' routing).
+    pub fn step(&self, kind: StepKind, d: Duration) {
+        if let Ok(mut h) = self.steps_hist.lock() {
+            h[kind as usize].observe(d);
         }
     }
 
@@ -266,6 +302,16 @@ impl Metrics {
                 "Time from a request's arrival to its end.",
             );
         }
+        if let Ok(h) = self.steps_hist.lock() {
+            let name = "ferrinfer_engine_step_seconds";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Wall time of an engine step, by what it carried.\n\
+                 # TYPE {name} histogram"
+            );
+            h[StepKind::Decode as usize].write_series(&mut o, name, "kind=\"decode\"");
+            h[StepKind::Mixed as usize].write_series(&mut o, name, "kind=\"mixed\"");
+        }
         o
     }
 }
@@ -286,6 +332,10 @@ mod tests {
         assert!(s.contains("x_bucket{le=\"0.08\"} 2\n"));
         assert!(s.contains("x_bucket{le=\"+Inf\"} 2\n"));
         assert!(s.contains("x_count 2\n"));
+        let mut s = String::new();
+        h.write_series(&mut s, "y", "kind=\"a\"");
+        assert!(s.contains("y_bucket{kind=\"a\",le=\"0.005\"} 1\n"), "{s}");
+        assert!(s.contains("y_count{kind=\"a\"} 2\n"), "{s}");
     }
 
     #[test]
@@ -293,6 +343,7 @@ mod tests {
         let m = Metrics::default();
         m.finished(Outcome::Stop);
         m.ttft(Duration::from_millis(5));
+        m.step(StepKind::Mixed, Duration::from_millis(2));
         let s = m.render();
         for name in [
             "ferrinfer_num_requests_running 0",
@@ -305,6 +356,8 @@ mod tests {
             "ferrinfer_requests_finished_total{reason=\"stop\"} 1",
             "ferrinfer_time_to_first_token_seconds_count 1",
             "ferrinfer_inter_token_latency_seconds_count 0",
+            "ferrinfer_engine_step_seconds_count{kind=\"decode\"} 0",
+            "ferrinfer_engine_step_seconds_count{kind=\"mixed\"} 1",
         ] {
             assert!(s.contains(name), "{name} missing from\n{s}");
         }

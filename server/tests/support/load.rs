@@ -4,7 +4,13 @@
 //! the last one ends), a fixed number of streaming requests, a fixed deadline; reports
 //! requests/s, time to first token and inter-token latency percentiles, tokens/s, the mean
 //! prompt and completion lengths the server counted, and errors.
+//!
+//! Open loop, the generator must not hide its own lateness (coordinated omission): time to
+//! first token counts from the request's *scheduled* arrival, and the report gives the arrival
+//! rate actually achieved and how late requests started, so a client that cannot keep up is
+//! seen as such rather than as a slow server.
 #![allow(dead_code)]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One load level.
@@ -53,6 +59,10 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Completed requests per second.
     pub requests_per_s: f64,
+    /// Open loop: requests started per second, first to last start (the rate really offered).
+    pub arrivals_per_s: f64,
+    /// Open loop: how late a request started after its scheduled arrival, 99th percentile.
+    pub start_lag_p99: Duration,
     /// Text chunks received per second (≈ tokens/s).
     pub tokens_per_s: f64,
     /// Time to first token.
@@ -74,7 +84,12 @@ impl std::fmt::Display for LoadReport {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let level = match self.concurrency {
             Some(c) => format!("{c:>4} streams"),
-            None => format!("rate {:>6.1}/s", self.rate),
+            None => format!(
+                "rate {:>6.1}/s (started {:.1}/s, start lag p99 {:.1} ms)",
+                self.rate,
+                self.arrivals_per_s,
+                ms(self.start_lag_p99)
+            ),
         };
         write!(
             f,
@@ -124,7 +139,11 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 
 enum Outcome {
     Ok {
+        /// From the scheduled arrival (open loop) or the send (closed loop).
         ttft: Duration,
+        /// When the request really started, and how late that was.
+        started: Instant,
+        lag: Duration,
         itl: Vec<Duration>,
         chunks: usize,
         usage: Option<(u64, u64)>,
@@ -133,7 +152,8 @@ enum Outcome {
     Failed(String),
 }
 
-async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
+/// Sends request `i`, scheduled at `due` (open loop; closed loop: now).
+async fn one(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, due: Instant) -> Outcome {
     let body = serde_json::json!({
         "messages": [
             {"role": "system", "content": cfg.system},
@@ -146,6 +166,7 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
         "ignore_eos": cfg.ignore_eos,
     });
     let t0 = Instant::now();
+    let lag = t0.saturating_duration_since(due);
     let mut req = client
         .post(format!("{}/v1/chat/completions", cfg.base))
         .json(&body)
@@ -202,7 +223,7 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
             if has_text {
                 let now = Instant::now();
                 match first {
-                    None => first = Some(now - t0),
+                    None => first = Some(now - due.min(t0)),
                     Some(_) => itl.push(now - last),
                 }
                 last = now;
@@ -214,7 +235,9 @@ async fn one(client: reqwest::Client, cfg: LoadConfig, i: usize) -> Outcome {
         return Outcome::Failed("stream ended without [DONE]".into());
     }
     Outcome::Ok {
-        ttft: first.unwrap_or(last - t0),
+        ttft: first.unwrap_or(last - due.min(t0)),
+        started: t0,
+        lag,
         itl,
         chunks,
         usage,
@@ -230,12 +253,15 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
     );
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(cfg.requests);
+    // Shared, not cloned per request: at thousands of arrivals per second a per-request copy
+    // of every prompt would make the generator itself the bottleneck.
+    let cfg = Arc::new(cfg.clone());
     match cfg.concurrency {
         None => {
             for i in 0..cfg.requests {
                 let at = t0 + Duration::from_secs_f64(i as f64 / cfg.rate);
                 tokio::time::sleep_until(at.into()).await;
-                tasks.push(tokio::spawn(one(client.clone(), cfg.clone(), i)));
+                tasks.push(tokio::spawn(one(client.clone(), cfg.clone(), i, at)));
             }
         }
         Some(streams) => {
@@ -251,7 +277,7 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
                         if i >= cfg.requests {
                             return done;
                         }
-                        done.push(one(client.clone(), cfg.clone(), i).await);
+                        done.push(one(client.clone(), cfg.clone(), i, Instant::now()).await);
                     }
                 }));
             }
@@ -268,11 +294,14 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
         ..Default::default()
     };
     let (mut ttft, mut itl, mut chunks) = (Vec::new(), Vec::new(), 0);
+    let (mut lags, mut starts) = (Vec::new(), Vec::new());
     let (mut counted, mut prompt, mut completion) = (0u64, 0u64, 0u64);
     for t in tasks {
         match t.await {
             Ok(Outcome::Ok {
                 ttft: a,
+                started,
+                lag,
                 itl: b,
                 chunks: c,
                 usage,
@@ -284,6 +313,8 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
                     completion += c;
                 }
                 ttft.push(a);
+                lags.push(lag);
+                starts.push(started);
                 itl.extend(b);
                 chunks += c;
             }
@@ -306,6 +337,13 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
     r.ttft_p99 = pct(&mut ttft, 0.99);
     r.itl_p50 = pct(&mut itl, 0.5);
     r.itl_p99 = pct(&mut itl, 0.99);
+    r.start_lag_p99 = pct(&mut lags, 0.99);
+    if let (Some(a), Some(b)) = (starts.iter().min(), starts.iter().max()) {
+        let span = (*b - *a).as_secs_f64();
+        if span > 0.0 {
+            r.arrivals_per_s = (starts.len() - 1) as f64 / span;
+        }
+    }
     if counted > 0 {
         r.prompt_tokens = prompt as f64 / counted as f64;
         r.completion_tokens = completion as f64 / counted as f64;
