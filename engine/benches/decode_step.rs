@@ -9,6 +9,10 @@
 //! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
 //! bandwidth measured in the same run (issue #16's target: a batch-64 step within 2× of it).
 //!
+//! A second table times the mixed steps of serving short requests: `batch` running decodes
+//! beside one new request's 64-token prompt per step, its kernels launched one by one and
+//! replayed piecewise (graphs between the blocks' attentions, which run eagerly).
+//!
 //! Run: `cargo bench -p ferrinfer-engine --bench decode_step` (or the stripped executable from
 //! gpu-bundle/ on the GPU machine). Without a GPU it says so and exits 0.
 use std::sync::Arc;
@@ -130,6 +134,70 @@ fn run(
     Ok(())
 }
 
+/// New prompt tokens per mixed step.
+const MIXED_PROMPT: usize = 64;
+
+/// Mixed steps: `batch` decodes (after 512-token prompts) and one new request's
+/// [`MIXED_PROMPT`]-token prompt per step, the new request freed after its step so that every
+/// step has the same shape.
+fn run_mixed(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    w: &Arc<Weights>,
+    batch: usize,
+    graphs: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let kv = batch * (PROMPT + WARM + STEPS + 16) + 4096;
+    let mut r = GpuRunner::new(
+        gpu,
+        cfg.clone(),
+        w.clone(),
+        GpuWeights::Bf16,
+        kv,
+        8192,
+        batch + 1,
+    )?;
+    r.set_graphs(graphs);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + 100);
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(0..cfg.vocab as u32))
+            .collect()
+    };
+    let seqs: Vec<_> = (0..batch).map(|_| r.add_sequence()).collect();
+    let mut s = StepInput::default();
+    for &id in &seqs {
+        s.push(id, 0, &tokens(PROMPT), true);
+    }
+    let mut last = r.forward_greedy(&s)?;
+    let mut times = Vec::with_capacity(STEPS);
+    for step in 0..WARM + STEPS {
+        let mut s = StepInput::default();
+        for (i, &id) in seqs.iter().enumerate() {
+            s.push(id, PROMPT + step, &[last[i]], true);
+        }
+        let new = r.add_sequence();
+        s.push(new, 0, &tokens(MIXED_PROMPT), true);
+        let t0 = Instant::now();
+        let out = r.forward_greedy(&s)?;
+        if step >= WARM {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        last = out[..batch].to_vec();
+        r.free(new)?;
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "| {batch} + {MIXED_PROMPT} | {} | {:.3} | {:.3} | {:.3} | {:?} |",
+        if graphs { "piecewise graphs" } else { "eager" },
+        percentile(&times, 0.5),
+        percentile(&times, 0.1),
+        percentile(&times, 0.9),
+        r.piece_stats()
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = match Gpu::discover(0)? {
         Discovery::Found(g) => g,
@@ -163,6 +231,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for &small in smalls {
                 run(&gpu, &cfg, &w, batch, (graphs, small), copy_tbps)?;
             }
+        }
+    }
+    println!("\nmixed steps (decodes + one new {MIXED_PROMPT}-token prompt), median of {STEPS}:");
+    println!("| decodes + prompt tokens | step | median ms | p10 ms | p90 ms | piece stats |");
+    println!("| --- | --- | ---: | ---: | ---: | --- |");
+    for batch in [0usize, 16, 48] {
+        for graphs in [false, true] {
+            run_mixed(&gpu, &cfg, &w, batch, graphs)?;
         }
     }
     Ok(())

@@ -1,29 +1,43 @@
-//! CUDA graphs of the GPU runner's decode steps. A decode step of SmolLM2 is ~330 launches
-//! (11 per block × 30 blocks and the head), each behind its op's host checks and cuBLAS's own
-//! host path: ~1.4 ms of host time per step, more than the GPU needs for a single request.
-//! Replaying the step as one graph replaces all of that by one `cuGraphLaunch`.
+//! CUDA graphs of the GPU runner's steps. A step of SmolLM2 is ~330 launches (11 per block ×
+//! 30 blocks and the head), each behind its op's host checks and cuBLAS's own host path: ~1.4
+//! ms of host time per step, more than the GPU needs for a single request. Replaying captured
+//! graphs replaces most of that.
 //!
-//! What a replay relies on: every launch of the step reads its per-step data from device
-//! buffers at fixed addresses, written before the replay (token ids, positions and logits rows
-//! by the runner; attention plans by `BatchDecode::plan_into` in graph mode; append metadata by
-//! `PagedKvCache::begin_append` into a buffer reserved at the runner's capacity). What is baked
-//! into the graph's launches is the step's token and logits-row counts (grid sizes, cuBLAS's
-//! `m`) and those buffers' addresses. The key holds exactly these, so a step replays only a
-//! graph captured for the same counts and addresses; anything else is captured anew (or run
-//! eagerly).
+//! Two kinds of step replay, each from its own [`StepGraphs`] store:
+//! - **decode steps** (one token per sequence, attention on the decode op) as one graph: every
+//!   launch reads its per-step data from device buffers at fixed addresses, written before the
+//!   replay (token ids, positions and logits rows by the runner; attention plans by
+//!   `BatchDecode::plan_into` in graph mode; append metadata by `PagedKvCache::begin_append`
+//!   into a buffer reserved at the runner's capacity). Baked in are the token and logits-row
+//!   counts and those buffers' addresses, so [`GraphKey`] holds exactly these;
+//! - **steps with prompt chunks** of at most [`PIECE_MAX_TOKENS`] tokens *piecewise* (as vLLM
+//!   does): the graph-safe work between two attentions (output projection, MLP, norms, the next
+//!   block's QKV product and RoPE; the embedding before the first block; the head after the
+//!   last) is one graph per gap, and each block's KV append and prefill attention run eagerly
+//!   between them, since their plans differ from step to step. The pieces run over the step's
+//!   token count rounded up to a bucket ([`PieceKey`]; the padding rows compute garbage that no
+//!   one reads), so steps of many different sizes share a few keys.
 //!
-//! Policy: a key's first step runs eagerly (lazily loaded kernels and cuBLAS's first-use
-//! set-up happen outside any capture), its second is captured and replayed, later ones replay.
-//! Graphs are kept per key up to [`MAX_GRAPHS`], least recently used evicted. A capture that
-//! fails turns graphs off for the runner (the step then runs eagerly, and the reason is kept
-//! for reports): a failed capture launches nothing, so the eager run is the step's only run.
+//! Policy (both stores): a key's first step runs eagerly (lazily loaded kernels and cuBLAS's
+//! first-use set-up happen outside any capture), its second is captured and replayed, later
+//! ones replay. Keys are kept up to a store's limit, least recently used evicted. A capture
+//! that fails turns that store off for the runner (its steps then run eagerly, and the reason
+//! is kept for reports): a failed capture launches nothing, so the eager run is the part's only
+//! run.
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaStream};
 
-/// Graphs kept at most (each replays one batch size's decode step).
+/// Decode-step graphs kept at most (each replays one batch size's decode step).
 pub const MAX_GRAPHS: usize = 128;
+/// Piecewise keys kept at most (each holds one graph per block and one more).
+pub const MAX_PIECED: usize = 48;
+/// Steps with prompt chunks of at most this many tokens run piecewise.
+pub const PIECE_MAX_TOKENS: usize = 512;
+/// Token counts of piecewise steps are rounded up to a multiple of this.
+pub const PIECE_TOKEN_ALIGN: usize = 32;
 /// Keys remembered as seen once before the memory of them is reset.
 const MAX_SEEN: usize = 4096;
 
@@ -42,16 +56,50 @@ pub(super) struct GraphKey {
     pub plan: [u64; 3],
 }
 
-/// Counts of what the runner did with its decode steps, for reports and tests.
+/// What a piecewise step's graphs bake in: the (bucketed) token and logits-row counts the pieces
+/// run over, and whether the last piece ends in the device argmax.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) struct PieceKey {
+    /// Rows the pieces' kernels run over (≥ the step's tokens).
+    pub tokens: usize,
+    /// Logits rows the head runs over (≥ the step's logits rows).
+    pub rows: usize,
+    /// Whether the step ends in the device argmax.
+    pub greedy: bool,
+}
+
+impl PieceKey {
+    /// The bucket of a step of `tokens` tokens and `rows` logits rows on a runner of capacity
+    /// `cap` / `cap_rows`: tokens rounded up to [`PIECE_TOKEN_ALIGN`], rows to a power of two,
+    /// neither above the capacity; `None` above [`PIECE_MAX_TOKENS`].
+    pub fn bucket(
+        tokens: usize,
+        rows: usize,
+        greedy: bool,
+        cap: usize,
+        cap_rows: usize,
+    ) -> Option<Self> {
+        (tokens > 0 && tokens <= PIECE_MAX_TOKENS).then(|| Self {
+            tokens: tokens
+                .next_multiple_of(PIECE_TOKEN_ALIGN)
+                .min(cap)
+                .max(tokens),
+            rows: rows.next_power_of_two().min(cap_rows).max(rows),
+            greedy,
+        })
+    }
+}
+
+/// Counts of what the runner did with its steps of one kind, for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GraphStats {
-    /// Graphs captured (and instantiated).
+    /// Keys captured (each one graph, or one per piece).
     pub captures: u64,
-    /// Steps run by replaying a graph (a capture's own first launch included).
+    /// Steps run by replaying graphs (a capture's own first launch included).
     pub replays: u64,
-    /// Decode steps run eagerly (a key's first step, graphs off, or a failed capture).
+    /// Steps run eagerly (a key's first step, graphs off, or a failed capture).
     pub eager: u64,
-    /// Graphs evicted to stay within [`MAX_GRAPHS`].
+    /// Keys evicted to stay within the store's limit.
     pub evictions: u64,
 }
 
@@ -65,38 +113,48 @@ pub(super) enum Action {
     Replay,
 }
 
-/// A captured graph with its last use.
+/// A key's captured graphs (one, or one per piece) with their last use.
 struct Entry {
-    graph: StepGraph,
+    parts: Vec<StepGraph>,
     used: u64,
 }
 
 /// A graph exec of the runner's stream.
-struct StepGraph(CudaGraph);
+pub(super) struct StepGraph(CudaGraph);
+
+impl StepGraph {
+    /// Launches the graph on the stream it was captured on.
+    pub fn launch(&self) -> Result<(), String> {
+        self.0.launch().map_err(|e| format!("graph launch: {e}"))
+    }
+}
 
 // SAFETY: CUDA graph objects may be used from any thread as long as calls on one graph are
 // serialised; the runner owns its graphs and touches them only through `&mut self`.
 unsafe impl Send for StepGraph {}
 
-/// The runner's decode-step graphs.
-pub(super) struct DecodeGraphs {
+/// Graphs of one kind of step, by key.
+pub(super) struct StepGraphs<K> {
     enabled: bool,
-    seen: HashSet<GraphKey>,
-    graphs: HashMap<GraphKey, Entry>,
+    seen: HashSet<K>,
+    graphs: HashMap<K, Entry>,
+    /// Keys kept at most.
+    max: usize,
     tick: u64,
     stats: GraphStats,
     /// Why graphs were turned off after a failed capture.
     failed: Option<String>,
 }
 
-impl DecodeGraphs {
+impl<K: Copy + Eq + Hash> StepGraphs<K> {
     /// Graphs on (replayed steps are bit-identical to eager ones, `engine/tests/graphs.rs`,
-    /// checked on an H100); [`DecodeGraphs::set_enabled`] turns them off.
-    pub fn new() -> Self {
+    /// checked on an H100), at most `max` keys; [`StepGraphs::set_enabled`] turns them off.
+    pub fn new(max: usize) -> Self {
         Self {
             enabled: true,
             seen: HashSet::new(),
             graphs: HashMap::new(),
+            max: max.max(1),
             tick: 0,
             stats: GraphStats::default(),
             failed: None,
@@ -118,7 +176,7 @@ impl DecodeGraphs {
         self.seen.clear();
     }
 
-    /// Whether decode steps may run as graphs (on, and no capture has failed).
+    /// Whether steps may run as graphs (on, and no capture has failed).
     pub fn enabled(&self) -> bool {
         self.enabled && self.failed.is_none()
     }
@@ -132,8 +190,8 @@ impl DecodeGraphs {
         self.failed.as_deref()
     }
 
-    /// Decides how to run a decode step of `key` (`None`: a step no graph may replay).
-    pub fn action(&mut self, key: Option<GraphKey>) -> Action {
+    /// Decides how to run a step of `key` (`None`: a step no graph may replay).
+    pub fn action(&mut self, key: Option<K>) -> Action {
         let Some(key) = key.filter(|_| self.enabled()) else {
             self.stats.eager += 1;
             return Action::Eager;
@@ -160,48 +218,55 @@ impl DecodeGraphs {
             .map_err(|e| self.fail(format!("begin capture: {e}")))
     }
 
-    /// Ends the capture begun on `stream`; with `ok` (the step's launches all succeeded) keeps
-    /// the graph for `key`. On any failure graphs turn off and the error says why.
+    /// Ends the capture begun on `stream`: the graph of one part, when `ok` (every launch of
+    /// the part succeeded) and the capture worked. On any failure graphs turn off and the error
+    /// says why.
     pub fn end(
         &mut self,
         stream: &std::sync::Arc<CudaStream>,
-        key: GraphKey,
         ok: bool,
-    ) -> Result<(), String> {
+    ) -> Result<StepGraph, String> {
         let ended = stream.end_capture(CUgraphInstantiate_flags(0));
-        let graph = match (ok, ended) {
-            (true, Ok(Some(g))) => g,
-            (true, Ok(None)) => return Err(self.fail("capture produced no graph".into())),
-            (true, Err(e)) => return Err(self.fail(format!("end capture: {e}"))),
-            (false, _) => return Err(self.fail("a launch failed during capture".into())),
-        };
-        if self.graphs.len() >= MAX_GRAPHS {
+        match (ok, ended) {
+            (true, Ok(Some(g))) => Ok(StepGraph(g)),
+            (true, Ok(None)) => Err(self.fail("capture produced no graph".into())),
+            (true, Err(e)) => Err(self.fail(format!("end capture: {e}"))),
+            (false, _) => Err(self.fail("a launch failed during capture".into())),
+        }
+    }
+
+    /// Keeps the captured `parts` of `key` (replayed in order by [`StepGraphs::replay`]).
+    pub fn keep(&mut self, key: K, parts: Vec<StepGraph>) {
+        if self.graphs.len() >= self.max {
             self.evict_oldest();
         }
         self.stats.captures += 1;
-        self.graphs.insert(
-            key,
-            Entry {
-                graph: StepGraph(graph),
-                used: 0,
-            },
-        );
-        Ok(())
+        self.graphs.insert(key, Entry { parts, used: 0 });
     }
 
-    /// Replays the graph of `key` on the stream it was captured on.
-    pub fn replay(&mut self, key: &GraphKey) -> Result<(), String> {
+    /// Whether `key` has graphs.
+    #[cfg(test)]
+    pub fn has(&self, key: &K) -> bool {
+        self.graphs.contains_key(key)
+    }
+
+    /// Launches part `part` of the graphs of `key` on the stream they were captured on (part 0
+    /// counts the step as replayed).
+    pub fn replay(&mut self, key: &K, part: usize) -> Result<(), String> {
         self.tick += 1;
         let tick = self.tick;
         let Some(e) = self.graphs.get_mut(key) else {
             return Err("no graph for the step".into());
         };
         e.used = tick;
-        e.graph
-            .0
-            .launch()
-            .map_err(|e| format!("graph launch: {e}"))?;
-        self.stats.replays += 1;
+        let g = e
+            .parts
+            .get(part)
+            .ok_or_else(|| format!("no graph for part {part} of the step"))?;
+        g.launch()?;
+        if part == 0 {
+            self.stats.replays += 1;
+        }
         Ok(())
     }
 
@@ -243,7 +308,7 @@ mod tests {
 
     #[test]
     fn first_step_of_a_key_is_eager_then_captured() {
-        let mut g = DecodeGraphs::new();
+        let mut g = StepGraphs::<GraphKey>::new(MAX_GRAPHS);
         g.set_enabled(true);
         assert!(matches!(g.action(Some(key(4))), Action::Eager));
         assert!(matches!(g.action(Some(key(4))), Action::Capture));
@@ -255,7 +320,7 @@ mod tests {
 
     #[test]
     fn on_by_default_and_off_means_eager() {
-        let mut g = DecodeGraphs::new();
+        let mut g = StepGraphs::<GraphKey>::new(MAX_GRAPHS);
         assert!(g.enabled(), "on by default");
         g.set_enabled(false);
         for _ in 0..3 {
@@ -267,8 +332,41 @@ mod tests {
     }
 
     #[test]
+    fn piece_buckets() {
+        let b = |t, r| PieceKey::bucket(t, r, true, 1024, 64).map(|k| (k.tokens, k.rows));
+        assert_eq!(b(1, 1), Some((32, 1)));
+        assert_eq!(b(33, 3), Some((64, 4)));
+        assert_eq!(b(64, 64), Some((64, 64)));
+        assert_eq!(b(512, 40), Some((512, 64)));
+        assert_eq!(b(513, 1), None, "above PIECE_MAX_TOKENS");
+        assert_eq!(b(0, 0), None);
+        // Never above the capacity, never below the step.
+        let k = PieceKey::bucket(90, 9, false, 100, 10).unwrap();
+        assert_eq!((k.tokens, k.rows), (96, 10));
+        let k = PieceKey::bucket(99, 10, false, 100, 10).unwrap();
+        assert_eq!((k.tokens, k.rows), (100, 10));
+    }
+
+    #[test]
+    fn kept_parts_replay_in_order_and_are_evicted_oldest_first() {
+        let mut g = StepGraphs::<PieceKey>::new(1);
+        let k = |t| PieceKey {
+            tokens: t,
+            rows: 1,
+            greedy: true,
+        };
+        g.keep(k(32), Vec::new());
+        assert!(g.has(&k(32)));
+        // A key without that part is an error, not a panic.
+        assert!(g.replay(&k(32), 0).is_err());
+        g.keep(k(64), Vec::new());
+        assert!(!g.has(&k(32)) && g.has(&k(64)));
+        assert_eq!((g.stats().captures, g.stats().evictions), (2, 1));
+    }
+
+    #[test]
     fn a_failure_turns_graphs_off() {
-        let mut g = DecodeGraphs::new();
+        let mut g = StepGraphs::<GraphKey>::new(MAX_GRAPHS);
         g.set_enabled(true);
         let why = g.fail("x".into());
         assert_eq!(why, "x");

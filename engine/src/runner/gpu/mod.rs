@@ -6,8 +6,9 @@
 //!
 //! Every buffer is allocated once, at the step's token capacity; the attention ops run in
 //! CUDA-graph mode (plans rewritten in place each step), so a step allocates nothing on the
-//! device. Everything runs on the runner's own stream ([`stream`]), and decode steps replay as
-//! CUDA graphs ([`graphs`]).
+//! device. Everything runs on the runner's own stream ([`stream`]); decode steps replay as CUDA
+//! graphs, and steps with up to [`PIECE_MAX_TOKENS`] prompt tokens replay piecewise: graphs
+//! between the blocks' attentions, which run eagerly ([`graphs`]).
 mod attention;
 mod gemm;
 mod graphs;
@@ -24,8 +25,8 @@ use half::f16;
 
 use self::attention::Attention;
 use self::gemm::{blas_err, cublas_present, set_workspace, Products, WORKSPACE_BYTES};
-use self::graphs::{Action, DecodeGraphs, GraphKey};
-pub use self::graphs::{GraphStats, MAX_GRAPHS};
+use self::graphs::{Action, GraphKey, PieceKey, StepGraphs};
+pub use self::graphs::{GraphStats, MAX_GRAPHS, MAX_PIECED, PIECE_MAX_TOKENS, PIECE_TOKEN_ALIGN};
 pub use self::precision::GpuWeights;
 use self::precision::{Bf16, Dense, Precision, F32};
 use self::stream::RunnerStream;
@@ -79,7 +80,10 @@ pub struct GpuRunner {
     b: Buffers,
     cap: usize,
     cap_rows: usize,
-    graphs: DecodeGraphs,
+    /// Decode-step graphs.
+    graphs: StepGraphs<GraphKey>,
+    /// Piecewise graphs of steps with prompt chunks.
+    pieces: StepGraphs<PieceKey>,
     /// Products of decode steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's few-row
     /// kernels (16-bit weights); off by default (see [`GpuRunner::set_small_products`]).
     small_products: bool,
@@ -155,7 +159,8 @@ impl GpuRunner {
             b,
             cap,
             cap_rows,
-            graphs: DecodeGraphs::new(),
+            graphs: StepGraphs::new(MAX_GRAPHS),
+            pieces: StepGraphs::new(MAX_PIECED),
             small_products: false,
             _stream: stream,
         })
@@ -170,10 +175,13 @@ impl GpuRunner {
         self.attn.set_decode_steps(on);
     }
 
-    /// Replays decode steps as CUDA graphs (`true`, the default) or launches every kernel of
-    /// every step (`false`).
+    /// Replays decode steps as CUDA graphs and steps with prompt chunks piecewise (`true`, the
+    /// default), or launches every kernel of every step (`false`). The same steps give
+    /// bit-identical results either way: a step with prompt chunks runs over its bucketed token
+    /// count in both cases.
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs.set_enabled(on);
+        self.pieces.set_enabled(on);
     }
 
     /// Runs the matrix products of steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's
@@ -185,11 +193,18 @@ impl GpuRunner {
     pub fn set_small_products(&mut self, on: bool) {
         self.small_products = on;
         self.graphs.clear();
+        self.pieces.clear();
     }
 
     /// What the runner did with its decode steps so far.
     pub fn graph_stats(&self) -> GraphStats {
         self.graphs.stats()
+    }
+
+    /// What the runner did with its steps of at most [`PIECE_MAX_TOKENS`] tokens that carry
+    /// prompt chunks (piecewise graphs).
+    pub fn piece_stats(&self) -> GraphStats {
+        self.pieces.stats()
     }
 }
 
@@ -216,9 +231,12 @@ impl ModelRunner for GpuRunner {
         } else {
             "every step on the prefill op"
         };
-        let graphs = match (self.graphs.enabled(), self.graphs.failure()) {
-            (true, _) => "as CUDA graphs".to_string(),
-            (false, Some(why)) => format!("eager: graph capture failed ({why})"),
+        let graphs = match (
+            self.graphs.enabled(),
+            self.graphs.failure().or(self.pieces.failure()),
+        ) {
+            (true, None) => "as CUDA graphs (steps with prompts piecewise)".to_string(),
+            (_, Some(why)) => format!("CUDA graphs partly off: a capture failed ({why})"),
             (false, None) => "eager".to_string(),
         };
         let products = match (w, self.small_products) {
@@ -260,24 +278,28 @@ impl ModelRunner for GpuRunner {
     }
 }
 
-/// Everything a step's blocks use besides the precision-typed weights and buffers.
+/// What a part of a step uses besides the precision-typed weights and buffers.
 struct Step<'a> {
     cfg: &'a ModelConfig,
-    gpu: &'a Gpu,
-    blas: &'a CudaBlas,
     mk: &'a ModelKernels,
-    /// Few-row products on `mk` (see [`GpuRunner::set_small_products`]).
-    small_products: bool,
-    attn: &'a Attention,
-    cache: &'a mut PagedKvCache<f16>,
-    kv_step: &'a AppendStep,
+    pr: Products<'a>,
+    embed: &'a DeviceBuffer<f32>,
     inv_freq: &'a DeviceBuffer<f32>,
     final_norm: &'a DeviceBuffer<f32>,
     b: &'a mut Buffers,
-    /// Tokens of the step.
+    /// Rows the part's kernels run over (the step's tokens, or its bucket).
     n: usize,
-    /// Logits rows of the step.
+    /// Logits rows the head runs over.
     r: usize,
+}
+
+impl Model {
+    fn blocks(&self) -> usize {
+        match self {
+            Model::F32(m) => m.layers.len(),
+            Model::Bf16(m) => m.layers.len(),
+        }
+    }
 }
 
 impl GpuRunner {
@@ -303,14 +325,7 @@ impl GpuRunner {
         let pages = self.cache.batch_pages(&ids)?;
         self.attn
             .plan(&step.qo_indptr(), &pages, self.cache.config())?;
-        let b = &mut self.b;
-        let g = &self.gpu;
-        g.write_prefix(&mut b.ids, &step.tokens)?;
-        g.write_prefix(&mut b.positions, &step.positions)?;
-        let rows: Vec<u32> = step.logits_rows.iter().map(|&x| x as u32).collect();
-        g.write_prefix(&mut b.rows, &rows)?;
-        // Only decode steps replay: a prefill step's plan is not at fixed addresses, and its
-        // token counts rarely repeat.
+        // Decode steps replay whole: every launch reads its data at fixed addresses.
         let key = match (
             self.attn.decode_plan_addresses(),
             kv_step.device_addresses(),
@@ -324,16 +339,40 @@ impl GpuRunner {
             }),
             _ => None,
         };
-        match (self.graphs.action(key), key) {
-            (Action::Replay, Some(k)) => self.replay(&k)?,
-            (Action::Capture, Some(k)) => self.capture(k, &kv_step, n, r, greedy)?,
-            _ => self.launch_step(&kv_step, n, r, greedy)?,
+        // Other steps of up to PIECE_MAX_TOKENS run over a bucket of rows, graphs on or off
+        // (so that both give the same bits); the padding rows read token 0 at position 0 and
+        // logits row 0, and nothing reads what they compute.
+        let piece = match key {
+            Some(_) => None,
+            None => PieceKey::bucket(n, r, greedy, self.cap, self.cap_rows),
+        };
+        let (np, rp) = piece.map_or((n, r), |k| (k.tokens, k.rows));
+        let b = &mut self.b;
+        let g = &self.gpu;
+        g.write_prefix(&mut b.ids, &padded(&step.tokens, np))?;
+        g.write_prefix(&mut b.positions, &padded(&step.positions, np))?;
+        let rows: Vec<u32> = step.logits_rows.iter().map(|&x| x as u32).collect();
+        g.write_prefix(&mut b.rows, &padded(&rows, rp))?;
+        match (key, piece) {
+            (Some(k), _) => match self.graphs.action(Some(k)) {
+                Action::Replay => self.replay(&k)?,
+                Action::Capture => self.capture(k, &kv_step, n, r, greedy)?,
+                Action::Eager => self.run_parts(&kv_step, n, r, greedy, None)?,
+            },
+            (None, Some(k)) => {
+                let action = self.pieces.action(Some(k));
+                self.run_parts(&kv_step, np, rp, greedy, Some((k, action)))?
+            }
+            (None, None) => {
+                self.graphs.action(None);
+                self.run_parts(&kv_step, n, r, greedy, None)?
+            }
         }
         Ok(r)
     }
 
-    /// Captures the step's launches as the graph of `key` and replays it; if the capture
-    /// fails, graphs turn off and the step runs eagerly.
+    /// Captures a decode step's launches as the graph of `key` and replays it; if the capture
+    /// fails, decode graphs turn off and the step runs eagerly.
     fn capture(
         &mut self,
         k: GraphKey,
@@ -344,111 +383,145 @@ impl GpuRunner {
     ) -> Result<()> {
         let stream = self.gpu.stream().clone();
         if self.graphs.begin(&stream).is_ok() {
-            let ran = self.launch_step(kv_step, n, r, greedy);
-            if self.graphs.end(&stream, k, ran.is_ok()).is_ok() {
+            let ran = self.run_parts(kv_step, n, r, greedy, None);
+            if let Ok(graph) = self.graphs.end(&stream, ran.is_ok()) {
+                self.graphs.keep(k, vec![graph]);
                 return self.replay(&k);
             }
         }
         // Nothing captured ran: this is the step's only run.
-        self.launch_step(kv_step, n, r, greedy)
+        self.run_parts(kv_step, n, r, greedy, None)
     }
 
     fn replay(&mut self, k: &GraphKey) -> Result<()> {
-        self.graphs
-            .replay(k)
-            .map_err(|e| EngineError::Model(format!("CUDA graph: {e}")))
+        self.graphs.replay(k, 0).map_err(graph_err)
     }
 
-    /// Launches the step's kernels (embedding lookup, blocks, LM head and, with `greedy`, the
-    /// argmax) over the per-step data `run_to_logits` wrote.
-    fn launch_step(
+    /// Runs a step's parts over `n` rows (`r` logits rows), each block's KV append and attention
+    /// between them: part 0 embeds the tokens and projects block 0's Q/K/V; part `l + 1`
+    /// finishes block `l` after its attention and projects block `l + 1`'s Q/K/V, or the last
+    /// part the logits. With `pieces`, each part is launched, captured or replayed as the
+    /// action says; without, launched.
+    fn run_parts(
         &mut self,
         kv_step: &AppendStep,
         n: usize,
         r: usize,
         greedy: bool,
+        pieces: Option<(PieceKey, Action)>,
     ) -> Result<()> {
-        let c = &self.cfg;
+        let blocks = self.model.blocks();
+        let mut captured = Vec::new();
+        for part in 0..=blocks {
+            if part > 0 {
+                self.attention(part - 1, kv_step)?;
+            }
+            match pieces {
+                Some((k, Action::Replay)) => self.pieces.replay(&k, part).map_err(graph_err)?,
+                Some((_, Action::Capture)) if self.pieces.enabled() => {
+                    let stream = self.gpu.stream().clone();
+                    let graph = match self.pieces.begin(&stream) {
+                        Ok(()) => {
+                            let ran = self.part(part, n, r, greedy);
+                            self.pieces.end(&stream, ran.is_ok()).ok()
+                        }
+                        Err(_) => None,
+                    };
+                    match graph {
+                        Some(g) => {
+                            g.launch().map_err(graph_err)?;
+                            captured.push(g);
+                        }
+                        // Nothing captured ran; the rest of the step runs eagerly.
+                        None => self.part(part, n, r, greedy)?,
+                    }
+                }
+                _ => self.part(part, n, r, greedy)?,
+            }
+        }
+        if let Some((k, Action::Capture)) = pieces {
+            if captured.len() == blocks + 1 {
+                self.pieces.keep(k, captured);
+            }
+        }
+        Ok(())
+    }
+
+    /// Block `l`'s KV append and attention (over the step's exact rows: the plan and the
+    /// append metadata hold the real token counts).
+    fn attention(&mut self, l: usize, kv_step: &AppendStep) -> Result<()> {
+        let rs = RowStrides::contiguous(self.cfg.kv_heads, self.cfg.head_dim);
         let b = &mut self.b;
-        self.mk
-            .gather_rows(&self.embed, c.vocab, c.dim, &b.ids, n, &mut b.x)?;
+        self.cache
+            .append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
+        self.attn.run(&b.q, self.cache.pool(l)?, &mut b.o16)
+    }
+
+    /// Launches part `part` of a step (see [`GpuRunner::run_parts`]).
+    fn part(&mut self, part: usize, n: usize, r: usize, greedy: bool) -> Result<()> {
         let s = Step {
-            cfg: c,
-            gpu: &self.gpu,
-            blas: &self.blas,
+            cfg: &self.cfg,
             mk: &self.mk,
-            small_products: self.small_products,
-            attn: &self.attn,
-            cache: &mut self.cache,
-            kv_step,
+            pr: Products {
+                blas: &self.blas,
+                stream: self.gpu.stream(),
+                small: self.small_products.then_some(&self.mk),
+            },
+            embed: &self.embed,
             inv_freq: &self.inv_freq,
             final_norm: &self.final_norm,
-            b,
+            b: &mut self.b,
             n,
             r,
         };
         match &mut self.model {
-            Model::F32(m) => s.blocks(m)?,
-            Model::Bf16(m) => s.blocks(m)?,
+            Model::F32(m) => s.part(m, part, greedy),
+            Model::Bf16(m) => s.part(m, part, greedy),
         }
-        if greedy {
-            self.mk
-                .argmax(&self.b.logits, r, c.vocab, &mut self.b.tokens_out)?;
-        }
-        Ok(())
     }
 }
 
+/// `v` followed by zeros up to `len` elements.
+fn padded<T: Copy + Default>(v: &[T], len: usize) -> Vec<T> {
+    let mut p = v.to_vec();
+    p.resize(len.max(v.len()), T::default());
+    p
+}
+
+fn graph_err(e: String) -> EngineError {
+    EngineError::Model(format!("CUDA graph: {e}"))
+}
+
 impl Step<'_> {
-    /// The blocks and the LM head over the embedded tokens in `b.x`.
-    fn blocks<P: Precision>(self, m: &mut Dense<P>) -> Result<()> {
+    /// One part of a step over `self.n` rows (see [`GpuRunner::run_parts`]).
+    fn part<P: Precision>(self, m: &mut Dense<P>, part: usize, greedy: bool) -> Result<()> {
         let Step {
             cfg: c,
-            gpu,
-            blas,
             mk,
-            small_products,
-            attn,
-            cache,
-            kv_step,
+            pr,
+            embed,
             inv_freq,
             final_norm,
             b,
             n,
             r,
         } = self;
-        let pr = Products {
-            blas,
-            stream: gpu.stream(),
-            small: small_products.then_some(mk),
-        };
         let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
         let qd = c.q_heads * hd;
         let eps = c.rms_eps;
-        let first = m
-            .layers
-            .first()
-            .ok_or_else(|| EngineError::Model("a model without blocks".into()))?;
-        mk.rms_norm(&b.x, &first.attn_norm, n, eps, &mut m.h)?;
-        let rs = RowStrides::contiguous(c.kv_heads, hd);
-        for l in 0..m.layers.len() {
-            let lw = &m.layers[l];
-            pr.run(&m.h, n, &lw.wqkv, d, c.qkv_dim(), &mut b.qkv)?;
-            mk.qkv_rope(
-                &b.qkv,
-                n,
-                c.q_heads,
-                c.kv_heads,
-                hd,
-                &b.positions,
-                inv_freq,
-                c.rope.style,
-                &mut b.q,
-                &mut b.k,
-                &mut b.v,
-            )?;
-            cache.append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
-            attn.run(&b.q, cache.pool(l)?, &mut b.o16)?;
+        let block = |l: usize| {
+            m.layers
+                .get(l)
+                .ok_or_else(|| EngineError::Model(format!("no block {l}")))
+        };
+        if part == 0 {
+            let first = block(0)?;
+            mk.gather_rows(embed, c.vocab, d, &b.ids, n, &mut b.x)?;
+            mk.rms_norm(&b.x, &first.attn_norm, n, eps, &mut m.h)?;
+        } else {
+            // The rest of block `part - 1`, after its attention.
+            let l = part - 1;
+            let lw = block(l)?;
             let o = P::wo_input(mk, &b.o16, n * qd, &mut m.wide)?;
             pr.run(o, n, &lw.wo, qd, d, &mut b.proj)?;
             mk.add_rms_norm(&mut b.x, &b.proj, &lw.ffn_norm, n, eps, &mut m.h)?;
@@ -463,7 +536,33 @@ impl Step<'_> {
             };
             mk.add_rms_norm(&mut b.x, &b.proj, next, n, eps, &mut m.h)?;
         }
-        mk.gather_rows(&m.h, n, d, &b.rows, r, &mut m.hsel)?;
-        pr.run(&m.hsel, r, &m.head, d, c.vocab, &mut b.logits)
+        match m.layers.get(part) {
+            // Block `part`'s Q/K/V, RoPE applied, ready for its append and attention.
+            Some(lw) => {
+                pr.run(&m.h, n, &lw.wqkv, d, c.qkv_dim(), &mut b.qkv)?;
+                mk.qkv_rope(
+                    &b.qkv,
+                    n,
+                    c.q_heads,
+                    c.kv_heads,
+                    hd,
+                    &b.positions,
+                    inv_freq,
+                    c.rope.style,
+                    &mut b.q,
+                    &mut b.k,
+                    &mut b.v,
+                )?;
+            }
+            // After the last block: the logits rows, their logits and (greedy) their argmax.
+            None => {
+                mk.gather_rows(&m.h, n, d, &b.rows, r, &mut m.hsel)?;
+                pr.run(&m.hsel, r, &m.head, d, c.vocab, &mut b.logits)?;
+                if greedy {
+                    mk.argmax(&b.logits, r, c.vocab, &mut b.tokens_out)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
