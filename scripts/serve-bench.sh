@@ -120,7 +120,7 @@ level() {
 
 common=(--kv-tokens "$kv" --max-queued 8192)
 
-for st in 2048 8192; do
+for st in 512 2048 8192; do
     start_server "st$st" "${common[@]}" --step-tokens "$st"
     level "long-st$st" --streams "$streams" --requests "$n_long" --user-words "$long_words" \
         --max-tokens 64 --ignore-eos
