@@ -165,11 +165,15 @@ fn run_mixed(
             .collect()
     };
     let seqs: Vec<_> = (0..batch).map(|_| r.add_sequence()).collect();
-    let mut s = StepInput::default();
-    for &id in &seqs {
-        s.push(id, 0, &tokens(PROMPT), true);
+    // Prompts, as many per step as the 8192-token step takes.
+    let mut last = Vec::with_capacity(batch);
+    for chunk in seqs.chunks(8192 / PROMPT) {
+        let mut s = StepInput::default();
+        for &id in chunk {
+            s.push(id, 0, &tokens(PROMPT), true);
+        }
+        last.extend(r.forward_greedy(&s)?);
     }
-    let mut last = r.forward_greedy(&s)?;
     let mut times = Vec::with_capacity(STEPS);
     for step in 0..WARM + STEPS {
         let mut s = StepInput::default();

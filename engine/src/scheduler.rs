@@ -167,6 +167,15 @@ impl<R: ModelRunner> Engine<R> {
         &self.runner
     }
 
+    /// Runs the runner's warm-up ([`ModelRunner::warm_up`]) before any request: the first
+    /// requests then do not pay for first-use work. Refused while requests are queued or running.
+    pub fn warm_up(&mut self) -> Result<()> {
+        if self.has_work() {
+            return Err(EngineError::Request("warm-up needs an idle engine".into()));
+        }
+        self.runner.warm_up()
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats

@@ -184,7 +184,10 @@ impl Server {
         let engine_thread = std::thread::Builder::new()
             .name("ferrinfer-engine".into())
             .spawn(move || {
-                let loaded: Result<(Engine<R>, Arc<Tokenizer>), EngineError> = load();
+                // Warmed up before the server reports ready: its first requests do not pay
+                // for the backend's first-use work.
+                let loaded: Result<(Engine<R>, Arc<Tokenizer>), EngineError> =
+                    load().and_then(|(mut e, t)| e.warm_up().map(|()| (e, t)));
                 match loaded {
                     Ok((engine, tok)) => {
                         let info = EngineInfo::of(&engine);

@@ -157,6 +157,12 @@ pub trait ModelRunner {
             .map(|row| Ok(ferrinfer::cpu::sampling::argmax(row)?))
             .collect()
     }
+    /// Runs throw-away steps so that the first real requests do not pay for first-use work
+    /// (a GPU's lazily loaded kernels, its BLAS library's set-up, graph captures). Leaves the
+    /// cache as it found it. A no-op unless the backend has such work.
+    fn warm_up(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The backend's name, for reports.
     fn backend(&self) -> String;
 }
@@ -177,6 +183,9 @@ impl<R: ModelRunner + ?Sized> ModelRunner for Box<R> {
     }
     fn forward_greedy(&mut self, step: &StepInput) -> Result<Vec<u32>> {
         (**self).forward_greedy(step)
+    }
+    fn warm_up(&mut self) -> Result<()> {
+        (**self).warm_up()
     }
     fn backend(&self) -> String {
         (**self).backend()

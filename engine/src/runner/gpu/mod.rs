@@ -252,6 +252,45 @@ impl ModelRunner for GpuRunner {
         )
     }
 
+    /// A prompt of the largest step the runner takes (or what the free cache holds), then
+    /// short prompts and single-token steps through both outputs (logits, device argmax): CUDA
+    /// loads each kernel at its first launch and cuBLAS sets up per shape class, which cost a
+    /// server's first requests tens of milliseconds; the short steps' graphs (decode and
+    /// piecewise) are captured here too. Its sequences are freed afterwards.
+    fn warm_up(&mut self) -> Result<()> {
+        let ps = self.page_size();
+        let room = (self.free_pages() * ps).saturating_sub(4 * ps);
+        let long = self.cap.min(self.cfg.context.saturating_sub(8)).min(room);
+        let vocab = self.cfg.vocab as u32;
+        let tokens =
+            |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (7 * i + 1) % vocab).collect() };
+        for (i, len) in [long, 16, 16].into_iter().enumerate() {
+            if len == 0 {
+                continue;
+            }
+            let id = self.add_sequence();
+            let run = |r: &mut Self| -> Result<()> {
+                let mut s = StepInput::default();
+                s.push(id, 0, &tokens(len), true);
+                r.forward_greedy(&s)?;
+                for t in 0..3 {
+                    let mut s = StepInput::default();
+                    s.push(id, len + t, &[1], true);
+                    if i == 2 && t == 2 {
+                        r.forward(&s)?;
+                    } else {
+                        r.forward_greedy(&s)?;
+                    }
+                }
+                Ok(())
+            };
+            let ran = run(self);
+            self.free(id)?;
+            ran?;
+        }
+        Ok(())
+    }
+
     fn forward(&mut self, step: &StepInput) -> Result<Vec<f32>> {
         let r = self.run_to_logits(step, false)?;
         if r == 0 {
