@@ -265,7 +265,9 @@ impl ModelRunner for GpuRunner {
         let tokens =
             |n: usize| -> Vec<u32> { (0..n as u32).map(|i| (7 * i + 1) % vocab).collect() };
         for (i, len) in [long, 16, 16].into_iter().enumerate() {
-            if len == 0 {
+            // A cache too small for a step is skipped, not an error: it still serves what fits.
+            if len == 0 || (len + 3).div_ceil(ps) > self.free_pages() || len + 3 > self.cfg.context
+            {
                 continue;
             }
             let id = self.add_sequence();
