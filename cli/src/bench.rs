@@ -80,6 +80,9 @@ pub fn run(
         )));
     }
     let mut l = crate::load::load(args)?;
+    // Measured warm, as a server runs (which warms up before it reports ready): the backend's
+    // first-use work (a GPU's lazily loaded kernels, cuBLAS set-up) is not a request's latency.
+    l.engine.warm_up()?;
     let vocab = l.tokenizer.vocab_size() as u64;
     // Prompts of ordinary tokens (past the first 256 ids, where special tokens live).
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
