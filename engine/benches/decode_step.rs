@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ferrinfer::kv::SeqId;
 use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
 use ferrinfer::runtime::Discovery;
 use ferrinfer::Gpu;
@@ -69,6 +70,30 @@ fn step_bytes(cfg: &ModelConfig, batch: usize, ctx: usize) -> f64 {
     (weights + kv_bytes) as f64
 }
 
+/// `batch` new sequences, each after a [`PROMPT`]-token prompt of random tokens (as many
+/// prompts per step as `step_tokens` takes); returns them and each one's next token.
+fn prompts(
+    r: &mut GpuRunner,
+    cfg: &ModelConfig,
+    batch: usize,
+    step_tokens: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(Vec<SeqId>, Vec<u32>), Box<dyn std::error::Error>> {
+    let seqs: Vec<SeqId> = (0..batch).map(|_| r.add_sequence()).collect();
+    let mut last = Vec::with_capacity(batch);
+    for chunk in seqs.chunks((step_tokens / PROMPT).max(1)) {
+        let mut s = StepInput::default();
+        for &id in chunk {
+            let p: Vec<u32> = (0..PROMPT)
+                .map(|_| rng.random_range(0..cfg.vocab as u32))
+                .collect();
+            s.push(id, 0, &p, true);
+        }
+        last.extend(r.forward_greedy(&s)?);
+    }
+    Ok((seqs, last))
+}
+
 fn run(
     gpu: &Gpu,
     cfg: &ModelConfig,
@@ -91,21 +116,7 @@ fn run(
     r.set_graphs(graphs);
     r.set_small_products(small);
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64);
-    let seqs: Vec<_> = (0..batch).map(|_| r.add_sequence()).collect();
-    let mut last = vec![0u32; batch];
-    // Prompts, as many per step as fit.
-    for chunk in seqs.chunks(step_tokens / PROMPT) {
-        let mut s = StepInput::default();
-        for &id in chunk {
-            let p: Vec<u32> = (0..PROMPT)
-                .map(|_| rng.random_range(0..cfg.vocab as u32))
-                .collect();
-            s.push(id, 0, &p, true);
-        }
-        let out = r.forward_greedy(&s)?;
-        let first = seqs.iter().position(|x| *x == chunk[0]).unwrap_or(0);
-        last[first..first + chunk.len()].copy_from_slice(&out);
-    }
+    let (seqs, mut last) = prompts(&mut r, cfg, batch, step_tokens, &mut rng)?;
     let mut times = Vec::with_capacity(STEPS);
     for step in 0..WARM + STEPS {
         let mut s = StepInput::default();
@@ -159,21 +170,12 @@ fn run_mixed(
     )?;
     r.set_graphs(graphs);
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + 100);
+    let (seqs, mut last) = prompts(&mut r, cfg, batch, 8192, &mut rng)?;
     let mut tokens = |n: usize| -> Vec<u32> {
         (0..n)
             .map(|_| rng.random_range(0..cfg.vocab as u32))
             .collect()
     };
-    let seqs: Vec<_> = (0..batch).map(|_| r.add_sequence()).collect();
-    // Prompts, as many per step as the 8192-token step takes.
-    let mut last = Vec::with_capacity(batch);
-    for chunk in seqs.chunks(8192 / PROMPT) {
-        let mut s = StepInput::default();
-        for &id in chunk {
-            s.push(id, 0, &tokens(PROMPT), true);
-        }
-        last.extend(r.forward_greedy(&s)?);
-    }
     let mut times = Vec::with_capacity(STEPS);
     for step in 0..WARM + STEPS {
         let mut s = StepInput::default();

@@ -79,8 +79,12 @@ fn graph_replayed_decode_steps_equal_eager_steps() {
     check_replay_equals_eager(&gpu, &m.config, &m.weights);
 }
 
-fn check_replay_equals_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Weights>) {
-    let vocab = cfg.vocab;
+/// The same model twice: graphs on, graphs off.
+fn runner_pair(
+    gpu: &ferrinfer::Gpu,
+    cfg: &ModelConfig,
+    w: &Arc<Weights>,
+) -> (GpuRunner, GpuRunner) {
     let new = |graphs: bool| {
         let mut r = GpuRunner::new(
             gpu,
@@ -95,7 +99,60 @@ fn check_replay_equals_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<We
         r.set_graphs(graphs);
         r
     };
-    let (mut g, mut e) = (new(true), new(false));
+    (new(true), new(false))
+}
+
+/// Runs step `d` on both runners — through the logits (`logits`: bit-identical, finite, and
+/// not the previous logits step's, which a replay that wrote nothing would repeat) or the device
+/// argmax (the same tokens) — and returns the next token of every logits row.
+fn step_both(
+    step: usize,
+    logits: bool,
+    g: &mut GpuRunner,
+    e: &mut GpuRunner,
+    d: &StepInput,
+    prev_logits: &mut Vec<f32>,
+) -> Vec<u32> {
+    if !logits {
+        let ig = g.forward_greedy(d).unwrap();
+        assert_eq!(
+            ig,
+            e.forward_greedy(d).unwrap(),
+            "step {step}: greedy tokens"
+        );
+        return ig;
+    }
+    let vocab = g.config().vocab;
+    let (lg, le) = (g.forward(d).unwrap(), e.forward(d).unwrap());
+    assert_eq!(lg.len(), d.logits_rows.len() * vocab);
+    assert!(
+        lg.iter().all(|x| x.is_finite()),
+        "step {step}: non-finite logits"
+    );
+    let diff = lg
+        .iter()
+        .zip(&le)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        diff, 0,
+        "step {step}: {diff} logits differ from the eager run"
+    );
+    assert!(
+        lg != *prev_logits,
+        "step {step}: logits repeat the previous step's"
+    );
+    let ids = lg
+        .chunks_exact(vocab)
+        .map(|row| ferrinfer::cpu::sampling::argmax(row).unwrap())
+        .collect();
+    *prev_logits = lg;
+    ids
+}
+
+fn check_replay_equals_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Weights>) {
+    let vocab = cfg.vocab;
+    let (mut g, mut e) = runner_pair(gpu, cfg, w);
     let mut r = rng(41);
     // Ten prompts of random tokens and random lengths (1 to 70: some cross page boundaries).
     let prompts: Vec<Vec<u32>> = (0..10)
@@ -138,42 +195,7 @@ fn check_replay_equals_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<We
         for (&s, &(t, pos)) in seqs.iter().zip(&last) {
             d.push(s, pos, &[t], true);
         }
-        let next: Vec<u32> = if step % 2 == 0 {
-            let (lg, le) = (g.forward(&d).unwrap(), e.forward(&d).unwrap());
-            assert_eq!(lg.len(), seqs.len() * vocab);
-            assert!(
-                lg.iter().all(|x| x.is_finite()),
-                "step {step}: non-finite logits"
-            );
-            let diff = lg
-                .iter()
-                .zip(&le)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            assert_eq!(
-                diff, 0,
-                "step {step}: {diff} logits differ from the eager run"
-            );
-            // Each step's logits are new (a replay that wrote nothing would repeat the last).
-            assert!(
-                lg != prev_logits,
-                "step {step}: logits repeat the previous step's"
-            );
-            let ids = lg
-                .chunks_exact(vocab)
-                .map(|row| ferrinfer::cpu::sampling::argmax(row).unwrap())
-                .collect();
-            prev_logits = lg;
-            ids
-        } else {
-            let ig = g.forward_greedy(&d).unwrap();
-            assert_eq!(
-                ig,
-                e.forward_greedy(&d).unwrap(),
-                "step {step}: greedy tokens"
-            );
-            ig
-        };
+        let next = step_both(step, step % 2 == 0, &mut g, &mut e, &d, &mut prev_logits);
         for (l, t) in last.iter_mut().zip(next) {
             *l = (t, l.1 + 1);
         }
@@ -216,21 +238,7 @@ fn piecewise_replayed_mixed_steps_equal_eager_steps() {
 /// then replayed per key), and give the same bits as the same runner with graphs off.
 fn check_pieces_equal_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Weights>) {
     let vocab = cfg.vocab;
-    let new = |graphs: bool| {
-        let mut r = GpuRunner::new(
-            gpu,
-            cfg.clone(),
-            w.clone(),
-            GpuWeights::Bf16,
-            32768,
-            1024,
-            64,
-        )
-        .unwrap();
-        r.set_graphs(graphs);
-        r
-    };
-    let (mut g, mut e) = (new(true), new(false));
+    let (mut g, mut e) = runner_pair(gpu, cfg, w);
     let mut r = rng(43);
     let mut prompt = |lo: usize, hi: usize| -> Vec<u32> {
         let len = r.random_range(lo..=hi);
@@ -265,41 +273,7 @@ fn check_pieces_equal_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Wei
         let p = prompt(3, 8);
         let s = add(&mut g, &mut e);
         d.push(s, 0, &p, true);
-        let next: Vec<u32> = if step % 2 == 1 {
-            let (lg, le) = (g.forward(&d).unwrap(), e.forward(&d).unwrap());
-            assert_eq!(lg.len(), 7 * vocab);
-            assert!(
-                lg.iter().all(|x| x.is_finite()),
-                "step {step}: non-finite logits"
-            );
-            let diff = lg
-                .iter()
-                .zip(&le)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            assert_eq!(
-                diff, 0,
-                "step {step}: {diff} logits differ from the eager run"
-            );
-            assert!(
-                lg != prev_logits,
-                "step {step}: logits repeat the previous step's"
-            );
-            let ids = lg
-                .chunks_exact(vocab)
-                .map(|row| ferrinfer::cpu::sampling::argmax(row).unwrap())
-                .collect();
-            prev_logits = lg;
-            ids
-        } else {
-            let ig = g.forward_greedy(&d).unwrap();
-            assert_eq!(
-                ig,
-                e.forward_greedy(&d).unwrap(),
-                "step {step}: greedy tokens"
-            );
-            ig
-        };
+        let next = step_both(step, step % 2 == 1, &mut g, &mut e, &d, &mut prev_logits);
         for (x, &t) in running.iter_mut().zip(&next) {
             *x = (x.0, t, x.2 + 1);
         }
