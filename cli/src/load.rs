@@ -12,6 +12,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ModelArgs;
 
+/// Default step budget on the GPU: a burst of prompts is prefilled in few steps (64 streams of
+/// 512-token prompts: TTFT p99 85 ms at 2048 against 156 ms at 512 on an H100, the same
+/// short-request throughput; `docs/perf-notes.md`, 2026-12-07).
+pub const GPU_STEP_TOKENS: usize = 2048;
+/// Default step budget on the CPU backend: a step's time grows with its tokens there, and
+/// running decodes wait for the whole step.
+pub const CPU_STEP_TOKENS: usize = 512;
+
 /// The file name of the default model.
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -68,11 +76,6 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     })?;
     bar.finish_and_clear();
     let c = &model.config;
-    let sched = SchedulerConfig {
-        step_tokens: args.step_tokens,
-        prefix_cache: !args.no_prefix_cache,
-        ..SchedulerConfig::default()
-    };
     let gpu = if args.cpu {
         None
     } else {
@@ -83,6 +86,15 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
                 None
             }
         }
+    };
+    let sched = SchedulerConfig {
+        step_tokens: args.step_tokens.unwrap_or(if gpu.is_some() {
+            GPU_STEP_TOKENS
+        } else {
+            CPU_STEP_TOKENS
+        }),
+        prefix_cache: !args.no_prefix_cache,
+        ..SchedulerConfig::default()
     };
     let runner: Box<dyn ModelRunner> = match gpu {
         Some(g) => {

@@ -37,9 +37,10 @@ pub struct ModelArgs {
     /// KV cache capacity in tokens.
     #[arg(long, default_value_t = 16384)]
     pub kv_tokens: usize,
-    /// Tokens per engine step at most (decode tokens + prefill chunks).
-    #[arg(long, default_value_t = 512)]
-    pub step_tokens: usize,
+    /// Tokens per engine step at most (decode tokens + prefill chunks); default 2048 on the
+    /// GPU, 512 on the CPU backend.
+    #[arg(long)]
+    pub step_tokens: Option<usize>,
     /// Do not keep finished requests' KV pages for reuse by prompts with the same prefix.
     #[arg(long)]
     pub no_prefix_cache: bool,
