@@ -93,7 +93,7 @@ metrics() { get "$url/metrics" >"$out/metrics-$1.txt" || true; }
 # total wall time), and the tokens generated: where the server's time went during a level.
 steps() {
     awk '
-        FNR == 1 { f++ }
+        { f = FILENAME == ARGV[1] ? 1 : 2 }   # not FNR: an empty snapshot has no first line
         /^ferrinfer_engine_step_seconds_(count|sum)\{/ {
             split($1, a, /[{}"]/); key = a[1] "/" a[3]; v[f, key] = $2
         }

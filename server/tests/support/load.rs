@@ -137,13 +137,18 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[i.min(v.len() - 1)]
 }
 
+/// A request's outcome, with when it really started and how late that was (every request,
+/// refused or failed ones included: they were offered too).
+struct Sent {
+    started: Instant,
+    lag: Duration,
+    outcome: Outcome,
+}
+
 enum Outcome {
     Ok {
         /// From the scheduled arrival (open loop) or the send (closed loop).
         ttft: Duration,
-        /// When the request really started, and how late that was.
-        started: Instant,
-        lag: Duration,
         itl: Vec<Duration>,
         chunks: usize,
         usage: Option<(u64, u64)>,
@@ -153,7 +158,17 @@ enum Outcome {
 }
 
 /// Sends request `i`, scheduled at `due` (open loop; closed loop: now).
-async fn one(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, due: Instant) -> Outcome {
+async fn one(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, due: Instant) -> Sent {
+    let started = Instant::now();
+    Sent {
+        started,
+        lag: started.saturating_duration_since(due),
+        outcome: send(client, cfg, i, due.min(started)).await,
+    }
+}
+
+/// Streams request `i`; time to first token counts from `from`.
+async fn send(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, from: Instant) -> Outcome {
     let body = serde_json::json!({
         "messages": [
             {"role": "system", "content": cfg.system},
@@ -166,7 +181,6 @@ async fn one(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, due: Insta
         "ignore_eos": cfg.ignore_eos,
     });
     let t0 = Instant::now();
-    let lag = t0.saturating_duration_since(due);
     let mut req = client
         .post(format!("{}/v1/chat/completions", cfg.base))
         .json(&body)
@@ -223,7 +237,7 @@ async fn one(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, due: Insta
             if has_text {
                 let now = Instant::now();
                 match first {
-                    None => first = Some(now - due.min(t0)),
+                    None => first = Some(now - from),
                     Some(_) => itl.push(now - last),
                 }
                 last = now;
@@ -235,9 +249,7 @@ async fn one(client: reqwest::Client, cfg: Arc<LoadConfig>, i: usize, due: Insta
         return Outcome::Failed("stream ended without [DONE]".into());
     }
     Outcome::Ok {
-        ttft: first.unwrap_or(last - due.min(t0)),
-        started: t0,
-        lag,
+        ttft: first.unwrap_or(last - from),
         itl,
         chunks,
         usage,
@@ -297,11 +309,14 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
     let (mut lags, mut starts) = (Vec::new(), Vec::new());
     let (mut counted, mut prompt, mut completion) = (0u64, 0u64, 0u64);
     for t in tasks {
-        match t.await {
+        let t = t.await.map(|sent| {
+            lags.push(sent.lag);
+            starts.push(sent.started);
+            sent.outcome
+        });
+        match t {
             Ok(Outcome::Ok {
                 ttft: a,
-                started,
-                lag,
                 itl: b,
                 chunks: c,
                 usage,
@@ -313,8 +328,6 @@ pub async fn run(client: &reqwest::Client, cfg: &LoadConfig) -> LoadReport {
                     completion += c;
                 }
                 ttft.push(a);
-                lags.push(lag);
-                starts.push(started);
                 itl.extend(b);
                 chunks += c;
             }

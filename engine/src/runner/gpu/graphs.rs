@@ -95,7 +95,8 @@ impl PieceKey {
 pub struct GraphStats {
     /// Keys captured (each one graph, or one per piece).
     pub captures: u64,
-    /// Steps run by replaying graphs (a capture's own first launch included).
+    /// Steps run by launching graphs (a capture step included: it runs by launching what it
+    /// captured).
     pub replays: u64,
     /// Steps run eagerly (a key's first step, graphs off, or a failed capture).
     pub eager: u64,
@@ -235,13 +236,21 @@ impl<K: Copy + Eq + Hash> StepGraphs<K> {
         }
     }
 
-    /// Keeps the captured `parts` of `key` (replayed in order by [`StepGraphs::replay`]).
+    /// Keeps the captured `parts` of `key` (replayed in order by [`StepGraphs::replay`]) as the
+    /// most recently used key (the least recently used one makes room).
     pub fn keep(&mut self, key: K, parts: Vec<StepGraph>) {
         if self.graphs.len() >= self.max {
             self.evict_oldest();
         }
         self.stats.captures += 1;
-        self.graphs.insert(key, Entry { parts, used: 0 });
+        self.tick += 1;
+        let used = self.tick;
+        self.graphs.insert(key, Entry { parts, used });
+    }
+
+    /// Counts a step that ran by launching the graphs it had just captured part by part.
+    pub fn launched_captured(&mut self) {
+        self.stats.replays += 1;
     }
 
     /// Whether `key` has graphs.
@@ -362,6 +371,12 @@ mod tests {
         g.keep(k(64), Vec::new());
         assert!(!g.has(&k(32)) && g.has(&k(64)));
         assert_eq!((g.stats().captures, g.stats().evictions), (2, 1));
+        // The newest capture is the most recently used: a full store evicts an older key.
+        let mut g = StepGraphs::<PieceKey>::new(2);
+        g.keep(k(32), Vec::new());
+        g.keep(k(64), Vec::new());
+        g.keep(k(96), Vec::new());
+        assert!(!g.has(&k(32)) && g.has(&k(64)) && g.has(&k(96)));
     }
 
     #[test]

@@ -196,7 +196,8 @@ impl GpuRunner {
         self.pieces.clear();
     }
 
-    /// What the runner did with its decode steps so far.
+    /// What the runner did with its decode steps so far (steps with prompts: see
+    /// [`GpuRunner::piece_stats`]; those above [`PIECE_MAX_TOKENS`] are always launched).
     pub fn graph_stats(&self) -> GraphStats {
         self.graphs.stats()
     }
@@ -404,10 +405,8 @@ impl GpuRunner {
                 let action = self.pieces.action(Some(k));
                 self.run_parts(&kv_step, np, rp, greedy, Some((k, action)))?
             }
-            (None, None) => {
-                self.graphs.action(None);
-                self.run_parts(&kv_step, n, r, greedy, None)?
-            }
+            // Larger steps with prompts: always launched (counted by neither store).
+            (None, None) => self.run_parts(&kv_step, n, r, greedy, None)?,
         }
         Ok(r)
     }
@@ -483,6 +482,7 @@ impl GpuRunner {
         if let Some((k, Action::Capture)) = pieces {
             if captured.len() == blocks + 1 {
                 self.pieces.keep(k, captured);
+                self.pieces.launched_captured();
             }
         }
         Ok(())
