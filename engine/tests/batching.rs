@@ -219,6 +219,70 @@ fn cancel_frees_pages_and_seeded_sampling_repeats() {
 /// 16 steps with 64-token prefill chunks generate what each generates alone (their decode
 /// tokens on the decode op in some steps, on the prefill op in mixed ones), and a decode
 /// step's logits on the decode op match those on the prefill op.
+/// The warm-up runs only on an idle engine (a queued request refuses it, typed) and changes
+/// nothing a request can see: the pages are all free afterwards and the tokens are the same.
+#[test]
+fn warm_up_is_refused_while_busy_and_invisible() {
+    let ps = prompts();
+    let req = request(ps[0].clone(), 6);
+    let mut cold = engine(4096, 512);
+    let want = run(&mut cold, std::slice::from_ref(&req), &[0]).remove(0);
+    let mut e = engine(4096, 512);
+    e.warm_up().unwrap();
+    assert_eq!(e.runner().free_pages(), e.runner().total_pages());
+    e.add(req.clone()).unwrap();
+    assert!(matches!(e.warm_up(), Err(EngineError::Request(_))));
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    assert_no_leak(&mut e);
+    let mut warm = engine(4096, 512);
+    warm.warm_up().unwrap();
+    assert_eq!(
+        run(&mut warm, std::slice::from_ref(&req), &[0]).remove(0),
+        want
+    );
+}
+
+/// On the GPU the warm-up runs real steps (a long prompt, short prompts, single-token steps,
+/// graph captures) on sequences of its own: afterwards every page is free again and a request
+/// generates the same greedy tokens as on a runner that never warmed up; a cache too small for
+/// those steps still warms up (it skips them).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_warm_up_is_invisible() {
+    let Some(gpu) = gpu_or_skip("gpu_warm_up_is_invisible") else {
+        return;
+    };
+    let m = common::model();
+    let new = |kv_tokens: usize| {
+        let r = GpuRunner::new(
+            &gpu,
+            m.config.clone(),
+            m.weights.clone(),
+            GpuWeights::F32,
+            kv_tokens,
+            2048,
+            64,
+        )
+        .unwrap();
+        engine_on(Box::new(r), 2048)
+    };
+    let req = request(prompts()[1].clone(), 12);
+    let want = run(&mut new(32768), std::slice::from_ref(&req), &[0]).remove(0);
+    let mut e = new(32768);
+    e.warm_up().unwrap();
+    let r = e.runner();
+    assert_eq!(r.free_pages(), r.total_pages(), "warm-up left pages in use");
+    assert_eq!(
+        run(&mut e, std::slice::from_ref(&req), &[0]).remove(0),
+        want
+    );
+    let mut tiny = new(16);
+    tiny.warm_up().unwrap();
+    assert_eq!(tiny.runner().free_pages(), tiny.runner().total_pages());
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_batch_of_32_matches_each_request_alone() {
