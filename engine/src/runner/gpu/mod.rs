@@ -15,6 +15,7 @@ mod graphs;
 mod precision;
 mod stream;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
@@ -522,11 +523,15 @@ impl GpuRunner {
     }
 }
 
-/// `v` followed by zeros up to `len` elements.
-fn padded<T: Copy + Default>(v: &[T], len: usize) -> Vec<T> {
+/// `v` followed by zeros up to `len` elements (`v` itself when it is that long: decode steps
+/// and steps above the buckets are not padded, and copy nothing here).
+fn padded<T: Copy + Default>(v: &[T], len: usize) -> Cow<'_, [T]> {
+    if len <= v.len() {
+        return Cow::Borrowed(v);
+    }
     let mut p = v.to_vec();
-    p.resize(len.max(v.len()), T::default());
-    p
+    p.resize(len, T::default());
+    Cow::Owned(p)
 }
 
 fn graph_err(e: String) -> EngineError {
