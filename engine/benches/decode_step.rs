@@ -2,8 +2,9 @@
 //! or graph replay, the argmax download): a model of SmolLM2-135M's geometry with random bf16
 //! weights (a step's speed does not depend on the values, so no model file is needed), each
 //! request after a 512-token prompt, at batch 1, 4, 16 and 64, with the step's kernels launched
-//! one by one and replayed as a CUDA graph, in the same run (batches of ≤ 8 tokens also with
-//! the few-row kernels, `set_small_products`, instead of cuBLAS). 10 warm-up steps (graphs are
+//! one by one and replayed as a CUDA graph, the graphs with the model kernels launched plainly
+//! and as programmatic dependents (`set_dependent_launch`, Hopper), in the same run (batches of
+//! ≤ 8 tokens also with the few-row kernels, `set_small_products`, instead of cuBLAS). 10 warm-up steps (graphs are
 //! captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
 //! roofline, the bytes a decode step must read (the bf16 weights of every product and the
 //! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
@@ -94,12 +95,40 @@ fn prompts(
     Ok((seqs, last))
 }
 
+/// How a runner launches a step.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// CUDA graphs (decode steps whole, mixed steps piecewise) or every kernel launched.
+    graphs: bool,
+    /// Few-row products (`set_small_products`) for steps of ≤ `GEMV_MAX_ROWS` tokens.
+    small: bool,
+    /// Model kernels as programmatic dependents (`set_dependent_launch`).
+    pdl: bool,
+}
+
+impl Setup {
+    /// Applies the setup to `r`; the label says what is in effect.
+    fn apply(self, r: &mut GpuRunner) -> String {
+        r.set_graphs(self.graphs);
+        r.set_small_products(self.small);
+        let pdl = r.set_dependent_launch(self.pdl);
+        let mut label = if self.graphs { "CUDA graph" } else { "eager" }.to_string();
+        if self.small {
+            label.push_str(", few-row");
+        }
+        if pdl {
+            label.push_str(", PDL");
+        }
+        label
+    }
+}
+
 fn run(
     gpu: &Gpu,
     cfg: &ModelConfig,
     w: &Arc<Weights>,
     batch: usize,
-    (graphs, small): (bool, bool),
+    setup: Setup,
     copy_tbps: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let step_tokens = 8192;
@@ -113,8 +142,7 @@ fn run(
         step_tokens,
         batch,
     )?;
-    r.set_graphs(graphs);
-    r.set_small_products(small);
+    let label = setup.apply(&mut r);
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64);
     let (seqs, mut last) = prompts(&mut r, cfg, batch, step_tokens, &mut rng)?;
     let mut times = Vec::with_capacity(STEPS);
@@ -133,9 +161,7 @@ fn run(
     let med = percentile(&times, 0.5);
     let roof_ms = step_bytes(cfg, batch, PROMPT + WARM + STEPS / 2) / (copy_tbps * 1e12) * 1e3;
     println!(
-        "| {batch} | {}{} | {med:.3} | {:.3} | {:.3} | {:.0} | {roof_ms:.3} | {:.2}× | {:?} |",
-        if graphs { "CUDA graph" } else { "eager" },
-        if small { ", few-row kernels" } else { "" },
+        "| {batch} | {label} | {med:.3} | {:.3} | {:.3} | {:.0} | {roof_ms:.3} | {:.2}× | {:?} |",
         percentile(&times, 0.1),
         percentile(&times, 0.9),
         batch as f64 / med * 1e3,
@@ -156,7 +182,7 @@ fn run_mixed(
     cfg: &ModelConfig,
     w: &Arc<Weights>,
     batch: usize,
-    graphs: bool,
+    setup: Setup,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let kv = batch * (PROMPT + WARM + STEPS + 16) + 4096;
     let mut r = GpuRunner::new(
@@ -168,7 +194,9 @@ fn run_mixed(
         8192,
         batch + 1,
     )?;
-    r.set_graphs(graphs);
+    let label = setup
+        .apply(&mut r)
+        .replace("CUDA graph", "piecewise graphs");
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + 100);
     let (seqs, mut last) = prompts(&mut r, cfg, batch, 8192, &mut rng)?;
     let mut tokens = |n: usize| -> Vec<u32> {
@@ -194,8 +222,7 @@ fn run_mixed(
     }
     times.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "| {batch} + {MIXED_PROMPT} | {} | {:.3} | {:.3} | {:.3} | {:?} |",
-        if graphs { "piecewise graphs" } else { "eager" },
+        "| {batch} + {MIXED_PROMPT} | {label} | {:.3} | {:.3} | {:.3} | {:?} |",
         percentile(&times, 0.5),
         percentile(&times, 0.1),
         percentile(&times, 0.9),
@@ -225,26 +252,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| batch | step | median ms | p10 ms | p90 ms | tokens/s | roofline ms | × roofline | graph stats |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let setup = |graphs, small, pdl| Setup { graphs, small, pdl };
     for batch in [1usize, 4, 16, 64] {
-        for graphs in [false, true] {
-            // Steps of ≤ GEMV_MAX_ROWS tokens also with the few-row kernels (off by default;
-            // larger steps use cuBLAS either way).
-            let smalls: &[bool] = if batch <= ferrinfer::ops::model::GEMV_MAX_ROWS {
-                &[false, true]
-            } else {
-                &[true]
-            };
-            for &small in smalls {
-                run(&gpu, &cfg, &w, batch, (graphs, small), copy_tbps)?;
-            }
+        // Eager, then graphs without and with PDL; steps of ≤ GEMV_MAX_ROWS tokens also with
+        // the few-row kernels (larger steps use cuBLAS either way).
+        let mut setups = vec![
+            setup(false, false, true),
+            setup(true, false, false),
+            setup(true, false, true),
+        ];
+        if batch <= ferrinfer::ops::model::GEMV_MAX_ROWS {
+            setups.extend([setup(true, true, false), setup(true, true, true)]);
+        }
+        for s in setups {
+            run(&gpu, &cfg, &w, batch, s, copy_tbps)?;
         }
     }
     println!("\nmixed steps (decodes + one new {MIXED_PROMPT}-token prompt), median of {STEPS}:");
     println!("| decodes + prompt tokens | step | median ms | p10 ms | p90 ms | piece stats |");
     println!("| --- | --- | ---: | ---: | ---: | --- |");
     for batch in [0usize, 16, 48] {
-        for graphs in [false, true] {
-            run_mixed(&gpu, &cfg, &w, batch, graphs)?;
+        for s in [
+            setup(false, false, true),
+            setup(true, false, false),
+            setup(true, false, true),
+        ] {
+            run_mixed(&gpu, &cfg, &w, batch, s)?;
         }
     }
     Ok(())

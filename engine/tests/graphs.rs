@@ -2,7 +2,10 @@
 //! computes: the same runner with graphs on and off, fed the same steps, gives bit-identical
 //! logits and greedy tokens at every step, through a change of batch size (a new graph) and
 //! both step kinds (logits, device argmax). On a random model of a small geometry (no file
-//! needed) and on the real model.
+//! needed) and on the real model. The graph runner launches its model kernels as programmatic
+//! dependents (PDL, where the GPU has it) and the eager one plainly, so the same checks show
+//! that PDL changes no bit; the few-row products (weights loaded before the in-kernel wait) are
+//! checked the same way.
 mod common;
 
 use std::sync::Arc;
@@ -66,7 +69,20 @@ fn graph_replayed_decode_steps_equal_eager_steps_random_model() {
     };
     let cfg = small_config();
     let w = Arc::new(Weights::random(&cfg, 2).unwrap());
-    check_replay_equals_eager(&gpu, &cfg, &w);
+    check_replay_equals_eager(&gpu, &cfg, &w, false);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_replayed_few_row_decode_steps_equal_eager_steps_random_model() {
+    let Some(gpu) =
+        gpu_or_skip("graph_replayed_few_row_decode_steps_equal_eager_steps_random_model")
+    else {
+        return;
+    };
+    let cfg = small_config();
+    let w = Arc::new(Weights::random(&cfg, 4).unwrap());
+    check_replay_equals_eager(&gpu, &cfg, &w, true);
 }
 
 #[test]
@@ -76,14 +92,16 @@ fn graph_replayed_decode_steps_equal_eager_steps() {
         return;
     };
     let m = common::model();
-    check_replay_equals_eager(&gpu, &m.config, &m.weights);
+    check_replay_equals_eager(&gpu, &m.config, &m.weights, false);
 }
 
-/// The same model twice: graphs on, graphs off.
+/// The same model twice: graphs on with the model kernels as programmatic dependents (where
+/// the GPU has them), graphs off with plain launches; `small`: both with the few-row products.
 fn runner_pair(
     gpu: &ferrinfer::Gpu,
     cfg: &ModelConfig,
     w: &Arc<Weights>,
+    small: bool,
 ) -> (GpuRunner, GpuRunner) {
     let new = |graphs: bool| {
         let mut r = GpuRunner::new(
@@ -97,6 +115,9 @@ fn runner_pair(
         )
         .unwrap();
         r.set_graphs(graphs);
+        r.set_small_products(small);
+        let pdl = r.set_dependent_launch(graphs);
+        assert_eq!(pdl, graphs && gpu.supports_dependent_launch());
         r
     };
     (new(true), new(false))
@@ -150,9 +171,14 @@ fn step_both(
     ids
 }
 
-fn check_replay_equals_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Weights>) {
+fn check_replay_equals_eager(
+    gpu: &ferrinfer::Gpu,
+    cfg: &ModelConfig,
+    w: &Arc<Weights>,
+    small: bool,
+) {
     let vocab = cfg.vocab;
-    let (mut g, mut e) = runner_pair(gpu, cfg, w);
+    let (mut g, mut e) = runner_pair(gpu, cfg, w, small);
     let mut r = rng(41);
     // Ten prompts of random tokens and random lengths (1 to 70: some cross page boundaries).
     let prompts: Vec<Vec<u32>> = (0..10)
@@ -238,7 +264,7 @@ fn piecewise_replayed_mixed_steps_equal_eager_steps() {
 /// then replayed per key), and give the same bits as the same runner with graphs off.
 fn check_pieces_equal_eager(gpu: &ferrinfer::Gpu, cfg: &ModelConfig, w: &Arc<Weights>) {
     let vocab = cfg.vocab;
-    let (mut g, mut e) = runner_pair(gpu, cfg, w);
+    let (mut g, mut e) = runner_pair(gpu, cfg, w, false);
     let mut r = rng(43);
     let mut prompt = |lo: usize, hi: usize| -> Vec<u32> {
         let len = r.random_range(lo..=hi);

@@ -243,6 +243,7 @@ unsafe fn append_rows_async<const R: usize>(p: &AppendParams) {
 /// See [`append_rows_async`].
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn append_kv_b16_async2(p: AppendParams) {
+    crate::arch::grid_dep::enter();
     // SAFETY: forwarded launch contract.
     unsafe { append_rows_async::<2>(&p) }
 }
@@ -253,6 +254,7 @@ pub unsafe extern "ptx-kernel" fn append_kv_b16_async2(p: AppendParams) {
 /// See [`append_rows_async`].
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn append_kv_b16_async4(p: AppendParams) {
+    crate::arch::grid_dep::enter();
     // SAFETY: forwarded launch contract.
     unsafe { append_rows_async::<4>(&p) }
 }
@@ -263,6 +265,7 @@ pub unsafe extern "ptx-kernel" fn append_kv_b16_async4(p: AppendParams) {
 /// See the body's launch contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn append_kv_b16(p: AppendParams) {
+    crate::arch::grid_dep::enter();
     // SAFETY: forwarded launch contract.
     unsafe { copy_rows::<true, ROWS, false>(&p) }
 }
@@ -273,6 +276,7 @@ pub unsafe extern "ptx-kernel" fn append_kv_b16(p: AppendParams) {
 /// See the body's launch contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn gather_kv_b16(p: AppendParams) {
+    crate::arch::grid_dep::enter();
     // SAFETY: forwarded launch contract.
     unsafe { copy_rows::<false, ROWS, false>(&p) }
 }
@@ -285,6 +289,7 @@ macro_rules! append_variants {
         /// See the body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: AppendParams) {
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { copy_rows::<true, $rows, $stream>(&p) }
         }
@@ -360,6 +365,7 @@ macro_rules! append_fp8_entries {
         /// See [`quantize_rows`].
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: AppendFp8Params) {
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { quantize_rows::<$e, $f>(&p) }
         }

@@ -396,6 +396,7 @@ macro_rules! decode_entries {
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeParams) {
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe {
                 batch_decode::<$e, Half<$e>, ScaleSoftCap, NoRope, $d, $g>(&p, 1.0, &RopeAttn::default())
@@ -439,6 +440,7 @@ macro_rules! decode_fp8_entries {
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeFp8Params) {
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe {
                 batch_decode::<$e, Codes<$f>, ScaleSoftCap, NoRope, $d, $g>(
@@ -510,6 +512,7 @@ macro_rules! decode_rope_entries {
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: DecodeRopeParams) {
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe {
                 batch_decode::<$e, Half<$e>, ScaleSoftCap, LaneRope<VEC>, $d, $g>(&p.base, 1.0, &p.rope)

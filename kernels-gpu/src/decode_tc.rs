@@ -258,6 +258,7 @@ macro_rules! decode_tc_entries {
             const NT: usize = <Dim<$d> as HeadDim>::NT;
             const KS: usize = <Dim<$d> as HeadDim>::KS;
             const STAGES: u32 = cfg::stages($d, 2);
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { decode_tc::<$e, Half, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(&p, 1.0) }
         }
@@ -283,6 +284,7 @@ macro_rules! decode_tc_fp8_entries {
             const NT: usize = <Dim<$d> as HeadDim>::NT;
             const KS: usize = <Dim<$d> as HeadDim>::KS;
             const STAGES: u32 = cfg::stages($d, 1);
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe {
                 decode_tc::<$e, Codes<$f>, ScaleSoftCap, $d, NT, KS, STAGES, { STAGES - 1 }>(

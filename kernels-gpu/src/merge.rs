@@ -168,6 +168,7 @@ macro_rules! merge_entries {
         /// See the generic body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: MergeParams) {
+            crate::arch::grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { merge::<$i, $o, $v>(&p) }
         }

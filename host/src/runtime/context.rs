@@ -1,5 +1,6 @@
 //! Device discovery, context, stream and the loaded kernel module.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,10 @@ struct Inner {
 pub struct Gpu {
     inner: Arc<Inner>,
     stream: Arc<CudaStream>,
+    /// Whether kernels that wait in-kernel launch as programmatic dependents
+    /// ([`Gpu::set_dependent_launch`]); shared by this handle's clones, not by handles of other
+    /// streams.
+    pdl: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -203,6 +208,8 @@ impl Gpu {
             module_load,
             cubin_fallback,
         };
+        let pdl = matches!(arch, Arch::Sm90 | Arch::Sm90a)
+            && std::env::var("FERRINFER_PDL").map_or(true, |v| v != "0");
         Ok(Gpu {
             inner: Arc::new(Inner {
                 ctx,
@@ -211,12 +218,39 @@ impl Gpu {
                 functions: Mutex::new(HashMap::new()),
             }),
             stream,
+            pdl: Arc::new(AtomicBool::new(pdl)),
         })
     }
 
     /// Device facts.
     pub fn info(&self) -> &GpuInfo {
         &self.inner.info
+    }
+
+    /// Whether this GPU's kernel image has Hopper's programmatic dependent launch
+    /// (`griddepcontrol`: the sm_90 and sm_90a images).
+    pub fn supports_dependent_launch(&self) -> bool {
+        matches!(self.inner.info.arch, Arch::Sm90 | Arch::Sm90a)
+    }
+
+    /// Launches the kernels that wait for their dependency in-kernel (decode, merge, KV copy
+    /// and model kernels; `KernelKey::waits_for_prior_grids`) as programmatic dependents
+    /// (`true`: each may start while the kernel before it finishes, its launch and prologue
+    /// overlapping that kernel's tail; in a stream capture the edges become programmatic graph
+    /// edges) or plainly (`false`). The results are the same bits either way. On by default
+    /// where supported, unless the environment sets `FERRINFER_PDL=0`. Applies to this
+    /// handle and its clones (the ops built from them), not to handles of other streams made
+    /// from it afterwards, which start from this setting. Returns the setting in effect
+    /// (`false` where unsupported, whatever was asked).
+    pub fn set_dependent_launch(&self, on: bool) -> bool {
+        let on = on && self.supports_dependent_launch();
+        self.pdl.store(on, Ordering::Relaxed);
+        on
+    }
+
+    /// Whether kernels that allow it launch as programmatic dependents.
+    pub fn dependent_launch(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
     }
 
     /// The cudarc context.
@@ -229,6 +263,7 @@ impl Gpu {
         Gpu {
             inner: self.inner.clone(),
             stream,
+            pdl: Arc::new(AtomicBool::new(self.dependent_launch())),
         }
     }
 

@@ -1,6 +1,10 @@
 //! The one typed launch path. Kernels take a by-value `#[repr(C)]` parameter block
 //! (`ferrinfer_kernels::abi`; the Hopper prefill a second one, its tensor maps); nothing else
-//! in the crate calls `cuLaunchKernel`.
+//! in the crate calls `cuLaunchKernel`. Kernels that begin with `griddepcontrol.wait` are
+//! launched as programmatic dependents where the handle allows ([`Gpu::set_dependent_launch`]).
+use std::ffi::c_void;
+
+use cudarc::driver::sys::{self, CUlaunchAttributeID};
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use ferrinfer_kernels::abi::Abi;
 use ferrinfer_kernels::kernel_key::{KernelKey, KernelName};
@@ -100,7 +104,9 @@ impl Gpu {
         })
     }
 
-    /// Launches resolved kernel `k` with parameter block `params` on this GPU's stream.
+    /// Launches resolved kernel `k` with parameter block `params` on this GPU's stream: as a
+    /// programmatic dependent when the kernel waits for its dependency in-kernel and the
+    /// handle has that on ([`Gpu::set_dependent_launch`]), else plainly.
     ///
     /// # Safety
     /// As [`Gpu::launch`], for `k`'s kernel.
@@ -111,11 +117,64 @@ impl Gpu {
         params: P,
     ) -> Result<()> {
         k.check_smem(&dims)?;
+        if k.key.waits_for_prior_grids() && self.dependent_launch() {
+            // SAFETY: forwarded contract; the key says the kernel waits in-kernel, and the
+            // setting is on only where the image has the instruction.
+            return unsafe { self.launch_dependent(k, dims, params) };
+        }
         let arg = KernelArg(params);
         let mut b = self.stream().launch_builder(&k.f);
         b.arg(&arg);
         // SAFETY: per this function's contract (cudarc binds the context for the launch).
         unsafe { b.launch(dims.config()) }?;
+        Ok(())
+    }
+
+    /// [`Gpu::launch_kernel`] as a programmatic dependent launch (Hopper's PDL): the kernel
+    /// may start before the previous kernel on the stream has finished, once every CTA of that
+    /// kernel has executed `griddepcontrol.launch_dependents` (or exited). In a stream capture
+    /// the edge becomes a programmatic graph edge.
+    ///
+    /// # Safety
+    /// As [`Gpu::launch_kernel`]; `k`'s kernel runs `griddepcontrol.wait` in every thread
+    /// before it reads anything earlier kernels write and before its first store
+    /// (`ferrinfer_kernels::arch::grid_dep`), and this GPU's image has the instruction.
+    unsafe fn launch_dependent<P: Abi>(
+        &self,
+        k: &Kernel,
+        dims: LaunchDims,
+        params: P,
+    ) -> Result<()> {
+        self.bind()?;
+        let mut arg = KernelArg(params);
+        let mut args = [(&mut arg as *mut KernelArg<P>).cast::<c_void>()];
+        // SAFETY: an all-zero attribute is valid plain data; id and value are set below.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: dims.grid.0,
+            gridDimY: dims.grid.1,
+            gridDimZ: dims.grid.2,
+            blockDimX: dims.block.0,
+            blockDimY: dims.block.1,
+            blockDimZ: dims.block.2,
+            sharedMemBytes: dims.smem_bytes,
+            hStream: self.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the context is bound; `args` points at the one by-value parameter block,
+        // alive for the call (the driver copies it); the rest per this function's contract.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                k.f.cu_function(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
         Ok(())
     }
 

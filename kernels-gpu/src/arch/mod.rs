@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod fast;
 pub mod global;
+pub mod grid_dep;
 pub mod ldmatrix;
 #[cfg(target_feature = "sm_90a")]
 pub mod mbarrier;

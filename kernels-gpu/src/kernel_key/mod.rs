@@ -473,6 +473,25 @@ impl KernelKey {
         n
     }
 
+    /// Whether the kernel runs `griddepcontrol.wait` in every thread before it touches memory
+    /// an earlier kernel may write (`arch::grid_dep`), so the host may launch it as a
+    /// programmatic dependent: the decode kernels, the merge, the KV copies and the model
+    /// kernels. The prefill kernels do not (they start with their own load pipelines).
+    pub fn waits_for_prior_grids(&self) -> bool {
+        // Exhaustive: a new kind of kernel must decide.
+        match self {
+            KernelKey::Decode { .. }
+            | KernelKey::DecodeRope { .. }
+            | KernelKey::DecodeFp8 { .. }
+            | KernelKey::DecodeTc { .. }
+            | KernelKey::DecodeTcFp8 { .. }
+            | KernelKey::Merge { .. }
+            | KernelKey::Copy(_)
+            | KernelKey::Model(_) => true,
+            KernelKey::Prefill { .. } => false,
+        }
+    }
+
     /// Whether the kernel exists only in the sm_90a image (the Hopper prefill forms).
     pub const fn sm90a_only(&self) -> bool {
         matches!(

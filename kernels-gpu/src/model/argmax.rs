@@ -4,7 +4,7 @@
 //! ties — the CPU twin's rule (`cpu::sampling::argmax`). A row holding a NaN gives `u32::MAX`
 //! (the CPU twin returns an error there).
 use crate::abi::{ArgmaxParams, ARGMAX_THREADS};
-use crate::arch::{global, shared, thread, warp};
+use crate::arch::{global, grid_dep, shared, thread, warp};
 
 /// "No element seen" (also the answer for a NaN row).
 const NONE: u32 = u32::MAX;
@@ -23,6 +23,7 @@ fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
 /// `vocab < u32::MAX` (validated by the host).
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn argmax(p: ArgmaxParams) {
+    grid_dep::enter();
     let row = thread::block_idx_x();
     if row >= p.rows {
         return; // uniform per CTA

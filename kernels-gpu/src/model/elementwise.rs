@@ -3,7 +3,7 @@
 //! product's input) and `to_f32_*` (16-bit attention output → f32).
 use super::out::{Out, F32};
 use crate::abi::{ConvertParams, GatherParams, SiluMulParams};
-use crate::arch::{global, thread};
+use crate::arch::{global, grid_dep, thread};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::silu;
 
@@ -72,6 +72,7 @@ macro_rules! out_entries {
         /// See the body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: $params) {
+            grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { $body::<$o>(&p) }
         }
@@ -127,6 +128,7 @@ macro_rules! convert_entries {
         /// See the body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: ConvertParams) {
+            grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { to_f32::<$e>(&p) }
         }

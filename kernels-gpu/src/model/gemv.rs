@@ -10,7 +10,7 @@
 //! small and shared by every warp: it stays in L1/L2), and the warp sums its lanes. Every
 //! column is independent, so the grid is `ceil(n / warps_per_cta)` CTAs.
 use crate::abi::{GemvParams, GEMV_MAX_ROWS};
-use crate::arch::{global, thread, warp};
+use crate::arch::{global, grid_dep, thread, warp};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{fma, silu};
 
@@ -79,40 +79,58 @@ impl<E: Elem> Input<E> for SiluGated {
     }
 }
 
+/// The [`UNROLL`] 16-byte vectors `v0, v0 + 32, ...` of `w`'s row at `w_row` that exist
+/// (`< vecs`); zeros for the others.
+///
+/// # Safety
+/// `w_row` is a row of `vecs` 16-byte vectors inside `w`.
+#[inline(always)]
+unsafe fn load_w(w_row: u64, v0: u32, vecs: u32) -> [[u32; 4]; UNROLL as usize] {
+    let mut wv = [[0u32; 4]; UNROLL as usize];
+    for u in 0..UNROLL {
+        let v = v0 + u * 32;
+        if v < vecs {
+            // SAFETY: v < vecs: a whole vector of the row.
+            wv[u as usize] = unsafe { global::ld_nc_u32x4(w_row + v as u64 * 16) };
+        }
+    }
+    wv
+}
+
 /// The kernel body.
+///
+/// The first [`UNROLL`] weight vectors of each lane are loaded before
+/// [`grid_dep::wait_prior_grids`]: no kernel of a step writes the weights, so under a
+/// programmatic launch those loads overlap the previous kernel (the norm or product that writes
+/// `x`), and only the reads of `x` and the store wait for it.
 ///
 /// # Safety
 /// Block `(32·w)` (whole warps), grid covering `n` warps; `1 ≤ m ≤ GEMV_MAX_ROWS`; `k` a
 /// multiple of 8; `x` holds `m` rows of `I`'s input (`m·k` elements of `E`, or `m·2k` f32)
 /// and `w` `n·k` elements of `E`, both 16-byte aligned; `out` holds `m·n` f32 and overlaps
-/// neither (validated by the host).
+/// neither (validated by the host); `w` is not written by the kernels before it on the stream.
 #[inline(always)]
 unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
     let lane = thread::thread_idx_x() % 32;
     let warps = thread::block_dim_x() / 32;
     let c = thread::block_idx_x() * warps + thread::thread_idx_x() / 32;
+    // A warp past the last column loads nothing but still waits (see `grid_dep::enter`).
+    let vecs = if c < p.n { p.k / 8 } else { 0 };
+    let w_row = p.w + c as u64 * p.k as u64 * 2;
+    let mut v0 = lane;
+    // SAFETY: c < n when vecs > 0: w's row c.
+    let mut wv = unsafe { load_w(w_row, v0, vecs) };
+    grid_dep::enter();
     if c >= p.n {
         return;
     }
-    let vecs = p.k / 8;
-    let w_row = p.w + c as u64 * p.k as u64 * 2;
     let m = if p.m > GEMV_MAX_ROWS as u32 {
         GEMV_MAX_ROWS as u32
     } else {
         p.m
     };
     let mut acc = [0.0f32; GEMV_MAX_ROWS];
-    let mut v0 = lane;
     while v0 < vecs {
-        // Issue every load of this step before the first use.
-        let mut wv = [[0u32; 4]; UNROLL as usize];
-        for u in 0..UNROLL {
-            let v = v0 + u * 32;
-            if v < vecs {
-                // SAFETY: v < k/8: a whole vector of w's row c (c < n).
-                wv[u as usize] = unsafe { global::ld_nc_u32x4(w_row + v as u64 * 16) };
-            }
-        }
         // One step per loaded vector, written out so `wv` is indexed by constants (a loop
         // over `u` that LLVM left rolled put `wv` in local memory in the SiLU form).
         macro_rules! step {
@@ -134,6 +152,10 @@ unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
         step!(2);
         step!(3);
         v0 += UNROLL * 32;
+        if v0 < vecs {
+            // SAFETY: w's row c (c < n).
+            wv = unsafe { load_w(w_row, v0, vecs) };
+        }
     }
     for r in 0..GEMV_MAX_ROWS {
         if (r as u32) < m {

@@ -7,7 +7,7 @@
 //! the residual stream stays f32.
 use super::out::{Out, F32};
 use crate::abi::NormParams;
-use crate::arch::{global, thread};
+use crate::arch::{global, grid_dep, thread};
 use crate::dtype::{Bf16, F16};
 use crate::math::fast::{fma, sqrt};
 
@@ -75,6 +75,7 @@ macro_rules! norm_entries {
         /// See the body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: NormParams) {
+            grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { norm_rows::<$add, $o>(&p) }
         }

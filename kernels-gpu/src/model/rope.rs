@@ -6,7 +6,7 @@
 //! `position · inv_freq[j]` in f32, as the CPU twin (`cpu::rope::apply_rope`) computes it, with
 //! the range-reduced `math::trig::sincos` (angles reach the position itself).
 use crate::abi::{RopeParams, ROPE_HALF};
-use crate::arch::{global, thread};
+use crate::arch::{global, grid_dep, thread};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::trig::sincos;
 
@@ -89,6 +89,7 @@ macro_rules! rope_entries {
         /// See the body's launch contract.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: RopeParams) {
+            grid_dep::enter();
             // SAFETY: forwarded launch contract.
             unsafe { qkv_rope::<$e>(&p) }
         }

@@ -197,6 +197,19 @@ impl GpuRunner {
         self.pieces.clear();
     }
 
+    /// Launches the model kernels, the KV append and the decode attention as programmatic
+    /// dependents (`true`, the default on Hopper: each overlaps its launch with the kernel
+    /// before it; [`Gpu::set_dependent_launch`] of the runner's stream) or plainly (`false`).
+    /// The results are the same bits either way. Returns the setting in effect (`false`
+    /// where the GPU's kernel image lacks the instruction). Captured graphs are dropped (their
+    /// edges encode the setting).
+    pub fn set_dependent_launch(&mut self, on: bool) -> bool {
+        let on = self.gpu.set_dependent_launch(on);
+        self.graphs.clear();
+        self.pieces.clear();
+        on
+    }
+
     /// What the runner did with its decode steps so far (steps with prompts: see
     /// [`GpuRunner::piece_stats`]; those above [`PIECE_MAX_TOKENS`] are always launched).
     pub fn graph_stats(&self) -> GraphStats {
@@ -248,8 +261,13 @@ impl ModelRunner for GpuRunner {
             ),
             _ => String::new(),
         };
+        let pdl = if self.gpu.dependent_launch() {
+            ", programmatic dependent launches"
+        } else {
+            ""
+        };
         format!(
-            "gpu ({}, {w} weights{products}, {attn}, {graphs})",
+            "gpu ({}, {w} weights{products}, {attn}, {graphs}{pdl})",
             self.gpu.info().name
         )
     }
