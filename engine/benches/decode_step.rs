@@ -3,9 +3,9 @@
 //! weights (a step's speed does not depend on the values, so no model file is needed), each
 //! request after a 512-token prompt, at batch 1, 4, 16 and 64, with the step's kernels launched
 //! one by one and replayed as a CUDA graph, the graphs with the model kernels launched plainly
-//! and as programmatic dependents (`set_dependent_launch`, Hopper), in the same run (batches of
-//! ≤ 8 tokens also with the few-row kernels, `set_small_products`, instead of cuBLAS). 10 warm-up steps (graphs are
-//! captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
+//! and as programmatic dependents (`set_dependent_launch`, Hopper), in the same run, and every
+//! batch also with the products on the few-row kernels (`set_small_products`) instead of
+//! cuBLAS. 10 warm-up steps (graphs are captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
 //! roofline, the bytes a decode step must read (the bf16 weights of every product and the
 //! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
 //! bandwidth measured in the same run (issue #16's target: a batch-64 step within 2× of it).
@@ -100,7 +100,7 @@ fn prompts(
 struct Setup {
     /// CUDA graphs (decode steps whole, mixed steps piecewise) or every kernel launched.
     graphs: bool,
-    /// Few-row products (`set_small_products`) for steps of ≤ `GEMV_MAX_ROWS` tokens.
+    /// Few-row products (`set_small_products`) for steps of ≤ 64 tokens.
     small: bool,
     /// Model kernels as programmatic dependents (`set_dependent_launch`).
     pdl: bool,
@@ -110,7 +110,7 @@ impl Setup {
     /// Applies the setup to `r`; the label says what is in effect.
     fn apply(self, r: &mut GpuRunner) -> String {
         r.set_graphs(self.graphs);
-        r.set_small_products(self.small);
+        r.set_small_products(if self.small { 64 } else { 0 });
         let pdl = r.set_dependent_launch(self.pdl);
         let mut label = if self.graphs { "CUDA graph" } else { "eager" }.to_string();
         if self.small {
@@ -254,17 +254,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let setup = |graphs, small, pdl| Setup { graphs, small, pdl };
     for batch in [1usize, 4, 16, 64] {
-        // Eager, then graphs without and with PDL; steps of ≤ GEMV_MAX_ROWS tokens also with
-        // the few-row kernels (larger steps use cuBLAS either way).
-        let mut setups = vec![
+        // Eager, then graphs without and with PDL, products on cuBLAS and on the few-row
+        // kernels.
+        for s in [
             setup(false, false, true),
             setup(true, false, false),
             setup(true, false, true),
-        ];
-        if batch <= ferrinfer::ops::model::GEMV_MAX_ROWS {
-            setups.extend([setup(true, true, false), setup(true, true, true)]);
-        }
-        for s in setups {
+            setup(true, true, false),
+            setup(true, true, true),
+        ] {
             run(&gpu, &cfg, &w, batch, s, copy_tbps)?;
         }
     }

@@ -96,7 +96,8 @@ fn graph_replayed_decode_steps_equal_eager_steps() {
 }
 
 /// The same model twice: graphs on with the model kernels as programmatic dependents (where
-/// the GPU has them), graphs off with plain launches; `small`: both with the few-row products.
+/// the GPU has them), graphs off with plain launches; `small`: both with the few-row products
+/// for steps of up to 16 tokens (two row groups).
 fn runner_pair(
     gpu: &ferrinfer::Gpu,
     cfg: &ModelConfig,
@@ -115,7 +116,7 @@ fn runner_pair(
         )
         .unwrap();
         r.set_graphs(graphs);
-        r.set_small_products(small);
+        r.set_small_products(if small { 16 } else { 0 });
         let pdl = r.set_dependent_launch(graphs);
         assert_eq!(pdl, graphs && gpu.supports_dependent_launch());
         r

@@ -78,7 +78,7 @@ fn check_sums(
     )
 }
 
-/// `cases` random shapes (m ≤ GEMV_MAX_ROWS, k a multiple of 8 below `k_max`, n below `n_max`,
+/// `cases` random shapes (m ≤ 3 · GEMV_GROUP_ROWS: up to three row groups, k a multiple of 8 below `k_max`, n below `n_max`,
 /// f16 or bf16) through `run`; prints the worst statistics.
 fn random_shapes(
     label: &str,
@@ -88,7 +88,7 @@ fn random_shapes(
 ) {
     let worst = std::cell::Cell::new(ErrorStats::default());
     let strategy = (
-        1usize..=ferrinfer::ops::model::GEMV_MAX_ROWS,
+        1usize..=3 * ferrinfer::ops::model::GEMV_GROUP_ROWS,
         (1usize..k_max / 8).prop_map(|v| 8 * v),
         1usize..n_max,
         any::<bool>(),
@@ -119,6 +119,8 @@ fn gpu_gemv_matches_f64_oracle() {
         (1, 1536, 576),
         (8, 576, 4096),
         (3, 4096, 130),
+        // Batch-64 decode steps: eight row groups.
+        (64, 576, 960),
     ];
     for (i, &s) in fixed.iter().enumerate() {
         run_gemv::<bf16>(&gpu, &mk, s, i as u64);
@@ -197,6 +199,63 @@ fn gpu_gemv_silu_matches_f64_oracle() {
     );
 }
 
+/// A row's product is the same bits whatever rows share its launch: each row of a 37-row
+/// launch (five row groups, the last partial) against the same row launched alone, for both
+/// forms.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_gemv_rows_do_not_depend_on_the_batch() {
+    let Some(gpu) = gpu_or_skip("gpu_gemv_rows_do_not_depend_on_the_batch") else {
+        return;
+    };
+    let mk = ModelKernels::new(&gpu).unwrap();
+    let (m, k, n) = (37usize, 1536usize, 576usize);
+    let mut r = rng(77);
+    let x: Vec<bf16> = uniform(&mut r, m * k, 2.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let gate_up = uniform(&mut r, m * 2 * k, 6.0);
+    let w: Vec<bf16> = uniform(&mut r, n * k, 0.5)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let wd = gpu.upload(&w).unwrap();
+    let run = |silu: bool, rows: std::ops::Range<usize>| -> Vec<f32> {
+        let mut out = gpu.upload(&vec![f32::NAN; rows.len() * n]).unwrap();
+        if silu {
+            let g = gpu
+                .upload(&gate_up[rows.start * 2 * k..rows.end * 2 * k])
+                .unwrap();
+            mk.gemv_silu(&g, rows.len(), &wd, k, n, &mut out).unwrap();
+        } else {
+            let xd = gpu.upload(&x[rows.start * k..rows.end * k]).unwrap();
+            mk.gemv(&xd, rows.len(), &wd, k, n, &mut out).unwrap();
+        }
+        gpu.download(&out).unwrap()
+    };
+    for silu in [false, true] {
+        let all = run(silu, 0..m);
+        assert!(
+            all.iter().all(|v| v.is_finite()),
+            "an output was not written"
+        );
+        for row in [0, 7, 8, 20, 36] {
+            let alone = run(silu, row..row + 1);
+            let batched = &all[row * n..(row + 1) * n];
+            let differ = alone
+                .iter()
+                .zip(batched)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "silu={silu} row {row}: {differ} of {n} outputs differ"
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gemv_bad_input_is_a_typed_error() {
@@ -210,7 +269,9 @@ fn gemv_bad_input_is_a_typed_error() {
     let shape = |r: ferrinfer::Result<()>| matches!(r, Err(Error::Shape { .. }));
     let invalid = |r: ferrinfer::Result<()>| matches!(r, Err(Error::InvalidArgument { .. }));
     let unsupported = |r: ferrinfer::Result<()>| matches!(r, Err(Error::Unsupported { .. }));
-    assert!(unsupported(mk.gemv(&x, 9, &w, 64, 32, &mut out)));
+    // More row groups than a grid holds; then 9 rows where x holds 8.
+    assert!(unsupported(mk.gemv(&x, 600_000, &w, 64, 32, &mut out)));
+    assert!(shape(mk.gemv(&x, 9, &w, 64, 32, &mut out)));
     assert!(invalid(mk.gemv(&x, 1, &w, 60, 32, &mut out)));
     assert!(invalid(mk.gemv(&x, 1, &w, 0, 32, &mut out)));
     assert!(invalid(mk.gemv(&x, 1, &w, 64, 0, &mut out)));
@@ -228,7 +289,10 @@ fn gemv_bad_input_is_a_typed_error() {
     mk.gemv(&x, 8, &w, 64, 32, &mut out).unwrap();
     // gemv_silu: gate_up [m, 2k] f32.
     let gu = gpu.alloc::<f32>(8 * 128).unwrap();
-    assert!(unsupported(mk.gemv_silu(&gu, 9, &w, 64, 32, &mut out)));
+    assert!(unsupported(
+        mk.gemv_silu(&gu, 600_000, &w, 64, 32, &mut out)
+    ));
+    assert!(shape(mk.gemv_silu(&gu, 9, &w, 64, 32, &mut out)));
     assert!(invalid(mk.gemv_silu(&gu, 1, &w, 12, 32, &mut out)));
     assert!(shape(mk.gemv_silu(&gu, 8, &w, 72, 16, &mut out)));
     assert!(shape(mk.gemv_silu(

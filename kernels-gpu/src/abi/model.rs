@@ -132,9 +132,10 @@ pub struct SiluMulParams {
 unsafe impl Abi for SiluMulParams {}
 const _: () = assert!(core::mem::size_of::<SiluMulParams>() == 2 * 8 + 2 * 4);
 
-/// Most rows (tokens) of one `gemv_*` launch: the decode steps it serves; larger products go
-/// to a GEMM.
-pub const GEMV_MAX_ROWS: usize = 8;
+/// Rows (tokens) one CTA of `gemv_*` multiplies with each weight vector it loads: a launch of
+/// `m` rows has `ceil(m / GEMV_GROUP_ROWS)` row groups (grid y), each its own CTAs, all running
+/// the same arithmetic per row, so a row's result does not depend on `m`.
+pub const GEMV_GROUP_ROWS: usize = 8;
 
 /// Threads per CTA of `gemv_*` (one warp per output column).
 pub const GEMV_THREADS: u32 = 128;
@@ -143,7 +144,7 @@ pub const GEMV_THREADS: u32 = 128;
 /// for `r < m`, `c < n`; `x` `[m, k]` and `w` `[n, k]` row-major 16-bit, both 16-byte aligned,
 /// `k` a multiple of 8; `out` `[m, n]` f32. `gemv_silu_{f16,bf16}`: `x` is f32 `[m, 2k]` (gate |
 /// up) and the input element is `silu(gate) · up` rounded to the 16-bit type. Grid
-/// `(ceil(n / (GEMV_THREADS / 32)))`, block [`GEMV_THREADS`].
+/// `(ceil(n / (GEMV_THREADS / 32)), ceil(m / GEMV_GROUP_ROWS))`, block [`GEMV_THREADS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GemvParams {
@@ -153,7 +154,7 @@ pub struct GemvParams {
     pub w: u64,
     /// f32 `[m, n]`.
     pub out: u64,
-    /// Rows of x and out, `1..=GEMV_MAX_ROWS`.
+    /// Rows of x and out (≥ 1).
     pub m: u32,
     /// Columns of out (rows of w).
     pub n: u32,

@@ -1,5 +1,5 @@
 //! `gemv_{f16,bf16}`: the matrix products of a decode step, `out[r, c] = Σ_k x[r, k] · w[c, k]`
-//! for a few rows `r` (`m ≤ GEMV_MAX_ROWS` tokens) — the shape where a general GEMM library
+//! for the few rows `r` of a decode step (one token per request) — the shape where a general GEMM library
 //! spends most of its time in set-up, not on the bytes (cuBLAS 4.6–6.2 µs for SmolLM2's
 //! 0.7–3.5 MB projections on an H100, perf-notes). 16-bit `x` and `w`, f32 products and sums,
 //! f32 `out`: the same arithmetic as the f32-accumulating GEMM it replaces, in another order.
@@ -8,8 +8,11 @@
 //! `c` (read-only, non-coherent path: the weights are read once per step) with
 //! [`UNROLL`] loads in flight, multiplies each with the same vector of every `x` row (`x` is
 //! small and shared by every warp: it stays in L1/L2), and the warp sums its lanes. Every
-//! column is independent, so the grid is `ceil(n / warps_per_cta)` CTAs.
-use crate::abi::{GemvParams, GEMV_MAX_ROWS};
+//! column is independent, so the grid is `ceil(n / warps_per_cta)` CTAs, times one for each
+//! group of [`GEMV_GROUP_ROWS`] rows (grid y): every group repeats the weight reads (from L2
+//! after the first) and the same per-row arithmetic, so a row's result is the same bits
+//! whatever the other rows and their number.
+use crate::abi::{GemvParams, GEMV_GROUP_ROWS};
 use crate::arch::{global, grid_dep, thread, warp};
 use crate::dtype::{Bf16, Elem, F16};
 use crate::math::fast::{fma, silu};
@@ -105,8 +108,8 @@ unsafe fn load_w(w_row: u64, v0: u32, vecs: u32) -> [[u32; 4]; UNROLL as usize] 
 /// `x`), and only the reads of `x` and the store wait for it.
 ///
 /// # Safety
-/// Block `(32·w)` (whole warps), grid covering `n` warps; `1 ≤ m ≤ GEMV_MAX_ROWS`; `k` a
-/// multiple of 8; `x` holds `m` rows of `I`'s input (`m·k` elements of `E`, or `m·2k` f32)
+/// Block `(32·w)` (whole warps), grid `(x, y)` with `x` covering `n` warps and `y =
+/// ceil(m / GEMV_GROUP_ROWS)`; `m ≥ 1`; `k` a multiple of 8; `x` holds `m` rows of `I`'s input (`m·k` elements of `E`, or `m·2k` f32)
 /// and `w` `n·k` elements of `E`, both 16-byte aligned; `out` holds `m·n` f32 and overlaps
 /// neither (validated by the host); `w` is not written by the kernels before it on the stream.
 #[inline(always)]
@@ -124,12 +127,18 @@ unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
     if c >= p.n {
         return;
     }
-    let m = if p.m > GEMV_MAX_ROWS as u32 {
-        GEMV_MAX_ROWS as u32
+    // This CTA's row group: rows r0 .. r0 + m.
+    let r0 = thread::block_idx_y() * GEMV_GROUP_ROWS as u32;
+    if r0 >= p.m {
+        return;
+    }
+    let left = p.m - r0;
+    let m = if left > GEMV_GROUP_ROWS as u32 {
+        GEMV_GROUP_ROWS as u32
     } else {
-        p.m
+        left
     };
-    let mut acc = [0.0f32; GEMV_MAX_ROWS];
+    let mut acc = [0.0f32; GEMV_GROUP_ROWS];
     while v0 < vecs {
         // One step per loaded vector, written out so `wv` is indexed by constants (a loop
         // over `u` that LLVM left rolled put `wv` in local memory in the SiLU form).
@@ -137,10 +146,10 @@ unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
             ($u:literal) => {
                 let v = v0 + $u * 32;
                 if v < vecs {
-                    for r in 0..GEMV_MAX_ROWS {
+                    for r in 0..GEMV_GROUP_ROWS {
                         if (r as u32) < m {
-                            // SAFETY: r < m, v < k/8.
-                            let xv = unsafe { I::load(p, r as u32, v) };
+                            // SAFETY: r0 + r < p.m, v < k/8.
+                            let xv = unsafe { I::load(p, r0 + r as u32, v) };
                             acc[r] = dot8::<E>(wv[$u], xv, acc[r]);
                         }
                     }
@@ -157,12 +166,13 @@ unsafe fn gemv<E: Elem, I: Input<E>>(p: &GemvParams) {
             wv = unsafe { load_w(w_row, v0, vecs) };
         }
     }
-    for r in 0..GEMV_MAX_ROWS {
+    for r in 0..GEMV_GROUP_ROWS {
         if (r as u32) < m {
             let s = warp::group_sum_f32(acc[r], 32);
             if lane == 0 {
-                // SAFETY: r < m, c < n: inside out.
-                unsafe { global::st_f32(p.out + (r as u64 * p.n as u64 + c as u64) * 4, s) };
+                let row = (r0 + r as u32) as u64;
+                // SAFETY: row < p.m, c < n: inside out.
+                unsafe { global::st_f32(p.out + (row * p.n as u64 + c as u64) * 4, s) };
             }
         }
     }

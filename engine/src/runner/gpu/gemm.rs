@@ -3,16 +3,14 @@
 //! cuBLAS (libcublas, loaded at run time) one `cublasGemmEx` serves every precision, so the
 //! f32 path and the 16-bit ones share their (column-major) geometry: with 16-bit inputs cuBLAS
 //! runs tensor-core kernels; with f32 and `CUBLAS_COMPUTE_32F` it is SGEMM (no TF32). On request
-//! (`GpuRunner::set_small_products`, off by default: slower in the measured graph steps)
-//! decode steps of at most `GEMV_MAX_ROWS` tokens with 16-bit inputs run ferrinfer's few-row
-//! kernels instead ([`Products`]).
+//! (`GpuRunner::set_small_products`, off by default) steps of at most a chosen number of tokens
+//! with 16-bit inputs run ferrinfer's few-row kernels instead ([`Products`]).
 use cudarc::cublas::result::gemm_ex;
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
 };
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
-use ferrinfer::ops::model::GEMV_MAX_ROWS;
 use ferrinfer::ops::ModelKernels;
 use ferrinfer::DeviceBuffer;
 use half::{bf16, f16};
@@ -100,12 +98,12 @@ half_gemm_elem! {
     f16 => CUDA_R_16F;
 }
 
-/// Where a step's products run: cuBLAS, and with `small` ferrinfer's few-row kernel for
-/// 16-bit products of `1..=GEMV_MAX_ROWS` rows and `k` a multiple of 8.
+/// Where a step's products run: cuBLAS, and with `small = Some((kernels, rows))` ferrinfer's
+/// few-row kernel for 16-bit products of `1..=rows` rows and `k` a multiple of 8.
 pub(super) struct Products<'a> {
     pub blas: &'a CudaBlas,
     pub stream: &'a CudaStream,
-    pub small: Option<&'a ModelKernels>,
+    pub small: Option<(&'a ModelKernels, usize)>,
 }
 
 impl Products<'_> {
@@ -132,7 +130,8 @@ impl Products<'_> {
     /// Whether the few-row kernel serves an `m`-row product over `k`.
     fn small_for(&self, m: usize, k: usize) -> Option<&ModelKernels> {
         self.small
-            .filter(|_| (1..=GEMV_MAX_ROWS).contains(&m) && k.is_multiple_of(8))
+            .filter(|&(_, rows)| (1..=rows).contains(&m) && k.is_multiple_of(8))
+            .map(|(mk, _)| mk)
     }
 
     /// SwiGLU's down product, `out = (silu(gate) · up) · wᵀ` over the f32 `[m, 2k]` rows of

@@ -85,9 +85,9 @@ pub struct GpuRunner {
     graphs: StepGraphs<GraphKey>,
     /// Piecewise graphs of steps with prompt chunks.
     pieces: StepGraphs<PieceKey>,
-    /// Products of decode steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's few-row
-    /// kernels (16-bit weights); off by default (see [`GpuRunner::set_small_products`]).
-    small_products: bool,
+    /// Products of steps with at most this many tokens on ferrinfer's few-row kernels (16-bit
+    /// weights); 0, the default, for none (see [`GpuRunner::set_small_products`]).
+    small_products: usize,
     /// Last: everything above was made on this stream and must be dropped before it.
     _stream: RunnerStream,
 }
@@ -162,7 +162,7 @@ impl GpuRunner {
             cap_rows,
             graphs: StepGraphs::new(MAX_GRAPHS),
             pieces: StepGraphs::new(MAX_PIECED),
-            small_products: false,
+            small_products: 0,
             _stream: stream,
         })
     }
@@ -185,14 +185,16 @@ impl GpuRunner {
         self.pieces.set_enabled(on);
     }
 
-    /// Runs the matrix products of steps with at most `GEMV_MAX_ROWS` tokens on ferrinfer's
-    /// few-row kernels (`true`; bf16 weights) or every product on cuBLAS (`false`, the
-    /// default). Off by default: measured on an H100 the graph-replayed step was slower with
-    /// them (batch 1: 1.201 vs 1.143 ms; batch 4: 1.679 vs 1.172 ms), and products whose
-    /// kernel depends on the batch size make a request's tokens depend on its batch
-    /// (`docs/decisions.md`). Captured graphs are dropped (they bake the products in).
-    pub fn set_small_products(&mut self, on: bool) {
-        self.small_products = on;
+    /// Runs the matrix products of steps with at most `max_rows` tokens on ferrinfer's
+    /// few-row kernels (bf16 weights; rows in groups of `GEMV_GROUP_ROWS`, each row's result
+    /// independent of the others) and the rest on cuBLAS; 0, the default, runs every product
+    /// on cuBLAS. Off by default: measured on an H100 the graph-replayed step was slower with
+    /// them before programmatic dependent launch (batch 1: 1.201 vs 1.143 ms; batch 4: 1.679
+    /// vs 1.172 ms), and products whose kernel depends on the step's size make a request's
+    /// tokens depend on its batch (`docs/decisions.md`). Captured graphs are dropped (they bake
+    /// the products in).
+    pub fn set_small_products(&mut self, max_rows: usize) {
+        self.small_products = max_rows;
         self.graphs.clear();
         self.pieces.clear();
     }
@@ -255,10 +257,9 @@ impl ModelRunner for GpuRunner {
             (false, None) => "eager".to_string(),
         };
         let products = match (w, self.small_products) {
-            (GpuWeights::Bf16, true) => format!(
-                ", products of ≤ {}-token steps on ferrinfer's gemv",
-                ferrinfer::ops::model::GEMV_MAX_ROWS
-            ),
+            (GpuWeights::Bf16, rows) if rows > 0 => {
+                format!(", products of ≤ {rows}-token steps on ferrinfer's gemv")
+            }
             _ => String::new(),
         };
         let pdl = if self.gpu.dependent_launch() {
@@ -525,7 +526,7 @@ impl GpuRunner {
             pr: Products {
                 blas: &self.blas,
                 stream: self.gpu.stream(),
-                small: self.small_products.then_some(&self.mk),
+                small: (self.small_products > 0).then_some((&self.mk, self.small_products)),
             },
             embed: &self.embed,
             inv_freq: &self.inv_freq,

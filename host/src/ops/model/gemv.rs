@@ -4,7 +4,7 @@
 //! oracle: the semantics are the plain dot product). [`ModelKernels::gemv_silu`] takes a
 //! SwiGLU block's f32 gate|up rows instead of `x` and forms `x` as [`ModelKernels::silu_and_mul`]
 //! does, in registers.
-use ferrinfer_kernels::abi::{GemvParams, GEMV_MAX_ROWS, GEMV_THREADS};
+use ferrinfer_kernels::abi::{GemvParams, GEMV_GROUP_ROWS, GEMV_THREADS};
 use ferrinfer_kernels::kernel_key::ModelKernel;
 
 use super::{mul, positive, small, ModelKernels, MAX_GRID_X};
@@ -14,14 +14,19 @@ use crate::runtime::{DeviceBuffer, LaunchDims};
 
 const OP: &str = "gemv";
 
-/// Most rows one [`ModelKernels::gemv`] takes (decode steps of up to this many tokens).
-pub const MAX_ROWS: usize = GEMV_MAX_ROWS;
+/// Rows one CTA of [`ModelKernels::gemv`] multiplies per weight load; more rows run as more
+/// groups (each reading the weights again, from L2), with the same per-row arithmetic.
+pub const GROUP_ROWS: usize = GEMV_GROUP_ROWS;
+
+/// Most row groups of one launch (the grid's y extent).
+const MAX_GROUPS: usize = 65_535;
 
 impl ModelKernels {
     /// `out[r, c] = Σ_j x[r, j] · w[c, j]` for `r < m`, `c < n`: `x` `[m, k]` and `w` `[n, k]`
-    /// row-major of `T`, `out` `[m, n]` f32 (products and sums in f32). For `m ≤` [`MAX_ROWS`]
-    /// and `k` a multiple of 8 (16-byte rows); larger `m` is [`Error::Unsupported`] (a GEMM's
-    /// shape). `m = 0` launches nothing.
+    /// row-major of `T`, `out` `[m, n]` f32 (products and sums in f32), `k` a multiple of 8
+    /// (16-byte rows). Each row's result is the same bits for any `m` (rows run in groups of
+    /// [`GROUP_ROWS`], each group the same code); meant for decode steps' few rows, where it
+    /// streams the weights once per group. `m = 0` launches nothing.
     pub fn gemv<T: Float16>(
         &self,
         x: &DeviceBuffer<T>,
@@ -68,11 +73,11 @@ impl ModelKernels {
         n: usize,
         out: &DeviceBuffer<f32>,
     ) -> Result<()> {
-        if m > MAX_ROWS {
+        if m.div_ceil(GROUP_ROWS) > MAX_GROUPS {
             return Err(Error::unsupported(
                 OP,
                 "rows",
-                format!("{m} (at most {MAX_ROWS}; larger products belong to a GEMM)"),
+                format!("{m} (at most {} rows)", MAX_GROUPS * GROUP_ROWS),
             ));
         }
         positive(OP, "k", k)?;
@@ -125,11 +130,15 @@ impl ModelKernels {
             reserved: 0,
         };
         let dims = LaunchDims {
-            grid: (small(OP, "n / warps", n.div_ceil(warps), MAX_GRID_X)?, 1, 1),
+            grid: (
+                small(OP, "n / warps", n.div_ceil(warps), MAX_GRID_X)?,
+                m.div_ceil(GROUP_ROWS) as u32,
+                1,
+            ),
             block: (GEMV_THREADS, 1, 1),
             smem_bytes: 0,
         };
-        // SAFETY: 1 ≤ m ≤ GEMV_MAX_ROWS; k a multiple of 8 with 2k and n in u32; x (caller)
+        // SAFETY: grid y = ceil(m / GROUP_ROWS) (≤ MAX_GROUPS); k a multiple of 8 with 2k and n in u32; x (caller)
         // and w hold their rows, both 16-byte aligned; out holds m·n f32 and is an exclusive
         // borrow, distinct from the shared inputs; the grid covers n warps.
         unsafe { self.launch(kernel, dims, p) }

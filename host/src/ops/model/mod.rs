@@ -24,7 +24,7 @@ mod norm;
 mod out;
 mod rope;
 
-pub use gemv::MAX_ROWS as GEMV_MAX_ROWS;
+pub use gemv::GROUP_ROWS as GEMV_GROUP_ROWS;
 pub use out::ModelOut;
 
 use ferrinfer_kernels::abi::Abi;
