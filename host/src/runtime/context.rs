@@ -209,7 +209,7 @@ impl Gpu {
             cubin_fallback,
         };
         let pdl = matches!(arch, Arch::Sm90 | Arch::Sm90a)
-            && std::env::var("FERRINFER_PDL").map_or(true, |v| v != "0");
+            && std::env::var("FERRINFER_PDL").is_ok_and(|v| v == "1");
         Ok(Gpu {
             inner: Arc::new(Inner {
                 ctx,
@@ -237,8 +237,8 @@ impl Gpu {
     /// and model kernels; `KernelKey::waits_for_prior_grids`) as programmatic dependents
     /// (`true`: each may start while the kernel before it finishes, its launch and prologue
     /// overlapping that kernel's tail; in a stream capture the edges become programmatic graph
-    /// edges) or plainly (`false`). The results are the same bits either way. On by default
-    /// where supported, unless the environment sets `FERRINFER_PDL=0`. Applies to this
+    /// edges) or plainly (`false`). The results are the same bits either way. Off by default
+    /// (on where supported when the environment sets `FERRINFER_PDL=1`). Applies to this
     /// handle and its clones (the ops built from them), not to handles of other streams made
     /// from it afterwards, which start from this setting. Returns the setting in effect
     /// (`false` where unsupported, whatever was asked).

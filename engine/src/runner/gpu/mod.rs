@@ -200,8 +200,9 @@ impl GpuRunner {
     }
 
     /// Launches the model kernels, the KV append and the decode attention as programmatic
-    /// dependents (`true`, the default on Hopper: each overlaps its launch with the kernel
-    /// before it; [`Gpu::set_dependent_launch`] of the runner's stream) or plainly (`false`).
+    /// dependents (`true`, Hopper: each overlaps its launch with the kernel before it;
+    /// [`Gpu::set_dependent_launch`] of the runner's stream) or plainly (`false`, the default
+    /// unless `FERRINFER_PDL=1`).
     /// The results are the same bits either way. Returns the setting in effect (`false`
     /// where the GPU's kernel image lacks the instruction). Captured graphs are dropped (their
     /// edges encode the setting).

@@ -11,7 +11,7 @@
 //! synchronisation, so the kernels are safe for any value instead: see [`ModelKernels::gather_rows`]
 //! and [`ModelKernels::qkv_rope`].
 //!
-//! On Hopper the kernels launch as programmatic dependents ([`Gpu::set_dependent_launch`]): each
+//! On Hopper the kernels can launch as programmatic dependents ([`Gpu::set_dependent_launch`]): each
 //! waits in-kernel for the kernel before it (the products first load their weights), so a
 //! step's chain of small kernels overlaps each launch with the previous kernel's tail.
 //!
