@@ -167,11 +167,35 @@ fi
 
 step "cli: ferrinfer info" "$OUT/cli-info.log" "$bindir/ferrinfer" info
 
+# ferrinfer-candle's CUDA test is built on candle's CUDA backend, which links cuBLAS, cuBLASLt,
+# cuRAND and NVRTC: the toolkit's libraries where one is installed, else those of PyPI's CUDA
+# wheels (PyTorch's dependencies). Only that test gets them on its library path.
+candle_libs() {
+    local d dirs=()
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do
+        [[ -e "$d/libcublas.so" || -n "$(compgen -G "$d/libcublas.so.*")" ]] && dirs+=("$d")
+    done
+    while read -r d; do dirs+=("$d"); done < <(python3 -c '
+import glob, os, site
+for p in site.getsitepackages():
+    for d in sorted(glob.glob(os.path.join(p, "nvidia", "*", "lib"))):
+        print(d)
+' 2>/dev/null)
+    local IFS=:
+    echo "${dirs[*]}"
+}
+
 for exe in "$bindir"/tests/*; do
     name="$(basename "$exe")"
     selected "$name" || continue
     # --include-ignored: the GPU tests are #[ignore]d for CPU machines; here every one runs.
     # --show-output: the tests' printed figures (cases, worst errors) land in the log.
+    if [[ "$name" == candle-cuda ]]; then
+        step "test: $name" "$OUT/tests-$name.log" \
+            env LD_LIBRARY_PATH="$(candle_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+            "$exe" --include-ignored --show-output
+        continue
+    fi
     step "test: $name" "$OUT/tests-$name.log" "$exe" --include-ignored --show-output
 done
 

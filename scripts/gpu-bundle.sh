@@ -56,6 +56,14 @@ for line in sys.stdin:
 
 echo "gpu-bundle: building release test executables"
 tests="$(cargo test --release --workspace --no-run --message-format=json | artifacts test)"
+echo "gpu-bundle: building ferrinfer-candle's CUDA tests (candle's CUDA backend: scripts/candle-cuda-env.sh)"
+candle_cuda="$( (eval "$(bash scripts/candle-cuda-env.sh)" &&
+    cargo test --release -p ferrinfer-candle --features cuda --test cuda --no-run \
+        --message-format=json) | artifacts test | awk -F'\t' '$2 == "cuda"')"
+if [[ -z "$candle_cuda" ]]; then
+    echo "error: cargo reported no ferrinfer-candle CUDA test executable" >&2
+    exit 1
+fi
 echo "gpu-bundle: building bench executables"
 benches="$(cargo bench --workspace --bench '*' --no-run --message-format=json | artifacts bench)"
 echo "gpu-bundle: building the CLI"
@@ -83,6 +91,9 @@ while IFS=$'\t' read -r kind name path; do
     fi
     copy "$path" "$bundle/bin/tests/$dest"
 done <<<"$tests"
+
+# Built with candle's CUDA backend: links cuBLAS, cuRAND and NVRTC (run.sh finds them).
+copy "$(printf '%s\n' "$candle_cuda" | cut -f3 | tail -n1)" "$bundle/bin/tests/candle-cuda"
 
 while IFS=$'\t' read -r kind name path; do
     [[ -n "$kind" ]] || continue

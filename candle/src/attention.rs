@@ -214,9 +214,48 @@ impl Contiguous {
     }
 }
 
+impl Kind {
+    /// The op as one batch-prefill step over ragged K/V (the CUDA forward): a decode is one
+    /// query row at position `kv_len − 1`, which sees every key.
+    #[cfg(feature = "cuda")]
+    fn indptrs(&self) -> (Vec<i32>, Vec<i32>) {
+        let one = |qo: usize, kv: usize| (vec![0, qo as i32], vec![0, kv as i32]);
+        match self {
+            Kind::Decode { kv_len } => one(1, *kv_len),
+            Kind::Prefill { qo_len, kv_len } => one(*qo_len, *kv_len),
+            Kind::Ragged {
+                qo_indptr,
+                kv_indptr,
+            } => (qo_indptr.clone(), kv_indptr.clone()),
+        }
+    }
+}
+
 impl CustomOp3 for Contiguous {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// ferrinfer's batch prefill kernels on candle's stream, over the tensors' own memory.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (qo, kv) = self.kind.indptrs();
+        let (h, o, name) = (&self.heads, &self.opts, self.name);
+        let (q, k, v) = ((s1, l1), (s2, l2), (s3, l3));
+        let out = match s1.dtype() {
+            candle_core::DType::F16 => crate::cuda::ragged::<f16>(name, h, o, &qo, &kv, q, k, v),
+            candle_core::DType::BF16 => crate::cuda::ragged::<bf16>(name, h, o, &qo, &kv, q, k, v),
+            other => Err(invalid(name, format!("dtype {other:?} reached the op"))),
+        }?;
+        Ok((out, l1.shape().clone()))
     }
 
     fn cpu_fwd(

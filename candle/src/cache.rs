@@ -13,7 +13,7 @@ use half::{bf16, f16};
 
 use crate::error::{invalid, wrap};
 use crate::paged::PagedAttention;
-use crate::tensors::{dims, elems, indptr, same_dtype_and_device};
+use crate::tensors::{dims, elems, indptr, same_dtype_and_device, supported_device, Half};
 
 /// The geometry of a [`PagedKvCache`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,12 +77,17 @@ impl PagedKvCache {
     /// `head_dim` other than 64, 128 or 256, sizes that overflow).
     pub fn new(cfg: CacheConfig, dtype: DType, device: &Device) -> Result<Self> {
         const OP: &str = "PagedKvCache::new";
-        if !device.is_cpu() {
+        if !supported_device(device) {
             return Err(invalid(
                 OP,
                 format!(
-                    "device {:?}: this build of ferrinfer-candle runs on the CPU only",
-                    device.location()
+                    "device {:?}: this build of ferrinfer-candle runs on the CPU{}",
+                    device.location(),
+                    if cfg!(feature = "cuda") {
+                        " and CUDA"
+                    } else {
+                        " only (build with the `cuda` feature for CUDA tensors)"
+                    }
                 ),
             ));
         }
@@ -95,12 +100,8 @@ impl PagedKvCache {
         };
         let (size, layers) = (PoolSize::Pages(cfg.num_pages), cfg.num_layers);
         let pages = match dtype {
-            DType::F16 => {
-                Pages::F16(kv::PagedKvCache::new_cpu_layers(pool, size, layers).map_err(wrap)?)
-            }
-            DType::BF16 => {
-                Pages::Bf16(kv::PagedKvCache::new_cpu_layers(pool, size, layers).map_err(wrap)?)
-            }
+            DType::F16 => Pages::F16(new_pages(device, pool, size, layers)?),
+            DType::BF16 => Pages::Bf16(new_pages(device, pool, size, layers)?),
             d => {
                 return Err(invalid(
                     OP,
@@ -183,16 +184,20 @@ impl PagedKvCache {
         let (k, v) = (k.contiguous()?, v.contiguous()?);
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
-        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
-            return Err(invalid(OP, "k and v must be CPU tensors"));
-        };
         let s =
             RowStrides::contiguous(self.pool_config().num_kv_heads, self.pool_config().head_dim);
-        with_cache!(&mut self.pages, c => {
-            let (kr, vr) = (elems(OP, ks, kl)?, elems(OP, vs, vl)?);
-            c.append_layer(layer, step, Rows::Host(kr), s, Rows::Host(vr), s)
-        })
-        .map_err(wrap)
+        match (&*ks, &*vs) {
+            (Storage::Cpu(ks), Storage::Cpu(vs)) => with_cache!(&mut self.pages, c => {
+                let (kr, vr) = (elems(OP, ks, kl)?, elems(OP, vs, vl)?);
+                c.append_layer(layer, step, Rows::Host(kr), s, Rows::Host(vr), s)
+                    .map_err(wrap)
+            }),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(ks), Storage::Cuda(vs)) => with_cache!(&mut self.pages, c => {
+                crate::cuda::append(OP, c, layer, step, (ks, kl), (vs, vl), s)
+            }),
+            _ => Err(invalid(OP, "k and v must be on the cache's device")),
+        }
     }
 
     /// One-layer cache: appends `k, v [Σ n, Hkv, D]` to the end of each `(sequence, n)`.
@@ -320,6 +325,16 @@ impl PagedKvCache {
     /// Checks that `t` has the cache's dtype and lives on its device.
     fn check_tensor(&self, op: &str, name: &str, t: &Tensor) -> Result<()> {
         same_dtype_and_device(op, (name, t), &[])?;
+        if !t.device().same_device(&self.device) {
+            return Err(invalid(
+                op,
+                format!(
+                    "{name} is on {:?}, the cache on {:?}",
+                    t.device().location(),
+                    self.device.location()
+                ),
+            ));
+        }
         if t.dtype() != self.dtype {
             return Err(invalid(
                 op,
@@ -331,5 +346,23 @@ impl PagedKvCache {
             ));
         }
         Ok(())
+    }
+}
+
+/// ferrinfer's cache of `T` on `device`: host pools on the CPU, device pools on CUDA (on
+/// candle's context and stream).
+fn new_pages<T: Half>(
+    device: &Device,
+    pool: KvPoolConfig,
+    size: PoolSize,
+    layers: usize,
+) -> Result<kv::PagedKvCache<T>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            kv::PagedKvCache::new_gpu_layers(&crate::cuda::gpu(dev)?, pool, size, layers)
+                .map_err(wrap)
+        }
+        _ => kv::PagedKvCache::new_cpu_layers(pool, size, layers).map_err(wrap),
     }
 }

@@ -21,12 +21,15 @@
 //! Every input is checked (ranks, dims, dtypes, devices, lengths, options) before any work, and
 //! a bad one returns a `candle_core::Error`, never a panic.
 //!
-//! **Devices.** The CPU forward runs ferrinfer's CPU backend. The CUDA forward is not written:
-//! candle-core's `cuda` feature compiles candle-kernels with `nvcc`, which this project's CI
-//! machine lacks, nothing CUDA links or runs there, and the forward needs ferrinfer ops over
-//! caller-owned device memory on candle's stream (the crate README and `docs/decisions.md`
-//! say exactly what blocks it). CUDA tensors are refused with an error rather than served by
-//! untested code.
+//! **Devices.** The CPU forward runs ferrinfer's CPU backend. With the `cuda` feature, CUDA
+//! tensors run ferrinfer's kernels, loaded once into candle's CUDA context and launched on the
+//! device's own stream, in place on the tensors' memory (no copies, no synchronisation):
+//! decode and prefill over contiguous K/V are one batch-prefill step over ragged K/V, and a
+//! [`PagedKvCache`] made on a CUDA device keeps its pages in device pools and runs batch decode
+//! / batch prefill over them. CUDA head dims are the kernels' (64, 128, 256; the CPU backend
+//! takes any). Without the feature, CUDA tensors are refused with an error naming it. The
+//! feature builds candle's CUDA backend, whose `candle-kernels` need `nvcc`:
+//! `scripts/candle-cuda-env.sh` sets up a project-local toolkit from PyPI (crate README).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -36,6 +39,10 @@
 
 mod attention;
 mod cache;
+// The CUDA forward needs unsafe for device pointers (each use carries its SAFETY reason).
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod cuda;
 mod error;
 mod paged;
 mod tensors;

@@ -45,4 +45,23 @@ impl<T: Half> CustomOp1 for PagedAttention<'_, T> {
         .map_err(wrap)?;
         Ok((T::to_cpu_storage_owned(out), layout.shape().clone()))
     }
+
+    /// ferrinfer's batch decode / prefill kernels on candle's stream over the GPU pool.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = crate::cuda::paged::<T>(
+            self.name,
+            &self.heads,
+            &self.opts,
+            self.pool,
+            &self.pages,
+            self.qo_indptr.as_deref(),
+            (storage, layout),
+        )?;
+        Ok((out, layout.shape().clone()))
+    }
 }

@@ -7,9 +7,14 @@ use half::{bf16, f16};
 
 use crate::error::invalid;
 
-/// An element type both libraries know: ferrinfer's CPU backend computes on f16 and bf16
-/// storage (f32 accumulation), candle stores them as `CpuStorage::{F16, BF16}`.
+/// An element type both libraries know: ferrinfer computes on f16 and bf16 storage (f32
+/// accumulation), candle stores them as `CpuStorage::{F16, BF16}` (and `CudaSlice`s).
+#[cfg(not(feature = "cuda"))]
 pub(crate) trait Half: Float16 + WithDType {}
+/// An element type both libraries know (see the CPU-only build's definition), which candle's
+/// CUDA storage also holds.
+#[cfg(feature = "cuda")]
+pub(crate) trait Half: Float16 + WithDType + candle_core::cuda_backend::CudaDType {}
 impl Half for f16 {}
 impl Half for bf16 {}
 
@@ -27,21 +32,30 @@ pub(crate) fn attention_dtype(op: &str, what: &str, t: &Tensor) -> Result<DType>
     }
 }
 
-/// Checks that `q` has an attention dtype and lives on a device this build runs on (the CPU; see
-/// the crate docs for CUDA), and that every tensor of `rest` has `q`'s dtype and device.
+/// Whether this build runs ferrinfer on `device`: the CPU always, CUDA with the `cuda` feature.
+pub(crate) fn supported_device(device: &candle_core::Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+}
+
+/// Checks that `q` has an attention dtype and lives on a device this build runs on
+/// ([`supported_device`]), and that every tensor of `rest` has `q`'s dtype and device.
 pub(crate) fn same_dtype_and_device(
     op: &str,
     (qname, q): (&str, &Tensor),
     rest: &[(&str, &Tensor)],
 ) -> Result<DType> {
     let dtype = attention_dtype(op, qname, q)?;
-    if !q.device().is_cpu() {
+    if !supported_device(q.device()) {
         return Err(invalid(
             op,
             format!(
-                "{qname} is on {:?}: this build of ferrinfer-candle runs on the CPU only \
-                 (the CUDA forward is not written yet; see the crate docs)",
-                q.device().location()
+                "{qname} is on {:?}: this build of ferrinfer-candle runs on the CPU{}",
+                q.device().location(),
+                if cfg!(feature = "cuda") {
+                    " and CUDA"
+                } else {
+                    " only (build with the `cuda` feature for CUDA tensors)"
+                }
             ),
         ));
     }

@@ -17,6 +17,7 @@ use super::{
 use crate::checked;
 use crate::dtype::Float16;
 use crate::error::{Error, Result};
+use crate::fp8::KvScales;
 use crate::runtime::Gpu;
 
 const OP: &str = "kv_cache";
@@ -302,11 +303,19 @@ impl<T: Float16> PagedKvCache<T> {
         let pool = self.pool_mut(layer)?;
         pool.check_rows("k rows", &k, ks, step.rows)?;
         pool.check_rows("v rows", &v, vs, step.rows)?;
-        match (&step.device, k, v) {
-            (Some(meta), Rows::Device(kd), Rows::Device(vd)) => {
-                pool.append_uploaded(meta, kd, ks, vd, vs)
+        match &step.device {
+            Some(meta) => {
+                // A GPU cache: `check_rows` above refused host rows.
+                let (Some(kd), Some(vd)) = (k.device_span(), v.device_span()) else {
+                    return Err(Error::invalid(
+                        OP,
+                        "rows",
+                        "rows must live where the pool lives",
+                    ));
+                };
+                pool.append_uploaded_scaled(meta, kd, ks, vd, vs, KvScales::ONE)
             }
-            (None, k, v) => {
+            None => {
                 let meta = AppendMeta {
                     batch_indices: &step.plan.batch_indices,
                     positions: &step.plan.positions,
@@ -314,11 +323,6 @@ impl<T: Float16> PagedKvCache<T> {
                 };
                 pool.append(&meta, k, ks, v, vs)
             }
-            _ => Err(Error::invalid(
-                OP,
-                "rows",
-                "rows must live where the pool lives",
-            )),
         }
     }
 

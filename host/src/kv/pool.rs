@@ -19,7 +19,8 @@ use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
 use crate::fp8::KvScales;
 use crate::ops::kv_copy::{self, upload_parts, CopyKernels, RowsAddr};
-use crate::runtime::{DeviceBuffer, Gpu};
+use crate::ops::PagedKvSpans;
+use crate::runtime::{DeviceBuffer, DeviceSpan, Gpu};
 use ferrinfer_kernels::math::layout::PageStrides;
 
 mod fp8;
@@ -122,6 +123,32 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         Ok((k, v, c.strides()))
     }
 
+    /// This GPU pool's pages as a caller-cache view, for the span forms of the attention ops
+    /// ([`crate::ops::BatchDecode::run_spans`], [`crate::ops::BatchPrefill::run_paged_spans`])
+    /// when q and out live in another library's device memory. The spans borrow the pool's
+    /// buffers: they stay valid while the pool lives. A CPU pool has none (`InvalidArgument`).
+    pub fn device_spans(&self) -> Result<PagedKvSpans<S>> {
+        let (k, v) = self
+            .device_buffers()
+            .ok_or_else(|| Error::invalid(OP, "pool", "a CPU pool has no device spans"))?;
+        let st = self.cfg.strides();
+        let strides = [
+            st.stride_page as usize,
+            st.stride_n as usize,
+            st.stride_h as usize,
+        ];
+        Ok(PagedKvSpans {
+            k: k.span(),
+            v: v.span(),
+            num_pages: self.cfg.num_pages,
+            page_size: self.cfg.page_size,
+            num_kv_heads: self.cfg.num_kv_heads,
+            head_dim: self.cfg.head_dim,
+            k_strides: strides,
+            v_strides: strides,
+        })
+    }
+
     /// Host K and V pools, if this is a CPU pool.
     pub fn host_buffers(&self) -> Option<(&[S], &[S])> {
         self.storage.host().map(|h| (&h.k[..], &h.v[..]))
@@ -194,6 +221,7 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
     fn check_location<R>(&self, what: &'static str, rows: &Rows<'_, R>) -> Result<()> {
         match (self.storage.device(), rows) {
             (Some(d), Rows::Device(b)) => d.gpu.check_buffer(OP, b),
+            (Some(d), Rows::Span(s)) => d.gpu.check_span(OP, s),
             (None, Rows::Host(_)) => Ok(()),
             _ => Err(Error::invalid(
                 OP,
@@ -280,12 +308,12 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
     }
 
     /// [`KvPool::append_uploaded`] with `scales` (used by fp8 pools only).
-    fn append_uploaded_scaled(
+    pub(crate) fn append_uploaded_scaled(
         &mut self,
         meta: &DeviceAppendMeta,
-        k: &DeviceBuffer<T>,
+        k: DeviceSpan<T>,
         ks: RowStrides,
-        v: &DeviceBuffer<T>,
+        v: DeviceSpan<T>,
         vs: RowStrides,
         scales: KvScales,
     ) -> Result<()> {
@@ -300,8 +328,8 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
                 "uploaded for a pool of another geometry or device",
             ));
         }
-        self.check_rows("k rows", &Rows::Device(k), ks, meta.nnz)?;
-        self.check_rows("v rows", &Rows::Device(v), vs, meta.nnz)?;
+        self.check_rows("k rows", &Rows::Span(k), ks, meta.nnz)?;
+        self.check_rows("v rows", &Rows::Span(v), vs, meta.nnz)?;
         if meta.nnz == 0 {
             return Ok(());
         }
@@ -314,9 +342,9 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         &self,
         a: [u64; 4],
         nnz: usize,
-        kb: &DeviceBuffer<T>,
+        kb: DeviceSpan<T>,
         ks: RowStrides,
-        vb: &DeviceBuffer<T>,
+        vb: DeviceSpan<T>,
         vs: RowStrides,
         scales: KvScales,
     ) -> Result<()> {
@@ -354,7 +382,11 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         }
         let cfg = self.cfg;
         match (self.storage.device().is_some(), k, v) {
-            (true, Rows::Device(kb), Rows::Device(vb)) => {
+            (true, k, v) => {
+                // Device rows (validated above: a GPU pool takes device rows only).
+                let (Some(kb), Some(vb)) = (k.device_span(), v.device_span()) else {
+                    return unreachable_storage();
+                };
                 let a = self.upload_meta(&[
                     meta.batch_indices,
                     meta.positions,

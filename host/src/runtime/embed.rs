@@ -7,9 +7,9 @@
 //! another context could not read them. Why load once: loading the module (a cubin, or PTX
 //! through the JIT) costs milliseconds to seconds, and every handle of the context can share it.
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::sys;
+use cudarc::driver::{sys, CudaStream};
 
 use super::context::{Discovery, Gpu};
 use crate::error::{Error, Result};
@@ -58,6 +58,17 @@ impl Gpu {
         // SAFETY: forwarded to the caller (a stream of this context that outlives the handle).
         let stream = unsafe { self.context().wrap_borrowed_stream(stream) };
         self.with_stream(stream)
+    }
+
+    /// A handle of the same context and module that launches on `stream`, a cudarc stream of
+    /// this handle's context that another library owns (candle's `CudaDevice::cuda_stream()`).
+    /// The safe counterpart of [`Gpu::on_borrowed_stream`]: the `Arc` keeps the stream alive as
+    /// long as the handle, and a stream of another context is refused.
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Gpu> {
+        if !Arc::ptr_eq(stream.context(), self.context()) {
+            return Err(Error::WrongContext { op: "on_stream" });
+        }
+        Ok(self.with_stream(stream))
     }
 
     /// Whether `other` is a handle of the same context and module (any stream).

@@ -35,6 +35,6 @@ impl<T: Float16, F: Fp8Format> KvPool<T, Fp8<F>> {
         scales: KvScales,
     ) -> Result<()> {
         scales.validate(OP)?;
-        self.append_uploaded_scaled(meta, k, ks, v, vs, scales)
+        self.append_uploaded_scaled(meta, k.span(), ks, v.span(), vs, scales)
     }
 }

@@ -46,7 +46,7 @@ impl<T: Float16> KvPool<T> {
         v: &DeviceBuffer<T>,
         vs: RowStrides,
     ) -> Result<()> {
-        self.append_uploaded_scaled(meta, k, ks, v, vs, KvScales::ONE)
+        self.append_uploaded_scaled(meta, k.span(), ks, v.span(), vs, KvScales::ONE)
     }
 
     /// Copies entry `b` of `pages` out to contiguous rows `[len, heads, head_dim]` (strided).
