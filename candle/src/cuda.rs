@@ -47,10 +47,14 @@ pub(crate) fn gpu(dev: &CudaDevice) -> Result<Gpu> {
     base.on_stream(stream).map_err(wrap)
 }
 
-/// What a cached op was made for: context, heads, dtype and options (floats by their bits).
+/// What a cached op was made for: context and stream, heads, dtype and options (floats by
+/// their bits). The stream is part of the key because a plan's tables are rewritten by the next
+/// call's upload: only stream order makes that safe. (The cached op holds its stream, so a
+/// stream's address cannot be reused while its entry exists.)
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct OpKey {
     ctx: usize,
+    stream: usize,
     heads: (usize, usize, usize),
     dtype: ferrinfer::DType,
     opts: (Option<u32>, Option<u32>, Option<usize>, bool),
@@ -65,6 +69,7 @@ impl OpKey {
     ) -> Self {
         Self {
             ctx: Arc::as_ptr(gpu.context()) as usize,
+            stream: gpu.cu_stream() as usize,
             heads: (heads.num_qo_heads, heads.num_kv_heads, heads.head_dim),
             dtype,
             opts: (
@@ -79,7 +84,7 @@ impl OpKey {
 
 /// ferrinfer ops with their last plan, by [`OpKey`]: the op is built once, its plan's device
 /// tables and pinned staging are reused by every later call (re-planned in place). Calls are
-/// serialised by the mutex; their work is ordered on the device's stream, so a re-plan's upload
+/// serialised by the mutex; their work is ordered on the op's stream, so a re-plan's upload
 /// runs after the previous call's kernel has read the tables.
 pub(crate) struct PlanCache<Op, Plan> {
     map: Mutex<HashMap<OpKey, (Op, Option<Plan>)>>,
@@ -151,6 +156,10 @@ pub(crate) fn read_span<'a, T: Half>(
 pub(crate) fn output<T: Half>(dev: &CudaDevice, gpu: &Gpu, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: filled right below, in stream order, before any use.
     let mut out = unsafe { dev.alloc::<T>(n.max(1)) }?;
+    // The raw driver call below needs the context current on this thread.
+    gpu.context()
+        .bind_to_thread()
+        .map_err(|e| invalid("cuda", format!("binding the context: {e}")))?;
     {
         let (ptr, _guard) = out.device_ptr_mut(gpu.stream());
         // SAFETY: `n.max(1)` elements of a buffer just allocated on this stream.
