@@ -6,6 +6,7 @@
 //! ferrinfer op and its plan are kept ([`PlanCache`]) and re-planned for every call, so a call
 //! after the first allocates nothing but its output. Everything is ordered on candle's stream:
 //! the plan's upload, the attention kernel, and candle's own work before and after.
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -108,11 +109,9 @@ impl<Op, Plan> PlanCache<Op, Plan> {
             .map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !map.contains_key(&key) {
-            map.insert(key, (make()?, None));
-        }
-        let Some((op, plan)) = map.get_mut(&key) else {
-            return Err(invalid("cuda", "op cache lost an entry"));
+        let (op, plan) = match map.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert((make()?, None)),
         };
         f(op, plan)
     }
