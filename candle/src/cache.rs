@@ -13,7 +13,7 @@ use half::{bf16, f16};
 
 use crate::error::{invalid, wrap};
 use crate::paged::PagedAttention;
-use crate::tensors::{dims, elems, indptr, same_dtype_and_device, supported_device, Half};
+use crate::tensors::{check_device, dims, elems, indptr, same_dtype_and_device, Half};
 
 /// The geometry of a [`PagedKvCache`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,20 +77,7 @@ impl PagedKvCache {
     /// `head_dim` other than 64, 128 or 256, sizes that overflow).
     pub fn new(cfg: CacheConfig, dtype: DType, device: &Device) -> Result<Self> {
         const OP: &str = "PagedKvCache::new";
-        if !supported_device(device) {
-            return Err(invalid(
-                OP,
-                format!(
-                    "device {:?}: this build of ferrinfer-candle runs on the CPU{}",
-                    device.location(),
-                    if cfg!(feature = "cuda") {
-                        " and CUDA"
-                    } else {
-                        " only (build with the `cuda` feature for CUDA tensors)"
-                    }
-                ),
-            ));
-        }
+        check_device(OP, "the cache", device)?;
         let pool = KvPoolConfig {
             num_pages: cfg.num_pages,
             page_size: cfg.page_size,

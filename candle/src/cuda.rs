@@ -188,6 +188,21 @@ pub(crate) fn write_span<'a, T: Half>(
     Ok((span, guard))
 }
 
+/// The cached plan re-planned in place by `into`, or the first plan made by `new`.
+fn replan<P>(
+    slot: &mut Option<P>,
+    into: impl FnOnce(&mut P) -> ferrinfer::Result<()>,
+    new: impl FnOnce() -> ferrinfer::Result<P>,
+) -> Result<&mut P> {
+    match slot {
+        Some(p) => {
+            into(p).map_err(wrap)?;
+            Ok(p)
+        }
+        None => Ok(slot.insert(new().map_err(wrap)?)),
+    }
+}
+
 /// The three kinds of cached op: prefill over ragged K/V (also single-request decode and
 /// prefill), prefill over a paged pool, decode over a paged pool.
 type Prefills = PlanCache<BatchPrefill, BatchPrefillPlan>;
@@ -240,13 +255,11 @@ pub(crate) fn ragged<T: Half>(
         let make = || BatchPrefill::new(&gpu, *heads, <T as Float16>::DTYPE, *opts).map_err(wrap);
         ragged_ops().with(key, make, |pf, plan| {
             pf.set_gpu(&gpu).map_err(wrap)?;
-            let plan = match plan {
-                Some(p) => {
-                    pf.plan_ragged_into(qo_indptr, kv_indptr, p).map_err(wrap)?;
-                    p
-                }
-                None => plan.insert(pf.plan_ragged(qo_indptr, kv_indptr).map_err(wrap)?),
-            };
+            let plan = replan(
+                plan,
+                |p| pf.plan_ragged_into(qo_indptr, kv_indptr, p),
+                || pf.plan_ragged(qo_indptr, kv_indptr),
+            )?;
             // SAFETY: every span names live candle memory of this context, borrowed (with its
             // cudarc record) until after the launch is queued; `out` is a new buffer no input
             // overlaps.
@@ -286,13 +299,11 @@ pub(crate) fn paged<T: Half>(
                     || BatchDecode::new(&gpu, *heads, <T as Float16>::DTYPE, *opts).map_err(wrap);
                 paged_decode_ops().with(key, make, |dc, plan| {
                     dc.set_gpu(&gpu).map_err(wrap)?;
-                    let plan = match plan {
-                        Some(p) => {
-                            dc.plan_into(pages, &cfg, p).map_err(wrap)?;
-                            p
-                        }
-                        None => plan.insert(dc.plan(pages, &cfg).map_err(wrap)?),
-                    };
+                    let plan = replan(
+                        plan,
+                        |p| dc.plan_into(pages, &cfg, p),
+                        || dc.plan(pages, &cfg),
+                    )?;
                     // SAFETY: see above.
                     unsafe { dc.run_spans(plan, q, &kv, o, None) }.map_err(wrap)
                 })?;
@@ -302,13 +313,11 @@ pub(crate) fn paged<T: Half>(
                     || BatchPrefill::new(&gpu, *heads, <T as Float16>::DTYPE, *opts).map_err(wrap);
                 paged_prefill_ops().with(key, make, |pf, plan| {
                     pf.set_gpu(&gpu).map_err(wrap)?;
-                    let plan = match plan {
-                        Some(p) => {
-                            pf.plan_paged_into(qo, pages, &cfg, p).map_err(wrap)?;
-                            p
-                        }
-                        None => plan.insert(pf.plan_paged(qo, pages, &cfg).map_err(wrap)?),
-                    };
+                    let plan = replan(
+                        plan,
+                        |p| pf.plan_paged_into(qo, pages, &cfg, p),
+                        || pf.plan_paged(qo, pages, &cfg),
+                    )?;
                     // SAFETY: see above.
                     unsafe { pf.run_paged_spans(plan, q, &kv, o, None) }.map_err(wrap)
                 })?;
@@ -320,7 +329,6 @@ pub(crate) fn paged<T: Half>(
 
 /// Appends one layer's new K/V rows from candle CUDA tensors (`[Σ n, Hkv, D]`, contiguous)
 /// to a GPU cache: one copy kernel on candle's stream, reading the tensors in place.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn append<T: Half>(
     op: &'static str,
     cache: &mut PagedKvCache<T>,

@@ -32,33 +32,35 @@ pub(crate) fn attention_dtype(op: &str, what: &str, t: &Tensor) -> Result<DType>
     }
 }
 
-/// Whether this build runs ferrinfer on `device`: the CPU always, CUDA with the `cuda` feature.
-pub(crate) fn supported_device(device: &candle_core::Device) -> bool {
-    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+/// `Ok` when this build runs ferrinfer on `device` (the CPU always, CUDA with the `cuda`
+/// feature); otherwise an error naming `what` (a tensor or the cache) and the device.
+pub(crate) fn check_device(op: &str, what: &str, device: &candle_core::Device) -> Result<()> {
+    if device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda()) {
+        return Ok(());
+    }
+    Err(invalid(
+        op,
+        format!(
+            "{what} is on {:?}: this build of ferrinfer-candle runs on the CPU{}",
+            device.location(),
+            if cfg!(feature = "cuda") {
+                " and CUDA"
+            } else {
+                " only (build with the `cuda` feature for CUDA tensors)"
+            }
+        ),
+    ))
 }
 
 /// Checks that `q` has an attention dtype and lives on a device this build runs on
-/// ([`supported_device`]), and that every tensor of `rest` has `q`'s dtype and device.
+/// ([`check_device`]), and that every tensor of `rest` has `q`'s dtype and device.
 pub(crate) fn same_dtype_and_device(
     op: &str,
     (qname, q): (&str, &Tensor),
     rest: &[(&str, &Tensor)],
 ) -> Result<DType> {
     let dtype = attention_dtype(op, qname, q)?;
-    if !supported_device(q.device()) {
-        return Err(invalid(
-            op,
-            format!(
-                "{qname} is on {:?}: this build of ferrinfer-candle runs on the CPU{}",
-                q.device().location(),
-                if cfg!(feature = "cuda") {
-                    " and CUDA"
-                } else {
-                    " only (build with the `cuda` feature for CUDA tensors)"
-                }
-            ),
-        ));
-    }
+    check_device(op, qname, q.device())?;
     for &(name, t) in rest {
         if t.dtype() != dtype {
             return Err(invalid(

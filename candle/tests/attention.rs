@@ -3,7 +3,10 @@
 mod common;
 
 use candle_core::{DType, IndexOp, Tensor};
-use common::{assert_close, assert_same, candle_attention, oracle, random, rng, to_f64};
+use common::{
+    assert_close, assert_same, candle_attention, oracle, random, random_dtype, random_options, rng,
+    to_f64,
+};
 use ferrinfer::AttentionOptions;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -23,22 +26,9 @@ fn draw(rng: &mut StdRng) -> Case {
     let hkv = [1, 2, 4][rng.random_range(0..3)];
     let hq = hkv * [1, 2, 4][rng.random_range(0..3)];
     let kv_len = rng.random_range(1..48);
-    let mut opts = AttentionOptions::default().with_causal(rng.random_bool(0.6));
-    if rng.random_bool(0.3) {
-        opts = opts.with_window_left(rng.random_range(0..kv_len + 2));
-    }
-    if rng.random_bool(0.3) {
-        opts = opts.with_soft_cap(rng.random_range(1.0..30.0));
-    }
-    if rng.random_bool(0.3) {
-        opts = opts.with_sm_scale(rng.random_range(0.05..1.0));
-    }
+    let opts = random_options(rng, kv_len);
     Case {
-        dtype: if rng.random_bool(0.5) {
-            DType::F16
-        } else {
-            DType::BF16
-        },
+        dtype: random_dtype(rng),
         hq,
         hkv,
         d: [8, 16, 40, 64][rng.random_range(0..4)],

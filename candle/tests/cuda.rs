@@ -10,7 +10,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, oracle, random, rng, to_f64};
+use common::{assert_close, oracle, random, random_dtype, random_options, rng, to_f64};
 use ferrinfer::AttentionOptions;
 use ferrinfer_candle::{CacheConfig, PagedKvCache};
 use rand::Rng;
@@ -30,29 +30,6 @@ fn cuda_or_skip(test: &str) -> Option<Device> {
     }
 }
 
-fn dtype_of(rng: &mut rand::rngs::StdRng) -> DType {
-    if rng.random_bool(0.5) {
-        DType::F16
-    } else {
-        DType::BF16
-    }
-}
-
-/// Random options: causal, window, soft cap and scale, each sometimes.
-fn options(rng: &mut rand::rngs::StdRng, kv_len: usize) -> AttentionOptions {
-    let mut o = AttentionOptions::default().with_causal(rng.random_bool(0.6));
-    if rng.random_bool(0.3) {
-        o = o.with_window_left(rng.random_range(0..kv_len + 2));
-    }
-    if rng.random_bool(0.3) {
-        o = o.with_soft_cap(rng.random_range(1.0..30.0));
-    }
-    if rng.random_bool(0.3) {
-        o = o.with_sm_scale(rng.random_range(0.05..1.0));
-    }
-    o
-}
-
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_decode_and_prefill_match_the_oracle_and_the_cpu_path() {
@@ -62,13 +39,13 @@ fn cuda_decode_and_prefill_match_the_oracle_and_the_cpu_path() {
     };
     let mut rng = rng(180);
     for i in 0..48 {
-        let dtype = dtype_of(&mut rng);
+        let dtype = random_dtype(&mut rng);
         let hkv = [1, 2, 4][rng.random_range(0..3)];
         let hq = hkv * [1, 3, 4, 8][rng.random_range(0..4)];
         let d = [64, 128, 256][rng.random_range(0..3)];
         let kv_len = rng.random_range(1..700);
         let qo_len = rng.random_range(1..=kv_len.min(130));
-        let opts = options(&mut rng, kv_len);
+        let opts = random_options(&mut rng, kv_len);
         let what = format!("case {i}: {dtype:?} {hq}/{hkv} D {d} qo {qo_len} kv {kv_len} {opts:?}");
         let q = random(&mut rng, &[qo_len, hq, d], dtype);
         let k = random(&mut rng, &[kv_len, hkv, d], dtype);
@@ -103,7 +80,7 @@ fn cuda_ragged_prefill_matches_the_oracle_per_request() {
     };
     let mut rng = rng(181);
     for i in 0..12 {
-        let dtype = dtype_of(&mut rng);
+        let dtype = random_dtype(&mut rng);
         let (hq, hkv, d) = [(8, 2, 128), (9, 3, 64), (4, 4, 64), (16, 2, 256)][i % 4];
         let batch = rng.random_range(1..7);
         let kv_lens: Vec<usize> = (0..batch).map(|_| rng.random_range(1..300)).collect();
@@ -111,7 +88,7 @@ fn cuda_ragged_prefill_matches_the_oracle_per_request() {
             .iter()
             .map(|&l| rng.random_range(1..=l.min(40)))
             .collect();
-        let opts = options(&mut rng, 300);
+        let opts = random_options(&mut rng, 300);
         let what = format!("case {i}: {dtype:?} {hq}/{hkv} D {d} qo {qo_lens:?} kv {kv_lens:?}");
         let nq: usize = qo_lens.iter().sum();
         let nk: usize = kv_lens.iter().sum();

@@ -21,6 +21,30 @@ pub fn random(rng: &mut StdRng, dims: &[usize], dtype: DType) -> Tensor {
         .unwrap()
 }
 
+/// f16 or bf16, evenly.
+pub fn random_dtype(rng: &mut StdRng) -> DType {
+    if rng.random_bool(0.5) {
+        DType::F16
+    } else {
+        DType::BF16
+    }
+}
+
+/// Random options for `kv_len` keys: causal, window, soft cap and scale, each sometimes.
+pub fn random_options(rng: &mut StdRng, kv_len: usize) -> AttentionOptions {
+    let mut o = AttentionOptions::default().with_causal(rng.random_bool(0.6));
+    if rng.random_bool(0.3) {
+        o = o.with_window_left(rng.random_range(0..kv_len + 2));
+    }
+    if rng.random_bool(0.3) {
+        o = o.with_soft_cap(rng.random_range(1.0..30.0));
+    }
+    if rng.random_bool(0.3) {
+        o = o.with_sm_scale(rng.random_range(0.05..1.0));
+    }
+    o
+}
+
 pub fn to_f64(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .and_then(|t| t.flatten_all())

@@ -307,7 +307,8 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         })
     }
 
-    /// [`KvPool::append_uploaded`] with `scales` (used by fp8 pools only).
+    /// [`KvPool::append_uploaded`] with `scales` (`KvScales::ONE` for 16-bit pages) and rows as
+    /// spans: the one path of owned buffers, caller rows ([`Rows::Span`]) and fp8 pools.
     pub(crate) fn append_uploaded_scaled(
         &mut self,
         meta: &DeviceAppendMeta,
