@@ -1,20 +1,55 @@
 //! Pinned host staging for index uploads: the planner writes a step's index arrays into
 //! page-locked memory and the copy to the device is truly asynchronous (a pageable copy blocks
-//! the host while the driver stages it). Reuse waits on an event recorded after the last copy.
+//! the host while the driver stages it). The buffers are used in turn ([`STAGING_SLOTS`]):
+//! reusing one waits on the event recorded after its last copy, and with a single buffer that
+//! copy is queued behind the previous step's kernels, so every plan would wait for the GPU to
+//! finish the step before — the host could never run more than one step ahead.
 use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
 use super::{DeviceBuffer, DeviceSpan, Gpu};
 use crate::error::{Error, Result};
 
-/// A reusable pinned upload buffer of `i32`.
+/// Pinned buffers a staging cycles through: a plan waits only for the copy made from the same
+/// buffer this many stages before.
+pub const STAGING_SLOTS: usize = 3;
+
+/// Reusable pinned upload buffers of `i32`, used in turn.
+#[derive(Default)]
 pub struct PinnedStaging {
+    slots: Vec<Slot>,
+    /// The slot the last [`Gpu::pinned_for`] handed out (the one the next upload copies).
+    cur: usize,
+}
+
+struct Slot {
     buf: PinnedHostSlice<i32>,
+    /// Recorded after the last copy out of `buf`.
     done: CudaEvent,
+}
+
+impl Drop for PinnedStaging {
+    fn drop(&mut self) {
+        // A buffer may still feed a queued copy: let those finish before the memory is freed.
+        for s in &self.slots {
+            let _ = s.done.synchronize();
+        }
+    }
 }
 
 impl std::fmt::Debug for PinnedStaging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PinnedStaging[{}]", self.buf.len())
+        let lens: Vec<usize> = self.slots.iter().map(|s| s.buf.len()).collect();
+        write!(f, "PinnedStaging{lens:?}")
+    }
+}
+
+/// The slot the next stage uses: a new one while fewer than [`STAGING_SLOTS`] exist, else the
+/// one after `cur`, cyclically.
+fn next_slot(have: usize, cur: usize) -> usize {
+    if have < STAGING_SLOTS {
+        have
+    } else {
+        (cur + 1) % STAGING_SLOTS
     }
 }
 
@@ -60,24 +95,29 @@ impl Gpu {
         len: usize,
     ) -> Result<&'s mut [i32]> {
         self.bind()?;
-        if staging.as_ref().is_none_or(|s| s.buf.len() < len) {
-            // The old buffer may still feed an async copy: wait for it before it is freed.
-            if let Some(old) = staging.as_ref() {
-                old.done.synchronize()?;
-            }
+        let st = staging.get_or_insert_with(PinnedStaging::default);
+        let next = next_slot(st.slots.len(), st.cur);
+        let alloc = |len: usize| {
             // SAFETY: the buffer is written before any copy reads it (the caller fills it).
-            let buf = unsafe {
+            unsafe {
                 self.context()
                     .alloc_pinned::<i32>(len.max(1).next_power_of_two())
-            }?;
-            let done = self.context().new_event(None)?;
-            *staging = Some(PinnedStaging { buf, done });
-        }
-        let Some(s) = staging.as_mut() else {
-            return Err(Error::invalid("upload", "staging", "missing"));
+            }
         };
-        s.done.synchronize()?;
-        Ok(s.buf.as_mut_slice()?)
+        if next == st.slots.len() {
+            let buf = alloc(len)?;
+            let done = self.context().new_event(None)?;
+            st.slots.push(Slot { buf, done });
+        } else {
+            let slot = &mut st.slots[next];
+            // Its previous copy must be done before the buffer is refilled (or freed).
+            slot.done.synchronize()?;
+            if slot.buf.len() < len {
+                slot.buf = alloc(len)?;
+            }
+        }
+        st.cur = next;
+        Ok(st.slots[next].buf.as_mut_slice()?)
     }
 
     /// Queues the copy of the first `len` entries of `staging` (filled through
@@ -104,7 +144,11 @@ impl Gpu {
         if len == 0 {
             return Ok(());
         }
-        let Some(s) = staging.as_mut().filter(|s| s.buf.len() >= len) else {
+        let Some(s) = staging
+            .as_mut()
+            .and_then(|st| st.slots.get_mut(st.cur))
+            .filter(|s| s.buf.len() >= len)
+        else {
             return Err(Error::invalid(
                 "upload",
                 "staging",
@@ -125,5 +169,26 @@ impl Gpu {
         }?;
         s.done.record(self.stream())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_created_then_used_in_turn() {
+        let (mut have, mut cur) = (0, 0);
+        let mut order = Vec::new();
+        for _ in 0..8 {
+            let n = next_slot(have, cur);
+            if n == have {
+                have += 1;
+            }
+            cur = n;
+            order.push(n);
+        }
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(have, STAGING_SLOTS);
     }
 }
