@@ -9,9 +9,23 @@ use cudarc::driver::{CudaEvent, PinnedHostSlice};
 use super::{DeviceBuffer, DeviceSpan, Gpu};
 use crate::error::{Error, Result};
 
-/// Pinned buffers a staging cycles through: a plan waits only for the copy made from the same
-/// buffer this many stages before.
+/// Pinned buffers a staging cycles through by default: a plan waits only for the copy made from
+/// the same buffer this many stages before.
 pub const STAGING_SLOTS: usize = 3;
+
+/// The number of buffers used: [`STAGING_SLOTS`], or `FERRINFER_STAGING_SLOTS` (1 to 8) read once
+/// from the environment; 1 is the single buffer, whose reuse waits for the previous step's
+/// kernels (kept selectable so the two can be timed in one run).
+pub fn staging_slots() -> usize {
+    static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SLOTS.get_or_init(|| {
+        std::env::var("FERRINFER_STAGING_SLOTS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| (1..=8).contains(n))
+            .unwrap_or(STAGING_SLOTS)
+    })
+}
 
 /// Reusable pinned upload buffers of `i32`, used in turn.
 #[derive(Default)]
@@ -43,13 +57,13 @@ impl std::fmt::Debug for PinnedStaging {
     }
 }
 
-/// The slot the next stage uses: a new one while fewer than [`STAGING_SLOTS`] exist, else the
-/// one after `cur`, cyclically.
-fn next_slot(have: usize, cur: usize) -> usize {
-    if have < STAGING_SLOTS {
+/// The slot the next stage uses out of `slots`: a new one while fewer than `slots` exist, else
+/// the one after `cur`, cyclically.
+fn next_slot(have: usize, cur: usize, slots: usize) -> usize {
+    if have < slots {
         have
     } else {
-        (cur + 1) % STAGING_SLOTS
+        (cur + 1) % slots
     }
 }
 
@@ -96,7 +110,7 @@ impl Gpu {
     ) -> Result<&'s mut [i32]> {
         self.bind()?;
         let st = staging.get_or_insert_with(PinnedStaging::default);
-        let next = next_slot(st.slots.len(), st.cur);
+        let next = next_slot(st.slots.len(), st.cur, staging_slots());
         let alloc = |len: usize| {
             // SAFETY: the buffer is written before any copy reads it (the caller fills it).
             unsafe {
@@ -181,7 +195,7 @@ mod tests {
         let (mut have, mut cur) = (0, 0);
         let mut order = Vec::new();
         for _ in 0..8 {
-            let n = next_slot(have, cur);
+            let n = next_slot(have, cur, STAGING_SLOTS);
             if n == have {
                 have += 1;
             }
@@ -190,5 +204,14 @@ mod tests {
         }
         assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1]);
         assert_eq!(have, STAGING_SLOTS);
+    }
+
+    #[test]
+    fn one_slot_is_always_reused() {
+        assert_eq!(next_slot(0, 0, 1), 0);
+        assert_eq!(
+            (0..4).map(|_| next_slot(1, 0, 1)).collect::<Vec<_>>(),
+            [0; 4]
+        );
     }
 }
