@@ -16,7 +16,7 @@ use ferrinfer_kernels::math::fast::fmax;
 use ferrinfer_kernels::math::softmax::{LogitTransform, State};
 use rayon::prelude::*;
 
-use crate::dtype::{Float16, KvElem};
+use crate::dtype::{Float16, KvDtype, KvElem};
 use crate::error::{Error, Result};
 use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
@@ -425,11 +425,49 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             Some(l) => groups
                 .zip(l[..hq].par_chunks_mut(g))
                 .enumerate()
-                .for_each(|(kvh, (rows, l))| self.group_heads(kvh, rows, Some(l), &conv)),
+                .for_each(|(kvh, (rows, l))| self.group_heads_best(kvh, rows, Some(l), &conv)),
             None => groups
                 .enumerate()
-                .for_each(|(kvh, rows)| self.group_heads(kvh, rows, None, &conv)),
+                .for_each(|(kvh, rows)| self.group_heads_best(kvh, rows, None, &conv)),
         }
+    }
+
+    /// [`Job::group_heads`], compiled for AVX2 and F16C when this CPU has them (the crate
+    /// targets baseline x86-64, whose vectors are SSE2's four lanes and which converts f16 rows
+    /// through a call per eight elements). Only the vector width and the (exact) row
+    /// conversion change: Rust never fuses a multiply and an add or reorders float operations
+    /// by itself, so every lane does the same operations in the same order and the results are
+    /// the same bits either way (`tests::avx2_attention_is_bit_identical`).
+    fn group_heads_best<O>(
+        &self,
+        kvh: usize,
+        out: &mut [O],
+        lse: Option<&mut [f32]>,
+        conv: &impl Fn(f32) -> O,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: this CPU has AVX2 and F16C (checked just above).
+            return unsafe { self.group_heads_avx2(kvh, out, lse, conv) };
+        }
+        self.group_heads::<O, false>(kvh, out, lse, conv)
+    }
+
+    /// [`Job::group_heads`] inlined into a function compiled with AVX2 and F16C, its rows
+    /// converted by [`load_row_f16c`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn group_heads_avx2<O>(
+        &self,
+        kvh: usize,
+        out: &mut [O],
+        lse: Option<&mut [f32]>,
+        conv: &impl Fn(f32) -> O,
+    ) {
+        self.group_heads::<O, true>(kvh, out, lse, conv)
     }
 
     /// Attends the query heads of KV head `kvh` over `[kv_begin, kv_end)`: writes their output
@@ -437,7 +475,10 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     /// converted to f32 (and rotated, under RoPE) once for the whole group; every head's own
     /// arithmetic — its dot products, running max, rescales and accumulation order — is what
     /// it would be alone, so the results do not depend on the grouping.
-    fn group_heads<O>(
+    ///
+    /// `F16C`: rows converted by [`load_row_f16c`] (only inside [`Job::group_heads_avx2`]).
+    #[inline(always)]
+    fn group_heads<O, const F16C: bool>(
         &self,
         kvh: usize,
         out: &mut [O],
@@ -472,7 +513,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             }
             for u in 0..n {
                 let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
-                S::load_row(row, &mut row32);
+                load_row::<S, F16C>(row, &mut row32);
                 if let Some(r) = self.rope {
                     let pos = r.k_pos0 + (t0 + u) as u32;
                     super::rope::rotate_head(&mut row32, pos, r.inv_freq, r.style);
@@ -499,7 +540,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             }
             for u in 0..n {
                 let row = &self.v[(t0 + u) * self.v_strides.stride_n + v_head..][..d];
-                S::load_row(row, &mut row32);
+                load_row::<S, F16C>(row, &mut row32);
                 for (j, a) in acc.chunks_exact_mut(d).enumerate() {
                     let p = st[j].weight(x[j * BLOCK + u]);
                     for (a, vv) in a.iter_mut().zip(&row32) {
@@ -521,6 +562,69 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             }
         }
     }
+}
+
+/// A K/V row as f32: [`KvElem::load_row`], or with `F16C` [`load_row_f16c`].
+#[inline(always)]
+fn load_row<S: KvElem, const F16C: bool>(src: &[S], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if F16C {
+        // SAFETY: `F16C` is true only in code reached from `Job::group_heads_avx2`, which runs
+        // after `avx2()` found AVX2 and F16C.
+        return unsafe { load_row_f16c(src, dst) };
+    }
+    S::load_row(src, dst)
+}
+
+/// [`KvElem::load_row`] in AVX2/F16C code: f16 by `vcvtph2ps` eight at a time, inline (the
+/// `half` crate's slice conversion is a call per eight elements from baseline code), bf16 by
+/// a shift; both exact, so the values equal `load_row`'s. Other elements: `load_row`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn load_row_f16c<S: KvElem>(src: &[S], dst: &mut [f32]) {
+    use std::arch::x86_64::{_mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    match S::KV_DTYPE {
+        KvDtype::F16 | KvDtype::Bf16 => {
+            // SAFETY: `S` is f16 or bf16 (its tag), both 16-bit `repr(transparent)` over u16.
+            let bits: &[u16] = unsafe { std::slice::from_raw_parts(src.as_ptr().cast(), n) };
+            if matches!(S::KV_DTYPE, KvDtype::Bf16) {
+                for (d, &b) in dst.iter_mut().zip(bits) {
+                    *d = f32::from_bits(u32::from(b) << 16);
+                }
+                return;
+            }
+            let mut i = 0;
+            while i + 8 <= n {
+                // SAFETY: `i + 8 ≤ n` elements of both slices; unaligned loads and stores.
+                unsafe {
+                    let h = _mm_loadu_si128(bits.as_ptr().add(i).cast());
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                }
+                i += 8;
+            }
+            for j in i..n {
+                dst[j] = half::f16::from_bits(bits[j]).to_f32();
+            }
+        }
+        _ => S::load_row(src, dst),
+    }
+}
+
+/// Whether this CPU has AVX2 and F16C (detected once; `FERRINFER_CPU_SIMD=baseline` turns the AVX2
+/// build of the attention loop off, for comparisons).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("f16c")
+            && std::env::var("FERRINFER_CPU_SIMD").map_or(true, |v| v != "baseline")
+    })
 }
 
 /// `q · k` in f32 with 8 independent partial sums (lets the compiler vectorise).

@@ -314,3 +314,49 @@ fn stride_overflow_is_a_typed_error() {
     assert!(matches!(e, Error::Overflow { .. }));
     assert!(out.iter().all(|x| x.is_nan()));
 }
+
+/// The AVX2 build of the attention loop gives the baseline build's bits: same options, shapes
+/// with head dims that are and are not multiples of the vector width, f16 and bf16.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_attention_is_bit_identical() {
+    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")) {
+        eprintln!("skipped: this CPU has no AVX2/F16C");
+        return;
+    }
+    fn both<T: Float16>(h: &HeadConfig, o: &AttentionOptions, kv: usize, seed: u64) {
+        let (hq, hkv, d) = (h.num_qo_heads, h.num_kv_heads, h.head_dim);
+        let q: Vec<T> = to16(&vals(hq * d, seed));
+        let k: Vec<T> = to16(&vals(kv * hkv * d, seed + 1));
+        let v: Vec<T> = to16(&vals(kv * hkv * d, seed + 2));
+        let s = KvStrides::contiguous(h);
+        let job = Job::new(h, o, &q, &k, s, &v, s, kv, hq * d, Some(hq), KvScales::ONE).unwrap();
+        let g = h.group();
+        for kvh in 0..hkv {
+            let (mut o1, mut o2) = (vec![f32::NAN; g * d], vec![f32::NAN; g * d]);
+            let (mut l1, mut l2) = (vec![f32::NAN; g], vec![f32::NAN; g]);
+            job.group_heads::<f32, false>(kvh, &mut o1, Some(&mut l1), &|x| x);
+            // SAFETY: AVX2 checked at the start of the test.
+            unsafe { job.group_heads_avx2(kvh, &mut o2, Some(&mut l2), &|x| x) };
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(o1.iter().all(|x| x.is_finite()), "{h:?} kv={kv}");
+            assert_eq!(bits(&o1), bits(&o2), "{h:?} {o:?} kv={kv}");
+            assert_eq!(bits(&l1), bits(&l2), "{h:?} {o:?} kv={kv}");
+        }
+    }
+    let opts = [
+        AttentionOptions::default(),
+        AttentionOptions::default().with_soft_cap(7.5),
+        AttentionOptions::default().with_window_left(20),
+    ];
+    for (i, o) in opts.iter().enumerate() {
+        for &(hq, hkv, d) in &[(9, 3, 64), (4, 2, 24), (8, 1, 128), (3, 1, 5)] {
+            for &kv in &[1usize, 33, 300] {
+                let h = heads(hq, hkv, d);
+                let seed = (i * 1000 + kv + d) as u64;
+                both::<f16>(&h, o, kv, seed);
+                both::<bf16>(&h, o, kv, seed);
+            }
+        }
+    }
+}
