@@ -1,7 +1,7 @@
 //! CPU batch decode over a host-memory page pool: the same semantics as
 //! [`crate::ops::BatchDecode`] (window, soft-cap, lse, empty requests → 0 / −inf).
-//! Each request's pages are gathered to contiguous rows and decoded with [`super::single_decode`];
-//! requests run in parallel (rayon).
+//! Each request is decoded by the single-request body, reading its rows from the pool's pages
+//! in place; requests run in parallel (rayon).
 use rayon::prelude::*;
 
 use crate::checked;
@@ -14,7 +14,7 @@ use crate::options::AttentionOptions;
 use crate::rope::RopeConfig;
 use crate::validate;
 
-use super::decode::{BatchRope, Extras, RopeTable};
+use super::decode::{BatchRope, Extras, KvRows, KvView, RopeTable};
 
 const OP: &str = "cpu_batch_decode";
 
@@ -108,23 +108,30 @@ fn scaled<T: Float16, S: KvElem>(
     if let Some(l) = lse.as_deref() {
         validate::at_least(OP, "lse elements", nl, l.len())?;
     }
-    let strides = super::KvStrides::contiguous(heads);
-    let gather = |bi: usize| -> Result<(usize, Vec<S>, Vec<S>)> {
-        let (k, v) = pool.gather_host(pages, bi)?;
-        Ok((pages.kv_len(bi, pool.config().page_size)?, k, v))
-    };
-    // One request: gathered K/V, then the decode (with its rotation under RoPE).
+    let (kp, vp) = pool.host_kv()?;
+    let cfg = *pool.config();
+    // One request: the decode (with its rotation under RoPE) over its pages, in place.
     let one = |bi: usize, o: &mut [T], l: Option<&mut [f32]>| -> Result<()> {
-        let (len, k, v) = gather(bi)?;
+        let len = pages.kv_len(bi, cfg.page_size)?;
+        let (p0, p1) = (
+            pages.kv_indptr[bi] as usize,
+            pages.kv_indptr[bi + 1] as usize,
+        );
+        let kv = KvView {
+            k: kp,
+            v: vp,
+            rows: KvRows::Paged {
+                pages: &pages.kv_indices[p0..p1],
+                cfg,
+            },
+        };
         let qb = &q[bi * row..(bi + 1) * row];
         let extras = Extras {
             mask_row: None,
             // An empty request attends nothing; its query position is moot.
             rope: rope.map(|r| r.row(bi, len.saturating_sub(1))),
         };
-        super::decode::single_decode_scaled(
-            heads, opts, qb, &k, strides, &v, strides, len, scales, extras, o, l,
-        )
+        super::decode::single_decode_scaled(heads, opts, qb, kv, len, scales, extras, o, l)
     };
     let hq = heads.num_qo_heads;
     let results: Vec<Result<()>> = match lse {

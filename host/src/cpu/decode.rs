@@ -20,6 +20,7 @@ use crate::dtype::{Float16, KvDtype, KvElem};
 use crate::error::{Error, Result};
 use crate::fp8::{Fp8, Fp8Format, KvScales};
 use crate::heads::HeadConfig;
+use crate::kv::KvPoolConfig;
 use crate::ops::single_decode::KvStrides;
 use crate::options::AttentionOptions;
 use crate::rope::{RopeConfig, RopeStyle};
@@ -80,10 +81,7 @@ pub fn single_decode<T: Float16>(
         heads,
         opts,
         q,
-        k,
-        k_strides,
-        v,
-        v_strides,
+        KvView::strided(k, k_strides, v, v_strides),
         kv_len,
         KvScales::ONE,
         Extras::NONE,
@@ -117,10 +115,7 @@ pub fn single_decode_fp8<T: Float16, F: Fp8Format>(
         heads,
         opts,
         q,
-        k,
-        k_strides,
-        v,
-        v_strides,
+        KvView::strided(k, k_strides, v, v_strides),
         kv_len,
         scales,
         Extras::NONE,
@@ -154,10 +149,7 @@ pub(crate) fn single_decode_scaled<T: Float16, S: KvElem>(
     heads: &HeadConfig,
     opts: &AttentionOptions,
     q: &[T],
-    k: &[S],
-    k_strides: KvStrides,
-    v: &[S],
-    v_strides: KvStrides,
+    kv: KvView<'_, S>,
     kv_len: usize,
     scales: KvScales,
     extras: Extras<'_>,
@@ -166,19 +158,7 @@ pub(crate) fn single_decode_scaled<T: Float16, S: KvElem>(
 ) -> Result<()> {
     scales.validate(OP)?;
     let lse_len = lse.as_deref().map(<[f32]>::len);
-    let mut job = Job::new(
-        heads,
-        opts,
-        q,
-        k,
-        k_strides,
-        v,
-        v_strides,
-        kv_len,
-        out.len(),
-        lse_len,
-        scales,
-    )?;
+    let mut job = Job::new(heads, opts, q, kv, kv_len, out.len(), lse_len, scales)?;
     job.mask_row = extras.mask_row;
     job.rope = extras.rope;
     job.run(out, lse, T::from_f32);
@@ -296,9 +276,8 @@ pub fn single_decode_rope<T: Float16>(
         rope: Some(r),
     };
     let one = KvScales::ONE;
-    single_decode_scaled(
-        heads, opts, q, k, k_strides, v, v_strides, kv_len, one, extras, out, lse,
-    )
+    let kv = KvView::strided(k, k_strides, v, v_strides);
+    single_decode_scaled(heads, opts, q, kv, kv_len, one, extras, out, lse)
 }
 
 /// Decode attention that returns the attention *state* in f32: the normalised output
@@ -321,14 +300,12 @@ pub fn single_decode_state<T: Float16>(
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<()> {
+    let kv = KvView::strided(k, k_strides, v, v_strides);
     let job = Job::new(
         heads,
         opts,
         q,
-        k,
-        k_strides,
-        v,
-        v_strides,
+        kv,
         kv_len,
         o.len(),
         Some(lse.len()),
@@ -338,15 +315,103 @@ pub fn single_decode_state<T: Float16>(
     Ok(())
 }
 
+/// Where one request's key and value rows lie in the `k` and `v` slices of a [`KvView`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum KvRows<'a> {
+    /// Row `(t, h)` at `t · stride_n + h · stride_h`, with K's and V's own strides.
+    Strided { k: KvStrides, v: KvStrides },
+    /// Row `(t, h)` in page `pages[t / page_size]` of a pool of geometry `cfg`, at the same
+    /// offset in K and V: decode reads a paged cache in place (gathering it first cost a
+    /// copy of the whole context per request and layer, and the re-read of that copy).
+    Paged { pages: &'a [i32], cfg: KvPoolConfig },
+}
+
+/// One request's K and V as the CPU attention reads them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvView<'a, S> {
+    pub(crate) k: &'a [S],
+    pub(crate) v: &'a [S],
+    pub(crate) rows: KvRows<'a>,
+}
+
+impl<'a, S> KvView<'a, S> {
+    /// Strided K and V (each with its own strides).
+    pub(crate) fn strided(k: &'a [S], ks: KvStrides, v: &'a [S], vs: KvStrides) -> Self {
+        Self {
+            k,
+            v,
+            rows: KvRows::Strided { k: ks, v: vs },
+        }
+    }
+
+    /// Checks that every row of `kv_len` tokens lies inside `k` and `v`: the strided extents,
+    /// or for pages that the request has enough of, each below `cfg.num_pages` (checked on
+    /// the table, so the rows read below are in bounds), and that the pool's arrays hold
+    /// `cfg.num_pages` pages.
+    fn validate(&self, heads: &HeadConfig, kv_len: usize) -> Result<()> {
+        match self.rows {
+            KvRows::Strided { k, v } => {
+                validate::kv_extent(OP, "k elements", heads, k, kv_len, self.k.len())?;
+                validate::kv_extent(OP, "v elements", heads, v, kv_len, self.v.len())?;
+                Ok(())
+            }
+            KvRows::Paged { pages, cfg } => {
+                let need = kv_len.div_ceil(cfg.page_size);
+                validate::at_least(OP, "pages of the request", need, pages.len())?;
+                if let Some(&p) = pages[..need]
+                    .iter()
+                    .find(|&&p| p < 0 || p as usize >= cfg.num_pages)
+                {
+                    return Err(Error::PageOutOfRange {
+                        op: OP,
+                        page: p as i64,
+                        num_pages: cfg.num_pages,
+                    });
+                }
+                let n = cfg.pool_elems()?;
+                validate::at_least(OP, "k elements", n, self.k.len())?;
+                validate::at_least(OP, "v elements", n, self.v.len())
+            }
+        }
+    }
+
+    /// Offsets in K and in V of the rows of head `kvh` for tokens `t0..t0 + out.len()`.
+    #[inline(always)]
+    fn offsets(&self, t0: usize, kvh: usize, out: &mut [(usize, usize)]) {
+        match self.rows {
+            KvRows::Strided { k, v } => {
+                for (u, o) in out.iter_mut().enumerate() {
+                    let t = t0 + u;
+                    *o = (
+                        t * k.stride_n + kvh * k.stride_h,
+                        t * v.stride_n + kvh * v.stride_h,
+                    );
+                }
+            }
+            KvRows::Paged { pages, cfg } => {
+                let (ps, st) = (cfg.page_size, cfg.strides());
+                let (sp, sn) = (st.stride_page as usize, st.stride_n as usize);
+                let head = kvh * st.stride_h as usize;
+                let (mut p, mut e) = (t0 / ps, t0 % ps);
+                for o in out.iter_mut() {
+                    let at = pages[p] as usize * sp + e * sn + head;
+                    *o = (at, at);
+                    e += 1;
+                    if e == ps {
+                        (p, e) = (p + 1, 0);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Everything one query head needs (validated inputs). K/V elements `S` are read through
 /// [`KvElem::load`]; their scales are folded in outside the element loop (K's into the logit
 /// scale, V's into the output normaliser), so 16-bit K/V (scale 1) compute exactly as before.
 struct Job<'a, T, S> {
     q: &'a [T],
-    k: &'a [S],
-    k_strides: KvStrides,
-    v: &'a [S],
-    v_strides: KvStrides,
+    kv: KvView<'a, S>,
     /// V's scale, applied with the softmax normaliser.
     v_scale: f32,
     num_qo_heads: usize,
@@ -368,10 +433,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
         heads: &HeadConfig,
         opts: &AttentionOptions,
         q: &'a [T],
-        k: &'a [S],
-        k_strides: KvStrides,
-        v: &'a [S],
-        v_strides: KvStrides,
+        kv: KvView<'a, S>,
         kv_len: usize,
         out_len: usize,
         lse_len: Option<usize>,
@@ -390,18 +452,14 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             validate::at_least(OP, "lse elements", hq, l)?;
         }
         validate::kv_len(OP, kv_len)?;
-        validate::kv_extent(OP, "k elements", heads, k_strides, kv_len, k.len())?;
-        validate::kv_extent(OP, "v elements", heads, v_strides, kv_len, v.len())?;
+        kv.validate(heads, kv_len)?;
         let kv_begin = match opts.window_left {
             Some(w) => kv_len.saturating_sub(w.saturating_add(1)),
             None => 0,
         };
         Ok(Job {
             q,
-            k,
-            k_strides,
-            v,
-            v_strides,
+            kv,
             v_scale: scales.v,
             num_qo_heads: hq,
             head_dim: d,
@@ -496,8 +554,8 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
                 super::rope::rotate_head(qh, r.q_pos, r.inv_freq, r.style);
             }
         }
-        let k_head = kvh * self.k_strides.stride_h;
-        let v_head = kvh * self.v_strides.stride_h;
+        // Offsets of the block's K and V rows in the view (one page lookup per row).
+        let mut offs = [(0usize, 0usize); BLOCK];
         let mut acc = vec![0.0f32; g * d];
         // Rows converted to f32 at once (exact), then the f32 dot products and updates.
         let mut row32 = vec![0.0f32; d];
@@ -511,8 +569,9 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             for (m, s) in m_new.iter_mut().zip(&st) {
                 *m = s.m;
             }
+            self.kv.offsets(t0, kvh, &mut offs[..n]);
             for u in 0..n {
-                let row = &self.k[(t0 + u) * self.k_strides.stride_n + k_head..][..d];
+                let row = &self.kv.k[offs[u].0..][..d];
                 load_row::<S, F16C>(row, &mut row32);
                 if let Some(r) = self.rope {
                     let pos = r.k_pos0 + (t0 + u) as u32;
@@ -539,7 +598,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
                 }
             }
             for u in 0..n {
-                let row = &self.v[(t0 + u) * self.v_strides.stride_n + v_head..][..d];
+                let row = &self.kv.v[offs[u].1..][..d];
                 load_row::<S, F16C>(row, &mut row32);
                 for (j, a) in acc.chunks_exact_mut(d).enumerate() {
                     let p = st[j].weight(x[j * BLOCK + u]);

@@ -330,7 +330,8 @@ fn avx2_attention_is_bit_identical() {
         let k: Vec<T> = to16(&vals(kv * hkv * d, seed + 1));
         let v: Vec<T> = to16(&vals(kv * hkv * d, seed + 2));
         let s = KvStrides::contiguous(h);
-        let job = Job::new(h, o, &q, &k, s, &v, s, kv, hq * d, Some(hq), KvScales::ONE).unwrap();
+        let view = KvView::strided(&k, s, &v, s);
+        let job = Job::new(h, o, &q, view, kv, hq * d, Some(hq), KvScales::ONE).unwrap();
         let g = h.group();
         for kvh in 0..hkv {
             let (mut o1, mut o2) = (vec![f32::NAN; g * d], vec![f32::NAN; g * d]);
@@ -356,6 +357,114 @@ fn avx2_attention_is_bit_identical() {
                 let seed = (i * 1000 + kv + d) as u64;
                 both::<f16>(&h, o, kv, seed);
                 both::<bf16>(&h, o, kv, seed);
+            }
+        }
+    }
+}
+
+/// Reading rows from a page pool in place gives the bits of the same rows laid out
+/// contiguously: pages in a scrambled order, both layouts, page sizes 1, 5 and 16, a partial
+/// last page; and bad page tables are typed errors.
+#[test]
+fn paged_rows_equal_contiguous_rows() {
+    use crate::kv::KvLayout;
+    for layout in [KvLayout::Nhd, KvLayout::Hnd] {
+        for &ps in &[1usize, 5, 16] {
+            for &kv_len in &[1usize, 37, 100] {
+                let (hq, hkv, d) = (6, 2, 64);
+                let h = heads(hq, hkv, d);
+                let npages = kv_len.div_ceil(ps);
+                let num_pages = npages + 3;
+                let cfg = KvPoolConfig {
+                    num_pages,
+                    page_size: ps,
+                    num_kv_heads: hkv,
+                    head_dim: d,
+                    layout,
+                };
+                // The request's pages from the back of the pool (a scrambled order).
+                let table: Vec<i32> = (0..npages).map(|i| (num_pages - 1 - i) as i32).collect();
+                let q: Vec<f16> = to16(&vals(hq * d, 1));
+                let kc: Vec<f16> = to16(&vals(kv_len * hkv * d, 2));
+                let vc: Vec<f16> = to16(&vals(kv_len * hkv * d, 3));
+                let mut kp = vec![f16::NAN; cfg.pool_elems().unwrap()];
+                let mut vp = kp.clone();
+                for t in 0..kv_len {
+                    for hh in 0..hkv {
+                        let at = cfg.offset(table[t / ps] as usize, t % ps, hh);
+                        let src = (t * hkv + hh) * d;
+                        kp[at..at + d].copy_from_slice(&kc[src..src + d]);
+                        vp[at..at + d].copy_from_slice(&vc[src..src + d]);
+                    }
+                }
+                let opts = AttentionOptions::default().with_window_left(30);
+                let run = |view: KvView<'_, f16>| {
+                    let mut o = vec![f16::NAN; hq * d];
+                    let mut l = vec![f32::NAN; hq];
+                    single_decode_scaled(
+                        &h,
+                        &opts,
+                        &q,
+                        view,
+                        kv_len,
+                        KvScales::ONE,
+                        Extras::NONE,
+                        &mut o,
+                        Some(&mut l),
+                    )
+                    .unwrap();
+                    (o.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l)
+                };
+                let s = KvStrides::contiguous(&h);
+                let want = run(KvView::strided(&kc, s, &vc, s));
+                fn paged<'a>(
+                    kp: &'a [f16],
+                    vp: &'a [f16],
+                    pages: &'a [i32],
+                    cfg: KvPoolConfig,
+                ) -> KvView<'a, f16> {
+                    KvView {
+                        k: kp,
+                        v: vp,
+                        rows: KvRows::Paged { pages, cfg },
+                    }
+                }
+                let got = run(paged(&kp, &vp, &table, cfg));
+                assert!(want.0.iter().all(|&b| !f16::from_bits(b).is_nan()));
+                assert_eq!(want.0, got.0, "{layout:?} ps={ps} kv={kv_len}");
+                assert_eq!(
+                    want.1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    got.1.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                );
+                // Bad tables: a page past the pool, too few pages.
+                let mut o = vec![f16::NAN; hq * d];
+                let mut bad = table.clone();
+                bad[npages - 1] = num_pages as i32;
+                let e = single_decode_scaled(
+                    &h,
+                    &opts,
+                    &q,
+                    paged(&kp, &vp, &bad, cfg),
+                    kv_len,
+                    KvScales::ONE,
+                    Extras::NONE,
+                    &mut o,
+                    None,
+                );
+                assert!(matches!(e, Err(Error::PageOutOfRange { .. })), "{e:?}");
+                let e = single_decode_scaled(
+                    &h,
+                    &opts,
+                    &q,
+                    paged(&kp, &vp, &table[..npages - 1], cfg),
+                    kv_len,
+                    KvScales::ONE,
+                    Extras::NONE,
+                    &mut o,
+                    None,
+                );
+                assert!(e.is_err());
+                assert!(o.iter().all(|x| x.is_nan()), "written on error");
             }
         }
     }

@@ -148,7 +148,8 @@ fn single<T: Float16, S: KvElem>(
                 ..r
             }),
         };
-        super::decode::single_decode_scaled(heads, &o2, qt, k, s, v, s, hi, scales, extras, o, l)
+        let kv = super::decode::KvView::strided(k, s, v, s);
+        super::decode::single_decode_scaled(heads, &o2, qt, kv, hi, scales, extras, o, l)
     };
     let results: Vec<Result<()>> = match lse {
         Some(l) => out[..n]

@@ -429,18 +429,22 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
 
     /// Entry `b` of `pages` as new contiguous host rows `[len, heads, head_dim]` (K, V) — the
     /// CPU backend's view of one request. Host pools only; `pages` must be validated.
-    pub(crate) fn gather_host(&self, pages: &BatchPages, b: usize) -> Result<(Vec<S>, Vec<S>)> {
-        let c = self.cfg;
-        let len = pages.kv_len(b, c.page_size)?;
-        let n = checked::product(OP, "gathered rows", &[len, c.num_kv_heads, c.head_dim])?;
-        let k = checked::filled(OP, "gathered K", n, S::default());
-        let (mut k, mut v) = (k?, checked::filled(OP, "gathered V", n, S::default())?);
-        self.gather_host_into(pages, b, &mut k, &mut v)?;
-        Ok((k, v))
+    /// The host pool's K and V arrays (the CPU decode reads them in place); `Err` for a device
+    /// pool.
+    pub(crate) fn host_kv(&self) -> Result<(&[S], &[S])> {
+        match self.storage.host() {
+            Some(HostPages { k, v }) => Ok((k, v)),
+            None => Err(Error::invalid(
+                OP,
+                "pool",
+                "a host-memory (CPU) pool is required",
+            )),
+        }
     }
 
-    /// [`KvPool::gather_host`] into caller slices of exactly `kv_len · heads · head_dim`
-    /// elements each (a batch's gather fills one buffer, one copy per row).
+    /// Copies request `b`'s K and V rows, in token order, into caller slices of exactly
+    /// `kv_len · heads · head_dim` elements each, contiguous `[kv_len, heads, head_dim]` (the
+    /// CPU prefill gathers a batch into one buffer, one copy per row).
     pub(crate) fn gather_host_into(
         &self,
         pages: &BatchPages,
@@ -448,13 +452,7 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         k: &mut [S],
         v: &mut [S],
     ) -> Result<()> {
-        let Some(HostPages { k: kp, v: vp }) = self.storage.host() else {
-            return Err(Error::invalid(
-                OP,
-                "pool",
-                "a host-memory (CPU) pool is required",
-            ));
-        };
+        let (kp, vp) = self.host_kv()?;
         let c = self.cfg;
         let len = pages.kv_len(b, c.page_size)?;
         let s = RowStrides::contiguous(c.num_kv_heads, c.head_dim);
