@@ -16,6 +16,7 @@ use ferrinfer_kernels::math::fast::fmax;
 use ferrinfer_kernels::math::softmax::{LogitTransform, State};
 use rayon::prelude::*;
 
+use super::merge;
 use crate::dtype::{Float16, KvDtype, KvElem};
 use crate::error::{Error, Result};
 use crate::fp8::{Fp8, Fp8Format, KvScales};
@@ -478,15 +479,73 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     /// (lengths were validated by [`Job::new`]).
     fn run<O: Send>(&self, out: &mut [O], lse: Option<&mut [f32]>, conv: impl Fn(f32) -> O + Sync) {
         let (hq, d, g) = (self.num_qo_heads, self.head_dim, self.group);
+        let chunks = split_keys(self.kv_begin, self.kv_end);
+        if chunks.len() > 1 {
+            return self.run_split(&chunks, out, lse, conv);
+        }
+        let all = (self.kv_begin, self.kv_end);
         let groups = out[..hq * d].par_chunks_mut(g * d);
         match lse {
             Some(l) => groups
                 .zip(l[..hq].par_chunks_mut(g))
                 .enumerate()
-                .for_each(|(kvh, (rows, l))| self.group_heads_best(kvh, rows, Some(l), &conv)),
+                .for_each(|(kvh, (rows, l))| self.group_heads_best(kvh, all, rows, Some(l), &conv)),
             None => groups
                 .enumerate()
-                .for_each(|(kvh, rows)| self.group_heads_best(kvh, rows, None, &conv)),
+                .for_each(|(kvh, rows)| self.group_heads_best(kvh, all, rows, None, &conv)),
+        }
+    }
+
+    /// [`Job::run`] over a long key range cut into `chunks` ([`split_keys`]): every (KV head,
+    /// chunk) is its own task, so a request with fewer KV heads than threads keeps them all
+    /// busy; each head's chunk states are then merged in chunk order ([`merge::merge_states`],
+    /// the split-KV merge of the device).
+    fn run_split<O: Send>(
+        &self,
+        chunks: &[(usize, usize)],
+        out: &mut [O],
+        lse: Option<&mut [f32]>,
+        conv: impl Fn(f32) -> O + Sync,
+    ) {
+        let (hq, d, g) = (self.num_qo_heads, self.head_dim, self.group);
+        let n = chunks.len();
+        let mut so = vec![0.0f32; hq * n * d];
+        let mut sl = vec![0.0f32; hq * n];
+        so.par_chunks_mut(g * d)
+            .zip(sl.par_chunks_mut(g))
+            .enumerate()
+            .for_each(|(i, (o, l))| {
+                let (kvh, c) = (i / n, i % n);
+                self.group_heads_best(kvh, chunks[c], o, Some(l), &|x| x);
+            });
+        let merge_head = |kvh: usize, rows: &mut [O], l: Option<&mut [f32]>| {
+            let (mut o, mut m) = (vec![0.0f32; g * d], vec![0.0f32; g]);
+            let states = (
+                &so[kvh * n * g * d..][..n * g * d],
+                &sl[kvh * n * g..][..n * g],
+            );
+            // Inputs are this job's own states: an Err means a NaN lse (NaN inputs), which
+            // the unsplit path would have spread to the output as well.
+            if merge::merge_states(n, g, d, states.0, states.1, &mut o, &mut m).is_err() {
+                o.fill(f32::NAN);
+                m.fill(f32::NAN);
+            }
+            for (r, x) in rows.iter_mut().zip(&o) {
+                *r = conv(*x);
+            }
+            if let Some(l) = l {
+                l.copy_from_slice(&m);
+            }
+        };
+        let groups = out[..hq * d].par_chunks_mut(g * d);
+        match lse {
+            Some(l) => groups
+                .zip(l[..hq].par_chunks_mut(g))
+                .enumerate()
+                .for_each(|(kvh, (rows, l))| merge_head(kvh, rows, Some(l))),
+            None => groups
+                .enumerate()
+                .for_each(|(kvh, rows)| merge_head(kvh, rows, None)),
         }
     }
 
@@ -499,6 +558,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     fn group_heads_best<O>(
         &self,
         kvh: usize,
+        keys: (usize, usize),
         out: &mut [O],
         lse: Option<&mut [f32]>,
         conv: &impl Fn(f32) -> O,
@@ -506,9 +566,9 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             // SAFETY: this CPU has AVX2 and F16C (checked just above).
-            return unsafe { self.group_heads_avx2(kvh, out, lse, conv) };
+            return unsafe { self.group_heads_avx2(kvh, keys, out, lse, conv) };
         }
-        self.group_heads::<O, false>(kvh, out, lse, conv)
+        self.group_heads::<O, false>(kvh, keys, out, lse, conv)
     }
 
     /// [`Job::group_heads`] inlined into a function compiled with AVX2 and F16C, its rows
@@ -521,14 +581,15 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     unsafe fn group_heads_avx2<O>(
         &self,
         kvh: usize,
+        keys: (usize, usize),
         out: &mut [O],
         lse: Option<&mut [f32]>,
         conv: &impl Fn(f32) -> O,
     ) {
-        self.group_heads::<O, true>(kvh, out, lse, conv)
+        self.group_heads::<O, true>(kvh, keys, out, lse, conv)
     }
 
-    /// Attends the query heads of KV head `kvh` over `[kv_begin, kv_end)`: writes their output
+    /// Attends the query heads of KV head `kvh` over keys `[keys.0, keys.1)`: writes their output
     /// rows (`out`: `group × head_dim`) and, when asked, their base-2 lse. Each K and V row is
     /// converted to f32 (and rotated, under RoPE) once for the whole group; every head's own
     /// arithmetic — its dot products, running max, rescales and accumulation order — is what
@@ -539,6 +600,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     fn group_heads<O, const F16C: bool>(
         &self,
         kvh: usize,
+        keys: (usize, usize),
         out: &mut [O],
         lse: Option<&mut [f32]>,
         conv: &impl Fn(f32) -> O,
@@ -563,9 +625,9 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
         let mut x = vec![0.0f32; g * BLOCK];
         let mut st = vec![State::EMPTY; g];
         let mut m_new = vec![0.0f32; g];
-        let mut t0 = self.kv_begin;
-        while t0 < self.kv_end {
-            let n = BLOCK.min(self.kv_end - t0);
+        let (mut t0, end) = keys;
+        while t0 < end {
+            let n = BLOCK.min(end - t0);
             for (m, s) in m_new.iter_mut().zip(&st) {
                 *m = s.m;
             }
@@ -621,6 +683,21 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             }
         }
     }
+}
+
+/// Keys per task above which one request's attention is cut into chunks ([`split_keys`]).
+const SPLIT_KEYS: usize = 1024;
+
+/// `[begin, end)` cut into the fewest chunks of at most [`SPLIT_KEYS`] keys, of equal sizes
+/// (±1): one chunk up to `SPLIT_KEYS` keys (the results are then exactly the unsplit loop's).
+/// The cut depends on the range alone, never on the batch or the thread count, so a request's
+/// results do not depend on what else runs.
+fn split_keys(begin: usize, end: usize) -> Vec<(usize, usize)> {
+    let len = end.saturating_sub(begin);
+    let n = len.div_ceil(SPLIT_KEYS).max(1);
+    (0..n)
+        .map(|c| (begin + c * len / n, begin + (c + 1) * len / n))
+        .collect()
 }
 
 /// A K/V row as f32: [`KvElem::load_row`], or with `F16C` [`load_row_f16c`].

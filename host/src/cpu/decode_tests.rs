@@ -336,9 +336,10 @@ fn avx2_attention_is_bit_identical() {
         for kvh in 0..hkv {
             let (mut o1, mut o2) = (vec![f32::NAN; g * d], vec![f32::NAN; g * d]);
             let (mut l1, mut l2) = (vec![f32::NAN; g], vec![f32::NAN; g]);
-            job.group_heads::<f32, false>(kvh, &mut o1, Some(&mut l1), &|x| x);
+            let keys = (job.kv_begin, job.kv_end);
+            job.group_heads::<f32, false>(kvh, keys, &mut o1, Some(&mut l1), &|x| x);
             // SAFETY: AVX2 checked at the start of the test.
-            unsafe { job.group_heads_avx2(kvh, &mut o2, Some(&mut l2), &|x| x) };
+            unsafe { job.group_heads_avx2(kvh, keys, &mut o2, Some(&mut l2), &|x| x) };
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert!(o1.iter().all(|x| x.is_finite()), "{h:?} kv={kv}");
             assert_eq!(bits(&o1), bits(&o2), "{h:?} {o:?} kv={kv}");
@@ -465,6 +466,75 @@ fn paged_rows_equal_contiguous_rows() {
                 );
                 assert!(e.is_err());
                 assert!(o.iter().all(|x| x.is_nan()), "written on error");
+            }
+        }
+    }
+}
+
+#[test]
+fn long_ranges_split_into_equal_chunks() {
+    assert_eq!(split_keys(0, 0), [(0, 0)]);
+    assert_eq!(split_keys(5, 5 + SPLIT_KEYS), [(5, 5 + SPLIT_KEYS)]);
+    for (b, e) in [
+        (0usize, SPLIT_KEYS + 1),
+        (7, 3000),
+        (100, 100 + 4 * SPLIT_KEYS),
+    ] {
+        let c = split_keys(b, e);
+        assert_eq!(c.len(), (e - b).div_ceil(SPLIT_KEYS));
+        assert_eq!((c[0].0, c[c.len() - 1].1), (b, e));
+        for w in c.windows(2) {
+            assert_eq!(w[0].1, w[1].0);
+        }
+        let sizes: Vec<usize> = c.iter().map(|x| x.1 - x.0).collect();
+        let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(*hi <= SPLIT_KEYS && hi - lo <= 1, "{sizes:?}");
+    }
+}
+
+/// Past [`SPLIT_KEYS`] keys the heads' key ranges run as separate chunks and are merged: the
+/// result stays within the unsplit bounds against the oracle, and within f32 rounding of the
+/// unsplit loop (run directly over the whole range).
+#[test]
+fn split_long_decode_matches_oracle_and_unsplit_loop() {
+    let opts = [
+        AttentionOptions::default(),
+        AttentionOptions::default().with_soft_cap(7.5),
+        AttentionOptions::default().with_window_left(1500),
+    ];
+    for (i, o) in opts.iter().enumerate() {
+        for &(hq, hkv, d) in &[(9, 3, 64), (4, 1, 128)] {
+            for &kv in &[SPLIT_KEYS + 1, 2500] {
+                let h = heads(hq, hkv, d);
+                let seed = (i * 1000 + kv + d) as u64;
+                let (eo, el) = compare::<f16>(&h, o, kv, seed);
+                assert!(eo < 4e-3 && el < 1e-3, "f16 {h:?} {o:?} kv={kv}: {eo} {el}");
+                let (eo, el) = compare::<bf16>(&h, o, kv, seed);
+                assert!(
+                    eo < 3e-2 && el < 1e-3,
+                    "bf16 {h:?} {o:?} kv={kv}: {eo} {el}"
+                );
+                // Against the unsplit loop.
+                let q: Vec<f16> = to16(&vals(hq * d, seed));
+                let k: Vec<f16> = to16(&vals(kv * hkv * d, seed + 1));
+                let v: Vec<f16> = to16(&vals(kv * hkv * d, seed + 2));
+                let s = KvStrides::contiguous(&h);
+                let view = KvView::strided(&k, s, &v, s);
+                let job = Job::new(&h, o, &q, view, kv, hq * d, Some(hq), KvScales::ONE).unwrap();
+                let (mut os, mut ls) = (vec![f32::NAN; hq * d], vec![f32::NAN; hq]);
+                job.run(&mut os, Some(&mut ls), |x| x);
+                let g = h.group();
+                for kvh in 0..hkv {
+                    let (mut o1, mut l1) = (vec![f32::NAN; g * d], vec![f32::NAN; g]);
+                    let keys = (job.kv_begin, job.kv_end);
+                    job.group_heads::<f32, false>(kvh, keys, &mut o1, Some(&mut l1), &|x| x);
+                    for (a, b) in o1.iter().zip(&os[kvh * g * d..][..g * d]) {
+                        assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+                    }
+                    for (a, b) in l1.iter().zip(&ls[kvh * g..][..g]) {
+                        assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "lse {a} vs {b}");
+                    }
+                }
             }
         }
     }
