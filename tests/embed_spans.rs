@@ -128,3 +128,66 @@ fn gpu_spans_on_a_borrowed_stream_match_the_owned_api() {
     assert_eq!(gpu.download(&kz).unwrap(), gpu.download(kb).unwrap());
     assert_eq!(gpu.download(&vz).unwrap(), gpu.download(vb).unwrap());
 }
+
+/// A plan made while its stream is being captured into a CUDA graph is refused (its upload
+/// would become a graph node re-reading a staging buffer that later plans refill), the
+/// capture stays valid, and the previous plan still runs and gives the same output.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_plan_during_stream_capture_is_refused() {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    if gpu_or_skip("gpu_plan_during_stream_capture_is_refused").is_none() {
+        return;
+    }
+    let gpu = Gpu::primary(0).unwrap();
+    let h = HeadConfig::new(8, 2, 128).unwrap();
+    let (ps, lens) = (16, vec![5usize, 40, 129]);
+    let mut r = rng(19);
+    let (pages, num_pages) = shuffled_pages(&mut r, &lens, ps, 2);
+    let row = h.num_kv_heads * h.head_dim;
+    let n_rows: usize = lens.iter().sum();
+    let (rows_k, _) = random_values::<f16>(&mut r, n_rows * row, 2.0);
+    let (rows_v, _) = random_values::<f16>(&mut r, n_rows * row, 1.0);
+    let (q, _) = random_values::<f16>(&mut r, lens.len() * h.num_qo_heads * h.head_dim, 2.0);
+    let pool = gpu_pool(
+        &gpu,
+        &h,
+        ps,
+        KvLayout::Nhd,
+        &pages,
+        num_pages,
+        &lens,
+        &rows_k,
+        &rows_v,
+    );
+    let stream = gpu.context().new_stream().unwrap();
+    // SAFETY: `stream` outlives `handle` (both dropped at the end of the test).
+    let handle = unsafe { gpu.on_borrowed_stream(stream.cu_stream()) };
+    let mut op = BatchDecode::new(&gpu, h, f16::DTYPE, AttentionOptions::default()).unwrap();
+    op.set_gpu(&handle).unwrap();
+    let mut plan = op.plan(&pages, pool.config()).unwrap();
+    let qd = gpu.upload(&q).unwrap();
+    let run = |plan: &ferrinfer::ops::BatchDecodePlan| {
+        // Poisoned output: an element the kernel does not write stays NaN.
+        let mut o = gpu.upload(&vec![f16::NAN; q.len()]).unwrap();
+        gpu.synchronize().unwrap(); // written on the context's stream, read on `stream`
+        op.run(plan, &qd, &pool, &mut o, None).unwrap();
+        handle.synchronize().unwrap();
+        gpu.download(&o).unwrap()
+    };
+    let before = run(&plan);
+    assert!(before.iter().all(|x| x.is_finite()), "unwritten output");
+
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    let (other, _) = shuffled_pages(&mut r, &lens, ps, 2);
+    let err = op.plan_into(&other, pool.config(), &mut plan).unwrap_err();
+    // Ending the capture succeeds: the refusal left the stream's capture intact.
+    drop(stream.end_capture(CUgraphInstantiate_flags(0)).unwrap());
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    assert!(err.to_string().contains("captured"), "{err}");
+    let after = run(&plan);
+    let bits = |x: &[f16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&before), bits(&after), "the previous plan changed");
+}

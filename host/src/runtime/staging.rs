@@ -4,6 +4,7 @@
 //! reusing one waits on the event recorded after its last copy, and with a single buffer that
 //! copy is queued behind the previous step's kernels, so every plan would wait for the GPU to
 //! finish the step before — the host could never run more than one step ahead.
+use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
 use super::{DeviceBuffer, DeviceSpan, Gpu};
@@ -109,6 +110,17 @@ impl Gpu {
         len: usize,
     ) -> Result<&'s mut [i32]> {
         self.bind()?;
+        // A copy queued while the stream is captured would become a graph node that re-reads
+        // this buffer at every replay, after later plans refilled it: silently wrong tables.
+        // Refused before anything is written, so the previous plan stays usable.
+        if self.stream().capture_status()? != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            return Err(Error::invalid(
+                "upload",
+                "stream",
+                "is being captured into a CUDA graph: plan (and upload host tables) before \
+                 the capture; a replay reads the device tables the last plan wrote",
+            ));
+        }
         let st = staging.get_or_insert_with(PinnedStaging::default);
         let next = next_slot(st.slots.len(), st.cur, staging_slots());
         let alloc = |len: usize| {

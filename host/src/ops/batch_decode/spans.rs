@@ -124,7 +124,11 @@ impl<T: KvElem> PagedKvSpans<T> {
 impl BatchDecode {
     /// The handle launches and plan uploads go to: set it to a handle of the same context on
     /// the caller's current stream ([`Gpu::on_borrowed_stream`]) before `plan`/`run`. Kernels
-    /// and plans stay valid (they belong to the context, not the stream).
+    /// and plans stay valid (they belong to the context, not the stream), but ordering does
+    /// not carry over: a plan's tables are copied on the stream it was made on and rewritten
+    /// in place by the next plan, so a `run` on another stream must be ordered after the
+    /// `plan` (an event), and a re-plan after every run still reading the old tables — as with
+    /// FlashInfer's wrappers, whose `plan` copies on the current stream too.
     pub fn set_gpu(&mut self, gpu: &Gpu) -> Result<()> {
         self.gpu.check_same(OP, gpu)?;
         self.gpu = gpu.clone();

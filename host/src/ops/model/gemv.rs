@@ -27,6 +27,11 @@ impl ModelKernels {
     /// (16-byte rows). Each row's result is the same bits for any `m` (rows run in groups of
     /// [`GROUP_ROWS`], each group the same code); meant for decode steps' few rows, where it
     /// streams the weights once per group. `m = 0` launches nothing.
+    ///
+    /// With programmatic dependent launch on ([`crate::Gpu::set_dependent_launch`]) the kernel
+    /// loads its first weight vectors before waiting for the kernel before it on the stream
+    /// (`x` is read after the wait): `w` must not be written by the kernels launched just
+    /// before it — true of model weights, written once at load.
     pub fn gemv<T: Float16>(
         &self,
         x: &DeviceBuffer<T>,
@@ -46,7 +51,8 @@ impl ModelKernels {
     /// [`ModelKernels::gemv`] of the SwiGLU activation: `gate_up` is f32 `[m, 2k]` (each row
     /// `[gate | up]`, the gate|up product's output) and the input element `j` of row `r` is
     /// `silu(gate[r, j]) · up[r, j]` rounded to `T` — bit for bit [`ModelKernels::silu_and_mul`]
-    /// into `T` followed by [`ModelKernels::gemv`], in one launch.
+    /// into `T` followed by [`ModelKernels::gemv`], in one launch. The same condition on `w`
+    /// under dependent launch as [`ModelKernels::gemv`].
     pub fn gemv_silu<T: Float16>(
         &self,
         gate_up: &DeviceBuffer<f32>,
