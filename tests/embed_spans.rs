@@ -1,13 +1,47 @@
 //! The embeddable core (issue #18 part 1) on the GPU: the span entry points on a borrowed
 //! stream, in the primary context, with the plan in a caller workspace, give exactly what the
-//! owned-buffer API gives (same kernels, same plan), and their checks refuse bad spans.
+//! owned-buffer API gives (same kernels, same plan), and their checks refuse bad spans; a plan
+//! made while the caller's stream is being captured is refused.
 //! Skipped without a GPU (`gpu_or_skip` decides; the handles here are `Gpu::primary`).
-use ferrinfer::kv::{AppendMeta, KvLayout, RowStrides};
+use ferrinfer::kv::{AppendMeta, BatchPages, KvLayout, KvPool, RowStrides};
 use ferrinfer::ops::{append_spans, AppendMetaSpans, BatchDecode, PagedKvSpans, RowSpans};
 use ferrinfer::{AttentionOptions, Error, Float16, Gpu, HeadConfig};
 use ferrinfer_harness::paged::{gpu_pool, pool_spans, positions, shuffled_pages};
 use ferrinfer_harness::{gpu_or_skip, random_values, rng};
 use half::f16;
+use rand::rngs::StdRng;
+
+const PAGE_SIZE: usize = 16;
+
+/// A decode batch on the GPU: requests of `lens` tokens on shuffled pages of [`PAGE_SIZE`]
+/// (`spare` pages unused), their random K/V rows appended to an NHD pool, random queries.
+struct Batch {
+    pages: BatchPages,
+    rows_k: Vec<f16>,
+    rows_v: Vec<f16>,
+    q: Vec<f16>,
+    pool: KvPool<f16>,
+}
+
+fn batch(gpu: &Gpu, h: &HeadConfig, lens: &[usize], r: &mut StdRng, spare: usize) -> Batch {
+    let (pages, num_pages) = shuffled_pages(r, lens, PAGE_SIZE, spare);
+    let row = h.num_kv_heads * h.head_dim;
+    let n_rows: usize = lens.iter().sum();
+    let (rows_k, _) = random_values::<f16>(r, n_rows * row, 2.0);
+    let (rows_v, _) = random_values::<f16>(r, n_rows * row, 1.0);
+    let (q, _) = random_values::<f16>(r, lens.len() * h.num_qo_heads * h.head_dim, 2.0);
+    let (ps, layout) = (PAGE_SIZE, KvLayout::Nhd);
+    let pool = gpu_pool(
+        gpu, h, ps, layout, &pages, num_pages, lens, &rows_k, &rows_v,
+    );
+    Batch {
+        pages,
+        rows_k,
+        rows_v,
+        q,
+        pool,
+    }
+}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -21,25 +55,14 @@ fn gpu_spans_on_a_borrowed_stream_match_the_owned_api() {
         "one primary handle per device"
     );
     let h = HeadConfig::new(32, 8, 128).unwrap();
-    let (ps, lens) = (16, vec![1usize, 17, 300, 1024]);
-    let mut r = rng(18);
-    let (pages, num_pages) = shuffled_pages(&mut r, &lens, ps, 3);
-    let row = h.num_kv_heads * h.head_dim;
-    let n_rows: usize = lens.iter().sum();
-    let (rows_k, _) = random_values::<f16>(&mut r, n_rows * row, 2.0);
-    let (rows_v, _) = random_values::<f16>(&mut r, n_rows * row, 1.0);
-    let (q, _) = random_values::<f16>(&mut r, lens.len() * h.num_qo_heads * h.head_dim, 2.0);
-    let pool = gpu_pool(
-        &gpu,
-        &h,
-        ps,
-        KvLayout::Nhd,
-        &pages,
-        num_pages,
-        &lens,
-        &rows_k,
-        &rows_v,
-    );
+    let lens = vec![1usize, 17, 300, 1024];
+    let Batch {
+        pages,
+        rows_k,
+        rows_v,
+        q,
+        pool,
+    } = batch(&gpu, &h, &lens, &mut rng(18), 3);
     let opts = AttentionOptions::default();
 
     // Owned API on the context's own stream.
@@ -141,25 +164,9 @@ fn gpu_plan_during_stream_capture_is_refused() {
     }
     let gpu = Gpu::primary(0).unwrap();
     let h = HeadConfig::new(8, 2, 128).unwrap();
-    let (ps, lens) = (16, vec![5usize, 40, 129]);
+    let lens = vec![5usize, 40, 129];
     let mut r = rng(19);
-    let (pages, num_pages) = shuffled_pages(&mut r, &lens, ps, 2);
-    let row = h.num_kv_heads * h.head_dim;
-    let n_rows: usize = lens.iter().sum();
-    let (rows_k, _) = random_values::<f16>(&mut r, n_rows * row, 2.0);
-    let (rows_v, _) = random_values::<f16>(&mut r, n_rows * row, 1.0);
-    let (q, _) = random_values::<f16>(&mut r, lens.len() * h.num_qo_heads * h.head_dim, 2.0);
-    let pool = gpu_pool(
-        &gpu,
-        &h,
-        ps,
-        KvLayout::Nhd,
-        &pages,
-        num_pages,
-        &lens,
-        &rows_k,
-        &rows_v,
-    );
+    let Batch { pages, q, pool, .. } = batch(&gpu, &h, &lens, &mut r, 2);
     let stream = gpu.context().new_stream().unwrap();
     // SAFETY: `stream` outlives `handle` (both dropped at the end of the test).
     let handle = unsafe { gpu.on_borrowed_stream(stream.cu_stream()) };
@@ -181,7 +188,7 @@ fn gpu_plan_during_stream_capture_is_refused() {
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
-    let (other, _) = shuffled_pages(&mut r, &lens, ps, 2);
+    let (other, _) = shuffled_pages(&mut r, &lens, PAGE_SIZE, 2);
     let err = op.plan_into(&other, pool.config(), &mut plan).unwrap_err();
     // Ending the capture succeeds: the refusal left the stream's capture intact.
     drop(stream.end_capture(CUgraphInstantiate_flags(0)).unwrap());

@@ -478,21 +478,34 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
     /// Runs every KV head's query group in parallel, writing the output rows through `conv`
     /// (lengths were validated by [`Job::new`]).
     fn run<O: Send>(&self, out: &mut [O], lse: Option<&mut [f32]>, conv: impl Fn(f32) -> O + Sync) {
-        let (hq, d, g) = (self.num_qo_heads, self.head_dim, self.group);
         let chunks = split_keys(self.kv_begin, self.kv_end);
         if chunks.len() > 1 {
             return self.run_split(&chunks, out, lse, conv);
         }
         let all = (self.kv_begin, self.kv_end);
+        self.per_kv_head(out, lse, |kvh, rows, l| {
+            self.group_heads_best(kvh, all, rows, l, &conv)
+        });
+    }
+
+    /// Calls `f(kvh, rows, lse)` in parallel for every KV head with its query group's output
+    /// rows (`group × head_dim`) and, when `lse` is given, their lse entries.
+    fn per_kv_head<O: Send>(
+        &self,
+        out: &mut [O],
+        lse: Option<&mut [f32]>,
+        f: impl Fn(usize, &mut [O], Option<&mut [f32]>) + Sync,
+    ) {
+        let (hq, d, g) = (self.num_qo_heads, self.head_dim, self.group);
         let groups = out[..hq * d].par_chunks_mut(g * d);
         match lse {
             Some(l) => groups
                 .zip(l[..hq].par_chunks_mut(g))
                 .enumerate()
-                .for_each(|(kvh, (rows, l))| self.group_heads_best(kvh, all, rows, Some(l), &conv)),
+                .for_each(|(kvh, (rows, l))| f(kvh, rows, Some(l))),
             None => groups
                 .enumerate()
-                .for_each(|(kvh, rows)| self.group_heads_best(kvh, all, rows, None, &conv)),
+                .for_each(|(kvh, rows)| f(kvh, rows, None)),
         }
     }
 
@@ -518,7 +531,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
                 let (kvh, c) = (i / n, i % n);
                 self.group_heads_best(kvh, chunks[c], o, Some(l), &|x| x);
             });
-        let merge_head = |kvh: usize, rows: &mut [O], l: Option<&mut [f32]>| {
+        self.per_kv_head(out, lse, |kvh, rows, l| {
             let (mut o, mut m) = (vec![0.0f32; g * d], vec![0.0f32; g]);
             let states = (
                 &so[kvh * n * g * d..][..n * g * d],
@@ -536,17 +549,7 @@ impl<'a, T: Float16, S: KvElem> Job<'a, T, S> {
             if let Some(l) = l {
                 l.copy_from_slice(&m);
             }
-        };
-        let groups = out[..hq * d].par_chunks_mut(g * d);
-        match lse {
-            Some(l) => groups
-                .zip(l[..hq].par_chunks_mut(g))
-                .enumerate()
-                .for_each(|(kvh, (rows, l))| merge_head(kvh, rows, Some(l))),
-            None => groups
-                .enumerate()
-                .for_each(|(kvh, rows)| merge_head(kvh, rows, None)),
-        }
+        });
     }
 
     /// [`Job::group_heads`], compiled for AVX2 and F16C when this CPU has them (the crate

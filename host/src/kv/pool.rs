@@ -427,8 +427,6 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         crate::validate::pool_heads(op, &self.cfg, heads)
     }
 
-    /// Entry `b` of `pages` as new contiguous host rows `[len, heads, head_dim]` (K, V) — the
-    /// CPU backend's view of one request. Host pools only; `pages` must be validated.
     /// The host pool's K and V arrays (the CPU decode reads them in place); `Err` for a device
     /// pool.
     pub(crate) fn host_kv(&self) -> Result<(&[S], &[S])> {
@@ -444,7 +442,8 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
 
     /// Copies request `b`'s K and V rows, in token order, into caller slices of exactly
     /// `kv_len · heads · head_dim` elements each, contiguous `[kv_len, heads, head_dim]` (the
-    /// CPU prefill gathers a batch into one buffer, one copy per row).
+    /// CPU prefill gathers a batch into one buffer, one copy per row). Host pools only;
+    /// `pages` must be validated.
     pub(crate) fn gather_host_into(
         &self,
         pages: &BatchPages,
