@@ -120,7 +120,7 @@ impl CudaBatchPrefill {
 
     /// Plans a paged step from host tables; page ids are checked against the largest one named
     /// (the cache is checked to hold at least as many pages at run). `mask`: a custom mask
-    /// ([`crate::mask`]); the plan then holds a device copy of it.
+    /// ([`crate::mask`]), uploaded with the plan's tables into the workspace.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (stream, workspace, qo_indptr, indptr, indices, last_page_len, page_size, mask=None))]
     fn plan_paged(

@@ -142,6 +142,7 @@ fn gpu_graph_mode_plan_reuse() {
         max_batch: 8,
         max_qo_tokens: 1024,
         max_pages: 1024,
+        max_mask_bytes: 0,
     };
     let op = BatchPrefill::new_graph(&gpu, heads, DType::Bf16, opts, limits).unwrap();
     let qrow = heads.num_qo_heads * heads.head_dim;

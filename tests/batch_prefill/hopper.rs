@@ -127,6 +127,7 @@ fn gpu_wgmma_persistent_many_units() {
         max_batch: 64,
         max_qo_tokens: 4096,
         max_pages: 4096,
+        max_mask_bytes: 0,
     };
     let mut op = BatchPrefill::new_graph(&gpu, heads, DType::Bf16, causal, limits).unwrap();
     let tile = if PrefillTile::available(128, gpu.info().arch).contains(&PrefillTile::Rows128Wgmma)

@@ -322,11 +322,12 @@ fn gpu_mask_of_the_wrong_length_is_a_typed_error() {
         .err()
         .unwrap();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
-    // Graph mode has no masked plans.
+    // Graph limits without room for a mask refuse masked plans.
     let limits = ferrinfer::ops::PrefillGraphLimits {
         max_batch: 4,
         max_qo_tokens: 64,
         max_pages: 64,
+        max_mask_bytes: 0,
     };
     let graph =
         BatchPrefill::new_graph(&gpu, h, DType::Bf16, AttentionOptions::default(), limits).unwrap();
@@ -336,4 +337,91 @@ fn gpu_mask_of_the_wrong_length_is_a_typed_error() {
         .err()
         .unwrap();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+}
+
+/// A CUDA-graph-mode op with room for masks: masked steps of different batches re-planned into
+/// one plan keep its addresses (what a captured launch replays) and match the oracle; a mask
+/// above the limit is refused and leaves the previous step's plan whole.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_masked_plans_in_graph_mode_replan_in_place() {
+    let Some(gpu) = gpu_or_skip("gpu_masked_plans_in_graph_mode_replan_in_place") else {
+        return;
+    };
+    let heads = HeadConfig::new(8, 2, 64).unwrap();
+    let case = |reqs: Vec<(usize, usize)>, seed| Case {
+        heads,
+        reqs,
+        density: 0.6,
+        opts: AttentionOptions::default(),
+        page_size: 16,
+        seed,
+    };
+    let steps = [
+        case(vec![(7, 40), (33, 90), (1, 17)], 21),
+        case(vec![(64, 64), (5, 300)], 22),
+        case(vec![(2, 2), (9, 10), (20, 130), (3, 3)], 23),
+    ];
+    let datas: Vec<Data> = steps.iter().map(make).collect();
+    let bytes = |d: &Data| *d.mask.indptr.last().unwrap() as usize;
+    let limits = ferrinfer::ops::PrefillGraphLimits {
+        max_batch: 4,
+        max_qo_tokens: 96,
+        max_pages: 64,
+        max_mask_bytes: datas.iter().map(bytes).max().unwrap(),
+    };
+    let op = BatchPrefill::new_graph(
+        &gpu,
+        heads,
+        DType::Bf16,
+        AttentionOptions::default(),
+        limits,
+    )
+    .unwrap();
+    let (c0, d0) = (&steps[0], &datas[0]);
+    let mut plan = op
+        .plan_ragged_masked(&d0.qo_indptr, &d0.kv_indptr, &d0.mask)
+        .unwrap();
+    let addresses = plan.buffer_addresses();
+    let run = |plan: &ferrinfer::ops::BatchPrefillPlan, d: &Data| {
+        let up = |x: &[bf16]| gpu.upload(x).unwrap();
+        let mut od = up(&vec![bf16::NAN; d.q.len()]);
+        let mut ld = gpu.upload(&vec![f32::NAN; d.ref_lse.len()]).unwrap();
+        op.run_ragged(
+            plan,
+            &up(&d.q),
+            &up(&d.k),
+            &up(&d.v),
+            &mut od,
+            Some(&mut ld),
+        )
+        .unwrap();
+        let l: Vec<f64> = gpu
+            .download(&ld)
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        (to_f64(&gpu.download(&od).unwrap()), l)
+    };
+    let check = |plan: &ferrinfer::ops::BatchPrefillPlan, c: &Case, d: &Data| {
+        let (o, l) = run(plan, d);
+        ErrorStats::compare(&o, &d.ref_o, Some((&l, &d.ref_lse))).assert_within(DType::Bf16, c);
+    };
+    check(&plan, c0, d0);
+    for (c, d) in steps.iter().zip(&datas).skip(1) {
+        op.plan_ragged_masked_into(&d.qo_indptr, &d.kv_indptr, &d.mask, &mut plan)
+            .unwrap();
+        assert_eq!(plan.buffer_addresses(), addresses, "a graph plan moved");
+        check(&plan, c, d);
+    }
+    // One request whose mask needs more bytes than the limit.
+    let big = case(vec![(40, 400)], 24);
+    let db = make(&big);
+    assert!(bytes(&db) > limits.max_mask_bytes);
+    let e = op
+        .plan_ragged_masked_into(&db.qo_indptr, &db.kv_indptr, &db.mask, &mut plan)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    check(&plan, steps.last().unwrap(), datas.last().unwrap());
 }

@@ -50,6 +50,8 @@ impl Attention {
                 max_batch: max_seqs.max(1),
                 max_qo_tokens: max_tokens.max(1),
                 max_pages,
+                // The engine's steps carry no custom mask.
+                max_mask_bytes: 0,
             },
         )?;
         // A decode query is its sequence's last token: it sees every key, so no causal mask.

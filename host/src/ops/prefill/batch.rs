@@ -484,8 +484,8 @@ impl BatchPrefill {
                 self.opts.scale(&h) * scales.map_or(1.0, |s| s.k),
                 self.opts.soft_cap,
             ),
-            mask: plan.mask.as_ref().map_or(0, |m| m.addrs().0),
-            mask_indptr: plan.mask.as_ref().map_or(0, |m| m.addrs().1),
+            mask: if plan.masked { at(off.mask_bits) } else { 0 },
+            mask_indptr: if plan.masked { at(off.mask_indptr) } else { 0 },
         };
         let dims = LaunchDims {
             grid,

@@ -15,6 +15,9 @@ pub struct PrefillGraphLimits {
     pub max_qo_tokens: usize,
     /// Largest page list (Σ pages; paged plans).
     pub max_pages: usize,
+    /// Largest custom mask, in packed bytes (`PackedMask::indptr`'s last entry; FlashInfer's
+    /// `custom_mask_buf` size); 0: masked plans are refused.
+    pub max_mask_bytes: usize,
 }
 
 /// Capacities of a plan's buffers.
@@ -28,12 +31,16 @@ pub(super) struct Caps {
     /// Persistent CTAs (the Hopper tile's unit schedule; 0: none) and their units.
     pub ctas: usize,
     pub units: usize,
+    /// Words of packed custom-mask bits (0: no mask region; the mask's `batch + 1` byte
+    /// offsets take `batch + 1` more entries before them).
+    pub mask_words: usize,
 }
 
 /// Offsets (in `i32`s) of a plan's device tables: `[num_items, num_merge_rows, 0, 0 | items
 /// 8·ci | requests 4·cb | merge rows 3·cr | page ids cp | persistent CTAs' unit offsets
-/// (ctas + 1) and units 2·cu]` (the last part only for persistent plans, see
-/// [`crate::plan::units`]).
+/// (ctas + 1) and units 2·cu | mask byte offsets cb+1 and bits cm]` (the persistent part only
+/// for persistent plans, see [`crate::plan::units`]; the mask part only for masked plans, see
+/// [`super::mask`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct MetaOffsets {
     /// Item and merge-row counts (2 used, 4 reserved).
@@ -44,6 +51,8 @@ pub(super) struct MetaOffsets {
     pub pages: usize,
     pub rope: usize,
     pub units: usize,
+    pub mask_indptr: usize,
+    pub mask_bits: usize,
     pub len: usize,
 }
 
@@ -62,6 +71,11 @@ impl Caps {
         } else {
             0
         });
+        // At fixed offsets from the capacities, so a captured launch's mask addresses hold
+        // for every later plan.
+        let masked = self.mask_words > 0;
+        let mask_indptr = m.region(if masked { self.batch + 1 } else { 0 });
+        let mask_bits = m.region(self.mask_words);
         MetaOffsets {
             counts,
             items,
@@ -70,6 +84,8 @@ impl Caps {
             pages,
             rope,
             units,
+            mask_indptr,
+            mask_bits,
             len: m.len(),
         }
     }
@@ -101,6 +117,32 @@ impl Caps {
             } else {
                 0
             },
+            mask_words: super::mask::bits_words(l.max_mask_bytes),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_regions_follow_the_tables_and_come_from_the_limits() {
+        let heads = HeadConfig::new(8, 2, 64).unwrap();
+        let limits = |max_mask_bytes| PrefillGraphLimits {
+            max_batch: 4,
+            max_qo_tokens: 96,
+            max_pages: 64,
+            max_mask_bytes,
+        };
+        let plain = Caps::graph(&limits(0), &heads, 264, 0).offsets();
+        assert_eq!(plain.mask_indptr, plain.len);
+        assert_eq!(plain.mask_bits, plain.len);
+        let masked = Caps::graph(&limits(10), &heads, 264, 0).offsets();
+        // The other tables keep their places; then 4 + 1 offsets and ⌈10 / 4⌉ words.
+        assert_eq!(masked.units, plain.units);
+        assert_eq!(masked.mask_indptr, plain.len);
+        assert_eq!(masked.mask_bits, plain.len + 5);
+        assert_eq!(masked.len, plain.len + 5 + 3);
     }
 }

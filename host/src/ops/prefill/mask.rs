@@ -31,9 +31,21 @@ pub(crate) fn check_head_dim(op: &'static str, head_dim: usize) -> Result<()> {
     ))
 }
 
-/// A packed custom mask uploaded for the prefill kernels ([`DeviceMask::upload`]); batch
-/// plans upload theirs ([`super::BatchPrefill::plan_ragged_masked`]), single prefill takes one
-/// ([`super::SinglePrefill::run_masked`]).
+/// Words the packed bits of a `bytes`-byte mask take on the device.
+pub(crate) fn bits_words(bytes: usize) -> usize {
+    bytes.div_ceil(4)
+}
+
+/// `bits` as the kernels read them: little-endian bytes in little-endian `u32` words, the
+/// last one zero-padded.
+pub(crate) fn bit_words(bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bits.chunks(4)
+        .map(|c| c.iter().rev().fold(0u32, |w, &b| (w << 8) | b as u32))
+}
+
+/// A packed custom mask uploaded for the prefill kernels ([`DeviceMask::upload`]), as single
+/// prefill takes it ([`super::SinglePrefill::run_masked`]); batch plans stage theirs into the
+/// plan's own tables instead ([`super::BatchPrefill::plan_ragged_masked`]).
 pub struct DeviceMask {
     buf: DeviceBuffer<u32>,
     /// The byte offsets (kept on the host to check the mask against each launch's lengths).
@@ -49,14 +61,10 @@ impl DeviceMask {
             return Err(Error::invalid(OP, "indptr", "needs at least one entry"));
         }
         crate::validate::indptr(OP, "indptr", &mask.indptr, Some(mask.bits.len()))?;
-        let n = checked::add(OP, "words", mask.indptr.len(), mask.bits.len().div_ceil(4))?;
+        let n = checked::add(OP, "words", mask.indptr.len(), bits_words(mask.bits.len()))?;
         let mut words = checked::with_capacity(OP, "words", n)?;
         words.extend(mask.indptr.iter().map(|&x| x as u32));
-        words.extend(
-            mask.bits
-                .chunks(4)
-                .map(|c| c.iter().rev().fold(0u32, |w, &b| (w << 8) | b as u32)),
-        );
+        words.extend(bit_words(&mask.bits));
         Ok(Self {
             buf: gpu.upload(&words)?,
             indptr: mask.indptr.clone(),
@@ -157,6 +165,15 @@ mod tests {
             nchunks: 1,
             pad: 0,
         }
+    }
+
+    #[test]
+    fn bits_pack_little_endian_into_padded_words() {
+        let w: Vec<u32> = bit_words(&[1, 2, 3, 4, 5]).collect();
+        assert_eq!(w, [0x0403_0201, 0x05]);
+        assert_eq!(bits_words(5), 2);
+        assert_eq!(bits_words(8), 2);
+        assert_eq!(bits_words(0), 0);
     }
 
     #[test]

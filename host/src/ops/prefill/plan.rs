@@ -22,7 +22,6 @@ use crate::validate;
 
 use super::batch::{BatchPrefill, OP};
 use super::graph::{Caps, MetaOffsets, PrefillGraphLimits};
-use super::mask::DeviceMask;
 use super::policy::{mean_keys_per_query, persistent_auto, tma_auto, PrefillTile, MIN_CHUNK};
 
 /// Where a plan's K/V comes from.
@@ -61,8 +60,9 @@ pub struct BatchPrefillPlan {
     /// here rather than per launch; the op's `set_tma` overrides it.
     pub(super) tma: bool,
     pub(super) ws: PlanWorkspace<PrefillGraphLimits>,
-    /// The step's custom mask (masked plans run the 64-row `_mask` kernel).
-    pub(super) mask: Option<DeviceMask>,
+    /// Whether the step has a custom mask (masked plans run the 64-row `_mask` kernel; the
+    /// mask lives in the plan's tables, at `off.mask_indptr` / `off.mask_bits`).
+    pub(super) masked: bool,
     /// The K/V element type the plan was made for (fp8 plans run the 64-row `_fp8` kernels).
     pub(super) kv: KvDtype,
 }
@@ -168,7 +168,7 @@ impl BatchPrefill {
             ctas: 0,
             tma: false,
             ws,
-            mask: None,
+            masked: false,
             kv: self.kv,
         })
     }
@@ -207,8 +207,9 @@ impl BatchPrefill {
 
     /// [`BatchPrefill::plan_ragged`] under a custom mask ([`PackedMask`]: per request a
     /// `[qo_len, kv_len]` bit matrix, combined with the op's causal flag and window). The plan
-    /// runs the 64-row tile's `_mask` kernel (the other tiles have no masked form) and holds a
-    /// device copy of the mask. Not in CUDA-graph mode.
+    /// runs the 64-row tile's `_mask` kernel (the other tiles have no masked form) and uploads
+    /// the mask with its tables (no allocation of its own; in CUDA-graph mode up to
+    /// [`PrefillGraphLimits::max_mask_bytes`], at addresses fixed for later plans).
     pub fn plan_ragged_masked(
         &self,
         qo_indptr: &[i32],
@@ -218,6 +219,18 @@ impl BatchPrefill {
         let mut plan = self.empty_plan(KvKind::Ragged)?;
         self.ragged_step(qo_indptr, kv_indptr, Some(mask), None, &mut plan)?;
         Ok(plan)
+    }
+
+    /// Re-plans a masked ragged step into an existing plan (no allocation in graph mode; the
+    /// mask's addresses stay those of the plan's first step).
+    pub fn plan_ragged_masked_into(
+        &self,
+        qo_indptr: &[i32],
+        kv_indptr: &[i32],
+        mask: &PackedMask,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        self.ragged_step(qo_indptr, kv_indptr, Some(mask), None, plan)
     }
 
     pub(super) fn ragged_step(
@@ -303,6 +316,19 @@ impl BatchPrefill {
         Ok(plan)
     }
 
+    /// Re-plans a masked paged step into an existing plan (as
+    /// [`BatchPrefill::plan_ragged_masked_into`]).
+    pub fn plan_paged_masked_into(
+        &self,
+        qo_indptr: &[i32],
+        pages: &BatchPages,
+        pool: &KvPoolConfig,
+        mask: &PackedMask,
+        plan: &mut BatchPrefillPlan,
+    ) -> Result<()> {
+        self.paged_step(qo_indptr, pages, pool, Some(mask), None, plan)
+    }
+
     pub(super) fn paged_step(
         &self,
         qo_indptr: &[i32],
@@ -358,11 +384,12 @@ impl BatchPrefill {
             ));
         }
         if let Some(m) = st.mask {
-            if self.graph.is_some() {
+            if self.graph.is_some_and(|l| l.max_mask_bytes == 0) {
                 return Err(Error::unsupported(
                     OP,
                     "custom mask",
-                    "in CUDA-graph mode (the mask's device copy is allocated per plan)",
+                    "in CUDA-graph mode with max_mask_bytes 0 (the graph limits reserve no \
+                     room for one)",
                 ));
             }
             super::mask::check_head_dim(OP, self.heads.head_dim)?;
@@ -385,6 +412,11 @@ impl BatchPrefill {
                     ("batch", batch, l.max_batch),
                     ("query tokens", qo_tokens, l.max_qo_tokens),
                     ("pages", st.kv_indices.len(), l.max_pages),
+                    (
+                        "mask bytes",
+                        st.mask.map_or(0, mask_bytes),
+                        l.max_mask_bytes,
+                    ),
                 ],
             )?;
         }
@@ -463,6 +495,10 @@ impl BatchPrefill {
             slots: host.num_slots,
             ctas,
             units: units_total,
+            // At least one word, so a masked plan always has its region.
+            mask_words: st
+                .mask
+                .map_or(0, |m| super::mask::bits_words(mask_bytes(m)).max(1)),
         });
         check_slots(OP, host.num_slots, &self.heads)?;
         stage(
@@ -473,13 +509,8 @@ impl BatchPrefill {
             &qo_lens,
             schedule.as_ref(),
         )?;
-        // Uploaded before the commit: a failure leaves the previous plan whole.
-        let mask = st
-            .mask
-            .map(|m| DeviceMask::upload(&self.gpu, m))
-            .transpose()?;
         plan.ws.commit(&self.gpu, host.num_slots)?;
-        plan.mask = mask;
+        plan.masked = st.mask.is_some();
         plan.kv = self.kv;
         plan.caps = caps;
         plan.off = caps.offsets();
@@ -548,5 +579,16 @@ fn stage(
         v.extend(sc.offsets.iter().map(|&x| x as i32))?;
         v.extend(sc.units.iter().flat_map(|u| u.map(|x| x as i32)))?;
     }
+    if let Some(m) = st.mask {
+        // The kernels read these as `u32`: the same bits stored as `i32`.
+        s.at(off.mask_indptr)?.extend_from_slice(&m.indptr)?;
+        s.at(off.mask_bits)?
+            .extend(super::mask::bit_words(&m.bits[..mask_bytes(m)]).map(|w| w as i32))?;
+    }
     Ok(())
+}
+
+/// Packed bytes of `mask` (its offsets' last entry, at most its bits' length once checked).
+fn mask_bytes(mask: &PackedMask) -> usize {
+    mask.indptr.last().map_or(0, |&b| b as usize)
 }

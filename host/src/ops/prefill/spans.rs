@@ -23,8 +23,8 @@ impl BatchPrefill {
 
     /// [`BatchPrefill::plan_ragged`] with the plan in the caller's `workspace` (no device
     /// allocation now or in later `plan_ragged_into` calls), or
-    /// [`BatchPrefill::plan_ragged_masked`] when `mask` is given (the plan then also holds a
-    /// device copy of the mask, allocated here).
+    /// [`BatchPrefill::plan_ragged_masked`] when `mask` is given (the mask is uploaded with the
+    /// plan's tables into the workspace: nothing is allocated).
     ///
     /// # Safety
     /// As [`crate::ops::BatchDecode::plan_in_workspace`].
