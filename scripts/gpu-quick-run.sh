@@ -8,7 +8,8 @@
 #      wrappers beside when .fi-bundle/ was carried) with the staging ring (3 buffers) and the
 #      single buffer (FERRINFER_STAGING_SLOTS=1), alternated;
 #   4. the decode-step tests with FERRINFER_PDL=1 (graph runners with PDL against eager ones,
-#      bit for bit; the model kernels; batch decode; the span API);
+#      bit for bit; the model kernels; batch decode; the span API) and the custom-mask tests
+#      (masks staged with the plan's tables, graph-mode masked plans);
 #   5. the Python package's CUDA tests with the time left.
 # Logs: $OUT/summaries.txt, decode_step.log, overhead-slots.txt, all.tgz (every log).
 # QUICK_BUDGET_S (default 450) is the time after which no new step starts.
@@ -52,7 +53,7 @@ for s in 3 1 3 1; do
 done
 
 only=()
-for n in graphs model_kernels batch_decode embed_spans; do has "$n" && only+=(--only "$n"); done
+for n in graphs model_kernels batch_decode embed_spans custom_mask; do has "$n" && only+=(--only "$n"); done
 if [[ ${#only[@]} -gt 0 && $(left 85) -gt 20 ]]; then
     FERRINFER_PDL=1 OUT=$OUT/pdl timeout "$(left 85)" bash "$x/run.sh" "${only[@]}"
     echo "pdl rc=$? at $((SECONDS - t0)) s"

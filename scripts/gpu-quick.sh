@@ -23,7 +23,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 names=("$@")
 if [[ ${#names[@]} -eq 0 ]]; then
-    names=(candle-cuda graphs model_kernels batch_decode embed_spans decode_step)
+    names=(candle-cuda graphs model_kernels batch_decode embed_spans custom_mask decode_step)
 fi
 
 rev="$(git rev-parse --short HEAD)"
@@ -32,11 +32,16 @@ if [[ ! -f gpu-bundle/bin.tar.xz ]] || { [[ "${GPU_QUICK_ANY_BUNDLE:-0}" != 1 ]]
     echo "gpu-quick: building the full bundle of $rev first (scripts/gpu-bundle.sh)"
     bash scripts/gpu-bundle.sh
 fi
-if ! compgen -G "python/dist/ferrinfer-*.whl" >/dev/null; then
-    echo "gpu-quick: building the wheel (maturin, as scripts/test-python.sh does)"
+# The wheel is rebuilt unless python/dist/REV names HEAD (a wheel of an older revision would
+# test old host code beside the new executables).
+if ! compgen -G "python/dist/ferrinfer-*.whl" >/dev/null ||
+    [[ "$(cat python/dist/REV 2>/dev/null)" != "$rev" ]]; then
+    echo "gpu-quick: building the wheel of $rev (maturin, as scripts/test-python.sh does)"
+    rm -f python/dist/ferrinfer-*.whl
     python3 -m venv --clear python/.venv-ci
     python/.venv-ci/bin/pip install --quiet "maturin==1.16.0"
     python/.venv-ci/bin/maturin build --release --quiet -m python/Cargo.toml -o python/dist
+    echo "$rev" >python/dist/REV
 fi
 if [[ ! -d python/wheelhouse ]]; then
     python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 \
