@@ -58,14 +58,22 @@ fn batch_gpu<T: Float16>(
         op.run_ragged(&plan, &qd, &kd, &vd, &mut od, Some(&mut ld))
             .unwrap();
     }
-    let o = to_f64(&gpu.download(&od).unwrap());
+    outputs(gpu, &od, &ld)
+}
+
+/// `(out, lse)` downloaded as f64.
+fn outputs<T: Float16>(
+    gpu: &Gpu,
+    od: &ferrinfer::DeviceBuffer<T>,
+    ld: &ferrinfer::DeviceBuffer<f32>,
+) -> (Vec<f64>, Vec<f64>) {
     let l = gpu
-        .download(&ld)
+        .download(ld)
         .unwrap()
         .iter()
         .map(|&x| x as f64)
         .collect();
-    (o, l)
+    (to_f64(&gpu.download(od).unwrap()), l)
 }
 
 #[test]
@@ -387,22 +395,10 @@ fn gpu_masked_plans_in_graph_mode_replan_in_place() {
         let up = |x: &[bf16]| gpu.upload(x).unwrap();
         let mut od = up(&vec![bf16::NAN; d.q.len()]);
         let mut ld = gpu.upload(&vec![f32::NAN; d.ref_lse.len()]).unwrap();
-        op.run_ragged(
-            plan,
-            &up(&d.q),
-            &up(&d.k),
-            &up(&d.v),
-            &mut od,
-            Some(&mut ld),
-        )
-        .unwrap();
-        let l: Vec<f64> = gpu
-            .download(&ld)
-            .unwrap()
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        (to_f64(&gpu.download(&od).unwrap()), l)
+        let (q, k, v) = (up(&d.q), up(&d.k), up(&d.v));
+        op.run_ragged(plan, &q, &k, &v, &mut od, Some(&mut ld))
+            .unwrap();
+        outputs(&gpu, &od, &ld)
     };
     let check = |plan: &ferrinfer::ops::BatchPrefillPlan, c: &Case, d: &Data| {
         let (o, l) = run(plan, d);
