@@ -12,7 +12,7 @@
 //!   `prefill_*` → `PrefillParams`, `merge_*` → `MergeParams`,
 //!   `append_kv_*`/`gather_kv_*` → `AppendParams`, `selftest_*` → `SelfTestParams`,
 //!   `util_spin` → `SpinParams`; the model kernels `rms_norm`/`add_rms_norm` → `NormParams`,
-//!   `qkv_rope_*` → `RopeParams`, `gather_rows` → `GatherParams`, `silu_and_mul` →
+//!   `qkv_rope_append_*` → `RopeAppendParams`, other `qkv_rope_*` → `RopeParams`, `gather_rows` → `GatherParams`, `silu_and_mul` →
 //!   `SiluMulParams`, `to_f32_*` → `ConvertParams`, `argmax` → `ArgmaxParams`, `gemv_*` →
 //!   `GemvParams`); an entry of
 //!   no known family fails, so each new family gets its line in `expected_param_size`. The Hopper prefill entries take a second blob, their TMA
@@ -32,8 +32,8 @@ use ferrinfer::kernels::{entry_names, entry_params, Arch};
 use ferrinfer::kernels_abi::abi::{
     AppendFp8Params, AppendParams, ArgmaxParams, ConvertParams, DecodeFp8Params, DecodeParams,
     DecodeRopeParams, GatherParams, GemvParams, KvTensorMaps, MergeParams, NormParams,
-    PrefillFp8Params, PrefillParams, PrefillRopeParams, RopeParams, SelfTestParams, SiluMulParams,
-    SpinParams,
+    PrefillFp8Params, PrefillParams, PrefillRopeParams, RopeAppendParams, RopeParams,
+    SelfTestParams, SiluMulParams, SpinParams,
 };
 use ferrinfer::kernels_abi::config::prefill_hopper;
 use ferrinfer::kernels_abi::kernel_key::KernelKey;
@@ -53,7 +53,7 @@ fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
         return Some(("PrefillFp8Params", size_of::<PrefillFp8Params>()));
     }
     // First match wins: the fp8 and RoPE families before the prefixes they extend.
-    const FAMILIES: [(&str, &str, usize); 19] = [
+    const FAMILIES: [(&str, &str, usize); 20] = [
         (
             "decode_rope_",
             "DecodeRopeParams",
@@ -85,6 +85,11 @@ fn expected_param_size(entry: &str) -> Option<(&'static str, usize)> {
         // The model kernels (`host/src/ops/model/`).
         ("rms_norm", "NormParams", size_of::<NormParams>()),
         ("add_rms_norm", "NormParams", size_of::<NormParams>()),
+        (
+            "qkv_rope_append_",
+            "RopeAppendParams",
+            size_of::<RopeAppendParams>(),
+        ),
         ("qkv_rope_", "RopeParams", size_of::<RopeParams>()),
         ("gather_rows", "GatherParams", size_of::<GatherParams>()),
         ("silu_and_mul", "SiluMulParams", size_of::<SiluMulParams>()),

@@ -21,6 +21,7 @@ use rand::Rng;
 mod elementwise;
 mod gemv;
 mod qkv_rope;
+mod qkv_rope_append;
 mod rms_norm;
 
 /// `n` values uniform in `[-scale, scale]`.

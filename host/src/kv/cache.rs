@@ -12,7 +12,8 @@
 use super::page_table::{AppendPlan, PageTable, SeqId};
 use super::BatchPages;
 use super::{
-    AppendMeta, DeviceAppendMeta, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows, RowsMut,
+    AppendMeta, AppendTarget, DeviceAppendMeta, KvPool, KvPoolConfig, PoolSize, RowStrides, Rows,
+    RowsMut,
 };
 use crate::checked;
 use crate::dtype::Float16;
@@ -289,17 +290,7 @@ impl<T: Float16> PagedKvCache<T> {
         v: Rows<'_, T>,
         vs: RowStrides,
     ) -> Result<()> {
-        // Bound to this cache's tables (owner id) and their state (generation): a step of
-        // another cache with the same geometry, or one from before a fork/truncate/free/next
-        // step, would write rows into pages it does not own.
-        if !step.plan.is_current_for(&self.table) {
-            return Err(Error::StaleHandle {
-                op: OP,
-                what: "append step",
-                detail: "made by another cache, or the page tables changed since begin_append"
-                    .into(),
-            });
-        }
+        self.check_current(step)?;
         let pool = self.pool_mut(layer)?;
         pool.check_rows("k rows", &k, ks, step.rows)?;
         pool.check_rows("v rows", &v, vs, step.rows)?;
@@ -324,6 +315,42 @@ impl<T: Float16> PagedKvCache<T> {
                 pool.append(&meta, k, ks, v, vs)
             }
         }
+    }
+
+    /// `Err(StaleHandle)` unless `step` is this cache's current step: bound to its tables
+    /// (owner id) and their state (generation), since a step of another cache with the same
+    /// geometry, or one from before a fork/truncate/free/next step, would write rows into pages
+    /// it does not own.
+    fn check_current(&self, step: &AppendStep) -> Result<()> {
+        if !step.plan.is_current_for(&self.table) {
+            return Err(Error::StaleHandle {
+                op: OP,
+                what: "append step",
+                detail: "made by another cache, or the page tables changed since begin_append"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Layer `layer`'s destination for `step`'s rows, for a kernel that writes them itself
+    /// instead of [`PagedKvCache::append_layer`] (RoPE fused into the append:
+    /// [`crate::ops::ModelKernels::qkv_rope_append`]). The same checks as `append_layer`;
+    /// GPU caches only, and a step with rows (an empty step has nothing to write: skip it).
+    pub fn append_target(
+        &mut self,
+        layer: usize,
+        step: &AppendStep,
+    ) -> Result<AppendTarget<'_, T>> {
+        self.check_current(step)?;
+        let Some(meta) = &step.device else {
+            return Err(Error::invalid(
+                OP,
+                "append target",
+                "needs a GPU cache and a step with rows",
+            ));
+        };
+        self.pool_mut(layer)?.append_target(meta)
     }
 
     /// Single-layer convenience: [`PagedKvCache::begin_append`] + [`PagedKvCache::append_layer`]

@@ -13,7 +13,7 @@ use super::page_table::PageCopy;
 use super::pool_config::{KvLayout, KvPoolConfig, PoolSize, RowStrides};
 pub use super::rows::{Rows, RowsMut};
 use super::storage::{host_rows_out, page_of, DevicePages, HostPages, PageStorage, StoreRows};
-use super::BatchPages;
+use super::{AppendTarget, BatchPages};
 use crate::checked;
 use crate::dtype::{Float16, KvElem};
 use crate::error::{Error, Result};
@@ -318,6 +318,17 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
         vs: RowStrides,
         scales: KvScales,
     ) -> Result<()> {
+        self.check_meta(meta)?;
+        self.check_rows("k rows", &Rows::Span(k), ks, meta.nnz)?;
+        self.check_rows("v rows", &Rows::Span(v), vs, meta.nnz)?;
+        if meta.nnz == 0 {
+            return Ok(());
+        }
+        self.launch_append(meta.addrs, meta.nnz, k, ks, v, vs, scales)
+    }
+
+    /// `Err` unless `meta` was uploaded for this pool's geometry and device.
+    fn check_meta(&self, meta: &DeviceAppendMeta) -> Result<()> {
         let same_ctx = self
             .storage
             .device()
@@ -329,12 +340,26 @@ impl<T: Float16, S: KvElem> KvPool<T, S> {
                 "uploaded for a pool of another geometry or device",
             ));
         }
-        self.check_rows("k rows", &Rows::Span(k), ks, meta.nnz)?;
-        self.check_rows("v rows", &Rows::Span(v), vs, meta.nnz)?;
-        if meta.nnz == 0 {
-            return Ok(());
-        }
-        self.launch_append(meta.addrs, meta.nnz, k, ks, v, vs, scales)
+        Ok(())
+    }
+
+    /// Where the rows of uploaded metadata `meta` go in this GPU pool, for a kernel that
+    /// writes them itself ([`AppendTarget`]); checked as [`KvPool::append_uploaded_scaled`]
+    /// checks it.
+    pub(crate) fn append_target(&mut self, meta: &DeviceAppendMeta) -> Result<AppendTarget<'_, S>> {
+        self.check_meta(meta)?;
+        let Some(d) = self.storage.device() else {
+            return unreachable_storage();
+        };
+        Ok(AppendTarget {
+            k_pool: d.k.addr(),
+            v_pool: d.v.addr(),
+            meta: meta.addrs,
+            rows: meta.nnz,
+            cfg: self.cfg,
+            ctx_id: meta.ctx_id,
+            _cache: PhantomData,
+        })
     }
 
     /// Launches the append of `nnz` validated rows (metadata at device addresses `a`).

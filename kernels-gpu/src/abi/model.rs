@@ -84,6 +84,40 @@ pub struct RopeParams {
 unsafe impl Abi for RopeParams {}
 const _: () = assert!(core::mem::size_of::<RopeParams>() == 6 * 8 + 6 * 4);
 
+/// Parameters of `qkv_rope_append_{f16,bf16}`: [`RopeParams`]'s epilogue with RoPE fused into
+/// the KV append — q goes to `rope.q` as there, but token `i`'s rotated k heads and its v heads
+/// are written straight into their page of a paged KV pool (FlashInfer-style append metadata,
+/// as [`super::AppendParams`]: batch entry and cache position per token, CSR page tables), so
+/// the separate append launch and the k/v round trip through memory are gone. `rope.k` and
+/// `rope.v` are unused (0). Grid `(n)` with `n = nnz` rows of metadata, block
+/// [`MODEL_THREADS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RopeAppendParams {
+    /// The split + RoPE of each token (`k`, `v` unused).
+    pub rope: RopeParams,
+    /// K page pool (16-bit, the output type).
+    pub k_pool: u64,
+    /// V page pool.
+    pub v_pool: u64,
+    /// i32 `[n]` batch entry of each token.
+    pub batch_indices: u64,
+    /// i32 `[n]` cache position of each token (where its K/V row goes; RoPE's angle uses
+    /// `rope.positions`).
+    pub cache_positions: u64,
+    /// i32 `[batch + 1]` page-list offsets.
+    pub kv_indptr: u64,
+    /// i32 page ids.
+    pub kv_indices: u64,
+    /// Pool layout.
+    pub pool: crate::math::layout::PageStrides,
+}
+
+// SAFETY: #[repr(C)] of a #[repr(C)] struct of u64/u32 fields (72 bytes, 8-aligned), u64
+// fields and a #[repr(C)] struct of u32s; same layout on host and nvptx64.
+unsafe impl Abi for RopeAppendParams {}
+const _: () = assert!(core::mem::size_of::<RopeAppendParams>() == 72 + 6 * 8 + 16);
+
 /// Parameters of `gather_rows` (f32 rows) and `gather_rows_{f16,bf16}` (16-bit rows):
 /// `out[i, :] = table[ids[i], :]` for `i < n`, rows of `dim` elements (a bit copy);
 /// an id `≥ table_rows` writes a row of NaN (ids live on the device, so the host cannot check

@@ -195,11 +195,13 @@ pub enum ModelKernel {
     Gemv(KeyDtype),
     /// `gemv_silu_{dtype}`: [`ModelKernel::Gemv`] of SiLU-and-mul of an f32 gate|up input.
     GemvSilu(KeyDtype),
+    /// `qkv_rope_append_{dtype}`: [`ModelKernel::QkvRope`] writing k and v into a paged pool.
+    QkvRopeAppend(KeyDtype),
 }
 
 impl ModelKernel {
     /// Every model kernel, in [`ModelKernel::index`] order.
-    pub const ALL: [ModelKernel; 21] = [
+    pub const ALL: [ModelKernel; 23] = [
         ModelKernel::RmsNorm,
         ModelKernel::AddRmsNorm,
         ModelKernel::QkvRope(KeyDtype::F16),
@@ -221,6 +223,8 @@ impl ModelKernel {
         ModelKernel::Gemv(KeyDtype::Bf16),
         ModelKernel::GemvSilu(KeyDtype::F16),
         ModelKernel::GemvSilu(KeyDtype::Bf16),
+        ModelKernel::QkvRopeAppend(KeyDtype::F16),
+        ModelKernel::QkvRopeAppend(KeyDtype::Bf16),
     ];
 
     /// Position in [`ModelKernel::ALL`].
@@ -247,6 +251,8 @@ impl ModelKernel {
             ModelKernel::Gemv(KeyDtype::Bf16) => 18,
             ModelKernel::GemvSilu(KeyDtype::F16) => 19,
             ModelKernel::GemvSilu(KeyDtype::Bf16) => 20,
+            ModelKernel::QkvRopeAppend(KeyDtype::F16) => 21,
+            ModelKernel::QkvRopeAppend(KeyDtype::Bf16) => 22,
         }
     }
 
@@ -274,6 +280,8 @@ impl ModelKernel {
             ModelKernel::Gemv(KeyDtype::Bf16) => "gemv_bf16",
             ModelKernel::GemvSilu(KeyDtype::F16) => "gemv_silu_f16",
             ModelKernel::GemvSilu(KeyDtype::Bf16) => "gemv_silu_bf16",
+            ModelKernel::QkvRopeAppend(KeyDtype::F16) => "qkv_rope_append_f16",
+            ModelKernel::QkvRopeAppend(KeyDtype::Bf16) => "qkv_rope_append_bf16",
         }
     }
 }

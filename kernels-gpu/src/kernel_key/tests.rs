@@ -99,11 +99,11 @@ fn every_name_fits_and_is_unique() {
     names.dedup();
     assert_eq!(names.len(), count);
     // 24 decode + 24 rope decode + 48 fp8 decode + 4 tc + 8 fp8 tc + 12 merge + prefill (2
-    // dtypes × ((11 ragged + 9 paged forms) × 2 head dims + 4 at D 256)) + 12 copies + 21
+    // dtypes × ((11 ragged + 9 paged forms) × 2 head dims + 4 at D 256)) + 12 copies + 23
     // model kernels.
     assert_eq!(
         count,
-        24 + 24 + 48 + 4 + 8 + 12 + 2 * (20 * 2 + 4) + 12 + 21
+        24 + 24 + 48 + 4 + 8 + 12 + 2 * (20 * 2 + 4) + 12 + 23
     );
     for (i, m) in ModelKernel::ALL.iter().enumerate() {
         assert_eq!(m.index(), i);
