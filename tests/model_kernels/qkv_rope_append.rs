@@ -202,7 +202,7 @@ fn gpu_qkv_rope_append_refuses_bad_targets() {
     let (mut cache, ids) = cache_with_history::<f16>(&gpu, &c, 1);
     let qkv = gpu.upload(&vec![0.5f32; 3 * (4 + 4) * 64]).unwrap();
     let pos = gpu.upload(&[3i32, 4, 0]).unwrap();
-    let inv_freq = gpu.upload(&vec![0.1f32; 32]).unwrap();
+    let inv_freq = gpu.upload(&[0.1f32; 32]).unwrap();
     let mut q = gpu.upload(&vec![f16::NAN; 3 * 4 * 64]).unwrap();
     let step = cache.begin_append(&[(ids[0], 2), (ids[1], 1)]).unwrap();
     // Two tokens against a step of three rows.
