@@ -3,9 +3,9 @@
 //! weights (a step's speed does not depend on the values, so no model file is needed), each
 //! request after a 512-token prompt, at batch 1, 4, 16 and 64, with the step's kernels launched
 //! one by one and replayed as a CUDA graph, the graphs with the model kernels launched plainly
-//! and as programmatic dependents (`set_dependent_launch`, Hopper), in the same run, and every
-//! batch also with the products on the few-row kernels (`set_small_products`) instead of
-//! cuBLAS. 10 warm-up steps (graphs are captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
+//! and as programmatic dependents (`set_dependent_launch`, Hopper), in the same run, with RoPE
+//! fused into the KV append (`set_fused_append`) and without, and every batch also with the
+//! products on the few-row kernels (`set_small_products`) instead of cuBLAS. 10 warm-up steps (graphs are captured there), then the median and p10/p90 of 100 steps. Beside each: the step's memory
 //! roofline, the bytes a decode step must read (the bf16 weights of every product and the
 //! f16 K/V of every request's context, at the middle timed step) at the device-to-device copy
 //! bandwidth measured in the same run (issue #16's target: a batch-64 step within 2× of it).
@@ -104,6 +104,8 @@ struct Setup {
     small: bool,
     /// Model kernels as programmatic dependents (`set_dependent_launch`).
     pdl: bool,
+    /// RoPE fused into the KV append (`set_fused_append`).
+    fused: bool,
 }
 
 impl Setup {
@@ -112,12 +114,16 @@ impl Setup {
         r.set_graphs(self.graphs);
         r.set_small_products(if self.small { 64 } else { 0 });
         let pdl = r.set_dependent_launch(self.pdl);
+        r.set_fused_append(self.fused);
         let mut label = if self.graphs { "CUDA graph" } else { "eager" }.to_string();
         if self.small {
             label.push_str(", few-row");
         }
         if pdl {
             label.push_str(", PDL");
+        }
+        if self.fused {
+            label.push_str(", fused append");
         }
         label
     }
@@ -252,16 +258,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| batch | step | median ms | p10 ms | p90 ms | tokens/s | roofline ms | × roofline | graph stats |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    let setup = |graphs, small, pdl| Setup { graphs, small, pdl };
+    let setup = |graphs, small, pdl, fused| Setup {
+        graphs,
+        small,
+        pdl,
+        fused,
+    };
     for batch in [1usize, 4, 16, 64] {
-        // Eager, then graphs without and with PDL, products on cuBLAS and on the few-row
-        // kernels.
+        // Eager, then graphs without and with PDL and the fused append, products on cuBLAS
+        // and on the few-row kernels.
         for s in [
-            setup(false, false, true),
-            setup(true, false, false),
-            setup(true, false, true),
-            setup(true, true, false),
-            setup(true, true, true),
+            setup(false, false, true, false),
+            setup(true, false, false, false),
+            setup(true, false, true, false),
+            setup(true, false, false, true),
+            setup(true, false, true, true),
+            setup(true, true, true, false),
+            setup(true, true, true, true),
         ] {
             run(&gpu, &cfg, &w, batch, s, copy_tbps)?;
         }
@@ -271,9 +284,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| --- | --- | ---: | ---: | ---: | --- |");
     for batch in [0usize, 16, 48] {
         for s in [
-            setup(false, false, true),
-            setup(true, false, false),
-            setup(true, false, true),
+            setup(false, false, true, false),
+            setup(true, false, false, false),
+            setup(true, false, true, false),
         ] {
             run_mixed(&gpu, &cfg, &w, batch, s)?;
         }

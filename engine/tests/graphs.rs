@@ -3,9 +3,9 @@
 //! logits and greedy tokens at every step, through a change of batch size (a new graph) and
 //! both step kinds (logits, device argmax). On a random model of a small geometry (no file
 //! needed) and on the real model. The graph runner launches its model kernels as programmatic
-//! dependents (PDL, where the GPU has it) and the eager one plainly, so the same checks show
-//! that PDL changes no bit; the few-row products (weights loaded before the in-kernel wait) are
-//! checked the same way.
+//! dependents (PDL, where the GPU has it) with the fused append, the eager one plainly with the
+//! separate append, so the same checks show that neither changes a bit; the few-row products
+//! (weights loaded before the in-kernel wait) are checked the same way.
 mod common;
 
 use std::sync::Arc;
@@ -96,8 +96,9 @@ fn graph_replayed_decode_steps_equal_eager_steps() {
 }
 
 /// The same model twice: graphs on with the model kernels as programmatic dependents (where
-/// the GPU has them), graphs off with plain launches; `small`: both with the few-row products
-/// for steps of up to 16 tokens (two row groups).
+/// the GPU has them) and RoPE fused into the KV append, graphs off with plain launches and the
+/// separate append; `small`: both with the few-row products for steps of up to 16 tokens (two
+/// row groups).
 fn runner_pair(
     gpu: &ferrinfer::Gpu,
     cfg: &ModelConfig,
@@ -117,6 +118,7 @@ fn runner_pair(
         .unwrap();
         r.set_graphs(graphs);
         r.set_small_products(if small { 16 } else { 0 });
+        r.set_fused_append(graphs);
         let pdl = r.set_dependent_launch(graphs);
         assert_eq!(pdl, graphs && gpu.supports_dependent_launch());
         r

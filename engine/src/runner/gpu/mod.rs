@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use ferrinfer::kv::{AppendStep, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
+use ferrinfer::kv::{AppendStep, AppendTarget, PagedKvCache, PoolSize, RowStrides, Rows, SeqId};
 use ferrinfer::ops::ModelKernels;
 use ferrinfer::{DeviceBuffer, Gpu, HeadConfig};
 use half::f16;
@@ -88,6 +88,9 @@ pub struct GpuRunner {
     /// Products of steps with at most this many tokens on ferrinfer's few-row kernels (16-bit
     /// weights); 0, the default, for none (see [`GpuRunner::set_small_products`]).
     small_products: usize,
+    /// RoPE fused into the KV append for steps launched whole (decode steps, eager or as
+    /// graphs, and steps above the piecewise buckets): see [`GpuRunner::set_fused_append`].
+    fused_append: bool,
     /// Last: everything above was made on this stream and must be dropped before it.
     _stream: RunnerStream,
 }
@@ -163,6 +166,7 @@ impl GpuRunner {
             graphs: StepGraphs::new(MAX_GRAPHS),
             pieces: StepGraphs::new(MAX_PIECED),
             small_products: 0,
+            fused_append: fused_append_default(),
             _stream: stream,
         })
     }
@@ -195,6 +199,20 @@ impl GpuRunner {
     /// the products in).
     pub fn set_small_products(&mut self, max_rows: usize) {
         self.small_products = max_rows;
+        self.graphs.clear();
+        self.pieces.clear();
+    }
+
+    /// Writes each block's rotated K and its V straight into the KV cache from the QKV
+    /// epilogue (`true`: [`ferrinfer::ops::ModelKernels::qkv_rope_append`], one launch per
+    /// block fewer) or through the separate append launch (`false`). The same bits either way.
+    /// Applies to steps launched whole — decode steps, eager or graph-replayed, and steps above
+    /// the piecewise buckets; piecewise steps keep the append between their graphs (their
+    /// pieces are replayed for steps whose append metadata lives elsewhere). Off unless
+    /// `FERRINFER_FUSED_APPEND=1` until it has run on a GPU (`docs/decisions.md`). Captured
+    /// graphs are dropped (they bake the launches in).
+    pub fn set_fused_append(&mut self, on: bool) {
+        self.fused_append = on;
         self.graphs.clear();
         self.pieces.clear();
     }
@@ -268,8 +286,13 @@ impl ModelRunner for GpuRunner {
         } else {
             ""
         };
+        let fused = if self.fused_append {
+            ", RoPE fused into the KV append"
+        } else {
+            ""
+        };
         format!(
-            "gpu ({}, {w} weights{products}, {attn}, {graphs}{pdl})",
+            "gpu ({}, {w} weights{products}, {attn}, {graphs}{pdl}{fused})",
             self.gpu.info().name
         )
     }
@@ -350,6 +373,8 @@ struct Step<'a> {
     inv_freq: &'a DeviceBuffer<f32>,
     final_norm: &'a DeviceBuffer<f32>,
     b: &'a mut Buffers,
+    /// Where the part's block writes its K/V rows from the QKV epilogue (fused append).
+    append: Option<AppendTarget<'a, f16>>,
     /// Rows the part's kernels run over (the step's tokens, or its bucket).
     n: usize,
     /// Logits rows the head runs over.
@@ -473,9 +498,12 @@ impl GpuRunner {
     ) -> Result<()> {
         let blocks = self.model.blocks();
         let mut captured = Vec::new();
+        // Pieces keep the separate append: they are replayed for steps whose append metadata
+        // lives at other addresses (and over bucket rows beyond the step's).
+        let fused = (self.fused_append && pieces.is_none()).then_some(kv_step);
         for part in 0..=blocks {
             if part > 0 {
-                self.attention(part - 1, kv_step)?;
+                self.attention(part - 1, kv_step, fused.is_some())?;
             }
             match pieces {
                 Some((k, Action::Replay)) => self.pieces.replay(&k, part).map_err(graph_err)?,
@@ -483,7 +511,7 @@ impl GpuRunner {
                     let stream = self.gpu.stream().clone();
                     let graph = match self.pieces.begin(&stream) {
                         Ok(()) => {
-                            let ran = self.part(part, n, r, greedy);
+                            let ran = self.part(part, n, r, greedy, None);
                             self.pieces.end(&stream, ran.is_ok()).ok()
                         }
                         Err(_) => None,
@@ -494,10 +522,10 @@ impl GpuRunner {
                             captured.push(g);
                         }
                         // Nothing captured ran; the rest of the step runs eagerly.
-                        None => self.part(part, n, r, greedy)?,
+                        None => self.part(part, n, r, greedy, None)?,
                     }
                 }
-                _ => self.part(part, n, r, greedy)?,
+                _ => self.part(part, n, r, greedy, fused)?,
             }
         }
         if let Some((k, Action::Capture)) = pieces {
@@ -509,18 +537,33 @@ impl GpuRunner {
         Ok(())
     }
 
-    /// Block `l`'s KV append and attention (over the step's exact rows: the plan and the
-    /// append metadata hold the real token counts).
-    fn attention(&mut self, l: usize, kv_step: &AppendStep) -> Result<()> {
-        let rs = RowStrides::contiguous(self.cfg.kv_heads, self.cfg.head_dim);
+    /// Block `l`'s KV append (unless `fused`: the QKV epilogue wrote the rows) and attention
+    /// (over the step's exact rows: the plan and the append metadata hold the real token
+    /// counts).
+    fn attention(&mut self, l: usize, kv_step: &AppendStep, fused: bool) -> Result<()> {
         let b = &mut self.b;
-        self.cache
-            .append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
+        if !fused {
+            let rs = RowStrides::contiguous(self.cfg.kv_heads, self.cfg.head_dim);
+            self.cache
+                .append_layer(l, kv_step, Rows::Device(&b.k), rs, Rows::Device(&b.v), rs)?;
+        }
         self.attn.run(&b.q, self.cache.pool(l)?, &mut b.o16)
     }
 
-    /// Launches part `part` of a step (see [`GpuRunner::run_parts`]).
-    fn part(&mut self, part: usize, n: usize, r: usize, greedy: bool) -> Result<()> {
+    /// Launches part `part` of a step (see [`GpuRunner::run_parts`]); with `fused`, block
+    /// `part`'s K/V go into the cache from its QKV epilogue.
+    fn part(
+        &mut self,
+        part: usize,
+        n: usize,
+        r: usize,
+        greedy: bool,
+        fused: Option<&AppendStep>,
+    ) -> Result<()> {
+        let append = match fused {
+            Some(step) if part < self.model.blocks() => Some(self.cache.append_target(part, step)?),
+            _ => None,
+        };
         let s = Step {
             cfg: &self.cfg,
             mk: &self.mk,
@@ -533,6 +576,7 @@ impl GpuRunner {
             inv_freq: &self.inv_freq,
             final_norm: &self.final_norm,
             b: &mut self.b,
+            append,
             n,
             r,
         };
@@ -554,6 +598,12 @@ fn padded<T: Copy + Default>(v: &[T], len: usize) -> Cow<'_, [T]> {
     Cow::Owned(p)
 }
 
+/// Whether runners start with the fused append on: `FERRINFER_FUSED_APPEND=1` (off otherwise
+/// until it has been measured and checked on a GPU).
+fn fused_append_default() -> bool {
+    std::env::var("FERRINFER_FUSED_APPEND").is_ok_and(|v| v == "1")
+}
+
 fn graph_err(e: String) -> EngineError {
     EngineError::Model(format!("CUDA graph: {e}"))
 }
@@ -569,6 +619,7 @@ impl Step<'_> {
             inv_freq,
             final_norm,
             b,
+            append,
             n,
             r,
         } = self;
@@ -606,19 +657,31 @@ impl Step<'_> {
             // Block `part`'s Q/K/V, RoPE applied, ready for its append and attention.
             Some(lw) => {
                 pr.run(&m.h, n, &lw.wqkv, d, c.qkv_dim(), &mut b.qkv)?;
-                mk.qkv_rope(
-                    &b.qkv,
-                    n,
-                    c.q_heads,
-                    c.kv_heads,
-                    hd,
-                    &b.positions,
-                    inv_freq,
-                    c.rope.style,
-                    &mut b.q,
-                    &mut b.k,
-                    &mut b.v,
-                )?;
+                match append {
+                    Some(t) => mk.qkv_rope_append(
+                        &b.qkv,
+                        n,
+                        c.q_heads,
+                        &b.positions,
+                        inv_freq,
+                        c.rope.style,
+                        &mut b.q,
+                        t,
+                    )?,
+                    None => mk.qkv_rope(
+                        &b.qkv,
+                        n,
+                        c.q_heads,
+                        c.kv_heads,
+                        hd,
+                        &b.positions,
+                        inv_freq,
+                        c.rope.style,
+                        &mut b.q,
+                        &mut b.k,
+                        &mut b.v,
+                    )?,
+                }
             }
             // After the last block: the logits rows, their logits and (greedy) their argmax.
             None => {
