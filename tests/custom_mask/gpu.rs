@@ -409,6 +409,9 @@ fn gpu_masked_plans_in_graph_mode_replan_in_place() {
         op.plan_ragged_masked_into(&d.qo_indptr, &d.kv_indptr, &d.mask, &mut plan)
             .unwrap();
         assert_eq!(plan.buffer_addresses(), addresses, "a graph plan moved");
+        // The same kernel too: a captured launch of the first plan replays this one.
+        assert!(plan.is_masked() && !plan.is_persistent());
+        assert_eq!(plan.tile(), ferrinfer::ops::PrefillTile::Rows64);
         check(&plan, c, d);
     }
     // One request whose mask needs more bytes than the limit.

@@ -62,7 +62,16 @@ impl BatchPrefill {
     }
 
     /// CUDA-graph-safe variant: plans never exceed `limits`; buffers are allocated once, grids
-    /// are fixed, `run_*` never allocates or synchronises.
+    /// are fixed, `run_*` never allocates or synchronises, and every table a launch reads stays
+    /// at the addresses a captured launch baked in. What a capture also bakes in is the
+    /// plan's kernel: its tile ([`BatchPrefillPlan::tile`]), persistence
+    /// ([`BatchPrefillPlan::is_persistent`]) and custom mask ([`BatchPrefillPlan::is_masked`])
+    /// — a re-plan that changes one of them needs its own graph (key captured graphs by them,
+    /// as the engine keys its graphs by plan addresses), or fix the tile and persistence with
+    /// [`BatchPrefill::set_tile`] / [`BatchPrefill::set_persistent`] (masked plans always run
+    /// the 64-row tile) for one graph across every plan. FlashInfer instead derives its tile
+    /// from the largest step in graph mode; here the choice stays per plan, where uncaptured
+    /// runs (the engine's prefill steps) gain from it.
     pub fn new_graph(
         gpu: &Gpu,
         heads: HeadConfig,

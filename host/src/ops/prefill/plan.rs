@@ -88,6 +88,16 @@ impl BatchPrefillPlan {
         self.qo_tokens
     }
 
+    /// Whether the plan runs persistent CTAs (the Hopper tile's unit lists).
+    pub fn is_persistent(&self) -> bool {
+        self.ctas > 0
+    }
+
+    /// Whether the plan carries a custom mask (it runs the `_mask` kernel).
+    pub fn is_masked(&self) -> bool {
+        self.masked
+    }
+
     /// Device addresses of the plan's buffers (metadata, partial o, partial lse): constant
     /// across `plan_*_into` calls in graph mode.
     pub fn buffer_addresses(&self) -> [u64; 3] {
