@@ -29,8 +29,9 @@ pub struct CudaBatchPrefill {
     kv: Dt,
     op: BatchPrefill,
     plan: Option<BatchPrefillPlan>,
-    /// The workspace tensor the plan lives in, kept alive with it.
-    workspace: Option<Py<PyAny>>,
+    /// The workspace tensor the plan lives in (its owner, address and bytes), kept alive with
+    /// it.
+    workspace: Option<(Py<PyAny>, usize, usize)>,
 }
 
 impl CudaBatchPrefill {
@@ -47,6 +48,39 @@ impl CudaBatchPrefill {
         // with the plan; the wrapper owns its contents as FlashInfer's does.
         let span = lib(unsafe { gpu.span::<u8>(ws.0 as u64, ws.1) })?;
         Ok((gpu, span))
+    }
+
+    /// Whether the current plan lives in `ws`: the next plan is then made in place (same
+    /// addresses, the plan's pinned staging reused; a new plan would allocate pinned host
+    /// memory and free the old plan's, which can wait for the device).
+    fn same_workspace(&self, ws: &Workspace) -> bool {
+        self.workspace
+            .as_ref()
+            .is_some_and(|w| (w.1, w.2) == (ws.0, ws.1))
+    }
+
+    /// Plans `step` into the current plan when it lives in `ws`, else into a new plan there
+    /// (`new_plan`, given the workspace span), which then becomes the current one.
+    fn plan_with(
+        &mut self,
+        stream: usize,
+        ws: Workspace,
+        step: impl FnOnce(&BatchPrefill, &mut BatchPrefillPlan) -> ferrinfer::Result<()>,
+        new_plan: impl FnOnce(
+            &BatchPrefill,
+            ferrinfer::DeviceSpan<u8>,
+        ) -> ferrinfer::Result<BatchPrefillPlan>,
+    ) -> PyResult<()> {
+        let same = self.same_workspace(&ws);
+        let (_gpu, span) = self.begin(stream, &ws)?;
+        match self.plan.as_mut() {
+            Some(plan) if same => lib(step(&self.op, plan)),
+            _ => {
+                self.plan = Some(lib(new_plan(&self.op, span))?);
+                self.workspace = Some((ws.3, ws.0, ws.1));
+                Ok(())
+            }
+        }
     }
 
     /// q/out `[Σ qo_len, Hq, D]` contiguous of the planned rows; lse `[Σ qo_len, Hq]`.
@@ -141,16 +175,17 @@ impl CudaBatchPrefill {
             kv_last_page_len: index_array(last_page_len)?,
         };
         let cache = planned_cache(&pages, page_size, &self.heads);
-        let (_gpu, ws) = self.begin(stream, &workspace)?;
-        // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
         let mask = mask.map(packed);
-        let plan = lib(unsafe {
-            self.op
-                .plan_paged_in_workspace(&qo, &pages, &cache, mask.as_ref(), ws)
-        })?;
-        self.plan = Some(plan);
-        self.workspace = Some(workspace.3);
-        Ok(())
+        self.plan_with(
+            stream,
+            workspace,
+            |op, plan| match &mask {
+                Some(m) => op.plan_paged_masked_into(&qo, &pages, &cache, m, plan),
+                None => op.plan_paged_into(&qo, &pages, &cache, plan),
+            },
+            // SAFETY: see `begin`; the workspace tensor is stored with the plan.
+            |op, ws| unsafe { op.plan_paged_in_workspace(&qo, &pages, &cache, mask.as_ref(), ws) },
+        )
     }
 
     /// Plans a ragged step from host offsets (`mask` as in `plan_paged`).
@@ -164,16 +199,17 @@ impl CudaBatchPrefill {
         mask: MaskArg,
     ) -> PyResult<()> {
         let (qo, kv) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
-        let (_gpu, ws) = self.begin(stream, &workspace)?;
         let mask = mask.map(packed);
-        // SAFETY: see `begin`; the workspace tensor is stored with the plan below.
-        let plan = lib(unsafe {
-            self.op
-                .plan_ragged_in_workspace(&qo, &kv, mask.as_ref(), ws)
-        })?;
-        self.plan = Some(plan);
-        self.workspace = Some(workspace.3);
-        Ok(())
+        self.plan_with(
+            stream,
+            workspace,
+            |op, plan| match &mask {
+                Some(m) => op.plan_ragged_masked_into(&qo, &kv, m, plan),
+                None => op.plan_ragged_into(&qo, &kv, plan),
+            },
+            // SAFETY: see `begin`; the workspace tensor is stored with the plan.
+            |op, ws| unsafe { op.plan_ragged_in_workspace(&qo, &kv, mask.as_ref(), ws) },
+        )
     }
 
     /// Runs the paged plan over rank-4 K/V views in `kv_layout`; an fp8 cache (planned with

@@ -415,6 +415,37 @@ def test_prefill_cuda_vs_reference(dtype, layout, heads, head_dim, causal):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_prefill_wrapper_replans_in_place(dtype):
+    """One paged prefill wrapper, one workspace, successive steps of other shapes — causal, under
+    a custom mask, plain again, each run before the next plan on the same stream: the plan is
+    remade in place each time (its tables and the mask in the workspace), and every step
+    matches the reference."""
+    g = torch.Generator().manual_seed(7)
+    hq, hkv, d, ps, layout = 8, 2, 64, 16, "NHD"
+    w = ferrinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout)
+    steps = [([40, 300], [40, 17], None), ([9, 64, 200], [9, 1, 50], 0.5), ([1000], [128], None),
+             ([33, 33], [33, 2], 0.3)]
+    for i, (lens, qo_lens, density) in enumerate(steps):
+        cache, indptr, indices, last = paged_case(g, lens, ps, hkv, d, layout, dtype)
+        qo_indptr = torch.tensor(np.concatenate([[0], np.cumsum(qo_lens)]), dtype=torch.int32)
+        q = rand(g, (int(qo_indptr[-1]), hq, d), dtype)
+        masks = None if density is None else [torch.rand((a, b), generator=g) < density
+                                              for a, b in zip(qo_lens, lens)]
+        flat = None if masks is None else torch.cat([m.reshape(-1) for m in masks])
+        w.plan(qo_indptr, indptr, indices, last, hq, hkv, d, ps, causal=True, q_data_type=DT[dtype],
+               custom_mask=flat)
+        out = w.run(q.cuda(), cache.cuda())
+        refs = []
+        for b, n in enumerate(lens):
+            kv = request_kv(cache, indptr, indices, b, n, layout)
+            rows = slice(int(qo_indptr[b]), int(qo_indptr[b + 1]))
+            mask = None if masks is None else masks[b].numpy()
+            o, _ = attention(np64(q[rows]), np64(kv[:, 0]), np64(kv[:, 1]), causal=masks is None, mask=mask)
+            refs.append(o)
+        close(out, np.concatenate(refs), dtype, f"step {i}")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("kv_len", [1, 17, 2049])
 def test_single_cuda_vs_reference(dtype, layout, kv_len):
