@@ -4,7 +4,7 @@ different result)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from . import _tensor
 
@@ -170,3 +170,19 @@ def split_cache(paged_kv_cache: Any) -> Tuple[Any, Any]:
             f"[num_pages, 2, num_kv_heads, page_size, head_dim] (HND), got shape {shape}"
         )
     return paged_kv_cache[:, 0], paged_kv_cache[:, 1]
+
+
+def fill_buffers(op: str, named: Sequence[Tuple[str, Any, Any]]) -> None:
+    """Copies planned host tables into the caller's fixed buffers (CUDA-graph mode: FlashInfer's
+    ``*_buf`` arguments, which it fills the same way), refusing any table that does not fit
+    before copying anything. ``named``: ``(name, buffer, table)``, tables numpy arrays."""
+    for name, buf, t in named:
+        if t.size > buf.shape[0]:
+            raise ValueError(f"{op}: {name} has {t.size} entries but its buffer holds {buf.shape[0]}")
+    for _, buf, t in named:
+        if _tensor.is_torch(buf):
+            import torch
+
+            buf[: t.size].copy_(torch.from_numpy(t), non_blocking=True)
+        else:
+            buf[: t.size] = t

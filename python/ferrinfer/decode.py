@@ -140,7 +140,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         tables = (_tensor.host_int32(indptr, "indptr"), _tensor.host_int32(indices, "indices"),
                   _tensor.host_int32(last_page_len, "last_page_len"))
         if self._use_cuda_graph:
-            _fill_buffers(op, self._buffers, tables)
+            _args.fill_buffers(op, list(zip(("indptr", "indices", "last_page_len"), self._buffers, tables)))
         options = _args.options(sm_scale, logits_soft_cap, window_left)
         cuda_op = None
         if self._device is not None:
@@ -238,19 +238,3 @@ class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWra
         super().__init__(workspace_buffer, kv_layout, use_cuda_graph=True, use_tensor_cores=use_tensor_cores,
                          paged_kv_indptr_buffer=indptr_buffer, paged_kv_indices_buffer=indices_buffer,
                          paged_kv_last_page_len_buffer=last_page_len_buffer)
-
-
-def _fill_buffers(op: str, buffers: Tuple[Any, ...], tables: Tuple[np.ndarray, ...]) -> None:
-    """Copies the planned tables into the caller's fixed buffers (CUDA-graph mode), refusing
-    tables that do not fit."""
-    names = ("indptr", "indices", "last_page_len")
-    for name, buf, t in zip(names, buffers, tables):
-        if t.size > buf.shape[0]:
-            raise ValueError(f"{op}: {name} has {t.size} entries but its buffer holds {buf.shape[0]}")
-    for buf, t in zip(buffers, tables):
-        if _tensor.is_torch(buf):
-            import torch
-
-            buf[: t.size].copy_(torch.from_numpy(t), non_blocking=True)
-        else:
-            buf[: t.size] = t

@@ -72,7 +72,8 @@ def single_prefill_with_kv_cache_return_lse(q: Any, k: Any, v: Any, **kwargs: An
 class _PrefillBase:
     _name = "prefill"
 
-    def __init__(self, kv_layout: str, use_cuda_graph: bool, jit_args: Any, workspace: Any = None) -> None:
+    def __init__(self, kv_layout: str, use_cuda_graph: bool, jit_args: Any, workspace: Any = None,
+                 graph_buffers: Optional[dict] = None) -> None:
         _args.unsupported(self._name, jit_args=jit_args)
         self._kv_layout = _args.layout(kv_layout)
         self._use_cuda_graph = bool(use_cuda_graph)
@@ -82,9 +83,46 @@ class _PrefillBase:
         self._workspace = workspace
         self._device = _cuda.device_of(workspace)
         self._ops: dict = {}
+        # CUDA-graph mode on CUDA: FlashInfer's fixed *_buf arguments give the limits (batch from
+        # qo_indptr_buf, pages from paged_kv_indices_buf, mask bytes from custom_mask_buf) and the
+        # first plan's query rows bound every later plan's (FlashInfer's _max_total_num_rows).
+        self._graph_buffers = graph_buffers or {}
+        self._graph_rows: Optional[int] = None
         if self._device is not None and self._use_cuda_graph:
-            raise NotImplementedError(f"{self._name}: use_cuda_graph=True on CUDA (the CUDA path of the prefill "
-                                      "wrappers has no graph mode yet)")
+            bufs = self._graph_buffers
+            missing = [n + "_buf" for n, b in bufs.items() if b is None and n not in ("custom_mask", "mask_indptr")]
+            if missing:
+                raise ValueError(f"{self._name}: use_cuda_graph=True needs {', '.join(missing)} (fixed-size "
+                                 "buffers, as in FlashInfer)")
+            if (bufs.get("custom_mask") is None) != (bufs.get("mask_indptr") is None):
+                raise ValueError(f"{self._name}: custom_mask_buf and mask_indptr_buf go together")
+
+    def _graph_limits(self, op: str, p: dict, tables: Tuple[Tuple[str, Any], ...]) -> Optional[Tuple[int, ...]]:
+        """CUDA-graph mode on CUDA: checks the step against the first plan's query rows, copies
+        its tables (``(name, host array)``, and the custom mask) into the fixed buffers, and
+        returns the native op's limits ``(max_batch, max_qo_tokens, max_pages, max_mask_bytes)``;
+        ``None`` otherwise."""
+        if self._device is None or not self._use_cuda_graph:
+            return None
+        bufs = self._graph_buffers
+        rows = int(p["qo_indptr"][-1])
+        if self._graph_rows is None:
+            self._graph_rows = max(rows, 1)
+        elif rows > self._graph_rows:
+            raise ValueError(f"{op}: {rows} query rows exceed the first plan's {self._graph_rows} (CUDA-graph mode: "
+                             "the first plan sizes the captured run)")
+        named = [(n, bufs[n], t) for n, t in tables]
+        if p["mask"] is not None:
+            if bufs.get("custom_mask") is None:
+                raise ValueError(f"{op}: a custom mask in CUDA-graph mode needs custom_mask_buf and mask_indptr_buf")
+            bits, offsets = p["mask"]
+            named += [("custom_mask", bufs["custom_mask"], np.frombuffer(bits, dtype=np.uint8)),
+                      ("mask_indptr", bufs["mask_indptr"], np.asarray(offsets, dtype=np.int32))]
+        _args.fill_buffers(op, named)
+        pages = bufs.get("paged_kv_indices")
+        mask = bufs.get("custom_mask")
+        return (int(bufs["qo_indptr"].shape[0]) - 1, self._graph_rows,
+                0 if pages is None else int(pages.shape[0]), 0 if mask is None else int(mask.numel()))
 
     def _plan_common(self, op: str, qo_indptr: Any, kv_lens: np.ndarray, heads: Tuple[int, int, int, Optional[int]],
                      masks: Tuple[Any, Any], causal: bool, dtypes: Tuple[Any, Any, Any],
@@ -115,12 +153,14 @@ class _PrefillBase:
                     causal=bool(causal) and mask is None, dtype=q_dt, kv_dtype=kv_dt,
                     options=_args.options(*options), rope=rope_args)
 
-    def _cuda_op(self, p: dict) -> Any:
-        """The native CUDA op for the plan's heads, dtype and options (built once)."""
-        key = (p["heads"], p["dtype"], p["causal"], p["options"], p["rope"], p["kv_dtype"])
+    def _cuda_op(self, p: dict, graph: Optional[Tuple[int, ...]] = None) -> Any:
+        """The native CUDA op for the plan's heads, dtype, options and graph limits (built once;
+        in graph mode the first plan's kernel stays the op's, see the native op)."""
+        key = (p["heads"], p["dtype"], p["causal"], p["options"], p["rope"], p["kv_dtype"], graph)
         if key not in self._ops:
             self._ops[key] = _native.CudaBatchPrefill(self._device, *p["heads"], p["dtype"], p["causal"],
-                                                      *p["options"], rope=p["rope"], kv_dtype=p["kv_dtype"])
+                                                      *p["options"], rope=p["rope"], kv_dtype=p["kv_dtype"],
+                                                      graph=graph)
         return self._ops[key]
 
     @property
@@ -132,7 +172,9 @@ class _PrefillBase:
         if len(q.shape) != 3 or tuple(q.shape[1:]) != (hq, d):
             raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (nnz_qo, {hq}, {d})")
         nnz = int(p["qo_indptr"][-1])
-        if q.shape[0] != nnz:
+        # CUDA-graph mode: q keeps the captured (padded) rows while plans change the row count.
+        padded = self._use_cuda_graph and self._device is not None
+        if q.shape[0] < nnz or (q.shape[0] != nnz and not padded):
             raise ValueError(f"{op}: q has {q.shape[0]} rows but the plan's qo_indptr ends at {nnz}")
         _args.check_dtype("q", q, p["dtype"])
 
@@ -160,8 +202,11 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         jit_args: Any = None,
         **kwargs: Any,
     ) -> None:
-        _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf, **kwargs)
-        super().__init__(kv_layout, use_cuda_graph, jit_args, float_workspace_buffer)
+        _args.unsupported(self._name, **kwargs)
+        super().__init__(kv_layout, use_cuda_graph, jit_args, float_workspace_buffer,
+                         dict(qo_indptr=qo_indptr_buf, paged_kv_indptr=paged_kv_indptr_buf,
+                              paged_kv_indices=paged_kv_indices_buf, paged_kv_last_page_len=paged_kv_last_page_len_buf,
+                              custom_mask=custom_mask_buf, mask_indptr=mask_indptr_buf))
 
     def plan(
         self,
@@ -206,7 +251,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         p.update(tables=tables, page_size=int(page_size))
         self._plan = p
         if self._device is not None:
-            p["cuda"] = self._cuda_op(p)
+            graph = self._graph_limits(op, p, (("qo_indptr", p["qo_indptr"]), ("paged_kv_indptr", tables[0]),
+                                               ("paged_kv_indices", tables[1]), ("paged_kv_last_page_len", tables[2])))
+            p["cuda"] = self._cuda_op(p, graph)
             ip, ix, la = tables
             p["cuda"].plan_paged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
                                  view(p["qo_indptr"], "qo_indptr"), view(ip, "paged_kv_indptr"),
@@ -285,8 +332,10 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         jit_args: Any = None,
         **kwargs: Any,
     ) -> None:
-        _args.unsupported(self._name, custom_mask_buf=custom_mask_buf, mask_indptr_buf=mask_indptr_buf, **kwargs)
-        super().__init__(kv_layout, use_cuda_graph, jit_args, float_workspace_buffer)
+        _args.unsupported(self._name, **kwargs)
+        super().__init__(kv_layout, use_cuda_graph, jit_args, float_workspace_buffer,
+                         dict(qo_indptr=qo_indptr_buf, kv_indptr=kv_indptr_buf, custom_mask=custom_mask_buf,
+                              mask_indptr=mask_indptr_buf))
 
     def plan(
         self,
@@ -323,7 +372,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
         p.update(kv_indptr=kv)
         self._plan = p
         if self._device is not None:
-            p["cuda"] = self._cuda_op(p)
+            graph = self._graph_limits(op, p, (("qo_indptr", p["qo_indptr"]), ("kv_indptr", kv)))
+            p["cuda"] = self._cuda_op(p, graph)
             p["cuda"].plan_ragged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
                                   view(p["qo_indptr"], "qo_indptr"), view(kv, "kv_indptr"), p["mask"])
 

@@ -1,13 +1,15 @@
 //! `CudaBatchPrefill`: FlashInfer's paged and ragged batch prefill wrappers on CUDA tensors —
 //! one [`BatchPrefill`] op and its plan (in the caller's `float_workspace_buffer`), planned from
-//! host CSR tables and run on the caller's stream. CUDA-graph mode is not offered here (the
-//! Python layer refuses it on CUDA).
+//! host CSR tables and run on the caller's stream. In CUDA-graph mode (`graph` limits) the
+//! plan's tables stay at the addresses a captured `run` baked in, and the first plan fixes the
+//! kernel every later plan uses (its tile and persistence; custom mask or none), as FlashInfer
+//! fixes its tile from the first plan's size.
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::BatchPages;
-use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan};
+use ferrinfer::ops::{BatchPrefill, BatchPrefillPlan, PrefillGraphLimits};
 use ferrinfer::{AttentionOptions, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::cuda::{
@@ -32,6 +34,11 @@ pub struct CudaBatchPrefill {
     /// The workspace tensor the plan lives in (its owner, address and bytes), kept alive with
     /// it.
     workspace: Option<(Py<PyAny>, usize, usize)>,
+    /// Built in CUDA-graph mode.
+    graph: bool,
+    /// Graph mode: whether the first plan had a custom mask (`None` before it); its kernel is
+    /// the one a captured run replays, so later plans keep it.
+    graph_masked: Option<bool>,
 }
 
 impl CudaBatchPrefill {
@@ -74,13 +81,42 @@ impl CudaBatchPrefill {
         let same = self.same_workspace(&ws);
         let (_gpu, span) = self.begin(stream, &ws)?;
         match self.plan.as_mut() {
-            Some(plan) if same => lib(step(&self.op, plan)),
+            Some(plan) if same => lib(step(&self.op, plan))?,
             _ => {
                 self.plan = Some(lib(new_plan(&self.op, span))?);
                 self.workspace = Some((ws.3, ws.0, ws.1));
-                Ok(())
             }
         }
+        self.pin_graph_kernel()
+    }
+
+    /// Graph mode: refuses a plan whose custom mask (present or not) differs from the first
+    /// plan's — a captured run replays the first plan's kernel.
+    fn check_graph_mask(&self, masked: bool) -> PyResult<()> {
+        match self.graph_masked {
+            Some(first) if self.graph && first != masked => Err(PyValueError::new_err(format!(
+                "{OP}.plan: in CUDA-graph mode every plan must {} a custom mask, as the first \
+                 did (a captured run replays the first plan's kernel)",
+                if first { "have" } else { "lack" }
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Graph mode, after the first plan: fixes its tile and persistence on the op, so every
+    /// later plan runs the kernel a captured run replays.
+    fn pin_graph_kernel(&mut self) -> PyResult<()> {
+        if !self.graph || self.graph_masked.is_some() {
+            return Ok(());
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return Ok(());
+        };
+        let (tile, persistent, masked) = (plan.tile(), plan.is_persistent(), plan.is_masked());
+        lib(self.op.set_tile(Some(tile)))?;
+        self.op.set_persistent(Some(persistent));
+        self.graph_masked = Some(masked);
+        Ok(())
     }
 
     /// q/out `[Σ qo_len, Hq, D]` contiguous of the planned rows; lse `[Σ qo_len, Hq]`.
@@ -91,17 +127,28 @@ impl CudaBatchPrefill {
             )));
         };
         let n = plan.qo_tokens();
+        // Graph mode: q/out/lse keep the captured (padded) rows while plans change the row
+        // count, so they need at least the planned rows; otherwise exactly those.
+        let rows = match self.graph {
+            true => q.shape.first().copied().unwrap_or(0),
+            false => n,
+        };
+        if rows < n {
+            return Err(PyValueError::new_err(format!(
+                "{OP}.run: q has {rows} rows, the plan {n}"
+            )));
+        }
         let (hq, d) = (self.heads.num_qo_heads, self.heads.head_dim);
         q.expect_dtype(&[self.dtype])?;
         for t in [q, out] {
-            t.expect_shape(&[n, hq, d])?;
+            t.expect_shape(&[rows, hq, d])?;
             t.expect_contiguous()?;
         }
         out.expect_same_dtype(q)?;
         out.expect_writable()?;
         if let Some(l) = lse {
             l.expect_dtype(&[Dt::F32])?;
-            l.expect_shape(&[n, hq])?;
+            l.expect_shape(&[rows, hq])?;
             l.expect_contiguous()?;
         }
         Ok(n)
@@ -111,7 +158,7 @@ impl CudaBatchPrefill {
 #[pymethods]
 impl CudaBatchPrefill {
     #[new]
-    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, causal, sm_scale, soft_cap, window_left, rope=None, kv_dtype=None))]
+    #[pyo3(signature = (device, num_qo_heads, num_kv_heads, head_dim, dtype, causal, sm_scale, soft_cap, window_left, rope=None, kv_dtype=None, graph=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         device: usize,
@@ -125,6 +172,7 @@ impl CudaBatchPrefill {
         window_left: Option<usize>,
         rope: Option<(f32, f32)>,
         kv_dtype: Option<&str>,
+        graph: Option<(usize, usize, usize, usize)>,
     ) -> PyResult<Self> {
         let heads = crate::heads(num_qo_heads, num_kv_heads, head_dim)?;
         let (dt, lib_dt) = plan_dtype(OP, dtype)?;
@@ -135,7 +183,24 @@ impl CudaBatchPrefill {
             causal,
         };
         let gpu = lib(Gpu::primary(device))?;
-        let mut op = lib(BatchPrefill::new(&gpu, heads, lib_dt, opts))?;
+        // `graph`: (max_batch, max_qo_tokens, max_pages, max_mask_bytes).
+        let mut op = match graph {
+            Some((max_batch, max_qo_tokens, max_pages, max_mask_bytes)) => {
+                lib(BatchPrefill::new_graph(
+                    &gpu,
+                    heads,
+                    lib_dt,
+                    opts,
+                    PrefillGraphLimits {
+                        max_batch,
+                        max_qo_tokens,
+                        max_pages,
+                        max_mask_bytes,
+                    },
+                ))?
+            }
+            None => lib(BatchPrefill::new(&gpu, heads, lib_dt, opts))?,
+        };
         lib(op.set_rope(crate::rope_llama(rope, head_dim)))?;
         let kv = crate::cuda::kv_dtype(OP, dt, kv_dtype)?;
         if let Some(k) = crate::cuda::lib_kv_dtype(kv) {
@@ -149,6 +214,8 @@ impl CudaBatchPrefill {
             op,
             plan: None,
             workspace: None,
+            graph: graph.is_some(),
+            graph_masked: None,
         })
     }
 
@@ -176,6 +243,7 @@ impl CudaBatchPrefill {
         };
         let cache = planned_cache(&pages, page_size, &self.heads);
         let mask = mask.map(packed);
+        self.check_graph_mask(mask.is_some())?;
         self.plan_with(
             stream,
             workspace,
@@ -200,6 +268,7 @@ impl CudaBatchPrefill {
     ) -> PyResult<()> {
         let (qo, kv) = (index_array(qo_indptr)?, index_array(kv_indptr)?);
         let mask = mask.map(packed);
+        self.check_graph_mask(mask.is_some())?;
         self.plan_with(
             stream,
             workspace,

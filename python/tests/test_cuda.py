@@ -310,6 +310,77 @@ def test_cuda_graph_decode_replay():
         close(out[: len(lens)], ref, dtype, f"out (replay, batch {len(lens)})")
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "custom_mask"])
+def test_cuda_graph_prefill_replay(masked):
+    """Capture one step of the paged prefill wrapper in CUDA-graph mode (FlashInfer's fixed
+    ``*_buf`` arguments), then re-plan other batch contents — fewer query rows, other requests,
+    pages and (with ``masked``) masks, as speculative-decoding verification does — and replay:
+    every step matches the reference, and the fixed buffers hold the planned tables."""
+    g = torch.Generator().manual_seed(11 + masked)
+    dtype, layout, hq, hkv, d, ps = "float16", "NHD", 8, 2, 64, 16
+    max_batch, max_pages, rows = 4, 64, 48
+    i32 = dict(dtype=torch.int32, device="cuda")
+    bufs = dict(qo_indptr_buf=torch.zeros(max_batch + 1, **i32), paged_kv_indptr_buf=torch.zeros(max_batch + 1, **i32),
+                paged_kv_indices_buf=torch.zeros(max_pages, **i32),
+                paged_kv_last_page_len_buf=torch.zeros(max_batch, **i32))
+    if masked:
+        bufs.update(custom_mask_buf=torch.zeros(1 << 14, dtype=torch.uint8, device="cuda"),
+                    mask_indptr_buf=torch.zeros(max_batch + 1, **i32))
+    w = ferrinfer.BatchPrefillWithPagedKVCacheWrapper(ws(), kv_layout=layout, use_cuda_graph=True, **bufs)
+    num_pages = max_pages + 4
+    cache = rand(g, (num_pages, 2, ps, hkv, d), dtype)
+    cc = cache.cuda()
+    q = torch.zeros(rows, hq, d, dtype=DT[dtype], device="cuda")
+    out = torch.empty_like(q)
+
+    def step(lens, qo_lens):
+        pages = [(n + ps - 1) // ps for n in lens]
+        indptr = torch.tensor(np.concatenate([[0], np.cumsum(pages)]), dtype=torch.int32)
+        indices = torch.randperm(num_pages, generator=g)[: int(indptr[-1])].to(torch.int32)
+        last = torch.tensor([(n - 1) % ps + 1 for n in lens], dtype=torch.int32)
+        qo_indptr = torch.tensor(np.concatenate([[0], np.cumsum(qo_lens)]), dtype=torch.int32)
+        masks = [torch.rand((a, b), generator=g) < 0.5 for a, b in zip(qo_lens, lens)] if masked else None
+        flat = torch.cat([m.reshape(-1) for m in masks]) if masked else None
+        w.plan(qo_indptr, indptr, indices, last, hq, hkv, d, ps, causal=True, q_data_type=DT[dtype],
+               custom_mask=flat)
+        assert torch.equal(bufs["paged_kv_indices_buf"][: indices.numel()].cpu(), indices)
+        assert torch.equal(bufs["qo_indptr_buf"][: qo_indptr.numel()].cpu(), qo_indptr)
+        qh = rand(g, (int(qo_indptr[-1]), hq, d), dtype)
+        q[: qh.shape[0]].copy_(qh)
+        refs = []
+        for b, n in enumerate(lens):
+            kv = request_kv(cache, indptr, indices, b, n, layout)
+            r = slice(int(qo_indptr[b]), int(qo_indptr[b + 1]))
+            o, _ = attention(np64(qh[r]), np64(kv[:, 0]), np64(kv[:, 1]), causal=not masked,
+                             mask=masks[b].numpy() if masked else None)
+            refs.append(o)
+        return np.concatenate(refs)
+
+    ref = step([300, 20, 48], [20, 20, 8])  # the first plan: 48 query rows, the most of any step
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        w.run(q, cc, out=out)  # warm-up outside capture, as torch recommends
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    close(out[: ref.shape[0]], ref, dtype, "out (eager, first plan)")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w.run(q, cc, out=out)
+    for lens, qo_lens in (([100, 7, 33, 500], [5, 7, 3, 30]), ([1000], [48]), ([16, 17], [16, 1])):
+        ref = step(lens, qo_lens)
+        graph.replay()
+        torch.cuda.synchronize()
+        close(out[: ref.shape[0]], ref, dtype, f"out (replay, {len(lens)} requests)")
+    # More query rows than the first plan's, or a mask where the first plan had none (or the
+    # reverse), would not be what the captured run replays.
+    with pytest.raises(ValueError, match="query rows"):
+        step([100], [49])
+    with pytest.raises(ValueError, match="custom mask"):
+        masked = not masked
+        step([100], [4])
+
+
 def test_wrong_device_and_mixes_raise():
     hq, hkv, d, ps = 8, 2, 64, 16
     w = ferrinfer.BatchDecodeWithPagedKVCacheWrapper(ws(), kv_layout="NHD")
