@@ -72,7 +72,8 @@ def append_paged_kv_cache_cuda(stream: int, device: int, append_key: Descriptor,
 class CudaBatchPrefill:
     def __init__(self, device: int, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: str, causal: bool,
                  sm_scale: Optional[float], soft_cap: Optional[float], window_left: Optional[int],
-                 rope: Optional[Tuple[float, float]] = None, kv_dtype: Optional[str] = None) -> None: ...
+                 rope: Optional[Tuple[float, float]] = None, kv_dtype: Optional[str] = None,
+                 graph: Optional[Tuple[int, int, int, int]] = None) -> None: ...
     def plan_paged(self, stream: int, workspace: Workspace, qo_indptr: Descriptor, indptr: Descriptor,
                    indices: Descriptor, last_page_len: Descriptor, page_size: int,
                    mask: Optional[Mask] = None) -> None: ...

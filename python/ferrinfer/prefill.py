@@ -183,7 +183,15 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
     """Batch prefill / append attention over a paged KV cache: ``plan`` from host CSR tables
     (``qo_indptr``, ``paged_kv_indptr``, ``paged_kv_indices``, ``paged_kv_last_page_len``),
     then ``run(q, paged_kv_cache)`` per layer. Cache forms as in
-    :class:`ferrinfer.BatchDecodeWithPagedKVCacheWrapper`."""
+    :class:`ferrinfer.BatchDecodeWithPagedKVCacheWrapper`.
+
+    ``use_cuda_graph=True`` on CUDA takes FlashInfer's fixed buffers (``qo_indptr_buf``,
+    ``paged_kv_indptr_buf``, ``paged_kv_indices_buf``, ``paged_kv_last_page_len_buf``; with
+    custom masks ``custom_mask_buf`` and ``mask_indptr_buf``): their sizes bound the batch, the
+    pages and the mask bytes, each ``plan`` copies its tables into them, and a ``run`` captured
+    in a CUDA graph stays valid after later plans. As in FlashInfer, the first plan's query rows
+    bound every later plan's (``q``/``out`` may keep that many rows); its kernel — tile, custom
+    mask or none — stays the wrapper's."""
 
     _name = "BatchPrefillWithPagedKVCacheWrapper"
 
@@ -315,7 +323,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
 
 class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
     """Batch prefill over packed ("ragged") K/V: request ``b`` has query rows
-    ``qo_indptr[b]:qo_indptr[b+1]`` and K/V rows ``kv_indptr[b]:kv_indptr[b+1]``."""
+    ``qo_indptr[b]:qo_indptr[b+1]`` and K/V rows ``kv_indptr[b]:kv_indptr[b+1]``. CUDA-graph
+    mode as the paged wrapper's, with ``qo_indptr_buf`` and ``kv_indptr_buf`` (``k``/``v`` then
+    stay at the captured addresses, at least as long as every plan's K/V)."""
 
     _name = "BatchPrefillWithRaggedKVCacheWrapper"
 
