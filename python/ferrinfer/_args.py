@@ -103,15 +103,11 @@ def q_kv_dtypes(op: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any =
     return kv_dtype(op, q_data_type, kv_data_type), q_dt
 
 
-def fp8_scales(op: str, kv_dt: str, k_scale: Optional[float], v_scale: Optional[float],
-               cuda: bool) -> Tuple[Optional[float], Optional[float]]:
+def fp8_scales(op: str, kv_dt: str, k_scale: Optional[float],
+               v_scale: Optional[float]) -> Tuple[Optional[float], Optional[float]]:
     """``k_scale``/``v_scale`` for a cache of ``kv_dt``: fp8 caches are read as code × scale
-    (default 1); ``cuda`` says the call is on a CUDA path without fp8 (single decode), where an
-    fp8 cache raises ``NotImplementedError``, as do scales other than 1 with a 16-bit cache."""
+    (default 1); scales other than 1 with a 16-bit cache raise ``NotImplementedError``."""
     if kv_dt in FP8:
-        if cuda:
-            raise NotImplementedError(f"{op}: fp8 K/V ({kv_dt}) on CUDA tensors is not supported here by "
-                                      "ferrinfer (the batch decode wrapper and the CPU path read them)")
         return (None if k_scale is None else float(k_scale)), (None if v_scale is None else float(v_scale))
     for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
         if s is not None and float(s) != 1.0:

@@ -41,14 +41,16 @@ def _op(key: tuple, make: Any) -> Any:
 
 
 def decode(dev: int, q: Any, k: Any, v: Any, layout: str, options: tuple, return_lse: bool,
-           rope: Any = None) -> Any:
+           rope: Any = None, kv_dtype: Any = None, scales: Tuple[Any, Any] = (None, None)) -> Any:
+    """``kv_dtype``: an fp8 cache's type (``None``: the cache has q's), read as code × ``scales``
+    (``k_scale``, ``v_scale``; ``None`` is 1), on the batch decode op's fp8 kernels."""
     import torch
 
     op_name = "single_decode_with_kv_cache"
     hq, hkv, d, kv_len = _geometry(op_name, q, k, v, layout, 2)
     dtype = _tensor.dtype_name(q)
-    op = _op(("decode", dev, hq, hkv, d, dtype, options, rope),
-             lambda: _native.CudaBatchDecode(dev, hq, hkv, d, dtype, *options, rope=rope))
+    op = _op(("decode", dev, hq, hkv, d, dtype, options, rope, kv_dtype),
+             lambda: _native.CudaBatchDecode(dev, hq, hkv, d, dtype, *options, rope=rope, kv_dtype=kv_dtype))
     stream = _cuda.stream(dev)
     ws = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
     indptr, indices, last = _tables([0, 1], [0], [kv_len])
@@ -57,20 +59,20 @@ def decode(dev: int, q: Any, k: Any, v: Any, layout: str, options: tuple, return
     out = torch.empty((1, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((1, hq), dtype=torch.float32, device=q.device) if return_lse else None
     op.run(stream, view(q.unsqueeze(0), "q"), view(k.unsqueeze(0), "k"), view(v.unsqueeze(0), "v"), layout,
-           view(out, "out"), opt_view(lse, "lse"))
+           view(out, "out"), opt_view(lse, "lse"), k_scale=scales[0], v_scale=scales[1])
     return (out[0], lse[0]) if return_lse else out[0]
 
 
 def prefill(dev: int, q: Any, k: Any, v: Any, layout: str, causal: bool, options: tuple,
-            return_lse: bool, mask: Any = None) -> Any:
+            return_lse: bool, mask: Any = None, rope: Any = None) -> Any:
     import torch
 
     op_name = "single_prefill_with_kv_cache"
     hq, hkv, d, kv_len = _geometry(op_name, q, k, v, layout, 3)
     qo_len = int(q.shape[0])
     dtype = _tensor.dtype_name(q)
-    op = _op(("prefill", dev, hq, hkv, d, dtype, bool(causal), options),
-             lambda: _native.CudaBatchPrefill(dev, hq, hkv, d, dtype, bool(causal), *options))
+    op = _op(("prefill", dev, hq, hkv, d, dtype, bool(causal), options, rope),
+             lambda: _native.CudaBatchPrefill(dev, hq, hkv, d, dtype, bool(causal), *options, rope=rope))
     stream = _cuda.stream(dev)
     ws = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
     qo_indptr, indptr, indices, last = _tables([0, qo_len], [0, 1], [0], [kv_len])

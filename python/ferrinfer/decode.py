@@ -39,8 +39,8 @@ def single_decode_with_kv_cache(
     when ``return_lse``. ``use_tensor_cores`` only picks a kernel and is accepted.
     ``pos_encoding_mode="ROPE_LLAMA"`` rotates q (at position ``kv_len - 1``) and every key
     (at its index) inside attention, with ``rope_scale``/``rope_theta``. ``k``/``v`` may be fp8
-    (``float8_e4m3fn`` or ``float8_e5m2``, CPU tensors), read as code × ``k_scale`` /
-    ``v_scale`` (default 1); ``q_scale`` raises ``NotImplementedError``.
+    (``float8_e4m3fn`` or ``float8_e5m2``; CPU arrays or CUDA tensors), read as code × ``k_scale``
+    / ``v_scale`` (default 1); ``q_scale`` raises ``NotImplementedError``.
     """
     op = "single_decode_with_kv_cache"
     _args.unsupported(op, q_scale=q_scale, **kwargs)
@@ -48,10 +48,12 @@ def single_decode_with_kv_cache(
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
     dev = _cuda.device_of(q)
     if dev is not None:
-        _args.fp8_scales(op, _tensor.dtype_name(k), k_scale, v_scale, True)
-        return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse, rope)
+        kv_dt = _tensor.dtype_name(k)
+        scales = _args.fp8_scales(op, kv_dt, k_scale, v_scale)
+        return _single_cuda.decode(dev, q, k, v, _args.layout(kv_layout), (scale, cap, win), return_lse, rope,
+                                   kv_dt if kv_dt in _args.FP8 else None, scales)
     kd, vd = view(k, "k"), view(v, "v")
-    ks, vs = _args.fp8_scales(op, kd[4], k_scale, v_scale, False)
+    ks, vs = _args.fp8_scales(op, kd[4], k_scale, v_scale)
     out, lse = _args.outputs(q, None, None, return_lse)
     _native.single_decode(view(q, "q"), kd, vd, _args.layout(kv_layout),
                           view(out, "out"), opt_view(lse, "lse"), scale, cap, win, rope=rope,
@@ -195,7 +197,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         _args.unsupported(op, q_scale=q_scale, sinks=sinks, **kwargs)
         p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
-        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, False)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale)
         hq, hkv, d = p["heads"]
         if tuple(q.shape[1:]) != (hq, d):
             raise ValueError(f"{op}: q shape {tuple(q.shape)} does not match the plan (batch, {hq}, {d})")

@@ -42,22 +42,36 @@ def single_prefill_with_kv_cache(
     ``v`` ``[kv_len, num_kv_heads, head_dim]`` (NHD) or ``[num_kv_heads, kv_len, head_dim]``
     (HND). Returns ``out`` like ``q``, or ``(out, lse)`` with ``lse [qo_len, num_qo_heads]``
     (float32, base 2). ``custom_mask`` (bool ``[qo_len, kv_len]``) or ``packed_custom_mask``
-    (its little-endian packed bits) replaces ``causal``, as in FlashInfer. RoPE, fp8 scales, a
-    different ``o_dtype`` and fp16 QK reduction raise ``NotImplementedError``."""
+    (its little-endian packed bits) replaces ``causal``, as in FlashInfer.
+    ``pos_encoding_mode="ROPE_LLAMA"`` rotates query token ``i`` (at ``kv_len - qo_len + i``)
+    and key ``t`` (at ``t``) inside attention, with ``rope_scale``/``rope_theta`` (not with a
+    custom mask). fp8 scales, a different ``o_dtype`` and fp16 QK reduction raise
+    ``NotImplementedError``."""
     op = "single_prefill_with_kv_cache"
-    _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, pos_encoding_mode=pos_encoding_mode,
-                      use_fp16_qk_reduction=use_fp16_qk_reduction, rope_scale=rope_scale, rope_theta=rope_theta,
-                      **kwargs)
+    _args.unsupported(op, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v,
+                      use_fp16_qk_reduction=use_fp16_qk_reduction, **kwargs)
+    rope = _args.rope(op, pos_encoding_mode, rope_scale, rope_theta)
     _args.kv_dtype(op, q, None, o_dtype)
     layout = _args.layout(kv_layout)
     scale, cap, win = _args.options(sm_scale, logits_soft_cap, window_left)
     kv_len = int(k.shape[0] if layout == "NHD" else k.shape[1]) if len(k.shape) == 3 else 0
     mask = _mask.for_single(op, custom_mask, packed_custom_mask, int(q.shape[0]), kv_len)
+    if rope is not None and mask is not None:
+        raise NotImplementedError(f"{op}: pos_encoding_mode={pos_encoding_mode!r} with a custom mask is not "
+                                  "supported by ferrinfer")
     causal = bool(causal) and mask is None
     dev = _cuda.device_of(q)
     if dev is not None:
-        return _single_cuda.prefill(dev, q, k, v, layout, causal, (scale, cap, win), return_lse, mask)
+        return _single_cuda.prefill(dev, q, k, v, layout, causal, (scale, cap, win), return_lse, mask, rope)
     out, lse = _args.outputs(q, None, None, return_lse)
+    if rope is not None:
+        # The ragged prefill with one request: its RoPE form (the single op has none).
+        qo_indptr = np.array([0, int(q.shape[0])], np.int32)
+        kv_indptr = np.array([0, kv_len], np.int32)
+        _native.batch_prefill_ragged(view(q, "q"), view(k, "k"), view(v, "v"), view(qo_indptr, "qo_indptr"),
+                                     view(kv_indptr, "kv_indptr"), layout, view(out, "out"), opt_view(lse, "lse"),
+                                     causal, scale, cap, win, None, rope=rope)
+        return _args.result(out, lse, return_lse)
     _native.single_prefill(view(q, "q"), view(k, "k"), view(v, "v"), layout, view(out, "out"),
                            opt_view(lse, "lse"), causal, scale, cap, win, mask)
     return _args.result(out, lse, return_lse)
@@ -296,7 +310,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
         _args.unsupported(op, q_scale=q_scale, **kwargs)
         p = _args.planned(self._plan, op)
         k, v = _args.split_cache(paged_kv_cache)
-        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, False)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]
         _args.check_paged_k(op, k, p["page_size"], hkv, d, self._kv_layout)
@@ -412,7 +426,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
             raise NotImplementedError(f"{op}: extra positional arguments are not supported")
         _args.unsupported(op, **kwargs)
         p = _args.planned(self._plan, op)
-        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale, False)
+        ks, vs = _args.fp8_scales(op, p["kv_dtype"], k_scale, v_scale)
         self._check_q(op, p, q)
         _, hkv, d = p["heads"]
         if len(k.shape) != 3 or tuple(k.shape[1:]) != (hkv, d):

@@ -190,6 +190,11 @@ def test_prefill_rope_cuda_vs_reference(dtype, head_dim, causal):
         ref, ref_lse = attention(qr, kr, np64(kv[:, 1]), causal=causal)
         close(out[int(qo_indptr[b]):int(qo_indptr[b + 1])], ref, dtype, f"request {b}")
         lse_close(lse[int(qo_indptr[b]):int(qo_indptr[b + 1])], ref_lse)
+        # The same request through single_prefill_with_kv_cache (one page of K/V, in place).
+        o1 = ferrinfer.single_prefill_with_kv_cache(qb.cuda(), kv[:, 0].contiguous().cuda(),
+                                                    kv[:, 1].contiguous().cuda(), causal=causal,
+                                                    pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4)
+        close(o1, ref, dtype, f"single prefill, request {b}")
 
 
 @needs_fi
@@ -636,8 +641,9 @@ def test_cascade_cuda_vs_reference(dtype):
 def test_batch_decode_fp8_cache_on_cuda(fmt, layout, dtype):
     """An fp8 paged cache on CUDA (the CUDA-core fp8 decode kernel) read as code × scale,
     against the float64 reference fed the same dequantised K/V and against the CPU path on the
-    same codes; single decode on CUDA still refuses fp8 by name. (Passed on an H100 on
-    2026-12-07, all eight cases, before the path was let through.)"""
+    same codes; then single decode on CUDA over one request's fp8 rows against the same
+    reference. (The batch part passed on an H100 on 2026-12-07, all eight cases; the single part
+    was added on 2026-12-08, not yet run on a GPU.)"""
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(11)
     hq, hkv, d, ps = 8, 2, 128, 16
@@ -675,8 +681,16 @@ def test_batch_decode_fp8_cache_on_cuda(fmt, layout, dtype):
         assert err_cpu <= atol, f"request {b}: CUDA vs CPU {err_cpu}"
         fin = np.isfinite(ref_lse[0])
         assert np.array_equal(np.isfinite(lse[b].cpu().numpy()), fin)
-    with pytest.raises(NotImplementedError, match="fp8"):
-        ferrinfer.single_decode_with_kv_cache(q[0].to(dev), cache[:, 0, 0].to(dev), cache[:, 1, 0].to(dev))
+    # Single decode on CUDA: the first page's 16 fp8 rows as one request's K/V (NHD [16, H, D]
+    # or HND [H, 16, D], strided views of the cache).
+    sk, sv = cache[0, 0], cache[0, 1]
+    out1, lse1 = ferrinfer.single_decode_with_kv_cache(q[0].to(dev), sk.to(dev), sv.to(dev), kv_layout=layout,
+                                                       k_scale=ks, v_scale=vs, return_lse=True)
+    nhd = (lambda t: t) if layout == "NHD" else (lambda t: t.transpose(0, 1))
+    ref, ref_lse = attention(q[0][None].to(torch.float64).numpy(), (nhd(sk).to(torch.float64) * ks).numpy(),
+                             (nhd(sv).to(torch.float64) * vs).numpy())
+    assert np.abs(out1.cpu().to(torch.float64).numpy() - ref[0]).max() <= atol
+    assert np.abs(lse1.cpu().to(torch.float64).numpy() - ref_lse[0]).max() <= 2e-3
 
 
 @pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])

@@ -92,8 +92,10 @@ def test_unsupported_arguments_are_named(qkv, arg):
 
 def test_unsupported_prefill_arguments():
     q = np.zeros((2, 2, 64), np.float16)
-    with pytest.raises(NotImplementedError, match="pos_encoding_mode"):
-        flashinfer.single_prefill_with_kv_cache(q, q, q, pos_encoding_mode="ROPE_LLAMA")
+    with pytest.raises(NotImplementedError, match="use_fp16_qk_reduction"):
+        flashinfer.single_prefill_with_kv_cache(q, q, q, use_fp16_qk_reduction=True)
+    with pytest.raises(NotImplementedError, match="scale_k"):
+        flashinfer.single_prefill_with_kv_cache(q, q, q, scale_k=0.5)
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(None)
     with pytest.raises(NotImplementedError, match="head_dim_vo"):
         w.plan([0, 2], [0, 2], 2, 2, 64, head_dim_vo=128)

@@ -116,6 +116,30 @@ def test_batch_prefill_rope(dtype, head_dim, causal, kind):
         assert_lse(lse[qo_indptr[b]:qo_indptr[b + 1]], ref_lse)
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rope", ROPES, ids=["default", "theta", "scale"])
+def test_single_prefill_rope(dtype, layout, causal, rope):
+    """``single_prefill_with_kv_cache`` with ``ROPE_LLAMA``: query token ``i`` at
+    ``kv_len - qo_len + i``, key ``t`` at ``t``, both layouts."""
+    rng = np.random.default_rng(3 + causal)
+    hq, hkv, d, n, m = 8, 2, 64, 23, 150
+    q = randn(rng, (n, hq, d), dtype)
+    k, v = randn(rng, (m, hkv, d), dtype), randn(rng, (m, hkv, d), dtype)
+    to_layout = (lambda t: t) if layout == "NHD" else (lambda t: np.ascontiguousarray(np.swapaxes(t, 0, 1)))
+    out, lse = flashinfer.single_prefill_with_kv_cache(q, to_layout(k), to_layout(v), kv_layout=layout, causal=causal,
+                                                       pos_encoding_mode="ROPE_LLAMA", return_lse=True, **rope)
+    qr = rope_llama(f64(q), np.arange(m - n, m), **rope)
+    kr = rope_llama(f64(k), np.arange(m), **rope)
+    ref, ref_lse = attention(qr, kr, f64(v), causal=causal)
+    assert_close(out, ref, dtype)
+    assert_lse(lse, ref_lse)
+    with pytest.raises(NotImplementedError, match="custom mask"):
+        flashinfer.single_prefill_with_kv_cache(q, to_layout(k), to_layout(v), kv_layout=layout,
+                                                custom_mask=np.ones((n, m), bool), pos_encoding_mode="ROPE_LLAMA")
+
+
 def test_prefill_rope_with_mask_is_refused():
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(None)
     with pytest.raises(NotImplementedError, match="custom mask"):
