@@ -168,13 +168,19 @@ def split_cache(paged_kv_cache: Any) -> Tuple[Any, Any]:
     return paged_kv_cache[:, 0], paged_kv_cache[:, 1]
 
 
-def fill_buffers(op: str, named: Sequence[Tuple[str, Any, Any]]) -> None:
-    """Copies planned host tables into the caller's fixed buffers (CUDA-graph mode: FlashInfer's
-    ``*_buf`` arguments, which it fills the same way), refusing any table that does not fit
-    before copying anything. ``named``: ``(name, buffer, table)``, tables numpy arrays."""
+def check_buffers(op: str, named: Sequence[Tuple[str, Any, Any]]) -> None:
+    """Refuses any planned table that does not fit its fixed buffer (CUDA-graph mode: FlashInfer's
+    ``*_buf`` arguments). ``named``: ``(name, buffer, table)``, tables numpy arrays."""
     for name, buf, t in named:
         if t.size > buf.shape[0]:
             raise ValueError(f"{op}: {name} has {t.size} entries but its buffer holds {buf.shape[0]}")
+
+
+def fill_buffers(op: str, named: Sequence[Tuple[str, Any, Any]]) -> None:
+    """Copies planned host tables into the caller's fixed buffers (CUDA-graph mode: FlashInfer's
+    ``*_buf`` arguments, which it fills the same way), refusing any table that does not fit
+    before copying anything (:func:`check_buffers`)."""
+    check_buffers(op, named)
     for _, buf, t in named:
         if _tensor.is_torch(buf):
             import torch

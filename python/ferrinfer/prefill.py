@@ -7,7 +7,7 @@ context (``qo_len <= kv_len``); ``causal`` masks keys after each query's positio
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -102,6 +102,7 @@ class _PrefillBase:
         # first plan's query rows bound every later plan's (FlashInfer's _max_total_num_rows).
         self._graph_buffers = graph_buffers or {}
         self._graph_rows: Optional[int] = None
+        self._graph_first: Optional[tuple] = None
         if self._device is not None and self._use_cuda_graph:
             bufs = self._graph_buffers
             missing = [n + "_buf" for n, b in bufs.items() if b is None and n not in ("custom_mask", "mask_indptr")]
@@ -111,32 +112,65 @@ class _PrefillBase:
             if (bufs.get("custom_mask") is None) != (bufs.get("mask_indptr") is None):
                 raise ValueError(f"{self._name}: custom_mask_buf and mask_indptr_buf go together")
 
-    def _graph_limits(self, op: str, p: dict, tables: Tuple[Tuple[str, Any], ...]) -> Optional[Tuple[int, ...]]:
-        """CUDA-graph mode on CUDA: checks the step against the first plan's query rows, copies
-        its tables (``(name, host array)``, and the custom mask) into the fixed buffers, and
-        returns the native op's limits ``(max_batch, max_qo_tokens, max_pages, max_mask_bytes)``;
-        ``None`` otherwise."""
+    def _commit_plan(self, op: str, p: dict, tables: Tuple[Tuple[str, Any], ...],
+                     native_plan: Callable[[Any], None]) -> None:
+        """Makes ``p`` the wrapper's plan. On CUDA the native op plans it first (``native_plan``
+        given the op); in CUDA-graph mode the step is checked against the first plan before, and
+        the fixed buffers are filled with its ``tables`` (``(name, host array)``) and mask after.
+        A refused plan changes nothing: the previous plan, buffers and limits stay."""
+        if self._device is not None:
+            graph = self._graph_check(op, p, tables)
+            cuda = self._cuda_op(p, graph)
+            native_plan(cuda)
+            p["cuda"] = cuda
+            if graph is not None:
+                _args.fill_buffers(op, self._graph_tables(p, tables))
+                self._graph_rows = graph[1]
+                if self._graph_first is None:
+                    self._graph_first = self._graph_kind(p)
+        self._plan = p
+
+    @staticmethod
+    def _graph_kind(p: dict) -> tuple:
+        """What selects a plan's native op and kernel besides its sizes: a captured run replays
+        the first plan's, so every later plan of a graph-mode wrapper must match it."""
+        return (p["mask"] is not None, p["heads"], p["dtype"], p["kv_dtype"], p["causal"], p["options"], p["rope"])
+
+    def _graph_tables(self, p: dict, tables: Tuple[Tuple[str, Any], ...]) -> list:
+        """``(name, fixed buffer, host table)`` of a plan's tables and custom mask."""
+        bufs = self._graph_buffers
+        named = [(n, bufs[n], t) for n, t in tables]
+        if p["mask"] is not None:
+            bits, offsets = p["mask"]
+            named += [("custom_mask", bufs["custom_mask"], np.frombuffer(bits, dtype=np.uint8)),
+                      ("mask_indptr", bufs["mask_indptr"], np.asarray(offsets, dtype=np.int32))]
+        return named
+
+    def _graph_check(self, op: str, p: dict, tables: Tuple[Tuple[str, Any], ...]) -> Optional[Tuple[int, ...]]:
+        """CUDA-graph mode on CUDA: checks the step against the first plan (query rows at most
+        its, the same kind: :meth:`_graph_kind`) and the fixed buffers, and returns the native
+        op's limits ``(max_batch, max_qo_tokens, max_pages, max_mask_bytes)``; ``None`` otherwise."""
         if self._device is None or not self._use_cuda_graph:
             return None
         bufs = self._graph_buffers
         rows = int(p["qo_indptr"][-1])
-        if self._graph_rows is None:
-            self._graph_rows = max(rows, 1)
-        elif rows > self._graph_rows:
+        if self._graph_rows is not None and rows > self._graph_rows:
             raise ValueError(f"{op}: {rows} query rows exceed the first plan's {self._graph_rows} (CUDA-graph mode: "
                              "the first plan sizes the captured run)")
-        named = [(n, bufs[n], t) for n, t in tables]
-        if p["mask"] is not None:
-            if bufs.get("custom_mask") is None:
-                raise ValueError(f"{op}: a custom mask in CUDA-graph mode needs custom_mask_buf and mask_indptr_buf")
-            bits, offsets = p["mask"]
-            named += [("custom_mask", bufs["custom_mask"], np.frombuffer(bits, dtype=np.uint8)),
-                      ("mask_indptr", bufs["mask_indptr"], np.asarray(offsets, dtype=np.int32))]
-        _args.fill_buffers(op, named)
+        first = self._graph_first
+        if first is not None and first != self._graph_kind(p):
+            if first[0] != (p["mask"] is not None):
+                raise ValueError(f"{op}: in CUDA-graph mode every plan must {'have' if first[0] else 'lack'} a custom "
+                                 "mask, as the first did (a captured run replays the first plan's kernel)")
+            raise ValueError(f"{op}: in CUDA-graph mode every plan must keep the first plan's heads, dtypes, causal "
+                             "flag, options and RoPE (a captured run replays the first plan's kernel)")
+        if p["mask"] is not None and bufs.get("custom_mask") is None:
+            raise ValueError(f"{op}: a custom mask in CUDA-graph mode needs custom_mask_buf and mask_indptr_buf")
+        _args.check_buffers(op, self._graph_tables(p, tables))
         pages = bufs.get("paged_kv_indices")
         mask = bufs.get("custom_mask")
-        return (int(bufs["qo_indptr"].shape[0]) - 1, self._graph_rows,
-                0 if pages is None else int(pages.shape[0]), 0 if mask is None else int(mask.numel()))
+        return (int(bufs["qo_indptr"].shape[0]) - 1, self._graph_rows or max(rows, 1),
+                0 if pages is None else int(pages.shape[0]), 0 if mask is None else int(mask.shape[0]))
 
     def _plan_common(self, op: str, qo_indptr: Any, kv_lens: np.ndarray, heads: Tuple[int, int, int, Optional[int]],
                      masks: Tuple[Any, Any], causal: bool, dtypes: Tuple[Any, Any, Any],
@@ -271,16 +305,13 @@ class BatchPrefillWithPagedKVCacheWrapper(_PrefillBase):
                               (sm_scale, logits_soft_cap, window_left), (pos_encoding_mode, rope_scale, rope_theta),
                               use_fp16_qk_reduction=use_fp16_qk_reduction, **kwargs)
         p.update(tables=tables, page_size=int(page_size))
-        self._plan = p
-        if self._device is not None:
-            graph = self._graph_limits(op, p, (("qo_indptr", p["qo_indptr"]), ("paged_kv_indptr", tables[0]),
-                                               ("paged_kv_indices", tables[1]), ("paged_kv_last_page_len", tables[2])))
-            p["cuda"] = self._cuda_op(p, graph)
-            ip, ix, la = tables
-            p["cuda"].plan_paged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
-                                 view(p["qo_indptr"], "qo_indptr"), view(ip, "paged_kv_indptr"),
-                                 view(ix, "paged_kv_indices"), view(la, "paged_kv_last_page_len"), p["page_size"],
-                                 p["mask"])
+        ip, ix, la = tables
+        self._commit_plan(op, p, (("qo_indptr", p["qo_indptr"]), ("paged_kv_indptr", ip), ("paged_kv_indices", ix),
+                                  ("paged_kv_last_page_len", la)),
+                          lambda cuda: cuda.plan_paged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
+                                                       view(p["qo_indptr"], "qo_indptr"), view(ip, "paged_kv_indptr"),
+                                                       view(ix, "paged_kv_indices"),
+                                                       view(la, "paged_kv_last_page_len"), p["page_size"], p["mask"]))
 
     begin_forward = plan
 
@@ -394,12 +425,10 @@ class BatchPrefillWithRaggedKVCacheWrapper(_PrefillBase):
                               (sm_scale, logits_soft_cap, window_left), (pos_encoding_mode, rope_scale, rope_theta),
                               use_fp16_qk_reduction=use_fp16_qk_reduction, **kwargs)
         p.update(kv_indptr=kv)
-        self._plan = p
-        if self._device is not None:
-            graph = self._graph_limits(op, p, (("qo_indptr", p["qo_indptr"]), ("kv_indptr", kv)))
-            p["cuda"] = self._cuda_op(p, graph)
-            p["cuda"].plan_ragged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
-                                  view(p["qo_indptr"], "qo_indptr"), view(kv, "kv_indptr"), p["mask"])
+        self._commit_plan(op, p, (("qo_indptr", p["qo_indptr"]), ("kv_indptr", kv)),
+                          lambda cuda: cuda.plan_ragged(_cuda.stream(self._device), _cuda.workspace(self._workspace),
+                                                        view(p["qo_indptr"], "qo_indptr"), view(kv, "kv_indptr"),
+                                                        p["mask"]))
 
     begin_forward = plan
 
