@@ -3,8 +3,8 @@
 //! (128, 2048), (32, 32768), (256, 1024). Per shape: median GPU time of one `run` (CUDA events,
 //! 10 warm-up calls, median of 100, L2 flushed and a 100 µs spin before each call — FlashInfer's
 //! benchmark method), bytes = K+V read + q read + o written, TB/s and % of the device-to-device
-//! copy measured in the same run; plan host time (median of 50) reported separately; launch
-//! overhead (host time to enqueue one `run`).
+//! copy measured in the same run; launch overhead (host time to enqueue one `run`). The
+//! planner's host time: `benches/planners.rs`.
 use std::time::Instant;
 
 use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
@@ -185,40 +185,6 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
             );
         }
     }
-    // Planner host time at batch 256 × 1024 (FlashInfer's plan(): 200–440 us).
-    let (pages, num_pages) = ferrinfer_harness::random_page_tables(256, 1024, 16, 7);
-    let cfg = KvPoolConfig {
-        num_pages,
-        page_size: 16,
-        num_kv_heads: 8,
-        head_dim: 128,
-        layout: KvLayout::Nhd,
-    };
-    let mut plan = op.plan(&pages, &cfg)?;
-    let mut ts = Vec::new();
-    for _ in 0..50 {
-        gpu.synchronize()?;
-        let t0 = Instant::now();
-        op.plan_into(&pages, &cfg, &mut plan)?;
-        ts.push(t0.elapsed().as_secs_f64() * 1e6);
-    }
-    let mut pure = Vec::new();
-    for _ in 0..50 {
-        let lens = vec![1024usize; 256];
-        let t0 = Instant::now();
-        let p = ferrinfer::plan::plan_decode(&ferrinfer::plan::DecodeProblem {
-            kv_lens: &lens,
-            num_kv_heads: 8,
-            max_ctas: op.max_ctas(),
-            min_chunk: 256,
-            chunk_align: 32,
-            fixed_chunk: None,
-            graph_items: None,
-        })?;
-        pure.push(t0.elapsed().as_secs_f64() * 1e6);
-        std::hint::black_box(p);
-    }
-    println!("\nplan() host time, batch 256 x kv 1024: {:.1} us median of 50 (partition alone {:.1} us; the rest is building and uploading the index arrays)", median(ts), median(pure));
     Ok(())
 }
 

@@ -159,7 +159,6 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
         }
     }
     append_split_sweep(gpu, heads, opts)?;
-    plan_host_time(gpu, heads, opts)?;
     // SmolLM2-135M's attention geometry (9 query / 3 KV heads, D = 64): a batch of prompts.
     println!();
     println!("SmolLM2-135M geometry (Hq 9, Hkv 3, D 64), ragged causal, qo_len = kv_len:");
@@ -186,32 +185,6 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
                 flops / (t.median_us * 1e-6) / 1e12
             );
         }
-    }
-    Ok(())
-}
-
-/// Host time of a re-plan into an existing plan at batch 64 (issue #20's ≤ 20 µs target), the
-/// paged append shape 64 × 16 / 2048 and a 64 × 1 / 4096 decode-like step: median of 50, the
-/// stream drained before each so earlier uploads are not counted.
-fn plan_host_time(gpu: &Gpu, heads: HeadConfig, opts: AttentionOptions) -> ferrinfer::Result<()> {
-    println!();
-    for (batch, qo, kv) in [(64usize, 16usize, 2048usize), (64, 1, 4096)] {
-        let qo_indptr: Vec<i32> = (0..=batch).map(|b| (b * qo) as i32).collect();
-        let (pages, pool) = paged_kv(gpu, batch, kv)?;
-        let op = BatchPrefill::new(gpu, heads, DType::Bf16, opts)?;
-        let mut plan = op.plan_paged(&qo_indptr, &pages, pool.config())?;
-        let mut ts = Vec::with_capacity(50);
-        for _ in 0..50 {
-            gpu.synchronize()?;
-            let t0 = std::time::Instant::now();
-            op.plan_paged_into(&qo_indptr, &pages, pool.config(), &mut plan)?;
-            ts.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-        ts.sort_by(f64::total_cmp);
-        println!(
-            "prefill plan() host time, paged batch {batch} x qo {qo} / kv {kv}: {:.1} us median of 50 (p10 {:.1}, p90 {:.1})",
-            ts[25], ts[5], ts[45]
-        );
     }
     Ok(())
 }

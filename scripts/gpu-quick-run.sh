@@ -4,6 +4,8 @@
 #   1. candle's CUDA tests (ferrinfer-candle's `cuda` feature);
 #   2. bin/benches/decode_step: eager and CUDA-graph decode steps, programmatic dependent launch
 #      off and on, cuBLAS and few-row products, batches 1/4/16/64;
+#   2b. bin/benches/planners: the decode and prefill planners' host time (issue #20 item 5),
+#      with the staging ring (3 buffers) and the single buffer;
 #   3. the Python host overhead per decode step (python/tests/bench_overhead.py, FlashInfer's
 #      wrappers beside when .fi-bundle/ was carried) with the staging ring (3 buffers) and the
 #      single buffer (FERRINFER_STAGING_SLOTS=1), alternated;
@@ -11,7 +13,7 @@
 #      bit for bit; the model kernels; batch decode; the span API) and the custom-mask tests
 #      (masks staged with the plan's tables, graph-mode masked plans);
 #   5. the Python package's CUDA tests with the time left.
-# Logs: $OUT/summaries.txt, decode_step.log, overhead-slots.txt, all.tgz (every log).
+# Logs: $OUT/summaries.txt, decode_step.log, planners.log, overhead-slots.txt, all.tgz (every log).
 # QUICK_BUDGET_S (default 450) is the time after which no new step starts.
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,6 +41,11 @@ has candle-cuda && { OUT=$OUT/candle timeout "$(left 22)" bash "$x/run.sh" --onl
     echo "candle rc=$? at $((SECONDS - t0)) s"; }
 has decode_step && { OUT=$OUT/step timeout "$(left 50)" bash "$x/run.sh" --only none --bench \
     --bench-only decode_step; echo "decode_step rc=$? at $((SECONDS - t0)) s"; }
+# The planners' host time (no kernels: seconds), beside the staging ring's depth.
+has planners && for s in 3 1; do
+    FERRINFER_STAGING_SLOTS=$s OUT=$OUT/plan$s timeout 60 bash "$x/run.sh" --only none --bench \
+        --bench-only planners; echo "planners (slots $s) rc=$? at $((SECONDS - t0)) s"
+done
 
 export PYTHONUNBUFFERED=1 PYTHONPATH="$x/site"
 if [[ -f .fi-bundle/flashinfer-site.tar.xz ]]; then
@@ -71,6 +78,7 @@ fi
 
 cat "$OUT"/*/summary.txt >"$OUT/summaries.txt" 2>/dev/null
 cp "$OUT/step/bench-decode_step.log" "$OUT/decode_step.log" 2>/dev/null
-(cd "$OUT" && tar czf all.tgz candle step pdl py 2>/dev/null; rm -rf candle step pdl py)
+cat "$OUT"/plan3/bench-planners.log "$OUT"/plan1/bench-planners.log >"$OUT/planners.log" 2>/dev/null
+(cd "$OUT" && tar czf all.tgz candle step plan3 plan1 pdl py 2>/dev/null; rm -rf candle step plan3 plan1 pdl py)
 cat "$OUT/summaries.txt"
 echo "total $((SECONDS - t0)) s"

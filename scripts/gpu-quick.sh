@@ -23,7 +23,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 names=("$@")
 if [[ ${#names[@]} -eq 0 ]]; then
-    names=(candle-cuda graphs model_kernels batch_decode embed_spans custom_mask decode_step)
+    names=(candle-cuda graphs model_kernels batch_decode embed_spans custom_mask decode_step planners)
 fi
 
 rev="$(git rev-parse --short HEAD)"
