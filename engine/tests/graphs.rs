@@ -60,6 +60,94 @@ fn random_weights_run_on_the_cpu() {
     assert!(l[..cfg.vocab] != l[cfg.vocab..], "logits ignore the input");
 }
 
+/// The CPU runner takes a query group of 24 (its attention has no group limit): the reference
+/// of the GPU test below.
+#[test]
+fn large_query_groups_run_on_the_cpu() {
+    let cfg = ModelConfig {
+        q_heads: 24,
+        kv_heads: 1,
+        ..small_config()
+    };
+    let w = Arc::new(Weights::random(&cfg, 5).unwrap());
+    let mut r = CpuRunner::new(cfg.clone(), w, 4096).unwrap();
+    let a = r.add_sequence();
+    let mut s = StepInput::default();
+    s.push(a, 0, &[5, 17, 900], true);
+    let first = r.forward(&s).unwrap();
+    let mut d = StepInput::default();
+    d.push(a, 3, &[42], true);
+    let next = r.forward(&d).unwrap();
+    assert_eq!((first.len(), next.len()), (cfg.vocab, cfg.vocab));
+    assert!(first.iter().chain(&next).all(|x| x.is_finite()) && first != next);
+}
+
+/// A query group above the decode kernels' 16 (24 query heads on one KV head): the GPU runner
+/// sends its decode steps to the prefill op, and its logits follow the CPU runner's (f32
+/// products on both; the GPU's f16 K/V cache and attention order give the difference).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn large_query_groups_decode_on_the_prefill_op() {
+    let Some(gpu) = gpu_or_skip("large_query_groups_decode_on_the_prefill_op") else {
+        return;
+    };
+    let cfg = ModelConfig {
+        q_heads: 24,
+        kv_heads: 1,
+        ..small_config()
+    };
+    let w = Arc::new(Weights::random(&cfg, 5).unwrap());
+    let mut g =
+        GpuRunner::new(&gpu, cfg.clone(), w.clone(), GpuWeights::F32, 4096, 256, 8).unwrap();
+    assert!(
+        g.backend().contains("every step on the prefill op"),
+        "{}",
+        g.backend()
+    );
+    let mut c = CpuRunner::new(cfg.clone(), w, 4096).unwrap();
+    let mut r = rng(8);
+    let seqs: Vec<_> = (0..3)
+        .map(|_| {
+            let (a, b) = (g.add_sequence(), c.add_sequence());
+            assert_eq!(a, b);
+            a
+        })
+        .collect();
+    let mut step = StepInput::default();
+    let mut pos = Vec::new();
+    for &s in &seqs {
+        let len = r.random_range(5..=60);
+        let p: Vec<u32> = (0..len)
+            .map(|_| r.random_range(0..cfg.vocab as u32))
+            .collect();
+        step.push(s, 0, &p, true);
+        pos.push(len);
+    }
+    for i in 0..5 {
+        let (lg, lc) = (g.forward(&step).unwrap(), c.forward(&step).unwrap());
+        assert_eq!(lg.len(), lc.len());
+        let scale = lc.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = lg
+            .iter()
+            .zip(&lc)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            lg.iter().all(|x| x.is_finite()) && err <= 1e-2 * scale,
+            "step {i}: max |GPU − CPU| {err} against max |logit| {scale}"
+        );
+        // The next step: one token per sequence (a decode step), the CPU's argmax.
+        let next: Vec<u32> = lc
+            .chunks_exact(cfg.vocab)
+            .map(|row| ferrinfer::cpu::sampling::argmax(row).unwrap())
+            .collect();
+        step = StepInput::default();
+        for ((&s, p), t) in seqs.iter().zip(pos.iter_mut()).zip(next) {
+            step.push(s, *p, &[t], true);
+            *p += 1;
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_replayed_decode_steps_equal_eager_steps_random_model() {

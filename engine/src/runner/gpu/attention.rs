@@ -3,7 +3,11 @@
 //! fused), `BatchPrefill` otherwise (prompt chunks, alone or mixed with decode tokens). On the
 //! prefill kernel a decode step fills query tiles with one token per request and, at batch 64,
 //! needs a separate split-KV merge launch (19.4 + 14.7 µs per layer on an H100, perf-notes).
-//! Both ops run in CUDA-graph mode: each step rewrites its op's plan in place.
+//! Both ops run in CUDA-graph mode: each step rewrites its op's plan in place. The decode
+//! kernels take query groups up to 16; a model with a larger group (up to the prefill kernels'
+//! 32) runs its decode steps on the prefill op, as FlashInfer's wrappers send large groups to
+//! their prefill kernels.
+use ferrinfer::kernels_abi::config::decode_tc;
 use ferrinfer::kv::{BatchPages, KvPool, KvPoolConfig};
 use ferrinfer::ops::{BatchDecode, BatchDecodePlan, BatchPrefill, BatchPrefillPlan};
 use ferrinfer::ops::{GraphLimits, PrefillGraphLimits};
@@ -24,7 +28,9 @@ enum Planned {
 pub(super) struct Attention {
     prefill: BatchPrefill,
     prefill_plan: Option<BatchPrefillPlan>,
-    decode: BatchDecode,
+    /// `None` for query groups the decode kernels do not take (decode steps then go to the
+    /// prefill op).
+    decode: Option<BatchDecode>,
     decode_plan: Option<BatchDecodePlan>,
     planned: Planned,
     /// Whether decode steps go to the decode op (else to the prefill op, as mixed steps).
@@ -55,31 +61,36 @@ impl Attention {
             },
         )?;
         // A decode query is its sequence's last token: it sees every key, so no causal mask.
-        // Both ops accept every head configuration of a model the engine loads up to group 16 at
-        // head dims 64/128 (prefill takes groups up to 32, decode above 8 only on tensor cores).
-        let decode = BatchDecode::new_graph(
-            gpu,
-            heads,
-            DType::F16,
-            AttentionOptions::default(),
-            GraphLimits {
-                max_batch: max_seqs.min(max_tokens).max(1),
-                max_pages,
-            },
-        )?;
+        // The decode op takes groups up to 16 at head dims 64/128 (above 8 on tensor cores
+        // only); the prefill op up to 32, which then serves decode steps too.
+        let decode = (heads.group() <= decode_tc::MAX_GROUP as usize)
+            .then(|| {
+                BatchDecode::new_graph(
+                    gpu,
+                    heads,
+                    DType::F16,
+                    AttentionOptions::default(),
+                    GraphLimits {
+                        max_batch: max_seqs.min(max_tokens).max(1),
+                        max_pages,
+                    },
+                )
+            })
+            .transpose()?;
         Ok(Self {
             prefill,
             prefill_plan: None,
+            decode_steps: decode.is_some(),
             decode,
             decode_plan: None,
             planned: Planned::None,
-            decode_steps: true,
         })
     }
 
-    /// Sends decode steps to the decode op (`true`, the default) or to the prefill op.
+    /// Sends decode steps to the decode op (`true`, the default where the model's query group
+    /// allows it) or to the prefill op.
     pub fn set_decode_steps(&mut self, on: bool) {
-        self.decode_steps = on;
+        self.decode_steps = on && self.decode.is_some();
     }
 
     /// Whether decode steps go to the decode op.
@@ -97,10 +108,10 @@ impl Attention {
     ) -> Result<()> {
         self.planned = Planned::None;
         let decode_step = self.decode_steps && qo_indptr.windows(2).all(|w| w[1] - w[0] == 1);
-        if decode_step {
+        if let (true, Some(decode)) = (decode_step, &self.decode) {
             match &mut self.decode_plan {
-                Some(p) => self.decode.plan_into(pages, pool, p)?,
-                None => self.decode_plan = Some(self.decode.plan(pages, pool)?),
+                Some(p) => decode.plan_into(pages, pool, p)?,
+                None => self.decode_plan = Some(decode.plan(pages, pool)?),
             }
             self.planned = Planned::Decode;
         } else {
@@ -132,7 +143,10 @@ impl Attention {
     ) -> Result<()> {
         match (self.planned, &self.prefill_plan, &self.decode_plan) {
             (Planned::Prefill, Some(p), _) => Ok(self.prefill.run_paged(p, q, pool, out, None)?),
-            (Planned::Decode, _, Some(p)) => Ok(self.decode.run(p, q, pool, out, None)?),
+            (Planned::Decode, _, Some(p)) => match &self.decode {
+                Some(d) => Ok(d.run(p, q, pool, out, None)?),
+                None => Err(EngineError::Model("decode plan without a decode op".into())),
+            },
             _ => Err(EngineError::Model("attention run before a plan".into())),
         }
     }
