@@ -103,9 +103,11 @@ def reference(q, cache, indptr, indices, lens, page_size, layout):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("page_size", [1, 16])
-@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (32, 4)], ids=lambda h: f"g{h[0] // h[1]}")
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (32, 4), (48, 2)], ids=lambda h: f"g{h[0] // h[1]}")
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_decode_cuda_vs_reference(dtype, layout, page_size, heads, head_dim):
+    """Batch decode on CUDA against the reference; group 24 runs on the prefill op (groups above
+    the decode kernels' 16)."""
     g = torch.Generator().manual_seed(7 * page_size + head_dim)
     hq, hkv = heads
     lens = [1, page_size - 1 or 1, page_size, page_size + 1, 3 * page_size + 1, 300]
@@ -270,11 +272,14 @@ def test_side_stream_ordering():
     close(out, ref, dtype, "out (side stream)")
 
 
-def test_cuda_graph_decode_replay():
+@pytest.mark.parametrize("heads", [(32, 8), (48, 2)], ids=["g4", "g24"])
+def test_cuda_graph_decode_replay(heads):
     """Capture one decode step of the CUDA-graph wrapper, then re-plan other batch contents
-    (same sizes, other pages and lengths; then a smaller batch) and replay."""
+    (same sizes, other pages and lengths; then a smaller batch) and replay; group 24 on the
+    prefill op's graph form."""
     g = torch.Generator().manual_seed(9)
-    dtype, layout, hq, hkv, d, ps = "float16", "NHD", 32, 8, 128, 16
+    dtype, layout, d, ps = "float16", "NHD", 128, 16
+    hq, hkv = heads
     max_batch, max_pages = 8, 8 * 64
     indptr_buf = torch.empty(max_batch + 1, dtype=torch.int32, device="cuda")
     indices_buf = torch.empty(max_pages, dtype=torch.int32, device="cuda")
