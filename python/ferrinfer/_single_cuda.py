@@ -14,7 +14,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from . import _cuda, _native, _tensor
+from . import _cuda, _decode_op, _native, _tensor
 from ._tensor import opt_view, view
 
 _WORKSPACE_BYTES = 128 << 20  # FlashInfer's usual float workspace
@@ -50,7 +50,7 @@ def decode(dev: int, q: Any, k: Any, v: Any, layout: str, options: tuple, return
     hq, hkv, d, kv_len = _geometry(op_name, q, k, v, layout, 2)
     dtype = _tensor.dtype_name(q)
     op = _op(("decode", dev, hq, hkv, d, dtype, options, rope, kv_dtype),
-             lambda: _native.CudaBatchDecode(dev, hq, hkv, d, dtype, *options, rope=rope, kv_dtype=kv_dtype))
+             lambda: _decode_op.native(dev, (hq, hkv, d), dtype, options, None, rope, kv_dtype))
     stream = _cuda.stream(dev)
     ws = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
     indptr, indices, last = _tables([0, 1], [0], [kv_len])

@@ -10,7 +10,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _args, _cuda, _native, _single_cuda, _tensor
+from . import _args, _cuda, _decode_op, _native, _single_cuda, _tensor
 from ._tensor import view, opt_view
 
 
@@ -163,11 +163,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             graph = (int(self._buffers[0].shape[0]) - 1, int(self._buffers[1].shape[0]))
         key = (heads, dtype, options, graph, rope, kv_dtype)
         if key not in self._ops:
-            if heads[0] // max(heads[1], 1) > DECODE_MAX_GROUP:
-                self._ops[key] = _PrefillDecode(self._device, heads, dtype, options, graph, rope, kv_dtype)
-            else:
-                self._ops[key] = _native.CudaBatchDecode(self._device, *heads, dtype, *options, graph=graph,
-                                                         rope=rope, kv_dtype=kv_dtype)
+            self._ops[key] = _decode_op.native(self._device, heads, dtype, options, graph, rope, kv_dtype)
         return self._ops[key]
 
     begin_forward = plan
@@ -243,30 +239,3 @@ class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWra
         super().__init__(workspace_buffer, kv_layout, use_cuda_graph=True, use_tensor_cores=use_tensor_cores,
                          paged_kv_indptr_buffer=indptr_buffer, paged_kv_indices_buffer=indices_buffer,
                          paged_kv_last_page_len_buffer=last_page_len_buffer)
-
-
-# Query groups the decode kernels take; larger ones (up to the prefill kernels' 32) decode on
-# the prefill op, one query row per request — FlashInfer's own route for them.
-DECODE_MAX_GROUP = 16
-
-
-class _PrefillDecode:
-    """The native decode op's interface (``plan``, ``run``) over the native prefill op, for
-    query groups above :data:`DECODE_MAX_GROUP`: request ``b``'s query is row ``b``, the last
-    position of its context (so no causal mask is needed). In CUDA-graph mode ``graph`` =
-    ``(max_batch, max_pages)`` becomes the prefill op's limits (one query row per request)."""
-
-    def __init__(self, device: int, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any],
-                 graph: Optional[Tuple[int, int]], rope: Optional[Tuple[float, float]], kv_dtype: str) -> None:
-        limits = None if graph is None else (graph[0], max(graph[0], 1), graph[1], 0)
-        self._op = _native.CudaBatchPrefill(device, *heads, dtype, False, *options, rope=rope,
-                                            kv_dtype=kv_dtype, graph=limits)
-
-    def plan(self, stream: int, workspace: tuple, indptr: Any, indices: Any, last: Any, page_size: int) -> None:
-        shape = last[2]  # the host last_page_len's descriptor: (name, address, shape, ...)
-        qo = np.arange((int(shape[0]) if shape else 0) + 1, dtype=np.int32)
-        self._op.plan_paged(stream, workspace, view(qo, "qo_indptr"), indptr, indices, last, page_size, None)
-
-    def run(self, stream: int, q: Any, k: Any, v: Any, kv_layout: str, out: Any, lse: Any = None,
-            k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> None:
-        self._op.run_paged(stream, q, k, v, kv_layout, out, lse, k_scale=k_scale, v_scale=v_scale)
