@@ -1,6 +1,7 @@
-"""The native CUDA decode op for a geometry: ``CudaBatchDecode`` for query groups the decode
-kernels take, and for larger groups (up to the prefill kernels' 32) the same interface over the
-native prefill op, one query row per request — FlashInfer's own route for large groups (its
+"""The native CUDA decode op for a geometry: ``CudaBatchDecode`` where the decode kernels take
+it, and where they refuse it (query groups above 16, above 8 at head dim 256 or with fp8 K/V or
+RoPE: ``NotImplementedError``) the same interface over the native prefill op, one query row per
+request, for groups up to the prefill kernels' 32 — FlashInfer's own route for large groups (its
 ``use_tensor_cores`` decode is its prefill kernel)."""
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ import numpy as np
 from . import _native
 from ._tensor import view
 
-# Query groups the decode kernels take; larger ones (up to the prefill kernels' 32) decode on
-# the prefill op, one query row per request — FlashInfer's own route for them.
-DECODE_MAX_GROUP = 16
-
 
 class _PrefillDecode:
     """The native decode op's interface (``plan``, ``run``) over the native prefill op, for
-    query groups above :data:`DECODE_MAX_GROUP`: request ``b``'s query is row ``b``, the last
+    geometries the decode kernels refuse: request ``b``'s query is row ``b``, the last
     position of its context (so no causal mask is needed). In CUDA-graph mode ``graph`` =
     ``(max_batch, max_pages)`` becomes the prefill op's limits (one query row per request)."""
 
@@ -42,7 +39,12 @@ class _PrefillDecode:
 def native(device: int, heads: Tuple[int, int, int], dtype: str, options: Tuple[Any, Any, Any],
            graph: Optional[Tuple[int, int]], rope: Optional[Tuple[float, float]], kv_dtype: Optional[str]) -> Any:
     """The decode op for ``heads`` (``(num_qo_heads, num_kv_heads, head_dim)``) on ``device``;
-    ``graph`` = ``(max_batch, max_pages)`` for the CUDA-graph form."""
-    if heads[0] // max(heads[1], 1) > DECODE_MAX_GROUP:
-        return _PrefillDecode(device, heads, dtype, options, graph, rope, kv_dtype)
-    return _native.CudaBatchDecode(device, *heads, dtype, *options, graph=graph, rope=rope, kv_dtype=kv_dtype)
+    ``graph`` = ``(max_batch, max_pages)`` for the CUDA-graph form. The decode kernels' refusal
+    stands when the prefill kernels refuse the geometry too."""
+    try:
+        return _native.CudaBatchDecode(device, *heads, dtype, *options, graph=graph, rope=rope, kv_dtype=kv_dtype)
+    except NotImplementedError as refused:
+        try:
+            return _PrefillDecode(device, heads, dtype, options, graph, rope, kv_dtype)
+        except (NotImplementedError, ValueError):
+            raise refused from None

@@ -1,6 +1,8 @@
 """Which native op serves a CUDA decode (on the CPU, with the native ops replaced by
-recorders): query groups up to 16 on the decode op, larger ones on the prefill op with one
-query row per request (``ferrinfer._decode_op``). ``test_cuda.py`` runs both on a GPU."""
+recorders): the decode op where it takes the geometry, the prefill op with one query row per
+request where it refuses it (``ferrinfer._decode_op``). ``test_cuda.py`` runs both on a GPU."""
+
+import pytest
 
 import numpy as np
 
@@ -15,12 +17,28 @@ class Recorder:
         return lambda *a, **k: self.calls.append((name, a, k))
 
 
-def test_groups_above_16_decode_on_the_prefill_op(monkeypatch):
-    monkeypatch.setattr(_decode_op._native, "CudaBatchDecode", Recorder)
-    monkeypatch.setattr(_decode_op._native, "CudaBatchPrefill", Recorder)
+class Decode(Recorder):
+    """The decode op's refusal of groups above 16, as the native one's."""
+
+    def __init__(self, device, hq, hkv, *args, **kwargs):
+        if hq // hkv > 16:
+            raise NotImplementedError(f"batch_decode: group size {hq // hkv} (supported: 1..=16)")
+        super().__init__(device, hq, hkv, *args, **kwargs)
+
+
+class Prefill(Recorder):
+    def __init__(self, device, hq, hkv, *args, **kwargs):
+        if hq // hkv > 32:
+            raise NotImplementedError(f"batch_prefill: group size {hq // hkv} (supported: 1..=32)")
+        super().__init__(device, hq, hkv, *args, **kwargs)
+
+
+def test_refused_geometries_decode_on_the_prefill_op(monkeypatch):
+    monkeypatch.setattr(_decode_op._native, "CudaBatchDecode", Decode)
+    monkeypatch.setattr(_decode_op._native, "CudaBatchPrefill", Prefill)
     opts = (None, None, None)
     small = _decode_op.native(0, (32, 2, 128), "float16", opts, None, None, "float16")
-    assert isinstance(small, Recorder)  # group 16: the decode op itself
+    assert isinstance(small, Decode)  # group 16: the decode op itself
     big = _decode_op.native(0, (48, 2, 128), "float16", opts, (8, 512), None, "float16")
     assert isinstance(big, _decode_op._PrefillDecode)
     prefill = big._op
@@ -37,3 +55,6 @@ def test_groups_above_16_decode_on_the_prefill_op(monkeypatch):
     big.run(7, "q", "k", "v", "NHD", "out", None, k_scale=0.5)
     assert prefill.calls[-1] == ("run_paged", (7, "q", "k", "v", "NHD", "out", None),
                                  {"k_scale": 0.5, "v_scale": None})
+    # Beyond both: the decode op's own refusal.
+    with pytest.raises(NotImplementedError, match="batch_decode"):
+        _decode_op.native(0, (66, 2, 128), "float16", opts, None, None, "float16")

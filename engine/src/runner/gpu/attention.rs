@@ -4,10 +4,9 @@
 //! prefill kernel a decode step fills query tiles with one token per request and, at batch 64,
 //! needs a separate split-KV merge launch (19.4 + 14.7 µs per layer on an H100, perf-notes).
 //! Both ops run in CUDA-graph mode: each step rewrites its op's plan in place. The decode
-//! kernels take query groups up to 16; a model with a larger group (up to the prefill kernels'
-//! 32) runs its decode steps on the prefill op, as FlashInfer's wrappers send large groups to
-//! their prefill kernels.
-use ferrinfer::kernels_abi::config::decode_tc;
+//! kernels take query groups up to 16 (above 8 at head dims 64/128 only); a model they refuse
+//! (up to the prefill kernels' 32) runs its decode steps on the prefill op, as FlashInfer's
+//! wrappers send large groups to their prefill kernels.
 use ferrinfer::kv::{BatchPages, KvPool, KvPoolConfig};
 use ferrinfer::ops::{BatchDecode, BatchDecodePlan, BatchPrefill, BatchPrefillPlan};
 use ferrinfer::ops::{GraphLimits, PrefillGraphLimits};
@@ -62,21 +61,22 @@ impl Attention {
         )?;
         // A decode query is its sequence's last token: it sees every key, so no causal mask.
         // The decode op takes groups up to 16 at head dims 64/128 (above 8 on tensor cores
-        // only); the prefill op up to 32, which then serves decode steps too.
-        let decode = (heads.group() <= decode_tc::MAX_GROUP as usize)
-            .then(|| {
-                BatchDecode::new_graph(
-                    gpu,
-                    heads,
-                    DType::F16,
-                    AttentionOptions::default(),
-                    GraphLimits {
-                        max_batch: max_seqs.min(max_tokens).max(1),
-                        max_pages,
-                    },
-                )
-            })
-            .transpose()?;
+        // only); where it refuses the geometry (`Unsupported`: a larger group, or a group above
+        // 8 at head dim 256) the prefill op, which takes groups up to 32, serves decode steps.
+        let decode = match BatchDecode::new_graph(
+            gpu,
+            heads,
+            DType::F16,
+            AttentionOptions::default(),
+            GraphLimits {
+                max_batch: max_seqs.min(max_tokens).max(1),
+                max_pages,
+            },
+        ) {
+            Ok(d) => Some(d),
+            Err(ferrinfer::Error::Unsupported { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
         Ok(Self {
             prefill,
             prefill_plan: None,
