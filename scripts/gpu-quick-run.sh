@@ -37,12 +37,15 @@ echo "unpacked in $((SECONDS - t0)) s"
 left() { local l=$((budget * $1 / 100 - (SECONDS - t0))); echo $((l > 1 ? l : 1)); }
 
 has() { [[ -e "$x/bin/tests/$1" || -e "$x/bin/benches/$1" ]]; }
-has candle-cuda && { OUT=$OUT/candle timeout "$(left 22)" bash "$x/run.sh" --only candle-cuda
+# QUICK_STEPS (comma-separated, default all) picks the steps: candle, step, planners, overhead,
+# tests, python — e.g. the tests in one call and the benches in the next.
+want() { [[ ",${QUICK_STEPS:-candle,step,planners,overhead,tests,python}," == *",$1,"* ]]; }
+want candle && has candle-cuda && { OUT=$OUT/candle timeout "$(left 22)" bash "$x/run.sh" --only candle-cuda
     echo "candle rc=$? at $((SECONDS - t0)) s"; }
-has decode_step && { OUT=$OUT/step timeout "$(left 50)" bash "$x/run.sh" --only none --bench \
+want step && has decode_step && { OUT=$OUT/step timeout "$(left 50)" bash "$x/run.sh" --only none --bench \
     --bench-only decode_step; echo "decode_step rc=$? at $((SECONDS - t0)) s"; }
 # The planners' host time (no kernels: seconds), beside the staging ring's depth.
-has planners && for s in 3 1; do
+want planners && has planners && for s in 3 1; do
     FERRINFER_STAGING_SLOTS=$s OUT=$OUT/plan$s timeout 60 bash "$x/run.sh" --only none --bench \
         --bench-only planners; echo "planners (slots $s) rc=$? at $((SECONDS - t0)) s"
 done
@@ -52,7 +55,7 @@ if [[ -f .fi-bundle/flashinfer-site.tar.xz ]]; then
     mkdir -p /tmp/fi && python3 -m tarfile --filter data -e .fi-bundle/flashinfer-site.tar.xz /tmp/fi
     export FLASHINFER_WORKSPACE_BASE=/tmp/fi-ws PYTHONPATH="$x/site:/tmp/fi/site"
 fi
-for s in 3 1 3 1; do
+want overhead && for s in 3 1 3 1; do
     [[ $(left 67) -gt 30 ]] || break
     echo "== FERRINFER_STAGING_SLOTS=$s at $((SECONDS - t0)) s" | tee -a "$OUT/overhead-slots.txt"
     FERRINFER_STAGING_SLOTS=$s timeout 60 python3 python/tests/bench_overhead.py 2>&1 |
@@ -61,12 +64,12 @@ done
 
 only=()
 for n in graphs model_kernels batch_decode embed_spans custom_mask; do has "$n" && only+=(--only "$n"); done
-if [[ ${#only[@]} -gt 0 && $(left 85) -gt 20 ]]; then
+if want tests && [[ ${#only[@]} -gt 0 && $(left 85) -gt 20 ]]; then
     FERRINFER_PDL=1 OUT=$OUT/pdl timeout "$(left 85)" bash "$x/run.sh" "${only[@]}"
     echo "pdl rc=$? at $((SECONDS - t0)) s"
 fi
 
-if [[ $(left 100) -gt 20 ]]; then
+if want python && [[ $(left 100) -gt 20 ]]; then
     python3 -c "import pytest" 2>/dev/null ||
         for w in "$here"/wheelhouse/*.whl; do python3 -m zipfile -e "$w" "$x/site"; done
     mkdir -p "$OUT/py"
