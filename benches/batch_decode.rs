@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, DecodeKernel};
-use ferrinfer::runtime::{Discovery, TimeOpts};
+use ferrinfer::runtime::TimeOpts;
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use ferrinfer_harness::record;
 use half::bf16;
@@ -189,22 +189,5 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("batch decode bench failed: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Discovery::NotFound(why)) => {
-            println!("batch decode bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("batch decode bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    ferrinfer_harness::bench_main("batch decode", run);
 }

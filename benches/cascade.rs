@@ -17,7 +17,7 @@
 use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, BatchPrefill, CascadeAttention};
 use ferrinfer::plan::CascadeLevel;
-use ferrinfer::runtime::{Discovery, TimeOpts, Timing};
+use ferrinfer::runtime::{TimeOpts, Timing};
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
 
@@ -200,24 +200,10 @@ fn run(gpu: &Gpu, s: &Shape) -> ferrinfer::Result<()> {
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            for s in &SHAPES {
-                if let Err(e) = run(&g, s) {
-                    eprintln!("cascade bench failed ({}): {e}", s.name);
-                    std::process::exit(1);
-                }
-            }
+    ferrinfer_harness::bench_main("cascade", |g| {
+        for s in &SHAPES {
+            run(g, s).map_err(|e| format!("{}: {e}", s.name))?;
         }
-        Ok(Discovery::NotFound(why)) => {
-            println!("cascade bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("cascade bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+        Ok::<(), String>(())
+    });
 }

@@ -12,7 +12,7 @@ use ferrinfer::dtype::KvDtype;
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, DecodeKernel};
-use ferrinfer::runtime::{Discovery, TimeOpts, Timing};
+use ferrinfer::runtime::{TimeOpts, Timing};
 use ferrinfer::{AttentionOptions, DType, DeviceBuffer, Float16, Gpu, HeadConfig};
 use half::{bf16, f16};
 
@@ -274,22 +274,5 @@ fn group_sweep(gpu: &Gpu, pattern: &[bf16], iters: usize) -> ferrinfer::Result<(
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("fp8 decode bench failed: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Discovery::NotFound(why)) => {
-            println!("fp8 decode bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("fp8 decode bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    ferrinfer_harness::bench_main("fp8 decode", run);
 }

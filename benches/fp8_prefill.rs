@@ -8,7 +8,7 @@
 use ferrinfer::fp8::{E4m3, E5m2, Fp8, Fp8Format, KvScales};
 use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchPrefill, PrefillTile};
-use ferrinfer::runtime::{Discovery, TimeOpts};
+use ferrinfer::runtime::TimeOpts;
 use ferrinfer::{AttentionOptions, DType, DeviceBuffer, Gpu, HeadConfig};
 use half::bf16;
 
@@ -110,22 +110,5 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("fp8 prefill bench failed: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Discovery::NotFound(why)) => {
-            println!("fp8 prefill bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("fp8 prefill bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    ferrinfer_harness::bench_main("fp8 prefill", run);
 }

@@ -14,7 +14,6 @@ use ferrinfer::kernels_abi::config::{decode_rows as decode_cfg, prefill as prefi
 use ferrinfer::kv::{BatchPages, KvLayout, KvPoolConfig};
 use ferrinfer::ops::{BatchDecode, BatchPrefill};
 use ferrinfer::plan::{plan_decode, plan_prefill, DecodeProblem, PrefillProblem};
-use ferrinfer::runtime::Discovery;
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 
 const RUNS: usize = 200;
@@ -128,22 +127,5 @@ fn run(gpu: &Gpu) -> ferrinfer::Result<()> {
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("planner bench failed: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Discovery::NotFound(why)) => {
-            println!("planner bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("planner bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    ferrinfer_harness::bench_main("planner", run);
 }

@@ -10,7 +10,7 @@
 //! `qo · (kv − qo) + qo (qo + 1) / 2` per request (FlashInfer's formula for qo = kv).
 use ferrinfer::kv::{BatchPages, KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchPrefill, PrefillTile};
-use ferrinfer::runtime::{Discovery, TimeOpts};
+use ferrinfer::runtime::TimeOpts;
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use ferrinfer_harness::record;
 use half::bf16;
@@ -235,22 +235,5 @@ fn append_split_sweep(
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("prefill bench failed: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Discovery::NotFound(why)) => {
-            println!("prefill bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("prefill bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    ferrinfer_harness::bench_main("prefill", run);
 }

@@ -11,7 +11,7 @@
 use ferrinfer::kv::{KvLayout, KvPool, KvPoolConfig, PoolSize};
 use ferrinfer::ops::{BatchDecode, BatchPrefill, DecodeKernel, PrefillTile};
 use ferrinfer::rope::{RopeConfig, RopeScaling, RopeStyle};
-use ferrinfer::runtime::{Discovery, TimeOpts};
+use ferrinfer::runtime::TimeOpts;
 use ferrinfer::{AttentionOptions, DType, Gpu, HeadConfig};
 use half::bf16;
 
@@ -154,22 +154,5 @@ fn prefill(
 }
 
 fn main() {
-    match Gpu::discover(0) {
-        Ok(Discovery::Found(g)) => {
-            if let Err(e) = run(&g) {
-                eprintln!("rope decode bench failed: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Discovery::NotFound(why)) => {
-            println!("rope decode bench: skipped: no CUDA device ({why})");
-            if std::env::var("FERRINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                std::process::exit(1);
-            }
-        }
-        Err(e) => {
-            eprintln!("rope decode bench: GPU discovery failed: {e}");
-            std::process::exit(1);
-        }
-    }
+    ferrinfer_harness::bench_main("rope decode", run);
 }

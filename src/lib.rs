@@ -52,6 +52,30 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     }
 }
 
+/// The `main` of a GPU benchmark: runs `run` on GPU 0 and exits 1 if it fails. Without a GPU it
+/// prints `<bench> bench: skipped: no CUDA device (<reason>)` and exits 0 — or 1 when
+/// `FERRINFER_REQUIRE_GPU=1`, so a GPU run can never pass by skipping.
+pub fn bench_main<E: std::fmt::Display>(bench: &str, run: impl FnOnce(&Gpu) -> Result<(), E>) {
+    match Gpu::discover(0) {
+        Ok(Discovery::Found(g)) => {
+            if let Err(e) = run(&g) {
+                eprintln!("{bench} bench failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok(Discovery::NotFound(why)) => {
+            println!("{bench} bench: skipped: no CUDA device ({why})");
+            if gpu_required() {
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("{bench} bench: GPU discovery failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Proptest case count: `PROPTEST_CASES` when set (the GPU bundle lowers it under the
 /// sanitizer), else `default`.
 pub fn proptest_cases(default: u32) -> u32 {
